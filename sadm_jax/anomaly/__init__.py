@@ -1,0 +1,1 @@
+"""Synthetic anomalies (DRAEM-style) for stage-II training."""

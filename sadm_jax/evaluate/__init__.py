@@ -1,0 +1,1 @@
+"""Evaluation: anomaly maps, thresholds, metrics and reports."""

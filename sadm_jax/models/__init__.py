@@ -1,0 +1,1 @@
+"""Pure functional Flax models: diffusion UNet, ResNet-50 conditioning encoder, SparK, SegUnet."""

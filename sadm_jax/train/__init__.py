@@ -1,0 +1,1 @@
+"""Generic sharded, checkpointed training loop and the per-stage train steps."""

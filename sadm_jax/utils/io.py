@@ -1,0 +1,80 @@
+"""Atomic file writes (temp file + rename) so nothing is ever left half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+  """Yields a temporary path in the target's directory; renames it onto `path` on success.
+
+  On any exception the temporary file is removed and `path` is left untouched.
+  `suffix` lets writers that insist on an extension (e.g. nibabel's `.nii.gz`) see one.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix,
+                             dir=directory)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Atomically writes `data` to `path`."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """Atomically writes UTF-8 `text` to `path`."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Atomically writes `obj` as indented JSON."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+  """Atomically saves one array as an uncompressed `.npy` (memory-mappable, no pickle)."""
+  with atomic_path(path, suffix=".npy") as tmp:
+    with open(tmp, "wb") as f:
+      np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Atomically writes a uint8 [H, W] (grey) or [H, W, 3] (RGB) array as PNG."""
+  from PIL import Image  # local import: only plotting code needs Pillow
+
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise TypeError(f"write_png({path}): expected uint8 image, got {image.dtype}")
+  with atomic_path(path, suffix=".png") as tmp:
+    Image.fromarray(image).save(tmp, format="PNG")
+
+
+def _json_default(obj: Any) -> Any:
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
