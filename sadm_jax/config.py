@@ -1,0 +1,40 @@
+"""Config helpers: resolve faithful placeholders and build typed objects from a ConfigDict."""
+
+from __future__ import annotations
+
+import ml_collections
+
+# (section path, field) -> (value when faithful, value otherwise)
+FAITHFUL_DEFAULTS = {
+    ("data", "clean_splits"): (False, True),
+    ("data", "slice_sampling"): ("uniform", "brain"),
+    ("data", "augment_3d"): (True, False),
+}
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Returns a copy whose faithful placeholders (None) are filled from `config.faithful`."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  for (section, field), (faithful_value, default_value) in FAITHFUL_DEFAULTS.items():
+    node = c
+    for part in section.split("."):
+      node = node[part]
+    if node.get(field) is None:
+      node[field] = faithful_value if c.faithful else default_value
+  return c
+
+
+def preprocess_config(config: ml_collections.ConfigDict):
+  """The data layer's PreprocessConfig from `config.data.preprocess`."""
+  from sadm_jax.data.preprocess import PreprocessConfig
+  p = config.data.preprocess
+  return PreprocessConfig(curvature_flow=bool(p.curvature_flow), cf_time_step=float(p.cf_time_step),
+                          cf_iterations=int(p.cf_iterations),
+                          crop_size=tuple(int(v) for v in p.crop_size),
+                          percentiles=tuple(float(v) for v in p.percentiles),
+                          downsample=int(p.downsample))
+
+
+def cache_dir(config: ml_collections.ConfigDict) -> str:
+  import os
+  return config.data.cache_dir or os.path.join(os.path.abspath(config.data.data_dir), ".sadm_cache")

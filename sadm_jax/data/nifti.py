@@ -1,0 +1,114 @@
+"""NIfTI reading and per-row validation that collects every problem before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent import futures
+from typing import Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from sadm_jax.data.errors import DataError, DataProblems
+from sadm_jax.data.splits import Row
+
+# Allowed label values per role/data set. BraTS uses {1 necrotic, 2 edema, 4 enhancing}.
+SEG_LABELS = {"Brats21": {0, 1, 2, 4}}
+DEFAULT_SEG_LABELS = {0, 1}
+MASK_LABELS = {0, 1}
+AFFINE_ATOL = 1e-3
+
+
+@dataclasses.dataclass
+class Volume:
+  """A NIfTI volume in voxel order (i, j, k) with its affine."""
+  data: np.ndarray  # [H, W, D]
+  affine: np.ndarray  # [4, 4]
+  path: str
+
+  @property
+  def spacing(self) -> tuple[float, float, float]:
+    return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def load_volume(path: str, dtype=np.float32) -> Volume:
+  """Loads a 3-D NIfTI (trailing singleton dims squeezed); DataError naming the file otherwise."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  try:
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj)
+  except Exception as e:  # nibabel raises many types for truncated/corrupt files
+    raise DataError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e})") from None
+  shape = data.shape
+  while data.ndim > 3 and data.shape[-1] == 1:
+    data = data[..., 0]
+  if data.ndim != 3:
+    raise DataError(f"{path}: expected a 3-D volume, got shape {shape} ({len(shape)}-D)")
+  return Volume(np.asarray(data, dtype=dtype), np.asarray(img.affine, dtype=np.float64), path)
+
+
+def _check_labels(vol: Volume, allowed: set[int], role: str) -> list[tuple[str, str]]:
+  values = np.unique(vol.data)
+  if not np.all(np.isfinite(values)):
+    return [(vol.path, f"{role} contains NaN/Inf voxels")]
+  bad = [v for v in values if float(v) not in allowed]
+  if bad:
+    shown = ", ".join(f"{float(v):g}" for v in bad[:8])
+    return [(vol.path, f"{role} has unexpected label value(s) {shown}; allowed {sorted(allowed)}")]
+  return []
+
+
+def validate_row(row: Row) -> list[tuple[str, str]]:
+  """Returns every (path, problem) of one row; empty when the row is usable."""
+  problems: list[tuple[str, str]] = []
+  vols = {}
+  for role, path in (("image", row.img), ("mask", row.mask), ("seg", row.seg)):
+    if path is None:
+      continue
+    try:
+      vols[role] = load_volume(path)
+    except DataError as e:
+      problems.append((path, str(e).split(": ", 1)[-1]))
+  if "image" in vols and not np.all(np.isfinite(vols["image"].data)):
+    n = int(np.size(vols["image"].data) - np.isfinite(vols["image"].data).sum())
+    problems.append((row.img, f"image contains {n} NaN/Inf voxel(s)"))
+  if "mask" in vols:
+    problems += _check_labels(vols["mask"], MASK_LABELS, "brain mask")
+    if not np.any(vols["mask"].data > 0):
+      problems.append((row.mask, "brain mask is empty"))
+  if "seg" in vols:
+    problems += _check_labels(vols["seg"], SEG_LABELS.get(row.dataset, DEFAULT_SEG_LABELS),
+                              "segmentation")
+  ref = vols.get("image")
+  if ref is not None:
+    for role in ("mask", "seg"):
+      other = vols.get(role)
+      if other is None:
+        continue
+      if other.data.shape != ref.data.shape:
+        problems.append((other.path, f"{role} shape {other.data.shape} differs from image "
+                                     f"shape {ref.data.shape} ({ref.path})"))
+      elif not np.allclose(other.affine, ref.affine, atol=AFFINE_ATOL):
+        problems.append((other.path, f"{role} affine differs from the image affine ({ref.path})"))
+  return problems
+
+
+def validate_rows(rows: Sequence[Row], num_workers: int = 0) -> dict[int, list[tuple[str, str]]]:
+  """Validates rows (optionally in threads; nibabel's gzip reading releases the GIL).
+
+  Returns {position in `rows`: problems} for invalid rows only.
+  """
+  if num_workers and num_workers > 1 and len(rows) > 1:
+    with futures.ThreadPoolExecutor(num_workers) as pool:
+      results = list(pool.map(validate_row, rows))
+  else:
+    results = [validate_row(r) for r in rows]
+  return {i: p for i, p in enumerate(results) if p}
+
+
+def raise_problems(problems: Iterable[tuple[str, str]], header: str) -> None:
+  problems = list(problems)
+  if problems:
+    raise DataProblems(problems, header)

@@ -1,0 +1,230 @@
+"""grain input pipelines: random training slices, fixed validation slices, whole evaluation volumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from sadm_jax.data import augment as augment_lib
+from sadm_jax.data.cache import CachedVolume, VolumeCache
+from sadm_jax.data.splits import Row
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceTable:
+  """Picklable description of cached volumes (paths + per-slice statistics, no array data).
+
+  Workers open the memory maps lazily, so a transform holding a table pickles cheaply.
+  """
+  entries: tuple[str, ...]  # cache entry directories, one per volume
+  names: tuple[str, ...]
+  slice_brain_voxels: np.ndarray  # [V, D] int
+  has_seg: tuple[bool, ...]
+
+  @classmethod
+  def from_rows(cls, cache: VolumeCache, rows: Sequence[Row]) -> "SliceTable":
+    metas, entries = [], []
+    for r in rows:
+      directory = cache.path(r)
+      with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+        metas.append(json.load(f))
+      entries.append(directory)
+    return cls(tuple(entries), tuple(m["name"] for m in metas),
+               np.asarray([m["slice_brain_voxels"] for m in metas], dtype=np.int64),
+               tuple(bool(m["has_seg"]) for m in metas))
+
+  def __len__(self) -> int:
+    return len(self.entries)
+
+  @property
+  def num_slices(self) -> int:
+    return int(self.slice_brain_voxels.shape[1])
+
+
+class _ArrayOpener:
+  """Per-process memory-map handles for a SliceTable (dropped when pickled to a worker)."""
+
+  def __init__(self, table: SliceTable):
+    self.table = table
+    self._open: dict[tuple[int, str], np.ndarray] = {}
+
+  def array(self, volume: int, name: str) -> np.ndarray:
+    key = (volume, name)
+    if key not in self._open:
+      self._open[key] = np.load(os.path.join(self.table.entries[volume], f"{name}.npy"),
+                                mmap_mode="r", allow_pickle=False)
+    return self._open[key]  # [D, H, W]
+
+  def __getstate__(self):
+    return {"table": self.table, "_open": {}}
+
+
+def slice_probabilities(table: SliceTable, sampling: str) -> np.ndarray:
+  """[V, D] per-volume slice distribution: 'uniform' (reference, Q29) or 'brain' (∝ brain voxels)."""
+  v, d = table.slice_brain_voxels.shape
+  if sampling == "uniform":
+    return np.full((v, d), 1.0 / d)
+  if sampling == "brain":
+    w = table.slice_brain_voxels.astype(np.float64)
+    empty = w.sum(axis=1) == 0
+    w[empty] = 1.0  # a volume without brain voxels (cannot pass validation) falls back to uniform
+    return w / w.sum(axis=1, keepdims=True)
+  raise ValueError(f"unknown slice sampling {sampling!r}; expected 'uniform' or 'brain'")
+
+
+class VolumeIndexSource(grain.sources.RandomAccessDataSource):
+  """Records are volume indices; the slice is drawn per record by `TrainSlice`."""
+
+  def __init__(self, num_volumes: int):
+    self._n = num_volumes
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __getitem__(self, index: int) -> int:
+    return int(index)
+
+
+class TrainSlice(grain.transforms.RandomMap):
+  """Draws one axial slice of a volume and augments it; deterministic from grain's per-record rng.
+
+  Output: {'image': [H, W, 1] float32, 'mask': [H, W, 1] uint8, 'seg': [H, W, 1] uint8 (zeros
+  for healthy volumes), 'volume': int32, 'slice': int32}.
+  """
+
+  def __init__(self, table: SliceTable, sampling: str = "brain",
+               augment: augment_lib.IntensityAugConfig | None = None, augment_3d: bool = False):
+    self.table = table
+    self.probs = slice_probabilities(table, sampling)
+    self.augment = augment
+    self.augment_3d = augment_3d
+    self._arrays = _ArrayOpener(table)
+
+  def random_map(self, element: int, rng: np.random.Generator) -> dict[str, Any]:
+    v = int(element)
+    k = int(rng.choice(self.probs.shape[1], p=self.probs[v]))
+    image_vol = self._arrays.array(v, "image")
+    if self.augment is not None and self.augment_3d:
+      # Faithful (Q28): augment the whole volume [H, W, D], then take the slice.
+      vol = augment_lib.augment(np.transpose(np.asarray(image_vol, np.float32), (1, 2, 0)), rng,
+                                self.augment)
+      image = vol[:, :, k]
+    else:
+      image = np.array(image_vol[k], dtype=np.float32)
+      if self.augment is not None:
+        image = augment_lib.augment(image, rng, self.augment)
+    return _slice_record(self, v, k, image)
+
+
+class FixedSlice(grain.transforms.Map):
+  """Reads a fixed (volume, slice) record without augmentation (deterministic validation, Q26)."""
+
+  def __init__(self, table: SliceTable):
+    self.table = table
+    self._arrays = _ArrayOpener(table)
+
+  def map(self, element: tuple[int, int]) -> dict[str, Any]:
+    v, k = (int(e) for e in element)
+    return _slice_record(self, v, k, np.array(self._arrays.array(v, "image")[k], np.float32))
+
+
+def _slice_record(t, v: int, k: int, image: np.ndarray) -> dict[str, Any]:
+  mask = np.array(t._arrays.array(v, "mask")[k], dtype=np.uint8)
+  seg = (np.array(t._arrays.array(v, "seg")[k], dtype=np.uint8) if t.table.has_seg[v]
+         else np.zeros_like(mask))
+  return {"image": image.astype(np.float32)[..., None], "mask": mask[..., None],
+          "seg": seg[..., None], "volume": np.int32(v), "slice": np.int32(k)}
+
+
+class ListSource(grain.sources.RandomAccessDataSource):
+  """A random-access source over a fixed list of records."""
+
+  def __init__(self, records: Sequence[Any]):
+    self._records = list(records)
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> Any:
+    return self._records[index]
+
+
+def validation_records(table: SliceTable, slices_per_volume: int) -> list[tuple[int, int]]:
+  """Fixed (volume, slice) pairs: `slices_per_volume` slices evenly spread over the brain extent."""
+  records = []
+  for v in range(len(table)):
+    brain = np.flatnonzero(table.slice_brain_voxels[v] > 0)
+    if brain.size == 0:
+      brain = np.arange(table.num_slices)
+    n = min(slices_per_volume, brain.size)
+    picks = brain[np.round(np.linspace(0, brain.size - 1, n)).astype(int)]
+    records += [(v, int(k)) for k in np.unique(picks)]
+  return records
+
+
+def _shard(shard_index: int, shard_count: int) -> grain.sharding.ShardOptions:
+  return grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
+                                     drop_remainder=True)
+
+
+def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str = "brain",
+                 augment: augment_lib.IntensityAugConfig | None = None, augment_3d: bool = False,
+                 num_epochs: int | None = None, worker_count: int = 0, shard_index: int = 0,
+                 shard_count: int = 1) -> grain.DataLoader:
+  """Endless (or `num_epochs`) shuffled training batches for THIS process.
+
+  `batch_size` is the per-process batch; each process reads only its shard of the volumes;
+  batches drop the remainder so shapes stay static. One record = one volume visit (an epoch
+  has as many samples as volumes, as in the reference).
+  """
+  sampler = grain.samplers.IndexSampler(num_records=len(table), shuffle=True, seed=seed,
+                                        num_epochs=num_epochs,
+                                        shard_options=_shard(shard_index, shard_count))
+  ops = [TrainSlice(table, sampling, augment, augment_3d),
+         grain.transforms.Batch(batch_size=batch_size, drop_remainder=True)]
+  return grain.DataLoader(data_source=VolumeIndexSource(len(table)), sampler=sampler,
+                          operations=ops, worker_count=worker_count,
+                          shard_options=_shard(shard_index, shard_count))
+
+
+def validation_loader(table: SliceTable, *, batch_size: int, slices_per_volume: int = 8,
+                      shard_index: int = 0, shard_count: int = 1,
+                      drop_remainder: bool = False) -> grain.DataLoader:
+  """One deterministic pass over fixed validation slices (no shuffling, no augmentation)."""
+  records = validation_records(table, slices_per_volume)
+  shard = grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=drop_remainder)
+  sampler = grain.samplers.IndexSampler(num_records=len(records), shuffle=False, num_epochs=1,
+                                        shard_options=shard)
+  ops = [FixedSlice(table), grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
+  return grain.DataLoader(data_source=ListSource(records), sampler=sampler, operations=ops,
+                          worker_count=0, shard_options=shard)
+
+
+class VolumeSource(grain.sources.RandomAccessDataSource):
+  """Whole preprocessed volumes for evaluation, one record per volume (50 slices = one batch)."""
+
+  def __init__(self, cache: VolumeCache, rows: Sequence[Row]):
+    self.cache = cache
+    self.rows = list(rows)
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    vol: CachedVolume = self.cache.load(self.rows[index], mmap=False)
+    seg = vol.seg if vol.seg is not None else np.zeros_like(vol.mask)
+    return {"image": vol.image[..., None], "mask": vol.mask[..., None], "seg": seg[..., None],
+            "name": vol.meta["name"], "dataset": vol.meta["dataset"], "affine": vol.affine,
+            "index": np.int32(index)}
+
+
+def eval_volumes(cache: VolumeCache, rows: Sequence[Row], shard_index: int = 0,
+                 shard_count: int = 1) -> grain.MapDataset:
+  """This process's share of whole volumes: dicts with image/mask/seg [D, H, W, 1], name, affine."""
+  ds = grain.MapDataset.source(VolumeSource(cache, rows))
+  return ds[shard_index::shard_count]

@@ -1,0 +1,99 @@
+"""The `prepare` stage: validate every split under DATA_DIR, preprocess and cache it, write a summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import ml_collections
+import numpy as np
+
+from sadm_jax import config as config_lib
+from sadm_jax.data import cache as cache_lib
+from sadm_jax.data import layout, nifti, splits as splits_lib
+from sadm_jax.utils import io
+
+
+def load_valid_splits(config: ml_collections.ConfigDict, names=None):
+  """Reads, cleans and validates splits; returns (root, {split: rows}, report, skipped).
+
+  Every row of every requested split is checked before any work. Invalid rows raise one
+  DataProblems error listing all of them, unless `data.skip_invalid` (then they are logged and
+  dropped, and listed in `skipped`).
+  """
+  root = layout.resolve_data_root(config.data.data_dir)
+  logging.info("DATA_DIR %s", root.describe())
+  names = list(names or config.data.splits or root.available_splits())
+  splits, report = splits_lib.load_splits(root, names, config.data.modality,
+                                          clean=bool(config.data.clean_splits))
+  unique = {}
+  for rows in splits.values():
+    for r in rows:
+      unique.setdefault((r.img, r.mask, r.seg, r.dataset), r)
+  keys = list(unique)
+  bad = nifti.validate_rows([unique[k] for k in keys], num_workers=config.data.num_workers)
+  problems = [p for i in sorted(bad) for p in bad[i]]
+  bad_keys = {keys[i] for i in bad}
+  skipped: dict[str, list[str]] = {}
+  if problems and not config.data.skip_invalid:
+    nifti.raise_problems(problems, f"invalid data under {root.data_dir} "
+                                   "(use --config.data.skip_invalid=True to skip these rows)")
+  for p, msg in problems:
+    logging.warning("skipping invalid row: %s: %s", p, msg)
+  for name, rows in splits.items():
+    keep = [r for r in rows if (r.img, r.mask, r.seg, r.dataset) not in bad_keys]
+    skipped[name] = [r.name for r in rows if (r.img, r.mask, r.seg, r.dataset) in bad_keys]
+    splits[name] = keep
+  return root, splits, report, skipped
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Validates, preprocesses and caches every split; prints and writes `prepare_summary.json`."""
+  config = config_lib.resolve(config)
+  start = time.time()
+  root, splits, report, skipped = load_valid_splits(config)
+  cfg = config_lib.preprocess_config(config)
+  cache_dir = config_lib.cache_dir(config)
+  unique = {}
+  for rows in splits.values():
+    for r in rows:
+      unique.setdefault(r.img, r)
+  rows = list(unique.values())
+  cache = cache_lib.VolumeCache(cache_dir, cfg)
+  n_cached_before = sum(cache.contains(r) for r in rows)
+  metas = cache_lib.ensure_cached(rows, cache_dir, cfg, num_workers=config.data.num_workers)
+  by_img = {r.img: m for r, m in zip(rows, metas)}
+  summary = {
+      "data_dir": root.data_dir, "layout": root.layout, "cache_dir": cache.root,
+      "preprocess": cfg.key(), "clean_splits": bool(config.data.clean_splits),
+      "volumes_computed": len(rows) - n_cached_before, "volumes_cached_before": n_cached_before,
+      "seconds": round(time.time() - start, 2), "splits": {},
+  }
+  for name, rows_ in splits.items():
+    lesion = np.array([by_img[r.img]["lesion_voxels"] for r in rows_], dtype=np.int64)
+    resampled = sum(by_img[r.img]["resampled_to_1mm"] for r in rows_)
+    summary["splits"][name] = {
+        "volumes": len(rows_), "lesion_voxels_total": int(lesion.sum()),
+        "lesion_voxels_mean": float(lesion.mean()) if len(rows_) else 0.0,
+        "volumes_with_lesion": int((lesion > 0).sum()), "resampled_to_1mm": int(resampled),
+        "invalid_skipped": len(skipped.get(name, [])), **report.summary(name),
+    }
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json(os.path.join(workdir, "prepare_summary.json"), summary)
+  print(format_summary(summary))
+  return summary
+
+
+def format_summary(summary: dict) -> str:
+  lines = [f"DATA_DIR {summary['data_dir']} ({summary['layout']} layout); cache {summary['cache_dir']}",
+           f"{summary['volumes_computed']} volume(s) preprocessed, "
+           f"{summary['volumes_cached_before']} already cached, {summary['seconds']} s",
+           f"{'split':<18}{'volumes':>8}{'w/ lesion':>10}{'lesion vox':>12}{'dups':>6}"
+           f"{'dropped':>8}{'skipped':>8}  overlaps"]
+  for name, s in summary["splits"].items():
+    ov = ", ".join(f"{k}:{v}" for k, v in s["overlaps"].items()) or "-"
+    lines.append(f"{name:<18}{s['volumes']:>8}{s['volumes_with_lesion']:>10}"
+                 f"{s['lesion_voxels_total']:>12}{s['duplicate_rows']:>6}{s['dropped']:>8}"
+                 f"{s['invalid_skipped']:>8}  {ov}")
+  return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""Split CSVs in the authors' format: reading, duplicate removal and train/val/test overlap hygiene."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import os
+from typing import Sequence
+
+from sadm_jax.data import layout
+from sadm_jax.data.errors import DataError
+
+REQUIRED_COLUMNS = ("img_name", "label", "age", "img_path", "mask_path", "seg_path")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One volume of a split, with absolute paths.
+
+  Attributes:
+    name: `img_name` of the CSV (the subject/volume id).
+    split: split name, e.g. 'IXI_train_fold0'.
+    dataset: 'IXI' | 'Brats21' | 'ATLAS_v2' | 'MSLUB' | 'WMH'.
+    split_type: 'train' | 'val' | 'test'.
+    index: the CSV's leading index column (the row position when it has none).
+    label: 0 healthy, 1 pathological.
+    age: the `age` column as float (NaN when empty).
+    img, mask: absolute paths; seg: absolute path or None (healthy IXI).
+    csv: the CSV the row came from (for error messages).
+  """
+  name: str
+  split: str
+  dataset: str
+  split_type: str
+  index: int
+  label: int
+  age: float
+  img: str
+  mask: str
+  seg: str | None
+  csv: str
+
+
+def read_split(root: layout.DataRoot, split: str, modality: str = "t1") -> list[Row]:
+  """Reads `<root>/splits/<split>.csv`; raises DataError naming the file on any format problem."""
+  info = layout.parse_split_name(split)
+  path = root.split_csv(split)
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: split file not found (split {split!r}, {root.describe()})")
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.reader(f)
+    try:
+      header = next(reader)
+    except StopIteration:
+      raise DataError(f"{path}: empty CSV (no header)") from None
+    body = list(reader)
+  missing = [c for c in REQUIRED_COLUMNS if c not in header]
+  if missing:
+    raise DataError(f"{path}: missing required column(s) {', '.join(missing)} "
+                    f"(found: {', '.join(h or '<index>' for h in header)})")
+  col = {h: i for i, h in enumerate(header)}
+  has_index = header[0] == ""
+  rows = []
+  for line_no, values in enumerate(body, start=2):
+    if not any(v.strip() for v in values):
+      continue
+    if len(values) != len(header):
+      raise DataError(f"{path}: line {line_no} has {len(values)} fields, header has {len(header)}")
+    where = f"{path}: line {line_no}"
+    try:
+      index = int(values[0]) if has_index else line_no - 2
+      label = int(float(values[col["label"]]))
+      age_s = values[col["age"]].strip()
+      age = float(age_s) if age_s else float("nan")
+    except ValueError as e:
+      raise DataError(f"{where}: bad index/label/age value ({e})") from None
+    img = layout.resolve_csv_path(root.base, values[col["img_path"]], where)
+    mask = layout.resolve_csv_path(root.base, values[col["mask_path"]], where)
+    seg = layout.resolve_csv_path(root.base, values[col["seg_path"]], where)
+    if img is None or mask is None:
+      raise DataError(f"{where}: img_path and mask_path must not be empty")
+    if info.dataset != "IXI" and seg is None:
+      raise DataError(f"{where}: seg_path is empty for pathological data set {info.dataset}")
+    rows.append(Row(name=values[col["img_name"]].strip(), split=split, dataset=info.dataset,
+                    split_type=info.split_type, index=index, label=label, age=age,
+                    img=layout.with_modality(img, modality), mask=mask, seg=seg, csv=path))
+  if not rows:
+    raise DataError(f"{path}: split has no rows")
+  return rows
+
+
+@dataclasses.dataclass
+class HygieneReport:
+  """What de-duplication and overlap removal did, per split (counts and the affected names)."""
+  duplicates: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+  overlaps: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
+  dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+  applied: bool = True
+
+  def summary(self, split: str) -> dict:
+    return {
+        "duplicate_rows": len(self.duplicates.get(split, [])),
+        "overlaps": {k: len(v) for k, v in self.overlaps.get(split, {}).items()},
+        "dropped": self.dropped.get(split, 0) if self.applied else 0,
+    }
+
+
+# A split loses images it shares with a split of higher priority (METHOD Q17): test > val > train.
+_PRIORITY = {"test": 2, "val": 1, "train": 0}
+
+
+def _partners(split: str, names: Sequence[str]) -> list[str]:
+  """Splits that must be disjoint from `split`: same data set, same fold (or no fold), other type."""
+  info = layout.parse_split_name(split)
+  out = []
+  for other in names:
+    o = layout.parse_split_name(other)
+    if other == split or o.dataset != info.dataset or o.split_type == info.split_type:
+      continue
+    if info.fold is not None and o.fold is not None and info.fold != o.fold:
+      continue
+    out.append(other)
+  return out
+
+
+def clean_splits(splits: dict[str, list[Row]], apply: bool = True
+                 ) -> tuple[dict[str, list[Row]], HygieneReport]:
+  """Reports duplicate rows and train/val/test overlaps (by image path); removes them if `apply`.
+
+  Duplicates keep their first occurrence. An image in two splits of the same data set and fold
+  is kept in the split of higher priority (test > val > train) and dropped from the other.
+  With `apply=False` (faithful mode) everything is reported and nothing is changed.
+  """
+  report = HygieneReport(applied=apply)
+  deduped = {}
+  for split, rows in splits.items():
+    seen, keep, dups = set(), [], []
+    for r in rows:
+      if r.img in seen:
+        dups.append(r.name)
+        continue
+      seen.add(r.img)
+      keep.append(r)
+    report.duplicates[split] = dups
+    deduped[split] = keep
+  images = {s: {r.img for r in rows} for s, rows in deduped.items()}
+  out = {}
+  for split, rows in deduped.items():
+    prio = _PRIORITY[layout.parse_split_name(split).split_type]
+    overlaps, drop = collections.defaultdict(list), set()
+    for other in _partners(split, list(deduped)):
+      shared = images[split] & images[other]
+      if shared:
+        overlaps[other] = sorted(os.path.basename(p) for p in shared)
+        if _PRIORITY[layout.parse_split_name(other).split_type] > prio:
+          drop |= shared
+    report.overlaps[split] = dict(overlaps)
+    final = rows if not apply else [r for r in rows if r.img not in drop]
+    report.dropped[split] = len(splits[split]) - len(final)
+    out[split] = final if apply else list(splits[split])
+  return out, report
+
+
+def load_splits(root: layout.DataRoot, names: Sequence[str] | None = None, modality: str = "t1",
+                clean: bool = True) -> tuple[dict[str, list[Row]], HygieneReport]:
+  """Reads the named splits (default: every known split present) and applies `clean_splits`."""
+  names = list(names) if names is not None else root.available_splits()
+  if not names:
+    raise DataError(f"{root.splits_dir}: no known split CSVs found (expected e.g. "
+                    f"IXI_train_fold0.csv, Brats21_test.csv)")
+  splits = {n: read_split(root, n, modality) for n in names}
+  return clean_splits(splits, apply=clean)
