@@ -1,0 +1,125 @@
+"""Tests for DATA_DIR resolution, split CSV parsing and split hygiene."""
+
+import os
+import shutil
+
+import pytest
+
+from sadm_jax.data import layout, splits
+from sadm_jax.data.errors import DataError
+from tests.data import fake_data
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("dd"))
+  fake_data.write_data_dir(root, data_level=True, n_ixi=8, n_patho=2)
+  return root
+
+
+def test_resolves_authors_layout_and_flat_layout(data_dir, tmp_path):
+  root = layout.resolve_data_root(data_dir)
+  assert root.layout == "authors" and root.base == os.path.join(data_dir, "Data")
+  assert "Data/ level" in root.describe()
+  assert set(root.available_splits()) == {*(f"IXI_{t}_fold{k}" for t in ("train", "val")
+                                            for k in range(5)), "IXI_test", "Brats21_val",
+                                          "Brats21_test", "ATLAS_v2_val", "ATLAS_v2_test"}
+  flat = str(tmp_path / "flat")
+  shutil.copytree(os.path.join(data_dir, "Data"), flat)
+  root2 = layout.resolve_data_root(flat)
+  assert root2.layout == "flat" and root2.base == flat
+  rows = splits.read_split(root2, "Brats21_val")
+  assert all(os.path.isfile(r.img) for r in rows)
+
+
+def test_missing_data_dir_and_split_dir(tmp_path):
+  with pytest.raises(DataError, match="does not exist"):
+    layout.resolve_data_root(str(tmp_path / "nope"))
+  with pytest.raises(DataError, match="no split directory"):
+    layout.resolve_data_root(str(tmp_path))
+  with pytest.raises(DataError, match="data_dir is empty"):
+    layout.resolve_data_root("")
+
+
+def test_missing_split_file(data_dir):
+  root = layout.resolve_data_root(data_dir)
+  os.rename(root.split_csv("ATLAS_v2_test"), root.split_csv("ATLAS_v2_test") + ".bak")
+  try:
+    with pytest.raises(DataError, match=r"ATLAS_v2_test\.csv: split file not found"):
+      splits.read_split(root, "ATLAS_v2_test")
+  finally:
+    os.rename(root.split_csv("ATLAS_v2_test") + ".bak", root.split_csv("ATLAS_v2_test"))
+
+
+def test_read_split_rows(data_dir):
+  root = layout.resolve_data_root(data_dir)
+  rows = splits.read_split(root, "Brats21_test")
+  r = rows[0]
+  assert (r.dataset, r.split_type, r.label, r.index) == ("Brats21", "test", 1, 0)
+  assert r.img == os.path.join(data_dir, "Data", "Test", "Brats21", "t1", f"{r.name}_t1.nii.gz")
+  ixi = splits.read_split(root, "IXI_train_fold0")
+  assert all(x.seg is None and x.label == 0 for x in ixi)
+
+
+def test_csv_without_required_columns(tmp_path):
+  base = tmp_path / "Data"
+  fake_data.write_csv(str(base / "splits" / "IXI_test.csv"), [["a", "/x.nii.gz"]],
+                      header=["", "img_name", "img_path"])
+  root = layout.resolve_data_root(str(tmp_path))
+  with pytest.raises(DataError, match=r"IXI_test\.csv: missing required column\(s\) label, age, "
+                                      r"mask_path, seg_path"):
+    splits.read_split(root, "IXI_test")
+
+
+def test_path_leaving_data_dir_is_refused(tmp_path):
+  base = tmp_path / "Data"
+  fake_data.write_csv(str(base / "splits" / "IXI_test.csv"),
+                      [["a", "F", 0, 30, "/../../etc/passwd", "/m.nii.gz", ""]])
+  root = layout.resolve_data_root(str(tmp_path))
+  with pytest.raises(DataError, match=r"IXI_test\.csv: line 2: path '/\.\./\.\./etc/passwd' "
+                                      "leaves DATA_DIR"):
+    splits.read_split(root, "IXI_test")
+  assert layout.resolve_csv_path("/d", "/Train/x.nii.gz") == "/d/Train/x.nii.gz"
+  assert layout.resolve_csv_path("/d", "") is None
+
+
+def test_modality_replaced_in_file_name_only():
+  # Q19: the reference replaced every 't1' in the whole path, breaking e.g. '/data/t1study/'.
+  p = "/data/t1study/Test/Brats21/t1/BraTS2021_00001_t1.nii.gz"
+  assert layout.with_modality(p, "t2") == "/data/t1study/Test/Brats21/t2/BraTS2021_00001_t2.nii.gz"
+  assert layout.with_modality(p, "t1") == p
+  assert layout.with_modality("/x/IXI002-Guys-0828_t1.nii.gz", "t2") == "/x/IXI002-Guys-0828_t2.nii.gz"
+
+
+def test_parse_split_names():
+  assert layout.parse_split_name("IXI_val_fold3") == layout.SplitName("IXI_val_fold3", "IXI", "val", 3)
+  assert layout.parse_split_name("WMH_test").fold is None
+  with pytest.raises(ValueError, match="unknown split name"):
+    layout.parse_split_name("IXI_training")
+
+
+def _row(name, split, img):
+  info = layout.parse_split_name(split)
+  return splits.Row(name, split, info.dataset, info.split_type, 0, 0, 30.0, img, img + "m", None, "x")
+
+
+def test_clean_splits_removes_duplicates_and_overlaps():
+  s = {
+      "IXI_train_fold0": [_row(n, "IXI_train_fold0", f"/{n}") for n in ["a", "b", "b", "c", "t"]],
+      "IXI_val_fold0": [_row(n, "IXI_val_fold0", f"/{n}") for n in ["c", "d"]],
+      "IXI_val_fold1": [_row(n, "IXI_val_fold1", f"/{n}") for n in ["a"]],  # other fold: no clash
+      "IXI_test": [_row(n, "IXI_test", f"/{n}") for n in ["t", "u"]],
+  }
+  out, rep = splits.clean_splits(s, apply=True)
+  assert [r.name for r in out["IXI_train_fold0"]] == ["a", "b"]
+  assert [r.name for r in out["IXI_val_fold0"]] == ["c", "d"]  # val outranks train
+  assert [r.name for r in out["IXI_val_fold1"]] == ["a"]
+  assert [r.name for r in out["IXI_test"]] == ["t", "u"]
+  assert rep.summary("IXI_train_fold0") == {"duplicate_rows": 1, "dropped": 3,
+                                            "overlaps": {"IXI_val_fold0": 1, "IXI_test": 1}}
+  assert rep.summary("IXI_val_fold0")["overlaps"] == {"IXI_train_fold0": 1}
+  # Faithful: everything reported, nothing changed (duplicates kept too).
+  same, rep2 = splits.clean_splits(s, apply=False)
+  assert [r.name for r in same["IXI_train_fold0"]] == ["a", "b", "b", "c", "t"]
+  assert rep2.summary("IXI_train_fold0")["duplicate_rows"] == 1
+  assert rep2.summary("IXI_train_fold0")["dropped"] == 0

@@ -1,0 +1,110 @@
+"""Bad input gives one clear error naming every file and problem (METHOD §2, issue 'bad input')."""
+
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sadm_jax.data import layout, nifti, splits
+from sadm_jax.data.errors import DataError, DataProblems
+from tests.data import fake_data
+
+
+def _row(tmp_path, dataset="Brats21", name="s", img=None, mask=None, seg=None, seg_labels=(0, 1)):
+  rng = np.random.default_rng(0)
+  image, m, s = fake_data.make_subject(rng, shape=(12, 12, 8), lesion=True)
+  paths = {}
+  for role, data in (("img", image if img is None else img), ("mask", m if mask is None else mask),
+                     ("seg", s if seg is None else seg)):
+    p = str(tmp_path / f"{name}_{role}.nii.gz")
+    if isinstance(data, tuple):  # (array, affine)
+      fake_data.save(p, *data)
+    elif isinstance(data, str):  # raw bytes / marker
+      if data != "missing":
+        with open(p, "wb") as f:
+          f.write(data.encode())
+    else:
+      fake_data.save(p, data)
+    paths[role] = p
+  return splits.Row(name, f"{dataset}_test", dataset, "test", 0, 1, 30.0, paths["img"],
+                    paths["mask"], paths["seg"], "x.csv")
+
+
+def test_valid_row_has_no_problems(tmp_path):
+  assert nifti.validate_row(_row(tmp_path)) == []
+
+
+def test_missing_file(tmp_path):
+  r = _row(tmp_path, img="missing")
+  assert nifti.validate_row(r) == [(r.img, "file not found")]
+
+
+def test_truncated_gzip(tmp_path):
+  r = _row(tmp_path)
+  with open(r.img, "rb") as f:
+    data = f.read()
+  with open(r.img, "wb") as f:
+    f.write(data[: len(data) // 2])
+  (path, problem), = nifti.validate_row(r)
+  assert path == r.img and problem.startswith("cannot read as NIfTI")
+
+
+def test_not_a_nifti(tmp_path):
+  r = _row(tmp_path, img="this is not a nifti file")
+  (path, problem), = nifti.validate_row(r)
+  assert path == r.img and "cannot read as NIfTI" in problem
+
+
+def test_2d_and_4d_images(tmp_path):
+  r = _row(tmp_path, name="a", img=np.zeros((12, 12), np.float32))
+  assert any("expected a 3-D volume, got shape (12, 12)" in p for _, p in nifti.validate_row(r))
+  r = _row(tmp_path, name="b", img=np.zeros((12, 12, 8, 2), np.float32))
+  assert any("expected a 3-D volume, got shape (12, 12, 8, 2)" in p for _, p in nifti.validate_row(r))
+  # A trailing singleton dimension is a 3-D volume.
+  vol = nifti.load_volume(_row(tmp_path, name="c", img=np.ones((12, 12, 8, 1), np.float32)).img)
+  assert vol.data.shape == (12, 12, 8)
+
+
+def test_shape_and_affine_mismatch(tmp_path):
+  r = _row(tmp_path, name="a", mask=np.ones((12, 12, 9), np.uint8))
+  assert nifti.validate_row(r) == [(r.mask, f"mask shape (12, 12, 9) differs from image shape "
+                                            f"(12, 12, 8) ({r.img})")]
+  aff = np.diag([1.0, 1.0, 2.0, 1.0])
+  r = _row(tmp_path, name="b", seg=(np.zeros((12, 12, 8), np.uint8), aff))
+  assert nifti.validate_row(r) == [(r.seg, f"seg affine differs from the image affine ({r.img})")]
+
+
+def test_nan_inf_and_empty_mask_and_labels(tmp_path):
+  img = np.ones((12, 12, 8), np.float32)
+  img[0, 0, 0], img[1, 1, 1] = np.nan, np.inf
+  r = _row(tmp_path, name="a", img=img, mask=np.zeros((12, 12, 8), np.uint8))
+  probs = nifti.validate_row(r)
+  assert (r.img, "image contains 2 NaN/Inf voxel(s)") in probs
+  assert (r.mask, "brain mask is empty") in probs
+  seg = np.zeros((12, 12, 8), np.uint8)
+  seg[2, 2, 2] = 3
+  r = _row(tmp_path, dataset="ATLAS_v2", name="b", seg=seg)
+  assert nifti.validate_row(r) == [(r.seg, "segmentation has unexpected label value(s) 3; "
+                                           "allowed [0, 1]")]
+  # BraTS labels {1, 2, 4} are valid for Brats21 (binarised later), 3 is not.
+  seg[2, 2, 2], seg[3, 3, 3] = 4, 2
+  assert nifti.validate_row(_row(tmp_path, name="c", seg=seg)) == []
+  seg[4, 4, 4] = 3
+  r = _row(tmp_path, name="d", seg=seg)
+  assert nifti.validate_row(r) == [(r.seg, "segmentation has unexpected label value(s) 3; "
+                                           "allowed [0, 1, 2, 4]")]
+
+
+def test_all_problems_collected_in_one_message(tmp_path):
+  rows = [_row(tmp_path, name="ok"), _row(tmp_path, name="bad1", img="missing"),
+          _row(tmp_path, name="bad2", mask=np.zeros((12, 12, 8), np.uint8))]
+  bad = nifti.validate_rows(rows, num_workers=2)
+  assert sorted(bad) == [1, 2]
+  with pytest.raises(DataProblems) as e:
+    nifti.raise_problems([p for i in sorted(bad) for p in bad[i]], "invalid data")
+  msg = str(e.value)
+  assert "2 problem(s)" in msg and rows[1].img in msg and rows[2].mask in msg
+  assert "file not found" in msg and "brain mask is empty" in msg
+  assert isinstance(e.value, DataError)
