@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -41,6 +42,10 @@ class SliceTable:
   def __len__(self) -> int:
     return len(self.entries)
 
+  def fingerprint(self) -> str:
+    """A short hash of the volumes (cache entry directories) in order."""
+    return hashlib.sha256("\n".join(self.entries).encode()).hexdigest()[:16]
+
   @property
   def num_slices(self) -> int:
     return int(self.slice_brain_voxels.shape[1])
@@ -78,10 +83,18 @@ def slice_probabilities(table: SliceTable, sampling: str) -> np.ndarray:
 
 
 class VolumeIndexSource(grain.sources.RandomAccessDataSource):
-  """Records are volume indices; the slice is drawn per record by `TrainSlice`."""
+  """Records are volume indices; the slice is drawn per record by `TrainSlice`.
 
-  def __init__(self, num_volumes: int):
-    self._n = num_volumes
+  Its repr names the table's fingerprint: grain refuses to restore an iterator state saved
+  for a different data source.
+  """
+
+  def __init__(self, table: SliceTable):
+    self._n = len(table)
+    self._fingerprint = table.fingerprint()
+
+  def __repr__(self) -> str:
+    return f"VolumeIndexSource(n={self._n}, table={self._fingerprint})"
 
   def __len__(self) -> int:
     return self._n
@@ -147,6 +160,10 @@ class ListSource(grain.sources.RandomAccessDataSource):
   def __init__(self, records: Sequence[Any]):
     self._records = list(records)
 
+  def __repr__(self) -> str:
+    digest = hashlib.sha256(repr(self._records).encode()).hexdigest()[:16]
+    return f"ListSource(n={len(self._records)}, records={digest})"
+
   def __len__(self) -> int:
     return len(self._records)
 
@@ -187,7 +204,7 @@ def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str
                                         shard_options=_shard(shard_index, shard_count))
   ops = [TrainSlice(table, sampling, augment, augment_3d),
          grain.transforms.Batch(batch_size=batch_size, drop_remainder=True)]
-  return grain.DataLoader(data_source=VolumeIndexSource(len(table)), sampler=sampler,
+  return grain.DataLoader(data_source=VolumeIndexSource(table), sampler=sampler,
                           operations=ops, worker_count=worker_count,
                           shard_options=_shard(shard_index, shard_count))
 

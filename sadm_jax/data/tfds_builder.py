@@ -50,10 +50,11 @@ class SadmSlices(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.splitlines()[0],
+        disable_shuffling=True,  # records in (volume, slice) order
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(None, None), dtype=np.float32),
-            "mask": tfds.features.Tensor(shape=(None, None), dtype=np.uint8),
-            "seg": tfds.features.Tensor(shape=(None, None), dtype=np.uint8),
+            "image": tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="bytes"),
+            "mask": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding="bytes"),
+            "seg": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding="bytes"),
             "name": tfds.features.Text(),
             "volume": tfds.features.Scalar(dtype=np.int32),
             "slice": tfds.features.Scalar(dtype=np.int32),

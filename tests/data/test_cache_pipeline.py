@@ -1,0 +1,185 @@
+"""Tests for the preprocessing cache, grain pipelines and the TFDS builder on a tiny fake DATA_DIR."""
+
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sadm_jax.data import augment, cache as cache_lib, layout, pipeline, splits
+from sadm_jax.data.preprocess import PreprocessConfig
+from tests.data import fake_data
+
+CFG = PreprocessConfig(crop_size=(32, 32, 16))  # tiny working grid 16×16×8
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("dd"))
+  fake_data.write_data_dir(root, n_ixi=8, n_patho=2)
+  data_root = layout.resolve_data_root(root)
+  s, _ = splits.load_splits(data_root)
+  cache_dir = os.path.join(root, "cache")
+  rows = s["IXI_train_fold0"] + s["Brats21_val"]
+  cache_lib.ensure_cached(rows, cache_dir, CFG)
+  return data_root, s, cache_lib.VolumeCache(cache_dir, CFG)
+
+
+def test_cache_layout_and_contents(prepared):
+  _, s, cache = prepared
+  row = s["Brats21_val"][0]
+  vol = cache.load(row)
+  assert vol.image.shape == (8, 16, 16) and vol.image.dtype == np.float32  # slice-major [D, H, W]
+  assert isinstance(vol.image, np.memmap)
+  assert vol.volume("image").shape == (16, 16, 8)
+  assert set(np.unique(vol.seg)) <= {0, 1}  # BraTS labels binarised
+  assert vol.meta["lesion_voxels"] == int(vol.seg.sum()) > 0
+  assert vol.meta["slice_brain_voxels"] == vol.mask.sum(axis=(1, 2)).tolist()
+  assert vol.affine.shape == (4, 4)
+  assert not any(n.startswith(".tmp-") for n in os.listdir(cache.root))
+
+
+def test_second_run_does_not_recompute_and_changes_invalidate(prepared, tmp_path):
+  data_root, s, cache = prepared
+  row = s["IXI_train_fold0"][0]
+  entry = os.path.join(cache.path(row), "image.npy")
+  before = os.stat(entry).st_mtime_ns
+  cache_lib.ensure_cached([row], os.path.dirname(cache.root), CFG)
+  assert os.stat(entry).st_mtime_ns == before
+  # A different preprocessing config gets its own key.
+  other = cache_lib.VolumeCache(os.path.dirname(cache.root), PreprocessConfig(crop_size=(32, 32, 16),
+                                                                              curvature_flow=False))
+  assert other.root != cache.root and not other.contains(row)
+  # A changed source file invalidates its entry.
+  import shutil
+  copy_root = str(tmp_path / "copy")
+  shutil.copytree(data_root.data_dir, copy_root, ignore=shutil.ignore_patterns("cache"))
+  r2 = splits.read_split(layout.resolve_data_root(copy_root), "IXI_train_fold0")[0]
+  c2 = cache_lib.VolumeCache(str(tmp_path / "c2"), CFG)
+  c2.compute(r2)
+  assert c2.contains(r2)
+  time.sleep(0.01)
+  img, mask, _ = fake_data.make_subject(np.random.default_rng(9))
+  fake_data.save(r2.img, img)
+  assert not c2.contains(r2)
+
+
+def test_cache_load_missing_entry_is_clear(prepared):
+  _, s, cache = prepared
+  from sadm_jax.data.errors import DataError
+  with pytest.raises(DataError, match="not in the preprocessing cache"):
+    cache.load(s["ATLAS_v2_test"][0])
+
+
+def _batches(loader, n):
+  it = iter(loader)
+  return [next(it) for _ in range(n)]
+
+
+def test_train_loader_shapes_determinism_and_sharding(prepared):
+  _, s, cache = prepared
+  table = pipeline.SliceTable.from_rows(cache, s["IXI_train_fold0"])
+  kw = dict(batch_size=2, seed=1, augment=augment.IntensityAugConfig())
+  a = _batches(pipeline.train_loader(table, **kw), 4)
+  b = _batches(pipeline.train_loader(table, **kw), 4)
+  assert a[0]["image"].shape == (2, 16, 16, 1) and a[0]["image"].dtype == np.float32
+  assert a[0]["seg"].shape == (2, 16, 16, 1) and not a[0]["seg"].any()
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+  c = _batches(pipeline.train_loader(table, **{**kw, "seed": 2}), 4)
+  assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
+  # Two process shards of one epoch see disjoint volumes.
+  seen = []
+  for shard in range(2):
+    loader = pipeline.train_loader(table, batch_size=1, seed=1, num_epochs=1, shard_index=shard,
+                                   shard_count=2)
+    seen.append({int(x["volume"][0]) for x in loader})
+  assert seen[0].isdisjoint(seen[1]) and len(seen[0]) == len(seen[1]) == len(table) // 2
+
+
+def test_brain_sampling_never_draws_empty_slices(prepared):
+  _, s, cache = prepared
+  table = pipeline.SliceTable.from_rows(cache, s["IXI_train_fold0"])
+  probs = pipeline.slice_probabilities(table, "brain")
+  np.testing.assert_allclose(probs.sum(1), 1.0)
+  assert np.all(probs[table.slice_brain_voxels == 0] == 0)
+  np.testing.assert_allclose(pipeline.slice_probabilities(table, "uniform"), 1 / table.num_slices)
+  batch = _batches(pipeline.train_loader(table, batch_size=4, seed=0), 5)
+  for b in batch:
+    for v, k in zip(b["volume"], b["slice"]):
+      assert table.slice_brain_voxels[v, k] > 0
+  with pytest.raises(ValueError, match="unknown slice sampling"):
+    pipeline.slice_probabilities(table, "random")
+
+
+def test_iterator_state_resumes_exactly(prepared):
+  _, s, cache = prepared
+  table = pipeline.SliceTable.from_rows(cache, s["IXI_train_fold0"])
+  loader = pipeline.train_loader(table, batch_size=2, seed=3, augment=augment.IntensityAugConfig())
+  it = iter(loader)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  it2 = iter(pipeline.train_loader(table, batch_size=2, seed=3,
+                                   augment=augment.IntensityAugConfig()))
+  it2.set_state(state)
+  for e in expected:
+    np.testing.assert_array_equal(next(it2)["image"], e["image"])
+
+
+def test_worker_processes_give_identical_batches(prepared):
+  _, s, cache = prepared
+  table = pipeline.SliceTable.from_rows(cache, s["IXI_train_fold0"])
+  kw = dict(batch_size=2, seed=5, augment=augment.IntensityAugConfig())
+  a = _batches(pipeline.train_loader(table, **kw), 3)
+  b = _batches(pipeline.train_loader(table, worker_count=1, **kw), 3)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_validation_loader_is_fixed_and_segs_follow(prepared):
+  _, s, cache = prepared
+  table = pipeline.SliceTable.from_rows(cache, s["Brats21_val"])
+  recs = pipeline.validation_records(table, 3)
+  assert all(table.slice_brain_voxels[v, k] > 0 for v, k in recs)
+  a = list(pipeline.validation_loader(table, batch_size=4, slices_per_volume=3))
+  b = list(pipeline.validation_loader(table, batch_size=4, slices_per_volume=3))
+  assert sum(len(x["image"]) for x in a) == len(recs)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+  vol = cache.load(s["Brats21_val"][0])
+  first = a[0]
+  k = int(first["slice"][0])
+  np.testing.assert_array_equal(first["seg"][0, ..., 0], vol.seg[k])
+
+
+def test_eval_volumes(prepared):
+  _, s, cache = prepared
+  ds = pipeline.eval_volumes(cache, s["Brats21_val"])
+  item = ds[0]
+  assert item["image"].shape == (8, 16, 16, 1) and item["seg"].shape == (8, 16, 16, 1)
+  assert item["name"] == s["Brats21_val"][0].name and item["affine"].shape == (4, 4)
+  shards = [list(pipeline.eval_volumes(cache, s["Brats21_val"], i, 2)) for i in range(2)]
+  assert sorted(x["name"] for sh in shards for x in sh) == sorted(r.name for r in s["Brats21_val"])
+
+
+def test_tfds_pack_and_read_without_tensorflow(prepared, tmp_path):
+  _, s, cache = prepared
+  from sadm_jax.data import tfds_builder
+  out = tfds_builder.pack_splits(cache, {"Brats21_val": s["Brats21_val"]}, str(tmp_path / "tfds"))
+  assert os.path.isdir(out["Brats21"])
+  src = tfds_builder.open_split(str(tmp_path / "tfds"), "Brats21_val")
+  assert len(src) == 8 * len(s["Brats21_val"])
+  rec = src[3]
+  assert (int(rec["volume"]), int(rec["slice"])) == (0, 3)
+  vol = cache.load(s["Brats21_val"][0])
+  np.testing.assert_array_equal(rec["image"], vol.image[3])
+  np.testing.assert_array_equal(rec["seg"], vol.seg[3])
+  import grain
+  loader = grain.DataLoader(data_source=src, sampler=grain.samplers.IndexSampler(
+      len(src), shuffle=True, seed=0, num_epochs=1), operations=[grain.transforms.Batch(4)])
+  batch = next(iter(loader))
+  assert batch["image"].shape == (4, 16, 16)
+  assert "tensorflow" not in sys.modules
