@@ -1,0 +1,98 @@
+"""End-to-end tests of the `prepare` stage, in process and through `python -m sadm_jax.main`."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import prepare as prepare_config
+from sadm_jax import main as main_lib
+from tests.data import fake_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(data_dir, **data):
+  c = prepare_config.get_config("tiny")
+  c.data.data_dir = data_dir
+  c.data.preprocess.crop_size = (32, 32, 16)
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def _add_duplicate_and_overlap(base):
+  path = os.path.join(base, "splits", "IXI_train_fold0.csv")
+  header, rows = fake_data.read_csv(path)
+  _, test_rows = fake_data.read_csv(os.path.join(base, "splits", "IXI_test.csv"))
+  rows = rows + [rows[0][:]] + [test_rows[0][:]]
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    for i, r in enumerate(rows):
+      w.writerow([i] + r[1:])
+
+
+def test_prepare_summary_and_second_run(tmp_path):
+  base = fake_data.write_data_dir(str(tmp_path / "dd"), n_ixi=8, n_patho=2)
+  _add_duplicate_and_overlap(base)
+  work = str(tmp_path / "w")
+  summary = main_lib.run_stage(_config(str(tmp_path / "dd")), work)
+  with open(os.path.join(work, "prepare_summary.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk == json.loads(json.dumps(summary))
+  assert summary["layout"] == "authors"
+  train = summary["splits"]["IXI_train_fold0"]
+  assert train["duplicate_rows"] == 1 and train["overlaps"]["IXI_test"] == 1
+  assert train["dropped"] == 2 and train["volumes"] == 5  # 6 pool - 1 val = 5 after cleaning
+  b = summary["splits"]["Brats21_test"]
+  assert b["volumes"] == 2 and b["volumes_with_lesion"] == 2 and b["lesion_voxels_total"] > 0
+  assert summary["volumes_computed"] == 8 + 4 * 2
+  again = main_lib.run_stage(_config(str(tmp_path / "dd")), work)
+  assert again["volumes_computed"] == 0 and again["volumes_cached_before"] == 16
+  # Faithful keeps duplicates and overlaps (reported, not dropped).
+  c = _config(str(tmp_path / "dd"))
+  c.faithful = True
+  faithful = main_lib.run_stage(c, str(tmp_path / "w2"))
+  assert faithful["splits"]["IXI_train_fold0"]["volumes"] == 7  # 5 + duplicate + overlap
+  assert faithful["splits"]["IXI_train_fold0"]["dropped"] == 0
+
+
+def _break_data(base):
+  img = os.path.join(base, "Test", "Brats21", "t1", "Brats21_test_001_t1.nii.gz")
+  with open(img, "rb") as f:
+    data = f.read()
+  with open(img, "wb") as f:
+    f.write(data[:200])
+  mask = os.path.join(base, "Test", "ATLAS_v2", "mask", "ATLAS_v2_val_000_mask.nii.gz")
+  fake_data.save(mask, np.zeros(fake_data.SHAPE, np.uint8))
+  return img, mask
+
+
+def test_main_exits_nonzero_listing_every_invalid_file(tmp_path):
+  base = fake_data.write_data_dir(str(tmp_path / "dd"), n_ixi=7, n_patho=2)
+  img, mask = _break_data(base)
+  cmd = [sys.executable, "-m", "sadm_jax.main", "--config=configs/prepare.py:tiny",
+         f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'dd'}",
+         "--config.data.preprocess.crop_size=(32, 32, 16)"]
+  res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert "2 problem(s)" in res.stderr
+  assert f"{img}: cannot read as NIfTI" in res.stderr
+  assert f"{mask}: brain mask is empty" in res.stderr
+  assert not os.path.exists(tmp_path / "w" / "prepare_summary.json")
+  # The escape hatch skips (and reports) the invalid rows.
+  summary = main_lib.run_stage(_config(str(tmp_path / "dd"), skip_invalid=True), str(tmp_path / "w"))
+  assert summary["splits"]["Brats21_test"]["invalid_skipped"] == 1
+  assert summary["splits"]["Brats21_test"]["volumes"] == 1
+  assert summary["splits"]["ATLAS_v2_val"]["invalid_skipped"] == 1
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+  from sadm_jax.data.errors import DataError
+  with pytest.raises(DataError, match="DATA_DIR does not exist"):
+    main_lib.run_stage(_config(str(tmp_path / "missing")), str(tmp_path / "w"))
