@@ -142,8 +142,7 @@ def test_transform_frequencies_match_probabilities():
   coeffs = np.array([d.bias_coeffs for d in draws if d.bias_coeffs is not None])
   assert coeffs.shape[1] == 20 and np.abs(coeffs).max() <= 0.5
   # 2-D: in-plane axes only, 10 bias coefficients, 2 sigmas
-  d2 = [aug.sample_aug_params(2, rng, aug.IntensityAugConfig(p_gamma=1.0, p_bias=1.0, p_blur=1.0,
-                                                               p_ghosting=1.0)) for _ in range(200)]
+  d2 = [aug.sample_aug_params(2, rng, _ALL) for _ in range(200)]
   assert {d.ghosting[1] for d in d2} == {0, 1}
   assert all(len(d.bias_coeffs) == 10 and len(d.blur_sigma) == 2 for d in d2)
 
