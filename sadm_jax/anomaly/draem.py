@@ -1,4 +1,4 @@
-"""DRAEM synthetic anomalies for single-channel slices: Perlin-noise masks filled with augmented noise texture."""
+"""DRAEM synthetic anomalies for single-channel slices: Perlin masks filled with augmented noise."""
 
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ def augment_texture(texture: np.ndarray, rng: np.random.Generator, n: int = 3,
 
 def sample_perturbation(shape: tuple[int, int], rng: np.random.Generator,
                         cfg: DraemConfig = DraemConfig()) -> tuple[np.ndarray, np.ndarray]:
-  """One DRAEM perturbation: (p [H, W] float32 in [0, 1], zero outside m; m [H, W] float32 {0,1})."""
+  """One DRAEM perturbation: (p [H, W] float32 in [0, 1], 0 outside m; m [H, W] float32 {0, 1})."""
   noise = anomaly_noise(shape, rng, cfg)
   mask = (noise > cfg.threshold).astype(np.float32)
   texture = augment_texture(noise_to_uint8(noise, cfg.faithful_uint8_wrap), rng, cfg.n_augmenters)

@@ -1,4 +1,4 @@
-"""Training-time intensity augmentation (torchio 0.18.73 defaults: gamma, bias field, blur, ghosting)."""
+"""Training-time intensity augmentation: gamma, bias field, blur, ghosting (torchio 0.18.73)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from scipy import ndimage
 # polynomial, the blur and the ghosting act on the two in-plane axes only, so the per-slice
 # distribution differs from slicing an augmented volume:
 #   * bias field: the slice of a 3-D field at height z is a 2-D polynomial whose coefficients are
-#     sums c_ij(z) = sum_k c_ijk z^k, i.e. larger and z-dependent; the 2-D field draws c_ij directly;
+#     sums c_ij(z) = sum_k c_ijk z^k (larger, z-dependent); the 2-D field draws c_ij directly;
 #   * blur: 3-D blur also mixes neighbouring axial slices (sigma_z); 2-D blur never does;
 #   * ghosting: in 3-D the ghost axis is one of 3 (1/3 of the time the through-plane axis, which
 #     superposes attenuated copies of other slices); in 2-D it is one of the 2 in-plane axes.

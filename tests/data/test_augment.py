@@ -105,7 +105,8 @@ def test_ghosting_matches_direct_nd_fft():
 
 
 def test_ghosting_weights_restore_center():
-  w = aug.ghosting_weights(96, 4, 0.75, restore=0.02)  # planes 0, 4, ..., 48 scaled; 47, 48 restored
+  # planes 0, 4, ..., 92 scaled; the central 2 (47, 48) restored
+  w = aug.ghosting_weights(96, 4, 0.75, restore=0.02)
   assert w[0] == 0.25 and w[44] == 0.25 and w[48] == 1.0 and w[47] == 1.0 and w[1] == 1.0
   w = aug.ghosting_weights(50, 5, 1.0, restore=None)
   assert w[25] == 1.0 and w[20] == 0.0 and (w == 0.0).sum() == 9
