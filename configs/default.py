@@ -37,6 +37,64 @@ def get_config() -> ml_collections.ConfigDict:
   p.percentiles = (1.0, 99.0)
   p.downsample = 2
 
+  # ---- models (METHOD §3) ----
+  md = c.model = ml_collections.ConfigDict()
+  md.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (parameters and optimiser stay f32)
+  u = md.unet = ml_collections.ConfigDict()
+  u.model_channels = 128
+  u.channel_mult = (1, 2, 2)
+  u.num_res_blocks = 3
+  u.attention_resolutions = ()  # downsample factors with attention besides the middle (Q2): e.g. (2, 4)
+  u.num_head_channels = 64
+  u.num_groups = 32
+  e = md.encoder = ml_collections.ConfigDict()
+  e.cond_dim = 512  # explicit (Q1)
+  e.drop_path_rate = 0.05
+  e.stage_sizes = (3, 4, 6, 3)  # ResNet-50
+  e.width = 64  # stem width; stage widths 1/2/4/8 × this (ResNet-50: 64)
+  e.pretrained_workdir = ""  # SparK workdir to initialise the encoder from (strict key check, Q8)
+  sp = md.spark = ml_collections.ConfigDict()
+  sp.mask_ratio = 0.65
+  sp.decoder_width = 512
+
+  # ---- diffusion (METHOD §3.4) ----
+  df = c.diffusion = ml_collections.ConfigDict()
+  df.num_timesteps = 1000
+  df.cosine_s = 0.008
+  df.max_beta = 0.999
+  df.noise = "simplex"  # 'simplex' | 'gaussian'
+  df.shared_noise = config_dict.placeholder(bool)  # one field per batch (faithful, Q4)
+  df.octaves = 6
+  df.persistence = 0.8
+  df.frequency = 64.0
+  df.p2_gamma = 0.0
+  df.ensemble_timesteps = (249, 499, 749)
+
+  # ---- training (generic loop) ----
+  t = c.train = ml_collections.ConfigDict()
+  t.batch_size = 32  # global
+  t.num_epochs = 1200  # epochs of one slice per training volume (reference); 12 steps each on IXI
+  t.num_steps = 0  # > 0 overrides num_epochs
+  t.log_every = 50
+  t.eval_every = 240
+  t.checkpoint_every = 500
+  t.keep_checkpoints = 2
+  t.async_checkpoints = True
+  t.tensorboard = True
+  o = c.optimizer = ml_collections.ConfigDict()
+  o.name = "adam"
+  o.learning_rate = 1e-4
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.weight_decay = 0.0
+  o.grad_clip_norm = 0.0
+  ms = c.mesh = ml_collections.ConfigDict()
+  ms.num_devices = 0  # 0 = all visible devices on a ('data',) mesh
+  ms.fsdp = False  # shard parameters + optimiser state over 'data' by the rules below
+  ms.fsdp_rules = ((r"kernel$", "fsdp"),)  # (regex on the leaf path, 'fsdp'|'replicate'); Adam moments match too
+  ms.fsdp_min_size = 2 ** 16  # leaves smaller than this stay replicated
+
   # ---- embedded demo cohort ----
   m = c.demo = ml_collections.ConfigDict()
   m.root = ""  # "" = <workdir>/demo_data

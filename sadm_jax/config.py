@@ -9,6 +9,7 @@ FAITHFUL_DEFAULTS = {
     ("data", "clean_splits"): (False, True),
     ("data", "slice_sampling"): ("uniform", "brain"),
     ("data", "augment_3d"): (True, False),
+    ("diffusion", "shared_noise"): (True, False),
 }
 
 
