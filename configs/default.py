@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- models (METHOD §3) ----
   md = c.model = ml_collections.ConfigDict()
+  md.names = ("encoder", "unet")  # models this config trains/uses (what `stage=describe` reports)
   md.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (parameters and optimiser stay f32)
   u = md.unet = ml_collections.ConfigDict()
   u.model_channels = 128

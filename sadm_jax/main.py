@@ -18,6 +18,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 STAGES = {
     "prepare": "sadm_jax.data.prepare:run",
     "demo": "sadm_jax.demo_job:run",
+    "spark": "sadm_jax.train.stage1:run_spark",
+    "cddpm": "sadm_jax.train.stage1:run_cddpm",
+    "describe": "sadm_jax.describe:run",
 }
 
 

@@ -1,0 +1,74 @@
+"""`stage=describe`: parameter counts and forward GFLOPs per slice of the config's models, without training."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sadm_jax import config as config_lib
+from sadm_jax.models import cddpm as cddpm_lib
+from sadm_jax.utils import io
+
+
+def count_params(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def _forward_flops(fn, *args) -> float:
+  """FLOPs of one call from the compiled HLO cost analysis (conv/matmul/elementwise, per XLA)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan")))
+
+
+def model_specs(config: ml_collections.ConfigDict) -> dict:
+  """name -> (module, example inputs (batch 1), apply kwargs) for every model in `model.names`."""
+  p = config.data.preprocess
+  res = -(-p.crop_size[0] // p.downsample)
+  x = jnp.zeros((1, res, res, 1), jnp.float32)
+  t = jnp.zeros((1,), jnp.int32)
+  cond = jnp.zeros((1, config.model.encoder.cond_dim), jnp.float32)
+  specs = {}
+  for name in config.model.names:
+    if name == "encoder":
+      specs[name] = (cddpm_lib.build_encoder(config), (x,), {"train": False})
+    elif name == "unet":
+      specs[name] = (cddpm_lib.build_unet(config), (x, t, cond), {})
+    elif name == "spark":
+      from sadm_jax.train.stage1 import build_spark
+      active = jnp.ones((1, res // 32, res // 32), bool)
+      specs[name] = (build_spark(config), (x, active), {"train": False})
+    elif name == "segnet":
+      from sadm_jax.models.segnet import SegUnet
+      specs[name] = (SegUnet(), (x, x), {})
+    else:
+      raise ValueError(f"unknown model name {name!r} in model.names")
+  return specs
+
+
+def describe(config: ml_collections.ConfigDict) -> dict:
+  out = {}
+  for name, (module, args, kwargs) in model_specs(config).items():
+    key = jax.random.key(0)
+    variables = jax.eval_shape(lambda k: module.init({"params": k, "dropout": k}, *args, **kwargs),
+                               key)
+    real = module.init({"params": key, "dropout": key}, *args, **kwargs)
+    flops = _forward_flops(lambda v, *a: module.apply(v, *a, **kwargs), real, *args)
+    out[name] = {"params": count_params(variables["params"]), "gflops_per_slice": flops / 1e9}
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  config = config_lib.resolve(config)
+  table = describe(config)
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json(os.path.join(workdir, "describe.json"), table)
+  print(f"{'model':<10}{'parameters':>14}{'GFLOPs/slice':>14}")
+  for name, row in table.items():
+    print(f"{name:<10}{row['params']:>14,}{row['gflops_per_slice']:>14.2f}")
+  return table

@@ -1,0 +1,193 @@
+"""The one generic training loop: sharded state, jitted donated steps, validation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sadm_jax.train import sharding as shard_lib
+from sadm_jax.train.checkpoint import Checkpointer
+from sadm_jax.train.logger import MetricLogger
+from sadm_jax.train.state import LossFn, TrainState, make_eval_step, make_train_step
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when a training loss is NaN/Inf; the last good checkpoint is left untouched."""
+
+
+@dataclasses.dataclass
+class Task:
+  """What a stage plugs into the loop.
+
+  Attributes:
+    name: for logs.
+    init_variables: key -> {'params': ..., 'batch_stats': ...} (traceable; run abstractly first).
+    loss_fn: (params, batch_stats, batch, key, train) -> (per-sample loss [B], (batch_stats, metrics)).
+    tx: the optimiser.
+    train_loader: (local_batch, shard_index, shard_count) -> grain DataLoader of local batches.
+    val_batches: (local_batch, shard_index, shard_count) -> list of local batches (fixed, Q26).
+    num_train_volumes: records per epoch (one slice per volume visit, as the reference).
+    batch_keys: batch fields sent to the devices.
+  """
+  name: str
+  init_variables: Callable[[jax.Array], dict]
+  loss_fn: LossFn
+  tx: optax.GradientTransformation
+  train_loader: Callable[[int, int, int], Any]
+  val_batches: Callable[[int, int, int], Sequence[dict]]
+  num_train_volumes: int
+  batch_keys: tuple[str, ...] = ("image",)
+
+
+def total_steps(config: ml_collections.ConfigDict, num_volumes: int) -> int:
+  """`train.num_steps` if set, else `train.num_epochs` × (volumes // global batch)."""
+  if config.train.num_steps:
+    return int(config.train.num_steps)
+  per_epoch = max(1, num_volumes // config.train.batch_size)
+  return int(config.train.num_epochs) * per_epoch
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Builds the sharded state and compiled steps for a task (also used by tests and AOT checks)."""
+  config: ml_collections.ConfigDict
+  task: Task
+  mesh: jax.sharding.Mesh
+
+  def __post_init__(self):
+    key = jax.random.key(self.config.seed)
+    self.init_key, self.train_key, self.val_key = jax.random.split(key, 3)
+    create = lambda k: TrainState.create(self.task.init_variables(k), self.task.tx)
+    self.abstract_state = jax.eval_shape(create, self.init_key)
+    rules = tuple(tuple(r) for r in self.config.mesh.fsdp_rules) if self.config.mesh.fsdp else ()
+    self.state_shardings = shard_lib.state_shardings(self.abstract_state, self.mesh, rules,
+                                                     self.config.mesh.fsdp_min_size)
+    self._create = jax.jit(create, out_shardings=self.state_shardings)
+    batch_sh = shard_lib.batch_sharding(self.mesh)
+    repl = shard_lib.replicated(self.mesh)
+    self.train_step = jax.jit(make_train_step(self.task.loss_fn),
+                              in_shardings=(self.state_shardings, batch_sh, repl),
+                              out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
+    self.eval_step = jax.jit(make_eval_step(self.task.loss_fn),
+                             in_shardings=(self.state_shardings, batch_sh, repl),
+                             out_shardings=(repl, repl))
+
+  def init_state(self) -> TrainState:
+    """The initial state, created directly with its shardings (never on one device first)."""
+    return self._create(self.init_key)
+
+  def device_batch(self, local: dict) -> dict:
+    return shard_lib.global_batch({k: local[k] for k in self.task.batch_keys if k in local},
+                                  self.mesh)
+
+
+def _pad(batch: dict, size: int, keys: Sequence[str]) -> dict:
+  n = len(batch[keys[0]])
+  out = {k: np.concatenate([batch[k], np.zeros((size - n,) + batch[k].shape[1:], batch[k].dtype)])
+         for k in keys}
+  out["weight"] = np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])
+  return out
+
+
+def evaluate(trainer: Trainer, state: TrainState, val_batches: Sequence[dict],
+             local_batch: int) -> float:
+  """Mean per-sample validation loss with fixed keys per batch (deterministic, Q26)."""
+  keys = list(trainer.task.batch_keys)
+  n_batches = len(val_batches)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    n_batches = int(np.max(multihost_utils.process_allgather(np.asarray(n_batches))))
+  empty = None
+  total, count = jnp.zeros(()), jnp.zeros(())
+  for i in range(n_batches):
+    if i < len(val_batches):
+      local = _pad(val_batches[i], local_batch, keys)
+    else:
+      if empty is None:
+        empty = _pad({k: val_batches[0][k][:0] for k in keys}, local_batch, keys)
+      local = empty
+    batch = shard_lib.global_batch(local, trainer.mesh)
+    s, c = trainer.eval_step(state, batch, jax.random.fold_in(trainer.val_key, i))
+    total, count = total + s, count + c
+  return float(total / jnp.maximum(count, 1.0))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
+          mesh: jax.sharding.Mesh | None = None) -> dict:
+  """Trains `task` to `total_steps`, resuming from the latest checkpoint in `workdir` if any.
+
+  Returns {'step', 'train_loss', 'val_loss', 'best_val_loss'}.
+  """
+  mesh = mesh or shard_lib.make_mesh(config)
+  trainer = Trainer(config, task, mesh)
+  local_bs = shard_lib.local_batch_size(config.train.batch_size, mesh)
+  pid, nproc = jax.process_index(), jax.process_count()
+  num_steps = total_steps(config, task.num_train_volumes)
+  loader = task.train_loader(local_bs, pid, nproc)
+  it = iter(loader)
+  ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                      async_save=config.train.async_checkpoints)
+  meta_base = {"config": config.to_dict(), "task": task.name}
+  start = ckpt.latest_step()
+  if start is not None:
+    state, meta = ckpt.restore(trainer.abstract_state, trainer.state_shardings, it)
+    logging.info("resumed %s from step %d (%s)", task.name, start, ckpt.dir)
+    if pid == 0:
+      print(f"resumed from checkpoint step {start}", flush=True)
+  else:
+    state, start = trainer.init_state(), 0
+  logger = MetricLogger(workdir, num_steps, start_step=start, tensorboard=config.train.tensorboard)
+  val_batches = list(task.val_batches(local_bs, pid, nproc))
+  pending: list[tuple[int, dict]] = []
+  last: dict[str, float] = {}
+  val_loss = float("nan")
+
+  def flush():
+    """Fetches buffered metrics, stops on the first non-finite loss, logs the rest."""
+    nonlocal last
+    fetched = jax.device_get(pending)
+    pending.clear()
+    for step, m in fetched:
+      if not math.isfinite(float(m["loss"])):
+        raise NonFiniteLossError(
+            f"non-finite training loss ({float(m['loss'])}) at step {step}; stopping. The last "
+            f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.dir}")
+      last = {k: float(v) for k, v in m.items()}
+      if step % config.train.log_every == 0 or step == num_steps:
+        logger.write(step, last)
+    if fetched:
+      logger.progress(fetched[-1][0], {"loss": last["loss"]})
+
+  try:
+    for step in range(start + 1, num_steps + 1):
+      batch = trainer.device_batch(next(it))
+      state, metrics = trainer.train_step(state, batch, trainer.train_key)
+      pending.append((step, metrics))
+      is_last = step == num_steps
+      if step % config.train.log_every == 0 or is_last:
+        flush()
+      if step % config.train.eval_every == 0 or is_last:
+        flush()
+        val_loss = evaluate(trainer, state, val_batches, local_bs)
+        logger.write(step, {"loss": val_loss}, prefix="val")
+        if ckpt.save_best(step, state, val_loss, {**meta_base, "step": step}) and pid == 0:
+          print(f"step {step}: validation loss {val_loss:.5g} (new best)", flush=True)
+      if step % config.train.checkpoint_every == 0 or is_last:
+        flush()
+        ckpt.save(step, state, it, {**meta_base, "step": step, "val_loss": val_loss})
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    logger.close()
+  return {"step": int(num_steps), "train_loss": last.get("loss", float("nan")),
+          "val_loss": val_loss, "best_val_loss": ckpt.best_loss}
