@@ -73,6 +73,14 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return out.state, dict(out.meta)
 
+  def best_meta(self) -> dict:
+    """The meta JSON (config, step, val_loss) of the best checkpoint."""
+    step = self.best.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{self.best_dir}: no best checkpoint")
+    out = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out.meta)
+
   def _best_loss_on_disk(self) -> float | None:
     step = self.best.latest_step()
     if step is None:

@@ -136,20 +136,26 @@ def _with_pretrained_encoder(config, init):
 
 
 def load_spark_variables(config, workdir: str) -> dict:
-  """{'params', 'batch_stats'} of a SparK run's best checkpoint (latest if no best), as numpy."""
+  """{'params', 'batch_stats'} of a SparK run's best checkpoint, as host arrays.
+
+  The SparK model is rebuilt from the config saved in that checkpoint, so the cDDPM config
+  (other optimiser, other model names) does not have to match it.
+  """
   from sadm_jax.train.checkpoint import Checkpointer
   from sadm_jax.train.state import TrainState
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"model.encoder.pretrained_workdir={workdir}: no such directory")
-  spark_config = ml_collections.ConfigDict(config.to_dict())
-  task = spark_task(spark_config, tables=(None, None), data=False)
-  abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
-                            jax.random.key(0))
-  repl = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  shardings = jax.tree.map(lambda _: repl, abstract)
+  if not os.path.isdir(os.path.join(workdir, "best")):
+    raise FileNotFoundError(f"model.encoder.pretrained_workdir={workdir}: no SparK best "
+                            f"checkpoint ({workdir}/best) found")
   ckpt = Checkpointer(workdir, async_save=False)
   try:
-    state, meta = ckpt.restore_best(abstract, shardings)
+    meta = ckpt.best_meta()
+    if meta.get("task") != "spark":
+      raise ValueError(f"{workdir}: its checkpoint is a {meta.get('task')!r} run, not SparK")
+    task = spark_task(ml_collections.ConfigDict(meta["config"]), data=False)
+    abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
+                              jax.random.key(0))
+    repl = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state, _ = ckpt.restore_best(abstract, jax.tree.map(lambda _: repl, abstract))
   finally:
     ckpt.close()
   logging.info("loaded SparK encoder weights from %s (step %s)", workdir, meta.get("step"))
@@ -186,6 +192,7 @@ def build_spark(config) -> spark_lib.SparK:
 
 
 def spark_task(config: ml_collections.ConfigDict, tables=None, data: bool = True) -> loop.Task:
+  """The SparK task; `data=False` builds only model/optimiser (for restoring a checkpoint)."""
   model = build_spark(config)
   res = _slice_size(config)
   grid = res // 32

@@ -1,0 +1,122 @@
+"""Stage I end to end at the tiny config: cDDPM and SparK train, describe, encoder transfer, SIGKILL resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import cddpm as cddpm_config, spark_pretrain
+from sadm_jax import main as main_lib
+from tests.data import fake_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("dd"))
+  fake_data.write_data_dir(root, n_ixi=12, n_patho=1)
+  return root
+
+
+def _tiny(module, data_dir, **train):
+  c = module.get_config("tiny")
+  c.data.data_dir = data_dir
+  c.data.cache_dir = os.path.join(data_dir, "cache")
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def _losses(workdir, key="train/loss"):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
+
+
+def test_tiny_cddpm_trains_and_validation_loss_falls(data_dir, tmp_path):
+  c = _tiny(cddpm_config, data_dir, num_steps=16, eval_every=4, checkpoint_every=8)
+  c.optimizer.learning_rate = 2e-3
+  res = main_lib.run_stage(c, str(tmp_path))
+  val = _losses(str(tmp_path), "val/loss")
+  assert [s for s, _ in val] == [4, 8, 12, 16]
+  assert val[-1][1] < 0.8 * val[0][1], val
+  assert np.isfinite(res["train_loss"])
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16", "8"]
+
+
+def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
+  s = _tiny(spark_pretrain, data_dir, num_steps=4, eval_every=2, checkpoint_every=4)
+  main_lib.run_stage(s, str(tmp_path / "spark"))
+  assert _losses(str(tmp_path / "spark"))[-1][0] == 4
+  c = _tiny(cddpm_config, data_dir, num_steps=2, eval_every=2, checkpoint_every=2)
+  c.model.encoder.pretrained_workdir = str(tmp_path / "spark")
+  from sadm_jax import config as config_lib
+  from sadm_jax.train import stage1
+  c = config_lib.resolve(c)
+  task = stage1.cddpm_task(c)
+  v = task.init_variables(jax.random.key(0))
+  sp = stage1.load_spark_variables(c, str(tmp_path / "spark"))
+  np.testing.assert_array_equal(v["params"]["encoder"]["backbone"]["conv1"]["kernel"],
+                                sp["params"]["backbone"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(v["batch_stats"]["encoder"]["backbone"]["bn1"]["mean"],
+                                sp["batch_stats"]["backbone"]["bn1"]["mean"])
+  # A workdir that is not a SparK run is an error, never a silently random encoder (Q8).
+  c.model.encoder.pretrained_workdir = str(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match="nope: no SparK best checkpoint"):
+    stage1.cddpm_task(c)
+
+
+def test_describe_writes_json(tmp_path):
+  c = cddpm_config.get_config("tiny")
+  c.stage = "describe"
+  table = main_lib.run_stage(c, str(tmp_path))
+  with open(tmp_path / "describe.json") as f:
+    on_disk = json.load(f)
+  assert set(on_disk) == {"encoder", "unet"}
+  for name in ("encoder", "unet"):
+    assert on_disk[name]["params"] == table[name]["params"] > 0
+    assert on_disk[name]["gflops_per_slice"] > 0
+
+
+def _cmd(data_dir, workdir, steps=8):
+  return [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+          f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
+          f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=2",
+          "--config.train.eval_every=4"]
+
+
+def test_sigkill_and_resume_gives_identical_losses(data_dir, tmp_path):
+  # Two fake devices: the restore is sharded, but the 2-core machine is not oversubscribed.
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+  ref = subprocess.run(_cmd(data_dir, tmp_path / "ref"), cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  work = tmp_path / "killed"
+  proc = subprocess.Popen(_cmd(data_dir, work), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  killed_at = None
+  deadline = time.time() + 600
+  for line in proc.stdout:
+    if line.startswith("step 5/8"):
+      os.killpg(proc.pid, signal.SIGKILL)  # the whole group: grain workers too
+      killed_at = 5
+      break
+    assert time.time() < deadline
+  proc.wait(timeout=60)
+  assert killed_at == 5 and proc.returncode == -signal.SIGKILL
+  res = subprocess.run(_cmd(data_dir, work), cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "resumed from checkpoint step" in res.stdout
+  ref_losses, resumed = _losses(str(tmp_path / "ref")), _losses(str(work))
+  assert [s for s, _ in resumed] == list(range(1, 9))
+  assert resumed == ref_losses  # bit-identical on CPU
+  assert _losses(str(tmp_path / "ref"), "val/loss") == _losses(str(work), "val/loss")

@@ -1,0 +1,33 @@
+"""Atomic writes: complete file or the old one, never a partial file; normal permissions."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from sadm_jax.utils import io
+
+
+def test_atomic_write_replaces_and_keeps_old_on_error(tmp_path):
+  p = tmp_path / "a.json"
+  io.write_json(p, {"x": 1})
+  assert p.read_text() == '{\n  "x": 1\n}\n'
+  mode = stat.S_IMODE(os.stat(p).st_mode)
+  assert mode & 0o044, oct(mode)  # readable by group/others (subject to umask), not 0600
+  with pytest.raises(RuntimeError):
+    with io.atomic_path(p) as tmp:
+      with open(tmp, "w") as f:
+        f.write("partial")
+      raise RuntimeError("killed mid-write")
+  assert p.read_text() == '{\n  "x": 1\n}\n'
+  assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_save_npy_and_png(tmp_path):
+  io.save_npy(tmp_path / "a.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+  np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(6).reshape(2, 3))
+  io.write_png(tmp_path / "a.png", np.zeros((4, 5, 3), np.uint8))
+  assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(TypeError, match="expected uint8"):
+    io.write_png(tmp_path / "b.png", np.zeros((4, 5)))
