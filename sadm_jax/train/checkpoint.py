@@ -73,6 +73,18 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return out.state, dict(out.meta)
 
+  def latest_meta(self) -> dict:
+    step = self.latest.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{self.dir}: no checkpoint")
+    return dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+  def restore_state(self, state_target: Any, shardings: Any, step: int | None = None) -> Any:
+    """The train state alone (no data iterator) of `step` (default latest)."""
+    step = self.latest.latest_step() if step is None else step
+    return self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state_target, shardings)))).state
+
   def best_meta(self) -> dict:
     """The meta JSON (config, step, val_loss) of the best checkpoint."""
     step = self.best.latest_step()

@@ -31,8 +31,8 @@ class Task:
 
   Attributes:
     name: for logs.
-    init_variables: key -> {'params': ..., 'batch_stats': ...} (traceable; run abstractly first).
-    loss_fn: (params, batch_stats, batch, key, train) -> (per-sample loss [B], (batch_stats, metrics)).
+    init_variables: key -> {'params': ..., 'model_state': ...} (traceable; run abstractly first).
+    loss_fn: (params, model_state, batch, key, train) -> (per-sample loss [B], (model_state, metrics)).
     tx: the optimiser.
     train_loader: (local_batch, shard_index, shard_count) -> grain DataLoader of local batches.
     val_batches: (local_batch, shard_index, shard_count) -> list of local batches (fixed, Q26).

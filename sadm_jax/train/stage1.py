@@ -99,7 +99,7 @@ def _init_cddpm(config, model):
     x = jnp.zeros((1, res, res, 1), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     variables = model.init({"params": key, "dropout": key}, x, x, t, train=False)
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    return {"params": variables["params"], "model_state": variables.get("batch_stats", {})}
 
   return init
 
@@ -109,16 +109,18 @@ def _slice_size(config) -> int:
   return -(-p.crop_size[0] // p.downsample)
 
 
-def cddpm_task(config: ml_collections.ConfigDict, tables=None) -> loop.Task:
-  train_table, val_table = tables or ixi_tables(config)
+def cddpm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True) -> loop.Task:
+  """The cDDPM task; `data=False` builds only model/optimiser (for restoring a checkpoint)."""
   model = cddpm_lib.build_cddpm(config)
   init = _init_cddpm(config, model)
-  if config.model.encoder.pretrained_workdir:
+  if data and config.model.encoder.pretrained_workdir:
     init = _with_pretrained_encoder(config, init)
-  train_loader, val_batches = _loaders(config, train_table, val_table, config.data.augment)
+  train_table, val_table = (tables or ixi_tables(config)) if data else (None, None)
+  train_loader, val_batches = (_loaders(config, train_table, val_table, config.data.augment)
+                               if data else (None, None))
   return loop.Task(name="cddpm", init_variables=init, loss_fn=cddpm_loss_fn(config, model),
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,
-                   val_batches=val_batches, num_train_volumes=len(train_table))
+                   val_batches=val_batches, num_train_volumes=len(train_table) if data else 0)
 
 
 def _with_pretrained_encoder(config, init):
@@ -127,39 +129,56 @@ def _with_pretrained_encoder(config, init):
 
   def init_pretrained(key):
     v = init(key)
-    enc = {"params": v["params"]["encoder"], "batch_stats": v["batch_stats"]["encoder"]}
+    enc = {"params": v["params"]["encoder"], "batch_stats": v["model_state"]["encoder"]}
     enc = transfer.load_spark_backbone_into_encoder(enc, spark_vars)
     return {"params": {**v["params"], "encoder": enc["params"]},
-            "batch_stats": {**v["batch_stats"], "encoder": enc["batch_stats"]}}
+            "model_state": {**v["model_state"], "encoder": enc["batch_stats"]}}
 
   return init_pretrained
 
 
-def load_spark_variables(config, workdir: str) -> dict:
-  """{'params', 'batch_stats'} of a SparK run's best checkpoint, as host arrays.
+def load_best_variables(workdir: str, task_name: str, which: str = "best"
+                        ) -> tuple[ml_collections.ConfigDict, dict]:
+  """(saved config, {'params', 'batch_stats'}) of a stage-I run, as host arrays.
 
-  The SparK model is rebuilt from the config saved in that checkpoint, so the cDDPM config
-  (other optimiser, other model names) does not have to match it.
+  The model is rebuilt from the config saved in the checkpoint, so the caller's config (other
+  optimiser, other model names) need not match. `which`: 'best' (lowest validation loss) or
+  'latest'. Raises FileNotFoundError / ValueError naming the workdir when it is not such a run.
   """
   from sadm_jax.train.checkpoint import Checkpointer
   from sadm_jax.train.state import TrainState
-  if not os.path.isdir(os.path.join(workdir, "best")):
-    raise FileNotFoundError(f"model.encoder.pretrained_workdir={workdir}: no SparK best "
-                            f"checkpoint ({workdir}/best) found")
+  sub = "best" if which == "best" else "checkpoints"
+  if not os.path.isdir(os.path.join(workdir, sub)):
+    raise FileNotFoundError(f"{workdir}: no {task_name} {which} checkpoint ({workdir}/{sub}) found")
   ckpt = Checkpointer(workdir, async_save=False)
   try:
-    meta = ckpt.best_meta()
-    if meta.get("task") != "spark":
-      raise ValueError(f"{workdir}: its checkpoint is a {meta.get('task')!r} run, not SparK")
-    task = spark_task(ml_collections.ConfigDict(meta["config"]), data=False)
+    meta = ckpt.best_meta() if which == "best" else ckpt.latest_meta()
+    if meta.get("task") != task_name:
+      raise ValueError(f"{workdir}: its checkpoint is a {meta.get('task')!r} run, not {task_name}")
+    config = ml_collections.ConfigDict(meta["config"])
+    builder = {"spark": spark_task, "cddpm": cddpm_task}[task_name]
+    task = builder(config, data=False)
     abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
                               jax.random.key(0))
     repl = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    state, _ = ckpt.restore_best(abstract, jax.tree.map(lambda _: repl, abstract))
+    shardings = jax.tree.map(lambda _: repl, abstract)
+    if which == "best":
+      state, _ = ckpt.restore_best(abstract, shardings)
+    else:
+      state = ckpt.restore_state(abstract, shardings)
   finally:
     ckpt.close()
-  logging.info("loaded SparK encoder weights from %s (step %s)", workdir, meta.get("step"))
-  return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  logging.info("loaded %s weights from %s (step %s)", task_name, workdir, meta.get("step"))
+  return config, jax.device_get({"params": state.params, "batch_stats": state.model_state})
+
+
+def load_spark_variables(config, workdir: str) -> dict:
+  """{'params', 'batch_stats'} of a SparK run's best checkpoint (for the encoder transfer)."""
+  del config
+  if not os.path.isdir(os.path.join(workdir, "best")):
+    raise FileNotFoundError(f"model.encoder.pretrained_workdir={workdir}: no SparK best "
+                            f"checkpoint ({workdir}/best) found")
+  return load_best_variables(workdir, "spark")[1]
 
 
 def spark_loss_fn(config: ml_collections.ConfigDict, model: spark_lib.SparK):
@@ -201,7 +220,7 @@ def spark_task(config: ml_collections.ConfigDict, tables=None, data: bool = True
     x = jnp.zeros((1, res, res, 1), jnp.float32)
     active = jnp.ones((1, grid, grid), bool)
     v = model.init({"params": key, "dropout": key}, x, active, train=False)
-    return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+    return {"params": v["params"], "model_state": v.get("batch_stats", {})}
 
   train_table, val_table = (tables or ixi_tables(config)) if data else (None, None)
   train_loader, val_batches = (_loaders(config, train_table, val_table, config.data.augment)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-# loss_fn(params, batch_stats, batch, key, train) -> (per_sample_loss [B], (new_batch_stats, metrics))
+# loss_fn(params, model_state, batch, key, train) -> (per_sample_loss [B], (new_model_state, metrics))
 LossFn = Callable[[Any, Any, dict, jax.Array, bool], tuple[jax.Array, tuple[Any, dict]]]
 
 
@@ -19,7 +19,8 @@ class TrainState:
   """Everything a step changes; the optimiser itself is static."""
   step: jax.Array  # [] int32
   params: Any
-  batch_stats: Any  # BatchNorm running statistics ({} for models without BatchNorm)
+  model_state: Any  # non-optimised variables the loss reads and may update: BatchNorm statistics,
+  # frozen networks (stage II's cDDPM); {} when there are none
   opt_state: Any
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
@@ -27,7 +28,7 @@ class TrainState:
   def create(cls, variables: dict, tx: optax.GradientTransformation) -> "TrainState":
     params = variables["params"]
     return cls(step=jnp.zeros((), jnp.int32), params=params,
-               batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), tx=tx)
+               model_state=variables.get("model_state", {}), opt_state=tx.init(params), tx=tx)
 
 
 def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -51,14 +52,14 @@ def make_train_step(loss_fn: LossFn) -> Callable:
     step_key = jax.random.fold_in(key, state.step)
 
     def objective(params):
-      per_sample, (new_stats, metrics) = loss_fn(params, state.batch_stats, batch, step_key, True)
+      per_sample, (new_stats, metrics) = loss_fn(params, state.model_state, batch, step_key, True)
       return jnp.mean(per_sample), (new_stats, metrics)
 
     (loss, (new_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+    return state.replace(step=state.step + 1, params=params, model_state=new_stats,
                          opt_state=opt_state), metrics
 
   return train_step
@@ -71,7 +72,7 @@ def make_eval_step(loss_fn: LossFn) -> Callable:
   """
 
   def eval_step(state: TrainState, batch: dict, key: jax.Array):
-    per_sample, _ = loss_fn(state.params, state.batch_stats, batch, key, False)
+    per_sample, _ = loss_fn(state.params, state.model_state, batch, key, False)
     w = batch["weight"]
     return jnp.sum(per_sample * w), jnp.sum(w)
 

@@ -55,7 +55,7 @@ def toy_task(config, nan_after=None, counter=None, tx=None):
 
   def init(key):
     v = model.init(key, jnp.zeros((1, 8, 8, 1)), False)
-    return {"params": v["params"], "batch_stats": v["batch_stats"]}
+    return {"params": v["params"], "model_state": v["batch_stats"]}
 
   def train_loader(local_bs, shard_index, shard_count):
     sh = grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True)

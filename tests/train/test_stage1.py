@@ -64,7 +64,7 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
   sp = stage1.load_spark_variables(c, str(tmp_path / "spark"))
   np.testing.assert_array_equal(v["params"]["encoder"]["backbone"]["conv1"]["kernel"],
                                 sp["params"]["backbone"]["conv1"]["kernel"])
-  np.testing.assert_array_equal(v["batch_stats"]["encoder"]["backbone"]["bn1"]["mean"],
+  np.testing.assert_array_equal(v["model_state"]["encoder"]["backbone"]["bn1"]["mean"],
                                 sp["batch_stats"]["backbone"]["bn1"]["mean"])
   # A workdir that is not a SparK run is an error, never a silently random encoder (Q8).
   c.model.encoder.pretrained_workdir = str(tmp_path / "nope")
