@@ -96,6 +96,50 @@ def get_config() -> ml_collections.ConfigDict:
   ms.fsdp_rules = ((r"kernel$", "fsdp"),)  # (regex on the leaf path, 'fsdp'|'replicate'); Adam moments match too
   ms.fsdp_min_size = 2 ** 16  # leaves smaller than this stay replicated
 
+  # ---- stage II: SADM (METHOD §3.7–3.8) ----
+  sa = c.sadm = ml_collections.ConfigDict()
+  sa.cddpm_workdir = ""  # stage-I workdir whose best cDDPM checkpoint is loaded once and frozen
+  sa.mode = "draem"  # 'draem' (IXI + synthetic anomalies) | 'brats' | 'atlas' (weak supervision)
+  sa.use_residual = True  # siamese residual branch; False = the 'Unet (input only)' ablation
+  sa.use_cddpm = True  # False = plain UNet on the input, no cDDPM at all (ablation row)
+  sa.loss = "bce"  # 'bce' | 'dice'
+  sa.deep_supervision = False
+  sa.frozen_train_mode = config_dict.placeholder(bool)  # frozen E in train mode = BN drift (faithful, Q6)
+  sa.repeat = 0  # weak supervision: repeats differ by seed only (Q18)
+  sa.weak_train_rows = config_dict.placeholder(tuple)  # (start, stop) rows of <set>_val.csv; None = reference
+  sa.weak_val_rows = config_dict.placeholder(tuple)
+  an = c.anomaly = ml_collections.ConfigDict()
+  an.p_anomalous = 1.0
+  an.faithful_uint8_wrap = config_dict.placeholder(bool)  # Q25 uint8 wrap-around (faithful)
+  an.restrict_to_brain = False
+
+  # ---- evaluation (METHOD §3.9, §4) ----
+  ev = c.evaluate = ml_collections.ConfigDict()
+  ev.methods = ("threshold", "cddpm", "sadm")  # rows of the report
+  ev.test_sets = ("Brats21", "ATLAS_v2", "MSLUB", "WMH")
+  ev.include_ixi = True  # healthy IXI val/test: FPR thresholds and volume-level detection AUROC
+  ev.cddpm_workdir = ""
+  ev.sadm_workdirs = ()  # one SADM workdir per fold/repeat
+  ev.combination = "sum"  # 'sum' (reference) | 'residual' | 'segmentation' | 'weighted'
+  ev.lam = 0.5
+  ev.residual_mode = "ssim"  # 'ssim' | 'l1' | 'l2'
+  ev.median_size = 5
+  ev.erode_mask = 0
+  ev.min_component_size = 0
+  ev.threshold_method = config_dict.placeholder(str)  # 'exact' (default) | 'bisection' (faithful)
+  ev.faithful_metrics = config_dict.placeholder(bool)  # whole-grid AUROC/AUPRC, sagittal slices
+  ev.write_nifti = True
+  ev.write_png = True
+  ev.dtype = "float32"  # inference compute dtype (Q33)
+
+  # ---- predict on a new scan ----
+  pr = c.predict = ml_collections.ConfigDict()
+  pr.checkpoint_dir = ""
+  pr.input = ""
+  pr.mask = ""
+  pr.output = ""
+  pr.threshold = config_dict.placeholder(float)  # None = the one stored by evaluation
+
   # ---- embedded demo cohort ----
   m = c.demo = ml_collections.ConfigDict()
   m.root = ""  # "" = <workdir>/demo_data
