@@ -52,8 +52,10 @@ def test_tiny_cddpm_trains_and_validation_loss_falls(data_dir, tmp_path):
 
 def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
   s = _tiny(spark_pretrain, data_dir, num_steps=4, eval_every=2, checkpoint_every=4)
+  s.model.dtype = "bfloat16"  # mixed precision: bf16 compute, f32 parameters and optimiser state
   main_lib.run_stage(s, str(tmp_path / "spark"))
-  assert _losses(str(tmp_path / "spark"))[-1][0] == 4
+  losses = _losses(str(tmp_path / "spark"))
+  assert losses[-1][0] == 4 and all(np.isfinite(v) for _, v in losses)
   c = _tiny(cddpm_config, data_dir, num_steps=2, eval_every=2, checkpoint_every=2)
   c.model.encoder.pretrained_workdir = str(tmp_path / "spark")
   from sadm_jax import config as config_lib
@@ -62,6 +64,7 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
   task = stage1.cddpm_task(c)
   v = task.init_variables(jax.random.key(0))
   sp = stage1.load_spark_variables(c, str(tmp_path / "spark"))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(sp["params"]))
   np.testing.assert_array_equal(v["params"]["encoder"]["backbone"]["conv1"]["kernel"],
                                 sp["params"]["backbone"]["conv1"]["kernel"])
   np.testing.assert_array_equal(v["model_state"]["encoder"]["backbone"]["bn1"]["mean"],
