@@ -21,6 +21,8 @@ STAGES = {
     "spark": "sadm_jax.train.stage1:run_spark",
     "cddpm": "sadm_jax.train.stage1:run_cddpm",
     "describe": "sadm_jax.describe:run",
+    "evaluate": "sadm_jax.evaluate.run:run",
+    "predict": "sadm_jax.evaluate.predict:run",
 }
 
 

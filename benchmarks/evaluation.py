@@ -1,0 +1,157 @@
+"""Benchmark: per-volume evaluation (cDDPM-only and SADM inference, anomaly map, metrics)."""
+
+from __future__ import annotations
+
+# Usage (repository root):
+#   python -m benchmarks.evaluation                       # tiny config (64×64×8 grid), CPU friendly
+#   python -m benchmarks.evaluation --paper --dtype bfloat16  # paper sizes: 96×96×50, 50 slices
+# Random weights (timings do not depend on values), a synthetic brain-like volume; each timing is
+# the median over --repeats calls after one warm-up (compilation) call. Writes
+# benchmarks/results/evaluation_<backend>.json (one entry per size) unless --out is given.
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+from configs import cddpm as cddpm_config
+from configs import evaluate as evaluate_config
+from sadm_jax import config as config_lib
+from sadm_jax.evaluate import anomaly_map as am
+from sadm_jax.evaluate import inference, metrics
+from sadm_jax.models import cddpm as cddpm_lib
+from sadm_jax.models.segnet import SegUnet
+from sadm_jax.utils.io import write_json
+
+PAPER_SEGNET_WF, TINY_SEGNET_WF = 6, 3  # configs/sadm_draem.py (paper / tiny)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__)
+  ap.add_argument("--paper", action="store_true", help="paper model sizes and the 96×96×50 grid")
+  ap.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up (>= 1)")
+  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  ap.add_argument("--out", default="")
+  return ap.parse_args(argv)
+
+
+def synthetic_volume(shape: tuple[int, int, int], seed: int = 0):
+  """(image [D, H, W] in [0, 1], brain [H, W, D], lesion [H, W, D]): textured ellipsoid + blob."""
+  d, h, w = shape
+  rng = np.random.default_rng(seed)
+  grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (h, w, d)], indexing="ij"))
+  brain = (grid ** 2).sum(0) < 0.8
+  lesion = ((grid - np.array([0.3, -0.2, 0.1])[:, None, None, None]) ** 2).sum(0) < 0.05
+  texture = ndimage.gaussian_filter(rng.random((h, w, d)), 1.5)
+  x = np.where(brain, 0.3 + 0.5 * (texture - texture.min()) / np.ptp(texture), 0.0)
+  x = np.where(lesion & brain, 0.95, x).astype(np.float32)
+  return np.ascontiguousarray(np.transpose(x, (2, 0, 1))), brain, lesion & brain
+
+
+def random_variables(init_fn, key) -> dict:
+  """Variables of the right shapes with nonzero random values (zero-init heads perturbed)."""
+  v = jax.jit(init_fn)(key)
+  leaves, tree = jax.tree.flatten(v)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(tree, [a + 0.02 * jax.random.normal(k, a.shape, a.dtype)
+                                   for a, k in zip(leaves, keys)])
+
+
+def timed(fn, repeats: int) -> dict:
+  """First call (compile + run) and the median/min of `repeats` further calls, in seconds."""
+  t0 = time.perf_counter()
+  fn()
+  first = time.perf_counter() - t0
+  runs = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    runs.append(time.perf_counter() - t0)
+  return {"first_call_s": first, "median_s": statistics.median(runs), "min_s": min(runs),
+          "repeats": repeats}
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  args.repeats = max(1, args.repeats)
+  size = "paper" if args.paper else "tiny"
+  eval_cfg = config_lib.resolve(evaluate_config.get_config(None if args.paper else "tiny"))
+  eval_cfg.evaluate.dtype = args.dtype
+  model_cfg = config_lib.resolve(cddpm_config.get_config(None if args.paper else "tiny"))
+  p = model_cfg.data.preprocess
+  hw = -(-p.crop_size[0] // p.downsample)
+  depth = -(-p.crop_size[2] // p.downsample)
+  image, brain, lesion = synthetic_volume((depth, hw, hw))
+
+  model = cddpm_lib.build_cddpm(model_cfg)
+  x1 = jnp.zeros((1, hw, hw, 1))
+  cvars = random_variables(lambda k: model.init({"params": k, "dropout": k}, x1, x1,
+                                                jnp.zeros((1,), jnp.int32), train=False),
+                           jax.random.key(0))
+  cddpm = inference.cddpm_inference(model_cfg, cvars, eval_cfg, fingerprint="bench")
+  seg_module = SegUnet(wf=PAPER_SEGNET_WF if args.paper else TINY_SEGNET_WF,
+                       dtype=cddpm_lib.DTYPES[args.dtype])
+  svars = random_variables(lambda k: seg_module.init(k, x1, x1), jax.random.key(1))
+  segnet = inference.SegmentationInference(seg_module, svars)
+  n_params = {"cddpm": int(sum(a.size for a in jax.tree.leaves(cvars["params"]))),
+              "segnet": int(sum(a.size for a in jax.tree.leaves(svars["params"])))}
+
+  def cddpm_only():
+    jax.block_until_ready(cddpm.reconstruct(image, 1).mean)
+
+  def sadm():
+    rec = cddpm.reconstruct(image, 1)
+    jax.block_until_ready(segnet.probability(image, rec))
+
+  r = args.repeats
+  results = {"cddpm_inference": timed(cddpm_only, r), "sadm_inference": timed(sadm, r)}
+  inf = inference.infer_volume(image, 1, cddpm, segnet)
+  x = np.transpose(image, (1, 2, 0))
+  a = am.anomaly_map(inf.recon, x, brain, inf.seg_prob)
+  tau = float(np.quantile(a[brain], 0.97))
+  results["anomaly_map_sum"] = timed(lambda: am.anomaly_map(inf.recon, x, brain, inf.seg_prob), r)
+  results["volume_metrics"] = timed(lambda: metrics.volume_metrics(a, lesion, brain, tau), r)
+  per_volume = {k: 1.0 / v["median_s"] for k, v in results.items()}
+  end_to_end = sum(results[k]["median_s"] for k in ("sadm_inference", "anomaly_map_sum",
+                                                     "volume_metrics"))
+  entry = {
+      "grid": [hw, hw, depth], "slices_per_batch": depth,
+      "timesteps": list(eval_cfg.diffusion.ensemble_timesteps), "dtype": args.dtype,
+      "params": n_params, "timings": results, "volumes_per_s": per_volume,
+      "sadm_end_to_end_volumes_per_s": 1.0 / end_to_end,
+      "traces": {"cddpm": cddpm.traces, "segnet": segnet.traces},
+      "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+      "jax": jax.__version__, "cpu_count": os.cpu_count(),
+      "machine": platform.processor() or platform.machine(),
+      "load_average": list(os.getloadavg()),
+  }
+  print(f"evaluation benchmark ({size}: grid {hw}×{hw}×{depth}, {depth} slices per batch, "
+        f"K={len(eval_cfg.diffusion.ensemble_timesteps)}, {args.dtype}, {entry['device']}, "
+        f"load {entry['load_average'][0]:.1f})")
+  print(f"{'what':18s} {'first call s':>13s} {'median s':>10s} {'min s':>9s} {'volumes/s':>10s}")
+  for name, t in results.items():
+    print(f"{name:18s} {t['first_call_s']:13.3f} {t['median_s']:10.4f} {t['min_s']:9.4f} "
+          f"{per_volume[name]:10.3f}")
+  print(f"SADM end to end (inference + map + metrics): "
+        f"{entry['sadm_end_to_end_volumes_per_s']:.3f} volumes/s; traces {entry['traces']}")
+  out = args.out or os.path.join("benchmarks", "results",
+                                 f"evaluation_{jax.default_backend()}.json")
+  saved = {}
+  if os.path.isfile(out):
+    with open(out) as f:
+      saved = json.load(f)
+  saved[size] = entry
+  write_json(out, saved)
+  print("wrote", out)
+  return entry
+
+
+if __name__ == "__main__":
+  main()

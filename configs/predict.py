@@ -1,0 +1,25 @@
+"""Anomaly map and mask for one new scan, written back on the scan's own grid.
+
+    python -m sadm_jax.main --config=configs/predict.py --workdir=out/ \
+        --config.predict.checkpoint_dir=W --config.predict.input=scan.nii.gz \
+        [--config.predict.mask=mask.nii.gz] [--config.predict.output=out/] \
+        [--config.predict.threshold=τ]
+W is an evaluation workdir (models, settings and the validation-selected τ are taken from it), a
+SADM workdir or a cDDPM workdir (then pass the threshold). The scan must be skull-stripped and
+registered like the training data; without a mask the brain is `image > 0`.
+"""
+
+from configs import cddpm as cddpm_config
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  c = default.get_config()
+  c.stage = "predict"
+  c.predict.run = ""  # evaluation run id, e.g. 'sadm/draem/fold0'; '' = first SADM run, else cDDPM
+  c.predict.threshold_set = ""  # data set whose τ is used; '' = the run's own pathology or first
+  if arg == "tiny":
+    cddpm_config.apply_tiny(c)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; expected 'tiny' or nothing")
+  return c

@@ -1,0 +1,268 @@
+"""Per-volume inference: encoder once, ensemble reconstruction, SegUnet probability (§3.6, §3.9)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import zlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sadm_jax.diffusion import reconstruct as reconstruct_lib
+from sadm_jax.diffusion import schedule as schedule_lib
+from sadm_jax.models import cddpm as cddpm_lib
+from sadm_jax.models.segnet import SegUnet
+
+# All D slices of a volume are one batch; every function below is compiled once per model
+# architecture and volume shape, with the variables passed as arguments (never baked into the
+# program as constants), so several checkpoints of one architecture share a compilation too.
+
+
+def volume_index(name: str) -> int:
+  """Stable non-negative 31-bit integer of a volume name (crc32): seeds that volume's noise.
+
+  Independent of the volume's position in a split, so a resumed or re-ordered evaluation draws the
+  same noise for the same volume.
+  """
+  return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+
+
+def variables_fingerprint(variables: Any) -> str:
+  """sha256 (16 hex digits) of each leaf's path, shape, dtype and bytes: a checkpoint's identity."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}:{a.shape}:{a.dtype}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSpec:
+  """How the ensemble draws its noise (static: part of the compiled program)."""
+  timesteps: tuple[int, ...] = reconstruct_lib.ENSEMBLE_TIMESTEPS
+  kind: str = "simplex"
+  shared: bool = False  # one field per timestep for all slices (reference, Q4)
+  octaves: int = 6
+  persistence: float = 0.8
+  frequency: float = 64.0
+
+  @classmethod
+  def from_configs(cls, model_config: ml_collections.ConfigDict,
+                   eval_config: ml_collections.ConfigDict) -> NoiseSpec:
+    """Noise shape from the model's training config; timesteps and sharing from the evaluation."""
+    d, e = model_config.diffusion, eval_config.diffusion
+    return cls(timesteps=tuple(int(t) for t in e.ensemble_timesteps), kind=str(d.noise),
+               shared=bool(e.shared_noise), octaves=int(d.octaves),
+               persistence=float(d.persistence), frequency=float(d.frequency))
+
+
+@dataclasses.dataclass
+class Reconstruction:
+  """Ensemble reconstruction of one volume (device arrays, slice-major).
+
+  mean: x̄ = mean_t x̂_t. [D, H, W]
+  per_t: x̂_t for each ensemble timestep. [K, D, H, W]
+  """
+  mean: jax.Array
+  per_t: jax.Array
+
+
+@dataclasses.dataclass
+class VolumeInference:
+  """What the networks say about one volume, in NIfTI voxel order.
+
+  recon: mean reconstruction x̄ [H, W, D] float32, or None (no cDDPM).
+  seg_prob: mean SegUnet probability mean_t σ(S(x − x̂_t, x)) [H, W, D] float32, or None.
+  """
+  recon: np.ndarray | None
+  seg_prob: np.ndarray | None
+
+
+def _slice_major_to_hwd(a: jax.Array) -> np.ndarray:
+  return np.transpose(np.asarray(a, np.float32), (1, 2, 0))
+
+
+class CDDPMInference:
+  """Frozen cDDPM of one checkpoint: E(x) once per slice, then the K-step noise ensemble.
+
+  Build it once per checkpoint; `reconstruct` is one jitted call per volume whose program is traced
+  once per volume shape (`traces` counts the traces, for tests).
+  """
+
+  def __init__(self, model_config: ml_collections.ConfigDict, variables: dict, noise: NoiseSpec,
+               dtype: str = "float32", seed: int = 0, fingerprint: str | None = None):
+    cfg = ml_collections.ConfigDict(model_config.to_dict())
+    cfg.model.dtype = dtype  # evaluation compute dtype (Q33); parameters stay float32
+    self.model = cddpm_lib.build_cddpm(cfg)
+    d = cfg.diffusion
+    self.schedule = schedule_lib.cosine_schedule(d.num_timesteps, s=d.cosine_s, max_beta=d.max_beta)
+    self.noise = noise
+    self.seed = int(seed)
+    self.variables = jax.device_put({"params": variables["params"],
+                                     "batch_stats": variables.get("batch_stats", {})})
+    self.fingerprint = fingerprint or variables_fingerprint(self.variables)
+    self.traces = 0
+    self._fn = jax.jit(self._reconstruct)
+
+  def _reconstruct(self, variables: dict, image: jax.Array, index: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+    # image: [D, H, W]; index: uint32 scalar -> (mean [D, H, W], per_t [K, D, H, W]) float32
+    self.traces += 1
+    key = jax.random.fold_in(jax.random.key(self.seed), index)
+    x = image[..., None].astype(jnp.float32)  # [D, H, W, 1]
+    model, n = self.model, self.noise
+    cond = model.apply(variables, x, False, method=cddpm_lib.CDDPM.encode)  # inference-mode BN
+
+    def denoise(x_t, t, c):
+      return model.apply(variables, x_t, t, c, method=cddpm_lib.CDDPM.denoise).astype(jnp.float32)
+
+    mean, per_t = reconstruct_lib.ensemble_reconstruct(
+        denoise, x, cond, key, self.schedule, n.timesteps, noise_kind=n.kind, shared_noise=n.shared,
+        octaves=n.octaves, persistence=n.persistence, frequency=n.frequency)
+    return mean[..., 0].astype(jnp.float32), per_t[..., 0].astype(jnp.float32)
+
+  def reconstruct(self, image: np.ndarray, index: int) -> Reconstruction:
+    """image [D, H, W] (slice-major, as cached) and the volume's noise index -> Reconstruction."""
+    mean, per_t = self._fn(self.variables, jnp.asarray(image, jnp.float32),
+                           jnp.asarray(index, jnp.uint32))
+    return Reconstruction(mean, per_t)
+
+
+class SegmentationInference:
+  """Frozen SegUnet of one SADM checkpoint: mean_t σ(S(x − x̂_t, x)) over the ensemble."""
+
+  def __init__(self, module: SegUnet, variables: dict):
+    self.module = module
+    self.variables = jax.device_put({"params": variables["params"]})
+    self.fingerprint = variables_fingerprint(self.variables)
+    self.traces = 0
+    self._fn = jax.jit(self._probability)
+
+  @property
+  def needs_reconstruction(self) -> bool:
+    return bool(self.module.use_residual)
+
+  def _probability(self, variables: dict, image: jax.Array, per_t: jax.Array | None) -> jax.Array:
+    # image: [D, H, W]; per_t: [K, D, H, W] or None -> mean probability [D, H, W] float32
+    self.traces += 1
+    x = image[..., None].astype(jnp.float32)
+
+    def prob(recon):
+      out = self.module.apply(variables, x, recon)
+      logits = out[0] if isinstance(out, tuple) else out
+      return jax.nn.sigmoid(logits.astype(jnp.float32))[..., 0]
+
+    if per_t is None:
+      return prob(None)
+    return jax.lax.map(lambda r: prob(r[..., None]), per_t).mean(axis=0)
+
+  def probability(self, image: np.ndarray, recon: Reconstruction | None) -> jax.Array:
+    """image [D, H, W] and the ensemble reconstruction -> mean probability [D, H, W] (device)."""
+    if self.needs_reconstruction and recon is None:
+      raise ValueError("this SegUnet uses the residual branch and needs the cDDPM reconstruction")
+    per_t = recon.per_t if self.needs_reconstruction else None
+    return self._fn(self.variables, jnp.asarray(image, jnp.float32), per_t)
+
+
+def infer_volume(image: np.ndarray, index: int, cddpm: CDDPMInference | None,
+                 segnet: SegmentationInference | None = None) -> VolumeInference:
+  """One volume through the cDDPM (and the SegUnet if given).
+
+  Args:
+    image: preprocessed volume, slice-major as cached. [D, H, W]
+    index: the volume's noise index (`volume_index(name)`).
+    cddpm: the reconstruction model, or None for an input-only SegUnet.
+    segnet: the SegUnet, or None for cDDPM-only inference.
+  Returns:
+    VolumeInference with recon and seg_prob as [H, W, D] float32 (None where not computed).
+  """
+  recon = cddpm.reconstruct(image, index) if cddpm is not None else None
+  seg = segnet.probability(image, recon) if segnet is not None else None
+  return VolumeInference(None if recon is None else _slice_major_to_hwd(recon.mean),
+                         None if seg is None else _slice_major_to_hwd(seg))
+
+
+def infer_many(image: np.ndarray, index: int, cddpms: dict[str, CDDPMInference],
+               requests: Sequence[tuple[str, str | None]],
+               segnets: dict[str, SegmentationInference]
+               ) -> dict[tuple[str, str | None], VolumeInference]:
+  """Several (cDDPM key, SegUnet key | None) requests for one volume, sharing reconstructions.
+
+  Each cDDPM runs at most once per volume: a cDDPM-only result and every SegUnet that builds on the
+  same cDDPM reuse its ensemble (identical noise, so identical to separate calls).
+  """
+  recons: dict[str, Reconstruction] = {}
+  out = {}
+  for cddpm_key, seg_key in requests:
+    if cddpm_key and cddpm_key not in recons:
+      recons[cddpm_key] = cddpms[cddpm_key].reconstruct(image, index)
+    recon = recons.get(cddpm_key) if cddpm_key else None
+    seg = segnets[seg_key].probability(image, recon) if seg_key else None
+    out[(cddpm_key, seg_key)] = VolumeInference(
+        None if recon is None else _slice_major_to_hwd(recon.mean),
+        None if seg is None else _slice_major_to_hwd(seg))
+  return out
+
+
+# ----------------------------------------------------------------------------- loading checkpoints
+
+
+def cddpm_inference(model_config: ml_collections.ConfigDict, variables: dict,
+                    eval_config: ml_collections.ConfigDict,
+                    fingerprint: str | None = None) -> CDDPMInference:
+  """CDDPMInference with the evaluation's ensemble, noise sharing, dtype (Q33) and seed."""
+  return CDDPMInference(model_config, variables, NoiseSpec.from_configs(model_config, eval_config),
+                        dtype=eval_config.evaluate.dtype, seed=eval_config.seed,
+                        fingerprint=fingerprint)
+
+
+def load_cddpm(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(saved cDDPM config, {'params', 'batch_stats'}) of a stage-I workdir's best checkpoint."""
+  from sadm_jax.train import stage1
+  return stage1.load_best_variables(workdir, "cddpm")
+
+
+@dataclasses.dataclass
+class SadmCheckpoint:
+  """A stage-II run as evaluation needs it (host arrays).
+
+  config: the run's saved config; segnet: SegUnet variables {'params'}; cddpm_config/cddpm: the
+  cDDPM frozen inside the run ({'params', 'batch_stats'}; with the reference's BatchNorm drift when
+  it was trained with `sadm.frozen_train_mode`, Q6), None when the SegUnet ignores the residual.
+  """
+  config: ml_collections.ConfigDict
+  segnet: dict
+  cddpm_config: ml_collections.ConfigDict | None
+  cddpm: dict | None
+
+  @property
+  def uses_residual(self) -> bool:
+    return self.cddpm is not None
+
+
+def load_sadm(workdir: str) -> SadmCheckpoint:
+  """Loads a SADM workdir's best checkpoint once (`stage2.load_sadm`, `stage2.load_sadm_cddpm`)."""
+  from sadm_jax.train import stage2
+  config, segnet = stage2.load_sadm(workdir)
+  if not stage2.uses_residual(config):
+    return SadmCheckpoint(config, segnet, None, None)
+  cddpm_config, cddpm = stage2.load_sadm_cddpm(workdir)
+  return SadmCheckpoint(config, segnet, cddpm_config, cddpm)
+
+
+def build_segnet(sadm_config: ml_collections.ConfigDict, dtype: str = "float32") -> SegUnet:
+  """The SegUnet of a SADM run, as stage II builds it, computing in `dtype`."""
+  from sadm_jax.train import stage2
+  cfg = ml_collections.ConfigDict(sadm_config.to_dict())
+  cfg.model.dtype = dtype
+  return stage2.build_segnet(cfg)
+
+
+def segnet_inference(ckpt: SadmCheckpoint, eval_config: ml_collections.ConfigDict
+                     ) -> SegmentationInference:
+  return SegmentationInference(build_segnet(ckpt.config, eval_config.evaluate.dtype), ckpt.segnet)

@@ -1,0 +1,114 @@
+"""Per-volume inference: shapes, determinism, one compilation for many volumes, shared work."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cddpm as cddpm_config
+from configs import evaluate as evaluate_config
+from sadm_jax import config as config_lib
+from sadm_jax.evaluate import inference
+from sadm_jax.evaluate import run as run_lib
+from sadm_jax.models import cddpm as cddpm_lib
+from sadm_jax.models.segnet import SegUnet
+
+D, H, W = 8, 64, 64  # the tiny working grid, slice-major
+
+
+@pytest.fixture(scope="module")
+def eval_config():
+  return config_lib.resolve(evaluate_config.get_config("tiny"))
+
+
+@pytest.fixture(scope="module")
+def models(eval_config):
+  """Randomly initialised tiny cDDPM and SegUnet (inference only needs their variables)."""
+  cfg = config_lib.resolve(cddpm_config.get_config("tiny"))
+  model = cddpm_lib.build_cddpm(cfg)
+  x = jnp.zeros((1, H, W, 1))
+  variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x, x,
+                         jnp.zeros((1,), jnp.int32), train=False)
+  # The UNet's output convolutions are zero-initialised (x̂ would not depend on the noise): perturb.
+  leaves, tree = jax.tree.flatten(variables["params"])
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  noisy = [p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+  variables = {**variables, "params": jax.tree.unflatten(tree, noisy)}
+  cddpm = inference.cddpm_inference(cfg, variables, eval_config)
+  seg_module = SegUnet(wf=2)
+  seg_vars = seg_module.init(jax.random.key(1), x, x)
+  return cddpm, inference.SegmentationInference(seg_module, seg_vars)
+
+
+def _volume(seed: int) -> np.ndarray:
+  return np.random.default_rng(seed).uniform(0, 1, (D, H, W)).astype(np.float32)
+
+
+def test_shapes_ranges_and_determinism(models):
+  cddpm, segnet = models
+  image = _volume(0)
+  a = inference.infer_volume(image, 7, cddpm, segnet)
+  b = inference.infer_volume(image, 7, cddpm, segnet)
+  assert a.recon.shape == a.seg_prob.shape == (H, W, D)
+  assert a.recon.dtype == a.seg_prob.dtype == np.float32
+  assert np.all((a.seg_prob >= 0) & (a.seg_prob <= 1))
+  np.testing.assert_array_equal(a.recon, b.recon)  # same (seed, volume index): same noise
+  np.testing.assert_array_equal(a.seg_prob, b.seg_prob)
+  c = inference.infer_volume(image, 8, cddpm, segnet)
+  assert not np.array_equal(a.recon, c.recon)  # another volume index draws other noise
+  only = inference.infer_volume(image, 7, cddpm)
+  assert only.seg_prob is None
+  np.testing.assert_array_equal(only.recon, a.recon)
+  rec = cddpm.reconstruct(image, 7)
+  assert rec.per_t.shape == (3, D, H, W)
+  np.testing.assert_allclose(np.asarray(rec.per_t).mean(0), np.asarray(rec.mean), atol=1e-6)
+
+
+def test_one_compilation_for_many_volumes(models):
+  cddpm, segnet = models
+  before = (cddpm.traces, segnet.traces)
+  for i in range(3):
+    inference.infer_volume(_volume(10 + i), inference.volume_index(f"vol{i}"), cddpm, segnet)
+  assert (cddpm.traces, segnet.traces) == (max(before[0], 1), max(before[1], 1)) == (1, 1)
+
+
+def test_infer_many_runs_each_cddpm_once(models, monkeypatch):
+  cddpm, segnet = models
+  calls = []
+  original = cddpm.reconstruct
+  monkeypatch.setattr(cddpm, "reconstruct", lambda *a: calls.append(a) or original(*a))
+  image = _volume(3)
+  out = inference.infer_many(image, 5, {"c": cddpm}, [("c", None), ("c", "s")], {"s": segnet})
+  assert len(calls) == 1
+  np.testing.assert_array_equal(out[("c", None)].recon, out[("c", "s")].recon)
+  single = inference.infer_volume(image, 5, cddpm, segnet)
+  np.testing.assert_array_equal(single.seg_prob, out[("c", "s")].seg_prob)
+
+
+def test_noise_spec_takes_the_ensemble_from_evaluation_and_shape_from_the_model(eval_config):
+  model_cfg = cddpm_config.get_config("tiny")
+  e = config_lib.resolve(evaluate_config.get_config("tiny,faithful"))
+  e.diffusion.ensemble_timesteps = (99, 499)
+  spec = inference.NoiseSpec.from_configs(model_cfg, e)
+  assert spec.timesteps == (99, 499) and spec.shared is True
+  d = model_cfg.diffusion
+  assert (spec.octaves, spec.frequency) == (d.octaves, d.frequency)
+  assert inference.NoiseSpec.from_configs(model_cfg, eval_config).shared is False
+  assert inference.volume_index("IXI002") == inference.volume_index("IXI002") < 2 ** 31
+
+
+def test_threshold_baseline_known_answer():
+  x = np.zeros((6, 5, 4), np.float32)
+  mask = np.zeros(x.shape, bool)
+  mask[1:5, 1:4, :] = True
+  x[mask] = 0.5
+  x[2, 2, 1] = 0.9  # bright lesion
+  x[3, 1, 2] = 0.2  # dark lesion
+  x[0, 0, 0] = 0.7  # outside the brain: ignored
+  a = run_lib.anomaly_for("threshold", "residual", x, mask, None, {}, intensity_median=0.5)
+  expected = np.zeros(x.shape, np.float32)
+  expected[2, 2, 1], expected[3, 1, 2] = 0.4, 0.3
+  np.testing.assert_allclose(a, expected, atol=1e-7)
+  assert a.dtype == np.float32

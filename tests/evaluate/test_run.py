@@ -1,0 +1,153 @@
+"""The evaluate stage end to end on fake data (tiny cDDPM + tiny SADM): report, files, resume."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sadm_jax import config as config_lib
+from sadm_jax import main as main_lib
+from sadm_jax.data import cache as cache_lib, prepare
+from sadm_jax.data.splits import Row
+from sadm_jax.evaluate import report
+from sadm_jax.evaluate import run as run_lib
+from tests.evaluate.conftest import evaluate_tiny_config
+
+REQUIRED = ("method", "train_anomalies", "test_set", "fold", "n_volumes", "dice", "best_dice",
+            "auprc", "auroc")
+
+
+def _csv(workdir):
+  with open(os.path.join(workdir, "report", "metrics.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+def test_metrics_csv_has_every_method_set_and_valid_values(evaluation):
+  workdir, summary = evaluation
+  rows = _csv(workdir)
+  assert list(rows[0])[:len(REQUIRED)] == list(REQUIRED)
+  got = {(r["method"], r["train_anomalies"], r["test_set"], r["fold"]) for r in rows}
+  for method, anomalies in (("threshold", "none"), ("cddpm", "none"), ("sadm", "draem")):
+    for s in ("Brats21", "ATLAS_v2", "DRAEM", "IXI"):
+      assert (method, anomalies, s, "fold0") in got
+  for r in rows:
+    if r["test_set"] == "IXI":
+      assert int(r["n_volumes"]) == 2 and r["dice"] == "" and 0 <= float(r["volume_score"])
+      continue
+    assert int(r["n_volumes"]) == (2 if r["test_set"] == "DRAEM" else 3)
+    for k in ("dice", "best_dice", "auprc", "auroc", "auroc_grid", "auprc_grid", "detection_auroc"):
+      assert 0.0 <= float(r[k]) <= 1.0, (k, r[k])
+    assert float(r["best_dice"]) >= float(r["dice"]) - 1e-12  # oracle ≥ validation threshold
+    assert r["tau_rows"] == "all" and float(r["tau"]) >= 0
+  assert summary["volumes_cached"] == 0 and summary["volumes_computed"] == 3 * (1 + 2 + 6 + 6 + 3)
+  with open(os.path.join(workdir, "report", "metrics.json")) as f:
+    assert len(json.load(f)["rows"]) == len(rows)
+
+
+def test_report_markdown_is_a_paper_style_table(evaluation):
+  workdir, _ = evaluation
+  with open(os.path.join(workdir, "report", "report.md")) as f:
+    text = f.read()
+  assert ("Protocol: metrics on the 64×64×8 working grid (2 mm voxels), inside the brain mask"
+          in text)
+  assert "exact Dice optimum" in text and "t ∈ {249, 499, 749}" in text and "'sum'" in text
+  header = next(line for line in text.splitlines() if line.startswith("| Model"))
+  for col in ("BraTS21 Dice", "BraTS21 ⌈Dice⌉", "BraTS21 AUPRC", "ATLAS v2 AUPRC",
+              "DRAEM (IXI test) Dice"):
+    assert col in header
+  for name in ("| Intensity threshold | — | 1 |", "| cDDPM | — | 1 |", "| SADM | draem | 1 |"):
+    assert name in text
+
+
+def test_volume_outputs_are_aligned_with_the_cached_input(evaluation, eval_data_dir):
+  workdir, _ = evaluation
+  c = evaluate_tiny_config(eval_data_dir, "")
+  _, splits, _, _ = prepare.load_valid_splits(c, ["Brats21_test"])
+  row = splits["Brats21_test"][0]
+  cached = cache_lib.VolumeCache(config_lib.cache_dir(c), config_lib.preprocess_config(c)).load(row)
+  out = os.path.join(workdir, "report", "volumes", "sadm", "draem", "fold0", "Brats21")
+  for suffix in ("anomaly", "recon", "pred"):
+    img = nib.load(os.path.join(out, f"{row.name}_{suffix}.nii.gz"))
+    np.testing.assert_allclose(img.affine, cached.affine, atol=1e-6)
+    assert img.shape == cached.volume("image").shape
+  anomaly = nib.load(os.path.join(out, f"{row.name}_anomaly.nii.gz")).get_fdata()
+  assert np.all(anomaly[cached.volume("mask") == 0] == 0)  # A is 0 outside the brain: aligned
+  pngs = glob.glob(os.path.join(workdir, "report", "volumes", "*", "*", "*", "*", "*.png"))
+  assert len(pngs) == 3 * (3 + 3 + 2)  # first PNG_VOLUMES volumes per run and data set
+  with open(pngs[0], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_intensity_median_is_the_median_of_healthy_training_brains(evaluation, eval_data_dir):
+  workdir, _ = evaluation
+  c = evaluate_tiny_config(eval_data_dir, "")
+  _, splits, _, _ = prepare.load_valid_splits(c, ["IXI_train_fold0", "IXI_val_fold0", "IXI_test"])
+  cache = cache_lib.VolumeCache(config_lib.cache_dir(c), config_lib.preprocess_config(c))
+  vols = [cache.load(r) for r in splits["IXI_train_fold0"]]
+  expected = np.median(np.concatenate([v.image[v.mask > 0] for v in vols]))
+  with open(os.path.join(workdir, "eval", "threshold", "intensity_median_fold0.json")) as f:
+    assert json.load(f)["median"] == pytest.approx(float(expected), rel=0, abs=1e-7)
+
+
+def test_second_run_recomputes_nothing_and_changed_settings_recompute(evaluation, eval_data_dir,
+                                                                      tiny_cddpm_dir, tiny_sadm_dir,
+                                                                      tmp_path):
+  workdir, first = evaluation
+  jsons = sorted(glob.glob(os.path.join(workdir, "eval", "*", "**", "*.json"), recursive=True))
+  assert len(jsons) == first["volumes_computed"] + 1  # per-volume results + the intensity median
+  mtimes = {p: os.stat(p).st_mtime_ns for p in jsons}
+  before = _csv(workdir)
+  c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
+  again = main_lib.run_stage(c, workdir)
+  assert again["volumes_computed"] == 0 and again["volumes_cached"] == first["volumes_computed"]
+  assert {p: os.stat(p).st_mtime_ns for p in jsons} == mtimes
+  assert _csv(workdir) == before
+  # Another protocol invalidates the cached per-volume results (threshold baseline only: no models).
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  c = evaluate_tiny_config(eval_data_dir, "")
+  c.evaluate.methods = ("threshold",)
+  c.evaluate.threshold_method = "bisection"
+  res = main_lib.run_stage(c, copy)  # τ may change: only test passes depend on it
+  assert res["volumes_cached"] >= 3 + 7 and res["volumes_cached"] + res["volumes_computed"] == 18
+  assert {r["method"] for r in _csv(copy)} == {"threshold"}
+  c.seed = 1  # the noise seed is part of every result's fingerprint
+  assert main_lib.run_stage(c, copy)["volumes_computed"] == 18
+
+
+def _rows(n):
+  return [Row(f"v{i}", "Brats21_val", "Brats21", "val", i, 1, 50.0, f"/x/v{i}.nii.gz",
+              f"/x/m{i}.nii.gz", f"/x/s{i}.nii.gz", "/x/Brats21_val.csv") for i in range(n)]
+
+
+def test_weakly_supervised_runs_tune_only_on_held_out_rows():
+  rows = _rows(8)
+  run = run_lib.EvalRun("sadm", "Brats21", "repeat0", 0,
+                        held_out=("Brats21", "brats", (2, 8), (0, 2)))
+  keep, how = run_lib._val_rows(run, "Brats21", rows)
+  assert [r.name for r in keep] == ["v0", "v1"] and how.startswith("held-out")
+  keep, how = run_lib._val_rows(run, "ATLAS_v2", rows)  # another data set: all its val rows
+  assert keep == rows and how == "all"
+  # Reference rows (BraTS trains on 10-99) on a full-size split: τ from rows 0-9 only (Q15).
+  ref = run_lib.EvalRun("sadm", "Brats21", "repeat0", 0, held_out=("Brats21", "brats", None, None))
+  keep, _ = run_lib._val_rows(ref, "Brats21", _rows(100))
+  assert [r.index for r in keep] == list(range(10))
+
+
+def test_csv_columns_and_fold_table():
+  rows = [{"method": "sadm", "train_anomalies": "draem", "test_set": "Brats21", "fold": f"fold{k}",
+           "n_volumes": 2, "dice": d, "dice_std": 0.1, "best_dice": d + 0.1, "auprc": 0.5,
+           "auroc": 0.9, "zeta": 1.0, "zeta_std": 0.0, "alpha": 2.0}
+          for k, d in enumerate((0.5, 0.7))]
+  assert report.csv_columns(rows) == ["method", "train_anomalies", "test_set", "fold", "n_volumes",
+                                      "dice", "best_dice", "auprc", "auroc", "dice_std", "alpha",
+                                      "zeta", "zeta_std"]
+  table = report.format_table(rows)
+  assert "| SADM | draem | 2 | 60.00 ± 10.00 | 70.00 ± 10.00 | 50.00 ± 0.00 |" in table
