@@ -140,6 +140,12 @@ def get_config() -> ml_collections.ConfigDict:
   pr.output = ""
   pr.threshold = config_dict.placeholder(float)  # None = the one stored by evaluation
 
+  # ---- multi-process runs (sadm_jax.distributed); the defaults mean auto-detect ----
+  dist = c.distributed = ml_collections.ConfigDict()
+  dist.coordinator_address = ""  # 'host:port' of process 0; '' = from JAX_*/SLURM/TPU environment
+  dist.num_processes = 0  # 0 = auto; 1 = force a single process
+  dist.process_id = -1  # -1 = auto
+
   # ---- embedded demo cohort ----
   m = c.demo = ml_collections.ConfigDict()
   m.root = ""  # "" = <workdir>/demo_data

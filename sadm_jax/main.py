@@ -21,6 +21,7 @@ STAGES = {
     "spark": "sadm_jax.train.stage1:run_spark",
     "cddpm": "sadm_jax.train.stage1:run_cddpm",
     "describe": "sadm_jax.describe:run",
+    "aot": "sadm_jax.train.aot:run",
     "evaluate": "sadm_jax.evaluate.run:run",
     "predict": "sadm_jax.evaluate.predict:run",
 }
@@ -37,10 +38,13 @@ def run_stage(config, workdir: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from sadm_jax import distributed
+  distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
   from sadm_jax.data.errors import DataError
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (Orbax) off unless -v is given
   logging.info("stage %s, workdir %s", FLAGS.config.stage, FLAGS.workdir)
+  distributed.log_topology(FLAGS.config)
   try:
     run_stage(FLAGS.config, FLAGS.workdir)
   except DataError as e:

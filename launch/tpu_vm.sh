@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Cloud TPU VM or pod slice: runs the same command on every worker over `gcloud ... ssh
+# --worker=all`; each worker's process joins jax.distributed through JAX's Cloud TPU detection.
+#
+#   TPU_NAME=my-v5p-32 ZONE=us-east5-a launch/tpu_vm.sh \
+#       -- --config=configs/cddpm.py --workdir=gs://bucket/runs/cddpm
+#
+# Required: TPU_NAME, ZONE. Optional: PROJECT (gcloud --project), REMOTE_DIR (the checkout on
+# every worker, relative to the home directory; default sadm_jax; its .venv is activated when
+# present), PYTHON (default python), DRY_RUN=1 (print the gcloud command, run nothing).
+# Everything after `--` goes to `python -m sadm_jax.main` unchanged.
+set -euo pipefail
+
+: "${TPU_NAME:?set TPU_NAME to the TPU VM / pod slice name}"
+: "${ZONE:?set ZONE to the zone of the TPU, e.g. ZONE=us-central2-b}"
+if [[ "${1:-}" == "--" ]]; then shift; fi
+REMOTE_DIR="${REMOTE_DIR:-sadm_jax}"
+
+remote="cd $(printf '%q' "$REMOTE_DIR") && { [ ! -f .venv/bin/activate ] || . .venv/bin/activate; }"
+remote+=" && SADM_DISTRIBUTED=auto exec $(printf '%q ' "${PYTHON:-python}" -m sadm_jax.main "$@")"
+cmd=(gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$remote")
+if [[ -n "${PROJECT:-}" ]]; then cmd+=(--project="$PROJECT"); fi
+
+if [[ "${DRY_RUN:-0}" == "1" ]]; then
+  printf '%q ' "${cmd[@]}"
+  echo
+  exit 0
+fi
+command -v gcloud > /dev/null || { echo "gcloud not found: install the Google Cloud SDK" >&2; exit 2; }
+exec "${cmd[@]}"

@@ -1,0 +1,141 @@
+"""Multi-process start-up: decide whether this run spans several processes and initialise `jax.distributed`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+# SADM_DISTRIBUTED=auto: call jax.distributed.initialize() with no arguments and let JAX detect the
+# cluster (Cloud TPU VM pods via the metadata server, SLURM, Open MPI); launch/tpu_vm.sh sets it.
+# SADM_DISTRIBUTED=off: never initialise (one process, whatever the environment says).
+MODE_VAR = "SADM_DISTRIBUTED"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How to call `jax.distributed.initialize`; `source` is None for a single-process run."""
+  source: str | None  # 'config' | 'env' | 'slurm' | 'tpu' | 'auto' | None
+  kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+  value = environ.get(name, "")
+  try:
+    return int(value) if value.strip() else default
+  except ValueError:
+    raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def _explicit(address: str, num_processes: int, process_id: int, source: str) -> Plan:
+  kwargs: dict[str, Any] = {}
+  if address:
+    kwargs["coordinator_address"] = address
+  if num_processes > 0:
+    kwargs["num_processes"] = num_processes
+  if process_id >= 0:
+    kwargs["process_id"] = process_id
+  if len(kwargs) == 3:
+    # Everything is known: skip JAX's cluster detection, which under SLURM would otherwise
+    # narrow each process to one GPU (wrong for one process per node).
+    kwargs["cluster_detection_method"] = "deactivate"
+  return Plan(source, kwargs)
+
+
+def _slurm_plan(environ: Mapping[str, str]) -> Plan | None:
+  """Inside an `srun` step with several tasks; JAX's SLURM detection fills in the rest."""
+  if _int(environ, "SLURM_NTASKS", 1) <= 1 or "SLURM_PROCID" not in environ \
+      or "SLURM_STEP_NODELIST" not in environ:
+    return None
+  kwargs: dict[str, Any] = {}
+  nodes = _int(environ, "SLURM_STEP_NUM_NODES", _int(environ, "SLURM_NNODES", 0))
+  visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  if nodes and _int(environ, "SLURM_NTASKS", 1) == nodes and visible:
+    kwargs["local_device_ids"] = list(range(len(visible)))  # one process per node: all its GPUs
+  return Plan("slurm", kwargs)
+
+
+def _tpu_plan(environ: Mapping[str, str]) -> Plan | None:
+  """A multi-host TPU slice that announces its workers in the environment (GKE, multislice)."""
+  hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
+  if len([h for h in hosts.split(",") if h.strip()]) > 1 or _int(environ, "MEGASCALE_NUM_SLICES", 1) > 1:
+    return Plan("tpu")
+  return None
+
+
+def plan(config: ml_collections.ConfigDict | None = None,
+         environ: Mapping[str, str] | None = None) -> Plan:
+  """Decides how (and whether) to initialise, without touching JAX.
+
+  Precedence: `config.distributed` (any field set) > SADM_DISTRIBUTED > JAX_COORDINATOR_ADDRESS /
+  JAX_NUM_PROCESSES / JAX_PROCESS_ID > SLURM (SLURM_NTASKS > 1 inside srun) > multi-host TPU
+  environment > single process. `num_processes=1` (config or env) forces a single process.
+  """
+  environ = os.environ if environ is None else environ
+  d = config.distributed if config is not None and "distributed" in config else None
+  if d is not None and (d.coordinator_address or d.num_processes > 0 or d.process_id >= 0):
+    if d.num_processes == 1:
+      return Plan(None)
+    return _explicit(d.coordinator_address, int(d.num_processes), int(d.process_id), "config")
+  mode = environ.get(MODE_VAR, "").strip().lower()
+  if mode == "off":
+    return Plan(None)
+  if mode == "auto":
+    return Plan("auto")
+  if mode:
+    raise ValueError(f"{MODE_VAR}={mode!r}: expected 'auto', 'off' or unset")
+  address = environ.get("JAX_COORDINATOR_ADDRESS", "")
+  num = _int(environ, "JAX_NUM_PROCESSES", 0)
+  if address or num > 1:
+    if num == 1:
+      return Plan(None)
+    return _explicit(address, num, _int(environ, "JAX_PROCESS_ID", -1), "env")
+  return _slurm_plan(environ) or _tpu_plan(environ) or Plan(None)
+
+
+def maybe_initialize(config: ml_collections.ConfigDict | None = None,
+                     environ: Mapping[str, str] | None = None) -> Plan:
+  """Initialises `jax.distributed` when more than one process is launched; returns the plan.
+
+  Must run before anything touches a JAX backend (`jax.devices()`, any array). Calling it again
+  after a successful initialisation is a no-op.
+  """
+  p = plan(config, environ)
+  if p.source is None:
+    return p
+  import jax
+  if jax.distributed.is_initialized():
+    return p
+  logging.info("initialising jax.distributed (%s): %s", p.source, p.kwargs)
+  jax.distributed.initialize(**p.kwargs)
+  return p
+
+
+def describe_topology(mesh=None) -> str:
+  """'process 0/2, 8 devices (4 local, cpu), mesh data=8' for the start-up log line."""
+  import jax
+  devices = jax.devices()
+  line = (f"process {jax.process_index()}/{jax.process_count()}, {len(devices)} devices "
+          f"({jax.local_device_count()} local, {devices[0].platform})")
+  if mesh is not None:
+    line += ", mesh " + " × ".join(f"{name}={size}" for name, size in mesh.shape.items())
+  return line
+
+
+def log_topology(config: ml_collections.ConfigDict) -> str:
+  """Logs process index/count, devices and the configured mesh; process 0 also prints the line."""
+  import jax
+  from sadm_jax.train import sharding
+  try:
+    mesh = sharding.make_mesh(config)
+  except ValueError as e:  # the stage that needs the mesh raises it; here it is only reported
+    logging.warning("%s", e)
+    mesh = None
+  line = describe_topology(mesh)
+  logging.info("%s", line)
+  if jax.process_index() == 0:
+    print(line, flush=True)
+  return line

@@ -1,0 +1,101 @@
+"""Launch scripts: valid bash, fail fast naming a missing variable, pass `--` arguments through unchanged (nothing is launched)."""
+
+import os
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {  # script -> its required variables, in the order it checks them
+    "launch/local_gpus.sh": ("NUM_GPUS",),
+    "launch/slurm.sbatch": ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS"),
+    "launch/tpu_vm.sh": ("TPU_NAME", "ZONE"),
+}
+VALUES = {"NUM_GPUS": "2", "SLURM_JOB_ID": "4321", "SLURM_JOB_NODELIST": "gpu[07-08]",
+          "SLURM_NNODES": "2", "SLURM_NTASKS": "16", "TPU_NAME": "pod", "ZONE": "us-central2-b"}
+ARGS = ["--", "--config=configs/cddpm.py", "--workdir=runs/a b", "--config.seed=7"]
+
+
+def _run(script, env, args=(), cwd=REPO):
+  base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+  return subprocess.run(["bash", os.path.join(REPO, script), *args], env={**base, **env}, cwd=cwd,
+                        capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_syntax(script):
+  res = subprocess.run(["bash", "-n", os.path.join(REPO, script)], capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("script,missing",
+                         [(s, v) for s, req in sorted(SCRIPTS.items()) for v in req])
+def test_fails_fast_naming_the_missing_variable(script, missing, tmp_path):
+  required = SCRIPTS[script]
+  env = {v: VALUES[v] for v in required[:required.index(missing)]}  # the ones checked before
+  res = _run(script, {**env, "DRY_RUN": "1"}, ARGS, cwd=tmp_path)
+  assert res.returncode != 0
+  assert missing in res.stderr and res.stdout == ""
+
+
+def test_local_gpus_passes_arguments_and_checks_visible_devices():
+  res = _run("launch/local_gpus.sh", {"NUM_GPUS": "2", "DRY_RUN": "1"}, ARGS)
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.strip() == ("CUDA_VISIBLE_DEVICES=0,1 SADM_DISTRIBUTED=off python -m sadm_jax.main "
+                                r"--config=configs/cddpm.py --workdir=runs/a\ b --config.seed=7")
+  res = _run("launch/local_gpus.sh", {"NUM_GPUS": "2", "CUDA_VISIBLE_DEVICES": "5", "DRY_RUN": "1"})
+  assert res.returncode == 2 and "lists 1 GPU(s) but NUM_GPUS=2" in res.stderr
+  res = _run("launch/local_gpus.sh", {"NUM_GPUS": "two"})
+  assert res.returncode == 2 and "NUM_GPUS=two" in res.stderr
+
+
+def test_tpu_vm_runs_the_same_command_on_all_workers():
+  res = _run("launch/tpu_vm.sh", {"TPU_NAME": "pod", "ZONE": "z", "PROJECT": "p", "DRY_RUN": "1"},
+             ARGS)
+  assert res.returncode == 0, res.stderr
+  out = res.stdout
+  assert out.startswith("gcloud compute tpus tpu-vm ssh pod --zone=z --worker=all --command=")
+  assert "--project=p" in out and r"SADM_DISTRIBUTED=auto\ exec\ python\ -m\ sadm_jax.main" in out
+  assert r"--workdir=runs/a\\\ b" in out  # quoted twice: for the local and the remote shell
+
+
+def _fake_bin(tmp_path):
+  """scontrol (expands the node list), srun (runs the task script as task 9 = local id 1 on node 2)
+  and a python that prints what sadm_jax.main would see."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  scripts = {
+      "scontrol": "#!/bin/sh\necho gpu07\necho gpu08\n",
+      "srun": "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+              "SLURM_PROCID=9 SLURM_LOCALID=1 exec \"$@\"\n",
+      "fakepython": "#!/bin/bash\necho \"JAX_COORDINATOR_ADDRESS=$JAX_COORDINATOR_ADDRESS "
+                    "JAX_NUM_PROCESSES=$JAX_NUM_PROCESSES JAX_PROCESS_ID=$JAX_PROCESS_ID "
+                    "JAX_LOCAL_DEVICE_IDS=${JAX_LOCAL_DEVICE_IDS:-unset}\"\n"
+                    "printf '[%s]' \"$@\"; echo\n",
+  }
+  for name, text in scripts.items():
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  return bin_dir
+
+
+@pytest.mark.parametrize("tasks,local_ids", [("16", "1"), ("2", "unset")])
+def test_slurm_sets_jax_coordinator_per_task(tmp_path, tasks, local_ids):
+  bin_dir = _fake_bin(tmp_path)
+  env = {**VALUES, "SLURM_NTASKS": tasks, "SLURM_SUBMIT_DIR": REPO,
+         "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "fakepython")}
+  res = subprocess.run(["bash", os.path.join(REPO, "launch/slurm.sbatch"), *ARGS], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+  assert res.returncode == 0, res.stderr
+  lines = res.stdout.splitlines()
+  per_node = int(tasks) // 2
+  assert lines[0] == (f"JAX_COORDINATOR_ADDRESS=gpu07:24321 JAX_NUM_PROCESSES={tasks} "
+                      f"tasks/node={per_node} nodes=2")
+  assert lines[1] == (f"JAX_COORDINATOR_ADDRESS=gpu07:24321 JAX_NUM_PROCESSES={tasks} "
+                      f"JAX_PROCESS_ID=9 JAX_LOCAL_DEVICE_IDS={local_ids}")
+  assert lines[2] == "[-m][sadm_jax.main][--config=configs/cddpm.py][--workdir=runs/a b][--config.seed=7]"
+
+
+def test_slurm_refuses_a_directory_that_is_not_the_repository(tmp_path):
+  res = _run("launch/slurm.sbatch", {**VALUES, "SLURM_SUBMIT_DIR": str(tmp_path)}, ARGS)
+  assert res.returncode == 2 and "is not the sadm_jax repository" in res.stderr

@@ -1,0 +1,106 @@
+"""One process of a multi-process toy training run on CPU (launched by tests/train/test_distributed.py).
+
+    python -m tests.train.distributed_driver --coordinator=127.0.0.1:PORT --num_processes=2 \
+        --process_id=I --devices=4 --out=DIR --runs=dp:2,dp:3,fsdp:3
+
+Each run `kind:steps` trains the toy task with `loop.train` in DIR/<kind> (a later run of the same
+kind resumes from its checkpoint); the process writes DIR/result_<I>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def toy_task(config):
+  """The toy task of test_loop.py with loaders that give every step the same GLOBAL batch
+  whatever the process count: global batch s = records[16(s-1):16s], process p holds its
+  rows [p·L:(p+1)·L] (L = the local batch), so multi-process losses can equal single-process ones."""
+  import grain
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from sadm_jax.train import loop
+  from tests.train.test_loop import Toy, toy_loss
+  model = Toy()
+  rng = np.random.default_rng(0)
+  records = [{"image": rng.normal(size=(8, 8, 1)).astype(np.float32)} for _ in range(160)]
+  val = [{"image": rng.normal(size=(8, 8, 1)).astype(np.float32)} for _ in range(12)]
+
+  def init(key):
+    v = model.init(key, jnp.zeros((1, 8, 8, 1)), False)
+    return {"params": v["params"], "model_state": v["batch_stats"]}
+
+  def train_loader(local_bs, shard_index, shard_count):
+    batches = grain.MapDataset.source(records).batch(local_bs, drop_remainder=True)
+    return batches[shard_index::shard_count].to_iter_dataset()
+
+  def val_batches(local_bs, shard_index, shard_count):
+    mine = val[shard_index::shard_count]
+    return [{"image": np.stack([r["image"] for r in mine])}]
+
+  return loop.Task("toy", init, toy_loss(model), optax.sgd(0.1), train_loader, val_batches,
+                   num_train_volumes=len(records))
+
+
+def toy_config(fsdp: bool, num_steps: int):
+  from configs import default
+  c = default.get_config()
+  c.mesh.fsdp = fsdp
+  c.mesh.fsdp_min_size = 8  # shard even the toy's small kernels
+  c.train.batch_size = 16
+  c.train.num_steps = num_steps
+  c.train.log_every = 1
+  c.train.eval_every = 3
+  c.train.checkpoint_every = 2
+  c.train.tensorboard = False
+  c.train.async_checkpoints = False
+  return c
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--coordinator", required=True)
+  ap.add_argument("--num_processes", type=int, required=True)
+  ap.add_argument("--process_id", type=int, required=True)
+  ap.add_argument("--devices", type=int, default=4)
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--runs", default="dp:3")
+  args = ap.parse_args()
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
+  from sadm_jax import distributed
+  config = toy_config(False, 0)
+  config.distributed.coordinator_address = args.coordinator
+  config.distributed.num_processes = args.num_processes
+  config.distributed.process_id = args.process_id
+  plan = distributed.maybe_initialize(config)  # before any JAX backend use
+
+  import jax
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  from sadm_jax.train import loop, sharding
+  result = {"plan": plan.source, "process_index": jax.process_index(),
+            "process_count": jax.process_count(), "devices": jax.device_count(),
+            "local_devices": jax.local_device_count(), "runs": []}
+  distributed.log_topology(config)  # prints on process 0 only
+  for run in args.runs.split(","):
+    kind, steps = run.split(":")
+    config = toy_config(kind == "fsdp", int(steps))
+    workdir = os.path.join(args.out, kind)
+    task = toy_task(config)
+    out = loop.train(config, workdir, task)
+    trainer = loop.Trainer(config, task, sharding.make_mesh(config))  # shardings only, no compile
+    kernel = trainer.state_shardings.params["Conv_0"]["kernel"]
+    result["runs"].append({"kind": kind, "steps": int(steps), "kernel_spec": str(kernel.spec),
+                           **out})
+  with open(os.path.join(args.out, f"result_{args.process_id}.json"), "w") as f:
+    json.dump(result, f)
+
+
+if __name__ == "__main__":
+  main()
