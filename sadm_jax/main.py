@@ -20,6 +20,7 @@ STAGES = {
     "demo": "sadm_jax.demo_job:run",
     "spark": "sadm_jax.train.stage1:run_spark",
     "cddpm": "sadm_jax.train.stage1:run_cddpm",
+    "sadm": "sadm_jax.train.stage2:run_sadm",
     "describe": "sadm_jax.describe:run",
     "aot": "sadm_jax.train.aot:run",
     "evaluate": "sadm_jax.evaluate.run:run",

@@ -192,17 +192,19 @@ def _shard(shard_index: int, shard_count: int) -> grain.sharding.ShardOptions:
 def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str = "brain",
                  augment: augment_lib.IntensityAugConfig | None = None, augment_3d: bool = False,
                  num_epochs: int | None = None, worker_count: int = 0, shard_index: int = 0,
-                 shard_count: int = 1) -> grain.DataLoader:
+                 shard_count: int = 1,
+                 slice_op: grain.transforms.RandomMap | None = None) -> grain.DataLoader:
   """Endless (or `num_epochs`) shuffled training batches for THIS process.
 
   `batch_size` is the per-process batch; each process reads only its shard of the volumes;
   batches drop the remainder so shapes stay static. One record = one volume visit (an epoch
-  has as many samples as volumes, as in the reference).
+  has as many samples as volumes, as in the reference). `slice_op` replaces the default
+  `TrainSlice(table, sampling, augment, augment_3d)` (e.g. a subclass adding anomalies).
   """
   sampler = grain.samplers.IndexSampler(num_records=len(table), shuffle=True, seed=seed,
                                         num_epochs=num_epochs,
                                         shard_options=_shard(shard_index, shard_count))
-  ops = [TrainSlice(table, sampling, augment, augment_3d),
+  ops = [slice_op if slice_op is not None else TrainSlice(table, sampling, augment, augment_3d),
          grain.transforms.Batch(batch_size=batch_size, drop_remainder=True)]
   return grain.DataLoader(data_source=VolumeIndexSource(table), sampler=sampler,
                           operations=ops, worker_count=worker_count,
@@ -211,13 +213,18 @@ def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str
 
 def validation_loader(table: SliceTable, *, batch_size: int, slices_per_volume: int = 8,
                       shard_index: int = 0, shard_count: int = 1,
-                      drop_remainder: bool = False) -> grain.DataLoader:
-  """One deterministic pass over fixed validation slices (no shuffling, no augmentation)."""
+                      drop_remainder: bool = False,
+                      slice_op: grain.transforms.Map | None = None) -> grain.DataLoader:
+  """One deterministic pass over fixed validation slices (no shuffling, no augmentation).
+
+  `slice_op` replaces the default `FixedSlice(table)`; it maps a (volume, slice) record.
+  """
   records = validation_records(table, slices_per_volume)
   shard = grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=drop_remainder)
   sampler = grain.samplers.IndexSampler(num_records=len(records), shuffle=False, num_epochs=1,
                                         shard_options=shard)
-  ops = [FixedSlice(table), grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
+  ops = [slice_op if slice_op is not None else FixedSlice(table),
+         grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
   return grain.DataLoader(data_source=ListSource(records), sampler=sampler, operations=ops,
                           worker_count=0, shard_options=shard)
 

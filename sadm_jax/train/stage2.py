@@ -1,0 +1,395 @@
+"""Stage II (SADM): the SegUnet trained on (x_ano, x̂) with the stage-I cDDPM loaded once and frozen."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sadm_jax import config as config_lib
+from sadm_jax.anomaly import pipeline as anomaly_pipeline
+from sadm_jax.data import augment as augment_lib
+from sadm_jax.data import cache as cache_lib, pipeline, prepare
+from sadm_jax.diffusion import reconstruct as reconstruct_lib, schedule as schedule_lib
+from sadm_jax.models import cddpm as cddpm_lib, seg_losses
+from sadm_jax.models.segnet import SegUnet
+from sadm_jax.train import loop, stage1
+from sadm_jax.train.state import make_optimizer
+
+# Layout of the SADM train state (METHOD §3.8):
+#   params:      the SegUnet's parameters, the only optimised variables;
+#   model_state: {'cddpm': {'params', 'batch_stats'}} — the frozen cDDPM, loaded once from
+#                `sadm.cddpm_workdir` (Q5) and never differentiated; its BatchNorm statistics change
+#                only with `sadm.frozen_train_mode=True` (faithful Q6 drift). {} without a cDDPM.
+# The SADM config records the cDDPM's `model` section as `sadm.cddpm_model`, so a SADM checkpoint
+# is self-contained: `load_sadm` / `load_sadm_cddpm` rebuild both networks from it alone.
+
+TASK_NAME = "sadm"
+# mode -> (split, reference train rows [start, stop), reference validation rows) (METHOD §2.2)
+WEAK_SPLITS = {"brats": ("Brats21_val", (10, 100), (0, 10)),
+               "atlas": ("ATLAS_v2_val", (6, 175), (0, 6))}
+MODES = ("draem",) + tuple(WEAK_SPLITS)
+LOSSES = ("bce", "dice")
+
+
+def uses_residual(config: ml_collections.ConfigDict) -> bool:
+  """Whether the SegUnet sees the residual x − x̂ (needs the cDDPM) or the input only."""
+  return bool(config.sadm.use_cddpm and config.sadm.use_residual)
+
+
+def build_segnet(config: ml_collections.ConfigDict) -> SegUnet:
+  """The SegUnet of `config.sadm` (paper size unless `sadm.segnet_wf` shrinks it)."""
+  s = config.sadm
+  return SegUnet(wf=int(s.get("segnet_wf", 6)), use_residual=uses_residual(config),
+                 deep_supervision=bool(s.deep_supervision), dtype=cddpm_lib.dtype_of(config))
+
+
+def effective_seed(seed: int, repeat: int) -> int:
+  """Seed of repeat `repeat` (Q18: weakly supervised "folds" are repeats); repeat 0 = `seed`."""
+  if not repeat:
+    return int(seed)
+  return int(np.random.SeedSequence([int(seed), int(repeat)]).generate_state(1)[0] >> 1)
+
+
+# ---- data ----
+
+def weak_row_ranges(mode: str, num_rows: int, train_rows=None, val_rows=None
+                    ) -> tuple[tuple[int, int], tuple[int, int]]:
+  """[start, stop) row ranges (train, val) of `<set>_val.csv` for weak supervision.
+
+  Explicit `train_rows` / `val_rows` (config `sadm.weak_train_rows` / `weak_val_rows`) are used
+  as given and must lie within the split. Otherwise the reference rows (BraTS: train 10–99,
+  val 0–9; ATLAS: train 6–174, val 0–5) are clipped to the `num_rows` available; when the split
+  is too short to keep any reference training row (e.g. the demo cohort), the first
+  max(1, round(num_rows · val/train fraction of the reference)) rows (at most num_rows − 1) are
+  held out for validation and the rest train. Train and val must be non-empty and disjoint.
+  """
+  if mode not in WEAK_SPLITS:
+    raise ValueError(f"sadm.mode={mode!r} is not a weak-supervision mode {tuple(WEAK_SPLITS)}")
+  split, (t0, t1), (v0, v1) = WEAK_SPLITS[mode]
+  if num_rows < 2:
+    raise ValueError(f"{split}: {num_rows} row(s); weak supervision needs >= 2 (train + val)")
+  if train_rows is None and val_rows is None and num_rows <= t0:
+    n_val = min(num_rows - 1, max(1, round(num_rows * (v1 - v0) / t1)))
+    train, val = (n_val, num_rows), (0, n_val)
+  else:
+    train = tuple(int(r) for r in train_rows) if train_rows is not None else (t0, min(t1, num_rows))
+    val = tuple(int(r) for r in val_rows) if val_rows is not None else (v0, min(v1, num_rows))
+  for name, (a, b) in (("weak_train_rows", train), ("weak_val_rows", val)):
+    if not 0 <= a < b <= num_rows:
+      raise ValueError(f"sadm.{name}={(a, b)}: not a non-empty [start, stop) range within the "
+                       f"{num_rows} rows of {split}")
+  if train[0] < val[1] and val[0] < train[1]:
+    raise ValueError(f"sadm.weak_train_rows={train} and weak_val_rows={val} overlap ({split})")
+  return train, val
+
+
+def sadm_tables(config: ml_collections.ConfigDict
+                ) -> tuple[pipeline.SliceTable, pipeline.SliceTable]:
+  """Cached (train, val) slice tables of `sadm.mode` (METHOD §2.2)."""
+  mode = config.sadm.mode
+  if mode == "draem":
+    return stage1.ixi_tables(config)
+  split = WEAK_SPLITS[mode][0]
+  _, splits, _, _ = prepare.load_valid_splits(config, [split])
+  rows = splits[split]
+  train, val = weak_row_ranges(mode, len(rows), config.sadm.weak_train_rows,
+                               config.sadm.weak_val_rows)
+  train_rows, val_rows = rows[slice(*train)], rows[slice(*val)]
+  logging.info("%s: training on rows %s, validating on rows %s", split, train, val)
+  cfg = config_lib.preprocess_config(config)
+  cache_dir = config_lib.cache_dir(config)
+  cache_lib.ensure_cached(train_rows + val_rows, cache_dir, cfg,
+                          num_workers=config.data.num_workers)
+  cache = cache_lib.VolumeCache(cache_dir, cfg)
+  return (pipeline.SliceTable.from_rows(cache, train_rows),
+          pipeline.SliceTable.from_rows(cache, val_rows))
+
+
+def _loaders(config, train_table, val_table):
+  """(train_loader, val_batches) for the loop: anomalous IXI slices, or real lesions (seg > 0)."""
+  aug = augment_lib.IntensityAugConfig() if config.data.augment else None
+  draem = anomaly_pipeline.draem_config(config) if config.sadm.mode == "draem" else None
+
+  def train_loader(local_bs, shard_index, shard_count):
+    kw = dict(batch_size=local_bs, seed=config.seed, sampling=config.data.slice_sampling,
+              augment=aug, augment_3d=bool(config.data.augment_3d),
+              worker_count=config.data.loader_workers, shard_index=shard_index,
+              shard_count=shard_count)
+    if draem is not None:
+      return anomaly_pipeline.draem_train_loader(train_table, draem, **kw)
+    return pipeline.train_loader(train_table, **kw)
+
+  def val_batches(local_bs, shard_index, shard_count):
+    kw = dict(batch_size=local_bs, slices_per_volume=config.data.val_slices_per_volume,
+              shard_index=shard_index, shard_count=shard_count)
+    if draem is not None:
+      return list(anomaly_pipeline.draem_validation_loader(val_table, draem, seed=config.seed,
+                                                           **kw))
+    return list(pipeline.validation_loader(val_table, **kw))
+
+  return train_loader, val_batches
+
+
+# ---- the frozen cDDPM ----
+
+def load_cddpm(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, dict]:
+  """(cDDPM saved config, {'params', 'batch_stats'}) of `sadm.cddpm_workdir`'s best checkpoint."""
+  workdir = config.sadm.cddpm_workdir
+  if not workdir:
+    raise ValueError("sadm.cddpm_workdir is not set: stage II needs the workdir of a trained "
+                     "cDDPM (stage=cddpm), or sadm.use_cddpm=False for the plain-UNet ablation")
+  try:
+    return stage1.load_best_variables(workdir, "cddpm")
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"sadm.cddpm_workdir={workdir} is not a usable cDDPM run: {e}") from e
+
+
+def _warn_mismatch(config, cddpm_config) -> None:
+  """Logs settings where the SADM run differs from the cDDPM it reuses (diffusion, slice grid)."""
+  for section in ("diffusion", "data.preprocess"):
+    mine, theirs = config, cddpm_config
+    for part in section.split("."):
+      mine, theirs = mine[part], theirs[part]
+    for key, value in mine.items():
+      other = theirs.get(key)
+      if other is not None and np.asarray(other).tolist() != np.asarray(value).tolist():
+        logging.warning("%s.%s=%r differs from the cDDPM's %r (%s)", section, key, value, other,
+                        config.sadm.cddpm_workdir)
+
+
+def cddpm_config_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The SADM config with `model` replaced by the recorded cDDPM model (compute dtype kept)."""
+  model = config.sadm.get("cddpm_model")
+  if model is None:
+    raise ValueError("sadm.cddpm_model is missing: build SADM configs with prepare_sadm")
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.model = ml_collections.ConfigDict(model.to_dict() if hasattr(model, "to_dict") else model)
+  c.model.dtype = config.model.dtype
+  return c
+
+
+def prepare_sadm(config: ml_collections.ConfigDict
+                 ) -> tuple[ml_collections.ConfigDict, dict | None]:
+  """(run config, frozen cDDPM variables or None) for `sadm_task`.
+
+  The run config is resolved, its `seed` is the repeat's seed (`sadm.base_seed` keeps the one it
+  came from, so preparing twice is idempotent) and it records the cDDPM's model section as
+  `sadm.cddpm_model`. The cDDPM is loaded here, once.
+  """
+  c = config_lib.resolve(config)
+  if c.sadm.mode not in MODES:
+    raise ValueError(f"unknown sadm.mode {c.sadm.mode!r}; expected one of {MODES}")
+  if c.sadm.loss not in LOSSES:
+    raise ValueError(f"unknown sadm.loss {c.sadm.loss!r}; expected one of {LOSSES}")
+  if c.sadm.get("base_seed") is None:
+    c.sadm.base_seed = int(c.seed)
+  c.seed = effective_seed(c.sadm.base_seed, c.sadm.repeat)
+  if not c.sadm.use_cddpm:
+    return c, None
+  cddpm_config, variables = load_cddpm(c)
+  _warn_mismatch(c, cddpm_config)
+  c.sadm.cddpm_model = cddpm_config.model.to_dict()
+  return c, variables
+
+
+def frozen_reconstruction(cddpm: cddpm_lib.CDDPM, variables: dict, x: jax.Array, key: jax.Array,
+                          schedule: schedule_lib.Schedule, sample_noise, num_timesteps: int,
+                          train_mode: bool) -> tuple[jax.Array, dict]:
+  """x̂ of x [B, H, W, 1]: c = E(x) once (Q7), t ~ U{0..T−1} per sample, one pred-x0 step.
+
+  `train_mode` runs E with batch statistics and drop path and returns its updated BatchNorm
+  statistics (faithful Q6); otherwise E uses its running averages and `variables` come back
+  unchanged. Nothing here is differentiated. Returns (x̂ [B, H, W, 1] float32, variables).
+  """
+  variables = jax.lax.stop_gradient(variables)
+  k_t, k_noise, k_drop = jax.random.split(key, 3)
+  t = jax.random.randint(k_t, (x.shape[0],), 0, num_timesteps)
+  if train_mode:
+    cond, updates = cddpm.apply(variables, x, True, method=cddpm_lib.CDDPM.encode,
+                                rngs={"dropout": k_drop}, mutable=["batch_stats"])
+    new_variables = {**variables, "batch_stats": updates["batch_stats"]}
+  else:
+    cond, new_variables = cddpm.apply(variables, x, False, method=cddpm_lib.CDDPM.encode), variables
+
+  def denoise(x_t, t_, c):
+    return cddpm.apply(variables, x_t, t_, c, method=cddpm_lib.CDDPM.denoise).astype(jnp.float32)
+
+  recon = reconstruct_lib.reconstruct(denoise, x, cond, t, sample_noise(k_noise, x.shape),
+                                      schedule)
+  return jax.lax.stop_gradient(recon), new_variables
+
+
+# ---- loss ----
+
+def _head_loss(name: str):
+  return seg_losses.bce_with_logits if name == "bce" else seg_losses.soft_dice_loss
+
+
+def segmentation_loss(logits: jax.Array, aux: list[jax.Array], target: jax.Array,
+                      loss: str = "bce") -> jax.Array:
+  """Per-sample loss [B] of logits [B, H, W, 1] against target [B, H, W, 1] in {0, 1}.
+
+  Deep supervision adds, unweighted, the same loss of every auxiliary head against the
+  nearest-downsampled target (the reference's `deepsup`, defined there for BCE).
+  """
+  head = _head_loss(loss)
+
+  def one(l, a, y):  # one sample, kept 4-D with a batch of 1
+    total = head(l[None], y[None])
+    for q in a:
+      total = total + head(q[None], seg_losses.nearest_downsample(y[None], q.shape[:2]))
+    return total
+
+  return jax.vmap(one)(logits, aux, target)
+
+
+def sadm_loss_fn(config: ml_collections.ConfigDict, segnet: SegUnet,
+                 cddpm: cddpm_lib.CDDPM | None):
+  """loss_fn(params, model_state, batch, key, train) for the loop (METHOD §3.8).
+
+  batch['image'] [B, H, W, 1] is x_ano (DRAEM) or the real slice (weak supervision);
+  batch['seg'] [B, H, W, 1] the target (> 0 = anomalous).
+  """
+  s = config.sadm
+  run_cddpm = cddpm is not None and uses_residual(config)
+  sched = stage1.make_schedule(config)
+  sample_noise = stage1.noise_fn(config)
+  num_t = int(config.diffusion.num_timesteps)
+  frozen_train = bool(s.frozen_train_mode)
+  deep_sup, loss_name = bool(s.deep_supervision), s.loss
+
+  def loss_fn(params, model_state, batch, key, train):
+    x = batch["image"].astype(jnp.float32)  # [B, H, W, 1]
+    y = (batch["seg"] > 0).astype(jnp.float32)  # [B, H, W, 1]
+    recon, new_state = None, model_state
+    if run_cddpm:
+      recon, frozen = frozen_reconstruction(cddpm, model_state["cddpm"], x, key, sched,
+                                            sample_noise, num_t, train and frozen_train)
+      if train and frozen_train:
+        new_state = {**model_state, "cddpm": frozen}
+    out = segnet.apply({"params": params}, x, recon)
+    logits, aux = out if deep_sup else (out, [])
+    return segmentation_loss(logits, aux, y, loss_name), (new_state, {})
+
+  return loss_fn
+
+
+# ---- task ----
+
+def _slice_size(config) -> int:
+  p = config.data.preprocess
+  return -(-int(p.crop_size[0]) // int(p.downsample))
+
+
+def _check_frozen(cddpm, frozen: dict, res: int) -> None:
+  """The loaded cDDPM variables must match the module exactly (Q5: no silent partial load)."""
+  x = jnp.zeros((1, res, res, 1), jnp.float32)
+  want = jax.eval_shape(lambda k: cddpm.init({"params": k, "dropout": k}, x, x,
+                                             jnp.zeros((1,), jnp.int32), train=False),
+                        jax.random.key(0))
+  want = {"params": want["params"], "batch_stats": want.get("batch_stats", {})}
+  shapes = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)
+  if jax.tree.structure(want) != jax.tree.structure(frozen) or shapes(want) != shapes(frozen):
+    raise ValueError("the loaded cDDPM variables do not match the cDDPM built from its config")
+
+
+def sadm_task(config: ml_collections.ConfigDict, frozen_cddpm: dict | None = None, tables=None,
+              data: bool = True) -> loop.Task:
+  """The SADM task; `config` comes from `prepare_sadm`, `frozen_cddpm` is its second result.
+
+  `data=False` builds only models and optimiser (restoring a checkpoint): the cDDPM variables
+  then only need their shapes.
+  """
+  segnet = build_segnet(config)
+  cddpm = cddpm_lib.build_cddpm(cddpm_config_of(config)) if config.sadm.use_cddpm else None
+  res = _slice_size(config)
+  if cddpm is not None and data:
+    if frozen_cddpm is None:
+      raise ValueError("sadm_task: sadm.use_cddpm=True needs the frozen cDDPM (prepare_sadm)")
+    _check_frozen(cddpm, frozen_cddpm, res)
+
+  def init(key):
+    x = jnp.zeros((1, res, res, 1), jnp.float32)
+    # The SegUnet draws its initial weights from an RBG key derived from `key`: XLA compiles one
+    # unrolled threefry per parameter, which makes this init 4x slower to compile on CPU.
+    init_key = jax.random.key(jax.random.bits(key, (), jnp.uint32), impl="rbg")
+    params = segnet.init(init_key, x, x if uses_residual(config) else None)["params"]
+    if cddpm is None:
+      return {"params": params, "model_state": {}}
+    if frozen_cddpm is not None:  # the loaded weights, as constants of the init computation
+      frozen = jax.tree.map(jnp.asarray, frozen_cddpm)
+    else:
+      v = cddpm.init({"params": key, "dropout": key}, x, x, jnp.zeros((1,), jnp.int32),
+                     train=False)
+      frozen = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+    return {"params": params, "model_state": {"cddpm": frozen}}
+
+  train_table, val_table = (tables or sadm_tables(config)) if data else (None, None)
+  train_loader, val_batches = _loaders(config, train_table, val_table) if data else (None, None)
+  return loop.Task(name=TASK_NAME, init_variables=init,
+                   loss_fn=sadm_loss_fn(config, segnet, cddpm),
+                   tx=make_optimizer(config.optimizer), train_loader=train_loader,
+                   val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,
+                   batch_keys=("image", "seg"))
+
+
+def run_sadm(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`stage=sadm`: loads and freezes the cDDPM once, then trains the SegUnet with the loop."""
+  config, frozen = prepare_sadm(config)
+  result = loop.train(config, workdir, sadm_task(config, frozen))
+  print(f"SADM ({config.sadm.mode}) training done: {result}")
+  return result
+
+
+# ---- loading a trained SADM run ----
+
+def restore_sadm(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, object]:
+  """(saved config, host TrainState) of a SADM run's best (or 'latest') checkpoint."""
+  from sadm_jax.train.checkpoint import Checkpointer
+  from sadm_jax.train.state import TrainState
+  sub = "best" if which == "best" else "checkpoints"
+  if not os.path.isdir(os.path.join(workdir, sub)):
+    raise FileNotFoundError(f"{workdir}: no SADM {which} checkpoint ({workdir}/{sub}) found")
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    meta = ckpt.best_meta() if which == "best" else ckpt.latest_meta()
+    if meta.get("task") != TASK_NAME:
+      raise ValueError(f"{workdir}: its checkpoint is a {meta.get('task')!r} run, not a SADM "
+                       f"({TASK_NAME!r}) run")
+    config = ml_collections.ConfigDict(meta["config"])
+    task = sadm_task(config, data=False)
+    abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
+                              jax.random.key(0))
+    repl = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: repl, abstract)
+    if which == "best":
+      state, _ = ckpt.restore_best(abstract, shardings)
+    else:
+      state = ckpt.restore_state(abstract, shardings)
+  finally:
+    ckpt.close()
+  logging.info("loaded SADM state from %s (step %s)", workdir, meta.get("step"))
+  return config, jax.device_get(state)
+
+
+def load_sadm(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict]:
+  """(saved config, SegUnet variables {'params'}) of a SADM run, for `build_segnet(config)`."""
+  config, state = restore_sadm(workdir, which)
+  return config, {"params": state.params}
+
+
+def load_sadm_cddpm(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict]:
+  """(cDDPM config, {'params', 'batch_stats'}) of the cDDPM frozen inside a SADM run.
+
+  These are the weights the SADM run trained against — with `frozen_train_mode` its drifted
+  BatchNorm statistics (Q6); `cddpm.build_cddpm(config)` applies them.
+  """
+  config, state = restore_sadm(workdir, which)
+  if not config.sadm.use_cddpm:
+    raise ValueError(f"{workdir}: this SADM run was trained without a cDDPM (sadm.use_cddpm=False)")
+  return cddpm_config_of(config), dict(state.model_state["cddpm"])
