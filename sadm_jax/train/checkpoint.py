@@ -112,3 +112,37 @@ class Checkpointer:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+def restore_run(workdir: str, task_name: str, build_task, which: str = "best"):
+  """(saved config, host TrainState) of a finished run, rebuilt from the config in its checkpoint.
+
+  `build_task(config, data=False)` builds the task that wrote it; `which` is 'best' (lowest
+  validation loss) or 'latest'. Raises FileNotFoundError / ValueError naming the workdir when it
+  holds no such checkpoint or the checkpoint belongs to another task.
+  """
+  import ml_collections
+  from sadm_jax.train.state import TrainState
+  sub = "best" if which == "best" else "checkpoints"
+  if not os.path.isdir(os.path.join(workdir, sub)):
+    raise FileNotFoundError(f"{workdir}: no {task_name} {which} checkpoint ({workdir}/{sub}) found")
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    meta = ckpt.best_meta() if which == "best" else ckpt.latest_meta()
+    if meta.get("task") != task_name:
+      raise ValueError(f"{workdir}: its checkpoint is a {meta.get('task')!r} run, not a "
+                       f"{task_name!r} run")
+    config = ml_collections.ConfigDict(meta["config"])
+    task = build_task(config, data=False)
+    abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
+                              jax.random.key(0))
+    repl = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: repl, abstract)
+    if which == "best":
+      state, _ = ckpt.restore_best(abstract, shardings)
+    else:
+      state = ckpt.restore_state(abstract, shardings)
+  finally:
+    ckpt.close()
+  logging.info("loaded %s state from %s (step %s)", task_name, workdir, meta.get("step"))
+  return config, jax.device_get(state)

@@ -145,31 +145,10 @@ def load_best_variables(workdir: str, task_name: str, which: str = "best"
   optimiser, other model names) need not match. `which`: 'best' (lowest validation loss) or
   'latest'. Raises FileNotFoundError / ValueError naming the workdir when it is not such a run.
   """
-  from sadm_jax.train.checkpoint import Checkpointer
-  from sadm_jax.train.state import TrainState
-  sub = "best" if which == "best" else "checkpoints"
-  if not os.path.isdir(os.path.join(workdir, sub)):
-    raise FileNotFoundError(f"{workdir}: no {task_name} {which} checkpoint ({workdir}/{sub}) found")
-  ckpt = Checkpointer(workdir, async_save=False)
-  try:
-    meta = ckpt.best_meta() if which == "best" else ckpt.latest_meta()
-    if meta.get("task") != task_name:
-      raise ValueError(f"{workdir}: its checkpoint is a {meta.get('task')!r} run, not {task_name}")
-    config = ml_collections.ConfigDict(meta["config"])
-    builder = {"spark": spark_task, "cddpm": cddpm_task}[task_name]
-    task = builder(config, data=False)
-    abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
-                              jax.random.key(0))
-    repl = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda _: repl, abstract)
-    if which == "best":
-      state, _ = ckpt.restore_best(abstract, shardings)
-    else:
-      state = ckpt.restore_state(abstract, shardings)
-  finally:
-    ckpt.close()
-  logging.info("loaded %s weights from %s (step %s)", task_name, workdir, meta.get("step"))
-  return config, jax.device_get({"params": state.params, "batch_stats": state.model_state})
+  from sadm_jax.train.checkpoint import restore_run
+  builder = {"spark": spark_task, "cddpm": cddpm_task}[task_name]
+  config, state = restore_run(workdir, task_name, builder, which)
+  return config, {"params": state.params, "batch_stats": state.model_state}
 
 
 def load_spark_variables(config, workdir: str) -> dict:
@@ -233,12 +212,14 @@ def spark_task(config: ml_collections.ConfigDict, tables=None, data: bool = True
 def run_cddpm(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config = config_lib.resolve(config)
   result = loop.train(config, workdir, cddpm_task(config))
-  print(f"cDDPM training done: {result}")
+  if jax.process_index() == 0:
+    print(f"cDDPM training done: {result}")
   return result
 
 
 def run_spark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config = config_lib.resolve(config)
   result = loop.train(config, workdir, spark_task(config))
-  print(f"SparK pretraining done: {result}")
+  if jax.process_index() == 0:
+    print(f"SparK pretraining done: {result}")
   return result

@@ -342,7 +342,8 @@ def run_sadm(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=sadm`: loads and freezes the cDDPM once, then trains the SegUnet with the loop."""
   config, frozen = prepare_sadm(config)
   result = loop.train(config, workdir, sadm_task(config, frozen))
-  print(f"SADM ({config.sadm.mode}) training done: {result}")
+  if jax.process_index() == 0:
+    print(f"SADM ({config.sadm.mode}) training done: {result}")
   return result
 
 
@@ -350,31 +351,8 @@ def run_sadm(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def restore_sadm(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, object]:
   """(saved config, host TrainState) of a SADM run's best (or 'latest') checkpoint."""
-  from sadm_jax.train.checkpoint import Checkpointer
-  from sadm_jax.train.state import TrainState
-  sub = "best" if which == "best" else "checkpoints"
-  if not os.path.isdir(os.path.join(workdir, sub)):
-    raise FileNotFoundError(f"{workdir}: no SADM {which} checkpoint ({workdir}/{sub}) found")
-  ckpt = Checkpointer(workdir, async_save=False)
-  try:
-    meta = ckpt.best_meta() if which == "best" else ckpt.latest_meta()
-    if meta.get("task") != TASK_NAME:
-      raise ValueError(f"{workdir}: its checkpoint is a {meta.get('task')!r} run, not a SADM "
-                       f"({TASK_NAME!r}) run")
-    config = ml_collections.ConfigDict(meta["config"])
-    task = sadm_task(config, data=False)
-    abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
-                              jax.random.key(0))
-    repl = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda _: repl, abstract)
-    if which == "best":
-      state, _ = ckpt.restore_best(abstract, shardings)
-    else:
-      state = ckpt.restore_state(abstract, shardings)
-  finally:
-    ckpt.close()
-  logging.info("loaded SADM state from %s (step %s)", workdir, meta.get("step"))
-  return config, jax.device_get(state)
+  from sadm_jax.train.checkpoint import restore_run
+  return restore_run(workdir, TASK_NAME, sadm_task, which)
 
 
 def load_sadm(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict]:

@@ -125,14 +125,14 @@ def test_missing_or_wrong_cddpm_workdir_is_a_clear_error(data_dir, draem_dir, tm
     stage2.prepare_sadm(c)
   assert not os.path.exists(missing)
   c.sadm.cddpm_workdir = draem_dir[0]  # a SADM run is not a cDDPM
-  with pytest.raises(ValueError, match="'sadm' run, not cddpm"):
+  with pytest.raises(ValueError, match="'sadm' run, not a 'cddpm' run"):
     stage2.prepare_sadm(c)
-  with pytest.raises(FileNotFoundError, match="nowhere: no SADM best checkpoint"):
+  with pytest.raises(FileNotFoundError, match="nowhere: no sadm best checkpoint"):
     stage2.load_sadm(missing)
 
 
 def test_not_a_sadm_run(cddpm_dir):
-  with pytest.raises(ValueError, match="'cddpm' run, not a SADM"):
+  with pytest.raises(ValueError, match="'cddpm' run, not a 'sadm' run"):
     stage2.load_sadm(cddpm_dir)
 
 
