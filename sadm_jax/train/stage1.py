@@ -49,6 +49,16 @@ def _loaders(config, train_table, val_table, augment: bool):
   return train_loader, val_batches
 
 
+def _ixi_task(name, config, init, loss_fn, tables, data: bool) -> loop.Task:
+  """A stage-I task on IXI slices; without `data` only model/loss/optimiser (for restoring)."""
+  train_table, val_table = (tables or ixi_tables(config)) if data else (None, None)
+  train_loader, val_batches = (_loaders(config, train_table, val_table, config.data.augment)
+                               if data else (None, None))
+  return loop.Task(name=name, init_variables=init, loss_fn=loss_fn,
+                   tx=make_optimizer(config.optimizer), train_loader=train_loader,
+                   val_batches=val_batches, num_train_volumes=len(train_table) if data else 0)
+
+
 def make_schedule(config: ml_collections.ConfigDict) -> schedule_lib.Schedule:
   d = config.diffusion
   return schedule_lib.cosine_schedule(d.num_timesteps, s=d.cosine_s, max_beta=d.max_beta)
@@ -115,12 +125,7 @@ def cddpm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True
   init = _init_cddpm(config, model)
   if data and config.model.encoder.pretrained_workdir:
     init = _with_pretrained_encoder(config, init)
-  train_table, val_table = (tables or ixi_tables(config)) if data else (None, None)
-  train_loader, val_batches = (_loaders(config, train_table, val_table, config.data.augment)
-                               if data else (None, None))
-  return loop.Task(name="cddpm", init_variables=init, loss_fn=cddpm_loss_fn(config, model),
-                   tx=make_optimizer(config.optimizer), train_loader=train_loader,
-                   val_batches=val_batches, num_train_volumes=len(train_table) if data else 0)
+  return _ixi_task("cddpm", config, init, cddpm_loss_fn(config, model), tables, data)
 
 
 def _with_pretrained_encoder(config, init):
@@ -201,12 +206,7 @@ def spark_task(config: ml_collections.ConfigDict, tables=None, data: bool = True
     v = model.init({"params": key, "dropout": key}, x, active, train=False)
     return {"params": v["params"], "model_state": v.get("batch_stats", {})}
 
-  train_table, val_table = (tables or ixi_tables(config)) if data else (None, None)
-  train_loader, val_batches = (_loaders(config, train_table, val_table, config.data.augment)
-                               if data else (None, None))
-  return loop.Task(name="spark", init_variables=init, loss_fn=spark_loss_fn(config, model),
-                   tx=make_optimizer(config.optimizer), train_loader=train_loader,
-                   val_batches=val_batches, num_train_volumes=len(train_table) if data else 0)
+  return _ixi_task("spark", config, init, spark_loss_fn(config, model), tables, data)
 
 
 def run_cddpm(config: ml_collections.ConfigDict, workdir: str) -> dict:
