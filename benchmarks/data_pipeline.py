@@ -34,19 +34,28 @@ def _prepare(data_dir: str | None, tmp: str):
                                        splits["IXI_train_fold0"])
 
 
-def _measure(table, workers: int, augment: bool, batch: int, batches: int) -> dict:
+def _measure(table, workers: int, augment: bool, batch: int, batches: int,
+             draem: bool = False) -> dict:
+  """Slices/s of the training loader: IXI slices, or (draem=True) SADM's DRAEM anomalous slices."""
   from sadm_jax.data import augment as augment_lib, pipeline
-  loader = pipeline.train_loader(table, batch_size=batch, seed=0,
-                                 augment=augment_lib.IntensityAugConfig() if augment else None,
-                                 worker_count=workers)
+  aug = augment_lib.IntensityAugConfig() if augment else None
+  if draem:
+    from sadm_jax.anomaly import pipeline as anomaly_pipeline
+    loader = anomaly_pipeline.draem_train_loader(table, anomaly_pipeline.DraemConfig(),
+                                                 batch_size=batch, seed=0, augment=aug,
+                                                 worker_count=workers)
+  else:
+    loader = pipeline.train_loader(table, batch_size=batch, seed=0, augment=aug,
+                                   worker_count=workers)
   it = iter(loader)
   next(it)  # start-up (worker spawn) excluded
   start = time.perf_counter()
   for _ in range(batches):
     next(it)
   dt = time.perf_counter() - start
-  return {"workers": workers, "augment": augment, "batch": batch, "batches": batches,
-          "seconds": round(dt, 4), "slices_per_s": round(batch * batches / dt, 1)}
+  return {"workers": workers, "augment": augment, "draem": draem, "batch": batch,
+          "batches": batches, "seconds": round(dt, 4),
+          "slices_per_s": round(batch * batches / dt, 1)}
 
 
 def main():

@@ -10,11 +10,13 @@ from __future__ import annotations
 # benchmarks/results/evaluation_<backend>.json (one entry per size) unless --out is given.
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -78,13 +80,26 @@ def timed(fn, repeats: int) -> dict:
           "repeats": repeats}
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
-  args.repeats = max(1, args.repeats)
-  size = "paper" if args.paper else "tiny"
-  eval_cfg = config_lib.resolve(evaluate_config.get_config(None if args.paper else "tiny"))
-  eval_cfg.evaluate.dtype = args.dtype
-  model_cfg = config_lib.resolve(cddpm_config.get_config(None if args.paper else "tiny"))
+@dataclasses.dataclass
+class Bench:
+  """Random-weight inference models and one synthetic volume, as the evaluation builds them."""
+  size: str  # 'paper' | 'tiny'
+  eval_cfg: Any
+  model_cfg: Any
+  grid: tuple[int, int, int]  # (H, W, D)
+  image: np.ndarray  # [D, H, W]
+  brain: np.ndarray  # [H, W, D] bool
+  lesion: np.ndarray  # [H, W, D] bool
+  cddpm: inference.CDDPMInference
+  segnet: inference.SegmentationInference
+  n_params: dict
+
+
+def build(paper: bool, dtype: str) -> Bench:
+  """cDDPM and SegUnet inference (random weights: keys 0 and 1, so equal for every `dtype`)."""
+  eval_cfg = config_lib.resolve(evaluate_config.get_config(None if paper else "tiny"))
+  eval_cfg.evaluate.dtype = dtype
+  model_cfg = config_lib.resolve(cddpm_config.get_config(None if paper else "tiny"))
   p = model_cfg.data.preprocess
   hw = -(-p.crop_size[0] // p.downsample)
   depth = -(-p.crop_size[2] // p.downsample)
@@ -96,12 +111,23 @@ def main(argv=None) -> dict:
                                                 jnp.zeros((1,), jnp.int32), train=False),
                            jax.random.key(0))
   cddpm = inference.cddpm_inference(model_cfg, cvars, eval_cfg, fingerprint="bench")
-  seg_module = SegUnet(wf=PAPER_SEGNET_WF if args.paper else TINY_SEGNET_WF,
-                       dtype=cddpm_lib.DTYPES[args.dtype])
+  seg_module = SegUnet(wf=PAPER_SEGNET_WF if paper else TINY_SEGNET_WF,
+                       dtype=cddpm_lib.DTYPES[dtype])
   svars = random_variables(lambda k: seg_module.init(k, x1, x1), jax.random.key(1))
   segnet = inference.SegmentationInference(seg_module, svars)
   n_params = {"cddpm": int(sum(a.size for a in jax.tree.leaves(cvars["params"]))),
               "segnet": int(sum(a.size for a in jax.tree.leaves(svars["params"])))}
+  return Bench("paper" if paper else "tiny", eval_cfg, model_cfg, (hw, hw, depth), image, brain,
+               lesion, cddpm, segnet, n_params)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  args.repeats = max(1, args.repeats)
+  b = build(args.paper, args.dtype)
+  size, eval_cfg, image, brain, lesion = b.size, b.eval_cfg, b.image, b.brain, b.lesion
+  hw, _, depth = b.grid
+  cddpm, segnet, n_params = b.cddpm, b.segnet, b.n_params
 
   def cddpm_only():
     jax.block_until_ready(cddpm.reconstruct(image, 1).mean)

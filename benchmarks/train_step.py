@@ -1,4 +1,4 @@
-"""Benchmark: one stage-I train step (cDDPM or SparK) — compile time, s/step, slices/s, memory, FLOPs, MFU."""
+"""Benchmark: one train step (cDDPM, SparK or SADM) — compile time, s/step, slices/s, memory, FLOPs, MFU."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import time
 
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__)
-  ap.add_argument("--config", choices=("cddpm", "spark"), default="cddpm")
+  ap.add_argument("--config", choices=("cddpm", "spark", "sadm"), default="cddpm")
   ap.add_argument("--size", choices=("tiny", "paper"), default="tiny")
   ap.add_argument("--batch", type=int, default=0, help="global batch; 0 = the config's")
   ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
@@ -50,10 +50,18 @@ def _set_fake_devices(n: int) -> None:
 
 
 def build_config(name: str, size: str, batch: int, dtype: str):
-  from configs import cddpm as cddpm_config, spark_pretrain
+  """Resolved config of `name` ('cddpm' | 'spark' | 'sadm'), paper or tiny, for a synthetic run.
+
+  For 'sadm' (configs/sadm_draem.py) the frozen cDDPM's model section is recorded as
+  `sadm.cddpm_model`, as `stage2.prepare_sadm` does from a stage-I workdir.
+  """
+  from configs import cddpm as cddpm_config, sadm_draem, spark_pretrain
   from sadm_jax import config as config_lib
-  module = cddpm_config if name == "cddpm" else spark_pretrain
-  c = module.get_config("tiny" if size == "tiny" else None)
+  module = {"cddpm": cddpm_config, "spark": spark_pretrain, "sadm": sadm_draem}[name]
+  arg = "tiny" if size == "tiny" else None
+  c = module.get_config(arg)
+  if name == "sadm":
+    c.sadm.cddpm_model = cddpm_config.get_config(arg).model.to_dict()
   if batch:
     c.train.batch_size = batch
   c.model.dtype = dtype
@@ -62,6 +70,10 @@ def build_config(name: str, size: str, batch: int, dtype: str):
 
 
 def build_task(config):
+  """The stage's task without data (random weights; SADM: a random frozen cDDPM)."""
+  if config.stage == "sadm":
+    from sadm_jax.train import stage2
+    return stage2.sadm_task(config, data=False)
   from sadm_jax.train import stage1
   builder = stage1.cddpm_task if config.stage == "cddpm" else stage1.spark_task
   return builder(config, data=False)
@@ -78,7 +90,11 @@ def peak_rss_gb() -> float:
 
 
 def _flops(compiled) -> float | None:
-  cost = compiled.cost_analysis()
+  """FLOPs of a compiled (or lowered) program from XLA's cost analysis; None if unavailable."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 — not every backend / stage implements it
+    return None
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   if not cost or "flops" not in cost:
@@ -86,12 +102,50 @@ def _flops(compiled) -> float | None:
   return float(cost["flops"])
 
 
-def matmul_peak(dtype: str, n: int, repeats: int = 5) -> dict:
-  """Best FLOP/s of an N×N @ N×N jnp.dot on device 0 (2·N³ FLOPs per call)."""
+def memory_analysis(compiled) -> dict | None:
+  """Argument / output / temporary bytes of a compiled program (per device), if reported."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001
+    return None
+  if m is None:
+    return None
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  out = {f: int(getattr(m, f)) for f in fields if hasattr(m, f)}
+  if out:
+    out["total_gb"] = (out.get("argument_size_in_bytes", 0) + out.get("output_size_in_bytes", 0)
+                       - out.get("alias_size_in_bytes", 0) + out.get("temp_size_in_bytes", 0)) / 1e9
+  return out
+
+
+def device_peak_memory_gb(devices=None) -> float | None:
+  """Largest `peak_bytes_in_use` so far over `devices` (GPU/TPU allocators; None on CPU)."""
+  import jax
+  peaks = []
+  for d in devices or jax.devices():
+    try:
+      stats = d.memory_stats()
+    except Exception:  # noqa: BLE001
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(stats["peak_bytes_in_use"])
+  return max(peaks) / 1e9 if peaks else None
+
+
+def matmul_peak(dtype: str, n: int, repeats: int = 5, inner: int = 0) -> dict:
+  """Best FLOP/s of an N×N @ N×N jnp.dot on device 0 (2·N³ FLOPs per product).
+
+  Each of `repeats` timings dispatches `inner` products back to back and waits for the last
+  (0 = 1 on CPU, 10 on accelerators, where one synchronisation per product would add launch gaps).
+  Operands are random normal (never zeros). A float32 dot runs at XLA's default precision
+  (TF32 tensor cores on recent NVIDIA GPUs), as the models' float32 matmuls and convolutions do.
+  """
   import jax
   import jax.numpy as jnp
   dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   dev = jax.devices()[0]
+  inner = inner or (1 if dev.platform == "cpu" else 10)
   k1, k2 = jax.random.split(jax.random.key(0))
   a = jax.device_put(jax.random.normal(k1, (n, n), dt), dev)
   b = jax.device_put(jax.random.normal(k2, (n, n), dt), dev)
@@ -100,16 +154,18 @@ def matmul_peak(dtype: str, n: int, repeats: int = 5) -> dict:
   runs = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(dot(a, b))
-    runs.append(time.perf_counter() - t0)
+    outs = [dot(a, b) for _ in range(inner)]
+    jax.block_until_ready(outs)
+    runs.append((time.perf_counter() - t0) / inner)
   flops = 2.0 * n ** 3
-  return {"n": n, "dtype": dtype, "best_s": min(runs), "median_s": statistics.median(runs),
-          "peak_flops_per_s": flops / min(runs), "median_flops_per_s": flops / statistics.median(runs)}
+  return {"n": n, "dtype": dtype, "inner": inner, "best_s": min(runs),
+          "median_s": statistics.median(runs), "peak_flops_per_s": flops / min(runs),
+          "median_flops_per_s": flops / statistics.median(runs)}
 
 
 def time_noise(config, batch: int, iterations: int) -> dict | None:
-  """Median ms of the config's diffusion noise for the whole batch alone (cDDPM only), jitted."""
-  if config.stage != "cddpm":
+  """Median ms of the config's diffusion noise for the whole batch alone (cDDPM, SADM), jitted."""
+  if config.stage not in ("cddpm", "sadm"):
     return None
   import jax
   from sadm_jax.train import stage1
@@ -129,8 +185,33 @@ def time_noise(config, batch: int, iterations: int) -> dict | None:
           "median_ms": 1e3 * statistics.median(runs), "min_ms": 1e3 * min(runs)}
 
 
-def measure(config, n_devices: int, steps: int, warmup: int) -> dict:
-  """Compiles and times the Trainer's train step on the first `n_devices` devices."""
+def synthetic_batch(keys, batch_size: int, res: int, rng) -> dict:
+  """A host batch for `keys`: 'image' U[0, 1] and 'seg' a random 0/1 square per slice, [B, H, W, 1]."""
+  import numpy as np
+  out = {}
+  for k in keys:
+    if k == "image":
+      out[k] = rng.uniform(0, 1, (batch_size, res, res, 1)).astype(np.float32)
+    elif k == "seg":
+      seg = np.zeros((batch_size, res, res, 1), np.float32)
+      for i in range(batch_size):
+        y, x = rng.integers(0, res // 2, 2)
+        seg[i, y:y + res // 4, x:x + res // 4] = 1.0
+      out[k] = seg
+    else:
+      raise ValueError(f"no synthetic data for batch key {k!r}")
+  return out
+
+
+def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: int = 0,
+            profile_steps: int = 0) -> dict:
+  """Compiles and times the Trainer's train step on the first `n_devices` devices.
+
+  `step_s_*` time each step to completion (dispatch + run + block); with `pipelined_steps` > 0
+  the step is also timed as the training loop runs it: that many steps dispatched back to back,
+  one wait at the end (`pipelined_step_s`). `profile_steps` > 0 then traces that many steps
+  with `benchmarks.profile_ops` (per-op device time, in `profile`).
+  """
   import jax
   import numpy as np
   from sadm_jax.train import loop
@@ -144,7 +225,8 @@ def measure(config, n_devices: int, steps: int, warmup: int) -> dict:
   batch_size = int(config.train.batch_size)
   if batch_size % n_devices:
     raise SystemExit(f"global batch {batch_size} is not divisible by {n_devices} devices")
-  trainer = loop.Trainer(config, build_task(config), mesh)
+  task = build_task(config)
+  trainer = loop.Trainer(config, task, mesh)
   t0 = time.perf_counter()
   state = jax.block_until_ready(trainer.init_state())
   init_s = time.perf_counter() - t0
@@ -152,8 +234,8 @@ def measure(config, n_devices: int, steps: int, warmup: int) -> dict:
 
   res = slice_size(config)
   rng = np.random.default_rng(0)
-  batches = [trainer.device_batch({"image": rng.uniform(0, 1, (batch_size, res, res, 1))
-                                   .astype(np.float32)}) for _ in range(2)]
+  batches = [trainer.device_batch(synthetic_batch(task.batch_keys, batch_size, res, rng))
+             for _ in range(2)]
   key = trainer.train_key
   t0 = time.perf_counter()
   lowered = trainer.train_step.lower(state, batches[0], key)
@@ -171,6 +253,24 @@ def measure(config, n_devices: int, steps: int, warmup: int) -> dict:
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       runs.append(time.perf_counter() - t0)
+  pipelined = None
+  if pipelined_steps:
+    t0 = time.perf_counter()
+    for i in range(pipelined_steps):
+      state, metrics = compiled(state, batches[i % 2], key)
+    jax.block_until_ready((state, metrics))
+    pipelined = (time.perf_counter() - t0) / pipelined_steps
+  profile = None
+  if profile_steps:
+    from benchmarks import profile_ops
+    holder = {"state": state}
+
+    def one_step():
+      holder["state"], m = compiled(holder["state"], batches[0], key)
+      jax.block_until_ready((holder["state"], m))
+
+    profile = profile_ops.trace(one_step, profile_steps)
+    state = holder["state"]
   loss = float(metrics["loss"])
   step_s = statistics.median(runs)
   total_flops = flops * n_devices if flops is not None else None
@@ -178,10 +278,15 @@ def measure(config, n_devices: int, steps: int, warmup: int) -> dict:
           "params": n_params, "init_s": init_s, "lower_s": lower_s, "compile_s": compile_s,
           "steps": steps, "warmup": warmup, "step_s_median": step_s, "step_s_min": min(runs),
           "step_s_max": max(runs), "step_s_all": runs, "slices_per_s": batch_size / step_s,
+          "pipelined_steps": pipelined_steps, "pipelined_step_s": pipelined,
           "flops_per_step": total_flops, "flops_per_slice": (total_flops / batch_size
                                                             if total_flops else None),
+          "flops_per_step_unoptimised_hlo": _flops(lowered),
           "achieved_flops_per_s": total_flops / step_s if total_flops else None,
-          "final_loss": loss, "peak_rss_gb_so_far": peak_rss_gb()}
+          "final_loss": loss, "peak_rss_gb_so_far": peak_rss_gb(),
+          "program_memory": memory_analysis(compiled),
+          "device_peak_gb_so_far": device_peak_memory_gb(devices[:n_devices]),
+          "profile": profile}
 
 
 def machine_info() -> dict:
