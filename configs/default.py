@@ -104,6 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   sa.use_cddpm = True  # False = plain UNet on the input, no cDDPM at all (ablation row)
   sa.loss = "bce"  # 'bce' | 'dice'
   sa.deep_supervision = False
+  sa.segnet_wf = 6  # SegUnet widths 2^(wf+i), i = 0..3: 64..512 (paper, 16,736,705 parameters)
   sa.frozen_train_mode = config_dict.placeholder(bool)  # frozen E in train mode = BN drift (faithful, Q6)
   sa.repeat = 0  # weak supervision: repeats differ by seed only (Q18)
   sa.weak_train_rows = config_dict.placeholder(tuple)  # (start, stop) rows of <set>_val.csv; None = reference
@@ -151,4 +152,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.root = ""  # "" = <workdir>/demo_data
   m.seed = 0
   m.size = "default"  # 'default' | 'tiny'
+  # Budgets of the demo job's stages (sadm_jax.demo_job); each stage otherwise uses the fields above.
+  m.spark_steps = 0  # > 0: SparK-pretrain the encoder first (needs a grid divisible by 32)
+  m.spark_learning_rate = 2e-4
+  m.cddpm_steps = 400
+  m.cddpm_learning_rate = 1e-3
+  m.sadm_steps = 400
+  m.sadm_learning_rate = 1e-3
   return c

@@ -15,7 +15,6 @@ def sadm_config(mode: str, arg: str | None = None):
   c = default.get_config()
   c.stage = "sadm"
   c.sadm.mode = mode
-  c.sadm.segnet_wf = 6  # SegUnet widths 2^(wf+i): 64..512, 16,736,705 parameters
   c.model.names = ("encoder", "unet", "segnet")
   c.data.modality = "t1"
   c.data.augment = True  # aug_intensity=True in every SADM experiment

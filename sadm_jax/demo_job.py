@@ -1,14 +1,21 @@
-"""The main job on the embedded demo cohort: build the cohort if missing, then prepare (and later train/evaluate) it."""
+"""The main job on the embedded demo cohort: cohort → prepare → (SparK) → cDDPM → SADM-DRAEM → evaluation → report."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import time
 
 import ml_collections
 
 from sadm_jax.data import demo, prepare
+from sadm_jax.utils import io
+
+# The data set on which the demo checks the paper's ordering (SADM > cDDPM > threshold, Dice).
+ORDERING_SET = "Brats21"
+ORDERING = ("sadm", "cddpm", "threshold")
 
 
 def demo_config(config: ml_collections.ConfigDict):
@@ -33,13 +40,96 @@ def build_cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
   return root
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Builds the demo cohort and prepares (validates, preprocesses, caches) every split.
+def stage_dirs(workdir: str) -> dict[str, str]:
+  """Workdir of each stage inside the demo workdir (evaluation writes eval/ and report/ at the top)."""
+  return {"spark": os.path.join(workdir, "spark"), "cddpm": os.path.join(workdir, "cddpm"),
+          "sadm": os.path.join(workdir, "sadm_draem"), "evaluate": workdir}
 
-  Stage I/II training and evaluation are added to this job as they land (see README).
+
+def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str
+                 ) -> ml_collections.ConfigDict:
+  """The config of one stage of the demo: `config` with the stage, its budget and its inputs set.
+
+  Everything else (grid, model sizes, batch, seed, faithful flags, evaluation settings) is shared,
+  so the SADM stage finds the cDDPM it expects and evaluation the grid both were trained on.
   """
+  c = config.copy_and_resolve_references()
+  m, dirs = config.demo, stage_dirs(workdir)
+  c.stage = stage
+  if stage == "spark":
+    c.train.num_steps, c.optimizer.learning_rate = int(m.spark_steps), float(m.spark_learning_rate)
+  elif stage == "cddpm":
+    c.train.num_steps, c.optimizer.learning_rate = int(m.cddpm_steps), float(m.cddpm_learning_rate)
+    if int(m.spark_steps) > 0:
+      c.model.encoder.pretrained_workdir = dirs["spark"]
+  elif stage == "sadm":
+    c.train.num_steps, c.optimizer.learning_rate = int(m.sadm_steps), float(m.sadm_learning_rate)
+    c.sadm.mode = "draem"
+    c.sadm.cddpm_workdir = dirs["cddpm"]
+  elif stage == "evaluate":
+    c.evaluate.cddpm_workdir = dirs["cddpm"]
+    c.evaluate.sadm_workdirs = (dirs["sadm"],)
+  else:
+    raise ValueError(f"unknown demo stage {stage!r}")
+  for name in ("spark_steps", "cddpm_steps", "sadm_steps"):
+    if int(m[name]) < 0:
+      raise ValueError(f"demo.{name} must be >= 0, got {m[name]}")
+  if stage in ("cddpm", "sadm") and c.train.num_steps < 1:
+    raise ValueError(f"demo.{stage}_steps must be >= 1, got {c.train.num_steps}")
+  return c
+
+
+def ordering(rows: list[dict], test_set: str = ORDERING_SET) -> dict:
+  """Mean test Dice of each method on `test_set` and whether SADM > cDDPM > threshold holds."""
+  dice: dict[str, list[float]] = {}
+  for r in rows:
+    if r.get("test_set") == test_set and r.get("method") in ORDERING:
+      dice.setdefault(r["method"], []).append(float(r["dice"]))
+  means = {k: sum(v) / len(v) for k, v in dice.items() if v}
+  values = [means.get(k, float("nan")) for k in ORDERING]
+  holds = all(math.isfinite(v) for v in values) and values[0] > values[1] > values[2]
+  return {"test_set": test_set, "dice": means, "holds": bool(holds)}
+
+
+def _read_rows(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "report", "metrics.json"), encoding="utf-8") as f:
+    return json.load(f)["rows"]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every stage of the demo in `workdir`; each stage resumes or skips when already done."""
+  from sadm_jax.evaluate import run as evaluate_run
+  from sadm_jax.train import stage1, stage2
+
   os.makedirs(workdir, exist_ok=True)
+  times: dict[str, float] = {}
+  t0 = time.time()
   data_dir = build_cohort(config, workdir)
+  times["cohort"] = time.time() - t0
   with config.unlocked():
     config.data.data_dir = data_dir
-  return {"prepare": prepare.run(config, workdir)}
+  t = time.time()
+  result: dict = {"prepare": prepare.run(config, workdir)}
+  times["prepare"] = time.time() - t
+  dirs = stage_dirs(workdir)
+  stages = (["spark"] if int(config.demo.spark_steps) > 0 else []) + ["cddpm", "sadm", "evaluate"]
+  runners = {"spark": stage1.run_spark, "cddpm": stage1.run_cddpm, "sadm": stage2.run_sadm,
+             "evaluate": evaluate_run.run}
+  for stage in stages:
+    t = time.time()
+    print(f"--- demo stage {stage} → {dirs[stage]}", flush=True)
+    result[stage] = runners[stage](stage_config(config, stage, workdir), dirs[stage])
+    times[stage] = time.time() - t
+  check = ordering(_read_rows(workdir))
+  times["total"] = time.time() - t0
+  d = check["dice"]
+  verdict = "reproduced" if check["holds"] else "NOT reproduced"
+  pct = lambda k: 100 * d.get(k, math.nan)
+  print(f"paper ordering on {check['test_set']} (test Dice, %): SADM {pct('sadm'):.2f} > "
+        f"cDDPM {pct('cddpm'):.2f} > threshold {pct('threshold'):.2f}: {verdict}")
+  print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+  summary = {"ordering": check, "seconds": {k: round(v, 1) for k, v in times.items()},
+             "report": os.path.join(workdir, "report", "report.md")}
+  io.write_json(os.path.join(workdir, "demo_summary.json"), summary)
+  result["summary"] = summary
+  return result

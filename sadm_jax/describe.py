@@ -44,8 +44,8 @@ def model_specs(config: ml_collections.ConfigDict) -> dict:
       active = jnp.ones((1, res // 32, res // 32), bool)
       specs[name] = (build_spark(config), (x, active), {"train": False})
     elif name == "segnet":
-      from sadm_jax.models.segnet import SegUnet
-      specs[name] = (SegUnet(), (x, x), {})
+      from sadm_jax.train.stage2 import build_segnet, uses_residual
+      specs[name] = (build_segnet(config), (x, x if uses_residual(config) else None), {})
     else:
       raise ValueError(f"unknown model name {name!r} in model.names")
   return specs
