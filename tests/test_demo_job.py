@@ -65,6 +65,9 @@ def test_summary_states_the_ordering_check_and_stage_times(demo_run):
   assert set(summary["ordering"]["dice"]) == {"sadm", "cddpm", "threshold"}
   d = summary["ordering"]["dice"]
   assert summary["ordering"]["holds"] == (d["sadm"] > d["cddpm"] > d["threshold"])
+  v = summary["ordering"]["val_dice"]
+  assert set(v) == {"sadm", "cddpm", "threshold"}
+  assert summary["ordering"]["holds_on_validation"] == (v["sadm"] > v["cddpm"] > v["threshold"])
   assert set(summary["seconds"]) >= {"cohort", "prepare", "cddpm", "sadm", "evaluate", "total"}
 
 
@@ -100,6 +103,18 @@ def test_ordering_check():
   # Two folds of SADM: their mean is compared.
   rows2 = rows + [{"method": "sadm", "test_set": "Brats21", "dice": 0.0}]
   assert demo_job.ordering(rows2)["dice"]["sadm"] == pytest.approx(0.25)
+
+
+def test_ordering_check_on_validation():
+  rows = [{"method": m, "test_set": "Brats21", "dice": d, "val_pooled_dice": v}
+          for m, d, v in (("sadm", 0.5, 0.2), ("cddpm", 0.3, 0.25), ("threshold", 0.1, 0.05))]
+  check = demo_job.ordering(rows)
+  assert check["holds"] and not check["holds_on_validation"]  # a test-only win is flagged
+  assert check["val_dice"] == {"sadm": 0.2, "cddpm": 0.25, "threshold": 0.05}
+  rows[0]["val_pooled_dice"] = 0.3
+  assert demo_job.ordering(rows)["holds_on_validation"]
+  rows[2]["val_pooled_dice"] = ""  # a CSV row without the value: missing, never "holds"
+  assert not demo_job.ordering(rows)["holds_on_validation"]
 
 
 def test_stage_configs_share_everything_but_the_budget(tmp_path):
