@@ -38,10 +38,11 @@ def get_config(arg: str | None = None):
   c.train.checkpoint_every = 50
   c.train.tensorboard = False
   c.evaluate.test_sets = ("Brats21", "ATLAS_v2", "WMH")  # tumour-, stroke-, WMH-like
-  # Stage budgets (≈ 19 min on 2 idle cores). At 400 SADM steps (lr 1e-3) the SegUnet had not yet
-  # learnt to find anomalies (validation AUPRC on the tumour-like set at chance level, SADM below
-  # the cDDPM on validation); more SegUnet steps at lr 2e-3 made it useful, paid for with fewer
-  # cDDPM steps. DRAEM masks are kept inside the brain: evaluation only scores the brain.
+  # Stage budgets (17 min on 2 idle cores, BENCHMARKS.md). At 400 SADM steps (lr 1e-3) the
+  # SegUnet had not yet learnt to find anomalies (its validation AUPRC on the tumour-like set was
+  # at chance level, SADM below the cDDPM on validation); more SegUnet steps at lr 2e-3 made it
+  # useful, paid for with fewer cDDPM steps. DRAEM masks stay inside the brain, where evaluation
+  # scores.
   c.demo.cddpm_steps = 300
   c.demo.sadm_steps = 600
   c.demo.sadm_learning_rate = 2e-3
