@@ -81,7 +81,7 @@ def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str
 
 def _holds(means: dict[str, float]) -> bool:
   values = [means.get(k, float("nan")) for k in ORDERING]
-  return all(math.isfinite(v) for v in values) and values[0] > values[1] > values[2]
+  return bool(all(math.isfinite(v) for v in values) and values[0] > values[1] > values[2])
 
 
 def ordering(rows: list[dict], test_set: str = ORDERING_SET) -> dict:
@@ -102,8 +102,8 @@ def ordering(rows: list[dict], test_set: str = ORDERING_SET) -> dict:
         val.setdefault(r["method"], []).append(float(v))
   means = {k: sum(v) / len(v) for k, v in dice.items() if v}
   val_means = {k: sum(v) / len(v) for k, v in val.items() if v}
-  return {"test_set": test_set, "dice": means, "holds": bool(_holds(means)),
-          "val_dice": val_means, "holds_on_validation": bool(_holds(val_means))}
+  return {"test_set": test_set, "dice": means, "holds": _holds(means),
+          "val_dice": val_means, "holds_on_validation": _holds(val_means)}
 
 
 def _read_rows(workdir: str) -> list[dict]:
@@ -137,16 +137,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     times[stage] = time.time() - t
   check = ordering(_read_rows(workdir))
   times["total"] = time.time() - t0
-  d = check["dice"]
+  pct = lambda key, k: f"{100 * check[key].get(k, math.nan):.2f}"
   verdict = "reproduced" if check["holds"] else "NOT reproduced"
-  pct = lambda k: 100 * d.get(k, math.nan)
-  print(f"paper ordering on {check['test_set']} (test Dice, %): SADM {pct('sadm'):.2f} > "
-        f"cDDPM {pct('cddpm'):.2f} > threshold {pct('threshold'):.2f}: {verdict}")
-  v = check["val_dice"]
-  vpct = lambda k: 100 * v.get(k, math.nan)
-  print(f"  on its validation split (pooled Dice at τ, %): SADM {vpct('sadm'):.2f}, cDDPM "
-        f"{vpct('cddpm'):.2f}, threshold {vpct('threshold'):.2f}: "
-        f"{'agrees' if check['holds_on_validation'] else 'does NOT agree'}")
+  print(f"paper ordering on {check['test_set']} (test Dice, %): SADM {pct('dice', 'sadm')} > "
+        f"cDDPM {pct('dice', 'cddpm')} > threshold {pct('dice', 'threshold')}: {verdict}")
+  agrees = "agrees" if check["holds_on_validation"] else "does NOT agree"
+  print(f"  on its validation split (pooled Dice at τ, %): SADM {pct('val_dice', 'sadm')}, cDDPM "
+        f"{pct('val_dice', 'cddpm')}, threshold {pct('val_dice', 'threshold')}: {agrees}")
   print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
   summary = {"ordering": check, "seconds": {k: round(v, 1) for k, v in times.items()},
              "report": os.path.join(workdir, "report", "report.md")}
