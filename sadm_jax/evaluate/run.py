@@ -29,7 +29,7 @@ SADM_MODES = {"draem": "draem", "brats": "Brats21", "atlas": "ATLAS_v2"}
 REFERENCE_WEAK_TRAIN_ROWS = {"brats": (10, 100), "atlas": (6, 175)}
 FPRS = ((0.01, "t_fpr1"), (0.05, "t_fpr5"), (0.1, "t_fpr10"))
 PNG_VOLUMES = 3  # montages for the first few test volumes of each run and data set
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: faithful per-volume records changed (τ as best_threshold, NaN empty Dice)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,6 +315,8 @@ class Evaluator:
       rec.update(metrics.volume_metrics(a, gt, mask, extra["tau"],
                                         spacing=affine_spacing(case.affine),
                                         faithful=bool(self.config.evaluate.faithful_metrics)))
+      if self.config.evaluate.faithful_metrics:  # the reference stored τ as BestThresholdPerVol
+        rec["best_threshold"] = rec["threshold"]
       for name, t in extra.get("fpr_thresholds", {}).items():
         pred = a > np.float32(t)
         rec[f"dice_at_{name}"] = metrics.dice(pred & dom, gt & dom)
@@ -393,6 +395,7 @@ class Evaluator:
     for r in todo:
       inf = infs.get((r.cddpm_key, r.sadm_workdir or None)) if r.method != "threshold" else None
       a = self.anomaly(r, x, mask, inf)
+      thresholds.check_finite(a, f"{set_name}/{case.name} ({r.id})")  # NonFiniteScoreError
       rec = {**self.record(kind, r, case, a, x, inf, extra.get(r.id, {})), "fingerprint": fps[r.id]}
       path, npz = self._paths(r, set_name, split, case.name)
       if kind in ("val", "healthy_val"):

@@ -13,9 +13,31 @@ import numpy as np
 # which is what NumPy does for `array_f32 > python_float` and what the reference did.
 
 
-def _float_array(a: np.ndarray) -> np.ndarray:
+class NonFiniteScoreError(ValueError):
+  """An anomaly map holds NaN or ±Inf scores: ranking them would be meaningless (NaN sorts last)."""
+
+
+def check_finite(scores, name: str | None = None) -> None:
+  """Raises `NonFiniteScoreError` (naming `name`, e.g. the volume) if `scores` [...] has NaN/±Inf."""
+  a = np.asarray(scores)
+  if not np.issubdtype(a.dtype, np.floating):
+    return
+  finite = np.isfinite(a)
+  if finite.all():
+    return
+  n_nan = int(np.count_nonzero(np.isnan(a)))
+  n_inf = int(a.size - np.count_nonzero(finite) - n_nan)
+  where = f"volume {name!r}" if name else "score map"
+  raise NonFiniteScoreError(f"{where}: anomaly scores contain {n_nan} NaN and {n_inf} ±Inf of "
+                            f"{a.size} voxels; metrics need finite scores (check the model's outputs)")
+
+
+def _float_array(a: np.ndarray, name: str | None = None) -> np.ndarray:
+  """`a` as a floating array, checked finite (`NonFiniteScoreError` naming `name` otherwise)."""
   a = np.asarray(a)
-  return a if np.issubdtype(a.dtype, np.floating) else a.astype(np.float64)
+  a = a if np.issubdtype(a.dtype, np.floating) else a.astype(np.float64)
+  check_finite(a, name)
+  return a
 
 
 @dataclasses.dataclass(frozen=True)
