@@ -622,9 +622,9 @@ def _set_passes(ev: Evaluator, s: str, rows: list[dict], saved: dict, fpr_t: dic
   extra = {}
   for r in runs:
     maps, gts, masks = ev.pooled(r, s, "val", val[r.id])
-    dice_val, tau = thresholds.select_threshold(maps, gts, masks,
-                                                method=str(ev.config.evaluate.threshold_method),
-                                                within_brain=ev.within_brain)
+    dice_val, tau = thresholds.select_threshold(
+        maps, gts, masks, method=str(ev.config.evaluate.threshold_method),
+        within_brain=ev.within_brain, reference_arithmetic=bool(ev.config.evaluate.faithful_metrics))
     extra[r.id] = {"tau": tau, "fpr_thresholds": fpr_t.get(r.id, {})}
     saved[r.id]["tau"][s] = tau
     saved[r.id].setdefault("val_dice", {})[s] = dice_val

@@ -110,8 +110,11 @@ def _dice_counts(tp: int, n_pred: int, n_gt: int) -> float:
   return 2.0 * tp / den if den else 0.0
 
 
-def bisection_search_ranked(ranked: RankedScores, steps: int = 10) -> tuple[float, float]:
+def bisection_search_ranked(ranked: RankedScores, steps: int = 10,
+                            reference_arithmetic: bool = False) -> tuple[float, float]:
   """Zimmerer's greedy quarter-point search on ranked scores; see `bisection_search`."""
+  if reference_arithmetic:
+    return _bisection_reference(ranked, steps)
   lo, hi = 0.0, ranked.max_score()
   best_dice, best_t = 0.0, 0.0
   for _ in range(steps):
@@ -132,7 +135,45 @@ def bisection_search_ranked(ranked: RankedScores, steps: int = 10) -> tuple[floa
   return best_dice, best_t
 
 
-def bisection_search(scores: np.ndarray, labels: np.ndarray, steps: int = 10) -> tuple[float, float]:
+def _bisection_reference(ranked: RankedScores, steps: int) -> tuple[float, float]:
+  """The search in the reference's arithmetic: bracket in the map's dtype, 0/0 Dice NaN.
+
+  The reference starts from `(0, np.max(map))`, a float32 scalar for its float32 maps, so every
+  quarter point is rounded to float32 (NumPy's weak Python scalars); its Dice had no epsilon, so
+  "nothing predicted, no lesion" is NaN and loses every `>=` comparison (it cannot become the best,
+  and it sends the search to the upper half). Differs from the float64 search only in the last bits
+  of τ and for label sets without positives.
+  """
+  dtype = np.result_type(ranked.pos.dtype, ranked.neg.dtype)
+  ft = dtype.type if np.issubdtype(dtype, np.floating) else np.float64
+  lo, hi = ft(0.0), ft(ranked.max_score())
+
+  def dice(q) -> float:
+    tp, fp = ranked.count_above(q)
+    den = tp + fp + ranked.n_pos
+    return 2.0 * tp / den if den else float("nan")
+
+  best_dice, best_t = 0.0, ft(0.0)
+  for _ in range(steps):
+    if lo == hi:
+      hi = ft(1.0)
+    q1 = lo + (hi - lo) * ft(0.25)
+    q3 = lo + (hi - lo) * ft(0.75)
+    mid = lo + (hi - lo) * ft(0.5)
+    d1, d3 = dice(q1), dice(q3)
+    if d1 >= d3:
+      if d1 >= best_dice:
+        best_dice, best_t = d1, q1
+      hi = mid
+    else:
+      if d3 >= best_dice:
+        best_dice, best_t = d3, q3
+      lo = mid
+  return float(best_dice), float(best_t)
+
+
+def bisection_search(scores: np.ndarray, labels: np.ndarray, steps: int = 10,
+                     reference_arithmetic: bool = False) -> tuple[float, float]:
   """Reference threshold search (Zimmerer's iterative algorithm, METHOD.md §4.3), reproduced exactly.
 
   Starts from the bracket [lo, hi] = [0, max(scores)] (if lo == hi the bracket becomes (lo, 1)). Each
@@ -146,10 +187,13 @@ def bisection_search(scores: np.ndarray, labels: np.ndarray, steps: int = 10) ->
     scores: anomaly scores, any shape. [...]
     labels: binary ground truth of the same shape. [...]
     steps: number of bracket halvings (10 in the reference: final width max/1024).
+    reference_arithmetic: the reference's arithmetic (faithful): bracket and quarter points in the
+      map's dtype, float32 for every sadm_jax map (the reference's bracket was `np.max` of a float32
+      map), and 0/0 Dice NaN. Default: float64 bracket, 0/0 counts as 0.
   Returns:
-    (best Dice, its threshold); the threshold is a float computed in float64.
+    (best Dice, its threshold); the threshold is computed in float64 (or in the map's dtype, see above).
   """
-  return bisection_search_ranked(RankedScores.from_arrays(scores, labels), steps)
+  return bisection_search_ranked(RankedScores.from_arrays(scores, labels), steps, reference_arithmetic)
 
 
 def exact_best_threshold_ranked(ranked: RankedScores) -> tuple[float, float]:
@@ -241,7 +285,8 @@ def healthy_fpr_thresholds(scores_healthy, brain_mask=None,
   return out
 
 
-def _pooled_ranking(score_list, label_list, mask_list, within_brain: bool) -> RankedScores:
+def _pooled_ranking(score_list, label_list, mask_list, within_brain: bool,
+                    names: Sequence[str] | None = None) -> RankedScores:
   scores, labels = _as_list(score_list), _as_list(label_list)
   if len(scores) != len(labels):
     raise ValueError(f"{len(scores)} score volumes but {len(labels)} label volumes")
@@ -252,7 +297,7 @@ def _pooled_ranking(score_list, label_list, mask_list, within_brain: bool) -> Ra
     raise ValueError(f"{len(scores)} score volumes but {len(masks)} masks")
   pos, neg = [], []
   for i, (s, g) in enumerate(zip(scores, labels)):
-    s, g = _float_array(s), np.asarray(g) > 0
+    s, g = _float_array(s, names[i] if names else f"#{i}"), np.asarray(g) > 0
     if within_brain:
       m = np.asarray(masks[i]) > 0
       s, g = s[m], g[m]
@@ -262,7 +307,8 @@ def _pooled_ranking(score_list, label_list, mask_list, within_brain: bool) -> Ra
 
 
 def select_threshold(score_list, label_list, mask_list=None, method: str = "exact",
-                     within_brain: bool = True) -> tuple[float, float]:
+                     within_brain: bool = True, reference_arithmetic: bool = False,
+                     names: Sequence[str] | None = None) -> tuple[float, float]:
   """Global threshold τ from pooled validation voxels (METHOD.md §4.3, Q15).
 
   Voxels of all volumes are pooled (inside the brain by default; `within_brain=False` pools the whole
@@ -276,12 +322,14 @@ def select_threshold(score_list, label_list, mask_list=None, method: str = "exac
     mask_list: brain masks matching `score_list`; required when `within_brain`.
     method: 'exact' or 'bisection'.
     within_brain: pool only voxels inside the brain masks.
+    reference_arithmetic: bisection in the reference's float32 arithmetic (see `bisection_search`).
+    names: volume names for errors (a NaN/Inf map raises `NonFiniteScoreError` naming it).
   Returns:
     (pooled Dice at τ, τ).
   """
-  ranked = _pooled_ranking(score_list, label_list, mask_list, within_brain)
+  ranked = _pooled_ranking(score_list, label_list, mask_list, within_brain, names)
   if method == "exact":
     return exact_best_threshold_ranked(ranked)
   if method == "bisection":
-    return bisection_search_ranked(ranked)
+    return bisection_search_ranked(ranked, reference_arithmetic=reference_arithmetic)
   raise ValueError(f"method must be 'exact' or 'bisection', got {method!r}")
