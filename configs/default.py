@@ -128,7 +128,11 @@ def get_config() -> ml_collections.ConfigDict:
   ev.erode_mask = 0
   ev.min_component_size = 0
   ev.threshold_method = config_dict.placeholder(str)  # 'exact' (default) | 'bisection' (faithful)
-  ev.faithful_metrics = config_dict.placeholder(bool)  # whole-grid AUROC/AUPRC, sagittal slices
+  # The reference's metric arithmetic (faithful): whole-grid AUROC/AUPRC (Q14), sagittal slices
+  # (Q12), bisection oracle and τ search in float32 with 0/0 Dice NaN (Q15), empty-GT-and-empty-
+  # prediction Dice NaN and left out of the mean (default: 1, averaged in; Q34), and the test pass
+  # stores τ as each volume's best_threshold (default: the per-volume oracle threshold).
+  ev.faithful_metrics = config_dict.placeholder(bool)
   ev.write_nifti = True
   ev.write_png = True
   ev.dtype = "float32"  # inference compute dtype (Q33)

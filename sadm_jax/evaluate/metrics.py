@@ -1,4 +1,4 @@
-"""Segmentation and detection metrics of anomaly maps, pure NumPy (METHOD.md §4.4, Q12–Q14, Q30, Q34)."""
+"""Segmentation and detection metrics of anomaly maps, pure NumPy (docs/method.md §4.4, Q12–Q14, Q30, Q34)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage, spatial
 
-from sadm_jax.evaluate.thresholds import (RankedScores, bisection_search_ranked,
+from sadm_jax.evaluate.thresholds import (NonFiniteScoreError, RankedScores,  # noqa: F401
+                                          bisection_search_ranked, check_finite,
                                           exact_best_threshold_ranked)
 
 # Conventions: `pred`, `gt`, `mask` are boolean-like volumes (value > 0 is True), `score_map` is float.
 # Undefined ratios (0/0) are NaN, never silently 0 or 1, except Dice's documented `empty_value`.
+# Score maps must be finite: NaN/±Inf raise `NonFiniteScoreError` (naming the volume when given).
 
 
 def _bool(a) -> np.ndarray:
@@ -227,7 +229,7 @@ def hausdorff_max(pred, gt, spacing: Sequence[float] = (2.0, 2.0, 2.0)) -> float
 
 
 def slice_scores(score_map, gt, brain_mask, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
-  """Per-slice anomaly score and label along `axis` (METHOD.md §4.4, Q12).
+  """Per-slice anomaly score and label along `axis` (docs/method.md §4.4, Q12).
 
   Score = mean of the map over the brain voxels of the slice (0 if the slice has no brain); label =
   the slice contains lesion. `axis=-1` gives the 50 axial slices; `axis=0` the reference's 96 sagittal
@@ -270,8 +272,9 @@ def volume_detection_auroc(healthy_scores, patho_scores) -> float:
 
 
 def volume_metrics(score_map, gt, brain_mask, threshold: float,
-                   spacing: Sequence[float] = (2.0, 2.0, 2.0), faithful: bool = False) -> dict:
-  """Every per-volume metric of one pathological volume at once (METHOD.md §4.4).
+                   spacing: Sequence[float] = (2.0, 2.0, 2.0), faithful: bool = False,
+                   name: str | None = None) -> dict:
+  """Every per-volume metric of one pathological volume at once (docs/method.md §4.4).
 
   Voxel metrics live in a domain: the brain mask by default, the whole grid with `faithful=True`
   (as the reference). Dice, confusion counts, rates, HD and the oracle `best_dice` use that domain;
@@ -279,8 +282,10 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
   Binarisation is `score_map > threshold`. One sort per label class serves AUROC, AUPRC, the counts
   and the oracle search.
 
-  Faithful mode also switches the oracle to the reference's 10-step bisection (Q15) and the slice
-  detection to the first axis (Q12); confusion counts and rates stay correctly defined (Q13).
+  Faithful mode also switches the oracle to the reference's 10-step bisection in its float32
+  arithmetic (Q15), the slice detection to the first axis (Q12), and the Dice of a volume with no
+  lesion and an empty prediction to NaN (0/0, the reference's value, dropped by the NaN-ignoring
+  mean) instead of 1.0 (Q34); confusion counts and rates stay correctly defined (Q13).
 
   Args:
     score_map: anomaly map A [H, W, D].
@@ -289,19 +294,23 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
     threshold: τ (e.g. from `thresholds.select_threshold` on the validation set).
     spacing: voxel size in mm for HD95 (2 mm on the working grid).
     faithful: reproduce the reference's metric choices.
+    name: the volume's name for errors.
+  Raises:
+    NonFiniteScoreError: the map holds NaN or ±Inf (the message names `name`).
   Returns:
     dict with dice, best_dice, best_threshold, threshold, auroc, auprc, auroc_grid, auprc_grid,
     hd95_mm, hausdorff_max_mm, precision, recall, fpr, fdr, tp, fp, fn, tn, slice_auroc, slice_auprc,
     lesion_voxels (in the domain), predicted_voxels, empty_prediction, volume_score.
   """
   s = np.asarray(score_map)
+  check_finite(s, name)
   g, m = _bool(gt), _bool(brain_mask)
   if not s.shape == g.shape == m.shape:
     raise ValueError(f"shapes differ: score {s.shape}, gt {g.shape}, mask {m.shape}")
   inside, grid = _brain_and_grid(s, g, m)
   ranked = grid if faithful else inside
   if faithful:
-    best_dice, best_t = bisection_search_ranked(grid)
+    best_dice, best_t = bisection_search_ranked(grid, reference_arithmetic=True)
   else:
     best_dice, best_t = exact_best_threshold_ranked(inside)
 
@@ -315,8 +324,9 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
   d_pg, d_gp = surface_distances(pred, g_dom, spacing)
   slice_auroc, slice_auprc = slice_detection(s, g, m, axis=0 if faithful else -1)
 
+  empty_dice = float("nan") if faithful else 1.0  # no lesion, nothing predicted (Q34)
   out = {
-      "dice": 2.0 * tp / (tp + fp + ranked.n_pos) if tp + fp + ranked.n_pos else 1.0,
+      "dice": 2.0 * tp / (tp + fp + ranked.n_pos) if tp + fp + ranked.n_pos else empty_dice,
       "best_dice": best_dice, "best_threshold": best_t, "threshold": float(threshold),
       "auroc": auroc_ranked(ranked), "auprc": auprc_ranked(ranked),
       "auroc_grid": auroc_ranked(grid), "auprc_grid": auprc_ranked(grid),

@@ -276,6 +276,15 @@ def format_healthy_table(rows: Sequence[dict]) -> str:
 RESIDUALS = {"ssim": "(1 − SSIM3D(x̄, x))", "l1": "|x − x̄|", "l2": "(x − x̄)²"}
 
 
+def _empty_dice_text(p: dict) -> str:
+  """The Dice convention for a volume without lesion (in the metric domain) and nothing predicted."""
+  if p.get("faithful_metrics"):
+    return ("A volume with no lesion and an empty prediction has an undefined Dice (0/0 = NaN, as in"
+            " the reference) and is left out of the mean.")
+  return ("A volume with no lesion and an empty prediction counts as Dice 1 (nothing there, nothing"
+          " found) and is included in the mean (the reference left it out as NaN, Q34).")
+
+
 def protocol_text(protocol: dict) -> str:
   """One paragraph stating how every number was computed."""
   p = protocol
@@ -295,6 +304,7 @@ def protocol_text(protocol: dict) -> str:
       f"validation voxels {domain} and applied to the test set; ⌈Dice⌉ = per-volume oracle",
       "threshold; AUPRC/AUROC per volume (average precision / tie-aware ROC AUC); means over",
       "volumes, then mean ± std over folds (in %).",
+      _empty_dice_text(p),
       f"Reconstruction: single-step ensemble over t ∈ {{{ts}}} ({p['noise']} noise, {noise}),",
       f"compute dtype {p['dtype']}. Anomaly maps: cDDPM {residual}; SADM {residual}{seg}",
       f"(combination '{p['combination']}'); intensity threshold |x − m| · M with m the median",

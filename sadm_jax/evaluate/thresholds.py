@@ -174,7 +174,7 @@ def _bisection_reference(ranked: RankedScores, steps: int) -> tuple[float, float
 
 def bisection_search(scores: np.ndarray, labels: np.ndarray, steps: int = 10,
                      reference_arithmetic: bool = False) -> tuple[float, float]:
-  """Reference threshold search (Zimmerer's iterative algorithm, METHOD.md §4.3), reproduced exactly.
+  """Reference threshold search (Zimmerer's iterative algorithm, docs/method.md §4.3), reproduced exactly.
 
   Starts from the bracket [lo, hi] = [0, max(scores)] (if lo == hi the bracket becomes (lo, 1)). Each
   step evaluates Dice of `scores > q` at q1 = lo + (hi−lo)/4 and q3 = lo + 3(hi−lo)/4; the better one
@@ -251,7 +251,7 @@ def _as_list(x) -> list:
 
 def healthy_fpr_thresholds(scores_healthy, brain_mask=None,
                            fprs: Sequence[float] = (0.01, 0.05, 0.1)) -> dict[float, float]:
-  """Thresholds at given voxel false-positive rates on healthy volumes (METHOD.md §4.5, Q16).
+  """Thresholds at given voxel false-positive rates on healthy volumes (docs/method.md §4.5, Q16).
 
   All voxels are negatives. For each target rate f the threshold is the smallest distinct score value
   t with #{score > t} ≤ f·N — equal to the reference's "first ROC threshold whose FPR exceeds f"
@@ -270,8 +270,9 @@ def healthy_fpr_thresholds(scores_healthy, brain_mask=None,
   masks = _as_list(brain_mask)
   if masks and len(masks) != len(scores):
     raise ValueError(f"{len(scores)} score volumes but {len(masks)} masks")
-  pooled = [(_float_array(s)[np.asarray(m) > 0] if masks else _float_array(s).ravel())
-            for s, m in zip(scores, masks or [None] * len(scores))]
+  finite = [_float_array(s, f"#{i}") for i, s in enumerate(scores)]
+  pooled = [(s[np.asarray(m) > 0] if masks else s.ravel())
+            for s, m in zip(finite, masks or [None] * len(scores))]
   values = np.sort(np.concatenate(pooled)) if pooled else np.zeros(0)
   n = values.size
   if n == 0:
@@ -309,7 +310,7 @@ def _pooled_ranking(score_list, label_list, mask_list, within_brain: bool,
 def select_threshold(score_list, label_list, mask_list=None, method: str = "exact",
                      within_brain: bool = True, reference_arithmetic: bool = False,
                      names: Sequence[str] | None = None) -> tuple[float, float]:
-  """Global threshold τ from pooled validation voxels (METHOD.md §4.3, Q15).
+  """Global threshold τ from pooled validation voxels (docs/method.md §4.3, Q15).
 
   Voxels of all volumes are pooled (inside the brain by default; `within_brain=False` pools the whole
   96×96×50 grid, background included, as the reference). `method='bisection'` is the reference's

@@ -230,7 +230,8 @@ def test_volume_metrics_faithful_and_empty_prediction():
   f = mt.volume_metrics(score, gt, brain, 0.45, faithful=True)
   assert f["auroc"] == f["auroc_grid"]
   assert f["tn"] == score.size - f["tp"] - f["fp"] - f["fn"]
-  assert (f["best_dice"], f["best_threshold"]) == th.bisection_search(score, gt)
+  assert (f["best_dice"], f["best_threshold"]) == th.bisection_search(score, gt,
+                                                                      reference_arithmetic=True)
   assert (f["slice_auroc"], f["slice_auprc"]) == pytest.approx(
       mt.slice_detection(score, gt, brain, axis=0))
   e = mt.volume_metrics(score, gt, brain, 10.0)
@@ -246,3 +247,54 @@ def test_volume_metrics_no_lesion_volume():
     v = mt.volume_metrics(score, gt, brain, 10.0)
   assert v["dice"] == 1.0 and math.isnan(v["auroc"]) and math.isnan(v["slice_auroc"])
   assert math.isnan(v["recall"]) and v["lesion_voxels"] == 0
+
+
+# ----------------------------------------------------------------------------- faithful conventions
+
+
+def _three_volumes():
+  """(score, gt, brain) of three 4×4×2 volumes with hand-known Dice at τ = 0.5 (scores 0.1 / 0.9).
+
+  A: lesion 2 voxels, 2 predicted of which 1 in the lesion → 2·1/(2+2) = 0.5.
+  B: lesion 2 voxels, exactly those predicted → 1.
+  C: no lesion, nothing predicted → 0/0: 1 by default, NaN (reference) when faithful.
+  """
+  brain = np.ones((4, 4, 2), bool)
+  vols = []
+  for lesion, hot in (([0, 1], [1, 2]), ([0, 1], [0, 1]), ([], [])):
+    gt, score = np.zeros(32, bool), np.full(32, 0.1, np.float32)
+    gt[lesion], score[hot] = True, 0.9
+    vols.append((score.reshape(brain.shape), gt.reshape(brain.shape), brain))
+  return vols
+
+
+def test_empty_gt_dice_default_one_faithful_nan_and_mean():
+  from sadm_jax.evaluate import run
+  for faithful, dices, mean in ((False, [0.5, 1.0, 1.0], 2.5 / 3), (True, [0.5, 1.0, None], 0.75)):
+    recs = [mt.volume_metrics(s, g, b, 0.5, faithful=faithful) for s, g, b in _three_volumes()]
+    for rec, d in zip(recs, dices):
+      assert (math.isnan(rec["dice"]) if d is None else rec["dice"] == d)
+    assert recs[2]["empty_prediction"] and recs[2]["lesion_voxels"] == 0
+    assert run.summarise(recs)["dice"] == pytest.approx(mean)  # NaN drops out (nanmean)
+
+
+def test_report_states_empty_gt_convention():
+  from sadm_jax.evaluate import report
+  base = {"grid": [96, 96, 50], "within_brain": True, "threshold_method": "exact",
+          "shared_noise": False, "median_size": 5, "residual_mode": "ssim", "combination": "sum",
+          "timesteps": [249, 499, 749], "spacing_mm": 2.0, "noise": "simplex", "dtype": "float32",
+          "faithful": False, "faithful_metrics": False, "seed": 3141}
+  text = report.protocol_text(base)
+  assert "no lesion and an empty prediction counts as Dice 1" in text
+  text = report.protocol_text({**base, "faithful": True, "faithful_metrics": True})
+  assert "undefined Dice (0/0 = NaN" in text and "left out of the mean" in text
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_volume_metrics_non_finite_map_names_volume(bad):
+  score, gt, brain = _volume()
+  score[0, 0, 0] = bad                                   # outside the brain: still refused
+  with pytest.raises(mt.NonFiniteScoreError, match="volume 'BraTS/sub-7'"):
+    mt.volume_metrics(score, gt, brain, 0.5, name="BraTS/sub-7")
+  with pytest.raises(ValueError, match="score map: anomaly scores contain"):
+    mt.volume_metrics(score, gt, brain, 0.5, faithful=True)

@@ -157,3 +157,102 @@ def test_ranked_scores_counts():
   assert r.dice_above(0.9) == pytest.approx(2 / 3)
   merged = th.RankedScores.merge(r, th.RankedScores.from_arrays(np.zeros(3), np.zeros(3)))
   assert (merged.n_pos, merged.n_neg) == (2, 6)
+
+
+# ----------------------------------------------------------------------------- faithful arithmetic
+
+
+def test_reference_arithmetic_float32_bracket_hand():
+  # max = float32(0.1) = 0x1.99999Ap-4 (mantissa 0xCCCCCD, odd). Negatives at 0 and 0.05, lesion at
+  # max. Step 1 on [0, max]: q1 = max/4 predicts {0.05, max} (Dice 2/3), q3 = 3·max/4 predicts {max}
+  # (Dice 1) → τ = q3. In float64 3·max/4 = 0x1.3333338p-4 exactly (0.07500000111758709); in float32
+  # 3·0xCCCCCD = 0x26666667 needs 26 bits: the tie 0x1.333333|8 rounds to even, 0x1.333334p-4.
+  scores = np.array([0.0, 0.05, 0.1], np.float32)
+  labels = np.array([0, 0, 1], bool)
+  d64, t64 = th.bisection_search(scores, labels, steps=1)
+  d32, t32 = th.bisection_search(scores, labels, steps=1, reference_arithmetic=True)
+  assert d64 == d32 == 1.0
+  assert t64 == float.fromhex("0x1.3333338p-4") == 0.07500000111758709
+  assert t32 == float.fromhex("0x1.333334p-4") == 0.07500000298023224
+  assert t32 == float(np.float32(t32))                  # τ is a float32 value
+
+
+def _reference_search_f32(x, y, max_steps=10):
+  """Literal transcription called as the reference did: bracket (0, np.max(x)) with x float32."""
+  def dice(p, g):
+    with np.errstate(invalid="ignore"):                  # 0/0 → NaN, as in the reference
+      return (2 * np.sum(p * g)) / (np.sum(p) + np.sum(g))
+  val_range, max_val, max_point = (0, np.max(x)), 0, 0
+  for _ in range(max_steps):
+    if val_range[0] == val_range[1]:
+      val_range = (val_range[0], 1)
+    bottom, top = val_range
+    center = bottom + (top - bottom) * 0.5
+    q_bottom = bottom + (top - bottom) * 0.25
+    q_top = bottom + (top - bottom) * 0.75
+    val_bottom, val_top = dice(x > q_bottom, y), dice(x > q_top, y)
+    if val_bottom >= val_top:
+      if val_bottom >= max_val:
+        max_val, max_point = val_bottom, q_bottom
+      val_range = (bottom, center)
+    else:
+      if val_top >= max_val:
+        max_val, max_point = val_top, q_top
+      val_range = (center, top)
+  return float(max_val), float(max_point)
+
+
+def test_reference_arithmetic_matches_float32_transcription_bit_for_bit():
+  rng = np.random.default_rng(5)
+  differ = 0
+  for i in range(6):
+    labels = rng.random((12, 11, 10)) < 0.1
+    scores = (rng.random(labels.shape) ** (1 + i) + 0.4 * labels * rng.random(labels.shape))
+    scores = scores.astype(np.float32)
+    ref = _reference_search_f32(scores.ravel(), labels.ravel())
+    assert isinstance(np.max(scores) * 0.25, np.float32)  # NumPy keeps the bracket in float32
+    assert th.bisection_search(scores, labels, reference_arithmetic=True) == ref
+    differ += th.bisection_search(scores, labels)[1] != ref[1]
+  assert differ >= 3                                     # the float64 bracket misses the last bits
+
+
+def test_reference_arithmetic_empty_labels_nan_dice():
+  # No lesion, all-zero map: [0, 0] → [0, 1]; nothing is ever predicted. The reference's 0/0 = NaN
+  # loses every comparison (best stays (0, 0), the bracket climbs); the float64 search counts 0/0 as
+  # 0, so q1 wins every tie and the bracket descends to 0.25/2⁹.
+  scores, labels = np.zeros(5, np.float32), np.zeros(5, bool)
+  assert _reference_search_f32(scores, labels) == (0.0, 0.0)
+  assert th.bisection_search(scores, labels, reference_arithmetic=True) == (0.0, 0.0)
+  assert th.bisection_search(scores, labels) == (0.0, 0.25 / 2 ** 9)
+
+
+def test_select_threshold_reference_arithmetic():
+  rng = np.random.default_rng(9)
+  scores = [rng.random((8, 7, 6)).astype(np.float32) ** 3 for _ in range(3)]
+  labels = [s + 0.3 * rng.random(s.shape) > 0.8 for s in scores]
+  grid_s = np.concatenate([s.ravel() for s in scores])
+  grid_l = np.concatenate([lab.ravel() for lab in labels])
+  got = th.select_threshold(scores, labels, method="bisection", within_brain=False,
+                            reference_arithmetic=True)
+  assert got == _reference_search_f32(grid_s, grid_l)
+
+
+# ----------------------------------------------------------------------------- non-finite maps
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_raise_naming_the_volume(bad):
+  scores = [np.full((3, 3, 2), 0.5, np.float32) for _ in range(2)]
+  scores[1][1, 1, 0] = bad
+  labels = [s > 0.6 for s in scores]
+  with pytest.raises(th.NonFiniteScoreError, match=r"volume 'sub-02'.*1 (NaN|±Inf)"):
+    th.select_threshold(scores, labels, method="exact", within_brain=False,
+                        names=["sub-01", "sub-02"])
+  with pytest.raises(th.NonFiniteScoreError, match="volume '#1'"):
+    th.select_threshold(scores, labels, method="bisection", within_brain=False)
+  with pytest.raises(ValueError, match="score map"):     # a ValueError subclass
+    th.exact_best_threshold(scores[1], labels[1])
+  with pytest.raises(th.NonFiniteScoreError, match="volume '#1'"):
+    th.healthy_fpr_thresholds(scores)
+  th.check_finite(scores[0], "fine")                     # finite: no error
+  th.check_finite(np.array([1, 2]), "integers")
