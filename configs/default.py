@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "prepare"  # prepare | demo | describe (+ training stages as they land)
   c.seed = 3141
-  c.faithful = False  # reproduce the reference's behaviour for every item marked F in METHOD.md §5
+  c.faithful = False  # reference behaviour for every faithful switch (docs/method.md §5)
 
   # ---- data (METHOD §2) ----
   d = c.data = ml_collections.ConfigDict()

@@ -14,7 +14,7 @@ deformed anatomy:
 * `MSLUB` / `WMH`: several small ovoid periventricular and deep white-matter lesions, hypointense.
 
 The cohort is written exactly as the authors' code expects it (`<root>/Data/...`, §2.1 of
-METHOD.md). Each subject's randomness is `np.random.default_rng([seed, dataset_index, subject])`,
+docs/method.md). Each subject's randomness is `np.random.default_rng([seed, dataset_index, subject])`,
 so the output does not depend on the number of worker processes. All subjects share the
 template's folding pattern: good for demos and tests, not a benchmark.
 """

@@ -1,4 +1,4 @@
-"""Anomaly maps: 3-D SSIM residual, 5³ median, brain mask, combination with S (METHOD.md §4.1–4.2)."""
+"""Anomaly maps: 3-D SSIM residual, 5³ median, brain mask, combination with S (docs/method.md §4.1–4.2)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _ssim_3d_map(x: jax.Array, y: jax.Array, data_range, sigma: float, k1: float
 
 def ssim_3d_map(x, y, sigma: float = 1.0, k1: float = 0.01, k2: float = 0.03,
                 data_range: float | None = None) -> jax.Array:
-  """Full-resolution 3-D SSIM map (METHOD.md §4.1 step 1), jitted JAX (runs on the accelerator).
+  """Full-resolution 3-D SSIM map (docs/method.md §4.1 step 1), jitted JAX (runs on the accelerator).
 
   Same arithmetic as the reference's torchmetrics SSIM with `return_full_image=True`: a 3-D Gaussian
   window σ (9 taps per axis for σ=1, applied separably), reflection padding by the window radius on
@@ -84,7 +84,7 @@ def ssim_3d_map(x, y, sigma: float = 1.0, k1: float = 0.01, k2: float = 0.03,
 
 def residual_map(recon, x, mode: str = "ssim", *, data_range: float | None = None,
                  clip_recon: bool = False, sigma: float = 1.0) -> jax.Array:
-  """Unmasked residual between reconstruction and input (METHOD.md §4.1). [H, W, D] → [H, W, D]
+  """Unmasked residual between reconstruction and input (docs/method.md §4.1). [H, W, D] → [H, W, D]
 
   mode: 'ssim' → 1 − SSIM3D(recon, x); 'l1' → |x − recon|; 'l2' → (x − recon)².
   clip_recon: clip the reconstruction to [0, 1] first (Q32; the reference does not).
@@ -233,7 +233,7 @@ def anomaly_map(recon, x, brain_mask, seg_prob=None, combination: str = "sum", l
                 residual_mode: str = "ssim", data_range: float | None = None,
                 clip_recon: bool = False, component_threshold: float = 0.0,
                 connectivity: int = 26, median_backend: str = "auto") -> np.ndarray:
-  """Anomaly map A of one volume (METHOD.md §4.1–4.2, Q10, Q11, Q32).
+  """Anomaly map A of one volume (docs/method.md §4.1–4.2, Q10, Q11, Q32).
 
   R = (1 − SSIM3D(recon, x))·M (l1/l2 residuals are not masked before the median, as in the
   reference), R_med = median_{size³}(R), then
