@@ -10,6 +10,8 @@ FAITHFUL_DEFAULTS = {
     ("data", "slice_sampling"): ("uniform", "brain"),
     ("data", "augment_3d"): (True, False),
     ("diffusion", "shared_noise"): (True, False),
+    ("diffusion", "aligned_octaves"): (True, False),
+    ("diffusion", "float16_noise"): (True, False),
     ("sadm", "frozen_train_mode"): (True, False),
     ("anomaly", "faithful_uint8_wrap"): (True, False),
     ("evaluate", "threshold_method"): ("bisection", "exact"),

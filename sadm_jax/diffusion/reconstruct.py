@@ -33,13 +33,15 @@ def ensemble_reconstruct(denoise_fn: DenoiseFn, x: jax.Array, cond: Any, key: ja
                          noise_kind: str = "simplex", shared_noise: bool = False,
                          octaves: int = 6, persistence: float = 0.8, frequency: float = 64.0,
                          normalise_noise: bool = False, aligned_octaves: bool = False,
-                         vectorise: bool = False) -> tuple[jax.Array, jax.Array]:
+                         vectorise: bool = False,
+                         float16_noise: bool = False) -> tuple[jax.Array, jax.Array]:
   """Noise-ensemble reconstruction: one fresh noise draw per timestep, then the mean.
 
   x: [B, H, W, 1] in [0, 1]. Timestep i (0-based position in `timesteps`) uses noise
   `sample_noise(fold_in(key, i), x.shape, noise_kind, shared_noise, …)`; `shared_noise=True` is the
-  reference's one-field-per-step-for-all-slices mode (Q4). The K = len(timesteps) forwards run
-  sequentially with `lax.map` (one compiled forward, memory of one batch) or, with
+  reference's one-field-per-step-for-all-slices mode (Q4); `aligned_octaves` and `float16_noise`
+  are its octave layout and float16 rounding (`sample_noise`'s `float16`). The K = len(timesteps)
+  forwards run sequentially with `lax.map` (one compiled forward, memory of one batch) or, with
   `vectorise=True`, as one vmapped forward over K·B images. Jit-friendly (`timesteps` etc. static).
   Returns (mean reconstruction [B, H, W, 1], per-timestep reconstructions [K, B, H, W, 1]).
   """
@@ -49,7 +51,8 @@ def ensemble_reconstruct(denoise_fn: DenoiseFn, x: jax.Array, cond: Any, key: ja
   def one_step(args: tuple[jax.Array, jax.Array]) -> jax.Array:
     index, t = args
     noise = sample_noise(jax.random.fold_in(key, index), x.shape, noise_kind, shared_noise,
-                         octaves, persistence, frequency, normalise_noise, aligned_octaves)
+                         octaves, persistence, frequency, normalise_noise, aligned_octaves,
+                         float16_noise)
     return reconstruct(denoise_fn, x, cond, t, noise, schedule)
 
   if vectorise:

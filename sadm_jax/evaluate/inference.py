@@ -50,6 +50,8 @@ class NoiseSpec:
   octaves: int = 6
   persistence: float = 0.8
   frequency: float = 64.0
+  aligned_octaves: bool = False  # reference octave layout (Q4)
+  float16: bool = False  # noise rounded to float16 (reference, Q4)
 
   @classmethod
   def from_configs(cls, model_config: ml_collections.ConfigDict,
@@ -58,7 +60,9 @@ class NoiseSpec:
     d, e = model_config.diffusion, eval_config.diffusion
     return cls(timesteps=tuple(int(t) for t in e.ensemble_timesteps), kind=str(d.noise),
                shared=bool(e.shared_noise), octaves=int(d.octaves),
-               persistence=float(d.persistence), frequency=float(d.frequency))
+               persistence=float(d.persistence), frequency=float(d.frequency),
+               aligned_octaves=bool(d.get("aligned_octaves")),  # absent in older runs: False
+               float16=bool(d.get("float16_noise")))
 
 
 @dataclasses.dataclass
@@ -123,7 +127,8 @@ class CDDPMInference:
 
     mean, per_t = reconstruct_lib.ensemble_reconstruct(
         denoise, x, cond, key, self.schedule, n.timesteps, noise_kind=n.kind, shared_noise=n.shared,
-        octaves=n.octaves, persistence=n.persistence, frequency=n.frequency)
+        octaves=n.octaves, persistence=n.persistence, frequency=n.frequency,
+        aligned_octaves=n.aligned_octaves, float16_noise=n.float16)
     return mean[..., 0].astype(jnp.float32), per_t[..., 0].astype(jnp.float32)
 
   def reconstruct(self, image: np.ndarray, index: int) -> Reconstruction:

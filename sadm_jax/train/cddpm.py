@@ -69,9 +69,7 @@ def noise_fn(config: ml_collections.ConfigDict):
   d = config.diffusion
 
   def sample(key, shape):
-    return noise_lib.sample_noise(key, shape, kind=d.noise, shared=bool(d.shared_noise),
-                                  octaves=d.octaves, persistence=d.persistence,
-                                  frequency=d.frequency)
+    return noise_lib.sample_noise(key, shape, **noise_lib.config_kwargs(d))
 
   return sample
 
