@@ -298,3 +298,30 @@ def test_volume_metrics_non_finite_map_names_volume(bad):
     mt.volume_metrics(score, gt, brain, 0.5, name="BraTS/sub-7")
   with pytest.raises(ValueError, match="score map: anomaly scores contain"):
     mt.volume_metrics(score, gt, brain, 0.5, faithful=True)
+
+
+def _test_pass_record(faithful_metrics: bool, tau: float) -> dict:
+  """`Evaluator.record` of the test pass for one hand-made volume (no models, no files)."""
+  import types
+  from configs import default
+  from sadm_jax import config as config_lib
+  from sadm_jax.evaluate import run
+  c = default.get_config()
+  c.faithful = faithful_metrics
+  c = config_lib.resolve(c)
+  ev = types.SimpleNamespace(config=c, _domain=lambda m: m if not faithful_metrics else m | True)
+  # One lesion voxel scored 0.9, one background voxel 0.6, the rest 0.1: the oracle threshold
+  # is 0.6 (only the lesion is predicted, Dice 1); τ = 0.5 also predicts the 0.6 voxel.
+  score, seg = np.full((2, 4, 4), 0.1, np.float32), np.zeros((2, 4, 4), bool)
+  score[1, 1, 1], seg[1, 1, 1], score[0, 2, 2] = 0.9, True, 0.6
+  case = run.Case("vol-1", score, np.ones_like(seg), seg, np.diag([2.0, 2.0, 2.0, 1.0]), 0)
+  hwd = case.hwd(score)
+  return run.Evaluator.record(ev, "test", None, case, hwd, hwd, None, {"tau": tau})
+
+
+def test_test_pass_best_threshold_oracle_or_reference_overwrite():
+  rec = _test_pass_record(False, 0.5)
+  assert rec["dice"] == pytest.approx(2 / 3) and rec["threshold"] == 0.5
+  assert (rec["best_dice"], rec["best_threshold"]) == (1.0, pytest.approx(0.6))  # per-volume oracle
+  rec = _test_pass_record(True, 0.5)
+  assert rec["best_dice"] == 1.0 and rec["best_threshold"] == 0.5  # the reference stored τ
