@@ -28,7 +28,7 @@ from configs import evaluate as evaluate_config
 from sadm_jax import config as config_lib
 from sadm_jax.evaluate import anomaly_map as am
 from sadm_jax.evaluate import inference, metrics
-from sadm_jax.models import cddpm as cddpm_lib
+from sadm_jax.models import factory
 from sadm_jax.models.segnet import SegUnet
 from sadm_jax.utils.io import write_json
 
@@ -105,14 +105,14 @@ def build(paper: bool, dtype: str) -> Bench:
   depth = -(-p.crop_size[2] // p.downsample)
   image, brain, lesion = synthetic_volume((depth, hw, hw))
 
-  model = cddpm_lib.build_cddpm(model_cfg)
+  model = factory.build_cddpm(model_cfg)
   x1 = jnp.zeros((1, hw, hw, 1))
   cvars = random_variables(lambda k: model.init({"params": k, "dropout": k}, x1, x1,
                                                 jnp.zeros((1,), jnp.int32), train=False),
                            jax.random.key(0))
   cddpm = inference.cddpm_inference(model_cfg, cvars, eval_cfg, fingerprint="bench")
   seg_module = SegUnet(wf=PAPER_SEGNET_WF if paper else TINY_SEGNET_WF,
-                       dtype=cddpm_lib.DTYPES[dtype])
+                       dtype=factory.DTYPES[dtype])
   svars = random_variables(lambda k: seg_module.init(k, x1, x1), jax.random.key(1))
   segnet = inference.SegmentationInference(seg_module, svars)
   n_params = {"cddpm": int(sum(a.size for a in jax.tree.leaves(cvars["params"]))),

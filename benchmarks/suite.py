@@ -15,7 +15,7 @@ from __future__ import annotations
 #       --what=cddpm_train,sadm_train,eval,eval_precision --tag=h100   # one GPU, paper sizes
 # What it times (random weights and synthetic inputs: timings do not depend on values):
 #   cddpm_train  Trainer.train_step of stage I (benchmarks.train_step.measure), batch --batch;
-#   sadm_train   the same for stage II: frozen random cDDPM + SegUnet, as stage2.sadm_task builds it;
+#   sadm_train   the same for stage II: frozen random cDDPM + SegUnet, as train.sadm.sadm_task builds it;
 #   eval         one 96×96×50 (tiny: 64×64×8) volume through inference.py: cDDPM reconstruction
 #                (encoder once, t = 249/499/749) and SADM (+ SegUnet probability), per volume;
 #   eval_precision  bfloat16 vs float32 inference on the same weights and volume (max |Δ| of the
@@ -212,7 +212,8 @@ def _train_jaxpr_flops(config, n_devices: int) -> float | None:
                                                            devices=jax.devices()[:n_devices]))
   res, b = ts.slice_size(config), int(config.train.batch_size)
   batch = {k: jax.ShapeDtypeStruct((b, res, res, 1), jnp.float32) for k in task.batch_keys}
-  return traced_matmul_flops(trainer.train_step, trainer.abstract_state, batch, trainer.train_key)
+  return traced_matmul_flops(trainer.train_step, trainer.abstract_state, batch, trainer.train_key,
+                             trainer.frozen)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -52,16 +52,13 @@ def _set_fake_devices(n: int) -> None:
 def build_config(name: str, size: str, batch: int, dtype: str):
   """Resolved config of `name` ('cddpm' | 'spark' | 'sadm'), paper or tiny, for a synthetic run.
 
-  For 'sadm' (configs/sadm_draem.py) the frozen cDDPM's model section is recorded as
-  `sadm.cddpm_model`, as `stage2.prepare_sadm` does from a stage-I workdir.
+  For 'sadm' (configs/sadm_draem.py) the frozen cDDPM has the config's own model section.
   """
   from configs import cddpm as cddpm_config, sadm_draem, spark_pretrain
   from sadm_jax import config as config_lib
   module = {"cddpm": cddpm_config, "spark": spark_pretrain, "sadm": sadm_draem}[name]
   arg = "tiny" if size == "tiny" else None
   c = module.get_config(arg)
-  if name == "sadm":
-    c.sadm.cddpm_model = cddpm_config.get_config(arg).model.to_dict()
   if batch:
     c.train.batch_size = batch
   c.model.dtype = dtype
@@ -71,12 +68,9 @@ def build_config(name: str, size: str, batch: int, dtype: str):
 
 def build_task(config):
   """The stage's task without data (random weights; SADM: a random frozen cDDPM)."""
-  if config.stage == "sadm":
-    from sadm_jax.train import stage2
-    return stage2.sadm_task(config, data=False)
-  from sadm_jax.train import stage1
-  builder = stage1.cddpm_task if config.stage == "cddpm" else stage1.spark_task
-  return builder(config, data=False)
+  from sadm_jax.train import cddpm, sadm, spark
+  builder = {"sadm": sadm.sadm_task, "cddpm": cddpm.cddpm_task, "spark": spark.spark_task}
+  return builder[config.stage](config, data=False)
 
 
 def slice_size(config) -> int:
@@ -168,10 +162,10 @@ def time_noise(config, batch: int, iterations: int) -> dict | None:
   if config.stage not in ("cddpm", "sadm"):
     return None
   import jax
-  from sadm_jax.train import stage1
+  from sadm_jax.train import cddpm
   res = slice_size(config)
   shape = (batch, res, res, 1)
-  sample = stage1.noise_fn(config)
+  sample = cddpm.noise_fn(config)
   draw = jax.jit(lambda k: sample(k, shape))
   jax.block_until_ready(draw(jax.random.key(0)))
   runs = []
@@ -238,7 +232,7 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
              for _ in range(2)]
   key = trainer.train_key
   t0 = time.perf_counter()
-  lowered = trainer.train_step.lower(state, batches[0], key)
+  lowered = trainer.train_step.lower(state, batches[0], key, trainer.frozen)
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   compiled = lowered.compile()
@@ -249,7 +243,7 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
   metrics = None
   for i in range(warmup + steps):
     t0 = time.perf_counter()
-    state, metrics = compiled(state, batches[i % 2], key)
+    state, metrics = compiled(state, batches[i % 2], key, trainer.frozen)
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       runs.append(time.perf_counter() - t0)
@@ -257,7 +251,7 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
   if pipelined_steps:
     t0 = time.perf_counter()
     for i in range(pipelined_steps):
-      state, metrics = compiled(state, batches[i % 2], key)
+      state, metrics = compiled(state, batches[i % 2], key, trainer.frozen)
     jax.block_until_ready((state, metrics))
     pipelined = (time.perf_counter() - t0) / pipelined_steps
   profile = None

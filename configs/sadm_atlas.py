@@ -5,7 +5,7 @@
 Repeats, not folds (Q18): `sadm.repeat` changes only the seed. The reference keeps the last
 partial batch (drop_last=False: 6 steps per 169-volume epoch); the loop drops it, so an epoch is
 5 full batches and 600 epochs are 3,000 steps (train.num_steps=3600 matches the step count).
-Shorter splits are clipped, see `stage2.weak_row_ranges`.
+Shorter splits are clipped, see `sadm_jax.train.sadm.weak_row_ranges`.
 """
 
 from configs import sadm_draem

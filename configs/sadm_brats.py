@@ -6,7 +6,7 @@ The reference's 5 "folds" ignore the fold index: they are repeats that differ on
 here `sadm.repeat`. The reference keeps the last partial batch (drop_last=False: 3 steps of
 32+32+26 per 90-volume epoch); the loop always drops it (static shapes), so an epoch here is
 2 full batches and 600 epochs are 1,200 steps (set train.num_steps=1800 to match the step count).
-Shorter splits (the demo cohort) are clipped, see `stage2.weak_row_ranges`; override the rows
+Shorter splits (the demo cohort) are clipped, see `sadm_jax.train.sadm.weak_row_ranges`; override the rows
 with --config.sadm.weak_train_rows='(a, b)' --config.sadm.weak_val_rows='(c, d)'.
 """
 

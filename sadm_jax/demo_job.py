@@ -114,7 +114,7 @@ def _read_rows(workdir: str) -> list[dict]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of the demo in `workdir`; each stage resumes or skips when already done."""
   from sadm_jax.evaluate import run as evaluate_run
-  from sadm_jax.train import stage1, stage2
+  from sadm_jax.train import cddpm, sadm, spark
 
   os.makedirs(workdir, exist_ok=True)
   times: dict[str, float] = {}
@@ -128,7 +128,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   times["prepare"] = time.time() - t
   dirs = stage_dirs(workdir)
   stages = (["spark"] if int(config.demo.spark_steps) > 0 else []) + ["cddpm", "sadm", "evaluate"]
-  runners = {"spark": stage1.run_spark, "cddpm": stage1.run_cddpm, "sadm": stage2.run_sadm,
+  runners = {"spark": spark.run_spark, "cddpm": cddpm.run_cddpm, "sadm": sadm.run_sadm,
              "evaluate": evaluate_run.run}
   for stage in stages:
     t = time.time()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sadm_jax import config as config_lib
-from sadm_jax.models import cddpm as cddpm_lib
+from sadm_jax.models import factory
 from sadm_jax.utils import io
 
 
@@ -28,24 +28,22 @@ def _forward_flops(fn, *args) -> float:
 
 def model_specs(config: ml_collections.ConfigDict) -> dict:
   """name -> (module, example inputs (batch 1), apply kwargs) for every model in `model.names`."""
-  p = config.data.preprocess
-  res = -(-p.crop_size[0] // p.downsample)
+  res = factory.slice_size(config)
   x = jnp.zeros((1, res, res, 1), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
   cond = jnp.zeros((1, config.model.encoder.cond_dim), jnp.float32)
   specs = {}
   for name in config.model.names:
     if name == "encoder":
-      specs[name] = (cddpm_lib.build_encoder(config), (x,), {"train": False})
+      specs[name] = (factory.build_encoder(config), (x,), {"train": False})
     elif name == "unet":
-      specs[name] = (cddpm_lib.build_unet(config), (x, t, cond), {})
+      specs[name] = (factory.build_unet(config), (x, t, cond), {})
     elif name == "spark":
-      from sadm_jax.train.stage1 import build_spark
       active = jnp.ones((1, res // 32, res // 32), bool)
-      specs[name] = (build_spark(config), (x, active), {"train": False})
+      specs[name] = (factory.build_spark(config), (x, active), {"train": False})
     elif name == "segnet":
-      from sadm_jax.train.stage2 import build_segnet, uses_residual
-      specs[name] = (build_segnet(config), (x, x if uses_residual(config) else None), {})
+      x2 = x if factory.uses_residual(config) else None
+      specs[name] = (factory.build_segnet(config), (x, x2), {})
     else:
       raise ValueError(f"unknown model name {name!r} in model.names")
   return specs

@@ -18,9 +18,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 STAGES = {
     "prepare": "sadm_jax.data.prepare:run",
     "demo": "sadm_jax.demo_job:run",
-    "spark": "sadm_jax.train.stage1:run_spark",
-    "cddpm": "sadm_jax.train.stage1:run_cddpm",
-    "sadm": "sadm_jax.train.stage2:run_sadm",
+    "spark": "sadm_jax.train.spark:run_spark",
+    "cddpm": "sadm_jax.train.cddpm:run_cddpm",
+    "sadm": "sadm_jax.train.sadm:run_sadm",
     "describe": "sadm_jax.describe:run",
     "aot": "sadm_jax.train.aot:run",
     "evaluate": "sadm_jax.evaluate.run:run",

@@ -50,6 +50,15 @@ class SliceTable:
   def num_slices(self) -> int:
     return int(self.slice_brain_voxels.shape[1])
 
+  def orientation(self) -> str:
+    """Axis codes (e.g. 'RAS') of the first volume's working-grid affine ('' for an empty table)."""
+    if not self.entries:
+      return ""
+    import nibabel as nib
+    with open(os.path.join(self.entries[0], "meta.json"), encoding="utf-8") as f:
+      affine = np.asarray(json.load(f)["affine"], np.float64)
+    return "".join(nib.orientations.aff2axcodes(affine))
+
 
 class _ArrayOpener:
   """Per-process memory-map handles for a SliceTable (dropped when pickled to a worker)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import zlib
 from typing import Any, Sequence
 
@@ -15,7 +14,9 @@ import numpy as np
 from sadm_jax.diffusion import reconstruct as reconstruct_lib
 from sadm_jax.diffusion import schedule as schedule_lib
 from sadm_jax.models import cddpm as cddpm_lib
+from sadm_jax.models import factory
 from sadm_jax.models.segnet import SegUnet
+from sadm_jax.train.checkpoint import variables_fingerprint
 
 # All D slices of a volume are one batch; every function below is compiled once per model
 # architecture and volume shape, with the variables passed as arguments (never baked into the
@@ -29,16 +30,6 @@ def volume_index(name: str) -> int:
   same noise for the same volume.
   """
   return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
-
-
-def variables_fingerprint(variables: Any) -> str:
-  """sha256 (16 hex digits) of each leaf's path, shape, dtype and bytes: a checkpoint's identity."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{jax.tree_util.keystr(path)}:{a.shape}:{a.dtype}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +91,8 @@ class CDDPMInference:
 
   def __init__(self, model_config: ml_collections.ConfigDict, variables: dict, noise: NoiseSpec,
                dtype: str = "float32", seed: int = 0, fingerprint: str | None = None):
-    cfg = ml_collections.ConfigDict(model_config.to_dict())
-    cfg.model.dtype = dtype  # evaluation compute dtype (Q33); parameters stay float32
-    self.model = cddpm_lib.build_cddpm(cfg)
-    d = cfg.diffusion
+    self.model = factory.build_cddpm(model_config, dtype)  # compute dtype (Q33); f32 parameters
+    d = model_config.diffusion
     self.schedule = schedule_lib.cosine_schedule(d.num_timesteps, s=d.cosine_s, max_beta=d.max_beta)
     self.noise = noise
     self.seed = int(seed)
@@ -228,8 +217,10 @@ def cddpm_inference(model_config: ml_collections.ConfigDict, variables: dict,
 
 def load_cddpm(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
   """(saved cDDPM config, {'params', 'batch_stats'}) of a stage-I workdir's best checkpoint."""
-  from sadm_jax.train import stage1
-  return stage1.load_best_variables(workdir, "cddpm")
+  from sadm_jax.train.checkpoint import open_run
+  run = open_run(workdir, expect="cddpm")
+  return run.config, {"params": run.variables["params"],
+                      "batch_stats": run.variables["model_state"]}
 
 
 @dataclasses.dataclass
@@ -237,8 +228,9 @@ class SadmCheckpoint:
   """A stage-II run as evaluation needs it (host arrays).
 
   config: the run's saved config; segnet: SegUnet variables {'params'}; cddpm_config/cddpm: the
-  cDDPM frozen inside the run ({'params', 'batch_stats'}; with the reference's BatchNorm drift when
-  it was trained with `sadm.frozen_train_mode`, Q6), None when the SegUnet ignores the residual.
+  config and {'params', 'batch_stats'} of the cDDPM the run references (with the run's drifted
+  BatchNorm statistics when it was trained with `sadm.frozen_train_mode`, Q6), None when the
+  SegUnet ignores the residual.
   """
   config: ml_collections.ConfigDict
   segnet: dict
@@ -251,21 +243,21 @@ class SadmCheckpoint:
 
 
 def load_sadm(workdir: str) -> SadmCheckpoint:
-  """Loads a SADM workdir's best checkpoint once (`stage2.load_sadm`, `stage2.load_sadm_cddpm`)."""
-  from sadm_jax.train import stage2
-  config, segnet = stage2.load_sadm(workdir)
-  if not stage2.uses_residual(config):
-    return SadmCheckpoint(config, segnet, None, None)
-  cddpm_config, cddpm = stage2.load_sadm_cddpm(workdir)
-  return SadmCheckpoint(config, segnet, cddpm_config, cddpm)
+  """Opens a SADM workdir's best checkpoint and the cDDPM it references (`open_run`), once."""
+  from sadm_jax.train.checkpoint import open_run
+  run = open_run(workdir, expect="sadm")
+  segnet = {"params": run.variables["params"]}
+  if not factory.uses_residual(run.config) or run.cddpm is None:
+    return SadmCheckpoint(run.config, segnet, None, None)
+  stats = run.variables["model_state"].get("cddpm_batch_stats",
+                                           run.cddpm.variables["model_state"])
+  cddpm = {"params": run.cddpm.variables["params"], "batch_stats": stats}
+  return SadmCheckpoint(run.config, segnet, run.cddpm.config, cddpm)
 
 
 def build_segnet(sadm_config: ml_collections.ConfigDict, dtype: str = "float32") -> SegUnet:
   """The SegUnet of a SADM run, as stage II builds it, computing in `dtype`."""
-  from sadm_jax.train import stage2
-  cfg = ml_collections.ConfigDict(sadm_config.to_dict())
-  cfg.model.dtype = dtype
-  return stage2.build_segnet(cfg)
+  return factory.build_segnet(sadm_config, dtype)
 
 
 def segnet_inference(ckpt: SadmCheckpoint, eval_config: ml_collections.ConfigDict

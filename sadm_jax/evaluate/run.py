@@ -528,12 +528,12 @@ def _needed_splits(config, runs: Sequence[EvalRun], available: Sequence[str]
 def _val_rows(run: EvalRun, set_name: str, rows: list[Row]) -> tuple[list[Row], str]:
   """Rows of <set>_val for τ tuning: without the SegUnet's own training rows (Q15).
 
-  The training rows are those stage II used (`stage2.weak_row_ranges` on the run's config).
+  The training rows are those stage II used (`train.sadm.weak_row_ranges` on the run's config).
   """
   if run.held_out and run.held_out[0] == set_name:
-    from sadm_jax.train import stage2
+    from sadm_jax.train import sadm as sadm_train
     _, mode, train_rows, val_rows = run.held_out
-    (start, stop), _ = stage2.weak_row_ranges(mode, len(rows), train_rows, val_rows)
+    (start, stop), _ = sadm_train.weak_row_ranges(mode, len(rows), train_rows, val_rows)
     keep = [r for i, r in enumerate(rows) if not start <= i < stop]
     if keep:
       return keep, f"held-out (rows outside {start}:{stop})"

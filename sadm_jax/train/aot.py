@@ -22,15 +22,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from sadm_jax import config as config_lib
+from sadm_jax.models import factory
 from sadm_jax.train import loop, sharding as shard_lib
 from sadm_jax.utils import io
 
 # model.names of a config -> "module:function(config, data=False) -> loop.Task"; a training stage
 # whose task should be AOT-checkable adds its line here.
 TASKS = {
-    ("encoder", "unet"): "sadm_jax.train.stage1:cddpm_task",
-    ("spark",): "sadm_jax.train.stage1:spark_task",
-    ("encoder", "unet", "segnet"): "sadm_jax.train.aot:sadm_task",
+    ("encoder", "unet"): "sadm_jax.train.cddpm:cddpm_task",
+    ("spark",): "sadm_jax.train.spark:spark_task",
+    ("encoder", "unet", "segnet"): "sadm_jax.train.sadm:sadm_task",
 }
 
 MEMORY_FIELDS = (  # (CompiledMemoryStats attribute, report key)
@@ -52,28 +53,11 @@ def build_task(config: ml_collections.ConfigDict) -> loop.Task:
   return getattr(importlib.import_module(module), fn)(config, data=False)
 
 
-def sadm_task(config: ml_collections.ConfigDict, data: bool = False) -> loop.Task:
-  """Stage II without data or cDDPM checkpoint: the frozen cDDPM is assumed to have this
-  config's model section (what `prepare_sadm` would record from the cDDPM run)."""
-  from sadm_jax.train import stage2
-  if data:
-    raise ValueError("aot.sadm_task builds the task without data only")
-  c = ml_collections.ConfigDict(config.to_dict())
-  if c.sadm.use_cddpm and c.sadm.get("cddpm_model") is None:
-    c.sadm.cddpm_model = c.model.to_dict()
-  return stage2.sadm_task(c, data=False)
-
-
-def slice_size(config: ml_collections.ConfigDict) -> int:
-  p = config.data.preprocess
-  return -(-p.crop_size[0] // p.downsample)
-
-
 def abstract_inputs(trainer: loop.Trainer) -> tuple[Any, dict]:
   """(state, batch) as ShapeDtypeStructs carrying the Trainer's shardings; batch fields [B, H, W, 1]."""
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        trainer.abstract_state, trainer.state_shardings)
-  res = slice_size(trainer.config)
+  res = factory.slice_size(trainer.config)
   batch_sh = shard_lib.batch_sharding(trainer.mesh)
   shape = (int(trainer.config.train.batch_size), res, res, 1)
   batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sh)
@@ -90,7 +74,7 @@ def compile_train_step(config: ml_collections.ConfigDict, task: loop.Task | None
   trainer = loop.Trainer(config, task, mesh)
   state, batch = abstract_inputs(trainer)
   t0 = time.perf_counter()
-  compiled = trainer.train_step.lower(state, batch, trainer.train_key).compile()
+  compiled = trainer.train_step.lower(state, batch, trainer.train_key, trainer.frozen).compile()
   return trainer, compiled, time.perf_counter() - t0
 
 

@@ -1,7 +1,11 @@
-"""Orbax checkpoints of train state + grain iterator + config: the latest N for resuming, the best by validation loss."""
+"""Orbax checkpoints (latest N for resuming, best by validation loss) and `open_run`, the one way to reopen a run."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import importlib
 import json
 import logging
 import os
@@ -9,6 +13,8 @@ from typing import Any
 
 import grain
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -26,10 +32,12 @@ class Checkpointer:
   step intact. `best/` keeps the single state with the lowest validation loss.
   """
 
-  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, create: bool = True):
     self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.best_dir = os.path.join(os.path.abspath(workdir), "best")
-    opts = dict(create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    # A reader (create=False) never creates directories or cleans another run's temporaries.
+    opts = dict(create=create, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=create)
     self.latest = ocp.CheckpointManager(
         self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
     self.best = ocp.CheckpointManager(
@@ -114,35 +122,152 @@ class Checkpointer:
     self.best.close()
 
 
-def restore_run(workdir: str, task_name: str, build_task, which: str = "best"):
-  """(saved config, host TrainState) of a finished run, rebuilt from the config in its checkpoint.
+# task name -> "module:function(config, data=False, ...) -> loop.Task" of the run that wrote it.
+TASK_BUILDERS = {
+    "cddpm": "sadm_jax.train.cddpm:cddpm_task",
+    "spark": "sadm_jax.train.spark:spark_task",
+    "sadm": "sadm_jax.train.sadm:sadm_task",
+}
 
-  `build_task(config, data=False)` builds the task that wrote it; `which` is 'best' (lowest
-  validation loss) or 'latest'. Raises FileNotFoundError / ValueError naming the workdir when it
-  holds no such checkpoint or the checkpoint belongs to another task.
+
+class RunError(ValueError):
+  """A workdir is not the trained run it should be; the message is one line naming it."""
+
+
+def variables_fingerprint(variables: Any) -> str:
+  """sha256 (16 hex digits) of each leaf's path, shape, dtype and bytes: a checkpoint's identity."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}:{a.shape}:{a.dtype}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run as every consumer needs it (host arrays).
+
+  workdir: absolute path; task: 'cddpm' | 'spark' | 'sadm'; config: the config saved by the run,
+  exactly as the user gave it; meta: the checkpoint's metadata (step, val_loss, and under 'run'
+  the derived facts: effective seed, referenced runs, training data orientation, versions);
+  step: the restored step; which: 'best' | 'latest'; variables: {'params', 'model_state'};
+  cddpm: for a SADM run that uses a cDDPM, the referenced cDDPM run (opened the same way).
   """
-  import ml_collections
-  from sadm_jax.train.state import TrainState
-  sub = "best" if which == "best" else "checkpoints"
-  if not os.path.isdir(os.path.join(workdir, sub)):
-    raise FileNotFoundError(f"{workdir}: no {task_name} {which} checkpoint ({workdir}/{sub}) found")
-  ckpt = Checkpointer(workdir, async_save=False)
+  workdir: str
+  task: str
+  config: ml_collections.ConfigDict
+  meta: dict
+  step: int
+  which: str
+  variables: dict
+  cddpm: "Run | None" = None
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """`variables_fingerprint` of the restored {'params', 'model_state'}."""
+    return variables_fingerprint(self.variables)
+
+  @property
+  def run_meta(self) -> dict:
+    return dict(self.meta.get("run", {}))
+
+  def reference(self) -> dict:
+    """What another run records to reference this one (checked when that run is reopened)."""
+    return {"workdir": self.workdir, "which": self.which, "step": self.step,
+            "fingerprint": self.fingerprint}
+
+
+def _build_task(name: str, config, **kw):
+  module, fn = TASK_BUILDERS[name].split(":")
+  return getattr(importlib.import_module(module), fn)(config, data=False, **kw)
+
+
+def _open_reference(workdir: str, ref: dict) -> "Run":
+  """Opens the cDDPM a SADM run references; refuses when it is gone or its weights changed."""
+  where = ref.get("workdir", "")
   try:
-    meta = ckpt.best_meta() if which == "best" else ckpt.latest_meta()
-    if meta.get("task") != task_name:
-      raise ValueError(f"{workdir}: its checkpoint is a {meta.get('task')!r} run, not a "
-                       f"{task_name!r} run")
+    run = open_run(where, which=ref.get("which", "best"), expect="cddpm")
+  except RunError as e:
+    raise RunError(f"{workdir}: the frozen cDDPM this SADM run was trained with is gone or "
+                   f"unusable ({e})") from None
+  if run.step != ref.get("step") or run.fingerprint != ref.get("fingerprint"):
+    raise RunError(
+        f"{workdir}: the frozen cDDPM it was trained with changed: {where} now holds step "
+        f"{run.step} (fingerprint {run.fingerprint}), the SADM run recorded step "
+        f"{ref.get('step')} (fingerprint {ref.get('fingerprint')})")
+  return run
+
+
+def open_run(workdir: str, which: str = "best", expect: str | None = None,
+             setting: str | None = None) -> Run:
+  """Opens a trained run: its saved config, its metadata and its variables, as host arrays.
+
+  The one way to reopen a run: stage II (its frozen cDDPM), the SparK encoder transfer,
+  evaluation, predict, describe and the benchmarks use it. The networks are rebuilt from the
+  config saved in the checkpoint (`models.factory`), so the caller's config need not match.
+  A SADM run's referenced cDDPM is opened too (`Run.cddpm`) and checked against the step and
+  weight fingerprint recorded when the SADM run was trained.
+
+  Args:
+    workdir: the run's workdir.
+    which: 'best' (lowest validation loss) or 'latest'.
+    expect: the task the caller needs ('cddpm', 'spark', 'sadm'), or None for any.
+    setting: the config key the workdir came from, named in error messages.
+  Raises:
+    RunError (one line, naming the workdir): no such checkpoint, another task, unreadable
+    checkpoint, or a referenced cDDPM that is gone or changed.
+  """
+  from sadm_jax.train.state import TrainState
+  label = f"{setting}={workdir}" if setting else str(workdir)
+  sub = "best" if which == "best" else "checkpoints"
+  if not workdir or not os.path.isdir(os.path.join(workdir, sub)):
+    want = f"a trained {expect} run" if expect else "a trained run"
+    raise RunError(f"{label}: not {want} (no {which} checkpoint in {os.path.join(workdir, sub)})")
+  workdir = os.path.abspath(workdir)
+  ckpt = Checkpointer(workdir, async_save=False, create=False)
+  try:
+    try:
+      meta = ckpt.best_meta() if which == "best" else ckpt.latest_meta()
+    except FileNotFoundError:
+      raise RunError(f"{label}: no complete {which} checkpoint") from None
+    task_name = meta.get("task")
+    if expect is not None and task_name != expect:
+      raise RunError(f"{label}: this is a {task_name!r} run, not a {expect!r} run")
+    if task_name not in TASK_BUILDERS:
+      raise RunError(f"{label}: unknown task {task_name!r} in its checkpoint")
     config = ml_collections.ConfigDict(meta["config"])
-    task = build_task(config, data=False)
+    kw, cddpm = {}, None
+    ref = meta.get("run", {}).get("cddpm")
+    if task_name == "sadm" and ref:
+      cddpm = kw["cddpm_run"] = _open_reference(workdir, ref)
+    task = _build_task(task_name, config, **kw)
     abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
                               jax.random.key(0))
-    repl = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    repl = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: repl, abstract)
-    if which == "best":
-      state, _ = ckpt.restore_best(abstract, shardings)
-    else:
-      state = ckpt.restore_state(abstract, shardings)
+    try:
+      if which == "best":
+        state, _ = ckpt.restore_best(abstract, shardings)
+      else:
+        state = ckpt.restore_state(abstract, shardings)
+    except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise RunError(f"{label}: its {which} checkpoint (step {meta.get('step')}) cannot be "
+                     f"restored: {first[:300]}") from None
   finally:
     ckpt.close()
-  logging.info("loaded %s state from %s (step %s)", task_name, workdir, meta.get("step"))
-  return config, jax.device_get(state)
+  state = jax.device_get(state)
+  logging.info("opened %s run %s (%s step %s)", task_name, workdir, which, meta.get("step"))
+  return Run(workdir=workdir, task=task_name, config=config, meta=dict(meta),
+             step=int(meta.get("step", 0)), which=which,
+             variables={"params": state.params, "model_state": state.model_state}, cddpm=cddpm)
+
+
+def software_versions() -> dict:
+  """Versions of the packages that decide a run's numbers."""
+  import flax
+  import optax
+  return {"jax": jax.__version__, "jaxlib": getattr(jax.lib, "__version__", jax.__version__),
+          "flax": flax.__version__, "optax": optax.__version__, "orbax": ocp.__version__,
+          "numpy": np.__version__, "backend": jax.default_backend()}

@@ -16,8 +16,9 @@ import numpy as np
 import optax
 
 from sadm_jax.train import sharding as shard_lib
-from sadm_jax.train.checkpoint import Checkpointer
+from sadm_jax.train.checkpoint import Checkpointer, software_versions
 from sadm_jax.train.logger import MetricLogger
+from sadm_jax.utils import io
 from sadm_jax.train.state import LossFn, TrainState, make_eval_step, make_train_step
 
 
@@ -38,6 +39,11 @@ class Task:
     val_batches: (local_batch, shard_index, shard_count) -> list of local batches (fixed, Q26).
     num_train_volumes: records per epoch (one slice per volume visit, as the reference).
     batch_keys: batch fields sent to the devices.
+    seed: the run's effective seed (init, data order, step keys); None = `config.seed`.
+    frozen: host pytree of networks the loss reads but never trains (stage II's cDDPM), passed
+      to every step as an argument (never baked into the program); {} when there are none.
+    meta: derived facts of the run (effective seed, referenced runs, training data orientation)
+      recorded in the run metadata next to the checkpoints; the config itself is never changed.
   """
   name: str
   init_variables: Callable[[jax.Array], dict]
@@ -47,6 +53,9 @@ class Task:
   val_batches: Callable[[int, int, int], Sequence[dict]]
   num_train_volumes: int
   batch_keys: tuple[str, ...] = ("image",)
+  seed: int | None = None
+  frozen: Any = dataclasses.field(default_factory=dict)
+  meta: dict = dataclasses.field(default_factory=dict)
 
 
 def total_steps(config: ml_collections.ConfigDict, num_volumes: int) -> int:
@@ -65,7 +74,8 @@ class Trainer:
   mesh: jax.sharding.Mesh
 
   def __post_init__(self):
-    key = jax.random.key(self.config.seed)
+    self.seed = int(self.config.seed if self.task.seed is None else self.task.seed)
+    key = jax.random.key(self.seed)
     self.init_key, self.train_key, self.val_key = jax.random.split(key, 3)
     create = lambda k: TrainState.create(self.task.init_variables(k), self.task.tx)
     self.abstract_state = jax.eval_shape(create, self.init_key)
@@ -75,11 +85,13 @@ class Trainer:
     self._create = jax.jit(create, out_shardings=self.state_shardings)
     batch_sh = shard_lib.batch_sharding(self.mesh)
     repl = shard_lib.replicated(self.mesh)
+    # The frozen networks are a replicated argument of both steps, put on the mesh once.
+    self.frozen = jax.device_put(self.task.frozen, repl)
     self.train_step = jax.jit(make_train_step(self.task.loss_fn),
-                              in_shardings=(self.state_shardings, batch_sh, repl),
+                              in_shardings=(self.state_shardings, batch_sh, repl, repl),
                               out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
     self.eval_step = jax.jit(make_eval_step(self.task.loss_fn),
-                             in_shardings=(self.state_shardings, batch_sh, repl),
+                             in_shardings=(self.state_shardings, batch_sh, repl, repl),
                              out_shardings=(repl, repl))
 
   def init_state(self) -> TrainState:
@@ -117,7 +129,7 @@ def evaluate(trainer: Trainer, state: TrainState, val_batches: Sequence[dict],
         empty = _pad({k: val_batches[0][k][:0] for k in keys}, local_batch, keys)
       local = empty
     batch = shard_lib.global_batch(local, trainer.mesh)
-    s, c = trainer.eval_step(state, batch, jax.random.fold_in(trainer.val_key, i))
+    s, c = trainer.eval_step(state, batch, jax.random.fold_in(trainer.val_key, i), trainer.frozen)
     total, count = total + s, count + c
   return float(total / jnp.maximum(count, 1.0))
 
@@ -137,7 +149,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
   it = iter(loader)
   ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints,
                       async_save=config.train.async_checkpoints)
-  meta_base = {"config": config.to_dict(), "task": task.name}
+  run_meta = {**task.meta, "seed": int(trainer.seed), "versions": software_versions()}
+  meta_base = {"config": config.to_dict(), "task": task.name, "run": run_meta}
+  if pid == 0:
+    io.write_json(os.path.join(workdir, "run.json"),
+                  {"task": task.name, "run": run_meta, "num_steps": num_steps})
   start = ckpt.latest_step()
   if start is not None:
     state, meta = ckpt.restore(trainer.abstract_state, trainer.state_shardings, it)
@@ -171,7 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
   try:
     for step in range(start + 1, num_steps + 1):
       batch = trainer.device_batch(next(it))
-      state, metrics = trainer.train_step(state, batch, trainer.train_key)
+      state, metrics = trainer.train_step(state, batch, trainer.train_key, trainer.frozen)
       pending.append((step, metrics))
       is_last = step == num_steps
       if step % config.train.log_every == 0 or is_last:

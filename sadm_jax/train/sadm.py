@@ -1,9 +1,8 @@
-"""Stage II (SADM): the SegUnet trained on (x_ano, x̂) with the stage-I cDDPM loaded once and frozen."""
+"""SADM training task (METHOD §3.8): the SegUnet trained on (x_ano, x̂) against a frozen, referenced cDDPM."""
 
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -15,18 +14,18 @@ from sadm_jax.anomaly import pipeline as anomaly_pipeline
 from sadm_jax.data import augment as augment_lib
 from sadm_jax.data import cache as cache_lib, pipeline, prepare
 from sadm_jax.diffusion import reconstruct as reconstruct_lib, schedule as schedule_lib
-from sadm_jax.models import cddpm as cddpm_lib, seg_losses
-from sadm_jax.models.segnet import SegUnet
-from sadm_jax.train import loop, stage1
+from sadm_jax.models import cddpm as cddpm_lib, factory, seg_losses
+from sadm_jax.train import cddpm as cddpm_task_lib, ixi, loop
 from sadm_jax.train.state import make_optimizer
 
-# Layout of the SADM train state (METHOD §3.8):
+# Layout of a SADM run (METHOD §3.8):
 #   params:      the SegUnet's parameters, the only optimised variables;
-#   model_state: {'cddpm': {'params', 'batch_stats'}} — the frozen cDDPM, loaded once from
-#                `sadm.cddpm_workdir` (Q5) and never differentiated; its BatchNorm statistics change
-#                only with `sadm.frozen_train_mode=True` (faithful Q6 drift). {} without a cDDPM.
-# The SADM config records the cDDPM's `model` section as `sadm.cddpm_model`, so a SADM checkpoint
-# is self-contained: `load_sadm` / `load_sadm_cddpm` rebuild both networks from it alone.
+#   model_state: {} — or, with `sadm.frozen_train_mode` (faithful Q6), {'cddpm_batch_stats': …}:
+#                the frozen encoder's BatchNorm statistics as they drift during training;
+#   frozen:      the cDDPM's {'params', 'batch_stats'}, opened from `sadm.cddpm_workdir` through
+#                `checkpoint.open_run`, passed to every step as an argument (never a constant of the
+#                program, never re-saved). The run metadata records its workdir, step and weight
+#                fingerprint; reopening the SADM run refuses when those weights changed or are gone.
 
 TASK_NAME = "sadm"
 # mode -> (split, reference train rows [start, stop), reference validation rows) (METHOD §2.2)
@@ -36,16 +35,7 @@ MODES = ("draem",) + tuple(WEAK_SPLITS)
 LOSSES = ("bce", "dice")
 
 
-def uses_residual(config: ml_collections.ConfigDict) -> bool:
-  """Whether the SegUnet sees the residual x − x̂ (needs the cDDPM) or the input only."""
-  return bool(config.sadm.use_cddpm and config.sadm.use_residual)
-
-
-def build_segnet(config: ml_collections.ConfigDict) -> SegUnet:
-  """The SegUnet of `config.sadm` (paper size unless `sadm.segnet_wf` shrinks it)."""
-  s = config.sadm
-  return SegUnet(wf=int(s.get("segnet_wf", 6)), use_residual=uses_residual(config),
-                 deep_supervision=bool(s.deep_supervision), dtype=cddpm_lib.dtype_of(config))
+uses_residual = factory.uses_residual
 
 
 def effective_seed(seed: int, repeat: int) -> int:
@@ -93,7 +83,7 @@ def sadm_tables(config: ml_collections.ConfigDict
   """Cached (train, val) slice tables of `sadm.mode` (METHOD §2.2)."""
   mode = config.sadm.mode
   if mode == "draem":
-    return stage1.ixi_tables(config)
+    return ixi.ixi_tables(config)
   split = WEAK_SPLITS[mode][0]
   _, splits, _, _ = prepare.load_valid_splits(config, [split])
   rows = splits[split]
@@ -110,13 +100,13 @@ def sadm_tables(config: ml_collections.ConfigDict
           pipeline.SliceTable.from_rows(cache, val_rows))
 
 
-def _loaders(config, train_table, val_table):
+def _loaders(config, train_table, val_table, seed: int):
   """(train_loader, val_batches) for the loop: anomalous IXI slices, or real lesions (seg > 0)."""
   aug = augment_lib.IntensityAugConfig() if config.data.augment else None
   draem = anomaly_pipeline.draem_config(config) if config.sadm.mode == "draem" else None
 
   def train_loader(local_bs, shard_index, shard_count):
-    kw = dict(batch_size=local_bs, seed=config.seed, sampling=config.data.slice_sampling,
+    kw = dict(batch_size=local_bs, seed=seed, sampling=config.data.slice_sampling,
               augment=aug, augment_3d=bool(config.data.augment_3d),
               worker_count=config.data.loader_workers, shard_index=shard_index,
               shard_count=shard_count)
@@ -128,7 +118,7 @@ def _loaders(config, train_table, val_table):
     kw = dict(batch_size=local_bs, slices_per_volume=config.data.val_slices_per_volume,
               shard_index=shard_index, shard_count=shard_count)
     if draem is not None:
-      return list(anomaly_pipeline.draem_validation_loader(val_table, draem, seed=config.seed,
+      return list(anomaly_pipeline.draem_validation_loader(val_table, draem, seed=seed,
                                                            **kw))
     return list(pipeline.validation_loader(val_table, **kw))
 
@@ -137,16 +127,14 @@ def _loaders(config, train_table, val_table):
 
 # ---- the frozen cDDPM ----
 
-def load_cddpm(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, dict]:
-  """(cDDPM saved config, {'params', 'batch_stats'}) of `sadm.cddpm_workdir`'s best checkpoint."""
+def open_cddpm(config: ml_collections.ConfigDict):
+  """The stage-I cDDPM run of `sadm.cddpm_workdir` (`checkpoint.Run`), opened once."""
+  from sadm_jax.train.checkpoint import open_run
   workdir = config.sadm.cddpm_workdir
   if not workdir:
     raise ValueError("sadm.cddpm_workdir is not set: stage II needs the workdir of a trained "
                      "cDDPM (stage=cddpm), or sadm.use_cddpm=False for the plain-UNet ablation")
-  try:
-    return stage1.load_best_variables(workdir, "cddpm")
-  except (FileNotFoundError, ValueError) as e:
-    raise type(e)(f"sadm.cddpm_workdir={workdir} is not a usable cDDPM run: {e}") from e
+  return open_run(workdir, expect="cddpm", setting="sadm.cddpm_workdir")
 
 
 def _warn_mismatch(config, cddpm_config) -> None:
@@ -162,39 +150,20 @@ def _warn_mismatch(config, cddpm_config) -> None:
                         config.sadm.cddpm_workdir)
 
 
-def cddpm_config_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The SADM config with `model` replaced by the recorded cDDPM model (compute dtype kept)."""
-  model = config.sadm.get("cddpm_model")
-  if model is None:
-    raise ValueError("sadm.cddpm_model is missing: build SADM configs with prepare_sadm")
+def cddpm_model_config(config: ml_collections.ConfigDict, cddpm_model: dict
+                       ) -> ml_collections.ConfigDict:
+  """`config` with `model` replaced by the frozen cDDPM's model section (compute dtype kept)."""
   c = ml_collections.ConfigDict(config.to_dict())
-  c.model = ml_collections.ConfigDict(model.to_dict() if hasattr(model, "to_dict") else model)
+  c.model = ml_collections.ConfigDict(dict(cddpm_model))
   c.model.dtype = config.model.dtype
   return c
 
 
-def prepare_sadm(config: ml_collections.ConfigDict
-                 ) -> tuple[ml_collections.ConfigDict, dict | None]:
-  """(run config, frozen cDDPM variables or None) for `sadm_task`.
-
-  The run config is resolved, its `seed` is the repeat's seed (`sadm.base_seed` keeps the one it
-  came from, so preparing twice is idempotent) and it records the cDDPM's model section as
-  `sadm.cddpm_model`. The cDDPM is loaded here, once.
-  """
-  c = config_lib.resolve(config)
-  if c.sadm.mode not in MODES:
-    raise ValueError(f"unknown sadm.mode {c.sadm.mode!r}; expected one of {MODES}")
-  if c.sadm.loss not in LOSSES:
-    raise ValueError(f"unknown sadm.loss {c.sadm.loss!r}; expected one of {LOSSES}")
-  if c.sadm.get("base_seed") is None:
-    c.sadm.base_seed = int(c.seed)
-  c.seed = effective_seed(c.sadm.base_seed, c.sadm.repeat)
-  if not c.sadm.use_cddpm:
-    return c, None
-  cddpm_config, variables = load_cddpm(c)
-  _warn_mismatch(c, cddpm_config)
-  c.sadm.cddpm_model = cddpm_config.model.to_dict()
-  return c, variables
+def _check_mode(config) -> None:
+  if config.sadm.mode not in MODES:
+    raise ValueError(f"unknown sadm.mode {config.sadm.mode!r}; expected one of {MODES}")
+  if config.sadm.loss not in LOSSES:
+    raise ValueError(f"unknown sadm.loss {config.sadm.loss!r}; expected one of {LOSSES}")
 
 
 def frozen_reconstruction(cddpm: cddpm_lib.CDDPM, variables: dict, x: jax.Array, key: jax.Array,
@@ -257,21 +226,25 @@ def sadm_loss_fn(config: ml_collections.ConfigDict, segnet: SegUnet,
   """
   s = config.sadm
   run_cddpm = cddpm is not None and uses_residual(config)
-  sched = stage1.make_schedule(config)
-  sample_noise = stage1.noise_fn(config)
+  sched = cddpm_task_lib.make_schedule(config)
+  sample_noise = cddpm_task_lib.noise_fn(config)
   num_t = int(config.diffusion.num_timesteps)
   frozen_train = bool(s.frozen_train_mode)
   deep_sup, loss_name = bool(s.deep_supervision), s.loss
 
-  def loss_fn(params, model_state, batch, key, train):
+  def loss_fn(params, model_state, batch, key, train, frozen=None):
     x = batch["image"].astype(jnp.float32)  # [B, H, W, 1]
     y = (batch["seg"] > 0).astype(jnp.float32)  # [B, H, W, 1]
     recon, new_state = None, model_state
     if run_cddpm:
-      recon, frozen = frozen_reconstruction(cddpm, model_state["cddpm"], x, key, sched,
-                                            sample_noise, num_t, train and frozen_train)
-      if train and frozen_train:
-        new_state = {**model_state, "cddpm": frozen}
+      variables = frozen
+      if "cddpm_batch_stats" in model_state:  # the drifting statistics (faithful Q6)
+        variables = {**frozen, "batch_stats": model_state["cddpm_batch_stats"]}
+      drift = train and frozen_train
+      recon, used = frozen_reconstruction(cddpm, variables, x, key, sched, sample_noise, num_t,
+                                          drift)
+      if drift:
+        new_state = {**model_state, "cddpm_batch_stats": used["batch_stats"]}
     out = segnet.apply({"params": params}, x, recon)
     logits, aux = out if deep_sup else (out, [])
     return segmentation_loss(logits, aux, y, loss_name), (new_state, {})
@@ -280,11 +253,6 @@ def sadm_loss_fn(config: ml_collections.ConfigDict, segnet: SegUnet,
 
 
 # ---- task ----
-
-def _slice_size(config) -> int:
-  p = config.data.preprocess
-  return -(-int(p.crop_size[0]) // int(p.downsample))
-
 
 def _check_frozen(cddpm, frozen: dict, res: int) -> None:
   """The loaded cDDPM variables must match the module exactly (Q5: no silent partial load)."""
@@ -298,20 +266,37 @@ def _check_frozen(cddpm, frozen: dict, res: int) -> None:
     raise ValueError("the loaded cDDPM variables do not match the cDDPM built from its config")
 
 
-def sadm_task(config: ml_collections.ConfigDict, frozen_cddpm: dict | None = None, tables=None,
-              data: bool = True) -> loop.Task:
-  """The SADM task; `config` comes from `prepare_sadm`, `frozen_cddpm` is its second result.
+def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
+              cddpm_run=None) -> loop.Task:
+  """The SADM task of the user's `config` (never modified).
 
-  `data=False` builds only models and optimiser (restoring a checkpoint): the cDDPM variables
-  then only need their shapes.
+  With `sadm.use_cddpm` the frozen cDDPM comes from `cddpm_run` (a `checkpoint.Run`), else it is
+  opened from `sadm.cddpm_workdir`; with `data=False` (restoring a run, AOT checks) and no
+  `cddpm_run`, the cDDPM is taken to have this config's model section and only its shapes are
+  built. The repeat's effective seed and the cDDPM reference are recorded in `Task.meta`.
   """
-  segnet = build_segnet(config)
-  cddpm = cddpm_lib.build_cddpm(cddpm_config_of(config)) if config.sadm.use_cddpm else None
-  res = _slice_size(config)
-  if cddpm is not None and data:
-    if frozen_cddpm is None:
-      raise ValueError("sadm_task: sadm.use_cddpm=True needs the frozen cDDPM (prepare_sadm)")
-    _check_frozen(cddpm, frozen_cddpm, res)
+  config = config_lib.resolve(config)
+  _check_mode(config)
+  seed = effective_seed(config.seed, config.sadm.repeat)
+  meta = {"seed": seed}
+  segnet = factory.build_segnet(config)
+  res = factory.slice_size(config)
+  cddpm, frozen, cddpm_model = None, {}, config.model.to_dict()
+  if config.sadm.use_cddpm:
+    if cddpm_run is None and data:
+      cddpm_run = open_cddpm(config)
+    if cddpm_run is not None:
+      _warn_mismatch(config, cddpm_run.config)
+      cddpm_model = cddpm_run.config.model.to_dict()
+      frozen = {"params": cddpm_run.variables["params"],
+                "batch_stats": cddpm_run.variables["model_state"]}
+      meta["cddpm"] = cddpm_run.reference()
+    cddpm = factory.build_cddpm(cddpm_model_config(config, cddpm_model))
+    if not frozen:  # shapes only (restoring / AOT): zeros of the right structure
+      frozen = _abstract_cddpm(cddpm, res)
+    _check_frozen(cddpm, frozen, res)
+  drift = cddpm is not None and uses_residual(config) and bool(config.sadm.frozen_train_mode)
+  initial_stats = frozen["batch_stats"] if drift else None
 
   def init(key):
     x = jnp.zeros((1, res, res, 1), jnp.float32)
@@ -319,55 +304,35 @@ def sadm_task(config: ml_collections.ConfigDict, frozen_cddpm: dict | None = Non
     # unrolled threefry per parameter, which makes this init 4x slower to compile on CPU.
     init_key = jax.random.key(jax.random.bits(key, (), jnp.uint32), impl="rbg")
     params = segnet.init(init_key, x, x if uses_residual(config) else None)["params"]
-    if cddpm is None:
+    if initial_stats is None:
       return {"params": params, "model_state": {}}
-    if frozen_cddpm is not None:  # the loaded weights, as constants of the init computation
-      frozen = jax.tree.map(jnp.asarray, frozen_cddpm)
-    else:
-      v = cddpm.init({"params": key, "dropout": key}, x, x, jnp.zeros((1,), jnp.int32),
-                     train=False)
-      frozen = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
-    return {"params": params, "model_state": {"cddpm": frozen}}
+    return {"params": params,
+            "model_state": {"cddpm_batch_stats": jax.tree.map(jnp.asarray, initial_stats)}}
 
   train_table, val_table = (tables or sadm_tables(config)) if data else (None, None)
-  train_loader, val_batches = _loaders(config, train_table, val_table) if data else (None, None)
+  train_loader, val_batches = _loaders(config, train_table, val_table, seed) if data else (None, None)
+  if data:
+    meta["orientation"] = train_table.orientation()
   return loop.Task(name=TASK_NAME, init_variables=init,
                    loss_fn=sadm_loss_fn(config, segnet, cddpm),
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,
                    val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,
-                   batch_keys=("image", "seg"))
+                   batch_keys=("image", "seg"), seed=seed, frozen=frozen, meta=meta)
+
+
+def _abstract_cddpm(cddpm, res: int) -> dict:
+  x = jnp.zeros((1, res, res, 1), jnp.float32)
+  shapes = jax.eval_shape(lambda k: cddpm.init({"params": k, "dropout": k}, x, x,
+                                               jnp.zeros((1,), jnp.int32), train=False),
+                          jax.random.key(0))
+  zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+  return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
 
 
 def run_sadm(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`stage=sadm`: loads and freezes the cDDPM once, then trains the SegUnet with the loop."""
-  config, frozen = prepare_sadm(config)
-  result = loop.train(config, workdir, sadm_task(config, frozen))
+  """`stage=sadm`: opens the frozen cDDPM once, then trains the SegUnet with the loop."""
+  task = sadm_task(config)
+  result = loop.train(config, workdir, task)
   if jax.process_index() == 0:
     print(f"SADM ({config.sadm.mode}) training done: {result}")
   return result
-
-
-# ---- loading a trained SADM run ----
-
-def restore_sadm(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, object]:
-  """(saved config, host TrainState) of a SADM run's best (or 'latest') checkpoint."""
-  from sadm_jax.train.checkpoint import restore_run
-  return restore_run(workdir, TASK_NAME, sadm_task, which)
-
-
-def load_sadm(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict]:
-  """(saved config, SegUnet variables {'params'}) of a SADM run, for `build_segnet(config)`."""
-  config, state = restore_sadm(workdir, which)
-  return config, {"params": state.params}
-
-
-def load_sadm_cddpm(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict]:
-  """(cDDPM config, {'params', 'batch_stats'}) of the cDDPM frozen inside a SADM run.
-
-  These are the weights the SADM run trained against — with `frozen_train_mode` its drifted
-  BatchNorm statistics (Q6); `cddpm.build_cddpm(config)` applies them.
-  """
-  config, state = restore_sadm(workdir, which)
-  if not config.sadm.use_cddpm:
-    raise ValueError(f"{workdir}: this SADM run was trained without a cDDPM (sadm.use_cddpm=False)")
-  return cddpm_config_of(config), dict(state.model_state["cddpm"])

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-# loss_fn(params, model_state, batch, key, train) -> (per_sample_loss [B], (new_model_state, metrics))
-LossFn = Callable[[Any, Any, dict, jax.Array, bool], tuple[jax.Array, tuple[Any, dict]]]
+# loss_fn(params, model_state, batch, key, train, frozen)
+#   -> (per_sample_loss [B], (new_model_state, metrics)); `frozen` = networks read, never trained.
+LossFn = Callable[[Any, Any, dict, jax.Array, bool, Any], tuple[jax.Array, tuple[Any, dict]]]
 
 
 @flax.struct.dataclass
@@ -19,8 +20,8 @@ class TrainState:
   """Everything a step changes; the optimiser itself is static."""
   step: jax.Array  # [] int32
   params: Any
-  model_state: Any  # non-optimised variables the loss reads and may update: BatchNorm statistics,
-  # frozen networks (stage II's cDDPM); {} when there are none
+  model_state: Any  # non-optimised variables the loss reads and may update (BatchNorm statistics;
+  # stage II's drifting cDDPM statistics under faithful Q6); {} when there are none
   opt_state: Any
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
@@ -46,13 +47,17 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
 
 
 def make_train_step(loss_fn: LossFn) -> Callable:
-  """A pure step `(state, batch, key) -> (state, metrics)`; randomness = fold_in(key, step)."""
+  """A pure step `(state, batch, key, frozen) -> (state, metrics)`; randomness = fold_in(key, step).
 
-  def train_step(state: TrainState, batch: dict, key: jax.Array):
+  `frozen` is the task's pytree of networks that are read but never trained ({} if none).
+  """
+
+  def train_step(state: TrainState, batch: dict, key: jax.Array, frozen: Any = None):
     step_key = jax.random.fold_in(key, state.step)
 
     def objective(params):
-      per_sample, (new_stats, metrics) = loss_fn(params, state.model_state, batch, step_key, True)
+      per_sample, (new_stats, metrics) = loss_fn(params, state.model_state, batch, step_key, True,
+                                                 frozen)
       return jnp.mean(per_sample), (new_stats, metrics)
 
     (loss, (new_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -66,13 +71,13 @@ def make_train_step(loss_fn: LossFn) -> Callable:
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable:
-  """`(state, batch, key) -> (sum of per-sample losses, number of valid samples)`.
+  """`(state, batch, key, frozen) -> (sum of per-sample losses, number of valid samples)`.
 
   Inference mode (train=False), no parameter update; `batch['weight']` [B] marks padding rows.
   """
 
-  def eval_step(state: TrainState, batch: dict, key: jax.Array):
-    per_sample, _ = loss_fn(state.params, state.model_state, batch, key, False)
+  def eval_step(state: TrainState, batch: dict, key: jax.Array, frozen: Any = None):
+    per_sample, _ = loss_fn(state.params, state.model_state, batch, key, False, frozen)
     w = batch["weight"]
     return jnp.sum(per_sample * w), jnp.sum(w)
 

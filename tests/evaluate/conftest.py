@@ -39,7 +39,7 @@ def tiny_cddpm_dir(eval_data_dir, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_sadm_dir(eval_data_dir, tiny_cddpm_dir, tmp_path_factory) -> str:
   """A tiny SADM-DRAEM run (stage II) on the tiny cDDPM, 2 steps."""
-  pytest.importorskip("sadm_jax.train.stage2", reason="stage II (SADM training) not available")
+  pytest.importorskip("sadm_jax.train.sadm", reason="SADM training not available")
   sadm_draem = pytest.importorskip("configs.sadm_draem")
   workdir = str(tmp_path_factory.mktemp("sadm"))
   c = with_data(sadm_draem.get_config("tiny"), eval_data_dir)

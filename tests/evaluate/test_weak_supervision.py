@@ -18,7 +18,7 @@ def test_sadm_brats_trains_and_is_evaluated_on_held_out_rows(eval_data_dir, tiny
   c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
   result = main_lib.run_stage(c, sadm_dir)
   assert result["step"] == 2 and result["best_val_loss"] > 0
-  # 3 rows in the fake Brats21_val: row 0 validates, rows 1-2 train (stage2.weak_row_ranges).
+  # 3 rows in the fake Brats21_val: row 0 validates, rows 1-2 train (train.sadm.weak_row_ranges).
   workdir = str(tmp_path / "evaluation")
   e = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [sadm_dir])
   e.evaluate.methods = ("sadm",)

@@ -18,7 +18,7 @@ def _live_bytes() -> int:
 
 def test_tiny_cddpm_aot_reports_memory_and_flops_without_allocating(tmp_path, capsys):
   c = cddpm_config.get_config("tiny")
-  c.optimizer.learning_rate = 2e-3  # the program test_stage1 compiles too (shared compile cache)
+  c.optimizer.learning_rate = 2e-3  # the program test_cddpm_spark compiles too (shared compile cache)
   c.stage = "aot"
   before = _live_bytes()
   result = main_lib.run_stage(c, str(tmp_path))
@@ -70,4 +70,5 @@ def test_stage_two_task_builds_abstractly_without_a_cddpm_checkpoint():
   state, batch = aot.abstract_inputs(trainer)
   assert task.name == "sadm" and sorted(batch) == ["image", "seg"]
   assert batch["image"].shape == (8, 64, 64, 1)
-  assert "cddpm" in state.model_state  # the frozen cDDPM travels in the state
+  assert state.model_state == {}  # the frozen cDDPM is a step argument, not part of the state
+  assert set(trainer.frozen) == {"params", "batch_stats"}

@@ -58,12 +58,13 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
   assert losses[-1][0] == 4 and all(np.isfinite(v) for _, v in losses)
   c = _tiny(cddpm_config, data_dir, num_steps=2, eval_every=2, checkpoint_every=2)
   c.model.encoder.pretrained_workdir = str(tmp_path / "spark")
-  from sadm_jax import config as config_lib
-  from sadm_jax.train import stage1
-  c = config_lib.resolve(c)
-  task = stage1.cddpm_task(c)
+  from sadm_jax.train import cddpm
+  from sadm_jax.train.checkpoint import RunError, open_run
+  task = cddpm.cddpm_task(c)
   v = task.init_variables(jax.random.key(0))
-  sp = stage1.load_spark_variables(c, str(tmp_path / "spark"))
+  spark_run = open_run(str(tmp_path / "spark"), expect="spark")
+  sp = {"params": spark_run.variables["params"], "batch_stats": spark_run.variables["model_state"]}
+  assert task.meta["pretrained_encoder"]["workdir"] == spark_run.workdir
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(sp["params"]))
   np.testing.assert_array_equal(v["params"]["encoder"]["backbone"]["conv1"]["kernel"],
                                 sp["params"]["backbone"]["conv1"]["kernel"])
@@ -71,8 +72,8 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
                                 sp["batch_stats"]["backbone"]["bn1"]["mean"])
   # A workdir that is not a SparK run is an error, never a silently random encoder (Q8).
   c.model.encoder.pretrained_workdir = str(tmp_path / "nope")
-  with pytest.raises(FileNotFoundError, match="nope: no SparK best checkpoint"):
-    stage1.cddpm_task(c)
+  with pytest.raises(RunError, match="pretrained_workdir=.*nope: not a trained spark run"):
+    cddpm.cddpm_task(c)
 
 
 def test_describe_writes_json(tmp_path):

@@ -29,7 +29,7 @@ class Toy(nn.Module):
 
 
 def toy_loss(model, nan_after=None, counter=None):
-  def loss_fn(params, batch_stats, batch, key, train):
+  def loss_fn(params, batch_stats, batch, key, train, frozen=None):
     if counter is not None:
       counter.append(1)  # runs at trace time only
     noise = 0.01 * jax.random.normal(key, batch["image"].shape)
@@ -99,7 +99,7 @@ def _run_steps(num_devices, fsdp=False, n=3):
   for i in range(n):
     local = {"image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
              "step": np.full(16, i + 1, np.int32)}
-    state, m = tr.train_step(state, tr.device_batch(local), tr.train_key)
+    state, m = tr.train_step(state, tr.device_batch(local), tr.train_key, tr.frozen)
     losses.append(float(m["loss"]))
   return losses, jax.device_get(state.params), state
 

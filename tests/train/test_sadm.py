@@ -1,4 +1,4 @@
-"""Stage II at the tiny config: SADM on a frozen tiny cDDPM (DRAEM and weak supervision), frozen-weight checks."""
+"""SADM training at the tiny config: a referenced frozen cDDPM (DRAEM, weak supervision), open_run, refusals."""
 
 import json
 import os
@@ -9,8 +9,9 @@ import pytest
 
 from configs import cddpm as cddpm_config, sadm_atlas, sadm_brats, sadm_draem
 from sadm_jax import main as main_lib
-from sadm_jax.train import loop, sharding, stage1, stage2
-from sadm_jax.train.checkpoint import Checkpointer
+from sadm_jax.models import factory
+from sadm_jax.train import loop, sadm, sharding
+from sadm_jax.train.checkpoint import Checkpointer, RunError, open_run
 from tests.data import fake_data
 
 
@@ -34,7 +35,7 @@ def cddpm_dir(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cddpm"))
   c = _data(cddpm_config.get_config("tiny"), data_dir)
   c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
-  c.optimizer.learning_rate = 2e-3  # as test_stage1's tiny run: its compiled steps are reused
+  c.optimizer.learning_rate = 2e-3  # as test_cddpm_spark's tiny run: its compiled steps are reused
   main_lib.run_stage(c, workdir)
   return workdir
 
@@ -64,43 +65,74 @@ def test_draem_trains_and_checkpoints_are_sadm(draem_dir, cddpm_dir):
     assert ckpt.latest_meta()["task"] == ckpt.best_meta()["task"] == "sadm"
   finally:
     ckpt.close()
-  config, segnet_vars = stage2.load_sadm(workdir)
+  run = open_run(workdir, expect="sadm")
+  config, segnet_vars = run.config, run.variables
   assert config.sadm.mode == "draem" and config.stage == "sadm"
-  # Only the SegUnet is optimised: its parameter tree, nothing of the cDDPM.
+  # Only the SegUnet is optimised and saved: its parameter tree, nothing of the cDDPM.
   assert set(segnet_vars["params"]) == {"encoder", "up_0", "up_1", "up_2", "head"}
+  assert segnet_vars["model_state"] == {}
   x = np.zeros((1, 64, 64, 1), np.float32)
-  shapes = jax.eval_shape(lambda: stage2.build_segnet(config).init(jax.random.key(0), x, x))
+  shapes = jax.eval_shape(lambda: factory.build_segnet(config).init(jax.random.key(0), x, x))
   assert (jax.tree.map(lambda a: a.shape, shapes["params"]) ==
           jax.tree.map(lambda a: a.shape, segnet_vars["params"]))
-  # Default (Q6 fixed): the frozen cDDPM inside the SADM checkpoint is bit-identical to stage I.
-  _, frozen = stage2.load_sadm_cddpm(workdir)
-  _, original = stage1.load_best_variables(cddpm_dir, "cddpm")
-  jax.tree.map(np.testing.assert_array_equal, frozen, original)
+  # The cDDPM is referenced, not copied: the SADM checkpoint holds no cDDPM array, and the
+  # referenced run is opened through open_run, bit-identical to stage I.
+  import orbax.checkpoint as ocp
+  on_disk = ocp.StandardCheckpointer().metadata(
+      os.path.join(workdir, "best", str(run.step), "state")).item_metadata
+  assert set(on_disk) == {"step", "params", "opt_state", "model_state"}
+  assert not jax.tree.leaves(on_disk["model_state"])  # no cDDPM array saved
+  ref = run.run_meta["cddpm"]
+  assert ref["workdir"] == os.path.abspath(cddpm_dir) and ref["fingerprint"] == run.cddpm.fingerprint
+  original = open_run(cddpm_dir, expect="cddpm")
+  jax.tree.map(np.testing.assert_array_equal, run.cddpm.variables, original.variables)
+  # The saved config is the user's: no derived fact written back into it.
+  assert "cddpm_model" not in config.sadm and "base_seed" not in config.sadm
 
 
 def test_frozen_train_mode_drifts_bn_stats_only(data_dir, cddpm_dir):
   c = _sadm(sadm_draem, data_dir, cddpm_dir)
   c.sadm.frozen_train_mode = True
-  c, frozen = stage2.prepare_sadm(c)
-  task = stage2.sadm_task(c, frozen)
+  task = sadm.sadm_task(c)
   trainer = loop.Trainer(c, task, sharding.make_mesh(c))
   state = trainer.init_state()
+  frozen_before = jax.device_get(trainer.frozen)
   before = jax.device_get({"params": state.params, "model_state": state.model_state})
   batch = trainer.device_batch(next(iter(task.train_loader(8, 0, 1))))
-  state, metrics = trainer.train_step(state, batch, trainer.train_key)
+  state, metrics = trainer.train_step(state, batch, trainer.train_key, trainer.frozen)
   after = jax.device_get({"params": state.params, "model_state": state.model_state})
   assert np.isfinite(float(metrics["loss"]))
   assert set(after["params"]) == {"encoder", "up_0", "up_1", "up_2", "head"}  # the SegUnet only
-  # Gradients never reach the cDDPM: its parameters are unchanged ...
-  jax.tree.map(np.testing.assert_array_equal, before["model_state"]["cddpm"]["params"],
-               after["model_state"]["cddpm"]["params"])
-  # ... but its encoder's BatchNorm statistics drift (faithful Q6), and the SegUnet learns.
+  # The frozen cDDPM argument is never changed ...
+  jax.tree.map(np.testing.assert_array_equal, frozen_before, jax.device_get(trainer.frozen))
+  # ... but its encoder's BatchNorm statistics drift in the state (faithful Q6), starting from
+  # the cDDPM's, and the SegUnet learns.
+  jax.tree.map(np.testing.assert_array_equal, before["model_state"]["cddpm_batch_stats"],
+               frozen_before["batch_stats"])
   drift = jax.tree.map(lambda a, b: not np.array_equal(a, b),
-                       before["model_state"]["cddpm"]["batch_stats"],
-                       after["model_state"]["cddpm"]["batch_stats"])
+                       before["model_state"]["cddpm_batch_stats"],
+                       after["model_state"]["cddpm_batch_stats"])
   assert all(jax.tree.leaves(drift))
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), before["params"], after["params"])
   assert any(jax.tree.leaves(moved))
+
+
+def test_frozen_cddpm_is_an_argument_not_a_constant(data_dir, cddpm_dir):
+  """The train step's program does not embed the cDDPM's weights (it takes them as an argument)."""
+  task = sadm.sadm_task(_sadm(sadm_draem, data_dir, cddpm_dir))
+  c = _sadm(sadm_draem, data_dir, cddpm_dir)
+  trainer = loop.Trainer(c, task, sharding.make_mesh(c))
+  state = trainer.init_state()
+  batch = trainer.device_batch(next(iter(task.train_loader(8, 0, 1))))
+  import re
+  programs = {"train step": trainer.train_step.lower(state, batch, trainer.train_key,
+                                                     trainer.frozen).as_text(),
+              "init": trainer._create.lower(trainer.init_key).as_text()}
+  largest = max(a.size for a in jax.tree.leaves(task.frozen["params"]))
+  assert largest > 1000  # bigger than the schedule tables (1000 steps), which are constants
+  for name, hlo in programs.items():  # a baked-in array prints as dense<"0x…"> (8 hex per float)
+    biggest = max((len(m) for m in re.findall(r'dense<"0x([0-9A-Fa-f]*)"', hlo)), default=0)
+    assert biggest < 8 * largest, name
 
 
 def test_plain_unet_needs_no_cddpm(data_dir, tmp_path):
@@ -108,36 +140,54 @@ def test_plain_unet_needs_no_cddpm(data_dir, tmp_path):
   c.sadm.use_cddpm = False
   result = main_lib.run_stage(c, str(tmp_path))
   assert np.isfinite(result["train_loss"])
-  config, segnet_vars = stage2.load_sadm(str(tmp_path))
-  assert not stage2.uses_residual(config)
-  assert segnet_vars["params"]["head"]["kernel"].shape[-2] == 2 ** 3  # input-only decoder
-  with pytest.raises(ValueError, match="without a cDDPM"):
-    stage2.load_sadm_cddpm(str(tmp_path))
+  run = open_run(str(tmp_path), expect="sadm")
+  assert not factory.uses_residual(run.config) and run.cddpm is None
+  assert run.variables["params"]["head"]["kernel"].shape[-2] == 2 ** 3  # input-only decoder
 
 
 def test_missing_or_wrong_cddpm_workdir_is_a_clear_error(data_dir, draem_dir, tmp_path):
   c = _sadm(sadm_draem, data_dir, "")
   with pytest.raises(ValueError, match="sadm.cddpm_workdir is not set"):
-    stage2.prepare_sadm(c)
+    sadm.sadm_task(c)
   missing = str(tmp_path / "nowhere")
   c.sadm.cddpm_workdir = missing
-  with pytest.raises(FileNotFoundError, match=f"sadm.cddpm_workdir={missing}"):
-    stage2.prepare_sadm(c)
+  with pytest.raises(RunError, match=f"sadm.cddpm_workdir={missing}: not a trained cddpm run"):
+    sadm.sadm_task(c)
   assert not os.path.exists(missing)
   c.sadm.cddpm_workdir = draem_dir[0]  # a SADM run is not a cDDPM
-  with pytest.raises(ValueError, match="'sadm' run, not a 'cddpm' run"):
-    stage2.prepare_sadm(c)
-  with pytest.raises(FileNotFoundError, match="nowhere: no sadm best checkpoint"):
-    stage2.load_sadm(missing)
+  with pytest.raises(RunError, match="'sadm' run, not a 'cddpm' run"):
+    sadm.sadm_task(c)
+  with pytest.raises(RunError, match="nowhere: not a trained sadm run"):
+    open_run(missing, expect="sadm")
 
 
 def test_not_a_sadm_run(cddpm_dir):
-  with pytest.raises(ValueError, match="'cddpm' run, not a 'sadm' run"):
-    stage2.load_sadm(cddpm_dir)
+  with pytest.raises(RunError, match="'cddpm' run, not a 'sadm' run"):
+    open_run(cddpm_dir, expect="sadm")
+
+
+def test_changed_or_missing_cddpm_is_refused(data_dir, cddpm_dir, tmp_path):
+  """A SADM run refuses to open when the cDDPM it references changed (retrained) or is gone."""
+  import shutil
+  own = str(tmp_path / "cddpm")
+  shutil.copytree(cddpm_dir, own)
+  sadm_dir = str(tmp_path / "sadm")
+  main_lib.run_stage(_sadm(sadm_draem, data_dir, own), sadm_dir)
+  assert open_run(sadm_dir).cddpm.workdir == os.path.abspath(own)
+  # Retrain the referenced cDDPM further: its best checkpoint changes.
+  c = _data(cddpm_config.get_config("tiny"), data_dir)
+  c.train.num_steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
+  c.optimizer.learning_rate = 2e-3
+  main_lib.run_stage(c, own)
+  with pytest.raises(RunError, match="frozen cDDPM it was trained with changed"):
+    open_run(sadm_dir)
+  shutil.rmtree(own)
+  with pytest.raises(RunError, match="frozen cDDPM this SADM run was trained with is gone"):
+    open_run(sadm_dir)
 
 
 def test_weak_row_ranges():
-  rows = stage2.weak_row_ranges
+  rows = sadm.weak_row_ranges
   assert rows("brats", 100) == ((10, 100), (0, 10))
   assert rows("atlas", 175) == ((6, 175), (0, 6))
   assert rows("brats", 40) == ((10, 40), (0, 10))  # reference rows clipped
@@ -156,12 +206,13 @@ def test_weak_row_ranges():
 @pytest.mark.parametrize("module,split",
                          [(sadm_brats, "Brats21_val"), (sadm_atlas, "ATLAS_v2_val")])
 def test_weak_supervision_tables(module, split, data_dir):
-  c, _ = stage2.prepare_sadm(_no_cddpm(module, data_dir))
-  train, val = stage2.sadm_tables(c)
+  from sadm_jax import config as config_lib
+  c = config_lib.resolve(_no_cddpm(module, data_dir))
+  train, val = sadm.sadm_tables(c)
   names = [f"{split}_{i:03d}" for i in range(3)]  # fake_data: 3 rows per pathological split
   assert val.names == tuple(names[:1]) and train.names == tuple(names[1:])
   assert not set(train.names) & set(val.names)
-  task = stage2.sadm_task(c, tables=(train, val))
+  task = sadm.sadm_task(c, tables=(train, val))
   batch = next(iter(task.train_loader(8, 0, 1)))
   assert set(np.unique(batch["seg"])) <= {0, 1} and batch["seg"].any()
   assert task.batch_keys == ("image", "seg")
@@ -173,12 +224,12 @@ def _no_cddpm(module, data_dir):
   return c
 
 
-def test_repeat_seed_is_idempotent(data_dir):
+def test_repeat_seed_is_run_metadata_not_config(data_dir):
   c = _no_cddpm(sadm_atlas, data_dir)
   c.sadm.repeat = 1
-  once, _ = stage2.prepare_sadm(c)
-  twice, _ = stage2.prepare_sadm(once)
-  assert once.seed == twice.seed == stage2.effective_seed(c.seed, 1) != c.seed
-  assert once.sadm.base_seed == twice.sadm.base_seed == c.seed
+  before = c.to_dict()
+  task = sadm.sadm_task(c, data=False)
+  assert task.seed == task.meta["seed"] == sadm.effective_seed(c.seed, 1) != c.seed
+  assert c.to_dict() == before  # the user's config is never changed
   c.sadm.repeat = 0
-  assert stage2.prepare_sadm(c)[0].seed == c.seed
+  assert sadm.sadm_task(c, data=False).seed == c.seed

@@ -1,0 +1,55 @@
+"""Healthy IXI slice tables and loaders shared by the SparK and cDDPM training tasks (METHOD §2.2)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sadm_jax import config as config_lib
+from sadm_jax.data import augment as augment_lib
+from sadm_jax.data import cache as cache_lib, pipeline, prepare
+from sadm_jax.train import loop
+from sadm_jax.train.state import make_optimizer
+
+
+def ixi_tables(config: ml_collections.ConfigDict) -> tuple[pipeline.SliceTable, pipeline.SliceTable]:
+  """Validated, cached IXI train/val tables of `data.fold`."""
+  fold = config.data.fold
+  names = [f"IXI_train_fold{fold}", f"IXI_val_fold{fold}"]
+  _, splits, _, _ = prepare.load_valid_splits(config, names)
+  cfg = config_lib.preprocess_config(config)
+  cache_dir = config_lib.cache_dir(config)
+  for n in names:
+    cache_lib.ensure_cached(splits[n], cache_dir, cfg, num_workers=config.data.num_workers)
+  cache = cache_lib.VolumeCache(cache_dir, cfg)
+  return tuple(pipeline.SliceTable.from_rows(cache, splits[n]) for n in names)
+
+
+def loaders(config, train_table, val_table, augment: bool, seed: int):
+  """(train_loader, val_batches) callables of the loop's `Task` over IXI slice tables."""
+  aug = augment_lib.IntensityAugConfig() if augment else None
+
+  def train_loader(local_bs, shard_index, shard_count):
+    return pipeline.train_loader(train_table, batch_size=local_bs, seed=seed,
+                                 sampling=config.data.slice_sampling, augment=aug,
+                                 augment_3d=bool(config.data.augment_3d),
+                                 worker_count=config.data.loader_workers,
+                                 shard_index=shard_index, shard_count=shard_count)
+
+  def val_batches(local_bs, shard_index, shard_count):
+    return list(pipeline.validation_loader(val_table, batch_size=local_bs,
+                                           slices_per_volume=config.data.val_slices_per_volume,
+                                           shard_index=shard_index, shard_count=shard_count))
+
+  return train_loader, val_batches
+
+
+def ixi_task(name, config, init, loss_fn, tables, data: bool) -> loop.Task:
+  """A task on healthy IXI slices; without `data` only model/loss/optimiser (for restoring)."""
+  train_table, val_table = (tables or ixi_tables(config)) if data else (None, None)
+  train_loader, val_batches = (loaders(config, train_table, val_table, config.data.augment,
+                                       int(config.seed)) if data else (None, None))
+  meta = {"orientation": train_table.orientation()} if data else {}
+  return loop.Task(name=name, init_variables=init, loss_fn=loss_fn,
+                   tx=make_optimizer(config.optimizer), train_loader=train_loader,
+                   val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,
+                   meta=meta)
