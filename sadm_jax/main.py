@@ -36,23 +36,79 @@ def run_stage(config, workdir: str):
   return getattr(importlib.import_module(module), fn)(config, workdir)
 
 
+def _one_line(message: str) -> str:
+  """A flag-parsing or config-file error as one line (the embedded traceback reduced to its last line)."""
+  text = str(message).strip()
+  if text[:1] in "'\"" and text[-1:] == text[:1]:  # a KeyError's repr inside an AttributeError
+    import ast
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+  if "Traceback (most recent call last)" in text:
+    head, _, tb = text.partition("Traceback (most recent call last)")
+    last = [l.strip() for l in tb.splitlines() if l.strip()][-1]
+    text = f"{head.strip()} {last}"
+  return " ".join(l.strip() for l in text.splitlines() if l.strip())
+
+
+def _fail(message: str, code: int = 2):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with each error (unknown config key, bad type, bad config file) as one
+  line on stderr and exit code 2 instead of a traceback."""
+  try:
+    rest = FLAGS(argv)
+    if FLAGS["config"].present:
+      "stage" in FLAGS.config  # noqa: B015  (the file is loaded lazily: surface its errors here)
+    return rest
+  except flags.Error as e:
+    _fail(_one_line(str(e)))
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    msg = _one_line(str(e))
+    if isinstance(e, OSError) and "Failed loading config file" in msg:
+      arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+      last = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
+      _fail(f"{arg}: cannot load the config file: {last}")
+    if not isinstance(e, (AttributeError, KeyError)):
+      _fail(msg)
+    # ml_collections: an override of a key the config does not have ("did you mean" kept).
+    key = msg.split()[0].strip("'\"") if msg else ""
+    arg = next((a.split("=")[0] for a in argv[1:]
+                if a.startswith("--config.") and key in a.split("=")[0].split(".")), None)
+    hint = msg.replace("' Did you", "'. Did you")
+    _fail(f"{arg or 'a --config override'}: no such config key {hint}")
+
+
+def run_checked(config, workdir: str) -> int:
+  """Validates `config` and runs its stage; a user error (bad config value, bad data, a workdir
+  that is not this run's) is printed once as one `error: ...` line and gives exit code 2."""
+  from sadm_jax import validate
+  try:
+    validate.validate(config, workdir, STAGES)
+    run_stage(config, workdir)
+  except ValueError as e:  # ConfigError, DataError, RunError, WorkdirError and the stages' own
+    if FLAGS["verbosity"].present:
+      logging.exception("stage %s failed", config.stage)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from sadm_jax import distributed
   distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
-  from sadm_jax.data.errors import DataError
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (Orbax) off unless -v is given
   logging.info("stage %s, workdir %s", FLAGS.config.stage, FLAGS.workdir)
   distributed.log_topology(FLAGS.config)
-  try:
-    run_stage(FLAGS.config, FLAGS.workdir)
-  except DataError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  sys.exit(run_checked(FLAGS.config, FLAGS.workdir))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

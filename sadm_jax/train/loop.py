@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sadm_jax.train import sharding as shard_lib
+from sadm_jax.train import sharding as shard_lib, workdir as workdir_lib
 from sadm_jax.train.checkpoint import Checkpointer, software_versions
 from sadm_jax.train.logger import MetricLogger
 from sadm_jax.utils import io
@@ -136,10 +136,16 @@ def evaluate(trainer: Trainer, state: TrainState, val_batches: Sequence[dict],
 
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
           mesh: jax.sharding.Mesh | None = None) -> dict:
-  """Trains `task` to `total_steps`, resuming from the latest checkpoint in `workdir` if any.
+  """Trains `task` to `total_steps`, resuming from the latest usable checkpoint in `workdir`.
 
+  The workdir is claimed first (`workdir.claim`: lock, same config as the run it holds).
   Returns {'step', 'train_loss', 'val_loss', 'best_val_loss'}.
   """
+  with workdir_lib.claim(config, workdir):
+    return _train(config, workdir, task, mesh)
+
+
+def _train(config, workdir, task, mesh) -> dict:
   mesh = mesh or shard_lib.make_mesh(config)
   trainer = Trainer(config, task, mesh)
   local_bs = shard_lib.local_batch_size(config.train.batch_size, mesh)

@@ -15,7 +15,7 @@ from sadm_jax.data import augment as augment_lib
 from sadm_jax.data import cache as cache_lib, pipeline, prepare
 from sadm_jax.diffusion import reconstruct as reconstruct_lib, schedule as schedule_lib
 from sadm_jax.models import cddpm as cddpm_lib, factory, seg_losses
-from sadm_jax.train import cddpm as cddpm_task_lib, ixi, loop
+from sadm_jax.train import cddpm as cddpm_task_lib, ixi, loop, workdir as workdir_lib
 from sadm_jax.train.state import make_optimizer
 
 # Layout of a SADM run (METHOD §3.8):
@@ -331,8 +331,8 @@ def _abstract_cddpm(cddpm, res: int) -> dict:
 
 def run_sadm(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=sadm`: opens the frozen cDDPM once, then trains the SegUnet with the loop."""
-  task = sadm_task(config)
-  result = loop.train(config, workdir, task)
+  with workdir_lib.claim(config, workdir):  # before the cDDPM is opened and any data loaded
+    result = loop.train(config, workdir, sadm_task(config))
   if jax.process_index() == 0:
     print(f"SADM ({config.sadm.mode}) training done: {result}")
   return result

@@ -1,0 +1,152 @@
+"""Up-front checks of a config and its workdir: one-line `ConfigError`s before any data are loaded or compiled."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message is one line naming the key and the value."""
+
+
+# Every enum-like field and its accepted values (tests/test_cli_errors.py checks these against the
+# constants of the modules that use them).
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16"),
+    "diffusion.noise": ("simplex", "gaussian"),
+    "optimizer.name": ("adam", "adamw"),
+    "data.slice_sampling": ("brain", "uniform"),
+    "sadm.mode": ("draem", "brats", "atlas"),
+    "sadm.loss": ("bce", "dice"),
+    "evaluate.combination": ("sum", "residual", "segmentation", "weighted", "residual_only",
+                             "seg_only"),
+    "evaluate.residual_mode": ("ssim", "l1", "l2"),
+    "evaluate.threshold_method": ("exact", "bisection"),
+    "evaluate.dtype": ("float32", "bfloat16"),
+    "demo.size": ("default", "tiny"),
+}
+EVALUATE_METHODS = ("threshold", "cddpm", "sadm")
+TRAINING_STAGES = ("spark", "cddpm", "sadm")
+# Stages that read DATA_DIR (`demo` generates its own; describe/aot/predict read none).
+DATA_STAGES = ("prepare", "spark", "cddpm", "sadm", "evaluate")
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def _fail(msg: str):
+  raise ConfigError(msg)
+
+
+def check_choices(config: ml_collections.ConfigDict) -> None:
+  for key, allowed in CHOICES.items():
+    value = _get(config, key)
+    if value not in allowed:
+      _fail(f"--config.{key}={value!r} is not one of {', '.join(map(repr, allowed))}")
+  unknown = [m for m in config.evaluate.methods if m not in EVALUATE_METHODS]
+  if config.stage in ("evaluate", "demo") and unknown:
+    _fail(f"--config.evaluate.methods has unknown method(s) {unknown}; expected a subset of "
+          f"{', '.join(map(repr, EVALUATE_METHODS))}")
+
+
+def check_training(config: ml_collections.ConfigDict, device_count: int,
+                   process_count: int) -> None:
+  """Step counts, batch size against the mesh, learning rate."""
+  t = config.train
+  if t.num_steps < 0:
+    _fail(f"--config.train.num_steps={t.num_steps} must be >= 0 (0 = use train.num_epochs)")
+  if not t.num_steps and t.num_epochs <= 0:
+    _fail(f"--config.train.num_epochs={t.num_epochs} must be > 0 (or set train.num_steps > 0)")
+  for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "batch_size"):
+    if t[key] <= 0:
+      _fail(f"--config.train.{key}={t[key]} must be > 0")
+  n_dev = int(config.mesh.num_devices) or device_count
+  if config.mesh.num_devices < 0 or n_dev > device_count:
+    _fail(f"--config.mesh.num_devices={config.mesh.num_devices}: {device_count} device(s) are "
+          f"visible (0 = all)")
+  if t.batch_size % n_dev or t.batch_size % process_count:
+    _fail(f"--config.train.batch_size={t.batch_size} (global) is not divisible by the {n_dev} "
+          f"device(s) of the mesh" + (f" and {process_count} processes" if process_count > 1
+                                      else ""))
+  if not config.optimizer.learning_rate > 0:
+    _fail(f"--config.optimizer.learning_rate={config.optimizer.learning_rate} must be > 0")
+  if config.data.val_slices_per_volume <= 0:
+    _fail(f"--config.data.val_slices_per_volume={config.data.val_slices_per_volume} must be > 0")
+  if config.sadm.repeat < 0:
+    _fail(f"--config.sadm.repeat={config.sadm.repeat} must be >= 0")
+
+
+def _existing_dir(key: str, path: str, what: str) -> None:
+  if not path:
+    _fail(f"--config.{key} is not set: {what}")
+  if not os.path.isdir(path):
+    _fail(f"--config.{key}={path}: no such directory ({what})")
+
+
+def check_paths(config: ml_collections.ConfigDict) -> None:
+  """Inputs the stage reads: DATA_DIR, the referenced runs, predict's scan."""
+  stage = config.stage
+  if stage in DATA_STAGES:
+    _existing_dir("data.data_dir", config.data.data_dir,
+                  f"stage {stage} reads the data directory (DATA_DIR)")
+  if stage in ("spark", "cddpm") and config.model.encoder.pretrained_workdir:
+    _existing_dir("model.encoder.pretrained_workdir", config.model.encoder.pretrained_workdir,
+                  "a SparK workdir to initialise the encoder from")
+  if stage == "sadm" and config.sadm.use_cddpm:
+    _existing_dir("sadm.cddpm_workdir", config.sadm.cddpm_workdir,
+                  "stage II needs the workdir of a trained cDDPM (stage=cddpm), or "
+                  "sadm.use_cddpm=False for the plain-UNet ablation")
+  if stage == "evaluate":
+    if config.evaluate.cddpm_workdir:
+      _existing_dir("evaluate.cddpm_workdir", config.evaluate.cddpm_workdir, "a cDDPM workdir")
+    for i, w in enumerate(config.evaluate.sadm_workdirs):
+      if not os.path.isdir(w):
+        _fail(f"--config.evaluate.sadm_workdirs[{i}]={w}: no such directory (a SADM workdir)")
+  if stage == "predict":
+    p = config.predict
+    if p.checkpoint_dir and not os.path.isdir(p.checkpoint_dir):
+      _fail(f"--config.predict.checkpoint_dir={p.checkpoint_dir}: no such directory")
+    for key in ("input", "mask"):  # a path (file, folder, CSV) or a comma-separated list
+      for part in [q.strip() for q in str(p[key]).split(",") if q.strip()]:
+        if not os.path.exists(part):
+          _fail(f"--config.predict.{key}={p[key]}: no such file or folder: {part}")
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir is (or can be created as) a writable directory; creates it when missing."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    _fail(f"--workdir={workdir} is a file, not a directory")
+  parent = os.path.abspath(workdir)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    _fail(f"--workdir={workdir} cannot be created: {parent} is a file, not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=workdir)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    _fail(f"--workdir={workdir} is not writable: {e.strerror or e}")
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str, stages) -> None:
+  """Every check for `config.stage`; raises ConfigError (one line). The workdir check comes last:
+  it creates a missing workdir, which only a start that passed every other check may do."""
+  if config.stage not in stages:
+    _fail(f"--config.stage={config.stage!r} is not one of {', '.join(map(repr, stages))}")
+  from sadm_jax import config as config_lib
+  resolved = config_lib.resolve(config)
+  check_choices(resolved)
+  if config.stage in TRAINING_STAGES:
+    import jax
+    check_training(resolved, jax.device_count(), jax.process_count())
+  check_paths(resolved)
+  check_workdir(workdir)
