@@ -1,24 +1,24 @@
-"""Sweeps: the tiny demo runs locally (config.json, DONE, skip on re-run), Slurm arrays, the aggregated report."""
+"""Sweeps: members and their `--config.k=v` overrides, the resumable runner, Slurm scripts from the template, the report."""
 
-import csv
 import json
 import os
 import subprocess
 import sys
 import time
 
+import ml_collections
 import pytest
 
-from sadm_jax import sweep as sweep_lib
+from sadm_jax import config as config_lib
+from sadm_jax import sweep as sweep_cli
+from sadm_jax.sweeps import members as members_lib
+from sadm_jax.sweeps import runner, slurm
+from sadm_jax.sweeps.members import Member, flag, grid, member_config, ordered
 from tests.data import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "sweeps", "tiny_demo.py")
-
-
-def _sweep_cmd(workdir, *extra):
-  return [sys.executable, "-m", "sadm_jax.sweep", f"--sweep={TINY}", f"--workdir={workdir}",
-          *extra]
+CDDPM = "configs/cddpm.py:tiny"
 
 
 def _env():
@@ -26,206 +26,328 @@ def _env():
           "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
 
 
-def test_tiny_demo_runs_members_and_skips_finished_ones(tmp_path):
-  data = str(tmp_path / "data")
-  fake_data.write_data_dir(data, n_ixi=12, n_patho=1)
-  work = tmp_path / "sweep"
-  sets = [f"--set=data.data_dir={data}", f"--set=data.cache_dir={tmp_path / 'cache'}"]
-  res = subprocess.run(_sweep_cmd(work, *sets), cwd=REPO, env=_env(), capture_output=True,
-                       text=True, timeout=900)
-  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-  for name, lr in (("lr_2e-3", 2e-3), ("lr_1e-4", 1e-4)):
-    mdir = work / name
-    config = json.load(open(mdir / "config.json"))
-    assert config["optimizer"]["learning_rate"] == lr
-    assert config["train"]["num_steps"] == 2 and config["data"]["data_dir"] == data
-    assert config["data"]["slice_sampling"] == "brain"  # faithful placeholders resolved
-    # The run itself used exactly this config (the loop stores it in every checkpoint).
-    meta = json.load(open(mdir / "checkpoints" / "2" / "meta" / "metadata"))
-    assert meta["config"] == config
-    assert json.load(open(mdir / sweep_lib.DONE))["member"] == name
-    with open(mdir / "metrics.jsonl") as f:
-      assert [json.loads(l)["step"] for l in f if "train/loss" in l] == [1, 2]
-    log = open(mdir / "log.txt").read()
-    assert "process 0/1, 8 devices (8 local, cpu), mesh data=8" in log
-  # A re-run skips both members without starting anything.
-  t0 = time.time()
-  again = subprocess.run(_sweep_cmd(work, *sets), cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=120)
-  assert again.returncode == 0, again.stderr
-  assert again.stdout.count("done already, skipped") == 2
-  assert time.time() - t0 < 30
-  # A changed sweep-wide setting is reported for finished members, never silently re-run.
-  changed = subprocess.run(_sweep_cmd(work, *sets, "--set=seed=5", "--members=lr_1e-4"),
-                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-  assert "lr_1e-4 finished with a different config" in changed.stdout
-  assert "lr_2e-3" not in changed.stdout
-
-
-def test_slurm_mode_writes_a_job_array_without_submitting(tmp_path):
-  work = tmp_path / "w"
-  res = subprocess.run(_sweep_cmd(work, "--mode=slurm", "--set=data.data_dir=/data/x"), cwd=REPO,
-                       env=_env(), capture_output=True, text=True, timeout=120)
-  assert res.returncode == 0, res.stderr
-  script = (work / "sweep.sbatch").read_text()
-  assert "#SBATCH --array=0-1" in script and "members=(lr_2e-3 lr_1e-4)" in script
-  assert f"--sweep={TINY}" in script and f"--workdir={work}" in script
-  assert '--set=data.data_dir=/data/x --members="$member"' in script
-  assert "exec srun" in script and ': "${SLURM_ARRAY_TASK_ID:?' in script
-  assert subprocess.run(["bash", "-n", str(work / "sweep.sbatch")]).returncode == 0
-  assert not (work / "submit.sh").exists()  # one phase: sbatch the array directly
-  assert not any((work / m).exists() for m in ("lr_2e-3", "lr_1e-4"))
-
-
-def _write_sweep(path, members, config="configs/cddpm.py:tiny"):
-  path.write_text(f"def get_sweep():\n  return {{'config': {config!r}, 'members': {members!r}}}\n")
+def _write_sweep(path, members_src):
+  path.write_text("from sadm_jax.sweeps import Member\n\n\ndef get_sweep():\n"
+                  f"  return [{members_src}]\n")
   return str(path)
 
 
-def test_phases_chain_with_dependencies_and_workdir_placeholders(tmp_path):
-  spec = _write_sweep(tmp_path / "s.py", [
-      {"name": "b", "phase": 1, "overrides": {"model.encoder.pretrained_workdir": "{workdir}/a"}},
-      {"name": "a", "phase": 0},
-      {"name": "c", "phase": 1, "report": False}])
-  s = sweep_lib.load_sweep(spec)
-  assert [m.name for m in s.members] == ["a", "b", "c"]
-  config = sweep_lib.resolve_member(s.members[1], "/w", [("seed", "9")])
-  assert config.model.encoder.pretrained_workdir == "/w/a" and config.seed == 9
-  paths = sweep_lib.write_slurm(s, str(tmp_path / "w"), s.members)
-  submit = open(paths[1]).read()
-  assert "--array=0-0" in submit and "--array=1-2" in submit
-  assert 'dep=(--dependency=afterok:"${job%%;*}")' in submit
-  assert subprocess.run(["bash", "-n", paths[1]]).returncode == 0
+# ----------------------------------------------------------------------------- members
 
 
-def test_bad_sweeps_fail_before_running(tmp_path):
-  dup = _write_sweep(tmp_path / "dup.py", [{"name": "a"}, {"name": "a"}])
-  with pytest.raises(ValueError, match=r"duplicate member names \['a'\]"):
-    sweep_lib.load_sweep(dup)
-  bad = _write_sweep(tmp_path / "bad.py", [{"name": "a/b"}])
-  with pytest.raises(ValueError, match="invalid name 'a/b'"):
-    sweep_lib.load_sweep(bad)
-  typo = sweep_lib.load_sweep(_write_sweep(tmp_path / "typo.py", [
-      {"name": "a", "overrides": {"optimizer.learning_rat": 1.0}}]))
-  with pytest.raises(KeyError, match="no config field 'optimizer.learning_rat'"):
-    sweep_lib.run_local(typo, str(tmp_path / "w"), typo.members)
-  missing = sweep_lib.load_sweep(_write_sweep(tmp_path / "m.py", [{"name": "a"}],
-                                              config="configs/not_yet.py"))
-  with pytest.raises(FileNotFoundError, match="configs/not_yet.py: no such file"):
-    sweep_lib.write_slurm(missing, str(tmp_path / "w"), missing.members)
-  assert not (tmp_path / "w").exists()
-  with pytest.raises(ValueError, match="unknown member"):
-    missing.select(["zzz"])
+def test_members_are_checked_when_built():
+  with pytest.raises(ValueError, match="member name 'a/b' is invalid"):
+    Member("a/b", CDDPM)
+  with pytest.raises(ValueError, match="'seed=3' is not a --config.key=value override"):
+    Member("a", CDDPM, ["seed=3"])
+  with pytest.raises(ValueError, match="overrides must be a list of strings"):
+    Member("a", CDDPM, "--config.seed=3")
+  m = Member("a", CDDPM, ["--config.seed=3"], after=["b"])
+  assert m.overrides == ("--config.seed=3",) and m.after == ("b",)
+
+
+def test_flag_writes_values_as_the_config_flags_read_them():
+  assert flag("evaluate.sadm_workdirs", ["/w/a", "/w/b"]) == \
+      "--config.evaluate.sadm_workdirs=('/w/a', '/w/b')"
+  assert flag("diffusion.ensemble_timesteps", (249,)) == \
+      "--config.diffusion.ensemble_timesteps=(249,)"
+  assert flag("optimizer.learning_rate", 3e-4) == "--config.optimizer.learning_rate=0.0003"
+  assert flag("sadm.use_cddpm", False) == "--config.sadm.use_cddpm=False"
+  assert flag("data.data_dir", "/d x") == "--config.data.data_dir=/d x"
 
 
 def test_grid_names_members_by_their_values():
-  members = sweep_lib.grid({"optimizer.learning_rate": [1e-3, 1e-4], "sadm.use_residual": [True]},
-                           name="lr_{}", overrides={"seed": 1})
-  assert [m["name"] for m in members] == ["lr_learning_rate=0.001,use_residual=True",
-                                          "lr_learning_rate=0.0001,use_residual=True"]
-  assert members[1]["overrides"] == {"seed": 1, "optimizer.learning_rate": 1e-4,
-                                     "sadm.use_residual": True}
+  ms = grid({"optimizer.learning_rate": [1e-3, 1e-4], "sadm.use_residual": [True]}, CDDPM,
+            name="lr_{}", overrides=["--config.seed=1"], after=("cddpm",))
+  assert [m.name for m in ms] == ["lr_learning_rate=0.001,use_residual=True",
+                                  "lr_learning_rate=0.0001,use_residual=True"]
+  assert ms[1].overrides == ("--config.seed=1", "--config.optimizer.learning_rate=0.0001",
+                             "--config.sadm.use_residual=True")
+  assert ms[1].after == ("cddpm",)
+
+
+def test_ordered_follows_dependencies_stably_and_rejects_bad_graphs():
+  a, b, c = Member("a", CDDPM, after=["c"]), Member("b", CDDPM), Member("c", CDDPM)
+  assert [m.name for m in ordered([a, b, c])] == ["b", "c", "a"]
+  with pytest.raises(ValueError, match=r"duplicate member names \['b'\]"):
+    ordered([b, b])
+  with pytest.raises(ValueError, match="member a depends on c: neither in the run nor finished"):
+    ordered([a, b])
+  assert [m.name for m in ordered([a, b], done={"c"})] == ["a", "b"]
+  with pytest.raises(ValueError, match="dependency cycle among a, c"):
+    ordered([a, Member("c", CDDPM, after=["a"])])
+
+
+def test_member_config_is_what_main_builds_from_the_same_arguments():
+  m = Member("m", CDDPM, [
+      flag("diffusion.ensemble_timesteps", (249,)), "--config.sadm.use_residual=False",
+      "--config.evaluate.sadm_workdirs=('{workdir}/a', '{workdir}/b')", "--config.data.fold=3",
+      "--config.evaluate.combination=weighted", "--config.optimizer.learning_rate=3e-4",
+      "--config.sadm.weak_train_rows=(1, 4)", "--config.seed=1"])
+  c = member_config(m, "/w", ["--config.data.data_dir=/d x", "--config.seed=9"])
+  assert c.diffusion.ensemble_timesteps == (249,) and c.sadm.use_residual is False
+  assert c.evaluate.sadm_workdirs == ("/w/a", "/w/b") and c.data.fold == 3
+  assert c.optimizer.learning_rate == 3e-4 and c.sadm.weak_train_rows == (1, 4)
+  assert c.data.data_dir == "/d x" and c.seed == 9  # extra overrides come last and win
+  assert c.train.batch_size == 8  # the ':tiny' argument of the spec was applied
+  assert members_lib.main_command(m, "/w")[1:5] == [
+      "-m", "sadm_jax.main", f"--config={REPO}/configs/cddpm.py:tiny", "--workdir=/w/m"]
+
+
+def test_member_config_errors_are_one_line_and_name_the_member():
+  with pytest.raises(ValueError, match="member a: no config field 'learning_rat' Did you mean \"learning_rate\""):
+    member_config(Member("a", CDDPM, ["--config.optimizer.learning_rat=1.0"]), "/w")
+  with pytest.raises(ValueError, match="member a: .*Non-boolean argument"):
+    member_config(Member("a", CDDPM, ["--config.sadm.use_cddpm=maybe"]), "/w")
+  with pytest.raises(FileNotFoundError, match="member a: configs/not_yet.py: no such file"):
+    member_config(Member("a", "configs/not_yet.py"), "/w")
+
+
+def test_an_in_memory_base_config_is_copied_not_changed():
+  base = ml_collections.ConfigDict({"stage": "x", "train": {"num_steps": 1}})
+  c = member_config(Member("a", base, ["--config.train.num_steps=5"]), "/w")
+  assert c.train.num_steps == 5 and base.train.num_steps == 1
+
+
+def test_load_sweep_rejects_duplicates_and_unknown_dependencies(tmp_path):
+  dup = _write_sweep(tmp_path / "dup.py", "Member('a', 'configs/cddpm.py'), "
+                                          "Member('a', 'configs/cddpm.py')")
+  with pytest.raises(ValueError, match=r"dup.py: duplicate member names \['a'\]"):
+    members_lib.load_sweep(dup)
+  dep = _write_sweep(tmp_path / "dep.py", "Member('a', 'configs/cddpm.py', after=['zzz'])")
+  with pytest.raises(ValueError, match="dep.py: member a depends on zzz"):
+    members_lib.load_sweep(dep)
+  s = members_lib.load_sweep(TINY)
+  with pytest.raises(ValueError, match="unknown member"):
+    s.select(["zzz"])
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class FakeRunner:
+  """Records the members it is asked to run; fails those named in `fail`."""
+
+  def __init__(self, fail=()):
+    self.calls, self.fail = [], set(fail)
+
+  def __call__(self, member, config, mdir, command):
+    assert os.path.isfile(os.path.join(mdir, "config.json"))  # written before the run
+    self.calls.append((member.name, config.seed, command[3:5]))
+    return member.name not in self.fail
+
+
+def _chain():
+  return [Member("eval", CDDPM, ["--config.seed=3"], after=["train"]),
+          Member("train", CDDPM, ["--config.seed=2"], after=["prep"]),
+          Member("prep", CDDPM, ["--config.seed=1"]), Member("other", CDDPM)]
+
+
+def test_runner_runs_in_dependency_order_and_skips_finished_members(tmp_path, capsys):
+  fake = FakeRunner()
+  assert runner.run_local(_chain(), str(tmp_path), ["--config.data.fold=1"], fake) == []
+  assert [c[0] for c in fake.calls] == ["prep", "train", "eval", "other"]
+  assert fake.calls[0][2] == [f"--config={REPO}/configs/cddpm.py:tiny", f"--workdir={tmp_path}/prep"]
+  saved = json.load(open(tmp_path / "train" / "config.json"))
+  assert saved["seed"] == 2 and saved["data"]["fold"] == 1
+  assert saved["data"]["slice_sampling"] is None  # as given: the run resolves placeholders
+  assert json.load(open(tmp_path / "eval" / runner.DONE))["member"] == "eval"
+  again = FakeRunner()
+  assert runner.run_local(_chain(), str(tmp_path), ["--config.data.fold=1"], again) == []
+  assert again.calls == [] and capsys.readouterr().out.count("done already, skipped") == 4
+  # A changed setting is reported for finished members, never silently re-run.
+  runner.run_local(_chain()[2:3], str(tmp_path), ["--config.data.fold=2"], again)
+  assert "prep finished with a different config" in capsys.readouterr().out and again.calls == []
+
+
+def test_a_failed_member_blocks_its_dependents_and_reruns_next_time(tmp_path, capsys):
+  fake = FakeRunner(fail={"train"})
+  assert runner.run_local(_chain(), str(tmp_path), (), fake) == ["train", "eval"]
+  assert [c[0] for c in fake.calls] == ["prep", "train", "other"]
+  assert "eval: not started, train failed" in capsys.readouterr().out
+  assert not (tmp_path / "train" / runner.DONE).exists()
+  retry = FakeRunner()
+  assert runner.run_local(_chain(), str(tmp_path), (), retry) == []
+  assert [c[0] for c in retry.calls] == ["train", "eval"]
+
+
+def test_a_subset_needs_its_dependencies_finished(tmp_path):
+  with pytest.raises(ValueError, match="member train depends on prep: neither in the run nor"):
+    runner.run_local(_chain()[1:2], str(tmp_path), (), FakeRunner())
+  runner.run_local(_chain()[2:3], str(tmp_path), (), FakeRunner())
+  fake = FakeRunner()
+  assert runner.run_local(_chain()[1:2], str(tmp_path), (), fake) == [] and len(fake.calls) == 1
+
+
+def test_config_errors_stop_the_run_before_any_member(tmp_path):
+  bad = _chain() + [Member("typo", CDDPM, ["--config.optimizer.learning_rat=1.0"])]
+  fake = FakeRunner()
+  with pytest.raises(ValueError, match="member typo: no config field"):
+    runner.run_local(bad, str(tmp_path), (), fake)
+  assert fake.calls == [] and not any(tmp_path.iterdir())
+
+
+def test_non_primary_processes_write_no_markers(tmp_path):
+  ran = []
+  assert runner.run_local(_chain()[2:3], str(tmp_path), (),
+                          lambda m, c, d, cmd: ran.append(m.name) or True, primary=False) == []
+  assert ran == ["prep"] and not (tmp_path / "prep" / runner.DONE).exists()
+  assert runner.is_primary({"SLURM_PROCID": "1"}) is False
+  assert runner.is_primary({"JAX_PROCESS_ID": "0", "SLURM_PROCID": "3"}) is True
+
+
+def test_subprocess_runner_logs_the_command_and_its_output(tmp_path, capsys):
+  m = Member("m", CDDPM)
+  ok = runner.run_subprocess(m, None, str(tmp_path), [sys.executable, "-c", "print('hello')"])
+  log = (tmp_path / "log.txt").read_text()
+  assert ok and log.startswith(f"$ {sys.executable} -c ") and "hello" in log
+  bad = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+  assert not runner.run_subprocess(m, None, str(tmp_path), bad)
+  assert "m failed (exit 3)" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="in-memory config: run it in-process"):
+    runner.run_subprocess(Member("x", ml_collections.ConfigDict({"a": 1})), None, str(tmp_path),
+                          [])
+
+
+def test_a_member_runs_through_main_with_its_spec_and_overrides(tmp_path):
+  """The subprocess runner's command reaches `sadm_jax.main` intact (stage prepare: no training)."""
+  data = str(tmp_path / "data")
+  fake_data.write_data_dir(data, n_ixi=6, n_patho=1)
+  spec = _write_sweep(tmp_path / "p.py", "Member('prep', 'configs/cddpm.py:tiny', "
+                                         "['--config.stage=prepare', '--config.data.splits="
+                                         "(\\'IXI_test\\',)', '--config.data.clean_splits=False'])")
+  work = tmp_path / "sweep"
+  cmd = [sys.executable, "-m", "sadm_jax.sweep", f"--sweep={spec}", f"--workdir={work}", "--",
+         f"--config.data.data_dir={data}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+  res = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  summary = json.load(open(work / "prep" / "prepare_summary.json"))
+  assert list(summary["splits"]) == ["IXI_test"] and summary["clean_splits"] is False
+  assert summary["cache_dir"].startswith(str(tmp_path / "cache"))
+  tiny = config_lib.preprocess_config(member_config(Member("t", CDDPM), "/w")).key()
+  assert summary["preprocess"] == tiny != config_lib.preprocess_config(  # the spec's ':tiny'
+      member_config(Member("t", "configs/cddpm.py"), "/w")).key()
+  assert json.load(open(work / "prep" / "config.json"))["data"]["data_dir"] == data
+  assert (work / "prep" / "log.txt").read_text().startswith(f"$ {sys.executable} -m sadm_jax.main")
+  t0 = time.time()
+  again = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+  assert again.returncode == 0 and "done already, skipped" in again.stdout
+  assert time.time() - t0 < 30
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path}", "stray"]) == 2
+  assert "unexpected arguments: stray (member overrides go after --)" in capsys.readouterr().err
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path}", "--",
+                        "--config.optimizer.learning_rat=1"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "error: member lr_2e-3: no config field 'learning_rat' Did you mean")
+
+
+# ----------------------------------------------------------------------------- slurm
+
+
+def _fake_bin(tmp_path):
+  """scontrol, srun (runs the task as task 0) and a python that prints its arguments."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, text in {"scontrol": "#!/bin/sh\necho node1\n",
+                     "srun": "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+                             "SLURM_PROCID=0 SLURM_LOCALID=0 exec \"$@\"\n",
+                     "fakepython": "#!/bin/bash\nprintf '[%s]' \"$@\"; echo\n"}.items():
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  return bin_dir
+
+
+def test_slurm_scripts_are_the_launch_template_running_one_member(tmp_path):
+  spec = _write_sweep(tmp_path / "s.py", "Member('b', 'configs/cddpm.py:tiny', after=['a']), "
+                                         "Member('a', 'configs/cddpm.py:tiny'), "
+                                         "Member('c', 'configs/cddpm.py:tiny', after=['a', 'b'])")
+  work = tmp_path / "w"
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--mode=slurm", "--",
+                        "--config.data.data_dir=/d x"]) == 0
+  out = work / "slurm"
+  assert sorted(os.listdir(out)) == ["a.sbatch", "b.sbatch", "c.sbatch", "submit.sh"]
+  script = (out / "b.sbatch").read_text()
+  template = open(os.path.join(REPO, "launch", "slurm.sbatch")).read()
+  assert "#SBATCH --job-name=s.b" in script and f"#SBATCH --output={out}/b-%j.out" in script
+  assert len(script.splitlines()) == len(template.splitlines()) + 1  # + the 'rendered' comment
+  submit = (out / "submit.sh").read_text()
+  assert submit.index("a.sbatch") < submit.index("b.sbatch") < submit.index("c.sbatch")
+  assert 'sbatch --parsable --dependency=afterok:${job[a]}:${job[b]} "$@"' in submit
+  for path in [out / "submit.sh"] + [out / f"{m}.sbatch" for m in "abc"]:
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+  bin_dir = _fake_bin(tmp_path)
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "fakepython"),
+         "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node1", "SLURM_NNODES": "1",
+         "SLURM_NTASKS": "1", "HOME": str(tmp_path)}
+  res = subprocess.run(["bash", str(out / "b.sbatch")], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.splitlines()[-1] == (f"[-m][sadm_jax.sweep][--sweep={spec}][--workdir={work}]"
+                                         "[--members=b][--][--config.data.data_dir=/d x]")
+  assert not any((work / m).exists() for m in "abc")  # nothing ran or was submitted
+
+
+def test_slurm_rendering_fails_when_the_template_changes():
+  with pytest.raises(ValueError, match="expected the line '#SBATCH --job-name=sadm_jax' once"):
+    slurm.render("j", "o", [], template="#!/bin/bash\necho hi\n")
+
+
+# ----------------------------------------------------------------------------- sweeps in configs/
 
 
 def test_sadm_ablation_sweep_covers_the_table_rows():
-  s = sweep_lib.load_sweep(os.path.join(REPO, "configs", "sweeps", "sadm_ablation.py"))
-  phases = {p: [m for m in s.members if m.phase == p] for p in (0, 1, 2)}
-  assert [m.name for m in phases[0]] == ["cddpm"] and len(phases[1]) == 7 * 5
-  rows = {m.name: dict(m.overrides) for m in s.members if m.report}
-  assert set(rows) == {m.name for m in phases[2]}
-  assert dict(s.members[1].overrides)["sadm.cddpm_workdir"] == "{workdir}/cddpm"
-  assert {r["evaluate.sadm_workdirs"][0] for r in rows.values()} >= {
-      "{workdir}/train-sadm_draem-f0", "{workdir}/train-unet_brats-f0"}
-  assert {rows[n].get("diffusion.ensemble_timesteps") for n in rows} >= {(249,), (499,), (749,)}
-  assert rows["sadm_draem_lam0.25"]["evaluate.combination"] == "weighted"
-  trained = {m.name: dict(m.overrides) for m in phases[1]}
-  assert trained["train-sadm_draem_no_residual-f0"]["sadm.use_residual"] is False
-  assert trained["train-unet_atlas-f4"]["sadm.use_cddpm"] is False
-  assert trained["train-sadm_brats-f3"]["sadm.repeat"] == 3
-  configs = {m.config for m in s.members}
-  if all(os.path.exists(os.path.join(REPO, c)) for c in configs):  # stage-II configs may lag
-    for m in s.members:
-      sweep_lib.resolve_member(m, "/w")  # every override names a real field
+  s = members_lib.load_sweep(os.path.join(REPO, "configs", "sweeps", "sadm_ablation.py"))
+  by = {m.name: m for m in s.members}
+  trained = [m for m in s.members if m.name.startswith("train-")]
+  assert len(trained) == 7 * 5 and not by["cddpm"].report
+  rows = [m for m in s.members if m.report]
+  assert {m.name for m in rows} >= {"sadm_draem", "unet_atlas", "sadm_draem_t250",
+                                    "sadm_draem_lam0.25"}
+  assert by["train-unet_atlas-f4"].after == () and by["train-sadm_brats-f3"].after == ("cddpm",)
+  assert by["sadm_draem"].after == ("cddpm",) + tuple(f"train-sadm_draem-f{k}" for k in range(5))
+  configs = {m.name: member_config(m, "/w") for m in s.members}  # every override is a real field
+  assert configs["train-sadm_draem_no_residual-f0"].sadm.use_residual is False
+  assert configs["train-unet_atlas-f4"].sadm.use_cddpm is False
+  assert configs["train-unet_atlas-f4"].sadm.cddpm_workdir == ""
+  assert configs["train-sadm_brats-f3"].sadm.repeat == 3
+  assert configs["train-sadm_brats-f3"].sadm.cddpm_workdir == "/w/cddpm"
+  assert configs["unet_brats"].evaluate.sadm_workdirs[0] == "/w/train-unet_brats-f0"
+  assert configs["sadm_draem_t250"].diffusion.ensemble_timesteps == (249,)
+  assert configs["sadm_draem_lam0.25"].evaluate.combination == "weighted"
+  assert configs["sadm_draem_lam0.25"].evaluate.lam == 0.25
 
 
-METRICS_HEADER = ["method", "train_anomalies", "test_set", "fold", "n_volumes", "dice",
-                  "best_dice", "auprc", "auroc"]
+# ----------------------------------------------------------------------------- report
 
 
-def _metrics(path, rows):
+def _report_rows(path, rows):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(METRICS_HEADER)
-    w.writerows(rows)
+  keys = ("method", "train_anomalies", "test_set", "fold", "n_volumes", "dice", "best_dice",
+          "auprc")
+  json.dump({"protocol": {}, "rows": [dict(zip(keys, r)) for r in rows]}, open(path, "w"))
 
 
-def test_report_aggregates_members_like_table_1(tmp_path):
-  spec = _write_sweep(tmp_path / "r.py", [{"name": "full"}, {"name": "one_fold"},
-                                          {"name": "absent"}, {"name": "trainer", "report": False}])
+def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, capsys):
+  spec = _write_sweep(tmp_path / "r.py", "Member('full', 'configs/evaluate.py'), "
+                                         "Member('absent', 'configs/evaluate.py'), "
+                                         "Member('trainer', 'configs/cddpm.py', report=False)")
   work = tmp_path / "w"
-  _metrics(str(work / "full" / "report" / "metrics.csv"), [
-      ["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59, 0.9],
-      ["cddpm", "none", "Brats21", "fold1", 10, 0.52, 0.60, 0.61, 0.9],
-      ["cddpm", "none", "ATLAS_v2", "fold0", 8, 0.20, 0.24, 0.21, 0.8],
-      ["cddpm", "none", "ATLAS_v2", "fold1", 8, 0.22, 0.26, 0.23, 0.8],
-      ["sadm", "draem", "Brats21", "fold0", 10, 0.55, 0.6053, 0.6027, 0.95],
-      ["sadm", "draem", "Brats21", "fold1", 10, 0.55, 0.6153, 0.6127, 0.95],
-      ["sadm", "draem", "ATLAS_v2", "fold0", 8, 0.25, 0.2778, 0.2457, ""],
-      ["sadm", "draem", "ATLAS_v2", "fold1", 8, 0.25, 0.2778, 0.2457, ""],
-      ["sadm", "draem", "IXI", "fold0", 44, "", "", "", ""]])
-  _metrics(str(work / "one_fold" / "report" / "metrics.csv"), [
-      ["sadm", "Brats21", "Brats21", "repeat0", 90, 0.6, 0.6968, 0.7334, 0.97]])
-  res = subprocess.run([sys.executable, "-m", "sadm_jax.sweep", f"--sweep={spec}",
-                        f"--workdir={work}", "--report"], cwd=REPO, capture_output=True,
-                       text=True, timeout=120)
-  assert res.returncode == 0, res.stderr
+  _report_rows(str(work / "full" / "report" / "metrics.json"), [
+      ["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59],
+      ["cddpm", "none", "Brats21", "fold1", 10, 0.52, 0.60, 0.61],
+      ["sadm", "draem", "Brats21", "fold0", 10, 0.55, 0.6053, None]])
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 0
   md = (work / "sweep_report.md").read_text()
-  assert res.stdout == md
+  assert capsys.readouterr().out == md
   lines = md.splitlines()
-  assert lines[0] == "# Sweep r"
-  table = [l for l in lines if l.startswith("|")]
-  assert table[0] == ("| member | model | trained on anomalies of | folds | Brats21 ⌈Dice⌉ | "
-                      "Brats21 AUPRC | ATLAS_v2 ⌈Dice⌉ | ATLAS_v2 AUPRC |")
-  assert table[2] == "| full | cddpm | — | 2 | 59.00 ± 1.00 | 60.00 ± 1.00 | 25.00 ± 1.00 | 22.00 ± 1.00 |"
-  assert table[3] == "| full | sadm | draem | 2 | 61.03 ± 0.50 | 60.77 ± 0.50 | 27.78 ± 0.00 | 24.57 ± 0.00 |"
-  assert table[4] == "| one_fold | sadm | Brats21 | 1 | 69.68 | 73.34 | – | – |"
-  assert table[5] == "| absent | missing (no report/metrics.csv) |  |  |  |  |  |  |"
-  assert len(table) == 6  # 'trainer' (report=False) is no row
-  assert lines[-1] == "Missing (1): absent"
-  with open(work / "sweep_report.csv", newline="") as f:
-    rows = list(csv.DictReader(f))
-  assert [(r["member"], r["status"], r["method"], r["test_set"]) for r in rows] == [
-      ("full", "ok", "cddpm", "Brats21"), ("full", "ok", "cddpm", "ATLAS_v2"),
-      ("full", "ok", "sadm", "Brats21"), ("full", "ok", "sadm", "ATLAS_v2"),
-      ("full", "ok", "sadm", "IXI"), ("one_fold", "ok", "sadm", "Brats21"),
-      ("absent", "missing", "", "")]
-  assert float(rows[0]["best_dice_mean"]) == pytest.approx(0.59)
-  assert float(rows[0]["best_dice_std"]) == pytest.approx(0.01)  # population std over 2 folds
-  assert float(rows[0]["n_volumes_mean"]) == 10 and rows[0]["n_folds"] == "2"
-  assert rows[3]["auroc_mean"] == "" and rows[4]["best_dice_mean"] == ""
-
-
-def test_member_command_line_parses_to_the_resolved_config(tmp_path):
-  """The subprocess runner's `--config.k=v` flags give main exactly the config.json config."""
-  from absl import flags
-  from ml_collections import config_flags
-  spec = _write_sweep(tmp_path / "c.py", [{"name": "m", "overrides": {
-      "diffusion.ensemble_timesteps": (249,), "sadm.use_residual": False, "evaluate.lam": 0.25,
-      "evaluate.sadm_workdirs": ("{workdir}/a", "{workdir}/b"), "data.fold": 3,
-      "evaluate.combination": "weighted", "optimizer.learning_rate": 3e-4}}])
-  member = sweep_lib.load_sweep(spec).members[0]
-  sets = sweep_lib.parse_set(["data.data_dir=/d x", "seed=9", "sadm.use_cddpm=False"])
-  cmd = sweep_lib.main_command(member, "/w", sets)
-  assert cmd[1:5] == ["-m", "sadm_jax.main", f"--config={REPO}/configs/cddpm.py:tiny",
-                      "--workdir=/w/m"]
-  argv = ["main"] + cmd[3:]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "", flag_values=fv)
-  fv(argv)
-  want = sweep_lib.resolve_member(member, "/w", sets)
-  assert fv.config.to_dict() == want.to_dict()
-  assert want.evaluate.sadm_workdirs == ("/w/a", "/w/b") and want.data.data_dir == "/d x"
-  assert want.seed == 9 and want.sadm.use_cddpm is False
+  assert lines[:3] == ["# Sweep r", "", "## full"]
+  assert lines[6] == "| cDDPM | — | 2 | 51.00 ± 1.00 | 59.00 ± 1.00 | 60.00 ± 1.00 |"
+  assert lines[7] == "| SADM | draem | 1 | 55.00 | 60.53 | – |"
+  assert lines[-1] == "Missing (no report/metrics.json, 1): absent"
+  assert "trainer" not in md
+  csv_lines = (work / "sweep_report.csv").read_text().splitlines()
+  assert csv_lines[0].startswith("method,train_anomalies,test_set,fold,n_volumes,dice,best_dice,")
+  assert len(csv_lines) == 4 and all(l.endswith(",full") for l in csv_lines[1:])

@@ -1,16 +1,15 @@
 """Two learning rates of the tiny cDDPM, 2 steps each: the sweep machinery's smallest real example (CI).
 
     python -m sadm_jax.sweep --sweep=configs/sweeps/tiny_demo.py --workdir=W \
-        --set=data.data_dir=D [--mode=slurm] [--report]
+        [--mode=slurm] [--report] -- --config.data.data_dir=D
 """
+
+from sadm_jax.sweep import Member
+
+STEPS = ("--config.train.num_steps=2", "--config.train.eval_every=2",
+         "--config.train.checkpoint_every=2")
 
 
 def get_sweep():
-  return {
-      "config": "configs/cddpm.py:tiny",
-      "overrides": {"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2},
-      "members": [
-          {"name": "lr_2e-3", "overrides": {"optimizer.learning_rate": 2e-3}},
-          {"name": "lr_1e-4", "overrides": {"optimizer.learning_rate": 1e-4}},
-      ],
-  }
+  return [Member(f"lr_{lr}", "configs/cddpm.py:tiny",
+                 STEPS + (f"--config.optimizer.learning_rate={lr}",)) for lr in ("2e-3", "1e-4")]

@@ -1,0 +1,177 @@
+"""Sweep members: a config spec, `--config.k=v` overrides parsed by ml_collections' config flags, dependencies."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import itertools
+import os
+import re
+import sys
+from typing import Any, Iterable, Mapping, Sequence
+
+import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One run of `sadm_jax.main`; `config` is a spec, or a ConfigDict (in-process runs only)."""
+  name: str
+  config: Any
+  overrides: tuple[str, ...] = ()  # '--config.k=v'; '{workdir}' = the sweep's workdir
+  after: tuple[str, ...] = ()  # members that must have finished first
+  report: bool = True  # an evaluation whose report/ is a part of the sweep report
+
+  def __post_init__(self):
+    if not isinstance(self.name, str) or not NAME_RE.match(self.name):
+      raise ValueError(f"member name {self.name!r} is invalid (letters, digits, ._=,+-)")
+    for field in ("overrides", "after"):
+      value = getattr(self, field)
+      if isinstance(value, str):
+        raise ValueError(f"member {self.name}: {field} must be a list of strings, not one string")
+      object.__setattr__(self, field, tuple(value))
+    bad = [o for o in self.overrides if not re.match(r"^--config\.[\w.]+=", o)]
+    if bad:
+      raise ValueError(f"member {self.name}: {bad[0]!r} is not a --config.key=value override")
+    if not isinstance(self.config, (str, ml_collections.ConfigDict)) or not self.config:
+      raise ValueError(f"member {self.name}: config must be a 'configs/x.py[:arg]' spec")
+
+
+def flag(key: str, value: Any) -> str:
+  """The override string that sets `key` to `value` (tuples as Python literals)."""
+  if isinstance(value, (tuple, list)):
+    value = repr(tuple(value))
+  elif isinstance(value, float):
+    value = repr(value)
+  return f"--config.{key}={value}"
+
+
+def grid(axes: Mapping[str, Sequence[Any]], config: str, name: str = "{}",
+         overrides: Sequence[str] = (), **fields) -> list[Member]:
+  """Members for every combination of `axes` ({dotted.key: [values]}), named by `name` formatted
+  with 'key=value' parts joined by ',' (key = the last part of the dotted key)."""
+  label = lambda v: "+".join(map(label, v)) if isinstance(v, (tuple, list)) else str(v)
+  out = []
+  for values in itertools.product(*axes.values()):
+    parts = ",".join(f"{k.rsplit('.', 1)[-1]}={label(v)}" for k, v in zip(axes, values))
+    out.append(Member(name.format(parts), config,
+                      tuple(overrides) + tuple(flag(k, v) for k, v in zip(axes, values)), **fields))
+  return out
+
+
+def ordered(members: Sequence[Member], done: Iterable[str] = ()) -> list[Member]:
+  """`members` in dependency order (stable); dependencies outside the list must be in `done`."""
+  names = [m.name for m in members]
+  dups = sorted({n for n in names if names.count(n) > 1})
+  if dups:
+    raise ValueError(f"duplicate member names {dups}")
+  done, out, placed = set(done), [], set()
+  for m in members:
+    missing = [d for d in m.after if d not in names and d not in done]
+    if missing:
+      raise ValueError(f"member {m.name} depends on {', '.join(missing)}: neither in the run nor "
+                       "finished (no DONE)")
+  pending = list(members)
+  while pending:
+    ready = [m for m in pending if all(d in placed or d not in names for d in m.after)]
+    if not ready:
+      raise ValueError(f"dependency cycle among {', '.join(m.name for m in pending)}")
+    out.append(ready[0])
+    placed.add(ready[0].name)
+    pending.remove(ready[0])
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  name: str
+  path: str
+  members: tuple[Member, ...]
+
+  def select(self, names: Iterable[str]) -> list[Member]:
+    names = [n for n in names if n]
+    if not names:
+      return list(self.members)
+    unknown = [n for n in names if n not in {m.name for m in self.members}]
+    if unknown:
+      raise ValueError(f"unknown member(s) {', '.join(unknown)}; the sweep has "
+                       f"{', '.join(m.name for m in self.members)}")
+    return [m for m in self.members if m.name in names]
+
+
+def repo_path(path: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(REPO, path)
+
+
+def load_sweep(path: str) -> Sweep:
+  """Reads a sweep file and checks its members (names, dependencies, spec files)."""
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # sweep and config files import `configs.*`
+  if not os.path.isfile(repo_path(path)):
+    raise FileNotFoundError(f"{path}: no such file")
+  spec = importlib.util.spec_from_file_location(
+      "_sadm_sweep_" + re.sub(r"\W", "_", os.path.basename(path)), repo_path(path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  members = tuple(module.get_sweep())
+  if not all(isinstance(m, Member) for m in members):
+    raise ValueError(f"{path}: get_sweep() must return a list of sadm_jax.sweep.Member")
+  try:
+    ordered(members)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+  return Sweep(os.path.splitext(os.path.basename(path))[0], path, members)
+
+
+def _spec(member: Member) -> str:
+  path, sep, arg = member.config.partition(":")
+  return repo_path(path) + sep + arg
+
+
+def member_argv(member: Member, workdir: str, extra: Sequence[str] = ()) -> list[str]:
+  """`sadm_jax.main`'s arguments for the member: --config, --workdir, overrides, then `extra`."""
+  out = [f"--config={_spec(member)}"] if isinstance(member.config, str) else []
+  out.append(f"--workdir={os.path.join(workdir, member.name)}")
+  return out + [o.replace("{workdir}", workdir) for o in member.overrides] + list(extra)
+
+
+def main_command(member: Member, workdir: str, extra: Sequence[str] = ()) -> list[str]:
+  return [sys.executable, "-m", "sadm_jax.main", *member_argv(member, workdir, extra)]
+
+
+def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
+                  ) -> ml_collections.ConfigDict:
+  """The config `sadm_jax.main` builds from the member's arguments (ml_collections' flags)."""
+  from absl import flags
+  from ml_collections import config_flags
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  argv = ["sadm_jax.main"] + [a for a in member_argv(member, workdir, extra)
+                              if not a.startswith("--workdir=")]
+  fv = flags.FlagValues()
+  if isinstance(member.config, str):
+    path = _spec(member).partition(":")[0]
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"member {member.name}: {member.config}: no such file")
+    config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+  else:
+    config_flags.DEFINE_config_dict("config", copy.deepcopy(member.config), flag_values=fv,
+                                    lock_config=True, sys_argv=argv)
+  try:
+    rest = fv(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
+      e = e.args[0]
+    lines = str(e.args[0] if e.args else e).splitlines() or [""]
+    detail = " ".join(line.strip() for line in lines)
+    if isinstance(e, (AttributeError, KeyError)):
+      detail = f"no config field {detail}"
+    raise ValueError(f"member {member.name}: {detail}") from None
+  if len(rest) > 1:
+    raise ValueError(f"member {member.name}: not a --config.k=v override: {' '.join(rest[1:])}")
+  return fv.config

@@ -1,0 +1,35 @@
+"""The sweep report: every reporting member's evaluation rows, tabulated by the evaluation package."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from sadm_jax.evaluate import report
+from sadm_jax.sweeps.members import Sweep
+from sadm_jax.utils import io
+
+
+def build_report(sweep: Sweep, workdir: str) -> tuple[list[dict], str]:
+  """(rows, markdown): every reporting member's evaluation rows (with a 'member' key) and one
+  section per member with the evaluation's own Table-1-style table (mean ± std over folds)."""
+  rows, parts, missing = [], [f"# Sweep {sweep.name}", ""], []
+  for m in [m for m in sweep.members if m.report]:
+    path = os.path.join(workdir, m.name, "report", "metrics.json")
+    if not os.path.exists(path):
+      missing.append(m.name)
+      continue
+    with open(path, encoding="utf-8") as f:
+      member_rows = [{**r, "member": m.name} for r in json.load(f)["rows"]]
+    rows += member_rows
+    parts += [f"## {m.name}", "", report.format_table(member_rows), ""]
+  if missing:
+    parts.append(f"Missing (no report/metrics.json, {len(missing)}): {', '.join(missing)}")
+  return rows, "\n".join(parts).rstrip("\n") + "\n"
+
+
+def write_report(sweep: Sweep, workdir: str) -> str:
+  rows, md = build_report(sweep, workdir)
+  io.write_text(os.path.join(workdir, "sweep_report.csv"), report.metrics_csv(rows))
+  io.write_text(os.path.join(workdir, "sweep_report.md"), md)
+  return md

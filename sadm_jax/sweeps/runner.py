@@ -1,0 +1,114 @@
+"""Runs sweep members in dependency order, resumably: W/<member>/{config.json, log.txt, DONE}."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+import traceback
+from typing import Callable, Mapping, Sequence
+
+import ml_collections
+
+from sadm_jax.sweeps.members import REPO, Member, member_config, main_command, ordered
+from sadm_jax.utils import io
+
+DONE = "DONE"
+
+# runner(member, config, member workdir, `python -m sadm_jax.main` command) -> succeeded
+Runner = Callable[[Member, ml_collections.ConfigDict, str, Sequence[str]], bool]
+
+
+def is_primary(environ: Mapping[str, str] | None = None) -> bool:
+  """Process 0 of a launcher (SLURM_PROCID / JAX_PROCESS_ID), without initialising JAX."""
+  environ = os.environ if environ is None else environ
+  for var in ("JAX_PROCESS_ID", "SLURM_PROCID"):
+    if environ.get(var, "").strip():
+      return int(environ[var]) == 0
+  return True
+
+
+def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) -> bool:
+  """Runs the member as `python -m sadm_jax.main ...`, output appended to W/m/log.txt."""
+  if not isinstance(member.config, str):
+    raise ValueError(f"member {member.name} has an in-memory config: run it in-process")
+  log = os.path.join(mdir, "log.txt")
+  with open(log, "a", encoding="utf-8") as f:
+    f.write(f"$ {shlex.join(command)}\n")
+    f.flush()
+    rc = subprocess.run(list(command), cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                        check=False).returncode
+  if rc:
+    with open(log, encoding="utf-8", errors="replace") as f:
+      tail = "".join(f.readlines()[-20:])
+    print(f"  {member.name} failed (exit {rc}); last lines of {log}:\n{tail}", flush=True)
+  return rc == 0
+
+
+def run_inprocess(member: Member, config, mdir: str, command: Sequence[str]) -> bool:
+  """Runs the member's stage in this process (`sadm_jax.main.run_stage`)."""
+  from sadm_jax import main as main_lib
+  try:
+    main_lib.run_stage(config, mdir)
+  except Exception:  # pylint: disable=broad-except  (one member's failure is not the sweep's)
+    print(f"  {member.name} failed:\n{traceback.format_exc()}", flush=True)
+    return False
+  return True
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict:
+  """The member's config as given (faithful placeholders unresolved, as checkpoints store it)."""
+  return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+def is_done(workdir: str, name: str) -> bool:
+  return os.path.exists(os.path.join(workdir, name, DONE))
+
+
+def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = (),
+              runner: Runner = run_subprocess, primary: bool | None = None) -> list[str]:
+  """Runs the unfinished members in dependency order; returns the names of the failed ones
+  (including those not started because a dependency failed). Config errors raise up front."""
+  done = {d for m in members for d in m.after if is_done(workdir, d)}
+  members = ordered(members, done)
+  configs = {m.name: member_config(m, workdir, extra) for m in members}
+  primary = is_primary() if primary is None else primary
+  failed: list[str] = []
+  for i, m in enumerate(members, 1):
+    mdir, tag = os.path.join(workdir, m.name), f"[{i}/{len(members)}] {m.name}"
+    if is_done(workdir, m.name):
+      _warn_if_changed(m, configs[m.name], mdir)
+      print(f"{tag}: done already, skipped", flush=True)
+      continue
+    blocked = [d for d in m.after if d in failed]
+    if blocked:
+      print(f"{tag}: not started, {', '.join(blocked)} failed", flush=True)
+      failed.append(m.name)
+      continue
+    os.makedirs(mdir, exist_ok=True)
+    if primary:
+      io.write_json(os.path.join(mdir, "config.json"), _config_json(configs[m.name]))
+    print(f"{tag}: running", flush=True)
+    t0 = time.time()
+    ok = runner(m, configs[m.name], mdir, main_command(m, workdir, extra))
+    seconds = time.time() - t0
+    if ok and primary:
+      io.write_json(os.path.join(mdir, DONE), {"member": m.name, "seconds": round(seconds, 2),
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    print(f"{tag}: {'done' if ok else 'FAILED'} in {seconds:.1f} s", flush=True)
+    if not ok:
+      failed.append(m.name)
+  return failed
+
+
+def _warn_if_changed(member: Member, config: ml_collections.ConfigDict, mdir: str) -> None:
+  try:
+    with open(os.path.join(mdir, "config.json"), encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return
+  if saved != _config_json(config):
+    print(f"warning: {member.name} finished with a different config than the sweep now gives; "
+          f"delete {os.path.join(mdir, DONE)} to run it again", flush=True)

@@ -1,0 +1,82 @@
+"""Slurm scripts of a sweep: one per member rendered from launch/slurm.sbatch, and a submit script with afterok dependencies."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Sequence
+
+from sadm_jax.sweeps import members as members_lib
+from sadm_jax.sweeps import runner
+from sadm_jax.utils import io
+
+TEMPLATE = os.path.join(members_lib.REPO, "launch", "slurm.sbatch")
+
+
+def _substitutions(job: str, output: str, args: Sequence[str]) -> list[tuple[str, str]]:
+  """(line of the template, its replacement): the job name, the log, the repository, the command."""
+  return [
+      ("#SBATCH --job-name=sadm_jax", f"#SBATCH --job-name={job}\n# Rendered from "
+       "launch/slurm.sbatch by sadm_jax.sweeps.slurm: the arguments are set below (`set --`)."),
+      ("#SBATCH --output=slurm-%x-%j.out", f"#SBATCH --output={output}"),
+      ('REPO_DIR="${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"',
+       f'REPO_DIR="${{REPO_DIR:-{shlex.quote(members_lib.REPO)}}}"'),
+      ('if [[ "${1:-}" == "--" ]]; then shift; fi',
+       f"set -- {shlex.join(args)}  # rendered by sadm_jax.sweeps.slurm"),
+      ('exec "$SADM_PYTHON" -m sadm_jax.main "$@"\'',
+       'exec "$SADM_PYTHON" -m sadm_jax.sweep "$@"\''),
+  ]
+
+
+def render(job: str, output: str, args: Sequence[str], template: str | None = None) -> str:
+  """launch/slurm.sbatch with its job name, log path and repository set, running
+  `python -m sadm_jax.sweep <args>` in every task instead of `sadm_jax.main`."""
+  if template is None:
+    with open(TEMPLATE, encoding="utf-8") as f:
+      template = f.read()
+  lines = template.split("\n")
+  for old, new in _substitutions(job, output, args):
+    hits = [i for i, line in enumerate(lines) if line.strip() == old]
+    if len(hits) != 1:
+      raise ValueError(f"{TEMPLATE}: expected the line {old!r} once, found it {len(hits)} times")
+    indent = lines[hits[0]][:len(lines[hits[0]]) - len(lines[hits[0]].lstrip())]
+    lines[hits[0]] = indent + new
+  return "\n".join(lines)
+
+
+def write_slurm(sweep: members_lib.Sweep, workdir: str, members: Sequence[members_lib.Member],
+                extra: Sequence[str] = ()) -> list[str]:
+  """Writes W/slurm/<member>.sbatch for every member and W/slurm/submit.sh, which submits them in
+  dependency order (`afterok` on the members it submitted); returns the paths, submit.sh last.
+  Each job runs `python -m sadm_jax.sweep --members=<member>`, so DONE markers work there too."""
+  done = {d for m in members for d in m.after if runner.is_done(workdir, d)}
+  members = members_lib.ordered(members, done)
+  for m in members:
+    members_lib.member_config(m, workdir, extra)  # fail now, not in the queue
+  out = os.path.join(workdir, "slurm")
+  path = os.path.abspath(members_lib.repo_path(sweep.path))
+  paths, submit = [], ["#!/usr/bin/env bash",
+                       f"# Submits the members of sweep {sweep.name} ({path}) in dependency order;",
+                       "# arguments go to every sbatch call (resources), e.g.",
+                       f"#   bash {os.path.join(out, 'submit.sh')} --nodes=1 --ntasks-per-node=1 "
+                       "--gpus-per-node=1 --time=24:00:00",
+                       "set -euo pipefail", "declare -A job"]
+  names = {m.name for m in members}
+  for m in members:
+    args = [f"--sweep={path}", f"--workdir={workdir}", f"--members={m.name}"]
+    args += ["--", *extra] if extra else []
+    script = os.path.join(out, f"{m.name}.sbatch")
+    io.write_text(script, render(f"{sweep.name}.{m.name}", os.path.join(out, f"{m.name}-%j.out"),
+                                 args))
+    os.chmod(script, 0o755)
+    paths.append(script)
+    deps = [d for d in m.after if d in names]
+    dep = (" --dependency=afterok:" + ":".join(f"${{job[{shlex.quote(d)}]}}" for d in deps)
+           if deps else "")
+    key = shlex.quote(m.name)
+    submit += [f"id=$(sbatch --parsable{dep} \"$@\" {shlex.quote(script)})",
+               f'job[{key}]="${{id%%;*}}"', f'echo "{m.name}: job ${{job[{key}]}}"']
+  submit_path = os.path.join(out, "submit.sh")
+  io.write_text(submit_path, "\n".join(submit) + "\n")
+  os.chmod(submit_path, 0o755)
+  return paths + [submit_path]
