@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -179,28 +179,6 @@ def infer_volume(image: np.ndarray, index: int, cddpm: CDDPMInference | None,
   seg = segnet.probability(image, recon) if segnet is not None else None
   return VolumeInference(None if recon is None else _slice_major_to_hwd(recon.mean),
                          None if seg is None else _slice_major_to_hwd(seg))
-
-
-def infer_many(image: np.ndarray, index: int, cddpms: dict[str, CDDPMInference],
-               requests: Sequence[tuple[str, str | None]],
-               segnets: dict[str, SegmentationInference]
-               ) -> dict[tuple[str, str | None], VolumeInference]:
-  """Several (cDDPM key, SegUnet key | None) requests for one volume, sharing reconstructions.
-
-  Each cDDPM runs at most once per volume: a cDDPM-only result and every SegUnet that builds on the
-  same cDDPM reuse its ensemble (identical noise, so identical to separate calls).
-  """
-  recons: dict[str, Reconstruction] = {}
-  out = {}
-  for cddpm_key, seg_key in requests:
-    if cddpm_key and cddpm_key not in recons:
-      recons[cddpm_key] = cddpms[cddpm_key].reconstruct(image, index)
-    recon = recons.get(cddpm_key) if cddpm_key else None
-    seg = segnets[seg_key].probability(image, recon) if seg_key else None
-    out[(cddpm_key, seg_key)] = VolumeInference(
-        None if recon is None else _slice_major_to_hwd(recon.mean),
-        None if seg is None else _slice_major_to_hwd(seg))
-  return out
 
 
 # ----------------------------------------------------------------------------- loading checkpoints

@@ -273,7 +273,7 @@ def volume_detection_auroc(healthy_scores, patho_scores) -> float:
 
 def volume_metrics(score_map, gt, brain_mask, threshold: float,
                    spacing: Sequence[float] = (2.0, 2.0, 2.0), faithful: bool = False,
-                   name: str | None = None) -> dict:
+                   name: str | None = None, slice_axis: int | None = None) -> dict:
   """Every per-volume metric of one pathological volume at once (docs/method.md §4.4).
 
   Voxel metrics live in a domain: the brain mask by default, the whole grid with `faithful=True`
@@ -295,6 +295,8 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
     spacing: voxel size in mm for HD95 (2 mm on the working grid).
     faithful: reproduce the reference's metric choices.
     name: the volume's name for errors.
+    slice_axis: axis of the slices for slice detection; default the last (axial slices of an
+      [H, W, D] volume), the first in faithful mode; 0 (or 1 faithful) for [D, H, W] volumes.
   Raises:
     NonFiniteScoreError: the map holds NaN or ±Inf (the message names `name`).
   Returns:
@@ -322,7 +324,8 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
   else:
     g_dom = g
   d_pg, d_gp = surface_distances(pred, g_dom, spacing)
-  slice_auroc, slice_auprc = slice_detection(s, g, m, axis=0 if faithful else -1)
+  slice_auroc, slice_auprc = slice_detection(
+      s, g, m, axis=slice_axis if slice_axis is not None else (0 if faithful else -1))
 
   empty_dice = float("nan") if faithful else 1.0  # no lesion, nothing predicted (Q34)
   out = {

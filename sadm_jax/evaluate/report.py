@@ -32,6 +32,11 @@ _RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 
 # ----------------------------------------------------------------------------- per-volume files
 
 
+def nifti_order(a: np.ndarray) -> np.ndarray:
+  """Slice-major [D, H, W] → NIfTI voxel order [H, W, D]: the one conversion, when writing files."""
+  return np.ascontiguousarray(np.transpose(np.asarray(a), (1, 2, 0)))
+
+
 def save_nifti(path: str, data: np.ndarray, affine: np.ndarray) -> None:
   """Atomically writes `data` [H, W, D] with `affine` [4, 4] as NIfTI-1 (.nii.gz), sform = qform."""
   img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, np.float64))
@@ -127,7 +132,9 @@ def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.
                          recon: np.ndarray | None = None, gt: np.ndarray | None = None,
                          nifti: bool = True, png: bool = False) -> list[str]:
   """Writes `<name>_{anomaly,recon,pred}.nii.gz` on the working grid (`affine` of the cached input)
-  and optionally `<name>_montage.png`. Volumes are [H, W, D]; returns the written paths."""
+  and optionally `<name>_montage.png`. Volumes are slice-major [D, H, W]; returns the written paths."""
+  image, anomaly, pred, mask = map(nifti_order, (image, anomaly, pred, mask))
+  recon, gt = (None if v is None else nifti_order(v) for v in (recon, gt))
   written = []
   if nifti:
     items = [("anomaly", anomaly.astype(np.float32)), ("pred", (pred > 0).astype(np.uint8))]

@@ -11,8 +11,9 @@ from configs import cddpm as cddpm_config
 from configs import evaluate as evaluate_config
 from sadm_jax import config as config_lib
 from sadm_jax.evaluate import inference
-from sadm_jax.evaluate import run as run_lib
-from sadm_jax.models import cddpm as cddpm_lib
+from sadm_jax.evaluate import anomaly_map as am
+from sadm_jax.evaluate import scoring
+from sadm_jax.models import factory
 from sadm_jax.models.segnet import SegUnet
 
 D, H, W = 8, 64, 64  # the tiny working grid, slice-major
@@ -27,7 +28,7 @@ def eval_config():
 def models(eval_config):
   """Randomly initialised tiny cDDPM and SegUnet (inference only needs their variables)."""
   cfg = config_lib.resolve(cddpm_config.get_config("tiny"))
-  model = cddpm_lib.build_cddpm(cfg)
+  model = factory.build_cddpm(cfg)
   x = jnp.zeros((1, H, W, 1))
   variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x, x,
                          jnp.zeros((1,), jnp.int32), train=False)
@@ -74,17 +75,52 @@ def test_one_compilation_for_many_volumes(models):
   assert (cddpm.traces, segnet.traces) == (max(before[0], 1), max(before[1], 1)) == (1, 1)
 
 
-def test_infer_many_runs_each_cddpm_once(models, monkeypatch):
+def _brain() -> np.ndarray:
+  d, h, w = np.meshgrid(*[np.linspace(-1, 1, n) for n in (D, H, W)], indexing="ij")
+  return (0.6 * d ** 2 + h ** 2 + w ** 2) < 0.7  # [D, H, W]
+
+
+@pytest.mark.parametrize("on_device_median", [False, True])
+def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
+  """The one per-volume program (1 and 8 devices) = infer_volume + host anomaly_map, per volume."""
   cddpm, segnet = models
-  calls = []
-  original = cddpm.reconstruct
-  monkeypatch.setattr(cddpm, "reconstruct", lambda *a: calls.append(a) or original(*a))
-  image = _volume(3)
-  out = inference.infer_many(image, 5, {"c": cddpm}, [("c", None), ("c", "s")], {"s": segnet})
-  assert len(calls) == 1
-  np.testing.assert_array_equal(out[("c", None)].recon, out[("c", "s")].recon)
-  single = inference.infer_volume(image, 5, cddpm, segnet)
-  np.testing.assert_array_equal(single.seg_prob, out[("c", "s")].seg_prob)
+  images = np.stack([_volume(20 + i) for i in range(3)])
+  masks = np.stack([_brain()] * 3)
+  indices = np.asarray([inference.volume_index(f"v{i}") for i in range(3)], np.uint32)
+  settings = {"lam": 0.5, "median_size": 5, "erode_mask": 0, "min_component_size": 0,
+              "residual_mode": "ssim"}
+  runs = [("cddpm", "residual", None), ("sadm", "sum", 0), ("weighted", "weighted", 0)]
+  out = {}
+  for n in (1, 8):
+    prog = scoring.VolumeProgram(cddpm, [segnet], runs, settings, scoring.local_mesh(n),
+                                 on_device_median)
+    k = -(-3 // n) * n  # 3 volumes on 1 device, padded to 8 on 8 devices
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], k - 3, 0)])
+    host = jax.device_get(prog.dispatch(pad(images), pad(masks), pad(indices)))
+    out[n] = [prog.maps(host, b, masks[b]) for b in range(3)], host
+  for b in range(3):
+    for rid, _, _ in runs:  # the device count does not change a volume's numbers
+      np.testing.assert_array_equal(out[1][0][b][rid], out[8][0][b][rid])
+    inf = inference.infer_volume(images[b], int(indices[b]), cddpm, segnet)
+    hwd = lambda a: np.transpose(a, (1, 2, 0))
+    for rid, comb, _ in runs:
+      want = am.anomaly_map(inf.recon, hwd(images[b]), hwd(masks[b]), inf.seg_prob,
+                            combination=comb, lam=0.5)
+      np.testing.assert_allclose(hwd(out[8][0][b][rid]), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(hwd(out[8][1]["recon"][b]), inf.recon, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(hwd(out[8][1]["prob"][b, 0]), inf.seg_prob, rtol=0, atol=1e-6)
+    assert (out[8][0][b]["sadm"][~masks[b]] == 0).all()
+
+
+def test_jax_median_equals_scipy_bit_for_bit():
+  from scipy import ndimage
+  rng = np.random.default_rng(0)
+  v = rng.random((9, 11, 7)).astype(np.float32)
+  v[2:5, 3:6, 1:4] = 0.5  # ties
+  got = np.asarray(am._median_jax(jnp.asarray(v), 5))
+  want = ndimage.median_filter(v, size=5, mode="reflect")
+  assert got.dtype == want.dtype == np.float32
+  np.testing.assert_array_equal(got, want)
 
 
 def test_noise_spec_takes_the_ensemble_from_evaluation_and_shape_from_the_model(eval_config):
@@ -107,7 +143,7 @@ def test_threshold_baseline_known_answer():
   x[2, 2, 1] = 0.9  # bright lesion
   x[3, 1, 2] = 0.2  # dark lesion
   x[0, 0, 0] = 0.7  # outside the brain: ignored
-  a = run_lib.anomaly_for("threshold", "residual", x, mask, None, {}, intensity_median=0.5)
+  a = scoring.anomaly_for("threshold", "residual", x, mask, None, {}, intensity_median=0.5)
   expected = np.zeros(x.shape, np.float32)
   expected[2, 2, 1], expected[3, 1, 2] = 0.4, 0.3
   np.testing.assert_allclose(a, expected, atol=1e-7)

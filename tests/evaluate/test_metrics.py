@@ -269,13 +269,13 @@ def _three_volumes():
 
 
 def test_empty_gt_dice_default_one_faithful_nan_and_mean():
-  from sadm_jax.evaluate import run
+  from sadm_jax.evaluate import records
   for faithful, dices, mean in ((False, [0.5, 1.0, 1.0], 2.5 / 3), (True, [0.5, 1.0, None], 0.75)):
     recs = [mt.volume_metrics(s, g, b, 0.5, faithful=faithful) for s, g, b in _three_volumes()]
     for rec, d in zip(recs, dices):
       assert (math.isnan(rec["dice"]) if d is None else rec["dice"] == d)
     assert recs[2]["empty_prediction"] and recs[2]["lesion_voxels"] == 0
-    assert run.summarise(recs)["dice"] == pytest.approx(mean)  # NaN drops out (nanmean)
+    assert records.summarise(recs)["dice"] == pytest.approx(mean)  # NaN drops out (nanmean)
 
 
 def test_report_states_empty_gt_convention():
@@ -301,22 +301,15 @@ def test_volume_metrics_non_finite_map_names_volume(bad):
 
 
 def _test_pass_record(faithful_metrics: bool, tau: float) -> dict:
-  """`Evaluator.record` of the test pass for one hand-made volume (no models, no files)."""
-  import types
-  from configs import default
-  from sadm_jax import config as config_lib
-  from sadm_jax.evaluate import run
-  c = default.get_config()
-  c.faithful = faithful_metrics
-  c = config_lib.resolve(c)
-  ev = types.SimpleNamespace(config=c, _domain=lambda m: m if not faithful_metrics else m | True)
+  """`records.test_record` for one hand-made slice-major volume (no models, no files)."""
+  from sadm_jax.evaluate import records
   # One lesion voxel scored 0.9, one background voxel 0.6, the rest 0.1: the oracle threshold
   # is 0.6 (only the lesion is predicted, Dice 1); τ = 0.5 also predicts the 0.6 voxel.
   score, seg = np.full((2, 4, 4), 0.1, np.float32), np.zeros((2, 4, 4), bool)
   score[1, 1, 1], seg[1, 1, 1], score[0, 2, 2] = 0.9, True, 0.6
-  case = run.Case("vol-1", score, np.ones_like(seg), seg, np.diag([2.0, 2.0, 2.0, 1.0]), 0)
-  hwd = case.hwd(score)
-  return run.Evaluator.record(ev, "test", None, case, hwd, hwd, None, {"tau": tau})
+  rec = records.base("vol-1", score, None, np.ones_like(seg), seg)
+  return records.test_record(rec, score, seg, np.ones_like(seg), (2.0, 2.0, 2.0), faithful_metrics,
+                             tau, {})
 
 
 def test_test_pass_best_threshold_oracle_or_reference_overwrite():

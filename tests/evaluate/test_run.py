@@ -17,7 +17,7 @@ from sadm_jax import main as main_lib
 from sadm_jax.data import cache as cache_lib, prepare
 from sadm_jax.data.splits import Row
 from sadm_jax.evaluate import report
-from sadm_jax.evaluate import run as run_lib
+from sadm_jax.evaluate import planning
 from tests.evaluate.conftest import evaluate_tiny_config
 
 REQUIRED = ("method", "train_anomalies", "test_set", "fold", "n_volumes", "dice", "best_dice",
@@ -69,7 +69,7 @@ def test_report_markdown_is_a_paper_style_table(evaluation):
 def test_volume_outputs_are_aligned_with_the_cached_input(evaluation, eval_data_dir):
   workdir, _ = evaluation
   c = evaluate_tiny_config(eval_data_dir, "")
-  _, splits, _, _ = prepare.load_valid_splits(c, ["Brats21_test"])
+  _, splits, _, _ = config_lib.load_valid_splits(c, ["Brats21_test"])
   row = splits["Brats21_test"][0]
   cached = cache_lib.VolumeCache(config_lib.cache_dir(c), config_lib.preprocess_config(c)).load(row)
   out = os.path.join(workdir, "report", "volumes", "sadm", "draem", "fold0", "Brats21")
@@ -88,7 +88,7 @@ def test_volume_outputs_are_aligned_with_the_cached_input(evaluation, eval_data_
 def test_intensity_median_is_the_median_of_healthy_training_brains(evaluation, eval_data_dir):
   workdir, _ = evaluation
   c = evaluate_tiny_config(eval_data_dir, "")
-  _, splits, _, _ = prepare.load_valid_splits(c, ["IXI_train_fold0", "IXI_val_fold0", "IXI_test"])
+  _, splits, _, _ = config_lib.load_valid_splits(c, ["IXI_train_fold0", "IXI_val_fold0", "IXI_test"])
   cache = cache_lib.VolumeCache(config_lib.cache_dir(c), config_lib.preprocess_config(c))
   vols = [cache.load(r) for r in splits["IXI_train_fold0"]]
   expected = np.median(np.concatenate([v.image[v.mask > 0] for v in vols]))
@@ -129,15 +129,15 @@ def _rows(n):
 
 def test_weakly_supervised_runs_tune_only_on_held_out_rows():
   rows = _rows(8)
-  run = run_lib.EvalRun("sadm", "Brats21", "repeat0", 0,
+  run = planning.EvalRun("sadm", "Brats21", "repeat0", 0,
                         held_out=("Brats21", "brats", (2, 8), (0, 2)))
-  keep, how = run_lib._val_rows(run, "Brats21", rows)
+  keep, how = planning.val_rows(run, "Brats21", rows)
   assert [r.name for r in keep] == ["v0", "v1"] and how.startswith("held-out")
-  keep, how = run_lib._val_rows(run, "ATLAS_v2", rows)  # another data set: all its val rows
+  keep, how = planning.val_rows(run, "ATLAS_v2", rows)  # another data set: all its val rows
   assert keep == rows and how == "all"
   # Reference rows (BraTS trains on 10-99) on a full-size split: τ from rows 0-9 only (Q15).
-  ref = run_lib.EvalRun("sadm", "Brats21", "repeat0", 0, held_out=("Brats21", "brats", None, None))
-  keep, _ = run_lib._val_rows(ref, "Brats21", _rows(100))
+  ref = planning.EvalRun("sadm", "Brats21", "repeat0", 0, held_out=("Brats21", "brats", None, None))
+  keep, _ = planning.val_rows(ref, "Brats21", _rows(100))
   assert [r.index for r in keep] == list(range(10))
 
 

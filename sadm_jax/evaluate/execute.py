@@ -1,0 +1,304 @@
+"""Sharded passes: volumes split over processes, batches over local devices, host work overlapped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from sadm_jax import config as config_lib
+from sadm_jax.anomaly import draem
+from sadm_jax.data import cache as cache_lib
+from sadm_jax.data.preprocess import affine_spacing
+from sadm_jax.data.splits import Row
+from sadm_jax.evaluate import inference, records, report, scoring, thresholds
+from sadm_jax.evaluate.planning import DRAEM_SET, EvalRun, Models, Pass
+from sadm_jax.evaluate.store import CACHE_VERSION, Store, fingerprint, safe
+from sadm_jax.utils import io
+
+PNG_VOLUMES = 3  # montages for the first few test volumes of each run and data set
+PREFETCH_BATCHES = 2  # batches of volumes read and preprocessed ahead of the device
+
+
+def barrier(name: str) -> None:
+  """Waits for every process (no-op with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+@dataclasses.dataclass
+class Case:
+  """One volume ready for inference; arrays slice-major [D, H, W] as cached."""
+  name: str
+  image: np.ndarray  # float32
+  mask: np.ndarray  # bool
+  seg: np.ndarray  # bool (all False for healthy volumes)
+  affine: np.ndarray  # [4, 4] working grid, NIfTI voxel order
+  index: int  # noise index
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One volume of one pass and the runs whose result for it is missing."""
+  pass_: Pass
+  row: Row
+  pos: int  # position in the pass's rows (montages for the first few)
+  runs: tuple  # EvalRun
+
+
+class Evaluation:
+  """The fixed state of one evaluation: config, models, runs, volumes, store and device programs."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, models: Models,
+               runs: Sequence[EvalRun], splits: dict, cache: cache_lib.VolumeCache):
+    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.models, self.runs, self.splits, self.cache = models, list(runs), splits, cache
+    self.store = Store(workdir)
+    ev = config.evaluate
+    self.faithful = bool(ev.faithful_metrics)
+    self.settings = scoring.map_settings(config)
+    common = {"version": CACHE_VERSION, "seed": int(config.seed), "dtype": str(ev.dtype),
+              "timesteps": [int(t) for t in config.diffusion.ensemble_timesteps],
+              "shared_noise": bool(config.diffusion.shared_noise), "map": self.settings,
+              "faithful_metrics": self.faithful,
+              "preprocess": config_lib.preprocess_config(config).key(),
+              "uint8_wrap": bool(config.anomaly.faithful_uint8_wrap)}
+    # What a per-volume result depends on (besides τ, part of the test passes' fingerprints).
+    self.run_settings = {r.id: {**common, **dataclasses.asdict(r), **models.fingerprint(r)}
+                         for r in self.runs}
+    self.mesh = scoring.local_mesh(int(config.mesh.num_devices))
+    self.programs = self._programs()
+    self.medians: dict[int, float] = {}
+
+  def _programs(self) -> dict[str, scoring.VolumeProgram]:
+    """One program per cDDPM key ('' for SegUnets without residual) with all its runs."""
+    groups: dict[str, list[EvalRun]] = {}
+    for r in self.runs:
+      if r.method != "threshold":
+        groups.setdefault(r.cddpm_key, []).append(r)
+    on_device = scoring.device_median()
+    out = {}
+    for key, runs in groups.items():
+      segs = list(dict.fromkeys(r.sadm_workdir for r in runs if r.sadm_workdir))
+      spec = [(r.id, r.combination, segs.index(r.sadm_workdir) if r.sadm_workdir else None)
+              for r in runs]
+      out[key] = scoring.VolumeProgram(self.models.cddpms.get(key) if key else None,
+                                       [self.models.segnets[w] for w in segs], spec, self.settings,
+                                       self.mesh, on_device)
+    return out
+
+  def fingerprint(self, run: EvalRun, kind: str, extra: dict | None) -> str:
+    return fingerprint({"settings": self.run_settings[run.id], "extra": extra, "kind": kind})
+
+  # -- volumes -----------------------------------------------------------------------------------
+
+  def case(self, pass_: Pass, row: Row) -> Case:
+    vol = self.cache.load(row, mmap=False)
+    image = np.asarray(vol.image, np.float32)
+    mask = np.asarray(vol.mask) > 0
+    seg = np.asarray(vol.seg) > 0 if vol.seg is not None else np.zeros(mask.shape, bool)
+    name = vol.meta["name"]
+    if pass_.set_name == DRAEM_SET:
+      image, seg = self._draem(name, image, mask)
+    name = pass_.volume_name(row)
+    return Case(name, image, mask, seg, vol.affine,
+                inference.volume_index(f"{pass_.set_name}/{name}"))
+
+  def _draem(self, name: str, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic DRAEM anomalies per axial slice, restricted to the brain (labels inside M)."""
+    cfg = draem.DraemConfig(faithful_uint8_wrap=bool(self.config.anomaly.faithful_uint8_wrap),
+                            restrict_to_brain=True)
+    rng = np.random.default_rng([int(self.config.seed), inference.volume_index(name)])
+    out, labels = image.copy(), np.zeros(mask.shape, bool)
+    for k in range(image.shape[0]):
+      x_ano, y = draem.synth_anomaly(image[k], rng, cfg, brain_mask=mask[k])
+      out[k], labels[k] = x_ano, y > 0
+    return out, labels
+
+  def intensity_median(self, fold: int) -> float:
+    """Median brain intensity of the healthy IXI training volumes of `fold` (threshold baseline).
+
+    Process 0 computes it (or reuses its file); the others read the file after a barrier.
+    """
+    if fold in self.medians:
+      return self.medians[fold]
+    rows = self.splits[f"IXI_train_fold{fold}"]
+    path = os.path.join(self.store.root, "threshold", f"intensity_median_fold{fold}.json")
+    key = fingerprint({"rows": [r.img for r in rows],
+                       "preprocess": config_lib.preprocess_config(self.config).key()})
+    saved = _read_json(path)
+    if jax.process_index() == 0 and saved.get("fingerprint") != key:
+      values = [np.asarray(v.image)[np.asarray(v.mask) > 0] for v in map(self.cache.load, rows)]
+      saved = {"median": float(np.median(np.concatenate(values))), "fingerprint": key,
+               "volumes": len(rows)}
+      io.write_json(path, saved)
+    barrier(f"intensity_median_{fold}")
+    saved = _read_json(path)
+    if saved.get("fingerprint") != key:
+      raise RuntimeError(f"{path}: not written by process 0 (is the workdir shared?)")
+    self.medians[fold] = float(saved["median"])
+    return self.medians[fold]
+
+  # -- passes ------------------------------------------------------------------------------------
+
+  def scan(self, passes: Sequence[Pass], extras: dict) -> tuple[list[Item], int]:
+    """(volumes with a missing result, number of results already stored) over `passes`."""
+    items, cached = [], 0
+    for p in passes:
+      order: dict[tuple, tuple[int, Row]] = {}
+      for rid, rows in p.rows.items():
+        for pos, row in enumerate(rows):
+          order.setdefault((row.split, row.img, row.name), (pos, row))
+      members = {rid: {(r.split, r.img, r.name) for r in rows} for rid, rows in p.rows.items()}
+      runs = [r for r in self.runs if r.id in p.rows]
+      for key, (pos, row) in order.items():
+        todo = []
+        for r in (r for r in runs if key in members[r.id]):
+          fp = self.fingerprint(r, p.kind, extras.get((p.set_name, r.id)))
+          if self.store.read(r, p.set_name, p.split, p.volume_name(row), fp, p.keep_map) is None:
+            todo.append(r)
+          else:
+            cached += 1
+        if todo:
+          items.append(Item(p, row, pos, tuple(todo)))
+    return items, cached
+
+  def run_passes(self, passes: Sequence[Pass], extras: dict, tag: str) -> tuple[list[str], int]:
+    """Computes this process's share of the missing results of `passes` and waits for the others.
+
+    extras: (set name, run id) -> τ / FPR thresholds of a test pass. Returns (the results this
+    process computed, as 'run/set/split/volume', and the number already stored).
+    """
+    items, cached = self.scan(passes, extras)
+    barrier(f"{tag}_scanned")  # nobody writes before everyone has scanned: same items everywhere
+    mine = items[jax.process_index()::jax.process_count()]
+    done: list[str] = []
+    start, b = time.time(), self.mesh.size
+    batches = [mine[i:i + b] for i in range(0, len(mine), b)]
+    pending = None
+    for batch, cases in prefetch(self, batches):
+      outs = self._dispatch(batch, cases)  # asynchronous: the device works while ...
+      if pending is not None:
+        done += self._finish(*pending, extras)  # ... the host finishes the previous batch
+      pending = (batch, cases, outs)
+    if pending is not None:
+      done += self._finish(*pending, extras)
+    logging.info("%s: %d results computed by process %d (%d stored before), %.1f s", tag,
+                 len(done), jax.process_index(), cached, time.time() - start)
+    barrier(f"{tag}_done")
+    return done, cached
+
+  def _dispatch(self, batch: Sequence[Item], cases: Sequence[Case]) -> dict:
+    keys = {r.cddpm_key for it in batch for r in it.runs if r.method != "threshold"}
+    if not keys:
+      return {}
+    n = self.mesh.size
+    pad = lambda a: np.stack(list(a) + [a[-1]] * (n - len(a)))  # repeat the last volume
+    images = pad([c.image for c in cases])
+    masks = pad([scoring.erode_slice_major(c.mask, self.settings["erode_mask"]) for c in cases])
+    indices = np.asarray([c.index for c in cases] + [cases[-1].index] * (n - len(cases)), np.uint32)
+    return {k: self.programs[k].dispatch(images, masks, indices) for k in keys}
+
+  def _finish(self, batch: Sequence[Item], cases: Sequence[Case], outs: dict,
+              extras: dict) -> list[str]:
+    host = jax.device_get(outs)  # one transfer per program and batch
+    done = []
+    for b, (item, case) in enumerate(zip(batch, cases)):
+      eroded = scoring.erode_slice_major(case.mask, self.settings["erode_mask"])
+      maps = {k: self.programs[k].maps(h, b, eroded) for k, h in host.items()}
+      p = item.pass_
+      for r in item.runs:
+        extra = extras.get((p.set_name, r.id))
+        if r.method == "threshold":
+          a = scoring.anomaly_for("threshold", "", case.image, case.mask, None, {},
+                                  self.intensity_median(r.data_fold))
+          recon = None
+        else:
+          a = maps[r.cddpm_key][r.id]
+          recon = host[r.cddpm_key]["recon"][b] if r.cddpm_key else None
+        thresholds.check_finite(a, f"{p.set_name}/{case.name} ({r.id})")  # NonFiniteScoreError
+        rec = self._record(p, case, a, recon, extra or {})
+        rec["fingerprint"] = self.fingerprint(r, p.kind, extra)
+        if p.kind == "test":
+          self._write_outputs(r, p.set_name, case, a, recon, extra["tau"], item.pos)
+        arrays = {"anomaly": a, "gt": case.seg, "mask": case.mask} if p.keep_map else None
+        self.store.write(r, p.set_name, p.split, rec, arrays)  # the record last: done
+        done.append(f"{r.id}/{p.set_name}/{p.split}/{case.name}")
+    return done
+
+  def _record(self, p: Pass, case: Case, a: np.ndarray, recon, extra: dict) -> dict:
+    rec = records.base(case.name, case.image, recon, case.mask, case.seg)
+    spacing = affine_spacing(case.affine)
+    fpr = extra.get("fpr_thresholds", {})
+    if p.kind == "val":
+      return records.val_record(rec, a, case.seg, case.mask, spacing, self.faithful)
+    if p.kind == "test":
+      return records.test_record(rec, a, case.seg, case.mask, spacing, self.faithful,
+                                 extra["tau"], fpr)
+    return records.healthy_record(rec, a, case.mask, self.faithful, fpr)
+
+  def _write_outputs(self, run: EvalRun, set_name: str, case: Case, a: np.ndarray, recon,
+                     tau: float, pos: int) -> None:
+    ev = self.config.evaluate
+    png = bool(ev.write_png) and pos < PNG_VOLUMES
+    if not (ev.write_nifti or png):
+      return
+    out = os.path.join(self.workdir, "report", "volumes", run.method, run.train_anomalies, run.fold,
+                       set_name)
+    pred = (a > np.float32(tau)) & (case.mask if not self.faithful else True)
+    report.write_volume_outputs(out, safe(case.name), case.affine, case.image, a, pred, case.mask,
+                                recon=recon, gt=case.seg, nifti=bool(ev.write_nifti), png=png)
+
+
+def prefetch(ev: Evaluation, batches: Sequence[Sequence[Item]]
+             ) -> Iterator[tuple[Sequence[Item], list[Case]]]:
+  """(batch, its cases) with the next batches read and preprocessed by a background thread."""
+  q: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+  stop = threading.Event()
+
+  def work():
+    try:
+      for batch in batches:
+        if stop.is_set():
+          return
+        q.put((batch, [ev.case(it.pass_, it.row) for it in batch]))
+    except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
+      q.put(e)
+      return
+    q.put(None)
+
+  thread = threading.Thread(target=work, name="eval-prefetch", daemon=True)
+  thread.start()
+  try:
+    while True:
+      got = q.get()
+      if got is None:
+        return
+      if isinstance(got, BaseException):
+        raise got
+      yield got
+  finally:
+    stop.set()
+    while thread.is_alive():  # unblock a producer waiting on a full queue
+      try:
+        q.get_nowait()
+      except queue.Empty:
+        thread.join(0.05)
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}

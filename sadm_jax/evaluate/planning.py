@@ -1,0 +1,292 @@
+"""Planning an evaluation: its runs (method × fold), the checkpoints they need, and the passes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Sequence
+
+import ml_collections
+
+from sadm_jax import config as config_lib
+from sadm_jax.data.splits import Row
+from sadm_jax.evaluate import inference
+
+METHODS = ("threshold", "cddpm", "sadm")
+DRAEM_SET = "DRAEM"  # IXI val/test volumes with deterministic DRAEM anomalies (paper Table 1)
+SADM_MODES = {"draem": "draem", "brats": "Brats21", "atlas": "ATLAS_v2"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRun:
+  """One row family of the report: a method with its models, on one fold.
+
+  method: 'threshold' | 'cddpm' | 'sadm' | 'unet' (a SADM run whose SegUnet ignores the residual).
+  train_anomalies: 'none' | 'draem' | 'Brats21' | 'ATLAS_v2'.
+  fold: label, e.g. 'fold0' (IXI folds) or 'repeat2' (weak supervision, Q18).
+  data_fold: the IXI fold whose val/train splits the run uses.
+  cddpm_key: weights fingerprint of the cDDPM it uses (Models.cddpms), '' for none.
+  held_out: weak supervision only: (data set, sadm.mode, sadm.weak_train_rows, sadm.weak_val_rows);
+    the SegUnet's training rows of <data set>_val are excluded from τ tuning on that set (Q15).
+  """
+  method: str
+  train_anomalies: str
+  fold: str
+  data_fold: int
+  cddpm_workdir: str = ""
+  sadm_workdir: str = ""
+  cddpm_key: str = ""
+  combination: str = "residual"
+  held_out: tuple = ()
+
+  @property
+  def id(self) -> str:
+    return f"{self.method}/{self.train_anomalies}/{self.fold}"
+
+
+
+def _check_grid(model_config, config, what: str) -> None:
+  mine = config_lib.preprocess_config(config).key()
+  theirs = config_lib.preprocess_config(model_config).key()
+  if mine != theirs:
+    raise ValueError(f"{what} was trained on another preprocessing/grid "
+                     f"({dict(model_config.data.preprocess)}) than this evaluation "
+                     f"({dict(config.data.preprocess)}); set --config.data.preprocess.* to match")
+
+
+def _fold_label(prefix: str, value: int, taken: set) -> str:
+  label = f"{prefix}{value}"
+  i = 1
+  while label in taken:
+    label = f"{prefix}{value}_{i}"
+    i += 1
+  taken.add(label)
+  return label
+
+
+class Models:
+  """Every checkpoint the evaluation needs, loaded once before any volume (Q5).
+
+  cDDPMs are keyed by the fingerprint of their weights: a SADM run whose frozen cDDPM is
+  bit-identical to the evaluated cDDPM (no Q6 drift) shares its reconstructions.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.cddpms: dict[str, inference.CDDPMInference] = {}
+    self.cddpm_configs: dict[str, ml_collections.ConfigDict] = {}
+    self.segnets: dict[str, inference.SegmentationInference] = {}
+    self.sadm_configs: dict[str, ml_collections.ConfigDict] = {}
+    self._by_workdir: dict[str, str] = {}
+    self._sadm_cddpm: dict[str, str] = {}
+
+  def add_cddpm(self, model_config, variables, what: str) -> str:
+    """Registers a cDDPM (deduplicated by weights); returns its key."""
+    key = inference.variables_fingerprint(variables)
+    if key not in self.cddpms:
+      _check_grid(model_config, self.config, what)
+      self.cddpms[key] = inference.cddpm_inference(model_config, variables, self.config, key)
+      self.cddpm_configs[key] = model_config
+      logging.info("%s loaded (weights %s)", what, key)
+    return key
+
+  def cddpm(self, workdir: str) -> str:
+    """Key of the cDDPM of a stage-I workdir."""
+    workdir = os.path.abspath(workdir)
+    if workdir not in self._by_workdir:
+      cfg, variables = inference.load_cddpm(workdir)
+      self._by_workdir[workdir] = self.add_cddpm(cfg, variables, f"cDDPM {workdir}")
+    return self._by_workdir[workdir]
+
+  def sadm(self, workdir: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(saved SADM config, key of its frozen cDDPM or '') of a stage-II workdir."""
+    workdir = os.path.abspath(workdir)
+    if workdir not in self.segnets:
+      ckpt = inference.load_sadm(workdir)
+      _check_grid(ckpt.config, self.config, f"SADM run {workdir}")
+      self.segnets[workdir] = inference.segnet_inference(ckpt, self.config)
+      self.sadm_configs[workdir] = ckpt.config
+      self._sadm_cddpm[workdir] = (self.add_cddpm(ckpt.cddpm_config, ckpt.cddpm,
+                                                  f"cDDPM frozen in {workdir}")
+                                   if ckpt.uses_residual else "")
+      logging.info("SADM run %s loaded (SegUnet weights %s)", workdir,
+                   self.segnets[workdir].fingerprint)
+    return self.sadm_configs[workdir], self._sadm_cddpm[workdir]
+
+  def fingerprint(self, run: EvalRun) -> dict:
+    out = {}
+    if run.cddpm_key:
+      out["cddpm_weights"] = run.cddpm_key
+    if run.sadm_workdir:
+      out["segnet_weights"] = self.segnets[run.sadm_workdir].fingerprint
+    return out
+
+
+def _sadm_run(config, models: Models, workdir: str, taken: set) -> EvalRun:
+  workdir = os.path.abspath(workdir)
+  cfg, cddpm_key = models.sadm(workdir)
+  s = cfg.sadm
+  mode = str(s.mode)
+  if mode not in SADM_MODES:
+    raise ValueError(f"SADM run {workdir}: unknown sadm.mode {mode!r}; "
+                     f"expected one of {sorted(SADM_MODES)}")
+  held_out = ()
+  if mode != "draem":
+    rows = lambda v: None if v is None else tuple(int(i) for i in v)
+    held_out = (SADM_MODES[mode], mode, rows(s.get("weak_train_rows")),
+                rows(s.get("weak_val_rows")))
+    fold = _fold_label("repeat", int(s.get("repeat", 0)), taken)
+  else:
+    fold = _fold_label("fold", int(cfg.data.fold), taken)
+  return EvalRun(method="sadm" if cddpm_key else "unet", train_anomalies=SADM_MODES[mode],
+                 fold=fold, data_fold=int(cfg.data.fold), cddpm_workdir=str(s.cddpm_workdir or ""),
+                 sadm_workdir=workdir, cddpm_key=cddpm_key,
+                 combination=str(config.evaluate.combination) if cddpm_key else "segmentation",
+                 held_out=held_out)
+
+
+def plan_runs(config: ml_collections.ConfigDict, models: Models) -> list[EvalRun]:
+  """The runs of `evaluate.methods`, loading each checkpoint once."""
+  ev = config.evaluate
+  unknown = set(ev.methods) - set(METHODS)
+  if unknown:
+    raise ValueError(f"unknown evaluate.methods {sorted(unknown)}; expected a subset of {METHODS}")
+  runs: list[EvalRun] = []
+  sadm_runs: list[EvalRun] = []
+  if "sadm" in ev.methods:
+    taken: dict[str, set] = {}
+    for w in ev.sadm_workdirs:
+      mode = str(models.sadm(w)[0].sadm.mode)
+      sadm_runs.append(_sadm_run(config, models, w, taken.setdefault(mode, set())))
+    if not ev.sadm_workdirs:
+      logging.warning("evaluate.methods has 'sadm' but evaluate.sadm_workdirs is empty: "
+                      "no SADM rows")
+  folds = sorted({r.data_fold for r in sadm_runs}) or [int(config.data.fold)]
+  if "threshold" in ev.methods:
+    runs += [EvalRun("threshold", "none", f"fold{f}", f) for f in folds]
+  if "cddpm" in ev.methods:
+    workdirs = [ev.cddpm_workdir] if ev.cddpm_workdir else \
+        list(dict.fromkeys(r.cddpm_workdir for r in sadm_runs if r.cddpm_workdir))
+    if not workdirs:
+      logging.warning("evaluate.methods has 'cddpm' but no cDDPM workdir is known: no cDDPM rows")
+    taken_c: set = set()
+    for w in workdirs:
+      w = os.path.abspath(w)
+      key = models.cddpm(w)
+      f = int(models.cddpm_configs[key].data.fold)
+      runs.append(EvalRun("cddpm", "none", _fold_label("fold", f, taken_c), f, cddpm_workdir=w,
+                          cddpm_key=key))
+  return runs + sadm_runs
+
+
+def needed_splits(config, runs: Sequence[EvalRun], available: Sequence[str]
+                   ) -> tuple[list, list, bool]:
+  """(split names to load, data sets to evaluate, whether the healthy IXI passes run)."""
+  ev = config.evaluate
+  folds = sorted({r.data_fold for r in runs})
+  sets = []
+  for s in ev.test_sets:
+    if s == DRAEM_SET:
+      ok = "IXI_test" in available and all(f"IXI_val_fold{f}" in available for f in folds)
+    else:
+      ok = f"{s}_val" in available and f"{s}_test" in available
+    if ok:
+      sets.append(s)
+    else:
+      logging.warning("test set %s skipped: its val/test splits are not under data_dir", s)
+  ixi = bool(ev.include_ixi) and "IXI_test" in available and \
+      all(f"IXI_val_fold{f}" in available for f in folds)
+  names = []
+  if ixi or DRAEM_SET in sets:
+    names += [f"IXI_val_fold{f}" for f in folds] + ["IXI_test"]
+  if any(r.method == "threshold" for r in runs):
+    names += [f"IXI_train_fold{f}" for f in folds]
+  for s in sets:
+    if s != DRAEM_SET:
+      names += [f"{s}_val", f"{s}_test"]
+  return list(dict.fromkeys(names)), sets, ixi
+
+
+def val_rows(run: EvalRun, set_name: str, rows: list[Row]) -> tuple[list[Row], str]:
+  """Rows of <set>_val for τ tuning: without the SegUnet's own training rows (Q15).
+
+  The training rows are those stage II used (`train.sadm.weak_row_ranges` on the run's config).
+  """
+  if run.held_out and run.held_out[0] == set_name:
+    from sadm_jax.train import sadm as sadm_train
+    _, mode, train_rows, val_rows = run.held_out
+    (start, stop), _ = sadm_train.weak_row_ranges(mode, len(rows), train_rows, val_rows)
+    keep = [r for i, r in enumerate(rows) if not start <= i < stop]
+    if keep:
+      return keep, f"held-out (rows outside {start}:{stop})"
+    logging.warning("%s: no %s_val rows outside its training rows %d:%d; tuning τ on all of them "
+                    "(contains training volumes, Q15)", run.id, set_name, start, stop)
+    return rows, "all (contains SegUnet training volumes, Q15)"
+  return rows, "all"
+
+
+def protocol(config, grid: Sequence[int], spacing: float) -> dict:
+  """How every number of the report was computed (report.md's protocol paragraph)."""
+  ev = config.evaluate
+  return {"threshold_method": str(ev.threshold_method),
+          "within_brain": not bool(ev.faithful_metrics),
+          "timesteps": [int(t) for t in config.diffusion.ensemble_timesteps],
+          "shared_noise": bool(config.diffusion.shared_noise), "noise": str(config.diffusion.noise),
+          "combination": str(ev.combination), "residual_mode": str(ev.residual_mode),
+          "median_size": int(ev.median_size), "dtype": str(ev.dtype), "grid": list(grid),
+          "spacing_mm": float(spacing), "faithful": bool(config.faithful),
+          "faithful_metrics": bool(ev.faithful_metrics), "seed": int(config.seed)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+  """One split evaluated by some runs.
+
+  set_name: data set ('IXI' for the healthy passes); split: 'val' | 'test'; kind: 'val' | 'test'
+  (pathological or DRAEM) | 'healthy_val' | 'healthy_test'; rows: run id -> its rows, in order;
+  how: run id -> which val rows tune τ ('all' or held-out, Q15).
+  """
+  set_name: str
+  split: str
+  kind: str
+  rows: dict
+  how: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def keep_map(self) -> bool:
+    """Val passes keep each map (with labels and mask) for the pooled threshold search."""
+    return self.kind in ("val", "healthy_val")
+
+  def volume_name(self, row: Row) -> str:
+    """The name of a row's volume in this pass (DRAEM volumes are IXI volumes with anomalies)."""
+    return f"{row.name}_draem" if self.set_name == DRAEM_SET else row.name
+
+
+def val_passes(runs: Sequence[EvalRun], splits: dict, sets: Sequence[str], ixi: bool
+               ) -> list[Pass]:
+  """IXI val (voxel-FPR thresholds) and <set>_val of every data set (τ): no pass needs another."""
+  out = []
+  if ixi:
+    out.append(Pass("IXI", "val", "healthy_val",
+                    {r.id: splits[f"IXI_val_fold{r.data_fold}"] for r in runs}))
+  for s in sets:
+    if s == DRAEM_SET:
+      chosen = {r.id: (splits[f"IXI_val_fold{r.data_fold}"], "all") for r in runs}
+    else:
+      chosen = {r.id: val_rows(r, s, splits[f"{s}_val"]) for r in runs}
+    out.append(Pass(s, "val", "val", {k: v[0] for k, v in chosen.items()},
+                    {k: v[1] for k, v in chosen.items()}))
+  return out
+
+
+def test_passes(runs: Sequence[EvalRun], splits: dict, sets: Sequence[str], ixi: bool
+                ) -> list[Pass]:
+  """IXI test (healthy scores and FPRs) and <set>_test of every data set (metrics at τ)."""
+  out = [Pass("IXI", "test", "healthy_test", {r.id: splits["IXI_test"] for r in runs})] \
+      if ixi else []
+  for s in sets:
+    rows = splits["IXI_test"] if s == DRAEM_SET else splits[f"{s}_test"]
+    out.append(Pass(s, "test", "test", {r.id: rows for r in runs}))
+  return out
+

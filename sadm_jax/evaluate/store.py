@@ -1,0 +1,80 @@
+"""Resumable per-volume results: one JSON (and, for val passes, one .npz map) per run, split and volume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from sadm_jax.utils import io
+
+# 3: maps in the .npz files are slice-major [D, H, W] (were [H, W, D]).
+CACHE_VERSION = 3
+
+
+def fingerprint(obj: Any) -> str:
+  """sha256 (16 hex digits) of `obj` as sorted JSON: what a stored result depends on."""
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def safe(name: str) -> str:
+  """A volume name usable as a file name."""
+  return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+class Store:
+  """Per-volume results under `<workdir>/eval/<method>/<anomalies>/<fold>/<set>/<split>/`.
+
+  A result counts as done when its JSON exists with the expected fingerprint (and its .npz for val
+  passes); the JSON is written last. Processes share the store (a shared file system for several
+  hosts, like the checkpoints), so any process count reuses what any other computed.
+  """
+
+  def __init__(self, workdir: str):
+    self.root = os.path.join(os.path.abspath(workdir), "eval")
+
+  def paths(self, run, set_name: str, split: str, name: str) -> tuple[str, str]:
+    """(record .json, map .npz) of one volume of one run."""
+    d = os.path.join(self.root, run.method, run.train_anomalies, run.fold, set_name, split)
+    return os.path.join(d, f"{safe(name)}.json"), os.path.join(d, f"{safe(name)}.npz")
+
+  def read(self, run, set_name: str, split: str, name: str, fp: str,
+           with_map: bool = False) -> dict | None:
+    """The stored record if it is complete and has fingerprint `fp`, else None."""
+    path, npz = self.paths(run, set_name, split, name)
+    if not os.path.isfile(path) or (with_map and not os.path.isfile(npz)):
+      return None
+    try:
+      with open(path) as f:
+        rec = json.load(f)
+    except (OSError, ValueError):
+      return None
+    return rec if rec.get("fingerprint") == fp else None
+
+  def write(self, run, set_name: str, split: str, rec: dict,
+            arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Writes the map arrays (if any), then the record (its presence marks the volume done)."""
+    path, npz = self.paths(run, set_name, split, rec["name"])
+    if arrays is not None:
+      with io.atomic_path(npz, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    io.write_json(path, rec)
+
+  def pooled(self, run, set_name: str, split: str, names: Sequence[str]
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(maps, labels, masks) [D, H, W] of a val pass, read back from its .npz files."""
+    maps, gts, masks = [], [], []
+    for name in names:
+      with np.load(self.paths(run, set_name, split, name)[1]) as z:
+        maps.append(z["anomaly"])
+        gts.append(z["gt"])
+        masks.append(z["mask"])
+    return maps, gts, masks
+
+  def shared(self, name: str) -> str:
+    """Path of a file every process reads after process 0 wrote it (thresholds, counters)."""
+    return os.path.join(self.root, name)
