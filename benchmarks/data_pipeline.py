@@ -19,14 +19,14 @@ import time
 def _prepare(data_dir: str | None, tmp: str):
   from configs import prepare as prepare_config
   from sadm_jax import config as config_lib
-  from sadm_jax.data import cache as cache_lib, demo, pipeline, prepare
+  from sadm_jax.data import cache as cache_lib, demo, pipeline
   c = prepare_config.get_config()
   if not data_dir:
     data_dir = os.path.join(tmp, "demo")
     demo.generate_demo_cohort(data_dir, demo.DemoConfig.tiny())
   c.data.data_dir = data_dir
   c = config_lib.resolve(c)
-  _, splits, _, _ = prepare.load_valid_splits(c, ["IXI_train_fold0"])
+  _, splits, _, _ = config_lib.load_valid_splits(c, ["IXI_train_fold0"])
   cfg = config_lib.preprocess_config(c)
   cache_dir = config_lib.cache_dir(c)
   cache_lib.ensure_cached(splits["IXI_train_fold0"], cache_dir, cfg, num_workers=2)

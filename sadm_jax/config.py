@@ -1,4 +1,4 @@
-"""Config helpers: resolve faithful placeholders and build typed objects from a ConfigDict."""
+"""Config helpers: resolve faithful placeholders, and the adapters from a ConfigDict to the data layer's plain arguments."""
 
 from __future__ import annotations
 
@@ -45,3 +45,24 @@ def preprocess_config(config: ml_collections.ConfigDict):
 def cache_dir(config: ml_collections.ConfigDict) -> str:
   import os
   return config.data.cache_dir or os.path.join(os.path.abspath(config.data.data_dir), ".sadm_cache")
+
+
+def load_valid_splits(config: ml_collections.ConfigDict, names=None):
+  """`data.prepare.load_valid_splits` with `config.data`'s settings (names default: `data.splits`)."""
+  from sadm_jax.data import prepare
+  config = resolve(config)
+  d = config.data
+  return prepare.load_valid_splits(d.data_dir, list(names or d.splits or ()) or None,
+                                   modality=d.modality, clean=bool(d.clean_splits),
+                                   num_workers=int(d.num_workers),
+                                   skip_invalid=bool(d.skip_invalid))
+
+
+def run_prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`stage=prepare`: validates, preprocesses and caches every split (`data.prepare.prepare`)."""
+  from sadm_jax.data import prepare
+  config = resolve(config)
+  d = config.data
+  return prepare.prepare(d.data_dir, workdir, preprocess_config(config), cache_dir(config),
+                         list(d.splits) or None, modality=d.modality, clean=bool(d.clean_splits),
+                         num_workers=int(d.num_workers), skip_invalid=bool(d.skip_invalid))

@@ -10,7 +10,8 @@ import time
 
 import ml_collections
 
-from sadm_jax.data import demo, prepare
+from sadm_jax import config as config_lib
+from sadm_jax.data import demo
 from sadm_jax.utils import io
 
 # The data set on which the demo checks the paper's ordering (SADM > cDDPM > threshold, Dice).
@@ -124,7 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with config.unlocked():
     config.data.data_dir = data_dir
   t = time.time()
-  result: dict = {"prepare": prepare.run(config, workdir)}
+  result: dict = {"prepare": config_lib.run_prepare(config, workdir)}
   times["prepare"] = time.time() - t
   dirs = stage_dirs(workdir)
   stages = (["spark"] if int(config.demo.spark_steps) > 0 else []) + ["cddpm", "sadm", "evaluate"]

@@ -16,7 +16,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # stage name -> "module:function(config, workdir)"; modules are imported only when used.
 STAGES = {
-    "prepare": "sadm_jax.data.prepare:run",
+    "prepare": "sadm_jax.config:run_prepare",
     "demo": "sadm_jax.demo_job:run",
     "spark": "sadm_jax.train.spark:run_spark",
     "cddpm": "sadm_jax.train.cddpm:run_cddpm",

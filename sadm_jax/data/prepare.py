@@ -1,4 +1,4 @@
-"""The `prepare` stage: validate every split under DATA_DIR, preprocess and cache it, write a summary."""
+"""Validate every split under DATA_DIR, preprocess and cache it, write a summary (plain arguments; the stage is `config.run_prepare`)."""
 
 from __future__ import annotations
 
@@ -6,37 +6,38 @@ import logging
 import os
 import time
 
-import ml_collections
+from typing import Sequence
+
 import numpy as np
 
-from sadm_jax import config as config_lib
 from sadm_jax.data import cache as cache_lib
 from sadm_jax.data import layout, nifti, splits as splits_lib
+from sadm_jax.data.preprocess import PreprocessConfig
 from sadm_jax.utils import io
 
 
-def load_valid_splits(config: ml_collections.ConfigDict, names=None):
+def load_valid_splits(data_dir: str, names: Sequence[str] | None = None, *, modality: str = "t1",
+                      clean: bool = True, num_workers: int = 0, skip_invalid: bool = False):
   """Reads, cleans and validates splits; returns (root, {split: rows}, report, skipped).
 
-  Every row of every requested split is checked before any work. Invalid rows raise one
-  DataProblems error listing all of them, unless `data.skip_invalid` (then they are logged and
-  dropped, and listed in `skipped`).
+  `names` () or None = every known split under `data_dir`. Every row of every requested split is
+  checked before any work. Invalid rows raise one DataProblems error listing all of them, unless
+  `skip_invalid` (then they are logged and dropped, and listed in `skipped`).
   """
-  root = layout.resolve_data_root(config.data.data_dir)
+  root = layout.resolve_data_root(data_dir)
   logging.info("DATA_DIR %s", root.describe())
-  names = list(names or config.data.splits or root.available_splits())
-  splits, report = splits_lib.load_splits(root, names, config.data.modality,
-                                          clean=bool(config.data.clean_splits))
+  names = list(names or root.available_splits())
+  splits, report = splits_lib.load_splits(root, names, modality, clean=bool(clean))
   unique = {}
   for rows in splits.values():
     for r in rows:
       unique.setdefault((r.img, r.mask, r.seg, r.dataset), r)
   keys = list(unique)
-  bad = nifti.validate_rows([unique[k] for k in keys], num_workers=config.data.num_workers)
+  bad = nifti.validate_rows([unique[k] for k in keys], num_workers=num_workers)
   problems = [p for i in sorted(bad) for p in bad[i]]
   bad_keys = {keys[i] for i in bad}
   skipped: dict[str, list[str]] = {}
-  if problems and not config.data.skip_invalid:
+  if problems and not skip_invalid:
     nifti.raise_problems(problems, f"invalid data under {root.data_dir} "
                                    "(use --config.data.skip_invalid=True to skip these rows)")
   for p, msg in problems:
@@ -48,13 +49,14 @@ def load_valid_splits(config: ml_collections.ConfigDict, names=None):
   return root, splits, report, skipped
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def prepare(data_dir: str, workdir: str, cfg: PreprocessConfig, cache_dir: str,
+            names: Sequence[str] | None = None, *, modality: str = "t1", clean: bool = True,
+            num_workers: int = 0, skip_invalid: bool = False) -> dict:
   """Validates, preprocesses and caches every split; prints and writes `prepare_summary.json`."""
-  config = config_lib.resolve(config)
   start = time.time()
-  root, splits, report, skipped = load_valid_splits(config)
-  cfg = config_lib.preprocess_config(config)
-  cache_dir = config_lib.cache_dir(config)
+  root, splits, report, skipped = load_valid_splits(
+      data_dir, names, modality=modality, clean=clean, num_workers=num_workers,
+      skip_invalid=skip_invalid)
   unique = {}
   for rows in splits.values():
     for r in rows:
@@ -62,11 +64,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rows = list(unique.values())
   cache = cache_lib.VolumeCache(cache_dir, cfg)
   n_cached_before = sum(cache.contains(r) for r in rows)
-  metas = cache_lib.ensure_cached(rows, cache_dir, cfg, num_workers=config.data.num_workers)
+  metas = cache_lib.ensure_cached(rows, cache_dir, cfg, num_workers=num_workers)
   by_img = {r.img: m for r, m in zip(rows, metas)}
   summary = {
       "data_dir": root.data_dir, "layout": root.layout, "cache_dir": cache.root,
-      "preprocess": cfg.key(), "clean_splits": bool(config.data.clean_splits),
+      "preprocess": cfg.key(), "clean_splits": bool(clean),
       "volumes_computed": len(rows) - n_cached_before, "volumes_cached_before": n_cached_before,
       "seconds": round(time.time() - start, 2), "splits": {},
   }

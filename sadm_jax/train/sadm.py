@@ -12,7 +12,7 @@ import numpy as np
 from sadm_jax import config as config_lib
 from sadm_jax.anomaly import pipeline as anomaly_pipeline
 from sadm_jax.data import augment as augment_lib
-from sadm_jax.data import cache as cache_lib, pipeline, prepare
+from sadm_jax.data import cache as cache_lib, pipeline
 from sadm_jax.diffusion import reconstruct as reconstruct_lib, schedule as schedule_lib
 from sadm_jax.models import cddpm as cddpm_lib, factory, seg_losses
 from sadm_jax.train import cddpm as cddpm_task_lib, ixi, loop, workdir as workdir_lib
@@ -85,7 +85,7 @@ def sadm_tables(config: ml_collections.ConfigDict
   if mode == "draem":
     return ixi.ixi_tables(config)
   split = WEAK_SPLITS[mode][0]
-  _, splits, _, _ = prepare.load_valid_splits(config, [split])
+  _, splits, _, _ = config_lib.load_valid_splits(config, [split])
   rows = splits[split]
   train, val = weak_row_ranges(mode, len(rows), config.sadm.weak_train_rows,
                                config.sadm.weak_val_rows)

@@ -1,0 +1,190 @@
+"""Mistakes on the command line: one `error:` line, exit code 2, nothing written, before any data or compile."""
+
+import ast
+import contextlib
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sadm_jax import validate
+from tests.data import fake_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
+       "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def _main(*args, config="configs/cddpm.py:tiny"):
+  cmd = [sys.executable, "-m", "sadm_jax.main", f"--config={config}", *args]
+  return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _one_error(res) -> str:
+  """The single `error:` line; nothing else on stderr (no absl `E…` duplicate, no traceback)."""
+  assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+  lines = [l for l in res.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("dd"))
+  fake_data.write_data_dir(root, n_ixi=6, n_patho=1)
+  return root
+
+
+def test_unknown_config_key_is_one_line_with_the_hint(tmp_path):
+  res = _main(f"--workdir={tmp_path / 'w'}", "--config.train.num_stepz=3")
+  assert _one_error(res) == ('error: --config.train.num_stepz: no such config key \'num_stepz\'. '
+                             'Did you mean "num_steps" instead of "num_stepz"?')
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_bad_type_and_bad_config_file_are_one_line(tmp_path):
+  line = _one_error(_main(f"--workdir={tmp_path / 'w'}", "--config.train.num_steps=abc"))
+  assert "--config.train.num_steps=abc" in line and "invalid literal for int()" in line
+  line = _one_error(_main(f"--workdir={tmp_path / 'w'}", config="configs/nope.py"))
+  assert line.startswith("error: --config=configs/nope.py: cannot load the config file")
+  line = _one_error(_main(f"--workdir={tmp_path / 'w'}", config="configs/cddpm.py:nope"))
+  assert "unknown config argument 'nope'" in line
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config.train.num_steps=-5"], "error: --config.train.num_steps=-5 must be >= 0"),
+    (["--config.train.num_steps=0", "--config.train.num_epochs=0"],
+     "error: --config.train.num_epochs=0 must be > 0"),
+    (["--config.train.eval_every=0"], "error: --config.train.eval_every=0 must be > 0"),
+    (["--config.train.batch_size=7"],
+     "error: --config.train.batch_size=7 (global) is not divisible by the 2 device(s)"),
+    (["--config.optimizer.learning_rate=0"],
+     "error: --config.optimizer.learning_rate=0.0 must be > 0"),
+    (["--config.model.dtype=float64"], "error: --config.model.dtype='float64' is not one of "),
+    (["--config.diffusion.noise=perlin"], "error: --config.diffusion.noise='perlin' is not one"),
+    (["--config.data.slice_sampling=random"], "error: --config.data.slice_sampling='random'"),
+    (["--config.optimizer.name=sgd"], "error: --config.optimizer.name='sgd' is not one of"),
+    (["--config.stage=train"], "error: --config.stage='train' is not one of"),
+    (["--config.model.encoder.pretrained_workdir=/nonexistent/spark"],
+     "error: --config.model.encoder.pretrained_workdir=/nonexistent/spark: no such directory"),
+])
+def test_bad_training_values_are_refused_before_anything(data_dir, tmp_path, args, expected):
+  work = tmp_path / "w"
+  res = _main(f"--workdir={work}", f"--config.data.data_dir={data_dir}", *args)
+  assert _one_error(res).startswith(expected), res.stderr
+  assert not os.path.exists(work)  # nothing created
+  assert not os.path.exists(os.path.join(data_dir, ".sadm_cache"))  # no data loaded
+
+
+@pytest.mark.parametrize("config,args,expected", [
+    ("configs/sadm_draem.py:tiny", ["--config.sadm.mode=bratz"],
+     "error: --config.sadm.mode='bratz' is not one of 'draem', 'brats', 'atlas'"),
+    ("configs/sadm_draem.py:tiny", ["--config.sadm.loss=focal"], "error: --config.sadm.loss="),
+    ("configs/sadm_draem.py:tiny", ["--config.sadm.cddpm_workdir=/nonexistent/cddpm"],
+     "error: --config.sadm.cddpm_workdir=/nonexistent/cddpm: no such directory"),
+    ("configs/evaluate.py:tiny", ["--config.evaluate.combination=max"],
+     "error: --config.evaluate.combination='max' is not one of"),
+    ("configs/evaluate.py:tiny", ["--config.evaluate.residual_mode=l3"],
+     "error: --config.evaluate.residual_mode='l3'"),
+    ("configs/evaluate.py:tiny", ["--config.evaluate.threshold_method=grid"],
+     "error: --config.evaluate.threshold_method='grid'"),
+    ("configs/evaluate.py:tiny", ["--config.evaluate.sadm_workdirs=('/nonexistent/s0',)"],
+     "error: --config.evaluate.sadm_workdirs[0]=/nonexistent/s0: no such directory"),
+    ("configs/evaluate.py:tiny", ["--config.evaluate.cddpm_workdir=/nonexistent/c"],
+     "error: --config.evaluate.cddpm_workdir=/nonexistent/c: no such directory"),
+])
+def test_bad_stage_values_are_refused(data_dir, tmp_path, config, args, expected):
+  work = tmp_path / "w"
+  res = _main(f"--workdir={work}", f"--config.data.data_dir={data_dir}", *args, config=config)
+  assert _one_error(res).startswith(expected), res.stderr
+  assert not os.path.exists(work)
+
+
+def test_missing_data_dir_is_refused(tmp_path):
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'none'}")
+  assert _one_error(res) == (f"error: --config.data.data_dir={tmp_path / 'none'}: no such "
+                             "directory (stage cddpm reads the data directory (DATA_DIR))")
+  res = _main(f"--workdir={tmp_path / 'w'}")
+  assert _one_error(res).startswith("error: --config.data.data_dir is not set")
+
+
+def test_workdir_that_is_a_file_is_refused(data_dir, tmp_path):
+  f = tmp_path / "w"
+  f.write_text("not a dir")
+  res = _main(f"--workdir={f}", f"--config.data.data_dir={data_dir}")
+  assert _one_error(res) == f"error: --workdir={f} is a file, not a directory"
+  res = _main(f"--workdir={f / 'sub'}", f"--config.data.data_dir={data_dir}")
+  assert _one_error(res) == (f"error: --workdir={f / 'sub'} cannot be created: {f} is a file, "
+                             "not a directory")
+  assert f.read_text() == "not a dir"
+
+
+def test_unwritable_workdir_is_refused(data_dir):
+  # /sys refuses new entries even to root (EPERM).
+  res = _main("--workdir=/sys/sadm_workdir", f"--config.data.data_dir={data_dir}")
+  assert _one_error(res) == ("error: --workdir=/sys/sadm_workdir is not writable: Operation not "
+                             "permitted")
+
+
+def test_read_only_filesystem_workdir_is_refused(data_dir, tmp_path):
+  mnt = tmp_path / "ro"
+  mnt.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "none", str(mnt)],
+                    capture_output=True).returncode:
+    pytest.skip("cannot mount a read-only tmpfs here (needs CAP_SYS_ADMIN)")
+  try:
+    for work in (mnt, mnt / "new"):
+      res = _main(f"--workdir={work}", f"--config.data.data_dir={data_dir}")
+      assert _one_error(res) == f"error: --workdir={work} is not writable: Read-only file system"
+  finally:
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_data_error_is_printed_once(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={empty}",
+              config="configs/prepare.py")
+  line = _one_error(res)
+  assert str(empty) in line
+  assert not any(l.startswith("E") for l in res.stderr.splitlines())
+
+
+def test_choices_match_the_modules_that_use_them():
+  from sadm_jax.diffusion import noise
+  from sadm_jax.evaluate import anomaly_map
+  try:
+    from sadm_jax.evaluate.planning import METHODS
+  except ImportError:  # before the evaluation split
+    from sadm_jax.evaluate.run import METHODS
+  from sadm_jax.models import factory
+  from sadm_jax.train import sadm
+  from sadm_jax import main as main_lib
+  c = validate.CHOICES
+  assert set(c["model.dtype"]) == set(factory.DTYPES) == set(c["evaluate.dtype"])
+  assert c["diffusion.noise"] == noise.NOISE_KINDS
+  assert c["sadm.mode"] == sadm.MODES and c["sadm.loss"] == sadm.LOSSES
+  assert set(c["evaluate.combination"]) == set(anomaly_map.COMBINATIONS) | set(anomaly_map._ALIASES)
+  assert c["evaluate.residual_mode"] == anomaly_map.RESIDUAL_MODES
+  assert validate.EVALUATE_METHODS == METHODS
+  assert set(validate.TRAINING_STAGES) | set(validate.DATA_STAGES) <= set(main_lib.STAGES)
+
+
+def test_data_layer_never_imports_the_application_config():
+  offenders = []
+  for path in glob.glob(os.path.join(REPO, "sadm_jax", "data", "*.py")):
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+      names = []
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      offenders += [(os.path.basename(path), n) for n in names
+                    if n == "sadm_jax.config" or n.startswith("sadm_jax.config.")]
+  assert offenders == []
+  assert len(glob.glob(os.path.join(REPO, "sadm_jax", "data", "*.py"))) > 5
