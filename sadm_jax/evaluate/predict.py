@@ -1,24 +1,26 @@
-"""The `predict` stage: anomaly map and mask of one new scan, written back on the scan's grid."""
+"""The `predict` stage: anomaly maps and masks of new scans, written on each scan's own grid."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
 import os
 import re
 
+import jax
 import ml_collections
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from sadm_jax import config as config_lib
-from sadm_jax.data import nifti
+from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import affine_spacing, preprocess_volume
 from sadm_jax.evaluate import inference, metrics
-from sadm_jax.evaluate import run as run_lib
+from sadm_jax.evaluate import planning, scoring
 from sadm_jax.utils import io
 
 MAX_SPACING_MM = 3.0  # coarser scans cannot reach the 2 mm working grid without inventing detail
@@ -33,6 +35,8 @@ class Predictor:
     seed and data.preprocess (the working grid) for this prediction.
   method: 'threshold' | 'cddpm' | 'sadm' | 'unet'; combination: `anomaly_map` combination.
   tau: the binarisation threshold (None: only the map is written); tau_source: where it came from.
+  orientation: axis codes of the training data (scans are reoriented to it before preprocessing);
+  orientation_source: where they came from.
   """
   settings_config: ml_collections.ConfigDict
   method: str
@@ -43,6 +47,8 @@ class Predictor:
   intensity_median: float | None = None
   tau: float | None = None
   tau_source: str = ""
+  orientation: str = orientation.DEFAULT
+  orientation_source: str = ""
 
   def infer(self, image_hwd: np.ndarray, mask_hwd: np.ndarray, index: int
             ) -> tuple[np.ndarray, inference.VolumeInference | None]:
@@ -51,8 +57,8 @@ class Predictor:
     if self.method != "threshold":
       image = np.transpose(image_hwd, (2, 0, 1))  # slice-major, as the cache stores it
       inf = inference.infer_volume(image, index, self.cddpm, self.segnet)
-    a = run_lib.anomaly_for(self.method, self.combination, image_hwd, mask_hwd, inf,
-                            run_lib.map_settings(self.settings_config), self.intensity_median)
+    a = scoring.anomaly_for(self.method, self.combination, image_hwd, mask_hwd, inf,
+                            scoring.map_settings(self.settings_config), self.intensity_median)
     return a, inf
 
 
@@ -62,6 +68,27 @@ class Predictor:
 def _read_json(path: str) -> dict:
   with open(path, encoding="utf-8") as f:
     return json.load(f)
+
+
+def _best_meta(workdir: str) -> dict:
+  """The best checkpoint's metadata (config, task, run facts) without restoring any weights."""
+  from sadm_jax.train.checkpoint import Checkpointer
+  ckpt = Checkpointer(workdir, async_save=False, create=False)
+  try:
+    return ckpt.best_meta()
+  finally:
+    ckpt.close()
+
+
+def _trained_orientation(meta: dict | None, workdir: str) -> tuple[str, str]:
+  """(axis codes of the run's training data, where from); 'RAS' (logged) when not recorded."""
+  codes = ((meta or {}).get("run") or {}).get("orientation") or ""
+  if codes:
+    return orientation.check_codes(codes), f"training data of {workdir}"
+  why = (f"{workdir} records no training-data orientation (trained before it was recorded)"
+         if workdir else "the threshold baseline has no trained model")
+  logging.warning("predict: %s; assuming %s", why, orientation.DEFAULT)
+  return orientation.DEFAULT, f"assumed ({why})"
 
 
 def _select_run(runs: list[dict], wanted: str, where: str) -> dict:
@@ -82,7 +109,7 @@ def _stored_tau(run: dict, wanted_set: str, order: list[str], where: str
                 ) -> tuple[float | None, str]:
   """τ of `wanted_set`, else of the run's own pathology, else of the first evaluated data set."""
   taus = run.get("tau", {})
-  own = run_lib.DRAEM_SET if run["train_anomalies"] == "draem" else run["train_anomalies"]
+  own = planning.DRAEM_SET if run["train_anomalies"] == "draem" else run["train_anomalies"]
   if wanted_set:
     if wanted_set not in taus:
       raise ValueError(f"{where}: run {run['id']} has no τ for data set {wanted_set!r}; "
@@ -116,6 +143,9 @@ def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> 
     pred.cddpm = inference.cddpm_inference(cfg, variables, settings)
   pred.tau, pred.tau_source = _stored_tau(run, config.predict.get("threshold_set", ""),
                                           saved.get("test_sets", []), checkpoint_dir)
+  model_dir = run.get("sadm_workdir") or run.get("cddpm_workdir") or ""
+  pred.orientation, pred.orientation_source = _trained_orientation(
+      _best_meta(model_dir) if model_dir else None, model_dir)
   logging.info("predict: run %s of %s", run["id"], checkpoint_dir)
   return pred
 
@@ -130,12 +160,15 @@ def _from_model_workdir(checkpoint_dir: str, config: ml_collections.ConfigDict) 
   if not os.path.isdir(os.path.join(checkpoint_dir, "best")):
     raise FileNotFoundError(f"{checkpoint_dir}: neither an evaluation workdir (eval/models.json) "
                             "nor a training workdir with a best checkpoint (best/)")
-  from sadm_jax.train.checkpoint import Checkpointer
-  ckpt = Checkpointer(checkpoint_dir, async_save=False)
-  try:
-    task = ckpt.best_meta().get("task")
-  finally:
-    ckpt.close()
+  meta = _best_meta(checkpoint_dir)
+  task = meta.get("task")
+  pred = _from_trained_run(checkpoint_dir, task, config)
+  pred.orientation, pred.orientation_source = _trained_orientation(meta, checkpoint_dir)
+  return pred
+
+
+def _from_trained_run(checkpoint_dir: str, task: str, config: ml_collections.ConfigDict
+                      ) -> Predictor:
   if task == "sadm":
     sadm = inference.load_sadm(checkpoint_dir)
     settings = _with_grid(config, sadm.config)
@@ -171,20 +204,26 @@ def load_predictor(checkpoint_dir: str, config: ml_collections.ConfigDict) -> Pr
 # ----------------------------------------------------------------------------- scans
 
 
-def _check_header(path: str) -> None:
-  """DataError when the header's qform and sform disagree about the voxel grid."""
-  hdr = nib.load(path).header
+def _check_header(path: str) -> str:
+  """Axis codes of the scan; DataError without an orientation or when qform and sform disagree."""
+  img = nib.load(path)
+  hdr = img.header
   qform, qcode = hdr.get_qform(coded=True)
   sform, scode = hdr.get_sform(coded=True)
+  codes = orientation.scan_orientation(img.affine, qcode or 0, scode or 0, path)
   if qcode and scode and not np.allclose(qform, sform, atol=AFFINE_ATOL):
     raise DataError(f"{path}: inconsistent header: qform spacing "
                     f"{tuple(round(s, 4) for s in affine_spacing(qform))} and sform spacing "
                     f"{tuple(round(s, 4) for s in affine_spacing(sform))} describe different grids")
+  return codes
 
 
 def load_scan(image_path: str, mask_path: str | None = None
               ) -> tuple[nifti.Volume, np.ndarray]:
-  """(image volume, brain mask [H, W, D] uint8) with every check that names the offending file."""
+  """(image volume, brain mask [H, W, D] uint8) with every check that names the offending file.
+
+  Both in the file's own voxel order; a file whose orientation cannot be determined is refused.
+  """
   img = nifti.load_volume(image_path)
   _check_header(image_path)
   spacing = affine_spacing(img.affine)
@@ -241,19 +280,31 @@ def _stem(path: str) -> str:
 def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: str) -> dict:
   """Preprocesses one scan, infers, thresholds and writes the map and mask on the scan's grid.
 
-  Writes `<stem>_anomaly_map.nii.gz` (float32), `<stem>_anomaly_mask.nii.gz` (uint8, only with a
+  The scan (and mask) are first reoriented to the training data's axis order (`pred.orientation`,
+  an exact flip/permutation), so the models see it as they saw their training data; the outputs
+  are carried back to the scan's own voxel order, shape and affine. Writes
+  `<stem>_anomaly_map.nii.gz` (float32), `<stem>_anomaly_mask.nii.gz` (uint8, only with a
   threshold) and `<stem>_prediction.json` into `out_dir`; returns the JSON's content.
   """
   img, mask = load_scan(image_path, mask_path)
+  reo = orientation.reorientation(img.affine, img.data.shape, pred.orientation)
+  image_t, brain_t = reo.apply(img.data), reo.apply(mask) > 0  # [H', W', D'] training order
   cfg = config_lib.preprocess_config(pred.settings_config)
-  work = preprocess_volume(img.data, mask, None, img.affine, cfg, source=image_path)
+  work = preprocess_volume(image_t, brain_t.astype(np.uint8), None, reo.affine, cfg,
+                           source=image_path)
   a, _ = pred.infer(work.image, work.mask, inference.volume_index(os.path.basename(image_path)))
-  brain = mask > 0
-  a_in = to_input_grid(a, work.affine, img.affine, img.data.shape, order=1) * brain
+
+  def back(volume: np.ndarray, order: int) -> np.ndarray:
+    """Working grid → the scan's own voxel order [H, W, D], zero outside the brain."""
+    return reo.undo(to_input_grid(volume, work.affine, reo.affine, image_t.shape, order) * brain_t)
+
+  a_in = back(a, 1)
   stem = _stem(image_path)
   out = {"input": os.path.abspath(image_path), "mask": os.path.abspath(mask_path) if mask_path else
          "image > 0", "model": pred.source, "method": pred.method, "combination": pred.combination,
          "threshold": pred.tau, "threshold_source": pred.tau_source,
+         "input_orientation": reo.source, "model_orientation": pred.orientation,
+         "model_orientation_source": pred.orientation_source,
          "volume_score": metrics.volume_score(a, work.mask), "working_grid": list(a.shape),
          "input_grid": list(img.data.shape), "input_spacing_mm": list(affine_spacing(img.affine)),
          "resampled_to_1mm": bool(work.resampled_to_1mm),
@@ -261,7 +312,7 @@ def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: st
   _save_like(out["anomaly_map"], a_in, image_path, np.float32)
   if pred.tau is not None:
     p_work = ((a > np.float32(pred.tau)) & (work.mask > 0)).astype(np.uint8)
-    p_in = to_input_grid(p_work, work.affine, img.affine, img.data.shape, order=0) * brain
+    p_in = back(p_work, 0)
     out["anomaly_mask"] = os.path.join(out_dir, f"{stem}_anomaly_mask.nii.gz")
     out["flagged_voxels_input_grid"] = int(p_in.sum())
     out["flagged_voxels_working_grid"] = int(p_work.sum())
@@ -272,18 +323,204 @@ def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: st
   return out
 
 
+# ----------------------------------------------------------------------------- many scans
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+  """One scan to predict: name (its file stem, names the outputs), image path, mask path or None."""
+  name: str
+  image: str
+  mask: str | None
+
+
+def _is_nifti(path: str) -> bool:
+  return bool(re.search(r"\.nii(\.gz)?$", path))
+
+
+def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
+  """The brain mask of scan `stem` in `folder`, None when there is none.
+
+  `<stem><suffix>.nii[.gz]`, else (for a stem `<base>_<modality>`, e.g. `sub-01_T1w`)
+  `<base><suffix>.nii[.gz]`.
+  """
+  bases = [stem] + ([stem.rsplit("_", 1)[0]] if "_" in stem else [])
+  for base in bases:
+    for ext in (".nii.gz", ".nii"):
+      path = os.path.join(folder, base + suffix + ext)
+      if os.path.isfile(path):
+        return path
+  return None
+
+
+def _split(text: str) -> list[str]:
+  return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def _read_csv(path: str) -> list[tuple[str, str | None]]:
+  """(image, mask or None) rows of a CSV with columns image[,mask]; paths relative to the CSV."""
+  if not os.path.isfile(path):
+    raise ValueError(f"predict.input={path}: CSV file not found")
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    fields = [c.strip() for c in reader.fieldnames or []]
+    if "image" not in fields:
+      raise ValueError(f"predict.input={path}: the CSV needs a header with columns image[,mask]; "
+                       f"got {fields}")
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+  here = os.path.dirname(os.path.abspath(path))
+  resolve = lambda p: os.path.join(here, p) if p and not os.path.isabs(p) else p  # noqa: E731
+  return [(resolve(r["image"]), resolve(r.get("mask", "")) or None) for r in rows if r["image"]]
+
+
+def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
+               ) -> tuple[list[Scan], bool]:
+  """(scans, batch) named by `predict.input` / `predict.mask`; batch = one output folder per scan.
+
+  input_spec: one NIfTI file (batch False: today's flat layout); a comma-separated list of files;
+    a folder (every .nii/.nii.gz in it except masks, `*<mask_suffix>.nii[.gz]`); or a .csv with
+    columns image[,mask] (paths relative to the CSV).
+  mask_spec: '' (folder input: masks found by `find_mask` next to the scans; otherwise the brain is
+    `image > 0`); a folder (masks found there by `find_mask`); a file (one scan) or a
+    comma-separated list as long as the input list.
+  Raises ValueError (one line) for an unusable specification; missing or unreadable scan files are
+  not checked here: they fail on their own when predicted.
+  """
+  spec = str(input_spec).strip()
+  mask_spec = str(mask_spec or "").strip()
+  mask_dir = mask_spec if mask_spec and os.path.isdir(mask_spec) else ""
+  if spec.lower().endswith(".csv"):
+    if mask_spec:
+      raise ValueError("predict.mask is not used with a CSV input: give masks in its mask column")
+    pairs, batch = _read_csv(spec), True
+    if not pairs:
+      raise ValueError(f"predict.input={spec}: the CSV lists no scans")
+  elif os.path.isdir(spec):
+    if mask_spec and not mask_dir:
+      raise ValueError(f"predict.mask={mask_spec}: with a folder input it must be a folder")
+    names = sorted(n for n in os.listdir(spec) if _is_nifti(n)
+                   and not _stem(n).endswith(mask_suffix))
+    if not names:
+      raise ValueError(f"predict.input={spec}: no .nii/.nii.gz scans in this folder")
+    pairs = [(os.path.join(spec, n), find_mask(_stem(n), mask_dir or spec, mask_suffix))
+             for n in names]
+    batch = True
+  else:
+    images, batch = _split(spec), "," in spec
+    if mask_dir:
+      masks = [find_mask(_stem(i), mask_dir, mask_suffix) for i in images]
+    elif mask_spec:
+      masks = _split(mask_spec)
+      if len(masks) != len(images):
+        raise ValueError(f"predict.mask lists {len(masks)} masks for {len(images)} scans; give "
+                         "one mask per scan (same order) or a folder of masks")
+    else:
+      masks = [None] * len(images)
+    pairs = list(zip(images, masks))
+  scans = [Scan(_stem(i), i, m) for i, m in pairs]
+  seen: dict[str, str] = {}
+  for s in scans:
+    if s.name in seen:
+      raise ValueError(f"predict.input: two scans named {s.name!r} ({seen[s.name]}, {s.image}); "
+                       "outputs are named by scan, rename one")
+    seen[s.name] = s.image
+  return scans, batch
+
+
+class PredictFailed(DataError):
+  """Some scans failed (one line naming them); `summary` holds every scan's status."""
+
+  def __init__(self, message: str, summary: dict):
+    super().__init__(message)
+    self.summary = summary
+
+
+def _one_line(e: Exception) -> str:
+  text = " ".join(str(e).split())
+  if not isinstance(e, DataError):
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+  return text[:400]
+
+
+def _gather(records: list[dict]) -> list[dict]:
+  """Every process's records (the union, ordered by scan index) on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(json.dumps(records).encode("utf-8"), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max size]
+    records = [r for row, n in zip(every, sizes.reshape(-1))
+               for r in json.loads(row[:int(n)].tobytes().decode("utf-8"))]
+  return sorted(records, key=lambda r: r["index"])
+
+
+def _table(records: list[dict]) -> str:
+  rows = [("scan", "status", "message", "output dir")] + [
+      (r["scan"], r["status"], r["message"], r["output_dir"] or "-") for r in records]
+  widths = [min(max(len(r[i]) for r in rows), 80) for i in range(3)]
+  return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3]
+                   for r in rows)
+
+
+def _ok_message(out: dict) -> str:
+  flagged = (f"{out['flagged_voxels_input_grid']} voxels flagged at τ {out['threshold']:.6g}"
+             if "anomaly_mask" in out else "map only (no threshold)")
+  turned = ("" if out["input_orientation"] == out["model_orientation"] else
+            f", reoriented {out['input_orientation']}→{out['model_orientation']}")
+  return f"volume score {out['volume_score']:.4g}, {flagged}{turned}"
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`stage=predict`: one scan through the models of `predict.checkpoint_dir`."""
+  """`stage=predict`: every scan of `predict.input` through the models of `predict.checkpoint_dir`.
+
+  Scans are split over processes by index (process p predicts scans p, p + P, ...); a scan that
+  fails is reported by name and the others go on. Process 0 writes `predict_summary.json` (every
+  scan's status) into the output folder and prints the table. Returns the summary; raises
+  PredictFailed (a DataError: exit code 2 from the command line) when any scan failed.
+  """
   p = config.predict
   if not p.checkpoint_dir or not p.input:
     raise ValueError("set --config.predict.checkpoint_dir=<evaluation|SADM|cDDPM workdir> and "
-                     "--config.predict.input=<scan.nii.gz>")
+                     "--config.predict.input=<scan.nii.gz | a,b,... | folder | scans.csv>")
+  scans, batch = list_scans(p.input, p.mask, p.get("mask_suffix", "_mask"))
+  out_root = os.path.abspath(p.output or workdir)
   pred = load_predictor(p.checkpoint_dir, config)
-  out = predict(pred, p.input, p.mask or None, p.output or workdir)
-  tau = ("none" if out["threshold"] is None else
-         f"{out['threshold']:.6g} ({out['threshold_source']})")
-  print(f"predict: {out['input']} -> {out['anomaly_map']}"
-        + (f", {out['anomaly_mask']} ({out['flagged_voxels_input_grid']} voxels flagged)"
-           if "anomaly_mask" in out else "") + f"; method {out['method']}, τ {tau}, "
-        f"volume score {out['volume_score']:.4g}")
-  return out
+  pid, nproc = jax.process_index(), jax.process_count()
+  records = []
+  for i in range(pid, len(scans), nproc):
+    s = scans[i]
+    rec = {"index": i, "scan": s.name, "image": os.path.abspath(s.image),
+           "mask": os.path.abspath(s.mask) if s.mask else "image > 0", "process": pid}
+    out_dir = os.path.join(out_root, s.name) if batch else out_root
+    try:
+      out = predict(pred, s.image, s.mask, out_dir)
+    except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
+      if not isinstance(e, DataError):
+        logging.exception("predict: %s failed", s.name)
+      rec.update(status="failed", message=_one_line(e), output_dir="")
+      logging.error("predict: %s failed: %s", s.name, rec["message"])
+    else:
+      rec.update(status="ok", message=_ok_message(out), output_dir=out_dir, prediction=out)
+      logging.info("predict: %s -> %s", s.name, out["anomaly_map"])
+    records.append(rec)
+  records = _gather(records)
+  failed = [r for r in records if r["status"] != "ok"]
+  summary = {"model": pred.source, "method": pred.method, "threshold": pred.tau,
+             "threshold_source": pred.tau_source, "model_orientation": pred.orientation,
+             "model_orientation_source": pred.orientation_source, "num_scans": len(records),
+             "num_ok": len(records) - len(failed), "num_failed": len(failed),
+             "processes": nproc, "scans": records}
+  path = os.path.join(out_root, "predict_summary.json")
+  if pid == 0:
+    io.write_json(path, summary)
+    tau = "none" if pred.tau is None else f"{pred.tau:.6g} ({pred.tau_source})"
+    print(f"predict: {len(records)} scan(s), method {pred.method}, τ {tau}, model orientation "
+          f"{pred.orientation}\n{_table(records)}\nsummary: {path}")
+  if failed:
+    what = (f"{failed[0]['scan']} ({failed[0]['message']})" if len(failed) == 1 else
+            ", ".join(r["scan"] for r in failed[:20]) + (", ..." if len(failed) > 20 else ""))
+    raise PredictFailed(f"predict: {len(failed)} of {len(records)} scan(s) failed: {what}; "
+                        f"every scan's status in {path}", summary)
+  return summary

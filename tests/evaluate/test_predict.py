@@ -1,9 +1,11 @@
-"""The predict stage: outputs on the scan's own grid and affine; clear errors for bad inputs."""
+"""The predict stage: outputs on the scan's own grid and affine, batches, orientation, errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -32,6 +34,12 @@ def scan(tmp_path_factory):
   return paths
 
 
+def _single(summary):
+  """The prediction record of a one-scan run."""
+  assert summary["num_scans"] == 1 and summary["scans"][0]["status"] == "ok", summary
+  return summary["scans"][0]["prediction"]
+
+
 def _config(checkpoint_dir, scan_paths, out, **predict_fields):
   c = predict_config.get_config()
   c.predict.checkpoint_dir = checkpoint_dir
@@ -45,7 +53,7 @@ def _config(checkpoint_dir, scan_paths, out, **predict_fields):
 
 def test_predict_from_an_evaluation_writes_outputs_on_the_input_grid(evaluation, scan, tmp_path):
   workdir, _ = evaluation
-  out = main_lib.run_stage(_config(workdir, scan, tmp_path), str(tmp_path))
+  out = _single(main_lib.run_stage(_config(workdir, scan, tmp_path), str(tmp_path)))
   src = nib.load(scan["image"])
   amap, amask = nib.load(out["anomaly_map"]), nib.load(out["anomaly_mask"])
   for img in (amap, amask):
@@ -83,13 +91,13 @@ def test_working_grid_maps_land_on_the_right_input_voxels(scan):
 
 def test_predict_from_a_sadm_workdir_with_explicit_threshold(tiny_sadm_dir, scan, tmp_path):
   c = _config(tiny_sadm_dir, {"image": scan["image"]}, tmp_path, threshold=0.5)  # mask = image > 0
-  out = main_lib.run_stage(c, str(tmp_path))
+  out = _single(main_lib.run_stage(c, str(tmp_path)))
   assert out["threshold"] == 0.5 and out["threshold_source"] == "predict.threshold"
   assert out["mask"] == "image > 0" and out["method"] == "sadm"
   assert nib.load(out["anomaly_mask"]).shape == nib.load(scan["image"]).shape
   # Without any threshold only the map is written.
   c = _config(tiny_sadm_dir, scan, tmp_path / "nothr")
-  out = main_lib.run_stage(c, str(tmp_path))
+  out = _single(main_lib.run_stage(c, str(tmp_path)))
   assert "anomaly_mask" not in out and os.path.isfile(out["anomaly_map"])
 
 
@@ -127,3 +135,146 @@ def test_predict_needs_a_checkpoint_and_an_input(tmp_path):
   c.predict.checkpoint_dir, c.predict.input = str(tmp_path), "x.nii.gz"
   with pytest.raises(FileNotFoundError, match="neither an evaluation workdir"):
     predict.load_predictor(str(tmp_path), config_lib.resolve(c))
+
+
+def _flip_xy(image, affine):
+  """The same scan stored with voxel axes 0 and 1 reversed: RAS → LPS, world points unchanged."""
+  n = image.shape
+  flip = np.array([[-1, 0, 0, n[0] - 1], [0, -1, 0, n[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+  return np.ascontiguousarray(image[::-1, ::-1]), affine @ flip
+
+
+def test_ras_and_lps_copies_give_the_same_map_in_world_space(tiny_sadm_dir, tmp_path):
+  image, mask, _ = fake_data.make_subject(np.random.default_rng(7), lesion=True)
+  ras = np.diag([1.0, 1.0, 1.0, 1.0])
+  ras[:3, 3] = (-20.0, -22.0, -15.0)
+  paths = {}
+  for codes, (img, aff), (msk, _) in (("RAS", (image, ras), (mask, ras)),
+                                      ("LPS", _flip_xy(image, ras), _flip_xy(mask, ras))):
+    os.makedirs(tmp_path / codes)
+    paths[codes] = (str(tmp_path / codes / "sub-07_T1w.nii.gz"),  # same name: same noise seed
+                    str(tmp_path / codes / "sub-07_mask.nii.gz"))
+    fake_data.save(paths[codes][0], img, aff)
+    fake_data.save(paths[codes][1], msk, aff)
+    assert "".join(nib.aff2axcodes(nib.load(paths[codes][0]).affine)) == codes
+  c = config_lib.resolve(_config(tiny_sadm_dir, {"image": "unused"}, tmp_path, threshold=0.5))
+  pred = predict.load_predictor(tiny_sadm_dir, c)
+  # The tiny runs were trained on RAS data and recorded it; older runs fall back to RAS (logged).
+  assert pred.orientation == "RAS" and pred.orientation_source.startswith("training data of")
+  assert predict._trained_orientation({"run": {}}, "old")[0] == "RAS"
+  outs = {k: predict.predict(pred, *paths[k], str(tmp_path / k / "out")) for k in paths}
+  assert outs["LPS"]["input_orientation"] == "LPS" and outs["LPS"]["model_orientation"] == "RAS"
+  maps = {k: nib.load(outs[k]["anomaly_map"]) for k in outs}
+  masks = {k: nib.load(outs[k]["anomaly_mask"]) for k in outs}
+  for k in paths:  # each output on its input's own voxel order and affine
+    np.testing.assert_allclose(maps[k].affine, nib.load(paths[k][0]).affine)
+    np.testing.assert_allclose(masks[k].affine, nib.load(paths[k][0]).affine)
+  a_ras = maps["RAS"].get_fdata()
+  a_lps = maps["LPS"].get_fdata()[::-1, ::-1]  # LPS voxel order → RAS voxel order
+  assert a_ras.max() > a_ras.min()
+  assert np.abs(a_ras - a_lps).max() <= 1e-5 * (a_ras.max() - a_ras.min())
+  np.testing.assert_array_equal(masks["RAS"].get_fdata(), masks["LPS"].get_fdata()[::-1, ::-1])
+
+
+def test_scans_without_an_orientation_are_refused_in_one_line(scan, tmp_path):
+  data = nib.load(scan["image"]).get_fdata().astype(np.float32)
+  codes0 = nib.Nifti1Image(data, np.eye(4))
+  codes0.set_qform(None, code=0)
+  codes0.set_sform(None, code=0)
+  nib.save(codes0, str(tmp_path / "nocodes.nii.gz"))
+  assert nib.load(str(tmp_path / "nocodes.nii.gz")).header["sform_code"] == 0
+  with pytest.raises(DataError, match=r"nocodes.nii.gz: orientation unknown: qform_code and "
+                                      r"sform_code are both 0") as e:
+    predict.load_scan(str(tmp_path / "nocodes.nii.gz"))
+  assert "\n" not in str(e.value)
+  flat = np.eye(4)
+  flat[2, 2] = 0.0
+  singular = nib.Nifti1Image(data, np.eye(4))
+  singular.set_sform(flat, code=1)
+  nib.save(singular, str(tmp_path / "singular.nii.gz"))
+  with pytest.raises(DataError, match="singular.nii.gz: orientation unknown: the header affine is "
+                                      "singular"):
+    predict.load_scan(str(tmp_path / "singular.nii.gz"))
+
+
+def test_csv_input_predicts_each_scan_and_reports_the_bad_one(tiny_cddpm_dir, scan, tmp_path):
+  """A CSV of (image, mask): good scans are written per scan; a scan without orientation fails."""
+  data = nib.load(scan["image"]).get_fdata().astype(np.float32)
+  bad = nib.Nifti1Image(data, np.eye(4))
+  bad.set_qform(None, code=0)
+  bad.set_sform(None, code=0)
+  nib.save(bad, str(tmp_path / "unoriented.nii.gz"))
+  listing = tmp_path / "scans.csv"
+  listing.write_text(f"image,mask\n{scan['image']},{scan['mask']}\nunoriented.nii.gz,\n")
+  c = _config(tiny_cddpm_dir, {"image": str(listing)}, tmp_path / "out", threshold=0.5)
+  with pytest.raises(DataError, match=r"^predict: 1 of 2 scan\(s\) failed: unoriented \(.*"
+                                      r"unoriented.nii.gz: orientation unknown") as e:
+    main_lib.run_stage(c, str(tmp_path))
+  summary = e.value.summary
+  with open(tmp_path / "out" / "predict_summary.json") as f:
+    assert json.load(f)["scans"] == json.loads(json.dumps(summary["scans"]))
+  good, failed = summary["scans"]
+  assert (good["scan"], good["status"], failed["scan"], failed["status"]) == (
+      "sub-01_T1w", "ok", "unoriented", "failed")
+  assert good["mask"] == scan["mask"] and failed["output_dir"] == ""
+  out_dir = tmp_path / "out" / "sub-01_T1w"
+  assert good["output_dir"] == str(out_dir)
+  for name in ("anomaly_map", "anomaly_mask"):
+    img = nib.load(str(out_dir / f"sub-01_T1w_{name}.nii.gz"))
+    assert img.shape == nib.load(scan["image"]).shape
+  assert not os.path.exists(tmp_path / "out" / "unoriented")
+
+
+def test_list_scans_rules(tmp_path):
+  """Folder, list and CSV inputs; the mask naming rule; specification errors in one line."""
+  for name in ("b_T1w.nii.gz", "b_mask.nii.gz", "a.nii", "a_mask.nii.gz", "c_T1w.nii.gz",
+               "notes.txt"):
+    (tmp_path / name).write_bytes(b"")
+  scans, batch = predict.list_scans(str(tmp_path))
+  assert batch and [(s.name, s.mask and os.path.basename(s.mask)) for s in scans] == [
+      ("a", "a_mask.nii.gz"), ("b_T1w", "b_mask.nii.gz"), ("c_T1w", None)]
+  scans, batch = predict.list_scans("x/s.nii.gz")
+  assert not batch and scans == [predict.Scan("s", "x/s.nii.gz", None)]
+  scans, batch = predict.list_scans("p.nii.gz, q.nii", "pm.nii.gz,qm.nii.gz")
+  assert batch and [(s.name, s.mask) for s in scans] == [("p", "pm.nii.gz"), ("q", "qm.nii.gz")]
+  with pytest.raises(ValueError, match="lists 1 masks for 2 scans"):
+    predict.list_scans("p.nii.gz,q.nii", "pm.nii.gz")
+  with pytest.raises(ValueError, match="two scans named 'p'"):
+    predict.list_scans("x/p.nii.gz,y/p.nii.gz")
+  (tmp_path / "bad.csv").write_text("img,msk\nx,y\n")
+  with pytest.raises(ValueError, match="columns image"):
+    predict.list_scans(str(tmp_path / "bad.csv"))
+
+
+def test_folder_batch_from_the_command_line_survives_a_corrupt_file(tiny_cddpm_dir, scan,
+                                                                     tmp_path):
+  """`python -m sadm_jax.main` on a folder with one corrupt scan: exit 2, one line naming it."""
+  folder = tmp_path / "scans"
+  os.makedirs(folder)
+  for stem in ("sub-01_T1w", "sub-02_T1w"):  # masks by the rule: sub-0k_mask.nii.gz
+    for src, dst in ((scan["image"], f"{stem}.nii.gz"), (scan["mask"], f"{stem[:6]}_mask.nii.gz")):
+      with open(src, "rb") as f:
+        (folder / dst).write_bytes(f.read())
+  (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI at all")
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "sadm_jax.main", "--config=configs/predict.py",
+         f"--workdir={tmp_path}", f"--config.predict.checkpoint_dir={tiny_cddpm_dir}",
+         f"--config.predict.input={folder}", f"--config.predict.output={out}",
+         "--config.predict.threshold=0.5"]
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 2, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: predict: 1 of 3 scan(s) failed: broken (") and (
+      "broken.nii.gz: cannot read as NIfTI" in last), last
+  for stem in ("sub-01_T1w", "sub-02_T1w"):
+    for name in ("anomaly_map", "anomaly_mask", "prediction"):
+      ext = "json" if name == "prediction" else "nii.gz"
+      assert os.path.isfile(out / stem / f"{stem}_{name}.{ext}"), (stem, name)
+  with open(out / "predict_summary.json") as f:
+    summary = json.load(f)
+  assert [(r["scan"], r["status"]) for r in summary["scans"]] == [
+      ("broken", "failed"), ("sub-01_T1w", "ok"), ("sub-02_T1w", "ok")]
+  assert summary["scans"][1]["mask"] == str(folder / "sub-01_mask.nii.gz")
+  assert "broken" in r.stdout and "sub-02_T1w" in r.stdout  # the printed table
