@@ -147,7 +147,7 @@ def get_config() -> ml_collections.ConfigDict:
   pr.input = ""  # a scan, 'a.nii.gz,b.nii.gz', a folder of .nii/.nii.gz, or a CSV (image[,mask])
   pr.mask = ""  # a mask, 'a_mask.nii.gz,...' (one per scan), or a folder; '' = brain is image > 0
   pr.mask_suffix = "_mask"  # folder rule: mask of <base>[_<mod>].nii.gz is <base>_mask.nii.gz
-  pr.output = ""  # '' = the workdir; several scans: one folder <output>/<scan name>/ per scan
+  pr.output = ""  # '' = the workdir; list/folder/CSV input: one folder <output>/<scan name>/ each
   pr.threshold = config_dict.placeholder(float)  # None = the one stored by evaluation
 
   # ---- multi-process runs (sadm_jax.distributed); the defaults mean auto-detect ----
