@@ -25,6 +25,7 @@ STAGES = {
     "aot": "sadm_jax.train.aot:run",
     "evaluate": "sadm_jax.evaluate.run:run",
     "predict": "sadm_jax.evaluate.predict:run",
+    "reproduce": "sadm_jax.reproduce:run",
 }
 
 

@@ -72,6 +72,48 @@ class Checkpointer:
         data=grain.checkpoint.CheckpointRestore(iterator), meta=ocp.args.JsonRestore()))
     return out.state, dict(out.meta)
 
+  def restore_usable(self, state_target: Any, shardings: Any, iterator: Any
+                     ) -> tuple[int | None, Any, dict]:
+    """(step, state, meta) of the newest step that restores; (None, None, {}) in a fresh workdir.
+
+    A step that fails to restore (truncated array file, missing metadata, empty directory, ...)
+    is logged in one line, moved aside to `checkpoints/<step>.damaged-<n>` (never deleted) and the
+    previous step is tried. Raises RunError naming the directory when no step is usable, also on
+    later starts (the moved-aside steps stay), so a damaged run never silently restarts at step 0.
+    """
+    while (step := self.latest.latest_step()) is not None:
+      try:
+        state, meta = self.restore(state_target, shardings, iterator, step)
+        return step, state, meta
+      except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
+        text = str(e).strip()
+        reason = f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+        aside = self._move_aside(step)
+        logging.warning("checkpoint step %d in %s cannot be restored (%s); moved it aside to %s "
+                        "and trying the previous step", step, self.dir, reason,
+                        os.path.basename(aside))
+    damaged = sorted(n for n in os.listdir(self.dir) if ".damaged-" in n) if os.path.isdir(
+        self.dir) else []
+    if damaged:
+      raise RunError(f"{self.dir}: no usable checkpoint to resume from (damaged steps moved aside: "
+                     f"{', '.join(damaged)}); start the run again in a new workdir")
+    return None, None, {}
+
+  def _move_aside(self, step: int) -> str:
+    """Renames step `step` to `<step>.damaged-<n>` (process 0; the others wait); reloads."""
+    src = os.path.join(self.dir, str(step))
+    n = 1
+    while os.path.exists(f"{src}.damaged-{n}"):
+      n += 1
+    dst = f"{src}.damaged-{n}"
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    self.latest.reload()
+    return dst
+
   def restore_best(self, state_target: Any, shardings: Any) -> tuple[Any, dict]:
     step = self.best.latest_step()
     if step is None:

@@ -157,12 +157,11 @@ def _train(config, workdir, task, mesh) -> dict:
                       async_save=config.train.async_checkpoints)
   run_meta = {**task.meta, "seed": int(trainer.seed), "versions": software_versions()}
   meta_base = {"config": config.to_dict(), "task": task.name, "run": run_meta}
+  start, state, _ = ckpt.restore_usable(trainer.abstract_state, trainer.state_shardings, it)
   if pid == 0:
     io.write_json(os.path.join(workdir, "run.json"),
                   {"task": task.name, "run": run_meta, "num_steps": num_steps})
-  start = ckpt.latest_step()
   if start is not None:
-    state, meta = ckpt.restore(trainer.abstract_state, trainer.state_shardings, it)
     logging.info("resumed %s from step %d (%s)", task.name, start, ckpt.dir)
     if pid == 0:
       print(f"resumed from checkpoint step {start}", flush=True)

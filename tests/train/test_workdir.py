@@ -1,0 +1,182 @@
+"""A workdir belongs to one run: config guard, lock, damaged checkpoints (subprocesses on one tiny cDDPM run)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from sadm_jax.train import workdir as workdir_lib
+from tests.data import fake_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The same programs as tests/train/test_cddpm_spark.py's SIGKILL test (2 fake devices): cache hits.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
+       "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+       "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+
+
+def _run(data_dir, workdir, *extra, steps=4):
+  cmd = [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
+         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+         f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
+         f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=2",
+         "--config.train.eval_every=4", *extra]
+  return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+def _snapshot(root) -> dict:
+  """{relative path: (size, mtime_ns)} of every file and directory under `root`."""
+  out = {}
+  for d, dirs, files in os.walk(root):
+    for n in dirs + files:
+      p = os.path.join(d, n)
+      st = os.stat(p)
+      out[os.path.relpath(p, root)] = (st.st_size if n in files else 0, st.st_mtime_ns
+                                       if n in files else 0)
+  return out
+
+
+def _error_line(res) -> str:
+  lines = [l for l in res.stderr.splitlines() if l.strip()]
+  errors = [l for l in lines if l.startswith("error: ")]
+  assert len(errors) == 1, res.stderr[-3000:]
+  assert "Traceback" not in res.stderr, res.stderr[-3000:]
+  return errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(data_dir, workdir) of a tiny cDDPM trained 4 steps with checkpoints at steps 2 and 4."""
+  root = tmp_path_factory.mktemp("wd")
+  data_dir = str(root / "dd")
+  fake_data.write_data_dir(data_dir, n_ixi=12, n_patho=1)
+  res = _run(data_dir, root / "run")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert sorted(os.listdir(root / "run" / "checkpoints")) == ["2", "4"]
+  assert not os.path.exists(root / "run" / workdir_lib.LOCK_FILE)  # released at exit
+  return data_dir, str(root / "run")
+
+
+def _copy(trained, tmp_path) -> str:
+  work = str(tmp_path / "run")
+  shutil.copytree(trained[1], work)
+  return work
+
+
+def test_changed_model_seed_or_fold_is_refused_before_anything_is_written(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  before = _snapshot(work)
+  res = _run(trained[0], work, "--config.model.unet.model_channels=8", "--config.seed=7",
+             "--config.data.fold=1", steps=6)
+  assert res.returncode == 2
+  line = _error_line(res)
+  assert line.startswith(f"error: {work}: holds a run started with another config (")
+  for diff in ("data.fold 0 → 1", "model.unet.model_channels 16 → 8", "seed 3141 → 7"):
+    assert diff in line, line
+  assert "train.num_steps" not in line  # may change on resume
+  assert _snapshot(work) == before
+
+
+def test_resumable_keys_may_change(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  # num_steps equal to the last checkpoint: resumes and stops without compiling a step.
+  res = _run(trained[0], work, "--config.train.log_every=3", "--config.train.keep_checkpoints=3",
+             "--config.data.num_workers=1", "--config.mesh.num_devices=1", steps=4)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "resumed from checkpoint step 4" in res.stdout
+  # Placeholders are compared resolved: faithful=False and an explicit default are the same.
+  from configs import cddpm as cddpm_config
+  old, new = cddpm_config.get_config("tiny"), cddpm_config.get_config("tiny")
+  new.data.slice_sampling, new.train.num_epochs, new.evaluate.lam = "brain", 7, 0.1
+  assert workdir_lib.config_differences(old.to_dict(), new.to_dict()) == []
+  new.data.slice_sampling = "uniform"
+  assert workdir_lib.config_differences(old.to_dict(), new.to_dict()) == [
+      ("data.slice_sampling", "brain", "uniform")]
+  # data.loader_workers changes the saved grain iterator state: refused.
+  res = _run(trained[0], work, "--config.data.loader_workers=2", steps=4)
+  assert res.returncode == 2 and "data.loader_workers 0 → 2" in _error_line(res)
+
+
+def test_workdir_locked_by_a_live_process_is_refused(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  holder = {"host": socket.gethostname(), "pid": os.getpid(),
+            "start": workdir_lib._start_time(os.getpid()), "since": "2026-01-01T00:00:00"}
+  with open(os.path.join(work, ".lock"), "w") as f:
+    json.dump(holder, f)
+  before = _snapshot(work)
+  res = _run(trained[0], work, steps=6)
+  assert res.returncode == 2
+  line = _error_line(res)
+  assert line.startswith(f"error: {work}: in use by process {os.getpid()} on host "
+                         f"{socket.gethostname()} (since 2026-01-01T00:00:00"), line
+  assert _snapshot(work) == before
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  with open(os.path.join(work, ".lock"), "w") as f:
+    json.dump({"host": socket.gethostname(), "pid": dead.pid, "start": "1",
+               "since": "2026-01-01T00:00:00"}, f)
+  res = _run(trained[0], work, steps=4)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert f"taking over the stale lock of process {dead.pid}" in res.stderr
+  assert "resumed from checkpoint step 4" in res.stdout
+  assert not os.path.exists(os.path.join(work, ".lock"))
+
+
+def _damage(work: str, step: int, kind: str) -> None:
+  d = os.path.join(work, "checkpoints", str(step))
+  if kind == "truncated_array":
+    arrays = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(d, "state")) for f in fs
+              if os.sep + "d" + os.sep in os.path.join(r, f)]
+    biggest = max(arrays, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+      f.truncate(os.path.getsize(biggest) // 2)
+  elif kind == "missing_metadata":
+    os.remove(os.path.join(d, "meta", "metadata"))
+  elif kind == "empty_step_dir":
+    shutil.rmtree(d)
+    os.makedirs(d)
+  else:
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated_array", "missing_metadata", "empty_step_dir"])
+def test_damaged_newest_step_is_moved_aside_and_previous_step_resumes(trained, tmp_path, kind):
+  work = _copy(trained, tmp_path)
+  _damage(work, 4, kind)
+  damaged = _snapshot(os.path.join(work, "checkpoints", "4"))
+  res = _run(trained[0], work, steps=4)
+  assert res.returncode == 0, res.stderr[-3000:]
+  ckpt_dir = os.path.join(work, "checkpoints")
+  warnings = [l for l in res.stderr.splitlines()
+              if f"checkpoint step 4 in {ckpt_dir} cannot be restored" in l]
+  assert len(warnings) == 1 and "moved it aside to 4.damaged-1" in warnings[0], res.stderr
+  assert "resumed from checkpoint step 2" in res.stdout
+  # Moved aside untouched (never deleted); steps 3-4 retrained into a new step 4.
+  assert _snapshot(os.path.join(ckpt_dir, "4.damaged-1")) == damaged
+  assert sorted(os.listdir(ckpt_dir)) == ["2", "4", "4.damaged-1"]
+  with open(os.path.join(work, "metrics.jsonl")) as f:
+    steps = [json.loads(l)["step"] for l in f]
+  assert steps == sorted(steps) and steps[-1] == 4
+
+
+def test_no_usable_checkpoint_is_a_clear_error_every_time(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  _damage(work, 4, "empty_step_dir")
+  _damage(work, 2, "missing_metadata")
+  ckpt_dir = os.path.join(work, "checkpoints")
+  for attempt in range(2):  # the second start must not silently train from step 0
+    res = _run(trained[0], work, steps=4)
+    assert res.returncode == 2
+    line = _error_line(res)
+    assert line == (f"error: {ckpt_dir}: no usable checkpoint to resume from (damaged steps "
+                    "moved aside: 2.damaged-1, 4.damaged-1); start the run again in a new "
+                    "workdir"), (attempt, line)
+    assert sorted(os.listdir(ckpt_dir)) == ["2.damaged-1", "4.damaged-1"]
