@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 import traceback
 from typing import Callable, Mapping, Sequence
@@ -49,7 +50,9 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
 
 def run_inprocess(member: Member, config, mdir: str, command: Sequence[str]) -> bool:
   """Runs the member's stage in this process (`sadm_jax.main.run_stage`)."""
-  from sadm_jax import main as main_lib
+  main_lib = sys.modules.get("__main__")
+  if getattr(getattr(main_lib, "__spec__", None), "name", None) != "sadm_jax.main":
+    from sadm_jax import main as main_lib  # (under `python -m sadm_jax.main` it is __main__)
   try:
     main_lib.run_stage(config, mdir)
   except Exception:  # pylint: disable=broad-except  (one member's failure is not the sweep's)

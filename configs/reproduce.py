@@ -1,0 +1,28 @@
+"""Table 1 of the SADM paper on the demo cohort: cDDPM, SADM and input-only UNet × (DRAEM, BraTS-, ATLAS-like labels), one evaluation, the three claims.
+
+    python -m sadm_jax.main --config=configs/reproduce.py --workdir=W
+    python -m sadm_jax.main --config=configs/reproduce.py:tiny --workdir=W   # the end-to-end test
+
+Runs `sadm_jax/reproduce.py`: builds the demo cohort, then the sweep prepare → cDDPM → six
+stage-II runs (SADM and the plain UNet, `sadm.use_cddpm=False`, each with DRAEM anomalies and with
+the BraTS- and ATLAS-like labels) → one evaluation of them plus the intensity threshold and the
+cDDPM on the tumour-, stroke- and WMH-like test sets and on IXI with DRAEM anomalies; writes
+W/report/{table.md,metrics.csv} and W/claims.json. Everything but the stage is the demo's
+(configs/demo.py): grid, networks, budgets (`demo.cddpm_*`; all six stage-II runs use
+`demo.sadm_*`). `reproduce.repeats` = n > 1 trains every model n times (IXI folds 0..n-1; the
+weakly supervised runs as repeats, `sadm.repeat`) and the table shows mean ± std.
+"""
+
+import ml_collections
+
+from configs import demo
+
+
+def get_config(arg: str | None = None):
+  c = demo.get_config(arg)  # 'tiny' or nothing, as the demo
+  c.stage = "reproduce"
+  c.evaluate.test_sets = ("Brats21", "ATLAS_v2", "WMH", "DRAEM")
+  c.evaluate.methods = ("threshold", "cddpm", "sadm")
+  # The only field of its own (only this stage reads it): how many times each model is trained.
+  c.reproduce = ml_collections.ConfigDict({"repeats": 1})
+  return c

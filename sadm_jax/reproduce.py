@@ -1,0 +1,225 @@
+"""`stage=reproduce`: the paper's Table 1 on the demo cohort as one sweep, its table, and the three claims checked on test and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import ml_collections
+
+from sadm_jax.sweeps.members import Member, flag
+from sadm_jax.utils import io
+
+# Stage-II variants of Table 1: member name -> (sadm.mode, with the cDDPM).
+VARIANTS = {"sadm_draem": ("draem", True), "sadm_brats": ("brats", True),
+            "sadm_atlas": ("atlas", True), "unet_draem": ("draem", False),
+            "unet_brats": ("brats", False), "unet_atlas": ("atlas", False)}
+# sadm.mode -> the evaluation's train_anomalies label (sadm_jax.evaluate: SADM_MODES).
+ANOMALIES = {"draem": "draem", "brats": "Brats21", "atlas": "ATLAS_v2"}
+PATHOLOGIES = ("Brats21", "ATLAS_v2", "WMH")  # the claims' "every pathology" (DRAEM is synthetic)
+MIN_LABELLED = 2  # weak supervision trains on >= 1 labelled volume and tunes τ on >= 1 other
+# The claims compare Dice at the validation-selected threshold τ: the mean test Dice ('dice') and
+# the Dice of the pooled validation voxels at τ ('val_pooled_dice'), means over repeats.
+METRICS = {"test": "dice", "validation": "val_pooled_dice"}
+LIFT = 0.05  # claim 2: "a lot" = at least 5 Dice points above the cDDPM on the labelled pathology
+COLLAPSE = 0.75  # claim 3: below the cDDPM and below 3/4 of the SADM trained on the same anomalies
+NAMES = {("cddpm", "none"): "cDDPM", ("threshold", "none"): "threshold",
+         **{(m, a): f"{'SADM' if m == 'sadm' else 'UNet'}-{n}" for m in ("sadm", "unet")
+            for a, n in (("draem", "DRAEM"), ("Brats21", "BraTS"), ("ATLAS_v2", "ATLAS"))}}
+STATEMENTS = {
+    "claim1": "SADM trained with DRAEM anomalies beats its own cDDPM on every pathology",
+    "claim2": "labels of one pathology lift that pathology by >= 5 Dice points over the cDDPM, "
+              "while every unseen pathology stays at or above the cDDPM",
+    "claim3": "the input-only UNet collapses on every pathology it was not trained on: below the "
+              "cDDPM and below 3/4 of the SADM trained on the same anomalies",
+}
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Generates the demo cohort (skipped when complete), with >= MIN_LABELLED labelled BraTS- and
+  ATLAS-like validation volumes for weak supervision; returns DATA_DIR."""
+  from sadm_jax import demo_job
+  from sadm_jax.data import demo
+  cfg = demo_job.demo_config(config)
+  cfg = dataclasses.replace(cfg, **{k: max(getattr(cfg, k), MIN_LABELLED)
+                                    for k in ("n_brats21_val", "n_atlas_v2_val")})
+  root = config.demo.root or os.path.join(workdir, "demo_data")
+  t = time.time()
+  demo.generate_demo_cohort(root, cfg)
+  print(f"demo cohort: {root} ({time.time() - t:.1f} s)", flush=True)
+  return root
+
+
+def members(config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> list[Member]:
+  """prepare → (SparK) → cDDPM → six stage-II runs → one evaluation, per repeat where it applies;
+  every member is `config` plus `--config.k=v` overrides (its stage, budget and inputs)."""
+  d = config.demo
+  for key in ("cddpm_steps", "sadm_steps"):
+    if int(d[key]) < 1:
+      raise ValueError(f"--config.demo.{key}={d[key]} must be >= 1")
+  repeats = int(config.reproduce.repeats)
+  if repeats < 1:
+    raise ValueError(f"--config.reproduce.repeats={repeats} must be >= 1")
+  common = (flag("data.data_dir", data_dir),)
+  budget = lambda s: (flag("train.num_steps", int(d[f"{s}_steps"])),
+                      flag("optimizer.learning_rate", float(d[f"{s}_learning_rate"])))
+  out = [Member("prepare", config, common + ("--config.stage=prepare",), report=False)]
+  trained = []
+  for k in range(repeats):
+    fold = common + (f"--config.data.fold={k}",)
+    cddpm = fold + ("--config.stage=cddpm",) + budget("cddpm")
+    if int(d.spark_steps) > 0:
+      out.append(Member(f"spark-{k}", config, fold + ("--config.stage=spark",) + budget("spark"),
+                        after=("prepare",), report=False))
+      cddpm += (f"--config.model.encoder.pretrained_workdir={{workdir}}/spark-{k}",)
+    out.append(Member(f"cddpm-{k}", config, cddpm, after=("prepare",) + (
+        (f"spark-{k}",) if int(d.spark_steps) > 0 else ()), report=False))
+    for name, (mode, with_cddpm) in VARIANTS.items():
+      o = fold + ("--config.stage=sadm", f"--config.sadm.mode={mode}",
+                  flag("sadm.use_cddpm", with_cddpm)) + budget("sadm")
+      o += (f"--config.sadm.repeat={k}",) if mode != "draem" else ()
+      o += (f"--config.sadm.cddpm_workdir={{workdir}}/cddpm-{k}",) if with_cddpm else ()
+      out.append(Member(f"{name}-{k}", config, o, report=False,
+                        after=(f"cddpm-{k}",) if with_cddpm else ("prepare",)))
+      trained.append(f"{name}-{k}")
+  dirs = [f"{{workdir}}/{t}" for t in trained]
+  out.append(Member("evaluate", config, common + (
+      "--config.stage=evaluate", flag("evaluate.sadm_workdirs", dirs),
+      "--config.evaluate.cddpm_workdir="), after=tuple(trained)))  # cDDPMs: the SADM runs' own
+  return out
+
+
+# ----------------------------------------------------------------------------- the claims
+
+
+def _means(rows: list[dict], key: str) -> dict[tuple[str, str, str], float]:
+  from sadm_jax.evaluate import report
+  return {k: v[0] for k, v in report.fold_summary(rows, key).items()}
+
+
+def _compare(means: dict, lhs, op: str, rhs, test_set: str, factor=1.0, margin=0.0) -> dict:
+  """One comparison `lhs op factor · rhs + margin` on test and on validation."""
+  rule = f"{NAMES[lhs]} {op} " + (f"{factor:g} × " if factor != 1 else "") + NAMES[rhs] + (
+      f" + {100 * margin:g} points" if margin else "")
+  out = {"test_set": test_set, "rule": rule}
+  for split in ("test", "validation"):
+    a, b = (means[split].get((*m, test_set), math.nan) for m in (lhs, rhs))
+    x = factor * b + margin
+    ok = math.isfinite(a) and math.isfinite(b) and {">": a > x, ">=": a >= x, "<": a < x}[op]
+    out[split] = {NAMES[lhs]: a if math.isfinite(a) else None,
+                  NAMES[rhs]: b if math.isfinite(b) else None}
+    out[f"holds_on_{split}"] = bool(ok)
+  return out
+
+
+def check_claims(rows: list[dict]) -> dict:
+  """The paper's three claims (ANCHORS §1) on the evaluation's rows, each on test and validation.
+
+  Each claim is a list of comparisons of mean Dice at τ (METRICS) per pathology; it holds on a
+  split when there is at least one and every one holds there (a missing number fails it):
+    claim1: SADM-DRAEM > cDDPM on every pathology.
+    claim2: for the BraTS- and ATLAS-labelled SADM: on its own pathology SADM ≥ cDDPM + LIFT,
+            on every other pathology SADM ≥ cDDPM.
+    claim3 ("collapses"): for each input-only UNet (DRAEM, BraTS, ATLAS) on every pathology it was
+            not trained on: UNet < cDDPM and UNet < COLLAPSE × the SADM with the same anomalies.
+  On validation a weakly supervised run's own pathology is scored on its held-out rows only.
+  """
+  means = {split: _means(rows, key) for split, key in METRICS.items()}
+  sets = [s for s in PATHOLOGIES if any(r["test_set"] == s for r in rows)]
+  cddpm, c = ("cddpm", "none"), {}
+  c["claim1"] = [_compare(means, ("sadm", "draem"), ">", cddpm, s) for s in sets]
+  c["claim2"] = []
+  for label in ("Brats21", "ATLAS_v2"):
+    for s in sets:
+      c["claim2"].append(_compare(means, ("sadm", label), ">=", cddpm, s,
+                                  margin=LIFT if s == label else 0.0))
+  c["claim3"] = []
+  for anomalies in ("draem", "Brats21", "ATLAS_v2"):
+    for s in [s for s in sets if s != anomalies]:
+      c["claim3"] += [_compare(means, ("unet", anomalies), "<", cddpm, s),
+                      _compare(means, ("unet", anomalies), "<", ("sadm", anomalies), s,
+                               factor=COLLAPSE)]
+  out = {"metric": dict(METRICS), "pathologies": sets}
+  for name, comparisons in c.items():
+    out[name] = {"statement": STATEMENTS[name], "comparisons": comparisons,
+                 **{f"holds_on_{split}": bool(comparisons) and all(
+                     x[f"holds_on_{split}"] for x in comparisons) for split in METRICS}}
+  return out
+
+
+def verdict_lines(claims: dict) -> list[str]:
+  """The three verdicts and every comparison behind them, Dice in %."""
+  pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
+  yes = lambda b: "holds" if b else "does NOT hold"
+  lines = []
+  for name in ("claim1", "claim2", "claim3"):
+    cl = claims[name]
+    lines.append(f"{name} ({cl['statement']}): on test {yes(cl['holds_on_test'])}, on validation "
+                 f"{yes(cl['holds_on_validation'])}")
+    for x in cl["comparisons"]:
+      t, v = (" vs ".join(pct(n) for n in x[s].values()) for s in ("test", "validation"))
+      mark = lambda s: "✓" if x[f"holds_on_{s}"] else "✗"
+      lines.append(f"  {x['test_set']}: {x['rule']}: test {t} {mark('test')}, "
+                   f"validation {v} {mark('validation')}")
+  return lines
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def table_markdown(rows: list[dict], protocol: dict, claims: dict, repeats: int) -> str:
+  from sadm_jax.evaluate import report
+  return "\n".join([
+      "# Table 1 on the demo cohort", "",
+      "Rows: model × anomalies it was trained on; Dice = Dice at the threshold τ chosen on the "
+      "validation split, ⌈Dice⌉ = per-volume oracle threshold, AUPRC per volume; in %, "
+      f"{'mean ± population std over ' + str(repeats) + ' repeats' if repeats > 1 else 'one run'}"
+      ". DRAEM = healthy IXI test volumes with synthetic DRAEM anomalies.", "",
+      report.format_table(rows), "", report.protocol_text(protocol), "",
+      "## The paper's claims (W/claims.json)", "", *[f"    {l}" for l in verdict_lines(claims)],
+      ""])
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the sweep in `workdir`, then writes report/{table.md,metrics.csv} and
+  claims.json and prints the verdicts."""
+  import jax
+
+  from sadm_jax.evaluate import report
+  from sadm_jax.sweeps import runner
+  t0 = time.time()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data_dir = cohort(config, workdir)
+  failed = runner.run_local(members(config, workdir, data_dir), workdir,
+                            runner=runner.run_inprocess, primary=jax.process_index() == 0)
+  if failed:
+    raise RuntimeError(f"reproduce: {', '.join(failed)} failed (see above); the same command "
+                       "retries them and skips the finished members")
+  with open(os.path.join(workdir, "evaluate", "report", "metrics.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  rows = saved["rows"]
+  claims = check_claims(rows)
+  claims["seconds_this_run"] = round(time.time() - t0, 1)
+  claims["member_seconds"] = {}  # from each member's DONE: the time of the run that finished it
+  for m in members(config, workdir, data_dir):
+    with open(os.path.join(workdir, m.name, runner.DONE), encoding="utf-8") as f:
+      claims["member_seconds"][m.name] = json.load(f)["seconds"]
+  text = table_markdown(rows, saved["protocol"], claims, int(config.reproduce.repeats))
+  if jax.process_index() == 0:
+    io.write_text(os.path.join(workdir, "report", "metrics.csv"), report.metrics_csv(rows))
+    io.write_text(os.path.join(workdir, "report", "table.md"), text)
+    io.write_json(os.path.join(workdir, "claims.json"), claims)
+    print(report.format_table(rows))
+    print("\n".join(verdict_lines(claims)))
+    print(f"reproduce: {claims['seconds_this_run']} s (members: "
+          f"{sum(claims['member_seconds'].values()):.0f} s); written: "
+          f"{os.path.join(workdir, 'report', 'table.md')}, {os.path.join(workdir, 'claims.json')}",
+          flush=True)
+  return claims
