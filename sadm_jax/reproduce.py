@@ -38,6 +38,12 @@ STATEMENTS = {
 }
 
 
+
+
+class ReproduceError(ValueError):
+  """A member of the reproduction failed (its own error is printed above); one line."""
+
+
 # ----------------------------------------------------------------------------- the sweep
 
 
@@ -200,7 +206,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   failed = runner.run_local(members(config, workdir, data_dir), workdir,
                             runner=runner.run_inprocess, primary=jax.process_index() == 0)
   if failed:
-    raise RuntimeError(f"reproduce: {', '.join(failed)} failed (see above); the same command "
+    raise ReproduceError(f"reproduce: {', '.join(failed)} failed (see above); the same command "
                        "retries them and skips the finished members")
   with open(os.path.join(workdir, "evaluate", "report", "metrics.json"), encoding="utf-8") as f:
     saved = json.load(f)

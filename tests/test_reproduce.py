@@ -241,6 +241,6 @@ def test_stage_writes_table_metrics_and_claims_and_resumes(tmp_path, monkeypatch
 def test_stage_stops_when_a_member_fails(tmp_path, monkeypatch):
   monkeypatch.setattr(runner, "run_inprocess", lambda m, c, d, cmd: m.name != "sadm_brats-0")
   monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")
-  with pytest.raises(RuntimeError, match="reproduce: sadm_brats-0, evaluate failed"):
+  with pytest.raises(reproduce.ReproduceError, match="reproduce: sadm_brats-0, evaluate failed"):
     reproduce.run(reproduce_config.get_config("tiny"), str(tmp_path))
   assert not (tmp_path / "claims.json").exists()

@@ -209,6 +209,14 @@ def test_subprocess_runner_logs_the_command_and_its_output(tmp_path, capsys):
                           [])
 
 
+def test_inprocess_runner_validates_like_main_and_reports_a_user_error(tmp_path, capsys):
+  m = Member("p", CDDPM, ["--config.stage=prepare", f"--config.data.data_dir={tmp_path}/none"])
+  assert runner.run_local([m], str(tmp_path), (), runner.run_inprocess) == ["p"]
+  err = capsys.readouterr()
+  assert f"error: --config.data.data_dir={tmp_path}/none: no such directory" in err.err
+  assert "p failed (exit 2)" in err.out and not (tmp_path / "p" / runner.DONE).exists()
+
+
 def test_a_member_runs_through_main_with_its_spec_and_overrides(tmp_path):
   """The subprocess runner's command reaches `sadm_jax.main` intact (stage prepare: no training)."""
   data = str(tmp_path / "data")

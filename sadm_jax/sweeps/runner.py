@@ -49,16 +49,18 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
 
 
 def run_inprocess(member: Member, config, mdir: str, command: Sequence[str]) -> bool:
-  """Runs the member's stage in this process (`sadm_jax.main.run_stage`)."""
+  """Runs the member in this process as `sadm_jax.main` would: validated, then its stage."""
   main_lib = sys.modules.get("__main__")
   if getattr(getattr(main_lib, "__spec__", None), "name", None) != "sadm_jax.main":
     from sadm_jax import main as main_lib  # (under `python -m sadm_jax.main` it is __main__)
   try:
-    main_lib.run_stage(config, mdir)
+    rc = main_lib.run_checked(config, mdir)  # a user error: one `error:` line, rc 2
   except Exception:  # pylint: disable=broad-except  (one member's failure is not the sweep's)
     print(f"  {member.name} failed:\n{traceback.format_exc()}", flush=True)
     return False
-  return True
+  if rc:
+    print(f"  {member.name} failed (exit {rc})", flush=True)
+  return rc == 0
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict:
