@@ -116,12 +116,12 @@ def _ensure_cached(config, rows, cache_dir, pre) -> None:
 def _counts(ev: Evaluation, done: list[str]) -> int:
   """Writes this process's computed results; process 0 returns the total over processes."""
   p, n = jax.process_index(), jax.process_count()
-  io.write_json(ev.store.shared(os.path.join("processes", f"process_{p}-of-{n}.json")),
+  io.write_json(ev.store.shared(f"process_{p}-of-{n}.json"),
                 {"computed": done})
   barrier("counts")
   total = 0
   for i in range(n):
-    with open(ev.store.shared(os.path.join("processes", f"process_{i}-of-{n}.json"))) as f:
+    with open(ev.store.shared(f"process_{i}-of-{n}.json")) as f:
       total += len(json.load(f)["computed"])
   return total
 

@@ -1,0 +1,118 @@
+"""Sharded evaluation: 8 fake devices and 2 processes × 4 devices write the metrics.csv of 1 device."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from sadm_jax import main as main_lib
+from tests.evaluate.conftest import evaluate_tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _csv(workdir):
+  with open(os.path.join(workdir, "report", "metrics.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+def _assert_same_metrics(got, want):
+  """Same rows and columns; numbers equal within 1e-6."""
+  assert [list(r) for r in got] == [list(r) for r in want]
+  for g, w in zip(got, want):
+    for k in w:
+      if g[k] == w[k]:
+        continue
+      a, b = float(g[k]), float(w[k])
+      assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6, (w["method"], w["test_set"], k)
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: float = 600.0):
+  """`python -m sadm_jax.main` evaluate in 2 processes × 4 CPU devices on loopback."""
+  port = _free_port()
+  os.makedirs(os.path.dirname(workdir), exist_ok=True)
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+  procs, logs = [], []
+  for pid in range(2):
+    log = open(os.path.join(os.path.dirname(workdir), f"log_{pid}.txt"), "w+")
+    logs.append(log)
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "sadm_jax.main", "--config=configs/evaluate.py:tiny",
+         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+         f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
+         f"--config.evaluate.cddpm_workdir={cddpm}",
+         f"--config.evaluate.sadm_workdirs=('{sadm}',)",
+         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+         "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+  deadline = time.time() + timeout
+  try:
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+      if any(p.poll() not in (None, 0) for p in procs):
+        break  # one failed: do not wait for the other to time out in a barrier
+      time.sleep(0.5)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+  texts = []
+  for log in logs:
+    log.seek(0)
+    texts.append(log.read())
+    log.close()
+  for p, text in zip(procs, texts):
+    assert p.returncode == 0, text[-4000:]
+  return texts
+
+
+def test_one_device_eight_devices_and_two_processes_agree(evaluation, eval_data_dir,
+                                                          tiny_cddpm_dir, tiny_sadm_dir, tmp_path):
+  """The session evaluation ran on 8 fake devices; rerun on 1 device and on 2 processes × 4.
+
+  Every volume result is computed exactly once across the processes, and a rerun with another
+  process count (1) reuses all of them.
+  """
+  eight, summary8 = evaluation
+  assert summary8["devices_per_process"] == 8
+  one = str(tmp_path / "one")
+  c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
+  c.mesh.num_devices = 1
+  summary1 = main_lib.run_stage(c, one)
+  assert summary1["devices_per_process"] == 1
+  _assert_same_metrics(_csv(eight), _csv(one))
+
+  two = str(tmp_path / "two" / "work")
+  logs = _launch_two(two, eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir)
+  _assert_same_metrics(_csv(two), _csv(one))
+  computed = []
+  for p in range(2):
+    with open(os.path.join(two, "eval", f"process_{p}-of-2.json")) as f:
+      mine = json.load(f)["computed"]
+    assert mine, f"process {p} computed nothing"
+    computed += mine
+  assert len(computed) == len(set(computed)) == summary1["volumes_computed"] == 54
+  assert "54 volume result(s) computed, 0 reused" in logs[0] and "volume result" not in logs[1]
+
+  # Resumption across process counts: one process reuses what two computed.
+  again = main_lib.run_stage(evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir]),
+                             two)
+  assert again["volumes_computed"] == 0 and again["volumes_cached"] == 54
+  _assert_same_metrics(_csv(two), _csv(one))
+  shutil.rmtree(str(tmp_path / "two"))
