@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +21,8 @@ from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
 from sadm_jax.evaluate import predict
 from tests.data import fake_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +251,18 @@ def test_list_scans_rules(tmp_path):
     predict.list_scans(str(tmp_path / "bad.csv"))
 
 
-def test_folder_batch_from_the_command_line_survives_a_corrupt_file(tiny_cddpm_dir, scan,
-                                                                     tmp_path):
-  """`python -m sadm_jax.main` on a folder with one corrupt scan: exit 2, one line naming it."""
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, scan, tmp_path):
+  """`python -m sadm_jax.main` on a folder with one corrupt scan, as 2 processes on loopback.
+
+  The scans are split over the processes; both exit 2 with one line naming the corrupt file; the
+  good scans' outputs exist; process 0's summary lists all three.
+  """
   folder = tmp_path / "scans"
   os.makedirs(folder)
   for stem in ("sub-01_T1w", "sub-02_T1w"):  # masks by the rule: sub-0k_mask.nii.gz
@@ -256,25 +270,49 @@ def test_folder_batch_from_the_command_line_survives_a_corrupt_file(tiny_cddpm_d
       with open(src, "rb") as f:
         (folder / dst).write_bytes(f.read())
   (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI at all")
-  out = tmp_path / "out"
-  cmd = [sys.executable, "-m", "sadm_jax.main", "--config=configs/predict.py",
+  out, port = tmp_path / "out", _free_port()
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+  procs, logs = [], []
+  for pid in range(2):
+    logs.append((open(tmp_path / f"out_{pid}.txt", "w+"), open(tmp_path / f"err_{pid}.txt", "w+")))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "sadm_jax.main", "--config=configs/predict.py",
          f"--workdir={tmp_path}", f"--config.predict.checkpoint_dir={tiny_cddpm_dir}",
          f"--config.predict.input={folder}", f"--config.predict.output={out}",
-         "--config.predict.threshold=0.5"]
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
-                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert r.returncode == 2, r.stderr[-3000:]
-  last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: predict: 1 of 3 scan(s) failed: broken (") and (
-      "broken.nii.gz: cannot read as NIfTI" in last), last
+         "--config.predict.threshold=0.5",
+         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+         "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+        cwd=REPO, env=env, stdout=logs[-1][0], stderr=logs[-1][1], start_new_session=True))
+  deadline = time.time() + 600
+  try:
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+      if any(p.poll() not in (None, 0, 2) for p in procs):
+        break  # one crashed: do not wait for the other to time out in the gather
+      time.sleep(0.5)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+  texts = []
+  for o, e in logs:
+    o.seek(0), e.seek(0)
+    texts.append((o.read(), e.read()))
+    o.close(), e.close()
+  for p, (stdout, stderr) in zip(procs, texts):
+    assert p.returncode == 2, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: predict: 1 of 3 scan(s) failed: broken (") and (
+        "broken.nii.gz: cannot read as NIfTI" in last), last
   for stem in ("sub-01_T1w", "sub-02_T1w"):
     for name in ("anomaly_map", "anomaly_mask", "prediction"):
       ext = "json" if name == "prediction" else "nii.gz"
       assert os.path.isfile(out / stem / f"{stem}_{name}.{ext}"), (stem, name)
   with open(out / "predict_summary.json") as f:
     summary = json.load(f)
-  assert [(r["scan"], r["status"]) for r in summary["scans"]] == [
-      ("broken", "failed"), ("sub-01_T1w", "ok"), ("sub-02_T1w", "ok")]
+  assert [(r["scan"], r["status"], r["process"]) for r in summary["scans"]] == [
+      ("broken", "failed", 0), ("sub-01_T1w", "ok", 1), ("sub-02_T1w", "ok", 0)]
+  assert summary["processes"] == 2
   assert summary["scans"][1]["mask"] == str(folder / "sub-01_mask.nii.gz")
-  assert "broken" in r.stdout and "sub-02_T1w" in r.stdout  # the printed table
+  assert "broken" in texts[0][0] and "sub-02_T1w" in texts[0][0]  # process 0 prints the table
+  assert "sub-02_T1w" not in texts[1][0]
