@@ -88,10 +88,12 @@ def run_checked(config, workdir: str) -> int:
   """Validates `config` and runs its stage; a user error (bad config value, bad data, a workdir
   that is not this run's) is printed once as one `error: ...` line and gives exit code 2."""
   from sadm_jax import validate
+  from sadm_jax.train.loop import NonFiniteLossError
   try:
     validate.validate(config, workdir, STAGES)
     run_stage(config, workdir)
-  except ValueError as e:  # ConfigError, DataError, RunError, WorkdirError and the stages' own
+  except (ValueError, NonFiniteLossError) as e:  # ConfigError, DataError, RunError,
+    # WorkdirError, the stages' own, and a NaN/Inf training loss (its last good step is kept)
     if FLAGS["verbosity"].present:
       logging.exception("stage %s failed", config.stage)
     print(f"error: {e}", file=sys.stderr, flush=True)

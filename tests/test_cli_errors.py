@@ -188,3 +188,21 @@ def test_data_layer_never_imports_the_application_config():
                     if n == "sadm_jax.config" or n.startswith("sadm_jax.config.")]
   assert offenders == []
   assert len(glob.glob(os.path.join(REPO, "sadm_jax", "data", "*.py"))) > 5
+
+
+def test_non_finite_training_loss_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+  """A diverged run stops with the loop's one-line message (naming the kept step), exit code 2."""
+  from configs import cddpm as cddpm_config
+  from sadm_jax import main as main_lib
+  from sadm_jax.train import loop
+
+  def diverge(config, workdir):
+    raise loop.NonFiniteLossError("non-finite training loss (nan) at step 5; stopping. The last "
+                                  "good checkpoint (step 4) is kept in W/checkpoints")
+
+  monkeypatch.setattr(main_lib, "run_stage", diverge)
+  monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
+  assert main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path)) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: non-finite training loss (nan) at step 5; stopping. The last good "
+                 "checkpoint (step 4) is kept in W/checkpoints"]
