@@ -95,7 +95,8 @@ def test_member_config_is_what_main_builds_from_the_same_arguments():
 
 
 def test_member_config_errors_are_one_line_and_name_the_member():
-  with pytest.raises(ValueError, match="member a: no config field 'learning_rat' Did you mean \"learning_rate\""):
+  with pytest.raises(ValueError,
+                     match="member a: no config field 'learning_rat' Did you mean \"learning_rate\""):
     member_config(Member("a", CDDPM, ["--config.optimizer.learning_rat=1.0"]), "/w")
   with pytest.raises(ValueError, match="member a: .*Non-boolean argument"):
     member_config(Member("a", CDDPM, ["--config.sadm.use_cddpm=maybe"]), "/w")
@@ -147,7 +148,8 @@ def test_runner_runs_in_dependency_order_and_skips_finished_members(tmp_path, ca
   fake = FakeRunner()
   assert runner.run_local(_chain(), str(tmp_path), ["--config.data.fold=1"], fake) == []
   assert [c[0] for c in fake.calls] == ["prep", "train", "eval", "other"]
-  assert fake.calls[0][2] == [f"--config={REPO}/configs/cddpm.py:tiny", f"--workdir={tmp_path}/prep"]
+  assert fake.calls[0][2] == [f"--config={REPO}/configs/cddpm.py:tiny",
+                              f"--workdir={tmp_path}/prep"]
   saved = json.load(open(tmp_path / "train" / "config.json"))
   assert saved["seed"] == 2 and saved["data"]["fold"] == 1
   assert saved["data"]["slice_sampling"] is None  # as given: the run resolves placeholders
