@@ -5,6 +5,11 @@ from __future__ import annotations
 # Usage (repository root):
 #   python -m benchmarks.evaluation                       # tiny config (64×64×8 grid), CPU friendly
 #   python -m benchmarks.evaluation --paper --dtype bfloat16  # paper sizes: 96×96×50, 50 slices
+#   python -m benchmarks.evaluation --end_to_end [--runs_dir=DIR]  # the whole tiny evaluation stage
+# --end_to_end: fake data (tests/data/fake_data), tiny cDDPM + SADM trained 2 steps each (kept in
+# --runs_dir for reuse), then `evaluate` (threshold, cDDPM, SADM; maps, metrics, NIfTI/PNG, report)
+# on 1 and on 8 fake CPU devices, interleaved A/B/A/B in fresh workdirs; volumes/s = volume results
+# computed / wall seconds of the stage (models loaded, compiled programs cached after the first run).
 # Random weights (timings do not depend on values), a synthetic brain-like volume; each timing is
 # the median over --repeats calls after one warm-up (compilation) call. Writes
 # benchmarks/results/evaluation_<backend>.json (one entry per size) unless --out is given.
@@ -41,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up (>= 1)")
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   ap.add_argument("--out", default="")
+  ap.add_argument("--end_to_end", action="store_true", help="time the whole tiny evaluation stage")
+  ap.add_argument("--runs_dir", default="", help="--end_to_end: data and trained runs (reused)")
   return ap.parse_args(argv)
 
 
@@ -121,9 +128,52 @@ def build(paper: bool, dtype: str) -> Bench:
                lesion, cddpm, segnet, n_params)
 
 
+def end_to_end(args) -> dict:
+  """The tiny evaluation stage on 1 and 8 devices, interleaved; volumes/s per repeat."""
+  import tempfile
+  from sadm_jax import main as main_lib
+  from tests.data import fake_data
+  from tests.evaluate import conftest as fx
+  root = args.runs_dir or tempfile.mkdtemp(prefix="bench_eval_")
+  data, cddpm_dir, sadm_dir = (os.path.join(root, n) for n in ("data", "cddpm", "sadm"))
+  if not os.path.isdir(os.path.join(sadm_dir, "best")):
+    from configs import sadm_draem
+    fake_data.write_data_dir(data, n_ixi=8, n_patho=3)
+    for cfg, workdir in ((cddpm_config.get_config("tiny"), cddpm_dir),
+                         (sadm_draem.get_config("tiny"), sadm_dir)):
+      c = fx.with_data(cfg, data)
+      if workdir == sadm_dir:
+        c.sadm.cddpm_workdir = cddpm_dir
+      c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
+      main_lib.run_stage(c, workdir)
+  timings: dict[str, list] = {"1": [], "8": []}
+  for rep in range(args.repeats):
+    for n in ("1", "8"):
+      c = fx.evaluate_tiny_config(data, cddpm_dir, [sadm_dir])
+      c.mesh.num_devices = int(n)
+      work = tempfile.mkdtemp(prefix=f"eval{n}_", dir=root)
+      t0 = time.perf_counter()
+      summary = main_lib.run_stage(c, work)
+      wall = time.perf_counter() - t0
+      timings[n].append({"seconds": wall, "volumes": summary["volumes_computed"],
+                         "volumes_per_s": summary["volumes_computed"] / wall,
+                         "load_average": list(os.getloadavg())})
+      print(f"repeat {rep} devices {n}: {summary['volumes_computed']} results in {wall:.1f} s "
+            f"({summary['volumes_computed'] / wall:.2f} /s), load {os.getloadavg()[0]:.1f}")
+  entry = {"devices": timings, "jax": jax.__version__, "cpu_count": os.cpu_count(),
+           "machine": platform.processor() or platform.machine()}
+  out = args.out or os.path.join("benchmarks", "results", "evaluation_end_to_end_cpu.json")
+  write_json(out, entry)
+  print("wrote", out)
+  return entry
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
   args.repeats = max(1, args.repeats)
+  if args.end_to_end:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    return end_to_end(args)
   b = build(args.paper, args.dtype)
   size, eval_cfg, image, brain, lesion = b.size, b.eval_cfg, b.image, b.brain, b.lesion
   hw, _, depth = b.grid
@@ -145,13 +195,13 @@ def main(argv=None) -> dict:
   results["anomaly_map_sum"] = timed(lambda: am.anomaly_map(inf.recon, x, brain, inf.seg_prob), r)
   results["volume_metrics"] = timed(lambda: metrics.volume_metrics(a, lesion, brain, tau), r)
   per_volume = {k: 1.0 / v["median_s"] for k, v in results.items()}
-  end_to_end = sum(results[k]["median_s"] for k in ("sadm_inference", "anomaly_map_sum",
+  per_volume_s = sum(results[k]["median_s"] for k in ("sadm_inference", "anomaly_map_sum",
                                                      "volume_metrics"))
   entry = {
       "grid": [hw, hw, depth], "slices_per_batch": depth,
       "timesteps": list(eval_cfg.diffusion.ensemble_timesteps), "dtype": args.dtype,
       "params": n_params, "timings": results, "volumes_per_s": per_volume,
-      "sadm_end_to_end_volumes_per_s": 1.0 / end_to_end,
+      "sadm_end_to_end_volumes_per_s": 1.0 / per_volume_s,
       "traces": {"cddpm": cddpm.traces, "segnet": segnet.traces},
       "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
       "jax": jax.__version__, "cpu_count": os.cpu_count(),

@@ -1,7 +1,6 @@
 """Mistakes on the command line: one `error:` line, exit code 2, nothing written, before any data or compile."""
 
 import ast
-import contextlib
 import glob
 import os
 import subprocess

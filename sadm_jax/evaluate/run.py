@@ -12,7 +12,7 @@ import jax
 import ml_collections
 
 from sadm_jax import config as config_lib
-from sadm_jax.data import cache as cache_lib, layout, prepare
+from sadm_jax.data import cache as cache_lib, layout
 from sadm_jax.data.preprocess import affine_spacing
 from sadm_jax.evaluate import metrics, records, report, thresholds
 from sadm_jax.evaluate.execute import Evaluation, barrier

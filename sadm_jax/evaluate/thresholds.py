@@ -112,47 +112,25 @@ def _dice_counts(tp: int, n_pred: int, n_gt: int) -> float:
 
 def bisection_search_ranked(ranked: RankedScores, steps: int = 10,
                             reference_arithmetic: bool = False) -> tuple[float, float]:
-  """Zimmerer's greedy quarter-point search on ranked scores; see `bisection_search`."""
-  if reference_arithmetic:
-    return _bisection_reference(ranked, steps)
-  lo, hi = 0.0, ranked.max_score()
-  best_dice, best_t = 0.0, 0.0
-  for _ in range(steps):
-    if lo == hi:
-      hi = 1.0
-    q1 = lo + (hi - lo) * 0.25
-    q3 = lo + (hi - lo) * 0.75
-    mid = lo + (hi - lo) * 0.5
-    d1, d3 = ranked.dice_above(q1), ranked.dice_above(q3)
-    if d1 >= d3:
-      if d1 >= best_dice:
-        best_dice, best_t = d1, q1
-      hi = mid
-    else:
-      if d3 >= best_dice:
-        best_dice, best_t = d3, q3
-      lo = mid
-  return best_dice, best_t
+  """Zimmerer's greedy quarter-point search on ranked scores; see `bisection_search`.
 
-
-def _bisection_reference(ranked: RankedScores, steps: int) -> tuple[float, float]:
-  """The search in the reference's arithmetic: bracket in the map's dtype, 0/0 Dice NaN.
-
-  The reference starts from `(0, np.max(map))`, a float32 scalar for its float32 maps, so every
-  quarter point is rounded to float32 (NumPy's weak Python scalars); its Dice had no epsilon, so
-  "nothing predicted, no lesion" is NaN and loses every `>=` comparison (it cannot become the best,
-  and it sends the search to the upper half). Differs from the float64 search only in the last bits
-  of τ and for label sets without positives.
+  `reference_arithmetic` runs it as the reference did: the bracket starts from `(0, np.max(map))`,
+  a float32 scalar for its float32 maps, so every quarter point is rounded to float32 (NumPy's weak
+  Python scalars); its Dice had no epsilon, so "nothing predicted, no lesion" is NaN and loses every
+  `>=` comparison (it cannot become the best, and it sends the search to the upper half). That
+  differs from the float64 search only in the last bits of τ and for label sets without positives.
   """
-  dtype = np.result_type(ranked.pos.dtype, ranked.neg.dtype)
-  ft = dtype.type if np.issubdtype(dtype, np.floating) else np.float64
+  if reference_arithmetic:
+    dtype = np.result_type(ranked.pos.dtype, ranked.neg.dtype)
+    ft = dtype.type if np.issubdtype(dtype, np.floating) else np.float64
+
+    def dice(q) -> float:
+      tp, fp = ranked.count_above(q)
+      den = tp + fp + ranked.n_pos
+      return 2.0 * tp / den if den else float("nan")
+  else:
+    ft, dice = float, ranked.dice_above
   lo, hi = ft(0.0), ft(ranked.max_score())
-
-  def dice(q) -> float:
-    tp, fp = ranked.count_above(q)
-    den = tp + fp + ranked.n_pos
-    return 2.0 * tp / den if den else float("nan")
-
   best_dice, best_t = 0.0, ft(0.0)
   for _ in range(steps):
     if lo == hi:

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from typing import Any, Callable, Sequence
 
 import jax

@@ -15,6 +15,7 @@ from sadm_jax.data import augment as augment_lib
 from sadm_jax.data import cache as cache_lib, pipeline
 from sadm_jax.diffusion import reconstruct as reconstruct_lib, schedule as schedule_lib
 from sadm_jax.models import cddpm as cddpm_lib, factory, seg_losses
+from sadm_jax.models.segnet import SegUnet
 from sadm_jax.train import cddpm as cddpm_task_lib, ixi, loop, workdir as workdir_lib
 from sadm_jax.train.state import make_optimizer
 

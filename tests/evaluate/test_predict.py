@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import nibabel as nib
 import numpy as np
@@ -20,6 +15,7 @@ from sadm_jax import main as main_lib
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
 from sadm_jax.evaluate import predict
+from tests import loopback
 from tests.data import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -251,12 +247,6 @@ def test_list_scans_rules(tmp_path):
     predict.list_scans(str(tmp_path / "bad.csv"))
 
 
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, scan, tmp_path):
   """`python -m sadm_jax.main` on a folder with one corrupt scan, as 2 processes on loopback.
 
@@ -270,37 +260,20 @@ def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, s
       with open(src, "rb") as f:
         (folder / dst).write_bytes(f.read())
   (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI at all")
-  out, port = tmp_path / "out", _free_port()
-  env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
-  procs, logs = [], []
-  for pid in range(2):
-    logs.append((open(tmp_path / f"out_{pid}.txt", "w+"), open(tmp_path / f"err_{pid}.txt", "w+")))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "sadm_jax.main", "--config=configs/predict.py",
-         f"--workdir={tmp_path}", f"--config.predict.checkpoint_dir={tiny_cddpm_dir}",
-         f"--config.predict.input={folder}", f"--config.predict.output={out}",
-         "--config.predict.threshold=0.5",
-         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-         "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
-        cwd=REPO, env=env, stdout=logs[-1][0], stderr=logs[-1][1], start_new_session=True))
-  deadline = time.time() + 600
-  try:
-    while any(p.poll() is None for p in procs) and time.time() < deadline:
-      if any(p.poll() not in (None, 0, 2) for p in procs):
-        break  # one crashed: do not wait for the other to time out in the gather
-      time.sleep(0.5)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=30)
-  texts = []
-  for o, e in logs:
-    o.seek(0), e.seek(0)
-    texts.append((o.read(), e.read()))
-    o.close(), e.close()
-  for p, (stdout, stderr) in zip(procs, texts):
-    assert p.returncode == 2, stderr[-3000:]
+  out, port = tmp_path / "out", loopback.free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  results = loopback.run_processes(
+      lambda pid: ["sadm_jax.main", "--config=configs/predict.py", f"--workdir={tmp_path}",
+                   f"--config.predict.checkpoint_dir={tiny_cddpm_dir}",
+                   f"--config.predict.input={folder}", f"--config.predict.output={out}",
+                   "--config.predict.threshold=0.5",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+      2, str(tmp_path), env, 600, ok_codes=(0, 2))
+  texts = [(stdout, stderr) for _, stdout, stderr in results]
+  for (code, _, stderr) in results:
+    assert code == 2, stderr[-3000:]
+  for stdout, stderr in texts:
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: predict: 1 of 3 scan(s) failed: broken (") and (
         "broken.nii.gz: cannot read as NIfTI" in last), last

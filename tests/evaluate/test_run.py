@@ -14,7 +14,7 @@ import pytest
 
 from sadm_jax import config as config_lib
 from sadm_jax import main as main_lib
-from sadm_jax.data import cache as cache_lib, prepare
+from sadm_jax.data import cache as cache_lib
 from sadm_jax.data.splits import Row
 from sadm_jax.evaluate import report
 from sadm_jax.evaluate import planning

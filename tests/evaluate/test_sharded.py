@@ -7,13 +7,9 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 from sadm_jax import main as main_lib
+from tests import loopback
 from tests.evaluate.conftest import evaluate_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,51 +31,24 @@ def _assert_same_metrics(got, want):
       assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6, (w["method"], w["test_set"], k)
 
 
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: float = 600.0):
   """`python -m sadm_jax.main` evaluate in 2 processes × 4 CPU devices on loopback."""
-  port = _free_port()
-  os.makedirs(os.path.dirname(workdir), exist_ok=True)
-  env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
+  port = loopback.free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
-  procs, logs = [], []
-  for pid in range(2):
-    log = open(os.path.join(os.path.dirname(workdir), f"log_{pid}.txt"), "w+")
-    logs.append(log)
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "sadm_jax.main", "--config=configs/evaluate.py:tiny",
-         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-         f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
-         f"--config.evaluate.cddpm_workdir={cddpm}",
-         f"--config.evaluate.sadm_workdirs=('{sadm}',)",
-         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-         "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-  deadline = time.time() + timeout
-  try:
-    while any(p.poll() is None for p in procs) and time.time() < deadline:
-      if any(p.poll() not in (None, 0) for p in procs):
-        break  # one failed: do not wait for the other to time out in a barrier
-      time.sleep(0.5)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=30)
-  texts = []
-  for log in logs:
-    log.seek(0)
-    texts.append(log.read())
-    log.close()
-  for p, text in zip(procs, texts):
-    assert p.returncode == 0, text[-4000:]
-  return texts
+  results = loopback.run_processes(
+      lambda pid: ["sadm_jax.main", "--config=configs/evaluate.py:tiny", f"--workdir={workdir}",
+                   f"--config.data.data_dir={data_dir}",
+                   f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
+                   f"--config.evaluate.cddpm_workdir={cddpm}",
+                   f"--config.evaluate.sadm_workdirs=('{sadm}',)",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+      2, os.path.dirname(workdir), env, timeout)
+  for code, stdout, stderr in results:
+    assert code == 0, (stdout + stderr)[-4000:]
+  return [stdout + stderr for _, stdout, stderr in results]
 
 
 def test_one_device_eight_devices_and_two_processes_agree(evaluation, eval_data_dir,

@@ -2,11 +2,6 @@
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +9,7 @@ import pytest
 from sadm_jax import distributed
 from sadm_jax.train import loop
 from configs import default
+from tests import loopback
 from tests.train import distributed_driver
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,46 +65,18 @@ def test_plan_slurm_and_tpu():
   assert distributed.plan(None, {"MEGASCALE_NUM_SLICES": "2"}).source == "tpu"
 
 
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _launch(out: str, runs: str, timeout: float = 420.0) -> list[str]:
   """Runs 2 driver processes on loopback; kills both process groups on timeout or failure."""
-  port = _free_port()
-  env = {**os.environ, "PYTHONUNBUFFERED": "1",
-         "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
   env.pop("XLA_FLAGS", None)  # the driver sets 4 devices per process itself
-  procs, logs = [], []
-  for pid in range(2):
-    log = open(os.path.join(out, f"log_{pid}.txt"), "w+")
-    logs.append(log)
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "tests.train.distributed_driver", f"--coordinator=127.0.0.1:{port}",
-         "--num_processes=2", f"--process_id={pid}", "--devices=4", f"--out={out}",
-         f"--runs={runs}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True))
-  deadline = time.time() + timeout
-  try:
-    while any(p.poll() is None for p in procs) and time.time() < deadline:
-      if any(p.poll() not in (None, 0) for p in procs):
-        break  # one failed: do not wait for the other to time out on its collectives
-      time.sleep(0.5)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=30)
-  texts = []
-  for log in logs:
-    log.seek(0)
-    texts.append(log.read())
-    log.close()
-  for p, text in zip(procs, texts):
-    assert p.returncode == 0, text[-4000:]
-  return texts
+  port = loopback.free_port()
+  results = loopback.run_processes(
+      lambda pid: ["tests.train.distributed_driver", f"--coordinator=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={pid}", "--devices=4", f"--out={out}",
+                   f"--runs={runs}"], 2, out, env, timeout)
+  for code, stdout, stderr in results:
+    assert code == 0, (stdout + stderr)[-4000:]
+  return [stdout + stderr for _, stdout, stderr in results]
 
 
 def _losses(workdir: str, key: str) -> list[tuple[int, float]]:

@@ -1,0 +1,58 @@
+"""The loopback harness: several processes of one command on 127.0.0.1, killed as a group on failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+  """A TCP port free on 127.0.0.1 now (for the coordinator of a multi-process run)."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(argv: Callable[[int], Sequence[str]], n: int, log_dir: str, env: dict,
+                  timeout: float = 600.0, ok_codes: Sequence[int] = (0,)
+                  ) -> list[tuple[int, str, str]]:
+  """Runs `python -m <argv(pid)>` for pid = 0..n-1 from the repository root and waits for all.
+
+  A process that exits with a code outside `ok_codes` stops the wait (the others would only time
+  out in their collectives); on timeout or such a failure every process group still alive is
+  killed. stdout/stderr go to `log_dir/{out,err}_<pid>.txt`. Returns (exit code, stdout, stderr)
+  per process (-9 for a killed one).
+  """
+  os.makedirs(log_dir, exist_ok=True)
+  procs, logs = [], []
+  for pid in range(n):
+    out = open(os.path.join(log_dir, f"out_{pid}.txt"), "w+")
+    err = open(os.path.join(log_dir, f"err_{pid}.txt"), "w+")
+    logs.append((out, err))
+    procs.append(subprocess.Popen([sys.executable, "-m", *argv(pid)], cwd=REPO,
+                                  env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=err,
+                                  start_new_session=True))
+  deadline = time.time() + timeout
+  try:
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+      if any(p.poll() not in (None, *ok_codes) for p in procs):
+        break
+      time.sleep(0.5)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+  results = []
+  for p, (out, err) in zip(procs, logs):
+    out.seek(0), err.seek(0)
+    results.append((p.returncode, out.read(), err.read()))
+    out.close(), err.close()
+  return results
