@@ -104,6 +104,8 @@ def run_checked(config, workdir: str) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from sadm_jax.utils import xla_flags
+  xla_flags.apply()  # XLA:CPU defaults the user has not set; read when the backend starts
   from sadm_jax import distributed
   distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
   if not FLAGS["verbosity"].present:

@@ -1,0 +1,66 @@
+"""XLA:CPU flags the package sets by default (one place), before JAX's backend starts.
+
+jaxlib 0.10's XLA:CPU hands convolutions to YNNPACK ("individual convolution" YNN fusions). For
+the convolutions of our networks that is the main cost on CPU: the weight gradient of a 3×3
+conv, which XLA expresses as a convolution with a 96×96 window over a batch of C_in, runs ~4–8×
+slower through YNNPACK than through XLA's own (Eigen) convolution, and the forward / input
+gradient are no faster (BENCHMARKS.md, "CPU ops"). Removing that one fusion type keeps YNNPACK
+for dots, elementwise and reduction fusions.
+
+`apply()` adds each default flag to `XLA_FLAGS` only when the user has not set that flag
+already, and only when the run is (or may be) on CPU: the flags are XLA:CPU options and are
+ignored by the GPU compiler, but we leave a GPU run's environment untouched all the same.
+Set `SADM_XLA_CPU_DEFAULTS=0` to apply nothing. Flags are read once, when the backend starts:
+call `apply()` before anything creates a JAX array or compiles.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_SWITCH = "SADM_XLA_CPU_DEFAULTS"
+
+# flag name -> value (without the leading "--")
+CPU_DEFAULTS: dict[str, str] = {
+    "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
+}
+
+
+def cpu_default_flags() -> list[str]:
+  """The default XLA:CPU flags as command-line words, e.g. ['--xla_cpu_...=...']."""
+  return [f"--{k}={v}" for k, v in CPU_DEFAULTS.items()]
+
+
+def _flag_names(xla_flags: str) -> set[str]:
+  return {w[2:].split("=", 1)[0] for w in xla_flags.split() if w.startswith("--")}
+
+
+def _targets_cpu(env) -> bool:
+  platforms = env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME") or ""
+  if not platforms:
+    return True  # auto-selection: CPU unless an accelerator plugin is installed (harmless there)
+  return "cpu" in platforms.lower().split(",")
+
+
+def with_defaults(xla_flags: str) -> str:
+  """`xla_flags` plus each default flag it does not name (the user's setting always wins)."""
+  present = _flag_names(xla_flags)
+  extra = [f for f in cpu_default_flags() if f[2:].split("=", 1)[0] not in present]
+  return " ".join([xla_flags.strip()] + extra if xla_flags.strip() else extra)
+
+
+def apply(environ: dict | None = None) -> list[str]:
+  """Adds the defaults the user has not set to `XLA_FLAGS`; returns the flags it added.
+
+  Does nothing when `SADM_XLA_CPU_DEFAULTS` is '0'/'false' or JAX_PLATFORMS excludes 'cpu'.
+  """
+  env = os.environ if environ is None else environ
+  if env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    return []
+  if not _targets_cpu(env):
+    return []
+  before = env.get("XLA_FLAGS", "")
+  added = sorted(_flag_names(with_defaults(before)) - _flag_names(before))
+  if added:
+    env["XLA_FLAGS"] = with_defaults(before)
+  return added

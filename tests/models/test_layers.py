@@ -1,0 +1,87 @@
+"""Convolution numerics under the package's XLA:CPU flags (sadm_jax/utils/xla_flags.py).
+
+The flags change which library runs the convolutions (XLA's Eigen convolution instead of a YNNPACK
+fusion), not the maths: forward, input gradient and weight gradient of the UNet/SegUnet conv
+shapes must agree with the JAX defaults to float32 round-off. XLA flags are read when the backend
+starts, so each setting runs in its own subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from sadm_jax.utils import xla_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Conv fwd / dX / dW for SAME 3×3 and 1×1 (UNet), VALID 3×3 (SegUnet's WSConv after reflection
+# padding) and the stride-2 7×7 stem (ResNet); writes the arrays to the .npz given as argv[1].
+_SCRIPT = r"""
+import sys, json, numpy as np, jax, jax.numpy as jnp
+from jax import lax
+out = {}
+cases = [("same3", (2, 24, 24, 64), (3, 3, 64, 96), (1, 1), "SAME"),
+         ("same1", (2, 24, 24, 96), (1, 1, 96, 64), (1, 1), "SAME"),
+         ("valid3", (2, 26, 26, 32), (3, 3, 32, 32), (1, 1), "VALID"),
+         ("stem7s2", (2, 32, 32, 1), (7, 7, 1, 16), (2, 2), ((3, 3), (3, 3)))]
+for i, (name, xs, ws, stride, pad) in enumerate(cases):
+  kx, kw, kg = jax.random.split(jax.random.key(i), 3)
+  x = jax.random.normal(kx, xs)
+  w = jax.random.normal(kw, ws) / np.sqrt(ws[0] * ws[1] * ws[2])
+  f = lambda x, w: lax.conv_general_dilated(x, w, stride, pad,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y, vjp = jax.vjp(jax.jit(f), x, w)
+  dx, dw = jax.jit(vjp)(jax.random.normal(kg, y.shape))
+  out[name + "_y"], out[name + "_dx"], out[name + "_dw"] = map(np.asarray, (y, dx, dw))
+np.savez(sys.argv[1], **out)
+print(json.dumps({"xla_flags": __import__("os").environ.get("XLA_FLAGS", "")}))
+"""
+
+
+def _run(tmp_path, name: str, flags: str) -> dict:
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  path = tmp_path / f"{name}.npz"
+  p = subprocess.run([sys.executable, "-c", _SCRIPT, str(path)], env=env, cwd=REPO,
+                     capture_output=True, text=True, timeout=600, check=False)
+  assert p.returncode == 0, p.stderr[-3000:]
+  with np.load(path) as z:
+    return dict(z)
+
+
+def test_conv_numerics_same_under_package_cpu_flags(tmp_path):
+  """Values and gradients with the package's flags match JAX's defaults (and the flag parses)."""
+  plain = _run(tmp_path, "plain", "")
+  tuned = _run(tmp_path, "tuned", xla_flags.with_defaults(""))
+  assert plain.keys() == tuned.keys()
+  for k in plain:
+    scale = float(np.abs(plain[k]).max())
+    np.testing.assert_allclose(tuned[k], plain[k], rtol=0, atol=2e-5 * max(scale, 1.0),
+                               err_msg=k)
+
+
+def test_with_defaults_keeps_user_flags():
+  name = next(iter(xla_flags.CPU_DEFAULTS))
+  assert xla_flags.with_defaults("") == " ".join(xla_flags.cpu_default_flags())
+  both = xla_flags.with_defaults("--xla_force_host_platform_device_count=8")
+  assert both.split()[0] == "--xla_force_host_platform_device_count=8"
+  assert f"--{name}=" in both
+  user = f"--{name}=LIBRARY_FUSION_TYPE_DOT"
+  assert xla_flags.with_defaults(user) == user  # the user's own setting wins
+
+
+def test_apply_respects_switch_and_platform():
+  env = {}
+  added = xla_flags.apply(env)
+  assert added == sorted(xla_flags.CPU_DEFAULTS) and env["XLA_FLAGS"]
+  assert xla_flags.apply(env) == [] and env["XLA_FLAGS"] == xla_flags.with_defaults("")
+  off = {xla_flags.ENV_SWITCH: "0"}
+  assert xla_flags.apply(off) == [] and "XLA_FLAGS" not in off
+  gpu = {"JAX_PLATFORMS": "cuda"}
+  assert xla_flags.apply(gpu) == [] and "XLA_FLAGS" not in gpu
+  cpu = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+  assert xla_flags.apply(cpu) and cpu["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x ")
