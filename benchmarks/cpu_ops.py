@@ -302,7 +302,7 @@ def run_worker(variant: str, argv: list[str]) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = variant_flags(variant)
   env["JAX_PLATFORMS"] = "cpu"
-  env.pop("SADM_XLA_CPU_DEFAULTS", None)
+  env["SADM_XLA_CPU_DEFAULTS"] = "0"  # the worker runs exactly the variant's flags
   cmd = [sys.executable, "-m", "benchmarks.cpu_ops", "--worker", variant] + argv
   p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if p.returncode:

@@ -6,6 +6,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from sadm_jax.utils import xla_flags  # noqa: E402  (imports no JAX)
+
+xla_flags.apply()  # the package's XLA:CPU defaults, as `python -m sadm_jax.main` runs with them
+
 _CACHE = os.environ.get("SADM_TEST_JAX_CACHE",
                         os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
 

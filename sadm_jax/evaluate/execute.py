@@ -64,10 +64,10 @@ class Evaluation:
     self.config, self.workdir = config, os.path.abspath(workdir)
     self.models, self.runs, self.splits, self.cache = models, list(runs), splits, cache
     self.store = Store(workdir)
-    ev = config.evaluate
-    self.faithful = bool(ev.faithful_metrics)
+    ecfg = config.evaluate
+    self.faithful = bool(ecfg.faithful_metrics)
     self.settings = scoring.map_settings(config)
-    common = {"version": CACHE_VERSION, "seed": int(config.seed), "dtype": str(ev.dtype),
+    common = {"version": CACHE_VERSION, "seed": int(config.seed), "dtype": str(ecfg.dtype),
               "timesteps": [int(t) for t in config.diffusion.ensemble_timesteps],
               "shared_noise": bool(config.diffusion.shared_noise), "map": self.settings,
               "faithful_metrics": self.faithful,
@@ -249,18 +249,18 @@ class Evaluation:
 
   def _write_outputs(self, run: EvalRun, set_name: str, case: Case, a: np.ndarray, recon,
                      tau: float, pos: int) -> None:
-    ev = self.config.evaluate
-    png = bool(ev.write_png) and pos < PNG_VOLUMES
-    if not (ev.write_nifti or png):
+    ecfg = self.config.evaluate
+    png = bool(ecfg.write_png) and pos < PNG_VOLUMES
+    if not (ecfg.write_nifti or png):
       return
     out = os.path.join(self.workdir, "report", "volumes", run.method, run.train_anomalies, run.fold,
                        set_name)
     pred = (a > np.float32(tau)) & (case.mask if not self.faithful else True)
     report.write_volume_outputs(out, safe(case.name), case.affine, case.image, a, pred, case.mask,
-                                recon=recon, gt=case.seg, nifti=bool(ev.write_nifti), png=png)
+                                recon=recon, gt=case.seg, nifti=bool(ecfg.write_nifti), png=png)
 
 
-def prefetch(ev: Evaluation, batches: Sequence[Sequence[Item]]
+def prefetch(evaluation: Evaluation, batches: Sequence[Sequence[Item]]
              ) -> Iterator[tuple[Sequence[Item], list[Case]]]:
   """(batch, its cases) with the next batches read and preprocessed by a background thread."""
   q: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
@@ -271,7 +271,7 @@ def prefetch(ev: Evaluation, batches: Sequence[Sequence[Item]]
       for batch in batches:
         if stop.is_set():
           return
-        q.put((batch, [ev.case(it.pass_, it.row) for it in batch]))
+        q.put((batch, [evaluation.case(it.pass_, it.row) for it in batch]))
     except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
       q.put(e)
       return

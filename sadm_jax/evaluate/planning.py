@@ -148,25 +148,25 @@ def _sadm_run(config, models: Models, workdir: str, taken: set) -> EvalRun:
 
 def plan_runs(config: ml_collections.ConfigDict, models: Models) -> list[EvalRun]:
   """The runs of `evaluate.methods`, loading each checkpoint once."""
-  ev = config.evaluate
-  unknown = set(ev.methods) - set(METHODS)
+  ecfg = config.evaluate
+  unknown = set(ecfg.methods) - set(METHODS)
   if unknown:
     raise ValueError(f"unknown evaluate.methods {sorted(unknown)}; expected a subset of {METHODS}")
   runs: list[EvalRun] = []
   sadm_runs: list[EvalRun] = []
-  if "sadm" in ev.methods:
+  if "sadm" in ecfg.methods:
     taken: dict[str, set] = {}
-    for w in ev.sadm_workdirs:
+    for w in ecfg.sadm_workdirs:
       mode = str(models.sadm(w)[0].sadm.mode)
       sadm_runs.append(_sadm_run(config, models, w, taken.setdefault(mode, set())))
-    if not ev.sadm_workdirs:
+    if not ecfg.sadm_workdirs:
       logging.warning("evaluate.methods has 'sadm' but evaluate.sadm_workdirs is empty: "
                       "no SADM rows")
   folds = sorted({r.data_fold for r in sadm_runs}) or [int(config.data.fold)]
-  if "threshold" in ev.methods:
+  if "threshold" in ecfg.methods:
     runs += [EvalRun("threshold", "none", f"fold{f}", f) for f in folds]
-  if "cddpm" in ev.methods:
-    workdirs = [ev.cddpm_workdir] if ev.cddpm_workdir else \
+  if "cddpm" in ecfg.methods:
+    workdirs = [ecfg.cddpm_workdir] if ecfg.cddpm_workdir else \
         list(dict.fromkeys(r.cddpm_workdir for r in sadm_runs if r.cddpm_workdir))
     if not workdirs:
       logging.warning("evaluate.methods has 'cddpm' but no cDDPM workdir is known: no cDDPM rows")
@@ -183,10 +183,10 @@ def plan_runs(config: ml_collections.ConfigDict, models: Models) -> list[EvalRun
 def needed_splits(config, runs: Sequence[EvalRun], available: Sequence[str]
                    ) -> tuple[list, list, bool]:
   """(split names to load, data sets to evaluate, whether the healthy IXI passes run)."""
-  ev = config.evaluate
+  ecfg = config.evaluate
   folds = sorted({r.data_fold for r in runs})
   sets = []
-  for s in ev.test_sets:
+  for s in ecfg.test_sets:
     if s == DRAEM_SET:
       ok = "IXI_test" in available and all(f"IXI_val_fold{f}" in available for f in folds)
     else:
@@ -195,7 +195,7 @@ def needed_splits(config, runs: Sequence[EvalRun], available: Sequence[str]
       sets.append(s)
     else:
       logging.warning("test set %s skipped: its val/test splits are not under data_dir", s)
-  ixi = bool(ev.include_ixi) and "IXI_test" in available and \
+  ixi = bool(ecfg.include_ixi) and "IXI_test" in available and \
       all(f"IXI_val_fold{f}" in available for f in folds)
   names = []
   if ixi or DRAEM_SET in sets:
@@ -228,15 +228,15 @@ def val_rows(run: EvalRun, set_name: str, rows: list[Row]) -> tuple[list[Row], s
 
 def protocol(config, grid: Sequence[int], spacing: float) -> dict:
   """How every number of the report was computed (report.md's protocol paragraph)."""
-  ev = config.evaluate
-  return {"threshold_method": str(ev.threshold_method),
-          "within_brain": not bool(ev.faithful_metrics),
+  ecfg = config.evaluate
+  return {"threshold_method": str(ecfg.threshold_method),
+          "within_brain": not bool(ecfg.faithful_metrics),
           "timesteps": [int(t) for t in config.diffusion.ensemble_timesteps],
           "shared_noise": bool(config.diffusion.shared_noise), "noise": str(config.diffusion.noise),
-          "combination": str(ev.combination), "residual_mode": str(ev.residual_mode),
-          "median_size": int(ev.median_size), "dtype": str(ev.dtype), "grid": list(grid),
+          "combination": str(ecfg.combination), "residual_mode": str(ecfg.residual_mode),
+          "median_size": int(ecfg.median_size), "dtype": str(ecfg.dtype), "grid": list(grid),
           "spacing_mm": float(spacing), "faithful": bool(config.faithful),
-          "faithful_metrics": bool(ev.faithful_metrics), "seed": int(config.seed)}
+          "faithful_metrics": bool(ecfg.faithful_metrics), "seed": int(config.seed)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,13 +53,13 @@ class Predictor:
   def infer(self, image_hwd: np.ndarray, mask_hwd: np.ndarray, index: int
             ) -> tuple[np.ndarray, inference.VolumeInference | None]:
     """(anomaly map [H, W, D], inference) on the working grid."""
-    inf = None
+    outputs = None
     if self.method != "threshold":
       image = np.transpose(image_hwd, (2, 0, 1))  # slice-major, as the cache stores it
-      inf = inference.infer_volume(image, index, self.cddpm, self.segnet)
-    a = scoring.anomaly_for(self.method, self.combination, image_hwd, mask_hwd, inf,
+      outputs = inference.infer_volume(image, index, self.cddpm, self.segnet)
+    a = scoring.anomaly_for(self.method, self.combination, image_hwd, mask_hwd, outputs,
                             scoring.map_settings(self.settings_config), self.intensity_median)
-    return a, inf
+    return a, outputs
 
 
 # ----------------------------------------------------------------------------- loading

@@ -23,12 +23,12 @@ from sadm_jax.utils import io
 FPRS = ((0.01, "t_fpr1"), (0.05, "t_fpr5"), (0.1, "t_fpr10"))
 
 
-def _stored(ev: Evaluation, p: Pass, extras: dict) -> dict[str, list[dict]]:
+def _stored(evaluation: Evaluation, p: Pass, extras: dict) -> dict[str, list[dict]]:
   """run id -> the records of pass `p`, in row order, read back from the store (all complete)."""
   out = {}
-  for r in (r for r in ev.runs if r.id in p.rows):
-    fp = ev.fingerprint(r, p.kind, extras.get((p.set_name, r.id)))
-    recs = [ev.store.read(r, p.set_name, p.split, p.volume_name(row), fp, p.keep_map)
+  for r in (r for r in evaluation.runs if r.id in p.rows):
+    fp = evaluation.fingerprint(r, p.kind, extras.get((p.set_name, r.id)))
+    recs = [evaluation.store.read(r, p.set_name, p.split, p.volume_name(row), fp, p.keep_map)
             for row in p.rows[r.id]]
     missing = [row.name for row, rec in zip(p.rows[r.id], recs) if rec is None]
     if missing:
@@ -38,29 +38,29 @@ def _stored(ev: Evaluation, p: Pass, extras: dict) -> dict[str, list[dict]]:
   return out
 
 
-def select_thresholds(ev: Evaluation, passes: Sequence[Pass]) -> dict:
+def select_thresholds(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
   """run id -> {'fpr_thresholds', 'tau': {set: τ}, 'val_dice': {set: pooled Dice}} from the val maps."""
-  out: dict[str, dict] = {r.id: {"fpr_thresholds": {}, "tau": {}, "val_dice": {}} for r in ev.runs}
+  out: dict[str, dict] = {r.id: {"fpr_thresholds": {}, "tau": {}, "val_dice": {}} for r in evaluation.runs}
   for p in passes:
-    recs = _stored(ev, p, {})
-    for r in ev.runs:
-      maps, gts, masks = ev.store.pooled(r, p.set_name, p.split, [x["name"] for x in recs[r.id]])
+    recs = _stored(evaluation, p, {})
+    for r in evaluation.runs:
+      maps, gts, masks = evaluation.store.pooled(r, p.set_name, p.split, [x["name"] for x in recs[r.id]])
       if p.kind == "healthy_val":
-        t = thresholds.healthy_fpr_thresholds(maps, None if ev.faithful else masks,
+        t = thresholds.healthy_fpr_thresholds(maps, None if evaluation.faithful else masks,
                                               [f for f, _ in FPRS])
         out[r.id]["fpr_thresholds"] = {name: float(t[f]) for f, name in FPRS}
       else:
         dice_val, tau = thresholds.select_threshold(
-            maps, gts, masks, method=str(ev.config.evaluate.threshold_method),
-            within_brain=not ev.faithful, reference_arithmetic=ev.faithful)
+            maps, gts, masks, method=str(evaluation.config.evaluate.threshold_method),
+            within_brain=not evaluation.faithful, reference_arithmetic=evaluation.faithful)
         out[r.id]["tau"][p.set_name] = float(tau)
         out[r.id]["val_dice"][p.set_name] = float(dice_val)
   return out
 
 
-def _agree(ev: Evaluation, chosen: dict | None) -> dict:
+def _agree(evaluation: Evaluation, chosen: dict | None) -> dict:
   """Process 0's thresholds, written to the store and read back by every process."""
-  path = ev.store.shared("thresholds.json")
+  path = evaluation.store.shared("thresholds.json")
   if jax.process_index() == 0:
     io.write_json(path, chosen)
   barrier("thresholds")
@@ -79,15 +79,15 @@ def test_extras(passes: Sequence[Pass], chosen: dict) -> dict:
   return out
 
 
-def report_rows(ev: Evaluation, vals: Sequence[Pass], tests: Sequence[Pass], chosen: dict,
+def report_rows(evaluation: Evaluation, vals: Sequence[Pass], tests: Sequence[Pass], chosen: dict,
                 extras: dict) -> list[dict]:
   """metrics.csv rows: per data set (IXI first) and run, from the stored records."""
-  val = {p.set_name: _stored(ev, p, {}) for p in vals}
-  test = {p.set_name: _stored(ev, p, extras) for p in tests}
+  val = {p.set_name: _stored(evaluation, p, {}) for p in vals}
+  test = {p.set_name: _stored(evaluation, p, extras) for p in tests}
   rows = []
   ixi = test.get("IXI")
   for p in tests:
-    for r in (r for r in ev.runs if r.id in p.rows):
+    for r in (r for r in evaluation.runs if r.id in p.rows):
       c, recs = chosen[r.id], test[p.set_name][r.id]
       n_val = len(val[p.set_name][r.id])
       if p.kind == "healthy_test":
@@ -113,15 +113,15 @@ def _ensure_cached(config, rows, cache_dir, pre) -> None:
   barrier("volume_cache")
 
 
-def _counts(ev: Evaluation, done: list[str]) -> int:
+def _counts(evaluation: Evaluation, done: list[str]) -> int:
   """Writes this process's computed results; process 0 returns the total over processes."""
   p, n = jax.process_index(), jax.process_count()
-  io.write_json(ev.store.shared(f"process_{p}-of-{n}.json"),
+  io.write_json(evaluation.store.shared(f"process_{p}-of-{n}.json"),
                 {"computed": done})
   barrier("counts")
   total = 0
   for i in range(n):
-    with open(ev.store.shared(f"process_{i}-of-{n}.json")) as f:
+    with open(evaluation.store.shared(f"process_{i}-of-{n}.json")) as f:
       total += len(json.load(f)["computed"])
   return total
 
@@ -146,24 +146,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   unique = list({r.img: r for rows in splits.values() for r in rows}.values())
   _ensure_cached(config, unique, cache_dir, pre)
   cache = cache_lib.VolumeCache(cache_dir, pre)
-  ev = Evaluation(config, workdir, models, runs, splits, cache)
+  evaluation = Evaluation(config, workdir, models, runs, splits, cache)
   for fold in sorted({r.data_fold for r in runs if r.method == "threshold"}):
-    ev.intensity_median(fold)  # before the passes: process 0 computes, the others wait
+    evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
 
   vals, tests = val_passes(runs, splits, sets, ixi), test_passes(runs, splits, sets, ixi)
-  done, cached = ev.run_passes(vals, {}, "val")
-  chosen = _agree(ev, select_thresholds(ev, vals) if jax.process_index() == 0 else None)
+  done, cached = evaluation.run_passes(vals, {}, "val")
+  chosen = _agree(evaluation, select_thresholds(evaluation, vals) if jax.process_index() == 0 else None)
   extras = test_extras(tests, chosen)
-  more, cached_test = ev.run_passes(tests, extras, "test")
-  computed = _counts(ev, done + more)
+  more, cached_test = evaluation.run_passes(tests, extras, "test")
+  computed = _counts(evaluation, done + more)
   summary = {"rows": 0, "volumes_computed": computed, "volumes_cached": cached + cached_test,
-             "processes": jax.process_count(), "devices_per_process": ev.mesh.size,
+             "processes": jax.process_count(), "devices_per_process": evaluation.mesh.size,
              "report": os.path.join(workdir, "report", "report.md")}
   if jax.process_index() == 0:
-    rows = report_rows(ev, vals, tests, chosen, extras)
+    rows = report_rows(evaluation, vals, tests, chosen, extras)
     for r in runs:
       if r.method == "threshold":
-        chosen[r.id]["intensity_median"] = ev.intensity_median(r.data_fold)
+        chosen[r.id]["intensity_median"] = evaluation.intensity_median(r.data_fold)
     probe = cache.load(unique[0])
     proto = protocol(config, probe.volume("mask").shape, affine_spacing(probe.affine)[0])
     io.write_json(os.path.join(workdir, "eval", "config.json"), config.to_dict())

@@ -19,14 +19,14 @@ DATA_AXIS = "data"
 
 def map_settings(config: ml_collections.ConfigDict) -> dict:
   """`anomaly_map` keyword arguments from `config.evaluate` (besides the combination)."""
-  ev = config.evaluate
-  return {"lam": float(ev.lam), "median_size": int(ev.median_size),
-          "erode_mask": int(ev.erode_mask), "min_component_size": int(ev.min_component_size),
-          "residual_mode": str(ev.residual_mode)}
+  ecfg = config.evaluate
+  return {"lam": float(ecfg.lam), "median_size": int(ecfg.median_size),
+          "erode_mask": int(ecfg.erode_mask), "min_component_size": int(ecfg.min_component_size),
+          "residual_mode": str(ecfg.residual_mode)}
 
 
 def anomaly_for(method: str, combination: str, x: np.ndarray, mask: np.ndarray,
-                inf: inference.VolumeInference | None, settings: dict,
+                outputs: inference.VolumeInference | None, settings: dict,
                 intensity_median: float | None = None) -> np.ndarray:
   """Anomaly map A [H, W, D] of one method for input x [H, W, D] with brain mask [H, W, D] (host).
 
@@ -36,8 +36,8 @@ def anomaly_for(method: str, combination: str, x: np.ndarray, mask: np.ndarray,
   mask = np.asarray(mask) > 0
   if method == "threshold":
     return (np.abs(x - np.float32(intensity_median)) * mask).astype(np.float32)
-  recon = inf.recon if inf.recon is not None else x  # unused by combination='segmentation'
-  return am.anomaly_map(recon, x, mask, inf.seg_prob, combination=combination, lam=settings["lam"],
+  recon = outputs.recon if outputs.recon is not None else x  # unused by combination='segmentation'
+  return am.anomaly_map(recon, x, mask, outputs.seg_prob, combination=combination, lam=settings["lam"],
                         median_size=settings["median_size"], erode_mask=settings["erode_mask"],
                         min_component_size=settings["min_component_size"],
                         residual_mode=settings["residual_mode"])
