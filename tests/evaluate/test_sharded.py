@@ -20,15 +20,15 @@ def _csv(workdir):
     return list(csv.DictReader(f))
 
 
-def _assert_same_metrics(got, want):
-  """Same rows and columns; numbers equal within 1e-6."""
+def _assert_same_metrics(got, want, atol=1e-6):
+  """Same rows and columns; numbers equal within `atol`."""
   assert [list(r) for r in got] == [list(r) for r in want]
   for g, w in zip(got, want):
     for k in w:
       if g[k] == w[k]:
         continue
       a, b = float(g[k]), float(w[k])
-      assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6, (w["method"], w["test_set"], k)
+      assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= atol, (w["method"], w["test_set"], k)
 
 
 def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: float = 600.0):
@@ -69,7 +69,11 @@ def test_one_device_eight_devices_and_two_processes_agree(evaluation, eval_data_
 
   two = str(tmp_path / "two" / "work")
   logs = _launch_two(two, eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir)
-  _assert_same_metrics(_csv(two), _csv(one))
+  # Within one process 1 and 8 devices are bit-identical (above). Another process layout (4 fake
+  # devices per process) runs XLA:CPU's Eigen convolutions (the package's default flags) with
+  # another work partition: the SegUnet's maps then move in the last float32 bits, which measured
+  # up to 2.5e-6 in a curve metric (AUROC/AUPRC); Dice, τ and all cDDPM rows stay within 1e-6.
+  _assert_same_metrics(_csv(two), _csv(one), atol=1e-5)
   computed = []
   for p in range(2):
     with open(os.path.join(two, "eval", f"process_{p}-of-2.json")) as f:
@@ -83,5 +87,5 @@ def test_one_device_eight_devices_and_two_processes_agree(evaluation, eval_data_
   again = main_lib.run_stage(evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir]),
                              two)
   assert again["volumes_computed"] == 0 and again["volumes_cached"] == 54
-  _assert_same_metrics(_csv(two), _csv(one))
+  _assert_same_metrics(_csv(two), _csv(one), atol=1e-5)
   shutil.rmtree(str(tmp_path / "two"))
