@@ -9,7 +9,7 @@ import ml_collections
 from sadm_jax import config as config_lib
 from sadm_jax.diffusion import noise as noise_lib, schedule as schedule_lib
 from sadm_jax.models import cddpm as cddpm_lib, factory, transfer
-from sadm_jax.train import ixi, loop, workdir as workdir_lib
+from sadm_jax.train import ixi, loop
 
 TASK_NAME = "cddpm"
 
@@ -100,8 +100,7 @@ def cddpm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True
 
 def run_cddpm(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=cddpm`: trains E + UNet jointly (resuming from `workdir` if it holds a checkpoint)."""
-  with workdir_lib.claim(config, workdir):  # before the task builder loads any data
-    result = loop.train(config, workdir, cddpm_task(config))
+  result = loop.train(config, workdir, lambda: cddpm_task(config))  # built once claimed
   if jax.process_index() == 0:
     print(f"cDDPM training done: {result}")
   return result

@@ -133,15 +133,16 @@ def evaluate(trainer: Trainer, state: TrainState, val_batches: Sequence[dict],
   return float(total / jnp.maximum(count, 1.0))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
+def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable[[], Task],
           mesh: jax.sharding.Mesh | None = None) -> dict:
   """Trains `task` to `total_steps`, resuming from the latest usable checkpoint in `workdir`.
 
-  The workdir is claimed first (`workdir.claim`: lock, same config as the run it holds).
+  The workdir is claimed first (`workdir.claim`: lock, same config as the run it holds); a
+  callable `task` is built only then, so a refused start loads no data and opens no other run.
   Returns {'step', 'train_loss', 'val_loss', 'best_val_loss'}.
   """
   with workdir_lib.claim(config, workdir):
-    return _train(config, workdir, task, mesh)
+    return _train(config, workdir, task() if callable(task) else task, mesh)
 
 
 def _train(config, workdir, task, mesh) -> dict:

@@ -16,7 +16,7 @@ from sadm_jax.data import cache as cache_lib, pipeline
 from sadm_jax.diffusion import reconstruct as reconstruct_lib, schedule as schedule_lib
 from sadm_jax.models import cddpm as cddpm_lib, factory, seg_losses
 from sadm_jax.models.segnet import SegUnet
-from sadm_jax.train import cddpm as cddpm_task_lib, ixi, loop, workdir as workdir_lib
+from sadm_jax.train import cddpm as cddpm_task_lib, ixi, loop
 from sadm_jax.train.state import make_optimizer
 
 # Layout of a SADM run (METHOD §3.8):
@@ -332,8 +332,7 @@ def _abstract_cddpm(cddpm, res: int) -> dict:
 
 def run_sadm(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=sadm`: opens the frozen cDDPM once, then trains the SegUnet with the loop."""
-  with workdir_lib.claim(config, workdir):  # before the cDDPM is opened and any data loaded
-    result = loop.train(config, workdir, sadm_task(config))
+  result = loop.train(config, workdir, lambda: sadm_task(config))  # cDDPM opened once claimed
   if jax.process_index() == 0:
     print(f"SADM ({config.sadm.mode}) training done: {result}")
   return result

@@ -8,7 +8,7 @@ import ml_collections
 
 from sadm_jax import config as config_lib
 from sadm_jax.models import factory, spark as spark_lib
-from sadm_jax.train import ixi, loop, workdir as workdir_lib
+from sadm_jax.train import ixi, loop
 
 TASK_NAME = "spark"
 
@@ -55,8 +55,7 @@ def spark_task(config: ml_collections.ConfigDict, tables=None, data: bool = True
 
 def run_spark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=spark`: pretrains the encoder backbone (resuming from `workdir` if possible)."""
-  with workdir_lib.claim(config, workdir):  # before the task builder loads any data
-    result = loop.train(config, workdir, spark_task(config))
+  result = loop.train(config, workdir, lambda: spark_task(config))  # built once claimed
   if jax.process_index() == 0:
     print(f"SparK pretraining done: {result}")
   return result

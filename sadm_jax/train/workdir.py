@@ -119,9 +119,6 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 # ---- the lock ----
 
-_HELD: dict[str, int] = {}  # lock path -> nesting depth in this process
-
-
 def _start_time(pid: int) -> str | None:
   """The process's start time in clock ticks since boot (Linux), to tell a reused PID apart."""
   try:
@@ -196,26 +193,21 @@ def _release(path: str) -> None:
 
 @contextlib.contextmanager
 def lock(workdir: str) -> Iterator[None]:
-  """Holds `<workdir>/.lock` (re-entrant within this process)."""
+  """Holds `<workdir>/.lock` for the duration of the block."""
   path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
-  if path not in _HELD:
-    _acquire(path, workdir)
-  _HELD[path] = _HELD.get(path, 0) + 1
+  _acquire(path, workdir)
   try:
     yield
   finally:
-    _HELD[path] -= 1
-    if not _HELD[path]:
-      del _HELD[path]
-      _release(path)
+    _release(path)
 
 
 @contextlib.contextmanager
 def claim(config: ml_collections.ConfigDict, workdir: str) -> Iterator[None]:
   """Owns `workdir` for a training run of `config`: lock (process 0), config check, saved config.
 
-  Raises WorkdirError (one line) before anything is written or loaded. Re-entrant: the stage
-  runners claim before their task builders load data, `loop.train` claims again.
+  Raises WorkdirError (one line) before anything is written or loaded. `loop.train` claims,
+  then builds its task.
   """
   import jax
   workdir = os.path.abspath(workdir)

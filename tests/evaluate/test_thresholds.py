@@ -178,28 +178,9 @@ def test_reference_arithmetic_float32_bracket_hand():
 
 
 def _reference_search_f32(x, y, max_steps=10):
-  """Literal transcription called as the reference did: bracket (0, np.max(x)) with x float32."""
-  def dice(p, g):
-    with np.errstate(invalid="ignore"):                  # 0/0 → NaN, as in the reference
-      return (2 * np.sum(p * g)) / (np.sum(p) + np.sum(g))
-  val_range, max_val, max_point = (0, np.max(x)), 0, 0
-  for _ in range(max_steps):
-    if val_range[0] == val_range[1]:
-      val_range = (val_range[0], 1)
-    bottom, top = val_range
-    center = bottom + (top - bottom) * 0.5
-    q_bottom = bottom + (top - bottom) * 0.25
-    q_top = bottom + (top - bottom) * 0.75
-    val_bottom, val_top = dice(x > q_bottom, y), dice(x > q_top, y)
-    if val_bottom >= val_top:
-      if val_bottom >= max_val:
-        max_val, max_point = val_bottom, q_bottom
-      val_range = (bottom, center)
-    else:
-      if val_top >= max_val:
-        max_val, max_point = val_top, q_top
-      val_range = (center, top)
-  return float(max_val), float(max_point)
+  """The transcription called as the reference did: bracket (0, np.max(x)) with x float32."""
+  with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 → NaN, as in the reference
+    return _reference_search(x, y, (0, np.max(x)), max_steps)
 
 
 def test_reference_arithmetic_matches_float32_transcription_bit_for_bit():
