@@ -23,7 +23,6 @@ from __future__ import annotations
 #   data         grain training-loader slices/s (IXI and DRAEM anomalous slices) on the demo cohort.
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -106,61 +105,13 @@ def mfu(flops: float | None, seconds: float | None, peak: float | None) -> float
 # --------------------------------------------------------------------------- FLOPs from the jaxpr
 
 
-def _prod(xs) -> int:
-  return int(math.prod(int(x) for x in xs))
-
-
-def _sub_jaxprs(value):
-  """Jaxprs held by an equation parameter (a jaxpr, a closed jaxpr, or a tuple of them)."""
-  if hasattr(value, "eqns"):
-    yield value
-  elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
-    yield value.jaxpr
-  elif isinstance(value, (tuple, list)):
-    for v in value:
-      yield from _sub_jaxprs(v)
-
-
-def matmul_flops(jaxpr) -> float:
-  """2 × multiply-adds of every dot_general and conv_general_dilated in `jaxpr` (nested too).
-
-  Convolutions count out_elements × kernel_window × kernel_input_features (input dilation
-  included, as XLA counts them); a scan body counts `length` times, a cond its costliest branch,
-  a while body once. Backend-independent; unlike XLA's cost analysis it multiplies loop bodies
-  (`lax.map` in the evaluation ensemble) by their trip count.
-  """
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      total += 2.0 * _prod(eqn.outvars[0].aval.shape) * _prod(lhs[d] for d in lhs_contract)
-    elif name == "conv_general_dilated":
-      rhs = eqn.invars[1].aval.shape
-      rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
-      window = _prod(rhs[d] for d in rhs_spec[2:]) * rhs[rhs_spec[1]]
-      total += 2.0 * _prod(eqn.outvars[0].aval.shape) * window
-    else:
-      subs = [(k, list(_sub_jaxprs(v))) for k, v in eqn.params.items()]
-      subs = [(k, js) for k, js in subs if js]
-      for key, js in subs:
-        counts = [matmul_flops(j) for j in js]
-        if name == "cond" and key == "branches":
-          total += max(counts)
-        elif name == "scan":
-          total += sum(counts) * int(eqn.params.get("length", 1))
-        else:
-          total += sum(counts)
-  return total
-
-
-def traced_matmul_flops(fn, *args) -> float | None:
-  import jax
+def jaxpr_flops(fn, *args) -> float | None:
+  """`sadm_jax.utils.cost.traced_matmul_flops(fn, *args)` (conv + dot FLOPs, scan bodies ×
+  length), or None when tracing fails: a count is optional, the timing is not."""
+  from sadm_jax.utils import cost  # imports jax: not at module level (--fake_devices)
   try:
-    return matmul_flops(jax.make_jaxpr(fn)(*args))
-  except Exception as e:  # noqa: BLE001 — a count is optional, the timing is not
+    return cost.traced_matmul_flops(fn, *args)
+  except Exception as e:  # noqa: BLE001
     print(f"(jaxpr FLOP count failed: {type(e).__name__}: {e})")
     return None
 
@@ -212,8 +163,8 @@ def _train_jaxpr_flops(config, n_devices: int) -> float | None:
                                                            devices=jax.devices()[:n_devices]))
   res, b = ts.slice_size(config), int(config.train.batch_size)
   batch = {k: jax.ShapeDtypeStruct((b, res, res, 1), jnp.float32) for k in task.batch_keys}
-  return traced_matmul_flops(trainer.train_step, trainer.abstract_state, batch, trainer.train_key,
-                             trainer.frozen)
+  return jaxpr_flops(trainer.train_step, trainer.abstract_state, batch, trainer.train_key,
+                     trainer.frozen)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -224,6 +175,7 @@ def eval_rows(args, peaks: dict, benches: dict, rows: list) -> list[dict]:
   import jax
   import jax.numpy as jnp
   from benchmarks import evaluation as ev
+  from sadm_jax.utils import cost
   for dtype in args.dtype:
     fresh = dtype not in benches  # else compiled already (eval_precision ran first)
     if fresh:
@@ -244,12 +196,12 @@ def eval_rows(args, peaks: dict, benches: dict, rows: list) -> list[dict]:
     traces = {"cddpm": cddpm.traces, "segnet": segnet.traces}
     per_t = cddpm.reconstruct(image, 1).per_t
     # compiled programs (cache hits of the calls above): XLA FLOPs and memory
-    c_prog = cddpm._fn.lower(cddpm.variables, img, idx).compile()
-    s_prog = segnet._fn.lower(segnet.variables, img, per_t).compile()
-    f_cddpm = traced_matmul_flops(cddpm._fn, cddpm.variables, img, idx)
-    f_seg = traced_matmul_flops(segnet._fn, segnet.variables, img, per_t)
+    c_prog = cddpm.program.lower(cddpm.variables, img, idx).compile()
+    s_prog = segnet.program.lower(segnet.variables, img, per_t).compile()
+    f_cddpm = jaxpr_flops(cddpm.program, cddpm.variables, img, idx)
+    f_seg = jaxpr_flops(segnet.program, segnet.variables, img, per_t)
     cddpm.traces, segnet.traces = traces["cddpm"], traces["segnet"]  # the counts above re-trace
-    hlo_c, hlo_s = ts._flops(c_prog), ts._flops(s_prog)
+    hlo_c, hlo_s = cost.compiled_cost(c_prog)["flops"], cost.compiled_cost(s_prog)["flops"]
     prof = profile_ops.trace(sadm, args.profile) if args.profile else None
     if prof:
       profile_ops.print_summary(f"eval_sadm {dtype}", prof)
@@ -413,7 +365,7 @@ def _result(args, argv, peaks_info, load_before, rows, precision, errors) -> dic
 def main(argv=None) -> dict:
   args = parse_args(argv)
   if args.fake_devices:
-    ts._set_fake_devices(args.fake_devices)
+    ts.set_fake_devices(args.fake_devices)
   import jax
   from absl import flags
   flags.FLAGS.mark_as_parsed()

@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   return ap.parse_args(argv)
 
 
-def _set_fake_devices(n: int) -> None:
+def set_fake_devices(n: int) -> None:
   """Must run before jax is imported."""
   if "jax" in sys.modules:
     raise RuntimeError("--fake_devices must be applied before jax is imported")
@@ -83,33 +83,16 @@ def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def _flops(compiled) -> float | None:
-  """FLOPs of a compiled (or lowered) program from XLA's cost analysis; None if unavailable."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001 — not every backend / stage implements it
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
-    return None
-  return float(cost["flops"])
-
-
 def memory_analysis(compiled) -> dict | None:
-  """Argument / output / temporary bytes of a compiled program (per device), if reported."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001
+  """Argument / output / alias / temporary / code bytes of a compiled program (per device), and
+  total_gb = argument + output − alias + temporaries (GB, 1e9 bytes); None if not reported."""
+  from sadm_jax.utils import cost
+  m = cost.compiled_cost(compiled)["memory"]
+  if not m:
     return None
-  if m is None:
-    return None
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes")
-  out = {f: int(getattr(m, f)) for f in fields if hasattr(m, f)}
-  if out:
-    out["total_gb"] = (out.get("argument_size_in_bytes", 0) + out.get("output_size_in_bytes", 0)
-                       - out.get("alias_size_in_bytes", 0) + out.get("temp_size_in_bytes", 0)) / 1e9
+  out = {attr: m[key] for attr, key in cost.MEMORY_FIELDS if key in m}
+  out["total_gb"] = (m.get("argument_bytes", 0) + m.get("output_bytes", 0)
+                     - m.get("alias_bytes", 0) + m.get("temp_bytes", 0)) / 1e9
   return out
 
 
@@ -210,6 +193,7 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
   import numpy as np
   from sadm_jax.train import loop
   from sadm_jax.train import sharding as shard_lib
+  from sadm_jax.utils import cost
 
   devices = jax.devices()
   if n_devices > len(devices):
@@ -237,7 +221,7 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
   t0 = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  flops = _flops(compiled)  # per device (the SPMD-partitioned module)
+  flops = cost.compiled_cost(compiled)["flops"]  # per device (the SPMD-partitioned module)
 
   runs = []
   metrics = None
@@ -275,7 +259,7 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
           "pipelined_steps": pipelined_steps, "pipelined_step_s": pipelined,
           "flops_per_step": total_flops, "flops_per_slice": (total_flops / batch_size
                                                             if total_flops else None),
-          "flops_per_step_unoptimised_hlo": _flops(lowered),
+          "flops_per_step_unoptimised_hlo": cost.compiled_cost(lowered)["flops"],
           "achieved_flops_per_s": total_flops / step_s if total_flops else None,
           "final_loss": loss, "peak_rss_gb_so_far": peak_rss_gb(),
           "program_memory": memory_analysis(compiled),
@@ -320,7 +304,7 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   counts = [int(s) for s in args.scaling.split(",") if s.strip()] if args.scaling else [args.devices]
   if args.fake_devices:
-    _set_fake_devices(args.fake_devices)
+    set_fake_devices(args.fake_devices)
   import jax
   from absl import flags
   flags.FLAGS.mark_as_parsed()

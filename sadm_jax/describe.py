@@ -10,20 +10,11 @@ import ml_collections
 
 from sadm_jax import config as config_lib
 from sadm_jax.models import factory
-from sadm_jax.utils import io
+from sadm_jax.utils import cost, io
 
 
 def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
-
-
-def _forward_flops(fn, *args) -> float:
-  """FLOPs of one call from the compiled HLO cost analysis (conv/matmul/elementwise, per XLA)."""
-  compiled = jax.jit(fn).lower(*args).compile()
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan")))
 
 
 def model_specs(config: ml_collections.ConfigDict) -> dict:
@@ -56,7 +47,7 @@ def describe(config: ml_collections.ConfigDict) -> dict:
     variables = jax.eval_shape(lambda k: module.init({"params": k, "dropout": k}, *args, **kwargs),
                                key)
     real = module.init({"params": key, "dropout": key}, *args, **kwargs)
-    flops = _forward_flops(lambda v, *a: module.apply(v, *a, **kwargs), real, *args)
+    flops = cost.forward_flops(lambda v, *a: module.apply(v, *a, **kwargs), real, *args)
     out[name] = {"params": count_params(variables["params"]), "gflops_per_slice": flops / 1e9}
   return out
 

@@ -101,6 +101,12 @@ class CDDPMInference:
     self.traces = 0
     self._fn = jax.jit(self._reconstruct)
 
+  @property
+  def program(self):
+    """The jitted function `reconstruct` calls (to lower it for cost analysis): (variables,
+    image [D, H, W] float32, index uint32 scalar) -> (mean [D, H, W], per_t [K, D, H, W])."""
+    return self._fn
+
   def _reconstruct(self, variables: dict, image: jax.Array, index: jax.Array
                    ) -> tuple[jax.Array, jax.Array]:
     # image: [D, H, W]; index: uint32 scalar -> (mean [D, H, W], per_t [K, D, H, W]) float32
@@ -135,6 +141,12 @@ class SegmentationInference:
     self.fingerprint = variables_fingerprint(self.variables)
     self.traces = 0
     self._fn = jax.jit(self._probability)
+
+  @property
+  def program(self):
+    """The jitted function `probability` calls (to lower it for cost analysis): (variables,
+    image [D, H, W] float32, per_t [K, D, H, W] or None) -> mean probability [D, H, W]."""
+    return self._fn
 
   @property
   def needs_reconstruction(self) -> bool:

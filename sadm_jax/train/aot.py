@@ -24,7 +24,7 @@ import ml_collections
 from sadm_jax import config as config_lib
 from sadm_jax.models import factory
 from sadm_jax.train import loop, sharding as shard_lib
-from sadm_jax.utils import io
+from sadm_jax.utils import cost, io
 
 # model.names of a config -> "module:function(config, data=False) -> loop.Task"; a training stage
 # whose task should be AOT-checkable adds its line here.
@@ -33,14 +33,6 @@ TASKS = {
     ("spark",): "sadm_jax.train.spark:spark_task",
     ("encoder", "unet", "segnet"): "sadm_jax.train.sadm:sadm_task",
 }
-
-MEMORY_FIELDS = (  # (CompiledMemoryStats attribute, report key)
-    ("argument_size_in_bytes", "argument_bytes"),
-    ("output_size_in_bytes", "output_bytes"),
-    ("alias_size_in_bytes", "alias_bytes"),
-    ("temp_size_in_bytes", "temp_bytes"),
-    ("generated_code_size_in_bytes", "generated_code_bytes"),
-)
 
 
 def build_task(config: ml_collections.ConfigDict) -> loop.Task:
@@ -78,25 +70,13 @@ def compile_train_step(config: ml_collections.ConfigDict, task: loop.Task | None
   return trainer, compiled, time.perf_counter() - t0
 
 
-def _first(x):
-  return x[0] if isinstance(x, (list, tuple)) else x
-
-
 def analyse(compiled) -> dict:
-  """Per-device memory (bytes) and cost of a compiled program."""
-  stats = compiled.memory_analysis()
-  memory = {key: int(getattr(stats, attr)) for attr, key in MEMORY_FIELDS} if stats else {}
-  if memory:
-    # Live at once, at most: inputs + outputs not aliased to (donated) inputs + scratch + code.
-    memory["total_bytes"] = (memory["argument_bytes"] + memory["output_bytes"] -
-                             memory["alias_bytes"] + memory["temp_bytes"] +
-                             memory["generated_code_bytes"])
-    peak = getattr(stats, "peak_memory_in_bytes", 0)
-    if peak:  # the backend's own figure; XLA:CPU leaves the temporaries out of it
-      memory["xla_peak_bytes"] = int(peak)
-  cost = _first(compiled.cost_analysis()) or {}
-  return {"memory_per_device": memory, "flops_per_device": float(cost.get("flops", float("nan"))),
-          "bytes_accessed_per_device": float(cost.get("bytes accessed", float("nan")))}
+  """Per-device memory (bytes, `cost.compiled_cost`) and cost of a compiled program (NaN: none)."""
+  c = cost.compiled_cost(compiled)
+  nan = float("nan")
+  return {"memory_per_device": c["memory"],
+          "flops_per_device": nan if c["flops"] is None else c["flops"],
+          "bytes_accessed_per_device": nan if c["bytes_accessed"] is None else c["bytes_accessed"]}
 
 
 def report(config: ml_collections.ConfigDict, trainer: loop.Trainer, compiled,

@@ -1,49 +1,45 @@
-"""The benchmark suite's own logic: FLOP counting from jaxprs, argument handling, MFU, the table."""
+"""The benchmark suite's own logic: argument handling, MFU, the table, the FLOP / memory fields."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import profile_ops, suite
+from benchmarks import profile_ops, suite, train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_dot_flops_count_multiply_adds_twice():
-  jaxpr = jax.make_jaxpr(lambda a, b: a @ b)(jnp.ones((3, 5)), jnp.ones((5, 7)))
-  assert suite.matmul_flops(jaxpr) == 2 * 3 * 5 * 7
-
-
-def test_batched_dot_and_einsum():
-  f = lambda q, k: jnp.einsum("bthc,bshc->bhts", q, k)  # the UNet attention logits
-  q = jnp.ones((2, 10, 4, 8))
-  assert suite.matmul_flops(jax.make_jaxpr(f)(q, q)) == 2 * (2 * 4 * 10 * 10) * 8
-
-
-def test_conv_flops_and_its_gradients():
-  x = jnp.ones((2, 9, 9, 3))  # NHWC
-  w = jnp.ones((3, 3, 3, 4))  # HWIO
-  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  fwd = 2 * (2 * 9 * 9 * 4) * (3 * 3 * 3)
-  assert suite.matmul_flops(jax.make_jaxpr(conv)(x, w)) == fwd
-  # value_and_grad w.r.t. both: forward + input gradient + weight gradient, each = forward
-  grad = jax.grad(lambda x, w: conv(x, w).sum(), argnums=(0, 1))
-  assert suite.matmul_flops(jax.make_jaxpr(grad)(x, w)) == 3 * fwd
-
-
-def test_scan_body_counts_length_times_and_nested_jit():
-  body = jax.jit(lambda y: y @ y)
-  f = lambda xs: jax.lax.map(body, xs)  # as the evaluation's ensemble over 3 timesteps
-  assert suite.matmul_flops(jax.make_jaxpr(f)(jnp.ones((3, 4, 4)))) == 3 * 2 * 4 ** 3
-
-
-def test_cond_counts_the_costlier_branch():
-  f = lambda p, a: jax.lax.cond(p, lambda a: a @ a @ a, lambda a: a @ a, a)
-  assert suite.matmul_flops(jax.make_jaxpr(f)(True, jnp.ones((4, 4)))) == 2 * 2 * 4 ** 3
-
-
-def test_traced_count_of_a_jitted_function():
+def test_jaxpr_flops_is_the_package_count_or_none():
+  # the counter itself is tested in tests/utils/test_cost.py
   f = jax.jit(lambda a: jnp.tanh(a @ a))
-  assert suite.traced_matmul_flops(f, jax.ShapeDtypeStruct((8, 8), jnp.float32)) == 2 * 8 ** 3
+  assert suite.jaxpr_flops(f, jax.ShapeDtypeStruct((8, 8), jnp.float32)) == 2 * 8 ** 3
+
+  def untraceable(a):
+    raise ValueError("no")
+
+  assert suite.jaxpr_flops(untraceable, jnp.ones(2)) is None
+
+
+def test_program_memory_keeps_the_json_fields():
+  compiled = jax.jit(lambda a, b: a @ b).lower(jnp.ones((8, 16)), jnp.ones((16, 4))).compile()
+  mem = train_step.memory_analysis(compiled)
+  assert list(mem) == ["argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+                       "temp_size_in_bytes", "generated_code_size_in_bytes", "total_gb"]
+  assert mem["argument_size_in_bytes"] == 4 * (8 * 16 + 16 * 4)
+  assert mem["total_gb"] == pytest.approx(
+      (mem["argument_size_in_bytes"] + mem["output_size_in_bytes"] - mem["alias_size_in_bytes"]
+       + mem["temp_size_in_bytes"]) / 1e9)
+  assert train_step.memory_analysis(jax.jit(lambda a: a).lower(jnp.ones(2))) is None
+
+
+def test_importing_the_suite_leaves_jax_unimported():
+  # --fake_devices sets XLA_FLAGS after the import and before jax's
+  code = "import sys, benchmarks.suite; assert 'jax' not in sys.modules, 'jax imported'"
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_lists_device_counts_and_batches():

@@ -1,6 +1,7 @@
 """Ahead-of-time compile check: tiny cDDPM on 8 CPU devices without allocating its state; FSDP shrinks per-device arguments."""
 
 import json
+import math
 
 import jax
 import optax
@@ -72,3 +73,16 @@ def test_stage_two_task_builds_abstractly_without_a_cddpm_checkpoint():
   assert batch["image"].shape == (8, 64, 64, 1)
   assert state.model_state == {}  # the frozen cDDPM is a step argument, not part of the state
   assert set(trainer.frozen) == {"params", "batch_stats"}
+
+
+def test_analysis_the_backend_does_not_report_is_nan_and_empty():
+  class Silent:  # a backend without cost or memory analysis
+    def cost_analysis(self):
+      raise NotImplementedError
+
+    def memory_analysis(self):
+      return None
+
+  out = aot.analyse(Silent())
+  assert out["memory_per_device"] == {}
+  assert math.isnan(out["flops_per_device"]) and math.isnan(out["bytes_accessed_per_device"])
