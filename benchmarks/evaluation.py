@@ -6,10 +6,12 @@ from __future__ import annotations
 #   python -m benchmarks.evaluation                       # tiny config (64×64×8 grid), CPU friendly
 #   python -m benchmarks.evaluation --paper --dtype bfloat16  # paper sizes: 96×96×50, 50 slices
 #   python -m benchmarks.evaluation --end_to_end [--runs_dir=DIR]  # the whole tiny evaluation stage
-# --end_to_end: fake data (tests/data/fake_data), tiny cDDPM + SADM trained 2 steps each (kept in
-# --runs_dir for reuse), then `evaluate` (threshold, cDDPM, SADM; maps, metrics, NIfTI/PNG, report)
-# on 1 and on 8 fake CPU devices, interleaved A/B/A/B in fresh workdirs; volumes/s = volume results
-# computed / wall seconds of the stage (models loaded, compiled programs cached after the first run).
+#   python -m benchmarks.evaluation --end_to_end --demo_workdir=runs/demo --devices=1,2 \
+#       [--baseline_repo=/tmp/old --baseline_workdir=/tmp/old_demo]  # before/after in one run
+# --end_to_end: the demo job's evaluation stage (threshold, cDDPM, SADM; maps, metrics, NIfTI/PNG,
+# report) on a finished demo workdir (default: `configs/demo.py:tiny` built once in --runs_dir),
+# each timing a fresh process and evaluation workdir, repeats interleaved over the CPU device
+# counts (and the baseline checkout); volumes/s = volume results computed / wall s of the stage.
 # Random weights (timings do not depend on values), a synthetic brain-like volume; each timing is
 # the median over --repeats calls after one warm-up (compilation) call. Writes
 # benchmarks/results/evaluation_<backend>.json (one entry per size) unless --out is given.
@@ -46,8 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up (>= 1)")
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   ap.add_argument("--out", default="")
-  ap.add_argument("--end_to_end", action="store_true", help="time the whole tiny evaluation stage")
-  ap.add_argument("--runs_dir", default="", help="--end_to_end: data and trained runs (reused)")
+  ap.add_argument("--end_to_end", action="store_true",
+                  help="time the demo job's whole evaluation stage (default: configs/demo.py:tiny)")
+  ap.add_argument("--demo_workdir", default="",
+                  help="--end_to_end: a finished `configs/demo.py` workdir to evaluate again")
+  ap.add_argument("--devices", default="1,8", help="--end_to_end: CPU device counts, e.g. 1,2")
+  ap.add_argument("--baseline_repo", default="",
+                  help="--end_to_end: another checkout (e.g. a worktree of an older commit) "
+                       "timed in the same run on 1 device")
+  ap.add_argument("--baseline_workdir", default="",
+                  help="--end_to_end: the demo workdir that checkout trained (its checkpoints)")
+  ap.add_argument("--runs_dir", default="", help="--end_to_end: scratch dir (tiny demo reused)")
   return ap.parse_args(argv)
 
 
@@ -128,41 +139,93 @@ def build(paper: bool, dtype: str) -> Bench:
                lesion, cddpm, segnet, n_params)
 
 
+# Run in a fresh interpreter per timing (its own device count): the demo job's evaluation stage
+# (demo_job.stage_config + main.run_stage, the package's public functions) on a finished demo
+# workdir, into a fresh evaluation workdir. Works on older checkouts too (--baseline_repo).
+_STAGE_SNIPPET = r"""
+import json, os, sys, time
+try:
+  from sadm_jax.utils import xla_flags
+  xla_flags.apply()
+except ImportError:  # an older checkout without package XLA defaults
+  pass
+from configs import demo
+from sadm_jax import config as config_lib, demo_job, main as main_lib
+src, arg, work = sys.argv[1:4]
+c = config_lib.resolve(demo.get_config(arg or None))
+c.data.data_dir = os.path.join(src, "demo_data")
+ec = demo_job.stage_config(c, "evaluate", src)
+t0 = time.perf_counter()
+s = main_lib.run_stage(ec, work)
+print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0,
+                              "volumes": (s or {}).get("volumes_computed")}))
+"""
+
+
+def _time_stage(repo: str, demo_workdir: str, arg: str, work: str, devices: int) -> dict:
+  """Wall seconds of one evaluation stage (a subprocess with `devices` CPU devices)."""
+  import re
+  import subprocess
+  import sys
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo,
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  out = subprocess.run([sys.executable, "-c", _STAGE_SNIPPET, os.path.abspath(demo_workdir), arg,
+                        work], cwd=repo, env=env, capture_output=True, text=True)
+  found = re.findall(r"^RESULT (.*)$", out.stdout, re.M)
+  if out.returncode != 0 or not found:
+    raise RuntimeError(f"evaluation in {repo} failed:\n{(out.stdout + out.stderr)[-3000:]}")
+  return json.loads(found[-1])
+
+
 def end_to_end(args) -> dict:
-  """The tiny evaluation stage on 1 and 8 devices, interleaved; volumes/s per repeat."""
+  """The demo job's evaluation stage, timed whole (maps, metrics, files, report included).
+
+  Interleaved repeats over the device counts (and the baseline checkout, when given), each in a
+  fresh evaluation workdir; volumes/s = volume results computed / wall seconds of the stage.
+  """
+  import shutil
+  import subprocess
+  import sys
   import tempfile
-  from sadm_jax import main as main_lib
-  from tests.data import fake_data
-  from tests.evaluate import conftest as fx
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   root = args.runs_dir or tempfile.mkdtemp(prefix="bench_eval_")
-  data, cddpm_dir, sadm_dir = (os.path.join(root, n) for n in ("data", "cddpm", "sadm"))
-  if not os.path.isdir(os.path.join(sadm_dir, "best")):
-    from configs import sadm_draem
-    fake_data.write_data_dir(data, n_ixi=8, n_patho=3)
-    for cfg, workdir in ((cddpm_config.get_config("tiny"), cddpm_dir),
-                         (sadm_draem.get_config("tiny"), sadm_dir)):
-      c = fx.with_data(cfg, data)
-      if workdir == sadm_dir:
-        c.sadm.cddpm_workdir = cddpm_dir
-      c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
-      main_lib.run_stage(c, workdir)
-  timings: dict[str, list] = {"1": [], "8": []}
+  os.makedirs(root, exist_ok=True)
+  arg = "" if args.demo_workdir else "tiny"
+  demo_dir = args.demo_workdir or os.path.join(root, "demo_tiny")
+  if not args.demo_workdir and not os.path.isfile(os.path.join(demo_dir, "demo_summary.json")):
+    subprocess.run([sys.executable, "-m", "sadm_jax.main", "--config=configs/demo.py:tiny",
+                    f"--workdir={demo_dir}"], cwd=repo, check=True, capture_output=True)
+  codes = [("current", repo, demo_dir)]
+  if args.baseline_repo:
+    codes.append(("baseline", os.path.abspath(args.baseline_repo),
+                  args.baseline_workdir or demo_dir))
+  counts = [int(n) for n in args.devices.split(",") if n.strip()]
+  timings: dict[str, list] = {}
   for rep in range(args.repeats):
-    for n in ("1", "8"):
-      c = fx.evaluate_tiny_config(data, cddpm_dir, [sadm_dir])
-      c.mesh.num_devices = int(n)
-      work = tempfile.mkdtemp(prefix=f"eval{n}_", dir=root)
-      t0 = time.perf_counter()
-      summary = main_lib.run_stage(c, work)
-      wall = time.perf_counter() - t0
-      timings[n].append({"seconds": wall, "volumes": summary["volumes_computed"],
-                         "volumes_per_s": summary["volumes_computed"] / wall,
-                         "load_average": list(os.getloadavg())})
-      print(f"repeat {rep} devices {n}: {summary['volumes_computed']} results in {wall:.1f} s "
-            f"({summary['volumes_computed'] / wall:.2f} /s), load {os.getloadavg()[0]:.1f}")
-  entry = {"devices": timings, "jax": jax.__version__, "cpu_count": os.cpu_count(),
+    for label, code_repo, src in codes:
+      for n in (counts if label == "current" else [1]):
+        work = tempfile.mkdtemp(prefix=f"eval_{label}{n}_", dir=root)
+        r = _time_stage(code_repo, src, arg, work, n)
+        shutil.rmtree(work, ignore_errors=True)
+        r.update(load_average=list(os.getloadavg()),
+                 volumes_per_s=(r["volumes"] or 0) / r["seconds"])
+        timings.setdefault(f"{label}, {n} device(s)", []).append(r)
+        print(f"repeat {rep} {label:8s} devices {n}: {r['volumes']} results in "
+              f"{r['seconds']:.1f} s ({r['volumes_per_s']:.2f} /s), load {r['load_average'][0]:.1f}",
+              flush=True)
+  table = {k: {"median_s": statistics.median(x["seconds"] for x in v),
+               "volumes": v[0]["volumes"],
+               "volumes_per_s": statistics.median(x["volumes_per_s"] for x in v)}
+           for k, v in timings.items()}
+  print(f"{'code, devices':28s} {'median s':>9s} {'volumes':>8s} {'volumes/s':>10s}")
+  for k, t in table.items():
+    print(f"{k:28s} {t['median_s']:9.1f} {str(t['volumes']):>8s} {t['volumes_per_s']:10.2f}")
+  entry = {"demo_workdir": os.path.abspath(demo_dir), "config": f"configs/demo.py{':' + arg if arg else ''}",
+           "baseline_repo": args.baseline_repo, "table": table, "runs": timings,
+           "jax": jax.__version__, "cpu_count": os.cpu_count(),
            "machine": platform.processor() or platform.machine()}
-  out = args.out or os.path.join("benchmarks", "results", "evaluation_end_to_end_cpu.json")
+  out = args.out or os.path.join("benchmarks", "results",
+                                 f"evaluation_end_to_end_{'demo' if args.demo_workdir else 'tiny'}_cpu.json")
   write_json(out, entry)
   print("wrote", out)
   return entry

@@ -22,7 +22,8 @@ import time
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", choices=("cddpm", "spark", "sadm"), default="cddpm")
-  ap.add_argument("--size", choices=("tiny", "paper"), default="tiny")
+  ap.add_argument("--size", choices=("tiny", "demo", "paper"), default="tiny",
+                  help="tiny (tests), demo (configs/demo.py's networks and grid) or paper")
   ap.add_argument("--batch", type=int, default=0, help="global batch; 0 = the config's")
   ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
@@ -50,15 +51,19 @@ def set_fake_devices(n: int) -> None:
 
 
 def build_config(name: str, size: str, batch: int, dtype: str):
-  """Resolved config of `name` ('cddpm' | 'spark' | 'sadm'), paper or tiny, for a synthetic run.
+  """Resolved config of `name` ('cddpm' | 'spark' | 'sadm'), paper, demo or tiny, for a synthetic run.
 
   For 'sadm' (configs/sadm_draem.py) the frozen cDDPM has the config's own model section.
   """
-  from configs import cddpm as cddpm_config, sadm_draem, spark_pretrain
+  from configs import cddpm as cddpm_config, demo, sadm_draem, spark_pretrain
   from sadm_jax import config as config_lib
-  module = {"cddpm": cddpm_config, "spark": spark_pretrain, "sadm": sadm_draem}[name]
-  arg = "tiny" if size == "tiny" else None
-  c = module.get_config(arg)
+  if size == "demo":  # the demo job's networks, grid and batch for the stage `name`
+    c = demo.get_config()
+    c.stage = name
+    c.sadm.mode = "draem"
+  else:
+    module = {"cddpm": cddpm_config, "spark": spark_pretrain, "sadm": sadm_draem}[name]
+    c = module.get_config("tiny" if size == "tiny" else None)
   if batch:
     c.train.batch_size = batch
   c.model.dtype = dtype

@@ -48,14 +48,18 @@ def cache_dir(config: ml_collections.ConfigDict) -> str:
 
 
 def load_valid_splits(config: ml_collections.ConfigDict, names=None):
-  """`data.prepare.load_valid_splits` with `config.data`'s settings (names default: `data.splits`)."""
-  from sadm_jax.data import prepare
+  """`data.prepare.load_valid_splits` with `config.data`'s settings (names default: `data.splits`).
+
+  Rows already in the preprocessing cache (same files: path, size, mtime) are not re-validated.
+  """
+  from sadm_jax.data import cache as cache_lib, prepare
   config = resolve(config)
   d = config.data
+  cache = cache_lib.VolumeCache(cache_dir(config), preprocess_config(config))
   return prepare.load_valid_splits(d.data_dir, list(names or d.splits or ()) or None,
                                    modality=d.modality, clean=bool(d.clean_splits),
                                    num_workers=int(d.num_workers),
-                                   skip_invalid=bool(d.skip_invalid))
+                                   skip_invalid=bool(d.skip_invalid), validated=cache.contains)
 
 
 def run_prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:

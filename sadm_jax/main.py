@@ -105,7 +105,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from sadm_jax.utils import xla_flags
-  xla_flags.apply()  # XLA:CPU defaults the user has not set; read when the backend starts
+  # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
+  # device per core.
+  xla_flags.apply(stage=str(FLAGS.config.stage))
   from sadm_jax import distributed
   distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
   if not FLAGS["verbosity"].present:

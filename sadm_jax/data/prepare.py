@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -17,12 +17,15 @@ from sadm_jax.utils import io
 
 
 def load_valid_splits(data_dir: str, names: Sequence[str] | None = None, *, modality: str = "t1",
-                      clean: bool = True, num_workers: int = 0, skip_invalid: bool = False):
+                      clean: bool = True, num_workers: int = 0, skip_invalid: bool = False,
+                      validated: Callable[[splits_lib.Row], bool] | None = None):
   """Reads, cleans and validates splits; returns (root, {split: rows}, report, skipped).
 
   `names` () or None = every known split under `data_dir`. Every row of every requested split is
   checked before any work. Invalid rows raise one DataProblems error listing all of them, unless
-  `skip_invalid` (then they are logged and dropped, and listed in `skipped`).
+  `skip_invalid` (then they are logged and dropped, and listed in `skipped`). Rows for which
+  `validated(row)` is True are not read again (e.g. `VolumeCache.contains`: a cache entry is keyed
+  by the files' identity and written only for a row that passed this validation).
   """
   root = layout.resolve_data_root(data_dir)
   logging.info("DATA_DIR %s", root.describe())
@@ -32,7 +35,7 @@ def load_valid_splits(data_dir: str, names: Sequence[str] | None = None, *, moda
   for rows in splits.values():
     for r in rows:
       unique.setdefault((r.img, r.mask, r.seg, r.dataset), r)
-  keys = list(unique)
+  keys = [k for k in unique if validated is None or not validated(unique[k])]
   bad = nifti.validate_rows([unique[k] for k in keys], num_workers=num_workers)
   problems = [p for i in sorted(bad) for p in bad[i]]
   bad_keys = {keys[i] for i in bad}

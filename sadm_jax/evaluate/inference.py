@@ -204,23 +204,27 @@ def cddpm_inference(model_config: ml_collections.ConfigDict, variables: dict,
                         fingerprint=fingerprint)
 
 
-def load_cddpm(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(saved cDDPM config, {'params', 'batch_stats'}) of a stage-I workdir's best checkpoint."""
+def cddpm_variables(run) -> dict:
+  """{'params', 'batch_stats'} of an opened cDDPM `Run` (its model state is the BN statistics)."""
+  return {"params": run.variables["params"], "batch_stats": run.variables["model_state"]}
+
+
+def load_cddpm(workdir: str):
+  """The opened stage-I run (`train.checkpoint.open_run`, best checkpoint): config, meta, weights."""
   from sadm_jax.train.checkpoint import open_run
-  run = open_run(workdir, expect="cddpm")
-  return run.config, {"params": run.variables["params"],
-                      "batch_stats": run.variables["model_state"]}
+  return open_run(workdir, expect="cddpm")
 
 
 @dataclasses.dataclass
 class SadmCheckpoint:
   """A stage-II run as evaluation needs it (host arrays).
 
-  config: the run's saved config; segnet: SegUnet variables {'params'}; cddpm_config/cddpm: the
-  config and {'params', 'batch_stats'} of the cDDPM the run references (with the run's drifted
-  BatchNorm statistics when it was trained with `sadm.frozen_train_mode`, Q6), None when the
-  SegUnet ignores the residual.
+  run: the opened run (`open_run`: saved config, metadata, `run.cddpm`); config: its saved config;
+  segnet: SegUnet variables {'params'}; cddpm_config/cddpm: the config and {'params',
+  'batch_stats'} of the cDDPM the run references (with the run's drifted BatchNorm statistics when
+  it was trained with `sadm.frozen_train_mode`, Q6), None when the SegUnet ignores the residual.
   """
+  run: object
   config: ml_collections.ConfigDict
   segnet: dict
   cddpm_config: ml_collections.ConfigDict | None
@@ -231,17 +235,20 @@ class SadmCheckpoint:
     return self.cddpm is not None
 
 
-def load_sadm(workdir: str) -> SadmCheckpoint:
-  """Opens a SADM workdir's best checkpoint and the cDDPM it references (`open_run`), once."""
+def load_sadm(workdir: str, opened=()) -> SadmCheckpoint:
+  """Opens a SADM workdir's best checkpoint and the cDDPM it references (`open_run`), once.
+
+  opened: runs already open (e.g. the evaluated cDDPM); the referenced cDDPM is reused from them.
+  """
   from sadm_jax.train.checkpoint import open_run
-  run = open_run(workdir, expect="sadm")
+  run = open_run(workdir, expect="sadm", opened=opened)
   segnet = {"params": run.variables["params"]}
   if not factory.uses_residual(run.config) or run.cddpm is None:
-    return SadmCheckpoint(run.config, segnet, None, None)
+    return SadmCheckpoint(run, run.config, segnet, None, None)
   stats = run.variables["model_state"].get("cddpm_batch_stats",
                                            run.cddpm.variables["model_state"])
   cddpm = {"params": run.cddpm.variables["params"], "batch_stats": stats}
-  return SadmCheckpoint(run.config, segnet, run.cddpm.config, cddpm)
+  return SadmCheckpoint(run, run.config, segnet, run.cddpm.config, cddpm)
 
 
 def build_segnet(sadm_config: ml_collections.ConfigDict, dtype: str = "float32") -> SegUnet:

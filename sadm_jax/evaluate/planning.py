@@ -80,6 +80,7 @@ class Models:
     self.sadm_configs: dict[str, ml_collections.ConfigDict] = {}
     self._by_workdir: dict[str, str] = {}
     self._sadm_cddpm: dict[str, str] = {}
+    self.opened: list = []  # the cDDPM runs opened (a SADM run's frozen cDDPM is reused from them)
 
   def add_cddpm(self, model_config, variables, what: str) -> str:
     """Registers a cDDPM (deduplicated by weights); returns its key."""
@@ -95,15 +96,21 @@ class Models:
     """Key of the cDDPM of a stage-I workdir."""
     workdir = os.path.abspath(workdir)
     if workdir not in self._by_workdir:
-      cfg, variables = inference.load_cddpm(workdir)
-      self._by_workdir[workdir] = self.add_cddpm(cfg, variables, f"cDDPM {workdir}")
+      run = next((r for r in self.opened if r.workdir == workdir and r.which == "best"), None)
+      if run is None:
+        run = inference.load_cddpm(workdir)
+        self.opened.append(run)
+      self._by_workdir[workdir] = self.add_cddpm(run.config, inference.cddpm_variables(run),
+                                                 f"cDDPM {workdir}")
     return self._by_workdir[workdir]
 
   def sadm(self, workdir: str) -> tuple[ml_collections.ConfigDict, str]:
     """(saved SADM config, key of its frozen cDDPM or '') of a stage-II workdir."""
     workdir = os.path.abspath(workdir)
     if workdir not in self.segnets:
-      ckpt = inference.load_sadm(workdir)
+      ckpt = inference.load_sadm(workdir, opened=self.opened)
+      if ckpt.run.cddpm is not None and all(r is not ckpt.run.cddpm for r in self.opened):
+        self.opened.append(ckpt.run.cddpm)
       _check_grid(ckpt.config, self.config, f"SADM run {workdir}")
       self.segnets[workdir] = inference.segnet_inference(ckpt, self.config)
       self.sadm_configs[workdir] = ckpt.config

@@ -139,8 +139,9 @@ def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> 
     if ckpt.uses_residual:
       pred.cddpm = inference.cddpm_inference(ckpt.cddpm_config, ckpt.cddpm, settings)
   else:
-    cfg, variables = inference.load_cddpm(run["cddpm_workdir"])
-    pred.cddpm = inference.cddpm_inference(cfg, variables, settings)
+    opened = inference.load_cddpm(run["cddpm_workdir"])
+    pred.cddpm = inference.cddpm_inference(opened.config, inference.cddpm_variables(opened),
+                                           settings)
   pred.tau, pred.tau_source = _stored_tau(run, config.predict.get("threshold_set", ""),
                                           saved.get("test_sets", []), checkpoint_dir)
   model_dir = run.get("sadm_workdir") or run.get("cddpm_workdir") or ""
@@ -180,10 +181,11 @@ def _from_trained_run(checkpoint_dir: str, task: str, config: ml_collections.Con
       pred.cddpm = inference.cddpm_inference(sadm.cddpm_config, sadm.cddpm, settings)
     return pred
   if task == "cddpm":
-    cfg, variables = inference.load_cddpm(checkpoint_dir)
-    settings = _with_grid(config, cfg)
+    opened = inference.load_cddpm(checkpoint_dir)
+    settings = _with_grid(config, opened.config)
     return Predictor(settings, "cddpm", "residual", f"cDDPM run {checkpoint_dir}",
-                     cddpm=inference.cddpm_inference(cfg, variables, settings))
+                     cddpm=inference.cddpm_inference(opened.config,
+                                                     inference.cddpm_variables(opened), settings))
   raise ValueError(f"{checkpoint_dir}: a {task!r} run cannot predict anomalies (need an "
                    "evaluation, SADM or cDDPM workdir)")
 

@@ -9,7 +9,7 @@ import importlib
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import grain
 import jax
@@ -225,11 +225,17 @@ def _build_task(name: str, config, **kw):
   return getattr(importlib.import_module(module), fn)(config, data=False, **kw)
 
 
-def _open_reference(workdir: str, ref: dict) -> "Run":
-  """Opens the cDDPM a SADM run references; refuses when it is gone or its weights changed."""
+def _open_reference(workdir: str, ref: dict, opened: Sequence["Run"] = ()) -> "Run":
+  """Opens the cDDPM a SADM run references; refuses when it is gone or its weights changed.
+
+  A run in `opened` with the referenced workdir, checkpoint and step is reused (not read again).
+  """
   where = ref.get("workdir", "")
+  which = ref.get("which", "best")
   try:
-    run = open_run(where, which=ref.get("which", "best"), expect="cddpm")
+    run = next((r for r in opened if r.task == "cddpm" and r.workdir == os.path.abspath(where)
+                and r.which == which and r.step == ref.get("step")), None) \
+        or open_run(where, which=which, expect="cddpm")
   except RunError as e:
     raise RunError(f"{workdir}: the frozen cDDPM this SADM run was trained with is gone or "
                    f"unusable ({e})") from None
@@ -242,7 +248,7 @@ def _open_reference(workdir: str, ref: dict) -> "Run":
 
 
 def open_run(workdir: str, which: str = "best", expect: str | None = None,
-             setting: str | None = None) -> Run:
+             setting: str | None = None, opened: Sequence[Run] = ()) -> Run:
   """Opens a trained run: its saved config, its metadata and its variables, as host arrays.
 
   The one way to reopen a run: stage II (its frozen cDDPM), the SparK encoder transfer,
@@ -256,6 +262,8 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     which: 'best' (lowest validation loss) or 'latest'.
     expect: the task the caller needs ('cddpm', 'spark', 'sadm'), or None for any.
     setting: the config key the workdir came from, named in error messages.
+    opened: runs the caller holds already; a SADM run's cDDPM is taken from them when one is the
+      referenced workdir/checkpoint/step (its weight fingerprint is checked all the same).
   Raises:
     RunError (one line, naming the workdir): no such checkpoint, another task, unreadable
     checkpoint, or a referenced cDDPM that is gone or changed.
@@ -282,7 +290,7 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     kw, cddpm = {}, None
     ref = meta.get("run", {}).get("cddpm")
     if task_name == "sadm" and ref:
-      cddpm = kw["cddpm_run"] = _open_reference(workdir, ref)
+      cddpm = kw["cddpm_run"] = _open_reference(workdir, ref, opened)
     task = _build_task(task_name, config, **kw)
     abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
                               jax.random.key(0))

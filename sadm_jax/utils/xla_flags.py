@@ -7,6 +7,12 @@ slower through YNNPACK than through XLA's own (Eigen) convolution, and the forwa
 gradient are no faster (BENCHMARKS.md, "CPU ops"). Removing that one fusion type keeps YNNPACK
 for dots, elementwise and reduction fusions.
 
+The `evaluate` stage also gets one CPU device per available core
+(`--xla_force_host_platform_device_count`): its per-volume program runs one volume per device,
+and on CPU several volumes in parallel keep the cores busier than one volume's small operations
+do (demo evaluation on 2 cores: 96–102 s with 2 devices vs 118–136 s with 1, BENCHMARKS.md).
+Training stages and `predict` (one volume at a time per process) keep one CPU device.
+
 `apply()` adds each default flag to `XLA_FLAGS` only when the user has not set that flag
 already, and only when the run is (or may be) on CPU: the flags are XLA:CPU options and are
 ignored by the GPU compiler, but we leave a GPU run's environment untouched all the same.
@@ -24,11 +30,27 @@ ENV_SWITCH = "SADM_XLA_CPU_DEFAULTS"
 CPU_DEFAULTS: dict[str, str] = {
     "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
 }
+INFERENCE_STAGES = ("evaluate",)  # these get one CPU device per core
+DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"
 
 
-def cpu_default_flags() -> list[str]:
-  """The default XLA:CPU flags as command-line words, e.g. ['--xla_cpu_...=...']."""
-  return [f"--{k}={v}" for k, v in CPU_DEFAULTS.items()]
+def available_cores() -> int:
+  """CPU cores this process may run on (its affinity mask where the OS has one)."""
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not on Linux
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_default_flags(stage: str | None = None) -> list[str]:
+  """The default XLA:CPU flags as command-line words, e.g. ['--xla_cpu_...=...'].
+
+  stage: the run's `config.stage`; `evaluate` adds one CPU device per available core.
+  """
+  flags = dict(CPU_DEFAULTS)
+  if stage in INFERENCE_STAGES:
+    flags[DEVICE_COUNT_FLAG] = str(available_cores())
+  return [f"--{k}={v}" for k, v in flags.items()]
 
 
 def _flag_names(xla_flags: str) -> set[str]:
@@ -42,17 +64,18 @@ def _targets_cpu(env) -> bool:
   return "cpu" in platforms.lower().split(",")
 
 
-def with_defaults(xla_flags: str) -> str:
+def with_defaults(xla_flags: str, stage: str | None = None) -> str:
   """`xla_flags` plus each default flag it does not name (the user's setting always wins)."""
   present = _flag_names(xla_flags)
-  extra = [f for f in cpu_default_flags() if f[2:].split("=", 1)[0] not in present]
+  extra = [f for f in cpu_default_flags(stage) if f[2:].split("=", 1)[0] not in present]
   return " ".join([xla_flags.strip()] + extra if xla_flags.strip() else extra)
 
 
-def apply(environ: dict | None = None) -> list[str]:
+def apply(environ: dict | None = None, stage: str | None = None) -> list[str]:
   """Adds the defaults the user has not set to `XLA_FLAGS`; returns the flags it added.
 
-  Does nothing when `SADM_XLA_CPU_DEFAULTS` is '0'/'false' or JAX_PLATFORMS excludes 'cpu'.
+  stage: the run's `config.stage` (`evaluate` gets one CPU device per core). Does nothing
+  when `SADM_XLA_CPU_DEFAULTS` is '0'/'false' or JAX_PLATFORMS excludes 'cpu'.
   """
   env = os.environ if environ is None else environ
   if env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
@@ -60,7 +83,8 @@ def apply(environ: dict | None = None) -> list[str]:
   if not _targets_cpu(env):
     return []
   before = env.get("XLA_FLAGS", "")
-  added = sorted(_flag_names(with_defaults(before)) - _flag_names(before))
+  after = with_defaults(before, stage)
+  added = sorted(_flag_names(after) - _flag_names(before))
   if added:
-    env["XLA_FLAGS"] = with_defaults(before)
+    env["XLA_FLAGS"] = after
   return added

@@ -62,6 +62,25 @@ def test_prepare_summary_and_second_run(tmp_path):
   assert faithful["splits"]["IXI_train_fold0"]["dropped"] == 0
 
 
+def test_cached_rows_are_not_revalidated_until_their_files_change(tmp_path, monkeypatch):
+  """Stages after `prepare` skip re-reading rows whose cache entry (keyed by file identity) exists."""
+  from sadm_jax import config as config_lib
+  from sadm_jax.data import nifti
+  base = fake_data.write_data_dir(str(tmp_path / "dd"), n_ixi=8, n_patho=2)
+  c = _config(base)
+  main_lib.run_stage(c, str(tmp_path / "w"))
+  seen = []
+  real = nifti.validate_row
+  monkeypatch.setattr(nifti, "validate_row", lambda row: seen.append(row.img) or real(row))
+  _, splits, _, _ = config_lib.load_valid_splits(c)
+  assert seen == [] and sum(map(len, splits.values())) > 0
+  # A file that changes (here: corrupted) gets a new identity: it is read and refused again.
+  img, _ = _break_data(base)
+  with pytest.raises(nifti.DataProblems, match="Brats21_test_001_t1"):
+    config_lib.load_valid_splits(c)
+  assert img in seen
+
+
 def _break_data(base):
   img = os.path.join(base, "Test", "Brats21", "t1", "Brats21_test_001_t1.nii.gz")
   with open(img, "rb") as f:

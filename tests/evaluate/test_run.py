@@ -151,3 +151,21 @@ def test_csv_columns_and_fold_table():
                                       "zeta", "zeta_std"]
   table = report.format_table(rows)
   assert "| SADM | draem | 2 | 60.00 ± 10.00 | 70.00 ± 10.00 | 50.00 ± 0.00 |" in table
+
+
+def test_each_checkpoint_is_read_once(eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir, monkeypatch):
+  """The SADM run's frozen cDDPM is the evaluated cDDPM: opened once, shared by both rows."""
+  from sadm_jax import config as config_lib
+  from sadm_jax.evaluate.planning import Models, plan_runs
+  from sadm_jax.train import checkpoint
+  opened = []
+  real = checkpoint.Checkpointer.restore_best
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_best",
+                      lambda self, *a, **k: opened.append(os.path.dirname(self.best_dir)) or real(self, *a, **k))
+  c = config_lib.resolve(evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir]))
+  models = Models(c)
+  runs = plan_runs(c, models)
+  assert sorted(r.method for r in runs) == ["cddpm", "sadm", "threshold"]
+  assert sorted(map(os.path.abspath, opened)) == sorted(map(os.path.abspath,
+                                                            [tiny_cddpm_dir, tiny_sadm_dir]))
+  assert len(models.cddpms) == 1  # the rows share one reconstruction program

@@ -85,3 +85,18 @@ def test_apply_respects_switch_and_platform():
   assert xla_flags.apply(gpu) == [] and "XLA_FLAGS" not in gpu
   cpu = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
   assert xla_flags.apply(cpu) and cpu["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x ")
+
+
+def test_evaluation_gets_one_cpu_device_per_core():
+  """evaluate adds the device count (the user's own count wins); training and predict do not."""
+  cores = xla_flags.available_cores()
+  env = {"JAX_PLATFORMS": "cpu"}
+  assert xla_flags.DEVICE_COUNT_FLAG in xla_flags.apply(env, stage="evaluate")
+  assert f"--xla_force_host_platform_device_count={cores}" in env["XLA_FLAGS"].split()
+  for stage in ("cddpm", "sadm", "demo", "reproduce", "predict", None):
+    env = {"JAX_PLATFORMS": "cpu"}
+    xla_flags.apply(env, stage=stage)
+    assert "device_count" not in env["XLA_FLAGS"], stage
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+  xla_flags.apply(env, stage="evaluate")
+  assert env["XLA_FLAGS"].count("device_count") == 1 and "count=3" in env["XLA_FLAGS"]
