@@ -16,7 +16,8 @@ import tempfile
 import time
 
 
-def _prepare(data_dir: str | None, tmp: str):
+def prepare_table(data_dir: str | None, tmp: str):
+  """A SliceTable over the cached IXI training fold of `data_dir` (default: a tiny demo cohort in `tmp`)."""
   from configs import prepare as prepare_config
   from sadm_jax import config as config_lib
   from sadm_jax.data import cache as cache_lib, demo, pipeline
@@ -34,8 +35,8 @@ def _prepare(data_dir: str | None, tmp: str):
                                        splits["IXI_train_fold0"])
 
 
-def _measure(table, workers: int, augment: bool, batch: int, batches: int,
-             draem: bool = False) -> dict:
+def measure(table, workers: int, augment: bool, batch: int, batches: int,
+            draem: bool = False) -> dict:
   """Slices/s of the training loader: IXI slices, or (draem=True) SADM's DRAEM anomalous slices."""
   from sadm_jax.data import augment as augment_lib, pipeline
   aug = augment_lib.IntensityAugConfig() if augment else None
@@ -69,8 +70,8 @@ def main():
   from absl import flags
   flags.FLAGS.mark_as_parsed()
   with tempfile.TemporaryDirectory() as tmp:
-    table = _prepare(args.data_dir, tmp)
-    rows = [_measure(table, w, aug, args.batch, args.batches)
+    table = prepare_table(args.data_dir, tmp)
+    rows = [measure(table, w, aug, args.batch, args.batches)
             for aug in (False, True) for w in args.workers]
   print(f"{'workers':>8}{'augment':>9}{'slices/s':>10}")
   for r in rows:

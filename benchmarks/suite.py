@@ -273,11 +273,11 @@ def data_rows(args) -> list[dict]:
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
-    table = dp._prepare(args.data_dir, tmp)
+    table = dp.prepare_table(args.data_dir, tmp)
     prepare_s = time.perf_counter() - t0
     for draem in (False, True):
       for w in args.data_workers:
-        r = dp._measure(table, w, True, 32, args.data_batches, draem=draem)
+        r = dp.measure(table, w, True, 32, args.data_batches, draem=draem)
         rows.append({**r, "what": "data_draem" if draem else "data_ixi",
                      "prepare_s": prepare_s, "volumes": len(table)})
         print(f"  data draem={draem} workers={w}: {r['slices_per_s']} slices/s", flush=True)

@@ -168,4 +168,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.cddpm_learning_rate = 1e-3
   m.sadm_steps = 400
   m.sadm_learning_rate = 1e-3
+
+  # ---- Table-1 reproduction (stage=reproduce, configs/reproduce.py) ----
+  rp = c.reproduce = ml_collections.ConfigDict()
+  rp.repeats = 1  # n > 1: every model trained n times (IXI folds 0..n-1), mean ± std in the table
   return c

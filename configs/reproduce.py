@@ -13,8 +13,6 @@ W/report/{table.md,metrics.csv} and W/claims.json. Everything but the stage is t
 weakly supervised runs as repeats, `sadm.repeat`) and the table shows mean ± std.
 """
 
-import ml_collections
-
 from configs import demo
 
 
@@ -23,6 +21,4 @@ def get_config(arg: str | None = None):
   c.stage = "reproduce"
   c.evaluate.test_sets = ("Brats21", "ATLAS_v2", "WMH", "DRAEM")
   c.evaluate.methods = ("threshold", "cddpm", "sadm")
-  # The only field of its own (only this stage reads it): how many times each model is trained.
-  c.reproduce = ml_collections.ConfigDict({"repeats": 1})
   return c

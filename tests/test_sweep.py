@@ -22,8 +22,7 @@ CDDPM = "configs/cddpm.py:tiny"
 
 
 def _env():
-  return {**os.environ, "PYTHONUNBUFFERED": "1",
-          "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+  return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def _write_sweep(path, members_src):

@@ -222,9 +222,11 @@ def _pct(stat: tuple[float, float, int] | None, percent: bool = True) -> str:
 
 
 def _model_rows(rows: Sequence[dict]) -> list[tuple[str, str]]:
+  """(method, training anomalies) in Table 1's order: methods, then DRAEM, BraTS, ATLAS labels."""
   order = {"threshold": 0, "cddpm": 1, "unet": 2, "sadm": 3}
+  anomalies = {"none": 0, "draem": 1, "Brats21": 2, "ATLAS_v2": 3}
   seen = {(r["method"], r["train_anomalies"]) for r in rows}
-  return sorted(seen, key=lambda mt: (order.get(mt[0], 9), mt[1]))
+  return sorted(seen, key=lambda mt: (order.get(mt[0], 9), anomalies.get(mt[1], 9), mt[1]))
 
 
 def _sets(rows: Sequence[dict], healthy: bool = False) -> list[str]:

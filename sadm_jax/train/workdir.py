@@ -43,7 +43,7 @@ RESUMABLE = (
     "mesh.*",  # device count and FSDP layout: the same global batch and update, resharded on restore
     "distributed.*",  # coordinator address etc. of this job
     "model.names",  # what `describe` reports
-    "evaluate.*", "predict.*", "demo.*",  # read by other stages only
+    "evaluate.*", "predict.*", "demo.*", "reproduce.*",  # read by other stages only
 )
 
 

@@ -30,8 +30,10 @@ def models(eval_config):
   cfg = config_lib.resolve(cddpm_config.get_config("tiny"))
   model = factory.build_cddpm(cfg)
   x = jnp.zeros((1, H, W, 1))
-  variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x, x,
-                         jnp.zeros((1,), jnp.int32), train=False)
+  # Jitted inits: one compiled program each instead of hundreds of eagerly dispatched ops.
+  variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, x,
+                                           jnp.zeros((1,), jnp.int32), train=False))(
+                                               jax.random.key(0))
   # The UNet's output convolutions are zero-initialised (x̂ would not depend on the noise): perturb.
   leaves, tree = jax.tree.flatten(variables["params"])
   keys = jax.random.split(jax.random.key(2), len(leaves))
@@ -39,7 +41,7 @@ def models(eval_config):
   variables = {**variables, "params": jax.tree.unflatten(tree, noisy)}
   cddpm = inference.cddpm_inference(cfg, variables, eval_config)
   seg_module = SegUnet(wf=2)
-  seg_vars = seg_module.init(jax.random.key(1), x, x)
+  seg_vars = jax.jit(lambda k: seg_module.init(k, x, x))(jax.random.key(1))
   return cddpm, inference.SegmentationInference(seg_module, seg_vars)
 
 

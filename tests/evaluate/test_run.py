@@ -153,6 +153,19 @@ def test_csv_columns_and_fold_table():
   assert "| SADM | draem | 2 | 60.00 ± 10.00 | 70.00 ± 10.00 | 50.00 ± 0.00 |" in table
 
 
+def test_table_rows_follow_table_1():
+  """Methods threshold, cDDPM, UNet, SADM; within each, DRAEM then BraTS then ATLAS labels."""
+  combos = [("sadm", "ATLAS_v2"), ("unet", "draem"), ("sadm", "draem"), ("cddpm", "none"),
+            ("sadm", "Brats21"), ("threshold", "none"), ("unet", "ATLAS_v2"), ("unet", "Brats21")]
+  rows = [{"method": m, "train_anomalies": a, "test_set": "Brats21", "fold": "fold0", "dice": 0.5}
+          for m, a in combos]
+  lines = report.format_table(rows, metrics=(("Dice", "dice"),)).splitlines()[2:]
+  U = report.METHOD_NAMES["unet"]
+  assert [tuple(c.strip() for c in ln.split("|")[1:3]) for ln in lines] == [
+      ("Intensity threshold", "—"), ("cDDPM", "—"), (U, "draem"), (U, "Brats21"),
+      (U, "ATLAS_v2"), ("SADM", "draem"), ("SADM", "Brats21"), ("SADM", "ATLAS_v2")]
+
+
 def test_each_checkpoint_is_read_once(eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir, monkeypatch):
   """The SADM run's frozen cDDPM is the evaluated cDDPM: opened once, shared by both rows."""
   from sadm_jax import config as config_lib

@@ -42,8 +42,7 @@ def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: flo
   """
   port = loopback.free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   results = loopback.run_processes(
       lambda pid: ["sadm_jax.main", "--config=configs/evaluate.py:tiny", f"--workdir={workdir}",
                    f"--config.data.data_dir={data_dir}",

@@ -7,7 +7,8 @@ import os
 
 from configs import sadm_brats
 from sadm_jax import main as main_lib
-from tests.evaluate.conftest import evaluate_tiny_config, with_data
+from tests.evaluate.conftest import evaluate_tiny_config
+from tests.helpers import with_data
 
 
 def test_sadm_brats_trains_and_is_evaluated_on_held_out_rows(eval_data_dir, tiny_cddpm_dir,

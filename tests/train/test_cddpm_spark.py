@@ -98,8 +98,7 @@ def _cmd(data_dir, workdir, steps=8):
 
 def test_sigkill_and_resume_gives_identical_losses(data_dir, tmp_path):
   # Two fake devices: the restore is sharded, but the 2-core machine is not oversubscribed.
-  env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   ref = subprocess.run(_cmd(data_dir, tmp_path / "ref"), cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=600)
   assert ref.returncode == 0, ref.stderr[-3000:]

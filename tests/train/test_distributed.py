@@ -67,7 +67,7 @@ def test_plan_slurm_and_tpu():
 
 def _launch(out: str, runs: str, timeout: float = 420.0) -> list[str]:
   """Runs 2 driver processes on loopback; kills both process groups on timeout or failure."""
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+  env = {**os.environ}
   env.pop("XLA_FLAGS", None)  # the driver sets 4 devices per process itself
   port = loopback.free_port()
   results = loopback.run_processes(

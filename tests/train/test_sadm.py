@@ -12,46 +12,31 @@ from sadm_jax import main as main_lib
 from sadm_jax.models import factory
 from sadm_jax.train import loop, sadm, sharding
 from sadm_jax.train.checkpoint import Checkpointer, RunError, open_run
-from tests.data import fake_data
-
-
-def _data(c, data_dir):
-  c.data.data_dir = data_dir
-  c.data.cache_dir = os.path.join(data_dir, "cache")
-  c.train.async_checkpoints = False
-  return c
+from tests.helpers import with_data
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("dd"))
-  fake_data.write_data_dir(root, n_ixi=12, n_patho=3)
-  return root
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 @pytest.fixture(scope="module")
-def cddpm_dir(data_dir, tmp_path_factory):
-  """One tiny cDDPM run shared by every test here."""
-  workdir = str(tmp_path_factory.mktemp("cddpm"))
-  c = _data(cddpm_config.get_config("tiny"), data_dir)
-  c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
-  c.optimizer.learning_rate = 2e-3  # as test_cddpm_spark's tiny run: its compiled steps are reused
-  main_lib.run_stage(c, workdir)
-  return workdir
+def cddpm_dir(tiny_cddpm_dir):
+  """The session's tiny cDDPM (tests/conftest.py), shared with the evaluation tests."""
+  return tiny_cddpm_dir
 
 
 def _sadm(module, data_dir, cddpm_dir, steps=2):
-  c = _data(module.get_config("tiny"), data_dir)
+  c = with_data(module.get_config("tiny"), data_dir)
   c.sadm.cddpm_workdir = cddpm_dir
   c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = steps
   return c
 
 
 @pytest.fixture(scope="module")
-def draem_dir(data_dir, cddpm_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("sadm"))
-  result = main_lib.run_stage(_sadm(sadm_draem, data_dir, cddpm_dir), workdir)
-  return workdir, result
+def draem_dir(tiny_sadm_run):
+  """(workdir, result) of the session's tiny SADM-DRAEM run on that cDDPM."""
+  return tiny_sadm_run
 
 
 def test_draem_trains_and_checkpoints_are_sadm(draem_dir, cddpm_dir):
@@ -175,7 +160,7 @@ def test_changed_or_missing_cddpm_is_refused(data_dir, cddpm_dir, tmp_path):
   main_lib.run_stage(_sadm(sadm_draem, data_dir, own), sadm_dir)
   assert open_run(sadm_dir).cddpm.workdir == os.path.abspath(own)
   # Retrain the referenced cDDPM further: its best checkpoint changes.
-  c = _data(cddpm_config.get_config("tiny"), data_dir)
+  c = with_data(cddpm_config.get_config("tiny"), data_dir)
   c.train.num_steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
   c.optimizer.learning_rate = 2e-3
   main_lib.run_stage(c, own)
@@ -219,7 +204,7 @@ def test_weak_supervision_tables(module, split, data_dir):
 
 
 def _no_cddpm(module, data_dir):
-  c = _data(module.get_config("tiny"), data_dir)
+  c = with_data(module.get_config("tiny"), data_dir)
   c.sadm.use_cddpm = False
   return c
 

@@ -15,8 +15,7 @@ from tests.data import fake_data
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The same programs as tests/train/test_cddpm_spark.py's SIGKILL test (2 fake devices): cache hits.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
-       "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-       "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+       "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
 def _run(data_dir, workdir, *extra, steps=4):
