@@ -15,6 +15,7 @@ from sadm_jax import main as main_lib
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
 from sadm_jax.evaluate import predict
+from sadm_jax.evaluate import scans as scans_lib
 from tests import loopback
 from tests.data import fake_data
 
@@ -78,11 +79,11 @@ def test_predict_from_an_evaluation_writes_outputs_on_the_input_grid(evaluation,
 def test_working_grid_maps_land_on_the_right_input_voxels(scan):
   """The preprocessed brain mask, carried back by the affines, matches the input mask."""
   for spacing in (1.0, 1.25):
-    img, mask = predict.load_scan(scan["image"], scan["mask"])
+    img, mask = scans_lib.load_scan(scan["image"], scan["mask"])
     affine = img.affine @ np.diag([1.0, 1.0, spacing, 1.0])
     work = preprocess_volume(img.data, mask, None, affine,
                              PreprocessConfig(crop_size=(128, 128, 16)))
-    back = predict.to_input_grid(work.mask, work.affine, affine, mask.shape, order=0)
+    back = scans_lib.to_input_grid(work.mask, work.affine, affine, mask.shape, order=0)
     zs = np.flatnonzero(back.any((0, 1)))  # the axial slab kept by the crop
     inside = mask[..., zs[0]:zs[-1] + 1] > 0
     got = back[..., zs[0]:zs[-1] + 1] > 0
@@ -106,27 +107,27 @@ def test_bad_inputs_raise_data_errors_naming_the_file(scan, tmp_path):
   four_d = str(tmp_path / "four_d.nii.gz")
   fake_data.save(four_d, np.zeros((40, 44, 30, 2), np.float32))
   with pytest.raises(DataError, match="four_d.nii.gz: expected a 3-D volume"):
-    predict.load_scan(four_d)
+    scans_lib.load_scan(four_d)
   small = str(tmp_path / "small_mask.nii.gz")
   fake_data.save(small, np.ones((40, 44, 29), np.uint8))
   with pytest.raises(DataError, match="small_mask.nii.gz: mask shape .* differs from the image"):
-    predict.load_scan(scan["image"], small)
+    scans_lib.load_scan(scan["image"], small)
   moved = str(tmp_path / "moved_mask.nii.gz")
   mask = nib.load(scan["mask"]).get_fdata().astype(np.uint8)
   fake_data.save(moved, mask, np.diag([2, 2, 2, 1.0]))
   with pytest.raises(DataError, match="moved_mask.nii.gz: mask affine .* not the same grid"):
-    predict.load_scan(scan["image"], moved)
+    scans_lib.load_scan(scan["image"], moved)
   thick = str(tmp_path / "thick.nii.gz")
   fake_data.save(thick, np.ones((40, 44, 10), np.float32), np.diag([1, 1, 5.0, 1]))
   with pytest.raises(DataError, match="thick.nii.gz: voxel spacing .* coarser than 3.0 mm"):
-    predict.load_scan(thick)
+    scans_lib.load_scan(thick)
   odd = str(tmp_path / "odd.nii.gz")
   img = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4))
   img.set_qform(np.diag([2, 2, 2, 1.0]), code=1)
   img.set_sform(np.eye(4), code=1)
   nib.save(img, odd)
   with pytest.raises(DataError, match="odd.nii.gz: inconsistent header"):
-    predict.load_scan(odd)
+    scans_lib.load_scan(odd)
 
 
 def test_predict_needs_a_checkpoint_and_an_input(tmp_path):
@@ -186,7 +187,7 @@ def test_scans_without_an_orientation_are_refused_in_one_line(scan, tmp_path):
   assert nib.load(str(tmp_path / "nocodes.nii.gz")).header["sform_code"] == 0
   with pytest.raises(DataError, match=r"nocodes.nii.gz: orientation unknown: qform_code and "
                                       r"sform_code are both 0") as e:
-    predict.load_scan(str(tmp_path / "nocodes.nii.gz"))
+    scans_lib.load_scan(str(tmp_path / "nocodes.nii.gz"))
   assert "\n" not in str(e.value)
   flat = np.eye(4)
   flat[2, 2] = 0.0
@@ -195,7 +196,7 @@ def test_scans_without_an_orientation_are_refused_in_one_line(scan, tmp_path):
   nib.save(singular, str(tmp_path / "singular.nii.gz"))
   with pytest.raises(DataError, match="singular.nii.gz: orientation unknown: the header affine is "
                                       "singular"):
-    predict.load_scan(str(tmp_path / "singular.nii.gz"))
+    scans_lib.load_scan(str(tmp_path / "singular.nii.gz"))
 
 
 def test_csv_input_predicts_each_scan_and_reports_the_bad_one(tiny_cddpm_dir, scan, tmp_path):
@@ -231,20 +232,20 @@ def test_list_scans_rules(tmp_path):
   for name in ("b_T1w.nii.gz", "b_mask.nii.gz", "a.nii", "a_mask.nii.gz", "c_T1w.nii.gz",
                "notes.txt"):
     (tmp_path / name).write_bytes(b"")
-  scans, batch = predict.list_scans(str(tmp_path))
+  scans, batch = scans_lib.list_scans(str(tmp_path))
   assert batch and [(s.name, s.mask and os.path.basename(s.mask)) for s in scans] == [
       ("a", "a_mask.nii.gz"), ("b_T1w", "b_mask.nii.gz"), ("c_T1w", None)]
-  scans, batch = predict.list_scans("x/s.nii.gz")
-  assert not batch and scans == [predict.Scan("s", "x/s.nii.gz", None)]
-  scans, batch = predict.list_scans("p.nii.gz, q.nii", "pm.nii.gz,qm.nii.gz")
+  scans, batch = scans_lib.list_scans("x/s.nii.gz")
+  assert not batch and scans == [scans_lib.Scan("s", "x/s.nii.gz", None)]
+  scans, batch = scans_lib.list_scans("p.nii.gz, q.nii", "pm.nii.gz,qm.nii.gz")
   assert batch and [(s.name, s.mask) for s in scans] == [("p", "pm.nii.gz"), ("q", "qm.nii.gz")]
   with pytest.raises(ValueError, match="lists 1 masks for 2 scans"):
-    predict.list_scans("p.nii.gz,q.nii", "pm.nii.gz")
+    scans_lib.list_scans("p.nii.gz,q.nii", "pm.nii.gz")
   with pytest.raises(ValueError, match="two scans named 'p'"):
-    predict.list_scans("x/p.nii.gz,y/p.nii.gz")
+    scans_lib.list_scans("x/p.nii.gz,y/p.nii.gz")
   (tmp_path / "bad.csv").write_text("img,msk\nx,y\n")
   with pytest.raises(ValueError, match="columns image"):
-    predict.list_scans(str(tmp_path / "bad.csv"))
+    scans_lib.list_scans(str(tmp_path / "bad.csv"))
 
 
 def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, scan, tmp_path):

@@ -1,0 +1,205 @@
+"""Prediction inputs: listing scans (file, list, folder, CSV), reading them, mapping maps back to their grid."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from sadm_jax.data import nifti, orientation
+from sadm_jax.data.errors import DataError
+from sadm_jax.data.preprocess import affine_spacing
+from sadm_jax.utils import io
+
+MAX_SPACING_MM = 3.0  # coarser scans cannot reach the 2 mm working grid without inventing detail
+AFFINE_ATOL = 1e-3
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _check_header(path: str) -> str:
+  """Axis codes of the scan; DataError without an orientation or when qform and sform disagree."""
+  img = nib.load(path)
+  hdr = img.header
+  qform, qcode = hdr.get_qform(coded=True)
+  sform, scode = hdr.get_sform(coded=True)
+  codes = orientation.scan_orientation(img.affine, qcode or 0, scode or 0, path)
+  if qcode and scode and not np.allclose(qform, sform, atol=AFFINE_ATOL):
+    raise DataError(f"{path}: inconsistent header: qform spacing "
+                    f"{tuple(round(s, 4) for s in affine_spacing(qform))} and sform spacing "
+                    f"{tuple(round(s, 4) for s in affine_spacing(sform))} describe different grids")
+  return codes
+
+
+def load_scan(image_path: str, mask_path: str | None = None
+              ) -> tuple[nifti.Volume, np.ndarray]:
+  """(image volume, brain mask [H, W, D] uint8) with every check that names the offending file.
+
+  Both in the file's own voxel order; a file whose orientation cannot be determined is refused.
+  """
+  img = nifti.load_volume(image_path)
+  _check_header(image_path)
+  spacing = affine_spacing(img.affine)
+  if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+    raise DataError(f"{image_path}: invalid voxel spacing {spacing}")
+  if max(spacing) > MAX_SPACING_MM:
+    shown = tuple(round(s, 3) for s in spacing)
+    raise DataError(f"{image_path}: voxel spacing {shown} mm is coarser "
+                    f"than {MAX_SPACING_MM} mm; the models work on 1 mm scans (2 mm after the ×2 "
+                    "downsampling) and cannot resample such a scan reliably")
+  if not mask_path:
+    return img, (img.data > 0).astype(np.uint8)
+  mask = nifti.load_volume(mask_path)
+  _check_header(mask_path)
+  if mask.data.shape != img.data.shape:
+    raise DataError(f"{mask_path}: mask shape {mask.data.shape} differs from the image grid "
+                    f"{img.data.shape} ({image_path})")
+  if not np.allclose(mask.affine, img.affine, atol=AFFINE_ATOL):
+    mine, theirs = (tuple(round(s, 4) for s in v.spacing) for v in (mask, img))
+    raise DataError(f"{mask_path}: mask affine (spacing {mine}) differs from the image affine "
+                    f"(spacing {theirs}, {image_path}): not the same grid")
+  if not np.any(mask.data > 0):
+    raise DataError(f"{mask_path}: brain mask is empty")
+  return img, (mask.data > 0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- the input grid
+
+
+def to_input_grid(volume: np.ndarray, work_affine: np.ndarray, input_affine: np.ndarray,
+                  input_shape, order: int) -> np.ndarray:
+  """Resamples a working-grid volume [h, w, d] onto the input grid `input_shape` via the affines.
+
+  Input voxel v sits at world point A_in·v, i.e. at working-grid index A_work⁻¹·A_in·v; `order` 1
+  (trilinear) for maps, 0 (nearest) for masks. Points outside the working grid (cropped away) get 0.
+  """
+  m = np.linalg.solve(np.asarray(work_affine, np.float64), np.asarray(input_affine, np.float64))
+  return ndimage.affine_transform(np.asarray(volume, np.float32 if order else volume.dtype),
+                                  m[:3, :3], offset=m[:3, 3], output_shape=tuple(input_shape),
+                                  order=order, mode="constant", cval=0.0, prefilter=False)
+
+
+def save_like(path: str, data: np.ndarray, reference: str, dtype) -> None:
+  """Atomically writes `data` as `dtype` on `reference`'s grid, with its affine and header."""
+  ref = nib.load(reference)
+  hdr = ref.header.copy()
+  hdr.set_data_dtype(dtype)
+  hdr.set_slope_inter(1.0, 0.0)
+  img = nib.Nifti1Image(np.asarray(data, dtype), ref.affine, header=hdr)
+  with io.atomic_path(path, suffix=".nii.gz") as tmp:
+    nib.save(img, tmp)
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def scan_stem(path: str) -> str:
+  """The file name without .nii/.nii.gz: names the scan and its outputs."""
+  return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+  """One scan to predict: name (its file stem, names the outputs), image path, mask path or None."""
+  name: str
+  image: str
+  mask: str | None
+
+
+def _is_nifti(path: str) -> bool:
+  return bool(re.search(r"\.nii(\.gz)?$", path))
+
+
+def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
+  """The brain mask of scan `stem` in `folder`, None when there is none.
+
+  `<stem><suffix>.nii[.gz]`, else (for a stem `<base>_<modality>`, e.g. `sub-01_T1w`)
+  `<base><suffix>.nii[.gz]`.
+  """
+  bases = [stem] + ([stem.rsplit("_", 1)[0]] if "_" in stem else [])
+  for base in bases:
+    for ext in (".nii.gz", ".nii"):
+      path = os.path.join(folder, base + suffix + ext)
+      if os.path.isfile(path):
+        return path
+  return None
+
+
+def _split(text: str) -> list[str]:
+  return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def _read_csv(path: str) -> list[tuple[str, str | None]]:
+  """(image, mask or None) rows of a CSV with columns image[,mask]; paths relative to the CSV."""
+  if not os.path.isfile(path):
+    raise ValueError(f"predict.input={path}: CSV file not found")
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    fields = [c.strip() for c in reader.fieldnames or []]
+    if "image" not in fields:
+      raise ValueError(f"predict.input={path}: the CSV needs a header with columns image[,mask]; "
+                       f"got {fields}")
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+  here = os.path.dirname(os.path.abspath(path))
+  resolve = lambda p: os.path.join(here, p) if p and not os.path.isabs(p) else p  # noqa: E731
+  return [(resolve(r["image"]), resolve(r.get("mask", "")) or None) for r in rows if r["image"]]
+
+
+def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
+               ) -> tuple[list[Scan], bool]:
+  """(scans, batch) named by `predict.input` / `predict.mask`; batch = one output folder per scan.
+
+  input_spec: one NIfTI file (batch False: today's flat layout); a comma-separated list of files;
+    a folder (every .nii/.nii.gz in it except masks, `*<mask_suffix>.nii[.gz]`); or a .csv with
+    columns image[,mask] (paths relative to the CSV).
+  mask_spec: '' (folder input: masks found by `find_mask` next to the scans; otherwise the brain is
+    `image > 0`); a folder (masks found there by `find_mask`); a file (one scan) or a
+    comma-separated list as long as the input list.
+  Raises ValueError (one line) for an unusable specification; missing or unreadable scan files are
+  not checked here: they fail on their own when predicted.
+  """
+  spec = str(input_spec).strip()
+  mask_spec = str(mask_spec or "").strip()
+  mask_dir = mask_spec if mask_spec and os.path.isdir(mask_spec) else ""
+  if spec.lower().endswith(".csv"):
+    if mask_spec:
+      raise ValueError("predict.mask is not used with a CSV input: give masks in its mask column")
+    pairs, batch = _read_csv(spec), True
+    if not pairs:
+      raise ValueError(f"predict.input={spec}: the CSV lists no scans")
+  elif os.path.isdir(spec):
+    if mask_spec and not mask_dir:
+      raise ValueError(f"predict.mask={mask_spec}: with a folder input it must be a folder")
+    names = sorted(n for n in os.listdir(spec) if _is_nifti(n)
+                   and not scan_stem(n).endswith(mask_suffix))
+    if not names:
+      raise ValueError(f"predict.input={spec}: no .nii/.nii.gz scans in this folder")
+    pairs = [(os.path.join(spec, n), find_mask(scan_stem(n), mask_dir or spec, mask_suffix))
+             for n in names]
+    batch = True
+  else:
+    images, batch = _split(spec), "," in spec
+    if mask_dir:
+      masks = [find_mask(scan_stem(i), mask_dir, mask_suffix) for i in images]
+    elif mask_spec:
+      masks = _split(mask_spec)
+      if len(masks) != len(images):
+        raise ValueError(f"predict.mask lists {len(masks)} masks for {len(images)} scans; give "
+                         "one mask per scan (same order) or a folder of masks")
+    else:
+      masks = [None] * len(images)
+    pairs = list(zip(images, masks))
+  scans = [Scan(scan_stem(i), i, m) for i, m in pairs]
+  seen: dict[str, str] = {}
+  for s in scans:
+    if s.name in seen:
+      raise ValueError(f"predict.input: two scans named {s.name!r} ({seen[s.name]}, {s.image}); "
+                       "outputs are named by scan, rename one")
+    seen[s.name] = s.image
+  return scans, batch
