@@ -13,9 +13,9 @@ from sadm_jax.train import workdir as workdir_lib
 from tests.data import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The same programs as tests/train/test_cddpm_spark.py's SIGKILL test (2 fake devices): cache hits.
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
-       "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+# The test process's XLA flags (8 fake devices) and the session's tiny cDDPM learning rate: the same
+# train-step program as the in-process tiny runs and the SIGKILL test, so the compilation cache hits.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
 
 
 def _run(data_dir, workdir, *extra, steps=4):
@@ -23,7 +23,7 @@ def _run(data_dir, workdir, *extra, steps=4):
          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
          f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
          f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=2",
-         "--config.train.eval_every=4", *extra]
+         "--config.train.eval_every=4", "--config.optimizer.learning_rate=0.002", *extra]
   return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
 
 
