@@ -209,10 +209,13 @@ def cddpm_variables(run) -> dict:
   return {"params": run.variables["params"], "batch_stats": run.variables["model_state"]}
 
 
-def load_cddpm(workdir: str):
-  """The opened stage-I run (`train.checkpoint.open_run`, best checkpoint): config, meta, weights."""
+def load_cddpm(workdir: str, opened=()):
+  """The opened stage-I run (`train.checkpoint.open_run`, best checkpoint): config, meta, weights.
+
+  opened: runs already open; the same checkpoint among them is returned instead of read again.
+  """
   from sadm_jax.train.checkpoint import open_run
-  return open_run(workdir, expect="cddpm")
+  return open_run(workdir, expect="cddpm", opened=opened)
 
 
 @dataclasses.dataclass
@@ -238,7 +241,8 @@ class SadmCheckpoint:
 def load_sadm(workdir: str, opened=()) -> SadmCheckpoint:
   """Opens a SADM workdir's best checkpoint and the cDDPM it references (`open_run`), once.
 
-  opened: runs already open (e.g. the evaluated cDDPM); the referenced cDDPM is reused from them.
+  opened: runs already open (e.g. the evaluated cDDPM); the referenced cDDPM is taken from them
+  when it is the same checkpoint.
   """
   from sadm_jax.train.checkpoint import open_run
   run = open_run(workdir, expect="sadm", opened=opened)

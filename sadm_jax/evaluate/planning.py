@@ -82,6 +82,12 @@ class Models:
     self._sadm_cddpm: dict[str, str] = {}
     self.opened: list = []  # the cDDPM runs opened (a SADM run's frozen cDDPM is reused from them)
 
+  def _hold(self, run):
+    """Keeps an opened cDDPM run for reuse (`open_run(opened=...)`); returns it."""
+    if all(r is not run for r in self.opened):
+      self.opened.append(run)
+    return run
+
   def add_cddpm(self, model_config, variables, what: str) -> str:
     """Registers a cDDPM (deduplicated by weights); returns its key."""
     key = inference.variables_fingerprint(variables)
@@ -96,10 +102,7 @@ class Models:
     """Key of the cDDPM of a stage-I workdir."""
     workdir = os.path.abspath(workdir)
     if workdir not in self._by_workdir:
-      run = next((r for r in self.opened if r.workdir == workdir and r.which == "best"), None)
-      if run is None:
-        run = inference.load_cddpm(workdir)
-        self.opened.append(run)
+      run = self._hold(inference.load_cddpm(workdir, opened=self.opened))
       self._by_workdir[workdir] = self.add_cddpm(run.config, inference.cddpm_variables(run),
                                                  f"cDDPM {workdir}")
     return self._by_workdir[workdir]
@@ -109,8 +112,8 @@ class Models:
     workdir = os.path.abspath(workdir)
     if workdir not in self.segnets:
       ckpt = inference.load_sadm(workdir, opened=self.opened)
-      if ckpt.run.cddpm is not None and all(r is not ckpt.run.cddpm for r in self.opened):
-        self.opened.append(ckpt.run.cddpm)
+      if ckpt.run.cddpm is not None:
+        self._hold(ckpt.run.cddpm)
       _check_grid(ckpt.config, self.config, f"SADM run {workdir}")
       self.segnets[workdir] = inference.segnet_inference(ckpt, self.config)
       self.sadm_configs[workdir] = ckpt.config

@@ -226,16 +226,10 @@ def _build_task(name: str, config, **kw):
 
 
 def _open_reference(workdir: str, ref: dict, opened: Sequence["Run"] = ()) -> "Run":
-  """Opens the cDDPM a SADM run references; refuses when it is gone or its weights changed.
-
-  A run in `opened` with the referenced workdir, checkpoint and step is reused (not read again).
-  """
+  """Opens the cDDPM a SADM run references; refuses when it is gone or its weights changed."""
   where = ref.get("workdir", "")
-  which = ref.get("which", "best")
   try:
-    run = next((r for r in opened if r.task == "cddpm" and r.workdir == os.path.abspath(where)
-                and r.which == which and r.step == ref.get("step")), None) \
-        or open_run(where, which=which, expect="cddpm")
+    run = open_run(where, which=ref.get("which", "best"), expect="cddpm", opened=opened)
   except RunError as e:
     raise RunError(f"{workdir}: the frozen cDDPM this SADM run was trained with is gone or "
                    f"unusable ({e})") from None
@@ -262,8 +256,9 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     which: 'best' (lowest validation loss) or 'latest'.
     expect: the task the caller needs ('cddpm', 'spark', 'sadm'), or None for any.
     setting: the config key the workdir came from, named in error messages.
-    opened: runs the caller holds already; a SADM run's cDDPM is taken from them when one is the
-      referenced workdir/checkpoint/step (its weight fingerprint is checked all the same).
+    opened: runs the caller holds already: one of the same workdir, checkpoint ('best'/'latest')
+      and step as on disk now is returned instead of being read again (also for a SADM run's
+      referenced cDDPM, whose step and weight fingerprint are checked all the same).
   Raises:
     RunError (one line, naming the workdir): no such checkpoint, another task, unreadable
     checkpoint, or a referenced cDDPM that is gone or changed.
@@ -286,6 +281,10 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
       raise RunError(f"{label}: this is a {task_name!r} run, not a {expect!r} run")
     if task_name not in TASK_BUILDERS:
       raise RunError(f"{label}: unknown task {task_name!r} in its checkpoint")
+    step = int(meta.get("step", 0))
+    held = next((r for r in opened if (r.workdir, r.which, r.step) == (workdir, which, step)), None)
+    if held is not None:
+      return held
     config = ml_collections.ConfigDict(meta["config"])
     kw, cddpm = {}, None
     ref = meta.get("run", {}).get("cddpm")

@@ -159,13 +159,19 @@ def test_changed_or_missing_cddpm_is_refused(data_dir, cddpm_dir, tmp_path):
   sadm_dir = str(tmp_path / "sadm")
   main_lib.run_stage(_sadm(sadm_draem, data_dir, own), sadm_dir)
   assert open_run(sadm_dir).cddpm.workdir == os.path.abspath(own)
+  # A run the caller holds is returned instead of read again while it is still the one on disk.
+  held = open_run(own, expect="cddpm")
+  assert open_run(own, expect="cddpm", opened=[held]) is held
+  assert open_run(sadm_dir, opened=[held]).cddpm is held
   # Retrain the referenced cDDPM further: its best checkpoint changes.
   c = with_data(cddpm_config.get_config("tiny"), data_dir)
   c.train.num_steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
   c.optimizer.learning_rate = 2e-3
   main_lib.run_stage(c, own)
-  with pytest.raises(RunError, match="frozen cDDPM it was trained with changed"):
-    open_run(sadm_dir)
+  assert open_run(own, expect="cddpm", opened=[held]) is not held  # a stale held run is not used
+  for opened in ((), [held]):
+    with pytest.raises(RunError, match="frozen cDDPM it was trained with changed"):
+      open_run(sadm_dir, opened=opened)
   shutil.rmtree(own)
   with pytest.raises(RunError, match="frozen cDDPM this SADM run was trained with is gone"):
     open_run(sadm_dir)
