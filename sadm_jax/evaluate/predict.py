@@ -18,6 +18,7 @@ from sadm_jax.data.preprocess import affine_spacing, preprocess_volume
 from sadm_jax.evaluate import inference, metrics
 from sadm_jax.evaluate import planning, scoring
 from sadm_jax.evaluate.scans import list_scans, load_scan, save_like, scan_stem, to_input_grid
+from sadm_jax.train.checkpoint import open_run
 from sadm_jax.utils import io
 
 
@@ -64,19 +65,10 @@ def _read_json(path: str) -> dict:
     return json.load(f)
 
 
-def _best_meta(workdir: str) -> dict:
-  """The best checkpoint's metadata (config, task, run facts) without restoring any weights."""
-  from sadm_jax.train.checkpoint import Checkpointer
-  ckpt = Checkpointer(workdir, async_save=False, create=False)
-  try:
-    return ckpt.best_meta()
-  finally:
-    ckpt.close()
-
-
-def _trained_orientation(meta: dict | None, workdir: str) -> tuple[str, str]:
-  """(axis codes of the run's training data, where from); 'RAS' (logged) when not recorded."""
-  codes = ((meta or {}).get("run") or {}).get("orientation") or ""
+def _trained_orientation(run, workdir: str) -> tuple[str, str]:
+  """(axis codes of an opened run's training data, where from); 'RAS' (logged) when the run
+  (None: the threshold baseline) records none."""
+  codes = (((run.meta if run is not None else None) or {}).get("run") or {}).get("orientation") or ""
   if codes:
     return orientation.check_codes(codes), f"training data of {workdir}"
   why = (f"{workdir} records no training-data orientation (trained before it was recorded)"
@@ -125,22 +117,23 @@ def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> 
   runs = saved["runs"]
   run = _select_run(runs, config.predict.get("run", ""), checkpoint_dir)
   pred = Predictor(settings, run["method"], run["combination"], f"evaluation {checkpoint_dir}")
-  if run["method"] == "threshold":
-    pred.intensity_median = float(run["intensity_median"])
-  elif run["sadm_workdir"]:
+  model_run = None  # the opened run whose training data set the orientation
+  if run["sadm_workdir"]:
     ckpt = inference.load_sadm(run["sadm_workdir"])
+    model_run = ckpt.run
     pred.segnet = inference.segnet_inference(ckpt, settings)
     if ckpt.uses_residual:
       pred.cddpm = inference.cddpm_inference(ckpt.cddpm_config, ckpt.cddpm, settings)
+  elif run["method"] == "threshold":
+    pred.intensity_median = float(run["intensity_median"])
   else:
-    opened = inference.load_cddpm(run["cddpm_workdir"])
-    pred.cddpm = inference.cddpm_inference(opened.config, inference.cddpm_variables(opened),
+    model_run = inference.load_cddpm(run["cddpm_workdir"])
+    pred.cddpm = inference.cddpm_inference(model_run.config, inference.cddpm_variables(model_run),
                                            settings)
   pred.tau, pred.tau_source = _stored_tau(run, config.predict.get("threshold_set", ""),
                                           saved.get("test_sets", []), checkpoint_dir)
   model_dir = run.get("sadm_workdir") or run.get("cddpm_workdir") or ""
-  pred.orientation, pred.orientation_source = _trained_orientation(
-      _best_meta(model_dir) if model_dir else None, model_dir)
+  pred.orientation, pred.orientation_source = _trained_orientation(model_run, model_dir)
   logging.info("predict: run %s of %s", run["id"], checkpoint_dir)
   return pred
 
@@ -155,17 +148,17 @@ def _from_model_workdir(checkpoint_dir: str, config: ml_collections.ConfigDict) 
   if not os.path.isdir(os.path.join(checkpoint_dir, "best")):
     raise FileNotFoundError(f"{checkpoint_dir}: neither an evaluation workdir (eval/models.json) "
                             "nor a training workdir with a best checkpoint (best/)")
-  meta = _best_meta(checkpoint_dir)
-  task = meta.get("task")
-  pred = _from_trained_run(checkpoint_dir, task, config)
-  pred.orientation, pred.orientation_source = _trained_orientation(meta, checkpoint_dir)
+  run = open_run(checkpoint_dir)  # any task; read once, reused below
+  pred = _from_trained_run(run, config)
+  pred.orientation, pred.orientation_source = _trained_orientation(run, checkpoint_dir)
   return pred
 
 
-def _from_trained_run(checkpoint_dir: str, task: str, config: ml_collections.ConfigDict
-                      ) -> Predictor:
+def _from_trained_run(run, config: ml_collections.ConfigDict) -> Predictor:
+  """A Predictor of an opened SADM / input-only UNet or cDDPM run (`open_run`)."""
+  checkpoint_dir, task = run.workdir, run.task
   if task == "sadm":
-    sadm = inference.load_sadm(checkpoint_dir)
+    sadm = inference.load_sadm(checkpoint_dir, opened=(run,))
     settings = _with_grid(config, sadm.config)
     pred = Predictor(settings, "sadm" if sadm.uses_residual else "unet",
                      str(config.evaluate.combination) if sadm.uses_residual else "segmentation",
@@ -175,11 +168,10 @@ def _from_trained_run(checkpoint_dir: str, task: str, config: ml_collections.Con
       pred.cddpm = inference.cddpm_inference(sadm.cddpm_config, sadm.cddpm, settings)
     return pred
   if task == "cddpm":
-    opened = inference.load_cddpm(checkpoint_dir)
-    settings = _with_grid(config, opened.config)
+    settings = _with_grid(config, run.config)
     return Predictor(settings, "cddpm", "residual", f"cDDPM run {checkpoint_dir}",
-                     cddpm=inference.cddpm_inference(opened.config,
-                                                     inference.cddpm_variables(opened), settings))
+                     cddpm=inference.cddpm_inference(run.config, inference.cddpm_variables(run),
+                                                     settings))
   raise ValueError(f"{checkpoint_dir}: a {task!r} run cannot predict anomalies (need an "
                    "evaluation, SADM or cDDPM workdir)")
 

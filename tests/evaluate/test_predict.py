@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 
 import nibabel as nib
 import numpy as np
@@ -163,7 +164,10 @@ def test_ras_and_lps_copies_give_the_same_map_in_world_space(tiny_sadm_dir, tmp_
   pred = predict.load_predictor(tiny_sadm_dir, c)
   # The tiny runs were trained on RAS data and recorded it; older runs fall back to RAS (logged).
   assert pred.orientation == "RAS" and pred.orientation_source.startswith("training data of")
-  assert predict._trained_orientation({"run": {}}, "old")[0] == "RAS"
+  old = types.SimpleNamespace(meta={"run": {}})  # an opened run that records no orientation
+  assert predict._trained_orientation(old, "old")[0] == "RAS"
+  lps = types.SimpleNamespace(meta={"run": {"orientation": "LPS"}})
+  assert predict._trained_orientation(lps, "lps") == ("LPS", "training data of lps")
   outs = {k: predict.predict(pred, *paths[k], str(tmp_path / k / "out")) for k in paths}
   assert outs["LPS"]["input_orientation"] == "LPS" and outs["LPS"]["model_orientation"] == "RAS"
   maps = {k: nib.load(outs[k]["anomaly_map"]) for k in outs}

@@ -16,8 +16,8 @@ from sadm_jax import config as config_lib
 from sadm_jax import main as main_lib
 from sadm_jax.data import cache as cache_lib
 from sadm_jax.data.splits import Row
-from sadm_jax.evaluate import report
-from sadm_jax.evaluate import planning
+from sadm_jax.data.preprocess import affine_spacing
+from sadm_jax.evaluate import inference, metrics, planning, report, scoring
 from tests.evaluate.conftest import evaluate_tiny_config
 
 REQUIRED = ("method", "train_anomalies", "test_set", "fold", "n_volumes", "dice", "best_dice",
@@ -64,6 +64,47 @@ def test_report_markdown_is_a_paper_style_table(evaluation):
     assert col in header
   for name in ("| Intensity threshold | — | 1 |", "| cDDPM | — | 1 |", "| SADM | draem | 1 |"):
     assert name in text
+
+
+def test_metrics_csv_equals_the_plain_per_volume_path(evaluation, eval_data_dir, tiny_cddpm_dir,
+                                                     tiny_sadm_dir):
+  """The sharded, batched, resumable evaluation writes the numbers of the plain path the stage ran
+  before its rework (one volume at a time on the host: `infer_volume`, `anomaly_for` in NIfTI
+  order, `volume_metrics` at the row's τ, the mean over volumes): same rows, values within 1e-6."""
+  workdir, _ = evaluation
+  rows = {(r["method"], r["test_set"]): r for r in _csv(workdir) if r["fold"] == "fold0"}
+  c = config_lib.resolve(evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir]))
+  _, splits, _, _ = config_lib.load_valid_splits(c, ["Brats21_test", "ATLAS_v2_test"])
+  cache = cache_lib.VolumeCache(config_lib.cache_dir(c), config_lib.preprocess_config(c))
+  run = inference.load_cddpm(tiny_cddpm_dir)
+  cddpm = inference.cddpm_inference(run.config, inference.cddpm_variables(run), c)
+  sadm = inference.load_sadm(tiny_sadm_dir, opened=(run,))
+  segnet = inference.segnet_inference(sadm, c)
+  settings = scoring.map_settings(c)
+  hwd = lambda a: np.transpose(np.asarray(a), (1, 2, 0))  # slice-major cache -> NIfTI order
+  keys = ("dice", "best_dice", "auprc", "auroc", "precision", "recall", "hd95_mm")
+  checked = 0
+  for set_name in ("Brats21", "ATLAS_v2"):
+    per_method: dict[str, list[dict]] = {"cddpm": [], "sadm": []}
+    for row in splits[f"{set_name}_test"]:
+      vol = cache.load(row)
+      x, mask, gt = hwd(vol.image).astype(np.float32), hwd(vol.mask) > 0, hwd(vol.seg) > 0
+      index = inference.volume_index(f"{set_name}/{row.name}")
+      outs = inference.infer_volume(np.asarray(vol.image, np.float32), index, cddpm, segnet)
+      for method, combination in (("cddpm", "residual"), ("sadm", str(c.evaluate.combination))):
+        a = scoring.anomaly_for(method, combination, x, mask, outs, settings)
+        tau = float(rows[(method, set_name)]["tau"])
+        per_method[method].append(metrics.volume_metrics(a, gt, mask, tau,
+                                                         spacing=affine_spacing(vol.affine)))
+    for method, recs in per_method.items():
+      got = rows[(method, set_name)]
+      assert int(got["n_volumes"]) == len(recs)
+      for k in keys:
+        v = np.asarray([r[k] for r in recs], np.float64)
+        want = float(v[np.isfinite(v)].mean())  # the report's mean ignores NaN / inf
+        assert float(got[k]) == pytest.approx(want, abs=1e-6), (method, set_name, k)
+        checked += 1
+  assert checked == 2 * 2 * len(keys)
 
 
 def test_volume_outputs_are_aligned_with_the_cached_input(evaluation, eval_data_dir):
