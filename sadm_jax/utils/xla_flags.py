@@ -1,11 +1,17 @@
 """XLA:CPU flags the package sets by default (one place), before JAX's backend starts.
 
-jaxlib 0.10's XLA:CPU hands convolutions to YNNPACK ("individual convolution" YNN fusions). For
-the convolutions of our networks that is the main cost on CPU: the weight gradient of a 3×3
-conv, which XLA expresses as a convolution with a 96×96 window over a batch of C_in, runs ~4–8×
-slower through YNNPACK than through XLA's own (Eigen) convolution, and the forward / input
-gradient are no faster (BENCHMARKS.md, "CPU ops"). Removing that one fusion type keeps YNNPACK
-for dots, elementwise and reduction fusions.
+jaxlib 0.10's XLA:CPU hands convolutions, lone dots and reductions to YNNPACK fusions. For our
+networks three of those fusion types are the main cost on CPU, and the package removes them:
+- "individual convolution": the weight gradient of a 3×3 conv, which XLA expresses as a
+  convolution with a 96×96 window over a batch of C_in, runs ~4–8× slower through YNNPACK than
+  through XLA's own (Eigen) convolution; the forward / input gradient are no faster
+  (BENCHMARKS.md, "CPU ops");
+- "reduce": GroupNorm's statistics (sums over H, W and a channel group) took 15–25 ms per
+  64×64×32-slice reduction, a third of the demo UNet's inference time;
+- "individual dot": attention's small batched matmuls ran at ~2.5 GFLOP/s.
+Dropping the last two makes the demo's volume program 1.4–1.5× faster (cDDPM ensemble 2.2 →
+1.4 s, SegUnet 0.69 → 0.44 s per 32-slice volume) and its SADM train step 1.35× (BENCHMARKS.md,
+"XLA:CPU fusion types"). YNNPACK keeps dot-with-elementwise and elementwise fusions.
 
 The `evaluate` stage also gets one CPU device per available core
 (`--xla_force_host_platform_device_count`): its per-volume program runs one volume per device,
@@ -28,7 +34,7 @@ ENV_SWITCH = "SADM_XLA_CPU_DEFAULTS"
 
 # flag name -> value (without the leading "--")
 CPU_DEFAULTS: dict[str, str] = {
-    "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
+    "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-reduce,-individual_dot",
 }
 INFERENCE_STAGES = ("evaluate",)  # these get one CPU device per core
 DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"

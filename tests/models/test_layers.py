@@ -1,8 +1,9 @@
 """Convolution numerics under the package's XLA:CPU flags (sadm_jax/utils/xla_flags.py).
 
-The flags change which library runs the convolutions (XLA's Eigen convolution instead of a YNNPACK
-fusion), not the maths: forward, input gradient and weight gradient of the UNet/SegUnet conv
-shapes must agree with the JAX defaults to float32 round-off. XLA flags are read when the backend
+The flags change which library runs the convolutions, GroupNorm reductions and attention dots
+(XLA's own kernels instead of YNNPACK fusions), not the maths: forward, input gradient and weight
+gradient of the UNet/SegUnet conv shapes, GroupNorm and attention must agree with the JAX defaults
+to float32 round-off. XLA flags are read when the backend
 starts, so each setting runs in its own subprocess.
 """
 
@@ -37,6 +38,26 @@ for i, (name, xs, ws, stride, pad) in enumerate(cases):
   y, vjp = jax.vjp(jax.jit(f), x, w)
   dx, dw = jax.jit(vjp)(jax.random.normal(kg, y.shape))
   out[name + "_y"], out[name + "_dx"], out[name + "_dw"] = map(np.asarray, (y, dx, dw))
+# GroupNorm statistics (reductions) and attention (batched dots) with their gradients.
+def group_norm(x):  # x [B, H, W, C], 8 groups
+  g = x.reshape(x.shape[:-1] + (8, -1))
+  mean = g.mean(axis=(1, 2, 4), keepdims=True)
+  var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
+  return ((g - mean) * jax.lax.rsqrt(var + 1e-5)).reshape(x.shape)
+def attention(q, k, v):  # [B, T, heads, C]
+  s = jnp.einsum("bthc,bshc->bhts", q, k) / np.sqrt(q.shape[-1])
+  return jnp.einsum("bhts,bshc->bthc", jax.nn.softmax(s, axis=-1), v)
+kx, kq, kk, kv, kg = jax.random.split(jax.random.key(7), 5)
+x = jax.random.normal(kx, (4, 32, 32, 32)) * 3.0 + 1.0
+y, vjp = jax.vjp(jax.jit(group_norm), x)
+out["groupnorm_y"], out["groupnorm_dx"] = np.asarray(y), np.asarray(jax.jit(vjp)(
+    jax.random.normal(kg, y.shape))[0])
+q, k_, v = (jax.random.normal(kk_, (4, 256, 2, 16)) for kk_ in (kq, kk, kv))
+y, vjp = jax.vjp(jax.jit(attention), q, k_, v)
+grads = jax.jit(vjp)(jax.random.normal(kg, y.shape))
+out["attention_y"] = np.asarray(y)
+for n_, g_ in zip(("dq", "dk", "dv"), grads):
+  out["attention_" + n_] = np.asarray(g_)
 np.savez(sys.argv[1], **out)
 print(json.dumps({"xla_flags": __import__("os").environ.get("XLA_FLAGS", "")}))
 """
