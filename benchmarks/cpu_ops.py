@@ -7,6 +7,8 @@ from __future__ import annotations
 #   python -m benchmarks.cpu_ops --variants default,ynn_noconv --rounds 3 --ops conv
 #   python -m benchmarks.cpu_ops --whole train,infer --size paper --variants default,package \
 #       --rounds 2 --steps 2
+#   python -m benchmarks.cpu_ops --whole train,infer --size demo --slices 32 \
+#       --variants ynn_noconv,package --rounds 3 --steps 3 --ops ""
 # XLA flags are read once, when JAX's backend starts, so every (variant, round) runs in its own
 # subprocess (`--worker`) with XLA_FLAGS set; rounds alternate the variants (A, B, A, B, …, the
 # order rotated each round) so that a shared machine's load hits all of them alike. Per op the
@@ -30,6 +32,7 @@ YNN = "--xla_cpu_experimental_ynn_fusion_type"
 VARIANTS = {
     "default": "",
     "ynn_noconv": f"{YNN}=-individual_convolution",
+    "ynn_noconv_noreduce_nodot": f"{YNN}=-individual_convolution,-reduce,-individual_dot",
     "ynn_off": f"{YNN}=",
     "onednn": "--xla_cpu_use_onednn=true",
     "noconv_onednn": f"{YNN}=-individual_convolution --xla_cpu_use_onednn=true",
@@ -59,8 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--shapes", default=",".join(CONV_SHAPES), help="conv shapes (see CONV_SHAPES)")
   ap.add_argument("--iters", type=int, default=3, help="timed calls per op and round")
   ap.add_argument("--whole", default="", help="whole programs: train, infer (comma-separated)")
-  ap.add_argument("--size", choices=("tiny", "paper"), default="paper")
-  ap.add_argument("--batch", type=int, default=0, help="train batch; 0 = 4 (paper) / 8 (tiny)")
+  ap.add_argument("--size", choices=("tiny", "demo", "paper"), default="paper",
+                  help="demo: configs/demo.py's networks and 64×64(×32) grid")
+  ap.add_argument("--batch", type=int, default=0, help="train batch; 0 = 4 (paper) / 16 (demo) / 8 (tiny)")
   ap.add_argument("--slices", type=int, default=10, help="inference: slices per call")
   ap.add_argument("--steps", type=int, default=2, help="whole: timed calls per round")
   ap.add_argument("--tag", default="", help="JSON entry name; default derived from the options")
@@ -242,7 +246,7 @@ def _whole_infer(size: str, slices: int):
   from benchmarks import evaluation as ev
   from sadm_jax.evaluate import inference
 
-  b = ev.build(size == "paper", "float32")
+  b = ev.build(size == "paper", "float32", size=size)
   noise = dataclasses.replace(b.cddpm.noise, timesteps=(499,))
   cddpm = inference.CDDPMInference(b.model_cfg, b.cddpm.variables, noise, fingerprint="bench")
   mid = max(0, (b.image.shape[0] - slices) // 2)
@@ -270,7 +274,7 @@ def worker(args) -> dict:
     res["ops"][name] = _time(fn, a, args.iters)
     res["flops"][name] = f
   wholes = [w for w in args.whole.split(",") if w]
-  batch = args.batch or (4 if args.size == "paper" else 8)
+  batch = args.batch or {"paper": 4, "demo": 16}.get(args.size, 8)
   for w in wholes:
     if w == "train":
       name = f"train_{args.size}_b{batch}"

@@ -113,11 +113,22 @@ class Bench:
   n_params: dict
 
 
-def build(paper: bool, dtype: str) -> Bench:
-  """cDDPM and SegUnet inference (random weights: keys 0 and 1, so equal for every `dtype`)."""
-  eval_cfg = config_lib.resolve(evaluate_config.get_config(None if paper else "tiny"))
+def build(paper: bool, dtype: str, size: str | None = None) -> Bench:
+  """cDDPM and SegUnet inference (random weights: keys 0 and 1, so equal for every `dtype`).
+
+  size: 'tiny', 'paper' (default from `paper`) or 'demo' (configs/demo.py's networks and grid).
+  """
+  size = size or ("paper" if paper else "tiny")
+  if size == "demo":
+    from configs import demo
+    eval_cfg = config_lib.resolve(demo.get_config())
+    model_cfg = config_lib.resolve(demo.get_config())
+    wf = int(model_cfg.sadm.segnet_wf)
+  else:
+    eval_cfg = config_lib.resolve(evaluate_config.get_config(None if paper else "tiny"))
+    model_cfg = config_lib.resolve(cddpm_config.get_config(None if paper else "tiny"))
+    wf = PAPER_SEGNET_WF if paper else TINY_SEGNET_WF
   eval_cfg.evaluate.dtype = dtype
-  model_cfg = config_lib.resolve(cddpm_config.get_config(None if paper else "tiny"))
   p = model_cfg.data.preprocess
   hw = -(-p.crop_size[0] // p.downsample)
   depth = -(-p.crop_size[2] // p.downsample)
@@ -129,13 +140,12 @@ def build(paper: bool, dtype: str) -> Bench:
                                                 jnp.zeros((1,), jnp.int32), train=False),
                            jax.random.key(0))
   cddpm = inference.cddpm_inference(model_cfg, cvars, eval_cfg, fingerprint="bench")
-  seg_module = SegUnet(wf=PAPER_SEGNET_WF if paper else TINY_SEGNET_WF,
-                       dtype=factory.DTYPES[dtype])
+  seg_module = SegUnet(wf=wf, dtype=factory.DTYPES[dtype])
   svars = random_variables(lambda k: seg_module.init(k, x1, x1), jax.random.key(1))
   segnet = inference.SegmentationInference(seg_module, svars)
   n_params = {"cddpm": int(sum(a.size for a in jax.tree.leaves(cvars["params"]))),
               "segnet": int(sum(a.size for a in jax.tree.leaves(svars["params"])))}
-  return Bench("paper" if paper else "tiny", eval_cfg, model_cfg, (hw, hw, depth), image, brain,
+  return Bench(size, eval_cfg, model_cfg, (hw, hw, depth), image, brain,
                lesion, cddpm, segnet, n_params)
 
 

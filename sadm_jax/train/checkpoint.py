@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -114,26 +113,32 @@ class Checkpointer:
     self.latest.reload()
     return dst
 
-  def restore_best(self, state_target: Any, shardings: Any) -> tuple[Any, dict]:
-    step = self.best.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{self.best_dir}: no best checkpoint")
-    out = self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state_target, shardings)),
-        meta=ocp.args.JsonRestore()))
-    return out.state, dict(out.meta)
-
   def latest_meta(self) -> dict:
     step = self.latest.latest_step()
     if step is None:
       raise FileNotFoundError(f"{self.dir}: no checkpoint")
     return dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
-  def restore_state(self, state_target: Any, shardings: Any, step: int | None = None) -> Any:
-    """The train state alone (no data iterator) of `step` (default latest)."""
-    step = self.latest.latest_step() if step is None else step
-    return self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state_target, shardings)))).state
+  def restore_saved(self, which: str = "best", step: int | None = None) -> tuple[dict, dict]:
+    """(train state, meta) of a step of `best/` or `checkpoints/` (default its newest), as saved.
+
+    No model is needed to shape the target: shapes and dtypes come from the checkpoint's own
+    tree metadata, and the state comes back as the saved dict tree ({'params', 'model_state',
+    'opt_state', 'step'}) on this process's first device. What reopens a trained run
+    (`open_run`); training's resume restores into its own typed state (`restore_usable`).
+    """
+    manager = self.best if which == "best" else self.latest
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{manager.directory}: no checkpoint")
+    from etils import epath
+    tree = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(manager.directory) / str(step) / "state")  # {path: ArrayMetadata}
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    return out.state, dict(out.meta)
 
   def best_meta(self) -> dict:
     """The meta JSON (config, step, val_loss) of the best checkpoint."""
@@ -164,12 +169,8 @@ class Checkpointer:
     self.best.close()
 
 
-# task name -> "module:function(config, data=False, ...) -> loop.Task" of the run that wrote it.
-TASK_BUILDERS = {
-    "cddpm": "sadm_jax.train.cddpm:cddpm_task",
-    "spark": "sadm_jax.train.spark:spark_task",
-    "sadm": "sadm_jax.train.sadm:sadm_task",
-}
+# The tasks a run can be (its checkpoint meta "task").
+TASKS = ("cddpm", "spark", "sadm")
 
 
 class RunError(ValueError):
@@ -220,11 +221,6 @@ class Run:
             "fingerprint": self.fingerprint}
 
 
-def _build_task(name: str, config, **kw):
-  module, fn = TASK_BUILDERS[name].split(":")
-  return getattr(importlib.import_module(module), fn)(config, data=False, **kw)
-
-
 def _open_reference(workdir: str, ref: dict, opened: Sequence["Run"] = ()) -> "Run":
   """Opens the cDDPM a SADM run references; refuses when it is gone or its weights changed."""
   where = ref.get("workdir", "")
@@ -263,7 +259,6 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     RunError (one line, naming the workdir): no such checkpoint, another task, unreadable
     checkpoint, or a referenced cDDPM that is gone or changed.
   """
-  from sadm_jax.train.state import TrainState
   label = f"{setting}={workdir}" if setting else str(workdir)
   sub = "best" if which == "best" else "checkpoints"
   if not workdir or not os.path.isdir(os.path.join(workdir, sub)):
@@ -279,27 +274,21 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     task_name = meta.get("task")
     if expect is not None and task_name != expect:
       raise RunError(f"{label}: this is a {task_name!r} run, not a {expect!r} run")
-    if task_name not in TASK_BUILDERS:
+    if task_name not in TASKS:
       raise RunError(f"{label}: unknown task {task_name!r} in its checkpoint")
     step = int(meta.get("step", 0))
     held = next((r for r in opened if (r.workdir, r.which, r.step) == (workdir, which, step)), None)
     if held is not None:
       return held
     config = ml_collections.ConfigDict(meta["config"])
-    kw, cddpm = {}, None
+    cddpm = None
     ref = meta.get("run", {}).get("cddpm")
     if task_name == "sadm" and ref:
-      cddpm = kw["cddpm_run"] = _open_reference(workdir, ref, opened)
-    task = _build_task(task_name, config, **kw)
-    abstract = jax.eval_shape(lambda k: TrainState.create(task.init_variables(k), task.tx),
-                              jax.random.key(0))
-    repl = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: repl, abstract)
+      cddpm = _open_reference(workdir, ref, opened)
     try:
-      if which == "best":
-        state, _ = ckpt.restore_best(abstract, shardings)
-      else:
-        state = ckpt.restore_state(abstract, shardings)
+      state, _ = ckpt.restore_saved(which)
+      if not {"params", "model_state"} <= set(state):
+        raise ValueError(f"no params / model_state in its saved state (keys {sorted(state)})")
     except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise RunError(f"{label}: its {which} checkpoint (step {meta.get('step')}) cannot be "
@@ -310,7 +299,8 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
   logging.info("opened %s run %s (%s step %s)", task_name, workdir, which, meta.get("step"))
   return Run(workdir=workdir, task=task_name, config=config, meta=dict(meta),
              step=int(meta.get("step", 0)), which=which,
-             variables={"params": state.params, "model_state": state.model_state}, cddpm=cddpm)
+             variables={"params": state["params"], "model_state": state["model_state"]},
+             cddpm=cddpm)
 
 
 def software_versions() -> dict:

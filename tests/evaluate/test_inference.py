@@ -100,9 +100,15 @@ def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
     pad = lambda a: np.concatenate([a, np.repeat(a[-1:], k - 3, 0)])
     host = jax.device_get(prog.dispatch(pad(images), pad(masks), pad(indices)))
     out[n] = [prog.maps(host, b, masks[b]) for b in range(3)], host
+  for key in set(out[1][1]) - {"maps"}:  # the device count does not change a volume's
+    np.testing.assert_array_equal(out[1][1][key][:3], out[8][1][key][:3], err_msg=key)  # outputs
   for b in range(3):
-    for rid, _, _ in runs:  # the device count does not change a volume's numbers
-      np.testing.assert_array_equal(out[1][0][b][rid], out[8][0][b][rid])
+    for rid, _, _ in runs:  # ... nor its maps: bit for bit with the host median (CPU's path);
+      # with the on-device median, XLA:CPU may round the in-program combination 1 ulp apart
+      # when the per-device batch differs (the looped 3-volume program vs one volume): the
+      # issue's tolerance for a changed device count, 1e-6
+      np.testing.assert_allclose(out[1][0][b][rid], out[8][0][b][rid], rtol=0,
+                                 atol=0 if not on_device_median else 1e-6)
     inf = inference.infer_volume(images[b], int(indices[b]), cddpm, segnet)
     hwd = lambda a: np.transpose(a, (1, 2, 0))
     for rid, comb, _ in runs:

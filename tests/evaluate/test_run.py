@@ -213,8 +213,8 @@ def test_each_checkpoint_is_read_once(eval_data_dir, tiny_cddpm_dir, tiny_sadm_d
   from sadm_jax.evaluate.planning import Models, plan_runs
   from sadm_jax.train import checkpoint
   opened = []
-  real = checkpoint.Checkpointer.restore_best
-  monkeypatch.setattr(checkpoint.Checkpointer, "restore_best",
+  real = checkpoint.Checkpointer.restore_saved
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_saved",
                       lambda self, *a, **k: opened.append(os.path.dirname(self.best_dir)) or real(self, *a, **k))
   c = config_lib.resolve(evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir]))
   models = Models(c)
