@@ -9,9 +9,9 @@ networks three of those fusion types are the main cost on CPU, and the package r
 - "reduce": GroupNorm's statistics (sums over H, W and a channel group) took 15–25 ms per
   64×64×32-slice reduction, a third of the demo UNet's inference time;
 - "individual dot": attention's small batched matmuls ran at ~2.5 GFLOP/s.
-Dropping the last two makes the demo's volume program 1.4–1.5× faster (cDDPM ensemble 2.2 →
-1.4 s, SegUnet 0.69 → 0.44 s per 32-slice volume) and its SADM train step 1.35× (BENCHMARKS.md,
-"XLA:CPU fusion types"). YNNPACK keeps dot-with-elementwise and elementwise fusions.
+Dropping the last two makes the demo's inference 1.1–1.5× faster and its train steps up to 1.35×
+(interleaved and single measurements differ on this VM; BENCHMARKS.md, "XLA:CPU fusion
+types"). YNNPACK keeps dot-with-elementwise and elementwise fusions.
 
 The `evaluate` stage also gets one CPU device per available core
 (`--xla_force_host_platform_device_count`): its per-volume program runs one volume per device,
