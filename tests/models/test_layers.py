@@ -38,26 +38,24 @@ for i, (name, xs, ws, stride, pad) in enumerate(cases):
   y, vjp = jax.vjp(jax.jit(f), x, w)
   dx, dw = jax.jit(vjp)(jax.random.normal(kg, y.shape))
   out[name + "_y"], out[name + "_dx"], out[name + "_dw"] = map(np.asarray, (y, dx, dw))
-# GroupNorm statistics (reductions) and attention (batched dots) with their gradients.
-def group_norm(x):  # x [B, H, W, C], 8 groups
-  g = x.reshape(x.shape[:-1] + (8, -1))
-  mean = g.mean(axis=(1, 2, 4), keepdims=True)
-  var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
-  return ((g - mean) * jax.lax.rsqrt(var + 1e-5)).reshape(x.shape)
-def attention(q, k, v):  # [B, T, heads, C]
-  s = jnp.einsum("bthc,bshc->bhts", q, k) / np.sqrt(q.shape[-1])
-  return jnp.einsum("bhts,bshc->bthc", jax.nn.softmax(s, axis=-1), v)
-kx, kq, kk, kv, kg = jax.random.split(jax.random.key(7), 5)
-x = jax.random.normal(kx, (4, 32, 32, 32)) * 3.0 + 1.0
-y, vjp = jax.vjp(jax.jit(group_norm), x)
-out["groupnorm_y"], out["groupnorm_dx"] = np.asarray(y), np.asarray(jax.jit(vjp)(
-    jax.random.normal(kg, y.shape))[0])
-q, k_, v = (jax.random.normal(kk_, (4, 256, 2, 16)) for kk_ in (kq, kk, kv))
-y, vjp = jax.vjp(jax.jit(attention), q, k_, v)
-grads = jax.jit(vjp)(jax.random.normal(kg, y.shape))
-out["attention_y"] = np.asarray(y)
-for n_, g_ in zip(("dq", "dk", "dv"), grads):
-  out["attention_" + n_] = np.asarray(g_)
+# The networks' own GroupNorm (reductions) and attention block (batched dots), values and the
+# gradients of input and parameters; random non-zero weights (the attention's zero-initialised
+# output projection would otherwise hide its dots).
+import re
+from sadm_jax.models.layers import GroupNorm32
+from sadm_jax.models.unet import AttentionBlock
+kx, kp, kg = jax.random.split(jax.random.key(7), 3)
+x = jax.random.normal(kx, (4, 16, 16, 32)) * 3.0 + 1.0
+for name, module in (("groupnorm", GroupNorm32(8)),
+                     ("attention", AttentionBlock(num_head_channels=16, num_groups=8))):
+  leaves, tree = jax.tree.flatten(module.init(kp, x))
+  params = jax.tree.unflatten(tree, [0.5 * jax.random.normal(k_, l.shape)
+                                     for k_, l in zip(jax.random.split(kp, len(leaves)), leaves)])
+  y, vjp = jax.vjp(jax.jit(module.apply), params, x)
+  dp, dx = jax.jit(vjp)(jax.random.normal(kg, y.shape))
+  out[name + "_y"], out[name + "_dx"] = np.asarray(y), np.asarray(dx)
+  for path, g_ in jax.tree_util.tree_leaves_with_path(dp):
+    out[name + "_d" + re.sub(r"\W+", "_", jax.tree_util.keystr(path))] = np.asarray(g_)
 np.savez(sys.argv[1], **out)
 print(json.dumps({"xla_flags": __import__("os").environ.get("XLA_FLAGS", "")}))
 """
