@@ -246,7 +246,7 @@ def _whole_infer(size: str, slices: int):
   from benchmarks import evaluation as ev
   from sadm_jax.evaluate import inference
 
-  b = ev.build(size == "paper", "float32", size=size)
+  b = ev.build(size, "float32")
   noise = dataclasses.replace(b.cddpm.noise, timesteps=(499,))
   cddpm = inference.CDDPMInference(b.model_cfg, b.cddpm.variables, noise, fingerprint="bench")
   mid = max(0, (b.image.shape[0] - slices) // 2)

@@ -113,12 +113,14 @@ class Bench:
   n_params: dict
 
 
-def build(paper: bool, dtype: str, size: str | None = None) -> Bench:
+def build(size: str, dtype: str) -> Bench:
   """cDDPM and SegUnet inference (random weights: keys 0 and 1, so equal for every `dtype`).
 
-  size: 'tiny', 'paper' (default from `paper`) or 'demo' (configs/demo.py's networks and grid).
+  size: 'tiny', 'paper' or 'demo' (configs/demo.py's networks and grid).
   """
-  size = size or ("paper" if paper else "tiny")
+  if size not in ("tiny", "demo", "paper"):
+    raise ValueError(f"size {size!r}: expected 'tiny', 'demo' or 'paper'")
+  paper = size == "paper"
   if size == "demo":
     from configs import demo
     eval_cfg = config_lib.resolve(demo.get_config())
@@ -247,7 +249,7 @@ def main(argv=None) -> dict:
   if args.end_to_end:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     return end_to_end(args)
-  b = build(args.paper, args.dtype)
+  b = build("paper" if args.paper else "tiny", args.dtype)
   size, eval_cfg, image, brain, lesion = b.size, b.eval_cfg, b.image, b.brain, b.lesion
   hw, _, depth = b.grid
   cddpm, segnet, n_params = b.cddpm, b.segnet, b.n_params

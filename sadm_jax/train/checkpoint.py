@@ -119,8 +119,8 @@ class Checkpointer:
       raise FileNotFoundError(f"{self.dir}: no checkpoint")
     return dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
-  def restore_saved(self, which: str = "best", step: int | None = None) -> tuple[dict, dict]:
-    """(train state, meta) of a step of `best/` or `checkpoints/` (default its newest), as saved.
+  def restore_saved(self, which: str = "best", step: int | None = None) -> dict:
+    """The train state of a step of `best/` or `checkpoints/` (default its newest), as saved.
 
     No model is needed to shape the target: shapes and dtypes come from the checkpoint's own
     tree metadata, and the state comes back as the saved dict tree ({'params', 'model_state',
@@ -136,9 +136,8 @@ class Checkpointer:
         epath.Path(manager.directory) / str(step) / "state")  # {path: ArrayMetadata}
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    return out.state, dict(out.meta)
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target))).state
 
   def best_meta(self) -> dict:
     """The meta JSON (config, step, val_loss) of the best checkpoint."""
@@ -286,7 +285,7 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     if task_name == "sadm" and ref:
       cddpm = _open_reference(workdir, ref, opened)
     try:
-      state, _ = ckpt.restore_saved(which)
+      state = ckpt.restore_saved(which)  # its meta was read above
       if not {"params", "model_state"} <= set(state):
         raise ValueError(f"no params / model_state in its saved state (keys {sorted(state)})")
     except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
