@@ -20,11 +20,11 @@ def prepare_table(data_dir: str | None, tmp: str):
   """A SliceTable over the cached IXI training fold of `data_dir` (default: a tiny demo cohort in `tmp`)."""
   from configs import prepare as prepare_config
   from sadm_jax import config as config_lib
-  from sadm_jax.data import cache as cache_lib, demo, pipeline
+  from sadm_jax.data import cache as cache_lib, pipeline, synthetic
   c = prepare_config.get_config()
   if not data_dir:
     data_dir = os.path.join(tmp, "demo")
-    demo.generate_demo_cohort(data_dir, demo.DemoConfig.tiny())
+    synthetic.generate_cohort(data_dir, synthetic.CohortConfig.tiny())
   c.data.data_dir = data_dir
   c = config_lib.resolve(c)
   _, splits, _, _ = config_lib.load_valid_splits(c, ["IXI_train_fold0"])

@@ -11,7 +11,7 @@ import time
 import ml_collections
 
 from sadm_jax import config as config_lib
-from sadm_jax.data import demo
+from sadm_jax.data import synthetic
 from sadm_jax.utils import io
 
 # The data set on which the demo checks the paper's ordering (SADM > cDDPM > threshold, Dice).
@@ -20,11 +20,11 @@ ORDERING = ("sadm", "cddpm", "threshold")
 
 
 def demo_config(config: ml_collections.ConfigDict):
-  """The generator's DemoConfig for `config.demo` (size 'default' or 'tiny', seed)."""
+  """The cohort generator's CohortConfig for `config.demo` (size 'default' or 'tiny', seed)."""
   if config.demo.size == "default":
-    return demo.DemoConfig.default(seed=config.demo.seed)
+    return synthetic.CohortConfig.default(seed=config.demo.seed)
   if config.demo.size == "tiny":
-    return demo.DemoConfig.tiny(seed=config.demo.seed)
+    return synthetic.CohortConfig.tiny(seed=config.demo.seed)
   raise ValueError(f"unknown demo.size {config.demo.size!r}; expected 'default' or 'tiny'")
 
 
@@ -32,10 +32,10 @@ def build_cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Generates the demo cohort (skipped when complete with the same config); returns DATA_DIR."""
   root = config.demo.root or os.path.join(workdir, "demo_data")
   start = time.time()
-  summary = demo.generate_demo_cohort(root, demo_config(config))
+  summary = synthetic.generate_cohort(root, demo_config(config))
   montage = os.path.join(workdir, "demo_montage.png")
-  if not os.path.exists(montage):
-    demo.write_montage(root, montage)
+  if not summary["skipped"] or not os.path.exists(montage):  # a regenerated cohort: a new montage
+    synthetic.write_montage(root, montage)
   logging.info("demo cohort at %s (%.1f s): %s", root, time.time() - start, summary)
   print(f"demo cohort: {root} ({time.time() - start:.1f} s); montage: {montage}")
   return root

@@ -51,13 +51,13 @@ def cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Generates the demo cohort (skipped when complete), with >= MIN_LABELLED labelled BraTS- and
   ATLAS-like validation volumes for weak supervision; returns DATA_DIR."""
   from sadm_jax import demo_job
-  from sadm_jax.data import demo
+  from sadm_jax.data import synthetic
   cfg = demo_job.demo_config(config)
   cfg = dataclasses.replace(cfg, **{k: max(getattr(cfg, k), MIN_LABELLED)
                                     for k in ("n_brats21_val", "n_atlas_v2_val")})
   root = config.demo.root or os.path.join(workdir, "demo_data")
   t = time.time()
-  demo.generate_demo_cohort(root, cfg)
+  synthetic.generate_cohort(root, cfg)
   print(f"demo cohort: {root} ({time.time() - t:.1f} s)", flush=True)
   return root
 

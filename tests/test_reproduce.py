@@ -190,15 +190,15 @@ def test_repeats_train_every_model_per_fold_and_bad_budgets_fail(tmp_path):
 
 
 def test_cohort_has_enough_labelled_volumes_for_weak_supervision(tmp_path, monkeypatch):
-  from sadm_jax.data import demo
+  from sadm_jax.data import synthetic
   seen = []
-  monkeypatch.setattr(demo, "generate_demo_cohort", lambda root, cfg: seen.append((root, cfg)))
+  monkeypatch.setattr(synthetic, "generate_cohort", lambda root, cfg: seen.append((root, cfg)))
   assert reproduce.cohort(reproduce_config.get_config("tiny"), str(tmp_path)) == \
       str(tmp_path / "demo_data")
   cfg = seen[0][1]
   assert (cfg.n_brats21_val, cfg.n_atlas_v2_val, cfg.n_wmh_val) == (2, 2, 1)  # tiny + labels
   reproduce.cohort(reproduce_config.get_config(), str(tmp_path))
-  assert seen[1][1] == demo.DemoConfig.default()  # already has 5 labelled volumes
+  assert seen[1][1] == synthetic.CohortConfig.default()  # already has 5 labelled volumes
 
 
 def test_stage_writes_table_metrics_and_claims_and_resumes(tmp_path, monkeypatch, capsys):

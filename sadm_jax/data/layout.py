@@ -15,6 +15,19 @@ SPLIT_NAMES = (tuple(f"IXI_train_fold{k}" for k in range(NUM_FOLDS)) +
                tuple(f"IXI_val_fold{k}" for k in range(NUM_FOLDS)) + ("IXI_test",) +
                tuple(f"{d}_{s}" for d in PATHOLOGICAL for s in ("val", "test")))
 
+# The authors' directory of each data set under `<DATA_DIR>/Data`, and the files of one volume.
+SUBDIRS = {"IXI": "Train/ixi", "Brats21": "Test/Brats21", "ATLAS_v2": "Test/ATLAS_v2",
+           "MSLUB": "Test/MSLUB", "WMH": "Test/WMH"}
+VOLUME_KINDS = ("t1", "mask", "seg")
+
+
+def volume_paths(dataset: str, name: str) -> dict[str, str]:
+  """CSV paths (leading `/`, relative to the base) of volume `name`'s files in the authors' layout:
+  `{kind: /<SUBDIRS[dataset]>/<kind>/<name>_<kind>.nii.gz}` for t1, mask and (not IXI) seg."""
+  kinds = VOLUME_KINDS[:2] if dataset == "IXI" else VOLUME_KINDS
+  return {k: f"/{SUBDIRS[dataset]}/{k}/{name}_{k}.nii.gz" for k in kinds}
+
+
 _SPLIT_RE = re.compile(r"^(?P<dataset>IXI|Brats21|ATLAS_v2|MSLUB|WMH)_(?P<type>train|val|test)"
                        r"(?:_fold(?P<fold>\d+))?$")
 
@@ -66,6 +79,12 @@ class DataRoot:
     if self.layout == "authors":
       return f"{self.data_dir}: authors' layout with the extra Data/ level (splits in {self.splits_dir})"
     return f"{self.data_dir}: flat layout (splits in {self.splits_dir})"
+
+
+def authors_root(data_dir: str) -> DataRoot:
+  """The DataRoot to *write* a cohort to in the authors' layout (`<data_dir>/Data/...`)."""
+  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  return DataRoot(data_dir, os.path.join(data_dir, "Data"), "authors")
 
 
 def resolve_data_root(data_dir: str) -> DataRoot:

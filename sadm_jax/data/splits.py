@@ -5,13 +5,43 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io as pyio
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 from sadm_jax.data import layout
 from sadm_jax.data.errors import DataError
+from sadm_jax.utils import io
 
 REQUIRED_COLUMNS = ("img_name", "label", "age", "img_path", "mask_path", "seg_path")
+# Data-set-specific columns of the authors' CSVs, between `img_name` and `label`.
+META_COLUMNS = {"IXI": ("sex", "site"), "Brats21": ("grade",),
+                "ATLAS_v2": ("site", "lesion_volume_ml"), "MSLUB": ("scanner",),
+                "WMH": ("scanner",)}
+
+
+def csv_header(dataset: str) -> list[str]:
+  """The split-CSV header of `dataset`: empty index name, img_name, metadata, label, age, paths."""
+  return ["", "img_name", *META_COLUMNS[dataset], "label", "age", "img_path", "mask_path",
+          "seg_path"]
+
+
+def write_split(root: layout.DataRoot, split: str, rows: Sequence[dict[str, Any]]) -> str:
+  """Atomically writes `<root>/splits/<split>.csv` in the authors' format; returns its path.
+
+  Each row maps every column of `csv_header` (but the index, which is the row position) to its
+  value; `seg_path` may be empty (healthy volumes).
+  """
+  dataset = layout.parse_split_name(split).dataset
+  header = csv_header(dataset)
+  buf = pyio.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(header)
+  for i, row in enumerate(rows):
+    writer.writerow([i] + [row[c] for c in header[1:]])
+  path = root.split_csv(split)
+  io.write_text(path, buf.getvalue())
+  return path
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Tests for the demo cohort: layout, CSVs, folds, volumes, lesions, determinism, montage."""
+"""Tests for the synthetic cohort: layout, CSVs, folds, volumes, lesions, determinism, montage."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from sadm_jax.data import demo
+from sadm_jax.data import layout, synthetic
+from sadm_jax.data.synthetic import cohort as cohort_lib
 
-TINY = demo.DemoConfig.tiny(seed=0, num_workers=2)
+TINY = synthetic.CohortConfig.tiny(seed=0, num_workers=2)
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
   """The tiny cohort, built once with 2 spawn workers: (root, data_dir, summary)."""
   root = str(tmp_path_factory.mktemp("demo"))
-  summary = demo.generate_demo_cohort(root, TINY)
+  summary = synthetic.generate_cohort(root, TINY)
   return root, os.path.join(root, "Data"), summary
 
 
@@ -39,7 +40,7 @@ def _load(data_dir: str, rel: str) -> nib.Nifti1Image:
 
 
 def _all_rows(data_dir: str):
-  for split in demo.split_indices(TINY):
+  for split in synthetic.split_indices(TINY):
     for row in _rows(data_dir, split):
       yield split, row
 
@@ -49,22 +50,22 @@ def test_layout_and_split_files(cohort):
   assert not summary["skipped"]
   for sub in ("Train/ixi/t1", "Train/ixi/mask"):
     assert os.listdir(os.path.join(data_dir, sub))
-  for ds in demo.PATHOLOGICAL:
+  for ds in layout.PATHOLOGICAL:
     for kind in ("t1", "mask", "seg"):
       assert os.listdir(os.path.join(data_dir, "Test", ds, kind)), (ds, kind)
   expected = ([f"IXI_{t}_fold{k}" for t in ("train", "val") for k in range(5)] + ["IXI_test"] +
-              [f"{d}_{s}" for d in demo.PATHOLOGICAL for s in ("val", "test")])
+              [f"{d}_{s}" for d in layout.PATHOLOGICAL for s in ("val", "test")])
   written = sorted(os.listdir(os.path.join(data_dir, "splits")))
   assert written == sorted(f"{n}.csv" for n in expected)
   assert sorted(summary["splits"]) == sorted(expected)
-  assert os.path.isfile(os.path.join(data_dir, demo.MARKER_NAME))
+  assert os.path.isfile(os.path.join(data_dir, cohort_lib.MARKER_NAME))
   no_temp = [f for _, _, files in os.walk(root) for f in files if ".tmp" in f]
   assert not no_temp
 
 
 def test_csv_header_index_and_paths(cohort):
   _, data_dir, _ = cohort
-  for split, (dataset, indices) in demo.split_indices(TINY).items():
+  for split, (dataset, indices) in synthetic.split_indices(TINY).items():
     header, body = _read_csv(data_dir, split)
     meta = {"IXI": ["sex", "site"], "Brats21": ["grade"], "ATLAS_v2": ["site", "lesion_volume_ml"],
             "MSLUB": ["scanner"], "WMH": ["scanner"]}[dataset]
@@ -103,16 +104,16 @@ def test_ixi_folds_are_a_kfold_with_disjoint_test(cohort):
   _, data_dir, _ = cohort
   names = lambda split: {r["img_name"] for r in _rows(data_dir, split)}  # noqa: E731
   pool = set()
-  for k in range(demo.NUM_FOLDS):
+  for k in range(layout.NUM_FOLDS):
     train, val = names(f"IXI_train_fold{k}"), names(f"IXI_val_fold{k}")
     assert val and train and not train & val
     assert not pool & val  # val folds are pairwise disjoint
     pool |= val
-  for k in range(demo.NUM_FOLDS):
+  for k in range(layout.NUM_FOLDS):
     assert names(f"IXI_train_fold{k}") | names(f"IXI_val_fold{k}") == pool
   assert len(pool) == TINY.n_ixi_trainval
   assert names("IXI_test") and not names("IXI_test") & pool
-  for ds in demo.PATHOLOGICAL:
+  for ds in layout.PATHOLOGICAL:
     assert not names(f"{ds}_val") & names(f"{ds}_test")
 
 
@@ -150,7 +151,7 @@ def test_volumes_are_valid_and_lesions_inside_the_brain(cohort):
 
 def test_lesions_are_darker_than_healthy_white_matter(cohort):
   _, data_dir, _ = cohort
-  for dataset in demo.PATHOLOGICAL:
+  for dataset in layout.PATHOLOGICAL:
     row = _rows(data_dir, f"{dataset}_val")[0]
     t1, mask, seg = (np.asarray(_load(data_dir, row[c]).dataobj)
                      for c in ("img_path", "mask_path", "seg_path"))
@@ -165,9 +166,9 @@ def test_same_seed_reproduces_files_and_rows_in_process(cohort):
   for split, dataset, position in (("IXI_test", "IXI", 0), ("Brats21_val", "Brats21", 0),
                                    ("ATLAS_v2_test", "ATLAS_v2", 0)):
     row = _rows(data_dir, split)[position]
-    subject_index = demo.split_indices(TINY)[split][1][position]
-    s = demo.make_subject(TINY.seed, dataset, subject_index)
-    assert {k: str(v) for k, v in demo.subject_row(s).items()} == {
+    subject_index = synthetic.split_indices(TINY)[split][1][position]
+    s = synthetic.make_subject(TINY.seed, dataset, subject_index)
+    assert {k: str(v) for k, v in synthetic.subject_row(s).items()} == {
         k: v for k, v in row.items() if k}
     files = {"t1": row["img_path"], "mask": row["mask_path"], "seg": row["seg_path"]}
     for kind, rel in files.items():
@@ -179,22 +180,22 @@ def test_same_seed_reproduces_files_and_rows_in_process(cohort):
 def test_different_seed_differs_and_splits_are_deterministic(cohort):
   _, data_dir, _ = cohort
   row = _rows(data_dir, "WMH_val")[0]
-  other = demo.make_subject(TINY.seed + 1, "WMH", 0)
+  other = synthetic.make_subject(TINY.seed + 1, "WMH", 0)
   assert np.asarray(_load(data_dir, row["img_path"]).dataobj).tobytes() != other.t1.tobytes()
   assert np.asarray(_load(data_dir, row["seg_path"]).dataobj).tobytes() != other.seg.tobytes()
-  assert demo.split_indices(TINY) == demo.split_indices(demo.DemoConfig.tiny(num_workers=1))
-  big = demo.DemoConfig.default()
-  other = demo.split_indices(demo.DemoConfig.default(seed=1))
-  assert demo.split_indices(big)["IXI_val_fold0"] != other["IXI_val_fold0"]
+  assert synthetic.split_indices(TINY) == synthetic.split_indices(synthetic.CohortConfig.tiny(num_workers=1))
+  big = synthetic.CohortConfig.default()
+  other = synthetic.split_indices(synthetic.CohortConfig.default(seed=1))
+  assert synthetic.split_indices(big)["IXI_val_fold0"] != other["IXI_val_fold0"]
 
 
 @pytest.mark.skipif(not os.environ.get("SADM_SLOW_TESTS"), reason="set SADM_SLOW_TESTS=1 (~30 s)")
 def test_full_rebuild_is_byte_identical(cohort, tmp_path):
   """A second build (1 process) equals the 2-worker build: every CSV and every NIfTI array."""
   _, data_dir, _ = cohort
-  demo.generate_demo_cohort(tmp_path, demo.DemoConfig.tiny(seed=0, num_workers=1))
+  synthetic.generate_cohort(tmp_path, synthetic.CohortConfig.tiny(seed=0, num_workers=1))
   other = os.path.join(tmp_path, "Data")
-  for split in demo.split_indices(TINY):
+  for split in synthetic.split_indices(TINY):
     path = os.path.join("splits", f"{split}.csv")
     with open(os.path.join(data_dir, path), "rb") as f1:
       with open(os.path.join(other, path), "rb") as f2:
@@ -211,28 +212,28 @@ def test_marker_skips_regeneration(cohort):
   root, data_dir, summary = cohort
   csv_path = os.path.join(data_dir, "splits", "IXI_test.csv")
   before = os.stat(csv_path).st_mtime_ns
-  again = demo.generate_demo_cohort(root, demo.DemoConfig.tiny(seed=0, num_workers=1))
+  again = synthetic.generate_cohort(root, synthetic.CohortConfig.tiny(seed=0, num_workers=1))
   assert again["skipped"] and again["splits"] == summary["splits"]
   assert os.stat(csv_path).st_mtime_ns == before
-  with open(os.path.join(data_dir, demo.MARKER_NAME), encoding="utf-8") as f:
+  with open(os.path.join(data_dir, cohort_lib.MARKER_NAME), encoding="utf-8") as f:
     marker = json.load(f)
   assert marker["config"] == TINY.identity() and "num_workers" not in marker["config"]
 
 
 def test_config_validation():
   with pytest.raises(ValueError, match="n_ixi_trainval"):
-    demo.DemoConfig(n_ixi_trainval=4)
+    synthetic.CohortConfig(n_ixi_trainval=4)
   with pytest.raises(ValueError, match="n_wmh_test"):
-    demo.DemoConfig.tiny(n_wmh_test=0)
+    synthetic.CohortConfig.tiny(n_wmh_test=0)
   with pytest.raises(ValueError, match="unknown data set"):
-    demo.make_subject(0, "BraTS", 0)
+    synthetic.make_subject(0, "BraTS", 0)
 
 
 def test_montage_png(cohort, tmp_path):
   from PIL import Image
 
   root, _, _ = cohort
-  out = demo.write_montage(root, tmp_path / "montage.png")
+  out = synthetic.write_montage(root, tmp_path / "montage.png")
   with Image.open(out) as im:
     assert im.mode == "RGB"
     width, height = im.size
