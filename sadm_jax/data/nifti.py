@@ -1,4 +1,5 @@
-"""NIfTI reading and per-row validation that collects every problem before any work starts."""
+"""NIfTI I/O (reading, the one atomic writer) and per-row validation that collects every problem
+before any work starts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from sadm_jax.data.errors import DataError, DataProblems
 from sadm_jax.data.splits import Row
+from sadm_jax.utils import io
 
 # Allowed label values per role/data set. BraTS uses {1 necrotic, 2 edema, 4 enhancing}.
 SEG_LABELS = {"Brats21": {0, 1, 2, 4}}
@@ -47,6 +49,37 @@ def load_volume(path: str, dtype=np.float32) -> Volume:
   if data.ndim != 3:
     raise DataError(f"{path}: expected a 3-D volume, got shape {shape} ({len(shape)}-D)")
   return Volume(np.asarray(data, dtype=dtype), np.asarray(img.affine, dtype=np.float64), path)
+
+
+def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
+                header: nib.Nifti1Header | None = None, dtype=None) -> None:
+  """Atomically writes `data` [H, W, D] (voxel order) with `affine` [4, 4] as NIfTI-1 (.nii.gz).
+
+  The one NIfTI writer of the project: the file appears complete under `path` or not at all
+  (written through `utils.io.atomic_path`). `dtype` casts the data first (default: its own dtype).
+  header: a nibabel header to keep (e.g. the input scan's, so that a map written on the scan's own
+    grid carries its orientation codes, units and description): it is copied, its data dtype set
+    to the data's and its scaling to slope 1, intercept 0; its sform/qform are kept when they
+    already describe `affine`, else both are set to `affine` (keeping their codes, 1 where unset).
+    Without a header, sform = qform = `affine`, both with code 1 (scanner), spatial units mm.
+  """
+  data = np.asarray(data) if dtype is None else np.asarray(data, dtype)
+  affine = np.asarray(affine, np.float64)
+  if header is None:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+  else:
+    hdr = header.copy()
+    hdr.set_data_dtype(data.dtype)
+    hdr.set_slope_inter(1.0, 0.0)
+    if not np.allclose(hdr.get_best_affine(), affine):
+      hdr.set_sform(affine, code=int(hdr["sform_code"]) or 1)
+      hdr.set_qform(affine, code=int(hdr["qform_code"]) or 1)
+    img = nib.Nifti1Image(data, affine, header=hdr)
+  with io.atomic_path(path, suffix=".nii.gz") as tmp:
+    nib.save(img, tmp)
 
 
 def _check_labels(vol: Volume, allowed: set[int], role: str) -> list[tuple[str, str]]:

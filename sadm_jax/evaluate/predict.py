@@ -9,15 +9,16 @@ import os
 
 import jax
 import ml_collections
+import nibabel as nib
 import numpy as np
 
 from sadm_jax import config as config_lib
-from sadm_jax.data import orientation
+from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import affine_spacing, preprocess_volume
 from sadm_jax.evaluate import inference, metrics
 from sadm_jax.evaluate import planning, scoring
-from sadm_jax.evaluate.scans import list_scans, load_scan, save_like, scan_stem, to_input_grid
+from sadm_jax.evaluate.scans import list_scans, load_scan, scan_stem, to_input_grid
 from sadm_jax.train.checkpoint import open_run
 from sadm_jax.utils import io
 
@@ -224,14 +225,15 @@ def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: st
          "input_grid": list(img.data.shape), "input_spacing_mm": list(affine_spacing(img.affine)),
          "resampled_to_1mm": bool(work.resampled_to_1mm),
          "anomaly_map": os.path.join(out_dir, f"{stem}_anomaly_map.nii.gz")}
-  save_like(out["anomaly_map"], a_in, image_path, np.float32)
+  ref = nib.load(image_path)  # the scan's own header and affine: the maps sit on its grid
+  nifti.save_volume(out["anomaly_map"], a_in, ref.affine, header=ref.header, dtype=np.float32)
   if pred.tau is not None:
     p_work = ((a > np.float32(pred.tau)) & (work.mask > 0)).astype(np.uint8)
     p_in = back(p_work, 0)
     out["anomaly_mask"] = os.path.join(out_dir, f"{stem}_anomaly_mask.nii.gz")
     out["flagged_voxels_input_grid"] = int(p_in.sum())
     out["flagged_voxels_working_grid"] = int(p_work.sum())
-    save_like(out["anomaly_mask"], p_in, image_path, np.uint8)
+    nifti.save_volume(out["anomaly_mask"], p_in, ref.affine, header=ref.header, dtype=np.uint8)
   else:
     logging.warning("no threshold (evaluation τ or predict.threshold): writing the map only")
   io.write_json(os.path.join(out_dir, f"{stem}_prediction.json"), out)

@@ -14,7 +14,6 @@ from scipy import ndimage
 from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import affine_spacing
-from sadm_jax.utils import io
 
 MAX_SPACING_MM = 3.0  # coarser scans cannot reach the 2 mm working grid without inventing detail
 AFFINE_ATOL = 1e-3
@@ -83,17 +82,6 @@ def to_input_grid(volume: np.ndarray, work_affine: np.ndarray, input_affine: np.
   return ndimage.affine_transform(np.asarray(volume, np.float32 if order else volume.dtype),
                                   m[:3, :3], offset=m[:3, 3], output_shape=tuple(input_shape),
                                   order=order, mode="constant", cval=0.0, prefilter=False)
-
-
-def save_like(path: str, data: np.ndarray, reference: str, dtype) -> None:
-  """Atomically writes `data` as `dtype` on `reference`'s grid, with its affine and header."""
-  ref = nib.load(reference)
-  hdr = ref.header.copy()
-  hdr.set_data_dtype(dtype)
-  hdr.set_slope_inter(1.0, 0.0)
-  img = nib.Nifti1Image(np.asarray(data, dtype), ref.affine, header=hdr)
-  with io.atomic_path(path, suffix=".nii.gz") as tmp:
-    nib.save(img, tmp)
 
 
 # ----------------------------------------------------------------------------- listing
