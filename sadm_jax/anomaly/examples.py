@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from sadm_jax.anomaly import draem
-from sadm_jax.utils import io
+from sadm_jax.utils import io, montage
 
 _GAP = 2  # pixels of mid-grey between panels
 
@@ -38,16 +38,15 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def example_grid(slices: Sequence[np.ndarray], seed: int, cfg: draem.DraemConfig,
                  brain_masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
-  """uint8 [N (H + gap), 3 W + 2 gap]: one row per slice, panels input | anomalous | label."""
+  """uint8 [N (H + gap), 3 W + 2 gap]: one row per slice, panels input | anomalous | label,
+  laid out by `utils.montage.grid` on a mid-grey background (grey, one channel)."""
   rng = np.random.default_rng(seed)
   rows = []
   for i, x in enumerate(slices):
     brain = None if brain_masks is None else brain_masks[i]
     x_ano, y = draem.synth_anomaly(np.asarray(x, np.float32), rng, cfg, brain_mask=brain)
-    gap = np.full((x.shape[0], _GAP), 128, np.uint8)
-    rows.append(np.concatenate([_to_uint8(x), gap, _to_uint8(x_ano), gap, _to_uint8(y)], axis=1))
-    rows.append(np.full((_GAP, rows[-1].shape[1]), 128, np.uint8))
-  return np.concatenate(rows[:-1], axis=0)
+    rows.append([np.repeat(_to_uint8(v)[..., None], 3, axis=-1) for v in (x, x_ano, y)])
+  return np.ascontiguousarray(montage.grid(rows, gap=_GAP, background=128)[..., 0])
 
 
 def write_examples_png(path: str | os.PathLike, slices: Sequence[np.ndarray], seed: int,

@@ -8,11 +8,10 @@ import math
 import os
 from typing import Any, Sequence
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
-from sadm_jax.utils import io
+from sadm_jax.data.nifti import save_volume
+from sadm_jax.utils import io, montage as mt
 
 # Leading metrics.csv columns; every other numeric key of a row follows, sorted.
 KEY_COLUMNS = ("method", "train_anomalies", "test_set", "fold", "n_volumes")
@@ -25,8 +24,8 @@ METHOD_NAMES = {"threshold": "Intensity threshold", "cddpm": "cDDPM", "sadm": "S
                 "unet": "Unet (input only)"}
 SET_NAMES = {"Brats21": "BraTS21", "ATLAS_v2": "ATLAS v2", "DRAEM": "DRAEM (IXI test)",
              "MSLUB": "MSLUB", "WMH": "WMH", "IXI": "IXI (healthy)"}
-# Inferno-like colour ramp for anomaly maps (anchors at 0, .25, .5, .75, 1).
-_RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], float)
+MONTAGE_TITLES = ("input", "reconstruction", "anomaly map",
+                  "prediction (red) vs ground truth (green)")
 
 
 # ----------------------------------------------------------------------------- per-volume files
@@ -35,36 +34,6 @@ _RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 
 def nifti_order(a: np.ndarray) -> np.ndarray:
   """Slice-major [D, H, W] → NIfTI voxel order [H, W, D]: the one conversion, when writing files."""
   return np.ascontiguousarray(np.transpose(np.asarray(a), (1, 2, 0)))
-
-
-def save_nifti(path: str, data: np.ndarray, affine: np.ndarray) -> None:
-  """Atomically writes `data` [H, W, D] with `affine` [4, 4] as NIfTI-1 (.nii.gz), sform = qform."""
-  img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, np.float64))
-  img.set_qform(np.asarray(affine, np.float64), code=1)
-  img.set_sform(np.asarray(affine, np.float64), code=1)
-  with io.atomic_path(path, suffix=".nii.gz") as tmp:
-    nib.save(img, tmp)
-
-
-def _grey(v: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
-  """[h, w] floats -> [h, w, 3] uint8 grey, [lo, hi] mapped to [0, 255]."""
-  g = np.clip((np.asarray(v, np.float64) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-  return np.repeat((255.0 * g + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
-
-
-def colormap(v: np.ndarray, vmax: float) -> np.ndarray:
-  """[h, w] non-negative scores -> [h, w, 3] uint8 on the inferno-like ramp over [0, vmax].
-
-  (The reference plotted A on [0, max + 0.01].)
-  """
-  t = np.clip(np.asarray(v, np.float64) / max(vmax, 1e-12), 0.0, 1.0) * (len(_RAMP) - 1)
-  i = np.minimum(np.floor(t).astype(int), len(_RAMP) - 2)
-  f = (t - i)[..., None]
-  return ((1 - f) * _RAMP[i] + f * _RAMP[i + 1] + 0.5).astype(np.uint8)
-
-
-def _contour(b: np.ndarray) -> np.ndarray:
-  return b & ~ndimage.binary_erosion(b, border_value=0)
 
 
 def montage_slices(gt: np.ndarray | None, mask: np.ndarray, count: int = 4) -> list[int]:
@@ -95,13 +64,15 @@ def _brain_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, slice, slice]:
 def montage(image: np.ndarray, anomaly: np.ndarray, pred: np.ndarray, mask: np.ndarray,
             recon: np.ndarray | None = None, gt: np.ndarray | None = None,
             slices: Sequence[int] | None = None) -> np.ndarray:
-  """One row per axial slice: input | reconstruction | anomaly map | prediction vs GT.
+  """One row per axial slice, titled columns: input | reconstruction | anomaly map | prediction
+  (red) vs ground truth (green), and the anomaly map's colour bar over [0, vmax] on the right.
 
   The prediction panel shows the input with the prediction in red and the GT contour in green.
-  All inputs are [H, W, D] volumes (recon/gt optional: a black panel / no contour), cropped to the
-  brain's bounding box; slices are rotated so that the second voxel axis points up; small grids
-  are enlarged (nearest) for legibility.
-  Returns uint8 [rows·W·s, 4·H·s, 3].
+  All inputs are [H, W, D] volumes (recon/gt optional: a black panel titled "reconstruction
+  (none)" / no contour), cropped to the brain's bounding box; slices (default `montage_slices`)
+  are rotated so that the second voxel axis points up; small grids are enlarged (nearest) for
+  legibility. vmax = max(anomaly) + 0.01 (the reference's plotting range).
+  Returns uint8 [title strip + rows·(W·s + gap), 4·(H·s + gap) + colour bar, 3] (`utils.montage.grid`).
   """
   slices = list(slices) if slices is not None else montage_slices(gt, mask)
   vmax = float(np.max(anomaly)) + 0.01
@@ -109,22 +80,27 @@ def montage(image: np.ndarray, anomaly: np.ndarray, pred: np.ndarray, mask: np.n
   crop = lambda v: None if v is None else v[box]
   image, anomaly, pred, recon, gt = map(crop, (image, anomaly, pred, recon, gt))
   scale = max(1, 192 // max(image.shape[0], image.shape[1]))
+  enlarge = lambda p: np.repeat(np.repeat(np.rot90(p), scale, axis=0), scale, axis=1)
   rows = []
   for k in slices:
     x = image[..., k]
     blank = np.zeros(x.shape + (3,), np.uint8)
-    panels = [_grey(x), _grey(recon[..., k]) if recon is not None else blank,
-              colormap(anomaly[..., k], vmax)]
-    over = _grey(x)
+    panels = [mt.grey(x), mt.grey(recon[..., k]) if recon is not None else blank,
+              mt.colormap(anomaly[..., k], vmax)]
+    over = mt.grey(x)
     p = pred[..., k] > 0
     over[p] = (0.55 * over[p] + 0.45 * np.array([255, 0, 0])).astype(np.uint8)
     if gt is not None:
-      over[_contour(gt[..., k] > 0)] = (0, 255, 0)
+      over[mt.contour(gt[..., k] > 0)] = (0, 255, 0)
     panels.append(over)
-    row = np.concatenate([np.rot90(pnl) for pnl in panels], axis=1)
-    rows.append(row)
-  out = np.concatenate(rows, axis=0) if rows else np.zeros((1, 1, 3), np.uint8)
-  return np.ascontiguousarray(np.repeat(np.repeat(out, scale, axis=0), scale, axis=1))
+    rows.append([np.ascontiguousarray(enlarge(pnl)) for pnl in panels])
+  titles = list(MONTAGE_TITLES)
+  if recon is None:
+    titles[1] = "reconstruction (none)"
+  gap, background = 4, 48  # dark grey between the (black-background) panels
+  height = sum(r[0].shape[0] for r in rows) + gap * max(len(rows) - 1, 0)
+  bar = mt.colour_bar(max(height, 96), 0.0, vmax, "anomaly score", background=background)
+  return mt.grid(rows, col_titles=titles, right=bar, gap=gap, background=background)
 
 
 def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.ndarray,
@@ -142,7 +118,7 @@ def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.
       items.insert(1, ("recon", recon.astype(np.float32)))
     for suffix, data in items:
       path = os.path.join(out_dir, f"{name}_{suffix}.nii.gz")
-      save_nifti(path, data, affine)
+      save_volume(path, data, affine)
       written.append(path)
   if png:
     path = os.path.join(out_dir, f"{name}_montage.png")
