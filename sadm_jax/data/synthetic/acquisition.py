@@ -6,7 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from sadm_jax.data.synthetic.anatomy import T_WM, smooth_noise
+from sadm_jax.data.synthetic import calibration
+from sadm_jax.data.synthetic.anatomy import T_CSF, T_GM, T_WM, smooth_noise
 
 # Scanner profiles: WM intensity in scanner units, Rician noise as a fraction of WM.
 _IXI_SITES = {"Guys": (720.0, 0.025), "HH": (1150.0, 0.018), "IOP": (480.0, 0.03)}
@@ -34,7 +35,7 @@ def subject_metadata(rng: np.random.Generator, dataset: str, subject: int) -> tu
     meta = {"sex": str(rng.choice(["F", "M"])), "site": site, "age": rng.uniform(20, 86)}
     return f"IXI{n:03d}-Demo-{n:04d}", meta, _IXI_SITES[site]
   if dataset == "Brats21":
-    meta = {"grade": "HGG" if rng.random() < 0.8 else "LGG", "age": rng.uniform(25, 80)}
+    meta = {"grade": "HGG" if rng.random() < calibration.BRATS_HGG else "LGG", "age": rng.uniform(25, 80)}
     return f"BraTS2021_{n:05d}", meta, (rng.uniform(350, 1300), rng.uniform(0.015, 0.035))
   if dataset == "ATLAS_v2":
     site = int(rng.integers(1, 10))
@@ -49,8 +50,11 @@ def subject_metadata(rng: np.random.Generator, dataset: str, subject: int) -> tu
 
 def scanner_profile(rng: np.random.Generator, scanner: tuple[float, float]) -> Profile:
   scale, noise = scanner
-  ratios = {k: float(np.clip(rng.normal(1.0, s), 1 - 2.5 * s, 1 + 2.5 * s))
-            for k, s in (("csf", 0.08), ("gm", 0.04), ("wm", 0.03))}
+  wm = float(np.clip(rng.normal(1.0, 0.03), 0.925, 1.075))
+  # Grey matter and CSF relative to white matter as on a 3 T MPRAGE (calibration.GM_TO_WM,
+  # CSF_TO_WM), as multipliers of the template's own tissue levels.
+  ratios = {"wm": wm, "gm": wm * rng.uniform(*calibration.GM_TO_WM) * T_WM / T_GM,
+            "csf": wm * rng.uniform(*calibration.CSF_TO_WM) * T_WM / T_CSF}
   return Profile(ratios, float(np.exp(rng.uniform(-0.15, 0.15))), rng.uniform(0.05, 0.12),
                  noise * rng.uniform(0.8, 1.2), scale * rng.uniform(0.9, 1.1))
 

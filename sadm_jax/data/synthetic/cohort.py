@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -92,6 +93,7 @@ class Subject:
     mask: [X, Y, Z] uint8 brain mask {0, 1}.
     seg: [X, Y, Z] uint8 lesion labels ({0,1,2,4} for Brats21, {0,1} otherwise; zeros for IXI).
     affine: [4, 4] voxel -> MNI mm (1 mm isotropic).
+    stats: what the calibration targets, measured on this subject (`subject_stats`).
   """
   name: str
   dataset: str
@@ -100,6 +102,7 @@ class Subject:
   mask: np.ndarray
   seg: np.ndarray
   affine: np.ndarray
+  stats: dict[str, float]
 
 
 
@@ -108,22 +111,25 @@ class Subject:
 
 
 def _render(rng: np.random.Generator, dataset: str, meta: dict, profile: acquisition.Profile
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Deforms the template and draws the pathology. Returns (image, mask, seg), each [X, Y, Z]."""
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, anatomy.LowRes]:
+  """Deforms the template and draws the pathology. Returns (image, mask, seg), each [X, Y, Z],
+  and the subject's low-resolution tissue maps (after any mass effect)."""
   tmpl = anatomy.template()
   warp = anatomy.random_warp(rng, tmpl)
   low = anatomy.low_res(tmpl, warp)
   tumour = lesions.plan_tumour(rng, low, meta["grade"]) if dataset == "Brats21" else None
+  grow = 2  # low-resolution voxels the brain may move outward (the elastic part is in `low`)
   if tumour is not None:
     sigma = tumour.radius * rng.uniform(1.2, 1.5)
     amp = rng.uniform(0.4, 0.6) if tumour.hgg else rng.uniform(0.25, 0.4)
     warp = dataclasses.replace(warp, mass=(tuple(tumour.centre), amp, sigma))
+    grow += math.ceil(0.61 * amp * sigma / 2)  # max_r a r exp(-r^2 / 2 sigma^2) = a sigma e^-1/2
   r = profile.ratios
   contrast = tmpl.t1 * (1 + (r["gm"] - 1) * tmpl.gm + (r["wm"] - 1) * tmpl.wm
                         + (r["csf"] - 1) * tmpl.csf)
   # Only voxels near the (low-resolution) deformed brain are interpolated; the rest is background.
   shape = tmpl.t1.shape
-  roi = ndimage.binary_dilation(low.mask, iterations=2)
+  roi = ndimage.binary_dilation(low.mask, iterations=grow)
   roi = roi.repeat(2, 0).repeat(2, 1).repeat(2, 2)[:shape[0], :shape[1], :shape[2]]
   points = warp.coords(*[np.arange(n) for n in shape])[:, roi]  # [3, N]
   image = np.zeros(shape, np.float32)
@@ -138,13 +144,32 @@ def _render(rng: np.random.Generator, dataset: str, meta: dict, profile: acquisi
     if dataset == "Brats21":
       lesions.paint_tumour(canvas, rng, tumour)
     elif dataset == "ATLAS_v2":
-      for _ in range(1 if rng.random() < 0.75 else 2):
-        lesions.paint_stroke(canvas, rng, low)
+      lesions.paint_strokes(canvas, rng, low)
     elif dataset in ("MSLUB", "WMH"):
       lesions.paint_wm_lesions(canvas, rng, low, dataset)
     if dataset == "IXI" or canvas.seg.any():
       break
-  return canvas.image, mask, canvas.seg
+  lesions.drop_specks(canvas.seg)
+  if tumour is not None:  # the tissue maps after the mass effect (for subject_stats)
+    low = anatomy.low_res(tmpl, warp)
+  return canvas.image, mask, canvas.seg, low
+
+
+def subject_stats(t1: np.ndarray, seg: np.ndarray, low: anatomy.LowRes) -> dict[str, float]:
+  """Measured on the final image: GM/WM and CSF/WM intensity ratios (medians over voxels of
+  nearly pure tissue, lesions excluded), lesion volume (ml, 1 mm voxels), connected lesion
+  components, and the lesion's median intensity as a fraction f from WM (0) to CSF (1)."""
+  sub = (slice(0, None, 2),) * 3
+  t1_low, healthy = t1[sub], (seg[sub] == 0) & low.mask
+  level = {k: float(np.median(t1_low[(getattr(low, k) > th) & healthy]))
+           for k, th in (("wm", 0.9), ("gm", 0.8), ("csf", 0.9))}
+  out = {"gm_to_wm": level["gm"] / level["wm"], "csf_to_wm": level["csf"] / level["wm"],
+         "lesion_ml": float(np.count_nonzero(seg)) / 1000.0, "lesion_components": 0.0,
+         "lesion_f": float("nan")}
+  if seg.any():
+    out["lesion_components"] = float(ndimage.label(seg > 0)[1])
+    out["lesion_f"] = (level["wm"] - float(np.median(t1[seg > 0]))) / (level["wm"] - level["csf"])
+  return {k: round(v, 4) for k, v in out.items()}
 
 
 def make_subject(seed: int, dataset: str, subject: int) -> Subject:
@@ -154,12 +179,13 @@ def make_subject(seed: int, dataset: str, subject: int) -> Subject:
   rng = np.random.default_rng([seed, DATASETS.index(dataset), subject])
   name, meta, scanner = acquisition.subject_metadata(rng, dataset, subject)
   profile = acquisition.scanner_profile(rng, scanner)
-  image, mask, seg = _render(rng, dataset, meta, profile)
+  image, mask, seg, low = _render(rng, dataset, meta, profile)
   t1 = acquisition.acquire(rng, image, mask, profile)
   meta = dict(meta, age=round(float(meta["age"]), 1))
   if dataset == "ATLAS_v2":
     meta["lesion_volume_ml"] = round(float(np.count_nonzero(seg)) / 1000.0, 3)
-  return Subject(name, dataset, meta, t1, mask.astype(np.uint8), seg, anatomy.template().affine)
+  return Subject(name, dataset, meta, t1, mask.astype(np.uint8), seg, anatomy.template().affine,
+                 subject_stats(t1, seg, low))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -182,8 +208,7 @@ def _generate_subject(task: tuple[str, int, str, int]) -> dict[str, Any]:
   for kind, rel in layout.volume_paths(dataset, s.name).items():
     nifti.save_volume(layout.resolve_csv_path(base, rel), arrays[kind], s.affine)
   return {"dataset": dataset, "subject": subject, "row": subject_row(s),
-          "lesion_voxels": int(np.count_nonzero(s.seg)),
-          "lesion_components": int(ndimage.label(s.seg > 0)[1]) if dataset != "IXI" else 0}
+          "lesion_voxels": int(np.count_nonzero(s.seg)), "stats": s.stats}
 
 
 def _run(tasks: list[tuple], num_workers: int) -> list[dict[str, Any]]:
@@ -212,18 +237,26 @@ def split_indices(cfg: CohortConfig) -> dict[str, tuple[str, list[int]]]:
   return out
 
 
+def _quartiles(values: list[float]) -> list[float]:
+  """[P25, median, P75] of the finite values (NaN when none)."""
+  v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
+  return [round(float(q), 3) for q in np.percentile(v, (25, 50, 75))] if v.size else [math.nan] * 3
+
+
 def _summary(cfg: CohortConfig, split_map: dict, results: list[dict], seconds: float) -> dict:
-  """Counts, split sizes and per-data-set lesion statistics (voxels = mm^3, components)."""
-  stats = {}
-  for dataset in layout.PATHOLOGICAL:
-    vox = [r["lesion_voxels"] for r in results if r["dataset"] == dataset]
-    comps = [r["lesion_components"] for r in results if r["dataset"] == dataset]
-    stats[dataset] = {"total": int(sum(vox)), "min": int(min(vox)), "max": int(max(vox)),
-                      "median_ml": round(float(np.median(vox)) / 1000.0, 2),
-                      "median_components": float(np.median(comps))}
+  """Counts, split sizes, lesion voxels, and per data set the quartiles of every measured
+  calibration target (`subject_stats`)."""
+  voxels, measured = {}, {}
+  for dataset in DATASETS:
+    mine = [r for r in results if r["dataset"] == dataset]
+    measured[dataset] = {k: _quartiles([r["stats"][k] for r in mine]) for k in mine[0]["stats"]}
+    if dataset != "IXI":
+      vox = [r["lesion_voxels"] for r in mine]
+      voxels[dataset] = {"total": int(sum(vox)), "min": int(min(vox)), "max": int(max(vox))}
   return {"subjects": {d: sum(r["dataset"] == d for r in results) for d in DATASETS},
           "splits": {name: len(idx) for name, (_, idx) in split_map.items()},
-          "lesion_voxels": stats, "seconds": round(seconds, 1), "config": cfg.identity()}
+          "lesion_voxels": voxels, "measured": measured, "seconds": round(seconds, 1),
+          "config": cfg.identity()}
 
 
 def generate_cohort(root: str | os.PathLike, cfg: CohortConfig | None = None) -> dict[str, Any]:
@@ -237,7 +270,8 @@ def generate_cohort(root: str | os.PathLike, cfg: CohortConfig | None = None) ->
 
   Returns:
     {'subjects': {dataset: n}, 'splits': {split: rows},
-     'lesion_voxels': {dataset: {total, min, max, median_ml, median_components}},
+     'lesion_voxels': {dataset: {total, min, max}},
+     'measured': {dataset: {stat: [P25, median, P75]}} (stats: `subject_stats`),
      'seconds', 'config', 'skipped', 'data_dir'}.
   """
   cfg = cfg or CohortConfig.default()
