@@ -104,10 +104,11 @@ def run_checked(config, workdir: str) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from sadm_jax.utils import xla_flags
+  from sadm_jax.utils import compilation_cache, xla_flags
   # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
-  # device per core.
+  # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
   xla_flags.apply(stage=str(FLAGS.config.stage))
+  compilation_cache.apply()
   from sadm_jax import distributed
   distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
   if not FLAGS["verbosity"].present:
