@@ -8,7 +8,8 @@ from typing import MutableMapping
 
 ENV_SWITCH = "SADM_COMPILATION_CACHE"  # "0": off; a directory: use it instead of the default
 JAX_ENV = "JAX_COMPILATION_CACHE_DIR"  # JAX's own setting; when set, it wins
-MAX_SIZE_BYTES = 4 << 30  # JAX evicts least recently used entries beyond this
+# No size limit is set: JAX's LRU eviction (JAX_COMPILATION_CACHE_MAX_SIZE) needs the `filelock`
+# package, without which every cache read fails. Entries are ~0.1–10 MB per program.
 
 
 def default_dir(environ: MutableMapping[str, str]) -> str:
@@ -31,10 +32,7 @@ def apply(environ: MutableMapping[str, str] | None = None) -> str | None:
       return None
     path = os.path.abspath(os.path.expanduser(switch)) if switch else default_dir(env)
     env[JAX_ENV] = path  # read by JAX when it is imported (here: also by child processes)
-  env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(MAX_SIZE_BYTES))
   if environ is None and "jax" in sys.modules:  # JAX already imported: set it directly too
     import jax
     jax.config.update("jax_compilation_cache_dir", path)
-    if jax.config.jax_compilation_cache_max_size < 0:
-      jax.config.update("jax_compilation_cache_max_size", MAX_SIZE_BYTES)
   return path

@@ -237,10 +237,10 @@ def split_indices(cfg: CohortConfig) -> dict[str, tuple[str, list[int]]]:
   return out
 
 
-def _quartiles(values: list[float]) -> list[float]:
-  """[P25, median, P75] of the finite values (NaN when none)."""
+def _quartiles(values: list[float]) -> list[float] | None:
+  """[P25, median, P75] of the finite values (None when there are none, e.g. IXI's lesions)."""
   v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
-  return [round(float(q), 3) for q in np.percentile(v, (25, 50, 75))] if v.size else [math.nan] * 3
+  return [round(float(q), 3) for q in np.percentile(v, (25, 50, 75))] if v.size else None
 
 
 def _summary(cfg: CohortConfig, split_map: dict, results: list[dict], seconds: float) -> dict:
@@ -271,7 +271,7 @@ def generate_cohort(root: str | os.PathLike, cfg: CohortConfig | None = None) ->
   Returns:
     {'subjects': {dataset: n}, 'splits': {split: rows},
      'lesion_voxels': {dataset: {total, min, max}},
-     'measured': {dataset: {stat: [P25, median, P75]}} (stats: `subject_stats`),
+     'measured': {dataset: {stat: [P25, median, P75] or None}} (stats: `subject_stats`),
      'seconds', 'config', 'skipped', 'data_dir'}.
   """
   cfg = cfg or CohortConfig.default()

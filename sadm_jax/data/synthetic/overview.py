@@ -1,4 +1,4 @@
-"""The cohort's overview PNG: one titled row per data set, axial/coronal/sagittal slices through a test subject's largest lesion with its ground-truth contours."""
+"""The cohort's overview PNG: one titled row per data set, axial/coronal/sagittal slices through the largest lesion of a typical test subject, with its ground-truth contours."""
 
 from __future__ import annotations
 
@@ -15,17 +15,21 @@ from sadm_jax.utils import montage as montage_lib
 LESION, CORE, NECROSIS = (255, 40, 40), (255, 230, 0), (0, 220, 255)
 
 
-def _shown_subject(root: layout.DataRoot, dataset: str, candidates: int = 4
+def _shown_subject(root: layout.DataRoot, dataset: str
                    ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-  """(img_name, t1, mask, seg) [X, Y, Z] of the subject shown for `dataset`: of the first
-  `candidates` rows of its test split (IXI: IXI_test, first row), the one with most lesion."""
+  """(img_name, t1, mask, seg) [X, Y, Z] of the subject shown for `dataset`: the test subject
+  with the median lesion volume of its split (a typical case, not the largest); IXI: the first
+  row of IXI_test."""
   split = "IXI_test" if dataset == "IXI" else f"{dataset}_test"
-  rows = splits.read_split(root, split)[:1 if dataset == "IXI" else candidates]
+  rows = splits.read_split(root, split)
+  if dataset == "IXI":
+    rows = rows[:1]
   segs = [None if r.seg is None else nifti.load_volume(r.seg, np.uint8).data for r in rows]
-  best = int(np.argmax([0 if s is None else np.count_nonzero(s) for s in segs]))
-  t1 = nifti.load_volume(rows[best].img).data
-  seg = segs[best] if segs[best] is not None else np.zeros(t1.shape, np.uint8)
-  return rows[best].name, t1, nifti.load_volume(rows[best].mask, np.uint8).data, seg
+  sizes = np.array([0 if s is None else np.count_nonzero(s) for s in segs])
+  shown = int(np.argsort(sizes, kind="stable")[(len(sizes) - 1) // 2])
+  t1 = nifti.load_volume(rows[shown].img).data
+  seg = segs[shown] if segs[shown] is not None else np.zeros(t1.shape, np.uint8)
+  return rows[shown].name, t1, nifti.load_volume(rows[shown].mask, np.uint8).data, seg
 
 
 def _lesion_centre(seg: np.ndarray, mask: np.ndarray) -> tuple[int, int, int]:
@@ -56,8 +60,8 @@ def write_montage(root: str | os.PathLike, out_png: str | os.PathLike) -> str:
   """Writes the cohort's overview PNG and returns its path.
 
   One row per data set (titled "<dataset>  <img_name>  (<lesion> ml)"), columns titled axial /
-  coronal / sagittal, each slice through the largest lesion of the shown test subject, with the
-  ground-truth contour in red (BraTS: yellow = tumour core, cyan = necrosis / non-enhancing core).
+  coronal / sagittal, each slice through the largest lesion of the data set's median-lesion-volume
+  test subject, with the ground-truth contour in red (BraTS: yellow = tumour core, cyan = necrosis / non-enhancing core).
   """
   data_root = layout.resolve_data_root(os.fspath(root))
   rows, titles = [], []
