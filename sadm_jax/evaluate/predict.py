@@ -66,14 +66,14 @@ def _read_json(path: str) -> dict:
     return json.load(f)
 
 
-def _trained_orientation(run, workdir: str) -> tuple[str, str]:
+def _trained_orientation(run) -> tuple[str, str]:
   """(axis codes of an opened run's training data, where from); 'RAS' (logged) when the run
   (None: the threshold baseline) records none."""
   codes = (((run.meta if run is not None else None) or {}).get("run") or {}).get("orientation") or ""
   if codes:
-    return orientation.check_codes(codes), f"training data of {workdir}"
-  why = (f"{workdir} records no training-data orientation (trained before it was recorded)"
-         if workdir else "the threshold baseline has no trained model")
+    return orientation.check_codes(codes), f"training data of {run.workdir}"
+  why = (f"{run.workdir} records no training-data orientation (trained before it was recorded)"
+         if run is not None else "the threshold baseline has no trained model")
   logging.warning("predict: %s; assuming %s", why, orientation.DEFAULT)
   return orientation.DEFAULT, f"assumed ({why})"
 
@@ -133,8 +133,7 @@ def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> 
                                            settings)
   pred.tau, pred.tau_source = _stored_tau(run, config.predict.get("threshold_set", ""),
                                           saved.get("test_sets", []), checkpoint_dir)
-  model_dir = run.get("sadm_workdir") or run.get("cddpm_workdir") or ""
-  pred.orientation, pred.orientation_source = _trained_orientation(model_run, model_dir)
+  pred.orientation, pred.orientation_source = _trained_orientation(model_run)
   logging.info("predict: run %s of %s", run["id"], checkpoint_dir)
   return pred
 
@@ -151,7 +150,7 @@ def _from_model_workdir(checkpoint_dir: str, config: ml_collections.ConfigDict) 
                             "nor a training workdir with a best checkpoint (best/)")
   run = open_run(checkpoint_dir)  # any task; read once, reused below
   pred = _from_trained_run(run, config)
-  pred.orientation, pred.orientation_source = _trained_orientation(run, checkpoint_dir)
+  pred.orientation, pred.orientation_source = _trained_orientation(run)
   return pred
 
 

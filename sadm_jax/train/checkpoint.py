@@ -113,8 +113,13 @@ class Checkpointer:
     self.latest.reload()
     return dst
 
-  def latest_meta(self) -> dict:
-    step = self.latest.latest_step()
+  def saved_step(self, which: str = "best") -> int | None:
+    """The newest step of `best/` ('best') or `checkpoints/` ('latest'); None when empty."""
+    return (self.best if which == "best" else self.latest).latest_step()
+
+  def latest_meta(self, step: int | None = None) -> dict:
+    """The meta JSON of a step of `checkpoints/` (default its newest)."""
+    step = self.latest.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.dir}: no checkpoint")
     return dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
@@ -139,9 +144,9 @@ class Checkpointer:
     return manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target))).state
 
-  def best_meta(self) -> dict:
-    """The meta JSON (config, step, val_loss) of the best checkpoint."""
-    step = self.best.latest_step()
+  def best_meta(self, step: int | None = None) -> dict:
+    """The meta JSON (config, step, val_loss) of a step of `best/` (default its newest)."""
+    step = self.best.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.best_dir}: no best checkpoint")
     out = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -266,8 +271,11 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
   workdir = os.path.abspath(workdir)
   ckpt = Checkpointer(workdir, async_save=False, create=False)
   try:
+    saved = ckpt.saved_step(which)  # meta and state below are read from this one step
     try:
-      meta = ckpt.best_meta() if which == "best" else ckpt.latest_meta()
+      if saved is None:
+        raise FileNotFoundError(which)
+      meta = ckpt.best_meta(saved) if which == "best" else ckpt.latest_meta(saved)
     except FileNotFoundError:
       raise RunError(f"{label}: no complete {which} checkpoint") from None
     task_name = meta.get("task")
@@ -285,7 +293,7 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     if task_name == "sadm" and ref:
       cddpm = _open_reference(workdir, ref, opened)
     try:
-      state = ckpt.restore_saved(which)  # its meta was read above
+      state = ckpt.restore_saved(which, saved)  # the step whose meta was read above
       if not {"params", "model_state"} <= set(state):
         raise ValueError(f"no params / model_state in its saved state (keys {sorted(state)})")
     except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)

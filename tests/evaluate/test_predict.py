@@ -164,10 +164,12 @@ def test_ras_and_lps_copies_give_the_same_map_in_world_space(tiny_sadm_dir, tmp_
   pred = predict.load_predictor(tiny_sadm_dir, c)
   # The tiny runs were trained on RAS data and recorded it; older runs fall back to RAS (logged).
   assert pred.orientation == "RAS" and pred.orientation_source.startswith("training data of")
-  old = types.SimpleNamespace(meta={"run": {}})  # an opened run that records no orientation
-  assert predict._trained_orientation(old, "old")[0] == "RAS"
-  lps = types.SimpleNamespace(meta={"run": {"orientation": "LPS"}})
-  assert predict._trained_orientation(lps, "lps") == ("LPS", "training data of lps")
+  old = types.SimpleNamespace(meta={"run": {}}, workdir="old")  # records no orientation
+  assert predict._trained_orientation(old)[0] == "RAS"
+  assert predict._trained_orientation(None)[1] == \
+      "assumed (the threshold baseline has no trained model)"
+  lps = types.SimpleNamespace(meta={"run": {"orientation": "LPS"}}, workdir="lps")
+  assert predict._trained_orientation(lps) == ("LPS", "training data of lps")
   outs = {k: predict.predict(pred, *paths[k], str(tmp_path / k / "out")) for k in paths}
   assert outs["LPS"]["input_orientation"] == "LPS" and outs["LPS"]["model_orientation"] == "RAS"
   maps = {k: nib.load(outs[k]["anomaly_map"]) for k in outs}

@@ -224,3 +224,23 @@ def test_repeat_seed_is_run_metadata_not_config(data_dir):
   assert c.to_dict() == before  # the user's config is never changed
   c.sadm.repeat = 0
   assert sadm.sadm_task(c, data=False).seed == c.seed
+
+
+def test_open_run_reads_meta_and_state_of_one_step_and_needs_params(cddpm_dir, monkeypatch):
+  """The state restored is the step whose meta was read; a state without params / model_state
+  (not a model's checkpoint) is a one-line RunError naming the workdir."""
+  from sadm_jax.train import checkpoint
+  real, calls = checkpoint.Checkpointer.restore_saved, []
+
+  def spy(self, which="best", step=None):
+    calls.append((which, step))
+    return real(self, which, step)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_saved", spy)
+  run = open_run(cddpm_dir, expect="cddpm")
+  assert calls == [("best", run.step)] and run.step == run.meta["step"]
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_saved",
+                      lambda self, which="best", step=None: {"opt_state": {}, "step": 1})
+  with pytest.raises(RunError, match=r"cannot be restored: no params / model_state in its saved "
+                                     r"state \(keys \['opt_state', 'step'\]\)"):
+    open_run(cddpm_dir, expect="cddpm")
