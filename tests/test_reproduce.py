@@ -244,3 +244,54 @@ def test_stage_stops_when_a_member_fails(tmp_path, monkeypatch):
   with pytest.raises(reproduce.ReproduceError, match="reproduce: sadm_brats-0, evaluate failed"):
     reproduce.run(reproduce_config.get_config("tiny"), str(tmp_path))
   assert not (tmp_path / "claims.json").exists()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_reproduction(tmp_path_factory):
+  """`configs/reproduce.py:tiny` for real, in this process (the session's compilation cache; the
+  demo:tiny job compiles the same cDDPM and SADM programs): ~4 min on 2 cold cores."""
+  from sadm_jax import main as main_lib
+  workdir = str(tmp_path_factory.mktemp("table1"))
+  c = reproduce_config.get_config("tiny")
+  c.train.async_checkpoints = False
+  assert main_lib.run_checked(c, workdir) == 0
+  return workdir, c
+
+
+def test_tiny_reproduction_trains_evaluates_and_checks_every_claim(tiny_reproduction, capsys):
+  workdir, c = tiny_reproduction
+  names = [m.name for m in reproduce.members(c, workdir, os.path.join(workdir, "demo_data"))]
+  assert all(os.path.isfile(os.path.join(workdir, n, runner.DONE)) for n in names)
+  with open(os.path.join(workdir, "report", "metrics.csv"), newline="") as f:
+    rows = list(csv.DictReader(f))
+  got = {(r["method"], r["train_anomalies"], r["test_set"]) for r in rows}
+  models = [("threshold", "none"), ("cddpm", "none")] + [
+      (m, a) for m in ("sadm", "unet") for a in ("draem", "Brats21", "ATLAS_v2")]
+  for method, anomalies in models:
+    for test_set in ("Brats21", "ATLAS_v2", "WMH", "DRAEM"):
+      assert (method, anomalies, test_set) in got, (method, anomalies, test_set)
+  lesions = [r for r in rows if r["test_set"] in reproduce.PATHOLOGIES + ("DRAEM",)]
+  for r in lesions:
+    assert 0.0 <= float(r["dice"]) <= float(r["best_dice"]) + 1e-9 <= 1.0 + 1e-9, r
+  claims = json.load(open(os.path.join(workdir, "claims.json")))
+  for k in ("claim1", "claim2", "claim3"):
+    assert isinstance(claims[k]["holds_on_test"], bool)
+    assert isinstance(claims[k]["holds_on_validation"], bool)
+    for comparison in claims[k]["comparisons"]:  # every compared number was measured
+      for side in ("test", "validation"):
+        assert all(v is not None and 0.0 <= v <= 1.0 for v in comparison[side].values()), comparison
+  # The verdicts follow from the numbers compared (recomputed from metrics.csv's rows).
+  again = reproduce.check_claims([dict(r, **{k: float(r[k]) for k in ("dice", "val_pooled_dice")})
+                                  for r in lesions])
+  assert _verdicts(again) == _verdicts(claims)
+  table = open(os.path.join(workdir, "report", "table.md")).read()
+  assert table.startswith("# Table 1 on the demo cohort") and "| Unet (input only) | ATLAS_v2 |" in table
+  # A second run skips every member and rewrites the same verdicts.
+  from sadm_jax import main as main_lib
+  capsys.readouterr()
+  assert main_lib.run_checked(c, workdir) == 0
+  assert capsys.readouterr().out.count("done already, skipped") == len(names)
+  assert _verdicts(json.load(open(os.path.join(workdir, "claims.json")))) == _verdicts(claims)
