@@ -27,7 +27,8 @@ class Profile:
   scale: float  # WM intensity in scanner units
 
 
-def subject_metadata(rng: np.random.Generator, dataset: str, subject: int) -> tuple[str, dict, tuple]:
+def subject_metadata(rng: np.random.Generator, dataset: str, subject: int
+                     ) -> tuple[str, dict, tuple]:
   """(img_name, metadata incl. age, (scale, noise) of the scanner)."""
   n = subject + 1
   if dataset == "IXI":
@@ -35,7 +36,8 @@ def subject_metadata(rng: np.random.Generator, dataset: str, subject: int) -> tu
     meta = {"sex": str(rng.choice(["F", "M"])), "site": site, "age": rng.uniform(20, 86)}
     return f"IXI{n:03d}-Demo-{n:04d}", meta, _IXI_SITES[site]
   if dataset == "Brats21":
-    meta = {"grade": "HGG" if rng.random() < calibration.BRATS_HGG else "LGG", "age": rng.uniform(25, 80)}
+    grade = "HGG" if rng.random() < calibration.BRATS_HGG else "LGG"
+    meta = {"grade": grade, "age": rng.uniform(25, 80)}
     return f"BraTS2021_{n:05d}", meta, (rng.uniform(350, 1300), rng.uniform(0.015, 0.035))
   if dataset == "ATLAS_v2":
     site = int(rng.integers(1, 10))

@@ -61,7 +61,8 @@ def write_montage(root: str | os.PathLike, out_png: str | os.PathLike) -> str:
 
   One row per data set (titled "<dataset>  <img_name>  (<lesion> ml)"), columns titled axial /
   coronal / sagittal, each slice through the largest lesion of the data set's median-lesion-volume
-  test subject, with the ground-truth contour in red (BraTS: yellow = tumour core, cyan = necrosis / non-enhancing core).
+  test subject, with the ground-truth contour in red (BraTS: yellow = tumour core, cyan =
+  necrosis / non-enhancing core).
   """
   data_root = layout.resolve_data_root(os.fspath(root))
   rows, titles = [], []
