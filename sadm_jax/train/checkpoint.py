@@ -113,16 +113,26 @@ class Checkpointer:
     self.latest.reload()
     return dst
 
+  def _manager(self, which: str) -> ocp.CheckpointManager:
+    return self.best if which == "best" else self.latest
+
   def saved_step(self, which: str = "best") -> int | None:
     """The newest step of `best/` ('best') or `checkpoints/` ('latest'); None when empty."""
-    return (self.best if which == "best" else self.latest).latest_step()
+    return self._manager(which).latest_step()
 
-  def latest_meta(self, step: int | None = None) -> dict:
-    """The meta JSON of a step of `checkpoints/` (default its newest)."""
-    step = self.latest.latest_step() if step is None else step
+  def _step(self, which: str, step: int | None) -> int:
+    """`step`, or the newest step of `which`; FileNotFoundError naming the directory if none."""
+    step = self.saved_step(which) if step is None else step
     if step is None:
-      raise FileNotFoundError(f"{self.dir}: no checkpoint")
-    return dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+      raise FileNotFoundError(f"{self._manager(which).directory}: no {which} checkpoint")
+    return step
+
+  def saved_meta(self, which: str = "best", step: int | None = None) -> dict:
+    """The meta JSON (config, task, step, val_loss, run metadata) of a step of `best/` or
+    `checkpoints/` (default its newest)."""
+    step = self._step(which, step)
+    return dict(self._manager(which).restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
   def restore_saved(self, which: str = "best", step: int | None = None) -> dict:
     """The train state of a step of `best/` or `checkpoints/` (default its newest), as saved.
@@ -132,10 +142,8 @@ class Checkpointer:
     'opt_state', 'step'}) on this process's first device. What reopens a trained run
     (`open_run`); training's resume restores into its own typed state (`restore_usable`).
     """
-    manager = self.best if which == "best" else self.latest
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{manager.directory}: no checkpoint")
+    step = self._step(which, step)
+    manager = self._manager(which)
     from etils import epath
     tree = ocp.StandardCheckpointHandler().metadata(
         epath.Path(manager.directory) / str(step) / "state")  # {path: ArrayMetadata}
@@ -143,14 +151,6 @@ class Checkpointer:
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
     return manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target))).state
-
-  def best_meta(self, step: int | None = None) -> dict:
-    """The meta JSON (config, step, val_loss) of a step of `best/` (default its newest)."""
-    step = self.best.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{self.best_dir}: no best checkpoint")
-    out = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(out.meta)
 
   def _best_loss_on_disk(self) -> float | None:
     step = self.best.latest_step()
@@ -275,7 +275,7 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     try:
       if saved is None:
         raise FileNotFoundError(which)
-      meta = ckpt.best_meta(saved) if which == "best" else ckpt.latest_meta(saved)
+      meta = ckpt.saved_meta(which, saved)
     except FileNotFoundError:
       raise RunError(f"{label}: no complete {which} checkpoint") from None
     task_name = meta.get("task")
@@ -304,8 +304,8 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     ckpt.close()
   state = jax.device_get(state)
   logging.info("opened %s run %s (%s step %s)", task_name, workdir, which, meta.get("step"))
-  return Run(workdir=workdir, task=task_name, config=config, meta=dict(meta),
-             step=int(meta.get("step", 0)), which=which,
+  return Run(workdir=workdir, task=task_name, config=config, meta=dict(meta), step=step,
+             which=which,
              variables={"params": state["params"], "model_state": state["model_state"]},
              cddpm=cddpm)
 

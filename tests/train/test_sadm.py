@@ -47,7 +47,7 @@ def test_draem_trains_and_checkpoints_are_sadm(draem_dir, cddpm_dir):
   assert steps == [1, 2]
   ckpt = Checkpointer(workdir, async_save=False)
   try:
-    assert ckpt.latest_meta()["task"] == ckpt.best_meta()["task"] == "sadm"
+    assert ckpt.saved_meta("latest")["task"] == ckpt.saved_meta("best")["task"] == "sadm"
   finally:
     ckpt.close()
   run = open_run(workdir, expect="sadm")
