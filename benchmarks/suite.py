@@ -179,7 +179,7 @@ def eval_rows(args, peaks: dict, benches: dict, rows: list) -> list[dict]:
   for dtype in args.dtype:
     fresh = dtype not in benches  # else compiled already (eval_precision ran first)
     if fresh:
-      benches[dtype] = ev.build("paper" if args.config == "paper" else "tiny", dtype)
+      benches[dtype] = ev.build(args.config, dtype)  # "tiny" | "paper"
     b = benches[dtype]
     image, cddpm, segnet = b.image, b.cddpm, b.segnet
     img = jnp.asarray(image, jnp.float32)
@@ -235,7 +235,7 @@ def precision_check(args, benches: dict) -> dict:
   out = {}
   for dtype in ("float32", "bfloat16"):
     if dtype not in benches:
-      benches[dtype] = ev.build("paper" if args.config == "paper" else "tiny", dtype)
+      benches[dtype] = ev.build(args.config, dtype)  # "tiny" | "paper"
     b = benches[dtype]
     out[dtype] = inference.infer_volume(b.image, 1, b.cddpm, b.segnet)
   b = benches["float32"]

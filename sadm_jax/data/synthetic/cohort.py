@@ -179,11 +179,12 @@ def make_subject(seed: int, dataset: str, subject: int) -> Subject:
   profile = acquisition.scanner_profile(rng, scanner)
   image, mask, seg, low = _render(rng, dataset, meta, profile)
   t1 = acquisition.acquire(rng, image, mask, profile)
+  stats = subject_stats(t1, seg, low)
   meta = dict(meta, age=round(float(meta["age"]), 1))
-  if dataset == "ATLAS_v2":
-    meta["lesion_volume_ml"] = round(float(np.count_nonzero(seg)) / 1000.0, 3)
+  if dataset == "ATLAS_v2":  # voxels / 1000: exactly 3 decimals
+    meta["lesion_volume_ml"] = round(stats["lesion_ml"], 3)
   return Subject(name, dataset, meta, t1, mask.astype(np.uint8), seg, anatomy.template().affine,
-                 subject_stats(t1, seg, low))
+                 stats)
 
 
 # ----------------------------------------------------------------------------- writing
