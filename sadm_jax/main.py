@@ -104,11 +104,13 @@ def run_checked(config, workdir: str) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from sadm_jax.utils import compilation_cache, xla_flags
+  from sadm_jax.utils import compilation_cache, compile_log, xla_flags
   # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
   # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
+  # SADM_COMPILE_LOG=<file>: log every compilation's time (benchmarks/compile_profile.py).
   xla_flags.apply(stage=str(FLAGS.config.stage))
   compilation_cache.apply()
+  compile_log.install()
   from sadm_jax import distributed
   distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
   if not FLAGS["verbosity"].present:

@@ -24,6 +24,10 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+from sadm_jax.utils import compile_log  # noqa: E402
+
+compile_log.install()  # SADM_COMPILE_LOG=<file>: every compilation's time (subprocesses too)
+
 from absl import flags  # noqa: E402
 
 # grain's multi-worker mode reads absl flags; outside absl.app.run they must be marked parsed.
