@@ -17,6 +17,25 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def _one_writer_per_array() -> None:
+  """In a single process, Orbax writes each array once instead of slicing it over its replicas.
+
+  Orbax's default off GPU ("replica-parallel" saving) splits every replicated array into one
+  slice per device so that several hosts share the writing. In one process all slices are
+  written by that process anyway, and the slicing costs one eager `slice` program per array
+  shape and device: with 8 devices, 13,900 dispatches and 11 s of a 4-step tiny run's 40 s,
+  for no gain. Multi-process runs keep Orbax's default. Registered once, before the first save.
+  """
+  if jax.process_count() > 1 or getattr(_one_writer_per_array, "done", False):
+    return
+  from orbax.checkpoint._src.metadata import array_metadata_store
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False,
+                                                array_metadata_store=array_metadata_store.Store()),
+      override=True)
+  _one_writer_per_array.done = True
+
+
 def _abstract(target: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       target, shardings)
@@ -32,6 +51,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, create: bool = True):
+    _one_writer_per_array()
     self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.best_dir = os.path.join(os.path.abspath(workdir), "best")
     # A reader (create=False) never creates directories or cleans another run's temporaries.
