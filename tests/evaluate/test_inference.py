@@ -15,6 +15,7 @@ from sadm_jax.evaluate import anomaly_map as am
 from sadm_jax.evaluate import scoring
 from sadm_jax.models import factory
 from sadm_jax.models.segnet import SegUnet
+from tests.helpers import random_variables
 
 D, H, W = 8, 64, 64  # the tiny working grid, slice-major
 
@@ -30,18 +31,14 @@ def models(eval_config):
   cfg = config_lib.resolve(cddpm_config.get_config("tiny"))
   model = factory.build_cddpm(cfg)
   x = jnp.zeros((1, H, W, 1))
-  # Jitted inits: one compiled program each instead of hundreds of eagerly dispatched ops.
-  variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, x,
-                                           jnp.zeros((1,), jnp.int32), train=False))(
-                                               jax.random.key(0))
-  # The UNet's output convolutions are zero-initialised (x̂ would not depend on the noise): perturb.
-  leaves, tree = jax.tree.flatten(variables["params"])
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  noisy = [p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
-  variables = {**variables, "params": jax.tree.unflatten(tree, noisy)}
+  # Random variables drawn on the host (no init program to compile); no layer is zero, so x̂
+  # depends on the noise (the UNet's real output convolution is zero-initialised).
+  variables = random_variables(
+      lambda k, *a: model.init({"params": k, "dropout": k}, *a, train=False),
+      x, x, jnp.zeros((1,), jnp.int32), seed=0)
   cddpm = inference.cddpm_inference(cfg, variables, eval_config)
   seg_module = SegUnet(wf=2)
-  seg_vars = jax.jit(lambda k: seg_module.init(k, x, x))(jax.random.key(1))
+  seg_vars = random_variables(seg_module.init, x, x, seed=1)
   return cddpm, inference.SegmentationInference(seg_module, seg_vars)
 
 

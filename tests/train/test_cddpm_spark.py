@@ -61,7 +61,7 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
   from sadm_jax.train import cddpm
   from sadm_jax.train.checkpoint import RunError, open_run
   task = cddpm.cddpm_task(c)
-  v = task.init_variables(jax.random.key(0))
+  v = jax.jit(task.init_variables)(jax.random.key(0))  # one program, not ~1,000 eager ops
   spark_run = open_run(str(tmp_path / "spark"), expect="spark")
   sp = {"params": spark_run.variables["params"], "batch_stats": spark_run.variables["model_state"]}
   assert task.meta["pretrained_encoder"]["workdir"] == spark_run.workdir
