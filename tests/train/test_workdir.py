@@ -18,13 +18,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
 
 
-def _run(data_dir, workdir, *extra, steps=4):
-  cmd = [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
+def _cmd(data_dir, workdir, *extra, steps=4) -> list[str]:
+  return [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
          f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
          f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=2",
          "--config.train.eval_every=4", "--config.optimizer.learning_rate=0.002", *extra]
-  return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+def _run(data_dir, workdir, *extra, steps=4):
+  return subprocess.run(_cmd(data_dir, workdir, *extra, steps=steps), cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=900)
 
 
 def _snapshot(root) -> dict:
@@ -146,24 +150,31 @@ def _damage(work: str, step: int, kind: str) -> None:
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["truncated_array", "missing_metadata", "empty_step_dir"])
-def test_damaged_newest_step_is_moved_aside_and_previous_step_resumes(trained, tmp_path, kind):
-  work = _copy(trained, tmp_path)
-  _damage(work, 4, kind)
-  damaged = _snapshot(os.path.join(work, "checkpoints", "4"))
-  res = _run(trained[0], work, steps=4)
-  assert res.returncode == 0, res.stderr[-3000:]
-  ckpt_dir = os.path.join(work, "checkpoints")
-  warnings = [l for l in res.stderr.splitlines()
-              if f"checkpoint step 4 in {ckpt_dir} cannot be restored" in l]
-  assert len(warnings) == 1 and "moved it aside to 4.damaged-1" in warnings[0], res.stderr
-  assert "resumed from checkpoint step 2" in res.stdout
-  # Moved aside untouched (never deleted); steps 3-4 retrained into a new step 4.
-  assert _snapshot(os.path.join(ckpt_dir, "4.damaged-1")) == damaged
-  assert sorted(os.listdir(ckpt_dir)) == ["2", "4", "4.damaged-1"]
-  with open(os.path.join(work, "metrics.jsonl")) as f:
-    steps = [json.loads(l)["step"] for l in f]
-  assert steps == sorted(steps) and steps[-1] == 4
+def test_damaged_newest_step_is_moved_aside_and_previous_step_resumes(trained, tmp_path):
+  """Each kind of damage in its own copy of the run; the three resumes run side by side (each
+  process is mostly single-threaded tracing, so 2 cores run them in ~half the time)."""
+  kinds = ("truncated_array", "missing_metadata", "empty_step_dir")
+  works, damaged, procs = {}, {}, {}
+  for kind in kinds:
+    works[kind] = _copy(trained, tmp_path / kind)
+    _damage(works[kind], 4, kind)
+    damaged[kind] = _snapshot(os.path.join(works[kind], "checkpoints", "4"))
+    procs[kind] = subprocess.Popen(_cmd(trained[0], works[kind], steps=4), cwd=REPO, env=ENV,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for kind in kinds:
+    stdout, stderr = procs[kind].communicate(timeout=900)
+    assert procs[kind].returncode == 0, (kind, stderr[-3000:])
+    ckpt_dir = os.path.join(works[kind], "checkpoints")
+    warnings = [l for l in stderr.splitlines()
+                if f"checkpoint step 4 in {ckpt_dir} cannot be restored" in l]
+    assert len(warnings) == 1 and "moved it aside to 4.damaged-1" in warnings[0], (kind, stderr)
+    assert "resumed from checkpoint step 2" in stdout, kind
+    # Moved aside untouched (never deleted); steps 3-4 retrained into a new step 4.
+    assert _snapshot(os.path.join(ckpt_dir, "4.damaged-1")) == damaged[kind], kind
+    assert sorted(os.listdir(ckpt_dir)) == ["2", "4", "4.damaged-1"], kind
+    with open(os.path.join(works[kind], "metrics.jsonl")) as f:
+      steps = [json.loads(l)["step"] for l in f]
+    assert steps == sorted(steps) and steps[-1] == 4, kind
 
 
 def test_no_usable_checkpoint_is_a_clear_error_every_time(trained, tmp_path):
