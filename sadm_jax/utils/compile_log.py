@@ -20,7 +20,7 @@ EVENTS = {
     "/jax/core/compile/backend_compile_duration": "compile",
     "/jax/compilation_cache/cache_retrieval_time_sec": "cache_read",
 }
-_installed: list[str] = []
+_installed: dict[str, object] = {}  # file -> its listener
 
 
 def install(path: str | None = None) -> str | None:
@@ -50,5 +50,13 @@ def install(path: str | None = None) -> str | None:
       os.close(fd)
 
   jax.monitoring.register_event_duration_secs_listener(listener)
-  _installed.append(path)
+  _installed[path] = listener
   return path
+
+
+def uninstall(path: str) -> None:
+  """Stops logging to `path` (no-op when it was not installed)."""
+  listener = _installed.pop(os.path.abspath(path), None)
+  if listener is not None:
+    import jax
+    jax.monitoring.unregister_event_duration_listener(listener)

@@ -18,11 +18,17 @@ def test_replicated_state_saves_without_eager_slices_and_restores_exactly(tmp_pa
   handler = ocp.type_handlers.get_type_handler(jax.Array)
   assert handler._use_replica_parallel is False  # noqa: SLF001  (Orbax has no public getter)
   compiled = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, d, **kw: compiled.append(kw.get("fun_name"))
-      if event == "/jax/core/compile/backend_compile_duration" else None)
-  ck.best.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  ck.best.wait_until_finished()
+
+  def listener(event, duration, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(kw.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    ck.best.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    ck.best.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
   assert "slice" not in compiled  # Orbax's replica-parallel save slices each array per device
   out = ck.best.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore(
       jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), state))))
