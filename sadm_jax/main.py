@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from absl import app, flags, logging
@@ -110,7 +111,11 @@ def main(argv):
   # SADM_COMPILE_LOG=<file>: log every compilation's time (benchmarks/compile_profile.py).
   xla_flags.apply(stage=str(FLAGS.config.stage))
   compilation_cache.apply()
-  compile_log.install()
+  try:
+    compile_log.install()
+  except OSError as e:
+    _fail(f"{compile_log.ENV}={os.environ.get(compile_log.ENV)}: cannot write the compile log "
+          f"({e.strerror})")
   from sadm_jax import distributed
   distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
   if not FLAGS["verbosity"].present:

@@ -205,3 +205,14 @@ def test_non_finite_training_loss_is_one_line_exit_2(monkeypatch, capsys, tmp_pa
   err = capsys.readouterr().err.strip().splitlines()
   assert err == ["error: non-finite training loss (nan) at step 5; stopping. The last good "
                  "checkpoint (step 4) is kept in W/checkpoints"]
+
+
+def test_unwritable_compile_log_is_one_line_before_anything_runs(tmp_path):
+  log = tmp_path / "no_such_dir" / "compile.jsonl"
+  cmd = [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
+         f"--workdir={tmp_path / 'w'}"]
+  res = subprocess.run(cmd, cwd=REPO, env={**ENV, "SADM_COMPILE_LOG": str(log)},
+                       capture_output=True, text=True, timeout=300)
+  assert _one_error(res) == (f"error: SADM_COMPILE_LOG={log}: cannot write the compile log "
+                             "(No such file or directory)")
+  assert not os.path.exists(tmp_path / "w")

@@ -27,6 +27,8 @@ def install(path: str | None = None) -> str | None:
   """Starts logging to `path` (default: `$SADM_COMPILE_LOG`); returns the file, None when off.
 
   Idempotent within a process (a second call with the same file adds no second listener).
+  Raises OSError when the file cannot be opened for appending; a write that fails later (the
+  disk filled up) is dropped: a diagnostic log never stops a run.
   """
   path = path or os.environ.get(ENV, "").strip()
   if not path:
@@ -34,6 +36,7 @@ def install(path: str | None = None) -> str | None:
   path = os.path.abspath(path)
   if path in _installed:
     return path
+  os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
   import jax
 
   def listener(event: str, duration: float, **kwargs) -> None:
@@ -43,11 +46,14 @@ def install(path: str | None = None) -> str | None:
     test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
     line = json.dumps({"pid": os.getpid(), "event": kind, "fun": str(kwargs.get("fun_name", "")),
                        "s": round(float(duration), 4), "test": test}) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-      os.write(fd, line.encode())
-    finally:
-      os.close(fd)
+      fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+      try:
+        os.write(fd, line.encode())
+      finally:
+        os.close(fd)
+    except OSError:
+      pass
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   _installed[path] = listener
