@@ -16,9 +16,11 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
        "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
-def _main(*args, config="configs/cddpm.py:tiny"):
+def _main(*args, config="configs/cddpm.py:tiny", env=None):
+  """`python -m sadm_jax.main --config=<config> *args` with ENV plus `env`."""
   cmd = [sys.executable, "-m", "sadm_jax.main", f"--config={config}", *args]
-  return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  return subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True,
+                        text=True, timeout=300)
 
 
 def _one_error(res) -> str:
@@ -209,10 +211,7 @@ def test_non_finite_training_loss_is_one_line_exit_2(monkeypatch, capsys, tmp_pa
 
 def test_unwritable_compile_log_is_one_line_before_anything_runs(tmp_path):
   log = tmp_path / "no_such_dir" / "compile.jsonl"
-  cmd = [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
-         f"--workdir={tmp_path / 'w'}"]
-  res = subprocess.run(cmd, cwd=REPO, env={**ENV, "SADM_COMPILE_LOG": str(log)},
-                       capture_output=True, text=True, timeout=300)
+  res = _main(f"--workdir={tmp_path / 'w'}", env={"SADM_COMPILE_LOG": str(log)})
   assert _one_error(res) == (f"error: SADM_COMPILE_LOG={log}: cannot write the compile log "
                              "(No such file or directory)")
   assert not os.path.exists(tmp_path / "w")
