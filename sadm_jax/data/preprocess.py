@@ -186,6 +186,18 @@ def _slab_speed(p: np.ndarray, scales: Sequence[float]) -> np.ndarray:
 # --------------------------------------------------------------------------- crop / pad, rescale
 
 
+def _crop_and_pad(shape: Sequence[int], target: Sequence[int]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(crop_start, pad_start, pad) per axis of `crop_or_pad` from `shape` to `target` (int64 [3])."""
+  target = np.asarray(target, dtype=np.int64)
+  if target.shape != (len(shape),):
+    raise ValueError(f"target {tuple(target)} does not match a volume of shape {tuple(shape)}")
+  diff = target - np.asarray(shape, dtype=np.int64)
+  pad = np.maximum(diff, 0)
+  crop = np.maximum(-diff, 0)
+  return (crop + 1) // 2, (pad + 1) // 2, pad
+
+
 def crop_or_pad(volume: np.ndarray, target: Sequence[int] = (192, 192, 100)
                 ) -> tuple[np.ndarray, np.ndarray]:
   """Centred crop or zero pad to `target`, like torchio `CropOrPad`.
@@ -203,16 +215,21 @@ def crop_or_pad(volume: np.ndarray, target: Sequence[int] = (192, 192, 100)
     `out` is `affine @ translation(offset)`.
   """
   volume = np.asarray(volume)
-  target = np.asarray(target, dtype=np.int64)
-  if target.shape != (volume.ndim,):
-    raise ValueError(f"target {tuple(target)} does not match a volume of shape {volume.shape}")
-  diff = target - np.asarray(volume.shape, dtype=np.int64)
-  pad = np.maximum(diff, 0)
-  crop = np.maximum(-diff, 0)
-  pad_start, crop_start = (pad + 1) // 2, (crop + 1) // 2
+  crop_start, pad_start, pad = _crop_and_pad(volume.shape, target)
   padded = np.pad(volume, [(int(s), int(p - s)) for s, p in zip(pad_start, pad)])
   out = padded[tuple(slice(int(s), int(s + t)) for s, t in zip(crop_start, target))]
   return out, crop_start - pad_start
+
+
+def crop_box(shape: Sequence[int], target: Sequence[int], margin: int = 0) -> tuple[slice, ...]:
+  """The input voxels `crop_or_pad(·, target)` keeps, grown by `margin` and clipped to `shape`.
+
+  A padded axis keeps all of its voxels. E.g. shape (182, 218, 182), target (128, 128, 16),
+  margin 4 → (slice(23, 159), slice(41, 177), slice(79, 103)).
+  """
+  crop_start, _, _ = _crop_and_pad(shape, target)
+  return tuple(slice(max(int(s) - margin, 0), min(int(s) + min(int(t), n) + margin, n))
+               for s, t, n in zip(crop_start, target, shape))
 
 
 def translation(offset: Sequence[float]) -> np.ndarray:
@@ -461,7 +478,12 @@ def preprocess_volume(image: np.ndarray, mask: np.ndarray, seg: np.ndarray | Non
       seg = resample_to_isotropic(seg, spacing, 0, 1.0, cfg.spacing_tolerance)
 
   if cfg.curvature_flow and cfg.cf_iterations > 0:
-    image = curvature_flow(image, cfg.cf_time_step, cfg.cf_iterations)
+    # Only the voxels the crop keeps are used: the flow runs on the crop box grown by
+    # iterations + 1 voxels, which gives them exactly the values of a whole-volume flow (each
+    # iteration moves the effect of the box's edge replication one voxel inward).
+    box = crop_box(image.shape, cfg.crop_size, margin=int(cfg.cf_iterations) + 1)
+    image = image.copy()
+    image[box] = curvature_flow(image[box], cfg.cf_time_step, cfg.cf_iterations)
 
   image, offset = crop_or_pad(image, cfg.crop_size)
   mask = (crop_or_pad(mask, cfg.crop_size)[0] > 0).astype(np.uint8)

@@ -278,6 +278,23 @@ def test_curvature_flow_is_applied_to_the_intensity_image_only():
   np.testing.assert_allclose(on.image, pp.downsample(expected, 2, 3), atol=1e-6)
 
 
+def test_curvature_flow_on_the_crop_box_equals_the_whole_volume_flow():
+  # The flow runs only on the crop box grown by iterations + 1 voxels: bit-identical output.
+  rng = np.random.default_rng(5)
+  for shape, crop in (((50, 46, 40), (32, 32, 12)),  # cropped on every axis: interior box edges
+                      ((50, 28, 40), (32, 32, 20))):  # padded along j: that axis kept whole
+    image = np.zeros(shape, np.float32)
+    image[2:-2, 2:-2, 2:-2] = 100 + rng.normal(scale=10, size=tuple(n - 4 for n in shape))
+    mask = (image > 0).astype(np.uint8)
+    box = pp.crop_box(shape, crop, margin=4)
+    assert all(b.stop - b.start < n for b, n, t in zip(box, shape, crop) if t < n)
+    cfg = pp.PreprocessConfig(crop_size=crop)
+    got = pp.preprocess_volume(image, mask, None, np.eye(4), cfg)
+    whole = pp.rescale_percentile(*(pp.crop_or_pad(v, crop)[0]
+                                    for v in (pp.curvature_flow(image), mask)))
+    np.testing.assert_array_equal(got.image, pp.downsample(whole, 2, 3))
+
+
 def test_preprocess_volume_resamples_anisotropic_input_to_1mm():
   affine = _rotation_affine() @ np.diag([1.0, 1.0, 2.0, 1.0])
   image, mask, seg = _phantom((32, 32, 10), cube_start=(12, 12, 4), cube_size=4)
