@@ -81,3 +81,47 @@ def tiny_sadm_run(tiny_data_dir, tiny_cddpm_dir, tmp_path_factory) -> tuple[str,
 @pytest.fixture(scope="session")
 def tiny_sadm_dir(tiny_sadm_run) -> str:
   return tiny_sadm_run[0]
+
+
+# ---- end-to-end CLI jobs started in the background when the session begins (only when a collected
+# test needs them): the in-process tests keep ~1.4 of the 2 cores busy, these jobs use the rest.
+# fixture name -> `python -m sadm_jax.main` arguments (the workdir is added).
+BACKGROUND_RUNS = {
+    "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
+                              "--config.train.async_checkpoints=False"],
+    "demo_tiny_run": ["--config=configs/demo.py:tiny", "--config.train.async_checkpoints=False"],
+}
+_background: dict = {}
+
+
+def _background_run(name: str):
+  from tests.helpers import BackgroundRun
+  if name not in _background:
+    _background[name] = BackgroundRun(BACKGROUND_RUNS[name])
+  return _background[name]
+
+
+def pytest_collection_finish(session):
+  wanted = {n for item in session.items for n in getattr(item, "fixturenames", ())}
+  for name in BACKGROUND_RUNS:
+    if name in wanted:
+      _background_run(name)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  for run in _background.values():
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_reproduction_run():
+  """(workdir, output) of `configs/reproduce.py:tiny` run by the CLI (started with the session)."""
+  run = _background_run("tiny_reproduction_run")
+  return run.wait(), run.output()
+
+
+@pytest.fixture(scope="session")
+def demo_tiny_run():
+  """(workdir, output) of `configs/demo.py:tiny` run by the CLI (started with the session)."""
+  run = _background_run("demo_tiny_run")
+  return run.wait(), run.output()

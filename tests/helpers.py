@@ -40,3 +40,50 @@ def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
     return jax.numpy.asarray(x.astype(leaf.dtype))
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BackgroundRun:
+  """`python -m sadm_jax.main ARGS --workdir=W` started now in a new temporary W, awaited later.
+
+  The test session starts its longest end-to-end jobs this way when it begins (tests/conftest.py),
+  so that they use the share of the 2 cores that the in-process tests leave idle. The child
+  inherits the session's environment: 8 fake devices, the compilation cache, the compile log.
+  """
+
+  def __init__(self, args: list[str]):
+    import subprocess
+    import sys
+    import tempfile
+    self.root = tempfile.mkdtemp(prefix="sadm_test_bg_")
+    self.workdir = os.path.join(self.root, "run")
+    self.log_path = os.path.join(self.root, "output.log")
+    self.args = list(args)
+    with open(self.log_path, "w") as log:
+      self.proc = subprocess.Popen(
+          [sys.executable, "-m", "sadm_jax.main", *self.args, f"--workdir={self.workdir}"],
+          cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+  def wait(self, timeout: float = 1800.0) -> str:
+    """The run's workdir once it has exited 0; its output's tail in the failure otherwise."""
+    rc = self.proc.wait(timeout=timeout)
+    if rc != 0:
+      with open(self.log_path, errors="replace") as f:
+        tail = f.read()[-4000:]
+      raise AssertionError(f"background run {' '.join(self.args)} exited with {rc}:\n{tail}")
+    return self.workdir
+
+  def output(self) -> str:
+    with open(self.log_path, errors="replace") as f:
+      return f.read()
+
+  def stop(self) -> None:
+    """Kills the run if it is still going and removes its directory."""
+    import shutil
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+    shutil.rmtree(self.root, ignore_errors=True)

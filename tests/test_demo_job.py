@@ -17,12 +17,15 @@ from sadm_jax import main as main_lib
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("demo"))
-  c = demo_config.get_config("tiny")
-  c.train.async_checkpoints = False
-  result = main_lib.run_stage(c, workdir)
-  return workdir, result
+def demo_run(demo_tiny_run):
+  """(workdir, output) of `configs/demo.py:tiny` run by the CLI (started in the background with
+  the session, tests/conftest.py)."""
+  return demo_tiny_run
+
+
+def _metrics(workdir, key):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
 
 
 def _csv(workdir):
@@ -31,11 +34,13 @@ def _csv(workdir):
 
 
 def test_every_stage_ran_and_the_report_has_every_method_and_set(demo_run):
-  workdir, result = demo_run
-  assert set(result) == {"prepare", "cddpm", "sadm", "evaluate", "summary"}
-  assert result["cddpm"]["step"] == 4 and result["sadm"]["step"] == 4
-  assert math.isfinite(result["cddpm"]["best_val_loss"])
-  assert math.isfinite(result["sadm"]["best_val_loss"])
+  workdir, output = demo_run
+  for stage in ("cddpm", "sadm", "evaluate"):
+    assert f"--- demo stage {stage}" in output
+  for stage in ("cddpm", "sadm_draem"):  # 4 steps each, validated at steps 2 and 4
+    assert _metrics(os.path.join(workdir, stage), "train/loss")[-1][0] == 4
+    val = _metrics(os.path.join(workdir, stage), "val/loss")
+    assert [s for s, _ in val] == [2, 4] and all(math.isfinite(v) for _, v in val)
   rows = _csv(workdir)
   got = {(r["method"], r["train_anomalies"], r["test_set"]) for r in rows}
   for method, anomalies in (("threshold", "none"), ("cddpm", "none"), ("sadm", "draem")):
@@ -58,7 +63,7 @@ def test_every_stage_ran_and_the_report_has_every_method_and_set(demo_run):
 
 
 def test_summary_states_the_ordering_check_and_stage_times(demo_run):
-  workdir, result = demo_run
+  workdir, _ = demo_run
   with open(os.path.join(workdir, "demo_summary.json")) as f:
     summary = json.load(f)
   assert summary["ordering"]["test_set"] == "Brats21"
@@ -86,6 +91,10 @@ def test_rerun_skips_every_finished_stage(demo_run, capsys):
   workdir, _ = demo_run
   c = demo_config.get_config("tiny")
   result = main_lib.run_stage(c, workdir)
+  assert set(result) == {"prepare", "cddpm", "sadm", "evaluate", "summary"}
+  assert result["cddpm"]["step"] == 4 and result["sadm"]["step"] == 4
+  assert math.isfinite(result["cddpm"]["best_val_loss"])
+  assert math.isfinite(result["sadm"]["best_val_loss"])
   assert result["evaluate"]["volumes_computed"] == 0 and result["evaluate"]["volumes_cached"] > 0
   assert "step 1/4" not in capsys.readouterr().out  # no training step ran again
 

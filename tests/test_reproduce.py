@@ -250,14 +250,13 @@ def test_stage_stops_when_a_member_fails(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_reproduction(tmp_path_factory):
-  """`configs/reproduce.py:tiny` for real, in this process (the session's compilation cache; the
-  demo:tiny job compiles the same cDDPM and SADM programs): ~4 min on 2 cold cores."""
-  from sadm_jax import main as main_lib
-  workdir = str(tmp_path_factory.mktemp("table1"))
+def tiny_reproduction(tiny_reproduction_run):
+  """`configs/reproduce.py:tiny` for real, by the CLI (started in the background with the session,
+  tests/conftest.py; it shares the session's compilation cache with the demo:tiny job)."""
+  workdir, output = tiny_reproduction_run
+  assert "reproduce:" in output and "written:" in output, output[-3000:]
   c = reproduce_config.get_config("tiny")
   c.train.async_checkpoints = False
-  assert main_lib.run_checked(c, workdir) == 0
   return workdir, c
 
 
