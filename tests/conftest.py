@@ -86,26 +86,28 @@ def tiny_sadm_dir(tiny_sadm_run) -> str:
 # ---- end-to-end CLI jobs started in the background when the session begins (only when a collected
 # test needs them): the in-process tests keep ~1.4 of the 2 cores busy, these jobs use the rest.
 # fixture name -> `python -m sadm_jax.main` arguments (the workdir is added).
+# They run one after the other in this order (the reproduction reuses the demo's compiled programs).
 BACKGROUND_RUNS = {
+    "demo_tiny_run": ["--config=configs/demo.py:tiny", "--config.train.async_checkpoints=False"],
     "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
                               "--config.train.async_checkpoints=False"],
-    "demo_tiny_run": ["--config=configs/demo.py:tiny", "--config.train.async_checkpoints=False"],
 }
 _background: dict = {}
 
 
-def _background_run(name: str):
+def _background_run(name: str, after=None):
   from tests.helpers import BackgroundRun
   if name not in _background:
-    _background[name] = BackgroundRun(BACKGROUND_RUNS[name])
+    _background[name] = BackgroundRun(BACKGROUND_RUNS[name], after=after)
   return _background[name]
 
 
 def pytest_collection_finish(session):
   wanted = {n for item in session.items for n in getattr(item, "fixturenames", ())}
+  previous = None
   for name in BACKGROUND_RUNS:
     if name in wanted:
-      _background_run(name)
+      previous = _background_run(name, after=previous)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -46,34 +46,56 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class BackgroundRun:
-  """`python -m sadm_jax.main ARGS --workdir=W` started now in a new temporary W, awaited later.
+  """`python -m sadm_jax.main ARGS --workdir=W` in a new temporary W, started now or after `after`.
 
   The test session starts its longest end-to-end jobs this way when it begins (tests/conftest.py),
-  so that they use the share of the 2 cores that the in-process tests leave idle. The child
-  inherits the session's environment: 8 fake devices, the compilation cache, the compile log.
+  so that they use the share of the 2 cores that the in-process tests leave idle; one after the
+  other, so that the second reads the programs the first compiled from the compilation cache.
+  The child inherits the session's environment: 8 fake devices, the compilation cache, the
+  compile log.
   """
 
-  def __init__(self, args: list[str]):
-    import subprocess
-    import sys
+  def __init__(self, args: list[str], after: "BackgroundRun | None" = None):
     import tempfile
+    import threading
     self.root = tempfile.mkdtemp(prefix="sadm_test_bg_")
     self.workdir = os.path.join(self.root, "run")
     self.log_path = os.path.join(self.root, "output.log")
     self.args = list(args)
-    with open(self.log_path, "w") as log:
-      self.proc = subprocess.Popen(
-          [sys.executable, "-m", "sadm_jax.main", *self.args, f"--workdir={self.workdir}"],
-          cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    self.proc = None
+    self._lock = threading.Lock()
+    self._started = threading.Event()  # set once the process started, or will never start
+    self._cancelled = False
+    if after is None:
+      self._start()
+    else:
+      threading.Thread(target=lambda: (after._wait_exit(), self._start()), daemon=True).start()
+
+  def _start(self) -> None:
+    import subprocess
+    import sys
+    with self._lock:
+      if not self._cancelled:
+        with open(self.log_path, "w") as log:
+          self.proc = subprocess.Popen(
+              [sys.executable, "-m", "sadm_jax.main", *self.args, f"--workdir={self.workdir}"],
+              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+      self._started.set()
+
+  def _wait_exit(self) -> None:
+    self._started.wait()
+    if self.proc is not None:
+      self.proc.wait()
 
   def wait(self, timeout: float = 1800.0) -> str:
     """The run's workdir once it has exited 0; its output's tail in the failure otherwise."""
+    if not self._started.wait(timeout) or self.proc is None:
+      raise AssertionError(f"background run {' '.join(self.args)} never started")
     rc = self.proc.wait(timeout=timeout)
     if rc != 0:
-      with open(self.log_path, errors="replace") as f:
-        tail = f.read()[-4000:]
-      raise AssertionError(f"background run {' '.join(self.args)} exited with {rc}:\n{tail}")
+      raise AssertionError(f"background run {' '.join(self.args)} exited with {rc}:\n"
+                           f"{self.output()[-4000:]}")
     return self.workdir
 
   def output(self) -> str:
@@ -81,9 +103,12 @@ class BackgroundRun:
       return f.read()
 
   def stop(self) -> None:
-    """Kills the run if it is still going and removes its directory."""
+    """Kills the run if it is going, cancels it if it has not started; removes its directory."""
     import shutil
-    if self.proc.poll() is None:
+    with self._lock:
+      self._cancelled = True
+      self._started.set()
+    if self.proc is not None and self.proc.poll() is None:
       self.proc.kill()
       self.proc.wait()
     shutil.rmtree(self.root, ignore_errors=True)
