@@ -192,6 +192,16 @@ class Checkpointer:
     self.latest.close()
     self.best.close()
 
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    """Waits for pending saves and closes both managers (their background threads end)."""
+    try:
+      self.wait()
+    finally:
+      self.close()
+
 
 # The tasks a run can be (its checkpoint meta "task").
 TASKS = ("cddpm", "spark", "sadm")

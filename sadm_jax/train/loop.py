@@ -153,62 +153,64 @@ def _train(config, workdir, task, mesh) -> dict:
   num_steps = total_steps(config, task.num_train_volumes)
   loader = task.train_loader(local_bs, pid, nproc)
   it = iter(loader)
-  ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints,
-                      async_save=config.train.async_checkpoints)
-  run_meta = {**task.meta, "seed": int(trainer.seed), "versions": software_versions()}
-  meta_base = {"config": config.to_dict(), "task": task.name, "run": run_meta}
-  start, state, _ = ckpt.restore_usable(trainer.abstract_state, trainer.state_shardings, it)
-  if pid == 0:
-    io.write_json(os.path.join(workdir, "run.json"),
-                  {"task": task.name, "run": run_meta, "num_steps": num_steps})
-  if start is not None:
-    logging.info("resumed %s from step %d (%s)", task.name, start, ckpt.dir)
+  # The with-block closes Orbax's managers on every exit, an error before the first step
+  # included (e.g. no usable checkpoint): their background threads must end before the
+  # interpreter does, or they print a traceback at exit.
+  with Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                    async_save=config.train.async_checkpoints) as ckpt:
+    run_meta = {**task.meta, "seed": int(trainer.seed), "versions": software_versions()}
+    meta_base = {"config": config.to_dict(), "task": task.name, "run": run_meta}
+    start, state, _ = ckpt.restore_usable(trainer.abstract_state, trainer.state_shardings, it)
     if pid == 0:
-      print(f"resumed from checkpoint step {start}", flush=True)
-  else:
-    state, start = trainer.init_state(), 0
-  logger = MetricLogger(workdir, num_steps, start_step=start, tensorboard=config.train.tensorboard)
-  val_batches = list(task.val_batches(local_bs, pid, nproc))
-  pending: list[tuple[int, dict]] = []
-  last: dict[str, float] = {}
-  val_loss = float("nan")
+      io.write_json(os.path.join(workdir, "run.json"),
+                    {"task": task.name, "run": run_meta, "num_steps": num_steps})
+    if start is not None:
+      logging.info("resumed %s from step %d (%s)", task.name, start, ckpt.dir)
+      if pid == 0:
+        print(f"resumed from checkpoint step {start}", flush=True)
+    else:
+      state, start = trainer.init_state(), 0
+    logger = MetricLogger(workdir, num_steps, start_step=start,
+                          tensorboard=config.train.tensorboard)
+    val_batches = list(task.val_batches(local_bs, pid, nproc))
+    pending: list[tuple[int, dict]] = []
+    last: dict[str, float] = {}
+    val_loss = float("nan")
 
-  def flush():
-    """Fetches buffered metrics, stops on the first non-finite loss, logs the rest."""
-    nonlocal last
-    fetched = jax.device_get(pending)
-    pending.clear()
-    for step, m in fetched:
-      if not math.isfinite(float(m["loss"])):
-        raise NonFiniteLossError(
-            f"non-finite training loss ({float(m['loss'])}) at step {step}; stopping. The last "
-            f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.dir}")
-      last = {k: float(v) for k, v in m.items()}
-      if step % config.train.log_every == 0 or step == num_steps:
-        logger.write(step, last)
-    if fetched:
-      logger.progress(fetched[-1][0], {"loss": last["loss"]})
+    def flush():
+      """Fetches buffered metrics, stops on the first non-finite loss, logs the rest."""
+      nonlocal last
+      fetched = jax.device_get(pending)
+      pending.clear()
+      for step, m in fetched:
+        if not math.isfinite(float(m["loss"])):
+          raise NonFiniteLossError(
+              f"non-finite training loss ({float(m['loss'])}) at step {step}; stopping. The last "
+              f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.dir}")
+        last = {k: float(v) for k, v in m.items()}
+        if step % config.train.log_every == 0 or step == num_steps:
+          logger.write(step, last)
+      if fetched:
+        logger.progress(fetched[-1][0], {"loss": last["loss"]})
 
-  try:
-    for step in range(start + 1, num_steps + 1):
-      batch = trainer.device_batch(next(it))
-      state, metrics = trainer.train_step(state, batch, trainer.train_key, trainer.frozen)
-      pending.append((step, metrics))
-      is_last = step == num_steps
-      if step % config.train.log_every == 0 or is_last:
-        flush()
-      if step % config.train.eval_every == 0 or is_last:
-        flush()
-        val_loss = evaluate(trainer, state, val_batches, local_bs)
-        logger.write(step, {"loss": val_loss}, prefix="val")
-        if ckpt.save_best(step, state, val_loss, {**meta_base, "step": step}) and pid == 0:
-          print(f"step {step}: validation loss {val_loss:.5g} (new best)", flush=True)
-      if step % config.train.checkpoint_every == 0 or is_last:
-        flush()
-        ckpt.save(step, state, it, {**meta_base, "step": step, "val_loss": val_loss})
-  finally:
-    ckpt.wait()
-    ckpt.close()
-    logger.close()
-  return {"step": int(num_steps), "train_loss": last.get("loss", float("nan")),
-          "val_loss": val_loss, "best_val_loss": ckpt.best_loss}
+    try:
+      for step in range(start + 1, num_steps + 1):
+        batch = trainer.device_batch(next(it))
+        state, metrics = trainer.train_step(state, batch, trainer.train_key, trainer.frozen)
+        pending.append((step, metrics))
+        is_last = step == num_steps
+        if step % config.train.log_every == 0 or is_last:
+          flush()
+        if step % config.train.eval_every == 0 or is_last:
+          flush()
+          val_loss = evaluate(trainer, state, val_batches, local_bs)
+          logger.write(step, {"loss": val_loss}, prefix="val")
+          if ckpt.save_best(step, state, val_loss, {**meta_base, "step": step}) and pid == 0:
+            print(f"step {step}: validation loss {val_loss:.5g} (new best)", flush=True)
+        if step % config.train.checkpoint_every == 0 or is_last:
+          flush()
+          ckpt.save(step, state, it, {**meta_base, "step": step, "val_loss": val_loss})
+    finally:
+      logger.close()
+    return {"step": int(num_steps), "train_loss": last.get("loss", float("nan")),
+            "val_loss": val_loss, "best_val_loss": ckpt.best_loss}

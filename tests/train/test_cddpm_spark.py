@@ -100,28 +100,35 @@ def test_sigkill_and_resume_gives_identical_losses(data_dir, tmp_path):
   # The test process's 8 fake devices (the restore is sharded) and the session's tiny learning
   # rate: the in-process tiny runs' train-step program, so the compilation cache hits.
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  # The uninterrupted reference run goes on beside the killed one (2 cores: less waiting).
-  ref = subprocess.Popen(_cmd(data_dir, tmp_path / "ref"), cwd=REPO, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  work = tmp_path / "killed"
-  proc = subprocess.Popen(_cmd(data_dir, work), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
-  killed_at = None
-  deadline = time.time() + 600
-  for line in proc.stdout:
-    if line.startswith("step 5/8"):
-      os.killpg(proc.pid, signal.SIGKILL)  # the whole group: grain workers too
-      killed_at = 5
-      break
-    assert time.time() < deadline
-  proc.wait(timeout=60)
-  assert killed_at == 5 and proc.returncode == -signal.SIGKILL
-  res = subprocess.run(_cmd(data_dir, work), cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
-  assert "resumed from checkpoint step" in res.stdout
-  _, ref_err = ref.communicate(timeout=600)
-  assert ref.returncode == 0, ref_err[-3000:]
+  # The uninterrupted reference run goes on beside the killed one (2 cores: less waiting); its
+  # output goes to a file (a pipe nobody reads could fill and stall it).
+  ref_log = open(tmp_path / "ref.log", "w")
+  ref = subprocess.Popen(_cmd(data_dir, tmp_path / "ref"), cwd=REPO, env=env, stdout=ref_log,
+                         stderr=subprocess.STDOUT)
+  try:
+    work = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(data_dir, work), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed_at = None
+    deadline = time.time() + 600
+    for line in proc.stdout:
+      if line.startswith("step 5/8"):
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: grain workers too
+        killed_at = 5
+        break
+      assert time.time() < deadline
+    proc.wait(timeout=60)
+    assert killed_at == 5 and proc.returncode == -signal.SIGKILL
+    res = subprocess.run(_cmd(data_dir, work), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from checkpoint step" in res.stdout
+    assert ref.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
+  finally:
+    if ref.poll() is None:
+      ref.kill()
+      ref.wait()
+    ref_log.close()
   ref_losses, resumed = _losses(str(tmp_path / "ref")), _losses(str(work))
   assert [s for s, _ in resumed] == list(range(1, 9))
   assert resumed == ref_losses  # bit-identical on CPU

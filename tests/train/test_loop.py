@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 
 import grain
 import jax
@@ -13,6 +14,7 @@ import pytest
 from flax import linen as nn
 
 from configs import default
+from sadm_jax.train import checkpoint as checkpoint_lib
 from sadm_jax.train import loop, sharding
 from sadm_jax.data.pipeline import ListSource
 
@@ -137,6 +139,24 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
                                                     r"checkpoint \(step 4\)"):
     loop.train(config, str(tmp_path), toy_task(config, nan_after=4))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_a_failed_start_still_closes_the_checkpointer(tmp_path, monkeypatch):
+  # No usable checkpoint: the error comes before the first step, and Orbax's managers are closed
+  # all the same (a manager left open prints a traceback from its thread at interpreter exit).
+  config = _config(8)
+  config.train.num_steps = 2
+  loop.train(config, str(tmp_path), toy_task(config))
+  step_dir = tmp_path / "checkpoints" / "2"
+  shutil.rmtree(step_dir)
+  os.makedirs(step_dir)  # an empty step directory: not restorable
+  closed = []
+  real_close = checkpoint_lib.Checkpointer.close
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, "close",
+                      lambda self: (closed.append(self.dir), real_close(self)))
+  with pytest.raises(checkpoint_lib.RunError, match="no usable checkpoint to resume from"):
+    loop.train(config, str(tmp_path), toy_task(config))
+  assert closed == [str(tmp_path / "checkpoints")]
 
 
 def test_resume_continues_identically(tmp_path):
