@@ -249,7 +249,7 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
     holder = {"state": state}
 
     def one_step():
-      holder["state"], m = compiled(holder["state"], batches[0], key)
+      holder["state"], m = compiled(holder["state"], batches[0], key, trainer.frozen)
       jax.block_until_ready((holder["state"], m))
 
     profile = profile_ops.trace(one_step, profile_steps)
