@@ -80,7 +80,9 @@ class BackgroundRun:
           self.proc = subprocess.Popen(
               [sys.executable, "-m", "sadm_jax.main", *self.args, f"--workdir={self.workdir}"],
               cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+              env={**os.environ, "PYTHONUNBUFFERED": "1",
+                   # the compile log's "test" field: this run, not the test running meanwhile
+                   "PYTEST_CURRENT_TEST": f"background {' '.join(self.args)} (run)"})
       self._started.set()
 
   def _wait_exit(self) -> None:
