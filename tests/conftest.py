@@ -103,6 +103,8 @@ def _background_run(name: str, after=None):
 
 
 def pytest_collection_finish(session):
+  if session.config.option.collectonly:
+    return
   wanted = {n for item in session.items for n in getattr(item, "fixturenames", ())}
   previous = None
   for name in BACKGROUND_RUNS:
