@@ -96,6 +96,7 @@ _background: dict = {}
 
 
 def _background_run(name: str, after=None):
+  """The background run of fixture `name`, started (or queued after `after`) on first use."""
   from tests.helpers import BackgroundRun
   if name not in _background:
     _background[name] = BackgroundRun(BACKGROUND_RUNS[name], after=after)
@@ -103,6 +104,7 @@ def _background_run(name: str, after=None):
 
 
 def pytest_collection_finish(session):
+  """Starts the background runs the collected tests need (none for --collect-only)."""
   if session.config.option.collectonly:
     return
   wanted = {n for item in session.items for n in getattr(item, "fixturenames", ())}
@@ -113,6 +115,9 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+  """Cancels every queued run first (killing one must not start the next), then stops them."""
+  for run in _background.values():
+    run.cancel()
   for run in _background.values():
     run.stop()
 

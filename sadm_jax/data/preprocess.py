@@ -480,7 +480,8 @@ def preprocess_volume(image: np.ndarray, mask: np.ndarray, seg: np.ndarray | Non
   if cfg.curvature_flow and cfg.cf_iterations > 0:
     # Only the voxels the crop keeps are used: the flow runs on the crop box grown by
     # iterations + 1 voxels, which gives them exactly the values of a whole-volume flow (each
-    # iteration moves the effect of the box's edge replication one voxel inward).
+    # iteration moves the effect of the box's edge replication one voxel inward, so a margin of
+    # `iterations` suffices; the extra voxel is slack, as in `_active_region`).
     box = crop_box(image.shape, cfg.crop_size, margin=int(cfg.cf_iterations) + 1)
     image = image.copy()
     image[box] = curvature_flow(image[box], cfg.cf_time_step, cfg.cf_iterations)

@@ -59,9 +59,15 @@ class Checkpointer:
                 cleanup_tmp_directories=create)
     self.latest = ocp.CheckpointManager(
         self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
-    self.best = ocp.CheckpointManager(
-        self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
-    self.best_loss = self._best_loss_on_disk()
+    try:
+      self.best = ocp.CheckpointManager(
+          self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+      self.best_loss = self._best_loss_on_disk()
+    except BaseException:  # no manager (nor its threads) outlives a failed construction
+      self.latest.close()
+      if hasattr(self, "best"):
+        self.best.close()
+      raise
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -193,6 +199,7 @@ class Checkpointer:
     self.best.close()
 
   def __enter__(self) -> "Checkpointer":
+    """The checkpointer itself; leaving the block waits for saves and closes it."""
     return self
 
   def __exit__(self, *exc) -> None:

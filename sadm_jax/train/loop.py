@@ -170,9 +170,9 @@ def _train(config, workdir, task, mesh) -> dict:
         print(f"resumed from checkpoint step {start}", flush=True)
     else:
       state, start = trainer.init_state(), 0
+    val_batches = list(task.val_batches(local_bs, pid, nproc))
     logger = MetricLogger(workdir, num_steps, start_step=start,
                           tensorboard=config.train.tensorboard)
-    val_batches = list(task.val_batches(local_bs, pid, nproc))
     pending: list[tuple[int, dict]] = []
     last: dict[str, float] = {}
     val_loss = float("nan")

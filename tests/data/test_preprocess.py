@@ -278,6 +278,20 @@ def test_curvature_flow_is_applied_to_the_intensity_image_only():
   np.testing.assert_allclose(on.image, pp.downsample(expected, 2, 3), atol=1e-6)
 
 
+@pytest.mark.parametrize("shape, target", [((21, 16, 9), (8, 16, 4)),  # odd, none, odd surplus
+                                           ((20, 7, 10), (8, 12, 5)),  # even, padded, odd
+                                           ((5, 6, 7), (8, 9, 10))])  # padded on every axis
+def test_crop_box_is_what_crop_or_pad_keeps(shape, target):
+  index = np.arange(np.prod(shape)).reshape(shape)
+  cropped, _ = pp.crop_or_pad(index + 1, target)  # 0 = padding
+  kept = np.unique(cropped[cropped > 0]) - 1
+  box = pp.crop_box(shape, target)
+  np.testing.assert_array_equal(kept, np.sort(index[box].ravel()))
+  grown = pp.crop_box(shape, target, margin=2)
+  for b, g, n in zip(box, grown, shape):
+    assert (g.start, g.stop) == (max(b.start - 2, 0), min(b.stop + 2, n))
+
+
 def test_curvature_flow_on_the_crop_box_equals_the_whole_volume_flow():
   # The flow runs only on the crop box grown by iterations + 1 voxels: bit-identical output.
   rng = np.random.default_rng(5)

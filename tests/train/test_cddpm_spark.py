@@ -104,7 +104,8 @@ def test_sigkill_and_resume_gives_identical_losses(data_dir, tmp_path):
   # output goes to a file (a pipe nobody reads could fill and stall it).
   ref_log = open(tmp_path / "ref.log", "w")
   ref = subprocess.Popen(_cmd(data_dir, tmp_path / "ref"), cwd=REPO, env=env, stdout=ref_log,
-                         stderr=subprocess.STDOUT)
+                         stderr=subprocess.STDOUT, start_new_session=True)
+  proc = None
   try:
     work = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(data_dir, work), cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -124,10 +125,11 @@ def test_sigkill_and_resume_gives_identical_losses(data_dir, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from checkpoint step" in res.stdout
     assert ref.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
-  finally:
-    if ref.poll() is None:
-      ref.kill()
-      ref.wait()
+  finally:  # a failed test leaves no run (nor its workers) behind
+    for p in (ref, proc):
+      if p is not None and p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
     ref_log.close()
   ref_losses, resumed = _losses(str(tmp_path / "ref")), _losses(str(work))
   assert [s for s, _ in resumed] == list(range(1, 9))
