@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,8 @@ import sys
 import tempfile
 import threading
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def with_data(c, data_dir: str):
   """`c` reading the fake data under `data_dir` (its own cache), synchronous checkpoints."""
@@ -17,6 +20,12 @@ def with_data(c, data_dir: str):
   c.data.cache_dir = os.path.join(data_dir, "cache")
   c.train.async_checkpoints = False
   return c
+
+
+def metric_series(workdir: str, key: str = "train/loss") -> list[tuple[int, float]]:
+  """[(step, value)] of `key` (e.g. 'train/loss', 'val/loss') in a run's metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
 
 
 def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
@@ -46,9 +55,6 @@ def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
     return jax.numpy.asarray(x.astype(leaf.dtype))
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class BackgroundRun:

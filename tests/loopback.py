@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 
 def free_port() -> int:

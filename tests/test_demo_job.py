@@ -14,6 +14,7 @@ import pytest
 from configs import demo as demo_config
 from sadm_jax import demo_job
 from sadm_jax import main as main_lib
+from tests.helpers import metric_series
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +22,6 @@ def demo_run(demo_tiny_run):
   """(workdir, output) of `configs/demo.py:tiny` run by the CLI (started in the background with
   the session, tests/conftest.py)."""
   return demo_tiny_run
-
-
-def _metrics(workdir, key):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
 
 
 def _csv(workdir):
@@ -38,8 +34,8 @@ def test_every_stage_ran_and_the_report_has_every_method_and_set(demo_run):
   for stage in ("cddpm", "sadm", "evaluate"):
     assert f"--- demo stage {stage}" in output
   for stage in ("cddpm", "sadm_draem"):  # 4 steps each, validated at steps 2 and 4
-    assert _metrics(os.path.join(workdir, stage), "train/loss")[-1][0] == 4
-    val = _metrics(os.path.join(workdir, stage), "val/loss")
+    assert metric_series(os.path.join(workdir, stage), "train/loss")[-1][0] == 4
+    val = metric_series(os.path.join(workdir, stage), "val/loss")
     assert [s for s, _ in val] == [2, 4] and all(math.isfinite(v) for _, v in val)
   rows = _csv(workdir)
   got = {(r["method"], r["train_anomalies"], r["test_set"]) for r in rows}

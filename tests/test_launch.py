@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 SCRIPTS = {  # script -> its required variables, in the order it checks them
     "launch/local_gpus.sh": ("NUM_GPUS",),
     "launch/slurm.sbatch": ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS"),

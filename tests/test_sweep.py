@@ -15,8 +15,8 @@ from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps import runner, slurm
 from sadm_jax.sweeps.members import Member, flag, grid, member_config, ordered
 from tests.data import fake_data
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "sweeps", "tiny_demo.py")
 CDDPM = "configs/cddpm.py:tiny"
 

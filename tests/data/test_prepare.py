@@ -12,8 +12,7 @@ import pytest
 from configs import prepare as prepare_config
 from sadm_jax import main as main_lib
 from tests.data import fake_data
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import REPO
 
 
 def _config(data_dir, **data):

@@ -20,8 +20,6 @@ from sadm_jax.evaluate import scans as scans_lib
 from tests import loopback
 from tests.data import fake_data
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):

@@ -12,8 +12,6 @@ from sadm_jax import main as main_lib
 from tests import loopback
 from tests.evaluate.conftest import evaluate_tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _csv(workdir):
   with open(os.path.join(workdir, "report", "metrics.csv")) as f:

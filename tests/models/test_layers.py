@@ -16,8 +16,8 @@ import sys
 import numpy as np
 
 from sadm_jax.utils import xla_flags
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Conv fwd / dX / dW for SAME 3×3 and 1×1 (UNet), VALID 3×3 (SegUnet's WSConv after reflection
 # padding) and the stride-2 7×7 stem (ResNet); writes the arrays to the .npz given as argv[1].

@@ -14,8 +14,7 @@ import pytest
 from configs import cddpm as cddpm_config, spark_pretrain
 from sadm_jax import main as main_lib
 from tests.data import fake_data
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import REPO, metric_series
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +33,11 @@ def _tiny(module, data_dir, **train):
   return c
 
 
-def _losses(workdir, key="train/loss"):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
-
-
 def test_tiny_cddpm_trains_and_validation_loss_falls(data_dir, tmp_path):
   c = _tiny(cddpm_config, data_dir, num_steps=16, eval_every=4, checkpoint_every=8)
   c.optimizer.learning_rate = 2e-3
   res = main_lib.run_stage(c, str(tmp_path))
-  val = _losses(str(tmp_path), "val/loss")
+  val = metric_series(str(tmp_path), "val/loss")
   assert [s for s, _ in val] == [4, 8, 12, 16]
   assert val[-1][1] < 0.8 * val[0][1], val
   assert np.isfinite(res["train_loss"])
@@ -54,7 +48,7 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
   s = _tiny(spark_pretrain, data_dir, num_steps=4, eval_every=2, checkpoint_every=4)
   s.model.dtype = "bfloat16"  # mixed precision: bf16 compute, f32 parameters and optimiser state
   main_lib.run_stage(s, str(tmp_path / "spark"))
-  losses = _losses(str(tmp_path / "spark"))
+  losses = metric_series(str(tmp_path / "spark"))
   assert losses[-1][0] == 4 and all(np.isfinite(v) for _, v in losses)
   c = _tiny(cddpm_config, data_dir, num_steps=2, eval_every=2, checkpoint_every=2)
   c.model.encoder.pretrained_workdir = str(tmp_path / "spark")
@@ -96,7 +90,7 @@ def _cmd(data_dir, workdir, steps=8):
           "--config.train.eval_every=4", "--config.optimizer.learning_rate=0.002"]
 
 
-def test_sigkill_and_resume_gives_identical_losses(data_dir, tmp_path):
+def test_sigkill_and_resume_gives_identicalmetric_series(data_dir, tmp_path):
   # The test process's 8 fake devices (the restore is sharded) and the session's tiny learning
   # rate: the in-process tiny runs' train-step program, so the compilation cache hits.
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -131,7 +125,7 @@ def test_sigkill_and_resume_gives_identical_losses(data_dir, tmp_path):
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     ref_log.close()
-  ref_losses, resumed = _losses(str(tmp_path / "ref")), _losses(str(work))
+  ref_losses, resumed = metric_series(str(tmp_path / "ref")), metric_series(str(work))
   assert [s for s, _ in resumed] == list(range(1, 9))
   assert resumed == ref_losses  # bit-identical on CPU
-  assert _losses(str(tmp_path / "ref"), "val/loss") == _losses(str(work), "val/loss")
+  assert metric_series(str(tmp_path / "ref"), "val/loss") == metric_series(str(work), "val/loss")

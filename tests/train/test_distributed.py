@@ -11,8 +11,7 @@ from sadm_jax.train import loop
 from configs import default
 from tests import loopback
 from tests.train import distributed_driver
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import metric_series
 
 
 def _config(**fields):
@@ -79,11 +78,6 @@ def _launch(out: str, runs: str, timeout: float = 420.0) -> list[str]:
   return [stdout + stderr for _, stdout, stderr in results]
 
 
-def _losses(workdir: str, key: str) -> list[tuple[int, float]]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
-
-
 def test_two_processes_match_one_process(tmp_path):
   """2 processes × 4 fake CPU devices on loopback vs 1 process × 8 (conftest), global batch 16.
 
@@ -107,14 +101,14 @@ def test_two_processes_match_one_process(tmp_path):
   assert dp_resumed["kernel_spec"] == "P()"
   assert fsdp["kernel_spec"] == "P(None, None, None, 'data')"  # sharded across both processes
 
-  want = _losses(str(ref), "train/loss")
+  want = metric_series(str(ref), "train/loss")
   assert [s for s, _ in want] == [1, 2, 3]
   for kind in ("dp", "fsdp"):
-    got = _losses(str(out / kind), "train/loss")
+    got = metric_series(str(out / kind), "train/loss")
     assert [s for s, _ in got] == [1, 2, 3], kind
     np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-5, atol=1e-6)
-    got_val = _losses(str(out / kind), "val/loss")[-1]
-    np.testing.assert_allclose(got_val[1], _losses(str(ref), "val/loss")[-1][1], rtol=1e-5)
+    got_val = metric_series(str(out / kind), "val/loss")[-1]
+    np.testing.assert_allclose(got_val[1], metric_series(str(ref), "val/loss")[-1][1], rtol=1e-5)
   # Both processes wrote their data-iterator state; only process 0 logged.
   data = sorted(f for f in os.listdir(out / "dp" / "checkpoints" / "2" / "data")
                 if f.startswith("process_"))

@@ -11,8 +11,8 @@ import pytest
 
 from sadm_jax.train import workdir as workdir_lib
 from tests.data import fake_data
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The test process's XLA flags (8 fake devices) and the session's tiny cDDPM learning rate: the same
 # train-step program as the in-process tiny runs and the SIGKILL test, so the compilation cache hits.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
