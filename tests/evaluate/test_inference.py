@@ -81,7 +81,9 @@ def _brain() -> np.ndarray:
 
 @pytest.mark.parametrize("on_device_median", [False, True])
 def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
-  """The one per-volume program (1 and 8 devices) = infer_volume + host anomaly_map, per volume."""
+  """The one per-volume program = infer_volume + host anomaly_map, per volume; with the host
+  median (CPU's path) on 1 and on 8 devices, bit for bit; the on-device median (the accelerators'
+  path) on 8 (a third compilation of this program for 1 device would cost ~10 s of CPU)."""
   cddpm, segnet = models
   images = np.stack([_volume(20 + i) for i in range(3)])
   masks = np.stack([_brain()] * 3)
@@ -90,22 +92,21 @@ def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
               "residual_mode": "ssim"}
   runs = [("cddpm", "residual", None), ("sadm", "sum", 0), ("weighted", "weighted", 0)]
   out = {}
-  for n in (1, 8):
+  meshes = (8,) if on_device_median else (1, 8)
+  for n in meshes:
     prog = scoring.VolumeProgram(cddpm, [segnet], runs, settings, scoring.local_mesh(n),
                                  on_device_median)
     k = -(-3 // n) * n  # 3 volumes on 1 device, padded to 8 on 8 devices
     pad = lambda a: np.concatenate([a, np.repeat(a[-1:], k - 3, 0)])
     host = jax.device_get(prog.dispatch(pad(images), pad(masks), pad(indices)))
     out[n] = [prog.maps(host, b, masks[b]) for b in range(3)], host
-  for key in set(out[1][1]) - {"maps"}:  # the device count does not change a volume's
-    np.testing.assert_array_equal(out[1][1][key][:3], out[8][1][key][:3], err_msg=key)  # outputs
+  if 1 in meshes:  # the device count changes neither a volume's outputs nor its maps
+    for key in set(out[1][1]) - {"maps"}:
+      np.testing.assert_array_equal(out[1][1][key][:3], out[8][1][key][:3], err_msg=key)
+    for b in range(3):
+      for rid, _, _ in runs:
+        np.testing.assert_array_equal(out[1][0][b][rid], out[8][0][b][rid], err_msg=rid)
   for b in range(3):
-    for rid, _, _ in runs:  # ... nor its maps: bit for bit with the host median (CPU's path);
-      # with the on-device median, XLA:CPU may round the in-program combination 1 ulp apart
-      # when the per-device batch differs (the looped 3-volume program vs one volume): the
-      # issue's tolerance for a changed device count, 1e-6
-      np.testing.assert_allclose(out[1][0][b][rid], out[8][0][b][rid], rtol=0,
-                                 atol=0 if not on_device_median else 1e-6)
     inf = inference.infer_volume(images[b], int(indices[b]), cddpm, segnet)
     hwd = lambda a: np.transpose(a, (1, 2, 0))
     for rid, comb, _ in runs:
