@@ -126,6 +126,7 @@ class BackgroundRun:
     self._lock = threading.Lock()
     self._started = threading.Event()  # set once the process started, or never will
     self._cancelled = False
+    self._recorder: threading.Thread | None = None  # writes the exit code when the run ends
     if after is None:
       self._start()
     else:
@@ -146,7 +147,8 @@ class BackgroundRun:
     finally:
       self._started.set()
       if self.proc is not None:
-        threading.Thread(target=self._record_exit, daemon=True).start()
+        self._recorder = threading.Thread(target=self._record_exit, daemon=True)
+        self._recorder.start()
       else:
         self.files.write_exit(None, f"could not start: {self.error}" if self.error else
                               "cancelled")
@@ -172,13 +174,15 @@ class BackgroundRun:
     self._started.set()
 
   def finish(self, timeout: float = 1800.0) -> None:
-    """Waits until the run has ended (or never starts); other workers may still read it."""
+    """Waits until the run has ended and its exit code is written (or it never starts); other
+    workers may still read it after this process has gone."""
     self._started.wait(timeout)
     if self.proc is not None:
       try:
         self.proc.wait(timeout=timeout)
       except subprocess.TimeoutExpired:
         self.stop()
+    self._join_recorder()
 
   def stop(self) -> None:
     """Cancels the run if it has not started, kills its process group if it is going."""
@@ -186,6 +190,12 @@ class BackgroundRun:
     if self.proc is not None and self.proc.poll() is None:
       os.killpg(self.proc.pid, signal.SIGKILL)  # the spawn workers of cohort/prepare too
       self.proc.wait()
+    self._join_recorder()
+
+  def _join_recorder(self) -> None:
+    """The exit code is on disk before this process may exit (its writer is a daemon thread)."""
+    if self._recorder is not None:
+      self._recorder.join(timeout=60)
 
 
 class RunFiles:
