@@ -34,72 +34,48 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
-# ---- one test run, several processes: the suite runs in pytest-xdist workers (pytest.ini); what
-# they share lives in one directory (tests/session.py), created before the workers start.
+# ---- session-wide tiny runs: one fake data dir, one tiny cDDPM and one tiny SADM-DRAEM run shared
+# by tests/train and tests/evaluate (each is expensive to compile and train on 2 cores). Tests that
+# change a run copy it first.
 
 import pytest  # noqa: E402
 
-from tests import session as shared  # noqa: E402
+
 from tests.helpers import with_data  # noqa: E402
-
-_SHARED = pytest.StashKey[str]()
-
-
-def pytest_configure(config):
-  """The process that starts the run (xdist's controller, or the only one) creates the shared
-  directory; workers inherit it through the environment."""
-  if not hasattr(config, "workerinput"):
-    config.stash[_SHARED] = shared.create()
-
-
-def pytest_unconfigure(config):
-  if _SHARED in config.stash:
-    shared.remove(config.stash[_SHARED])
-
-
-# ---- session-wide tiny runs: one fake data dir, one tiny cDDPM and one tiny SADM-DRAEM run shared
-# by tests/train and tests/evaluate (each is expensive to compile and train on 2 cores), built once
-# per test run by whichever worker asks first. Tests that change a run copy it first.
 
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> str:
   """Fake data: 8 IXI subjects (5 folds + test), 3 volumes per pathological val/test split."""
-  def build():
-    from tests.data import fake_data
-    root = str(tmp_path_factory.mktemp("tiny_data"))
-    fake_data.write_data_dir(root, n_ixi=8, n_patho=3)
-    return root
-  return shared.once("tiny_data_dir", build)
+  from tests.data import fake_data
+  root = str(tmp_path_factory.mktemp("tiny_data"))
+  fake_data.write_data_dir(root, n_ixi=8, n_patho=3)
+  return root
 
 
 @pytest.fixture(scope="session")
 def tiny_cddpm_dir(tiny_data_dir, tmp_path_factory) -> str:
   """A tiny cDDPM trained 2 steps (lr 2e-3, as test_cddpm_spark's runs: shared compilations)."""
-  def build():
-    from configs import cddpm as cddpm_config
-    from sadm_jax import main as main_lib
-    workdir = str(tmp_path_factory.mktemp("tiny_cddpm"))
-    c = with_data(cddpm_config.get_config("tiny"), tiny_data_dir)
-    c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
-    c.optimizer.learning_rate = 2e-3
-    main_lib.run_stage(c, workdir)
-    return workdir
-  return shared.once("tiny_cddpm_dir", build)
+  from configs import cddpm as cddpm_config
+  from sadm_jax import main as main_lib
+  workdir = str(tmp_path_factory.mktemp("tiny_cddpm"))
+  c = with_data(cddpm_config.get_config("tiny"), tiny_data_dir)
+  c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
+  c.optimizer.learning_rate = 2e-3
+  main_lib.run_stage(c, workdir)
+  return workdir
 
 
 @pytest.fixture(scope="session")
 def tiny_sadm_run(tiny_data_dir, tiny_cddpm_dir, tmp_path_factory) -> tuple[str, dict]:
   """(workdir, result) of a tiny SADM-DRAEM run on the tiny cDDPM, 2 steps."""
-  def build():
-    from configs import sadm_draem
-    from sadm_jax import main as main_lib
-    workdir = str(tmp_path_factory.mktemp("tiny_sadm"))
-    c = with_data(sadm_draem.get_config("tiny"), tiny_data_dir)
-    c.sadm.cddpm_workdir = tiny_cddpm_dir
-    c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
-    return workdir, main_lib.run_stage(c, workdir)
-  return shared.once("tiny_sadm_run", build)
+  from configs import sadm_draem
+  from sadm_jax import main as main_lib
+  workdir = str(tmp_path_factory.mktemp("tiny_sadm"))
+  c = with_data(sadm_draem.get_config("tiny"), tiny_data_dir)
+  c.sadm.cddpm_workdir = tiny_cddpm_dir
+  c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
+  return workdir, main_lib.run_stage(c, workdir)
 
 
 @pytest.fixture(scope="session")
@@ -107,59 +83,54 @@ def tiny_sadm_dir(tiny_sadm_run) -> str:
   return tiny_sadm_run[0]
 
 
-# ---- end-to-end CLI jobs started in the background when the run begins (only when a collected
-# test needs them), by the first worker to claim them: the in-process tests leave part of the 2
-# cores idle, these jobs use it. fixture name -> `python -m sadm_jax.main` arguments (the workdir
-# is added). They run one after the other in this order (the reproduction reuses the demo's
-# compiled programs).
+# ---- end-to-end CLI jobs started in the background when the session begins (only when a collected
+# test needs them): the in-process tests keep ~1.4 of the 2 cores busy, these jobs use the rest.
+# fixture name -> `python -m sadm_jax.main` arguments (the workdir is added).
+# They run one after the other in this order (the reproduction reuses the demo's compiled programs).
 BACKGROUND_RUNS = {
     "demo_tiny_run": ["--config=configs/demo.py:tiny", "--config.train.async_checkpoints=False"],
     "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
                               "--config.train.async_checkpoints=False"],
 }
-_owned: dict[str, shared.BackgroundRun] = {}  # the runs this process started
+_background: dict = {}
+
+
+def _background_run(name: str, after=None):
+  """The background run of fixture `name`, started (or queued after `after`) on first use."""
+  from tests.helpers import BackgroundRun
+  if name not in _background:
+    _background[name] = BackgroundRun(BACKGROUND_RUNS[name], after=after)
+  return _background[name]
 
 
 def pytest_collection_finish(session):
-  """Starts the background runs the collected tests need (none for --collect-only).
-
-  Every xdist worker collects every test, so all of them agree on what is needed."""
+  """Starts the background runs the collected tests need (none for --collect-only)."""
   if session.config.option.collectonly:
     return
   wanted = {n for item in session.items for n in getattr(item, "fixturenames", ())}
-  _owned.update(shared.start_chain(BACKGROUND_RUNS, wanted))
+  previous = None
+  for name in BACKGROUND_RUNS:
+    if name in wanted:
+      previous = _background_run(name, after=previous)
 
 
 def pytest_sessionfinish(session, exitstatus):
-  """Lets the runs this process started end (another worker may still read them), unless the
-  run is stopping early: then cancels every queued run first (killing one must not start the
-  next) and stops them."""
-  early = exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail
-  runs = list(_owned.values())
-  if not early:
-    for run in runs:
-      run.finish()
-  for run in runs:
+  """Cancels every queued run first (killing one must not start the next), then stops them."""
+  for run in _background.values():
     run.cancel()
-  for run in runs:
+  for run in _background.values():
     run.stop()
-
-
-def _background_result(name: str) -> tuple[str, str]:
-  """(workdir, output) of background run `name` (started now if no process has claimed it)."""
-  if shared.claim(name):  # not started with the run (e.g. the fixture was requested late)
-    _owned[name] = shared.BackgroundRun(BACKGROUND_RUNS[name], shared.run_dir(name))
-  files = shared.RunFiles(shared.run_dir(name), BACKGROUND_RUNS[name])
-  return files.wait(), files.output()
 
 
 @pytest.fixture(scope="session")
 def tiny_reproduction_run():
-  """(workdir, output) of `configs/reproduce.py:tiny` run by the CLI (started with the run)."""
-  return _background_result("tiny_reproduction_run")
+  """(workdir, output) of `configs/reproduce.py:tiny` run by the CLI (started with the session)."""
+  run = _background_run("tiny_reproduction_run")
+  return run.wait(), run.output()
 
 
 @pytest.fixture(scope="session")
 def demo_tiny_run():
-  """(workdir, output) of `configs/demo.py:tiny` run by the CLI (started with the run)."""
-  return _background_result("demo_tiny_run")
+  """(workdir, output) of `configs/demo.py:tiny` run by the CLI (started with the session)."""
+  run = _background_run("demo_tiny_run")
+  return run.wait(), run.output()

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,3 +55,83 @@ def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
     return jax.numpy.asarray(x.astype(leaf.dtype))
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+class BackgroundRun:
+  """`python -m sadm_jax.main ARGS --workdir=W` in a new temporary W, started now or after `after`.
+
+  The test session starts its longest end-to-end jobs this way when it begins (tests/conftest.py),
+  so that they use the share of the 2 cores that the in-process tests leave idle; one after the
+  other, so that the second reads the programs the first compiled from the compilation cache.
+  The child gets the session's environment as it is now (8 fake devices, the compilation cache,
+  the compile log) and runs in its own process group, so that `stop` ends its workers too.
+  """
+
+  def __init__(self, args: list[str], after: "BackgroundRun | None" = None):
+    self.root = tempfile.mkdtemp(prefix="sadm_test_bg_")
+    self.workdir = os.path.join(self.root, "run")
+    self.log_path = os.path.join(self.root, "output.log")
+    self.args = list(args)
+    self.proc: subprocess.Popen | None = None
+    self.error: BaseException | None = None  # why the process could not be started
+    self._env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                 # the compile log's "test" field: this run, not the test running meanwhile
+                 "PYTEST_CURRENT_TEST": f"background {' '.join(self.args)} (run)"}
+    self._lock = threading.Lock()
+    self._started = threading.Event()  # set once the process started, or never will
+    self._cancelled = False
+    if after is None:
+      self._start()
+    else:
+      threading.Thread(target=lambda: (after._wait_exit(), self._start()), daemon=True).start()
+
+  def _start(self) -> None:
+    try:
+      with self._lock:
+        if not self._cancelled:
+          with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sadm_jax.main", *self.args, f"--workdir={self.workdir}"],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self._env, start_new_session=True)
+    except BaseException as e:  # noqa: BLE001 — reported by wait()
+      self.error = e
+    finally:
+      self._started.set()
+
+  def _wait_exit(self) -> None:
+    self._started.wait()
+    if self.proc is not None:
+      self.proc.wait()
+
+  def wait(self, timeout: float = 1800.0) -> str:
+    """The run's workdir once it has exited 0; its output's tail in the failure otherwise."""
+    what = f"background run {' '.join(self.args)}"
+    if not self._started.wait(timeout):
+      raise AssertionError(f"{what} did not start within {timeout:.0f} s")
+    if self.proc is None:
+      raise AssertionError(f"{what} never started: {self.error or 'cancelled'}")
+    rc = self.proc.wait(timeout=timeout)
+    if rc != 0:
+      raise AssertionError(f"{what} exited with {rc}:\n{self.output()[-4000:]}")
+    return self.workdir
+
+  def output(self) -> str:
+    """Everything the run printed so far (stdout and stderr)."""
+    with open(self.log_path, errors="replace") as f:
+      return f.read()
+
+  def cancel(self) -> None:
+    """A run that has not started yet never will."""
+    with self._lock:
+      self._cancelled = True
+    self._started.set()
+
+  def stop(self) -> None:
+    """Cancels the run if it has not started, kills its process group if it is going, and
+    removes its directory."""
+    self.cancel()
+    if self.proc is not None and self.proc.poll() is None:
+      os.killpg(self.proc.pid, signal.SIGKILL)  # the spawn workers of cohort/prepare too
+      self.proc.wait()
+    shutil.rmtree(self.root, ignore_errors=True)

@@ -6,7 +6,6 @@ import pytest
 
 from configs import evaluate as evaluate_config
 from sadm_jax import main as main_lib
-from tests import session as shared
 from tests.helpers import with_data
 
 
@@ -26,8 +25,7 @@ def evaluate_tiny_config(data_dir: str, cddpm_dir: str, sadm_dirs=()):
 @pytest.fixture(scope="session")
 def evaluation(eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir, tmp_path_factory):
   """(workdir, summary) of one full evaluation: threshold + cDDPM + SADM on every fake data set."""
-  def build():
-    workdir = str(tmp_path_factory.mktemp("evaluation"))
-    c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
-    return workdir, main_lib.run_stage(c, workdir)
-  return shared.once("evaluation", build)  # one per test run, whichever worker asks first
+  workdir = str(tmp_path_factory.mktemp("evaluation"))
+  c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
+  summary = main_lib.run_stage(c, workdir)
+  return workdir, summary
