@@ -141,7 +141,7 @@ def test_second_run_recomputes_nothing_and_changed_settings_recompute(evaluation
                                                                       tiny_cddpm_dir, tiny_sadm_dir,
                                                                       tmp_path):
   first = evaluation[1]
-  workdir = str(tmp_path / "again")  # a copy: the session's evaluation is read by other workers
+  workdir = str(tmp_path / "again")  # a copy: tests that change a run copy it first (conftest)
   shutil.copytree(evaluation[0], workdir)
   jsons = sorted(glob.glob(os.path.join(workdir, "eval", "*", "**", "*.json"), recursive=True))
   assert len(jsons) == first["volumes_computed"] + 1  # per-volume results + the intensity median
