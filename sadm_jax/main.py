@@ -105,6 +105,11 @@ def run_checked(config, workdir: str) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from sadm_jax import validate
+  try:  # wrong values, choices and paths: refused before JAX, Orbax and grain are imported
+    validate.check_static(FLAGS.config, STAGES)
+  except ValueError as e:
+    _fail(str(e))
   from sadm_jax.utils import compilation_cache, compile_log, xla_flags
   # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
   # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).

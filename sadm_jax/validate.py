@@ -56,9 +56,8 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
           f"{', '.join(map(repr, EVALUATE_METHODS))}")
 
 
-def check_training(config: ml_collections.ConfigDict, device_count: int,
-                   process_count: int) -> None:
-  """Step counts, batch size against the mesh, learning rate."""
+def check_training(config: ml_collections.ConfigDict) -> None:
+  """Step counts, cadences, batch size, learning rate: what needs no device count."""
   t = config.train
   if t.num_steps < 0:
     _fail(f"--config.train.num_steps={t.num_steps} must be >= 0 (0 = use train.num_epochs)")
@@ -67,20 +66,27 @@ def check_training(config: ml_collections.ConfigDict, device_count: int,
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "batch_size"):
     if t[key] <= 0:
       _fail(f"--config.train.{key}={t[key]} must be > 0")
-  n_dev = int(config.mesh.num_devices) or device_count
-  if config.mesh.num_devices < 0 or n_dev > device_count:
-    _fail(f"--config.mesh.num_devices={config.mesh.num_devices}: {device_count} device(s) are "
-          f"visible (0 = all)")
-  if t.batch_size % n_dev or t.batch_size % process_count:
-    _fail(f"--config.train.batch_size={t.batch_size} (global) is not divisible by the {n_dev} "
-          f"device(s) of the mesh" + (f" and {process_count} processes" if process_count > 1
-                                      else ""))
+  if config.mesh.num_devices < 0:
+    _fail(f"--config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all)")
   if not config.optimizer.learning_rate > 0:
     _fail(f"--config.optimizer.learning_rate={config.optimizer.learning_rate} must be > 0")
   if config.data.val_slices_per_volume <= 0:
     _fail(f"--config.data.val_slices_per_volume={config.data.val_slices_per_volume} must be > 0")
   if config.sadm.repeat < 0:
     _fail(f"--config.sadm.repeat={config.sadm.repeat} must be >= 0")
+
+
+def check_mesh(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
+  """The mesh against the visible devices, and the global batch against the mesh."""
+  t = config.train
+  n_dev = int(config.mesh.num_devices) or device_count
+  if n_dev > device_count:
+    _fail(f"--config.mesh.num_devices={config.mesh.num_devices}: {device_count} device(s) are "
+          f"visible (0 = all)")
+  if t.batch_size % n_dev or t.batch_size % process_count:
+    _fail(f"--config.train.batch_size={t.batch_size} (global) is not divisible by the {n_dev} "
+          f"device(s) of the mesh" + (f" and {process_count} processes" if process_count > 1
+                                      else ""))
 
 
 def _existing_dir(key: str, path: str, what: str) -> None:
@@ -137,16 +143,25 @@ def check_workdir(workdir: str) -> None:
     _fail(f"--workdir={workdir} is not writable: {e.strerror or e}")
 
 
-def validate(config: ml_collections.ConfigDict, workdir: str, stages) -> None:
-  """Every check for `config.stage`; raises ConfigError (one line). The workdir check comes last:
-  it creates a missing workdir, which only a start that passed every other check may do."""
+def check_static(config: ml_collections.ConfigDict, stages) -> ml_collections.ConfigDict:
+  """Every check that needs neither JAX nor the workdir (the CLI runs it before importing JAX,
+  so a wrong value is refused in a fraction of a second); returns the resolved config."""
   if config.stage not in stages:
     _fail(f"--config.stage={config.stage!r} is not one of {', '.join(map(repr, stages))}")
   from sadm_jax import config as config_lib
   resolved = config_lib.resolve(config)
   check_choices(resolved)
   if config.stage in TRAINING_STAGES:
-    import jax
-    check_training(resolved, jax.device_count(), jax.process_count())
+    check_training(resolved)
   check_paths(resolved)
+  return resolved
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str, stages) -> None:
+  """Every check for `config.stage`; raises ConfigError (one line). The workdir check comes last:
+  it creates a missing workdir, which only a start that passed every other check may do."""
+  resolved = check_static(config, stages)
+  if config.stage in TRAINING_STAGES:
+    import jax
+    check_mesh(resolved, jax.device_count(), jax.process_count())
   check_workdir(workdir)

@@ -80,6 +80,23 @@ def test_bad_training_values_are_refused_before_anything(data_dir, tmp_path, arg
   assert not os.path.exists(os.path.join(data_dir, ".sadm_cache"))  # no data loaded
 
 
+def test_a_bad_value_is_refused_before_jax_is_imported(data_dir, tmp_path):
+  """Values, choices and paths are checked before JAX, Orbax and grain load (a fraction of a
+  second): with a `jax` that cannot be imported the error is still the one line."""
+  fake = tmp_path / "fake"
+  (fake / "jax").mkdir(parents=True)
+  (fake / "jax" / "__init__.py").write_text("raise ImportError('jax was imported')\n")
+  env = {"PYTHONPATH": os.pathsep.join([str(fake), REPO])}
+  for args, config in ((["--config.train.num_steps=-5"], "configs/cddpm.py:tiny"),
+                       (["--config.evaluate.cddpm_workdir=/nonexistent/c"], "configs/evaluate.py:tiny")):
+    res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}", *args,
+                config=config, env=env)
+    assert _one_error(res).startswith("error: --config."), res.stderr
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}", env=env)
+  assert res.returncode != 0 and "jax was imported" in res.stderr  # the fake is in the way
+  assert not os.path.exists(tmp_path / "w")
+
+
 @pytest.mark.parametrize("config,args,expected", [
     ("configs/sadm_draem.py:tiny", ["--config.sadm.mode=bratz"],
      "error: --config.sadm.mode='bratz' is not one of 'draem', 'brats', 'atlas'"),
@@ -209,9 +226,10 @@ def test_non_finite_training_loss_is_one_line_exit_2(monkeypatch, capsys, tmp_pa
                  "checkpoint (step 4) is kept in W/checkpoints"]
 
 
-def test_unwritable_compile_log_is_one_line_before_anything_runs(tmp_path):
+def test_unwritable_compile_log_is_one_line_before_anything_runs(data_dir, tmp_path):
   log = tmp_path / "no_such_dir" / "compile.jsonl"
-  res = _main(f"--workdir={tmp_path / 'w'}", env={"SADM_COMPILE_LOG": str(log)})
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}",
+              env={"SADM_COMPILE_LOG": str(log)})
   assert _one_error(res) == (f"error: SADM_COMPILE_LOG={log}: cannot write the compile log "
                              "(No such file or directory)")
   assert not os.path.exists(tmp_path / "w")
