@@ -9,12 +9,12 @@ import pytest
 
 from configs import cddpm as cddpm_config
 from configs import evaluate as evaluate_config
+from configs import sadm_draem
 from sadm_jax import config as config_lib
 from sadm_jax.evaluate import inference
 from sadm_jax.evaluate import anomaly_map as am
 from sadm_jax.evaluate import scoring
 from sadm_jax.models import factory
-from sadm_jax.models.segnet import SegUnet
 from tests.helpers import random_variables
 
 D, H, W = 8, 64, 64  # the tiny working grid, slice-major
@@ -27,7 +27,11 @@ def eval_config():
 
 @pytest.fixture(scope="module")
 def models(eval_config):
-  """Randomly initialised tiny cDDPM and SegUnet (inference only needs their variables)."""
+  """Randomly initialised tiny cDDPM and SegUnet (inference only needs their variables).
+
+  The architectures of the session's tiny cDDPM and SADM-DRAEM runs (tests/conftest.py), so that
+  the programs compiled here are those of the session's evaluation (compilation cache hits).
+  """
   cfg = config_lib.resolve(cddpm_config.get_config("tiny"))
   model = factory.build_cddpm(cfg)
   x = jnp.zeros((1, H, W, 1))
@@ -37,7 +41,9 @@ def models(eval_config):
       lambda k, *a: model.init({"params": k, "dropout": k}, *a, train=False),
       x, x, jnp.zeros((1,), jnp.int32), seed=0)
   cddpm = inference.cddpm_inference(cfg, variables, eval_config)
-  seg_module = SegUnet(wf=2)
+  seg_module = inference.build_segnet(config_lib.resolve(sadm_draem.get_config("tiny")),
+                                      eval_config.evaluate.dtype)
+  assert seg_module.use_residual
   seg_vars = random_variables(seg_module.init, x, x, seed=1)
   return cddpm, inference.SegmentationInference(seg_module, seg_vars)
 
@@ -96,9 +102,16 @@ def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
   for n in meshes:
     prog = scoring.VolumeProgram(cddpm, [segnet], runs, settings, scoring.local_mesh(n),
                                  on_device_median)
-    k = -(-3 // n) * n  # 3 volumes on 1 device, padded to 8 on 8 devices
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], k - 3, 0)])
-    host = jax.device_get(prog.dispatch(pad(images), pad(masks), pad(indices)))
+    # As the evaluation dispatches: batches of one volume per device (3 batches of 1 on 1
+    # device; 3 volumes padded to 8 on 8 devices).
+    batches = [slice(b, b + 1) for b in range(3)] if n == 1 else [slice(0, 3)]
+    host = {}
+    for sl in batches:
+      pad = lambda a: np.concatenate([a[sl], np.repeat(a[sl][-1:], n - len(a[sl]), 0)])
+      got = jax.device_get(prog.dispatch(pad(images), pad(masks), pad(indices)))
+      for key, v in got.items():
+        host[key] = np.concatenate([host[key], v[:sl.stop - sl.start]]) if key in host \
+            else v[:sl.stop - sl.start]
     out[n] = [prog.maps(host, b, masks[b]) for b in range(3)], host
   if 1 in meshes:  # the device count changes neither a volume's outputs nor its maps
     for key in set(out[1][1]) - {"maps"}:
