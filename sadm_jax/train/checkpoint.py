@@ -160,13 +160,17 @@ class Checkpointer:
     return dict(self._manager(which).restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
-  def restore_saved(self, which: str = "best", step: int | None = None) -> dict:
+  def restore_saved(self, which: str = "best", step: int | None = None,
+                    keys: Sequence[str] | None = None) -> dict:
     """The train state of a step of `best/` or `checkpoints/` (default its newest), as saved.
 
     No model is needed to shape the target: shapes and dtypes come from the checkpoint's own
     tree metadata, and the state comes back as the saved dict tree ({'params', 'model_state',
     'opt_state', 'step'}) on this process's first device. What reopens a trained run
     (`open_run`); training's resume restores into its own typed state (`restore_usable`).
+    keys: only these top-level entries are read (e.g. ('params', 'model_state'): a trained
+    model without its optimiser state, a third of an Adam run's bytes); ValueError when the
+    saved state lacks one.
     """
     step = self._step(which, step)
     manager = self._manager(which)
@@ -174,9 +178,19 @@ class Checkpointer:
     tree = ocp.StandardCheckpointHandler().metadata(
         epath.Path(manager.directory) / str(step) / "state")  # {path: ArrayMetadata}
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if keys is not None:
+      missing = [k for k in keys if k not in tree]
+      if missing:
+        raise ValueError(f"no {' / '.join(missing)} in its saved state (keys {sorted(tree)})")
+      tree = {k: tree[k] for k in keys}
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
-    return manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target))).state
+    if keys is None:
+      args = ocp.args.StandardRestore(target)
+    else:
+      restore_args = jax.tree.map(
+          lambda t: ocp.ArrayRestoreArgs(sharding=one, global_shape=t.shape, dtype=t.dtype), target)
+      args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    return manager.restore(step, args=ocp.args.Composite(state=args)).state
 
   def _best_loss_on_disk(self) -> float | None:
     step = self.best.latest_step()
@@ -330,9 +344,8 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
     if task_name == "sadm" and ref:
       cddpm = _open_reference(workdir, ref, opened)
     try:
-      state = ckpt.restore_saved(which, saved)  # the step whose meta was read above
-      if not {"params", "model_state"} <= set(state):
-        raise ValueError(f"no params / model_state in its saved state (keys {sorted(state)})")
+      # The step whose meta was read above; the model only (not the optimiser state).
+      state = ckpt.restore_saved(which, saved, keys=("params", "model_state"))
     except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise RunError(f"{label}: its {which} checkpoint (step {meta.get('step')}) cannot be "

@@ -232,15 +232,19 @@ def test_open_run_reads_meta_and_state_of_one_step_and_needs_params(cddpm_dir, m
   from sadm_jax.train import checkpoint
   real, calls = checkpoint.Checkpointer.restore_saved, []
 
-  def spy(self, which="best", step=None):
-    calls.append((which, step))
-    return real(self, which, step)
+  def spy(self, which="best", step=None, keys=None):
+    calls.append((which, step, keys))
+    return real(self, which, step, keys)
 
   monkeypatch.setattr(checkpoint.Checkpointer, "restore_saved", spy)
   run = open_run(cddpm_dir, expect="cddpm")
-  assert calls == [("best", run.step)] and run.step == run.meta["step"]
-  monkeypatch.setattr(checkpoint.Checkpointer, "restore_saved",
-                      lambda self, which="best", step=None: {"opt_state": {}, "step": 1})
+  # Only the model is read, not the optimiser state.
+  assert calls == [("best", run.step, ("params", "model_state"))] and run.step == run.meta["step"]
+  assert set(run.variables) == {"params", "model_state"} and run.variables["model_state"]
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_saved", real)
+  import orbax.checkpoint as ocp
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, "metadata",
+                      lambda self, directory: {"opt_state": {}, "step": 1})
   with pytest.raises(RunError, match=r"cannot be restored: no params / model_state in its saved "
                                      r"state \(keys \['opt_state', 'step'\]\)"):
     open_run(cddpm_dir, expect="cddpm")
