@@ -28,6 +28,13 @@ def metric_series(workdir: str, key: str = "train/loss") -> list[tuple[int, floa
     return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
 
 
+def largest_constant(hlo_text: str) -> int:
+  """Elements (4-byte) of the largest array baked into a lowered program's text as a constant
+  (it prints as dense<"0x…">, 8 hex digits per float32); 0 when there is none."""
+  import re
+  return max((len(m) for m in re.findall(r'dense<"0x([0-9A-Fa-f]*)"', hlo_text)), default=0) // 8
+
+
 def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
   """Variables shaped like `init(key, *args)`, drawn on the host: nothing is compiled.
 

@@ -70,30 +70,36 @@ def _init_cddpm(config, model):
 
 
 def _with_pretrained_encoder(config, init):
-  """Initialises E from a SparK workdir's best checkpoint (strict key check, Q8)."""
+  """Initialises E from a SparK workdir's best checkpoint (strict key check, Q8).
+
+  Returns (init(key, spark_variables), (spark_variables,), run metadata): the SparK weights are an
+  argument of the init program, not constants baked into it.
+  """
   from sadm_jax.train.checkpoint import open_run
   workdir = config.model.encoder.pretrained_workdir
   spark = open_run(workdir, expect="spark", setting="model.encoder.pretrained_workdir")
   spark_vars = {"params": spark.variables["params"], "batch_stats": spark.variables["model_state"]}
 
-  def init_pretrained(key):
+  def init_pretrained(key, spark_variables):
     v = init(key)
     enc = {"params": v["params"]["encoder"], "batch_stats": v["model_state"]["encoder"]}
-    enc = transfer.load_spark_backbone_into_encoder(enc, spark_vars)
+    enc = transfer.load_spark_backbone_into_encoder(enc, spark_variables)
     return {"params": {**v["params"], "encoder": enc["params"]},
             "model_state": {**v["model_state"], "encoder": enc["batch_stats"]}}
 
-  return init_pretrained, {"pretrained_encoder": {"workdir": spark.workdir, "step": spark.step}}
+  return init_pretrained, (spark_vars,), {"pretrained_encoder": {"workdir": spark.workdir,
+                                                                 "step": spark.step}}
 
 
 def cddpm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True) -> loop.Task:
   """The cDDPM task; `data=False` builds only model/optimiser (for restoring a checkpoint)."""
   config = config_lib.resolve(config)
   model = factory.build_cddpm(config)
-  init, extra = _init_cddpm(config, model), {}
+  init, inputs, extra = _init_cddpm(config, model), (), {}
   if data and config.model.encoder.pretrained_workdir:
-    init, extra = _with_pretrained_encoder(config, init)
-  task = ixi.ixi_task(TASK_NAME, config, init, cddpm_loss_fn(config, model), tables, data)
+    init, inputs, extra = _with_pretrained_encoder(config, init)
+  task = ixi.ixi_task(TASK_NAME, config, init, cddpm_loss_fn(config, model), tables, data,
+                      init_inputs=inputs)
   task.meta.update(extra)
   return task
 

@@ -43,8 +43,10 @@ def loaders(config, train_table, val_table, augment: bool, seed: int):
   return train_loader, val_batches
 
 
-def ixi_task(name, config, init, loss_fn, tables, data: bool) -> loop.Task:
-  """A task on healthy IXI slices; without `data` only model/loss/optimiser (for restoring)."""
+def ixi_task(name, config, init, loss_fn, tables, data: bool, init_inputs: tuple = ()) -> loop.Task:
+  """A task on healthy IXI slices; without `data` only model/loss/optimiser (for restoring).
+
+  init_inputs: arrays `init` reads after the key (`loop.Task.init_inputs`)."""
   train_table, val_table = (tables or ixi_tables(config)) if data else (None, None)
   train_loader, val_batches = (loaders(config, train_table, val_table, config.data.augment,
                                        int(config.seed)) if data else (None, None))
@@ -52,4 +54,4 @@ def ixi_task(name, config, init, loss_fn, tables, data: bool) -> loop.Task:
   return loop.Task(name=name, init_variables=init, loss_fn=loss_fn,
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,
                    val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,
-                   meta=meta)
+                   init_inputs=init_inputs, meta=meta)

@@ -31,7 +31,8 @@ class Task:
 
   Attributes:
     name: for logs.
-    init_variables: key -> {'params': ..., 'model_state': ...} (traceable; run abstractly first).
+    init_variables: (key, *init_inputs) -> {'params': ..., 'model_state': ...} (traceable; run
+      abstractly first).
     loss_fn: (params, model_state, batch, key, train) -> (per-sample loss [B], (model_state, metrics)).
     tx: the optimiser.
     train_loader: (local_batch, shard_index, shard_count) -> grain DataLoader of local batches.
@@ -41,11 +42,14 @@ class Task:
     seed: the run's effective seed (init, data order, step keys); None = `config.seed`.
     frozen: host pytree of networks the loss reads but never trains (stage II's cDDPM), passed
       to every step as an argument (never baked into the program); {} when there are none.
+    init_inputs: tuple of host pytrees `init_variables` reads after the key (pretrained weights,
+      initial statistics), passed to the init program as arguments (never baked into it, so one
+      compiled init serves every checkpoint of the same shapes); () when there are none.
     meta: derived facts of the run (effective seed, referenced runs, training data orientation)
       recorded in the run metadata next to the checkpoints; the config itself is never changed.
   """
   name: str
-  init_variables: Callable[[jax.Array], dict]
+  init_variables: Callable[..., dict]
   loss_fn: LossFn
   tx: optax.GradientTransformation
   train_loader: Callable[[int, int, int], Any]
@@ -54,6 +58,7 @@ class Task:
   batch_keys: tuple[str, ...] = ("image",)
   seed: int | None = None
   frozen: Any = dataclasses.field(default_factory=dict)
+  init_inputs: tuple = ()
   meta: dict = dataclasses.field(default_factory=dict)
 
 
@@ -76,8 +81,9 @@ class Trainer:
     self.seed = int(self.config.seed if self.task.seed is None else self.task.seed)
     key = jax.random.key(self.seed)
     self.init_key, self.train_key, self.val_key = jax.random.split(key, 3)
-    create = lambda k: TrainState.create(self.task.init_variables(k), self.task.tx)
-    self.abstract_state = jax.eval_shape(create, self.init_key)
+    create = lambda k, inputs: TrainState.create(self.task.init_variables(k, *inputs),
+                                                 self.task.tx)
+    self.abstract_state = jax.eval_shape(create, self.init_key, self.task.init_inputs)
     rules = tuple(tuple(r) for r in self.config.mesh.fsdp_rules) if self.config.mesh.fsdp else ()
     self.state_shardings = shard_lib.state_shardings(self.abstract_state, self.mesh, rules,
                                                      self.config.mesh.fsdp_min_size)
@@ -86,6 +92,7 @@ class Trainer:
     repl = shard_lib.replicated(self.mesh)
     # The frozen networks are a replicated argument of both steps, put on the mesh once.
     self.frozen = jax.device_put(self.task.frozen, repl)
+    self.init_inputs = jax.device_put(self.task.init_inputs, repl)
     self.train_step = jax.jit(make_train_step(self.task.loss_fn),
                               in_shardings=(self.state_shardings, batch_sh, repl, repl),
                               out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
@@ -95,7 +102,7 @@ class Trainer:
 
   def init_state(self) -> TrainState:
     """The initial state, created directly with its shardings (never on one device first)."""
-    return self._create(self.init_key)
+    return self._create(self.init_key, self.init_inputs)
 
   def device_batch(self, local: dict) -> dict:
     return shard_lib.global_batch({k: local[k] for k in self.task.batch_keys if k in local},

@@ -297,9 +297,10 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
       frozen = _abstract_cddpm(cddpm, res)
     _check_frozen(cddpm, frozen, res)
   drift = cddpm is not None and uses_residual(config) and bool(config.sadm.frozen_train_mode)
-  initial_stats = frozen["batch_stats"] if drift else None
+  # Drift (Q6): the state's statistics start as the cDDPM's, an argument of the init program.
+  init_inputs = (frozen["batch_stats"],) if drift else ()
 
-  def init(key):
+  def init(key, initial_stats=None):
     x = jnp.zeros((1, res, res, 1), jnp.float32)
     # The SegUnet draws its initial weights from an RBG key derived from `key`: XLA compiles one
     # unrolled threefry per parameter, which makes this init 4x slower to compile on CPU.
@@ -308,7 +309,7 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
     if initial_stats is None:
       return {"params": params, "model_state": {}}
     return {"params": params,
-            "model_state": {"cddpm_batch_stats": jax.tree.map(jnp.asarray, initial_stats)}}
+            "model_state": {"cddpm_batch_stats": initial_stats}}
 
   train_table, val_table = (tables or sadm_tables(config)) if data else (None, None)
   train_loader, val_batches = _loaders(config, train_table, val_table, seed) if data else (None, None)
@@ -318,7 +319,8 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
                    loss_fn=sadm_loss_fn(config, segnet, cddpm),
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,
                    val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,
-                   batch_keys=("image", "seg"), seed=seed, frozen=frozen, meta=meta)
+                   batch_keys=("image", "seg"), seed=seed, frozen=frozen,
+                   init_inputs=init_inputs, meta=meta)
 
 
 def _abstract_cddpm(cddpm, res: int) -> dict:

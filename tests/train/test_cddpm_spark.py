@@ -14,7 +14,7 @@ import pytest
 from configs import cddpm as cddpm_config, spark_pretrain
 from sadm_jax import main as main_lib
 from tests.data import fake_data
-from tests.helpers import REPO, metric_series
+from tests.helpers import REPO, largest_constant, metric_series
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +59,24 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
   assert losses[-1][0] == 4 and all(np.isfinite(v) for _, v in losses)
   c = _tiny(cddpm_config, data_dir, num_steps=2, eval_every=2, checkpoint_every=2)
   c.model.encoder.pretrained_workdir = str(tmp_path / "spark")
-  from sadm_jax.train import cddpm
+  from sadm_jax.train import cddpm, loop, sharding
   from sadm_jax.train.checkpoint import RunError, open_run
   task = cddpm.cddpm_task(c)
-  v = jax.jit(task.init_variables)(jax.random.key(0))  # one program, not ~1,000 eager ops
+  trainer = loop.Trainer(c, task, sharding.make_mesh(c))
+  v = jax.device_get(trainer.init_state())  # the training run's own initial state
   spark_run = open_run(str(tmp_path / "spark"), expect="spark")
   sp = {"params": spark_run.variables["params"], "batch_stats": spark_run.variables["model_state"]}
   assert task.meta["pretrained_encoder"]["workdir"] == spark_run.workdir
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(sp["params"]))
-  np.testing.assert_array_equal(v["params"]["encoder"]["backbone"]["conv1"]["kernel"],
+  np.testing.assert_array_equal(v.params["encoder"]["backbone"]["conv1"]["kernel"],
                                 sp["params"]["backbone"]["conv1"]["kernel"])
-  np.testing.assert_array_equal(v["model_state"]["encoder"]["backbone"]["bn1"]["mean"],
+  np.testing.assert_array_equal(v.model_state["encoder"]["backbone"]["bn1"]["mean"],
                                 sp["batch_stats"]["backbone"]["bn1"]["mean"])
+  # The SparK weights are an argument of the init program, not constants baked into it.
+  largest = max(a.size for a in jax.tree.leaves(sp["params"]["backbone"]))
+  assert largest > 1000  # bigger than the schedule tables (1000 steps), which are constants
+  hlo = trainer._create.lower(trainer.init_key, trainer.init_inputs).as_text()
+  assert largest_constant(hlo) < largest
   # A workdir that is not a SparK run is an error, never a silently random encoder (Q8).
   c.model.encoder.pretrained_workdir = str(tmp_path / "nope")
   with pytest.raises(RunError, match="pretrained_workdir=.*nope: not a trained spark run"):
