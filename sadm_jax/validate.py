@@ -70,6 +70,9 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all)")
   if not config.optimizer.learning_rate > 0:
     _fail(f"--config.optimizer.learning_rate={config.optimizer.learning_rate} must be > 0")
+  for key in ("loader_threads", "prefetch_batches"):
+    if config.data[key] <= 0:
+      _fail(f"--config.data.{key}={config.data[key]} must be > 0")
   if config.data.val_slices_per_volume <= 0:
     _fail(f"--config.data.val_slices_per_volume={config.data.val_slices_per_volume} must be > 0")
   if config.sadm.repeat < 0:

@@ -62,6 +62,7 @@ def test_bad_type_and_bad_config_file_are_one_line(tmp_path):
     (["--config.train.eval_every=0"], "error: --config.train.eval_every=0 must be > 0"),
     (["--config.train.batch_size=7"],
      "error: --config.train.batch_size=7 (global) is not divisible by the 2 device(s)"),
+    (["--config.data.prefetch_batches=0"], "error: --config.data.prefetch_batches=0 must be > 0"),
     (["--config.optimizer.learning_rate=0"],
      "error: --config.optimizer.learning_rate=0.0 must be > 0"),
     (["--config.model.dtype=float64"], "error: --config.model.dtype='float64' is not one of "),

@@ -77,12 +77,14 @@ def draem_train_loader(table: pipeline.SliceTable, draem: DraemConfig, *, batch_
                        seed: int, sampling: str = "brain",
                        augment: augment_lib.IntensityAugConfig | None = None,
                        augment_3d: bool = False, worker_count: int = 0, shard_index: int = 0,
-                       shard_count: int = 1, num_epochs: int | None = None) -> grain.DataLoader:
+                       shard_count: int = 1, num_epochs: int | None = None,
+                       read_threads: int = 16, prefetch: int = 500) -> grain.DataLoader:
   """Endless shuffled batches of anomalous slices for THIS process (see `pipeline.train_loader`)."""
   op = AnomalousTrainSlice(table, draem, sampling, augment, augment_3d)
   return pipeline.train_loader(table, batch_size=batch_size, seed=seed, num_epochs=num_epochs,
                                worker_count=worker_count, shard_index=shard_index,
-                               shard_count=shard_count, slice_op=op)
+                               shard_count=shard_count, read_threads=read_threads,
+                               prefetch=prefetch, slice_op=op)
 
 
 def draem_validation_loader(table: pipeline.SliceTable, draem: DraemConfig, *, batch_size: int,

@@ -201,7 +201,7 @@ def _shard(shard_index: int, shard_count: int) -> grain.sharding.ShardOptions:
 def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str = "brain",
                  augment: augment_lib.IntensityAugConfig | None = None, augment_3d: bool = False,
                  num_epochs: int | None = None, worker_count: int = 0, shard_index: int = 0,
-                 shard_count: int = 1,
+                 shard_count: int = 1, read_threads: int = 16, prefetch: int = 500,
                  slice_op: grain.transforms.RandomMap | None = None) -> grain.DataLoader:
   """Endless (or `num_epochs`) shuffled training batches for THIS process.
 
@@ -209,6 +209,10 @@ def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str
   batches drop the remainder so shapes stay static. One record = one volume visit (an epoch
   has as many samples as volumes, as in the reference). `slice_op` replaces the default
   `TrainSlice(table, sampling, augment, augment_3d)` (e.g. a subclass adding anomalies).
+  `read_threads` threads prepare up to `prefetch` records ahead of the batch being consumed
+  (grain's defaults are 16 and 500; records read ahead when a run ends are wasted work, so the
+  stages ask for a few batches). The numbers do not depend on either: each record's randomness
+  comes from its own index.
   """
   sampler = grain.samplers.IndexSampler(num_records=len(table), shuffle=True, seed=seed,
                                         num_epochs=num_epochs,
@@ -217,7 +221,9 @@ def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str
          grain.transforms.Batch(batch_size=batch_size, drop_remainder=True)]
   return grain.DataLoader(data_source=VolumeIndexSource(table), sampler=sampler,
                           operations=ops, worker_count=worker_count,
-                          shard_options=_shard(shard_index, shard_count))
+                          shard_options=_shard(shard_index, shard_count),
+                          read_options=grain.ReadOptions(num_threads=read_threads,
+                                                         prefetch_buffer_size=prefetch))
 
 
 def validation_loader(table: SliceTable, *, batch_size: int, slices_per_volume: int = 8,

@@ -33,7 +33,9 @@ def loaders(config, train_table, val_table, augment: bool, seed: int):
                                  sampling=config.data.slice_sampling, augment=aug,
                                  augment_3d=bool(config.data.augment_3d),
                                  worker_count=config.data.loader_workers,
-                                 shard_index=shard_index, shard_count=shard_count)
+                                 shard_index=shard_index, shard_count=shard_count,
+                                 read_threads=config.data.loader_threads,
+                                 prefetch=config.data.prefetch_batches * local_bs)
 
   def val_batches(local_bs, shard_index, shard_count):
     return list(pipeline.validation_loader(val_table, batch_size=local_bs,

@@ -87,6 +87,10 @@ def test_train_loader_shapes_determinism_and_sharding(prepared):
   assert a[0]["seg"].shape == (2, 16, 16, 1) and not a[0]["seg"].any()
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
+  # Reading threads and read-ahead change no number (each record's randomness is its own).
+  lean = _batches(pipeline.train_loader(table, **kw, read_threads=1, prefetch=2), 4)
+  for x, y in zip(a, lean):
+    np.testing.assert_array_equal(x["image"], y["image"])
   c = _batches(pipeline.train_loader(table, **{**kw, "seed": 2}), 4)
   assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
   # Two process shards of one epoch see disjoint volumes.

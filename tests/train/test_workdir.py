@@ -95,6 +95,7 @@ def test_resumable_keys_may_change(trained, tmp_path):
   from configs import cddpm as cddpm_config
   old, new = cddpm_config.get_config("tiny"), cddpm_config.get_config("tiny")
   new.data.slice_sampling, new.train.num_epochs, new.evaluate.lam = "brain", 7, 0.1
+  new.data.loader_threads, new.data.prefetch_batches = 2, 8  # reading, not the data read
   assert workdir_lib.config_differences(old.to_dict(), new.to_dict()) == []
   new.data.slice_sampling = "uniform"
   assert workdir_lib.config_differences(old.to_dict(), new.to_dict()) == [
