@@ -29,5 +29,9 @@ def test_save_npy_and_png(tmp_path):
   np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(6).reshape(2, 3))
   io.write_png(tmp_path / "a.png", np.zeros((4, 5, 3), np.uint8))
   assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  from PIL import Image
+  rgb = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+  io.write_png(tmp_path / "c.png", rgb)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "c.png")), rgb)  # lossless
   with pytest.raises(TypeError, match="expected uint8"):
     io.write_png(tmp_path / "b.png", np.zeros((4, 5)))
