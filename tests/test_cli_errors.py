@@ -89,7 +89,8 @@ def test_a_bad_value_is_refused_before_jax_is_imported(data_dir, tmp_path):
   (fake / "jax" / "__init__.py").write_text("raise ImportError('jax was imported')\n")
   env = {"PYTHONPATH": os.pathsep.join([str(fake), REPO])}
   for args, config in ((["--config.train.num_steps=-5"], "configs/cddpm.py:tiny"),
-                       (["--config.evaluate.cddpm_workdir=/nonexistent/c"], "configs/evaluate.py:tiny")):
+                       (["--config.evaluate.cddpm_workdir=/nonexistent/c"],
+                        "configs/evaluate.py:tiny")):
     res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}", *args,
                 config=config, env=env)
     assert _one_error(res).startswith("error: --config."), res.stderr

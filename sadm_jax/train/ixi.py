@@ -45,7 +45,8 @@ def loaders(config, train_table, val_table, augment: bool, seed: int):
   return train_loader, val_batches
 
 
-def ixi_task(name, config, init, loss_fn, tables, data: bool, init_inputs: tuple = ()) -> loop.Task:
+def ixi_task(name, config, init, loss_fn, tables, data: bool,
+             init_inputs: tuple = ()) -> loop.Task:
   """A task on healthy IXI slices; without `data` only model/loss/optimiser (for restoring).
 
   init_inputs: arrays `init` reads after the key (`loop.Task.init_inputs`)."""

@@ -40,8 +40,8 @@ RESUMABLE = (
     "train.async_checkpoints", "train.tensorboard",
     "data.num_workers", "data.cache_dir",  # preprocessing processes; the cache is content-keyed
     "data.splits",  # only the prepare stage reads it
-    "data.loader_threads", "data.prefetch_batches",  # how records are read, not which (grain's
-    # iterator state holds the last index consumed; tests/data/test_cache_pipeline.py)
+    "data.loader_threads", "data.prefetch_batches",  # how records are read, not which
+    # (grain's iterator state holds the last index consumed; tests/data/test_cache_pipeline.py)
     "mesh.*",  # device count and FSDP layout: the same global batch and update, resharded on restore
     "distributed.*",  # coordinator address etc. of this job
     "model.names",  # what `describe` reports
