@@ -161,36 +161,31 @@ class Checkpointer:
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
   def restore_saved(self, which: str = "best", step: int | None = None,
-                    keys: Sequence[str] | None = None) -> dict:
-    """The train state of a step of `best/` or `checkpoints/` (default its newest), as saved.
+                    keys: Sequence[str] = ("params", "model_state")) -> dict:
+    """Top-level entries `keys` of the train state of a step of `best/` or `checkpoints/`
+    (default its newest), as saved.
 
     No model is needed to shape the target: shapes and dtypes come from the checkpoint's own
-    tree metadata, and the state comes back as the saved dict tree ({'params', 'model_state',
-    'opt_state', 'step'}) on this process's first device. What reopens a trained run
-    (`open_run`); training's resume restores into its own typed state (`restore_usable`).
-    keys: only these top-level entries are read (e.g. ('params', 'model_state'): a trained
-    model without its optimiser state, a third of an Adam run's bytes); ValueError when the
-    saved state lacks one.
+    tree metadata, and the entries come back as the saved dict tree on this process's first
+    device. The default is the trained model without its optimiser state (a third of an Adam
+    run's bytes): what reopens a trained run (`open_run`); training's resume restores into its
+    own typed state (`restore_usable`). ValueError when the saved state lacks one of `keys`.
     """
     step = self._step(which, step)
     manager = self._manager(which)
     from etils import epath
     tree = ocp.StandardCheckpointHandler().metadata(
         epath.Path(manager.directory) / str(step) / "state")  # {path: ArrayMetadata}
+    missing = [k for k in keys if k not in tree]
+    if missing:
+      raise ValueError(f"no {' / '.join(missing)} in its saved state (keys {sorted(tree)})")
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    if keys is not None:
-      missing = [k for k in keys if k not in tree]
-      if missing:
-        raise ValueError(f"no {' / '.join(missing)} in its saved state (keys {sorted(tree)})")
-      tree = {k: tree[k] for k in keys}
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
-    if keys is None:
-      args = ocp.args.StandardRestore(target)
-    else:
-      restore_args = jax.tree.map(
-          lambda t: ocp.ArrayRestoreArgs(sharding=one, global_shape=t.shape, dtype=t.dtype), target)
-      args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-    return manager.restore(step, args=ocp.args.Composite(state=args)).state
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                          {k: tree[k] for k in keys})
+    restore_args = jax.tree.map(
+        lambda t: ocp.ArrayRestoreArgs(sharding=one, global_shape=t.shape, dtype=t.dtype), target)
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))).state
 
   def _best_loss_on_disk(self) -> float | None:
     step = self.best.latest_step()
