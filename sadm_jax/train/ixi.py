@@ -24,18 +24,24 @@ def ixi_tables(config: ml_collections.ConfigDict) -> tuple[pipeline.SliceTable, 
   return tuple(pipeline.SliceTable.from_rows(cache, splits[n]) for n in names)
 
 
+def train_loader_kwargs(config, augment, seed: int, local_bs: int, shard_index: int,
+                        shard_count: int) -> dict:
+  """`pipeline.train_loader` keyword arguments of a stage's training batches, from `config.data`
+  (sampling, augmentation, grain workers, reader threads and read-ahead) and the loop's shard."""
+  d = config.data
+  return dict(batch_size=local_bs, seed=seed, sampling=d.slice_sampling, augment=augment,
+              augment_3d=bool(d.augment_3d), worker_count=d.loader_workers,
+              shard_index=shard_index, shard_count=shard_count, read_threads=d.loader_threads,
+              prefetch=d.prefetch_batches * local_bs)
+
+
 def loaders(config, train_table, val_table, augment: bool, seed: int):
   """(train_loader, val_batches) callables of the loop's `Task` over IXI slice tables."""
   aug = augment_lib.IntensityAugConfig() if augment else None
 
   def train_loader(local_bs, shard_index, shard_count):
-    return pipeline.train_loader(train_table, batch_size=local_bs, seed=seed,
-                                 sampling=config.data.slice_sampling, augment=aug,
-                                 augment_3d=bool(config.data.augment_3d),
-                                 worker_count=config.data.loader_workers,
-                                 shard_index=shard_index, shard_count=shard_count,
-                                 read_threads=config.data.loader_threads,
-                                 prefetch=config.data.prefetch_batches * local_bs)
+    return pipeline.train_loader(train_table, **train_loader_kwargs(
+        config, aug, seed, local_bs, shard_index, shard_count))
 
   def val_batches(local_bs, shard_index, shard_count):
     return list(pipeline.validation_loader(val_table, batch_size=local_bs,

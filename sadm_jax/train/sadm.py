@@ -107,11 +107,7 @@ def _loaders(config, train_table, val_table, seed: int):
   draem = anomaly_pipeline.draem_config(config) if config.sadm.mode == "draem" else None
 
   def train_loader(local_bs, shard_index, shard_count):
-    kw = dict(batch_size=local_bs, seed=seed, sampling=config.data.slice_sampling,
-              augment=aug, augment_3d=bool(config.data.augment_3d),
-              worker_count=config.data.loader_workers, shard_index=shard_index,
-              shard_count=shard_count, read_threads=config.data.loader_threads,
-              prefetch=config.data.prefetch_batches * local_bs)
+    kw = ixi.train_loader_kwargs(config, aug, seed, local_bs, shard_index, shard_count)
     if draem is not None:
       return anomaly_pipeline.draem_train_loader(train_table, draem, **kw)
     return pipeline.train_loader(train_table, **kw)
