@@ -75,7 +75,7 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(data_dir, tmp_path):
   # The SparK weights are an argument of the init program, not constants baked into it.
   largest = max(a.size for a in jax.tree.leaves(sp["params"]["backbone"]))
   assert largest > 1000  # bigger than the schedule tables (1000 steps), which are constants
-  hlo = trainer._create.lower(trainer.init_key, trainer.init_inputs).as_text()
+  hlo = trainer.init_program.lower(trainer.init_key, trainer.init_inputs).as_text()
   assert largest_constant(hlo) < largest
   # A workdir that is not a SparK run is an error, never a silently random encoder (Q8).
   c.model.encoder.pretrained_workdir = str(tmp_path / "nope")

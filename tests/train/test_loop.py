@@ -173,3 +173,23 @@ def test_resume_continues_identically(tmp_path):
   assert [r["train/loss"] for r in a] == [r["train/loss"] for r in b]  # bit-identical
   assert full["val_loss"] == resumed["val_loss"] and math.isfinite(full["val_loss"])
   assert os.path.isdir(tmp_path / "b" / "best")
+
+
+def test_init_program_gets_its_cpu_compiler_options(monkeypatch):
+  """On CPU the init program (run once per run) is compiled with `CPU_INIT_COMPILER_OPTIONS`
+  (for compile speed), which give the state of XLA's default level bit for bit; GPU keeps its
+  defaults."""
+  assert loop.init_compiler_options("cpu") == {"xla_backend_optimization_level": 2}
+  assert loop.init_compiler_options("gpu") is None
+  config = _config(1)
+  trainer = loop.Trainer(config, toy_task(config), sharding.make_mesh(config))
+  got = jax.device_get(trainer.init_state())
+  lowered = trainer.init_program.lower(trainer.init_key, trainer.init_inputs)
+  want = lowered.compile({"xla_backend_optimization_level": 3})(trainer.init_key,
+                                                                 trainer.init_inputs)
+  jax.tree.map(np.testing.assert_array_equal, got, jax.device_get(want))
+  # The options reach the init's compilation (an unknown one is refused there).
+  monkeypatch.setattr(loop, "CPU_INIT_COMPILER_OPTIONS", {"xla_no_such_option": True})
+  trainer = loop.Trainer(config, toy_task(config), sharding.make_mesh(config))
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    trainer.init_state()
