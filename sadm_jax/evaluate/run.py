@@ -175,6 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   barrier("report")
   summary["seconds"] = round(time.time() - t0, 2)
   if jax.process_index() == 0:
+    io.write_json(os.path.join(workdir, "eval", "summary.json"), summary)
     print(f"evaluate: {summary['volumes_computed']} volume result(s) computed, "
           f"{summary['volumes_cached']} reused, {summary['seconds']} s "
           f"({summary['processes']} process(es) × {summary['devices_per_process']} device(s))")

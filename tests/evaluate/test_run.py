@@ -150,6 +150,8 @@ def test_second_run_recomputes_nothing_and_changed_settings_recompute(evaluation
   c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
   again = main_lib.run_stage(c, workdir)
   assert again["volumes_computed"] == 0 and again["volumes_cached"] == first["volumes_computed"]
+  with open(os.path.join(workdir, "eval", "summary.json")) as f:
+    assert json.load(f) == again  # each run's summary replaces the last one's
   assert {p: os.stat(p).st_mtime_ns for p in jsons} == mtimes
   assert _csv(workdir) == before
   # Another protocol invalidates the cached per-volume results (threshold baseline only: no models).
