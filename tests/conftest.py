@@ -34,73 +34,94 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
-# ---- session-wide tiny runs: one fake data dir, one tiny cDDPM and one tiny SADM-DRAEM run shared
-# by tests/train and tests/evaluate (each is expensive to compile and train on 2 cores). Tests that
-# change a run copy it first.
+# ---- session-wide runs, made by the CLI (`python -m sadm_jax.main`, the README's command) in the
+# background from the start of the session, one after the other in this order, at a low priority
+# (tests/helpers.BackgroundRun): the in-process tests run as if alone, these runs take the share
+# of the 2 cores they leave idle, and later runs read the programs earlier ones compiled from the
+# compilation cache. Each starts only when a collected test needs it (or a later run does); the
+# tests that read a run go last. One fake data dir, one tiny cDDPM, one tiny SADM-DRAEM on it and
+# one evaluation of both are shared by tests/train and tests/evaluate (tests that change a run
+# copy it first); the demo and the Table-1 reproduction run end to end.
 
 import pytest  # noqa: E402
 
-
-from tests.helpers import with_data  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def tiny_data_dir(tmp_path_factory) -> str:
-  """Fake data: 8 IXI subjects (5 folds + test), 3 volumes per pathological val/test split."""
-  from tests.data import fake_data
-  root = str(tmp_path_factory.mktemp("tiny_data"))
-  fake_data.write_data_dir(root, n_ixi=8, n_patho=3)
-  return root
-
-
-@pytest.fixture(scope="session")
-def tiny_cddpm_dir(tiny_data_dir, tmp_path_factory) -> str:
-  """A tiny cDDPM trained 2 steps (lr 2e-3, as test_cddpm_spark's runs: shared compilations)."""
-  from configs import cddpm as cddpm_config
-  from sadm_jax import main as main_lib
-  workdir = str(tmp_path_factory.mktemp("tiny_cddpm"))
-  c = with_data(cddpm_config.get_config("tiny"), tiny_data_dir)
-  c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
-  c.optimizer.learning_rate = 2e-3
-  main_lib.run_stage(c, workdir)
-  return workdir
-
-
-@pytest.fixture(scope="session")
-def tiny_sadm_run(tiny_data_dir, tiny_cddpm_dir, tmp_path_factory) -> tuple[str, dict]:
-  """(workdir, result) of a tiny SADM-DRAEM run on the tiny cDDPM, 2 steps."""
-  from configs import sadm_draem
-  from sadm_jax import main as main_lib
-  workdir = str(tmp_path_factory.mktemp("tiny_sadm"))
-  c = with_data(sadm_draem.get_config("tiny"), tiny_data_dir)
-  c.sadm.cddpm_workdir = tiny_cddpm_dir
-  c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
-  return workdir, main_lib.run_stage(c, workdir)
-
-
-@pytest.fixture(scope="session")
-def tiny_sadm_dir(tiny_sadm_run) -> str:
-  return tiny_sadm_run[0]
-
-
-# ---- end-to-end CLI jobs started in the background when the session begins (only when a collected
-# test needs them): the in-process tests keep ~1.4 of the 2 cores busy, these jobs use the rest.
-# fixture name -> `python -m sadm_jax.main` arguments (the workdir is added).
-# They run one after the other in this order (the reproduction reuses the demo's compiled programs).
+_TINY_DATA = ["--config.data.data_dir={data}", "--config.data.cache_dir={data}/cache"]
+_TWO_STEPS = ["--config.train.num_steps=2", "--config.train.eval_every=2",
+              "--config.train.checkpoint_every=2", "--config.train.async_checkpoints=False"]
+# run name -> `python -m sadm_jax.main` arguments (the workdir is added): "{data}" is the session's
+# fake data dir, "{<run>}" the workdir of an earlier run.
 BACKGROUND_RUNS = {
+    # lr 2e-3, as test_cddpm_spark's runs and the demo's tiny cDDPM: shared compilations
+    "tiny_cddpm": ["--config=configs/cddpm.py:tiny", *_TINY_DATA, *_TWO_STEPS,
+                   "--config.optimizer.learning_rate=0.002"],
+    "tiny_sadm": ["--config=configs/sadm_draem.py:tiny", *_TINY_DATA, *_TWO_STEPS,
+                  "--config.sadm.cddpm_workdir={tiny_cddpm}"],
+    # threshold + cDDPM + SADM on every fake data set (configs/evaluate.py:tiny)
+    "tiny_evaluation": ["--config=configs/evaluate.py:tiny", *_TINY_DATA,
+                        "--config.evaluate.cddpm_workdir={tiny_cddpm}",
+                        "--config.evaluate.sadm_workdirs=('{tiny_sadm}',)"],
     "demo_tiny_run": ["--config=configs/demo.py:tiny", "--config.train.async_checkpoints=False"],
     "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
                               "--config.train.async_checkpoints=False"],
 }
+# fixture -> the run it reads (a test's fixture names include those its fixtures use)
+RUN_OF_FIXTURE = {"tiny_cddpm_dir": "tiny_cddpm", "tiny_sadm_dir": "tiny_sadm",
+                  "evaluation": "tiny_evaluation", "demo_tiny_run": "demo_tiny_run",
+                  "tiny_reproduction_run": "tiny_reproduction_run"}
 _background: dict = {}
+_data_dir: list = []  # the session's fake data dir, once written
 
 
-def _background_run(name: str, after=None):
-  """The background run of fixture `name`, started (or queued after `after`) on first use."""
+def _tiny_data() -> str:
+  """The session's fake data: 8 IXI subjects (5 folds + test), 3 volumes per pathological
+  val/test split (written on first use; removed when the session ends)."""
+  if not _data_dir:
+    import tempfile
+    from tests.data import fake_data
+    root = tempfile.mkdtemp(prefix="sadm_test_data_")
+    fake_data.write_data_dir(root, n_ixi=8, n_patho=3)
+    _data_dir.append(root)
+  return _data_dir[0]
+
+
+def _needed(names) -> list[str]:
+  """The runs `names` read and every earlier run their arguments name, in BACKGROUND_RUNS order."""
+  need = set(names)
+  for name in reversed(list(BACKGROUND_RUNS)):
+    if name in need:
+      need |= {n for n in BACKGROUND_RUNS if any(f"{{{n}}}" in a for a in BACKGROUND_RUNS[name])}
+  return [n for n in BACKGROUND_RUNS if n in need]
+
+
+def _start(names) -> None:
+  """Starts (queues) the runs `names` need that have not started, one after the other."""
   from tests.helpers import BackgroundRun
-  if name not in _background:
-    _background[name] = BackgroundRun(BACKGROUND_RUNS[name], after=after)
-  return _background[name]
+  previous = next(reversed(_background.values()), None)
+  for name in _needed(names):
+    if name in _background:
+      continue
+    args = BACKGROUND_RUNS[name]
+    fields = {n: _background[n].workdir for n in _background}
+    if any("{data}" in a for a in args):
+      fields["data"] = _tiny_data()
+    previous = _background[name] = BackgroundRun([a.format(**fields) for a in args],
+                                                 after=previous)
+
+
+def _run(name: str) -> str:
+  """The workdir of background run `name` once it has finished (started now if it was not)."""
+  _start([name])
+  return _background[name].wait()
+
+
+def _reads_a_run(item) -> bool:
+  return bool(set(getattr(item, "fixturenames", ())) & set(RUN_OF_FIXTURE))
+
+
+def pytest_collection_modifyitems(session, config, items):
+  """Tests that read a background run go last (in their order): by then it has finished."""
+  waits = [item for item in items if _reads_a_run(item)]
+  items[:] = [item for item in items if not _reads_a_run(item)] + waits
 
 
 def pytest_collection_finish(session):
@@ -108,29 +129,57 @@ def pytest_collection_finish(session):
   if session.config.option.collectonly:
     return
   wanted = {n for item in session.items for n in getattr(item, "fixturenames", ())}
-  previous = None
-  for name in BACKGROUND_RUNS:
-    if name in wanted:
-      previous = _background_run(name, after=previous)
+  _start([RUN_OF_FIXTURE[f] for f in RUN_OF_FIXTURE if f in wanted])
 
 
 def pytest_sessionfinish(session, exitstatus):
   """Cancels every queued run first (killing one must not start the next), then stops them."""
+  import shutil
   for run in _background.values():
     run.cancel()
   for run in _background.values():
     run.stop()
+  for root in _data_dir:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir() -> str:
+  return _tiny_data()
+
+
+@pytest.fixture(scope="session")
+def tiny_cddpm_dir(tiny_data_dir) -> str:
+  """A tiny cDDPM trained 2 steps on the session's data (lr 2e-3)."""
+  return _run("tiny_cddpm")
+
+
+@pytest.fixture(scope="session")
+def tiny_sadm_dir(tiny_data_dir, tiny_cddpm_dir) -> str:
+  """A tiny SADM-DRAEM run on the tiny cDDPM, 2 steps."""
+  return _run("tiny_sadm")
+
+
+@pytest.fixture(scope="session")
+def evaluation(tiny_data_dir, tiny_cddpm_dir, tiny_sadm_dir) -> tuple[str, dict]:
+  """(workdir, summary) of one full evaluation: threshold + cDDPM + SADM on every fake data set;
+  the summary is the one the stage returned (its `eval/summary.json`)."""
+  import json
+  import os
+  workdir = _run("tiny_evaluation")
+  with open(os.path.join(workdir, "eval", "summary.json"), encoding="utf-8") as f:
+    return workdir, json.load(f)
 
 
 @pytest.fixture(scope="session")
 def tiny_reproduction_run():
   """(workdir, output) of `configs/reproduce.py:tiny` run by the CLI (started with the session)."""
-  run = _background_run("tiny_reproduction_run")
-  return run.wait(), run.output()
+  name = "tiny_reproduction_run"
+  return _run(name), _background[name].output()
 
 
 @pytest.fixture(scope="session")
 def demo_tiny_run():
   """(workdir, output) of `configs/demo.py:tiny` run by the CLI (started with the session)."""
-  run = _background_run("demo_tiny_run")
-  return run.wait(), run.output()
+  name = "demo_tiny_run"
+  return _run(name), _background[name].output()

@@ -64,6 +64,24 @@ def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
+BACKGROUND_NICENESS = 10
+
+
+def _lower_priority(pid: int) -> None:
+  """Runs `pid` (and the workers it starts: they inherit it) at a low CPU priority, so that the
+  in-process tests, the session's critical path, run as if alone and it takes the idle core time.
+
+  A new session is its own scheduling group where Linux groups processes by session (autogroup):
+  there the group's niceness is the one that counts against the test process.
+  """
+  os.setpriority(os.PRIO_PROCESS, pid, BACKGROUND_NICENESS)
+  try:
+    with open(f"/proc/{pid}/autogroup", "w") as f:
+      f.write(str(BACKGROUND_NICENESS))
+  except OSError:  # no autogroup (other kernels and systems): the process niceness is enough
+    pass
+
+
 class BackgroundRun:
   """`python -m sadm_jax.main ARGS --workdir=W` in a new temporary W, started now or after `after`.
 
@@ -101,6 +119,7 @@ class BackgroundRun:
                 [sys.executable, "-m", "sadm_jax.main", *self.args, f"--workdir={self.workdir}"],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self._env, start_new_session=True)
+            _lower_priority(self.proc.pid)
     except BaseException as e:  # noqa: BLE001 — reported by wait()
       self.error = e
     finally:

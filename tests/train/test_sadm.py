@@ -1,6 +1,5 @@
 """SADM training at the tiny config: a referenced frozen cDDPM (DRAEM, weak supervision), open_run, refusals."""
 
-import json
 import os
 
 import jax
@@ -12,7 +11,7 @@ from sadm_jax import main as main_lib
 from sadm_jax.models import factory
 from sadm_jax.train import loop, sadm, sharding
 from sadm_jax.train.checkpoint import Checkpointer, RunError, open_run
-from tests.helpers import largest_constant, with_data
+from tests.helpers import largest_constant, metric_series, with_data
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +33,16 @@ def _sadm(module, data_dir, cddpm_dir, steps=2):
 
 
 @pytest.fixture(scope="module")
-def draem_dir(tiny_sadm_run):
-  """(workdir, result) of the session's tiny SADM-DRAEM run on that cDDPM."""
-  return tiny_sadm_run
+def draem_dir(tiny_sadm_dir):
+  """The session's tiny SADM-DRAEM run on that cDDPM (tests/conftest.py)."""
+  return tiny_sadm_dir
 
 
 def test_draem_trains_and_checkpoints_are_sadm(draem_dir, cddpm_dir):
-  workdir, result = draem_dir
-  assert np.isfinite(result["train_loss"]) and np.isfinite(result["val_loss"])
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    steps = [r["step"] for r in map(json.loads, f) if "train/loss" in r]
-  assert steps == [1, 2]
+  workdir = draem_dir
+  train, val = metric_series(workdir), metric_series(workdir, "val/loss")
+  assert [s for s, _ in train] == [1, 2] and [s for s, _ in val] == [2]
+  assert all(np.isfinite(v) for _, v in train + val)
   ckpt = Checkpointer(workdir, async_save=False)
   try:
     assert ckpt.saved_meta("latest")["task"] == ckpt.saved_meta("best")["task"] == "sadm"
@@ -111,7 +109,7 @@ def test_frozen_cddpm_is_an_argument_not_a_constant(data_dir, cddpm_dir):
   batch = trainer.device_batch(next(iter(task.train_loader(8, 0, 1))))
   programs = {"train step": trainer.train_step.lower(state, batch, trainer.train_key,
                                                      trainer.frozen).as_text(),
-              "init": trainer._create.lower(trainer.init_key, trainer.init_inputs).as_text()}
+              "init": trainer.init_program.lower(trainer.init_key, trainer.init_inputs).as_text()}
   largest = max(a.size for a in jax.tree.leaves(task.frozen["params"]))
   assert largest > 1000  # bigger than the schedule tables (1000 steps), which are constants
   for name, hlo in programs.items():
@@ -137,7 +135,7 @@ def test_missing_or_wrong_cddpm_workdir_is_a_clear_error(data_dir, draem_dir, tm
   with pytest.raises(RunError, match=f"sadm.cddpm_workdir={missing}: not a trained cddpm run"):
     sadm.sadm_task(c)
   assert not os.path.exists(missing)
-  c.sadm.cddpm_workdir = draem_dir[0]  # a SADM run is not a cDDPM
+  c.sadm.cddpm_workdir = draem_dir  # a SADM run is not a cDDPM
   with pytest.raises(RunError, match="'sadm' run, not a 'cddpm' run"):
     sadm.sadm_task(c)
   with pytest.raises(RunError, match="nowhere: not a trained sadm run"):
