@@ -62,11 +62,11 @@ class Task:
   meta: dict = dataclasses.field(default_factory=dict)
 
 
-# The init program runs once per run, so on CPU its compile time is most of its cost, and most of
-# that is LLVM optimising the unrolled integer code of its random-number draws. At LLVM
-# optimisation level 2 instead of XLA's default 3 it compiles ~1.8x faster (tiny cDDPM 9.4 ->
-# 5.3 s) and gives the same initial state bit for bit (BENCHMARKS.md, "Init program";
-# benchmarks/init_program.py checks every element). GPU compilations keep their defaults.
+# The init program runs once per run, so on CPU its compile time is most of its cost. At LLVM
+# optimisation level 2 instead of XLA's default 3 a cDDPM's or SparK's compiles 1.3-2.9x faster
+# (tiny cDDPM 9.2 -> 5.1 s, paper size 17.2 -> 13.4 s; the train steps gain nothing) and gives the
+# same initial state bit for bit (BENCHMARKS.md, "Init program"; benchmarks/init_program.py
+# checks every element). GPU compilations keep their defaults.
 CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
@@ -101,8 +101,10 @@ class Trainer:
     self.state_shardings = shard_lib.state_shardings(self.abstract_state, self.mesh, rules,
                                                      self.config.mesh.fsdp_min_size)
     platform = self.mesh.devices.flat[0].platform
-    self._create = jax.jit(create, out_shardings=self.state_shardings,
-                           compiler_options=init_compiler_options(platform))
+    # The jitted init, (init_key, init_inputs) -> TrainState: `init_state` runs it (public, to
+    # lower it for inspection or benchmarks).
+    self.init_program = jax.jit(create, out_shardings=self.state_shardings,
+                                compiler_options=init_compiler_options(platform))
     batch_sh = shard_lib.batch_sharding(self.mesh)
     repl = shard_lib.replicated(self.mesh)
     # The frozen networks are a replicated argument of both steps, put on the mesh once.
@@ -115,15 +117,9 @@ class Trainer:
                              in_shardings=(self.state_shardings, batch_sh, repl, repl),
                              out_shardings=(repl, repl))
 
-  @property
-  def init_program(self):
-    """The jitted init, (init_key, init_inputs) -> TrainState (`init_state` runs it; lower it to
-    inspect or benchmark the program)."""
-    return self._create
-
   def init_state(self) -> TrainState:
     """The initial state, created directly with its shardings (never on one device first)."""
-    return self._create(self.init_key, self.init_inputs)
+    return self.init_program(self.init_key, self.init_inputs)
 
   def device_batch(self, local: dict) -> dict:
     return shard_lib.global_batch({k: local[k] for k in self.task.batch_keys if k in local},
