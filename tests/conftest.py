@@ -64,6 +64,9 @@ BACKGROUND_RUNS = {
     "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
                               "--config.train.async_checkpoints=False"],
 }
+# A run's arguments name only earlier runs (they start one after the other).
+assert all(f"{{{later}}}" not in a for i, name in enumerate(BACKGROUND_RUNS)
+           for later in list(BACKGROUND_RUNS)[i:] for a in BACKGROUND_RUNS[name])
 # fixture -> the run it reads (a test's fixture names include those its fixtures use)
 RUN_OF_FIXTURE = {"tiny_cddpm_dir": "tiny_cddpm", "tiny_sadm_dir": "tiny_sadm",
                   "evaluation": "tiny_evaluation", "demo_tiny_run": "demo_tiny_run",
@@ -79,8 +82,8 @@ def _tiny_data() -> str:
     import tempfile
     from tests.data import fake_data
     root = tempfile.mkdtemp(prefix="sadm_test_data_")
+    _data_dir.append(root)  # removed at session end even if writing is interrupted
     fake_data.write_data_dir(root, n_ixi=8, n_patho=3)
-    _data_dir.append(root)
   return _data_dir[0]
 
 
@@ -119,7 +122,8 @@ def _reads_a_run(item) -> bool:
 
 
 def pytest_collection_modifyitems(session, config, items):
-  """Tests that read a background run go last (in their order): by then it has finished."""
+  """Tests that read a background run go last (in their order): by then it has finished. (A
+  module whose tests are split this way sets its module-scoped fixtures up twice; they are cheap.)"""
   waits = [item for item in items if _reads_a_run(item)]
   items[:] = [item for item in items if not _reads_a_run(item)] + waits
 

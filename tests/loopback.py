@@ -38,7 +38,7 @@ def run_processes(argv: Callable[[int], Sequence[str]], n: int, log_dir: str, en
     logs.append((out, err))
     procs.append(subprocess.Popen([sys.executable, "-m", *argv(pid)], cwd=REPO,
                                   env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=err,
-                                  start_new_session=True))
+                                  process_group=0))  # own group (killpg), pytest's session
   deadline = time.time() + timeout
   try:
     while any(p.poll() is None for p in procs) and time.time() < deadline:

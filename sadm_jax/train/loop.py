@@ -65,8 +65,9 @@ class Task:
 # The init program runs once per run, so on CPU its compile time is most of its cost. At LLVM
 # optimisation level 2 instead of XLA's default 3 a cDDPM's or SparK's compiles 1.3-2.9x faster
 # (tiny cDDPM 9.2 -> 5.1 s, paper size 17.2 -> 13.4 s; the train steps gain nothing) and gives the
-# same initial state bit for bit (BENCHMARKS.md, "Init program"; benchmarks/init_program.py
-# checks every element). GPU compilations keep their defaults.
+# same initial state bit for bit (measured for the tiny cDDPM, SparK and SADM and the paper-size
+# cDDPM with jax 0.10.2: BENCHMARKS.md, "Init program"; rerun benchmarks/init_program.py, which
+# compares every element, after an upgrade). GPU compilations keep their defaults.
 CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 

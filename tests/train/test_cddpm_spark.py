@@ -115,7 +115,7 @@ def test_sigkill_and_resume_gives_identical_losses(data_dir, cddpm_16, tmp_path)
   try:
     work = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(data_dir, work), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, process_group=0)
     killed_at = None
     deadline = time.time() + 600
     for line in proc.stdout:
