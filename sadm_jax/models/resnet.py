@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sadm_jax.models import staged
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -77,7 +79,9 @@ class BatchNorm(nn.Module):
         ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
     else:
       mean, var = ra_mean.value, ra_var.value
-    y = (xf - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+    mul = (scale * jax.lax.rsqrt(var + self.epsilon)).reshape((1,) * (x.ndim - 1) + (c,))
+    y = ((xf - staged.expand(mean.reshape(mul.shape), x.shape)) * staged.expand(mul, x.shape)
+         + staged.expand(bias.reshape(mul.shape), x.shape))
     if mask is not None:
       y = y * mask
     return y.astype(x.dtype)
@@ -87,16 +91,16 @@ def _moments(x: Array, mask: Array | None) -> tuple[Array, Array, Array]:
   """Per-channel biased mean/var of x [B, H, W, C] over (active) positions, and their count."""
   axes = tuple(range(x.ndim - 1))
   if mask is None:
-    mean = jnp.mean(x, axes)
-    var = jnp.mean(jnp.square(x - mean), axes)
+    mean = staged.staged_mean(x, axes, keepdims=True)
+    var = staged.staged_mean(jnp.square(x - staged.expand(mean, x.shape)), axes)
     n = jnp.asarray(x.size // x.shape[-1], jnp.float32)
-    return mean, var, n
+    return mean.reshape(x.shape[-1:]), var, n
   m = mask.astype(jnp.float32)
   n = jnp.sum(m)  # mask broadcasts over channels: one count for all of them
   denom = jnp.maximum(n, 1.0)
-  mean = jnp.sum(x * m, axes) / denom
-  var = jnp.sum(jnp.square(x - mean) * m, axes) / denom
-  return mean, var, n
+  mean = staged.staged_sum(x * m, axes, keepdims=True) / denom
+  var = staged.staged_sum(jnp.square(x - staged.expand(mean, x.shape)) * m, axes) / denom
+  return mean.reshape(x.shape[-1:]), var, n
 
 
 class DropPath(nn.Module):

@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sadm_jax.models.layers import (GroupNorm32, standardize_weight, torch_bias_init,
-                                    torch_kernel_init)
+from sadm_jax.models import staged
+from sadm_jax.models.layers import (Conv, GroupNorm32, standardize_weight,
+                                    torch_bias_init, torch_kernel_init)
 
 Dtype = Any
 
@@ -37,7 +38,7 @@ class WSConv(nn.Module):
     w = standardize_weight(kernel).astype(self.dtype)
     y = jax.lax.conv_general_dilated(x.astype(self.dtype), w, (1, 1), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias.astype(self.dtype)
+    return staged.add_bias(y, bias.astype(self.dtype))
 
 
 def _reflect_pad1(x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, H+2, W+2, C]
@@ -84,7 +85,6 @@ class UpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
     # x: [B, h, w, C], skip: [B, 2h, 2w, C_s] -> [B, 2h, 2w, features]
-    c_in = x.shape[-1]
     up = nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID",
                           dtype=self.dtype, param_dtype=jnp.float32, name="upconv",
                           kernel_init=torch_kernel_init(transposed=True),
@@ -93,10 +93,10 @@ class UpBlock(nn.Module):
     return ConvBlock(self.features, self.dtype, name="conv_block")(h)
 
 
-def _head(features: int, dtype: Dtype, name: str | None = None) -> nn.Conv:
+def _head(features: int, dtype: Dtype, name: str | None = None) -> Conv:
   """1×1 conv features → 1 logit channel."""
-  return nn.Conv(1, (1, 1), dtype=dtype, param_dtype=jnp.float32, name=name,
-                 kernel_init=torch_kernel_init(), bias_init=torch_bias_init(features))
+  return Conv(1, (1, 1), dtype=dtype, param_dtype=jnp.float32, name=name,
+              kernel_init=torch_kernel_init(), bias_init=torch_bias_init(features))
 
 
 class SegUnet(nn.Module):

@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sadm_jax.models.layers import GroupNorm32, torch_bias_init, torch_kernel_init, zeros_init
+from sadm_jax.models import staged
+from sadm_jax.models.layers import Conv, GroupNorm32, torch_bias_init, torch_kernel_init, zeros_init
 
 Dtype = Any
 
@@ -35,12 +36,12 @@ def _dense(features: int, fan_in: int, dtype: Dtype, name: str, zero: bool = Fal
 
 
 def _conv(features: int, fan_in: int, kernel: int, dtype: Dtype, name: str,
-          zero: bool = False) -> nn.Conv:
+          zero: bool = False) -> Conv:
   """Conv with 'SAME' padding (= PyTorch padding k//2 for odd k) and PyTorch-default init."""
-  return nn.Conv(features, (kernel, kernel), padding="SAME", dtype=dtype,
-                 param_dtype=jnp.float32, name=name,
-                 kernel_init=zeros_init if zero else torch_kernel_init(),
-                 bias_init=zeros_init if zero else torch_bias_init(fan_in * kernel * kernel))
+  return Conv(features, (kernel, kernel), padding="SAME", dtype=dtype,
+              param_dtype=jnp.float32, name=name,
+              kernel_init=zeros_init if zero else torch_kernel_init(),
+              bias_init=zeros_init if zero else torch_bias_init(fan_in * kernel * kernel))
 
 
 def _avg_pool2(x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, H/2, W/2, C]
@@ -78,7 +79,8 @@ class ResBlock(nn.Module):
 
     emb_out = _dense(2 * c_out, emb.shape[-1], self.dtype, "emb_proj")(nn.silu(emb))
     scale, shift = jnp.split(emb_out[:, None, None, :], 2, axis=-1)  # [B, 1, 1, C_out] each
-    h = GroupNorm32(self.num_groups, name="out_norm")(h) * (1 + scale) + shift
+    h = GroupNorm32(self.num_groups, name="out_norm")(h)
+    h = h * staged.expand(1 + scale, h.shape) + staged.expand(shift, h.shape)
     h = _conv(c_out, c_out, 3, self.dtype, "out_conv", zero=True)(nn.silu(h))
 
     if c_in != c_out:
