@@ -1,0 +1,141 @@
+"""Per-channel reductions on CPU: one-step vs two-stage sums (`sadm_jax.models.staged`), ops and train steps.
+
+    python -m benchmarks.channel_reductions                       # ops + demo/tiny train steps
+    python -m benchmarks.channel_reductions --steps cddpm:paper:4 --rounds 1 --ops ""
+
+`plain` sets `staged.MIN_INNER_BLOCK` above every array size, so every sum and broadcast takes
+its one-step form (the code before the change); `staged` is the package default. The variants
+alternate round by round, each in a fresh process (`--subprocess 0`: all in this one, where
+the second large program ran slower than the first); medians over all rounds. Prints a table
+and writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+OPS = {  # name: (shape, axes) — the sums autodiff and the norms make at the demo/paper shapes
+    "bias grad, demo 16×64×64×48": ((16, 64, 64, 48), (0, 1, 2)),
+    "bias grad, paper 4×96×96×128": ((4, 96, 96, 128), (0, 1, 2)),
+    "GroupNorm stats, demo 16×64×64×(8×6)": ((16, 64, 64, 8, 6), (1, 2, 4)),
+    "FiLM grad, demo 16×64×64×48": ((16, 64, 64, 48), (1, 2)),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--ops", default="all", help="'all' or '' (skip the op table)")
+  ap.add_argument("--steps", default="cddpm:demo:0,sadm:demo:0,cddpm:tiny:0",
+                  help="train steps config:size:batch (batch 0 = the config's), comma-separated")
+  ap.add_argument("--rounds", type=int, default=2, help="alternating plain/staged rounds")
+  ap.add_argument("--timed", type=int, default=5, help="timed train steps per round (median)")
+  ap.add_argument("--out", default=os.path.join("benchmarks", "results",
+                                                "channel_reductions_cpu.json"))
+  ap.add_argument("--subprocess", type=int, default=1,
+                  help="1: each variant and round in a fresh process (default); 0: in this one")
+  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: variant name
+  return ap.parse_args(argv)
+
+
+def _set_variant(name: str, default: int) -> None:
+  """'plain': no axis qualifies for a first stage (one-step sums); 'staged': `default`."""
+  from sadm_jax.models import staged
+  staged.MIN_INNER_BLOCK = sys.maxsize if name == "plain" else default
+
+
+def _time_op(shape, axes, calls: int = 30) -> float:
+  import jax
+  from sadm_jax.models import staged
+  x = jax.random.normal(jax.random.key(0), shape)
+  f = jax.jit(lambda x: staged.staged_sum(x, axes))
+  jax.block_until_ready(f(x))
+  times = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(x))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times) * 1e3
+
+
+def _time_step(spec: str, timed: int) -> dict:
+  from benchmarks import train_step as ts
+  name, size, batch = spec.split(":")
+  m = ts.measure(ts.build_config(name, size, int(batch), "float32"), 1, timed, warmup=1)
+  return {"step_s": m["step_s_median"], "compile_s": m["compile_s"],
+          "final_loss": m["final_loss"]}
+
+
+def worker(variant: str, ops: bool, steps: list[str], timed: int) -> dict:
+  """One variant's op times (ms) and train steps, in this process."""
+  from sadm_jax.models import staged
+  default = staged.MIN_INNER_BLOCK
+  _set_variant(variant, default)
+  try:
+    out = {"ops": {op: _time_op(shape, axes) for op, (shape, axes) in OPS.items()} if ops else {},
+           "steps": {spec: _time_step(spec, timed) for spec in steps}}
+  finally:
+    _set_variant("staged", default)
+  return out
+
+
+def _run_worker(variant: str, args) -> dict:
+  """`worker` in a fresh process (a second large program in one process ran slower)."""
+  cmd = [sys.executable, "-m", "benchmarks.channel_reductions", "--worker", variant,
+         "--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise SystemExit(f"worker {variant} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  from sadm_jax.utils import xla_flags
+  xla_flags.apply()
+  steps = [s for s in args.steps.split(",") if s]
+  if args.worker:
+    print(json.dumps(worker(args.worker, bool(args.ops), steps, args.timed)))
+    return {}
+  from benchmarks import train_step as ts
+  variants = ("plain", "staged")
+  rows: dict[str, dict[str, list]] = {}
+  for r in range(args.rounds):
+    for v in (variants if r % 2 == 0 else variants[::-1]):
+      res = (_run_worker(v, args) if args.subprocess
+             else worker(v, bool(args.ops), steps, args.timed))
+      for op, ms in res["ops"].items():
+        rows.setdefault(op, {}).setdefault(v, []).append(ms)
+      for spec, st in res["steps"].items():
+        rows.setdefault(spec, {}).setdefault(v, []).append(st)
+        print(f"round {r + 1} {v:6s} {spec}: {st['step_s']:.3f} s/step", flush=True)
+  table = {}
+  for key, per in rows.items():
+    if key in OPS:
+      a, b = (statistics.median(per[v]) for v in variants)
+      table[key] = {"unit": "ms", "plain": a, "staged": b, "ratio": b / a, "rounds": per}
+    else:
+      a, b = (statistics.median(x["step_s"] for x in per[v]) for v in variants)
+      table[key] = {"unit": "s/step", "plain": a, "staged": b, "ratio": b / a, "rounds": per}
+  print(f"\n{'what':40s} {'unit':7s} {'plain':>9s} {'staged':>9s} {'staged/plain':>12s}")
+  for key, t in table.items():
+    print(f"{key:40s} {t['unit']:7s} {t['plain']:9.3f} {t['staged']:9.3f} {t['ratio']:12.2f}")
+  result = {"command": "python -m benchmarks.channel_reductions " + " ".join(argv or sys.argv[1:]),
+            "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
+            "one_process_per_variant": bool(args.subprocess), "table": table}
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=1)
+    os.replace(tmp, args.out)
+  return result
+
+
+if __name__ == "__main__":
+  main()
