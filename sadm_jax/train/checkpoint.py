@@ -41,6 +41,21 @@ def _abstract(target: Any, shardings: Any) -> Any:
                       target, shardings)
 
 
+def _wait_for_tmp_cleanup(manager: ocp.CheckpointManager) -> None:
+  """Waits for the thread in which a manager removes unfinished temporary steps at start-up.
+
+  `CheckpointManager.close()` does not wait for it (Orbax 0.12). A run refused right after
+  opening its checkpoints (e.g. no usable checkpoint) then exited while that thread still ran,
+  and the interpreter's shutdown made it print a traceback under the one-line error.
+  """
+  pending = getattr(manager, "_cleanup_tmp_directory_future", None)
+  if pending is not None:
+    try:
+      pending.result()
+    except Exception as e:  # noqa: BLE001 — a failed clean-up must not mask the run's own error
+      logging.warning("cleaning up temporary checkpoint directories failed: %s", e)
+
+
 class Checkpointer:
   """Two Orbax managers under the workdir.
 
@@ -64,9 +79,10 @@ class Checkpointer:
           self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
       self.best_loss = self._best_loss_on_disk()
     except BaseException:  # no manager (nor its threads) outlives a failed construction
-      self.latest.close()
-      if hasattr(self, "best"):
-        self.best.close()
+      for manager in (self.latest, getattr(self, "best", None)):
+        if manager is not None:
+          _wait_for_tmp_cleanup(manager)
+          manager.close()
       raise
 
   def latest_step(self) -> int | None:
@@ -204,8 +220,9 @@ class Checkpointer:
     self.best.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for manager in (self.latest, self.best):
+      _wait_for_tmp_cleanup(manager)
+      manager.close()
 
   def __enter__(self) -> "Checkpointer":
     """The checkpointer itself; leaving the block waits for saves and closes it."""

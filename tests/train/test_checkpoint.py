@@ -34,3 +34,20 @@ def test_replicated_state_saves_without_eager_slices_and_restores_exactly(tmp_pa
       jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), state))))
   for k in state:
     np.testing.assert_array_equal(np.asarray(out.state[k]), np.asarray(state[k]))
+
+
+def test_close_waits_for_the_start_up_cleanup_of_temporary_steps(tmp_path, monkeypatch):
+  """A run refused right after opening its checkpoints must not exit while Orbax's clean-up
+  thread still runs (the interpreter's shutdown then printed a traceback under the error)."""
+  import asyncio
+  from orbax.checkpoint._src.path import temporary_paths
+  done = []
+
+  async def slow_cleanup(*args, **kwargs):
+    await asyncio.sleep(0.5)
+    done.append(True)
+
+  monkeypatch.setattr(temporary_paths, "cleanup_temporary_paths", slow_cleanup)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path))
+  ckpt.close()
+  assert done == [True, True]  # both managers' clean-ups finished before close() returned
