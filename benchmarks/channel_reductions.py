@@ -4,7 +4,7 @@
     python -m benchmarks.channel_reductions --steps cddpm:paper:4 --rounds 1 --ops ""
 
 `plain` sets `staged.MIN_INNER_BLOCK` above every array size, so every sum and broadcast takes
-its one-step form (the code before the change); `staged` is the package default. The variants
+its one-step form (the reductions as before the change; the modules are the package's); `staged` is the package default. The variants
 alternate round by round, each in a fresh process (`--subprocess 0`: all in this one, where
 the second large program ran slower than the first); medians over all rounds. Prints a table
 and writes JSON (`--out`).
@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 
-OPS = {  # name: (shape, axes) — the sums autodiff and the norms make at the demo/paper shapes
-    "bias grad, demo 16×64×64×48": ((16, 64, 64, 48), (0, 1, 2)),
-    "bias grad, paper 4×96×96×128": ((4, 96, 96, 128), (0, 1, 2)),
-    "GroupNorm stats, demo 16×64×64×(8×6)": ((16, 64, 64, 8, 6), (1, 2, 4)),
-    "FiLM grad, demo 16×64×64×48": ((16, 64, 64, 48), (1, 2)),
+OPS = {  # name: (shape, axes) — the sums autodiff and the norms make, by `staged_sum` (the same
+  # reduction a bias's gradient takes through `expand`'s transpose)
+    "sum over N·H·W, demo [16, 64, 64, 48]": ((16, 64, 64, 48), (0, 1, 2)),
+    "sum over N·H·W, paper [4, 96, 96, 128]": ((4, 96, 96, 128), (0, 1, 2)),
+    "sum over N·H·W, paper [4, 48, 48, 256] (C ≥ 256)": ((4, 48, 48, 256), (0, 1, 2)),
+    "sum per (N, group), demo [16, 64, 64, 8×6]": ((16, 64, 64, 8, 6), (1, 2, 4)),
+    "sum per (N, C) over H·W, demo [16, 64, 64, 48]": ((16, 64, 64, 48), (1, 2)),
 }
 
 
@@ -49,18 +52,22 @@ def _set_variant(name: str, default: int) -> None:
   staged.MIN_INNER_BLOCK = sys.maxsize if name == "plain" else default
 
 
-def _time_op(shape, axes, calls: int = 30) -> float:
+def _time_op(shape, axes, calls: int = 30) -> dict:
+  """Median ms of `staged_sum` and its largest error relative to a float64 sum."""
   import jax
+  import numpy as np
   from sadm_jax.models import staged
   x = jax.random.normal(jax.random.key(0), shape)
   f = jax.jit(lambda x: staged.staged_sum(x, axes))
-  jax.block_until_ready(f(x))
+  got = np.asarray(jax.block_until_ready(f(x)), np.float64)
+  ref = np.asarray(x, np.float64).sum(axes)
   times = []
   for _ in range(calls):
     t0 = time.perf_counter()
     jax.block_until_ready(f(x))
     times.append(time.perf_counter() - t0)
-  return statistics.median(times) * 1e3
+  return {"ms": statistics.median(times) * 1e3,
+          "rel_error": float(np.abs(got - ref).max() / np.abs(ref).max())}
 
 
 def _time_step(spec: str, timed: int) -> dict:
@@ -109,23 +116,28 @@ def main(argv=None) -> dict:
     for v in (variants if r % 2 == 0 else variants[::-1]):
       res = (_run_worker(v, args) if args.subprocess
              else worker(v, bool(args.ops), steps, args.timed))
-      for op, ms in res["ops"].items():
-        rows.setdefault(op, {}).setdefault(v, []).append(ms)
+      for op, r_ in res["ops"].items():
+        rows.setdefault(op, {}).setdefault(v, []).append(r_)
       for spec, st in res["steps"].items():
         rows.setdefault(spec, {}).setdefault(v, []).append(st)
         print(f"round {r + 1} {v:6s} {spec}: {st['step_s']:.3f} s/step", flush=True)
   table = {}
   for key, per in rows.items():
     if key in OPS:
-      a, b = (statistics.median(per[v]) for v in variants)
-      table[key] = {"unit": "ms", "plain": a, "staged": b, "ratio": b / a, "rounds": per}
+      a, b = (statistics.median(x["ms"] for x in per[v]) for v in variants)
+      table[key] = {"unit": "ms", "plain": a, "staged": b, "ratio": b / a, "rounds": per,
+                    "rel_error": {v: max(x["rel_error"] for x in per[v]) for v in variants}}
     else:
       a, b = (statistics.median(x["step_s"] for x in per[v]) for v in variants)
       table[key] = {"unit": "s/step", "plain": a, "staged": b, "ratio": b / a, "rounds": per}
-  print(f"\n{'what':40s} {'unit':7s} {'plain':>9s} {'staged':>9s} {'staged/plain':>12s}")
+  print(f"\n{'what':50s} {'unit':7s} {'plain':>9s} {'staged':>9s} {'staged/plain':>12s} "
+        f"{'rel. error plain / staged':>26s}")
   for key, t in table.items():
-    print(f"{key:40s} {t['unit']:7s} {t['plain']:9.3f} {t['staged']:9.3f} {t['ratio']:12.2f}")
-  result = {"command": "python -m benchmarks.channel_reductions " + " ".join(argv or sys.argv[1:]),
+    err = (f"{t['rel_error']['plain']:.1e} / {t['rel_error']['staged']:.1e}"
+           if "rel_error" in t else "")
+    print(f"{key:50s} {t['unit']:7s} {t['plain']:9.3f} {t['staged']:9.3f} {t['ratio']:12.2f} "
+          f"{err:>26s}")
+  result = {"command": "python -m benchmarks.channel_reductions " + shlex.join(argv or sys.argv[1:]),
             "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
             "one_process_per_variant": bool(args.subprocess), "table": table}
   if args.out:

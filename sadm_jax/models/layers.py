@@ -43,7 +43,8 @@ class GroupNorm32(nn.Module):
 
   As `nn.GroupNorm(num_groups, epsilon=1e-5, use_fast_variance=False)` (two-pass variance), with
   its parameters `scale`/`bias` [C] directly under the module's name; the sums over (H, W, C/G)
-  and their gradients are `staged` sums (fast on XLA:CPU, equal up to float32 round-off).
+  and their gradients are `staged` sums (equal up to float32 round-off; on XLA:CPU the
+  scale/bias gradients are the ones that gain).
   """
   num_groups: int = 32
   epsilon: float = 1e-5

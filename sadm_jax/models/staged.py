@@ -1,18 +1,22 @@
 """Per-channel sums and broadcasts over activations in two stages, the form XLA:CPU reduces fast.
 
-A network's per-channel reductions (a conv bias's gradient, GroupNorm/BatchNorm statistics and
-their gradients, FiLM's gradient) sum an NHWC activation over axes that keep the minor channel
-axis. XLA:CPU (jaxlib 0.10) emits such a reduction as one strided loop per output element (a
-tree-reduction `reduce-window` with C innermost): over [16, 64, 64, 48] → [48] it takes 2.7 ms,
-over [4, 96, 96, 128] → [128] 22 ms. Reducing first the axes that sit above a long contiguous
-block ([N·H, W·C] → [W·C], rows added as vectors) and then the rest ([W, C] → [C]) takes 0.37 and
-0.49 ms, and is more accurate (BENCHMARKS.md, "Per-channel reductions on CPU").
+A network's per-channel reductions over N·H·W (a conv bias's gradient, BatchNorm's statistics,
+the gradients of BatchNorm's and GroupNorm's scale and bias) sum an NHWC activation over every
+axis but the minor channel axis. XLA:CPU (jaxlib 0.10) emits such a sum as a tree-reduction
+`reduce-window` that walks each channel with a stride of C: 2.8 ms for [16, 64, 64, 48] → [48],
+19 ms for [4, 96, 96, 128] → [128]. Reducing first the axes that sit above a long contiguous
+block ([N·H, W·C] → [W·C], whole rows added as vectors) and then the rest ([W, C] → [C]) takes
+0.5 and 0.7 ms (BENCHMARKS.md, "Per-channel reductions on CPU"). Sums over H·W per sample
+(FiLM's gradient, GroupNorm's statistics) gain nothing: XLA merges their stages back into one
+reduction, which already runs near memory speed.
 
 `staged_sum` / `staged_mean` are such sums. `expand` broadcasts a keep-dims statistic back to
 the activation in the mirror-image two steps, so that autodiff's transpose of it (the gradient
 with respect to the statistic, a bias or a FiLM scale) is a `staged_sum` too; `add_bias` adds a
 per-channel bias through it. Values are those of the one-step forms up to float32 round-off;
-forward broadcasts are fused away by XLA, so they cost nothing.
+forward broadcasts are fused away by XLA, so they cost nothing. Only programs for the backends
+in STAGED_BACKENDS (CPU) are staged: on a GPU the extra reduction kernel is unmeasured, so GPU
+programs keep the one-step forms.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 # A broadcast/reduced axis whose inner block (the product of the sizes after it) has at least
 # this many elements is reduced first, as whole contiguous rows.
 MIN_INNER_BLOCK = 256
+STAGED_BACKENDS = ("cpu",)  # jax.default_backend() values whose programs are staged
 
 
 def _split_axes(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, int] | None:
@@ -36,6 +41,8 @@ def _split_axes(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, int] | 
   [before, run, after] view. XLA merges two reductions of one array into one (the slow form), so
   the view, not two `jnp.sum` calls, is what keeps the stages apart.
   """
+  if jax.default_backend() not in STAGED_BACKENDS:
+    return None
   outer = [a for a in axes if math.prod(shape[a + 1:]) >= MIN_INNER_BLOCK]
   if not outer or len(outer) == len(axes) or outer != list(range(outer[0], outer[-1] + 1)):
     return None
@@ -44,6 +51,9 @@ def _split_axes(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, int] | 
 
 def _canonical(ndim: int, axes: int | Sequence[int]) -> tuple[int, ...]:
   axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  bad = [a for a in axes if not -ndim <= a < ndim]
+  if bad:
+    raise ValueError(f"axes {bad} out of range for an array of rank {ndim}")
   return tuple(sorted({a % ndim for a in axes}))
 
 
@@ -66,10 +76,11 @@ def staged_sum(x: jax.Array, axes: int | Sequence[int], keepdims: bool = False) 
 
 
 def staged_mean(x: jax.Array, axes: int | Sequence[int], keepdims: bool = False) -> jax.Array:
-  """Mean of `x` over `axes` via `staged_sum`."""
+  """Mean of `x` over `axes` via `staged_sum` (half-precision inputs summed in float32)."""
   axes = _canonical(x.ndim, axes)
   count = math.prod(x.shape[a] for a in axes)
-  return staged_sum(x, axes, keepdims) / jnp.asarray(count, x.dtype)
+  wide = jnp.promote_types(x.dtype, jnp.float32)
+  return (staged_sum(x.astype(wide), axes, keepdims) / count).astype(x.dtype)
 
 
 def expand(v: jax.Array, shape: Sequence[int]) -> jax.Array:

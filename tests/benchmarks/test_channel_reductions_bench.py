@@ -15,6 +15,7 @@ def test_ops_table_for_both_variants(tmp_path):
   assert set(r["table"]) == set(channel_reductions.OPS)
   for row in r["table"].values():
     assert row["plain"] > 0 and row["staged"] > 0 and row["unit"] == "ms"
+    assert max(row["rel_error"].values()) < 1e-4
   assert json.loads(out.read_text())["table"].keys() == r["table"].keys()
 
 
