@@ -4,8 +4,8 @@
     python -m benchmarks.channel_reductions --steps cddpm:paper:4 --rounds 1 --ops ""
 
 `plain` sets `staged.MIN_INNER_BLOCK` above every array size, so every sum and broadcast takes
-its one-step form (the reductions as before the change; the modules are the package's); `staged` is the package default. The variants
-alternate round by round, each in a fresh process (`--subprocess 0`: all in this one, where
+its one-step form (the reductions as before the change; the modules are the package's);
+`staged` is the package default. The variants alternate round by round, each in a fresh process (`--subprocess 0`: all in this one, where
 the second large program ran slower than the first); medians over all rounds. Prints a table
 and writes JSON (`--out`).
 """

@@ -41,8 +41,8 @@ def _abstract(target: Any, shardings: Any) -> Any:
                       target, shardings)
 
 
-def _wait_for_tmp_cleanup(manager: ocp.CheckpointManager) -> None:
-  """Waits for the thread in which a manager removes unfinished temporary steps at start-up.
+def _close_manager(manager: ocp.CheckpointManager) -> None:
+  """Closes `manager` after the thread in which it removes unfinished temporary steps at start-up.
 
   `CheckpointManager.close()` does not wait for it (Orbax 0.12). A run refused right after
   opening its checkpoints (e.g. no usable checkpoint) then exited while that thread still ran,
@@ -54,6 +54,7 @@ def _wait_for_tmp_cleanup(manager: ocp.CheckpointManager) -> None:
       pending.result()
     except Exception as e:  # noqa: BLE001 — a failed clean-up must not mask the run's own error
       logging.warning("cleaning up temporary checkpoint directories failed: %s", e)
+  manager.close()
 
 
 class Checkpointer:
@@ -81,8 +82,7 @@ class Checkpointer:
     except BaseException:  # no manager (nor its threads) outlives a failed construction
       for manager in (self.latest, getattr(self, "best", None)):
         if manager is not None:
-          _wait_for_tmp_cleanup(manager)
-          manager.close()
+          _close_manager(manager)
       raise
 
   def latest_step(self) -> int | None:
@@ -221,8 +221,7 @@ class Checkpointer:
 
   def close(self) -> None:
     for manager in (self.latest, self.best):
-      _wait_for_tmp_cleanup(manager)
-      manager.close()
+      _close_manager(manager)
 
   def __enter__(self) -> "Checkpointer":
     """The checkpointer itself; leaving the block waits for saves and closes it."""
