@@ -37,14 +37,17 @@ def _split_axes(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, int] | 
   """(a, b) when the axes to reduce first are the contiguous run a..b-1 and others remain; else None.
 
   The first stage takes the axes whose inner block (the product of the sizes after them) has at
-  least MIN_INNER_BLOCK elements; it is done as one reduction over the middle axis of a
+  least MIN_INNER_BLOCK elements, less the innermost of them when that would be every axis (e.g.
+  [N, H, W, 256] over N·H·W: [N·H, W·C] first, then W, instead of one slow sum); it is done as one reduction over the middle axis of a
   [before, run, after] view. XLA merges two reductions of one array into one (the slow form), so
   the view, not two `jnp.sum` calls, is what keeps the stages apart.
   """
   if jax.default_backend() not in STAGED_BACKENDS:
     return None
   outer = [a for a in axes if math.prod(shape[a + 1:]) >= MIN_INNER_BLOCK]
-  if not outer or len(outer) == len(axes) or outer != list(range(outer[0], outer[-1] + 1)):
+  if len(outer) == len(axes):  # every block is long (C ≥ MIN_INNER_BLOCK): keep the innermost
+    outer = outer[:-1]         # axis for the second stage, a sum of whole rows as well
+  if not outer or outer != list(range(outer[0], outer[-1] + 1)):
     return None
   return outer[0], outer[-1] + 1
 

@@ -16,7 +16,9 @@ CASES = [  # shape, axes
     ((4, 16, 16, 8, 4), (1, 2, 4)),  # GroupNorm statistics
     ((4, 16, 16, 32), (1, 2)),  # FiLM's gradient
     ((3, 5, 7), (0, 2)),  # too small to stage: one reduction
-    ((2, 3, 300), (0, 1)),  # every axis above a long block: one reduction
+    ((2, 3, 300), (0, 1)),  # every axis above a long block: [1, 2, 900], then the middle one
+    ((2, 8, 8, 256), (0, 1, 2)),  # C ≥ MIN_INNER_BLOCK: [N·H, W·C], then W
+    ((300, 260), (0,)),  # one axis, already whole rows: one reduction
 ]
 
 
@@ -52,9 +54,11 @@ def test_which_sums_are_staged():
   x = jnp.zeros((16, 64, 64, 48))
   assert _sums(lambda x: staged.staged_sum(x, (0, 1, 2)), x) == [(1, 1024, 3072), (1, 1, 64, 48)]
   assert len(_sums(lambda x: staged.staged_sum(x, (0, 2)), jnp.zeros((3, 5, 7)))) == 1  # small
-  # C ≥ MIN_INNER_BLOCK: every axis qualifies for the first stage, so nothing is staged (a known
-  # gap: BENCHMARKS.md "Per-channel reductions on CPU").
-  assert len(_sums(lambda x: staged.staged_sum(x, (0, 1, 2)), jnp.zeros((2, 8, 8, 256)))) == 1
+  # C ≥ MIN_INNER_BLOCK: every axis has a long block; the innermost is kept for the second stage
+  # (one step: 7.9 ms for [4, 48, 48, 256], BENCHMARKS.md "Per-channel reductions on CPU")
+  assert _sums(lambda x: staged.staged_sum(x, (0, 1, 2)), jnp.zeros((2, 8, 8, 256))) == [
+      (1, 16, 2048), (1, 1, 8, 256)]
+  assert len(_sums(lambda x: staged.staged_sum(x, 0), jnp.zeros((300, 260)))) == 1
 
 
 def test_programs_for_other_backends_keep_one_step_sums(monkeypatch):
