@@ -2,16 +2,8 @@
 
 import os
 
-# Test programs are tiny and mostly run once: compiled at XLA's backend optimisation level 1
-# (LLVM -O1) instead of the default, a cold-cache run of the model and diffusion tests took 82 s
-# instead of 104 s (BENCHMARKS.md, "Test suite"), with the same results to float32 round-off.
-# The package's own runs keep XLA's default; SADM_TEST_XLA_OPT_LEVEL="" keeps it here too.
-_OPT_LEVEL = os.environ.get("SADM_TEST_XLA_OPT_LEVEL", "1")
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
-    + ([f"--xla_backend_optimization_level={_OPT_LEVEL}"]
-       if _OPT_LEVEL and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
-       else [])).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from sadm_jax.utils import xla_flags  # noqa: E402  (imports no JAX)
