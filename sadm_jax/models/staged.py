@@ -38,9 +38,10 @@ def _split_axes(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, int] | 
 
   The first stage takes the axes whose inner block (the product of the sizes after them) has at
   least MIN_INNER_BLOCK elements, less the innermost of them when that would be every axis (e.g.
-  [N, H, W, 256] over N·H·W: [N·H, W·C] first, then W, instead of one slow sum); it is done as one reduction over the middle axis of a
-  [before, run, after] view. XLA merges two reductions of one array into one (the slow form), so
-  the view, not two `jnp.sum` calls, is what keeps the stages apart.
+  [N, H, W, 256] over N·H·W: [N·H, W·C] first, then W, instead of one slow sum); it is done as
+  one reduction over the middle axis of a [before, run, after] view. XLA merges two reductions of
+  one array into one (the slow form), so the view, not two `jnp.sum` calls, is what keeps the
+  stages apart.
   """
   if jax.default_backend() not in STAGED_BACKENDS:
     return None
