@@ -1,4 +1,4 @@
-"""Shared model pieces: float32 GroupNorm, a conv with a fast bias gradient, PyTorch initialisers, WS."""
+"""Shared model pieces: float32 GroupNorm, convs with fast CPU gradients, PyTorch initialisers, WS."""
 
 from __future__ import annotations
 
@@ -90,6 +90,79 @@ class Conv(nn.Module):
     y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype),
                                      tuple(self.strides), padding,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      y = staged.add_bias(y, bias.astype(self.dtype))
+    return y
+
+
+ADJOINT_BACKENDS = ("cpu",)  # jax.default_backend() values whose transposed convs use the adjoint
+
+
+def _adjoint_kernel_grad(f):
+  """f(x, k), linear in x, with a custom VJP whose kernel gradient is taken through f's adjoint.
+
+  With A_k the adjoint (input-gradient) map of x ↦ f(x, k): ⟨dy, f(x, k)⟩ = ⟨A_k dy, x⟩, so the
+  kernel gradient is the VJP of k ↦ A_k dy at cotangent x. The input gradient is A_k dy itself.
+  """
+  @jax.custom_vjp
+  def op(x, k):
+    return f(x, k)
+
+  def fwd(x, k):
+    return f(x, k), (x, k)
+
+  def bwd(res, dy):
+    x, k = res
+    dx = jax.vjp(lambda x_: f(x_, k), x)[1](dy)[0]
+    adjoint = lambda k_: jax.vjp(lambda x_: f(x_, k_), x)[1](dy)[0]  # A_k dy, linear in k
+    return dx, jax.vjp(adjoint, k)[1](x)[0]
+
+  op.defvjp(fwd, bwd)
+  return op
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Any,
+                   transpose_kernel: bool = False) -> jax.Array:
+  """`lax.conv_transpose` (NHWC × HWIO) whose kernel gradient is a strided conv's weight gradient.
+
+  x: [B, H, W, C_in], kernel: [kh, kw, C_in, C_out] ([kh, kw, C_out, C_in] with
+  `transpose_kernel`, as in `lax.conv_transpose`) -> [B, H', W', C_out]. A transposed conv is
+  the input gradient of a strided conv; differentiated as is, its kernel gradient is a conv over
+  the stride-dilated input, which XLA:CPU runs 10–50× slower than the weight gradient of the
+  strided conv (SegUnet up-convs at the paper size: 3.6 s → 0.07 s, BENCHMARKS.md "Transposed
+  convolutions on CPU"). On ADJOINT_BACKENDS the kernel gradient goes through the adjoint
+  (`_adjoint_kernel_grad`): equal up to float32 round-off; forward and input gradient unchanged.
+  """
+  def plain(x_, k_):
+    return jax.lax.conv_transpose(x_, k_, strides, padding, transpose_kernel=transpose_kernel,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  if jax.default_backend() not in ADJOINT_BACKENDS:
+    return plain(x, kernel)
+  return _adjoint_kernel_grad(plain)(x, kernel)
+
+
+class ConvTranspose(nn.Module):
+  """`nn.ConvTranspose` (same parameters, initial values and forward) through `conv_transpose`."""
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int]
+  padding: Any = "VALID"  # "VALID", "SAME" or ((top, bottom), (left, right))
+  transpose_kernel: bool = False
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C_in] -> [B, H', W', features]
+    io = (self.features, x.shape[-1]) if self.transpose_kernel else (x.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, tuple(self.kernel_size) + io, self.param_dtype)
+    padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
+    y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides),
+                       padding, self.transpose_kernel)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = staged.add_bias(y, bias.astype(self.dtype))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from sadm_jax.models import staged
-from sadm_jax.models.layers import (Conv, GroupNorm32, standardize_weight,
+from sadm_jax.models.layers import (Conv, ConvTranspose, GroupNorm32, standardize_weight,
                                     torch_bias_init, torch_kernel_init)
 
 Dtype = Any
@@ -85,10 +85,10 @@ class UpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
     # x: [B, h, w, C], skip: [B, 2h, 2w, C_s] -> [B, 2h, 2w, features]
-    up = nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID",
-                          dtype=self.dtype, param_dtype=jnp.float32, name="upconv",
-                          kernel_init=torch_kernel_init(transposed=True),
-                          bias_init=torch_bias_init(4 * self.features))(x)
+    up = ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID",
+                       dtype=self.dtype, param_dtype=jnp.float32, name="upconv",
+                       kernel_init=torch_kernel_init(transposed=True),
+                       bias_init=torch_bias_init(4 * self.features))(x)
     h = jnp.concatenate([up, skip.astype(up.dtype)], axis=-1)
     return ConvBlock(self.features, self.dtype, name="conv_block")(h)
 

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sadm_jax.models import layers
 from sadm_jax.models.resnet import (DOWNSAMPLE_RATIO, RESNET50_STAGE_SIZES, BatchNorm, Initializer,
                                     ResNet50Backbone, he_normal_fan_out, mask_at,
                                     torch_default_bias, torch_default_kernel)
@@ -94,9 +95,9 @@ class UpBlock(nn.Module):
     c = x.shape[-1]
     # transpose_kernel=True: the gradient of a strided conv, as PyTorch's ConvTranspose2d; padding
     # k - 1 - p = 2 on each side gives exactly 2H outputs.
-    x = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), transpose_kernel=True,
-                         kernel_init=he_normal_fan_out, bias_init=nn.initializers.zeros,
-                         dtype=self.dtype, name="up_sample")(x)
+    x = layers.ConvTranspose(c, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                             transpose_kernel=True, kernel_init=he_normal_fan_out,
+                             bias_init=nn.initializers.zeros, dtype=self.dtype, name="up_sample")(x)
     x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=decoder_conv_init,
                 dtype=self.dtype, name="conv1")(x)
     x = jnp.clip(BatchNorm(name="bn1")(x, train), 0.0, 6.0)  # ReLU6

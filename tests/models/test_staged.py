@@ -1,6 +1,8 @@
-"""Two-stage per-channel sums/broadcasts, and the GroupNorm32 / Conv built on them, against the plain forms."""
+"""Two-stage sums/broadcasts, GroupNorm32 / Conv built on them, ConvTranspose's adjoint gradient, vs the plain forms."""
 
 from __future__ import annotations
+
+import re
 
 import flax.linen as nn
 import jax
@@ -184,6 +186,41 @@ def test_conv_with_bfloat16_compute_matches_flax():
   assert y.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(y, np.float32),
                                 np.asarray(theirs.apply(params, x), np.float32))
+
+
+def _dilated_convs(module, params, x):
+  """Convolutions over a stride-dilated operand (lhs dilation) in the lowered gradient program."""
+  grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x))), argnums=(0, 1)))
+  return len(re.findall(r"lhs_dilate = \[2, 2\]", grad.lower(params, x).as_text()))
+
+
+TRANSPOSED = [dict(kernel_size=(2, 2), strides=(2, 2), padding="VALID"),  # SegUnet up-conv
+              dict(kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                   transpose_kernel=True)]  # SparK decoder
+
+
+@pytest.mark.parametrize("kw", TRANSPOSED)
+def test_conv_transpose_matches_flax(kw):
+  """nn.ConvTranspose's parameters (initial values bit for bit on the SegUnet case) and forward
+  bit for bit, gradients close; the kernel gradient is no longer a conv over the dilated input."""
+  x = _normal(13, (2, 6, 6, 8))
+  ours, theirs = layers.ConvTranspose(12, **kw), nn.ConvTranspose(12, **kw)
+  if not kw.get("transpose_kernel"):
+    jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(0), x),
+                 theirs.init(jax.random.key(0), x))
+  params = _random_params(theirs, jax.random.key(7), x)
+  np.testing.assert_array_equal(ours.apply(params, x), theirs.apply(params, x))
+  _compare(ours, theirs, x, jax.random.key(8), 2e-5)
+  # forward and kernel gradient (flax) vs the forward only (ours): the input gradient is strided
+  assert (_dilated_convs(theirs, params, x), _dilated_convs(ours, params, x)) == (2, 1)
+
+
+def test_conv_transpose_on_other_backends_is_differentiated_as_is(monkeypatch):
+  """Only CPU programs take the adjoint kernel gradient: on a GPU it is unmeasured."""
+  monkeypatch.setattr(layers, "ADJOINT_BACKENDS", ("gpu",))
+  x = _normal(13, (2, 6, 6, 8))
+  ours = layers.ConvTranspose(12, **TRANSPOSED[0])
+  assert _dilated_convs(ours, _random_params(ours, jax.random.key(7), x), x) == 2
 
 
 @pytest.mark.parametrize("masked", [False, True])
