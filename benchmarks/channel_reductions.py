@@ -17,9 +17,10 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
+
+from benchmarks import ab
 
 OPS = {  # name: (shape, axes) — the sums autodiff and the norms make, by `staged_sum` (the same
   # reduction a bias's gradient takes through `expand`'s transpose)
@@ -70,14 +71,6 @@ def _time_op(shape, axes, calls: int = 30) -> dict:
           "rel_error": float(np.abs(got - ref).max() / np.abs(ref).max())}
 
 
-def _time_step(spec: str, timed: int) -> dict:
-  from benchmarks import train_step as ts
-  name, size, batch = spec.split(":")
-  m = ts.measure(ts.build_config(name, size, int(batch), "float32"), 1, timed, warmup=1)
-  return {"step_s": m["step_s_median"], "compile_s": m["compile_s"],
-          "final_loss": m["final_loss"]}
-
-
 def worker(variant: str, ops: bool, steps: list[str], timed: int) -> dict:
   """One variant's op times (ms) and train steps, in this process."""
   from sadm_jax.models import staged
@@ -85,20 +78,10 @@ def worker(variant: str, ops: bool, steps: list[str], timed: int) -> dict:
   _set_variant(variant, default)
   try:
     out = {"ops": {op: _time_op(shape, axes) for op, (shape, axes) in OPS.items()} if ops else {},
-           "steps": {spec: _time_step(spec, timed) for spec in steps}}
+           "steps": {spec: ab.time_step(spec, timed) for spec in steps}}
   finally:
     _set_variant("staged", default)
   return out
-
-
-def _run_worker(variant: str, args) -> dict:
-  """`worker` in a fresh process (a second large program in one process ran slower)."""
-  cmd = [sys.executable, "-m", "benchmarks.channel_reductions", "--worker", variant,
-         "--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if proc.returncode:
-    raise SystemExit(f"worker {variant} failed:\n{proc.stderr[-3000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> dict:
@@ -111,41 +94,16 @@ def main(argv=None) -> dict:
     return {}
   from benchmarks import train_step as ts
   variants = ("plain", "staged")
-  rows: dict[str, dict[str, list]] = {}
-  for r in range(args.rounds):
-    for v in (variants if r % 2 == 0 else variants[::-1]):
-      res = (_run_worker(v, args) if args.subprocess
-             else worker(v, bool(args.ops), steps, args.timed))
-      for op, r_ in res["ops"].items():
-        rows.setdefault(op, {}).setdefault(v, []).append(r_)
-      for spec, st in res["steps"].items():
-        rows.setdefault(spec, {}).setdefault(v, []).append(st)
-        print(f"round {r + 1} {v:6s} {spec}: {st['step_s']:.3f} s/step", flush=True)
-  table = {}
-  for key, per in rows.items():
-    if key in OPS:
-      a, b = (statistics.median(x["ms"] for x in per[v]) for v in variants)
-      table[key] = {"unit": "ms", "plain": a, "staged": b, "ratio": b / a, "rounds": per,
-                    "rel_error": {v: max(x["rel_error"] for x in per[v]) for v in variants}}
-    else:
-      a, b = (statistics.median(x["step_s"] for x in per[v]) for v in variants)
-      table[key] = {"unit": "s/step", "plain": a, "staged": b, "ratio": b / a, "rounds": per}
-  print(f"\n{'what':50s} {'unit':7s} {'plain':>9s} {'staged':>9s} {'staged/plain':>12s} "
-        f"{'rel. error plain / staged':>26s}")
-  for key, t in table.items():
-    err = (f"{t['rel_error']['plain']:.1e} / {t['rel_error']['staged']:.1e}"
-           if "rel_error" in t else "")
-    print(f"{key:50s} {t['unit']:7s} {t['plain']:9.3f} {t['staged']:9.3f} {t['ratio']:12.2f} "
-          f"{err:>26s}")
+  worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed)]
+  in_process = None if args.subprocess else (
+      lambda v: worker(v, bool(args.ops), steps, args.timed))
+  table = ab.summarise(ab.run_rounds("benchmarks.channel_reductions", variants, args.rounds,
+                                     worker_args, in_process), variants)
+  ab.print_table(table, variants)
   result = {"command": "python -m benchmarks.channel_reductions " + shlex.join(argv or sys.argv[1:]),
             "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
             "one_process_per_variant": bool(args.subprocess), "table": table}
-  if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=1)
-    os.replace(tmp, args.out)
+  ab.write(args.out, result)
   return result
 
 

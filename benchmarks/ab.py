@@ -1,0 +1,81 @@
+"""A/B harness for CPU formulation benchmarks: variants alternate round by round, in fresh processes.
+
+A benchmark module provides `worker(variant) -> {"ops": {name: {"ms": …, ["rel_error": …]}},
+"steps": {spec: {"step_s": …}}}` and, under `--worker VARIANT`, prints that dict as JSON on its
+last line. `run_rounds` runs the variants A, B then B, A, … (so that a shared machine's load hits
+both alike), each call in a fresh process unless told otherwise (a second large program in one
+process ran slower than the first); `summarise` takes the medians over all rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from typing import Callable, Sequence
+
+Rows = dict[str, dict[str, list[dict]]]  # key (op or step) -> variant -> one result per round
+
+
+def run_rounds(module: str, variants: Sequence[str], rounds: int, worker_args: Sequence[str],
+               in_process: Callable[[str], dict] | None = None) -> Rows:
+  """Every variant once per round, alternating the order; `in_process(variant)` instead of a
+  subprocess (`python -m module --worker variant *worker_args`) when given."""
+  rows: Rows = {}
+  for r in range(rounds):
+    for v in (variants if r % 2 == 0 else variants[::-1]):
+      res = in_process(v) if in_process else _run_worker(module, v, worker_args)
+      for key, value in {**res["ops"], **res["steps"]}.items():
+        rows.setdefault(key, {}).setdefault(v, []).append(value)
+        if "step_s" in value:
+          print(f"round {r + 1} {v:8s} {key}: {value['step_s']:.3f} s/step", flush=True)
+  return rows
+
+
+def _run_worker(module: str, variant: str, worker_args: Sequence[str]) -> dict:
+  cmd = [sys.executable, "-m", module, "--worker", variant, *worker_args]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise SystemExit(f"{module} worker {variant} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise(rows: Rows, variants: Sequence[str]) -> dict:
+  """Per key: the unit, each variant's median, second / first and, for ops, the largest errors."""
+  a, b = variants
+  table = {}
+  for key, per in rows.items():
+    field, unit = ("ms", "ms") if "ms" in per[a][0] else ("step_s", "s/step")
+    med = {v: statistics.median(x[field] for x in per[v]) for v in variants}
+    table[key] = {"unit": unit, **med, "ratio": med[b] / med[a], "rounds": per}
+    if "rel_error" in per[a][0]:
+      table[key]["rel_error"] = {v: max(x["rel_error"] for x in per[v]) for v in variants}
+  return table
+
+
+def print_table(table: dict, variants: Sequence[str]) -> None:
+  a, b = variants
+  print(f"\n{'what':54s} {'unit':7s} {a:>9s} {b:>9s} {b + '/' + a:>16s} "
+        f"{'rel. error ' + a + ' / ' + b:>28s}")
+  for key, t in table.items():
+    err = (f"{t['rel_error'][a]:.1e} / {t['rel_error'][b]:.1e}" if "rel_error" in t else "")
+    print(f"{key:54s} {t['unit']:7s} {t[a]:9.3f} {t[b]:9.3f} {t['ratio']:16.2f} {err:>28s}")
+
+
+def time_step(spec: str, timed: int) -> dict:
+  """The Trainer's train step `config:size:batch` (batch 0 = the config's): median s/step."""
+  from benchmarks import train_step as ts
+  name, size, batch = spec.split(":")
+  m = ts.measure(ts.build_config(name, size, int(batch), "float32"), 1, timed, warmup=1)
+  return {"step_s": m["step_s_median"], "compile_s": m["compile_s"],
+          "final_loss": m["final_loss"]}
+
+
+def write(out: str, result: dict) -> None:
+  """The result JSON at `out` (atomically), unless `out` is empty."""
+  if out:
+    from sadm_jax.utils import io
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    io.write_json(out, result)

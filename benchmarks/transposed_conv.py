@@ -1,0 +1,130 @@
+"""Transposed convolutions on CPU: kernel gradient as XLA differentiates it vs through the adjoint.
+
+    python -m benchmarks.transposed_conv                        # ops + demo SADM train step
+    python -m benchmarks.transposed_conv --ops "" --steps sadm:paper:4,spark:paper:4 --rounds 1 \
+        --timed 3 --out benchmarks/results/transposed_conv_paper_cpu.json
+
+`plain` empties `layers.ADJOINT_BACKENDS`, so `layers.ConvTranspose` is differentiated as is (its
+kernel gradient a conv over the stride-dilated input, as with `nn.ConvTranspose`); `adjoint` is
+the package default (`layers.conv_transpose`). Ops: one forward + VJP (input and kernel) of the
+SegUnet's and the SparK decoder's up-convs at their demo and paper shapes, with the kernel
+gradient's largest error relative to a float64 computation. Variants alternate round by round,
+each in a fresh process (`benchmarks.ab`); prints a table and writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+
+from benchmarks import ab
+
+SEGUNET = dict(kernel_size=(2, 2), strides=(2, 2), padding="VALID")
+SPARK = dict(kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), transpose_kernel=True)
+OPS = {  # name: (module kwargs, input shape [B, h, w, C_in], output channels)
+    "SegUnet up-conv, demo [16, 8, 8, 128] → 64": (SEGUNET, (16, 8, 8, 128), 64),
+    "SegUnet up-conv, demo [16, 32, 32, 32] → 16": (SEGUNET, (16, 32, 32, 32), 16),
+    "SegUnet up-conv, paper [4, 12, 12, 1024] → 512": (SEGUNET, (4, 12, 12, 1024), 512),
+    "SegUnet up-conv, paper [4, 48, 48, 256] → 128": (SEGUNET, (4, 48, 48, 256), 128),
+    "SparK up-conv, paper [4, 6, 6, 256] → 256": (SPARK, (4, 6, 6, 256), 256),
+    "SparK up-conv, paper [4, 48, 48, 32] → 32": (SPARK, (4, 48, 48, 32), 32),
+}
+VARIANTS = ("plain", "adjoint")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--ops", default="all", help="'all' or '' (skip the op table)")
+  ap.add_argument("--steps", default="sadm:demo:0",
+                  help="train steps config:size:batch (batch 0 = the config's), comma-separated")
+  ap.add_argument("--rounds", type=int, default=2, help="alternating plain/adjoint rounds")
+  ap.add_argument("--timed", type=int, default=5, help="timed train steps per round (median)")
+  ap.add_argument("--calls", type=int, default=10, help="timed calls per op and round (median)")
+  ap.add_argument("--out", default=os.path.join("benchmarks", "results", "transposed_conv_cpu.json"))
+  ap.add_argument("--subprocess", type=int, default=1,
+                  help="1: each variant and round in a fresh process (default); 0: in this one")
+  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: variant name
+  return ap.parse_args(argv)
+
+
+def _set_variant(name: str) -> None:
+  """'plain': no backend takes the adjoint kernel gradient; 'adjoint': the package default (CPU)."""
+  from sadm_jax.models import layers
+  layers.ADJOINT_BACKENDS = () if name == "plain" else ("cpu",)
+
+
+def _time_op(variant: str, kwargs: dict, shape, features: int, calls: int) -> dict:
+  """Median ms of forward + VJP of `layers.ConvTranspose`; the kernel gradient's error vs float64."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from sadm_jax.models import layers
+  rng = np.random.default_rng(0)
+  m = layers.ConvTranspose(features, **kwargs)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  k_shape = jax.eval_shape(m.init, jax.random.key(0), x)["params"]["kernel"].shape
+  params = {"params": {"kernel": jnp.asarray(rng.standard_normal(k_shape) / np.sqrt(k_shape[2]),
+                                             jnp.float32), "bias": jnp.zeros(features)}}
+  g = jnp.asarray(rng.standard_normal(jax.eval_shape(m.apply, params, x).shape), jnp.float32)
+  _set_variant(variant)
+  f = jax.jit(lambda p, x: jax.vjp(m.apply, p, x)[1](g))
+  got = np.asarray(jax.block_until_ready(f(params, x))[0]["params"]["kernel"], np.float64)
+  with jax.enable_x64(True):  # float64 reference: the same module differentiated as is
+    _set_variant("plain")
+    p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    ref = jax.vjp(m.clone(dtype=jnp.float64).apply, p64,
+                  jnp.asarray(x, jnp.float64))[1](jnp.asarray(g, jnp.float64))
+    ref = np.asarray(ref[0]["params"]["kernel"])
+  _set_variant(variant)  # f is compiled: the timed calls run the variant's program
+  times = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(params, x))
+    times.append(time.perf_counter() - t0)
+  return {"ms": statistics.median(times) * 1e3,
+          "rel_error": float(np.abs(got - ref).max() / np.abs(ref).max())}
+
+
+def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) -> dict:
+  """One variant's op times (ms) and train steps, in this process."""
+  out: dict = {"ops": {}, "steps": {}}
+  try:
+    for op, spec in (OPS.items() if ops else ()):
+      out["ops"][op] = _time_op(variant, *spec, calls)
+    _set_variant(variant)
+    out["steps"] = {spec: ab.time_step(spec, timed) for spec in steps}
+  finally:
+    _set_variant("adjoint")
+  return out
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  from sadm_jax.utils import xla_flags
+  xla_flags.apply()
+  steps = [s for s in args.steps.split(",") if s]
+  if args.worker:
+    print(json.dumps(worker(args.worker, bool(args.ops), steps, args.timed, args.calls)))
+    return {}
+  from benchmarks import train_step as ts
+  worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed),
+                 "--calls", str(args.calls)]
+  in_process = None if args.subprocess else (
+      lambda v: worker(v, bool(args.ops), steps, args.timed, args.calls))
+  table = ab.summarise(ab.run_rounds("benchmarks.transposed_conv", VARIANTS, args.rounds,
+                                     worker_args, in_process), VARIANTS)
+  ab.print_table(table, VARIANTS)
+  result = {"command": "python -m benchmarks.transposed_conv " + shlex.join(argv or sys.argv[1:]),
+            "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
+            "one_process_per_variant": bool(args.subprocess), "table": table}
+  ab.write(args.out, result)
+  return result
+
+
+if __name__ == "__main__":
+  main()
