@@ -129,9 +129,9 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pa
   x: [B, H, W, C_in], kernel: [kh, kw, C_in, C_out] ([kh, kw, C_out, C_in] with
   `transpose_kernel`, as in `lax.conv_transpose`) -> [B, H', W', C_out]. A transposed conv is
   the input gradient of a strided conv; differentiated as is, its kernel gradient is a conv over
-  the stride-dilated input, which XLA:CPU runs 10–50× slower than the weight gradient of the
-  strided conv (SegUnet up-convs at the paper size: 3.6 s → 0.07 s, BENCHMARKS.md "Transposed
-  convolutions on CPU"). On ADJOINT_BACKENDS the kernel gradient goes through the adjoint
+  the stride-dilated input, which XLA:CPU runs in a generic loop (forward + VJP of the paper
+  SegUnet's finest up-conv: 3.8 s → 0.02 s as below, BENCHMARKS.md "Transposed convolutions on
+  CPU"). On ADJOINT_BACKENDS the kernel gradient goes through the adjoint
   (`_adjoint_kernel_grad`): equal up to float32 round-off; forward and input gradient unchanged.
   """
   def plain(x_, k_):
