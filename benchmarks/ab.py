@@ -1,4 +1,4 @@
-"""A/B harness for CPU formulation benchmarks: variants alternate round by round, in fresh processes.
+"""A/B harness for CPU formulation benchmarks: variants alternate by round, in fresh processes.
 
 A benchmark module provides `worker(variant) -> {"ops": {name: {"ms": …, ["rel_error": …]}},
 "steps": {spec: {"step_s": …}}}` and, under `--worker VARIANT`, prints that dict as JSON on its
@@ -9,14 +9,42 @@ process ran slower than the first); `summarise` takes the medians over all round
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 from typing import Callable, Sequence
 
 Rows = dict[str, dict[str, list[dict]]]  # key (op or step) -> variant -> one result per round
+
+
+def add_args(ap: argparse.ArgumentParser, steps: str, out: str) -> None:
+  """The options every A/B benchmark takes; `steps` and `out` are its defaults."""
+  ap.add_argument("--ops", default="all", help="'all' or '' (skip the op table)")
+  ap.add_argument("--steps", default=steps,
+                  help="train steps config:size:batch (batch 0 = the config's), comma-separated")
+  ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the variants")
+  ap.add_argument("--timed", type=int, default=5, help="timed train steps per round (median)")
+  ap.add_argument("--out", default=out)
+  ap.add_argument("--subprocess", type=int, default=1,
+                  help="1: each variant and round in a fresh process (default); 0: in this one")
+  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: variant name
+
+
+def compare(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
+            worker_args: Sequence[str], in_process: Callable[[str], dict] | None) -> dict:
+  """Runs the rounds, prints the table, writes (`args.out`) and returns the result."""
+  from benchmarks import train_step as ts
+  table = summarise(run_rounds(module, variants, args.rounds, worker_args, in_process), variants)
+  print_table(table, variants)
+  result = {"command": f"python -m {module} " + shlex.join(argv or sys.argv[1:]),
+            "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
+            "one_process_per_variant": bool(args.subprocess), "table": table}
+  write(args.out, result)
+  return result
 
 
 def run_rounds(module: str, variants: Sequence[str], rounds: int, worker_args: Sequence[str],

@@ -5,9 +5,9 @@
 
 `plain` sets `staged.MIN_INNER_BLOCK` above every array size, so every sum and broadcast takes
 its one-step form (the reductions as before the change; the modules are the package's);
-`staged` is the package default. The variants alternate round by round, each in a fresh process (`--subprocess 0`: all in this one, where
-the second large program ran slower than the first); medians over all rounds. Prints a table
-and writes JSON (`--out`).
+`staged` is the package default. The variants alternate round by round, each in a fresh process
+(`benchmarks.ab`; `--subprocess 0`: all in this one, where the second large program ran slower
+than the first); medians over all rounds. Prints a table and writes JSON (`--out`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -34,16 +33,8 @@ OPS = {  # name: (shape, axes) — the sums autodiff and the norms make, by `sta
 
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--ops", default="all", help="'all' or '' (skip the op table)")
-  ap.add_argument("--steps", default="cddpm:demo:0,sadm:demo:0,cddpm:tiny:0",
-                  help="train steps config:size:batch (batch 0 = the config's), comma-separated")
-  ap.add_argument("--rounds", type=int, default=2, help="alternating plain/staged rounds")
-  ap.add_argument("--timed", type=int, default=5, help="timed train steps per round (median)")
-  ap.add_argument("--out", default=os.path.join("benchmarks", "results",
-                                                "channel_reductions_cpu.json"))
-  ap.add_argument("--subprocess", type=int, default=1,
-                  help="1: each variant and round in a fresh process (default); 0: in this one")
-  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: variant name
+  ab.add_args(ap, "cddpm:demo:0,sadm:demo:0,cddpm:tiny:0",
+              os.path.join("benchmarks", "results", "channel_reductions_cpu.json"))
   return ap.parse_args(argv)
 
 
@@ -92,18 +83,11 @@ def main(argv=None) -> dict:
   if args.worker:
     print(json.dumps(worker(args.worker, bool(args.ops), steps, args.timed)))
     return {}
-  from benchmarks import train_step as ts
-  variants = ("plain", "staged")
   worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed)]
   in_process = None if args.subprocess else (
       lambda v: worker(v, bool(args.ops), steps, args.timed))
-  table = ab.summarise(ab.run_rounds("benchmarks.channel_reductions", variants, args.rounds,
-                                     worker_args, in_process), variants)
-  ab.print_table(table, variants)
-  result = {"command": "python -m benchmarks.channel_reductions " + shlex.join(argv or sys.argv[1:]),
-            "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
-            "one_process_per_variant": bool(args.subprocess), "table": table}
-  ab.write(args.out, result)
+  result = ab.compare("benchmarks.channel_reductions", ("plain", "staged"), args, argv,
+                      worker_args, in_process)
   return result
 
 

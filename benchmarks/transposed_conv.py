@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
-import sys
 import time
 
 from benchmarks import ab
@@ -39,27 +37,20 @@ VARIANTS = ("plain", "adjoint")
 
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--ops", default="all", help="'all' or '' (skip the op table)")
-  ap.add_argument("--steps", default="sadm:demo:0",
-                  help="train steps config:size:batch (batch 0 = the config's), comma-separated")
-  ap.add_argument("--rounds", type=int, default=2, help="alternating plain/adjoint rounds")
-  ap.add_argument("--timed", type=int, default=5, help="timed train steps per round (median)")
+  ab.add_args(ap, "sadm:demo:0", os.path.join("benchmarks", "results", "transposed_conv_cpu.json"))
   ap.add_argument("--calls", type=int, default=10, help="timed calls per op and round (median)")
-  ap.add_argument("--out", default=os.path.join("benchmarks", "results", "transposed_conv_cpu.json"))
-  ap.add_argument("--subprocess", type=int, default=1,
-                  help="1: each variant and round in a fresh process (default); 0: in this one")
-  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: variant name
   return ap.parse_args(argv)
 
 
-def _set_variant(name: str) -> None:
-  """'plain': no backend takes the adjoint kernel gradient; 'adjoint': the package default (CPU)."""
+def _set_variant(name: str, default: tuple[str, ...]) -> None:
+  """'plain': no backend takes the adjoint kernel gradient; 'adjoint': `default` (the package's)."""
   from sadm_jax.models import layers
-  layers.ADJOINT_BACKENDS = () if name == "plain" else ("cpu",)
+  layers.ADJOINT_BACKENDS = () if name == "plain" else default
 
 
-def _time_op(variant: str, kwargs: dict, shape, features: int, calls: int) -> dict:
-  """Median ms of forward + VJP of `layers.ConvTranspose`; the kernel gradient's error vs float64."""
+def _time_op(variant: str, default: tuple[str, ...], kwargs: dict, shape, features: int,
+             calls: int) -> dict:
+  """Median ms of forward + VJP of `layers.ConvTranspose`; kernel-gradient error vs float64."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -71,16 +62,16 @@ def _time_op(variant: str, kwargs: dict, shape, features: int, calls: int) -> di
   params = {"params": {"kernel": jnp.asarray(rng.standard_normal(k_shape) / np.sqrt(k_shape[2]),
                                              jnp.float32), "bias": jnp.zeros(features)}}
   g = jnp.asarray(rng.standard_normal(jax.eval_shape(m.apply, params, x).shape), jnp.float32)
-  _set_variant(variant)
+  _set_variant(variant, default)
   f = jax.jit(lambda p, x: jax.vjp(m.apply, p, x)[1](g))
   got = np.asarray(jax.block_until_ready(f(params, x))[0]["params"]["kernel"], np.float64)
   with jax.enable_x64(True):  # float64 reference: the same module differentiated as is
-    _set_variant("plain")
+    _set_variant("plain", default)
     p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
     ref = jax.vjp(m.clone(dtype=jnp.float64).apply, p64,
                   jnp.asarray(x, jnp.float64))[1](jnp.asarray(g, jnp.float64))
     ref = np.asarray(ref[0]["params"]["kernel"])
-  _set_variant(variant)  # f is compiled: the timed calls run the variant's program
+  _set_variant(variant, default)  # f is compiled: the timed calls run the variant's program
   times = []
   for _ in range(calls):
     t0 = time.perf_counter()
@@ -91,15 +82,17 @@ def _time_op(variant: str, kwargs: dict, shape, features: int, calls: int) -> di
 
 
 def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) -> dict:
-  """One variant's op times (ms) and train steps, in this process."""
+  """One variant's op times (ms) and train steps, in this process; the package default restored."""
+  from sadm_jax.models import layers
+  default = layers.ADJOINT_BACKENDS
   out: dict = {"ops": {}, "steps": {}}
   try:
     for op, spec in (OPS.items() if ops else ()):
-      out["ops"][op] = _time_op(variant, *spec, calls)
-    _set_variant(variant)
+      out["ops"][op] = _time_op(variant, default, *spec, calls)
+    _set_variant(variant, default)
     out["steps"] = {spec: ab.time_step(spec, timed) for spec in steps}
   finally:
-    _set_variant("adjoint")
+    layers.ADJOINT_BACKENDS = default
   return out
 
 
@@ -111,18 +104,11 @@ def main(argv=None) -> dict:
   if args.worker:
     print(json.dumps(worker(args.worker, bool(args.ops), steps, args.timed, args.calls)))
     return {}
-  from benchmarks import train_step as ts
   worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed),
                  "--calls", str(args.calls)]
   in_process = None if args.subprocess else (
       lambda v: worker(v, bool(args.ops), steps, args.timed, args.calls))
-  table = ab.summarise(ab.run_rounds("benchmarks.transposed_conv", VARIANTS, args.rounds,
-                                     worker_args, in_process), VARIANTS)
-  ab.print_table(table, VARIANTS)
-  result = {"command": "python -m benchmarks.transposed_conv " + shlex.join(argv or sys.argv[1:]),
-            "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
-            "one_process_per_variant": bool(args.subprocess), "table": table}
-  ab.write(args.out, result)
+  result = ab.compare("benchmarks.transposed_conv", VARIANTS, args, argv, worker_args, in_process)
   return result
 
 

@@ -35,6 +35,16 @@ def largest_constant(hlo_text: str) -> int:
   return max((len(m) for m in re.findall(r'dense<"0x([0-9A-Fa-f]*)"', hlo_text)), default=0) // 8
 
 
+def dilated_convs(module, params, x) -> int:
+  """Convolutions over a stride-2-dilated operand (lhs dilation) in the lowered program of the
+  gradient of sum(module(x)²) with respect to params and x (a transposed conv's plain kernel
+  gradient is one; its forward another)."""
+  import jax
+  import jax.numpy as jnp
+  grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x))), argnums=(0, 1)))
+  return grad.lower(params, x).as_text().count("lhs_dilate = [2, 2]")
+
+
 def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
   """Variables shaped like `init(key, *args)`, drawn on the host: nothing is compiled.
 

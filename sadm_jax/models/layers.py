@@ -1,4 +1,4 @@
-"""Shared model pieces: float32 GroupNorm, convs with fast CPU gradients, PyTorch initialisers, WS."""
+"""Shared model pieces: float32 GroupNorm, convs with fast CPU gradients, PyTorch inits, WS."""
 
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ def _adjoint_kernel_grad(f):
 
   With A_k the adjoint (input-gradient) map of x ↦ f(x, k): ⟨dy, f(x, k)⟩ = ⟨A_k dy, x⟩, so the
   kernel gradient is the VJP of k ↦ A_k dy at cotangent x. The input gradient is A_k dy itself.
+  Reverse mode only: a custom VJP has no forward-mode (jvp) rule.
   """
   @jax.custom_vjp
   def op(x, k):
@@ -114,9 +115,9 @@ def _adjoint_kernel_grad(f):
 
   def bwd(res, dy):
     x, k = res
-    dx = jax.vjp(lambda x_: f(x_, k), x)[1](dy)[0]
     adjoint = lambda k_: jax.vjp(lambda x_: f(x_, k_), x)[1](dy)[0]  # A_k dy, linear in k
-    return dx, jax.vjp(adjoint, k)[1](x)[0]
+    dx, pull = jax.vjp(adjoint, k)
+    return dx, pull(x)[0]
 
   op.defvjp(fwd, bwd)
   return op
@@ -144,11 +145,14 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pa
 
 
 class ConvTranspose(nn.Module):
-  """`nn.ConvTranspose` (same parameters, initial values and forward) through `conv_transpose`."""
+  """`nn.ConvTranspose` (same parameters, initial values and forward) through `conv_transpose`.
+
+  2-D, NHWC only: `kernel_size` and `strides` as pairs, `padding` a string or per-side pairs.
+  """
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int]
-  padding: Any = "VALID"  # "VALID", "SAME" or ((top, bottom), (left, right))
+  padding: Any = "SAME"  # as nn.ConvTranspose; "VALID", "SAME" or ((top, bottom), (left, right))
   transpose_kernel: bool = False
   use_bias: bool = True
   dtype: Dtype = jnp.float32

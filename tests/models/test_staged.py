@@ -1,8 +1,6 @@
-"""Two-stage sums/broadcasts, GroupNorm32 / Conv built on them, ConvTranspose's adjoint gradient, vs the plain forms."""
+"""Staged sums, GroupNorm32 / Conv on them, ConvTranspose's adjoint gradient vs the plain forms."""
 
 from __future__ import annotations
-
-import re
 
 import flax.linen as nn
 import jax
@@ -11,6 +9,7 @@ import numpy as np
 import pytest
 
 from sadm_jax.models import layers, staged
+from tests.helpers import dilated_convs
 
 CASES = [  # shape, axes
     ((16, 64, 64, 48), (0, 1, 2)),  # a conv bias's gradient (staged: [N·H, W·C], then W)
@@ -188,21 +187,16 @@ def test_conv_with_bfloat16_compute_matches_flax():
                                 np.asarray(theirs.apply(params, x), np.float32))
 
 
-def _dilated_convs(module, params, x):
-  """Convolutions over a stride-dilated operand (lhs dilation) in the lowered gradient program."""
-  grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x))), argnums=(0, 1)))
-  return len(re.findall(r"lhs_dilate = \[2, 2\]", grad.lower(params, x).as_text()))
-
-
 TRANSPOSED = [dict(kernel_size=(2, 2), strides=(2, 2), padding="VALID"),  # SegUnet up-conv
               dict(kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
                    transpose_kernel=True)]  # SparK decoder
 
 
 @pytest.mark.parametrize("kw", TRANSPOSED)
-def test_conv_transpose_matches_flax(kw):
+def test_conv_transpose_matches_flax(kw, monkeypatch):
   """nn.ConvTranspose's parameters (initial values bit for bit on the SegUnet case) and forward
   bit for bit, gradients close; the kernel gradient is no longer a conv over the dilated input."""
+  monkeypatch.setattr(layers, "ADJOINT_BACKENDS", (jax.default_backend(),))  # on any backend
   x = _normal(13, (2, 6, 6, 8))
   ours, theirs = layers.ConvTranspose(12, **kw), nn.ConvTranspose(12, **kw)
   if not kw.get("transpose_kernel"):
@@ -212,15 +206,29 @@ def test_conv_transpose_matches_flax(kw):
   np.testing.assert_array_equal(ours.apply(params, x), theirs.apply(params, x))
   _compare(ours, theirs, x, jax.random.key(8), 2e-5)
   # forward and kernel gradient (flax) vs the forward only (ours): the input gradient is strided
-  assert (_dilated_convs(theirs, params, x), _dilated_convs(ours, params, x)) == (2, 1)
+  assert (dilated_convs(theirs, params, x), dilated_convs(ours, params, x)) == (2, 1)
 
 
 def test_conv_transpose_on_other_backends_is_differentiated_as_is(monkeypatch):
   """Only CPU programs take the adjoint kernel gradient: on a GPU it is unmeasured."""
-  monkeypatch.setattr(layers, "ADJOINT_BACKENDS", ("gpu",))
+  assert layers.ADJOINT_BACKENDS == ("cpu",)
+  monkeypatch.setattr(layers, "ADJOINT_BACKENDS", ("no-such-backend",))
   x = _normal(13, (2, 6, 6, 8))
   ours = layers.ConvTranspose(12, **TRANSPOSED[0])
-  assert _dilated_convs(ours, _random_params(ours, jax.random.key(7), x), x) == 2
+  assert dilated_convs(ours, _random_params(ours, jax.random.key(7), x), x) == 2
+
+
+def test_conv_transpose_with_bfloat16_compute_matches_flax():
+  x = _normal(15, (2, 6, 6, 8))
+  kw = dict(TRANSPOSED[0], dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  ours, theirs = layers.ConvTranspose(12, **kw), nn.ConvTranspose(12, **kw)
+  params = _random_params(theirs, jax.random.key(7), x)
+  y = ours.apply(params, x)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(y, np.float32),
+                                np.asarray(theirs.apply(params, x), np.float32))
+  grads = jax.grad(lambda p: jnp.sum(jnp.square(ours.apply(p, x).astype(jnp.float32))))(params)
+  assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, params)
 
 
 @pytest.mark.parametrize("masked", [False, True])
