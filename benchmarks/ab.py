@@ -34,10 +34,20 @@ def add_args(ap: argparse.ArgumentParser, steps: str, out: str) -> None:
   ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: variant name
 
 
-def compare(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
-            worker_args: Sequence[str], in_process: Callable[[str], dict] | None) -> dict:
-  """Runs the rounds, prints the table, writes (`args.out`) and returns the result."""
+def main(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
+         worker: Callable[[str, list[str]], dict], extra_worker_args: Sequence[str] = ()) -> dict:
+  """A benchmark's entry point once its options are parsed: as `--worker`, print `worker(variant,
+  steps)` as JSON; else run the rounds, print the table, write (`args.out`) and return the result."""
+  from sadm_jax.utils import xla_flags
+  xla_flags.apply()
+  steps = [s for s in args.steps.split(",") if s]
+  if args.worker:
+    print(json.dumps(worker(args.worker, steps)))
+    return {}
   from benchmarks import train_step as ts
+  worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed),
+                 *extra_worker_args]
+  in_process = None if args.subprocess else (lambda v: worker(v, steps))
   table = summarise(run_rounds(module, variants, args.rounds, worker_args, in_process), variants)
   print_table(table, variants)
   result = {"command": f"python -m {module} " + shlex.join(argv or sys.argv[1:]),

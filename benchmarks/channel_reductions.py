@@ -13,7 +13,6 @@ than the first); medians over all rounds. Prints a table and writes JSON (`--out
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -77,18 +76,8 @@ def worker(variant: str, ops: bool, steps: list[str], timed: int) -> dict:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  from sadm_jax.utils import xla_flags
-  xla_flags.apply()
-  steps = [s for s in args.steps.split(",") if s]
-  if args.worker:
-    print(json.dumps(worker(args.worker, bool(args.ops), steps, args.timed)))
-    return {}
-  worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed)]
-  in_process = None if args.subprocess else (
-      lambda v: worker(v, bool(args.ops), steps, args.timed))
-  result = ab.compare("benchmarks.channel_reductions", ("plain", "staged"), args, argv,
-                      worker_args, in_process)
-  return result
+  return ab.main("benchmarks.channel_reductions", ("plain", "staged"), args, argv,
+                 lambda v, steps: worker(v, bool(args.ops), steps, args.timed))
 
 
 if __name__ == "__main__":

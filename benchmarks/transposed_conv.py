@@ -15,7 +15,6 @@ each in a fresh process (`benchmarks.ab`); prints a table and writes JSON (`--ou
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -98,18 +97,9 @@ def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) ->
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  from sadm_jax.utils import xla_flags
-  xla_flags.apply()
-  steps = [s for s in args.steps.split(",") if s]
-  if args.worker:
-    print(json.dumps(worker(args.worker, bool(args.ops), steps, args.timed, args.calls)))
-    return {}
-  worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed),
-                 "--calls", str(args.calls)]
-  in_process = None if args.subprocess else (
-      lambda v: worker(v, bool(args.ops), steps, args.timed, args.calls))
-  result = ab.compare("benchmarks.transposed_conv", VARIANTS, args, argv, worker_args, in_process)
-  return result
+  return ab.main("benchmarks.transposed_conv", VARIANTS, args, argv,
+                 lambda v, steps: worker(v, bool(args.ops), steps, args.timed, args.calls),
+                 ["--calls", str(args.calls)])
 
 
 if __name__ == "__main__":

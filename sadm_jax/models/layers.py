@@ -82,14 +82,19 @@ class Conv(nn.Module):
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
+  def _kernel_io(self, c_in: int) -> tuple[int, int]:
+    return c_in, self.features
+
+  def _conv(self, x: jax.Array, kernel: jax.Array, padding: Any) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C_in] -> [B, H', W', features]
-    shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
+    shape = tuple(self.kernel_size) + self._kernel_io(x.shape[-1])
     kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
-    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype),
-                                     tuple(self.strides), padding,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = self._conv(x.astype(self.dtype), kernel.astype(self.dtype), padding)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = staged.add_bias(y, bias.astype(self.dtype))
@@ -144,33 +149,20 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pa
   return _adjoint_kernel_grad(plain)(x, kernel)
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(Conv):
   """`nn.ConvTranspose` (same parameters, initial values and forward) through `conv_transpose`.
 
-  2-D, NHWC only: `kernel_size` and `strides` as pairs, `padding` a string or per-side pairs.
+  2-D, NHWC only: `kernel_size` and `strides` as pairs, `padding` a string or per-side pairs
+  (default "SAME", as nn.ConvTranspose). With `transpose_kernel` the kernel is [kh, kw, features,
+  C_in], as in flax.
   """
-  features: int
-  kernel_size: tuple[int, int]
-  strides: tuple[int, int]
-  padding: Any = "SAME"  # as nn.ConvTranspose; "VALID", "SAME" or ((top, bottom), (left, right))
   transpose_kernel: bool = False
-  use_bias: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C_in] -> [B, H', W', features]
-    io = (self.features, x.shape[-1]) if self.transpose_kernel else (x.shape[-1], self.features)
-    kernel = self.param("kernel", self.kernel_init, tuple(self.kernel_size) + io, self.param_dtype)
-    padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
-    y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides),
-                       padding, self.transpose_kernel)
-    if self.use_bias:
-      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-      y = staged.add_bias(y, bias.astype(self.dtype))
-    return y
+  def _kernel_io(self, c_in: int) -> tuple[int, int]:
+    return (self.features, c_in) if self.transpose_kernel else (c_in, self.features)
+
+  def _conv(self, x: jax.Array, kernel: jax.Array, padding: Any) -> jax.Array:
+    return conv_transpose(x, kernel, tuple(self.strides), padding, self.transpose_kernel)
 
 
 def standardize_weight(kernel: jax.Array, eps: float = 1e-5) -> jax.Array:
