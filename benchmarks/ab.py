@@ -16,6 +16,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from typing import Callable, Sequence
 
 Rows = dict[str, dict[str, list[dict]]]  # key (op or step) -> variant -> one result per round
@@ -38,8 +39,6 @@ def main(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
          worker: Callable[[str, list[str]], dict], extra_worker_args: Sequence[str] = ()) -> dict:
   """A benchmark's entry point once its options are parsed: as `--worker`, print `worker(variant,
   steps)` as JSON; else run the rounds, print the table, write (`args.out`) and return the result."""
-  from sadm_jax.utils import xla_flags
-  xla_flags.apply()
   steps = [s for s in args.steps.split(",") if s]
   if args.worker:
     print(json.dumps(worker(args.worker, steps)))
@@ -100,6 +99,26 @@ def print_table(table: dict, variants: Sequence[str]) -> None:
   for key, t in table.items():
     err = (f"{t['rel_error'][a]:.1e} / {t['rel_error'][b]:.1e}" if "rel_error" in t else "")
     print(f"{key:54s} {t['unit']:7s} {t[a]:9.3f} {t[b]:9.3f} {t['ratio']:16.2f} {err:>28s}")
+
+
+def time_calls(fn, args: Sequence, calls: int) -> list[float]:
+  """Seconds of each of `calls` calls of `fn(*args)` to completion, after one untimed call."""
+  import jax
+  jax.block_until_ready(fn(*args))  # compile + first run
+  out = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def op_row(fn, args: Sequence, calls: int, got, ref) -> dict:
+  """An op's row: median ms of `fn(*args)` and the largest error of `got` relative to `ref`."""
+  import numpy as np
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  return {"ms": statistics.median(time_calls(fn, args, calls)) * 1e3,
+          "rel_error": float(np.abs(got - ref).max() / np.abs(ref).max())}
 
 
 def time_step(spec: str, timed: int) -> dict:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 from benchmarks import ab
 
@@ -50,15 +48,7 @@ def _time_op(shape, axes, calls: int = 30) -> dict:
   from sadm_jax.models import staged
   x = jax.numpy.asarray(np.random.default_rng(0).standard_normal(shape), np.float32)
   f = jax.jit(lambda x: staged.staged_sum(x, axes))
-  got = np.asarray(jax.block_until_ready(f(x)), np.float64)
-  ref = np.asarray(x, np.float64).sum(axes)
-  times = []
-  for _ in range(calls):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(x))
-    times.append(time.perf_counter() - t0)
-  return {"ms": statistics.median(times) * 1e3,
-          "rel_error": float(np.abs(got - ref).max() / np.abs(ref).max())}
+  return ab.op_row(f, (x,), calls, f(x), np.asarray(x, np.float64).sum(axes))
 
 
 def worker(variant: str, ops: bool, steps: list[str], timed: int) -> dict:

@@ -27,6 +27,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks import ab
+
 # Named XLA_FLAGS presets. "package" is what `sadm_jax.utils.xla_flags` applies by default on CPU.
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
 VARIANTS = {
@@ -139,17 +141,6 @@ conv2d_im2col_vjp.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 # ----------------------------------------------------------------------------- worker side
-
-
-def _time(fn, args, iters: int) -> list[float]:
-  import jax
-  jax.block_until_ready(fn(*args))  # compile + first run
-  out = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    out.append(time.perf_counter() - t0)
-  return out
 
 
 def _conv_ops(shape, groups: set[str]):
@@ -271,7 +262,7 @@ def worker(args) -> dict:
   if "other" in groups:
     ops += _other_ops()
   for name, fn, a, f in ops:
-    res["ops"][name] = _time(fn, a, args.iters)
+    res["ops"][name] = ab.time_calls(fn, a, args.iters)
     res["flops"][name] = f
   wholes = [w for w in args.whole.split(",") if w]
   batch = args.batch or {"paper": 4, "demo": 16}.get(args.size, 8)
@@ -283,7 +274,7 @@ def worker(args) -> dict:
       fn, first = _whole_infer(args.size, args.slices)
       name = f"infer_{args.size}_{args.slices}slices"
       res["extra"][name] = {"first_call_s": first}
-      res["ops"][name] = _time(fn, (), args.steps)
+      res["ops"][name] = ab.time_calls(fn, (), args.steps)
     else:
       raise SystemExit(f"unknown --whole {w!r}")
   res["load_after"] = list(os.getloadavg())

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 from benchmarks import ab
 
@@ -61,23 +59,15 @@ def _time_op(variant: str, default: tuple[str, ...], kwargs: dict, shape, featur
   params = {"params": {"kernel": jnp.asarray(rng.standard_normal(k_shape) / np.sqrt(k_shape[2]),
                                              jnp.float32), "bias": jnp.zeros(features)}}
   g = jnp.asarray(rng.standard_normal(jax.eval_shape(m.apply, params, x).shape), jnp.float32)
-  _set_variant(variant, default)
-  f = jax.jit(lambda p, x: jax.vjp(m.apply, p, x)[1](g))
-  got = np.asarray(jax.block_until_ready(f(params, x))[0]["params"]["kernel"], np.float64)
   with jax.enable_x64(True):  # float64 reference: the same module differentiated as is
     _set_variant("plain", default)
     p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
     ref = jax.vjp(m.clone(dtype=jnp.float64).apply, p64,
-                  jnp.asarray(x, jnp.float64))[1](jnp.asarray(g, jnp.float64))
-    ref = np.asarray(ref[0]["params"]["kernel"])
-  _set_variant(variant, default)  # f is compiled: the timed calls run the variant's program
-  times = []
-  for _ in range(calls):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(params, x))
-    times.append(time.perf_counter() - t0)
-  return {"ms": statistics.median(times) * 1e3,
-          "rel_error": float(np.abs(got - ref).max() / np.abs(ref).max())}
+                  jnp.asarray(x, jnp.float64))[1](jnp.asarray(g, jnp.float64))[0]
+  _set_variant(variant, default)
+  f = jax.jit(lambda p, x: jax.vjp(m.apply, p, x)[1](g))
+  got = f(params, x)[0]["params"]["kernel"]
+  return ab.op_row(f, (params, x), calls, got, ref["params"]["kernel"])
 
 
 def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) -> dict:
