@@ -60,6 +60,24 @@ BACKGROUND_RUNS = {
     "tiny_evaluation": ["--config=configs/evaluate.py:tiny", *_TINY_DATA,
                         "--config.evaluate.cddpm_workdir={tiny_cddpm}",
                         "--config.evaluate.sadm_workdirs=('{tiny_sadm}',)"],
+    # the same evaluation on 1 device (tests/evaluate/test_sharded.py compares the two)
+    "tiny_evaluation_one_device": ["--config=configs/evaluate.py:tiny", *_TINY_DATA,
+                                   "--config.evaluate.cddpm_workdir={tiny_cddpm}",
+                                   "--config.evaluate.sadm_workdirs=('{tiny_sadm}',)",
+                                   "--config.mesh.num_devices=1"],
+    # tests/train/test_cddpm_spark.py: 16 steps, validation every 4 (the SIGKILL test's reference)
+    "cddpm_16": ["--config=configs/cddpm.py:tiny", *_TINY_DATA, "--config.train.num_steps=16",
+                 "--config.train.eval_every=4", "--config.train.checkpoint_every=8",
+                 "--config.train.async_checkpoints=False", "--config.optimizer.learning_rate=0.002"],
+    # tests/train/test_cddpm_spark.py: SparK pretraining in mixed precision (bf16 compute)
+    "tiny_spark": ["--config=configs/spark_pretrain.py:tiny", *_TINY_DATA,
+                   "--config.train.num_steps=4", "--config.train.eval_every=2",
+                   "--config.train.checkpoint_every=4", "--config.train.async_checkpoints=False",
+                   "--config.model.dtype=bfloat16"],
+    # tests/train/test_workdir.py: 4 steps, checkpoints at 2 and 4 (each test resumes a copy)
+    "workdir_cddpm": ["--config=configs/cddpm.py:tiny", *_TINY_DATA, "--config.train.num_steps=4",
+                      "--config.train.checkpoint_every=2", "--config.train.eval_every=4",
+                      "--config.optimizer.learning_rate=0.002"],
     "demo_tiny_run": ["--config=configs/demo.py:tiny", "--config.train.async_checkpoints=False"],
     "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
                               "--config.train.async_checkpoints=False"],
@@ -69,7 +87,10 @@ assert all(f"{{{later}}}" not in a for i, name in enumerate(BACKGROUND_RUNS)
            for later in list(BACKGROUND_RUNS)[i:] for a in BACKGROUND_RUNS[name])
 # fixture -> the run it reads (a test's fixture names include those its fixtures use)
 RUN_OF_FIXTURE = {"tiny_cddpm_dir": "tiny_cddpm", "tiny_sadm_dir": "tiny_sadm",
-                  "evaluation": "tiny_evaluation", "demo_tiny_run": "demo_tiny_run",
+                  "evaluation": "tiny_evaluation",
+                  "evaluation_one_device": "tiny_evaluation_one_device",
+                  "cddpm_16_dir": "cddpm_16", "tiny_spark_dir": "tiny_spark",
+                  "workdir_cddpm_dir": "workdir_cddpm", "demo_tiny_run": "demo_tiny_run",
                   "tiny_reproduction_run": "tiny_reproduction_run"}
 _background: dict = {}
 _data_dir: list = []  # the session's fake data dir, once written
@@ -117,15 +138,19 @@ def _run(name: str) -> str:
   return _background[name].wait()
 
 
-def _reads_a_run(item) -> bool:
-  return bool(set(getattr(item, "fixturenames", ())) & set(RUN_OF_FIXTURE))
+def _last_run(item) -> int:
+  """Position in BACKGROUND_RUNS of the latest run `item` reads; -1 when it reads none."""
+  order = list(BACKGROUND_RUNS)
+  return max((order.index(RUN_OF_FIXTURE[f]) for f in getattr(item, "fixturenames", ())
+              if f in RUN_OF_FIXTURE), default=-1)
 
 
 def pytest_collection_modifyitems(session, config, items):
-  """Tests that read a background run go last (in their order): by then it has finished. (A
-  module whose tests are split this way sets its module-scoped fixtures up twice; they are cheap.)"""
-  waits = [item for item in items if _reads_a_run(item)]
-  items[:] = [item for item in items if not _reads_a_run(item)] + waits
+  """Tests that read a background run go last, in the order the runs finish (otherwise in their
+  own order): by then the run has finished. (A module whose tests are split this way sets its
+  module-scoped fixtures up twice; they are cheap.)"""
+  last = {item.nodeid: _last_run(item) for item in items}
+  items.sort(key=lambda item: last[item.nodeid])  # stable: the order within each group stays
 
 
 def pytest_collection_finish(session):
@@ -164,15 +189,46 @@ def tiny_sadm_dir(tiny_data_dir, tiny_cddpm_dir) -> str:
   return _run("tiny_sadm")
 
 
-@pytest.fixture(scope="session")
-def evaluation(tiny_data_dir, tiny_cddpm_dir, tiny_sadm_dir) -> tuple[str, dict]:
-  """(workdir, summary) of one full evaluation: threshold + cDDPM + SADM on every fake data set;
-  the summary is the one the stage returned (its `eval/summary.json`)."""
+def _evaluation(name: str) -> tuple[str, dict]:
+  """(workdir, summary) of the evaluation run `name`; the summary is the one the stage returned
+  (its `eval/summary.json`)."""
   import json
   import os
-  workdir = _run("tiny_evaluation")
+  workdir = _run(name)
   with open(os.path.join(workdir, "eval", "summary.json"), encoding="utf-8") as f:
     return workdir, json.load(f)
+
+
+@pytest.fixture(scope="session")
+def evaluation(tiny_data_dir, tiny_cddpm_dir, tiny_sadm_dir) -> tuple[str, dict]:
+  """(workdir, summary) of one full evaluation: threshold + cDDPM + SADM on every fake data set
+  (on the session's 8 devices)."""
+  return _evaluation("tiny_evaluation")
+
+
+@pytest.fixture(scope="session")
+def evaluation_one_device(evaluation) -> tuple[str, dict]:
+  """(workdir, summary) of the same evaluation on 1 device."""
+  return _evaluation("tiny_evaluation_one_device")
+
+
+@pytest.fixture(scope="session")
+def cddpm_16_dir(tiny_data_dir) -> str:
+  """A tiny cDDPM trained 16 steps on the session's data (validation every 4, checkpoints at 8
+  and 16, lr 2e-3: the session's tiny train-step program)."""
+  return _run("cddpm_16")
+
+
+@pytest.fixture(scope="session")
+def tiny_spark_dir(tiny_data_dir) -> str:
+  """A tiny SparK pretraining run, 4 steps in mixed precision (bf16 compute, f32 parameters)."""
+  return _run("tiny_spark")
+
+
+@pytest.fixture(scope="session")
+def workdir_cddpm_dir(tiny_data_dir) -> str:
+  """A tiny cDDPM trained 4 steps (checkpoints at 2 and 4, validation at 4, lr 2e-3)."""
+  return _run("workdir_cddpm")
 
 
 @pytest.fixture(scope="session")

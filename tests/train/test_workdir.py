@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from sadm_jax.train import workdir as workdir_lib
-from tests.data import fake_data
 from tests.helpers import REPO
 
 # The test process's XLA flags (8 fake devices) and the session's tiny cDDPM learning rate: the same
@@ -52,16 +51,12 @@ def _error_line(res) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """(data_dir, workdir) of a tiny cDDPM trained 4 steps with checkpoints at steps 2 and 4."""
-  root = tmp_path_factory.mktemp("wd")
-  data_dir = str(root / "dd")
-  fake_data.write_data_dir(data_dir, n_ixi=12, n_patho=1)
-  res = _run(data_dir, root / "run")
-  assert res.returncode == 0, res.stderr[-3000:]
-  assert sorted(os.listdir(root / "run" / "checkpoints")) == ["2", "4"]
-  assert not os.path.exists(root / "run" / workdir_lib.LOCK_FILE)  # released at exit
-  return data_dir, str(root / "run")
+def trained(tiny_data_dir, workdir_cddpm_dir):
+  """(data_dir, workdir) of the session's tiny cDDPM trained 4 steps with checkpoints at steps 2
+  and 4 (tests/conftest.py, run by the CLI with this module's command); tests change copies."""
+  assert sorted(os.listdir(os.path.join(workdir_cddpm_dir, "checkpoints"))) == ["2", "4"]
+  assert not os.path.exists(os.path.join(workdir_cddpm_dir, workdir_lib.LOCK_FILE))  # released
+  return tiny_data_dir, workdir_cddpm_dir
 
 
 def _copy(trained, tmp_path) -> str:
