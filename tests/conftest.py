@@ -60,15 +60,10 @@ BACKGROUND_RUNS = {
     "tiny_evaluation": ["--config=configs/evaluate.py:tiny", *_TINY_DATA,
                         "--config.evaluate.cddpm_workdir={tiny_cddpm}",
                         "--config.evaluate.sadm_workdirs=('{tiny_sadm}',)"],
-    # the same evaluation on 1 device (tests/evaluate/test_sharded.py compares the two)
-    "tiny_evaluation_one_device": ["--config=configs/evaluate.py:tiny", *_TINY_DATA,
-                                   "--config.evaluate.cddpm_workdir={tiny_cddpm}",
-                                   "--config.evaluate.sadm_workdirs=('{tiny_sadm}',)",
-                                   "--config.mesh.num_devices=1"],
-    # tests/train/test_cddpm_spark.py: 16 steps, validation every 4 (the SIGKILL test's reference)
-    "cddpm_16": ["--config=configs/cddpm.py:tiny", *_TINY_DATA, "--config.train.num_steps=16",
-                 "--config.train.eval_every=4", "--config.train.checkpoint_every=8",
-                 "--config.train.async_checkpoints=False", "--config.optimizer.learning_rate=0.002"],
+    # tests/train/test_cddpm_spark.py: 8 steps, validation every 4 (the SIGKILL test's reference)
+    "cddpm_8": ["--config=configs/cddpm.py:tiny", *_TINY_DATA, "--config.train.num_steps=8",
+                "--config.train.eval_every=4", "--config.train.checkpoint_every=4",
+                "--config.train.async_checkpoints=False", "--config.optimizer.learning_rate=0.002"],
     # tests/train/test_cddpm_spark.py: SparK pretraining in mixed precision (bf16 compute)
     "tiny_spark": ["--config=configs/spark_pretrain.py:tiny", *_TINY_DATA,
                    "--config.train.num_steps=4", "--config.train.eval_every=2",
@@ -87,9 +82,8 @@ assert all(f"{{{later}}}" not in a for i, name in enumerate(BACKGROUND_RUNS)
            for later in list(BACKGROUND_RUNS)[i:] for a in BACKGROUND_RUNS[name])
 # fixture -> the run it reads (a test's fixture names include those its fixtures use)
 RUN_OF_FIXTURE = {"tiny_cddpm_dir": "tiny_cddpm", "tiny_sadm_dir": "tiny_sadm",
-                  "evaluation": "tiny_evaluation",
-                  "evaluation_one_device": "tiny_evaluation_one_device",
-                  "cddpm_16_dir": "cddpm_16", "tiny_spark_dir": "tiny_spark",
+                  "evaluation": "tiny_evaluation", "cddpm_8_dir": "cddpm_8",
+                  "tiny_spark_dir": "tiny_spark",
                   "workdir_cddpm_dir": "workdir_cddpm", "demo_tiny_run": "demo_tiny_run",
                   "tiny_reproduction_run": "tiny_reproduction_run"}
 _background: dict = {}
@@ -189,34 +183,22 @@ def tiny_sadm_dir(tiny_data_dir, tiny_cddpm_dir) -> str:
   return _run("tiny_sadm")
 
 
-def _evaluation(name: str) -> tuple[str, dict]:
-  """(workdir, summary) of the evaluation run `name`; the summary is the one the stage returned
-  (its `eval/summary.json`)."""
+@pytest.fixture(scope="session")
+def evaluation(tiny_data_dir, tiny_cddpm_dir, tiny_sadm_dir) -> tuple[str, dict]:
+  """(workdir, summary) of one full evaluation: threshold + cDDPM + SADM on every fake data set;
+  the summary is the one the stage returned (its `eval/summary.json`)."""
   import json
   import os
-  workdir = _run(name)
+  workdir = _run("tiny_evaluation")
   with open(os.path.join(workdir, "eval", "summary.json"), encoding="utf-8") as f:
     return workdir, json.load(f)
 
 
 @pytest.fixture(scope="session")
-def evaluation(tiny_data_dir, tiny_cddpm_dir, tiny_sadm_dir) -> tuple[str, dict]:
-  """(workdir, summary) of one full evaluation: threshold + cDDPM + SADM on every fake data set
-  (on the session's 8 devices)."""
-  return _evaluation("tiny_evaluation")
-
-
-@pytest.fixture(scope="session")
-def evaluation_one_device(evaluation) -> tuple[str, dict]:
-  """(workdir, summary) of the same evaluation on 1 device."""
-  return _evaluation("tiny_evaluation_one_device")
-
-
-@pytest.fixture(scope="session")
-def cddpm_16_dir(tiny_data_dir) -> str:
-  """A tiny cDDPM trained 16 steps on the session's data (validation every 4, checkpoints at 8
-  and 16, lr 2e-3: the session's tiny train-step program)."""
-  return _run("cddpm_16")
+def cddpm_8_dir(tiny_data_dir) -> str:
+  """A tiny cDDPM trained 8 steps on the session's data (validation and checkpoints at 4 and 8,
+  lr 2e-3: the session's tiny train-step program)."""
+  return _run("cddpm_8")
 
 
 @pytest.fixture(scope="session")

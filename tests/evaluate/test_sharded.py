@@ -55,18 +55,20 @@ def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: flo
   return [stdout + stderr for _, stdout, stderr in results]
 
 
-def test_one_device_eight_devices_and_two_processes_agree(evaluation, evaluation_one_device,
-                                                          eval_data_dir, tiny_cddpm_dir,
-                                                          tiny_sadm_dir, tmp_path):
-  """The session evaluations ran on 8 fake devices and on 1 (tests/conftest.py); rerun on 2
-  processes × 4.
+def test_one_device_eight_devices_and_two_processes_agree(evaluation, eval_data_dir,
+                                                          tiny_cddpm_dir, tiny_sadm_dir, tmp_path):
+  """The session evaluation ran on 8 fake devices; rerun on 1 device and on 2 processes × 4.
 
   Every volume result is computed exactly once across the processes, and a rerun with another
   process count (1) reuses all of them.
   """
   eight, summary8 = evaluation
-  one, summary1 = evaluation_one_device
-  assert summary8["devices_per_process"] == 8 and summary1["devices_per_process"] == 1
+  assert summary8["devices_per_process"] == 8
+  one = str(tmp_path / "one")
+  c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
+  c.mesh.num_devices = 1
+  summary1 = main_lib.run_stage(c, one)
+  assert summary1["devices_per_process"] == 1
   _assert_same_metrics(_csv(eight), _csv(one))
 
   two = str(tmp_path / "two" / "work")
