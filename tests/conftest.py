@@ -60,7 +60,8 @@ BACKGROUND_RUNS = {
     "tiny_evaluation": ["--config=configs/evaluate.py:tiny", *_TINY_DATA,
                         "--config.evaluate.cddpm_workdir={tiny_cddpm}",
                         "--config.evaluate.sadm_workdirs=('{tiny_sadm}',)"],
-    # tests/train/test_cddpm_spark.py: 8 steps, validation every 4 (the SIGKILL test's reference)
+    # 8 steps, validation and checkpoints at 4 and 8: the SIGKILL test's reference
+    # (tests/train/test_cddpm_spark.py) and the run tests/train/test_workdir.py resumes copies of
     "cddpm_8": ["--config=configs/cddpm.py:tiny", *_TINY_DATA, "--config.train.num_steps=8",
                 "--config.train.eval_every=4", "--config.train.checkpoint_every=4",
                 "--config.train.async_checkpoints=False", "--config.optimizer.learning_rate=0.002"],
@@ -69,10 +70,6 @@ BACKGROUND_RUNS = {
                    "--config.train.num_steps=4", "--config.train.eval_every=2",
                    "--config.train.checkpoint_every=4", "--config.train.async_checkpoints=False",
                    "--config.model.dtype=bfloat16"],
-    # tests/train/test_workdir.py: 4 steps, checkpoints at 2 and 4 (each test resumes a copy)
-    "workdir_cddpm": ["--config=configs/cddpm.py:tiny", *_TINY_DATA, "--config.train.num_steps=4",
-                      "--config.train.checkpoint_every=2", "--config.train.eval_every=4",
-                      "--config.optimizer.learning_rate=0.002"],
     "demo_tiny_run": ["--config=configs/demo.py:tiny", "--config.train.async_checkpoints=False"],
     "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
                               "--config.train.async_checkpoints=False"],
@@ -84,7 +81,7 @@ assert all(f"{{{later}}}" not in a for i, name in enumerate(BACKGROUND_RUNS)
 RUN_OF_FIXTURE = {"tiny_cddpm_dir": "tiny_cddpm", "tiny_sadm_dir": "tiny_sadm",
                   "evaluation": "tiny_evaluation", "cddpm_8_dir": "cddpm_8",
                   "tiny_spark_dir": "tiny_spark",
-                  "workdir_cddpm_dir": "workdir_cddpm", "demo_tiny_run": "demo_tiny_run",
+                  "demo_tiny_run": "demo_tiny_run",
                   "tiny_reproduction_run": "tiny_reproduction_run"}
 _background: dict = {}
 _data_dir: list = []  # the session's fake data dir, once written
@@ -205,12 +202,6 @@ def cddpm_8_dir(tiny_data_dir) -> str:
 def tiny_spark_dir(tiny_data_dir) -> str:
   """A tiny SparK pretraining run, 4 steps in mixed precision (bf16 compute, f32 parameters)."""
   return _run("tiny_spark")
-
-
-@pytest.fixture(scope="session")
-def workdir_cddpm_dir(tiny_data_dir) -> str:
-  """A tiny cDDPM trained 4 steps (checkpoints at 2 and 4, validation at 4, lr 2e-3)."""
-  return _run("workdir_cddpm")
 
 
 @pytest.fixture(scope="session")

@@ -13,19 +13,19 @@ from sadm_jax.train import workdir as workdir_lib
 from tests.helpers import REPO
 
 # The test process's XLA flags (8 fake devices) and the session's tiny cDDPM learning rate: the same
-# train-step program as the in-process tiny runs and the SIGKILL test, so the compilation cache hits.
+# train-step program as the session's tiny runs and the SIGKILL test, so the compilation cache hits.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
 
 
-def _cmd(data_dir, workdir, *extra, steps=4) -> list[str]:
+def _cmd(data_dir, workdir, *extra, steps=8) -> list[str]:
   return [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
          f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
-         f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=2",
+         f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=4",
          "--config.train.eval_every=4", "--config.optimizer.learning_rate=0.002", *extra]
 
 
-def _run(data_dir, workdir, *extra, steps=4):
+def _run(data_dir, workdir, *extra, steps=8):
   return subprocess.run(_cmd(data_dir, workdir, *extra, steps=steps), cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=900)
 
@@ -51,12 +51,12 @@ def _error_line(res) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data_dir, workdir_cddpm_dir):
-  """(data_dir, workdir) of the session's tiny cDDPM trained 4 steps with checkpoints at steps 2
-  and 4 (tests/conftest.py, run by the CLI with this module's command); tests change copies."""
-  assert sorted(os.listdir(os.path.join(workdir_cddpm_dir, "checkpoints"))) == ["2", "4"]
-  assert not os.path.exists(os.path.join(workdir_cddpm_dir, workdir_lib.LOCK_FILE))  # released
-  return tiny_data_dir, workdir_cddpm_dir
+def trained(tiny_data_dir, cddpm_8_dir):
+  """(data_dir, workdir) of the session's tiny cDDPM trained 8 steps with checkpoints at steps 4
+  and 8 (tests/conftest.py, run by the CLI with this module's command); tests change copies."""
+  assert sorted(os.listdir(os.path.join(cddpm_8_dir, "checkpoints"))) == ["4", "8"]
+  assert not os.path.exists(os.path.join(cddpm_8_dir, workdir_lib.LOCK_FILE))  # released
+  return tiny_data_dir, cddpm_8_dir
 
 
 def _copy(trained, tmp_path) -> str:
@@ -69,7 +69,7 @@ def test_changed_model_seed_or_fold_is_refused_before_anything_is_written(traine
   work = _copy(trained, tmp_path)
   before = _snapshot(work)
   res = _run(trained[0], work, "--config.model.unet.model_channels=8", "--config.seed=7",
-             "--config.data.fold=1", steps=6)
+             "--config.data.fold=1", steps=10)
   assert res.returncode == 2
   line = _error_line(res)
   assert line.startswith(f"error: {work}: holds a run started with another config (")
@@ -83,9 +83,9 @@ def test_resumable_keys_may_change(trained, tmp_path):
   work = _copy(trained, tmp_path)
   # num_steps equal to the last checkpoint: resumes and stops without compiling a step.
   res = _run(trained[0], work, "--config.train.log_every=3", "--config.train.keep_checkpoints=3",
-             "--config.data.num_workers=1", "--config.mesh.num_devices=1", steps=4)
+             "--config.data.num_workers=1", "--config.mesh.num_devices=1", steps=8)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert "resumed from checkpoint step 4" in res.stdout
+  assert "resumed from checkpoint step 8" in res.stdout
   # Placeholders are compared resolved: faithful=False and an explicit default are the same.
   from configs import cddpm as cddpm_config
   old, new = cddpm_config.get_config("tiny"), cddpm_config.get_config("tiny")
@@ -96,7 +96,7 @@ def test_resumable_keys_may_change(trained, tmp_path):
   assert workdir_lib.config_differences(old.to_dict(), new.to_dict()) == [
       ("data.slice_sampling", "brain", "uniform")]
   # data.loader_workers changes the saved grain iterator state: refused.
-  res = _run(trained[0], work, "--config.data.loader_workers=2", steps=4)
+  res = _run(trained[0], work, "--config.data.loader_workers=2", steps=8)
   assert res.returncode == 2 and "data.loader_workers 0 → 2" in _error_line(res)
 
 
@@ -107,7 +107,7 @@ def test_workdir_locked_by_a_live_process_is_refused(trained, tmp_path):
   with open(os.path.join(work, ".lock"), "w") as f:
     json.dump(holder, f)
   before = _snapshot(work)
-  res = _run(trained[0], work, steps=6)
+  res = _run(trained[0], work, steps=10)
   assert res.returncode == 2
   line = _error_line(res)
   assert line.startswith(f"error: {work}: in use by process {os.getpid()} on host "
@@ -122,10 +122,10 @@ def test_stale_lock_of_a_dead_process_is_taken_over(trained, tmp_path):
   with open(os.path.join(work, ".lock"), "w") as f:
     json.dump({"host": socket.gethostname(), "pid": dead.pid, "start": "1",
                "since": "2026-01-01T00:00:00"}, f)
-  res = _run(trained[0], work, steps=4)
+  res = _run(trained[0], work, steps=8)
   assert res.returncode == 0, res.stderr[-3000:]
   assert f"taking over the stale lock of process {dead.pid}" in res.stderr
-  assert "resumed from checkpoint step 4" in res.stdout
+  assert "resumed from checkpoint step 8" in res.stdout
   assert not os.path.exists(os.path.join(work, ".lock"))
 
 
@@ -153,36 +153,36 @@ def test_damaged_newest_step_is_moved_aside_and_previous_step_resumes(trained, t
   works, damaged, procs = {}, {}, {}
   for kind in kinds:
     works[kind] = _copy(trained, tmp_path / kind)
-    _damage(works[kind], 4, kind)
-    damaged[kind] = _snapshot(os.path.join(works[kind], "checkpoints", "4"))
-    procs[kind] = subprocess.Popen(_cmd(trained[0], works[kind], steps=4), cwd=REPO, env=ENV,
+    _damage(works[kind], 8, kind)
+    damaged[kind] = _snapshot(os.path.join(works[kind], "checkpoints", "8"))
+    procs[kind] = subprocess.Popen(_cmd(trained[0], works[kind], steps=8), cwd=REPO, env=ENV,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   for kind in kinds:
     stdout, stderr = procs[kind].communicate(timeout=900)
     assert procs[kind].returncode == 0, (kind, stderr[-3000:])
     ckpt_dir = os.path.join(works[kind], "checkpoints")
     warnings = [l for l in stderr.splitlines()
-                if f"checkpoint step 4 in {ckpt_dir} cannot be restored" in l]
-    assert len(warnings) == 1 and "moved it aside to 4.damaged-1" in warnings[0], (kind, stderr)
-    assert "resumed from checkpoint step 2" in stdout, kind
-    # Moved aside untouched (never deleted); steps 3-4 retrained into a new step 4.
-    assert _snapshot(os.path.join(ckpt_dir, "4.damaged-1")) == damaged[kind], kind
-    assert sorted(os.listdir(ckpt_dir)) == ["2", "4", "4.damaged-1"], kind
+                if f"checkpoint step 8 in {ckpt_dir} cannot be restored" in l]
+    assert len(warnings) == 1 and "moved it aside to 8.damaged-1" in warnings[0], (kind, stderr)
+    assert "resumed from checkpoint step 4" in stdout, kind
+    # Moved aside untouched (never deleted); steps 5-8 retrained into a new step 8.
+    assert _snapshot(os.path.join(ckpt_dir, "8.damaged-1")) == damaged[kind], kind
+    assert sorted(os.listdir(ckpt_dir)) == ["4", "8", "8.damaged-1"], kind
     with open(os.path.join(works[kind], "metrics.jsonl")) as f:
       steps = [json.loads(l)["step"] for l in f]
-    assert steps == sorted(steps) and steps[-1] == 4, kind
+    assert steps == sorted(steps) and steps[-1] == 8, kind
 
 
 def test_no_usable_checkpoint_is_a_clear_error_every_time(trained, tmp_path):
   work = _copy(trained, tmp_path)
-  _damage(work, 4, "empty_step_dir")
-  _damage(work, 2, "missing_metadata")
+  _damage(work, 8, "empty_step_dir")
+  _damage(work, 4, "missing_metadata")
   ckpt_dir = os.path.join(work, "checkpoints")
   for attempt in range(2):  # the second start must not silently train from step 0
-    res = _run(trained[0], work, steps=4)
+    res = _run(trained[0], work, steps=8)
     assert res.returncode == 2
     line = _error_line(res)
     assert line == (f"error: {ckpt_dir}: no usable checkpoint to resume from (damaged steps "
-                    "moved aside: 2.damaged-1, 4.damaged-1); start the run again in a new "
+                    "moved aside: 4.damaged-1, 8.damaged-1); start the run again in a new "
                     "workdir"), (attempt, line)
-    assert sorted(os.listdir(ckpt_dir)) == ["2.damaged-1", "4.damaged-1"]
+    assert sorted(os.listdir(ckpt_dir)) == ["4.damaged-1", "8.damaged-1"]
