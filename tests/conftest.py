@@ -39,9 +39,10 @@ flags.FLAGS.mark_as_parsed()
 # (tests/helpers.BackgroundRun): the in-process tests run as if alone, these runs take the share
 # of the 2 cores they leave idle, and later runs read the programs earlier ones compiled from the
 # compilation cache. Each starts only when a collected test needs it (or a later run does); the
-# tests that read a run go last. One fake data dir, one tiny cDDPM, one tiny SADM-DRAEM on it and
-# one evaluation of both are shared by tests/train and tests/evaluate (tests that change a run
-# copy it first); the demo and the Table-1 reproduction run end to end.
+# tests that read a run go last, in the order the runs finish. One fake data dir, one tiny cDDPM,
+# one tiny SADM-DRAEM on it and one evaluation of both are shared by tests/train and
+# tests/evaluate (tests that change a run copy it first); an 8-step cDDPM and a SparK pretraining
+# on the same data serve tests/train; the demo and the Table-1 reproduction run end to end.
 
 import pytest  # noqa: E402
 
