@@ -81,8 +81,7 @@ assert all(f"{{{later}}}" not in a for i, name in enumerate(BACKGROUND_RUNS)
 # fixture -> the run it reads (a test's fixture names include those its fixtures use)
 RUN_OF_FIXTURE = {"tiny_cddpm_dir": "tiny_cddpm", "tiny_sadm_dir": "tiny_sadm",
                   "evaluation": "tiny_evaluation", "cddpm_8_dir": "cddpm_8",
-                  "tiny_spark_dir": "tiny_spark",
-                  "demo_tiny_run": "demo_tiny_run",
+                  "tiny_spark_dir": "tiny_spark", "demo_tiny_run": "demo_tiny_run",
                   "tiny_reproduction_run": "tiny_reproduction_run"}
 _background: dict = {}
 _data_dir: list = []  # the session's fake data dir, once written

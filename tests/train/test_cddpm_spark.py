@@ -90,7 +90,8 @@ def _cmd(data_dir, workdir, steps=8):
 def test_sigkill_and_resume_gives_identical_losses(tiny_data_dir, cddpm_8_dir, tmp_path):
   """Killed at step 5 and restarted with the same command, the run gives the losses of a run that
   was never interrupted: the session's 8-step run (same data, seed, learning rate, step count and
-  validation cadence; the checkpoint cadence changes no number)."""
+  validation cadence; the checkpoints' cadence and synchronous/asynchronous writing change no
+  number)."""
   # The test process's 8 fake devices (the restore is sharded) and the session's tiny learning
   # rate: the session's tiny train-step program, so the compilation cache hits.
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}

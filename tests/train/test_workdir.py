@@ -53,7 +53,8 @@ def _error_line(res) -> str:
 @pytest.fixture(scope="module")
 def trained(tiny_data_dir, cddpm_8_dir):
   """(data_dir, workdir) of the session's tiny cDDPM trained 8 steps with checkpoints at steps 4
-  and 8 (tests/conftest.py, run by the CLI with this module's command); tests change copies."""
+  and 8 (tests/conftest.py: the CLI, with this module's config up to resumable keys); tests
+  change copies."""
   assert sorted(os.listdir(os.path.join(cddpm_8_dir, "checkpoints"))) == ["4", "8"]
   assert not os.path.exists(os.path.join(cddpm_8_dir, workdir_lib.LOCK_FILE))  # released
   return tiny_data_dir, cddpm_8_dir
