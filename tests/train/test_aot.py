@@ -19,7 +19,7 @@ def _live_bytes() -> int:
 
 def test_tiny_cddpm_aot_reports_memory_and_flops_without_allocating(tmp_path, capsys):
   c = cddpm_config.get_config("tiny")
-  c.optimizer.learning_rate = 2e-3  # the program test_cddpm_spark compiles too (shared compile cache)
+  c.optimizer.learning_rate = 2e-3  # the session's tiny cDDPM runs' program (shared compile cache)
   c.stage = "aot"
   before = _live_bytes()
   result = main_lib.run_stage(c, str(tmp_path))

@@ -1,4 +1,4 @@
-"""Stage I end to end at the tiny config: cDDPM and SparK train, describe, encoder transfer, SIGKILL resume."""
+"""Stage I at the tiny config: the session's cDDPM and SparK runs, describe, encoder transfer, SIGKILL resume."""
 
 import json
 import os
@@ -88,22 +88,24 @@ def _cmd(data_dir, workdir, steps=8):
 
 
 def test_sigkill_and_resume_gives_identical_losses(tiny_data_dir, cddpm_8_dir, tmp_path):
-  """Killed at step 5 and restarted with the same command, the run gives the losses of a run that
-  was never interrupted: the session's 8-step run (same data, seed, learning rate, step count and
-  validation cadence; the checkpoints' cadence and synchronous/asynchronous writing change no
-  number)."""
+  """Killed at step 5 and restarted, the run gives the losses of a run that was never
+  interrupted: the session's 8-step run (same data, seed, learning rate and validation cadence;
+  the checkpoints' cadence and synchronous/asynchronous writing change no number). The killed
+  process was started for 16 steps and the restart asks for 8: the step count, which may change
+  on resume, changes neither the schedule nor the data order."""
   # The test process's 8 fake devices (the restore is sharded) and the session's tiny learning
   # rate: the session's tiny train-step program, so the compilation cache hits.
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   proc = None
   try:
     work = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(tiny_data_dir, work), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, process_group=0)
+    proc = subprocess.Popen(_cmd(tiny_data_dir, work, steps=16), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            process_group=0)
     killed_at = None
     deadline = time.time() + 600
     for line in proc.stdout:
-      if line.startswith("step 5/8"):
+      if line.startswith("step 5/16"):
         os.killpg(proc.pid, signal.SIGKILL)  # the whole group: grain workers too
         killed_at = 5
         break

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sadm_jax.train import workdir as workdir_lib
-from tests.helpers import REPO
+from tests.helpers import REPO, metric_series
 
 # The test process's XLA flags (8 fake devices) and the session's tiny cDDPM learning rate: the same
 # train-step program as the session's tiny runs and the SIGKILL test, so the compilation cache hits.
@@ -172,6 +172,9 @@ def test_damaged_newest_step_is_moved_aside_and_previous_step_resumes(trained, t
     with open(os.path.join(works[kind], "metrics.jsonl")) as f:
       steps = [json.loads(l)["step"] for l in f]
     assert steps == sorted(steps) and steps[-1] == 8, kind
+    # Steps 5-8 retrained from step 4 give the uninterrupted run's numbers, bit for bit (CPU).
+    for key in ("train/loss", "val/loss"):
+      assert metric_series(works[kind], key) == metric_series(trained[1], key), (kind, key)
 
 
 def test_no_usable_checkpoint_is_a_clear_error_every_time(trained, tmp_path):
