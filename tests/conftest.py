@@ -46,6 +46,8 @@ flags.FLAGS.mark_as_parsed()
 
 import pytest  # noqa: E402
 
+from tests.helpers import tiny_cddpm_args  # noqa: E402
+
 _TINY_DATA = ["--config.data.data_dir={data}", "--config.data.cache_dir={data}/cache"]
 _TWO_STEPS = ["--config.train.num_steps=2", "--config.train.eval_every=2",
               "--config.train.checkpoint_every=2", "--config.train.async_checkpoints=False"]
@@ -63,9 +65,7 @@ BACKGROUND_RUNS = {
                         "--config.evaluate.sadm_workdirs=('{tiny_sadm}',)"],
     # 8 steps, validation and checkpoints at 4 and 8: the SIGKILL test's reference
     # (tests/train/test_cddpm_spark.py) and the run tests/train/test_workdir.py resumes copies of
-    "cddpm_8": ["--config=configs/cddpm.py:tiny", *_TINY_DATA, "--config.train.num_steps=8",
-                "--config.train.eval_every=4", "--config.train.checkpoint_every=4",
-                "--config.train.async_checkpoints=False", "--config.optimizer.learning_rate=0.002"],
+    "cddpm_8": [*tiny_cddpm_args("{data}", 8, 4), "--config.train.async_checkpoints=False"],
     # tests/train/test_cddpm_spark.py: SparK pretraining in mixed precision (bf16 compute)
     "tiny_spark": ["--config=configs/spark_pretrain.py:tiny", *_TINY_DATA,
                    "--config.train.num_steps=4", "--config.train.eval_every=2",

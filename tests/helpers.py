@@ -22,6 +22,16 @@ def with_data(c, data_dir: str):
   return c
 
 
+def tiny_cddpm_args(data_dir: str, steps: int, checkpoint_every: int) -> list[str]:
+  """`python -m sadm_jax.main` arguments (no workdir) of the tiny cDDPM runs tests kill, resume and
+  compare: `data_dir`, validation every 4 steps, lr 2e-3 (the session's tiny train-step program).
+  Runs made with them differ only in resumable keys (num_steps, checkpoint_every)."""
+  return ["--config=configs/cddpm.py:tiny", f"--config.data.data_dir={data_dir}",
+          f"--config.data.cache_dir={data_dir}/cache", f"--config.train.num_steps={steps}",
+          f"--config.train.checkpoint_every={checkpoint_every}", "--config.train.eval_every=4",
+          "--config.optimizer.learning_rate=0.002"]
+
+
 def metric_series(workdir: str, key: str = "train/loss") -> list[tuple[int, float]]:
   """[(step, value)] of `key` (e.g. 'train/loss', 'val/loss') in a run's metrics.jsonl."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

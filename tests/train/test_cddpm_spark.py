@@ -13,16 +13,7 @@ import pytest
 
 from configs import cddpm as cddpm_config
 from sadm_jax import main as main_lib
-from tests.helpers import REPO, largest_constant, metric_series
-
-
-def _tiny(module, data_dir, **train):
-  c = module.get_config("tiny")
-  c.data.data_dir = data_dir
-  c.data.cache_dir = os.path.join(data_dir, "cache")
-  for k, v in train.items():
-    c.train[k] = v
-  return c
+from tests.helpers import REPO, largest_constant, metric_series, tiny_cddpm_args, with_data
 
 
 def test_tiny_cddpm_trains_and_validation_loss_falls(cddpm_8_dir):
@@ -40,7 +31,8 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(tiny_data_dir, tiny_spark_dir, t
   """The session's SparK run (4 steps, bf16 compute, tests/conftest.py) initialises a cDDPM."""
   losses = metric_series(tiny_spark_dir)
   assert losses[-1][0] == 4 and all(np.isfinite(v) for _, v in losses)
-  c = _tiny(cddpm_config, tiny_data_dir, num_steps=2, eval_every=2, checkpoint_every=2)
+  c = with_data(cddpm_config.get_config("tiny"), tiny_data_dir)
+  c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
   c.model.encoder.pretrained_workdir = tiny_spark_dir
   from sadm_jax.train import cddpm, loop, sharding
   from sadm_jax.train.checkpoint import RunError, open_run
@@ -80,11 +72,8 @@ def test_describe_writes_json(tmp_path):
 
 
 def _cmd(data_dir, workdir, steps=8):
-  return [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
-          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-          f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
-          f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=2",
-          "--config.train.eval_every=4", "--config.optimizer.learning_rate=0.002"]
+  return [sys.executable, "-m", "sadm_jax.main", f"--workdir={workdir}",
+          *tiny_cddpm_args(data_dir, steps, checkpoint_every=2)]
 
 
 def test_sigkill_and_resume_gives_identical_losses(tiny_data_dir, cddpm_8_dir, tmp_path):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sadm_jax.train import workdir as workdir_lib
-from tests.helpers import REPO, metric_series
+from tests.helpers import REPO, metric_series, tiny_cddpm_args
 
 # The test process's XLA flags (8 fake devices) and the session's tiny cDDPM learning rate: the same
 # train-step program as the session's tiny runs and the SIGKILL test, so the compilation cache hits.
@@ -18,11 +18,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
 
 
 def _cmd(data_dir, workdir, *extra, steps=8) -> list[str]:
-  return [sys.executable, "-m", "sadm_jax.main", "--config=configs/cddpm.py:tiny",
-         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-         f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
-         f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=4",
-         "--config.train.eval_every=4", "--config.optimizer.learning_rate=0.002", *extra]
+  return [sys.executable, "-m", "sadm_jax.main", f"--workdir={workdir}",
+          *tiny_cddpm_args(data_dir, steps, checkpoint_every=4), *extra]
 
 
 def _run(data_dir, workdir, *extra, steps=8):
