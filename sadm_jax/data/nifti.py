@@ -83,7 +83,12 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
 
 
 def _check_labels(vol: Volume, allowed: set[int], role: str) -> list[tuple[str, str]]:
-  values = np.unique(vol.data)
+  # A pass per allowed label finds the voxels to report (NaN/Inf among them); only those are
+  # sorted (np.unique of a whole volume took ~0.4 s per file).
+  ok = np.isin(vol.data, np.asarray(sorted(allowed), vol.data.dtype))
+  if ok.all():
+    return []
+  values = np.unique(vol.data[~ok])
   if not np.all(np.isfinite(values)):
     return [(vol.path, f"{role} contains NaN/Inf voxels")]
   bad = [v for v in values if float(v) not in allowed]

@@ -95,6 +95,15 @@ def test_nan_inf_and_empty_mask_and_labels(tmp_path):
   r = _row(tmp_path, name="d", seg=seg)
   assert nifti.validate_row(r) == [(r.seg, "segmentation has unexpected label value(s) 3; "
                                            "allowed [0, 1, 2, 4]")]
+  # Non-integer and NaN labels (float masks): reported, NaN first, values in ascending order.
+  mask = np.ones((12, 12, 8), np.float32)
+  mask[0, 0, 0], mask[1, 1, 1], mask[2, 2, 2] = 0.5, 7.0, 0.5
+  r = _row(tmp_path, name="e", mask=mask)
+  assert nifti.validate_row(r) == [(r.mask, "brain mask has unexpected label value(s) 0.5, 7; "
+                                            "allowed [0, 1]")]
+  mask[3, 3, 3] = np.nan
+  r = _row(tmp_path, name="f", mask=mask)
+  assert nifti.validate_row(r) == [(r.mask, "brain mask contains NaN/Inf voxels")]
 
 
 def test_all_problems_collected_in_one_message(tmp_path):
