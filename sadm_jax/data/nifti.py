@@ -84,7 +84,7 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
 
 def _check_labels(vol: Volume, allowed: set[int], role: str) -> list[tuple[str, str]]:
   # A pass per allowed label finds the voxels to report (NaN/Inf among them); only those are
-  # sorted (np.unique of a whole volume took ~0.4 s per file).
+  # sorted (np.unique sorted the whole volume: ~4x slower for a valid 1 mm mask or segmentation).
   ok = np.isin(vol.data, np.asarray(sorted(allowed), vol.data.dtype))
   if ok.all():
     return []
