@@ -95,15 +95,17 @@ def test_nan_inf_and_empty_mask_and_labels(tmp_path):
   r = _row(tmp_path, name="d", seg=seg)
   assert nifti.validate_row(r) == [(r.seg, "segmentation has unexpected label value(s) 3; "
                                            "allowed [0, 1, 2, 4]")]
-  # Non-integer and NaN labels (float masks): reported, NaN first, values in ascending order.
+  # Non-integer labels of a float mask: listed once each, in ascending order; -0.0 is 0.
   mask = np.ones((12, 12, 8), np.float32)
-  mask[0, 0, 0], mask[1, 1, 1], mask[2, 2, 2] = 0.5, 7.0, 0.5
+  mask[0, 0, 0], mask[1, 1, 1], mask[2, 2, 2], mask[3, 3, 3] = 7.0, 0.5, 0.5, -0.0
   r = _row(tmp_path, name="e", mask=mask)
   assert nifti.validate_row(r) == [(r.mask, "brain mask has unexpected label value(s) 0.5, 7; "
                                             "allowed [0, 1]")]
-  mask[3, 3, 3] = np.nan
-  r = _row(tmp_path, name="f", mask=mask)
-  assert nifti.validate_row(r) == [(r.mask, "brain mask contains NaN/Inf voxels")]
+  # A NaN or Inf voxel is reported instead of the values.
+  for name, bad in (("f", np.nan), ("g", -np.inf)):
+    mask[4, 4, 4] = bad
+    r = _row(tmp_path, name=name, mask=mask)
+    assert nifti.validate_row(r) == [(r.mask, "brain mask contains NaN/Inf voxels")]
 
 
 def test_all_problems_collected_in_one_message(tmp_path):
