@@ -83,7 +83,7 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
 
 
 def _check_labels(vol: Volume, allowed: set[int], role: str) -> list[tuple[str, str]]:
-  """Problems of a label volume (float32, as `load_volume` reads it) with values outside `allowed`."""
+  """Problems of a label volume (float32, as `load_volume` reads it) with labels not in `allowed`."""
   # A pass per allowed label finds the voxels to report (NaN/Inf among them); only those are
   # sorted (np.unique sorted the whole volume: ~4x slower for a valid 1 mm mask or segmentation).
   ok = np.isin(vol.data, np.asarray(sorted(allowed), vol.data.dtype))
