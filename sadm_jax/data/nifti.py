@@ -89,14 +89,11 @@ def _check_labels(vol: Volume, allowed: set[int], role: str) -> list[tuple[str, 
   ok = np.isin(vol.data, np.asarray(sorted(allowed), vol.data.dtype))
   if ok.all():
     return []
-  values = np.unique(vol.data[~ok])
-  if not np.all(np.isfinite(values)):
+  bad = np.unique(vol.data[~ok])  # every value here is outside `allowed`
+  if not np.all(np.isfinite(bad)):
     return [(vol.path, f"{role} contains NaN/Inf voxels")]
-  bad = [v for v in values if float(v) not in allowed]
-  if bad:
-    shown = ", ".join(f"{float(v):g}" for v in bad[:8])
-    return [(vol.path, f"{role} has unexpected label value(s) {shown}; allowed {sorted(allowed)}")]
-  return []
+  shown = ", ".join(f"{float(v):g}" for v in bad[:8])
+  return [(vol.path, f"{role} has unexpected label value(s) {shown}; allowed {sorted(allowed)}")]
 
 
 def validate_row(row: Row) -> list[tuple[str, str]]:
