@@ -140,8 +140,7 @@ def pytest_collection_modifyitems(session, config, items):
   """Tests that read a background run go last, in the order the runs finish (otherwise in their
   own order): by then the run has finished. (A module whose tests are split this way sets its
   module-scoped fixtures up twice; they are cheap.)"""
-  last = {item.nodeid: _last_run(item) for item in items}
-  items.sort(key=lambda item: last[item.nodeid])  # stable: the order within each group stays
+  items.sort(key=_last_run)  # stable: the order within each group stays
 
 
 def pytest_collection_finish(session):
