@@ -82,7 +82,7 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
     nib.save(img, tmp)
 
 
-def _check_labels(vol: Volume, allowed: set[int], role: str) -> list[tuple[str, str]]:
+def check_labels(vol: Volume, allowed: set[int], role: str) -> list[tuple[str, str]]:
   """Problems of a label volume (float32, as `load_volume` reads it) with labels not in `allowed`."""
   # A pass per allowed label finds the voxels to report (NaN/Inf among them); only those are
   # sorted (np.unique sorted the whole volume: ~4x slower for a valid 1 mm mask or segmentation).
@@ -111,11 +111,11 @@ def validate_row(row: Row) -> list[tuple[str, str]]:
     n = int(np.size(vols["image"].data) - np.isfinite(vols["image"].data).sum())
     problems.append((row.img, f"image contains {n} NaN/Inf voxel(s)"))
   if "mask" in vols:
-    problems += _check_labels(vols["mask"], MASK_LABELS, "brain mask")
+    problems += check_labels(vols["mask"], MASK_LABELS, "brain mask")
     if not np.any(vols["mask"].data > 0):
       problems.append((row.mask, "brain mask is empty"))
   if "seg" in vols:
-    problems += _check_labels(vols["seg"], SEG_LABELS.get(row.dataset, DEFAULT_SEG_LABELS),
+    problems += check_labels(vols["seg"], SEG_LABELS.get(row.dataset, DEFAULT_SEG_LABELS),
                               "segmentation")
   ref = vols.get("image")
   if ref is not None:
