@@ -36,9 +36,12 @@ def add_args(ap: argparse.ArgumentParser, steps: str, out: str) -> None:
 
 
 def main(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
-         worker: Callable[[str, list[str]], dict], extra_worker_args: Sequence[str] = ()) -> dict:
+         worker: Callable[[str, list[str]], dict], extra_worker_args: Sequence[str] = (),
+         variant_env: dict[str, dict[str, str]] | None = None) -> dict:
   """A benchmark's entry point once its options are parsed: as `--worker`, print `worker(variant,
-  steps)` as JSON; else run the rounds, print the table, write (`args.out`) and return the result."""
+  steps)` as JSON; else run the rounds, print the table, write (`args.out`) and return the result.
+  `variant_env`: environment variables a variant's worker process starts with (variant -> env);
+  such variants need `--subprocess 1`."""
   steps = [s for s in args.steps.split(",") if s]
   if args.worker:
     print(json.dumps(worker(args.worker, steps)))
@@ -46,8 +49,11 @@ def main(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
   from benchmarks import train_step as ts
   worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed),
                  *extra_worker_args]
+  if variant_env and not args.subprocess:
+    raise SystemExit(f"{module}: its variants differ in their environment; run with --subprocess 1")
   in_process = None if args.subprocess else (lambda v: worker(v, steps))
-  table = summarise(run_rounds(module, variants, args.rounds, worker_args, in_process), variants)
+  table = summarise(run_rounds(module, variants, args.rounds, worker_args, in_process,
+                               variant_env), variants)
   print_table(table, variants)
   result = {"command": f"python -m {module} " + shlex.join(argv or sys.argv[1:]),
             "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
@@ -57,13 +63,16 @@ def main(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
 
 
 def run_rounds(module: str, variants: Sequence[str], rounds: int, worker_args: Sequence[str],
-               in_process: Callable[[str], dict] | None = None) -> Rows:
+               in_process: Callable[[str], dict] | None = None,
+               variant_env: dict[str, dict[str, str]] | None = None) -> Rows:
   """Every variant once per round, alternating the order; `in_process(variant)` instead of a
-  subprocess (`python -m module --worker variant *worker_args`) when given."""
+  subprocess (`python -m module --worker variant *worker_args`, with `variant_env[variant]`
+  added to its environment) when given."""
   rows: Rows = {}
   for r in range(rounds):
     for v in (variants if r % 2 == 0 else variants[::-1]):
-      res = in_process(v) if in_process else _run_worker(module, v, worker_args)
+      res = (in_process(v) if in_process else
+             _run_worker(module, v, worker_args, (variant_env or {}).get(v, {})))
       for key, value in {**res["ops"], **res["steps"]}.items():
         rows.setdefault(key, {}).setdefault(v, []).append(value)
         if "step_s" in value:
@@ -71,9 +80,11 @@ def run_rounds(module: str, variants: Sequence[str], rounds: int, worker_args: S
   return rows
 
 
-def _run_worker(module: str, variant: str, worker_args: Sequence[str]) -> dict:
+def _run_worker(module: str, variant: str, worker_args: Sequence[str],
+                env: dict[str, str] | None = None) -> dict:
   cmd = [sys.executable, "-m", module, "--worker", variant, *worker_args]
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                        env={**os.environ, **env} if env else None)
   if proc.returncode:
     raise SystemExit(f"{module} worker {variant} failed:\n{proc.stderr[-3000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -127,7 +138,8 @@ def time_step(spec: str, timed: int) -> dict:
   name, size, batch = spec.split(":")
   m = ts.measure(ts.build_config(name, size, int(batch), "float32"), 1, timed, warmup=1)
   return {"step_s": m["step_s_median"], "compile_s": m["compile_s"],
-          "final_loss": m["final_loss"]}
+          "final_loss": m["final_loss"], "cpu_user_s": m["cpu_user_s_per_step"],
+          "cpu_sys_s": m["cpu_sys_s_per_step"], "minor_faults": m["minor_faults_per_step"]}
 
 
 def write(out: str, result: dict) -> None:

@@ -230,12 +230,16 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
 
   runs = []
   metrics = None
+  usage = None
   for i in range(warmup + steps):
+    if i == warmup:
+      usage = _usage()
     t0 = time.perf_counter()
     state, metrics = compiled(state, batches[i % 2], key, trainer.frozen)
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       runs.append(time.perf_counter() - t0)
+  usage = {k: (v - usage[k]) / steps for k, v in _usage().items()}  # per timed step
   pipelined = None
   if pipelined_steps:
     t0 = time.perf_counter()
@@ -262,6 +266,8 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
           "steps": steps, "warmup": warmup, "step_s_median": step_s, "step_s_min": min(runs),
           "step_s_max": max(runs), "step_s_all": runs, "slices_per_s": batch_size / step_s,
           "pipelined_steps": pipelined_steps, "pipelined_step_s": pipelined,
+          "cpu_user_s_per_step": usage["user_s"], "cpu_sys_s_per_step": usage["sys_s"],
+          "minor_faults_per_step": usage["minor_faults"],
           "flops_per_step": total_flops, "flops_per_slice": (total_flops / batch_size
                                                             if total_flops else None),
           "flops_per_step_unoptimised_hlo": cost.compiled_cost(lowered)["flops"],
@@ -270,6 +276,13 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
           "program_memory": memory_analysis(compiled),
           "device_peak_gb_so_far": device_peak_memory_gb(devices[:n_devices]),
           "profile": profile}
+
+
+def _usage() -> dict:
+  """This process's CPU seconds (user, system) and minor page faults so far."""
+  import resource
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return {"user_s": r.ru_utime, "sys_s": r.ru_stime, "minor_faults": r.ru_minflt}
 
 
 def machine_info() -> dict:

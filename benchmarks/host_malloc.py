@@ -1,0 +1,104 @@
+"""Host memory on CPU: train steps and a large block reused, under glibc malloc settings (GLIBC_TUNABLES presets).
+
+    python -m benchmarks.host_malloc                  # glibc vs hugetlb, demo cDDPM and SADM steps
+    python -m benchmarks.host_malloc --variants glibc,one_heap --rounds 1
+
+XLA:CPU allocates a program's temporaries as one block at every execution (370 MB for the demo
+cDDPM train step) and frees it at the end; glibc maps blocks that large afresh each time and
+unmaps them when freed, so every step faults its temporaries in again. The variants start
+their worker processes with these GLIBC_TUNABLES (read by glibc when a process starts):
+- `glibc`: none (glibc's defaults, what the package runs with);
+- `hugetlb`: `glibc.malloc.hugetlb=1`, mapped blocks asked for transparent huge pages;
+- `one_heap`: one arena, no mmap, no trimming: freed blocks stay in the heap for reuse.
+Ops: a fresh 256 MiB block written and freed (ms and minor page faults per round trip). Steps:
+the Trainer's train steps, compiled in the worker, with the user and system CPU seconds and the
+minor page faults per step. Two variants alternate round by round, each in a fresh process
+(`benchmarks.ab`); prints the tables and writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from benchmarks import ab
+
+TUNABLES = {
+    "glibc": "",
+    "hugetlb": "glibc.malloc.hugetlb=1",
+    "one_heap": ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                 "glibc.malloc.trim_threshold=4611686018427387904"),
+}
+BLOCK_MIB = 256
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ab.add_args(ap, "cddpm:demo:0,sadm:demo:0",
+              os.path.join("benchmarks", "results", "host_malloc_cpu.json"))
+  ap.add_argument("--variants", default="glibc,hugetlb",
+                  help=f"two of {', '.join(TUNABLES)}, comma-separated")
+  ap.add_argument("--calls", type=int, default=9, help="timed round trips of the block (median)")
+  args = ap.parse_args(argv)
+  args.variants = tuple(v.strip() for v in args.variants.split(","))
+  if len(args.variants) != 2 or not set(args.variants) <= set(TUNABLES):
+    ap.error(f"--variants: two of {', '.join(TUNABLES)}, got {','.join(args.variants)}")
+  return args
+
+
+def block_round_trips(calls: int, mib: int = BLOCK_MIB) -> dict:
+  """Median ms and minor page faults of allocating, writing and freeing a `mib` MiB block."""
+  import resource
+
+  import numpy as np
+  ms, faults = [], []
+  for _ in range(calls + 1):  # the first trip maps the block whatever the settings: untimed
+    f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    block = np.empty(mib << 18, np.float32)
+    block.fill(1.0)
+    del block
+    ms.append((time.perf_counter() - t0) * 1e3)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+  return {"ms": statistics.median(ms[1:]), "minor_faults": statistics.median(faults[1:])}
+
+
+def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) -> dict:
+  """One variant's block round trips and train steps, in this process (started with its env)."""
+  if os.environ.get("GLIBC_TUNABLES", "") != TUNABLES[variant]:
+    raise SystemExit(f"variant {variant}: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
+                     " (the worker's environment did not take effect)")
+  out: dict = {"ops": {}, "steps": {}}
+  if ops:
+    out["ops"][f"{BLOCK_MIB} MiB block: allocate, write, free"] = block_round_trips(calls)
+  out["steps"] = {spec: ab.time_step(spec, timed) for spec in steps}
+  return out
+
+
+def print_usage(table: dict, variants) -> None:
+  """Per row and variant: the medians of minor page faults (and CPU seconds, for steps)."""
+  print(f"\n{'what':54s} {'variant':9s} {'minor faults':>13s} {'user s':>8s} {'sys s':>8s}")
+  for key, t in table.items():
+    for v in variants:
+      rounds = t["rounds"][v]
+      cells = [f"{statistics.median(r['minor_faults'] for r in rounds):13.0f}"]
+      for field in ("cpu_user_s", "cpu_sys_s"):
+        cells.append(f"{statistics.median(r[field] for r in rounds):8.3f}"
+                     if field in rounds[0] else f"{'-':>8s}")
+      print(f"{key:54s} {v:9s} {' '.join(cells)}")
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  env = {v: {"GLIBC_TUNABLES": TUNABLES[v]} for v in args.variants}
+  result = ab.main("benchmarks.host_malloc", args.variants, args, argv,
+                   lambda v, steps: worker(v, bool(args.ops), steps, args.timed, args.calls),
+                   ["--calls", str(args.calls), "--variants", ",".join(args.variants)], env)
+  if result:
+    print_usage(result["table"], args.variants)
+  return result
+
+
+if __name__ == "__main__":
+  main()
