@@ -139,7 +139,8 @@ def time_step(spec: str, timed: int) -> dict:
   m = ts.measure(ts.build_config(name, size, int(batch), "float32"), 1, timed, warmup=1)
   return {"step_s": m["step_s_median"], "compile_s": m["compile_s"],
           "final_loss": m["final_loss"], "cpu_user_s": m["cpu_user_s_per_step"],
-          "cpu_sys_s": m["cpu_sys_s_per_step"], "minor_faults": m["minor_faults_per_step"]}
+          "cpu_sys_s": m["cpu_sys_s_per_step"], "minor_faults": m["minor_faults_per_step"],
+          "temp_bytes": (m["program_memory"] or {}).get("temp_size_in_bytes")}
 
 
 def write(out: str, result: dict) -> None:

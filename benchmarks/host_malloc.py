@@ -1,6 +1,6 @@
 """Host memory on CPU: train steps and a large block reused, under glibc malloc settings (GLIBC_TUNABLES presets).
 
-    python -m benchmarks.host_malloc                  # glibc vs hugetlb, demo cDDPM and SADM steps
+    python -m benchmarks.host_malloc --timed 8        # glibc vs hugetlb, demo cDDPM and SADM steps
     python -m benchmarks.host_malloc --variants glibc,one_heap --rounds 1
 
 XLA:CPU allocates a program's temporaries as one block at every execution (370 MB for the demo
@@ -8,7 +8,8 @@ cDDPM train step) and frees it at the end; glibc maps blocks that large afresh e
 unmaps them when freed, so every step faults its temporaries in again. The variants start
 their worker processes with these GLIBC_TUNABLES (read by glibc when a process starts):
 - `glibc`: none (glibc's defaults, what the package runs with);
-- `hugetlb`: `glibc.malloc.hugetlb=1`, mapped blocks asked for transparent huge pages;
+- `hugetlb`: `glibc.malloc.hugetlb=1`, mapped blocks asked for transparent huge pages (glibc
+  2.35 or later; older versions ignore it);
 - `one_heap`: one arena, no mmap, no trimming: freed blocks stay in the heap for reuse.
 Ops: a fresh 256 MiB block written and freed (ms and minor page faults per round trip). Steps:
 the Trainer's train steps, compiled in the worker, with the user and system CPU seconds and the
@@ -43,24 +44,25 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--calls", type=int, default=9, help="timed round trips of the block (median)")
   args = ap.parse_args(argv)
   args.variants = tuple(v.strip() for v in args.variants.split(","))
-  if len(args.variants) != 2 or not set(args.variants) <= set(TUNABLES):
-    ap.error(f"--variants: two of {', '.join(TUNABLES)}, got {','.join(args.variants)}")
+  chosen = set(args.variants)
+  if len(args.variants) != 2 or len(chosen) != 2 or not chosen <= set(TUNABLES):
+    ap.error(f"--variants: two different ones of {', '.join(TUNABLES)}, got "
+             f"{','.join(args.variants)}")
   return args
 
 
 def block_round_trips(calls: int, mib: int = BLOCK_MIB) -> dict:
   """Median ms and minor page faults of allocating, writing and freeing a `mib` MiB block."""
-  import resource
-
   import numpy as np
+  from benchmarks.train_step import process_usage
   ms, faults = [], []
   for _ in range(calls + 1):  # the first trip maps the block whatever the settings: untimed
-    f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    f0, t0 = process_usage()["minor_faults"], time.perf_counter()
     block = np.empty(mib << 18, np.float32)
     block.fill(1.0)
     del block
     ms.append((time.perf_counter() - t0) * 1e3)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    faults.append(process_usage()["minor_faults"] - f0)
   return {"ms": statistics.median(ms[1:]), "minor_faults": statistics.median(faults[1:])}
 
 
@@ -69,6 +71,11 @@ def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) ->
   if os.environ.get("GLIBC_TUNABLES", "") != TUNABLES[variant]:
     raise SystemExit(f"variant {variant}: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
                      " (the worker's environment did not take effect)")
+  other = sorted(k for k in os.environ if k.startswith("MALLOC_") or
+                 (k == "LD_PRELOAD" and os.environ[k].strip()))
+  if other:
+    raise SystemExit(f"variant {variant}: {', '.join(other)} set in the environment would change "
+                     "the allocator of every variant; unset it")
   out: dict = {"ops": {}, "steps": {}}
   if ops:
     out["ops"][f"{BLOCK_MIB} MiB block: allocate, write, free"] = block_round_trips(calls)

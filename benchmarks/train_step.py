@@ -185,21 +185,13 @@ def synthetic_batch(keys, batch_size: int, res: int, rng) -> dict:
   return out
 
 
-def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: int = 0,
-            profile_steps: int = 0) -> dict:
-  """Compiles and times the Trainer's train step on the first `n_devices` devices.
-
-  `step_s_*` time each step to completion (dispatch + run + block); with `pipelined_steps` > 0
-  the step is also timed as the training loop runs it: that many steps dispatched back to back,
-  one wait at the end (`pipelined_step_s`). `profile_steps` > 0 then traces that many steps
-  with `benchmarks.profile_ops` (per-op device time, in `profile`).
-  """
+def setup(config, n_devices: int):
+  """The Trainer on the first `n_devices` devices, its initial state, two synthetic device
+  batches and the seconds the init program took: `(trainer, state, batches, init_s)`."""
   import jax
   import numpy as np
   from sadm_jax.train import loop
   from sadm_jax.train import sharding as shard_lib
-  from sadm_jax.utils import cost
-
   devices = jax.devices()
   if n_devices > len(devices):
     raise SystemExit(f"asked for {n_devices} devices but {len(devices)} are visible "
@@ -213,12 +205,33 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
   t0 = time.perf_counter()
   state = jax.block_until_ready(trainer.init_state())
   init_s = time.perf_counter() - t0
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-
-  res = slice_size(config)
   rng = np.random.default_rng(0)
-  batches = [trainer.device_batch(synthetic_batch(task.batch_keys, batch_size, res, rng))
+  batches = [trainer.device_batch(synthetic_batch(task.batch_keys, batch_size,
+                                                  slice_size(config), rng))
              for _ in range(2)]
+  return trainer, state, batches, init_s
+
+
+def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: int = 0,
+            profile_steps: int = 0) -> dict:
+  """Compiles and times the Trainer's train step on the first `n_devices` devices.
+
+  `step_s_*` time each step to completion (dispatch + run + block); with `pipelined_steps` > 0
+  the step is also timed as the training loop runs it: that many steps dispatched back to back,
+  one wait at the end (`pipelined_step_s`). `profile_steps` > 0 then traces that many steps
+  with `benchmarks.profile_ops` (per-op device time, in `profile`).
+  """
+  import jax
+  import numpy as np
+  from sadm_jax.utils import cost
+
+  if steps < 1:
+    raise ValueError(f"steps={steps}: time at least one step")
+  devices = jax.devices()
+  trainer, state, batches, init_s = setup(config, n_devices)
+  batch_size = int(config.train.batch_size)
+  res = slice_size(config)
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   key = trainer.train_key
   t0 = time.perf_counter()
   lowered = trainer.train_step.lower(state, batches[0], key, trainer.frozen)
@@ -233,13 +246,13 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
   usage = None
   for i in range(warmup + steps):
     if i == warmup:
-      usage = _usage()
+      usage = process_usage()
     t0 = time.perf_counter()
     state, metrics = compiled(state, batches[i % 2], key, trainer.frozen)
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       runs.append(time.perf_counter() - t0)
-  usage = {k: (v - usage[k]) / steps for k, v in _usage().items()}  # per timed step
+  usage = {k: (v - usage[k]) / steps for k, v in process_usage().items()}  # per timed step
   pipelined = None
   if pipelined_steps:
     t0 = time.perf_counter()
@@ -278,9 +291,8 @@ def measure(config, n_devices: int, steps: int, warmup: int, pipelined_steps: in
           "profile": profile}
 
 
-def _usage() -> dict:
+def process_usage() -> dict:
   """This process's CPU seconds (user, system) and minor page faults so far."""
-  import resource
   r = resource.getrusage(resource.RUSAGE_SELF)
   return {"user_s": r.ru_utime, "sys_s": r.ru_stime, "minor_faults": r.ru_minflt}
 

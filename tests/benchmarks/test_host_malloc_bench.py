@@ -1,13 +1,13 @@
 """benchmarks/host_malloc.py: each variant's worker starts with its GLIBC_TUNABLES; the block row shows the heap reuse."""
 
 import json
-import os
+import platform
 
 import pytest
 
 from benchmarks import host_malloc
 
-GLIBC = hasattr(os, "confstr") and bool(os.confstr("CS_GNU_LIBC_VERSION") or "")
+GLIBC = platform.libc_ver()[0] == "glibc"
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
@@ -27,13 +27,18 @@ def test_block_row_for_two_variants(tmp_path):
 
 def test_worker_refuses_an_environment_that_did_not_take(monkeypatch):
   monkeypatch.setenv("GLIBC_TUNABLES", "")
+  monkeypatch.delenv("LD_PRELOAD", raising=False)
   with pytest.raises(SystemExit, match="did not take effect"):
     host_malloc.worker("hugetlb", False, [], 1, 1)
   assert host_malloc.worker("glibc", False, [], 1, 1) == {"ops": {}, "steps": {}}
+  monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # would change every variant's allocator
+  with pytest.raises(SystemExit, match="MALLOC_ARENA_MAX set in the environment"):
+    host_malloc.worker("glibc", False, [], 1, 1)
 
 
 def test_variants_are_checked_and_need_their_own_processes():
-  with pytest.raises(SystemExit):
-    host_malloc.parse_args(["--variants", "glibc"])
+  for bad in ("glibc", "glibc,glibc", "glibc,hugetlb,one_heap", "glibc,x"):
+    with pytest.raises(SystemExit):
+      host_malloc.parse_args(["--variants", bad])
   with pytest.raises(SystemExit, match="--subprocess 1"):
     host_malloc.main(["--steps", "", "--rounds", "1", "--subprocess", "0", "--out", ""])

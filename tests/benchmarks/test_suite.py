@@ -96,12 +96,12 @@ def test_profile_categories():
 
 
 def test_usage_counts_cpu_seconds_and_page_faults():
-  """train_step._usage: what the timed steps' per-step CPU and fault figures are differences of."""
+  """train_step.process_usage: what the timed steps' per-step CPU and fault figures are differences of."""
   import numpy as np
-  before = train_step._usage()
+  before = train_step.process_usage()
   block = np.ones(8 << 20, np.float32)  # 32 MiB written: faults, and CPU time
   block += 1.0
-  after = train_step._usage()
+  after = train_step.process_usage()
   assert set(before) == {"user_s", "sys_s", "minor_faults"}
   assert after["minor_faults"] > before["minor_faults"]
   assert after["user_s"] + after["sys_s"] > before["user_s"] + before["sys_s"]
