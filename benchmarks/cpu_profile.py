@@ -135,16 +135,19 @@ def worker(config_name: str, size: str, batch_size: int) -> None:
   trainer, state, batches, _ = ts.setup(config, 1)
   args = (batches[0], trainer.train_key, trainer.frozen)
   step = trainer.train_step.lower(state, *args).compile()
-  steps, t0 = 0, None
+  steps, t0, u0 = 0, None, None
   while True:
     state, metrics = step(state, *args)
     jax.block_until_ready(metrics)
     steps += 1
     if steps == 2:
-      t0 = time.perf_counter()
+      t0, u0 = time.perf_counter(), ts.process_usage()
       print("READY", flush=True)
-    elif steps > 2:
-      print(f"STEP_S {(time.perf_counter() - t0) / (steps - 2):.4f}", flush=True)
+    elif steps > 2:  # per step since READY: wall, user and system CPU seconds, minor faults
+      n, u = steps - 2, ts.process_usage()
+      print(f"STEP_S {(time.perf_counter() - t0) / n:.4f} {(u['user_s'] - u0['user_s']) / n:.4f} "
+            f"{(u['sys_s'] - u0['sys_s']) / n:.4f} {(u['minor_faults'] - u0['minor_faults']) / n:.0f}",
+            flush=True)
 
 
 def profile(args) -> dict:
@@ -186,7 +189,7 @@ def profile(args) -> dict:
       proc.kill()
       proc.wait()
       reader.join(timeout=10)
-    steps = [float(x.split()[1]) for x in lines if x.startswith("STEP_S")]
+    steps = [[float(v) for v in x.split()[1:]] for x in lines if x.startswith("STEP_S")]
     report = ["perf", "report", "-i", data, "--stdio", "-g", "none", "--percent-limit", "0"]
     selfs = subprocess.run(report + ["--no-children", "--sort", "dso,sym", "-n"],
                            capture_output=True, text=True, check=True).stdout
@@ -198,7 +201,9 @@ def profile(args) -> dict:
   entry = inclusive(children)
   shares = categorise(selfs, entry["page faults"])
   return {"config": args.config, "size": args.size, "batch": args.batch, "seconds": args.seconds,
-          "frequency": args.frequency, "step_s": steps[-1] if steps else None,
+          "frequency": args.frequency, "step_s": steps[-1][0] if steps else None,
+          "per_step_while_sampled": (dict(zip(("wall_s", "cpu_user_s", "cpu_sys_s",
+                                               "minor_faults"), steps[-1])) if steps else None),
           "shares_percent": shares, "inclusive_percent_at_least": entry}
 
 
@@ -211,8 +216,11 @@ def main(argv=None) -> dict:
   from benchmarks import train_step as ts
   result = {**profile(args), "command": "python -m benchmarks.cpu_profile " + shlex.join(
       argv if argv is not None else sys.argv[1:]), "machine": ts.machine_info()}
-  print(f"{args.config} ({args.size}) train step, {result['step_s'] or float('nan'):.3f} s/step "
-        f"while sampled; share of the sampled CPU time:")
+  per = result["per_step_while_sampled"] or {}
+  print(f"{args.config} ({args.size}) train step while sampled: {per.get('wall_s', float('nan')):.3f}"
+        f" s/step, CPU user {per.get('cpu_user_s', float('nan')):.3f} s + system "
+        f"{per.get('cpu_sys_s', float('nan')):.3f} s, {per.get('minor_faults', float('nan')):.0f} "
+        "minor faults per step; share of the sampled CPU time:")
   for name, pct in sorted(result["shares_percent"].items(), key=lambda kv: -kv[1]):
     print(f"  {pct:6.1f} %  {name}")
   print("inclusive shares of entry points (lower bounds: stacks through JIT code do not always "
