@@ -201,7 +201,7 @@ def profile(args) -> dict:
   entry = inclusive(children)
   shares = categorise(selfs, entry["page faults"])
   return {"config": args.config, "size": args.size, "batch": args.batch, "seconds": args.seconds,
-          "frequency": args.frequency, "step_s": steps[-1][0] if steps else None,
+          "frequency": args.frequency,
           "per_step_while_sampled": (dict(zip(("wall_s", "cpu_user_s", "cpu_sys_s",
                                                "minor_faults"), steps[-1])) if steps else None),
           "shares_percent": shares, "inclusive_percent_at_least": entry}
