@@ -1,0 +1,196 @@
+"""Every convolution of a compiled train step, timed on its own: which ones the step's time is in.
+
+    python -m benchmarks.step_convs --config cddpm --size demo [--top 25] [--out JSON]
+
+Compiles the Trainer's train step (as `benchmarks.train_step`), reads the convolutions out of its
+optimised HLO (operand shapes, window, dimension labels, and the JAX op they came from), and runs
+each as a lone jitted `lax.conv_general_dilated` with the same shapes and dimension numbers
+(median of `--iters` calls after one untimed call; a kernel reversal is not reproduced, it does
+not change the work). On CPU a `jax.profiler` trace cannot tell this: XLA:CPU runs a convolution
+asynchronously on its thread pool and the trace marks only its launch. Each convolution is
+classed by its role: the forward pass, the input gradient (backward pass, window = the kernel)
+or the weight gradient (backward pass, window = the activation: XLA writes dL/dW as a
+convolution of the input with dL/dy over a "batch" of input channels). Prints the totals per
+role and the most expensive convolutions; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import statistics
+import sys
+import time
+
+_SHAPE = re.compile(r"%([\w.\-]+) = f32\[([\d,]*)\]")
+_CONV = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = f32\[([\d,]*)\]\S* convolution\(%([\w.\-]+), "
+                   r"%([\w.\-]+)\), window=\{([^}]*)\}, dim_labels=([0-9a-z]+_[0-9a-z]+->[0-9a-z]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_LETTERS = {"b": "N", "f": "C", "i": "I", "o": "O", "0": "H", "1": "W"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--config", choices=("cddpm", "spark", "sadm"), default="cddpm")
+  ap.add_argument("--size", choices=("tiny", "demo", "paper"), default="demo")
+  ap.add_argument("--batch", type=int, default=0, help="global batch; 0 = the config's")
+  ap.add_argument("--iters", type=int, default=5, help="timed calls per convolution (median)")
+  ap.add_argument("--top", type=int, default=20, help="convolutions listed, most expensive first")
+  ap.add_argument("--out", default="", help="JSON path; default benchmarks/results/"
+                  "step_convs_<config>_<size>_<backend>.json")
+  return ap.parse_args(argv)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+  return tuple(int(s) for s in text.split(",") if s)
+
+
+def parse_window(window: str) -> dict:
+  """HLO `window={size=3x3 stride=2x2 pad=1_1x1_1 lhs_dilate=… rhs_dilate=…}` as lax arguments."""
+  fields = dict(kv.split("=", 1) for kv in window.split())
+  pair = lambda key: tuple(int(v) for v in fields.get(key, "").split("x") if v)
+  size = pair("size")
+  ones = (1,) * len(size)
+  pad = ([tuple(int(v) for v in p.split("_")) for p in fields["pad"].split("x")]
+         if "pad" in fields else [(0, 0)] * len(size))
+  return {"size": size, "strides": pair("stride") or ones, "padding": pad,
+          "lhs_dilation": pair("lhs_dilate") or ones, "rhs_dilation": pair("rhs_dilate") or ones}
+
+
+def dimension_numbers(labels: str) -> tuple[str, str, str]:
+  """HLO dim_labels (e.g. `b01f_01io->b01f`) as lax dimension-number strings (NHWC, HWIO, NHWC)."""
+  lhs, rest = labels.split("_")
+  rhs, out = rest.split("->")
+  return tuple("".join(_LETTERS[ch] for ch in part) for part in (lhs, rhs, out))
+
+
+def role(conv: dict) -> str:
+  """'forward', 'input gradient' or 'weight gradient'.
+
+  Backward-pass convolutions carry `transpose(` in their JAX op name, or none at all when XLA
+  made them; of those, a weight gradient's output spans the kernel's few pixels while its window
+  spans the activation, so its output has fewer pixels than its window (an input gradient on a
+  2×2 activation with a 3×3 kernel would be counted as one too; in the models here that is rare
+  and cheap).
+  """
+  if conv["op_name"] and "transpose(" not in conv["op_name"]:
+    return "forward"
+  out_dims = dimension_numbers(conv["dim_labels"])[2]
+  out_pixels = conv["out_shape"][out_dims.index("H")] * conv["out_shape"][out_dims.index("W")]
+  window = conv["window"]["size"]
+  return "weight gradient" if out_pixels < window[0] * window[1] else "input gradient"
+
+
+def parse_convolutions(hlo: str) -> list[dict]:
+  """The f32 convolutions of an optimised HLO module's text, with their operands' shapes."""
+  shapes = {m.group(1): _ints(m.group(2)) for m in _SHAPE.finditer(hlo)}
+  convs = []
+  for line in hlo.splitlines():
+    m = _CONV.match(line)
+    if not m:
+      continue
+    name, out, lhs, rhs, window, labels = m.groups()
+    op = _OP_NAME.search(line)
+    conv = {"name": name, "lhs_shape": shapes[lhs], "rhs_shape": shapes[rhs],
+            "out_shape": _ints(out), "window": parse_window(window), "dim_labels": labels,
+            "op_name": op.group(1) if op else ""}
+    conv["role"] = role(conv)
+    convs.append(conv)
+  return convs
+
+
+def flops(conv: dict) -> float:
+  """2 × output elements × (kernel window × input features)."""
+  rhs_dims = dimension_numbers(conv["dim_labels"])[1]
+  k = conv["rhs_shape"]
+  per_output = k[rhs_dims.index("H")] * k[rhs_dims.index("W")] * k[rhs_dims.index("I")]
+  n_out = 1
+  for d in conv["out_shape"]:
+    n_out *= d
+  return 2.0 * n_out * per_output
+
+
+def time_convolution(conv: dict, iters: int) -> float:
+  """Median seconds of the convolution as a lone jitted `lax.conv_general_dilated`."""
+  import jax
+  import jax.numpy as jnp
+  w = conv["window"]
+  fn = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
+      x, k, w["strides"], w["padding"], w["lhs_dilation"], w["rhs_dilation"],
+      dimension_numbers=dimension_numbers(conv["dim_labels"])))
+  x = jnp.full(conv["lhs_shape"], 0.1, jnp.float32)
+  k = jnp.full(conv["rhs_shape"], 0.01, jnp.float32)
+  y = jax.block_until_ready(fn(x, k))
+  if tuple(y.shape) != tuple(conv["out_shape"]):
+    raise RuntimeError(f"{conv['name']}: rebuilt with shape {y.shape}, HLO says {conv['out_shape']}")
+  runs = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(x, k))
+    runs.append(time.perf_counter() - t0)
+  return statistics.median(runs)
+
+
+def summarise(convs: list[dict]) -> dict:
+  """Per role: count, seconds, GFLOP and GFLOP/s; plus the total."""
+  out = {}
+  for r in ("forward", "input gradient", "weight gradient"):
+    sel = [c for c in convs if c["role"] == r]
+    s, f = sum(c["seconds"] for c in sel), sum(c["flops"] for c in sel)
+    out[r] = {"count": len(sel), "seconds": s, "gflop": f / 1e9,
+              "gflop_per_s": f / s / 1e9 if s else None}
+  s, f = sum(c["seconds"] for c in convs), sum(c["flops"] for c in convs)
+  out["all"] = {"count": len(convs), "seconds": s, "gflop": f / 1e9,
+                "gflop_per_s": f / s / 1e9 if s else None}
+  return out
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  import jax
+  from absl import flags
+  from benchmarks import ab
+  from benchmarks import train_step as ts
+  flags.FLAGS.mark_as_parsed()
+  config = ts.build_config(args.config, args.size, args.batch, "float32")
+  trainer, state, batches, _ = ts.setup(config, 1)
+  compiled = trainer.train_step.lower(state, batches[0], trainer.train_key,
+                                      trainer.frozen).compile()
+  for i in range(3):  # the step itself, for scale
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batches[i % 2], trainer.train_key, trainer.frozen)
+    jax.block_until_ready((state, metrics))
+    step_s = time.perf_counter() - t0
+  convs = parse_convolutions(compiled.as_text())
+  if not convs:
+    raise SystemExit("no float32 convolution found in the step's optimised HLO")
+  for c in convs:
+    c["seconds"] = time_convolution(c, args.iters)
+    c["flops"] = flops(c)
+  table = summarise(convs)
+  print(f"{args.config} ({args.size}) train step, {jax.default_backend()}: last of 3 steps "
+        f"{step_s:.3f} s; its {len(convs)} convolutions one by one: "
+        f"{table['all']['seconds'] * 1e3:.1f} ms")
+  print(f"{'role':18s} {'count':>5s} {'ms':>8s} {'GFLOP':>7s} {'GFLOP/s':>8s}")
+  for r, t in table.items():
+    print(f"{r:18s} {t['count']:5d} {t['seconds'] * 1e3:8.1f} {t['gflop']:7.2f} "
+          f"{t['gflop_per_s'] or 0:8.1f}")
+  print(f"\nmost expensive {args.top}: ms, GFLOP/s, role, input × kernel -> output, window, JAX op")
+  for c in sorted(convs, key=lambda c: -c["seconds"])[:args.top]:
+    print(f"{c['seconds'] * 1e3:7.2f} {c['flops'] / c['seconds'] / 1e9:6.1f}  {c['role']:15s} "
+          f"{c['lhs_shape']} x {c['rhs_shape']} -> {c['out_shape']} {c['window']['size']} "
+          f"{c['op_name'][-60:]}")
+  result = {"command": "python -m benchmarks.step_convs " + shlex.join(argv or sys.argv[1:]),
+            "machine": ts.machine_info(), "config": args.config, "size": args.size,
+            "step_s": step_s, "iters": args.iters, "table": table, "convolutions": convs}
+  out = args.out or os.path.join("benchmarks", "results",
+                                 f"step_convs_{args.config}_{args.size}_{jax.default_backend()}.json")
+  ab.write(out, result)
+  print(f"wrote {out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
