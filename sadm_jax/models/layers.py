@@ -56,14 +56,21 @@ class GroupNorm32(nn.Module):
       raise ValueError(f"GroupNorm: {c} channels are not divisible by {g} groups")
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    xg = x.astype(jnp.float32).reshape(x.shape[:-1] + (g, c // g))  # [B, ..., G, C/G]
-    axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
-    centred = xg - staged.expand(staged.staged_mean(xg, axes, keepdims=True), xg.shape)
-    var = staged.staged_mean(jnp.square(centred), axes, keepdims=True)  # [B, 1.., G, 1]
-    mul = jax.lax.rsqrt(var + self.epsilon) * scale.reshape(g, c // g)  # [B, 1.., G, C/G]
-    shift = bias.reshape((1,) * (xg.ndim - 2) + (g, c // g))
-    y = centred * staged.expand(mul, xg.shape) + staged.expand(shift, xg.shape)
-    return y.reshape(x.shape).astype(x.dtype)
+    return group_norm(x, scale, bias, g, self.epsilon)
+
+
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
+               epsilon: float = 1e-5) -> jax.Array:
+  """GroupNorm32's computation: x [B, ..., C], scale/bias [C] -> [B, ..., C] in x.dtype."""
+  c, g = x.shape[-1], groups
+  xg = x.astype(jnp.float32).reshape(x.shape[:-1] + (g, c // g))  # [B, ..., G, C/G]
+  axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
+  centred = xg - staged.expand(staged.staged_mean(xg, axes, keepdims=True), xg.shape)
+  var = staged.staged_mean(jnp.square(centred), axes, keepdims=True)  # [B, 1.., G, 1]
+  mul = jax.lax.rsqrt(var + epsilon) * scale.reshape(g, c // g)  # [B, 1.., G, C/G]
+  shift = bias.reshape((1,) * (xg.ndim - 2) + (g, c // g))
+  y = centred * staged.expand(mul, xg.shape) + staged.expand(shift, xg.shape)
+  return y.reshape(x.shape).astype(x.dtype)
 
 
 class Conv(nn.Module):

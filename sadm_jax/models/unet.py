@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sadm_jax.models import staged
 from sadm_jax.models.layers import Conv, GroupNorm32, torch_bias_init, torch_kernel_init, zeros_init
+from sadm_jax.models.norm_act import GroupNormSiLU
 
 Dtype = Any
 
@@ -68,7 +68,7 @@ class ResBlock(nn.Module):
   def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
     # x: [B, H, W, C_in], emb: [B, E] -> [B, H', W', C_out]
     c_in, c_out = x.shape[-1], self.out_channels
-    h = nn.silu(GroupNorm32(self.num_groups, name="in_norm")(x))
+    h = GroupNormSiLU(self.num_groups, name="in_norm")(x)
     if self.resample == "down":
       h, x = _avg_pool2(h), _avg_pool2(x)
     elif self.resample == "up":
@@ -79,9 +79,8 @@ class ResBlock(nn.Module):
 
     emb_out = _dense(2 * c_out, emb.shape[-1], self.dtype, "emb_proj")(nn.silu(emb))
     scale, shift = jnp.split(emb_out[:, None, None, :], 2, axis=-1)  # [B, 1, 1, C_out] each
-    h = GroupNorm32(self.num_groups, name="out_norm")(h)
-    h = h * staged.expand(1 + scale, h.shape) + staged.expand(shift, h.shape)
-    h = _conv(c_out, c_out, 3, self.dtype, "out_conv", zero=True)(nn.silu(h))
+    h = GroupNormSiLU(self.num_groups, name="out_norm")(h, film=(scale, shift))
+    h = _conv(c_out, c_out, 3, self.dtype, "out_conv", zero=True)(h)
 
     if c_in != c_out:
       x = _conv(c_out, c_in, 1, self.dtype, "skip")(x)
@@ -155,7 +154,7 @@ class OutputHead(nn.Module):
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, H, W, out]
-    h = nn.silu(GroupNorm32(self.num_groups, name="norm")(h))
+    h = GroupNormSiLU(self.num_groups, name="norm")(h)
     return _conv(self.out_channels, h.shape[-1], 3, self.dtype, "conv", zero=True)(h)
 
 
