@@ -1,17 +1,17 @@
-"""GroupNorm → [FiLM] → SiLU on CPU: differentiated as composed vs the recomputing VJP.
+"""GroupNorm → [FiLM] → SiLU differentiated as composed vs through the recomputing VJP.
 
     python -m benchmarks.norm_act                        # ops + demo cDDPM train step
     python -m benchmarks.norm_act --ops "" --steps cddpm:paper:4 --rounds 1 --timed 2 \
         --out benchmarks/results/norm_act_paper_cpu.json
 
 `plain` (the package default) empties `norm_act.RECOMPUTE_BACKENDS`, so `norm_act.GroupNormSiLU`
-is differentiated as composed; `recompute` puts the backend in use there, so that the UNet's
-GroupNorm → [FiLM] → SiLU take the recomputing VJP. Ops: forward +
-VJP (input, GroupNorm scale and bias, FiLM scale and shift) at the demo and paper UNet's widest
-shapes, with the largest error of the input gradient relative to a float64 computation. Train
-steps also record the program's temporary bytes and the minor page faults per step. Variants
-alternate round by round, each in a fresh process (`benchmarks.ab`); prints a table and writes
-JSON (`--out`).
+is differentiated as composed; `recompute` lists the backend in use there, so that the UNet's
+GroupNorm → [FiLM] → SiLU take the recomputing VJP (on whichever backend JAX runs, e.g. a GPU).
+Ops: forward + VJP (input, GroupNorm scale and bias, FiLM scale and shift) at the demo and paper
+UNet's widest shapes, with the largest error of the input gradient relative to a float64
+computation (flax's GroupNorm, the FiLM and SiLU, differentiated in float64). Train steps also
+record the program's temporary bytes and the minor page faults per step. Variants alternate round
+by round, each in a fresh process (`benchmarks.ab`); prints a table and writes JSON (`--out`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def _set_variant(name: str) -> None:
 def _time_op(variant: str, shape, groups: int, film: bool,
              calls: int) -> dict:
   """Median ms of forward + VJP of `GroupNormSiLU`; input-gradient error vs float64."""
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -61,11 +62,17 @@ def _time_op(variant: str, shape, groups: int, film: bool,
   fm = (tuple(jnp.asarray(0.3 * rng.standard_normal(f_shape), jnp.float32) for _ in range(2))
         if film else None)
   g = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-  with jax.enable_x64(True):  # float64 reference: the composition differentiated as is
-    _set_variant("plain")
+  with jax.enable_x64(True):  # float64 reference: flax's GroupNorm, the FiLM, SiLU, autodiff
+    gn = nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=False,
+                      param_dtype=jnp.float64)
+
+    def composed(p, x, f):
+      h = gn.apply(p, x)
+      return nn.silu(h if f is None else h * (1 + f[0]) + f[1])
+
     to64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
-    ref = jax.vjp(lambda p, x, f: m.apply(p, x, f), to64(params), to64(x),
-                  to64(fm))[1](jnp.asarray(g, jnp.float64))[1]
+    ref = jax.vjp(composed, to64(params), to64(x), to64(fm))[1](jnp.asarray(g, jnp.float64))[1]
+    assert ref.dtype == jnp.float64
   _set_variant(variant)
   fn = jax.jit(lambda p, x, f: jax.vjp(lambda p_, x_, f_: m.apply(p_, x_, f_), p, x, f)[1](g))
   got = fn(params, x, fm)[1]

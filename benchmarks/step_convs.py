@@ -11,7 +11,8 @@ asynchronously on its thread pool and the trace marks only its launch. Each conv
 classed by its role: the forward pass, the input gradient (backward pass, window = the kernel)
 or the weight gradient (backward pass, window = the activation: XLA writes dL/dW as a
 convolution of the input with dL/dy over a "batch" of input channels). Prints the totals per
-role and the most expensive convolutions; writes JSON.
+role and the most expensive convolutions; writes JSON. For XLA:CPU programs (on a GPU the
+convolutions are cuDNN custom calls, which this does not read); 2-D float32 convolutions only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import time
 
 _SHAPE = re.compile(r"%([\w.\-]+) = f32\[([\d,]*)\]")
 _CONV = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = f32\[([\d,]*)\]\S* convolution\(%([\w.\-]+), "
-                   r"%([\w.\-]+)\), window=\{([^}]*)\}, dim_labels=([0-9a-z]+_[0-9a-z]+->[0-9a-z]+)")
+                   r"%([\w.\-]+)\), window=\{([^}]*)\}, dim_labels=([0-9a-z]+_[0-9a-z]+->[0-9a-z]+)"
+                   r"(?:, feature_group_count=(\d+))?(?:, batch_group_count=(\d+))?")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _LETTERS = {"b": "N", "f": "C", "i": "I", "o": "O", "0": "H", "1": "W"}
 
@@ -63,20 +65,30 @@ def dimension_numbers(labels: str) -> tuple[str, str, str]:
   """HLO dim_labels (e.g. `b01f_01io->b01f`) as lax dimension-number strings (NHWC, HWIO, NHWC)."""
   lhs, rest = labels.split("_")
   rhs, out = rest.split("->")
+  if any(len(part) != 4 or set(part) - set(_LETTERS) for part in (lhs, rhs, out)):
+    raise SystemExit(f"step_convs: dim_labels {labels!r} is not a 2-D convolution's")
   return tuple("".join(_LETTERS[ch] for ch in part) for part in (lhs, rhs, out))
 
 
-def role(conv: dict) -> str:
+def _forward_name(op_name: str) -> str:
+  """A backward-pass op name (`…/transpose(jvp(M))/…`) as its forward op's (`…/jvp(M)/…`)."""
+  return re.sub(r"transpose\((jvp\([^()]*\))\)", r"\1", op_name)
+
+
+def role(conv: dict, kernels: dict[str, tuple[int, ...]]) -> str:
   """'forward', 'input gradient' or 'weight gradient'.
 
   Backward-pass convolutions carry `transpose(` in their JAX op name, or none at all when XLA
-  made them; of those, a weight gradient's output spans the kernel's few pixels while its window
-  spans the activation, so its output has fewer pixels than its window (an input gradient on a
-  2×2 activation with a 3×3 kernel would be counted as one too; in the models here that is rare
-  and cheap).
+  made them. A weight gradient's output has its forward convolution's kernel shape (`kernels`:
+  forward op name -> sorted kernel shape; an input gradient's has the activation's). Without a
+  forward match: a weight gradient's output spans the kernel's few pixels while its window spans
+  the activation, so its output has fewer pixels than its window.
   """
   if conv["op_name"] and "transpose(" not in conv["op_name"]:
     return "forward"
+  kernel = kernels.get(_forward_name(conv["op_name"]))
+  if kernel is not None:
+    return "weight gradient" if tuple(sorted(conv["out_shape"])) == kernel else "input gradient"
   out_dims = dimension_numbers(conv["dim_labels"])[2]
   out_pixels = conv["out_shape"][out_dims.index("H")] * conv["out_shape"][out_dims.index("W")]
   window = conv["window"]["size"]
@@ -91,46 +103,56 @@ def parse_convolutions(hlo: str) -> list[dict]:
     m = _CONV.match(line)
     if not m:
       continue
-    name, out, lhs, rhs, window, labels = m.groups()
+    name, out, lhs, rhs, window, labels, feature_groups, batch_groups = m.groups()
+    missing = [o for o in (lhs, rhs) if o not in shapes]
+    if missing:
+      raise SystemExit(f"step_convs: convolution {name}: operand {missing[0]} is not float32 "
+                       "or not defined in the module")
     op = _OP_NAME.search(line)
-    conv = {"name": name, "lhs_shape": shapes[lhs], "rhs_shape": shapes[rhs],
-            "out_shape": _ints(out), "window": parse_window(window), "dim_labels": labels,
-            "op_name": op.group(1) if op else ""}
-    conv["role"] = role(conv)
-    convs.append(conv)
+    convs.append({"name": name, "lhs_shape": shapes[lhs], "rhs_shape": shapes[rhs],
+                  "out_shape": _ints(out), "window": parse_window(window), "dim_labels": labels,
+                  "feature_group_count": int(feature_groups or 1),
+                  "batch_group_count": int(batch_groups or 1),
+                  "op_name": op.group(1) if op else ""})
+  kernels = {c["op_name"]: tuple(sorted(c["rhs_shape"])) for c in convs
+             if c["op_name"] and "transpose(" not in c["op_name"]}
+  for c in convs:
+    c["role"] = role(c, kernels)
   return convs
 
 
+def _rebuilt(conv: dict):
+  """The convolution as a `lax.conv_general_dilated` function of (input, kernel)."""
+  import jax
+  w = conv["window"]
+  return lambda x, k: jax.lax.conv_general_dilated(
+      x, k, w["strides"], w["padding"], w["lhs_dilation"], w["rhs_dilation"],
+      dimension_numbers=dimension_numbers(conv["dim_labels"]),
+      feature_group_count=conv.get("feature_group_count", 1),
+      batch_group_count=conv.get("batch_group_count", 1))
+
+
 def flops(conv: dict) -> float:
-  """2 × output elements × (kernel window × input features)."""
-  rhs_dims = dimension_numbers(conv["dim_labels"])[1]
-  k = conv["rhs_shape"]
-  per_output = k[rhs_dims.index("H")] * k[rhs_dims.index("W")] * k[rhs_dims.index("I")]
-  n_out = 1
-  for d in conv["out_shape"]:
-    n_out *= d
-  return 2.0 * n_out * per_output
+  """`sadm_jax.utils.cost`'s count of the rebuilt convolution: 2 × output elements × window ×
+  kernel input features (an input dilation's inserted zeros included, as XLA counts them)."""
+  import jax
+  from sadm_jax.utils import cost
+  args = [jax.ShapeDtypeStruct(conv[k], "float32") for k in ("lhs_shape", "rhs_shape")]
+  return cost.traced_matmul_flops(_rebuilt(conv), *args)
 
 
 def time_convolution(conv: dict, iters: int) -> float:
   """Median seconds of the convolution as a lone jitted `lax.conv_general_dilated`."""
   import jax
   import jax.numpy as jnp
-  w = conv["window"]
-  fn = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
-      x, k, w["strides"], w["padding"], w["lhs_dilation"], w["rhs_dilation"],
-      dimension_numbers=dimension_numbers(conv["dim_labels"])))
+  from benchmarks import ab
+  fn = jax.jit(_rebuilt(conv))
   x = jnp.full(conv["lhs_shape"], 0.1, jnp.float32)
   k = jnp.full(conv["rhs_shape"], 0.01, jnp.float32)
-  y = jax.block_until_ready(fn(x, k))
-  if tuple(y.shape) != tuple(conv["out_shape"]):
-    raise RuntimeError(f"{conv['name']}: rebuilt with shape {y.shape}, HLO says {conv['out_shape']}")
-  runs = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(x, k))
-    runs.append(time.perf_counter() - t0)
-  return statistics.median(runs)
+  shape = tuple(jax.eval_shape(fn, x, k).shape)
+  if shape != tuple(conv["out_shape"]):
+    raise RuntimeError(f"{conv['name']}: rebuilt with shape {shape}, HLO says {conv['out_shape']}")
+  return statistics.median(ab.time_calls(fn, (x, k), iters))
 
 
 def summarise(convs: list[dict]) -> dict:
@@ -149,6 +171,8 @@ def summarise(convs: list[dict]) -> dict:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
+  if args.iters < 1 or args.top < 0:
+    raise SystemExit(f"step_convs: --iters must be ≥ 1 and --top ≥ 0 (got {args.iters}, {args.top})")
   import jax
   from absl import flags
   from benchmarks import ab
@@ -182,7 +206,8 @@ def main(argv=None) -> dict:
     print(f"{c['seconds'] * 1e3:7.2f} {c['flops'] / c['seconds'] / 1e9:6.1f}  {c['role']:15s} "
           f"{c['lhs_shape']} x {c['rhs_shape']} -> {c['out_shape']} {c['window']['size']} "
           f"{c['op_name'][-60:]}")
-  result = {"command": "python -m benchmarks.step_convs " + shlex.join(argv or sys.argv[1:]),
+  given = sys.argv[1:] if argv is None else argv
+  result = {"command": "python -m benchmarks.step_convs " + shlex.join(given),
             "machine": ts.machine_info(), "config": args.config, "size": args.size,
             "step_s": step_s, "iters": args.iters, "table": table, "convolutions": convs}
   out = args.out or os.path.join("benchmarks", "results",

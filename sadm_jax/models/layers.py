@@ -62,15 +62,36 @@ class GroupNorm32(nn.Module):
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
                epsilon: float = 1e-5) -> jax.Array:
   """GroupNorm32's computation: x [B, ..., C], scale/bias [C] -> [B, ..., C] in x.dtype."""
-  c, g = x.shape[-1], groups
-  xg = x.astype(jnp.float32).reshape(x.shape[:-1] + (g, c // g))  # [B, ..., G, C/G]
-  axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
-  centred = xg - staged.expand(staged.staged_mean(xg, axes, keepdims=True), xg.shape)
+  centred, _, rstd = group_statistics(x, groups, epsilon)
+  return group_normalise(centred, rstd, scale, bias, x.shape, x.dtype)
+
+
+def grouped(x: jax.Array, groups: int) -> tuple[jax.Array, tuple[int, ...]]:
+  """x [B, ..., C] in float32 as [B, ..., G, C/G], and the axes of its per-group statistics."""
+  c = x.shape[-1]
+  xg = x.astype(jnp.float32).reshape(x.shape[:-1] + (groups, c // groups))
+  return xg, tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
+
+
+def group_statistics(x: jax.Array, groups: int, epsilon: float = 1e-5
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(x − mean [B, ..., G, C/G], mean, 1/√(var + eps)), float32; the statistics keep-dims
+  [B, 1.., G, 1]. Two-pass variance, sums via `staged`."""
+  xg, axes = grouped(x, groups)
+  mean = staged.staged_mean(xg, axes, keepdims=True)
+  centred = xg - staged.expand(mean, xg.shape)
   var = staged.staged_mean(jnp.square(centred), axes, keepdims=True)  # [B, 1.., G, 1]
-  mul = jax.lax.rsqrt(var + epsilon) * scale.reshape(g, c // g)  # [B, 1.., G, C/G]
-  shift = bias.reshape((1,) * (xg.ndim - 2) + (g, c // g))
-  y = centred * staged.expand(mul, xg.shape) + staged.expand(shift, xg.shape)
-  return y.reshape(x.shape).astype(x.dtype)
+  return centred, mean, jax.lax.rsqrt(var + epsilon)
+
+
+def group_normalise(centred: jax.Array, rstd: jax.Array, scale: jax.Array, bias: jax.Array,
+                    shape: tuple[int, ...], dtype: Dtype) -> jax.Array:
+  """centred · rstd · scale + bias ([B, ..., G, C/G], float32) as `shape` [B, ..., C] in `dtype`."""
+  g, cg = centred.shape[-2:]
+  mul = rstd * scale.reshape(g, cg)  # [B, 1.., G, C/G]
+  shift = bias.reshape((1,) * (centred.ndim - 2) + (g, cg))
+  y = centred * staged.expand(mul, centred.shape) + staged.expand(shift, centred.shape)
+  return y.reshape(shape).astype(dtype)
 
 
 class Conv(nn.Module):

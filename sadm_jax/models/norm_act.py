@@ -9,8 +9,9 @@ Its gradients agree with autodiff of the composition up to float32 round-off
 (tests/models/test_norm_act.py).
 
 On XLA:CPU it is slower, so no backend uses it by default (RECOMPUTE_BACKENDS is empty): the
-demo cDDPM train step took 1.09× as long with 1.24× the temporary memory, XLA recomputing the
-sigmoid in each of the backward's reductions (BENCHMARKS.md, "GroupNorm, FiLM and SiLU on CPU").
+demo cDDPM train step took 1.10× as long, XLA writing the recomputed values out as full-size
+arrays instead of fusing them into the reductions that use them (BENCHMARKS.md, "The demo
+step's convolutions, and GroupNorm → FiLM → SiLU").
 On GPUs, where these loops are the memory-bound third of the step, it is unmeasured:
 `python -m benchmarks.norm_act` compares the two there. With the default, the program is the
 composition as written before this module existed (the same optimised HLO).
@@ -18,58 +19,32 @@ composition as written before this module existed (the same optimised HLO).
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sadm_jax.models import layers, staged
 
-Dtype = Any
 # jax.default_backend() values whose programs use the recomputing VJP (none: see above)
 RECOMPUTE_BACKENDS: tuple[str, ...] = ()
 
 
-def _grouped(shape: tuple[int, ...], groups: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """([B, ..., G, C/G], the statistics' axes) for an activation of `shape` [B, ..., C]."""
-  c = shape[-1]
-  gshape = shape[:-1] + (groups, c // groups)
-  return gshape, tuple(range(1, len(gshape) - 2)) + (len(gshape) - 1,)
-
-
-def _statistics(x: jax.Array, groups: int, eps: float) -> tuple[jax.Array, jax.Array]:
-  """Per (sample, group) mean and 1/√(var + eps), float32, keep-dims [B, 1.., G, 1] (two-pass)."""
-  gshape, axes = _grouped(x.shape, groups)
-  xg = x.astype(jnp.float32).reshape(gshape)
-  mean = staged.staged_mean(xg, axes, keepdims=True)
-  centred = xg - staged.expand(mean, gshape)
-  var = staged.staged_mean(jnp.square(centred), axes, keepdims=True)
-  return mean, jax.lax.rsqrt(var + eps)
-
-
-def _pre_activation(x, mean, rstd, scale, bias, film, groups):
-  """(GroupNorm(x) in x.dtype, FiLM output = the SiLU's input), as GroupNorm32 + the FiLM."""
-  gshape, _ = _grouped(x.shape, groups)
-  g, cg = gshape[-2:]
-  centred = x.astype(jnp.float32).reshape(gshape) - staged.expand(mean, gshape)
-  mul = rstd * scale.reshape(g, cg)
-  shift = bias.reshape((1,) * (len(gshape) - 2) + (g, cg))
-  normed = centred * staged.expand(mul, gshape) + staged.expand(shift, gshape)
-  normed = normed.reshape(x.shape).astype(x.dtype)
+def _film(h: jax.Array, film: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+  """h·(1 + film_scale) + film_shift (the UNet's scale-shift), or h without `film`."""
   if film is None:
-    return normed, normed
-  f_scale, f_shift = film
-  return normed, (normed * staged.expand(1 + f_scale, x.shape)
-                  + staged.expand(f_shift, x.shape))
+    return h
+  return h * staged.expand(1 + film[0], h.shape) + staged.expand(film[1], h.shape)
 
 
 def _plain(x, scale, bias, film, groups, eps):
   """The composition as written before this module: GroupNorm32, the FiLM, `jax.nn.silu`."""
-  h = layers.group_norm(x, scale, bias, groups, eps)
-  if film is not None:
-    h = h * staged.expand(1 + film[0], h.shape) + staged.expand(film[1], h.shape)
-  return jax.nn.silu(h)
+  return jax.nn.silu(_film(layers.group_norm(x, scale, bias, groups, eps), film))
+
+
+def _film_grad(d: jax.Array, f: jax.Array) -> jax.Array:
+  """d [B, ..., C] summed over the axes that the FiLM term `f` broadcasts over, in f's shape."""
+  axes = tuple(i for i, (m, n) in enumerate(zip(f.shape, d.shape)) if m == 1 and n != 1)
+  return staged.staged_sum(d, axes, keepdims=True).reshape(f.shape).astype(f.dtype)
 
 
 def _recomputing(groups: int, eps: float):
@@ -80,36 +55,32 @@ def _recomputing(groups: int, eps: float):
     return _plain(x, scale, bias, film, groups, eps)
 
   def fwd(x, scale, bias, film):  # XLA computes the statistics once (common subexpressions)
-    mean, rstd = _statistics(x, groups, eps)
+    _, mean, rstd = layers.group_statistics(x, groups, eps)
     return _plain(x, scale, bias, film, groups, eps), (x, mean, rstd, scale, bias, film)
 
   def bwd(res, dout):
     x, mean, rstd, scale, bias, film = res
-    normed, y = _pre_activation(x, mean, rstd, scale, bias, film, groups)
-    y32 = y.astype(jnp.float32)
+    xg, axes = layers.grouped(x, groups)
+    centred = xg - staged.expand(mean, xg.shape)
+    normed = layers.group_normalise(centred, rstd, scale, bias, x.shape, x.dtype)
+    y32 = _film(normed, film).astype(jnp.float32)
     sig = jax.nn.sigmoid(y32)
     dy = dout.astype(jnp.float32) * (sig * (1.0 + y32 * (1.0 - sig)))  # d silu(y) / dy
-    spatial = tuple(range(1, x.ndim - 1))
     if film is not None:
       f_scale, f_shift = film
-      n32 = normed.astype(jnp.float32)
-      d_shift = staged.staged_sum(dy, spatial, keepdims=True).astype(f_shift.dtype)
-      d_scale = staged.staged_sum(dy * n32, spatial, keepdims=True).astype(f_scale.dtype)
+      d_film = (_film_grad(dy * normed.astype(jnp.float32), f_scale), _film_grad(dy, f_shift))
       dy = dy * (1 + f_scale.astype(jnp.float32))
-      d_film = (d_scale, d_shift)
     else:
-      d_film = film  # None
-    gshape, axes = _grouped(x.shape, groups)
-    xhat = ((x.astype(jnp.float32).reshape(gshape) - mean) * rstd).reshape(x.shape)
+      d_film = None
+    xhat = centred * rstd  # [B, ..., G, C/G]
     channels = tuple(range(x.ndim - 1))
     d_bias = staged.staged_sum(dy, channels).astype(bias.dtype)
-    d_scale_gn = staged.staged_sum(dy * xhat, channels).astype(scale.dtype)
-    dxhat = (dy * scale.astype(jnp.float32)).reshape(gshape)
-    xhat_g = xhat.reshape(gshape)
+    d_scale = staged.staged_sum(dy * xhat.reshape(x.shape), channels).astype(scale.dtype)
+    dxhat = (dy * scale.astype(jnp.float32)).reshape(xg.shape)
     m1 = jnp.mean(dxhat, axes, keepdims=True)
-    m2 = jnp.mean(dxhat * xhat_g, axes, keepdims=True)
-    dx = rstd * (dxhat - m1 - xhat_g * m2)
-    return dx.reshape(x.shape).astype(x.dtype), d_scale_gn, d_bias, d_film
+    m2 = jnp.mean(dxhat * xhat, axes, keepdims=True)
+    dx = rstd * (dxhat - m1 - xhat * m2)
+    return dx.reshape(x.shape).astype(x.dtype), d_scale, d_bias, d_film
 
   op.defvjp(fwd, bwd)
   return op
@@ -121,8 +92,8 @@ def group_norm_silu(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int
   """silu(GroupNorm(x)·(1 + film_scale) + film_shift); without `film`, silu(GroupNorm(x)).
 
   x: [B, ..., C] (C divisible by `groups`); scale, bias: [C] (float32); film: (scale, shift),
-  each broadcastable as [B, 1.., C], e.g. [B, 1, 1, C]. Statistics in float32 (two-pass
-  variance); returns x.dtype.
+  each of x's rank with size 1 on the axes it broadcasts over, e.g. [B, 1, 1, C] or
+  [1, 1, 1, C]. Statistics in float32 (two-pass variance); returns x.dtype.
   """
   if jax.default_backend() not in RECOMPUTE_BACKENDS:
     return _plain(x, scale, bias, film, groups, eps)

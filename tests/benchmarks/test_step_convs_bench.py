@@ -19,6 +19,15 @@ ENTRY %main.1 (x: f32[16,64,64,1], k: f32[3,3,1,16]) -> f32[16,64,64,16] {
   %convolution-base-dilated.5 = f32[16,16,16,32]{3,2,1,0} convolution(%bitcast_add_fusion.47, %transpose_copy_fusion.125), window={size=3x3 pad=1_2x1_2 lhs_dilate=2x2}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(train_step)/transpose(jvp(CDDPM))/encoder/backbone/layer2_0/conv2/conv_general_dilated"}
   %copy_reverse_fusion = f32[4,4,128,16]{3,2,1,0} fusion(%copy.1), kind=kLoop, calls=%fused_computation.18
   %bitcast_add_fusion.55 = f32[128,2,2,128]{3,2,1,0} fusion(%copy.1), kind=kLoop, calls=%fused_computation.19
+  %x4 = f32[16,4,4,128]{3,2,1,0} parameter(2)
+  %k4 = f32[3,3,128,128]{3,2,1,0} parameter(3)
+  %conv_general_dilated.180 = f32[16,2,2,128]{3,2,1,0} convolution(%x4, %k4), window={size=3x3 stride=2x2 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(train_step)/jvp(CDDPM)/encoder/backbone/layer4_0/conv2/conv_general_dilated"}
+  %a4 = f32[128,4,4,16]{3,2,1,0} parameter(4)
+  %g4 = f32[2,2,16,128]{3,2,1,0} parameter(5)
+  %convolution-window-dilated.9 = f32[128,3,3,128]{3,2,1,0} convolution(%a4, %g4), window={size=2x2 pad=1_0x1_0 rhs_dilate=2x2}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(train_step)/transpose(jvp(CDDPM))/encoder/backbone/layer4_0/conv2/conv_general_dilated"}
+  %x5 = f32[2,8,8,16]{3,2,1,0} parameter(6)
+  %k5 = f32[3,3,4,16]{3,2,1,0} parameter(7)
+  %grouped.1 = f32[2,8,8,16]{3,2,1,0} convolution(%x5, %k5), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, feature_group_count=4, metadata={op_name="jit(f)/conv_general_dilated"}
   ROOT %convolution-base-dilated.1 = f32[16,4,4,128]{3,2,1,0} convolution(%copy_reverse_fusion, %bitcast_add_fusion.55), window={size=2x2 pad=1_2x1_2 rhs_dilate=2x2 rhs_reversal=1x1}, dim_labels=01fb_o01i->f01b, metadata={op_name="jit(train_step)/transpose(jvp(CDDPM))/encoder/backbone/layer4_0/conv2/conv_general_dilated"}
 }
 """
@@ -27,7 +36,9 @@ ENTRY %main.1 (x: f32[16,64,64,1], k: f32[3,3,1,16]) -> f32[16,64,64,16] {
 def test_parses_every_convolution_with_its_operand_shapes_and_role():
   convs = {c["name"]: c for c in step_convs.parse_convolutions(HLO)}
   assert list(convs) == ["conv_general_dilated.183", "convolution.93", "convolution.91",
-                         "convolution-base-dilated.5", "convolution-base-dilated.1"]
+                         "convolution-base-dilated.5", "conv_general_dilated.180",
+                         "convolution-window-dilated.9", "grouped.1",
+                         "convolution-base-dilated.1"]
   fwd = convs["conv_general_dilated.183"]
   assert fwd["lhs_shape"] == (16, 64, 64, 1) and fwd["rhs_shape"] == (3, 3, 1, 16)
   assert fwd["out_shape"] == (16, 64, 64, 16) and fwd["role"] == "forward"
@@ -39,6 +50,12 @@ def test_parses_every_convolution_with_its_operand_shapes_and_role():
   assert convs["convolution.91"]["role"] == "weight gradient"
   assert convs["convolution-base-dilated.5"]["role"] == "input gradient"
   assert convs["convolution-base-dilated.5"]["window"]["lhs_dilation"] == (2, 2)
+  # a 3×3 kernel's gradient on a 2×2 activation: more output pixels than window pixels, but
+  # the output has the forward conv's kernel shape
+  assert convs["convolution-window-dilated.9"]["role"] == "weight gradient"
+  assert convs["conv_general_dilated.180"]["role"] == "forward"
+  assert convs["grouped.1"]["feature_group_count"] == 4
+  assert convs["grouped.1"]["batch_group_count"] == 1
   dx = convs["convolution-base-dilated.1"]
   assert dx["role"] == "input gradient"
   assert dx["window"]["rhs_dilation"] == (2, 2) and dx["window"]["padding"] == [(1, 2), (1, 2)]
@@ -52,6 +69,16 @@ def test_dimension_numbers_and_flops():
   assert step_convs.flops(convs["conv_general_dilated.183"]) == 2.0 * 16 * 64 * 64 * 16 * 9
   # a 1×1 conv's weight gradient: 48 × 16 outputs, each a sum over 64 × 64 × 16
   assert step_convs.flops(convs["convolution.93"]) == 2.0 * 48 * 16 * 64 * 64 * 16
+  # grouped: each output sees C_in / groups = 4 input channels
+  assert step_convs.flops(convs["grouped.1"]) == 2.0 * 2 * 8 * 8 * 16 * 9 * 4
+  with pytest.raises(SystemExit, match="not a 2-D convolution"):
+    step_convs.dimension_numbers("b012f_012io->b012f")
+
+
+def test_operand_that_is_not_float32_is_a_clear_error():
+  hlo = HLO.replace("%copy.1 = f32[3,3,1,16]", "%copy.1 = bf16[3,3,1,16]")
+  with pytest.raises(SystemExit, match="conv_general_dilated.183: operand copy.1 is not float32"):
+    step_convs.parse_convolutions(hlo)
 
 
 def test_rebuilt_convolution_has_the_hlo_output_shape_and_a_time():
