@@ -112,6 +112,23 @@ def print_table(table: dict, variants: Sequence[str]) -> None:
     print(f"{key:54s} {t['unit']:7s} {t[a]:9.3f} {t[b]:9.3f} {t['ratio']:16.2f} {err:>28s}")
 
 
+def variant_worker(variant: str, switch: Callable[[str], None], restore: Callable[[], None],
+                   ops: dict[str, Callable[[], dict]], steps: Sequence[str], timed: int) -> dict:
+  """A worker whose variants switch a package setting in this process: `switch(variant)`, each of
+  `ops` (name -> a thunk returning its row; it may switch for a reference computation), then
+  `switch(variant)` again and the train steps (`time_step`); `restore()` after, whatever happens."""
+  out: dict = {"ops": {}, "steps": {}}
+  try:
+    switch(variant)
+    for name, thunk in ops.items():
+      out["ops"][name] = thunk()
+    switch(variant)
+    out["steps"] = {spec: time_step(spec, timed) for spec in steps}
+  finally:
+    restore()
+  return out
+
+
 def time_calls(fn, args: Sequence, calls: int) -> list[float]:
   """Seconds of each of `calls` calls of `fn(*args)` to completion, after one untimed call."""
   import jax

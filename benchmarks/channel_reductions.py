@@ -52,16 +52,13 @@ def _time_op(shape, axes, calls: int = 30) -> dict:
 
 
 def worker(variant: str, ops: bool, steps: list[str], timed: int) -> dict:
-  """One variant's op times (ms) and train steps, in this process."""
+  """One variant's op times (ms) and train steps, in this process; the package default restored."""
   from sadm_jax.models import staged
   default = staged.MIN_INNER_BLOCK
-  _set_variant(variant, default)
-  try:
-    out = {"ops": {op: _time_op(shape, axes) for op, (shape, axes) in OPS.items()} if ops else {},
-           "steps": {spec: ab.time_step(spec, timed) for spec in steps}}
-  finally:
-    _set_variant("staged", default)
-  return out
+  rows = {op: (lambda shape=shape, axes=axes: _time_op(shape, axes))
+          for op, (shape, axes) in (OPS.items() if ops else ())}
+  return ab.variant_worker(variant, lambda v: _set_variant(v, default),
+                           lambda: _set_variant("staged", default), rows, steps, timed)
 
 
 def main(argv=None) -> dict:

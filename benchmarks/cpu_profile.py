@@ -30,6 +30,8 @@ import tempfile
 import threading
 import time
 
+from benchmarks import train_step
+
 # (category, kernel sample?, DSO pattern, symbol pattern), first match wins; self samples of
 # each symbol, matched without its template arguments.
 CATEGORIES = (
@@ -73,9 +75,7 @@ def bare(symbol: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--config", choices=("cddpm", "spark", "sadm"), default="cddpm")
-  ap.add_argument("--size", choices=("tiny", "demo", "paper"), default="demo")
-  ap.add_argument("--batch", type=int, default=0, help="global batch; 0 = the config's")
+  train_step.add_step_args(ap, "demo")
   ap.add_argument("--seconds", type=float, default=8.0, help="sampling time after warm-up")
   ap.add_argument("--frequency", type=int, default=499, help="samples per second per CPU")
   ap.add_argument("--timeout", type=float, default=1800.0,
@@ -130,9 +130,8 @@ def inclusive(children_report: str) -> dict[str, float]:
 def worker(config_name: str, size: str, batch_size: int) -> None:
   """Compiles the train step, says READY after two steps, then steps until killed."""
   import jax
-  from benchmarks import train_step as ts
-  config = ts.build_config(config_name, size, batch_size, "float32")
-  trainer, state, batches, _ = ts.setup(config, 1)
+  config = train_step.build_config(config_name, size, batch_size, "float32")
+  trainer, state, batches, _ = train_step.setup(config, 1)
   args = (batches[0], trainer.train_key, trainer.frozen)
   step = trainer.train_step.lower(state, *args).compile()
   steps, t0, u0 = 0, None, None
@@ -141,10 +140,10 @@ def worker(config_name: str, size: str, batch_size: int) -> None:
     jax.block_until_ready(metrics)
     steps += 1
     if steps == 2:
-      t0, u0 = time.perf_counter(), ts.process_usage()
+      t0, u0 = time.perf_counter(), train_step.process_usage()
       print("READY", flush=True)
     elif steps > 2:  # per step since READY: wall, user and system CPU seconds, minor faults
-      n, u = steps - 2, ts.process_usage()
+      n, u = steps - 2, train_step.process_usage()
       print(f"STEP_S {(time.perf_counter() - t0) / n:.4f} {(u['user_s'] - u0['user_s']) / n:.4f} "
             f"{(u['sys_s'] - u0['sys_s']) / n:.4f} {(u['minor_faults'] - u0['minor_faults']) / n:.0f}",
             flush=True)
@@ -213,9 +212,8 @@ def main(argv=None) -> dict:
     worker(args.config, args.size, args.batch)
     return {}
   from benchmarks import ab
-  from benchmarks import train_step as ts
   result = {**profile(args), "command": "python -m benchmarks.cpu_profile " + shlex.join(
-      argv if argv is not None else sys.argv[1:]), "machine": ts.machine_info()}
+      argv if argv is not None else sys.argv[1:]), "machine": train_step.machine_info()}
   per = result["per_step_while_sampled"] or {}
   print(f"{args.config} ({args.size}) train step while sampled: {per.get('wall_s', float('nan')):.3f}"
         f" s/step, CPU user {per.get('cpu_user_s', float('nan')):.3f} s + system "

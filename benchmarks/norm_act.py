@@ -83,15 +83,11 @@ def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) ->
   """One variant's op times (ms) and train steps, in this process; the package default restored."""
   from sadm_jax.models import norm_act
   default = norm_act.RECOMPUTE_BACKENDS
-  out: dict = {"ops": {}, "steps": {}}
-  try:
-    for op, spec in (OPS.items() if ops else ()):
-      out["ops"][op] = _time_op(variant, *spec, calls)
-    _set_variant(variant)
-    out["steps"] = {spec: ab.time_step(spec, timed) for spec in steps}
-  finally:
-    norm_act.RECOMPUTE_BACKENDS = default
-  return out
+  rows = {op: (lambda spec=spec: _time_op(variant, *spec, calls))
+          for op, spec in (OPS.items() if ops else ())}
+  return ab.variant_worker(variant, _set_variant,
+                           lambda: setattr(norm_act, "RECOMPUTE_BACKENDS", default), rows, steps,
+                           timed)
 
 
 def main(argv=None) -> dict:

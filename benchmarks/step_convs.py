@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 
+from benchmarks import ab, train_step
+
 _SHAPE = re.compile(r"%([\w.\-]+) = f32\[([\d,]*)\]")
 _CONV = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = f32\[([\d,]*)\]\S* convolution\(%([\w.\-]+), "
                    r"%([\w.\-]+)\), window=\{([^}]*)\}, dim_labels=([0-9a-z]+_[0-9a-z]+->[0-9a-z]+)"
@@ -35,9 +37,7 @@ _LETTERS = {"b": "N", "f": "C", "i": "I", "o": "O", "0": "H", "1": "W"}
 
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--config", choices=("cddpm", "spark", "sadm"), default="cddpm")
-  ap.add_argument("--size", choices=("tiny", "demo", "paper"), default="demo")
-  ap.add_argument("--batch", type=int, default=0, help="global batch; 0 = the config's")
+  train_step.add_step_args(ap, "demo")
   ap.add_argument("--iters", type=int, default=5, help="timed calls per convolution (median)")
   ap.add_argument("--top", type=int, default=20, help="convolutions listed, most expensive first")
   ap.add_argument("--out", default="", help="JSON path; default benchmarks/results/"
@@ -145,7 +145,6 @@ def time_convolution(conv: dict, iters: int) -> float:
   """Median seconds of the convolution as a lone jitted `lax.conv_general_dilated`."""
   import jax
   import jax.numpy as jnp
-  from benchmarks import ab
   fn = jax.jit(_rebuilt(conv))
   x = jnp.full(conv["lhs_shape"], 0.1, jnp.float32)
   k = jnp.full(conv["rhs_shape"], 0.01, jnp.float32)
@@ -175,11 +174,9 @@ def main(argv=None) -> dict:
     raise SystemExit(f"step_convs: --iters must be ≥ 1 and --top ≥ 0 (got {args.iters}, {args.top})")
   import jax
   from absl import flags
-  from benchmarks import ab
-  from benchmarks import train_step as ts
   flags.FLAGS.mark_as_parsed()
-  config = ts.build_config(args.config, args.size, args.batch, "float32")
-  trainer, state, batches, _ = ts.setup(config, 1)
+  config = train_step.build_config(args.config, args.size, args.batch, "float32")
+  trainer, state, batches, _ = train_step.setup(config, 1)
   compiled = trainer.train_step.lower(state, batches[0], trainer.train_key,
                                       trainer.frozen).compile()
   for i in range(3):  # the step itself, for scale
@@ -208,7 +205,7 @@ def main(argv=None) -> dict:
           f"{c['op_name'][-60:]}")
   given = sys.argv[1:] if argv is None else argv
   result = {"command": "python -m benchmarks.step_convs " + shlex.join(given),
-            "machine": ts.machine_info(), "config": args.config, "size": args.size,
+            "machine": train_step.machine_info(), "config": args.config, "size": args.size,
             "step_s": step_s, "iters": args.iters, "table": table, "convolutions": convs}
   out = args.out or os.path.join("benchmarks", "results",
                                  f"step_convs_{args.config}_{args.size}_{jax.default_backend()}.json")

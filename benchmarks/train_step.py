@@ -19,12 +19,17 @@ import sys
 import time
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  ap = argparse.ArgumentParser(description=__doc__)
+def add_step_args(ap: argparse.ArgumentParser, size: str) -> None:
+  """--config, --size (default `size`) and --batch: which train step a benchmark builds."""
   ap.add_argument("--config", choices=("cddpm", "spark", "sadm"), default="cddpm")
-  ap.add_argument("--size", choices=("tiny", "demo", "paper"), default="tiny",
+  ap.add_argument("--size", choices=("tiny", "demo", "paper"), default=size,
                   help="tiny (tests), demo (configs/demo.py's networks and grid) or paper")
   ap.add_argument("--batch", type=int, default=0, help="global batch; 0 = the config's")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__)
+  add_step_args(ap, "tiny")
   ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   ap.add_argument("--devices", type=int, default=1, help="use the first N visible devices")

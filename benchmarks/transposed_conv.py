@@ -74,15 +74,10 @@ def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) ->
   """One variant's op times (ms) and train steps, in this process; the package default restored."""
   from sadm_jax.models import layers
   default = layers.ADJOINT_BACKENDS
-  out: dict = {"ops": {}, "steps": {}}
-  try:
-    for op, spec in (OPS.items() if ops else ()):
-      out["ops"][op] = _time_op(variant, default, *spec, calls)
-    _set_variant(variant, default)
-    out["steps"] = {spec: ab.time_step(spec, timed) for spec in steps}
-  finally:
-    layers.ADJOINT_BACKENDS = default
-  return out
+  rows = {op: (lambda spec=spec: _time_op(variant, default, *spec, calls))
+          for op, spec in (OPS.items() if ops else ())}
+  return ab.variant_worker(variant, lambda v: _set_variant(v, default),
+                           lambda: setattr(layers, "ADJOINT_BACKENDS", default), rows, steps, timed)
 
 
 def main(argv=None) -> dict:
