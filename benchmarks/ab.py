@@ -55,7 +55,8 @@ def main(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
   table = summarise(run_rounds(module, variants, args.rounds, worker_args, in_process,
                                variant_env), variants)
   print_table(table, variants)
-  result = {"command": f"python -m {module} " + shlex.join(argv or sys.argv[1:]),
+  given = sys.argv[1:] if argv is None else argv
+  result = {"command": f"python -m {module} " + shlex.join(given),
             "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
             "one_process_per_variant": bool(args.subprocess), "table": table}
   write(args.out, result)

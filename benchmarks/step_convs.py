@@ -81,8 +81,10 @@ def role(conv: dict, kernels: dict[str, tuple[int, ...]]) -> str:
   Backward-pass convolutions carry `transpose(` in their JAX op name, or none at all when XLA
   made them. A weight gradient's output has its forward convolution's kernel shape (`kernels`:
   forward op name -> sorted kernel shape; an input gradient's has the activation's). Without a
-  forward match: a weight gradient's output spans the kernel's few pixels while its window spans
-  the activation, so its output has fewer pixels than its window.
+  forward match (XLA-made convolutions, e.g. 1×1 convs' weight gradients, whose forward passes
+  XLA turned into dots; or nested names such as `jvp(transpose(jvp(…)))`): a weight gradient's
+  output spans the kernel's few pixels while its window spans the activation, so its output has
+  fewer pixels than its window.
   """
   if conv["op_name"] and "transpose(" not in conv["op_name"]:
     return "forward"
@@ -186,7 +188,7 @@ def main(argv=None) -> dict:
     step_s = time.perf_counter() - t0
   convs = parse_convolutions(compiled.as_text())
   if not convs:
-    raise SystemExit("no float32 convolution found in the step's optimised HLO")
+    raise SystemExit("step_convs: no float32 convolution found in the step's optimised HLO")
   for c in convs:
     c["seconds"] = time_convolution(c, args.iters)
     c["flops"] = flops(c)
