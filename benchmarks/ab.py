@@ -113,20 +113,23 @@ def print_table(table: dict, variants: Sequence[str]) -> None:
     print(f"{key:54s} {t['unit']:7s} {t[a]:9.3f} {t[b]:9.3f} {t['ratio']:16.2f} {err:>28s}")
 
 
-def variant_worker(variant: str, switch: Callable[[str], None], restore: Callable[[], None],
+def variant_worker(variant: str, switch: Callable[[str], None], setting: tuple[object, str],
                    ops: dict[str, Callable[[], dict]], steps: Sequence[str], timed: int) -> dict:
-  """A worker whose variants switch a package setting in this process: `switch(variant)`, each of
-  `ops` (name -> a thunk returning its row; it may switch for a reference computation), then
-  `switch(variant)` again and the train steps (`time_step`); `restore()` after, whatever happens."""
+  """A worker whose variants switch a package setting (`setting`: module, attribute name) in
+  this process: `switch(variant)`, each of `ops` (name -> a thunk returning its row; it may switch
+  for a reference computation), then `switch(variant)` again and the train steps (`time_step`);
+  the setting's value from before is put back afterwards, whatever happens."""
+  owner, name = setting
+  before = getattr(owner, name)
   out: dict = {"ops": {}, "steps": {}}
   try:
     switch(variant)
-    for name, thunk in ops.items():
-      out["ops"][name] = thunk()
+    for op, thunk in ops.items():
+      out["ops"][op] = thunk()
     switch(variant)
     out["steps"] = {spec: time_step(spec, timed) for spec in steps}
   finally:
-    restore()
+    setattr(owner, name, before)
   return out
 
 

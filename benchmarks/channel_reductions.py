@@ -58,7 +58,7 @@ def worker(variant: str, ops: bool, steps: list[str], timed: int) -> dict:
   rows = {op: (lambda shape=shape, axes=axes: _time_op(shape, axes))
           for op, (shape, axes) in (OPS.items() if ops else ())}
   return ab.variant_worker(variant, lambda v: _set_variant(v, default),
-                           lambda: _set_variant("staged", default), rows, steps, timed)
+                           (staged, "MIN_INNER_BLOCK"), rows, steps, timed)
 
 
 def main(argv=None) -> dict:

@@ -82,11 +82,9 @@ def _time_op(variant: str, shape, groups: int, film: bool,
 def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) -> dict:
   """One variant's op times (ms) and train steps, in this process; the package default restored."""
   from sadm_jax.models import norm_act
-  default = norm_act.RECOMPUTE_BACKENDS
   rows = {op: (lambda spec=spec: _time_op(variant, *spec, calls))
           for op, spec in (OPS.items() if ops else ())}
-  return ab.variant_worker(variant, _set_variant,
-                           lambda: setattr(norm_act, "RECOMPUTE_BACKENDS", default), rows, steps,
+  return ab.variant_worker(variant, _set_variant, (norm_act, "RECOMPUTE_BACKENDS"), rows, steps,
                            timed)
 
 

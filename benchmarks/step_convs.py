@@ -156,17 +156,17 @@ def time_convolution(conv: dict, iters: int) -> float:
   return statistics.median(ab.time_calls(fn, (x, k), iters))
 
 
+def _totals(convs: list[dict]) -> dict:
+  s, f = sum(c["seconds"] for c in convs), sum(c["flops"] for c in convs)
+  return {"count": len(convs), "seconds": s, "gflop": f / 1e9,
+          "gflop_per_s": f / s / 1e9 if s else None}
+
+
 def summarise(convs: list[dict]) -> dict:
   """Per role: count, seconds, GFLOP and GFLOP/s; plus the total."""
-  out = {}
-  for r in ("forward", "input gradient", "weight gradient"):
-    sel = [c for c in convs if c["role"] == r]
-    s, f = sum(c["seconds"] for c in sel), sum(c["flops"] for c in sel)
-    out[r] = {"count": len(sel), "seconds": s, "gflop": f / 1e9,
-              "gflop_per_s": f / s / 1e9 if s else None}
-  s, f = sum(c["seconds"] for c in convs), sum(c["flops"] for c in convs)
-  out["all"] = {"count": len(convs), "seconds": s, "gflop": f / 1e9,
-                "gflop_per_s": f / s / 1e9 if s else None}
+  out = {r: _totals([c for c in convs if c["role"] == r])
+         for r in ("forward", "input gradient", "weight gradient")}
+  out["all"] = _totals(convs)
   return out
 
 

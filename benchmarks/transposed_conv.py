@@ -77,7 +77,7 @@ def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) ->
   rows = {op: (lambda spec=spec: _time_op(variant, default, *spec, calls))
           for op, spec in (OPS.items() if ops else ())}
   return ab.variant_worker(variant, lambda v: _set_variant(v, default),
-                           lambda: setattr(layers, "ADJOINT_BACKENDS", default), rows, steps, timed)
+                           (layers, "ADJOINT_BACKENDS"), rows, steps, timed)
 
 
 def main(argv=None) -> dict:

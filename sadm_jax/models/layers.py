@@ -49,14 +49,18 @@ class GroupNorm32(nn.Module):
   num_groups: int = 32
   epsilon: float = 1e-5
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [B, ..., C] -> [B, ..., C]
+  def _scale_bias(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`scale`, `bias` [C] (float32) for x [B, ..., C]; C must be divisible by the groups."""
     c, g = x.shape[-1], self.num_groups
     if c % g:
       raise ValueError(f"GroupNorm: {c} channels are not divisible by {g} groups")
-    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    return group_norm(x, scale, bias, g, self.epsilon)
+    return (self.param("scale", nn.initializers.ones, (c,), jnp.float32),
+            self.param("bias", nn.initializers.zeros, (c,), jnp.float32))
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:  # [B, ..., C] -> [B, ..., C]
+    scale, bias = self._scale_bias(x)
+    return group_norm(x, scale, bias, self.num_groups, self.epsilon)
 
 
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,

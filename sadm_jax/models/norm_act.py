@@ -54,9 +54,10 @@ def _recomputing(groups: int, eps: float):
   def op(x, scale, bias, film):
     return _plain(x, scale, bias, film, groups, eps)
 
-  def fwd(x, scale, bias, film):  # XLA computes the statistics once (common subexpressions)
-    _, mean, rstd = layers.group_statistics(x, groups, eps)
-    return _plain(x, scale, bias, film, groups, eps), (x, mean, rstd, scale, bias, film)
+  def fwd(x, scale, bias, film):  # `_plain`'s operations, its statistics kept for `bwd`
+    centred, mean, rstd = layers.group_statistics(x, groups, eps)
+    normed = layers.group_normalise(centred, rstd, scale, bias, x.shape, x.dtype)
+    return jax.nn.silu(_film(normed, film)), (x, mean, rstd, scale, bias, film)
 
   def bwd(res, dout):
     x, mean, rstd, scale, bias, film = res
@@ -100,21 +101,15 @@ def group_norm_silu(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int
   return _recomputing(groups, eps)(x, scale, bias, film)
 
 
-class GroupNormSiLU(nn.Module):
+class GroupNormSiLU(layers.GroupNorm32):
   """`silu(GroupNorm32(x))`, optionally with FiLM in between, via `group_norm_silu`.
 
-  Same parameters as `layers.GroupNorm32` (`scale`, `bias` [C] directly under the module's
-  name), so it replaces `nn.silu(GroupNorm32(...)(x))` in a parameter tree unchanged.
+  GroupNorm32's fields and parameters (`scale`, `bias` [C] directly under the module's name), so
+  it replaces `nn.silu(GroupNorm32(...)(x))` in a parameter tree unchanged.
   """
-  num_groups: int = 32
-  epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x: jax.Array, film: tuple[jax.Array, jax.Array] | None = None
                ) -> jax.Array:  # [B, ..., C] -> [B, ..., C]
-    c, g = x.shape[-1], self.num_groups
-    if c % g:
-      raise ValueError(f"GroupNorm: {c} channels are not divisible by {g} groups")
-    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    return group_norm_silu(x, scale, bias, g, self.epsilon, film)
+    scale, bias = self._scale_bias(x)
+    return group_norm_silu(x, scale, bias, self.num_groups, self.epsilon, film)

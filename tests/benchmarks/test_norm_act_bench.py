@@ -1,6 +1,7 @@
 """benchmarks/norm_act.py: both variants timed against float64, default restored; ab.variant_worker."""
 
 import json
+import types
 
 import jax
 import pytest
@@ -37,12 +38,18 @@ def test_variants_switch_the_recomputing_vjp():
 
 
 def test_variant_worker_switches_before_ops_and_steps_and_restores_on_error():
+  setting = types.SimpleNamespace(value="a")
   calls = []
-  out = ab.variant_worker("b", lambda v: calls.append(("switch", v)),
-                          lambda: calls.append(("restore",)),
-                          {"op": lambda: calls.append(("op",)) or {"ms": 1.0}}, [], 1)
+
+  def switch(v):
+    calls.append(("switch", v))
+    setting.value = v
+
+  out = ab.variant_worker("b", switch, (setting, "value"),
+                          {"op": lambda: calls.append(("op", setting.value)) or {"ms": 1.0}}, [], 1)
   assert out == {"ops": {"op": {"ms": 1.0}}, "steps": {}}
-  assert calls == [("switch", "b"), ("op",), ("switch", "b"), ("restore",)]
+  assert calls == [("switch", "b"), ("op", "b"), ("switch", "b")]
+  assert setting.value == "a"  # restored
 
   calls.clear()
 
@@ -50,6 +57,6 @@ def test_variant_worker_switches_before_ops_and_steps_and_restores_on_error():
     raise RuntimeError("op failed")
 
   with pytest.raises(RuntimeError, match="op failed"):
-    ab.variant_worker("b", lambda v: calls.append(("switch", v)),
-                      lambda: calls.append(("restore",)), {"op": fails}, [], 1)
-  assert calls == [("switch", "b"), ("restore",)]
+    ab.variant_worker("b", switch, (setting, "value"), {"op": fails}, [], 1)
+  assert calls == [("switch", "b")]
+  assert setting.value == "a"  # restored after the error too
