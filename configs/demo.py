@@ -34,23 +34,23 @@ def get_config(arg: str | None = None):
   c.diffusion.frequency = 64.0 * 2 / 3
   c.train.batch_size = 16
   c.train.log_every = 25
-  c.train.eval_every = 50
-  c.train.checkpoint_every = 50
+  c.train.eval_every = 100
+  c.train.checkpoint_every = 100
   c.train.tensorboard = False
   c.evaluate.test_sets = ("Brats21", "ATLAS_v2", "WMH")  # tumour-, stroke-, WMH-like
   # Stage budgets (BENCHMARKS.md, "Demo main job"). At 400 SADM steps (lr 1e-3) the SegUnet had
   # not yet learnt to find anomalies (its validation AUPRC on the tumour-like set was at chance
-  # level, SADM below the cDDPM on validation); more SegUnet steps at lr 2e-3 made it useful (800
-  # steps: AUPRC 7 %, SADM above the cDDPM on validation), paid for with fewer cDDPM steps. The
-  # XLA:CPU convolution fix (2.1× faster paper-size train steps) does not speed up these small
-  # networks (measured: ~0.93 cDDPM steps/s, as before). The faster SADM step (transposed convs,
-  # issue 13, ninth session) saved ~30–45 s here; it buys 50 more cDDPM steps. Where to spend it
-  # was chosen on validation: +100 cDDPM steps raised SADM's mean validation Dice over the three
-  # sets 39.8 → 44.3 (cDDPM 40.7 → 46.2), +150 SADM steps to 41.7; how much, by the time budget
-  # (≈ 17 min on the slower Ice Lake VM; BENCHMARKS.md "Demo main job"). DRAEM masks stay
-  # inside the brain, where evaluation scores.
-  c.demo.cddpm_steps = 350
-  c.demo.sadm_steps = 600
+  # level); more SegUnet steps at lr 2e-3 made it useful (800 steps: AUPRC 7 %). In the ninth
+  # session +100 cDDPM steps raised SADM's mean validation Dice over the three sets 39.8 → 44.3,
+  # +150 SADM steps only to 41.7. The fourteenth session re-budgeted for ≤ 17 minutes with margin
+  # on the slower Ice Lake VM (350/600 steps was estimated at ≈ 17.8 min there), choosing
+  # on validation only (criterion: SADM's mean validation Dice, stages ≤ 500 s on the AMX VM):
+  # 350/600 41.8 (583 s), 350/400 41.4 (475 s), 400/300 44.0 (457 s), 450/300 42.9 (469 s),
+  # 400/400 44.0 (506 s; its best SADM checkpoint was step 300). Validation and checkpoints every
+  # 100 steps instead of 50 (fewer validation passes and saves; the best checkpoint is chosen from
+  # those). DRAEM masks stay inside the brain, where evaluation scores.
+  c.demo.cddpm_steps = 400
+  c.demo.sadm_steps = 300
   c.demo.sadm_learning_rate = 2e-3
   c.anomaly.restrict_to_brain = True
   if arg == "tiny":  # the end-to-end test: the same job, a few steps on the tiny cohort and grid
