@@ -43,7 +43,7 @@ def get_config(arg: str | None = None):
   # level); more SegUnet steps at lr 2e-3 made it useful (800 steps: AUPRC 7 %). In the ninth
   # session +100 cDDPM steps raised SADM's mean validation Dice over the three sets 39.8 → 44.3,
   # +150 SADM steps only to 41.7. The fourteenth session re-budgeted for ≤ 17 minutes with margin
-  # on the slower Ice Lake VM (350/600 steps was estimated at ≈ 17.8 min there), choosing
+  # on the slower Ice Lake VM (350/600 steps was estimated at ≈ 17.8–18.8 min there), choosing
   # on validation only (criterion: SADM's mean validation Dice, stages ≤ 500 s on the AMX VM):
   # 350/600 41.8 (583 s), 350/400 41.4 (475 s), 400/300 44.0 (457 s), 450/300 42.9 (469 s),
   # 400/400 44.0 (506 s; its best SADM checkpoint was step 300). Validation and checkpoints every
