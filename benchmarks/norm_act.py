@@ -44,9 +44,9 @@ def _set_variant(name: str) -> None:
   norm_act.RECOMPUTE_BACKENDS = () if name == "plain" else (jax.default_backend(),)
 
 
-def _time_op(variant: str, shape, groups: int, film: bool,
-             calls: int) -> dict:
-  """Median ms of forward + VJP of `GroupNormSiLU`; input-gradient error vs float64."""
+def _time_op(shape, groups: int, film: bool, calls: int) -> dict:
+  """Median ms of forward + VJP of `GroupNormSiLU` under the variant set by the worker;
+  input-gradient error vs float64."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -73,7 +73,6 @@ def _time_op(variant: str, shape, groups: int, film: bool,
     to64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
     ref = jax.vjp(composed, to64(params), to64(x), to64(fm))[1](jnp.asarray(g, jnp.float64))[1]
     assert ref.dtype == jnp.float64
-  _set_variant(variant)
   fn = jax.jit(lambda p, x, f: jax.vjp(lambda p_, x_, f_: m.apply(p_, x_, f_), p, x, f)[1](g))
   got = fn(params, x, fm)[1]
   return ab.op_row(fn, (params, x, fm), calls, got, ref)
@@ -82,7 +81,7 @@ def _time_op(variant: str, shape, groups: int, film: bool,
 def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) -> dict:
   """One variant's op times (ms) and train steps, in this process; the package default restored."""
   from sadm_jax.models import norm_act
-  rows = {op: (lambda spec=spec: _time_op(variant, *spec, calls))
+  rows = {op: (lambda spec=spec: _time_op(*spec, calls))
           for op, spec in (OPS.items() if ops else ())}
   return ab.variant_worker(variant, _set_variant, (norm_act, "RECOMPUTE_BACKENDS"), rows, steps,
                            timed)
