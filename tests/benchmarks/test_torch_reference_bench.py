@@ -1,4 +1,4 @@
-"""benchmarks/torch_reference.py: presets equal the package's configs; no PyTorch -> exit 2."""
+"""benchmarks/torch_reference{,_nets}.py: presets equal the configs; no PyTorch -> exit 2."""
 
 import sys
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import torch_reference as tr
+from benchmarks import torch_reference_nets as trn
 from configs import cddpm, default, demo, sadm_draem
 from sadm_jax.models import factory
 
@@ -30,7 +31,7 @@ def test_presets_match_the_configs():
   assert tr.PRESETS["tiny"] == _preset_of(t, sadm_draem.get_config("tiny"), t.train.batch_size)
   # Attention only in the middle block: the torch UNet has no other (as the paper config).
   assert tuple(default.get_config().model.unet.attention_resolutions) == ()
-  assert default.get_config().model.encoder.drop_path_rate == tr.DROP_PATH_RATE
+  assert default.get_config().model.encoder.drop_path_rate == trn.DROP_PATH_RATE
 
 
 def test_paper_parameter_counts_are_the_packages():
@@ -55,7 +56,8 @@ def test_without_torch_exits_2_with_one_line(monkeypatch, capsys):
   assert len(err.splitlines()) == 1 and "PyTorch is not installed" in err
 
 
-def test_unknown_size_is_a_usage_error():
+@pytest.mark.parametrize("argv", [["--size", "huge"], ["--steps", "0"], ["--threads", "0"]])
+def test_bad_arguments_are_usage_errors(argv):
   with pytest.raises(SystemExit) as e:
-    tr.parse_args(["--size", "huge"])
+    tr.parse_args(argv)
   assert e.value.code == 2
