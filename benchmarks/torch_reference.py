@@ -22,20 +22,25 @@ from __future__ import annotations
 #   infer  encoder once + UNet at t = 499 + SegUnet probability on --slices slices (no grad).
 #   sadm   SADM step: frozen encoder + UNet at random t (no grad), SegUnet fwd/bwd (BCE) + Adam.
 # Host-side work of the reference's steps (simplex noise with numba, DRAEM anomalies with imgaug)
-# is not included; the package's steps generate simplex noise inside the step.
-# Writes benchmarks/results/torch_reference_<size>_cpu.json unless --out is given.
+# is not included; the package's steps generate simplex noise inside the step. In `sadm` the
+# frozen encoder and UNet run once, in eval mode; the reference runs them in train mode and its
+# encoder twice in DRAEM mode (once on the clean input, unused), so it would cost more, not less.
+# Per program the JSON also has the CPU time and minor page faults per timed call (getrusage);
+# --profile adds one call under torch.profiler (its convolutions' share of the self CPU time).
+# Writes benchmarks/results/torch_reference_<size>[_ftz]_cpu.json unless --out is given.
 
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
 
-# Network sizes of the package's configurations (tests/benchmarks/test_torch_reference.py checks
-# them against configs/): UNet (model_channels, channel_mult, num_res_blocks, num_head_channels,
-# GroupNorm groups), encoder (stage sizes, stem width, cond_dim), SegUnet width exponent, slice
-# side in pixels, and the batch of the train programs.
+# Network sizes of the package's configurations (checked against configs/ by
+# tests/benchmarks/test_torch_reference_bench.py): UNet (model_channels, channel_mult,
+# num_res_blocks, num_head_channels, GroupNorm groups), encoder (stage sizes, stem width,
+# cond_dim), SegUnet width exponent, slice side in pixels, and the batch of the train programs.
 PRESETS = {
     "paper": dict(unet=(128, (1, 2, 2), 3, 64, 32), encoder=((3, 4, 6, 3), 64, 512), segnet_wf=6,
                   size=96, batch=4),
@@ -64,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--flush_denormal", type=int, choices=(0, 1), default=0,
                   help="1: torch.set_flush_denormal(True), the arithmetic XLA:CPU always uses; "
                        "0 (default): PyTorch's default, as the reference runs")
+  ap.add_argument("--profile", action="store_true",
+                  help="one more call per program under torch.profiler: its convolutions' share")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
   for name in ("batch", "slices", "steps", "warmup", "threads"):
@@ -86,6 +93,21 @@ def cpu_model() -> str:
   except OSError:
     return platform.processor() or platform.machine()
   return f"{name} (model {number})"
+
+
+def profile_call(fn) -> dict:
+  """One call of `fn` under torch.profiler: wall s; self CPU s of its convolutions, of all ops."""
+  from torch.profiler import ProfilerActivity, profile
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    t0 = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t0
+  events = prof.key_averages()
+  conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e6
+  return {"wall_s": wall, "conv_self_s": conv,
+          "all_self_s": sum(e.self_cpu_time_total for e in events) / 1e6,
+          "top": sorted(((e.key, e.self_cpu_time_total / 1e6, e.count) for e in events),
+                        key=lambda r: -r[1])[:12]}
 
 
 def count(module) -> int:
@@ -180,13 +202,22 @@ def main(argv=None) -> int:
     for _ in range(args.warmup - 1):
       fns[p]()
     times = []
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.steps):
       t0 = time.perf_counter()
       value = fns[p]()
       times.append(time.perf_counter() - t0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     rows[p] = {"median_s": statistics.median(times), "min_s": min(times), "all_s": times,
-               "first_call_s": first, "last_value": value}
-  result = {"size": args.size, "batch": batch, "slices": args.slices, "threads": args.threads,
+               "first_call_s": first, "last_value": value,
+               "cpu_user_s_per_call": (r1.ru_utime - r0.ru_utime) / args.steps,
+               "cpu_sys_s_per_call": (r1.ru_stime - r0.ru_stime) / args.steps,
+               "minor_faults_per_call": (r1.ru_minflt - r0.ru_minflt) / args.steps}
+    if args.profile:
+      rows[p]["profile"] = profile_call(fns[p])
+  result = {"command": " ".join(
+      ["python -m benchmarks.torch_reference"] + list(sys.argv[1:] if argv is None else argv)),
+            "size": args.size, "batch": batch, "slices": args.slices, "threads": args.threads,
             "flush_denormal": bool(args.flush_denormal), "params": params,
             "torch": torch.__version__, "python": platform.python_version(),
             "machine": cpu_model(), "cpu_count": os.cpu_count(), "programs": rows,
@@ -194,9 +225,16 @@ def main(argv=None) -> int:
   print(f"PyTorch {torch.__version__}, {args.threads} threads, flush_denormal "
         f"{args.flush_denormal}, size {args.size}, "
         f"batch {batch}, {args.slices} inference slices; parameters {params}")
-  print(f"{'program':8s} {'median s':>9s} {'min s':>8s} {'first s':>8s}")
+  print(f"{'program':8s} {'median s':>9s} {'min s':>8s} {'first s':>8s} {'user s':>7s} "
+        f"{'sys s':>6s} {'faults':>8s}  (CPU and minor faults per timed call)")
   for p, r in rows.items():
-    print(f"{p:8s} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['first_call_s']:8.3f}")
+    print(f"{p:8s} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['first_call_s']:8.3f} "
+          f"{r['cpu_user_s_per_call']:7.2f} {r['cpu_sys_s_per_call']:6.2f} "
+          f"{r['minor_faults_per_call']:8.0f}")
+    if "profile" in r:
+      q = r["profile"]
+      print(f"         profiled call: {q['wall_s']:.3f} s, convolutions {q['conv_self_s']:.3f} s "
+            f"of {q['all_self_s']:.3f} s self CPU time")
   out = args.out or os.path.join("benchmarks", "results", f"torch_reference_{args.size}"
                                  f"{'_ftz' if args.flush_denormal else ''}_cpu.json")
   io.write_json(out, result)
