@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -50,15 +51,17 @@ def citations(text: str) -> tuple[list[str], list[str]]:
   return sections, quirks
 
 
-def doc_anchors(text: str) -> tuple[set[str], set[str]]:
-  """(section numbers, quirk numbers) that have a heading in the method document."""
+@functools.lru_cache(maxsize=4)
+def doc_anchors(text: str) -> tuple[frozenset[str], frozenset[str]]:
+  """(section numbers, quirk numbers) that have a heading in the method document (parsed once
+  per text: `unresolved` asks for every scanned line)."""
   sections, quirks = set(), set()
   for line in text.splitlines():
     if m := _DOC_SECTION.match(line):
       sections.add(m.group(1))
     if m := _DOC_QUIRK.match(line):
       quirks.add(str(int(m.group(1))))
-  return sections, quirks
+  return frozenset(sections), frozenset(quirks)
 
 
 def unresolved(text: str, doc_text: str) -> list[str]:
