@@ -25,14 +25,15 @@ from __future__ import annotations
 # is not included; the package's steps generate simplex noise inside the step. In `sadm` the
 # frozen encoder and UNet run once, in eval mode; the reference runs them in train mode and its
 # encoder twice in DRAEM mode (once on the clean input, unused), so it would cost more, not less.
-# Per program the JSON also has the CPU time and minor page faults per timed call (getrusage);
+# Per program the JSON also has the CPU time and minor page faults per timed call (getrusage,
+# via benchmarks.train_step.process_usage);
 # --profile adds one call under torch.profiler (its convolutions' share of the self CPU time).
 # Writes benchmarks/results/torch_reference_<size>[_ftz]_cpu.json unless --out is given.
 
 import argparse
 import os
 import platform
-import resource
+import shlex
 import statistics
 import sys
 import time
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
           f"({sys.executable}); see the usage lines at the top of the script", file=sys.stderr)
     return 2
   from benchmarks.torch_reference_nets import build_networks
+  from benchmarks.train_step import process_usage  # stdlib only at import: no JAX needed
   from sadm_jax.utils import io
 
   torch.set_num_threads(args.threads)
@@ -202,21 +204,20 @@ def main(argv=None) -> int:
     for _ in range(args.warmup - 1):
       fns[p]()
     times = []
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    u0 = process_usage()
     for _ in range(args.steps):
       t0 = time.perf_counter()
       value = fns[p]()
       times.append(time.perf_counter() - t0)
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    use = {k: (v - u0[k]) / args.steps for k, v in process_usage().items()}
     rows[p] = {"median_s": statistics.median(times), "min_s": min(times), "all_s": times,
                "first_call_s": first, "last_value": value,
-               "cpu_user_s_per_call": (r1.ru_utime - r0.ru_utime) / args.steps,
-               "cpu_sys_s_per_call": (r1.ru_stime - r0.ru_stime) / args.steps,
-               "minor_faults_per_call": (r1.ru_minflt - r0.ru_minflt) / args.steps}
+               "cpu_user_s_per_call": use["user_s"], "cpu_sys_s_per_call": use["sys_s"],
+               "minor_faults_per_call": use["minor_faults"]}
     if args.profile:
       rows[p]["profile"] = profile_call(fns[p])
-  result = {"command": " ".join(
-      ["python -m benchmarks.torch_reference"] + list(sys.argv[1:] if argv is None else argv)),
+  result = {"command": "python -m benchmarks.torch_reference " + shlex.join(
+      sys.argv[1:] if argv is None else argv),
             "size": args.size, "batch": batch, "slices": args.slices, "threads": args.threads,
             "flush_denormal": bool(args.flush_denormal), "params": params,
             "torch": torch.__version__, "python": platform.python_version(),
