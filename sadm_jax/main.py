@@ -127,6 +127,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (Orbax) off unless -v is given
   logging.info("stage %s, workdir %s", FLAGS.config.stage, FLAGS.workdir)
   distributed.log_topology(FLAGS.config)
+  # Fewer garbage collections while JAX traces; the stage module's imports (JAX, Flax, ...) are
+  # made first, so that their objects are frozen out of the collector's full passes.
+  from sadm_jax.utils import gc_tuning
+  stage = STAGES.get(str(FLAGS.config.stage))
+  if stage:
+    importlib.import_module(stage.split(":")[0])
+  gc_tuning.apply()
   sys.exit(run_checked(FLAGS.config, FLAGS.workdir))
 
 

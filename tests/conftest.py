@@ -28,6 +28,10 @@ from sadm_jax.utils import compile_log  # noqa: E402
 
 compile_log.install()  # SADM_COMPILE_LOG=<file>: every compilation's time (subprocesses too)
 
+from sadm_jax.utils import gc_tuning  # noqa: E402
+
+gc_tuning.apply()  # the garbage-collector settings `python -m sadm_jax.main` runs with
+
 from absl import flags  # noqa: E402
 
 # grain's multi-worker mode reads absl flags; outside absl.app.run they must be marked parsed.

@@ -1,0 +1,50 @@
+"""sadm_jax.utils.gc_tuning: the collector's threshold raised and import-time objects frozen, unless switched off."""
+
+import gc
+
+import pytest
+
+from benchmarks import gc_settings
+from sadm_jax.utils import gc_tuning
+
+
+@pytest.fixture
+def collector():
+  """Restores the collector's threshold after the test (the session runs with the package's)."""
+  before = gc.get_threshold()
+  yield
+  gc.set_threshold(*before)
+
+
+def test_switched_off_changes_nothing(collector):
+  gc.set_threshold(700, 10, 10)
+  assert gc_tuning.apply({"SADM_GC_DEFAULTS": "0"}) is False
+  assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_raises_generation_0_threshold_and_freezes(collector):
+  gc.set_threshold(700, 10, 10)
+  alive = [[i] for i in range(1000)]  # objects alive now end up in the permanent generation
+  assert gc_tuning.apply({}) is True
+  assert gc.get_threshold() == (gc_tuning.GEN0_THRESHOLD, 10, 10)
+  assert gc.get_freeze_count() >= len(alive)
+  gc.set_threshold(10 * gc_tuning.GEN0_THRESHOLD, 5, 5)  # a higher setting is kept
+  gc_tuning.apply({})
+  assert gc.get_threshold() == (10 * gc_tuning.GEN0_THRESHOLD, 5, 5)
+
+
+def test_benchmark_counts_fewer_collections_with_the_package_settings(collector, monkeypatch):
+  def allocate():  # reference cycles, as tracing makes them
+    for _ in range(60_000):
+      a = []
+      a.append(a)
+  monkeypatch.setattr(gc_settings, "_trace_and_lower", allocate)
+  res = gc_settings.measure(1)
+  assert res["python"]["collections"] >= 60_000 // 700 // 2  # ≈ one per 700 new cycles
+  assert res["package"]["collections"] <= 60_000 // gc_tuning.GEN0_THRESHOLD + 1
+  assert gc.get_threshold() == gc_settings.DEFAULT_THRESHOLD  # measure() leaves Python's
+
+
+def test_benchmark_refuses_bad_repeats(capsys):
+  assert gc_settings.main(["--repeats", "0", "--out", ""]) == 2
+  assert capsys.readouterr().err.strip() == "error: --repeats=0 must be >= 1"
