@@ -85,13 +85,22 @@ def parse_flags(argv):
     _fail(f"{arg or 'a --config override'}: no such config key {hint}")
 
 
-def run_checked(config, workdir: str) -> int:
+def run_checked(config, workdir: str, tune_gc: bool = False) -> int:
   """Validates `config` and runs its stage; a user error (bad config value, bad data, a workdir
-  that is not this run's) is printed once as one `error: ...` line and gives exit code 2."""
+  that is not this run's) is printed once as one `error: ...` line and gives exit code 2.
+
+  tune_gc: once the config is valid, import the stage's module (JAX, Flax, ...) and then set the
+  garbage collector for tracing (`utils.gc_tuning`: those import-time objects frozen out of its
+  passes, a higher generation-0 threshold), as `python -m sadm_jax.main` does.
+  """
   from sadm_jax import validate
   from sadm_jax.train.loop import NonFiniteLossError
   try:
     validate.validate(config, workdir, STAGES)
+    if tune_gc and config.stage in STAGES:
+      from sadm_jax.utils import gc_tuning
+      importlib.import_module(STAGES[config.stage].split(":")[0])
+      gc_tuning.apply()
     run_stage(config, workdir)
   except (ValueError, NonFiniteLossError) as e:  # ConfigError, DataError, RunError,
     # WorkdirError, the stages' own, and a NaN/Inf training loss (its last good step is kept)
@@ -127,14 +136,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (Orbax) off unless -v is given
   logging.info("stage %s, workdir %s", FLAGS.config.stage, FLAGS.workdir)
   distributed.log_topology(FLAGS.config)
-  # Fewer garbage collections while JAX traces; the stage module's imports (JAX, Flax, ...) are
-  # made first, so that their objects are frozen out of the collector's full passes.
-  from sadm_jax.utils import gc_tuning
-  stage = STAGES.get(str(FLAGS.config.stage))
-  if stage:
-    importlib.import_module(stage.split(":")[0])
-  gc_tuning.apply()
-  sys.exit(run_checked(FLAGS.config, FLAGS.workdir))
+  sys.exit(run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Tracing and lowering a network allocate millions of short-lived Python objects. At Python's
 # default generation-0 threshold (700) the collector ran ≈ 2,500 times in the tiny demo job and
-# took ≈ 8 % of its CPU with a warm compilation cache (BENCHMARKS.md, "Garbage collector"); most of
+# took ≈ 8 % of its CPU with a warm compilation cache (BENCHMARKS.md, "Test suite, seventeenth session"); most of
 # that is the full collections, which walk every object JAX, Flax and the other libraries created
 # at import. `apply()` moves those import-time objects out of the collector's reach (`gc.freeze`)
 # and raises the generation-0 threshold, so collections are ≈ 40× rarer. Reference cycles are

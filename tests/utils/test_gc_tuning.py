@@ -48,3 +48,22 @@ def test_benchmark_counts_fewer_collections_with_the_package_settings(collector,
 def test_benchmark_refuses_bad_repeats(capsys):
   assert gc_settings.main(["--repeats", "0", "--out", ""]) == 2
   assert capsys.readouterr().err.strip() == "error: --repeats=0 must be >= 1"
+
+
+def test_the_cli_sets_the_collector_after_validation_only(collector, monkeypatch, tmp_path):
+  """`python -m sadm_jax.main` runs `run_checked(..., tune_gc=True)`: the stage runs with the
+  package's settings; in-process callers that do not ask keep theirs."""
+  from configs import cddpm as cddpm_config
+  from sadm_jax import main as main_lib, validate
+  seen = []
+  monkeypatch.setattr(validate, "validate", lambda *a: None)
+  monkeypatch.setattr(main_lib, "run_stage", lambda c, w: seen.append(gc.get_threshold()))
+  config = cddpm_config.get_config("tiny")
+  gc.set_threshold(700, 10, 10)
+  assert main_lib.run_checked(config, str(tmp_path)) == 0
+  assert main_lib.run_checked(config, str(tmp_path), tune_gc=True) == 0
+  assert seen == [(700, 10, 10), (gc_tuning.GEN0_THRESHOLD, 10, 10)]
+  monkeypatch.setattr(validate, "validate", lambda *a: (_ for _ in ()).throw(ValueError("bad")))
+  gc.set_threshold(700, 10, 10)
+  assert main_lib.run_checked(config, str(tmp_path), tune_gc=True) == 2  # refused: not touched
+  assert gc.get_threshold() == (700, 10, 10)
