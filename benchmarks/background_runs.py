@@ -14,7 +14,6 @@ run too. Prints a table and writes JSON (machine info included). Temporary files
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -90,13 +89,11 @@ def main(argv=None) -> int:
   for r in failed:
     print(f"{r['run']} exited with {r['exit']}:\n{r['output_tail']}", file=sys.stderr)
   if args.out:
-    out = {"benchmark": "background_runs",
-           "command": shlex.join([sys.executable, "-m", "benchmarks.background_runs",
-                                  *(sys.argv[1:] if argv is None else argv)]),
-           "machine": train_step.machine_info(), "runs": rows}
-    with open(args.out + ".tmp", "w") as f:
-      json.dump(out, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
+    from sadm_jax.utils import io
+    given = sys.argv[1:] if argv is None else argv
+    io.write_json(args.out, {"benchmark": "background_runs",
+                             "command": "python -m benchmarks.background_runs " + shlex.join(given),
+                             "machine": train_step.machine_info(), "runs": rows})
     print(f"wrote {args.out}")
   return 1 if failed else 0
 

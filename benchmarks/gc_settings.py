@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import shlex
 import statistics
 import sys
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
   import jax
   jax.config.update("jax_platforms", "cpu")
   from benchmarks import train_step
-  from sadm_jax.utils import gc_tuning
+  from sadm_jax.utils import gc_tuning, io
   res = measure(args.repeats)
   print(f"trace + lower of the tiny cDDPM and SADM-DRAEM train steps and init programs, "
         f"median of {args.repeats}")
@@ -100,15 +99,12 @@ def main(argv=None) -> int:
                    ("package", f"package (freeze, {gc_tuning.GEN0_THRESHOLD})")):
     m = res[v]
     print(f"{label:>28s} {m['cpu_s']:7.2f} {m['gc_s']:8.2f} {m['collections']:11.0f}")
-  out = {"benchmark": "gc_settings", "command": shlex.join([sys.executable, "-m",
-                                                            "benchmarks.gc_settings", *(argv or sys.argv[1:])]),
-         "machine": train_step.machine_info(), "repeats": args.repeats,
+  given = sys.argv[1:] if argv is None else argv
+  out = {"benchmark": "gc_settings", "command": "python -m benchmarks.gc_settings " +
+         shlex.join(given), "machine": train_step.machine_info(), "repeats": args.repeats,
          "gen0_threshold": gc_tuning.GEN0_THRESHOLD, **res}
   if args.out:
-    with open(args.out + ".tmp", "w") as f:
-      json.dump(out, f, indent=1)
-    import os
-    os.replace(args.out + ".tmp", args.out)
+    io.write_json(args.out, out)
     print(f"wrote {args.out}")
   return 0
 

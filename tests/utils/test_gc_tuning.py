@@ -1,19 +1,27 @@
 """sadm_jax.utils.gc_tuning: the collector's threshold raised and import-time objects frozen, unless switched off."""
 
 import gc
+import os
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import gc_settings
 from sadm_jax.utils import gc_tuning
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 @pytest.fixture
 def collector():
-  """Restores the collector's threshold after the test (the session runs with the package's)."""
-  before = gc.get_threshold()
+  """Restores the collector's threshold after the test, and its frozen objects where the session
+  had frozen them (it runs with the package's settings; gc_settings.measure unfreezes)."""
+  before, frozen = gc.get_threshold(), gc.get_freeze_count() > 0
   yield
   gc.set_threshold(*before)
+  if frozen:
+    gc.freeze()
 
 
 def test_switched_off_changes_nothing(collector):
@@ -45,9 +53,12 @@ def test_benchmark_counts_fewer_collections_with_the_package_settings(collector,
   assert gc.get_threshold() == gc_settings.DEFAULT_THRESHOLD  # measure() leaves Python's
 
 
-def test_benchmark_refuses_bad_repeats(capsys):
-  assert gc_settings.main(["--repeats", "0", "--out", ""]) == 2
-  assert capsys.readouterr().err.strip() == "error: --repeats=0 must be >= 1"
+def test_benchmark_refuses_bad_repeats_in_one_line_with_exit_2(tmp_path):
+  out = tmp_path / "result.json"
+  p = subprocess.run([sys.executable, "-m", "benchmarks.gc_settings", "--repeats", "0",
+                      "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert (p.returncode, p.stdout, p.stderr) == (2, "", "error: --repeats=0 must be >= 1\n")
+  assert not out.exists()
 
 
 def test_the_cli_sets_the_collector_after_validation_only(collector, monkeypatch, tmp_path):
