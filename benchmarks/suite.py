@@ -32,6 +32,7 @@ from benchmarks import train_step as ts
 
 WHATS = ("cddpm_train", "sadm_train", "eval", "eval_precision", "data")
 DEFAULT_WHAT = "cddpm_train,sadm_train,eval,data"
+NORM_ACT = ("default", "plain", "recompute")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--data_batches", type=int, default=20)
   ap.add_argument("--profile", type=int, default=0,
                   help="N > 0: also trace N train steps / volumes per row and sum device time per op")
+  ap.add_argument("--norm_act", choices=NORM_ACT, default="default",
+                  help="the UNet's GroupNorm → [FiLM] → SiLU backward: the package's choice for "
+                       "this backend (default), autodiff of the composition (plain) or the "
+                       "recomputing VJP (recompute); see sadm_jax.models.norm_act")
   ap.add_argument("--tag", default="", help="suffix of the JSON name, e.g. h100")
   ap.add_argument("--out", default="", help="JSON path; default benchmarks/results/suite_<...>.json")
   args = ap.parse_args(argv)
@@ -322,6 +327,18 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def set_norm_act(choice: str) -> str:
+  """Sets `norm_act.RECOMPUTE_BACKENDS` for `--norm_act` (in this process); returns the
+  formulation the backend in use then takes ('plain' or 'recompute')."""
+  import jax
+  from sadm_jax.models import norm_act
+  if choice == "plain":
+    norm_act.RECOMPUTE_BACKENDS = ()
+  elif choice == "recompute":
+    norm_act.RECOMPUTE_BACKENDS = (jax.default_backend(),)
+  return "recompute" if jax.default_backend() in norm_act.RECOMPUTE_BACKENDS else "plain"
+
+
 def environment() -> dict:
   import jax
   info = ts.machine_info()
@@ -342,7 +359,7 @@ def environment() -> dict:
 def _result(args, argv, peaks_info, load_before, rows, precision, errors) -> dict:
   return {
       "benchmark": "suite", "config": args.config, "what": args.what, "dtypes": args.dtype,
-      "scaling": args.scaling,
+      "scaling": args.scaling, "norm_act": getattr(args, "norm_act_taken", args.norm_act),
       "command": "python -m benchmarks.suite " + " ".join(sys.argv[1:] if argv is None else argv),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "machine": environment(),
       "matmul_peak": peaks_info, "loadavg_before": list(load_before),
@@ -371,7 +388,9 @@ def main(argv=None) -> dict:
   from sadm_jax.utils.io import write_json
 
   backend, visible = jax.default_backend(), len(jax.devices())
-  print(f"suite: {args.what}, config {args.config}, dtypes {args.dtype}, {backend} "
+  args.norm_act_taken = set_norm_act(args.norm_act)
+  print(f"suite: {args.what}, config {args.config}, dtypes {args.dtype}, "
+        f"GroupNorm-SiLU backward {args.norm_act_taken}, {backend} "
         f"({jax.devices()[0].device_kind}), {visible} visible device(s), jax {jax.__version__}",
         flush=True)
   needs_peak = any(w != "data" and w != "eval_precision" for w in args.what)

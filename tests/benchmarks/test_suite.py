@@ -113,3 +113,19 @@ def test_usage_counts_cpu_seconds_and_page_faults():
   assert set(before) == {"user_s", "sys_s", "minor_faults"}
   assert after["minor_faults"] > before["minor_faults"]
   assert after["user_s"] + after["sys_s"] > before["user_s"] + before["sys_s"]
+
+
+def test_norm_act_switch_sets_the_backend_and_reports_it():
+  import jax
+  from sadm_jax.models import norm_act
+  before = norm_act.RECOMPUTE_BACKENDS
+  try:
+    assert suite.set_norm_act("recompute") == "recompute"
+    assert norm_act.RECOMPUTE_BACKENDS == (jax.default_backend(),)
+    assert suite.set_norm_act("default") == "recompute"  # default leaves the setting alone
+    assert suite.set_norm_act("plain") == "plain" and norm_act.RECOMPUTE_BACKENDS == ()
+  finally:
+    norm_act.RECOMPUTE_BACKENDS = before
+  assert suite.parse_args([]).norm_act == "default"
+  with pytest.raises(SystemExit):
+    suite.parse_args(["--norm_act=fused"])
