@@ -3,8 +3,9 @@
 # GroupNorm -> [FiLM] -> SiLU backward as autodiff of the composition (plain) and as the
 # recomputing VJP (recompute), each with a 2-step kernel profile, then float32 (package default).
 #   benchmarks/gpu_train_variants.sh OUT_DIR [TAG]      e.g. benchmarks/gpu_train_variants.sh $OUT h200
-# Each run is bounded by `timeout` (seconds: T_BF16, T_F32) and writes its JSON (also when cut)
-# and log to OUT_DIR. The runs share a JAX compilation cache (JAX_COMPILATION_CACHE_DIR, default
+# Each run is bounded by `timeout` (seconds: T_FIRST for the first, T_BF16, T_F32) and writes its
+# JSON (also when cut) and log to OUT_DIR. On a fresh H200 the first run's cDDPM compilation,
+# autotuning every convolution, took over 3 minutes (a 195 s limit cut it; BENCHMARKS.md). The runs share a JAX compilation cache (JAX_COMPILATION_CACHE_DIR, default
 # /tmp/sadm_jax_gpu_cache), so a later run may reuse convolution autotuning results: compare
 # compile times within a run, not across runs.
 set -u
@@ -22,6 +23,6 @@ run() {  # name seconds suite-args...
   echo "exit $? ($(date -u +%T))"
   grep -E "matmul peak|ms/step|Error|error|failed" "$out/log_$name.txt" | head -20
 }
-run bf16_plain "${T_BF16:-200}" --dtype=bfloat16 --norm_act=plain --profile=2
+run bf16_plain "${T_FIRST:-420}" --dtype=bfloat16 --norm_act=plain --profile=2
 run bf16_recompute "${T_BF16:-200}" --dtype=bfloat16 --norm_act=recompute --profile=2
 run f32_default "${T_F32:-170}" --dtype=float32
