@@ -102,6 +102,33 @@ def local_mesh(num_devices: int = 0) -> Mesh:
   return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
 
 
+def architecture_groups(segnets: Sequence[inference.SegmentationInference]) -> list[list[int]]:
+  """Indices of the SegUnets that share one architecture (equal module and the same parameter
+  tree, shapes and dtypes), grouped in order of first appearance; e.g. [[0, 2], [1]]."""
+  def signature(s):
+    return (s.module, jax.tree.structure(s.variables),
+            [(a.shape, a.dtype) for a in jax.tree.leaves(s.variables)])
+
+  keys: list = []
+  groups: list[list[int]] = []
+  for i, s in enumerate(segnets):
+    key = signature(s)
+    if key in keys:
+      groups[keys.index(key)].append(i)
+    else:
+      keys.append(key)
+      groups.append([i])
+  return groups
+
+
+def stack_variables(variables: Sequence[dict]) -> dict:
+  """One variables tree as is; several (of one architecture) stacked leaf by leaf on a new
+  leading axis [n, ...]."""
+  if len(variables) == 1:
+    return variables[0]
+  return jax.tree.map(lambda *a: jnp.stack(a), *variables)
+
+
 class VolumeProgram:
   """One jitted program for every run built on one cDDPM (or none), over volumes on a device mesh.
 
@@ -111,6 +138,9 @@ class VolumeProgram:
   B volumes are split over the mesh's 'data' axis (B = a multiple of its size); each device maps
   its volumes one by one, so a volume's numbers do not depend on B or the device count.
   runs: (run id, combination, SegUnet index or None) in output order; settings: `map_settings`.
+  SegUnets of one architecture (`architecture_groups`) share one copy of the network in the
+  program: their weights are stacked and the network is mapped over them, so evaluating n runs of
+  a sweep compiles one SegUnet per architecture instead of n.
   """
 
   def __init__(self, cddpm: inference.CDDPMInference | None,
@@ -121,8 +151,10 @@ class VolumeProgram:
     self.mesh, self.on_device_median = mesh, bool(on_device_median)
     self.needs_residual = cddpm is not None and any(c != "segmentation" for _, c, _ in runs)
     repl = NamedSharding(mesh, P())
+    self.groups = architecture_groups(self.segnets)
     self.variables = jax.device_put(
-        (cddpm.variables if cddpm is not None else {}, [s.variables for s in self.segnets]), repl)
+        (cddpm.variables if cddpm is not None else {},
+         [stack_variables([self.segnets[i].variables for i in g]) for g in self.groups]), repl)
     self.batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
     spec = P(DATA_AXIS)
     mapped = jax.shard_map(self._local, mesh=mesh, in_specs=(P(), spec, spec, spec),
@@ -154,8 +186,18 @@ class VolumeProgram:
             med = am._median_jax(med, am._check_size(s["median_size"]))
           out["median"] = jnp.where(mask, med, jnp.float32(0))
     if self.segnets:
-      out["prob"] = jnp.stack([seg._probability(v, image, per_t if seg.needs_reconstruction
-                                                else None) for seg, v in zip(self.segnets, svars)])
+      probs: list = [None] * len(self.segnets)
+      for group, v in zip(self.groups, svars):
+        seg = self.segnets[group[0]]
+        prob = functools.partial(seg._probability, image=image,
+                                 per_t=per_t if seg.needs_reconstruction else None)
+        if len(group) == 1:
+          probs[group[0]] = prob(v)
+        else:  # one copy of the network, mapped over the group's stacked weights
+          stacked = jax.lax.map(prob, v)  # [len(group), D, H, W]
+          for j, i in enumerate(group):
+            probs[i] = stacked[j]
+      out["prob"] = jnp.stack(probs)
     if self.on_device_median:
       out["maps"] = jnp.stack([
           combine(c, s["lam"], mask, out.get("median"), None if k is None else out["prob"][k],

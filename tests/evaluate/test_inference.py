@@ -48,6 +48,26 @@ def models(eval_config):
   return cddpm, inference.SegmentationInference(seg_module, seg_vars)
 
 
+def test_architecture_groups_and_stacked_variables(models):
+  """SegUnets of one architecture share one copy of the network in the per-volume program."""
+  seg = models[1]
+  x = jnp.zeros((1, H, W, 1))
+  other = inference.SegmentationInference(seg.module,
+                                          random_variables(seg.module.init, x, x, seed=2))
+  input_only = seg.module.clone(use_residual=False)
+  plain = inference.SegmentationInference(input_only,
+                                          random_variables(input_only.init, x, None, seed=3))
+  assert scoring.architecture_groups([seg, plain, other, seg]) == [[0, 2, 3], [1]]
+  assert scoring.architecture_groups([plain]) == [[0]]
+  assert scoring.stack_variables([seg.variables]) is seg.variables
+  stacked = scoring.stack_variables([seg.variables, other.variables])
+  for a, b, s in zip(jax.tree.leaves(seg.variables), jax.tree.leaves(other.variables),
+                     jax.tree.leaves(stacked)):
+    assert s.shape == (2,) + a.shape
+    np.testing.assert_array_equal(s[0], a)
+    np.testing.assert_array_equal(s[1], b)
+
+
 def _volume(seed: int) -> np.ndarray:
   return np.random.default_rng(seed).uniform(0, 1, (D, H, W)).astype(np.float32)
 
