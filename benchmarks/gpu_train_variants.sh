@@ -5,7 +5,8 @@
 #   benchmarks/gpu_train_variants.sh OUT_DIR [TAG]      e.g. benchmarks/gpu_train_variants.sh $OUT h200
 # Each run is bounded by `timeout` (seconds: T_FIRST for the first, T_BF16, T_F32) and writes its
 # JSON (also when cut) and log to OUT_DIR. On a fresh H200 the first run's cDDPM compilation,
-# autotuning every convolution, took over 3 minutes (a 195 s limit cut it; BENCHMARKS.md). The runs share a JAX compilation cache (JAX_COMPILATION_CACHE_DIR, default
+# autotuning every convolution, took over 3 minutes (a 195 s limit cut it; BENCHMARKS.md).
+# The runs share a JAX compilation cache (JAX_COMPILATION_CACHE_DIR, default
 # /tmp/sadm_jax_gpu_cache), so a later run may reuse convolution autotuning results: compare
 # compile times within a run, not across runs.
 set -u

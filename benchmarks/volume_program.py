@@ -68,8 +68,10 @@ def worker(size: str, n: int, repeats: int) -> dict:
   image = b.image[None]
   args = (prog.variables, jnp.asarray(image, jnp.float32), jnp.asarray(image > 0),
           jnp.zeros((1,), jnp.uint32))
+  # `program` is the public handle; a baseline checkout from before it existed has only `_fn`
+  program = getattr(prog, "program", None) or prog._fn
   t0 = time.perf_counter()
-  lowered = prog._fn.lower(*args)
+  lowered = program.lower(*args)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()

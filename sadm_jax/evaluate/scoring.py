@@ -165,6 +165,12 @@ class VolumeProgram:
   def batch(self) -> int:
     return self.mesh.size
 
+  @property
+  def program(self):
+    """The jitted program `dispatch` calls (to lower it for cost analysis): (variables, images,
+    masks, indices) as in the class docstring, `self.variables` first."""
+    return self._fn
+
   def _one(self, variables, image, mask, index) -> dict:
     # image [D, H, W] float32, mask [D, H, W] bool, index uint32 -> dict of [..., D, H, W]
     cvars, svars = variables

@@ -133,6 +133,11 @@ def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
         host[key] = np.concatenate([host[key], v[:sl.stop - sl.start]]) if key in host \
             else v[:sl.stop - sl.start]
     out[n] = [prog.maps(host, b, masks[b]) for b in range(3)], host
+    if on_device_median:  # `program` is what `dispatch` runs: same outputs and shapes
+      shapes = jax.eval_shape(prog.program, prog.variables, images[:1].repeat(n, 0),
+                              masks[:1].repeat(n, 0), indices[:1].repeat(n, 0))
+      assert {k: v.shape for k, v in shapes.items()} == {k: (n,) + v.shape[1:]
+                                                         for k, v in host.items()}
   if 1 in meshes:  # the device count changes neither a volume's outputs nor its maps
     for key in set(out[1][1]) - {"maps"}:
       np.testing.assert_array_equal(out[1][1][key][:3], out[8][1][key][:3], err_msg=key)
