@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--baseline_repo", default="",
                   help="--end_to_end: another checkout (e.g. a worktree of an older commit) "
                        "timed in the same run on 1 device")
+  ap.add_argument("--baseline_devices", default="1",
+                  help="--end_to_end: CPU device counts for the --baseline_repo checkout")
   ap.add_argument("--baseline_workdir", default="",
                   help="--end_to_end: the demo workdir that checkout trained (its checkpoints)")
   ap.add_argument("--runs_dir", default="", help="--end_to_end: scratch dir (tiny demo reused)")
@@ -212,10 +214,11 @@ def end_to_end(args) -> dict:
     codes.append(("baseline", os.path.abspath(args.baseline_repo),
                   args.baseline_workdir or demo_dir))
   counts = [int(n) for n in args.devices.split(",") if n.strip()]
+  baseline_counts = [int(n) for n in args.baseline_devices.split(",") if n.strip()]
   timings: dict[str, list] = {}
   for rep in range(args.repeats):
     for label, code_repo, src in codes:
-      for n in (counts if label == "current" else [1]):
+      for n in (counts if label == "current" else baseline_counts):
         work = tempfile.mkdtemp(prefix=f"eval_{label}{n}_", dir=root)
         r = _time_stage(code_repo, src, arg, work, n)
         shutil.rmtree(work, ignore_errors=True)

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from scipy import ndimage
 
 from sadm_jax.evaluate import anomaly_map as am, inference
+from sadm_jax.utils import xla_flags
 
 DATA_AXIS = "data"
 
@@ -159,7 +160,18 @@ class VolumeProgram:
     spec = P(DATA_AXIS)
     mapped = jax.shard_map(self._local, mesh=mesh, in_specs=(P(), spec, spec, spec),
                            out_specs=spec, check_vma=False)
-    self._fn = jax.jit(mapped)
+    self._fn = jax.jit(mapped, compiler_options=self.compiler_options)
+
+  @property
+  def compiler_options(self) -> dict | None:
+    """The program's own XLA options: with two or more SegUnets on CPU, YNNPACK convolutions
+    (`xla_flags.inference_compiler_options`; under the package's training-time setting such
+    programs gave wrong values for one depth slice on several CPU devices, BENCHMARKS.md "Several
+    SegUnets in one evaluation program"); otherwise None (the process's flags: ≈ 17 % faster per
+    volume at the demo's widths on CPU, never seen wrong)."""
+    if len(self.segnets) < 2:
+      return None
+    return xla_flags.inference_compiler_options(self.mesh.devices.flat[0].platform)
 
   @property
   def batch(self) -> int:

@@ -19,6 +19,14 @@ and on CPU several volumes in parallel keep the cores busier than one volume's s
 do (demo evaluation on 2 cores: 96–102 s with 2 devices vs 118–136 s with 1, BENCHMARKS.md).
 Training stages and `predict` (one volume at a time per process) keep one CPU device.
 
+Evaluation programs that hold two or more SegUnets (`scoring.VolumeProgram`) compile with their
+own fusion setting, `inference_compiler_options`: YNNPACK keeps the convolutions there. With XLA's
+convolutions *and* XLA's reductions such a program gave wrong probabilities for one depth slice in
+1-6 of 30 volume results on 8 CPU devices (jaxlib 0.10.2; 0 of 60 with YNNPACK's convolutions or
+YNNPACK's reductions; BENCHMARKS.md, "Several SegUnets in one evaluation program"). It costs
+≈ 17 % per volume at the demo's widths (forward-only YNNPACK convolutions are a little slower
+there), so programs with one SegUnet, never seen wrong, keep the process's setting.
+
 `apply()` adds each default flag to `XLA_FLAGS` only when the user has not set that flag
 already, and only when the run is (or may be) on CPU: the flags are XLA:CPU options and are
 ignored by the GPU compiler, but we leave a GPU run's environment untouched all the same.
@@ -36,6 +44,9 @@ ENV_SWITCH = "SADM_XLA_CPU_DEFAULTS"
 CPU_DEFAULTS: dict[str, str] = {
     "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-reduce,-individual_dot",
 }
+YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+# Inference programs: YNNPACK dot-with-elementwise, elementwise and convolution fusions.
+INFERENCE_YNN_FUSION_TYPES = ("dot", "eltwise", "individual_convolution")
 INFERENCE_STAGES = ("evaluate",)  # these get one CPU device per core
 DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"
 
@@ -63,6 +74,36 @@ def _flag_names(xla_flags: str) -> set[str]:
   return {w[2:].split("=", 1)[0] for w in xla_flags.split() if w.startswith("--")}
 
 
+def _flag_value(xla_flags: str, name: str) -> str | None:
+  """The last value `xla_flags` gives flag `name`, or None when it does not name it."""
+  value = None
+  for w in xla_flags.split():
+    if w.startswith("--") and w[2:].split("=", 1)[0] == name:
+      value = w.split("=", 1)[1] if "=" in w else ""
+  return value
+
+
+def _switched_off(env) -> bool:
+  return env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def inference_compiler_options(platform: str, environ: dict | None = None) -> dict | None:
+  """Per-program XLA options for inference programs on `platform` (None: the process's flags).
+
+  On CPU: YNNPACK keeps convolutions (`INFERENCE_YNN_FUSION_TYPES`), unless `SADM_XLA_CPU_DEFAULTS`
+  is off or the user's `XLA_FLAGS` sets the fusion types to anything but the package default (the
+  user's setting wins). Pass the result as `jax.jit(..., compiler_options=...)`.
+  """
+  env = os.environ if environ is None else environ
+  if platform != "cpu" or _switched_off(env):
+    return None
+  user = _flag_value(env.get("XLA_FLAGS", ""), YNN_FLAG)
+  if user is not None and user != CPU_DEFAULTS[YNN_FLAG]:
+    return None
+  # As a compile option the field takes enum names, not the flag's "+/-type" syntax.
+  return {YNN_FLAG: ",".join(f"LIBRARY_FUSION_TYPE_{t.upper()}" for t in INFERENCE_YNN_FUSION_TYPES)}
+
+
 def _targets_cpu(env) -> bool:
   platforms = env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME") or ""
   if not platforms:
@@ -84,7 +125,7 @@ def apply(environ: dict | None = None, stage: str | None = None) -> list[str]:
   when `SADM_XLA_CPU_DEFAULTS` is '0'/'false' or JAX_PLATFORMS excludes 'cpu'.
   """
   env = os.environ if environ is None else environ
-  if env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+  if _switched_off(env):
     return []
   if not _targets_cpu(env):
     return []

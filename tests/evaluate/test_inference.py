@@ -15,6 +15,7 @@ from sadm_jax.evaluate import inference
 from sadm_jax.evaluate import anomaly_map as am
 from sadm_jax.evaluate import scoring
 from sadm_jax.models import factory
+from sadm_jax.utils import xla_flags
 from tests.helpers import random_variables
 
 D, H, W = 8, 64, 64  # the tiny working grid, slice-major
@@ -122,6 +123,7 @@ def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
   for n in meshes:
     prog = scoring.VolumeProgram(cddpm, [segnet], runs, settings, scoring.local_mesh(n),
                                  on_device_median)
+    assert prog.compiler_options is None  # one SegUnet: the process's XLA flags
     # As the evaluation dispatches: batches of one volume per device (3 batches of 1 on 1
     # device; 3 volumes padded to 8 on 8 devices).
     batches = [slice(b, b + 1) for b in range(3)] if n == 1 else [slice(0, 3)]
@@ -154,6 +156,36 @@ def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
     np.testing.assert_allclose(hwd(out[8][1]["recon"][b]), inf.recon, rtol=0, atol=1e-6)
     np.testing.assert_allclose(hwd(out[8][1]["prob"][b, 0]), inf.seg_prob, rtol=0, atol=1e-6)
     assert (out[8][0][b]["sadm"][~masks[b]] == 0).all()
+
+
+def test_two_segunets_on_eight_devices_equal_per_model_inference(models):
+  """A program holding two SegUnets of one architecture, over 8 CPU devices, gives each SegUnet's
+  own inference probabilities for every volume. Compiled under the package's training-time
+  XLA:CPU setting (XLA's convolutions and reductions), 1-6 of 30 such volume results had one depth
+  slice wrong by ~0.22 (jaxlib 0.10.2); the program now compiles with YNNPACK convolutions
+  (`VolumeProgram.compiler_options`), which gave 0 of 60."""
+  cddpm, segnet = models
+  x = jnp.zeros((1, H, W, 1))
+  other = inference.SegmentationInference(segnet.module,
+                                          random_variables(segnet.module.init, x, x, seed=2))
+  images = np.stack([_volume(40 + i) for i in range(8)])
+  masks = np.stack([_brain()] * 8)
+  indices = np.asarray([inference.volume_index(f"w{i}") for i in range(8)], np.uint32)
+  settings = {"lam": 0.5, "median_size": 1, "erode_mask": 0, "min_component_size": 0,
+              "residual_mode": "ssim"}
+  prog = scoring.VolumeProgram(cddpm, [segnet, other], [("a", "sum", 0), ("b", "sum", 1)],
+                               settings, scoring.local_mesh(8), False)
+  assert prog.compiler_options == xla_flags.inference_compiler_options("cpu") is not None
+  want = {}
+  for b in range(8):
+    rec = cddpm.reconstruct(images[b], int(indices[b]))
+    for k, seg in enumerate((segnet, other)):
+      want[b, k] = np.asarray(seg.probability(images[b], rec))
+  for _ in range(2):  # the wrong slice came and went between dispatches
+    prob = np.asarray(prog.dispatch(images, masks, indices)["prob"])
+    for (b, k), w in want.items():
+      # 1e-4: the program's convolutions are YNNPACK's, the reference's XLA's (round-off ≤ 3e-6)
+      np.testing.assert_allclose(prob[b, k], w, rtol=0, atol=1e-4, err_msg=f"volume {b}, SegUnet {k}")
 
 
 def test_jax_median_equals_scipy_bit_for_bit():

@@ -125,3 +125,42 @@ def test_evaluation_gets_one_cpu_device_per_core():
   env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
   xla_flags.apply(env, stage="evaluate")
   assert env["XLA_FLAGS"].count("device_count") == 1 and "count=3" in env["XLA_FLAGS"]
+
+
+def test_inference_compiler_options_keep_ynnpack_convolutions():
+  """Inference programs compile with YNNPACK convolutions on CPU (the package default of the
+  process, or no setting at all); a user's own fusion types, the switch and GPUs: no options."""
+  default = f"--{xla_flags.YNN_FLAG}={xla_flags.CPU_DEFAULTS[xla_flags.YNN_FLAG]}"
+  for flags in ("", default, "--xla_force_host_platform_device_count=8 " + default):
+    opts = xla_flags.inference_compiler_options("cpu", {"XLA_FLAGS": flags})
+    assert opts == {xla_flags.YNN_FLAG: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,"
+                                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}, flags
+  user = {"XLA_FLAGS": f"--{xla_flags.YNN_FLAG}=-individual_convolution"}
+  assert xla_flags.inference_compiler_options("cpu", user) is None
+  assert xla_flags.inference_compiler_options("cpu", {xla_flags.ENV_SWITCH: "off"}) is None
+  assert xla_flags.inference_compiler_options("gpu", {}) is None
+
+
+def test_inference_compiler_options_take_effect():
+  """The options reach XLA:CPU: with them the convolution is a YNNPACK fusion and the reduction
+  XLA's own; under the process's (package) flags neither is."""
+  import jax
+  import jax.numpy as jnp
+
+  def f(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y, jnp.sum(y, axis=(1, 2))
+
+  x, w = jnp.ones((4, 64, 64, 32)), jnp.ones((3, 3, 32, 32))  # (YNNPACK takes no smaller conv)
+
+  def ynn_ops(opts):
+    text = jax.jit(f, compiler_options=opts).lower(x, w).compile().as_text()
+    entry = text[text.index("ENTRY"):].splitlines()
+    return [("ynn" if "__ynn_fusion" in line else "xla") for line in entry
+            if "convolution(" in line or "fusion(" in line]
+
+  opts = xla_flags.inference_compiler_options("cpu")
+  assert opts is not None  # tests/conftest.py applies the package defaults
+  assert ynn_ops(opts).count("ynn") == 1
+  assert "ynn" not in ynn_ops(None)
