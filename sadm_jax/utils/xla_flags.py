@@ -41,10 +41,10 @@ import os
 ENV_SWITCH = "SADM_XLA_CPU_DEFAULTS"
 
 # flag name -> value (without the leading "--")
-CPU_DEFAULTS: dict[str, str] = {
-    "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-reduce,-individual_dot",
-}
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+CPU_DEFAULTS: dict[str, str] = {
+    YNN_FLAG: "-individual_convolution,-reduce,-individual_dot",
+}
 # Inference programs: YNNPACK dot-with-elementwise, elementwise and convolution fusions.
 INFERENCE_YNN_FUSION_TYPES = ("dot", "eltwise", "individual_convolution")
 INFERENCE_STAGES = ("evaluate",)  # these get one CPU device per core
@@ -88,7 +88,8 @@ def _switched_off(env) -> bool:
 
 
 def inference_compiler_options(platform: str, environ: dict | None = None) -> dict | None:
-  """Per-program XLA options for inference programs on `platform` (None: the process's flags).
+  """Per-program XLA options of an inference program on `platform` (None: the process's flags);
+  used for evaluation programs with two or more SegUnets (`scoring.VolumeProgram`).
 
   On CPU: YNNPACK keeps convolutions (`INFERENCE_YNN_FUSION_TYPES`), unless `SADM_XLA_CPU_DEFAULTS`
   is off or the user's `XLA_FLAGS` sets the fusion types to anything but the package default (the
