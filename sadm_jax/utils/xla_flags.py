@@ -22,10 +22,10 @@ Training stages and `predict` (one volume at a time per process) keep one CPU de
 Evaluation programs that hold two or more SegUnets (`scoring.VolumeProgram`) compile with their
 own fusion setting, `inference_compiler_options`: YNNPACK keeps the convolutions there. With XLA's
 convolutions *and* XLA's reductions such a program gave wrong probabilities for one depth slice in
-1-6 of 30 volume results on 8 CPU devices (jaxlib 0.10.2; 0 of 60 with YNNPACK's convolutions or
-YNNPACK's reductions; BENCHMARKS.md, "Several SegUnets in one evaluation program"). It costs
-≈ 17 % per volume at the demo's widths (forward-only YNNPACK convolutions are a little slower
-there), so programs with one SegUnet, never seen wrong, keep the process's setting.
+1-6 of 60 results (volume × SegUnet) on 8 CPU devices (jaxlib 0.10.2; 0 of 120 with YNNPACK's
+convolutions or YNNPACK's reductions; BENCHMARKS.md, "Several SegUnets in one evaluation
+program"). It costs ≈ 17 % per volume at the demo's widths (forward-only YNNPACK convolutions are
+a little slower there), so programs with one SegUnet, never seen wrong, keep the process's setting.
 
 `apply()` adds each default flag to `XLA_FLAGS` only when the user has not set that flag
 already, and only when the run is (or may be) on CPU: the flags are XLA:CPU options and are

@@ -161,9 +161,9 @@ def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
 def test_two_segunets_on_eight_devices_equal_per_model_inference(models):
   """A program holding two SegUnets of one architecture, over 8 CPU devices, gives each SegUnet's
   own inference probabilities for every volume. Compiled under the package's training-time
-  XLA:CPU setting (XLA's convolutions and reductions), 1-6 of 30 such volume results had one depth
+  XLA:CPU setting (XLA's convolutions and reductions), 1-6 of 60 results (volume × SegUnet) had one depth
   slice wrong by ~0.22 (jaxlib 0.10.2); the program now compiles with YNNPACK convolutions
-  (`VolumeProgram.compiler_options`), which gave 0 of 60."""
+  (`VolumeProgram.compiler_options`), which gave 0 of 120."""
   cddpm, segnet = models
   x = jnp.zeros((1, H, W, 1))
   other = inference.SegmentationInference(segnet.module,
