@@ -73,7 +73,7 @@ def run_rounds(module: str, variants: Sequence[str], rounds: int, worker_args: S
   for r in range(rounds):
     for v in (variants if r % 2 == 0 else variants[::-1]):
       res = (in_process(v) if in_process else
-             _run_worker(module, v, worker_args, (variant_env or {}).get(v, {})))
+             run_worker(module, v, worker_args, (variant_env or {}).get(v, {})))
       for key, value in {**res["ops"], **res["steps"]}.items():
         rows.setdefault(key, {}).setdefault(v, []).append(value)
         if "step_s" in value:
@@ -81,8 +81,10 @@ def run_rounds(module: str, variants: Sequence[str], rounds: int, worker_args: S
   return rows
 
 
-def _run_worker(module: str, variant: str, worker_args: Sequence[str],
-                env: dict[str, str] | None = None) -> dict:
+def run_worker(module: str, variant: str, worker_args: Sequence[str],
+               env: dict[str, str] | None = None) -> dict:
+  """`python -m module --worker variant *worker_args` in a fresh process (`env` added to its
+  environment); returns the JSON its stdout ends with."""
   cmd = [sys.executable, "-m", module, "--worker", variant, *worker_args]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                         env={**os.environ, **env} if env else None)

@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
-import sys
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type="
 VARIANTS = {  # name -> (process XLA flags besides the device count, keep the program's option)
@@ -36,14 +33,14 @@ VARIANTS = {  # name -> (process XLA flags besides the device count, keep the pr
     "ynn_reduce": (YNN + "-individual_convolution,-individual_dot", False),
     "no_defaults": (None, False),
 }
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--variants", default="package,package_no_option",
                   help=f"comma-separated, of {', '.join(VARIANTS)}")
-  ap.add_argument("--devices", type=int, default=8, help="CPU devices = volumes per dispatch (>= 2)")
+  ap.add_argument("--devices", type=int, default=8,
+                  help="CPU devices = volumes per dispatch (>= 2)")
   ap.add_argument("--dispatches", type=int, default=10, help="dispatches per variant (>= 1)")
   ap.add_argument("--atol", type=float, default=1e-4)
   ap.add_argument("--out", default="")
@@ -52,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   names = [v.strip() for v in args.variants.split(",") if v.strip()]
   bad = [v for v in names if v not in VARIANTS]
   if bad or not names:
-    ap.error(f"--variants: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(VARIANTS)}")
+    ap.error(f"--variants: unknown {', '.join(bad) or '(none given)'}; "
+             f"choose from {', '.join(VARIANTS)}")
   if args.devices < 2 or args.dispatches < 1:
     ap.error("--devices must be >= 2 and --dispatches >= 1")
   args.variant_list = names
@@ -106,35 +104,25 @@ def _worker(args) -> dict:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  if args.worker:
-    print("RESULT " + json.dumps(_worker(args)), flush=True)
+  if args.worker:  # (benchmarks/__init__.py applied the package's XLA:CPU defaults, unless off)
+    print(json.dumps(_worker(args)), flush=True)
     return {}
+  from benchmarks.ab import run_worker
   from sadm_jax.utils.io import write_json
   rows = {}
   for name in args.variant_list:
     flags, _ = VARIANTS[name]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO,
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices} {flags or ''}".strip()}
-    if flags is None:
-      env["SADM_XLA_CPU_DEFAULTS"] = "0"
-    else:
-      env.pop("SADM_XLA_CPU_DEFAULTS", None)
-    code = ("import sys; from sadm_jax.utils import xla_flags; xla_flags.apply(); "
-            "from benchmarks import multi_segunet_check as m; m.main(sys.argv[1:])")
-    out = subprocess.run([sys.executable, "-c", code, "--worker", name,
-                          f"--devices={args.devices}", f"--dispatches={args.dispatches}",
-                          f"--atol={args.atol}"], cwd=REPO, env=env, capture_output=True, text=True)
-    found = re.findall(r"^RESULT (.*)$", out.stdout, re.M)
-    if out.returncode != 0 or not found:
-      raise SystemExit(f"variant {name} failed:\n{(out.stdout + out.stderr)[-3000:]}")
-    rows[name] = json.loads(found[-1])
-    r = rows[name]
+    env = {"JAX_PLATFORMS": "cpu", "SADM_XLA_CPU_DEFAULTS": "0" if flags is None else "1",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices} {flags or ''}"}
+    rows[name] = r = run_worker("benchmarks.multi_segunet_check", name,
+                                [f"--devices={args.devices}", f"--dispatches={args.dispatches}",
+                                 f"--atol={args.atol}"], env)
     print(f"{name:20s} wrong {r['wrong']:4d} of {r['results']:4d} volume results, "
           f"max |diff| {r['max_abs_diff']:.3g}", flush=True)
   import jax
   entry = {"devices": args.devices, "dispatches": args.dispatches, "atol": args.atol,
            "variants": rows, "jax": jax.__version__, "cpu_count": os.cpu_count()}
-  path = args.out or os.path.join(REPO, "benchmarks", "results", "multi_segunet_check_cpu.json")
+  path = args.out or os.path.join("benchmarks", "results", "multi_segunet_check_cpu.json")
   write_json(path, entry)
   print("wrote", path)
   return entry

@@ -70,17 +70,14 @@ def cpu_default_flags(stage: str | None = None) -> list[str]:
   return [f"--{k}={v}" for k, v in flags.items()]
 
 
+def _parse_flags(xla_flags: str) -> dict[str, str]:
+  """Flag name -> the last value `xla_flags` gives it ('' for a bare `--name`)."""
+  words = (w[2:].split("=", 1) for w in xla_flags.split() if w.startswith("--"))
+  return {kv[0]: kv[1] if len(kv) > 1 else "" for kv in words}
+
+
 def _flag_names(xla_flags: str) -> set[str]:
-  return {w[2:].split("=", 1)[0] for w in xla_flags.split() if w.startswith("--")}
-
-
-def _flag_value(xla_flags: str, name: str) -> str | None:
-  """The last value `xla_flags` gives flag `name`, or None when it does not name it."""
-  value = None
-  for w in xla_flags.split():
-    if w.startswith("--") and w[2:].split("=", 1)[0] == name:
-      value = w.split("=", 1)[1] if "=" in w else ""
-  return value
+  return set(_parse_flags(xla_flags))
 
 
 def _switched_off(env) -> bool:
@@ -98,11 +95,12 @@ def inference_compiler_options(platform: str, environ: dict | None = None) -> di
   env = os.environ if environ is None else environ
   if platform != "cpu" or _switched_off(env):
     return None
-  user = _flag_value(env.get("XLA_FLAGS", ""), YNN_FLAG)
+  user = _parse_flags(env.get("XLA_FLAGS", "")).get(YNN_FLAG)
   if user is not None and user != CPU_DEFAULTS[YNN_FLAG]:
     return None
   # As a compile option the field takes enum names, not the flag's "+/-type" syntax.
-  return {YNN_FLAG: ",".join(f"LIBRARY_FUSION_TYPE_{t.upper()}" for t in INFERENCE_YNN_FUSION_TYPES)}
+  types = (f"LIBRARY_FUSION_TYPE_{t.upper()}" for t in INFERENCE_YNN_FUSION_TYPES)
+  return {YNN_FLAG: ",".join(types)}
 
 
 def _targets_cpu(env) -> bool:

@@ -161,9 +161,9 @@ def test_volume_program_equals_the_host_anomaly_map(models, on_device_median):
 def test_two_segunets_on_eight_devices_equal_per_model_inference(models):
   """A program holding two SegUnets of one architecture, over 8 CPU devices, gives each SegUnet's
   own inference probabilities for every volume. Compiled under the package's training-time
-  XLA:CPU setting (XLA's convolutions and reductions), 1-6 of 60 results (volume × SegUnet) had one depth
-  slice wrong by ~0.22 (jaxlib 0.10.2); the program now compiles with YNNPACK convolutions
-  (`VolumeProgram.compiler_options`), which gave 0 of 120."""
+  XLA:CPU setting (XLA's convolutions and reductions), 1-6 of 60 results (volume × SegUnet) had
+  one depth slice wrong by ~0.22 (jaxlib 0.10.2); the program now compiles with YNNPACK
+  convolutions (`VolumeProgram.compiler_options`), which gave 0 of 120."""
   cddpm, segnet = models
   x = jnp.zeros((1, H, W, 1))
   other = inference.SegmentationInference(segnet.module,
@@ -185,7 +185,8 @@ def test_two_segunets_on_eight_devices_equal_per_model_inference(models):
     prob = np.asarray(prog.dispatch(images, masks, indices)["prob"])
     for (b, k), w in want.items():
       # 1e-4: the program's convolutions are YNNPACK's, the reference's XLA's (round-off ≤ 3e-6)
-      np.testing.assert_allclose(prob[b, k], w, rtol=0, atol=1e-4, err_msg=f"volume {b}, SegUnet {k}")
+      np.testing.assert_allclose(prob[b, k], w, rtol=0, atol=1e-4,
+                                 err_msg=f"volume {b}, SegUnet {k}")
 
 
 def test_jax_median_equals_scipy_bit_for_bit():
