@@ -167,8 +167,8 @@ class VolumeProgram:
     """The program's own XLA options: with two or more SegUnets on CPU, YNNPACK convolutions
     (`xla_flags.inference_compiler_options`; under the package's training-time setting such
     programs gave wrong values for one depth slice on several CPU devices, BENCHMARKS.md "Several
-    SegUnets in one evaluation program"); otherwise None (the process's flags: ≈ 17 % faster per
-    volume at the demo's widths on CPU, never seen wrong)."""
+    SegUnets in one evaluation program"); otherwise None (the process's flags: faster at the demo's
+    widths on CPU, 57.7 vs 68.1 s for its evaluation stage, and never seen wrong)."""
     if len(self.segnets) < 2:
       return None
     return xla_flags.inference_compiler_options(self.mesh.devices.flat[0].platform)

@@ -24,8 +24,9 @@ own fusion setting, `inference_compiler_options`: YNNPACK keeps the convolutions
 convolutions *and* XLA's reductions such a program gave wrong probabilities for one depth slice in
 1-6 of 60 results (volume × SegUnet) on 8 CPU devices (jaxlib 0.10.2; 0 of 120 with YNNPACK's
 convolutions or YNNPACK's reductions; BENCHMARKS.md, "Several SegUnets in one evaluation
-program"). It costs ≈ 17 % per volume at the demo's widths (forward-only YNNPACK convolutions are
-a little slower there), so programs with one SegUnet, never seen wrong, keep the process's setting.
+program"). Forward-only YNNPACK convolutions are slower at the demo's widths (its evaluation stage
+with every program so compiled: 68.1 vs 57.7 s, `benchmarks/evaluation.py --end_to_end`), so
+programs with one SegUnet, never seen wrong, keep the process's setting.
 
 `apply()` adds each default flag to `XLA_FLAGS` only when the user has not set that flag
 already, and only when the run is (or may be) on CPU: the flags are XLA:CPU options and are
