@@ -145,33 +145,63 @@ def _damage(work: str, step: int, kind: str) -> None:
 
 
 def test_damaged_newest_step_is_moved_aside_and_previous_step_resumes(trained, tmp_path):
-  """Each kind of damage in its own copy of the run; the three resumes run side by side (each
-  process is mostly single-threaded tracing, so 2 cores run them in ~half the time)."""
-  kinds = ("truncated_array", "missing_metadata", "empty_step_dir")
-  works, damaged, procs = {}, {}, {}
-  for kind in kinds:
-    works[kind] = _copy(trained, tmp_path / kind)
-    _damage(works[kind], 8, kind)
-    damaged[kind] = _snapshot(os.path.join(works[kind], "checkpoints", "8"))
-    procs[kind] = subprocess.Popen(_cmd(trained[0], works[kind], steps=8), cwd=REPO, env=ENV,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  for kind in kinds:
-    stdout, stderr = procs[kind].communicate(timeout=900)
-    assert procs[kind].returncode == 0, (kind, stderr[-3000:])
-    ckpt_dir = os.path.join(works[kind], "checkpoints")
-    warnings = [l for l in stderr.splitlines()
-                if f"checkpoint step 8 in {ckpt_dir} cannot be restored" in l]
-    assert len(warnings) == 1 and "moved it aside to 8.damaged-1" in warnings[0], (kind, stderr)
-    assert "resumed from checkpoint step 4" in stdout, kind
-    # Moved aside untouched (never deleted); steps 5-8 retrained into a new step 8.
-    assert _snapshot(os.path.join(ckpt_dir, "8.damaged-1")) == damaged[kind], kind
-    assert sorted(os.listdir(ckpt_dir)) == ["4", "8", "8.damaged-1"], kind
-    with open(os.path.join(works[kind], "metrics.jsonl")) as f:
-      steps = [json.loads(l)["step"] for l in f]
-    assert steps == sorted(steps) and steps[-1] == 8, kind
-    # Steps 5-8 retrained from step 4 give the uninterrupted run's numbers, bit for bit (CPU).
-    for key in ("train/loss", "val/loss"):
-      assert metric_series(works[kind], key) == metric_series(trained[1], key), (kind, key)
+  """A truncated array file in the newest step: the CLI logs it in one line, moves the step
+  aside untouched and retrains steps 5-8 from step 4 to the uninterrupted run's numbers."""
+  work = _copy(trained, tmp_path)
+  _damage(work, 8, "truncated_array")
+  damaged = _snapshot(os.path.join(work, "checkpoints", "8"))
+  res = _run(trained[0], work, steps=8)
+  assert res.returncode == 0, res.stderr[-3000:]
+  ckpt_dir = os.path.join(work, "checkpoints")
+  warnings = [l for l in res.stderr.splitlines()
+              if f"checkpoint step 8 in {ckpt_dir} cannot be restored" in l]
+  assert len(warnings) == 1 and "moved it aside to 8.damaged-1" in warnings[0], res.stderr
+  assert "resumed from checkpoint step 4" in res.stdout
+  # Moved aside untouched (never deleted); steps 5-8 retrained into a new step 8.
+  assert _snapshot(os.path.join(ckpt_dir, "8.damaged-1")) == damaged
+  assert sorted(os.listdir(ckpt_dir)) == ["4", "8", "8.damaged-1"]
+  with open(os.path.join(work, "metrics.jsonl")) as f:
+    steps = [json.loads(l)["step"] for l in f]
+  assert steps == sorted(steps) and steps[-1] == 8
+  # Steps 5-8 retrained from step 4 give the uninterrupted run's numbers, bit for bit (CPU).
+  for key in ("train/loss", "val/loss"):
+    assert metric_series(work, key) == metric_series(trained[1], key), key
+
+
+@pytest.mark.parametrize("kind", ["missing_metadata", "empty_step_dir"])
+def test_other_damage_restores_the_previous_step(trained, tmp_path, kind, caplog):
+  """The other kinds of damage, in process: `Checkpointer.restore_usable` (what a resuming run
+  calls first) moves the step aside untouched and restores step 4 exactly as saved (the test
+  above shows a resume from step 4 retraining to the uninterrupted run's numbers)."""
+  import jax
+  import numpy as np
+
+  from configs import cddpm as cddpm_config
+  from sadm_jax.train import cddpm, loop, sharding
+  from sadm_jax.train.checkpoint import Checkpointer
+  from tests.helpers import with_data
+
+  work = _copy(trained, tmp_path)
+  _damage(work, 8, kind)
+  damaged = _snapshot(os.path.join(work, "checkpoints", "8"))
+  c = with_data(cddpm_config.get_config("tiny"), trained[0])
+  task = cddpm.cddpm_task(c)
+  trainer = loop.Trainer(c, task, sharding.make_mesh(c))
+  loader = lambda: iter(task.train_loader(
+      sharding.local_batch_size(c.train.batch_size, trainer.mesh), 0, 1))
+  target = (trainer.abstract_state, trainer.state_shardings)
+  with Checkpointer(work, async_save=False) as ckpt:
+    step, state, meta = ckpt.restore_usable(*target, loader())
+  assert step == 4 and meta["task"] == "cddpm"
+  ckpt_dir = os.path.join(work, "checkpoints")
+  warnings = [r.getMessage() for r in caplog.records
+              if f"checkpoint step 8 in {ckpt_dir} cannot be restored" in r.getMessage()]
+  assert len(warnings) == 1 and "moved it aside to 8.damaged-1" in warnings[0], warnings
+  assert _snapshot(os.path.join(ckpt_dir, "8.damaged-1")) == damaged
+  assert sorted(os.listdir(ckpt_dir)) == ["4", "8.damaged-1"]
+  with Checkpointer(trained[1], async_save=False, create=False) as original:
+    want, _ = original.restore(*target, loader(), step=4)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(want))
 
 
 def test_no_usable_checkpoint_is_a_clear_error_every_time(trained, tmp_path):
