@@ -1,4 +1,4 @@
-"""Sharded evaluation: 8 fake devices and 2 processes × 4 devices write the metrics.csv of 1 device."""
+"""Sharded evaluation: 2 processes × 4 devices write the metrics.csv of 8 fake devices; 1 device reuses their results."""
 
 from __future__ import annotations
 
@@ -55,38 +55,34 @@ def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: flo
   return [stdout + stderr for _, stdout, stderr in results]
 
 
-def test_one_device_eight_devices_and_two_processes_agree(evaluation, eval_data_dir,
-                                                          tiny_cddpm_dir, tiny_sadm_dir, tmp_path):
-  """The session evaluation ran on 8 fake devices; rerun on 1 device and on 2 processes × 4.
-
-  Every volume result is computed exactly once across the processes, and a rerun with another
-  process count (1) reuses all of them.
+def test_eight_devices_and_two_processes_agree_and_one_device_reuses(evaluation, eval_data_dir,
+                                                                     tiny_cddpm_dir,
+                                                                     tiny_sadm_dir, tmp_path):
+  """The session evaluation ran on 8 fake devices; rerun on 2 processes × 4 devices: the same
+  metrics, every volume result computed exactly once across the processes. A rerun in one
+  process on 1 device reuses all of them and writes the same metrics. (A volume's outputs do not
+  depend on the device count, bit for bit: tests/evaluate/test_inference.py, 1 vs 4 devices.)
   """
   eight, summary8 = evaluation
   assert summary8["devices_per_process"] == 8
-  one = str(tmp_path / "one")
-  c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
-  c.mesh.num_devices = 1
-  summary1 = main_lib.run_stage(c, one)
-  assert summary1["devices_per_process"] == 1
-  _assert_same_metrics(_csv(eight), _csv(one))
-
   two = str(tmp_path / "two" / "work")
   logs = _launch_two(two, eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir)
-  _assert_same_metrics(_csv(two), _csv(one))
+  _assert_same_metrics(_csv(two), _csv(eight))
   computed = []
   for p in range(2):
     with open(os.path.join(two, "eval", f"process_{p}-of-2.json")) as f:
       mine = json.load(f)["computed"]
     assert mine, f"process {p} computed nothing"
     computed += mine
-  assert len(computed) == len(set(computed)) == summary1["volumes_computed"] == 54
+  assert len(computed) == len(set(computed)) == summary8["volumes_computed"] == 54
   assert "54 volume result(s) computed, 0 reused" in logs[0] and "volume result" not in logs[1]
   assert "(2 process(es) × 4 device(s))" in logs[0]
 
-  # Resumption across process counts: one process reuses what two computed.
-  again = main_lib.run_stage(evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir]),
-                             two)
+  # Resumption across process and device counts: one process on 1 device reuses what two computed.
+  c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
+  c.mesh.num_devices = 1
+  again = main_lib.run_stage(c, two)
+  assert again["devices_per_process"] == 1
   assert again["volumes_computed"] == 0 and again["volumes_cached"] == 54
-  _assert_same_metrics(_csv(two), _csv(one))
+  _assert_same_metrics(_csv(two), _csv(eight))
   shutil.rmtree(str(tmp_path / "two"))
