@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -20,7 +19,6 @@ VARIANTS = {"sadm_draem": ("draem", True), "sadm_brats": ("brats", True),
 # sadm.mode -> the evaluation's train_anomalies label (sadm_jax.evaluate: SADM_MODES).
 ANOMALIES = {"draem": "draem", "brats": "Brats21", "atlas": "ATLAS_v2"}
 PATHOLOGIES = ("Brats21", "ATLAS_v2", "WMH")  # the claims' "every pathology" (DRAEM is synthetic)
-MIN_LABELLED = 2  # weak supervision trains on >= 1 labelled volume and tunes τ on >= 1 other
 # The claims compare Dice at the validation-selected threshold τ: the mean test Dice ('dice') and
 # the Dice of the pooled validation voxels at τ ('val_pooled_dice'), means over repeats.
 METRICS = {"test": "dice", "validation": "val_pooled_dice"}
@@ -48,16 +46,14 @@ class ReproduceError(ValueError):
 
 
 def cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Generates the demo cohort (skipped when complete), with >= MIN_LABELLED labelled BraTS- and
-  ATLAS-like validation volumes for weak supervision; returns DATA_DIR."""
+  """Generates the demo cohort (skipped when complete, e.g. a demo run's, `demo.root`); every
+  demo cohort has >= demo_job.MIN_LABELLED labelled BraTS- and ATLAS-like validation volumes for
+  weak supervision. Returns DATA_DIR."""
   from sadm_jax import demo_job
   from sadm_jax.data import synthetic
-  cfg = demo_job.demo_config(config)
-  cfg = dataclasses.replace(cfg, **{k: max(getattr(cfg, k), MIN_LABELLED)
-                                    for k in ("n_brats21_val", "n_atlas_v2_val")})
   root = config.demo.root or os.path.join(workdir, "demo_data")
   t = time.time()
-  synthetic.generate_cohort(root, cfg)
+  synthetic.generate_cohort(root, demo_job.demo_config(config))
   print(f"demo cohort: {root} ({time.time() - t:.1f} s)", flush=True)
   return root
 

@@ -76,8 +76,10 @@ BACKGROUND_RUNS = {
                    "--config.train.checkpoint_every=4", "--config.train.async_checkpoints=False",
                    "--config.model.dtype=bfloat16"],
     "demo_tiny_run": ["--config=configs/demo.py:tiny", "--config.train.async_checkpoints=False"],
+    # on the demo run's cohort (the same cohort: its generation and preprocessing are skipped)
     "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
-                              "--config.train.async_checkpoints=False"],
+                              "--config.train.async_checkpoints=False",
+                              "--config.demo.root={demo_tiny_run}/demo_data"],
 }
 # A run's arguments name only earlier runs (they start one after the other).
 assert all(f"{{{later}}}" not in a for i, name in enumerate(BACKGROUND_RUNS)

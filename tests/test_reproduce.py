@@ -199,6 +199,11 @@ def test_cohort_has_enough_labelled_volumes_for_weak_supervision(tmp_path, monke
   assert (cfg.n_brats21_val, cfg.n_atlas_v2_val, cfg.n_wmh_val) == (2, 2, 1)  # tiny + labels
   reproduce.cohort(reproduce_config.get_config(), str(tmp_path))
   assert seen[1][1] == synthetic.CohortConfig.default()  # already has 5 labelled volumes
+  # The demo builds the same cohorts, so the reproduction can run on a demo run's.
+  from configs import demo as demo_cfg
+  from sadm_jax import demo_job
+  for arg, (_, want) in zip(("tiny", None), seen):
+    assert demo_job.demo_config(demo_cfg.get_config(arg)) == want
 
 
 def test_stage_writes_table_metrics_and_claims_and_resumes(tmp_path, monkeypatch, capsys):
@@ -250,19 +255,24 @@ def test_stage_stops_when_a_member_fails(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_reproduction(tiny_reproduction_run):
+def tiny_reproduction(tiny_reproduction_run, demo_tiny_run):
   """`configs/reproduce.py:tiny` for real, by the CLI (started in the background with the session,
-  tests/conftest.py; it shares the session's compilation cache with the demo:tiny job)."""
+  tests/conftest.py; it shares the session's compilation cache and cohort with the demo:tiny
+  job)."""
   workdir, output = tiny_reproduction_run
   assert "reproduce:" in output and "written:" in output, output[-3000:]
   c = reproduce_config.get_config("tiny")
   c.train.async_checkpoints = False
+  c.demo.root = os.path.join(demo_tiny_run[0], "demo_data")
+  # The demo's cohort, complete: neither generated nor preprocessed again.
+  assert f"demo cohort: {c.demo.root} (" in output
+  assert "0 volume(s) preprocessed" in output, output[-3000:]
   return workdir, c
 
 
 def test_tiny_reproduction_trains_evaluates_and_checks_every_claim(tiny_reproduction, capsys):
   workdir, c = tiny_reproduction
-  names = [m.name for m in reproduce.members(c, workdir, os.path.join(workdir, "demo_data"))]
+  names = [m.name for m in reproduce.members(c, workdir, c.demo.root)]
   assert all(os.path.isfile(os.path.join(workdir, n, runner.DONE)) for n in names)
   with open(os.path.join(workdir, "report", "metrics.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
