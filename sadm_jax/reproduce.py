@@ -53,8 +53,9 @@ def cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
   from sadm_jax.data import synthetic
   root = config.demo.root or os.path.join(workdir, "demo_data")
   t = time.time()
-  synthetic.generate_cohort(root, demo_job.demo_config(config))
-  print(f"demo cohort: {root} ({time.time() - t:.1f} s)", flush=True)
+  summary = synthetic.generate_cohort(root, demo_job.demo_config(config))
+  done = "complete already, reused" if summary["skipped"] else f"{time.time() - t:.1f} s"
+  print(f"demo cohort: {root} ({done})", flush=True)
   return root
 
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 
 import pytest
 
@@ -192,7 +193,8 @@ def test_repeats_train_every_model_per_fold_and_bad_budgets_fail(tmp_path):
 def test_cohort_has_enough_labelled_volumes_for_weak_supervision(tmp_path, monkeypatch):
   from sadm_jax.data import synthetic
   seen = []
-  monkeypatch.setattr(synthetic, "generate_cohort", lambda root, cfg: seen.append((root, cfg)))
+  monkeypatch.setattr(synthetic, "generate_cohort",
+                      lambda root, cfg: seen.append((root, cfg)) or {"skipped": False})
   assert reproduce.cohort(reproduce_config.get_config("tiny"), str(tmp_path)) == \
       str(tmp_path / "demo_data")
   cfg = seen[0][1]
@@ -265,8 +267,9 @@ def tiny_reproduction(tiny_reproduction_run, demo_tiny_run):
   c.train.async_checkpoints = False
   c.demo.root = os.path.join(demo_tiny_run[0], "demo_data")
   # The demo's cohort, complete: neither generated nor preprocessed again.
-  assert f"demo cohort: {c.demo.root} (" in output
-  assert "0 volume(s) preprocessed" in output, output[-3000:]
+  assert f"demo cohort: {c.demo.root} (complete already, reused)" in output, output[-3000:]
+  assert re.search(r"^0 volume\(s\) preprocessed, [1-9]\d* already cached", output, re.M), \
+      output[-3000:]
   return workdir, c
 
 

@@ -186,6 +186,27 @@ def test_weakly_supervised_runs_tune_only_on_held_out_rows():
   assert [r.index for r in keep] == list(range(10))
 
 
+def test_needed_splits_follow_test_sets_include_ixi_and_methods():
+  """Which splits an evaluation loads and which passes it runs (known answers)."""
+  import ml_collections
+  avail = ["IXI_train_fold0", "IXI_val_fold0", "IXI_test", "Brats21_val", "Brats21_test",
+           "ATLAS_v2_val", "ATLAS_v2_test", "WMH_val"]  # no WMH_test
+  cfg = lambda sets, ixi: ml_collections.ConfigDict(
+      {"evaluate": {"test_sets": sets, "include_ixi": ixi}})
+  sadm = [planning.EvalRun("sadm", "Brats21", "repeat0", 0)]
+  names, sets, ixi = planning.needed_splits(cfg(("Brats21", "ATLAS_v2"), False), sadm, avail)
+  assert names == ["Brats21_val", "Brats21_test", "ATLAS_v2_val", "ATLAS_v2_test"]
+  assert sets == ["Brats21", "ATLAS_v2"] and ixi is False
+  names, sets, ixi = planning.needed_splits(cfg(("Brats21",), True), sadm, avail)
+  assert names == ["IXI_val_fold0", "IXI_test", "Brats21_val", "Brats21_test"] and ixi is True
+  # DRAEM needs the IXI splits even without the IXI passes; the threshold adds IXI_train;
+  # a set without its test split is skipped.
+  runs = [planning.EvalRun("threshold", "none", "fold0", 0)] + sadm
+  names, sets, ixi = planning.needed_splits(cfg(("DRAEM", "WMH"), False), runs, avail)
+  assert names == ["IXI_val_fold0", "IXI_test", "IXI_train_fold0"]
+  assert sets == ["DRAEM"] and ixi is False
+
+
 def test_csv_columns_and_fold_table():
   rows = [{"method": "sadm", "train_anomalies": "draem", "test_set": "Brats21", "fold": f"fold{k}",
            "n_volumes": 2, "dice": d, "dice_std": 0.1, "best_dice": d + 0.1, "auprc": 0.5,

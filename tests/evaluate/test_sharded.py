@@ -1,8 +1,9 @@
-"""Sharded evaluation: 2 processes × 4 devices write the metrics.csv of 8 fake devices; 1 device reuses their results."""
+"""Sharded evaluation: 2 processes × 4 devices and 1 device (resuming) write the metrics.csv of 8 fake devices."""
 
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import os
@@ -55,13 +56,13 @@ def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: flo
   return [stdout + stderr for _, stdout, stderr in results]
 
 
-def test_eight_devices_and_two_processes_agree_and_one_device_reuses(evaluation, eval_data_dir,
-                                                                     tiny_cddpm_dir,
-                                                                     tiny_sadm_dir, tmp_path):
+def test_eight_devices_two_processes_and_one_device_agree(evaluation, eval_data_dir,
+                                                         tiny_cddpm_dir, tiny_sadm_dir, tmp_path):
   """The session evaluation ran on 8 fake devices; rerun on 2 processes × 4 devices: the same
   metrics, every volume result computed exactly once across the processes. A rerun in one
-  process on 1 device reuses all of them and writes the same metrics. (A volume's outputs do not
-  depend on the device count, bit for bit: tests/evaluate/test_inference.py, 1 vs 4 devices.)
+  process on 1 device reuses them, computes the ATLAS_v2 volumes removed from them and writes the
+  same metrics. (A volume's outputs do not depend on the device count, bit for bit:
+  tests/evaluate/test_inference.py, 1 vs 4 devices.)
   """
   eight, summary8 = evaluation
   assert summary8["devices_per_process"] == 8
@@ -78,11 +79,18 @@ def test_eight_devices_and_two_processes_agree_and_one_device_reuses(evaluation,
   assert "54 volume result(s) computed, 0 reused" in logs[0] and "volume result" not in logs[1]
   assert "(2 process(es) × 4 device(s))" in logs[0]
 
-  # Resumption across process and device counts: one process on 1 device reuses what two computed.
+  # Resumption across process and device counts: one process on 1 device reuses what two
+  # computed and computes what is missing (every method's ATLAS_v2 volumes, removed here).
+  atlas = glob.glob(os.path.join(two, "eval", "*", "*", "*", "ATLAS_v2"))
+  missing = len(glob.glob(os.path.join(two, "eval", "*", "*", "*", "ATLAS_v2", "*", "*.json")))
+  # threshold, cDDPM and SADM × 3 val + 3 test volumes
+  assert (len(atlas), missing) == (3, 18), (atlas, missing)
+  for d in atlas:
+    shutil.rmtree(d)
   c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
   c.mesh.num_devices = 1
   again = main_lib.run_stage(c, two)
   assert again["devices_per_process"] == 1
-  assert again["volumes_computed"] == 0 and again["volumes_cached"] == 54
+  assert again["volumes_computed"] == missing and again["volumes_cached"] == 54 - missing
   _assert_same_metrics(_csv(two), _csv(eight))
   shutil.rmtree(str(tmp_path / "two"))

@@ -20,9 +20,9 @@ def test_weakly_supervised_runs_train_and_are_evaluated_on_held_out_rows(tiny_re
   from those rows (Q15)."""
   workdir = tiny_reproduction_run[0]
   for member in ("sadm_brats-0", "sadm_atlas-0", "unet_brats-0", "unet_atlas-0"):
-    series = metric_series(os.path.join(workdir, member)) + metric_series(
-        os.path.join(workdir, member), "val/loss")
-    assert series and all(np.isfinite(v) for _, v in series), member
+    for key in ("train/loss", "val/loss"):
+      series = metric_series(os.path.join(workdir, member), key)
+      assert series and all(np.isfinite(v) for _, v in series), (member, key)
   evaluation = os.path.join(workdir, "evaluate")
   with open(os.path.join(evaluation, "eval", "process_0-of-1.json")) as f:
     computed = json.load(f)["computed"]

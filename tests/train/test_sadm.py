@@ -158,7 +158,8 @@ def test_changed_or_missing_cddpm_is_refused(data_dir, cddpm_dir, cddpm_8_dir, t
   own = str(tmp_path / "cddpm")
   shutil.copytree(cddpm_dir, own)
   sadm_dir = str(tmp_path / "sadm")
-  main_lib.run_stage(_sadm(sadm_draem, data_dir, own), sadm_dir)
+  result = main_lib.run_stage(_sadm(sadm_draem, data_dir, own), sadm_dir)
+  assert result["step"] == 2 and np.isfinite(result["train_loss"]) and result["best_val_loss"] > 0
   assert open_run(sadm_dir).cddpm.workdir == os.path.abspath(own)
   # A run the caller holds is returned instead of read again while it is still the one on disk.
   held = open_run(own, expect="cddpm")
