@@ -16,3 +16,5 @@ def test_a_chosen_run_brings_the_runs_it_reads_in_session_order():
   assert background_runs._session() is conftest
   assert conftest._needed(["tiny_evaluation"]) == ["tiny_cddpm", "tiny_sadm", "tiny_evaluation"]
   assert conftest._needed(["demo_tiny_run"]) == ["demo_tiny_run"]
+  # the reproduction runs on the demo run's cohort
+  assert conftest._needed(["tiny_reproduction_run"]) == ["demo_tiny_run", "tiny_reproduction_run"]
