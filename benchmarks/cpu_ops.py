@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -301,15 +300,10 @@ def variant_flags(name: str) -> str:
 
 
 def run_worker(variant: str, argv: list[str]) -> dict:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = variant_flags(variant)
-  env["JAX_PLATFORMS"] = "cpu"
-  env["SADM_XLA_CPU_DEFAULTS"] = "0"  # the worker runs exactly the variant's flags
-  cmd = [sys.executable, "-m", "benchmarks.cpu_ops", "--worker", variant] + argv
-  p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-  if p.returncode:
-    raise RuntimeError(f"worker {variant} failed:\n{p.stderr[-4000:]}")
-  return json.loads(p.stdout.strip().splitlines()[-1])
+  """One round of `variant` in a fresh process that runs exactly the variant's XLA flags."""
+  return ab.run_worker("benchmarks.cpu_ops", variant, argv,
+                       env={"XLA_FLAGS": variant_flags(variant), "JAX_PLATFORMS": "cpu",
+                            "SADM_XLA_CPU_DEFAULTS": "0"})
 
 
 def summarise(variants: list[str], results: dict[str, list[dict]]) -> dict:
