@@ -25,7 +25,9 @@ import argparse
 import json
 import os
 
-YNN = "--xla_cpu_experimental_ynn_fusion_type="
+from sadm_jax.utils import xla_flags  # imports no JAX
+
+YNN = f"--{xla_flags.YNN_FLAG}="
 VARIANTS = {  # name -> (process XLA flags besides the device count, keep the program's option)
     "package": ("", True),
     "package_no_option": ("", False),
@@ -65,7 +67,6 @@ def _worker(args) -> dict:
 
   from benchmarks.evaluation import build, random_variables
   from sadm_jax.evaluate import inference, scoring
-  from sadm_jax.utils import xla_flags
 
   if not VARIANTS[args.worker][1]:
     xla_flags.inference_compiler_options = lambda *a, **k: None

@@ -9,8 +9,9 @@ the BraTS- and ATLAS-like labels) → one evaluation of them plus the intensity 
 cDDPM on the tumour-, stroke- and WMH-like test sets and on IXI with DRAEM anomalies; writes
 W/report/{table.md,metrics.csv} and W/claims.json. Everything but the stage is the demo's
 (configs/demo.py): grid, networks, budgets (`demo.cddpm_*`; all six stage-II runs use
-`demo.sadm_*`; `:tiny` trains 2 steps per run instead of the demo's 4). `reproduce.repeats` = n > 1 trains every model n times (IXI folds 0..n-1; the
-weakly supervised runs as repeats, `sadm.repeat`) and the table shows mean ± std.
+`demo.sadm_*`; `:tiny` trains 2 steps per run instead of the demo's 4). `reproduce.repeats` =
+n > 1 trains every model n times (IXI folds 0..n-1; the weakly supervised runs as repeats,
+`sadm.repeat`) and the table shows mean ± std.
 """
 
 from configs import demo

@@ -43,5 +43,6 @@ def test_weakly_supervised_runs_train_and_are_evaluated_on_held_out_rows(tiny_re
         assert count[method, label, test_set, "val"] == want, (method, label, test_set)
         r = rows[method, label, test_set]
         assert r["n_val_volumes"] == str(want), (method, label, test_set)
-        assert r["tau_rows"].startswith("held-out") if own else r["tau_rows"] == "all", r["tau_rows"]
+        tau_rows = r["tau_rows"]
+        assert tau_rows.startswith("held-out") if own else tau_rows == "all", tau_rows
         assert r["fold"].startswith("repeat0") and 0.0 <= float(r["dice"]) <= 1.0
