@@ -6,6 +6,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# The train steps' heap reuse (sadm_jax.utils.host_heap) makes big CPU programs impossible to
+# store in the persistent compilation cache, which this suite's processes share (the tiny cDDPM
+# step alone has 334 MB of temporaries): off here and in the subprocesses; its own tests
+# (tests/utils/test_host_heap.py, the Trainer's in tests/train/test_loop.py) turn it on.
+os.environ.setdefault("SADM_CPU_HEAP_REUSE", "0")
+
 from sadm_jax.utils import xla_flags  # noqa: E402  (imports no JAX)
 
 xla_flags.apply()  # the package's XLA:CPU defaults, as `python -m sadm_jax.main` runs with them

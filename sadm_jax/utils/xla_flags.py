@@ -28,6 +28,14 @@ program"). Forward-only YNNPACK convolutions are slower at the demo's widths (it
 with every program so compiled: 68.1 vs 57.7 s, `benchmarks/evaluation.py --end_to_end`), so
 programs with one SegUnet, never seen wrong, keep the process's setting.
 
+The package's CPU train programs (train and validation steps) compile with one option of their
+own, `train_compiler_options`: their temporaries in heaps of at most `CPU_HEAP_BYTES` instead of
+one block, which `apply()` lets glibc keep for the next step (`host_heap`; `SADM_CPU_HEAP_REUSE=0`
+turns both off). Same numbers, 90,000 fewer page faults per demo step (BENCHMARKS.md, "Heap
+reuse"). A per-program option, not a flag: on a GPU it would split the device's temporaries too.
+The price: XLA:CPU cannot serialise a program with several temporary heaps, so such train steps
+(the demo's and larger) are compiled at every start instead of read from the persistent cache.
+
 `apply()` adds each default flag to `XLA_FLAGS` only when the user has not set that flag
 already, and only when the run is (or may be) on CPU: the flags are XLA:CPU options and are
 ignored by the GPU compiler, but we leave a GPU run's environment untouched all the same.
@@ -38,6 +46,9 @@ call `apply()` before anything creates a JAX array or compiles.
 from __future__ import annotations
 
 import os
+import warnings
+
+from sadm_jax.utils import host_heap
 
 ENV_SWITCH = "SADM_XLA_CPU_DEFAULTS"
 
@@ -50,6 +61,13 @@ CPU_DEFAULTS: dict[str, str] = {
 INFERENCE_YNN_FUSION_TYPES = ("dot", "eltwise", "individual_convolution")
 INFERENCE_STAGES = ("evaluate",)  # these get one CPU device per core
 DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"
+# Train programs on CPU: temporaries in heaps of at most this size (XLA's soft limit: a larger
+# buffer gets a heap of its own), below glibc's 64 MiB thread-heap limit so that they can stay
+# in malloc's heaps (`host_heap`).
+HEAP_FLAG = "xla_multiheap_size_constraint_per_heap"
+CPU_HEAP_BYTES = 60 * 2**20
+CACHE_WARNING = (r"Error writing persistent compilation cache entry "
+                 r".*Multiple temp buffer allocations")
 
 
 def available_cores() -> int:
@@ -104,6 +122,24 @@ def inference_compiler_options(platform: str, environ: dict | None = None) -> di
   return {YNN_FLAG: ",".join(types)}
 
 
+def heap_reuse(environ: dict | None = None) -> bool:
+  """Whether CPU train programs split their temporaries for glibc to keep (`host_heap`): yes
+  unless `SADM_CPU_HEAP_REUSE` or `SADM_XLA_CPU_DEFAULTS` is off."""
+  env = os.environ if environ is None else environ
+  return not (_switched_off(env) or host_heap.switched_off(env))
+
+
+def train_compiler_options(platform: str, environ: dict | None = None) -> dict | None:
+  """Per-program XLA options of a train or validation step on `platform` (None: the process's
+  flags): on CPU its temporaries in heaps of at most `CPU_HEAP_BYTES` (see `heap_reuse`),
+  unless the user's `XLA_FLAGS` set that size themselves (theirs then applies)."""
+  env = os.environ if environ is None else environ
+  user_set = HEAP_FLAG in _parse_flags(env.get("XLA_FLAGS", ""))
+  if platform != "cpu" or not heap_reuse(env) or user_set:
+    return None
+  return {HEAP_FLAG: CPU_HEAP_BYTES}
+
+
 def _targets_cpu(env) -> bool:
   platforms = env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME") or ""
   if not platforms:
@@ -122,13 +158,21 @@ def apply(environ: dict | None = None, stage: str | None = None) -> list[str]:
   """Adds the defaults the user has not set to `XLA_FLAGS`; returns the flags it added.
 
   stage: the run's `config.stage` (`evaluate` gets one CPU device per core). Does nothing
-  when `SADM_XLA_CPU_DEFAULTS` is '0'/'false' or JAX_PLATFORMS excludes 'cpu'.
+  when `SADM_XLA_CPU_DEFAULTS` is '0'/'false' or JAX_PLATFORMS excludes 'cpu'. For this
+  process's own environment (`environ` None) it also sets glibc to keep freed train-program
+  temporaries (`host_heap.apply`) unless `heap_reuse` says no, and silences JAX's warning that
+  such programs cannot be written to the persistent compilation cache.
   """
   env = os.environ if environ is None else environ
   if _switched_off(env):
     return []
   if not _targets_cpu(env):
     return []
+  if environ is None and heap_reuse(env) and host_heap.apply():
+    # XLA:CPU cannot serialise a program with several temporary heaps, so a big train step is
+    # not written to the persistent compilation cache (it compiles at each start); JAX says so
+    # with a warning at every such compilation, which is expected here and would only alarm.
+    warnings.filterwarnings("ignore", category=UserWarning, message=CACHE_WARNING)
   before = env.get("XLA_FLAGS", "")
   after = with_defaults(before, stage)
   added = sorted(_flag_names(after) - _flag_names(before))
