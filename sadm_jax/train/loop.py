@@ -17,7 +17,7 @@ import optax
 from sadm_jax.train import sharding as shard_lib, workdir as workdir_lib
 from sadm_jax.train.checkpoint import Checkpointer, software_versions
 from sadm_jax.train.logger import MetricLogger
-from sadm_jax.utils import io
+from sadm_jax.utils import io, xla_flags
 from sadm_jax.train.state import LossFn, TrainState, make_eval_step, make_train_step
 
 
@@ -111,12 +111,16 @@ class Trainer:
     # The frozen networks are a replicated argument of both steps, put on the mesh once.
     self.frozen = jax.device_put(self.task.frozen, repl)
     self.init_inputs = jax.device_put(self.task.init_inputs, repl)
+    # On CPU both steps keep their temporaries in malloc's heaps (xla_flags.train_compiler_options).
+    self.step_compiler_options = xla_flags.train_compiler_options(platform)
     self.train_step = jax.jit(make_train_step(self.task.loss_fn),
                               in_shardings=(self.state_shardings, batch_sh, repl, repl),
-                              out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
+                              out_shardings=(self.state_shardings, repl), donate_argnums=(0,),
+                              compiler_options=self.step_compiler_options)
     self.eval_step = jax.jit(make_eval_step(self.task.loss_fn),
                              in_shardings=(self.state_shardings, batch_sh, repl, repl),
-                             out_shardings=(repl, repl))
+                             out_shardings=(repl, repl),
+                             compiler_options=self.step_compiler_options)
 
   def init_state(self) -> TrainState:
     """The initial state, created directly with its shardings (never on one device first)."""

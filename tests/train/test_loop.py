@@ -16,6 +16,7 @@ from flax import linen as nn
 from configs import default
 from sadm_jax.train import checkpoint as checkpoint_lib
 from sadm_jax.train import loop, sharding
+from sadm_jax.utils import xla_flags
 from sadm_jax.data.pipeline import ListSource
 
 
@@ -193,3 +194,24 @@ def test_init_program_gets_its_cpu_compiler_options(monkeypatch):
   trainer = loop.Trainer(config, toy_task(config), sharding.make_mesh(config))
   with pytest.raises(Exception, match="xla_no_such_option"):
     trainer.init_state()
+
+
+def test_steps_get_the_cpu_heap_option(monkeypatch):
+  """On CPU the train and validation steps compile with `xla_flags.train_compiler_options`
+  (temporaries in heaps that glibc keeps: tests/utils/test_host_heap.py); the options reach the
+  steps' compilation (an unknown one is refused there)."""
+  monkeypatch.delenv("SADM_CPU_HEAP_REUSE", raising=False)  # off in this suite (conftest)
+  config = _config(1)
+  trainer = loop.Trainer(config, toy_task(config), sharding.make_mesh(config))
+  assert trainer.step_compiler_options == xla_flags.train_compiler_options("cpu") is not None
+  monkeypatch.setenv("SADM_CPU_HEAP_REUSE", "0")
+  assert loop.Trainer(config, toy_task(config), sharding.make_mesh(config)).step_compiler_options is None
+  monkeypatch.setattr(xla_flags, "train_compiler_options",
+                      lambda platform: {"xla_no_such_option": True})
+  trainer = loop.Trainer(config, toy_task(config), sharding.make_mesh(config))
+  local = {"image": np.zeros((16, 8, 8, 1), np.float32), "step": np.ones(16, np.int32)}
+  batches = (trainer.device_batch(local),
+             sharding.global_batch({**local, "weight": np.ones(16, np.float32)}, trainer.mesh))
+  for step, batch in zip((trainer.train_step, trainer.eval_step), batches):
+    with pytest.raises(Exception, match="xla_no_such_option"):
+      step.lower(trainer.abstract_state, batch, trainer.train_key, trainer.frozen).compile()
