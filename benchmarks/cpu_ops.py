@@ -42,7 +42,11 @@ VARIANTS = {
     "noconv_xnn_greedy": (f"{YNN}=-individual_convolution "
                           "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"),
     "package": None,  # filled from sadm_jax.utils.xla_flags at run time
+    # the package's flags, and every program's temporaries in heaps that glibc keeps (the
+    # package gives that option to its train steps only: sadm_jax.utils.host_heap)
+    "package_all_heaps": None,
 }
+PACKAGE_VARIANTS = ("package", "package_all_heaps")  # run with the package's own CPU settings
 
 CONV_SHAPES = {  # name: (batch, spatial, c_in, c_out, kernel) — paper UNet / SegUnet layers
     "c3_96_128": (4, 96, 128, 128, 3),
@@ -293,17 +297,24 @@ def worker(args) -> dict:
 def variant_flags(name: str) -> str:
   if name not in VARIANTS:
     raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-  if name == "package":
+  if name in PACKAGE_VARIANTS:
     from sadm_jax.utils import xla_flags
-    return " ".join(xla_flags.cpu_default_flags())
+    flags = xla_flags.cpu_default_flags()
+    if name == "package_all_heaps":
+      flags = [*flags, f"--{xla_flags.HEAP_FLAG}={xla_flags.CPU_HEAP_BYTES}"]
+    return " ".join(flags)
   return VARIANTS[name]
 
 
 def run_worker(variant: str, argv: list[str]) -> dict:
-  """One round of `variant` in a fresh process that runs exactly the variant's XLA flags."""
+  """One round of `variant` in a fresh process that runs exactly the variant's XLA flags (the
+  package variants also with the package's other CPU settings: its train steps' heap option
+  and glibc settings, `sadm_jax.utils.host_heap`)."""
+  own = variant in PACKAGE_VARIANTS
   return ab.run_worker("benchmarks.cpu_ops", variant, argv,
                        env={"XLA_FLAGS": variant_flags(variant), "JAX_PLATFORMS": "cpu",
-                            "SADM_XLA_CPU_DEFAULTS": "0"})
+                            "SADM_XLA_CPU_DEFAULTS": "1" if own else "0",
+                            "SADM_CPU_HEAP_REUSE": "1" if own else "0"})
 
 
 def summarise(variants: list[str], results: dict[str, list[dict]]) -> dict:

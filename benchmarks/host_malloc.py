@@ -1,16 +1,18 @@
-"""Host memory on CPU: train steps and a large block reused, under glibc malloc settings (GLIBC_TUNABLES presets).
+"""Host memory on CPU: train steps and a large block, under the package's and glibc's malloc settings.
 
-    python -m benchmarks.host_malloc --timed 8        # glibc vs hugetlb, demo cDDPM and SADM steps
+    python -m benchmarks.host_malloc --timed 8        # glibc vs package, demo cDDPM and SADM steps
     python -m benchmarks.host_malloc --variants glibc,one_heap --rounds 1
 
-XLA:CPU allocates a program's temporaries as one block at every execution (370 MB for the demo
-cDDPM train step) and frees it at the end; glibc maps blocks that large afresh each time and
-unmaps them when freed, so every step faults its temporaries in again. The variants start
-their worker processes with these GLIBC_TUNABLES (read by glibc when a process starts):
-- `glibc`: none (glibc's defaults, what the package runs with);
-- `hugetlb`: `glibc.malloc.hugetlb=1`, mapped blocks asked for transparent huge pages (glibc
-  2.35 or later; older versions ignore it);
-- `one_heap`: one arena, no mmap, no trimming: freed blocks stay in the heap for reuse.
+XLA:CPU allocates a program's temporaries at every execution (as one block by default, 370 MB
+for the demo cDDPM train step) and frees them at the end; glibc maps blocks that large afresh
+each time and unmaps them when freed, so every step faults its temporaries in again. The
+variants start their worker processes with these environments:
+- `package`: the package's defaults (the train steps' temporaries in heaps of at most 60 MiB,
+  kept by glibc: `sadm_jax.utils.host_heap`);
+- `glibc`: `SADM_CPU_HEAP_REUSE=0`, glibc's defaults and one block (the package before that);
+- `hugetlb`: as `glibc` plus `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, mapped blocks asked for
+  transparent huge pages (glibc 2.35 or later; older versions ignore it);
+- `one_heap`: as `glibc` plus GLIBC_TUNABLES for one arena, no mmap, no trimming.
 Ops: a fresh 256 MiB block written and freed (ms and minor page faults per round trip). Steps:
 the Trainer's train steps, compiled in the worker, with the user and system CPU seconds and the
 minor page faults per step. Two variants alternate round by round, each in a fresh process
@@ -27,11 +29,13 @@ import time
 from benchmarks import ab
 
 TUNABLES = {
+    "package": "",
     "glibc": "",
     "hugetlb": "glibc.malloc.hugetlb=1",
     "one_heap": ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                  "glibc.malloc.trim_threshold=4611686018427387904"),
 }
+HEAP_REUSE = {"package": "1"}  # SADM_CPU_HEAP_REUSE of each variant; "0" where not listed
 BLOCK_MIB = 256
 
 
@@ -39,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ab.add_args(ap, "cddpm:demo:0,sadm:demo:0",
               os.path.join("benchmarks", "results", "host_malloc_cpu.json"))
-  ap.add_argument("--variants", default="glibc,hugetlb",
+  ap.add_argument("--variants", default="glibc,package",
                   help=f"two of {', '.join(TUNABLES)}, comma-separated")
   ap.add_argument("--calls", type=int, default=9, help="timed round trips of the block (median)")
   args = ap.parse_args(argv)
@@ -68,9 +72,12 @@ def block_round_trips(calls: int, mib: int = BLOCK_MIB) -> dict:
 
 def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) -> dict:
   """One variant's block round trips and train steps, in this process (started with its env)."""
-  if os.environ.get("GLIBC_TUNABLES", "") != TUNABLES[variant]:
+  from sadm_jax.utils import host_heap
+  if (os.environ.get("GLIBC_TUNABLES", "") != TUNABLES[variant]
+      or os.environ.get(host_heap.ENV_SWITCH) != HEAP_REUSE.get(variant, "0")):
     raise SystemExit(f"variant {variant}: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
-                     " (the worker's environment did not take effect)")
+                     f", {host_heap.ENV_SWITCH}={os.environ.get(host_heap.ENV_SWITCH)!r} (the "
+                     "worker's environment did not take effect)")
   other = sorted(k for k in os.environ if k.startswith("MALLOC_") or
                  (k == "LD_PRELOAD" and os.environ[k].strip()))
   if other:
@@ -98,7 +105,9 @@ def print_usage(table: dict, variants) -> None:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  env = {v: {"GLIBC_TUNABLES": TUNABLES[v]} for v in args.variants}
+  from sadm_jax.utils import host_heap
+  env = {v: {"GLIBC_TUNABLES": TUNABLES[v], host_heap.ENV_SWITCH: HEAP_REUSE.get(v, "0")}
+         for v in args.variants}
   result = ab.main("benchmarks.host_malloc", args.variants, args, argv,
                    lambda v, steps: worker(v, bool(args.ops), steps, args.timed, args.calls),
                    ["--calls", str(args.calls), "--variants", ",".join(args.variants)], env)
