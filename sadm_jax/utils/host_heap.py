@@ -4,7 +4,8 @@ XLA:CPU allocates a compiled program's temporaries with `malloc` at every execut
 them at its end. By default they are one block (369 MB for the demo cDDPM train step, 3.0 GB for
 the paper one at batch 4), which glibc maps afresh and unmaps again every time: the kernel then
 zeroes and faults in every page at every step (90,000 minor faults per demo step, 747,000 per
-paper step; 10-35 % of the step's time on 2-core VMs, BENCHMARKS.md "Heap reuse").
+paper step: 7-20 % of the step's time on a 2-core AMD EPYC Zen 4 VM; BENCHMARKS.md "Heap reuse",
+which also shows an older CPU, Zen 1, where faults are cheap and the split steps slower).
 
 The package's CPU train programs therefore split their temporaries into heaps of at most
 `xla_flags.CPU_HEAP_BYTES` (a per-program XLA option, `xla_flags.train_compiler_options`), and
@@ -13,7 +14,8 @@ this module sets glibc so that blocks of that size stay with the process once fr
   above a thread arena's 64 MiB heap limit is still mapped: glibc has no other way);
 - `M_TRIM_THRESHOLD` at its maximum and `M_TOP_PAD` = 64 MiB: freed heap memory is neither given
   back at the top of a heap nor a whole thread heap deleted, so the next step reuses it.
-The cost: freed memory stays with the process (its resident size is its high-water mark).
+The cost: freed memory stays with the process (its resident size is its high-water mark), and
+on CPUs where page faults are cheap the split steps can be slower (set the switch off there).
 Only where the run is on CPU (`xla_flags.apply`); `SADM_CPU_HEAP_REUSE=0` (or
 `SADM_XLA_CPU_DEFAULTS=0`) leaves glibc's defaults. Settings are process-wide and take effect at
 once (`mallopt`), for the memory allocated from then on. Other C libraries: nothing is changed.
