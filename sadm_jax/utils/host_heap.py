@@ -47,11 +47,6 @@ def _glibc():
   return libc
 
 
-def switched_off(env) -> bool:
-  """Whether `SADM_CPU_HEAP_REUSE` in `env` says off ('0', 'false', 'no', 'off')."""
-  return env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
-
-
 def apply() -> bool:
   """Sets `SETTINGS` with glibc's `mallopt`; True when all were taken (False: not glibc)."""
   libc = _glibc()

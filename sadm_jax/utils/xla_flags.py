@@ -100,8 +100,9 @@ def _flag_names(xla_flags: str) -> set[str]:
   return set(_parse_flags(xla_flags))
 
 
-def _switched_off(env) -> bool:
-  return env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
+def _switched_off(env, switch: str = ENV_SWITCH) -> bool:
+  """Whether the environment variable `switch` says off ('0', 'false', 'no', 'off')."""
+  return env.get(switch, "1").strip().lower() in ("0", "false", "no", "off")
 
 
 def inference_compiler_options(platform: str, environ: dict | None = None) -> dict | None:
@@ -127,7 +128,7 @@ def heap_reuse(environ: dict | None = None) -> bool:
   """Whether CPU train programs split their temporaries for glibc to keep (`host_heap`): yes
   unless `SADM_CPU_HEAP_REUSE` or `SADM_XLA_CPU_DEFAULTS` is off."""
   env = os.environ if environ is None else environ
-  return not (_switched_off(env) or host_heap.switched_off(env))
+  return not (_switched_off(env) or _switched_off(env, host_heap.ENV_SWITCH))
 
 
 def train_compiler_options(platform: str, environ: dict | None = None) -> dict | None:
