@@ -39,6 +39,13 @@ HEAP_REUSE = {"package": "1"}  # SADM_CPU_HEAP_REUSE of each variant; "0" where 
 BLOCK_MIB = 256
 
 
+def variant_env(variant: str) -> dict[str, str]:
+  """The environment a variant's worker starts with (and checks it got)."""
+  from sadm_jax.utils import host_heap
+  return {"GLIBC_TUNABLES": TUNABLES[variant],
+          host_heap.ENV_SWITCH: HEAP_REUSE.get(variant, "0")}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ab.add_args(ap, "cddpm:demo:0,sadm:demo:0",
@@ -72,11 +79,10 @@ def block_round_trips(calls: int, mib: int = BLOCK_MIB) -> dict:
 
 def worker(variant: str, ops: bool, steps: list[str], timed: int, calls: int) -> dict:
   """One variant's block round trips and train steps, in this process (started with its env)."""
-  from sadm_jax.utils import host_heap
-  if (os.environ.get("GLIBC_TUNABLES", "") != TUNABLES[variant]
-      or os.environ.get(host_heap.ENV_SWITCH) != HEAP_REUSE.get(variant, "0")):
-    raise SystemExit(f"variant {variant}: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
-                     f", {host_heap.ENV_SWITCH}={os.environ.get(host_heap.ENV_SWITCH)!r} (the "
+  want = variant_env(variant)
+  got = {name: os.environ.get(name, "") for name in want}
+  if got != want:
+    raise SystemExit(f"variant {variant}: {', '.join(f'{k}={v!r}' for k, v in got.items())} (the "
                      "worker's environment did not take effect)")
   other = sorted(k for k in os.environ if k.startswith("MALLOC_") or
                  (k == "LD_PRELOAD" and os.environ[k].strip()))
@@ -105,9 +111,7 @@ def print_usage(table: dict, variants) -> None:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  from sadm_jax.utils import host_heap
-  env = {v: {"GLIBC_TUNABLES": TUNABLES[v], host_heap.ENV_SWITCH: HEAP_REUSE.get(v, "0")}
-         for v in args.variants}
+  env = {v: variant_env(v) for v in args.variants}
   result = ab.main("benchmarks.host_malloc", args.variants, args, argv,
                    lambda v, steps: worker(v, bool(args.ops), steps, args.timed, args.calls),
                    ["--calls", str(args.calls), "--variants", ",".join(args.variants)], env)
