@@ -104,3 +104,43 @@ def test_split_temporaries_are_reused_not_faulted_in(tmp_path):
   assert got["same"], got
   assert len(got["cache_failures"]) == 1 and got["shown"] == [], got  # silenced, not absent
   assert "Multiple temp buffer allocations" not in proc.stderr
+
+
+SHARDED = r"""
+import json, os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+from sadm_jax.utils import xla_flags
+xla_flags.apply()
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+def prefix_sums(x):  # per row: three 32 MiB prefix sums alive at once, as above
+  s1, s2, s3 = (jnp.cumsum(x * k, axis=1) for k in (1.0, 2.0, 3.0))
+  return s1 * s2 + s3
+
+x = jnp.linspace(0.0, 1.0, 4 * 8 * 2**20, dtype=jnp.float32).reshape(4, -1)
+one_device = np.asarray(jax.jit(prefix_sums)(x))
+mesh = Mesh(np.array(jax.devices()), ("data",))
+rows = NamedSharding(mesh, P("data"))
+split = jax.jit(prefix_sums, in_shardings=rows, out_shardings=rows,
+                compiler_options=xla_flags.train_compiler_options("cpu"))
+compiled = split.lower(jax.device_put(x, rows)).compile()
+print(json.dumps({"devices": len(jax.devices()),
+                  "options": xla_flags.train_compiler_options("cpu"),
+                  "temp": compiled.memory_analysis().temp_size_in_bytes,
+                  "same": bool(np.array_equal(np.asarray(split(jax.device_put(x, rows))),
+                                              one_device))}))
+"""
+
+
+def test_split_temporaries_on_four_devices_give_the_one_device_result():
+  """The heap option on a sharded program (4 CPU devices, > 64 MiB of temporaries each) gives
+  the single-device, unsplit result bit for bit."""
+  env = {k: v for k, v in os.environ.items() if k not in (host_heap.ENV_SWITCH, "XLA_FLAGS")}
+  proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
+                        env=env, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert got["devices"] == 4 and got["temp"] > 64 * 2**20, got
+  assert got["options"] == {xla_flags.HEAP_FLAG: xla_flags.CPU_HEAP_BYTES}, got
+  assert got["same"], got
