@@ -78,7 +78,7 @@ print(json.dumps({
     "cache_failures": [str(w.message) for w in unfiltered
                        if re.search(xla_flags.CACHE_WARNING, str(w.message))],
     "temp": one_block.memory_analysis().temp_size_in_bytes, "page": resource.getpagesize(),
-    "block": faults(one_block, x, 3), "split": faults(split, x, 5),
+    "block": faults(one_block, x, 3), "split": faults(split, x, 12),
     "same": bool(np.array_equal(np.asarray(one_block(x)), split_out))}))
 """
 
@@ -98,7 +98,9 @@ def test_split_temporaries_are_reused_not_faulted_in(tmp_path):
     pytest.skip("not glibc: the package leaves the allocator alone")
   pages = got["temp"] // got["page"]
   assert got["temp"] > 64 * 2**20
-  median = lambda v: sorted(v)[len(v) // 2]  # a call may be an XLA thread's first in its arena
+  # A call may be the first of an XLA thread in its arena (it faults the heaps in once; seen up
+  # to 3 of the first 9 calls on a 2-core VM): the median of 12 calls is the steady state.
+  median = lambda v: sorted(v)[len(v) // 2]
   assert median(got["block"]) > 0.5 * pages, got
   assert median(got["split"]) < 0.1 * pages, got
   assert got["same"], got
