@@ -41,7 +41,17 @@ def test_apply_sets_malloc_for_this_process_only(monkeypatch):
   assert calls == [1]
 
 
-# Run in a fresh process with the package's settings (this suite runs with heap reuse off).
+def run_fresh(script: str, *args: str):
+  """`script` in a fresh Python process with the package's defaults (this suite runs with heap
+  reuse off; XLA_FLAGS unset: one CPU device unless the script sets it) -> (its last stdout line
+  as JSON, the finished process)."""
+  env = {k: v for k, v in os.environ.items() if k not in (host_heap.ENV_SWITCH, "XLA_FLAGS")}
+  proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                        env=env, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1]), proc
+
+
 KNOWN_ANSWER = r"""
 import json, os, resource, sys, warnings
 from sadm_jax.utils import host_heap, xla_flags
@@ -88,12 +98,7 @@ def test_split_temporaries_are_reused_not_faulted_in(tmp_path):
   block (above a thread heap's 64 MiB, glibc maps it afresh), and almost none once they are split
   into heaps of at most `CPU_HEAP_BYTES` (but for a thread's first call in its arena). Same
   results; the cache-write failure that such a program meets is not shown as a warning."""
-  env = {k: v for k, v in os.environ.items()  # the package's defaults: one CPU device
-         if k not in (host_heap.ENV_SWITCH, "XLA_FLAGS")}
-  proc = subprocess.run([sys.executable, "-c", KNOWN_ANSWER, str(tmp_path / "cache")],
-                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  got, proc = run_fresh(KNOWN_ANSWER, str(tmp_path / "cache"))
   if not got["glibc"]:
     pytest.skip("not glibc: the package leaves the allocator alone")
   pages = got["temp"] // got["page"]
@@ -126,23 +131,19 @@ mesh = Mesh(np.array(jax.devices()), ("data",))
 rows = NamedSharding(mesh, P("data"))
 split = jax.jit(prefix_sums, in_shardings=rows, out_shardings=rows,
                 compiler_options=xla_flags.train_compiler_options("cpu"))
-compiled = split.lower(jax.device_put(x, rows)).compile()
+xs = jax.device_put(x, rows)
+compiled = split.lower(xs).compile()  # the program that runs below: compiled once
 print(json.dumps({"devices": len(jax.devices()),
                   "options": xla_flags.train_compiler_options("cpu"),
                   "temp": compiled.memory_analysis().temp_size_in_bytes,
-                  "same": bool(np.array_equal(np.asarray(split(jax.device_put(x, rows))),
-                                              one_device))}))
+                  "same": bool(np.array_equal(np.asarray(compiled(xs)), one_device))}))
 """
 
 
 def test_split_temporaries_on_four_devices_give_the_one_device_result():
   """The heap option on a sharded program (4 CPU devices, > 64 MiB of temporaries each) gives
   the single-device, unsplit result bit for bit."""
-  env = {k: v for k, v in os.environ.items() if k not in (host_heap.ENV_SWITCH, "XLA_FLAGS")}
-  proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
-                        env=env, cwd=REPO, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  got, _ = run_fresh(SHARDED)
   assert got["devices"] == 4 and got["temp"] > 64 * 2**20, got
   assert got["options"] == {xla_flags.HEAP_FLAG: xla_flags.CPU_HEAP_BYTES}, got
   assert got["same"], got
