@@ -237,24 +237,15 @@ def _whole_train(size: str, batch: int, steps: int) -> tuple[list[float], dict]:
 
 
 def _whole_infer(size: str, slices: int):
-  """Inference as in issue 13: encoder once + UNet at t = 499 + SegUnet, `slices` slices.
-
-  Models, random weights and the synthetic volume come from `benchmarks.evaluation.build`;
-  the cDDPM's ensemble is reduced to the single timestep 499.
-  """
-  import dataclasses
+  """Inference as in issue 13 (`benchmarks.evaluation.single_step_inference`): a function of no
+  arguments for one call, and the first call's seconds (compilation included)."""
   import jax
   from benchmarks import evaluation as ev
-  from sadm_jax.evaluate import inference
 
-  b = ev.build(size, "float32")
-  noise = dataclasses.replace(b.cddpm.noise, timesteps=(499,))
-  cddpm = inference.CDDPMInference(b.model_cfg, b.cddpm.variables, noise, fingerprint="bench")
-  mid = max(0, (b.image.shape[0] - slices) // 2)
-  image = b.image[mid:mid + slices]
+  cddpm, segnet, image = ev.single_step_inference(size, slices)
 
   def run():
-    return b.segnet.probability(image, cddpm.reconstruct(image, 1))
+    return segnet.probability(image, cddpm.reconstruct(image, 1))
 
   t0 = time.perf_counter()
   jax.block_until_ready(run())

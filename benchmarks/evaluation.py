@@ -153,6 +153,24 @@ def build(size: str, dtype: str) -> Bench:
                lesion, cddpm, segnet, n_params)
 
 
+def single_step_inference(size: str, slices: int):
+  """Issue 13's inference workload: the encoder once, the UNet at t = 499 and the SegUnet.
+
+  The models, random weights and synthetic volume of `build(size, "float32")`, the cDDPM's
+  ensemble reduced to the single timestep 499, and the middle `slices` slices of the volume.
+  Returns (cddpm, segnet, image [slices, H, W] float32); one call is
+  `segnet.probability(image, cddpm.reconstruct(image, 1))` (the programs: `cddpm.program`,
+  `segnet.program`).
+  """
+  if slices < 1:
+    raise ValueError(f"slices must be at least 1, got {slices}")
+  b = build(size, "float32")
+  noise = dataclasses.replace(b.cddpm.noise, timesteps=(499,))
+  cddpm = inference.CDDPMInference(b.model_cfg, b.cddpm.variables, noise, fingerprint="bench")
+  mid = max(0, (b.image.shape[0] - slices) // 2)
+  return cddpm, b.segnet, np.ascontiguousarray(b.image[mid:mid + slices], np.float32)
+
+
 # Run in a fresh interpreter per timing (its own device count): the demo job's evaluation stage
 # (demo_job.stage_config + main.run_stage, the package's public functions) on a finished demo
 # workdir, into a fresh evaluation workdir. Works on older checkouts too (--baseline_repo).

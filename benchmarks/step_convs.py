@@ -1,18 +1,23 @@
-"""Every convolution of a compiled train step, timed on its own: which ones the step's time is in.
+"""Every convolution of a compiled program, timed on its own: which ones its time is in.
 
     python -m benchmarks.step_convs --config cddpm --size demo [--top 25] [--out JSON]
+    python -m benchmarks.step_convs --program infer --size paper [--slices 10]
 
-Compiles the Trainer's train step (as `benchmarks.train_step`), reads the convolutions out of its
-optimised HLO (operand shapes, window, dimension labels, and the JAX op they came from), and runs
-each as a lone jitted `lax.conv_general_dilated` with the same shapes and dimension numbers
-(median of `--iters` calls after one untimed call; a kernel reversal is not reproduced, it does
-not change the work). On CPU a `jax.profiler` trace cannot tell this: XLA:CPU runs a convolution
-asynchronously on its thread pool and the trace marks only its launch. Each convolution is
-classed by its role: the forward pass, the input gradient (backward pass, window = the kernel)
-or the weight gradient (backward pass, window = the activation: XLA writes dL/dW as a
-convolution of the input with dL/dy over a "batch" of input channels). Prints the totals per
-role and the most expensive convolutions; writes JSON. For XLA:CPU programs (on a GPU the
-convolutions are cuDNN custom calls, which this does not read); 2-D float32 convolutions only.
+`--program train` (default) compiles the Trainer's train step (as `benchmarks.train_step`);
+`--program infer` the two inference programs of issue 13's side-by-side workload (the cDDPM's
+encoder once and UNet at t = 499, then the SegUnet, on `--slices` slices:
+`benchmarks.evaluation.single_step_inference`, as `benchmarks.cpu_ops --whole infer` times it).
+It reads the convolutions out of each program's optimised HLO (operand shapes, window, dimension
+labels, and the JAX op they came from), and runs each as a lone jitted
+`lax.conv_general_dilated` with the same shapes and dimension numbers (median of `--iters` calls
+after one untimed call; a kernel reversal is not reproduced, it does not change the work). On CPU
+a `jax.profiler` trace cannot tell this: XLA:CPU runs a convolution asynchronously on its thread
+pool and the trace marks only its launch. Each convolution is classed by its role: the forward
+pass, the input gradient (backward pass, window = the kernel) or the weight gradient (backward
+pass, window = the activation: XLA writes dL/dW as a convolution of the input with dL/dy over a
+"batch" of input channels). Prints each program's time, the totals per role and the most
+expensive convolutions; writes JSON. For XLA:CPU programs (on a GPU the convolutions are cuDNN
+custom calls, which this does not read); 2-D float32 convolutions only.
 """
 
 from __future__ import annotations
@@ -38,10 +43,14 @@ _LETTERS = {"b": "N", "f": "C", "i": "I", "o": "O", "0": "H", "1": "W"}
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   train_step.add_step_args(ap, "demo")
+  ap.add_argument("--program", choices=("train", "infer"), default="train",
+                  help="train: the --config train step; infer: issue 13's inference programs "
+                       "(--config and --batch unused)")
+  ap.add_argument("--slices", type=int, default=10, help="infer: slices per call")
   ap.add_argument("--iters", type=int, default=5, help="timed calls per convolution (median)")
   ap.add_argument("--top", type=int, default=20, help="convolutions listed, most expensive first")
   ap.add_argument("--out", default="", help="JSON path; default benchmarks/results/"
-                  "step_convs_<config>_<size>_<backend>.json")
+                  "step_convs_<config or infer>_<size>_<backend>.json")
   return ap.parse_args(argv)
 
 
@@ -170,32 +179,68 @@ def summarise(convs: list[dict]) -> dict:
   return out
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
-  if args.iters < 1 or args.top < 0:
-    raise SystemExit(f"step_convs: --iters must be ≥ 1 and --top ≥ 0 (got {args.iters}, {args.top})")
+def _train_programs(args) -> list[tuple[str, object, float]]:
+  """[("train step", compiled step, s/step: the last of 3 steps)] for `--config` at `--size`."""
   import jax
-  from absl import flags
-  flags.FLAGS.mark_as_parsed()
   config = train_step.build_config(args.config, args.size, args.batch, "float32")
   trainer, state, batches, _ = train_step.setup(config, 1)
   compiled = trainer.train_step.lower(state, batches[0], trainer.train_key,
                                       trainer.frozen).compile()
-  for i in range(3):  # the step itself, for scale
+  for i in range(3):  # the step's state is donated: each step takes the previous one's
     t0 = time.perf_counter()
     state, metrics = compiled(state, batches[i % 2], trainer.train_key, trainer.frozen)
     jax.block_until_ready((state, metrics))
     step_s = time.perf_counter() - t0
-  convs = parse_convolutions(compiled.as_text())
-  if not convs:
-    raise SystemExit("step_convs: no float32 convolution found in the step's optimised HLO")
-  for c in convs:
-    c["seconds"] = time_convolution(c, args.iters)
-    c["flops"] = flops(c)
+  return [("train step", compiled, step_s)]
+
+
+def _infer_programs(args) -> list[tuple[str, object, float]]:
+  """The cDDPM reconstruction and SegUnet programs of one issue-13 inference call, compiled, each
+  with its median seconds over 3 calls (after one untimed call)."""
+  import jax.numpy as jnp
+  from benchmarks import evaluation
+  cddpm, segnet, image = evaluation.single_step_inference(args.size, args.slices)
+  image = jnp.asarray(image)
+  recon_args = (cddpm.variables, image, jnp.asarray(1, jnp.uint32))
+  recon = cddpm.program.lower(*recon_args).compile()
+  _, per_t = recon(*recon_args)
+  seg_args = (segnet.variables, image, per_t)
+  seg = segnet.program.lower(*seg_args).compile()
+  return [(name, fn, statistics.median(ab.time_calls(fn, call, 3)))
+          for name, fn, call in (("cddpm reconstruction", recon, recon_args),
+                                 ("segunet", seg, seg_args))]
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  if args.iters < 1 or args.top < 0 or args.slices < 1:
+    raise SystemExit(f"step_convs: --iters and --slices must be ≥ 1 and --top ≥ 0 (got "
+                     f"{args.iters}, {args.slices}, {args.top})")
+  import jax
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()
+  infer = args.program == "infer"
+  programs = _infer_programs(args) if infer else _train_programs(args)
+  convs, per_program = [], {}
+  for name, compiled, seconds in programs:
+    found = parse_convolutions(compiled.as_text())
+    if not found:
+      raise SystemExit(f"step_convs: no float32 convolution found in the {name}'s optimised HLO")
+    for c in found:
+      c["program"] = name
+      c["seconds"] = time_convolution(c, args.iters)
+      c["flops"] = flops(c)
+    per_program[name] = {"program_s": seconds, "table": summarise(found)}
+    convs += found
   table = summarise(convs)
-  print(f"{args.config} ({args.size}) train step, {jax.default_backend()}: last of 3 steps "
-        f"{step_s:.3f} s; its {len(convs)} convolutions one by one: "
-        f"{table['all']['seconds'] * 1e3:.1f} ms")
+  what = (f"inference ({args.size}, {args.slices} slices)" if infer
+          else f"{args.config} ({args.size}) train step")
+  how = "each program the median of 3 calls" if infer else "the last of 3 steps"
+  print(f"{what}, {jax.default_backend()}: {how}; its convolutions one by one")
+  for name, p in per_program.items():
+    conv_s = p["table"]["all"]["seconds"]
+    print(f"  {name:22s} {p['program_s']:8.3f} s; {p['table']['all']['count']:4d} convolutions "
+          f"{conv_s:8.3f} s ({100 * conv_s / p['program_s']:.0f} %)")
   print(f"{'role':18s} {'count':>5s} {'ms':>8s} {'GFLOP':>7s} {'GFLOP/s':>8s}")
   for r, t in table.items():
     print(f"{r:18s} {t['count']:5d} {t['seconds'] * 1e3:8.1f} {t['gflop']:7.2f} "
@@ -207,10 +252,16 @@ def main(argv=None) -> dict:
           f"{c['op_name'][-60:]}")
   given = sys.argv[1:] if argv is None else argv
   result = {"command": "python -m benchmarks.step_convs " + shlex.join(given),
-            "machine": train_step.machine_info(), "config": args.config, "size": args.size,
-            "step_s": step_s, "iters": args.iters, "table": table, "convolutions": convs}
+            "machine": train_step.machine_info(), "program": args.program, "size": args.size,
+            "iters": args.iters, "programs": per_program, "table": table, "convolutions": convs}
+  if infer:
+    result["slices"] = args.slices
+  else:
+    result["config"] = args.config
+    result["step_s"] = per_program["train step"]["program_s"]
+  label = "infer" if infer else args.config
   out = args.out or os.path.join("benchmarks", "results",
-                                 f"step_convs_{args.config}_{args.size}_{jax.default_backend()}.json")
+                                 f"step_convs_{label}_{args.size}_{jax.default_backend()}.json")
   ab.write(out, result)
   print(f"wrote {out}")
   return result

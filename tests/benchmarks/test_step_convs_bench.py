@@ -98,3 +98,36 @@ def test_summary_totals_per_role():
                                       "gflop_per_s": pytest.approx(100.0)}
   assert table["input gradient"]["count"] == 0 and table["input gradient"]["gflop_per_s"] is None
   assert table["all"]["count"] == 3 and table["all"]["gflop"] == pytest.approx(1.2)
+
+
+
+# Convolutions XLA:CPU keeps in the tiny inference programs (it turns unstrided 1×1 convolutions
+# into dots): the cDDPM's 27 with a window larger than 1×1 plus the ResNet encoder's 3 strided
+# 1×1 downsample convolutions (layers 2-4), the SegUnet's 17 (all larger than 1×1).
+TINY_INFER_CONVS = {"cddpm reconstruction": 30, "segunet": 17}
+
+
+def test_infer_mode_reads_both_inference_programs(tmp_path, monkeypatch):
+  monkeypatch.setattr(step_convs, "time_convolution", lambda conv, iters: 1e-3)  # timed above
+  out = tmp_path / "convs.json"
+  result = step_convs.main(["--program", "infer", "--size", "tiny", "--slices", "2", "--iters",
+                            "1", "--top", "3", "--out", str(out)])
+  assert out.exists() and result["program"] == "infer" and result["slices"] == 2
+  programs = result["programs"]
+  assert list(programs) == list(TINY_INFER_CONVS)
+  assert all(p["program_s"] > 0 for p in programs.values())
+  assert {n: p["table"]["all"]["count"] for n, p in programs.items()} == TINY_INFER_CONVS
+  convs = result["convolutions"]
+  assert {c["role"] for c in convs} == {"forward"}  # inference: no gradients
+  # the 2 slices are the batch; the SegUnet's siamese encoder runs on both inputs at once
+  batches = sorted((c["program"], c["lhs_shape"][0]) for c in convs)
+  assert batches == sorted([("cddpm reconstruction", 2)] * 30 + [("segunet", 2)] * 9
+                           + [("segunet", 4)] * 8)
+  downsample = [c for c in convs if "downsample_conv" in c["op_name"]]
+  assert len(downsample) == 3 and all(c["window"]["strides"] == (2, 2) for c in downsample)
+  assert result["table"]["all"]["seconds"] == pytest.approx(1e-3 * 47)
+
+
+def test_infer_mode_rejects_no_slices():
+  with pytest.raises(SystemExit, match="--slices must be"):
+    step_convs.main(["--program", "infer", "--size", "tiny", "--slices", "0"])
