@@ -66,8 +66,8 @@ class GroupNorm32(nn.Module):
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
                epsilon: float = 1e-5) -> jax.Array:
   """GroupNorm32's computation: x [B, ..., C], scale/bias [C] -> [B, ..., C] in x.dtype."""
-  centred, _, rstd = group_statistics(x, groups, epsilon)
-  return group_normalise(centred, rstd, scale, bias, x.shape, x.dtype)
+  xg, mean, rstd = group_statistics(x, groups, epsilon)
+  return group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype)
 
 
 def grouped(x: jax.Array, groups: int) -> tuple[jax.Array, tuple[int, ...]]:
@@ -79,22 +79,29 @@ def grouped(x: jax.Array, groups: int) -> tuple[jax.Array, tuple[int, ...]]:
 
 def group_statistics(x: jax.Array, groups: int, epsilon: float = 1e-5
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(x − mean [B, ..., G, C/G], mean, 1/√(var + eps)), float32; the statistics keep-dims
-  [B, 1.., G, 1]. Two-pass variance, sums via `staged`."""
+  """(x grouped [B, ..., G, C/G], mean, 1/√(var + eps)), float32; the statistics keep-dims
+  [B, 1.., G, 1]. Two-pass variance (the mean subtracted before squaring), sums via `staged`."""
   xg, axes = grouped(x, groups)
   mean = staged.staged_mean(xg, axes, keepdims=True)
-  centred = xg - staged.expand(mean, xg.shape)
-  var = staged.staged_mean(jnp.square(centred), axes, keepdims=True)  # [B, 1.., G, 1]
-  return centred, mean, jax.lax.rsqrt(var + epsilon)
+  var = staged.staged_mean(jnp.square(xg - staged.expand(mean, xg.shape)), axes, keepdims=True)
+  return xg, mean, jax.lax.rsqrt(var + epsilon)
 
 
-def group_normalise(centred: jax.Array, rstd: jax.Array, scale: jax.Array, bias: jax.Array,
-                    shape: tuple[int, ...], dtype: Dtype) -> jax.Array:
-  """centred · rstd · scale + bias ([B, ..., G, C/G], float32) as `shape` [B, ..., C] in `dtype`."""
-  g, cg = centred.shape[-2:]
+def group_normalise(xg: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
+                    bias: jax.Array, shape: tuple[int, ...], dtype: Dtype) -> jax.Array:
+  """(x − mean) · rstd · scale + bias as `shape` [B, ..., C] in `dtype`; xg [B, ..., G, C/G] and
+  the statistics [B, 1.., G, 1] in float32.
+
+  Applied in the affine form x · a + (bias − mean · a), a = rstd · scale per (sample, channel),
+  as PyTorch's CPU GroupNorm kernel applies it: one multiply-add per element from x itself, so
+  XLA need not write x − mean out as a full-size array for the variance and the output to share
+  (demo inference 0.80–0.88 of the time on a 2-core Zen 1; BENCHMARKS.md, "GroupNorm in the
+  affine form"). It differs from (x − mean) · a + bias by float32 round-off scaled by |mean|/std.
+  """
+  g, cg = xg.shape[-2:]
   mul = rstd * scale.reshape(g, cg)  # [B, 1.., G, C/G]
-  shift = bias.reshape((1,) * (centred.ndim - 2) + (g, cg))
-  y = centred * staged.expand(mul, centred.shape) + staged.expand(shift, centred.shape)
+  shift = bias.reshape((1,) * (xg.ndim - 2) + (g, cg)) - mean * mul
+  y = xg * staged.expand(mul, xg.shape) + staged.expand(shift, xg.shape)
   return y.reshape(shape).astype(dtype)
 
 

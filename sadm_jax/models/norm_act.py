@@ -56,15 +56,15 @@ def _recomputing(groups: int, eps: float):
     return _plain(x, scale, bias, film, groups, eps)
 
   def fwd(x, scale, bias, film):  # `_plain`'s operations, its statistics kept for `bwd`
-    centred, mean, rstd = layers.group_statistics(x, groups, eps)
-    normed = layers.group_normalise(centred, rstd, scale, bias, x.shape, x.dtype)
+    xg, mean, rstd = layers.group_statistics(x, groups, eps)
+    normed = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype)
     return jax.nn.silu(_film(normed, film)), (x, mean, rstd, scale, bias, film)
 
   def bwd(res, dout):
     x, mean, rstd, scale, bias, film = res
     xg, axes = layers.grouped(x, groups)
     centred = xg - staged.expand(mean, xg.shape)
-    normed = layers.group_normalise(centred, rstd, scale, bias, x.shape, x.dtype)
+    normed = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype)
     y32 = _film(normed, film).astype(jnp.float32)
     sig = jax.nn.sigmoid(y32)
     dy = dout.astype(jnp.float32) * (sig * (1.0 + y32 * (1.0 - sig)))  # d silu(y) / dy

@@ -266,3 +266,20 @@ def test_batchnorm_matches_the_plain_formulas(masked):
   ref_eval = (x - stats["mean"]) * (params["scale"] * jax.lax.rsqrt(stats["var"] + 1e-5))
   ref_eval = ref_eval + params["bias"]
   np.testing.assert_allclose(y_eval, ref_eval * mask if masked else ref_eval, atol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+def test_groupnorm_affine_form_error_stays_small_for_a_large_mean(offset):
+  """GroupNorm32 applies x·a + (bias − mean·a); with |mean| = 50·std its float32 error against a
+  float64 GroupNorm stays at the round-off of |mean|/std·|a| (here < 2e-5), not larger."""
+  x = _normal(6, (2, 8, 8, 16)) + offset
+  gn = layers.GroupNorm32(4)
+  params = _random_params(gn, jax.random.key(2), x)
+  got = np.asarray(jax.jit(gn.apply)(params, x), np.float64)
+  x64 = np.asarray(x, np.float64).reshape(2, 8, 8, 4, 4)
+  mean = x64.mean(axis=(1, 2, 4), keepdims=True)
+  var = ((x64 - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+  normed = ((x64 - mean) / np.sqrt(var + 1e-5)).reshape(2, 8, 8, 16)
+  p = params["params"]
+  want = normed * np.asarray(p["scale"], np.float64) + np.asarray(p["bias"], np.float64)
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 if offset else 2e-6)
