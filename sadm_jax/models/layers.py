@@ -88,21 +88,46 @@ def group_statistics(x: jax.Array, groups: int, epsilon: float = 1e-5
 
 
 def group_normalise(xg: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
-                    bias: jax.Array, shape: tuple[int, ...], dtype: Dtype) -> jax.Array:
+                    bias: jax.Array, shape: tuple[int, ...], dtype: Dtype,
+                    film: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """(x − mean) · rstd · scale + bias as `shape` [B, ..., C] in `dtype`; xg [B, ..., G, C/G] and
-  the statistics [B, 1.., G, 1] in float32.
+  the statistics [B, 1.., G, 1] in float32. With `film` = (f_scale, f_shift), each of x's rank
+  with size 1 on the axes it broadcasts over (e.g. [B, 1, 1, C]), the FiLM that follows,
+  GroupNorm(x) · (1 + f_scale) + f_shift, is folded into the same per-channel multiply-add.
 
   Applied in the affine form x · a + (bias − mean · a), a = rstd · scale per (sample, channel),
   as PyTorch's CPU GroupNorm kernel applies it: one multiply-add per element from x itself, so
   XLA need not write x − mean out as a full-size array for the variance and the output to share
   (demo inference 0.80–0.88 of the time on a 2-core Zen 1; BENCHMARKS.md, "GroupNorm in the
   affine form"). It differs from (x − mean) · a + bias by float32 round-off scaled by |mean|/std.
+  Folding the FiLM in (a · (1 + f_scale), shift · (1 + f_scale) + f_shift, in float32) saves two
+  full-size passes where XLA would otherwise apply it element by element after the GroupNorm.
   """
   g, cg = xg.shape[-2:]
   mul = rstd * scale.reshape(g, cg)  # [B, 1.., G, C/G]
   shift = bias.reshape((1,) * (xg.ndim - 2) + (g, cg)) - mean * mul
+  if film is not None:
+    f_scale, f_shift = (f.astype(jnp.float32).reshape(f.shape[:-1] + (g, cg)) for f in film)
+    mul, shift = mul * (1 + f_scale), shift * (1 + f_scale) + f_shift
   y = xg * staged.expand(mul, xg.shape) + staged.expand(shift, xg.shape)
   return y.reshape(shape).astype(dtype)
+
+
+def sigmoid(x: jax.Array) -> jax.Array:
+  """The logistic function as ½ · tanh(x / 2) + ½ (same shape and dtype as x).
+
+  Equal to 1 / (1 + e^−x) up to float32 round-off (≤ 1.5e-7 absolute; tests/models/test_staged.py)
+  and cheaper on XLA:CPU, whose tanh is one rational polynomial where `jax.nn.sigmoid` costs an
+  exponential and a division per element (BENCHMARKS.md, "SiLU through tanh, and the FiLM folded
+  into the GroupNorm").
+  """
+  return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+def silu(x: jax.Array) -> jax.Array:
+  """x · sigmoid(x) with `sigmoid` above: `jax.nn.silu` up to float32 round-off. Every SiLU of
+  the networks is this one, so that training and inference compute the same function."""
+  return x * sigmoid(x)
 
 
 class Conv(nn.Module):

@@ -14,8 +14,10 @@ arrays instead of fusing them into the reductions that use them (BENCHMARKS.md, 
 step's convolutions, and GroupNorm → FiLM → SiLU").
 On an H200 it gains nothing either (paper cDDPM train step, bf16, batch 32: 51.2 vs 51.5 ms
 pipelined, GPU busy 49.9 vs 50.1 ms, the program's temporaries 7.55 vs 6.84 GB; BENCHMARKS.md,
-"GPU: one H200"), so GPUs keep the composition too. With the default, the program is the
-composition as written before this module existed (the same optimised HLO).
+"GPU: one H200"), so GPUs keep the composition too. The composition folds the FiLM into
+GroupNorm's per-channel multiply-add and takes the SiLU through tanh (`layers.silu`): the same
+function up to float32 round-off, with fewer operations per element (BENCHMARKS.md, "SiLU through
+tanh, and the FiLM folded into the GroupNorm").
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def _film(h: jax.Array, film: tuple[jax.Array, jax.Array] | None) -> jax.Array:
 
 
 def _plain(x, scale, bias, film, groups, eps):
-  """The composition as written before this module: GroupNorm32, the FiLM, `jax.nn.silu`."""
-  return jax.nn.silu(_film(layers.group_norm(x, scale, bias, groups, eps), film))
+  """GroupNorm32, the FiLM folded into its per-channel multiply-add, then `layers.silu`."""
+  xg, mean, rstd = layers.group_statistics(x, groups, eps)
+  return layers.silu(layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype, film))
 
 
 def _film_grad(d: jax.Array, f: jax.Array) -> jax.Array:
@@ -57,8 +60,8 @@ def _recomputing(groups: int, eps: float):
 
   def fwd(x, scale, bias, film):  # `_plain`'s operations, its statistics kept for `bwd`
     xg, mean, rstd = layers.group_statistics(x, groups, eps)
-    normed = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype)
-    return jax.nn.silu(_film(normed, film)), (x, mean, rstd, scale, bias, film)
+    y = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype, film)
+    return layers.silu(y), (x, mean, rstd, scale, bias, film)
 
   def bwd(res, dout):
     x, mean, rstd, scale, bias, film = res
@@ -66,7 +69,7 @@ def _recomputing(groups: int, eps: float):
     centred = xg - staged.expand(mean, xg.shape)
     normed = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype)
     y32 = _film(normed, film).astype(jnp.float32)
-    sig = jax.nn.sigmoid(y32)
+    sig = layers.sigmoid(y32)
     dy = dout.astype(jnp.float32) * (sig * (1.0 + y32 * (1.0 - sig)))  # d silu(y) / dy
     if film is not None:
       f_scale, f_shift = film

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sadm_jax.models import staged
+from sadm_jax.models import layers, staged
 from sadm_jax.models.layers import (Conv, ConvTranspose, GroupNorm32, standardize_weight,
                                     torch_bias_init, torch_kernel_init)
 
@@ -54,7 +54,7 @@ class ConvBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C_in] -> [B, H, W, features]
     groups = middle_divisor_groups(self.features)
     for i in range(2):
-      x = nn.silu(WSConv(self.features, 3, self.dtype, name=f"conv_{i}")(_reflect_pad1(x)))
+      x = layers.silu(WSConv(self.features, 3, self.dtype, name=f"conv_{i}")(_reflect_pad1(x)))
       x = GroupNorm32(groups, name=f"norm_{i}")(x)
     return x
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sadm_jax.models import layers
 from sadm_jax.models.layers import Conv, GroupNorm32, torch_bias_init, torch_kernel_init, zeros_init
 from sadm_jax.models.norm_act import GroupNormSiLU
 
@@ -77,7 +78,7 @@ class ResBlock(nn.Module):
       raise ValueError(f"resample must be None, 'down' or 'up', got {self.resample!r}")
     h = _conv(c_out, c_in, 3, self.dtype, "in_conv")(h)
 
-    emb_out = _dense(2 * c_out, emb.shape[-1], self.dtype, "emb_proj")(nn.silu(emb))
+    emb_out = _dense(2 * c_out, emb.shape[-1], self.dtype, "emb_proj")(layers.silu(emb))
     scale, shift = jnp.split(emb_out[:, None, None, :], 2, axis=-1)  # [B, 1, 1, C_out] each
     h = GroupNormSiLU(self.num_groups, name="out_norm")(h, film=(scale, shift))
     h = _conv(c_out, c_out, 3, self.dtype, "out_conv", zero=True)(h)
@@ -143,7 +144,7 @@ class EmbedMLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, D] -> [B, features]
     h = _dense(self.features, x.shape[-1], self.dtype, "dense_0")(x.astype(self.dtype))
-    return _dense(self.features, self.features, self.dtype, "dense_1")(nn.silu(h))
+    return _dense(self.features, self.features, self.dtype, "dense_1")(layers.silu(h))
 
 
 class OutputHead(nn.Module):

@@ -100,8 +100,9 @@ def test_group_norm_silu_uses_the_recomputing_vjp_only_on_listed_backends(monkey
                                atol=2e-5 * max(1.0, float(np.abs(b).max())))
 
 
-def test_default_is_groupnorm32_then_film_then_silu_exactly():
-  # by default (no backend listed) the module is the composition the UNet had before
+def test_default_is_groupnorm32_then_film_then_silu():
+  # by default (no backend listed) the module is the composition the UNet had before, with the
+  # FiLM folded into GroupNorm's multiply-add and the SiLU through tanh: equal up to round-off
   assert norm_act.RECOMPUTE_BACKENDS == ()
   x, _, _, fm = _inputs((2, 8, 8, 16), True)
   m, gn = norm_act.GroupNormSiLU(4), layers.GroupNorm32(4)
@@ -113,10 +114,11 @@ def test_default_is_groupnorm32_then_film_then_silu_exactly():
     h = gn.apply(p, x)
     return nn.silu(h * staged.expand(1 + fm[0], h.shape) + staged.expand(fm[1], h.shape))
 
-  np.testing.assert_array_equal(np.asarray(jax.jit(m.apply)(params, x, fm)),
-                                np.asarray(jax.jit(composed)(params, x)))
-  np.testing.assert_array_equal(np.asarray(jax.jit(m.apply)(params, x)),
-                                np.asarray(jax.jit(lambda p, x: nn.silu(gn.apply(p, x)))(params, x)))
+  for ours, ref in [(jax.jit(m.apply)(params, x, fm), jax.jit(composed)(params, x)),
+                    (jax.jit(m.apply)(params, x), jax.jit(lambda p, x: nn.silu(gn.apply(p, x)))(params, x))]:
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6 * max(1.0, float(np.abs(ref).max())))
+    assert not np.array_equal(ours, ref)  # a different formulation, not the same program
 
 
 def test_rejects_channels_not_divisible_by_groups():

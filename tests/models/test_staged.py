@@ -1,4 +1,4 @@
-"""Staged sums, GroupNorm32 / Conv on them, ConvTranspose's adjoint gradient vs the plain forms."""
+"""Staged sums, GroupNorm32, Conv, ConvTranspose's adjoint gradient and SiLU vs plain forms."""
 
 from __future__ import annotations
 
@@ -283,3 +283,42 @@ def test_groupnorm_affine_form_error_stays_small_for_a_large_mean(offset):
   p = params["params"]
   want = normed * np.asarray(p["scale"], np.float64) + np.asarray(p["bias"], np.float64)
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 if offset else 2e-6)
+
+
+@pytest.mark.parametrize("film_batch", [2, 1])  # per sample (the UNet's) or broadcast over it
+def test_film_folded_into_groupnorm_matches_float64(film_batch):
+  """group_normalise with `film` folds GroupNorm(x)·(1 + s) + t into one multiply-add per
+  element; against the two steps in float64 it stays at float32 round-off."""
+  x = _normal(7, (2, 8, 8, 16)) * 2.0 + 0.5
+  scale, bias = 1.0 + 0.1 * _normal(8, (16,)), 0.1 * _normal(9, (16,))
+  s, t = 0.3 * _normal(10, (film_batch, 1, 1, 16)), 0.3 * _normal(11, (film_batch, 1, 1, 16))
+  xg, mean, rstd = layers.group_statistics(x, 4)
+  got = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype, (s, t))
+  plain = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype)
+  want = (np.asarray(plain, np.float64) * (1 + np.asarray(s, np.float64))
+          + np.asarray(t, np.float64))
+  assert got.shape == x.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=4e-6)
+  half = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, jnp.bfloat16,
+                                (s.astype(jnp.bfloat16), t.astype(jnp.bfloat16)))
+  assert half.dtype == jnp.bfloat16  # the fold in float32, one rounding to the input's dtype
+  np.testing.assert_allclose(np.asarray(half, np.float64), np.asarray(got, np.float64),
+                             rtol=2.0 ** -8, atol=2e-2)
+
+
+def test_sigmoid_and_silu_through_tanh_match_float64():
+  x = np.concatenate([np.linspace(-40.0, 40.0, 20001), [0.0, -0.0, 1e-8, -1e-8]])
+  x32 = jnp.asarray(x, jnp.float32)
+  x64 = np.asarray(x32, np.float64)
+  sig64 = 1.0 / (1.0 + np.exp(-x64))
+  sig = np.asarray(layers.sigmoid(x32), np.float64)
+  assert layers.sigmoid(x32).dtype == jnp.float32
+  assert np.abs(sig - sig64).max() < 1.5e-7  # ≈ 2 ulp of [0.5, 1)
+  assert sig.min() >= 0.0 and sig.max() <= 1.0 and layers.sigmoid(jnp.float32(0.0)) == 0.5
+  silu = np.asarray(layers.silu(x32), np.float64)
+  rel = lambda a, b: float((np.abs(a - b) / np.maximum(1.0, np.abs(x64))).max())
+  assert rel(silu, x64 * sig64) < 2e-7  # jax.nn.silu's own error here: 1.3e-7
+  # jax.nn.silu, the form it replaces: the same function up to float32 round-off
+  assert rel(silu, np.asarray(jax.nn.silu(x32), np.float64)) < 3e-7
+  grad = jax.vmap(jax.grad(layers.silu))(x32)  # σ(x)·(1 + x·(1 − σ(x)))
+  assert rel(np.asarray(grad, np.float64), sig64 * (1 + x64 * (1 - sig64))) < 2e-7
