@@ -107,6 +107,8 @@ def group_normalise(xg: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.
   mul = rstd * scale.reshape(g, cg)  # [B, 1.., G, C/G]
   shift = bias.reshape((1,) * (xg.ndim - 2) + (g, cg)) - mean * mul
   if film is not None:
+    if any(f.ndim != len(shape) for f in film):
+      raise ValueError(f"FiLM terms {[f.shape for f in film]} need the rank of x {shape}")
     f_scale, f_shift = (f.astype(jnp.float32).reshape(f.shape[:-1] + (g, cg)) for f in film)
     mul, shift = mul * (1 + f_scale), shift * (1 + f_scale) + f_shift
   y = xg * staged.expand(mul, xg.shape) + staged.expand(shift, xg.shape)
@@ -114,20 +116,24 @@ def group_normalise(xg: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.
 
 
 def sigmoid(x: jax.Array) -> jax.Array:
-  """The logistic function as ½ · tanh(x / 2) + ½ (same shape and dtype as x).
+  """The logistic function as ½ · tanh(x / 2) + ½, computed in (at least) float32; x's shape
+  and dtype.
 
   Equal to 1 / (1 + e^−x) up to float32 round-off (≤ 1.5e-7 absolute; tests/models/test_staged.py)
   and cheaper on XLA:CPU, whose tanh is one rational polynomial where `jax.nn.sigmoid` costs an
   exponential and a division per element (BENCHMARKS.md, "SiLU through tanh, and the FiLM folded
-  into the GroupNorm").
+  into the GroupNorm"). Half-precision inputs are widened first: in bfloat16, tanh near −1 would
+  round σ(x) to multiples of 2⁻⁹ (σ(−5) 12 % low, zero below ≈ −7).
   """
-  return 0.5 * jnp.tanh(0.5 * x) + 0.5
+  wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return (0.5 * jnp.tanh(0.5 * wide) + 0.5).astype(x.dtype)
 
 
 def silu(x: jax.Array) -> jax.Array:
-  """x · sigmoid(x) with `sigmoid` above: `jax.nn.silu` up to float32 round-off. Every SiLU of
-  the networks is this one, so that training and inference compute the same function."""
-  return x * sigmoid(x)
+  """x · sigmoid(x) with `sigmoid` above, in (at least) float32 and returned in x's dtype:
+  `jax.nn.silu` up to float32 round-off. Every SiLU of the networks is this one."""
+  wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return (wide * sigmoid(wide)).astype(x.dtype)
 
 
 class Conv(nn.Module):

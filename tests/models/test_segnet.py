@@ -185,3 +185,11 @@ def test_deep_supervision_loss_uses_nearest_downsampled_target():
   aux = [jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 4, 4, 1))]
   np.testing.assert_allclose(deep_supervision_bce(logits, aux, target), 3 * math.log(2),
                              rtol=1e-6)
+
+
+def test_every_silu_goes_through_tanh():
+  # layers.silu in the conv blocks: no logistic left in the traced network (logits out)
+  model = SegUnet(**TINY)
+  params, (x, recon) = _abstract(model, size=32)
+  jaxpr = str(jax.make_jaxpr(model.apply)({"params": params}, x, recon))
+  assert "logistic" not in jaxpr and "tanh" in jaxpr

@@ -179,3 +179,10 @@ def test_wrong_cond_shape_raises(tiny):
   model, variables, (x, t, _) = tiny
   with pytest.raises(ValueError, match="cond"):
     jax.eval_shape(model.apply, variables, x, t, jnp.zeros((B, 3)))
+
+
+def test_every_silu_goes_through_tanh():
+  # layers.silu everywhere (blocks, embeddings): no logistic left in the traced network
+  params, (x, t, c) = _abstract_params(DiffusionUNet(**TINY), size=16, cond_dim=TINY["cond_dim"])
+  jaxpr = str(jax.make_jaxpr(DiffusionUNet(**TINY).apply)({"params": params}, x, t, c))
+  assert "logistic" not in jaxpr and "tanh" in jaxpr
