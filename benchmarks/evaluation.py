@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from benchmarks.weights import random_variables
 from configs import cddpm as cddpm_config
 from configs import evaluate as evaluate_config
 from sadm_jax import config as config_lib
@@ -75,15 +76,6 @@ def synthetic_volume(shape: tuple[int, int, int], seed: int = 0):
   x = np.where(brain, 0.3 + 0.5 * (texture - texture.min()) / np.ptp(texture), 0.0)
   x = np.where(lesion & brain, 0.95, x).astype(np.float32)
   return np.ascontiguousarray(np.transpose(x, (2, 0, 1))), brain, lesion & brain
-
-
-def random_variables(init_fn, key) -> dict:
-  """Variables of the right shapes with nonzero random values (zero-init heads perturbed)."""
-  v = jax.jit(init_fn)(key)
-  leaves, tree = jax.tree.flatten(v)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(tree, [a + 0.02 * jax.random.normal(k, a.shape, a.dtype)
-                                   for a, k in zip(leaves, keys)])
 
 
 def timed(fn, repeats: int) -> dict:
@@ -141,11 +133,10 @@ def build(size: str, dtype: str) -> Bench:
   model = factory.build_cddpm(model_cfg)
   x1 = jnp.zeros((1, hw, hw, 1))
   cvars = random_variables(lambda k: model.init({"params": k, "dropout": k}, x1, x1,
-                                                jnp.zeros((1,), jnp.int32), train=False),
-                           jax.random.key(0))
+                                                jnp.zeros((1,), jnp.int32), train=False), seed=0)
   cddpm = inference.cddpm_inference(model_cfg, cvars, eval_cfg, fingerprint="bench")
   seg_module = SegUnet(wf=wf, dtype=factory.DTYPES[dtype])
-  svars = random_variables(lambda k: seg_module.init(k, x1, x1), jax.random.key(1))
+  svars = random_variables(seg_module.init, x1, x1, seed=1)
   segnet = inference.SegmentationInference(seg_module, svars)
   n_params = {"cddpm": int(sum(a.size for a in jax.tree.leaves(cvars["params"]))),
               "segnet": int(sum(a.size for a in jax.tree.leaves(svars["params"])))}

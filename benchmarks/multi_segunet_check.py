@@ -65,7 +65,8 @@ def _worker(args) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from benchmarks.evaluation import build, random_variables
+  from benchmarks.evaluation import build
+  from benchmarks.weights import random_variables
   from sadm_jax.evaluate import inference, scoring
 
   if not VARIANTS[args.worker][1]:
@@ -74,7 +75,7 @@ def _worker(args) -> dict:
   seg = b.segnet
   x1 = jnp.zeros((1,) + b.image.shape[1:] + (1,))
   other = inference.SegmentationInference(
-      seg.module, random_variables(lambda k: seg.module.init(k, x1, x1), jax.random.key(7)))
+      seg.module, random_variables(seg.module.init, x1, x1, seed=7))
   n = args.devices
   rng = np.random.default_rng(0)
   images = np.stack([np.clip(b.image + 0.1 * rng.standard_normal(b.image.shape), 0, 1)

@@ -256,7 +256,7 @@ def precision_check(args, benches: dict) -> dict:
             "max_abs_in_brain": float(d[brain].max()), "ref_range": [float(a.min()),
                                                                    float(a.max())]}
 
-  res = {"grid": list(b.grid), "weights": "random (benchmarks.evaluation.random_variables)",
+  res = {"grid": list(b.grid), "weights": "random (benchmarks.weights.random_variables)",
          "recon": diffs(f32.recon, bf16.recon), "seg_prob": diffs(f32.seg_prob, bf16.seg_prob),
          "anomaly_map": diffs(maps["float32"], maps["bfloat16"]),
          "threshold_f32_p97_in_brain": tau,

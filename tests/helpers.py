@@ -11,6 +11,8 @@ import sys
 import tempfile
 import threading
 
+from benchmarks.weights import random_variables  # noqa: F401  (re-exported for tests)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -53,35 +55,6 @@ def dilated_convs(module, params, x) -> int:
   import jax.numpy as jnp
   grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x))), argnums=(0, 1)))
   return grad.lower(params, x).as_text().count("lhs_dilate = [2, 2]")
-
-
-def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
-  """Variables shaped like `init(key, *args)`, drawn on the host: nothing is compiled.
-
-  `jax.eval_shape` gives the tree; kernels are N(0, 1/fan_in), norm scales 1 + N(0, scale²),
-  batch-stat means 0 and variances 1, every other leaf N(0, scale²) (so no output layer is zero).
-  A jitted `init` costs 10–30 s of XLA:CPU compilation (one threefry loop per parameter).
-  """
-  import jax
-  import numpy as np
-  shapes = jax.eval_shape(lambda k: init(k, *args), jax.random.key(0))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name == "kernel":
-      x = rng.normal(0, 1 / np.sqrt(max(1, int(np.prod(leaf.shape[:-1])))), leaf.shape)
-    elif name == "scale":
-      x = 1 + scale * rng.normal(size=leaf.shape)
-    elif name == "var":
-      x = np.ones(leaf.shape)
-    elif name == "mean":
-      x = np.zeros(leaf.shape)
-    else:
-      x = scale * rng.normal(size=leaf.shape)
-    return jax.numpy.asarray(x.astype(leaf.dtype))
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 BACKGROUND_NICENESS = 10
