@@ -60,6 +60,44 @@ def dilated_convs(module, params, x) -> int:
 BACKGROUND_NICENESS = 10
 
 
+def param_count(tree) -> int:
+  """Number of values in a variable tree (or its abstract shapes)."""
+  import math
+
+  import jax
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def abstract_variables(module, *args):
+  """Variable shapes of `module.init(key, *args)` without computing anything (eval_shape)."""
+  import jax
+  return jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))
+
+
+def he_random_variables(module, *args, seed: int = 0):
+  """Cheap stand-in for a ResNet-style `init` (whose RNG kernels take long to compile on CPU):
+  kernels N(0, 2/fan_in), BatchNorm scales and variances U(0.5, 1.5) (nonzero, so every residual
+  branch and its drop path matters), every other leaf N(0, 0.1²); drawn with numpy."""
+  import math
+
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import traverse_util
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(abstract_variables(module, *args))
+  out = {}
+  for path, leaf in flat.items():
+    name, shape = path[-1], leaf.shape
+    if name == "kernel":
+      value = rng.standard_normal(shape, np.float32) * math.sqrt(2.0 / math.prod(shape[:-1]))
+    elif name in ("scale", "var"):
+      value = rng.uniform(0.5, 1.5, size=shape)
+    else:  # bias, mean, mask tokens
+      value = rng.normal(size=shape) * 0.1
+    out[path] = jnp.asarray(value, leaf.dtype)
+  return traverse_util.unflatten_dict(out)
+
+
 def _lower_priority(pid: int) -> None:
   """Runs `pid` (and the workers it starts: they inherit it) at a low CPU priority, so that the
   in-process tests, the session's critical path, run as if alone and it takes the idle core time.

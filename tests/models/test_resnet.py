@@ -8,39 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from sadm_jax.models.resnet import (BatchNorm, Bottleneck, DropPath, ResNet50Backbone,
                                     ResNet50Encoder, mask_at)
+from tests.helpers import abstract_variables
+from tests.helpers import he_random_variables as random_variables
+from tests.helpers import param_count as count
 
 FEATURE_SHAPES_96 = [(2, 24, 24, 256), (2, 12, 12, 512), (2, 6, 6, 1024), (2, 3, 3, 2048)]
-
-
-def count(tree) -> int:
-  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def abstract_variables(module, *args):
-  """Variable shapes without computing anything (init traced with eval_shape)."""
-  return jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))
-
-
-def random_variables(module, *args, seed: int = 0):
-  """Cheap stand-in for `init` (whose RNG kernels take long to compile on CPU): random values of the
-  right shapes, with non-zero BN scales so every residual branch (and its drop path) matters."""
-  rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(abstract_variables(module, *args))
-  out = {}
-  for path, leaf in flat.items():
-    name, shape = path[-1], leaf.shape
-    if name == "kernel":
-      value = rng.standard_normal(shape, np.float32) * math.sqrt(2.0 / math.prod(shape[:-1]))
-    elif name in ("scale", "var"):
-      value = rng.uniform(0.5, 1.5, size=shape)
-    else:  # bias, mean, mask tokens
-      value = rng.normal(size=shape) * 0.1
-    out[path] = jnp.asarray(value, leaf.dtype)
-  return traverse_util.unflatten_dict(out)
 
 
 def assert_trees_equal(a, b) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -14,31 +13,9 @@ from sadm_jax.models.resnet import ResNet50Encoder, mask_at
 from sadm_jax.models.spark import (SparK, keep_count, mask_token_init, patchify,
                                    random_active_mask, spark_loss)
 from sadm_jax.models.transfer import load_spark_backbone_into_encoder
-
-
-def count(tree) -> int:
-  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def abstract_variables(module, *args):
-  return jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))
-
-
-def random_variables(module, *args, seed: int = 0):
-  """Random values of the right shapes: a cheap stand-in for `init` (slow RNG compiles on CPU)."""
-  rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(abstract_variables(module, *args))
-  out = {}
-  for path, leaf in flat.items():
-    if path[-1] == "kernel":
-      fan_in = math.prod(leaf.shape[:-1])
-      value = rng.standard_normal(leaf.shape, np.float32) * math.sqrt(2.0 / fan_in)
-    elif path[-1] in ("scale", "var"):
-      value = rng.uniform(0.5, 1.5, size=leaf.shape)
-    else:
-      value = rng.normal(size=leaf.shape) * 0.1
-    out[path] = jnp.asarray(value, leaf.dtype)
-  return traverse_util.unflatten_dict(out)
+from tests.helpers import abstract_variables
+from tests.helpers import he_random_variables as random_variables
+from tests.helpers import param_count as count
 
 
 # [2, 2, 2]: the 2x2 patch grid of a 64x64 input
