@@ -57,9 +57,6 @@ def dilated_convs(module, params, x) -> int:
   return grad.lower(params, x).as_text().count("lhs_dilate = [2, 2]")
 
 
-BACKGROUND_NICENESS = 10
-
-
 def param_count(tree) -> int:
   """Number of values in a variable tree (or its abstract shapes)."""
   import math
@@ -96,6 +93,9 @@ def he_random_variables(module, *args, seed: int = 0):
       value = rng.normal(size=shape) * 0.1
     out[path] = jnp.asarray(value, leaf.dtype)
   return traverse_util.unflatten_dict(out)
+
+
+BACKGROUND_NICENESS = 10
 
 
 def _lower_priority(pid: int) -> None:
