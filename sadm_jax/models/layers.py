@@ -64,10 +64,12 @@ class GroupNorm32(nn.Module):
 
 
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
-               epsilon: float = 1e-5) -> jax.Array:
-  """GroupNorm32's computation: x [B, ..., C], scale/bias [C] -> [B, ..., C] in x.dtype."""
+               epsilon: float = 1e-5, film: tuple[jax.Array, jax.Array] | None = None
+               ) -> jax.Array:
+  """GroupNorm32's computation: x [B, ..., C], scale/bias [C] -> [B, ..., C] in x.dtype; with
+  `film` = (f_scale, f_shift) the FiLM that follows folded in (`group_normalise`)."""
   xg, mean, rstd = group_statistics(x, groups, epsilon)
-  return group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype)
+  return group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype, film)
 
 
 def grouped(x: jax.Array, groups: int) -> tuple[jax.Array, tuple[int, ...]]:

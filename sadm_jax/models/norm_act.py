@@ -41,8 +41,7 @@ def _film(h: jax.Array, film: tuple[jax.Array, jax.Array] | None) -> jax.Array:
 
 def _plain(x, scale, bias, film, groups, eps):
   """GroupNorm32, the FiLM folded into its per-channel multiply-add, then `layers.silu`."""
-  xg, mean, rstd = layers.group_statistics(x, groups, eps)
-  return layers.silu(layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype, film))
+  return layers.silu(layers.group_norm(x, scale, bias, groups, eps, film))
 
 
 def _film_grad(d: jax.Array, f: jax.Array) -> jax.Array:
