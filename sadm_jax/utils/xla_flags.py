@@ -1,7 +1,9 @@
 """XLA:CPU flags the package sets by default (one place), before JAX's backend starts.
 
-jaxlib 0.10's XLA:CPU hands convolutions, lone dots and reductions to YNNPACK fusions. For our
-networks three of those fusion types are the main cost on CPU, and the package removes them:
+jaxlib 0.10's XLA:CPU hands convolutions, lone dots and reductions to YNNPACK fusions (its
+default fusion types: "individual convolution", "reduce" and "individual dot"; "dot" — a dot with
+elementwise neighbours — and "eltwise" are opt-in). For our networks those three are the main
+cost on CPU, and the package removes them, so that no operation goes to YNNPACK:
 - "individual convolution": the weight gradient of a 3×3 conv, which XLA expresses as a
   convolution with a 96×96 window over a batch of C_in, runs ~4–8× slower through YNNPACK than
   through XLA's own (Eigen) convolution; the forward / input gradient are no faster
@@ -11,7 +13,9 @@ networks three of those fusion types are the main cost on CPU, and the package r
 - "individual dot": attention's small batched matmuls ran at ~2.5 GFLOP/s.
 Dropping the last two makes the demo's inference 1.1–1.5× faster and its train steps up to 1.35×
 (interleaved and single measurements differ on this VM; BENCHMARKS.md, "XLA:CPU fusion
-types"). YNNPACK keeps dot-with-elementwise and elementwise fusions.
+types"). (The package's comments once said that YNNPACK kept dot-with-elementwise and
+elementwise fusions: it does not; in jaxlib 0.10.2 they are off unless asked for, BENCHMARKS.md
+"YNNPACK's default fusion types".)
 
 The `evaluate` stage also gets one CPU device per available core
 (`--xla_force_host_platform_device_count`): its per-volume program runs one volume per device,
@@ -58,7 +62,10 @@ YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 CPU_DEFAULTS: dict[str, str] = {
     YNN_FLAG: "-individual_convolution,-reduce,-individual_dot",
 }
-# Inference programs: YNNPACK dot-with-elementwise, elementwise and convolution fusions.
+# Programs with two or more SegUnets: YNNPACK convolutions, and its dot-with-elementwise and
+# elementwise fusions, which take the convolutions' elementwise neighbours into the same YNNPACK
+# fusion (the demo's 3-SegUnet program: 3.0 s per volume; 4.3 s with the convolutions alone,
+# BENCHMARKS.md "YNNPACK's default fusion types").
 INFERENCE_YNN_FUSION_TYPES = ("dot", "eltwise", "individual_convolution")
 INFERENCE_STAGES = ("evaluate",)  # these get one CPU device per core
 DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"
