@@ -139,27 +139,16 @@ def compare(torch_fn, our_fn, rounds: int, warmup: int, pause: float) -> dict:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from benchmarks import torch_reference as tr
   try:
-    import torch
-  except ImportError:
-    print("benchmarks.side_by_side: PyTorch is not installed in this Python "
-          f"({sys.executable}); see the usage lines at the top of the script", file=sys.stderr)
+    torch, preset, (encoder, unet, segnet), params = tr.setup_reference(
+        args.size, args.threads, bool(args.flush_denormal), "benchmarks.side_by_side")
+  except tr.Unavailable as e:
+    print(e, file=sys.stderr)
     return 2
   import jax
-  from benchmarks import torch_reference as tr
-  from benchmarks.torch_reference_nets import build_networks
   from sadm_jax.utils import io
 
-  torch.set_num_threads(args.threads)
-  torch.set_flush_denormal(bool(args.flush_denormal))
-  torch.manual_seed(0)
-  preset = dict(tr.PRESETS[args.size])
-  encoder, unet, segnet = build_networks(preset)
-  params = {"unet": tr.count(unet), "encoder": tr.count(encoder), "segnet": tr.count(segnet)}
-  if args.size == "paper" and params != tr.PAPER_PARAMS:
-    print(f"benchmarks.side_by_side: parameter counts {params} differ from the package's "
-          f"{tr.PAPER_PARAMS}: the networks are not equal", file=sys.stderr)
-    return 2
   torch_fns = tr.programs(encoder, unet, segnet, preset["batch"], args.slices, preset["size"])
   our_fns = our_programs(args.size, preset["batch"], args.slices, args.program_list)
   rows = {}

@@ -115,6 +115,33 @@ def count(module) -> int:
   return sum(p.numel() for p in module.parameters())
 
 
+class Unavailable(Exception):
+  """The reference cannot be built in this Python (no PyTorch, or networks unequal to the
+  package's); the message is the one line to print."""
+
+
+def setup_reference(size: str, threads: int, flush_denormal: bool, caller: str):
+  """PyTorch set up as the comparisons run it (`threads` intra-op threads, denormals flushed or
+  not, seed 0) and the reference's networks at `size`: (torch, preset, (encoder, unet, segnet),
+  parameter counts). Raises `Unavailable` (its message names `caller`)."""
+  try:
+    import torch
+  except ImportError:
+    raise Unavailable(f"{caller}: PyTorch is not installed in this Python ({sys.executable}); "
+                      "see the usage lines at the top of the script") from None
+  from benchmarks.torch_reference_nets import build_networks
+  torch.set_num_threads(threads)
+  torch.set_flush_denormal(flush_denormal)
+  torch.manual_seed(0)
+  preset = dict(PRESETS[size])
+  encoder, unet, segnet = build_networks(preset)
+  params = {"unet": count(unet), "encoder": count(encoder), "segnet": count(segnet)}
+  if size == "paper" and params != PAPER_PARAMS:
+    raise Unavailable(f"{caller}: parameter counts {params} differ from the package's "
+                      f"{PAPER_PARAMS}: the networks are not equal")
+  return torch, preset, (encoder, unet, segnet), params
+
+
 def programs(encoder, unet, segnet, batch: int, slices: int, size: int):
   """name -> zero-argument callable running one call of that program."""
   import torch
@@ -169,26 +196,15 @@ def programs(encoder, unet, segnet, batch: int, slices: int, size: int):
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
-    import torch
-  except ImportError:
-    print("benchmarks.torch_reference: PyTorch is not installed in this Python "
-          f"({sys.executable}); see the usage lines at the top of the script", file=sys.stderr)
+    torch, preset, (encoder, unet, segnet), params = setup_reference(
+        args.size, args.threads, bool(args.flush_denormal), "benchmarks.torch_reference")
+  except Unavailable as e:
+    print(e, file=sys.stderr)
     return 2
-  from benchmarks.torch_reference_nets import build_networks
   from benchmarks.train_step import process_usage  # stdlib only at import: no JAX needed
   from sadm_jax.utils import io
 
-  torch.set_num_threads(args.threads)
-  torch.set_flush_denormal(bool(args.flush_denormal))
-  torch.manual_seed(0)
-  preset = dict(PRESETS[args.size])
   batch = args.batch or preset["batch"]
-  encoder, unet, segnet = build_networks(preset)
-  params = {"unet": count(unet), "encoder": count(encoder), "segnet": count(segnet)}
-  if args.size == "paper" and params != PAPER_PARAMS:
-    print(f"benchmarks.torch_reference: parameter counts {params} differ from the package's "
-          f"{PAPER_PARAMS}: the networks are not equal", file=sys.stderr)
-    return 2
   fns = programs(encoder, unet, segnet, batch, args.slices, preset["size"])
   wanted = [p for p in args.programs.split(",") if p]
   for p in wanted:
