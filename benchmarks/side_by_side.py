@@ -147,7 +147,6 @@ def main(argv=None) -> int:
     print(e, file=sys.stderr)
     return 2
   import jax
-  from sadm_jax.utils import io
 
   torch_fns = tr.programs(encoder, unet, segnet, preset["batch"], args.slices, preset["size"])
   our_fns = our_programs(args.size, preset["batch"], args.slices, args.program_list)
@@ -172,10 +171,7 @@ def main(argv=None) -> int:
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
             "machine": tr.cpu_model(), "cpu_count": os.cpu_count(), "programs": rows,
             "load_after": list(os.getloadavg())}
-  out = args.out or os.path.join("benchmarks", "results", f"side_by_side_{args.size}"
-                                 f"{'_ftz' if args.flush_denormal else ''}_cpu.json")
-  io.write_json(out, result)
-  print(f"wrote {out}")
+  tr.write_result(result, args.out, "side_by_side", args.size, bool(args.flush_denormal))
   return 0
 
 

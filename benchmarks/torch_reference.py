@@ -120,6 +120,16 @@ class Unavailable(Exception):
   package's); the message is the one line to print."""
 
 
+def write_result(result: dict, out: str, name: str, size: str, flush_denormal: bool) -> str:
+  """Writes `result` as JSON to `out`, or to benchmarks/results/<name>_<size>[_ftz]_cpu.json."""
+  from sadm_jax.utils import io
+  out = out or os.path.join("benchmarks", "results",
+                            f"{name}_{size}{'_ftz' if flush_denormal else ''}_cpu.json")
+  io.write_json(out, result)
+  print(f"wrote {out}")
+  return out
+
+
 def setup_reference(size: str, threads: int, flush_denormal: bool, caller: str):
   """PyTorch set up as the comparisons run it (`threads` intra-op threads, denormals flushed or
   not, seed 0) and the reference's networks at `size`: (torch, preset, (encoder, unet, segnet),
@@ -202,7 +212,6 @@ def main(argv=None) -> int:
     print(e, file=sys.stderr)
     return 2
   from benchmarks.train_step import process_usage  # stdlib only at import: no JAX needed
-  from sadm_jax.utils import io
 
   batch = args.batch or preset["batch"]
   fns = programs(encoder, unet, segnet, batch, args.slices, preset["size"])
@@ -252,10 +261,7 @@ def main(argv=None) -> int:
       q = r["profile"]
       print(f"         profiled call: {q['wall_s']:.3f} s, convolutions {q['conv_self_s']:.3f} s "
             f"of {q['all_self_s']:.3f} s self CPU time")
-  out = args.out or os.path.join("benchmarks", "results", f"torch_reference_{args.size}"
-                                 f"{'_ftz' if args.flush_denormal else ''}_cpu.json")
-  io.write_json(out, result)
-  print(f"wrote {out}")
+  write_result(result, args.out, "torch_reference", args.size, bool(args.flush_denormal))
   return 0
 
 
