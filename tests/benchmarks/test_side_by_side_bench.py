@@ -46,3 +46,19 @@ def test_bad_arguments_are_usage_errors(argv):
 def test_defaults_parse():
   args = sbs.parse_args([])
   assert args.program_list == ["train", "infer"] and args.size == "demo" and args.rounds == 7
+
+
+def test_without_torch_the_command_line_exits_2_without_a_traceback():
+  """The script as run (`python -m benchmarks.side_by_side`), in a Python without PyTorch."""
+  import importlib.util
+  import subprocess
+
+  from tests.helpers import REPO
+  if importlib.util.find_spec("torch") is not None:
+    pytest.skip("PyTorch is installed here: the command would run the benchmark")
+  res = subprocess.run([sys.executable, "-m", "benchmarks.side_by_side", "--size", "tiny"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 2
+  err = res.stderr.strip()
+  assert len(err.splitlines()) == 1 and "PyTorch is not installed" in err, err
+  assert "Traceback" not in res.stderr and not res.stdout.strip()
