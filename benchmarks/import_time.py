@@ -49,7 +49,8 @@ def run_once(statement: str, path: str = "") -> dict:
   wall = time.perf_counter() - t0
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   if res.returncode != 0:
-    raise RuntimeError(f"{statement!r} failed: {res.stderr.strip().splitlines()[-1:]}")
+    last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"{statement!r} failed (exit {res.returncode}): {last}")
   ext = re.search(rf"import time:\s+(\d+) \|\s+\d+ \|\s+{re.escape(EXT)}$", res.stderr, re.M)
   return {"wall_s": wall,
           "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
