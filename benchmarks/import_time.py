@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from benchmarks.train_step import host_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATEMENTS = ("import ml_dtypes", "import jax", "import sadm_jax.train.loop")
@@ -111,8 +112,7 @@ def main(argv=None) -> int:
   from sadm_jax.utils import io
   io.write_json(args.out, {
       "repeats": args.repeats, "variants": variants, "results": results,
-      "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                  "processor": platform.processor(), "python": platform.python_version()}})
+      "machine": host_info()})
   print(f"wrote {args.out}")
   return 0
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
+
+from benchmarks.train_step import host_info
 
 DEFAULT_CONFIGS = ("cddpm:tiny", "spark_pretrain:tiny", "sadm_draem:tiny", "cddpm:paper")
 # The level XLA compiles at when nothing is set (xla_backend_optimization_level's default).
@@ -96,8 +97,7 @@ def main():
           f"{r['xla_default_run_s']:>11.3f}{100 * r['differing_fraction']:>7.1f}%"
           f"{r['max_ulps']:>6}")
   result = {"benchmark": "init_program", "jax": jax.__version__,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "processor": platform.processor(), "python": platform.python_version()},
+            "machine": host_info(),
             "rows": rows}
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

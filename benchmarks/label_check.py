@@ -11,10 +11,10 @@ table and writes JSON (machine info included).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
+
+from benchmarks.train_step import host_info
 
 
 def sorted_check(vol, allowed: set[int], role: str) -> list[tuple[str, str]]:
@@ -73,9 +73,7 @@ def main():
   print(f"same problems reported: {r['agree']}")
   from sadm_jax.utils import io
   io.write_json(args.out, {"benchmark": "label_check",
-                           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                       "processor": platform.processor(),
-                                       "python": platform.python_version()}, **r})
+                           "machine": host_info(), **r})
   print(f"wrote {args.out}")
   return 0 if r["agree"] else 1
 

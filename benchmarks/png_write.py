@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
+
+from benchmarks.train_step import host_info
 
 
 def load_image(png: str | None, tmp: str):
@@ -68,8 +69,7 @@ def main():
     print(f"{label:>22}{1000 * r[f'{name}_s_median']:>8.1f}{r[f'{name}_bytes'] / 1024:>8.0f}")
   print(f"both decode to the image: {r['lossless']}")
   result = {"benchmark": "png_write", "image": args.png or "tiny demo cohort overview",
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "processor": platform.processor(), "python": platform.python_version()},
+            "machine": host_info(),
             **r}
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
+
+from benchmarks.train_step import host_info
 
 
 def rows_of(data_dir: str | None, tmp: str) -> list:
@@ -90,8 +91,7 @@ def main():
   print(f"{'whole volume':>14}{r['whole_volume_s_median']:>19.3f}{r['whole_volume_s_total']:>9.1f}")
   print(f"images identical: {r['identical']}")
   result = {"benchmark": "preprocess", "crop": args.crop, "downsample": args.downsample,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "processor": platform.processor(), "python": platform.python_version()},
+            "machine": host_info(),
             **r}
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks.train_step import host_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,8 +107,7 @@ def main():
   print(f"  open_run (model only)                    {r['open_s_model_only']:6.2f} s")
   print(f"  restore the whole saved state            {r['open_s_whole_state']:6.2f} s")
   result = {"benchmark": "run_start", "repeats": args.repeats,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "processor": platform.processor(), "python": platform.python_version()},
+            "machine": host_info(),
             **r}
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

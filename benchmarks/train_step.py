@@ -302,6 +302,12 @@ def process_usage() -> dict:
   return {"user_s": r.ru_utime, "sys_s": r.ru_stime, "minor_faults": r.ru_minflt}
 
 
+def host_info() -> dict:
+  """The machine a CPU benchmark ran on, for its JSON (stdlib only: no JAX needed)."""
+  return {"cpus": os.cpu_count(), "platform": platform.platform(),
+          "processor": platform.processor(), "python": platform.python_version()}
+
+
 def machine_info() -> dict:
   import jax
   import flax
