@@ -52,6 +52,7 @@ def test_closure_follows_requirements_and_markers():
   """The walk itself, on a package with known dependencies: jax needs jaxlib and ml_dtypes."""
   deps = closure(["jax"])
   assert {"jax", "jaxlib", "ml-dtypes", "numpy"} <= set(deps)
+  # jax's extras (its CUDA and TPU plugins, not installed here) are not requested: not walked
   assert all(v is not None for v in deps.values())
   assert closure(["no-such-package-here"]) == {"no-such-package-here": None}
 
