@@ -32,3 +32,20 @@ def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path):
   err = capsys.readouterr().err.strip()
   assert message in err and len(err.splitlines()) == 1 and err.startswith("import_time: ")
   assert not (tmp_path / "r.json").exists()
+
+
+def test_a_usage_error_as_a_command_is_one_line_exit_2_no_traceback(tmp_path):
+  """`python -m benchmarks.import_time` as run, refusing a bad --variant before measuring."""
+  import subprocess
+  import sys
+
+  from tests.helpers import REPO
+  out = tmp_path / "r.json"
+  res = subprocess.run([sys.executable, "-m", "benchmarks.import_time", "--variant",
+                        f"x={tmp_path / 'missing'}", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 2 and not res.stdout.strip()
+  err = res.stderr.strip()
+  assert err.startswith("import_time: --variant ") and "expected NAME=DIR" in err, err
+  assert len(err.splitlines()) == 1 and "Traceback" not in res.stderr
+  assert not out.exists()
