@@ -132,7 +132,7 @@ def parse_convolutions(hlo: str) -> list[dict]:
   return convs
 
 
-def _rebuilt(conv: dict):
+def rebuilt(conv: dict):
   """The convolution as a `lax.conv_general_dilated` function of (input, kernel)."""
   import jax
   w = conv["window"]
@@ -149,14 +149,14 @@ def flops(conv: dict) -> float:
   import jax
   from sadm_jax.utils import cost
   args = [jax.ShapeDtypeStruct(conv[k], "float32") for k in ("lhs_shape", "rhs_shape")]
-  return cost.traced_matmul_flops(_rebuilt(conv), *args)
+  return cost.traced_matmul_flops(rebuilt(conv), *args)
 
 
 def time_convolution(conv: dict, iters: int) -> float:
   """Median seconds of the convolution as a lone jitted `lax.conv_general_dilated`."""
   import jax
   import jax.numpy as jnp
-  fn = jax.jit(_rebuilt(conv))
+  fn = jax.jit(rebuilt(conv))
   x = jnp.full(conv["lhs_shape"], 0.1, jnp.float32)
   k = jnp.full(conv["rhs_shape"], 0.01, jnp.float32)
   shape = tuple(jax.eval_shape(fn, x, k).shape)
@@ -179,7 +179,7 @@ def summarise(convs: list[dict]) -> dict:
   return out
 
 
-def _train_programs(args) -> list[tuple[str, object, float]]:
+def train_programs(args) -> list[tuple[str, object, float]]:
   """[("train step", compiled step, s/step: the last of 3 steps)] for `--config` at `--size`."""
   import jax
   config = train_step.build_config(args.config, args.size, args.batch, "float32")
@@ -194,7 +194,7 @@ def _train_programs(args) -> list[tuple[str, object, float]]:
   return [("train step", compiled, step_s)]
 
 
-def _infer_programs(args) -> list[tuple[str, object, float]]:
+def infer_programs(args) -> list[tuple[str, object, float]]:
   """The cDDPM reconstruction and SegUnet programs of one issue-13 inference call, compiled, each
   with its median seconds over 3 calls (after one untimed call)."""
   import jax.numpy as jnp
@@ -220,7 +220,7 @@ def main(argv=None) -> dict:
   from absl import flags
   flags.FLAGS.mark_as_parsed()
   infer = args.program == "infer"
-  programs = _infer_programs(args) if infer else _train_programs(args)
+  programs = infer_programs(args) if infer else train_programs(args)
   convs, per_program = [], {}
   for name, compiled, seconds in programs:
     found = parse_convolutions(compiled.as_text())

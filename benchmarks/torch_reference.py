@@ -130,19 +130,25 @@ def write_result(result: dict, out: str, name: str, size: str, flush_denormal: b
   return out
 
 
-def setup_reference(size: str, threads: int, flush_denormal: bool, caller: str):
-  """PyTorch set up as the comparisons run it (`threads` intra-op threads, denormals flushed or
-  not, seed 0) and the reference's networks at `size`: (torch, preset, (encoder, unet, segnet),
-  parameter counts). Raises `Unavailable` (its message names `caller`)."""
+def import_torch(threads: int, flush_denormal: bool, caller: str):
+  """`torch`, set up as the comparisons run it: `threads` intra-op threads, denormals flushed or
+  not, seed 0. Raises `Unavailable` (its message names `caller`) without PyTorch."""
   try:
     import torch
   except ImportError:
     raise Unavailable(f"{caller}: PyTorch is not installed in this Python ({sys.executable}); "
                       "see the usage lines at the top of the script") from None
-  from benchmarks.torch_reference_nets import build_networks
   torch.set_num_threads(threads)
   torch.set_flush_denormal(flush_denormal)
   torch.manual_seed(0)
+  return torch
+
+
+def setup_reference(size: str, threads: int, flush_denormal: bool, caller: str):
+  """PyTorch set up as the comparisons run it (`import_torch`) and the reference's networks at
+  `size`: (torch, preset, (encoder, unet, segnet), parameter counts). Raises `Unavailable`."""
+  torch = import_torch(threads, flush_denormal, caller)
+  from benchmarks.torch_reference_nets import build_networks
   preset = dict(PRESETS[size])
   encoder, unet, segnet = build_networks(preset)
   params = {"unet": count(unet), "encoder": count(encoder), "segnet": count(segnet)}
