@@ -181,6 +181,10 @@ def main(argv=None) -> int:
   print(f"{args.program} ({args.size}): {len(groups)} convolution shapes, {what}; PyTorch "
         f"{torch.__version__} ({args.threads} threads), JAX {jax.__version__}")
   rows, skipped = compare_shapes(torch, groups, backward, args)
+  if not rows:
+    print(f"benchmarks.conv_side_by_side: none of the {len(groups)} convolution shapes is a plain "
+          "conv2d (grouped or dilated)", file=sys.stderr)
+    return 2
   total = totals(rows)
   print(f"\n{'convs':>5s} {'reference ms':>12s} {'ours ms':>8s} {'ratio':>6s}   input x kernel "
         "(ratio = reference s / our s; ms per call, count-weighted)")

@@ -103,3 +103,27 @@ def test_without_torch_exits_2_with_one_line_before_building_anything(monkeypatc
   assert csbs.main(["--size", "tiny"]) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "PyTorch is not installed" in err
+
+
+
+class _Compiled:
+  def as_text(self):
+    return ""
+
+
+def test_a_program_without_a_plain_convolution_exits_2_with_one_line(monkeypatch, capsys):
+  """Only grouped / dilated convolutions: nothing to compare, a one-line error, nothing written."""
+  import types
+  grouped = [c for c in step_convs.parse_convolutions(HLO) if c["name"] == "grouped.1"]
+  assert grouped and grouped[0]["role"] == "forward"
+  monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(  # never asked to compute
+      __version__="0", set_num_threads=lambda n: None, set_flush_denormal=lambda b: None,
+      manual_seed=lambda s: None))
+  monkeypatch.setattr(step_convs, "infer_programs", lambda args: [("p", _Compiled(), 0.0)])
+  monkeypatch.setattr(step_convs, "parse_convolutions", lambda text: grouped)
+  wrote = []
+  monkeypatch.setattr(csbs.torch_reference, "write_result", lambda *a: wrote.append(a))
+  assert csbs.main(["--size", "tiny"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "none of the 1 convolution shapes" in err
+  assert not wrote
