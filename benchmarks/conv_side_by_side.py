@@ -22,8 +22,6 @@ from __future__ import annotations
 # weigh each shape by how often the program has it. Inputs are constants (0.1; kernels 0.01).
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 
@@ -118,8 +116,7 @@ def our_fn(conv: dict, backward: bool):
   import jax
   import jax.numpy as jnp
   f = step_convs.rebuilt(conv)
-  x = jnp.full(conv["lhs_shape"], 0.1, jnp.float32)
-  k = jnp.full(conv["rhs_shape"], 0.01, jnp.float32)
+  x, k = step_convs.operands(conv)
   if not backward:
     fn, args = jax.jit(f), (x, k)
   else:
@@ -170,7 +167,7 @@ def main(argv=None) -> int:
   backward = args.program == "train"
   programs = (step_convs.train_programs(args) if backward else step_convs.infer_programs(args))
   convs = []
-  for name, compiled, _ in programs:
+  for _, compiled, _ in programs:
     convs += step_convs.parse_convolutions(compiled.as_text())
   groups = group_forward(convs)
   if not groups:
@@ -198,12 +195,8 @@ def main(argv=None) -> int:
         f"{sum(g['count'] for g in skipped)}")
   given = sys.argv[1:] if argv is None else argv
   result = {"command": "python -m benchmarks.conv_side_by_side " + shlex.join(given),
-            "program": args.program, "size": args.size, "rounds": args.rounds,
-            "warmup": args.warmup, "pause_s": args.pause, "threads": args.threads,
-            "flush_denormal": bool(args.flush_denormal), "torch": torch.__version__,
-            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "python": platform.python_version(), "machine": torch_reference.cpu_model(),
-            "cpu_count": os.cpu_count(), "totals": total, "shapes": rows,
+            "program": args.program, "size": args.size, **side_by_side.run_fields(args, torch),
+            "totals": total, "shapes": rows,
             "left_out": [{k: g[k] for k in ("lhs_shape", "rhs_shape", "window", "count", "ops")}
                          for g in skipped]}
   if backward:

@@ -137,6 +137,18 @@ def compare(torch_fn, our_fn, rounds: int, warmup: int, pause: float) -> dict:
           "ours_cpu_s_per_call": statistics.median(our_cpu)}
 
 
+def run_fields(args: argparse.Namespace, torch) -> dict:
+  """How a comparison ran, for its JSON: rounds, warm-up, pause, PyTorch's threads and denormal
+  mode, both frameworks' versions, the XLA flags and the machine."""
+  import jax
+  from benchmarks import torch_reference as tr
+  return {"rounds": args.rounds, "warmup": args.warmup, "pause_s": args.pause,
+          "threads": args.threads, "flush_denormal": bool(args.flush_denormal),
+          "torch": torch.__version__, "jax": jax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
+          "machine": tr.cpu_model(), "cpu_count": os.cpu_count()}
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   from benchmarks import torch_reference as tr
@@ -165,11 +177,7 @@ def main(argv=None) -> int:
   result = {"command": "python -m benchmarks.side_by_side " + shlex.join(
       sys.argv[1:] if argv is None else argv),
             "size": args.size, "batch": preset["batch"], "slices": args.slices,
-            "rounds": args.rounds, "warmup": args.warmup, "pause_s": args.pause,
-            "threads": args.threads, "flush_denormal": bool(args.flush_denormal),
-            "params": params, "torch": torch.__version__, "jax": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
-            "machine": tr.cpu_model(), "cpu_count": os.cpu_count(), "programs": rows,
+            **run_fields(args, torch), "params": params, "programs": rows,
             "load_after": list(os.getloadavg())}
   tr.write_result(result, args.out, "side_by_side", args.size, bool(args.flush_denormal))
   return 0

@@ -62,3 +62,18 @@ def test_without_torch_the_command_line_exits_2_without_a_traceback():
   err = res.stderr.strip()
   assert len(err.splitlines()) == 1 and "PyTorch is not installed" in err, err
   assert "Traceback" not in res.stderr and not res.stdout.strip()
+
+
+def test_run_fields_record_how_the_comparison_ran():
+  import os
+  import types
+
+  import jax
+  args = sbs.parse_args(["--rounds", "3", "--warmup", "2", "--pause", "0.25", "--threads", "1",
+                         "--flush_denormal", "1"])
+  f = sbs.run_fields(args, types.SimpleNamespace(__version__="9.9"))
+  assert {k: f[k] for k in ("rounds", "warmup", "pause_s", "threads", "flush_denormal")} == {
+      "rounds": 3, "warmup": 2, "pause_s": 0.25, "threads": 1, "flush_denormal": True}
+  assert f["torch"] == "9.9" and f["jax"] == jax.__version__
+  assert f["xla_flags"] == os.environ.get("XLA_FLAGS", "") and f["cpu_count"] == os.cpu_count()
+  assert f["machine"] and f["python"]
