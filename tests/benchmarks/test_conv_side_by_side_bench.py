@@ -127,3 +127,22 @@ def test_a_program_without_a_plain_convolution_exits_2_with_one_line(monkeypatch
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "none of the 1 convolution shapes" in err
   assert not wrote
+
+
+def test_without_torch_the_command_line_exits_2_without_a_traceback(tmp_path):
+  """The script as run (`python -m benchmarks.conv_side_by_side`), in a Python without PyTorch:
+  one stderr line, exit 2, nothing written."""
+  import importlib.util
+  import subprocess
+
+  from tests.helpers import REPO
+  if importlib.util.find_spec("torch") is not None:
+    pytest.skip("PyTorch is installed here: the command would run the benchmark")
+  out = tmp_path / "r.json"
+  res = subprocess.run([sys.executable, "-m", "benchmarks.conv_side_by_side", "--size", "tiny",
+                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 2
+  err = res.stderr.strip()
+  assert len(err.splitlines()) == 1 and "PyTorch is not installed" in err, err
+  assert "benchmarks.conv_side_by_side" in err
+  assert "Traceback" not in res.stderr and not res.stdout.strip() and not out.exists()
