@@ -45,8 +45,8 @@ def rows_of(data_dir: str | None, tmp: str) -> list:
 def whole_volume_flow(image, mask, seg, affine, cfg):
   """`preprocess_volume` with the curvature flow run on the whole volume first (the old order)."""
   import dataclasses
-  from sadm_jax.data import preprocess as pp
-  flowed = pp.curvature_flow(image, cfg.cf_time_step, cfg.cf_iterations)
+  from sadm_jax.data import curvature, preprocess as pp
+  flowed = curvature.curvature_flow(image, cfg.cf_time_step, cfg.cf_iterations)
   return pp.preprocess_volume(flowed, mask, seg, affine, dataclasses.replace(cfg,
                                                                              curvature_flow=False))
 

@@ -18,7 +18,7 @@ import numpy as np
 from sadm_jax import config as config_lib
 from sadm_jax.anomaly import draem
 from sadm_jax.data import cache as cache_lib
-from sadm_jax.data.preprocess import affine_spacing
+from sadm_jax.data.resample import affine_spacing
 from sadm_jax.data.splits import Row
 from sadm_jax.evaluate import inference, records, report, scoring, thresholds
 from sadm_jax.evaluate.planning import DRAEM_SET, EvalRun, Models, Pass

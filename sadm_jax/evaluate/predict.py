@@ -15,7 +15,8 @@ import numpy as np
 from sadm_jax import config as config_lib
 from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
-from sadm_jax.data.preprocess import affine_spacing, preprocess_volume
+from sadm_jax.data.preprocess import preprocess_volume
+from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import inference, metrics
 from sadm_jax.evaluate import planning, scoring
 from sadm_jax.evaluate.scans import list_scans, load_scan, scan_stem, to_input_grid

@@ -13,7 +13,7 @@ import ml_collections
 
 from sadm_jax import config as config_lib
 from sadm_jax.data import cache as cache_lib, layout
-from sadm_jax.data.preprocess import affine_spacing
+from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import metrics, records, report, thresholds
 from sadm_jax.evaluate.execute import Evaluation, barrier
 from sadm_jax.evaluate.planning import Models, Pass, needed_splits, plan_runs, protocol, \

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
-from sadm_jax.data.preprocess import affine_spacing
+from sadm_jax.data.resample import affine_spacing
 
 MAX_SPACING_MM = 3.0  # coarser scans cannot reach the 2 mm working grid without inventing detail
 AFFINE_ATOL = 1e-3

@@ -12,6 +12,12 @@ SHAPE = (40, 44, 30)
 HEADER = ["", "img_name", "sex", "label", "age", "img_path", "mask_path", "seg_path"]
 
 
+def rotation_affine() -> np.ndarray:
+  """A 1-mm affine with a rotation about k and a translation (voxel → world)."""
+  c, s = np.cos(0.3), np.sin(0.3)
+  return np.array([[c, -s, 0.0, -20.0], [s, c, 0.0, 7.5], [0.0, 0.0, 1.0, 3.0], [0, 0, 0, 1.0]])
+
+
 def make_subject(rng: np.random.Generator, shape=SHAPE, lesion: bool = False, brats: bool = False):
   """(image float32, mask uint8, seg uint8 | None): an ellipsoid 'brain' with an optional blob."""
   grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))

@@ -1,4 +1,5 @@
-"""Tests for sadm_jax.data.preprocess: hand-computed answers on tiny volumes, one real-size run."""
+"""Tests for sadm_jax.data.preprocess (crop/pad, rescale, the chain): hand-computed answers on tiny
+volumes, one real-size run."""
 
 from __future__ import annotations
 
@@ -6,18 +7,12 @@ import time
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
-from sadm_jax.data import preprocess as pp
+from sadm_jax.data import curvature, preprocess as pp, resample
 from sadm_jax.data.errors import DataError
+from tests.data import fake_data
 
 SMALL = pp.PreprocessConfig(crop_size=(32, 32, 20))
-
-
-def _rotation_affine() -> np.ndarray:
-  """A 1-mm affine with a rotation about k and a translation (voxel → world)."""
-  c, s = np.cos(0.3), np.sin(0.3)
-  return np.array([[c, -s, 0.0, -20.0], [s, c, 0.0, 7.5], [0.0, 0.0, 1.0, 3.0], [0, 0, 0, 1.0]])
 
 
 # --------------------------------------------------------------------------- config
@@ -74,15 +69,6 @@ def test_crop_or_pad_index_relation_3d():
       assert out[idx] == 0
 
 
-def test_working_affine_maps_output_voxel_to_input_world_point():
-  affine = _rotation_affine() @ np.diag([1.0, 1.2, 0.9, 1.0])
-  offset = np.array([1, -1, 3])
-  work = pp.working_affine(affine, offset, factor=2)
-  for k in [(0, 0, 0), (5, 2, 7), (95, 95, 49)]:
-    src = 2 * np.array(k) + 0.5 + offset
-    np.testing.assert_allclose(work @ np.r_[k, 1.0], affine @ np.r_[src, 1.0], atol=1e-12)
-
-
 # --------------------------------------------------------------------------- percentile rescale
 
 
@@ -108,125 +94,6 @@ def test_rescale_percentile_errors_name_the_file():
     pp.rescale_percentile(np.full((4, 4, 4), 7.0), np.ones((4, 4, 4)), source="sub-02_t1.nii.gz")
 
 
-# --------------------------------------------------------------------------- curvature flow
-
-
-def test_curvature_flow_keeps_constant_and_ramps():
-  np.testing.assert_array_equal(pp.curvature_flow(np.full((6, 7, 5), 3.5)), 3.5)
-  i = np.arange(9.0)[:, None, None] * np.ones((9, 8, 7))
-  np.testing.assert_allclose(pp.curvature_flow(i), i, atol=1e-6)  # everywhere, boundary included
-  oblique = np.add.outer(np.add.outer(0.5 * np.arange(12.0), 2.0 * np.arange(11.0)),
-                         -np.arange(10.0))
-  out = pp.curvature_flow(oblique, iterations=3)
-  # Neumann boundaries bend the isophotes near the border; 3 iterations reach 3 voxels inward.
-  np.testing.assert_allclose(out[4:-4, 4:-4, 4:-4], oblique[4:-4, 4:-4, 4:-4], atol=1e-5)
-
-
-def test_curvature_flow_hand_computed_update():
-  x = np.arange(-3.0, 4.0)[:, None, None] * np.ones((7, 7, 7))
-  y = np.arange(-3.0, 4.0)[None, :, None] * np.ones((7, 7, 7))
-  inner = (slice(1, -1),) * 3
-  # I = x² + y: I_x = 2x, I_y = 1, I_xx = 2 → κ|∇I| = I_y² I_xx / |∇I|² = 2 / (4x² + 1).
-  image = x**2 + y
-  out = pp.curvature_flow(image, time_step=0.125, iterations=1)
-  np.testing.assert_allclose(out[inner], (image + 0.125 * 2 / (4 * x**2 + 1))[inner], atol=1e-5)
-  # Spacing 2 mm along i: I_x = x, I_xx = 1/2 → κ|∇I| = 0.5 / (x² + 1).
-  out = pp.curvature_flow(image, time_step=0.125, iterations=1, spacing=(2.0, 1.0, 1.0))
-  np.testing.assert_allclose(out[inner], (image + 0.125 * 0.5 / (x**2 + 1))[inner], atol=1e-5)
-  # I = xy + x + y: I_x = y + 1, I_y = x + 1, I_xy = 1 → κ|∇I| = −2 I_x I_y / (I_x² + I_y²).
-  image = x * y + x + y
-  speed = -2 * (x + 1) * (y + 1) / np.maximum((x + 1)**2 + (y + 1)**2, 1e-300)
-  speed[(x == -1) & (y == -1)] = 0.0  # zero gradient → ITK returns no update
-  out = pp.curvature_flow(image, time_step=0.125, iterations=1)
-  np.testing.assert_allclose(out[inner], (image + 0.125 * speed)[inner], atol=1e-5)
-
-
-def test_curvature_flow_denoises_but_keeps_edges_sharper_than_gaussian():
-  clean = np.zeros((24, 24, 24))
-  clean[..., 12:] = 1.0  # planar step edge between k = 11 and k = 12
-  noisy = clean + np.random.default_rng(0).normal(scale=0.1, size=clean.shape)
-
-  def noise_and_contrast(v):
-    flat = np.concatenate([v[4:-4, 4:-4, 3:8].ravel(), v[4:-4, 4:-4, 16:21].ravel() - 1.0])
-    return flat.var(), (v[4:-4, 4:-4, 12] - v[4:-4, 4:-4, 11]).mean()
-
-  noise0, _ = noise_and_contrast(noisy)
-  noise_cf, contrast_cf = noise_and_contrast(pp.curvature_flow(noisy).astype(np.float64))
-  assert noise_cf < 0.2 * noise0 and contrast_cf > 0.95
-  # The Gaussian blur that removes as much noise flattens the edge far more.
-  for sigma in np.arange(0.3, 2.0, 0.05):
-    noise_g, contrast_g = noise_and_contrast(ndimage.gaussian_filter(noisy, sigma, mode="nearest"))
-    if noise_g <= noise_cf:
-      break
-  assert contrast_g < contrast_cf - 0.2
-
-
-def test_curvature_flow_skipping_flat_background_is_exact():
-  framed = np.zeros((30, 26, 24))
-  framed[8:22, 7:19, 7:17] = np.random.default_rng(1).normal(size=(14, 12, 10))
-  full = framed.copy()
-  full[0, 0, 0] = 5.0  # far corner: forces the flow to run on the whole volume
-  got, reference = pp.curvature_flow(framed), pp.curvature_flow(full)
-  np.testing.assert_array_equal(got[5:, 5:, 5:], reference[5:, 5:, 5:])
-  np.testing.assert_array_equal(got[:3], 0.0)
-
-
-# --------------------------------------------------------------------------- resampling
-
-
-def test_downsample_shapes_and_constant():
-  vol = np.full((7, 8, 5), 0.3)
-  for order in (0, 3):
-    out = pp.downsample(vol, 2, order)
-    assert out.shape == (4, 4, 3)
-    np.testing.assert_allclose(out, 0.3, atol=1e-6)
-  assert pp.downsample(vol, 2, 3).dtype == np.float32
-  assert pp.downsample(vol.astype(np.uint8), 2, 0).dtype == np.uint8
-
-
-def test_downsample_cubic_ramp_hits_half_voxel_positions():
-  ramp = np.arange(48.0)[:, None, None] * np.ones((48, 4, 4))
-  out = pp.downsample(ramp, 2, 3)[:, 1, 1]
-  k = np.arange(24)
-  interior = slice(5, 19)  # mirror boundary effects decay as 0.268^distance
-  np.testing.assert_allclose(out[interior], (2 * k + 0.5)[interior], atol=1e-4)
-
-
-def test_downsample_cubic_matches_scipy_map_coordinates():
-  vol = np.random.default_rng(2).normal(size=(9, 8, 7))
-  grid = np.meshgrid(*[2 * np.arange(-(-n // 2)) + 0.5 for n in vol.shape], indexing="ij")
-  expected = ndimage.map_coordinates(vol, grid, order=3, mode="mirror", prefilter=True)
-  np.testing.assert_allclose(pp.downsample(vol, 2, 3), expected, atol=1e-5)
-
-
-def test_downsample_nearest_takes_index_2k_plus_1():
-  i, j, k = np.indices((8, 6, 4))
-  labels = i * 10000 + j * 100 + k
-  out = pp.downsample(labels, 2, 0)
-  a, b, c = np.indices(out.shape)
-  np.testing.assert_array_equal(out, (2 * a + 1) * 10000 + (2 * b + 1) * 100 + (2 * c + 1))
-
-
-def test_resample_to_isotropic_keeps_field_of_view():
-  affine = _rotation_affine() @ np.diag([1.0, 1.0, 2.0, 1.0])
-  shape = (6, 5, 24)
-  new = pp.isotropic_affine(affine, shape)
-  np.testing.assert_allclose(pp.affine_spacing(new), (1.0, 1.0, 1.0), atol=1e-12)
-  corner_lo, corner_hi = np.r_[-0.5, -0.5, -0.5, 1], np.r_[5.5, 4.5, 23.5, 1]
-  np.testing.assert_allclose(new @ corner_lo, affine @ corner_lo, atol=1e-12)
-  np.testing.assert_allclose(new @ np.r_[5.5, 4.5, 47.5, 1], affine @ corner_hi, atol=1e-12)
-  # A ramp along k is sampled at the old continuous index of each new voxel (interior).
-  vol = np.broadcast_to(3.0 * np.arange(24.0), shape)
-  out = pp.resample_to_isotropic(vol, (1.0, 1.0, 2.0), order=3)
-  assert out.shape == (6, 5, 48)
-  new_k = np.arange(48.0)
-  old_k = np.linalg.solve(affine, new @ np.c_[np.zeros((48, 2)), new_k, np.ones(48)].T)[2]
-  np.testing.assert_allclose(old_k, 0.5 * new_k - 0.25, atol=1e-12)
-  np.testing.assert_allclose(out[2, 2, 16:32], 3.0 * old_k[16:32], atol=1e-3)
-  labels = pp.resample_to_isotropic(vol.astype(np.int16), (1.0, 1.0, 2.0), order=0)
-  np.testing.assert_array_equal(labels[0, 0], 3 * np.repeat(np.arange(24), 2))
-
-
 # --------------------------------------------------------------------------- full chain
 
 
@@ -246,7 +113,7 @@ def _phantom(shape, cube_start, cube_size=6):
 
 
 def test_preprocess_volume_keeps_image_mask_and_seg_aligned():
-  affine = _rotation_affine()
+  affine = fake_data.rotation_affine()
   shape = (35, 30, 23)  # crop/pad offsets (2, -1, 2)
   image, mask, seg = _phantom(shape, cube_start=(16, 9, 8))  # cropped start (14, 10, 6): even
   out = pp.preprocess_volume(image, mask, seg, affine, SMALL, source="phantom_t1.nii.gz")
@@ -274,8 +141,8 @@ def test_curvature_flow_is_applied_to_the_intensity_image_only():
   np.testing.assert_array_equal(on.seg, off.seg)
   assert np.abs(on.image - off.image).max() > 1e-3
   expected = pp.rescale_percentile(*(pp.crop_or_pad(v, (32, 32, 20))[0]
-                                     for v in (pp.curvature_flow(image), mask)))
-  np.testing.assert_allclose(on.image, pp.downsample(expected, 2, 3), atol=1e-6)
+                                     for v in (curvature.curvature_flow(image), mask)))
+  np.testing.assert_allclose(on.image, resample.downsample(expected, 2, 3), atol=1e-6)
 
 
 @pytest.mark.parametrize("shape, target", [((21, 16, 9), (8, 16, 4)),  # odd, none, odd surplus
@@ -305,18 +172,18 @@ def test_curvature_flow_on_the_crop_box_equals_the_whole_volume_flow():
     cfg = pp.PreprocessConfig(crop_size=crop)
     got = pp.preprocess_volume(image, mask, None, np.eye(4), cfg)
     whole = pp.rescale_percentile(*(pp.crop_or_pad(v, crop)[0]
-                                    for v in (pp.curvature_flow(image), mask)))
-    np.testing.assert_array_equal(got.image, pp.downsample(whole, 2, 3))
+                                    for v in (curvature.curvature_flow(image), mask)))
+    np.testing.assert_array_equal(got.image, resample.downsample(whole, 2, 3))
 
 
 def test_preprocess_volume_resamples_anisotropic_input_to_1mm():
-  affine = _rotation_affine() @ np.diag([1.0, 1.0, 2.0, 1.0])
+  affine = fake_data.rotation_affine() @ np.diag([1.0, 1.0, 2.0, 1.0])
   image, mask, seg = _phantom((32, 32, 10), cube_start=(12, 12, 4), cube_size=4)
   cfg = pp.PreprocessConfig(crop_size=(32, 32, 20))
   out = pp.preprocess_volume(image, mask, seg, affine, cfg)
   assert out.resampled_to_1mm and out.source_spacing == pytest.approx((1.0, 1.0, 2.0))
   assert out.image.shape == (16, 16, 10)  # 10 slices × 2 mm → 20 slices, no crop needed
-  np.testing.assert_allclose(pp.affine_spacing(out.affine), (2.0, 2.0, 2.0), atol=1e-12)
+  np.testing.assert_allclose(resample.affine_spacing(out.affine), (2.0, 2.0, 2.0), atol=1e-12)
   centre_out = out.affine @ np.r_[np.argwhere(out.seg).mean(0), 1.0]
   centre_in = affine @ np.r_[np.argwhere(seg).mean(0), 1.0]
   np.testing.assert_allclose(centre_out, centre_in, atol=1e-9)

@@ -15,8 +15,8 @@ import pytest
 from sadm_jax import config as config_lib
 from sadm_jax import main as main_lib
 from sadm_jax.data import cache as cache_lib
+from sadm_jax.data.resample import affine_spacing
 from sadm_jax.data.splits import Row
-from sadm_jax.data.preprocess import affine_spacing
 from sadm_jax.evaluate import inference, metrics, planning, report, scoring
 from tests.evaluate.conftest import evaluate_tiny_config
 
