@@ -46,7 +46,7 @@ def main(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
   if args.worker:
     print(json.dumps(worker(args.worker, steps)))
     return {}
-  from benchmarks import train_step as ts
+  from benchmarks import machine
   worker_args = ["--ops", args.ops, "--steps", args.steps, "--timed", str(args.timed),
                  *extra_worker_args]
   if variant_env and not args.subprocess:
@@ -57,7 +57,7 @@ def main(module: str, variants: Sequence[str], args: argparse.Namespace, argv,
   print_table(table, variants)
   given = sys.argv[1:] if argv is None else argv
   result = {"command": f"python -m {module} " + shlex.join(given),
-            "machine": ts.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
+            "machine": machine.machine_info(), "rounds": args.rounds, "timed_steps": args.timed,
             "one_process_per_variant": bool(args.subprocess), "table": table}
   write(args.out, result)
   return result

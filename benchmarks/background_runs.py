@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     return 2
   finally:
     shutil.rmtree(root, ignore_errors=True)
-  from benchmarks import train_step
+  from benchmarks import machine
   print(f"{'run':24s} {'exit':>4s} {'wall s':>8s} {'CPU s':>8s}")
   for r in rows:
     print(f"{r['run']:24s} {r['exit']:4d} {r['wall_s']:8.1f} {r['cpu_s']:8.1f}")
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     given = sys.argv[1:] if argv is None else argv
     io.write_json(args.out, {"benchmark": "background_runs",
                              "command": "python -m benchmarks.background_runs " + shlex.join(given),
-                             "machine": train_step.machine_info(), "runs": rows})
+                             "machine": machine.machine_info(), "runs": rows})
     print(f"wrote {args.out}")
   return 1 if failed else 0
 

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 
-from benchmarks import train_step
+from benchmarks import machine, train_step
 
 # (category, kernel sample?, DSO pattern, symbol pattern), first match wins; self samples of
 # each symbol, matched without its template arguments.
@@ -140,10 +140,10 @@ def worker(config_name: str, size: str, batch_size: int) -> None:
     jax.block_until_ready(metrics)
     steps += 1
     if steps == 2:
-      t0, u0 = time.perf_counter(), train_step.process_usage()
+      t0, u0 = time.perf_counter(), machine.process_usage()
       print("READY", flush=True)
     elif steps > 2:  # per step since READY: wall, user and system CPU seconds, minor faults
-      n, u = steps - 2, train_step.process_usage()
+      n, u = steps - 2, machine.process_usage()
       print(f"STEP_S {(time.perf_counter() - t0) / n:.4f} {(u['user_s'] - u0['user_s']) / n:.4f} "
             f"{(u['sys_s'] - u0['sys_s']) / n:.4f} {(u['minor_faults'] - u0['minor_faults']) / n:.0f}",
             flush=True)
@@ -213,7 +213,7 @@ def main(argv=None) -> dict:
     return {}
   from benchmarks import ab
   result = {**profile(args), "command": "python -m benchmarks.cpu_profile " + shlex.join(
-      argv if argv is not None else sys.argv[1:]), "machine": train_step.machine_info()}
+      argv if argv is not None else sys.argv[1:]), "machine": machine.machine_info()}
   per = result["per_step_while_sampled"] or {}
   print(f"{args.config} ({args.size}) train step while sampled: {per.get('wall_s', float('nan')):.3f}"
         f" s/step, CPU user {per.get('cpu_user_s', float('nan')):.3f} s + system "

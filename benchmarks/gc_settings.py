@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     return 2
   import jax
   jax.config.update("jax_platforms", "cpu")
-  from benchmarks import train_step
+  from benchmarks import machine
   from sadm_jax.utils import gc_tuning, io
   res = measure(args.repeats)
   print(f"trace + lower of the tiny cDDPM and SADM-DRAEM train steps and init programs, "
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     print(f"{label:>28s} {m['cpu_s']:7.2f} {m['gc_s']:8.2f} {m['collections']:11.0f}")
   given = sys.argv[1:] if argv is None else argv
   out = {"benchmark": "gc_settings", "command": "python -m benchmarks.gc_settings " +
-         shlex.join(given), "machine": train_step.machine_info(), "repeats": args.repeats,
+         shlex.join(given), "machine": machine.machine_info(), "repeats": args.repeats,
          "gen0_threshold": gc_tuning.GEN0_THRESHOLD, **res}
   if args.out:
     io.write_json(args.out, out)

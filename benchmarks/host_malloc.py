@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def block_round_trips(calls: int, mib: int = BLOCK_MIB) -> dict:
   """Median ms and minor page faults of allocating, writing and freeing a `mib` MiB block."""
   import numpy as np
-  from benchmarks.train_step import process_usage
+  from benchmarks.machine import process_usage
   ms, faults = [], []
   for _ in range(calls + 1):  # the first trip maps the block whatever the settings: untimed
     f0, t0 = process_usage()["minor_faults"], time.perf_counter()

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.train_step import host_info
+from benchmarks.machine import host_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATEMENTS = ("import ml_dtypes", "import jax", "import sadm_jax.train.loop")

@@ -20,7 +20,7 @@ import os
 import statistics
 import time
 
-from benchmarks.train_step import host_info
+from benchmarks.machine import host_info
 
 DEFAULT_CONFIGS = ("cddpm:tiny", "spark_pretrain:tiny", "sadm_draem:tiny", "cddpm:paper")
 # The level XLA compiles at when nothing is set (xla_backend_optimization_level's default).

@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from benchmarks.train_step import host_info
+from benchmarks.machine import host_info
 
 
 def sorted_check(vol, allowed: set[int], role: str) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import time
 
-from benchmarks.train_step import host_info
+from benchmarks.machine import host_info
 
 
 def rows_of(data_dir: str | None, tmp: str) -> list:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.train_step import host_info
+from benchmarks.machine import host_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

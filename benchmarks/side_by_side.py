@@ -106,7 +106,7 @@ def our_programs(size: str, batch: int, slices: int, names: list[str]) -> dict:
 
 def _timed(fn, pause: float) -> tuple[float, float]:
   """(wall s, user + system CPU s) of one call of `fn`, after `pause` seconds of sleep."""
-  from benchmarks.train_step import process_usage
+  from benchmarks.machine import process_usage
   time.sleep(pause)
   u0 = process_usage()
   t0 = time.perf_counter()

@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 
-from benchmarks import ab, train_step
+from benchmarks import ab, machine, train_step
 
 _SHAPE = re.compile(r"%([\w.\-]+) = f32\[([\d,]*)\]")
 _CONV = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = f32\[([\d,]*)\]\S* convolution\(%([\w.\-]+), "
@@ -257,7 +257,7 @@ def main(argv=None) -> dict:
           f"{c['op_name'][-60:]}")
   given = sys.argv[1:] if argv is None else argv
   result = {"command": "python -m benchmarks.step_convs " + shlex.join(given),
-            "machine": train_step.machine_info(), "program": args.program, "size": args.size,
+            "machine": machine.machine_info(), "program": args.program, "size": args.size,
             "iters": args.iters, "programs": per_program, "table": table, "convolutions": convs}
   if infer:
     result["slices"] = args.slices

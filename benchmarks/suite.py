@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-from benchmarks import profile_ops
+from benchmarks import machine, profile_ops, suite_report
+from benchmarks.suite_report import fmt
 from benchmarks import train_step as ts
 
 WHATS = ("cddpm_train", "sadm_train", "eval", "eval_precision", "data")
@@ -150,9 +150,9 @@ def train_rows(what: str, args, peaks: dict, visible: int, rows: list) -> list[d
                                   if noise else None))
       rows.append(r)
       print(f"  {what} {dtype} devices={n}: {1e3 * r['step_s_median']:.1f} ms/step "
-            f"(pipelined {_f(r['pipelined_step_s'], '.1f', 1e3)}), compile "
-            f"{r['compile_s']:.1f} s, {_f(fl, '.2f', 1e-12)} TFLOP, MFU "
-            f"{_f(r['mfu'], '.1f', 100)}% (pipelined {_f(r['mfu_pipelined'], '.1f', 100)}%)",
+            f"(pipelined {fmt(r['pipelined_step_s'], '.1f', 1e3)}), compile "
+            f"{r['compile_s']:.1f} s, {fmt(fl, '.2f', 1e-12)} TFLOP, MFU "
+            f"{fmt(r['mfu'], '.1f', 100)}% (pipelined {fmt(r['mfu_pipelined'], '.1f', 100)}%)",
             flush=True)
   return rows
 
@@ -213,19 +213,19 @@ def eval_rows(args, peaks: dict, benches: dict, rows: list) -> list[dict]:
     common = {"dtype": dtype, "grid": list(b.grid), "slices_per_batch": b.grid[2],
               "timesteps": list(b.eval_cfg.diffusion.ensemble_timesteps), "params": b.n_params,
               "traces": traces, "peak_flops_per_s": peak,
-              "device_peak_gb_so_far": ts.device_peak_memory_gb()}
+              "device_peak_gb_so_far": machine.device_peak_memory_gb()}
     for what, t, flops, hlo, mem in (
-        ("eval_cddpm", t_cddpm, f_cddpm, hlo_c, [ts.memory_analysis(c_prog)]),
+        ("eval_cddpm", t_cddpm, f_cddpm, hlo_c, [machine.memory_analysis(c_prog)]),
         ("eval_sadm", t_sadm, (f_cddpm or 0) + (f_seg or 0) if f_cddpm and f_seg else None,
          (hlo_c or 0) + (hlo_s or 0) if hlo_c and hlo_s else None,
-         [ts.memory_analysis(c_prog), ts.memory_analysis(s_prog)])):
+         [machine.memory_analysis(c_prog), machine.memory_analysis(s_prog)])):
       # first call − median ≈ compile time (for eval_sadm: the SegUnet's; the cDDPM's is cached)
       rows.append({**common, "what": what, **t,
                    "compile_s": t["first_call_s"] - t["median_s"] if fresh else None,
                    "volumes_per_s": 1.0 / t["median_s"], "flops_matmul_jaxpr": flops,
                    "flops_hlo_loop_body_once": hlo, "program_memory": mem,
                    "mfu": mfu(flops, t["median_s"], peak),
-                   "peak_rss_gb_so_far": ts.peak_rss_gb(),
+                   "peak_rss_gb_so_far": machine.peak_rss_gb(),
                    "profile": prof if what == "eval_sadm" else None})
       print(f"  {what} {dtype}: {1e3 * t['median_s']:.1f} ms/volume", flush=True)
   return rows
@@ -291,42 +291,6 @@ def data_rows(args) -> list[dict]:
 # --------------------------------------------------------------------------- report
 
 
-def _f(v, spec: str, scale: float = 1.0) -> str:
-  """`v × scale` formatted with `spec` ('9.2f'), or '-' right-aligned to the same width."""
-  if v is None:
-    return "-".rjust(int(spec.split(".")[0] or 0))
-  return format(v * scale, spec)
-
-
-def table(rows: list[dict]) -> str:
-  """Fixed-width table of every row (train: per step; eval: per volume; data: slices/s)."""
-  head = (f"{'what':<12}{'dtype':>9}{'dev':>4}{'batch':>6}{'compile s':>10}{'ms':>9}"
-          f"{'ms pipe':>9}{'items/s':>9}{'TFLOP':>8}{'TFLOP/s':>9}{'MFU %':>7}{'mem GB':>8}"
-          f"{'peak GB':>8}")
-  lines = [head]
-  for r in rows:
-    if r["what"].startswith("data"):
-      lines.append(f"{r['what']:<12}{'-':>9}{'-':>4}{r['batch']:>6}{'-':>10}"
-                   f"{1e3 * r['seconds'] / r['batches']:>9.1f}{'-':>9}{r['slices_per_s']:>9.1f}"
-                   f"   (workers {r['workers']}, intensity augmentation)")
-      continue
-    train = r["what"].endswith("_train")
-    sec = r["step_s_median"] if train else r["median_s"]
-    flops = r["flops_matmul_jaxpr"] or r.get("flops_per_step")
-    items = r["slices_per_s"] if train else r["volumes_per_s"]
-    mem = r["program_memory"]
-    mem = [mem] if isinstance(mem, dict) or mem is None else mem
-    mem_gb = max([m["total_gb"] for m in mem if m and "total_gb" in m], default=None)
-    peak_gb = r.get("device_peak_gb_so_far") or r.get("peak_rss_gb_so_far")
-    lines.append(
-        f"{r['what']:<12}{r['dtype']:>9}{r.get('devices', 1):>4}"
-        f"{r.get('global_batch', r.get('slices_per_batch')):>6}{_f(r['compile_s'], '10.1f')}"
-        f"{1e3 * sec:>9.2f}{_f(r.get('pipelined_step_s'), '9.2f', 1e3)}{items:>9.2f}"
-        f"{_f(flops, '8.3f', 1e-12)}{_f(flops / sec if flops else None, '9.3f', 1e-12)}"
-        f"{_f(r['mfu'], '7.1f', 100)}{_f(mem_gb, '8.2f')}{_f(peak_gb, '8.2f')}")
-  return "\n".join(lines)
-
-
 def set_norm_act(choice: str) -> str:
   """Sets `norm_act.RECOMPUTE_BACKENDS` for `--norm_act` (in this process); returns the
   formulation the backend in use then takes ('plain' or 'recompute')."""
@@ -337,45 +301,6 @@ def set_norm_act(choice: str) -> str:
   elif choice == "recompute":
     norm_act.RECOMPUTE_BACKENDS = (jax.default_backend(),)
   return "recompute" if jax.default_backend() in norm_act.RECOMPUTE_BACKENDS else "plain"
-
-
-def environment() -> dict:
-  import jax
-  info = ts.machine_info()
-  try:
-    import jaxlib
-    info["jaxlib"] = jaxlib.__version__
-  except Exception:  # noqa: BLE001
-    pass
-  info["default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
-  try:
-    info["environment"] = jax.print_environment_info(return_string=True)
-  except Exception:  # noqa: BLE001
-    pass
-  info["devices"] = [str(d) for d in jax.devices()]
-  return info
-
-
-def _result(args, argv, peaks_info, load_before, rows, precision, errors) -> dict:
-  return {
-      "benchmark": "suite", "config": args.config, "what": args.what, "dtypes": args.dtype,
-      "scaling": args.scaling, "norm_act": getattr(args, "norm_act_taken", args.norm_act),
-      "command": "python -m benchmarks.suite " + " ".join(sys.argv[1:] if argv is None else argv),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "machine": environment(),
-      "matmul_peak": peaks_info, "loadavg_before": list(load_before),
-      "loadavg_after": list(os.getloadavg()), "rows": rows, "eval_precision": precision,
-      "errors": errors,
-      "notes": ("FLOPs and MFU: conv + dot FLOPs of the step's / volume's jaxpr (flops_matmul_jaxpr; "
-                "scan bodies × length). XLA's cost analysis (flops_per_step, mfu_hlo) agrees with "
-                "it within a few % on CPU but leaves out cuDNN convolutions on GPU, and counts the "
-                "lax.map over the 3 evaluation timesteps once (flops_hlo_loop_body_once). Peak: "
-                "the N×N matmul of the row's dtype measured at the start (× devices on "
-                "accelerators; fake CPU devices share one host). step_s_* wait for every step; "
-                "pipelined_step_s dispatches steps back to back as the training loop does. eval "
-                "compile_s = first call − median (None when eval_precision compiled it first). "
-                "float32 matmuls and convolutions run at XLA's default precision (TF32 on NVIDIA "
-                "tensor cores), the float32 peak likewise."),
-  }
 
 
 def main(argv=None) -> dict:
@@ -395,7 +320,7 @@ def main(argv=None) -> dict:
         flush=True)
   needs_peak = any(w != "data" and w != "eval_precision" for w in args.what)
   n = args.matmul_size or (2048 if backend == "cpu" else 8192)
-  peaks_info = {d: ts.matmul_peak(d, n) for d in args.dtype} if needs_peak else {}
+  peaks_info = {d: machine.matmul_peak(d, n) for d in args.dtype} if needs_peak else {}
   peaks = {d: p["peak_flops_per_s"] for d, p in peaks_info.items()}
   for d, p in peaks_info.items():
     print(f"  matmul peak {d} ({n}²): {p['peak_flops_per_s'] / 1e12:.2f} TFLOP/s "
@@ -408,7 +333,7 @@ def main(argv=None) -> dict:
   import signal
 
   def _terminated(signum, frame):  # `timeout` sends SIGTERM: save what was measured
-    write_json(out, _result(args, argv, peaks_info, load_before, rows, precision,
+    write_json(out, suite_report.record(args, argv, peaks_info, load_before, rows, precision,
                             {**errors, "terminated": f"signal {signum}"}))
     raise SystemExit(f"terminated by signal {signum}; partial results in {out}")
 
@@ -430,18 +355,19 @@ def main(argv=None) -> dict:
       errors[what] = f"{type(e).__name__}: {e}"
     print(f"  ({what}: {time.perf_counter() - t0:.0f} s)", flush=True)
     # written after every part, so a run cut short keeps what it measured
-    write_json(out, _result(args, argv, peaks_info, load_before, rows, precision, errors))
+    write_json(out, suite_report.record(args, argv, peaks_info, load_before, rows, precision,
+                                        errors))
 
   print(f"\nsuite ({args.config}) on {backend}, {jax.devices()[0].device_kind}; train rows per "
         "step, eval rows per volume (TFLOP: conv+dot FLOPs of the jaxpr, as MFU uses); "
         "mem GB: the program's argument+output+temp; peak GB: device allocator peak so far "
         "(host RSS on CPU)")
-  print(table(rows))
+  print(suite_report.table(rows))
   if precision:
     print(f"bf16 vs f32 inference: max|Δ recon| {precision['recon']['max_abs']:.4g}, "
           f"max|Δ seg prob| {precision['seg_prob']['max_abs']:.4g}, "
           f"Dice(bf16 vs f32 binarised map) {precision['dice_bf16_vs_f32_binarised']:.4f}")
-  result = _result(args, argv, peaks_info, load_before, rows, precision, errors)
+  result = suite_report.record(args, argv, peaks_info, load_before, rows, precision, errors)
   write_json(out, result)
   print(f"wrote {out}")
   if errors:

@@ -26,7 +26,7 @@ from __future__ import annotations
 # frozen encoder and UNet run once, in eval mode; the reference runs them in train mode and its
 # encoder twice in DRAEM mode (once on the clean input, unused), so it would cost more, not less.
 # Per program the JSON also has the CPU time and minor page faults per timed call (getrusage,
-# via benchmarks.train_step.process_usage);
+# via benchmarks.machine.process_usage);
 # --profile adds one call under torch.profiler (its convolutions' share of the self CPU time).
 # Writes benchmarks/results/torch_reference_<size>[_ftz]_cpu.json unless --out is given.
 
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
   except Unavailable as e:
     print(e, file=sys.stderr)
     return 2
-  from benchmarks.train_step import process_usage  # stdlib only at import: no JAX needed
+  from benchmarks.machine import process_usage  # stdlib only at import: no JAX needed
 
   batch = args.batch or preset["batch"]
   fns = programs(encoder, unet, segnet, batch, args.slices, preset["size"])

@@ -119,11 +119,11 @@ def main(argv=None) -> dict:
   print(f"\n{'checkout, SegUnets':22s} {'trace+lower s':>14s} {'compile s':>10s} {'run s':>8s}")
   for k, t in table.items():
     print(f"{k:22s} {t['trace_lower_s']:14.2f} {t['compile_s']:10.2f} {t['run_s']:8.3f}")
-  from benchmarks import train_step as ts
+  from benchmarks import machine
   from sadm_jax.utils import io
   given = sys.argv[1:] if argv is None else argv
   result = {"command": "python -m benchmarks.volume_program " + shlex.join(given),
-            "machine": ts.machine_info(), "size": args.size, "trees": trees,
+            "machine": machine.machine_info(), "size": args.size, "trees": trees,
             "table": table, "rounds": rows}
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   io.write_json(args.out, result)

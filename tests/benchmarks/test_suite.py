@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import profile_ops, suite, train_step
+from benchmarks import machine, profile_ops, suite, suite_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,14 +26,14 @@ def test_jaxpr_flops_is_the_package_count_or_none():
 
 def test_program_memory_keeps_the_json_fields():
   compiled = jax.jit(lambda a, b: a @ b).lower(jnp.ones((8, 16)), jnp.ones((16, 4))).compile()
-  mem = train_step.memory_analysis(compiled)
+  mem = machine.memory_analysis(compiled)
   assert list(mem) == ["argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
                        "temp_size_in_bytes", "generated_code_size_in_bytes", "total_gb"]
   assert mem["argument_size_in_bytes"] == 4 * (8 * 16 + 16 * 4)
   assert mem["total_gb"] == pytest.approx(
       (mem["argument_size_in_bytes"] + mem["output_size_in_bytes"] - mem["alias_size_in_bytes"]
        + mem["temp_size_in_bytes"]) / 1e9)
-  assert train_step.memory_analysis(jax.jit(lambda a: a).lower(jnp.ones(2))) is None
+  assert machine.memory_analysis(jax.jit(lambda a: a).lower(jnp.ones(2))) is None
 
 
 def test_importing_the_suite_leaves_jax_unimported():
@@ -79,7 +79,7 @@ def test_table_has_a_line_per_row():
         "program_memory": [{"total_gb": 3.2}, {"total_gb": 1.1}], "peak_rss_gb_so_far": 2.0}
   data = {"what": "data_ixi", "batch": 32, "seconds": 1.0, "batches": 10, "slices_per_s": 320.0,
           "workers": 2}
-  lines = suite.table([train, ev, data]).splitlines()
+  lines = suite_report.table([train, ev, data]).splitlines()
   assert len(lines) == 4
   assert "66.60" in lines[1] and "27.1" in lines[1] and "14.480" in lines[1]
   assert "151.00" in lines[2] and "3.20" in lines[2]
@@ -96,10 +96,10 @@ def test_profile_categories():
 
 
 def test_usage_counts_cpu_seconds_and_page_faults():
-  """train_step.process_usage: what the timed steps' per-step CPU and fault figures are differences of."""
+  """machine.process_usage: what the timed steps' per-step CPU and fault figures are differences of."""
   import mmap
   import numpy as np
-  before = train_step.process_usage()
+  before = machine.process_usage()
   # A fresh anonymous mapping, written page by page, faults whatever the allocator holds
   # (a numpy block can come from memory the process already has: no faults, as in a long
   # test run); the writes and the sums take CPU time.
@@ -109,7 +109,7 @@ def test_usage_counts_cpu_seconds_and_page_faults():
     for _ in range(3):
       pages.sum()
     del pages
-  after = train_step.process_usage()
+  after = machine.process_usage()
   assert set(before) == {"user_s", "sys_s", "minor_faults"}
   assert after["minor_faults"] > before["minor_faults"]
   assert after["user_s"] + after["sys_s"] > before["user_s"] + before["sys_s"]
