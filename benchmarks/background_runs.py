@@ -45,7 +45,7 @@ def measure(chosen: list[str] | None, root: str) -> list[dict]:
   fields = {"data": os.path.join(root, "data")}
   fake_data.write_data_dir(fields["data"], n_ixi=8, n_patho=3)
   rows = []
-  for name in session._needed(chosen or list(runs)):
+  for name in session.needed_runs(chosen or list(runs)):
     fields[name] = os.path.join(root, name)
     cmd = [sys.executable, "-m", "sadm_jax.main", *[a.format(**fields) for a in runs[name]],
            f"--workdir={fields[name]}"]

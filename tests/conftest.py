@@ -111,7 +111,7 @@ def _tiny_data() -> str:
   return _data_dir[0]
 
 
-def _needed(names) -> list[str]:
+def needed_runs(names) -> list[str]:
   """The runs `names` read and every earlier run their arguments name, in BACKGROUND_RUNS order."""
   need = set(names)
   for name in reversed(list(BACKGROUND_RUNS)):
@@ -124,7 +124,7 @@ def _start(names) -> None:
   """Starts (queues) the runs `names` need that have not started, one after the other."""
   from tests.helpers import BackgroundRun
   previous = next(reversed(_background.values()), None)
-  for name in _needed(names):
+  for name in needed_runs(names):
     if name in _background:
       continue
     args = BACKGROUND_RUNS[name]

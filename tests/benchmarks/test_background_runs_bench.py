@@ -14,7 +14,7 @@ def test_unknown_run_is_refused_with_one_line(monkeypatch, capsys, tmp_path):
 
 def test_a_chosen_run_brings_the_runs_it_reads_in_session_order():
   assert background_runs._session() is conftest
-  assert conftest._needed(["tiny_evaluation"]) == ["tiny_cddpm", "tiny_sadm", "tiny_evaluation"]
-  assert conftest._needed(["demo_tiny_run"]) == ["demo_tiny_run"]
+  assert conftest.needed_runs(["tiny_evaluation"]) == ["tiny_cddpm", "tiny_sadm", "tiny_evaluation"]
+  assert conftest.needed_runs(["demo_tiny_run"]) == ["demo_tiny_run"]
   # the reproduction runs on the demo run's cohort
-  assert conftest._needed(["tiny_reproduction_run"]) == ["demo_tiny_run", "tiny_reproduction_run"]
+  assert conftest.needed_runs(["tiny_reproduction_run"]) == ["demo_tiny_run", "tiny_reproduction_run"]
