@@ -25,7 +25,7 @@ import time
 
 import jax
 
-from benchmarks import ab
+from benchmarks import ab, machine
 from benchmarks.conv_formulations import (conv2d_im2col_vjp, conv_weight_grad_im2col,
                                           conv_weight_grad_shifted)
 
@@ -312,7 +312,7 @@ def main(argv=None) -> dict:
       "extra": {v: [r["extra"] for r in results[v]] for v in variants},
       "load_before": load_before, "load_after": list(os.getloadavg()),
       "worker_load_after": {v: [r["load_after"] for r in results[v]] for v in variants},
-      "machine": {"cpu_count": os.cpu_count(), "processor": _cpu_model(),
+      "machine": {"cpu_count": os.cpu_count(), "processor": machine.cpu_model(),
                   "platform": platform.platform(), "python": platform.python_version(),
                   "jax": jax.__version__},
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -328,17 +328,6 @@ def main(argv=None) -> dict:
   write_json(args.out, saved)
   print("wrote", args.out, "entry", tag)
   return entry
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,22 @@ def host_info() -> dict:
           "processor": platform.processor(), "python": platform.python_version()}
 
 
+def cpu_model() -> str:
+  """`lscpu`'s model name and number (Linux), e.g. 'Intel(R) Xeon(R) Processor (model 167)'."""
+  name = number = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+          name = value.strip()
+        elif key.strip() == "model" and not number:
+          number = value.strip()
+  except OSError:
+    return platform.processor() or platform.machine()
+  return f"{name} (model {number})"
+
+
 def machine_info() -> dict:
   """Backend, devices, versions, CPU count and XLA_FLAGS of this process, for a benchmark's JSON."""
   import jax

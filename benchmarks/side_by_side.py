@@ -141,12 +141,12 @@ def run_fields(args: argparse.Namespace, torch) -> dict:
   """How a comparison ran, for its JSON: rounds, warm-up, pause, PyTorch's threads and denormal
   mode, both frameworks' versions, the XLA flags and the machine."""
   import jax
-  from benchmarks import torch_reference as tr
+  from benchmarks import machine
   return {"rounds": args.rounds, "warmup": args.warmup, "pause_s": args.pause,
           "threads": args.threads, "flush_denormal": bool(args.flush_denormal),
           "torch": torch.__version__, "jax": jax.__version__,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
-          "machine": tr.cpu_model(), "cpu_count": os.cpu_count()}
+          "machine": machine.cpu_model(), "cpu_count": os.cpu_count()}
 
 
 def main(argv=None) -> int:

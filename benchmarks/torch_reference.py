@@ -38,6 +38,8 @@ import statistics
 import sys
 import time
 
+from benchmarks.machine import cpu_model
+
 # Network sizes of the package's configurations (checked against configs/ by
 # tests/benchmarks/test_torch_reference_bench.py): UNet (model_channels, channel_mult,
 # num_res_blocks, num_head_channels, GroupNorm groups), encoder (stage sizes, stem width,
@@ -78,22 +80,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if getattr(args, name) < (0 if name == "batch" else 1):
       ap.error(f"--{name} {getattr(args, name)}: must be at least {0 if name == 'batch' else 1}")
   return args
-
-
-def cpu_model() -> str:
-  """`lscpu`'s model name and number (Linux), e.g. 'Intel(R) Xeon(R) Processor (model 167)'."""
-  name = number = ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not name:
-          name = value.strip()
-        elif key.strip() == "model" and not number:
-          number = value.strip()
-  except OSError:
-    return platform.processor() or platform.machine()
-  return f"{name} (model {number})"
 
 
 def profile_call(fn) -> dict:
