@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -59,22 +60,35 @@ def _fail(message: str, code: int = 2):
   sys.exit(code)
 
 
+def _config_arg(argv) -> str:
+  return next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+
+
 def parse_flags(argv):
   """absl's flag parsing, with each error (unknown config key, bad type, bad config file) as one
   line on stderr and exit code 2 instead of a traceback."""
   try:
     rest = FLAGS(argv)
     if FLAGS["config"].present:
-      "stage" in FLAGS.config  # noqa: B015  (the file is loaded lazily: surface its errors here)
+      config = FLAGS.config
+      if not isinstance(config, ml_collections.ConfigDict):
+        getattr(config, "stage", None)  # a file that failed to load raises its error here
+        _fail(f"{_config_arg(argv)}: get_config() returned {type(config).__name__}, not the "
+              "ml_collections.ConfigDict of configs/default.py's get_config()")
+      if "stage" not in config:
+        _fail(f"{_config_arg(argv)}: the config has no 'stage'; build it on configs/default.py's "
+              "get_config()")
     return rest
   except flags.Error as e:
     _fail(_one_line(str(e)))
   except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     msg = _one_line(str(e))
-    if isinstance(e, OSError) and "Failed loading config file" in msg:
-      arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
-      last = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
-      _fail(f"{arg}: cannot load the config file: {last}")
+    if isinstance(e, OSError) and ("Failed loading config file" in msg
+                                   or "earlier failure to load" in msg):
+      last = [l.strip() for l in str(e.__cause__ or e).splitlines() if l.strip()][-1]
+      _fail(f"{_config_arg(argv)}: cannot load the config file: {last}")
+    if isinstance(e, AttributeError) and "has no attribute 'get_config'" in msg:
+      _fail(f"{_config_arg(argv)}: the config file defines no get_config()")
     if not isinstance(e, (AttributeError, KeyError)):
       _fail(msg)
     # ml_collections: an override of a key the config does not have ("did you mean" kept).
@@ -83,6 +97,9 @@ def parse_flags(argv):
                 if a.startswith("--config.") and key in a.split("=")[0].split(".")), None)
     hint = msg.replace("' Did you", "'. Did you")
     _fail(f"{arg or 'a --config override'}: no such config key {hint}")
+  except Exception as e:  # noqa: BLE001  (SyntaxError, NameError, ... raised by the config file)
+    _fail(f"{_config_arg(argv)}: cannot load the config file: {type(e).__name__}: "
+          f"{_one_line(str(e))}")
 
 
 def run_checked(config, workdir: str, tune_gc: bool = False) -> int:
@@ -113,7 +130,8 @@ def run_checked(config, workdir: str, tune_gc: bool = False) -> int:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _fail(f"unexpected arguments: {' '.join(argv[1:])} (every option is --config=, --workdir= or "
+          "--config.<key>=<value>)")
   from sadm_jax import validate
   try:  # wrong values, choices and paths: refused before JAX, Orbax and grain are imported
     validate.check_static(FLAGS.config, STAGES)

@@ -235,3 +235,36 @@ def test_unwritable_compile_log_is_one_line_before_anything_runs(data_dir, tmp_p
   assert _one_error(res) == (f"error: SADM_COMPILE_LOG={log}: cannot write the compile log "
                              "(No such file or directory)")
   assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("def get_config(:\n", "cannot load the config file: SyntaxError: invalid syntax (bad.py, line 1)"),
+    ("def get_config():\n  return undefined_name\n",
+     "cannot load the config file: NameError: name 'undefined_name' is not defined"),
+    ("x = 1\n", "the config file defines no get_config()"),
+    ("def get_config():\n  return {'stage': 'cddpm'}\n",
+     "get_config() returned dict, not the ml_collections.ConfigDict of configs/default.py's "
+     "get_config()"),
+    ("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'a': 1})\n",
+     "the config has no 'stage'; build it on configs/default.py's get_config()"),
+])
+def test_broken_config_file_is_one_line_naming_it(tmp_path, source, expected):
+  cfg = tmp_path / "bad.py"
+  cfg.write_text(source)
+  res = _main(f"--workdir={tmp_path / 'w'}", config=str(cfg))
+  assert _one_error(res) == f"error: --config={cfg}: {expected}"
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_config_path_that_is_a_directory_is_one_line(tmp_path):
+  res = _main(f"--workdir={tmp_path / 'w'}", config=str(tmp_path))
+  assert _one_error(res) == (f"error: --config={tmp_path}: cannot load the config file: [Errno 21] "
+                             f"Is a directory: '{tmp_path}'")
+
+
+def test_stray_positional_argument_is_one_line(data_dir, tmp_path):
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}", "train")
+  assert _one_error(res) == ("error: unexpected arguments: train (every option is --config=, "
+                             "--workdir= or --config.<key>=<value>)")
+  assert not os.path.exists(tmp_path / "w")
+
