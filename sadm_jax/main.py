@@ -125,6 +125,10 @@ def run_checked(config, workdir: str, tune_gc: bool = False) -> int:
       logging.exception("stage %s failed", config.stage)
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
+  except KeyboardInterrupt:  # Ctrl-C: checkpoints, cache entries and results are written whole
+    print(f"error: stage {config.stage} interrupted (SIGINT); {workdir} keeps only complete files: "
+          "run the same command again to resume", file=sys.stderr, flush=True)
+    return 2
   return 0
 
 
@@ -149,11 +153,19 @@ def main(argv):
     _fail(f"{compile_log.ENV}={os.environ.get(compile_log.ENV)}: cannot write the compile log "
           f"({e.strerror})")
   from sadm_jax import distributed
-  distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
+  try:  # a malformed SLURM_*/JAX_*/SADM_DISTRIBUTED variable
+    distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
+  except ValueError as e:
+    _fail(str(e))
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (Orbax) off unless -v is given
   logging.info("stage %s, workdir %s", FLAGS.config.stage, FLAGS.workdir)
-  distributed.log_topology(FLAGS.config)
+  try:  # the first use of a JAX backend
+    distributed.log_topology(FLAGS.config)
+  except RuntimeError as e:  # e.g. JAX_PLATFORMS=gpu where no GPU backend can start
+    platforms = os.environ.get("JAX_PLATFORMS")
+    _fail(f"{f'JAX_PLATFORMS={platforms}: ' if platforms else ''}no JAX backend: "
+          f"{_one_line(str(e))}")
   sys.exit(run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True))
 
 

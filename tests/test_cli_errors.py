@@ -268,3 +268,32 @@ def test_stray_positional_argument_is_one_line(data_dir, tmp_path):
                              "--workdir= or --config.<key>=<value>)")
   assert not os.path.exists(tmp_path / "w")
 
+
+@pytest.mark.parametrize("env,expected", [
+    ({"SLURM_NTASKS": "two", "SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "n1"},
+     "error: environment variable SLURM_NTASKS='two' is not an integer"),
+    ({"SADM_DISTRIBUTED": "yes"}, "error: SADM_DISTRIBUTED='yes': expected 'auto', 'off' or unset"),
+    ({"JAX_PLATFORMS": "nosuchplatform"},
+     "error: JAX_PLATFORMS=nosuchplatform: no JAX backend: Unable to initialize backend "
+     "'nosuchplatform'"),
+])
+def test_bad_environment_is_one_line(data_dir, tmp_path, env, expected):
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}", env=env)
+  assert _one_error(res).startswith(expected), res.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_interrupt_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+  """Ctrl-C (SIGINT) in a stage: one line saying the workdir resumes, exit code 2, no traceback."""
+  from configs import cddpm as cddpm_config
+  from sadm_jax import main as main_lib
+
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(main_lib, "run_stage", interrupted)
+  monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
+  assert main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path)) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"error: stage cddpm interrupted (SIGINT); {tmp_path} keeps only complete files: run the "
+      "same command again to resume"]
