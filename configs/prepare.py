@@ -11,4 +11,6 @@ def get_config(arg: str | None = None):
   c.stage = "prepare"
   if arg == "tiny":
     c.data.num_workers = 0
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; expected 'tiny' or nothing")
   return c

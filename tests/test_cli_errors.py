@@ -297,3 +297,20 @@ def test_interrupt_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
   assert capsys.readouterr().err.strip().splitlines() == [
       f"error: stage cddpm interrupted (SIGINT); {tmp_path} keeps only complete files: run the "
       "same command again to resume"]
+
+
+def test_every_config_file_refuses_an_unknown_argument():
+  """`configs/<x>.py:<typo>` is an error, never the full-size config run silently."""
+  import importlib
+  import inspect
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
+  checked = []
+  for name in names:
+    get_config = importlib.import_module(f"configs.{name}").get_config
+    if not inspect.signature(get_config).parameters:
+      continue  # configs/default.py takes no argument (ml_collections refuses one: TypeError)
+    with pytest.raises(ValueError, match="unknown config argument 'tny'"):
+      get_config("tny")
+    checked.append(name)
+  assert "prepare" in checked and len(checked) >= 8, checked
