@@ -6,7 +6,9 @@ workdir without it, the newest checkpoint's meta). Any difference in a key that 
 model, the data order or the split refuses the start with one line naming the workdir and every
 differing key (old → new). Keys that may change on resume are in `RESUMABLE` below: the training
 length, logging/evaluation/checkpoint cadence and checkpoint retention, preprocessing workers and
-the cache location, device/parallelism layout, and sections training never reads.
+the cache location, device/parallelism layout, and sections training never reads. A workdir with
+no checkpoint (its first start stopped before one, e.g. at a data error) holds nothing to resume:
+its saved config binds nothing and the next start replaces it.
 `data.loader_workers` may NOT change: grain records the worker count in the saved iterator state
 and cannot restore it with another.
 
@@ -83,12 +85,23 @@ def config_differences(saved: dict, config: dict) -> list[tuple[str, Any, Any]]:
           if not is_resumable(k) and old[k] != new.get(k)]
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether the run in `workdir` saved anything to resume from (a step, complete, damaged or
+  unfinished, or a best checkpoint). A start that failed before that binds the workdir to nothing."""
+  return any(os.path.isdir(d) and bool(os.listdir(d))
+             for d in (os.path.join(workdir, "checkpoints"), os.path.join(workdir, "best")))
+
+
 def saved_config(workdir: str) -> tuple[dict | None, str]:
   """(config, where it came from) of the run in `workdir`, or (None, '') for a fresh workdir."""
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f), path
+    try:
+      with open(path, encoding="utf-8") as f:
+        return json.load(f), path
+    except ValueError as e:
+      raise WorkdirError(f"{path}: unreadable ({e}); restore it, or delete it to compare with the "
+                         "newest checkpoint's config") from None
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = sorted((int(n) for n in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else ())
                   if n.isdigit()), reverse=True)
@@ -107,7 +120,13 @@ def _show(v: Any) -> str:
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises WorkdirError when `workdir` holds a run whose config differs in a non-resumable key."""
+  """Raises WorkdirError when `workdir` holds a run whose config differs in a non-resumable key.
+
+  A workdir without checkpoints holds nothing to resume (its run stopped before the first one,
+  e.g. at a data error): its saved config binds nothing and is replaced by this start's.
+  """
+  if not has_checkpoints(workdir):
+    return
   saved, where = saved_config(workdir)
   if saved is None:
     return
@@ -217,6 +236,7 @@ def claim(config: ml_collections.ConfigDict, workdir: str) -> Iterator[None]:
   os.makedirs(workdir, exist_ok=True)
   with lock(workdir) if primary else contextlib.nullcontext():
     check_config(config, workdir)
-    if primary and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    if primary and not (os.path.exists(os.path.join(workdir, CONFIG_FILE))
+                        and has_checkpoints(workdir)):
       io.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
     yield

@@ -217,3 +217,40 @@ def test_no_usable_checkpoint_is_a_clear_error_every_time(trained, tmp_path):
                     "moved aside: 4.damaged-1, 8.damaged-1); start the run again in a new "
                     "workdir"), (attempt, line)
     assert sorted(os.listdir(ckpt_dir)) == ["4.damaged-1", "8.damaged-1"]
+
+
+def test_a_start_that_failed_before_any_checkpoint_binds_nothing(tmp_path):
+  """A first start that stopped before its first checkpoint (here: a wrong data directory) left
+  train_config.json; the corrected command starts (and saves its own config), while a workdir
+  with a checkpoint still refuses the change."""
+  from configs import cddpm as cddpm_config
+  work = str(tmp_path / "run")
+  first = cddpm_config.get_config("tiny")
+  first.data.data_dir = "/wrong/data"
+  with pytest.raises(RuntimeError, match="data error"):
+    with workdir_lib.claim(first, work):
+      raise RuntimeError("data error")
+  fixed = cddpm_config.get_config("tiny")
+  fixed.data.data_dir = "/right/data"
+  with workdir_lib.claim(fixed, work):
+    pass
+  with open(os.path.join(work, workdir_lib.CONFIG_FILE), encoding="utf-8") as f:
+    assert json.load(f)["data"]["data_dir"] == "/right/data"
+  os.makedirs(os.path.join(work, "checkpoints", "3"))
+  with pytest.raises(workdir_lib.WorkdirError, match=r"data.data_dir '/right/data' → '/wrong/data'"):
+    with workdir_lib.claim(first, work):
+      pass
+
+
+def test_unreadable_saved_config_is_named(tmp_path):
+  from configs import cddpm as cddpm_config
+  work = tmp_path / "run"
+  (work / "checkpoints" / "3").mkdir(parents=True)
+  (work / workdir_lib.CONFIG_FILE).write_text('{"stage": "cddpm", "se')
+  with pytest.raises(workdir_lib.WorkdirError) as e:
+    with workdir_lib.claim(cddpm_config.get_config("tiny"), str(work)):
+      pass
+  assert str(e.value).startswith(f"{work / workdir_lib.CONFIG_FILE}: unreadable (")
+  assert str(e.value).endswith("); restore it, or delete it to compare with the newest "
+                               "checkpoint's config")
+  assert not os.path.exists(work / workdir_lib.LOCK_FILE)  # released
