@@ -22,6 +22,14 @@ def _fmt_seconds(s: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
 
 
+def _step_of(line: str) -> int | None:
+  """The step of one metrics.jsonl line; None for a torn or foreign line."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 class MetricLogger:
   """Writes only on process 0. `metrics.jsonl` holds one JSON object per logged step."""
 
@@ -40,12 +48,14 @@ class MetricLogger:
       self._writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step or None)
 
   def _truncate_after(self, step: int) -> None:
-    """A resumed run drops lines a killed run logged after its last checkpoint."""
+    """A resumed run drops lines a killed run logged after its last checkpoint, and a line it
+    left torn (killed or out of disk space while appending it)."""
     if not os.path.exists(self.path):
       return
     with open(self.path, encoding="utf-8") as f:
       lines = [ln for ln in f if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln)["step"] <= step]
+    keep = [ln for ln in lines
+            if ln.endswith("\n") and (s := _step_of(ln)) is not None and s <= step]
     if len(keep) != len(lines):
       io.write_text(self.path, "".join(keep))
 
