@@ -47,6 +47,17 @@ class CachedVolume:
     return np.transpose(getattr(self, name), (1, 2, 0))
 
 
+def load_array(directory: str, name: str, mmap: bool = True) -> np.ndarray:
+  """`<directory>/<name>.npy` of a cache entry; DataError naming a damaged one (truncated, not
+  .npy), which deleting the entry repairs: the next run recomputes it."""
+  path = os.path.join(directory, f"{name}.npy")
+  try:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise DataError(f"{path}: damaged preprocessing cache entry ({type(e).__name__}: {e}); "
+                    f"delete {directory} and run again to recompute it") from None
+
+
 def file_identity(path: str | None) -> list | None:
   """(absolute path, size, mtime_ns): a changed file gets a new identity and a new cache entry."""
   if path is None:
@@ -81,14 +92,11 @@ class VolumeCache:
   def load(self, row: Row, mmap: bool = True) -> CachedVolume:
     directory = self.path(row)
     try:
-      with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
-        meta = json.load(f)
+      meta = self._read_meta(directory)
     except FileNotFoundError:
       raise DataError(f"{row.img}: not in the preprocessing cache ({directory}); run the prepare "
                       "stage first") from None
-    mode = "r" if mmap else None
-    arrays = {name: np.load(os.path.join(directory, f"{name}.npy"), mmap_mode=mode,
-                            allow_pickle=False)
+    arrays = {name: load_array(directory, name, mmap)
               for name in ("image", "mask") + (("seg",) if meta["has_seg"] else ())}
     return CachedVolume(arrays["image"], arrays["mask"], arrays.get("seg"),
                         np.asarray(meta["affine"], dtype=np.float64), meta)
@@ -136,8 +144,13 @@ class VolumeCache:
 
   @staticmethod
   def _read_meta(directory: str) -> dict:
-    with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
-      return json.load(f)
+    path = os.path.join(directory, "meta.json")
+    with open(path, encoding="utf-8") as f:
+      try:
+        return json.load(f)
+      except ValueError as e:
+        raise DataError(f"{path}: damaged preprocessing cache entry ({e}); delete {directory} "
+                        "and run again to recompute it") from None
 
 
 def _compute_one(args) -> tuple[int, dict | None, str | None]:

@@ -12,7 +12,7 @@ import grain
 import numpy as np
 
 from sadm_jax.data import augment as augment_lib
-from sadm_jax.data.cache import CachedVolume, VolumeCache
+from sadm_jax.data.cache import CachedVolume, VolumeCache, load_array
 from sadm_jax.data.splits import Row
 
 
@@ -32,8 +32,7 @@ class SliceTable:
     metas, entries = [], []
     for r in rows:
       directory = cache.path(r)
-      with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
-        metas.append(json.load(f))
+      metas.append(cache._read_meta(directory))
       entries.append(directory)
     return cls(tuple(entries), tuple(m["name"] for m in metas),
                np.asarray([m["slice_brain_voxels"] for m in metas], dtype=np.int64),
@@ -70,8 +69,7 @@ class _ArrayOpener:
   def array(self, volume: int, name: str) -> np.ndarray:
     key = (volume, name)
     if key not in self._open:
-      self._open[key] = np.load(os.path.join(self.table.entries[volume], f"{name}.npy"),
-                                mmap_mode="r", allow_pickle=False)
+      self._open[key] = load_array(self.table.entries[volume], name)
     return self._open[key]  # [D, H, W]
 
   def __getstate__(self):

@@ -72,6 +72,37 @@ def test_cache_load_missing_entry_is_clear(prepared):
     cache.load(s["ATLAS_v2_test"][0])
 
 
+def test_damaged_cache_entry_is_named_with_its_repair(prepared, tmp_path):
+  """A truncated .npy or an unreadable meta.json in an entry (disk trouble): a DataError naming
+  the file, in `load` and in the training loader's lazy memory maps; deleting the entry repairs it."""
+  import shutil
+  from sadm_jax.data.errors import DataError
+  _, s, cache = prepared
+  rows = s["IXI_train_fold0"][:2]
+  copy = cache_lib.VolumeCache(str(tmp_path / "cache"), CFG)
+  shutil.copytree(os.path.dirname(cache.root), os.path.dirname(copy.root))
+  image = os.path.join(copy.path(rows[0]), "image.npy")
+  with open(image, "r+b") as f:
+    f.truncate(os.path.getsize(image) // 2)
+  message = (f"{image}: damaged preprocessing cache entry (ValueError: mmap length is greater "
+             f"than file size); delete {copy.path(rows[0])} and run again to recompute it")
+  with pytest.raises(DataError) as e:
+    copy.load(rows[0])
+  assert str(e.value) == message
+  table = pipeline.SliceTable.from_rows(copy, rows[:1])
+  with pytest.raises(DataError) as e:
+    pipeline._ArrayOpener(table).array(0, "image")
+  assert str(e.value) == message
+  meta = os.path.join(copy.path(rows[1]), "meta.json")
+  with open(meta, "w") as f:
+    f.write('{"name": ')
+  with pytest.raises(DataError, match=f"^{meta}: damaged preprocessing cache entry"):
+    pipeline.SliceTable.from_rows(copy, rows[1:])
+  shutil.rmtree(copy.path(rows[0]))
+  cache_lib.ensure_cached(rows[:1], os.path.dirname(copy.root), CFG)
+  assert copy.load(rows[0]).image.shape == (8, 16, 16)
+
+
 def _batches(loader, n):
   it = iter(loader)
   return [next(it) for _ in range(n)]
