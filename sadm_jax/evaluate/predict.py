@@ -20,7 +20,7 @@ from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import inference, metrics
 from sadm_jax.evaluate import planning, scoring
 from sadm_jax.evaluate.scans import list_scans, load_scan, scan_stem, to_input_grid
-from sadm_jax.train.checkpoint import open_run
+from sadm_jax.train.checkpoint import RunError, open_run
 from sadm_jax.utils import io
 
 
@@ -63,8 +63,14 @@ class Predictor:
 
 
 def _read_json(path: str) -> dict:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  """An evaluation workdir's record; RunError naming it when it is missing or damaged."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    raise RunError(f"{path}: unreadable ({why}); run the evaluate stage in that workdir again") \
+        from None
 
 
 def _trained_orientation(run) -> tuple[str, str]:
@@ -147,8 +153,8 @@ def _with_grid(config, model_config) -> ml_collections.ConfigDict:
 
 def _from_model_workdir(checkpoint_dir: str, config: ml_collections.ConfigDict) -> Predictor:
   if not os.path.isdir(os.path.join(checkpoint_dir, "best")):
-    raise FileNotFoundError(f"{checkpoint_dir}: neither an evaluation workdir (eval/models.json) "
-                            "nor a training workdir with a best checkpoint (best/)")
+    raise RunError(f"{checkpoint_dir}: neither an evaluation workdir (eval/models.json) nor a "
+                   "training workdir with a best checkpoint (best/)")
   run = open_run(checkpoint_dir)  # any task; read once, reused below
   pred = _from_trained_run(run, config)
   pred.orientation, pred.orientation_source = _trained_orientation(run)

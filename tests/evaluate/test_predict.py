@@ -17,6 +17,7 @@ from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
 from sadm_jax.evaluate import predict
 from sadm_jax.evaluate import scans as scans_lib
+from sadm_jax.train.checkpoint import RunError
 from tests import loopback
 from tests.data import fake_data
 
@@ -134,8 +135,26 @@ def test_predict_needs_a_checkpoint_and_an_input(tmp_path):
     main_lib.run_stage(predict_config.get_config(), str(tmp_path))
   c = predict_config.get_config()
   c.predict.checkpoint_dir, c.predict.input = str(tmp_path), "x.nii.gz"
-  with pytest.raises(FileNotFoundError, match="neither an evaluation workdir"):
+  with pytest.raises(RunError) as e:  # a ValueError: one line and exit code 2 from the CLI
     predict.load_predictor(str(tmp_path), config_lib.resolve(c))
+  assert str(e.value) == (f"{tmp_path}: neither an evaluation workdir (eval/models.json) nor a "
+                          "training workdir with a best checkpoint (best/)")
+
+
+def test_damaged_evaluation_records_are_named(tmp_path):
+  """An evaluation workdir whose eval/config.json is gone or eval/models.json is cut short."""
+  c = config_lib.resolve(predict_config.get_config())
+  (tmp_path / "eval").mkdir()
+  models = tmp_path / "eval" / "models.json"
+  models.write_text('{"runs": []}')
+  with pytest.raises(RunError) as e:
+    predict.load_predictor(str(tmp_path), c)
+  assert str(e.value) == (f"{tmp_path / 'eval' / 'config.json'}: unreadable (No such file or "
+                          "directory); run the evaluate stage in that workdir again")
+  (tmp_path / "eval" / "config.json").write_text("{}")
+  models.write_text('{"runs": [')
+  with pytest.raises(RunError, match=f"^{models}: unreadable \\(Expecting value"):
+    predict.load_predictor(str(tmp_path), c)
 
 
 def _flip_xy(image, affine):
