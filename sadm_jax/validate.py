@@ -128,22 +128,23 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
           _fail(f"--config.predict.{key}={p[key]}: no such file or folder: {part}")
 
 
-def check_workdir(workdir: str) -> None:
-  """The workdir is (or can be created as) a writable directory; creates it when missing."""
+def check_workdir(workdir: str, flag: str = "--workdir") -> None:
+  """The workdir (or another output folder, `flag`) is (or can be created as) a writable
+  directory; creates it when missing."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    _fail(f"--workdir={workdir} is a file, not a directory")
+    _fail(f"{flag}={workdir} is a file, not a directory")
   parent = os.path.abspath(workdir)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
-    _fail(f"--workdir={workdir} cannot be created: {parent} is a file, not a directory")
+    _fail(f"{flag}={workdir} cannot be created: {parent} is a file, not a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
     fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=workdir)
     os.close(fd)
     os.remove(probe)
   except OSError as e:
-    _fail(f"--workdir={workdir} is not writable: {e.strerror or e}")
+    _fail(f"{flag}={workdir} is not writable: {e.strerror or e}")
 
 
 def check_static(config: ml_collections.ConfigDict, stages) -> ml_collections.ConfigDict:
@@ -168,3 +169,5 @@ def validate(config: ml_collections.ConfigDict, workdir: str, stages) -> None:
     import jax
     check_mesh(resolved, jax.device_count(), jax.process_count())
   check_workdir(workdir)
+  if config.stage == "predict" and config.predict.output:
+    check_workdir(config.predict.output, "--config.predict.output")

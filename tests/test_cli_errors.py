@@ -314,3 +314,18 @@ def test_every_config_file_refuses_an_unknown_argument():
       get_config("tny")
     checked.append(name)
   assert "prepare" in checked and len(checked) >= 8, checked
+
+
+def test_predict_output_that_is_a_file_or_unwritable_is_refused_before_loading(tmp_path):
+  scan = tmp_path / "scan.nii.gz"
+  scan.write_bytes(b"not read: refused before")
+  out = tmp_path / "out"
+  out.write_text("a file")
+  args = (f"--workdir={tmp_path / 'w'}", f"--config.predict.checkpoint_dir={tmp_path}",
+          f"--config.predict.input={scan}")
+  res = _main(*args, f"--config.predict.output={out}", config="configs/predict.py:tiny")
+  assert _one_error(res) == f"error: --config.predict.output={out} is a file, not a directory"
+  res = _main(*args, "--config.predict.output=/sys/sadm_out", config="configs/predict.py:tiny")
+  assert _one_error(res) == ("error: --config.predict.output=/sys/sadm_out is not writable: "
+                             "Operation not permitted")
+  assert out.read_text() == "a file"
