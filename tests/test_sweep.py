@@ -253,6 +253,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
       "error: member lr_2e-3: no config field 'learning_rat' Did you mean")
 
 
+@pytest.mark.parametrize("source,expected", [
+    ("def get_sweep(:\n", "cannot load the sweep file: SyntaxError: invalid syntax (bad.py, line 1)"),
+    ("def get_sweep():\n  return nope\n",
+     "cannot load the sweep file: NameError: name 'nope' is not defined"),
+    ("x = 1\n", "the sweep file defines no get_sweep()"),
+])
+def test_a_broken_sweep_file_is_one_line_naming_it(tmp_path, capsys, source, expected):
+  bad = tmp_path / "bad.py"
+  bad.write_text(source)
+  assert sweep_cli.cli(["x", f"--sweep={bad}", f"--workdir={tmp_path / 'w'}"]) == 2
+  assert capsys.readouterr().err == f"error: {bad}: {expected}\n"
+  assert not os.path.exists(tmp_path / "w")
+
+
 # ----------------------------------------------------------------------------- slurm
 
 

@@ -116,8 +116,17 @@ def load_sweep(path: str) -> Sweep:
   spec = importlib.util.spec_from_file_location(
       "_sadm_sweep_" + re.sub(r"\W", "_", os.path.basename(path)), repo_path(path))
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  members = tuple(module.get_sweep())
+  try:
+    spec.loader.exec_module(module)
+    get_sweep = getattr(module, "get_sweep", None)
+    members = tuple(get_sweep()) if callable(get_sweep) else None
+  except ValueError:  # the members' own checks: one line naming the member
+    raise
+  except Exception as e:  # noqa: BLE001  (SyntaxError, NameError, ... raised by the sweep file)
+    text = " ".join(str(e).split())
+    raise ValueError(f"{path}: cannot load the sweep file: {type(e).__name__}: {text}") from None
+  if members is None:
+    raise ValueError(f"{path}: the sweep file defines no get_sweep()")
   if not all(isinstance(m, Member) for m in members):
     raise ValueError(f"{path}: get_sweep() must return a list of sadm_jax.sweep.Member")
   try:
