@@ -146,7 +146,9 @@ def main(argv):
   # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
   # SADM_COMPILE_LOG=<file>: log every compilation's time (benchmarks/compile_profile.py).
   xla_flags.apply(stage=str(FLAGS.config.stage))
-  compilation_cache.apply()
+  bad_cache = compilation_cache.problem(compilation_cache.apply())
+  if bad_cache:
+    _fail(bad_cache)
   try:
     compile_log.install()
   except OSError as e:

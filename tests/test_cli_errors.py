@@ -329,3 +329,12 @@ def test_predict_output_that_is_a_file_or_unwritable_is_refused_before_loading(t
   assert _one_error(res) == ("error: --config.predict.output=/sys/sadm_out is not writable: "
                              "Operation not permitted")
   assert out.read_text() == "a file"
+
+
+def test_compilation_cache_that_is_a_file_is_one_line(data_dir, tmp_path):
+  f = tmp_path / "cache"
+  f.write_text("not a dir")
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}",
+              env={"SADM_COMPILATION_CACHE": str(f), "JAX_COMPILATION_CACHE_DIR": ""})
+  assert _one_error(res).startswith(f"error: compilation cache {f}: {f} is a file, not a directory")
+  assert not os.path.exists(tmp_path / "w")

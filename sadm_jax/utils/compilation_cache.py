@@ -36,3 +36,17 @@ def apply(environ: MutableMapping[str, str] | None = None) -> str | None:
     import jax
     jax.config.update("jax_compilation_cache_dir", path)
   return path
+
+
+def problem(path: str | None) -> str | None:
+  """Why the cache directory `path` (what `apply` returned) cannot be used, or None: a path that
+  is (or lies under) a file would make every compilation warn instead of caching."""
+  if not path:
+    return None
+  node = os.path.abspath(path)
+  while not os.path.exists(node):
+    node = os.path.dirname(node)
+  if os.path.isdir(node):
+    return None
+  return (f"compilation cache {path}: {node} is a file, not a directory (set {ENV_SWITCH} or "
+          f"{JAX_ENV} to a directory, or {ENV_SWITCH}=0 to turn the cache off)")

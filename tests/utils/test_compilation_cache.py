@@ -32,3 +32,13 @@ def test_tests_run_with_the_session_cache():
   assert os.environ[cc.JAX_ENV] == jax.config.jax_compilation_cache_dir
   assert cc.apply(dict(os.environ)) == jax.config.jax_compilation_cache_dir
   assert jax.config.jax_compilation_cache_max_size == -1  # nothing here needs `filelock`
+
+
+def test_a_cache_path_that_is_a_file_is_a_problem(tmp_path):
+  f = tmp_path / "file"
+  f.write_text("")
+  assert cc.problem(None) is None and cc.problem(str(tmp_path / "new" / "xla")) is None
+  for path in (f, f / "xla"):
+    assert cc.problem(str(path)) == (
+        f"compilation cache {path}: {f} is a file, not a directory (set {cc.ENV_SWITCH} or "
+        f"{cc.JAX_ENV} to a directory, or {cc.ENV_SWITCH}=0 to turn the cache off)")
