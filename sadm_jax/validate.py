@@ -77,6 +77,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.data.val_slices_per_volume={config.data.val_slices_per_volume} must be > 0")
   if config.sadm.repeat < 0:
     _fail(f"--config.sadm.repeat={config.sadm.repeat} must be >= 0")
+  if config.diffusion.num_timesteps <= 0:
+    _fail(f"--config.diffusion.num_timesteps={config.diffusion.num_timesteps} must be > 0")
 
 
 def check_mesh(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:

@@ -65,6 +65,8 @@ def test_bad_type_and_bad_config_file_are_one_line(tmp_path):
     (["--config.data.prefetch_batches=0"], "error: --config.data.prefetch_batches=0 must be > 0"),
     (["--config.optimizer.learning_rate=0"],
      "error: --config.optimizer.learning_rate=0.0 must be > 0"),
+    (["--config.diffusion.num_timesteps=0"],
+     "error: --config.diffusion.num_timesteps=0 must be > 0"),
     (["--config.model.dtype=float64"], "error: --config.model.dtype='float64' is not one of "),
     (["--config.diffusion.noise=perlin"], "error: --config.diffusion.noise='perlin' is not one"),
     (["--config.data.slice_sampling=random"], "error: --config.data.slice_sampling='random'"),
