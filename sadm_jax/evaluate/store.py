@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +25,15 @@ def fingerprint(obj: Any) -> str:
 def safe(name: str) -> str:
   """A volume name usable as a file name."""
   return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def _readable_map(npz: str) -> bool:
+  """Whether a val map file opens and holds the arrays `Store.pooled` reads."""
+  try:
+    with np.load(npz) as z:
+      return {"anomaly", "gt", "mask"} <= set(z.files)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+    return False
 
 
 class Store:
@@ -46,8 +56,8 @@ class Store:
            with_map: bool = False) -> dict | None:
     """The stored record if it is complete and has fingerprint `fp`, else None."""
     path, npz = self.paths(run, set_name, split, name)
-    if not os.path.isfile(path) or (with_map and not os.path.isfile(npz)):
-      return None
+    if not os.path.isfile(path) or (with_map and not _readable_map(npz)):
+      return None  # a missing or damaged map (truncated by a disk fault) is computed again
     try:
       with open(path) as f:
         rec = json.load(f)
