@@ -29,6 +29,7 @@ CHOICES = {
     "demo.size": ("default", "tiny"),
 }
 EVALUATE_METHODS = ("threshold", "cddpm", "sadm")
+EVALUATE_TEST_SETS = ("Brats21", "ATLAS_v2", "MSLUB", "WMH", "DRAEM")
 TRAINING_STAGES = ("spark", "cddpm", "sadm")
 # Stages that read DATA_DIR (`demo` generates its own; describe/aot/predict read none).
 DATA_STAGES = ("prepare", "spark", "cddpm", "sadm", "evaluate")
@@ -54,6 +55,10 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
   if config.stage in ("evaluate", "demo") and unknown:
     _fail(f"--config.evaluate.methods has unknown method(s) {unknown}; expected a subset of "
           f"{', '.join(map(repr, EVALUATE_METHODS))}")
+  unknown = [s for s in config.evaluate.test_sets if s not in EVALUATE_TEST_SETS]
+  if config.stage in ("evaluate", "demo", "reproduce") and unknown:
+    _fail(f"--config.evaluate.test_sets has unknown set(s) {unknown}; expected a subset of "
+          f"{', '.join(map(repr, EVALUATE_TEST_SETS))}")
 
 
 def check_training(config: ml_collections.ConfigDict) -> None:

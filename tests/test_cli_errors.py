@@ -113,6 +113,9 @@ def test_a_bad_value_is_refused_before_jax_is_imported(data_dir, tmp_path):
      "error: --config.evaluate.residual_mode='l3'"),
     ("configs/evaluate.py:tiny", ["--config.evaluate.threshold_method=grid"],
      "error: --config.evaluate.threshold_method='grid'"),
+    ("configs/evaluate.py:tiny", ["--config.evaluate.test_sets=('Bratz',)"],
+     "error: --config.evaluate.test_sets has unknown set(s) ['Bratz']; expected a subset of "
+     "'Brats21', 'ATLAS_v2', 'MSLUB', 'WMH', 'DRAEM'"),
     ("configs/evaluate.py:tiny", ["--config.evaluate.sadm_workdirs=('/nonexistent/s0',)"],
      "error: --config.evaluate.sadm_workdirs[0]=/nonexistent/s0: no such directory"),
     ("configs/evaluate.py:tiny", ["--config.evaluate.cddpm_workdir=/nonexistent/c"],
@@ -192,6 +195,9 @@ def test_choices_match_the_modules_that_use_them():
   assert set(c["evaluate.combination"]) == set(anomaly_map.COMBINATIONS) | set(anomaly_map._ALIASES)
   assert c["evaluate.residual_mode"] == anomaly_map.RESIDUAL_MODES
   assert validate.EVALUATE_METHODS == METHODS
+  from sadm_jax.data import layout
+  from sadm_jax.evaluate.planning import DRAEM_SET
+  assert set(validate.EVALUATE_TEST_SETS) == set(layout.PATHOLOGICAL) | {DRAEM_SET}
   assert set(validate.TRAINING_STAGES) | set(validate.DATA_STAGES) <= set(main_lib.STAGES)
 
 
