@@ -169,6 +169,16 @@ def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, nu
   """
   cache = VolumeCache(cache_dir, cfg)
   todo = [(i, cache_dir, cfg, r) for i, r in enumerate(rows) if not cache.contains(r)]
+  if todo:  # a read-only or misplaced cache: one error, not one traceback per volume
+    try:
+      os.makedirs(cache.root, exist_ok=True)
+      fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=cache.root)
+      os.close(fd)
+      os.remove(probe)
+    except OSError as e:
+      raise DataError(f"{cache.root}: cannot write the preprocessing cache ({e.strerror or e}) for "
+                      f"{len(todo)} volume(s) not yet in it; set --config.data.cache_dir to a "
+                      "writable directory") from None
   logging.info("preprocessing cache %s: %d of %d volumes to compute", cache.root, len(todo),
                len(rows))
   failures = []

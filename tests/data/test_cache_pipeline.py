@@ -103,6 +103,20 @@ def test_damaged_cache_entry_is_named_with_its_repair(prepared, tmp_path):
   assert copy.load(rows[0]).image.shape == (8, 16, 16)
 
 
+def test_unwritable_cache_is_one_error_only_when_something_must_be_written(prepared, tmp_path):
+  from sadm_jax.data.errors import DataError
+  _, s, cache = prepared
+  rows = s["IXI_train_fold0"][:2]
+  afile = tmp_path / "afile"
+  afile.write_text("")
+  with pytest.raises(DataError) as e:
+    cache_lib.ensure_cached(rows, str(afile), CFG)
+  assert str(e.value) == (f"{afile}/{CFG.key()}: cannot write the preprocessing cache (Not a "
+                          "directory) for 2 volume(s) not yet in it; set --config.data.cache_dir "
+                          "to a writable directory")
+  assert len(cache_lib.ensure_cached(rows, os.path.dirname(cache.root), CFG)) == 2  # all cached
+
+
 def _batches(loader, n):
   it = iter(loader)
   return [next(it) for _ in range(n)]
