@@ -125,6 +125,8 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
     for i, w in enumerate(config.evaluate.sadm_workdirs):
       if not os.path.isdir(w):
         _fail(f"--config.evaluate.sadm_workdirs[{i}]={w}: no such directory (a SADM workdir)")
+  if stage in ("demo", "reproduce") and config.demo.root:
+    check_dir_path(config.demo.root, "--config.demo.root")
   if stage == "predict":
     p = config.predict
     if p.checkpoint_dir and not os.path.isdir(p.checkpoint_dir):
@@ -135,16 +137,21 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
           _fail(f"--config.predict.{key}={p[key]}: no such file or folder: {part}")
 
 
-def check_workdir(workdir: str, flag: str = "--workdir") -> None:
-  """The workdir (or another output folder, `flag`) is (or can be created as) a writable
-  directory; creates it when missing."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    _fail(f"{flag}={workdir} is a file, not a directory")
-  parent = os.path.abspath(workdir)
+def check_dir_path(path: str, flag: str) -> None:
+  """`path` is a directory or can be created as one (no file in the way)."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    _fail(f"{flag}={path} is a file, not a directory")
+  parent = os.path.abspath(path)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
-    _fail(f"{flag}={workdir} cannot be created: {parent} is a file, not a directory")
+    _fail(f"{flag}={path} cannot be created: {parent} is a file, not a directory")
+
+
+def check_workdir(workdir: str, flag: str = "--workdir") -> None:
+  """The workdir (or another output folder, `flag`) is (or can be created as) a writable
+  directory; creates it when missing."""
+  check_dir_path(workdir, flag)
   try:
     os.makedirs(workdir, exist_ok=True)
     fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=workdir)

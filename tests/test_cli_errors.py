@@ -120,6 +120,11 @@ def test_a_bad_value_is_refused_before_jax_is_imported(data_dir, tmp_path):
      "error: --config.evaluate.sadm_workdirs[0]=/nonexistent/s0: no such directory"),
     ("configs/evaluate.py:tiny", ["--config.evaluate.cddpm_workdir=/nonexistent/c"],
      "error: --config.evaluate.cddpm_workdir=/nonexistent/c: no such directory"),
+    ("configs/demo.py:tiny", ["--config.demo.root=/proc/version/demo_data"],
+     "error: --config.demo.root=/proc/version/demo_data cannot be created: /proc/version is a "
+     "file, not a directory"),
+    ("configs/reproduce.py:tiny", ["--config.demo.root=/proc/version"],
+     "error: --config.demo.root=/proc/version is a file, not a directory"),
 ])
 def test_bad_stage_values_are_refused(data_dir, tmp_path, config, args, expected):
   work = tmp_path / "w"
