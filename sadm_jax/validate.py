@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -129,6 +130,9 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
     check_dir_path(config.demo.root, "--config.demo.root")
   if stage == "predict":
     p = config.predict
+    if p.threshold is not None and not math.isfinite(p.threshold):
+      _fail(f"--config.predict.threshold={p.threshold} must be a finite number (or unset: the "
+            "evaluation's τ)")
     if p.checkpoint_dir and not os.path.isdir(p.checkpoint_dir):
       _fail(f"--config.predict.checkpoint_dir={p.checkpoint_dir}: no such directory")
     for key in ("input", "mask"):  # a path (file, folder, CSV) or a comma-separated list

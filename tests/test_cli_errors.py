@@ -329,7 +329,7 @@ def test_every_config_file_refuses_an_unknown_argument():
   assert "prepare" in checked and len(checked) >= 8, checked
 
 
-def test_predict_output_that_is_a_file_or_unwritable_is_refused_before_loading(tmp_path):
+def test_bad_predict_output_or_threshold_is_refused_before_loading(tmp_path):
   scan = tmp_path / "scan.nii.gz"
   scan.write_bytes(b"not read: refused before")
   out = tmp_path / "out"
@@ -342,6 +342,10 @@ def test_predict_output_that_is_a_file_or_unwritable_is_refused_before_loading(t
   assert _one_error(res) == ("error: --config.predict.output=/sys/sadm_out is not writable: "
                              "Operation not permitted")
   assert out.read_text() == "a file"
+  for value in ("nan", "inf"):
+    res = _main(*args, f"--config.predict.threshold={value}", config="configs/predict.py:tiny")
+    assert _one_error(res) == (f"error: --config.predict.threshold={value} must be a finite number "
+                               "(or unset: the evaluation's τ)")
 
 
 def test_compilation_cache_that_is_a_file_is_one_line(data_dir, tmp_path):
