@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -29,6 +30,10 @@ STAGES = {
     "predict": "sadm_jax.evaluate.predict:run",
     "reproduce": "sadm_jax.reproduce:run",
 }
+
+
+# OSErrors of a write the machine refused (not a bug): one line and exit code 2 from run_checked.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def run_stage(config, workdir: str):
@@ -124,6 +129,13 @@ def run_checked(config, workdir: str, tune_gc: bool = False) -> int:
     if FLAGS["verbosity"].present:
       logging.exception("stage %s failed", config.stage)
     print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  except OSError as e:  # the machine refused a write: a full disk, a quota, a read-only mount
+    if e.errno not in WRITE_ERRNOS:
+      raise
+    print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror} (stage {config.stage}; "
+          "files are written whole: run the same command again once it can write)",
+          file=sys.stderr, flush=True)
     return 2
   except KeyboardInterrupt:  # Ctrl-C: checkpoints, cache entries and results are written whole
     print(f"error: stage {config.stage} interrupted (SIGINT); {workdir} keeps only complete files: "

@@ -355,3 +355,28 @@ def test_compilation_cache_that_is_a_file_is_one_line(data_dir, tmp_path):
               env={"SADM_COMPILATION_CACHE": str(f), "JAX_COMPILATION_CACHE_DIR": ""})
   assert _one_error(res).startswith(f"error: compilation cache {f}: {f} is a file, not a directory")
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_refused_write_is_one_line_exit_2_and_a_bug_keeps_its_traceback(monkeypatch, capsys,
+                                                                           tmp_path):
+  import errno
+  from configs import cddpm as cddpm_config
+  from sadm_jax import main as main_lib
+  target = str(tmp_path / "metrics.jsonl")
+
+  def disk_full(config, workdir):
+    raise OSError(errno.ENOSPC, "No space left on device", target)
+
+  monkeypatch.setattr(main_lib, "run_stage", disk_full)
+  monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
+  assert main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path)) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"error: {target}: No space left on device (stage cddpm; files are written whole: run the "
+      "same command again once it can write)"]
+
+  def bug(config, workdir):
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", target)
+
+  monkeypatch.setattr(main_lib, "run_stage", bug)
+  with pytest.raises(FileNotFoundError):
+    main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path))

@@ -319,7 +319,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
       out = predict(pred, s.image, s.mask, out_dir)
     except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
-      if not isinstance(e, DataError):
+      if not isinstance(e, (DataError, OSError)):  # a bug: with its traceback
         logging.exception("predict: %s failed", s.name)
       rec.update(status="failed", message=_one_line(e), output_dir="")
       logging.error("predict: %s failed: %s", s.name, rec["message"])

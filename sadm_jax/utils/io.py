@@ -28,9 +28,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     yield tmp
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename in (None, tmp):  # e.g. a full disk at write/fsync:
+      raise OSError(e.errno, e.strerror, path) from e  # name the file the caller asked for
     raise
 
 

@@ -35,3 +35,18 @@ def test_save_npy_and_png(tmp_path):
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "c.png")), rgb)  # lossless
   with pytest.raises(TypeError, match="expected uint8"):
     io.write_png(tmp_path / "b.png", np.zeros((4, 5)))
+
+
+def test_a_refused_write_names_the_target_and_leaves_nothing(tmp_path):
+  """A full disk at write or fsync (an OSError without a file name) is reported with the path the
+  caller asked for; no temporary file stays behind and an existing file is untouched."""
+  import errno
+  target = tmp_path / "out.json"
+  target.write_text("old")
+  with pytest.raises(OSError) as e:
+    with io.atomic_path(target) as tmp:
+      with open(tmp, "w") as f:
+        f.write("half")
+      raise OSError(errno.ENOSPC, "No space left on device")
+  assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(target))
+  assert os.listdir(tmp_path) == ["out.json"] and target.read_text() == "old"
