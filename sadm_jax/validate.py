@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 
 import ml_collections
@@ -31,6 +32,7 @@ CHOICES = {
 }
 EVALUATE_METHODS = ("threshold", "cddpm", "sadm")
 EVALUATE_TEST_SETS = ("Brats21", "ATLAS_v2", "MSLUB", "WMH", "DRAEM")
+FSDP_RULE_KINDS = ("fsdp", "replicate")
 TRAINING_STAGES = ("spark", "cddpm", "sadm")
 # Stages that read DATA_DIR (`demo` generates its own; describe/aot/predict read none).
 DATA_STAGES = ("prepare", "spark", "cddpm", "sadm", "evaluate")
@@ -83,6 +85,15 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.data.val_slices_per_volume={config.data.val_slices_per_volume} must be > 0")
   if config.sadm.repeat < 0:
     _fail(f"--config.sadm.repeat={config.sadm.repeat} must be >= 0")
+  for rule in config.mesh.fsdp_rules:
+    try:
+      pattern, kind = rule
+      re.compile(pattern)
+    except (TypeError, ValueError, re.error) as e:
+      _fail(f"--config.mesh.fsdp_rules has a bad rule {rule!r} ({e}); expected (regex, kind) pairs")
+    if kind not in FSDP_RULE_KINDS:
+      _fail(f"--config.mesh.fsdp_rules: rule {rule!r} has kind {kind!r}; expected one of "
+            f"{', '.join(map(repr, FSDP_RULE_KINDS))}")
   if config.diffusion.num_timesteps <= 0:
     _fail(f"--config.diffusion.num_timesteps={config.diffusion.num_timesteps} must be > 0")
 

@@ -67,6 +67,12 @@ def test_bad_type_and_bad_config_file_are_one_line(tmp_path):
      "error: --config.optimizer.learning_rate=0.0 must be > 0"),
     (["--config.diffusion.num_timesteps=0"],
      "error: --config.diffusion.num_timesteps=0 must be > 0"),
+    (["--config.mesh.fsdp_rules=(('(', 'fsdp'),)"],
+     "error: --config.mesh.fsdp_rules has a bad rule ('(', 'fsdp') (missing ), unterminated "
+     "subpattern at position 0); expected (regex, kind) pairs"),
+    (["--config.mesh.fsdp_rules=(('kernel$', 'shard'),)"],
+     "error: --config.mesh.fsdp_rules: rule ('kernel$', 'shard') has kind 'shard'; expected one of "
+     "'fsdp', 'replicate'"),
     (["--config.model.dtype=float64"], "error: --config.model.dtype='float64' is not one of "),
     (["--config.diffusion.noise=perlin"], "error: --config.diffusion.noise='perlin' is not one"),
     (["--config.data.slice_sampling=random"], "error: --config.data.slice_sampling='random'"),
