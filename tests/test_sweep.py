@@ -252,6 +252,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert capsys.readouterr().err.startswith(
       "error: member lr_2e-3: no config field 'learning_rat' Did you mean")
 
+  afile = tmp_path / "afile"
+  afile.write_text("")
+  for mode in ("local", "slurm"):
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={afile}", f"--mode={mode}"]) == 2
+    assert capsys.readouterr().err == f"error: --workdir={afile} is a file, not a directory\n"
+
 
 @pytest.mark.parametrize("source,expected", [
     ("def get_sweep(:\n", "cannot load the sweep file: SyntaxError: invalid syntax (bad.py, line 1)"),
