@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from sadm_jax.train import sharding as shard_lib, workdir as workdir_lib
-from sadm_jax.train.checkpoint import Checkpointer, software_versions
+from sadm_jax.train.checkpoint import Checkpointer, RunError, software_versions
 from sadm_jax.train.logger import MetricLogger
 from sadm_jax.utils import io, xla_flags
 from sadm_jax.train.state import LossFn, TrainState, make_eval_step, make_train_step
@@ -190,6 +190,10 @@ def _train(config, workdir, task, mesh) -> dict:
     run_meta = {**task.meta, "seed": int(trainer.seed), "versions": software_versions()}
     meta_base = {"config": config.to_dict(), "task": task.name, "run": run_meta}
     start, state, _ = ckpt.restore_usable(trainer.abstract_state, trainer.state_shardings, it)
+    if start is not None and start > num_steps:
+      raise RunError(f"{workdir}: holds a run already trained to step {start}, beyond the "
+                     f"{num_steps} step(s) this config asks for (train.num_steps / "
+                     "train.num_epochs); ask for at least that many, or use a new workdir")
     if pid == 0:
       io.write_json(os.path.join(workdir, "run.json"),
                     {"task": task.name, "run": run_meta, "num_steps": num_steps})

@@ -160,6 +160,24 @@ def test_a_failed_start_still_closes_the_checkpointer(tmp_path, monkeypatch):
   assert closed == [str(tmp_path / "checkpoints")]
 
 
+def test_asking_for_fewer_steps_than_trained_is_a_clear_error(tmp_path):
+  """Resuming with num_steps below the newest checkpoint's step: one RunError, nothing rewritten
+  (it reported 'done' at the smaller step with NaN losses, holding the longer-trained model)."""
+  config = _config(8)
+  config.train.num_steps = 4
+  loop.train(config, str(tmp_path), toy_task(config))
+  with open(tmp_path / "run.json") as f:
+    before = f.read()
+  config.train.num_steps = 2
+  with pytest.raises(checkpoint_lib.RunError) as e:
+    loop.train(config, str(tmp_path), toy_task(config))
+  assert str(e.value) == (f"{tmp_path}: holds a run already trained to step 4, beyond the 2 "
+                          "step(s) this config asks for (train.num_steps / train.num_epochs); ask "
+                          "for at least that many, or use a new workdir")
+  with open(tmp_path / "run.json") as f:
+    assert f.read() == before
+
+
 def test_resume_continues_identically(tmp_path):
   config = _config(8)
   full = loop.train(config, str(tmp_path / "a"), toy_task(config))
