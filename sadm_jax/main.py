@@ -32,6 +32,7 @@ STAGES = {
 }
 
 
+INTERRUPTED = 130  # exit code after Ctrl-C: 128 + SIGINT, the shell's convention
 # OSErrors of a write the machine refused (not a bug): one line and exit code 2 from run_checked.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -140,7 +141,7 @@ def run_checked(config, workdir: str, tune_gc: bool = False) -> int:
   except KeyboardInterrupt:  # Ctrl-C: checkpoints, cache entries and results are written whole
     print(f"error: stage {config.stage} interrupted (SIGINT); {workdir} keeps only complete files: "
           "run the same command again to resume", file=sys.stderr, flush=True)
-    return 2
+    return INTERRUPTED
   return 0
 
 

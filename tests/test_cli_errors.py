@@ -209,6 +209,8 @@ def test_choices_match_the_modules_that_use_them():
   from sadm_jax.data import layout
   from sadm_jax.evaluate.planning import DRAEM_SET
   assert set(validate.EVALUATE_TEST_SETS) == set(layout.PATHOLOGICAL) | {DRAEM_SET}
+  from sadm_jax.train import sharding
+  assert validate.FSDP_RULE_KINDS == sharding.RULE_KINDS
   assert set(validate.TRAINING_STAGES) | set(validate.DATA_STAGES) <= set(main_lib.STAGES)
 
 
@@ -302,8 +304,9 @@ def test_bad_environment_is_one_line(data_dir, tmp_path, env, expected):
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_interrupt_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
-  """Ctrl-C (SIGINT) in a stage: one line saying the workdir resumes, exit code 2, no traceback."""
+def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
+  """Ctrl-C (SIGINT) in a stage: one line saying the workdir resumes, exit code 130 (128 +
+  SIGINT, as a shell reports it), no traceback."""
   from configs import cddpm as cddpm_config
   from sadm_jax import main as main_lib
 
@@ -312,7 +315,7 @@ def test_interrupt_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
 
   monkeypatch.setattr(main_lib, "run_stage", interrupted)
   monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
-  assert main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path)) == 2
+  assert main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path)) == 130
   assert capsys.readouterr().err.strip().splitlines() == [
       f"error: stage cddpm interrupted (SIGINT); {tmp_path} keeps only complete files: run the "
       "same command again to resume"]

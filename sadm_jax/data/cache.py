@@ -92,7 +92,7 @@ class VolumeCache:
   def load(self, row: Row, mmap: bool = True) -> CachedVolume:
     directory = self.path(row)
     try:
-      meta = self._read_meta(directory)
+      meta = self.read_meta(directory)
     except FileNotFoundError:
       raise DataError(f"{row.img}: not in the preprocessing cache ({directory}); run the prepare "
                       "stage first") from None
@@ -105,7 +105,7 @@ class VolumeCache:
     """Preprocesses one row and stores it; returns its meta. A no-op when already cached."""
     directory = self.path(row)
     if os.path.isfile(os.path.join(directory, "meta.json")):
-      return self._read_meta(directory)
+      return self.read_meta(directory)
     img = nifti.load_volume(row.img)
     mask = nifti.load_volume(row.mask)
     seg = nifti.load_volume(row.seg) if row.seg else None
@@ -143,7 +143,8 @@ class VolumeCache:
     return meta
 
   @staticmethod
-  def _read_meta(directory: str) -> dict:
+  def read_meta(directory: str) -> dict:
+    """The meta.json of the cache entry in `directory`; DataError naming a damaged one."""
     path = os.path.join(directory, "meta.json")
     with open(path, encoding="utf-8") as f:
       try:
@@ -198,4 +199,4 @@ def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, nu
       if progress:
         progress(done, len(todo))
   nifti.raise_problems(failures, "preprocessing failed")
-  return [cache._read_meta(cache.path(r)) for r in rows]
+  return [cache.read_meta(cache.path(r)) for r in rows]

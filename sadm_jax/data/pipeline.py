@@ -32,7 +32,7 @@ class SliceTable:
     metas, entries = [], []
     for r in rows:
       directory = cache.path(r)
-      metas.append(cache._read_meta(directory))
+      metas.append(cache.read_meta(directory))
       entries.append(directory)
     return cls(tuple(entries), tuple(m["name"] for m in metas),
                np.asarray([m["slice_brain_voxels"] for m in metas], dtype=np.int64),

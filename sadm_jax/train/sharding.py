@@ -11,6 +11,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+RULE_KINDS = ("fsdp", "replicate")  # what an `fsdp_rules` entry may ask for
 
 
 def make_mesh(config: ml_collections.ConfigDict | None = None,
@@ -58,7 +59,7 @@ def state_specs(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, str]
   """
   compiled = [(re.compile(pattern), kind) for pattern, kind in rules]
   for _, kind in compiled:
-    if kind not in ("fsdp", "replicate"):
+    if kind not in RULE_KINDS:
       raise ValueError(f"unknown sharding rule kind {kind!r}; expected 'fsdp' or 'replicate'")
   axis_size = mesh.shape[DATA_AXIS]
 
