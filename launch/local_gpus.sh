@@ -10,7 +10,10 @@
 # repository root.
 set -euo pipefail
 
-: "${NUM_GPUS:?set NUM_GPUS to the number of GPUs this run uses, e.g. NUM_GPUS=4}"
+require() {  # a variable that must be set: one line naming it, exit 2 (like every usage error)
+  [[ -n "${!1:-}" ]] || { echo "$1 is not set: $2" >&2; exit 2; }
+}
+require NUM_GPUS "set NUM_GPUS to the number of GPUs this run uses, e.g. NUM_GPUS=4"
 if [[ ! "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]]; then
   echo "NUM_GPUS=$NUM_GPUS: expected a positive integer" >&2
   exit 2

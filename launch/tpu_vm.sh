@@ -11,8 +11,11 @@
 # Everything after `--` goes to `python -m sadm_jax.main` unchanged.
 set -euo pipefail
 
-: "${TPU_NAME:?set TPU_NAME to the TPU VM / pod slice name}"
-: "${ZONE:?set ZONE to the zone of the TPU, e.g. ZONE=us-central2-b}"
+require() {  # a variable that must be set: one line naming it, exit 2 (like every usage error)
+  [[ -n "${!1:-}" ]] || { echo "$1 is not set: $2" >&2; exit 2; }
+}
+require TPU_NAME "set TPU_NAME to the TPU VM / pod slice name"
+require ZONE "set ZONE to the zone of the TPU, e.g. ZONE=us-central2-b"
 if [[ "${1:-}" == "--" ]]; then shift; fi
 REMOTE_DIR="${REMOTE_DIR:-sadm_jax}"
 

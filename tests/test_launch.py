@@ -34,8 +34,9 @@ def test_fails_fast_naming_the_missing_variable(script, missing, tmp_path):
   required = SCRIPTS[script]
   env = {v: VALUES[v] for v in required[:required.index(missing)]}  # the ones checked before
   res = _run(script, {**env, "DRY_RUN": "1"}, ARGS, cwd=tmp_path)
-  assert res.returncode != 0
-  assert missing in res.stderr and res.stdout == ""
+  assert res.returncode == 2
+  assert res.stderr.startswith(f"{missing} is not set: ") and len(res.stderr.splitlines()) == 1
+  assert res.stdout == ""
 
 
 def test_local_gpus_passes_arguments_and_checks_visible_devices():
