@@ -98,6 +98,15 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.diffusion.num_timesteps={config.diffusion.num_timesteps} must be > 0")
 
 
+def check_preprocess(config: ml_collections.ConfigDict) -> None:
+  """`data.preprocess` makes a preprocessing chain (3-D crop, percentiles, factor, ...)."""
+  from sadm_jax import config as config_lib  # imports scipy: only for the stages that preprocess
+  try:
+    config_lib.preprocess_config(config)
+  except (TypeError, ValueError) as e:
+    _fail(f"--config.data.preprocess: {e}")
+
+
 def check_mesh(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
   """The mesh against the visible devices, and the global batch against the mesh."""
   t = config.train
@@ -187,6 +196,8 @@ def check_static(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   if config.stage in TRAINING_STAGES:
     check_training(resolved)
   check_paths(resolved)
+  if config.stage in DATA_STAGES:
+    check_preprocess(resolved)
   return resolved
 
 

@@ -80,6 +80,10 @@ def test_bad_type_and_bad_config_file_are_one_line(tmp_path):
     (["--config.stage=train"], "error: --config.stage='train' is not one of"),
     (["--config.model.encoder.pretrained_workdir=/nonexistent/spark"],
      "error: --config.model.encoder.pretrained_workdir=/nonexistent/spark: no such directory"),
+    (["--config.data.preprocess.crop_size=(128,128)"],
+     "error: --config.data.preprocess: crop_size must be 3 positive ints, got (128, 128)"),
+    (["--config.data.preprocess.percentiles=(99.0,1.0)"],
+     "error: --config.data.preprocess: percentiles must satisfy 0 <= lo < hi <= 100"),
 ])
 def test_bad_training_values_are_refused_before_anything(data_dir, tmp_path, args, expected):
   work = tmp_path / "w"
