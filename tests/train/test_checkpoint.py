@@ -51,3 +51,21 @@ def test_close_waits_for_the_start_up_cleanup_of_temporary_steps(tmp_path, monke
   ckpt = ckpt_lib.Checkpointer(str(tmp_path))
   ckpt.close()
   assert done == [True, True]  # both managers' clean-ups finished before close() returned
+
+
+def test_one_writer_per_array_registers_without_orbax_override_warning(monkeypatch, caplog):
+  """The handler override is deliberate: Orbax's 'overriding' warning (stderr in every run) is
+  dropped, other absl warnings are not, and the filter is removed afterwards."""
+  import logging
+  from absl import logging as absl_logging
+  monkeypatch.delattr(ckpt_lib._one_writer_per_array, "done", raising=False)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    ckpt_lib._one_writer_per_array()
+    absl_logging.warning("Type handler registry, kept: %s", "not an override")
+  assert ckpt_lib._one_writer_per_array.done
+  texts = [r.getMessage() for r in caplog.records]
+  assert not any("overriding" in t for t in texts), texts
+  assert "Type handler registry, kept: not an override" in texts
+  assert ckpt_lib._drop_override_warning not in logging.getLogger("absl").filters
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  assert isinstance(handler, ocp.type_handlers.ArrayHandler)
