@@ -31,7 +31,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
   except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
-    if isinstance(e, OSError) and e.filename in (None, tmp):  # e.g. a full disk at write/fsync:
+    if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+      # e.g. a full disk at write/fsync:
       raise OSError(e.errno, e.strerror, path) from e  # name the file the caller asked for
     raise
 
