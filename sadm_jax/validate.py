@@ -33,6 +33,8 @@ CHOICES = {
 EVALUATE_METHODS = ("threshold", "cddpm", "sadm")
 EVALUATE_TEST_SETS = ("Brats21", "ATLAS_v2", "MSLUB", "WMH", "DRAEM")
 FSDP_RULE_KINDS = ("fsdp", "replicate")
+# SparK's ResNet-50 encoder sees slices whose sides are multiples of its stride (models.resnet).
+SPARK_GRID_MULTIPLE = 32
 TRAINING_STAGES = ("spark", "cddpm", "sadm")
 # Stages that read DATA_DIR (`demo` generates its own; describe/aot/predict read none).
 DATA_STAGES = ("prepare", "spark", "cddpm", "sadm", "evaluate")
@@ -102,9 +104,14 @@ def check_preprocess(config: ml_collections.ConfigDict) -> None:
   """`data.preprocess` makes a preprocessing chain (3-D crop, percentiles, factor, ...)."""
   from sadm_jax import config as config_lib  # imports scipy: only for the stages that preprocess
   try:
-    config_lib.preprocess_config(config)
+    cfg = config_lib.preprocess_config(config)
   except (TypeError, ValueError) as e:
     _fail(f"--config.data.preprocess: {e}")
+  grid = [-(-c // cfg.downsample) for c in cfg.crop_size[:2]]  # the working grid's slice side
+  if config.stage == "spark" and any(g % SPARK_GRID_MULTIPLE for g in grid):
+    _fail(f"--config.data.preprocess: stage spark needs slices whose sides are multiples of "
+          f"{SPARK_GRID_MULTIPLE} (its ResNet-50's stride), got {grid[0]}x{grid[1]} (crop_size "
+          f"{cfg.crop_size[0]}x{cfg.crop_size[1]} / downsample {cfg.downsample})")
 
 
 def check_mesh(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:

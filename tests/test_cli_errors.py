@@ -135,6 +135,9 @@ def test_a_bad_value_is_refused_before_jax_is_imported(data_dir, tmp_path):
      "file, not a directory"),
     ("configs/reproduce.py:tiny", ["--config.demo.root=/proc/version"],
      "error: --config.demo.root=/proc/version is a file, not a directory"),
+    ("configs/spark_pretrain.py:tiny", ["--config.data.preprocess.crop_size=(120,120,16)"],
+     "error: --config.data.preprocess: stage spark needs slices whose sides are multiples of 32 "
+     "(its ResNet-50's stride), got 60x60 (crop_size 120x120 / downsample 2)"),
 ])
 def test_bad_stage_values_are_refused(data_dir, tmp_path, config, args, expected):
   work = tmp_path / "w"
@@ -215,6 +218,8 @@ def test_choices_match_the_modules_that_use_them():
   assert set(validate.EVALUATE_TEST_SETS) == set(layout.PATHOLOGICAL) | {DRAEM_SET}
   from sadm_jax.train import sharding
   assert validate.FSDP_RULE_KINDS == sharding.RULE_KINDS
+  from sadm_jax.models import resnet
+  assert validate.SPARK_GRID_MULTIPLE == resnet.DOWNSAMPLE_RATIO
   assert set(validate.TRAINING_STAGES) | set(validate.DATA_STAGES) <= set(main_lib.STAGES)
 
 
