@@ -313,18 +313,23 @@ def test_bad_environment_is_one_line(data_dir, tmp_path, env, expected):
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
-  """Ctrl-C (SIGINT) in a stage: one line saying the workdir resumes, exit code 130 (128 +
-  SIGINT, as a shell reports it), no traceback."""
+def _run_stage_raising(monkeypatch, tmp_path, exc: BaseException) -> int:
+  """`main.run_checked` on the tiny cDDPM config with a stage that raises `exc`; its exit code."""
   from configs import cddpm as cddpm_config
   from sadm_jax import main as main_lib
 
-  def interrupted(config, workdir):
-    raise KeyboardInterrupt
+  def stage(config, workdir):
+    raise exc
 
-  monkeypatch.setattr(main_lib, "run_stage", interrupted)
+  monkeypatch.setattr(main_lib, "run_stage", stage)
   monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
-  assert main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path)) == 130
+  return main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path))
+
+
+def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
+  """Ctrl-C (SIGINT) in a stage: one line saying the workdir resumes, exit code 130 (128 +
+  SIGINT, as a shell reports it), no traceback."""
+  assert _run_stage_raising(monkeypatch, tmp_path, KeyboardInterrupt()) == 130
   assert capsys.readouterr().err.strip().splitlines() == [
       f"error: stage cddpm interrupted (SIGINT); {tmp_path} keeps only complete files: run the "
       "same command again to resume"]
@@ -378,23 +383,13 @@ def test_compilation_cache_that_is_a_file_is_one_line(data_dir, tmp_path):
 def test_a_refused_write_is_one_line_exit_2_and_a_bug_keeps_its_traceback(monkeypatch, capsys,
                                                                            tmp_path):
   import errno
-  from configs import cddpm as cddpm_config
-  from sadm_jax import main as main_lib
   target = str(tmp_path / "metrics.jsonl")
-
-  def disk_full(config, workdir):
-    raise OSError(errno.ENOSPC, "No space left on device", target)
-
-  monkeypatch.setattr(main_lib, "run_stage", disk_full)
-  monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
-  assert main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path)) == 2
+  disk_full = OSError(errno.ENOSPC, "No space left on device", target)
+  assert _run_stage_raising(monkeypatch, tmp_path, disk_full) == 2
   assert capsys.readouterr().err.strip().splitlines() == [
       f"error: {target}: No space left on device (stage cddpm; files are written whole: run the "
       "same command again once it can write)"]
 
-  def bug(config, workdir):
-    raise FileNotFoundError(errno.ENOENT, "No such file or directory", target)
-
-  monkeypatch.setattr(main_lib, "run_stage", bug)
-  with pytest.raises(FileNotFoundError):
-    main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path))
+  with pytest.raises(FileNotFoundError):  # a bug, not a refused write: its traceback is kept
+    _run_stage_raising(monkeypatch, tmp_path,
+                       FileNotFoundError(errno.ENOENT, "No such file or directory", target))
