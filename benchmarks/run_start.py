@@ -75,7 +75,8 @@ def measure(tmp: str, repeats: int) -> dict:
       losses[name] = _losses(w)
   out.update({f"run_cpu_s_{k}": statistics.median(v) for k, v in cpu.items()})
   out["same_losses"] = losses["package"] == losses["grain_default"]
-  from sadm_jax.train.checkpoint import Checkpointer, open_run
+  from sadm_jax.train.checkpoint import Checkpointer
+  from sadm_jax.train.runs import open_run
   run_dir = os.path.join(tmp, "package_0")
   opens = {"model_only": [], "whole_state": []}
   for i in range(repeats + 1):  # the first round warms up (imports, Orbax)

@@ -15,7 +15,7 @@ from sadm_jax.diffusion import schedule as schedule_lib
 from sadm_jax.models import cddpm as cddpm_lib
 from sadm_jax.models import factory
 from sadm_jax.models.segnet import SegUnet
-from sadm_jax.train.checkpoint import variables_fingerprint
+from sadm_jax.train.runs import variables_fingerprint
 
 # All D slices of a volume are one batch; every function below is compiled once per model
 # architecture and volume shape, with the variables passed as arguments (never baked into the
@@ -210,11 +210,11 @@ def cddpm_variables(run) -> dict:
 
 
 def load_cddpm(workdir: str, opened=()):
-  """The opened stage-I run (`train.checkpoint.open_run`, best checkpoint): config, meta, weights.
+  """The opened stage-I run (`train.runs.open_run`, best checkpoint): config, meta, weights.
 
   opened: runs already open; the same checkpoint among them is returned instead of read again.
   """
-  from sadm_jax.train.checkpoint import open_run
+  from sadm_jax.train.runs import open_run
   return open_run(workdir, expect="cddpm", opened=opened)
 
 
@@ -244,7 +244,7 @@ def load_sadm(workdir: str, opened=()) -> SadmCheckpoint:
   opened: runs already open (e.g. the evaluated cDDPM); the referenced cDDPM is taken from them
   when it is the same checkpoint.
   """
-  from sadm_jax.train.checkpoint import open_run
+  from sadm_jax.train.runs import open_run
   run = open_run(workdir, expect="sadm", opened=opened)
   segnet = {"params": run.variables["params"]}
   if not factory.uses_residual(run.config) or run.cddpm is None:

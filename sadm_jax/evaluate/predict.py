@@ -20,7 +20,8 @@ from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import inference, metrics
 from sadm_jax.evaluate import planning, scoring
 from sadm_jax.evaluate.scans import list_scans, load_scan, scan_stem, to_input_grid
-from sadm_jax.train.checkpoint import RunError, open_run
+from sadm_jax.train.checkpoint import RunError
+from sadm_jax.train.runs import open_run
 from sadm_jax.utils import io
 
 

@@ -75,7 +75,7 @@ def _with_pretrained_encoder(config, init):
   Returns (init(key, spark_variables), (spark_variables,), run metadata): the SparK weights are an
   argument of the init program, not constants baked into it.
   """
-  from sadm_jax.train.checkpoint import open_run
+  from sadm_jax.train.runs import open_run
   workdir = config.model.encoder.pretrained_workdir
   spark = open_run(workdir, expect="spark", setting="model.encoder.pretrained_workdir")
   spark_vars = {"params": spark.variables["params"], "batch_stats": spark.variables["model_state"]}

@@ -1,10 +1,7 @@
-"""Orbax checkpoints (latest N for resuming, best by validation loss) and `open_run`, the one way to reopen a run."""
+"""Orbax checkpoints: the latest N for resuming, the best by validation loss (runs are reopened by `runs.open_run`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
 import json
 import logging
 import os
@@ -12,7 +9,6 @@ from typing import Any, Sequence
 
 import grain
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -46,6 +42,15 @@ def _drop_override_warning(record: logging.LogRecord) -> bool:
   """A logging filter: False for Orbax's 'Type handler registry ... overriding ...' warning."""
   text = str(record.msg)
   return not (text.startswith("Type handler registry") and "overriding" in text)
+
+
+def restore_error(e: BaseException, limit: int) -> str:
+  """The gist of an Orbax/TensorStore restore error for a one-line message: its first line,
+  without TensorStore's 'See full TensorStore details: ...' spec dump, at most `limit` characters
+  (the exception's type name when it says nothing)."""
+  text = str(e).strip()
+  first = text.splitlines()[0].split(" See full TensorStore details")[0] if text else ""
+  return first[:limit] or type(e).__name__
 
 
 def _abstract(target: Any, shardings: Any) -> Any:
@@ -139,8 +144,8 @@ class Checkpointer:
         state, meta = self.restore(state_target, shardings, iterator, step)
         return step, state, meta
       except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
-        text = str(e).strip()
-        reason = f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+        reason = (f"{type(e).__name__}: {restore_error(e, 200)}" if str(e).strip()
+                  else type(e).__name__)
         aside = self._move_aside(step)
         logging.warning("checkpoint step %d in %s cannot be restored (%s); moved it aside to %s "
                         "and trying the previous step", step, self.dir, reason,
@@ -247,140 +252,8 @@ class Checkpointer:
       self.close()
 
 
-# The tasks a run can be (its checkpoint meta "task").
-TASKS = ("cddpm", "spark", "sadm")
-
-
 class RunError(ValueError):
   """A workdir is not the trained run it should be; the message is one line naming it."""
-
-
-def variables_fingerprint(variables: Any) -> str:
-  """sha256 (16 hex digits) of each leaf's path, shape, dtype and bytes: a checkpoint's identity."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{jax.tree_util.keystr(path)}:{a.shape}:{a.dtype}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
-@dataclasses.dataclass
-class Run:
-  """A trained run as every consumer needs it (host arrays).
-
-  workdir: absolute path; task: 'cddpm' | 'spark' | 'sadm'; config: the config saved by the run,
-  exactly as the user gave it; meta: the checkpoint's metadata (step, val_loss, and under 'run'
-  the derived facts: effective seed, referenced runs, training data orientation, versions);
-  step: the restored step; which: 'best' | 'latest'; variables: {'params', 'model_state'};
-  cddpm: for a SADM run that uses a cDDPM, the referenced cDDPM run (opened the same way).
-  """
-  workdir: str
-  task: str
-  config: ml_collections.ConfigDict
-  meta: dict
-  step: int
-  which: str
-  variables: dict
-  cddpm: "Run | None" = None
-
-  @functools.cached_property
-  def fingerprint(self) -> str:
-    """`variables_fingerprint` of the restored {'params', 'model_state'}."""
-    return variables_fingerprint(self.variables)
-
-  @property
-  def run_meta(self) -> dict:
-    return dict(self.meta.get("run", {}))
-
-  def reference(self) -> dict:
-    """What another run records to reference this one (checked when that run is reopened)."""
-    return {"workdir": self.workdir, "which": self.which, "step": self.step,
-            "fingerprint": self.fingerprint}
-
-
-def _open_reference(workdir: str, ref: dict, opened: Sequence["Run"] = ()) -> "Run":
-  """Opens the cDDPM a SADM run references; refuses when it is gone or its weights changed."""
-  where = ref.get("workdir", "")
-  try:
-    run = open_run(where, which=ref.get("which", "best"), expect="cddpm", opened=opened)
-  except RunError as e:
-    raise RunError(f"{workdir}: the frozen cDDPM this SADM run was trained with is gone or "
-                   f"unusable ({e})") from None
-  if run.step != ref.get("step") or run.fingerprint != ref.get("fingerprint"):
-    raise RunError(
-        f"{workdir}: the frozen cDDPM it was trained with changed: {where} now holds step "
-        f"{run.step} (fingerprint {run.fingerprint}), the SADM run recorded step "
-        f"{ref.get('step')} (fingerprint {ref.get('fingerprint')})")
-  return run
-
-
-def open_run(workdir: str, which: str = "best", expect: str | None = None,
-             setting: str | None = None, opened: Sequence[Run] = ()) -> Run:
-  """Opens a trained run: its saved config, its metadata and its variables, as host arrays.
-
-  The one way to reopen a run: stage II (its frozen cDDPM), the SparK encoder transfer,
-  evaluation, predict, describe and the benchmarks use it. The networks are rebuilt from the
-  config saved in the checkpoint (`models.factory`), so the caller's config need not match.
-  A SADM run's referenced cDDPM is opened too (`Run.cddpm`) and checked against the step and
-  weight fingerprint recorded when the SADM run was trained.
-
-  Args:
-    workdir: the run's workdir.
-    which: 'best' (lowest validation loss) or 'latest'.
-    expect: the task the caller needs ('cddpm', 'spark', 'sadm'), or None for any.
-    setting: the config key the workdir came from, named in error messages.
-    opened: runs the caller holds already: one of the same workdir, checkpoint ('best'/'latest')
-      and step as on disk now is returned instead of being read again (also for a SADM run's
-      referenced cDDPM, whose step and weight fingerprint are checked all the same).
-  Raises:
-    RunError (one line, naming the workdir): no such checkpoint, another task, unreadable
-    checkpoint, or a referenced cDDPM that is gone or changed.
-  """
-  label = f"{setting}={workdir}" if setting else str(workdir)
-  sub = "best" if which == "best" else "checkpoints"
-  if not workdir or not os.path.isdir(os.path.join(workdir, sub)):
-    want = f"a trained {expect} run" if expect else "a trained run"
-    raise RunError(f"{label}: not {want} (no {which} checkpoint in {os.path.join(workdir, sub)})")
-  workdir = os.path.abspath(workdir)
-  ckpt = Checkpointer(workdir, async_save=False, create=False)
-  try:
-    saved = ckpt.saved_step(which)  # meta and state below are read from this one step
-    try:
-      if saved is None:
-        raise FileNotFoundError(which)
-      meta = ckpt.saved_meta(which, saved)
-    except FileNotFoundError:
-      raise RunError(f"{label}: no complete {which} checkpoint") from None
-    task_name = meta.get("task")
-    if expect is not None and task_name != expect:
-      raise RunError(f"{label}: this is a {task_name!r} run, not a {expect!r} run")
-    if task_name not in TASKS:
-      raise RunError(f"{label}: unknown task {task_name!r} in its checkpoint")
-    step = int(meta.get("step", 0))
-    held = next((r for r in opened if (r.workdir, r.which, r.step) == (workdir, which, step)), None)
-    if held is not None:
-      return held
-    config = ml_collections.ConfigDict(meta["config"])
-    cddpm = None
-    ref = meta.get("run", {}).get("cddpm")
-    if task_name == "sadm" and ref:
-      cddpm = _open_reference(workdir, ref, opened)
-    try:
-      # The step whose meta was read above; the model only (not the optimiser state).
-      state = ckpt.restore_saved(which, saved, keys=("params", "model_state"))
-    except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise RunError(f"{label}: its {which} checkpoint (step {meta.get('step')}) cannot be "
-                     f"restored: {first[:300]}") from None
-  finally:
-    ckpt.close()
-  state = jax.device_get(state)
-  logging.info("opened %s run %s (%s step %s)", task_name, workdir, which, meta.get("step"))
-  return Run(workdir=workdir, task=task_name, config=config, meta=dict(meta), step=step,
-             which=which,
-             variables={"params": state["params"], "model_state": state["model_state"]},
-             cddpm=cddpm)
 
 
 def software_versions() -> dict:

@@ -24,7 +24,7 @@ from sadm_jax.train.state import make_optimizer
 #   model_state: {} — or, with `sadm.frozen_train_mode` (faithful Q6), {'cddpm_batch_stats': …}:
 #                the frozen encoder's BatchNorm statistics as they drift during training;
 #   frozen:      the cDDPM's {'params', 'batch_stats'}, opened from `sadm.cddpm_workdir` through
-#                `checkpoint.open_run`, passed to every step as an argument (never a constant of the
+#                `runs.open_run`, passed to every step as an argument (never a constant of the
 #                program, never re-saved). The run metadata records its workdir, step and weight
 #                fingerprint; reopening the SADM run refuses when those weights changed or are gone.
 
@@ -126,8 +126,8 @@ def _loaders(config, train_table, val_table, seed: int):
 # ---- the frozen cDDPM ----
 
 def open_cddpm(config: ml_collections.ConfigDict):
-  """The stage-I cDDPM run of `sadm.cddpm_workdir` (`checkpoint.Run`), opened once."""
-  from sadm_jax.train.checkpoint import open_run
+  """The stage-I cDDPM run of `sadm.cddpm_workdir` (`runs.Run`), opened once."""
+  from sadm_jax.train.runs import open_run
   workdir = config.sadm.cddpm_workdir
   if not workdir:
     raise ValueError("sadm.cddpm_workdir is not set: stage II needs the workdir of a trained "
@@ -268,7 +268,7 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
               cddpm_run=None) -> loop.Task:
   """The SADM task of the user's `config` (never modified).
 
-  With `sadm.use_cddpm` the frozen cDDPM comes from `cddpm_run` (a `checkpoint.Run`), else it is
+  With `sadm.use_cddpm` the frozen cDDPM comes from `cddpm_run` (a `runs.Run`), else it is
   opened from `sadm.cddpm_workdir`; with `data=False` (restoring a run, AOT checks) and no
   `cddpm_run`, the cDDPM is taken to have this config's model section and only its shapes are
   built. The repeat's effective seed and the cDDPM reference are recorded in `Task.meta`.

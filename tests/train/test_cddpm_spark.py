@@ -35,7 +35,8 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(tiny_data_dir, tiny_spark_dir, t
   c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 2
   c.model.encoder.pretrained_workdir = tiny_spark_dir
   from sadm_jax.train import cddpm, loop, sharding
-  from sadm_jax.train.checkpoint import RunError, open_run
+  from sadm_jax.train.checkpoint import RunError
+  from sadm_jax.train.runs import open_run
   task = cddpm.cddpm_task(c)
   trainer = loop.Trainer(c, task, sharding.make_mesh(c))
   v = jax.device_get(trainer.init_state())  # the training run's own initial state

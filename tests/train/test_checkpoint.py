@@ -69,3 +69,12 @@ def test_one_writer_per_array_registers_without_orbax_override_warning(monkeypat
   assert ckpt_lib._drop_override_warning not in logging.getLogger("absl").filters
   handler = ocp.type_handlers.get_type_handler(jax.Array)
   assert isinstance(handler, ocp.type_handlers.ArrayHandler)
+
+
+def test_restore_error_is_the_first_line_without_tensorstore_details():
+  e = ValueError("Encountered error while reading array index: (slice(0, 3, 1),). See full "
+                 "TensorStore details: <bound method spec of TensorStore({...})>\nmore")
+  assert ckpt_lib.restore_error(e, 300) == (
+      "Encountered error while reading array index: (slice(0, 3, 1),).")
+  assert ckpt_lib.restore_error(e, 20) == "Encountered error wh"
+  assert ckpt_lib.restore_error(KeyError(), 300) == "KeyError"

@@ -10,7 +10,8 @@ from configs import sadm_atlas, sadm_brats, sadm_draem
 from sadm_jax import main as main_lib
 from sadm_jax.models import factory
 from sadm_jax.train import loop, sadm, sharding
-from sadm_jax.train.checkpoint import Checkpointer, RunError, open_run
+from sadm_jax.train.checkpoint import Checkpointer, RunError
+from sadm_jax.train.runs import open_run
 from tests.helpers import largest_constant, metric_series, with_data
 
 
