@@ -137,6 +137,8 @@ def _existing_dir(key: str, path: str, what: str) -> None:
 def check_paths(config: ml_collections.ConfigDict) -> None:
   """Inputs the stage reads: DATA_DIR, the referenced runs, predict's scan."""
   stage = config.stage
+  if stage in DATA_STAGES and config.data.num_workers < 0:
+    _fail(f"--config.data.num_workers={config.data.num_workers} must be >= 0 (0 = in this process)")
   if stage in DATA_STAGES:
     _existing_dir("data.data_dir", config.data.data_dir,
                   f"stage {stage} reads the data directory (DATA_DIR)")
@@ -150,9 +152,14 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
   if stage == "evaluate":
     if config.evaluate.cddpm_workdir:
       _existing_dir("evaluate.cddpm_workdir", config.evaluate.cddpm_workdir, "a cDDPM workdir")
+    seen = {}
     for i, w in enumerate(config.evaluate.sadm_workdirs):
       if not os.path.isdir(w):
         _fail(f"--config.evaluate.sadm_workdirs[{i}]={w}: no such directory (a SADM workdir)")
+      first = seen.setdefault(os.path.realpath(w), i)
+      if first != i:  # the same run twice would be reported as two folds
+        _fail(f"--config.evaluate.sadm_workdirs[{i}]={w} is the same run as "
+              f"sadm_workdirs[{first}]; list each SADM workdir once")
   if stage in ("demo", "reproduce") and config.demo.root:
     check_dir_path(config.demo.root, "--config.demo.root")
   if stage == "predict":

@@ -146,6 +146,22 @@ def test_bad_stage_values_are_refused(data_dir, tmp_path, config, args, expected
   assert not os.path.exists(work)
 
 
+def test_same_sadm_workdir_twice_and_negative_workers_are_refused(data_dir, tmp_path):
+  """A SADM run listed twice (also through another spelling of its path) would be evaluated and
+  reported as two folds; a negative worker count would quietly run serially."""
+  run = tmp_path / "sadm0"
+  run.mkdir()
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}",
+              f"--config.evaluate.sadm_workdirs=('{run}','{tmp_path}/./sadm0/')",
+              config="configs/evaluate.py:tiny")
+  assert _one_error(res) == (f"error: --config.evaluate.sadm_workdirs[1]={tmp_path}/./sadm0/ is "
+                             "the same run as sadm_workdirs[0]; list each SADM workdir once")
+  res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}",
+              "--config.data.num_workers=-3", config="configs/prepare.py")
+  assert _one_error(res).startswith("error: --config.data.num_workers=-3 must be >= 0")
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_missing_data_dir_is_refused(tmp_path):
   res = _main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'none'}")
   assert _one_error(res) == (f"error: --config.data.data_dir={tmp_path / 'none'}: no such "
