@@ -96,6 +96,10 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     if kind not in FSDP_RULE_KINDS:
       _fail(f"--config.mesh.fsdp_rules: rule {rule!r} has kind {kind!r}; expected one of "
             f"{', '.join(map(repr, FSDP_RULE_KINDS))}")
+  u = config.model.unet  # every UNet width, a multiple of model_channels, is GroupNorm'ed
+  if config.stage == "cddpm" and (u.num_groups <= 0 or u.model_channels % u.num_groups):
+    _fail(f"--config.model.unet.model_channels={u.model_channels} is not divisible by "
+          f"num_groups={u.num_groups} (GroupNorm)")
   if config.diffusion.num_timesteps <= 0:
     _fail(f"--config.diffusion.num_timesteps={config.diffusion.num_timesteps} must be > 0")
 

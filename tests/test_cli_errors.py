@@ -80,6 +80,8 @@ def test_bad_type_and_bad_config_file_are_one_line(tmp_path):
     (["--config.stage=train"], "error: --config.stage='train' is not one of"),
     (["--config.model.encoder.pretrained_workdir=/nonexistent/spark"],
      "error: --config.model.encoder.pretrained_workdir=/nonexistent/spark: no such directory"),
+    (["--config.model.unet.model_channels=48", "--config.model.unet.num_groups=32"],
+     "error: --config.model.unet.model_channels=48 is not divisible by num_groups=32 (GroupNorm)"),
     (["--config.data.preprocess.crop_size=(128,128)"],
      "error: --config.data.preprocess: crop_size must be 3 positive ints, got (128, 128)"),
     (["--config.data.preprocess.percentiles=(99.0,1.0)"],
