@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 
 import ml_collections
+
+from sadm_jax.utils import io
 
 
 class ConfigError(ValueError):
@@ -181,13 +182,11 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
 
 def check_dir_path(path: str, flag: str) -> None:
   """`path` is a directory or can be created as one (no file in the way)."""
-  if os.path.exists(path) and not os.path.isdir(path):
+  blocking = io.file_in_the_way(path)
+  if blocking == os.path.abspath(path):
     _fail(f"{flag}={path} is a file, not a directory")
-  parent = os.path.abspath(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    _fail(f"{flag}={path} cannot be created: {parent} is a file, not a directory")
+  if blocking:
+    _fail(f"{flag}={path} cannot be created: {blocking} is a file, not a directory")
 
 
 def check_workdir(workdir: str, flag: str = "--workdir") -> None:
@@ -195,10 +194,7 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> None:
   directory; creates it when missing."""
   check_dir_path(workdir, flag)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=workdir)
-    os.close(fd)
-    os.remove(probe)
+    io.probe_writable(workdir)
   except OSError as e:
     _fail(f"{flag}={workdir} is not writable: {e.strerror or e}")
 

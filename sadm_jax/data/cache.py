@@ -172,10 +172,7 @@ def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, nu
   todo = [(i, cache_dir, cfg, r) for i, r in enumerate(rows) if not cache.contains(r)]
   if todo:  # a read-only or misplaced cache: one error, not one traceback per volume
     try:
-      os.makedirs(cache.root, exist_ok=True)
-      fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=cache.root)
-      os.close(fd)
-      os.remove(probe)
+      io.probe_writable(cache.root)
     except OSError as e:
       raise DataError(f"{cache.root}: cannot write the preprocessing cache ({e.strerror or e}) for "
                       f"{len(todo)} volume(s) not yet in it; set --config.data.cache_dir to a "

@@ -6,6 +6,8 @@ import os
 import sys
 from typing import MutableMapping
 
+from sadm_jax.utils import io
+
 ENV_SWITCH = "SADM_COMPILATION_CACHE"  # "0": off; a directory: use it instead of the default
 JAX_ENV = "JAX_COMPILATION_CACHE_DIR"  # JAX's own setting; when set, it wins
 # No size limit is set: JAX's LRU eviction (JAX_COMPILATION_CACHE_MAX_SIZE) needs the `filelock`
@@ -41,12 +43,8 @@ def apply(environ: MutableMapping[str, str] | None = None) -> str | None:
 def problem(path: str | None) -> str | None:
   """Why the cache directory `path` (what `apply` returned) cannot be used, or None: a path that
   is (or lies under) a file would make every compilation warn instead of caching."""
-  if not path:
-    return None
-  node = os.path.abspath(path)
-  while not os.path.exists(node):
-    node = os.path.dirname(node)
-  if os.path.isdir(node):
+  node = io.file_in_the_way(path) if path else None
+  if node is None:
     return None
   return (f"compilation cache {path}: {node} is a file, not a directory (set {ENV_SWITCH} or "
           f"{JAX_ENV} to a directory, or {ENV_SWITCH}=0 to turn the cache off)")

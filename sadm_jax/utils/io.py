@@ -1,4 +1,5 @@
-"""Atomic file writes (temp file + rename) so nothing is ever left half-written."""
+"""Atomic file writes (temp file + rename) so nothing is ever left half-written, and the up-front
+checks that a directory can be written at all."""
 
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
       # e.g. a full disk at write/fsync:
       raise OSError(e.errno, e.strerror, path) from e  # name the file the caller asked for
     raise
+
+
+def file_in_the_way(path: str | os.PathLike) -> str | None:
+  """The file that keeps `path` from being (or becoming) a directory: `path` itself or its nearest
+  existing ancestor, when that is not a directory; None when `path` is or can become one."""
+  node = os.path.abspath(path)
+  while not os.path.exists(node):
+    node = os.path.dirname(node)
+  return None if os.path.isdir(node) else node
+
+
+def probe_writable(directory: str | os.PathLike) -> None:
+  """Creates `directory` if missing and writes (then removes) a probe file in it; raises the
+  OSError of a directory that cannot be created or written."""
+  os.makedirs(directory, exist_ok=True)
+  fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+  os.close(fd)
+  os.remove(probe)
 
 
 def _umask() -> int:

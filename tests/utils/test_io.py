@@ -50,3 +50,16 @@ def test_a_refused_write_names_the_target_and_leaves_nothing(tmp_path):
       raise OSError(errno.ENOSPC, "No space left on device")
   assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(target))
   assert os.listdir(tmp_path) == ["out.json"] and target.read_text() == "old"
+
+
+def test_file_in_the_way_and_probe_writable(tmp_path):
+  f = tmp_path / "afile"
+  f.write_text("x")
+  assert io.file_in_the_way(tmp_path) is None
+  assert io.file_in_the_way(tmp_path / "new" / "deeper") is None  # can be created
+  assert io.file_in_the_way(f) == str(f)  # the path itself
+  assert io.file_in_the_way(f / "sub" / "dir") == str(f)  # an ancestor
+  io.probe_writable(tmp_path / "made")
+  assert os.listdir(tmp_path / "made") == []  # created, probe removed
+  with pytest.raises(OSError):
+    io.probe_writable(f / "sub")
