@@ -21,7 +21,7 @@ from sadm_jax.evaluate import inference, metrics
 from sadm_jax.evaluate import planning, scoring
 from sadm_jax.evaluate.scans import list_scans, load_scan, scan_stem, to_input_grid
 from sadm_jax.train.checkpoint import RunError
-from sadm_jax.train.runs import open_run
+from sadm_jax.train.runs import open_run, reference_candidates, variables_fingerprint
 from sadm_jax.utils import io
 
 
@@ -119,6 +119,45 @@ def _stored_tau(run: dict, wanted_set: str, order: list[str], where: str
   return float(taus[key]), f"{key}_val ({run['id']})"
 
 
+def _sadm_keys(path: str):
+  """(opened SADM run, {recorded key: its weights' fingerprint}) of a SADM / input-only UNet run."""
+  ckpt = inference.load_sadm(path)
+  keys = {"segnet_key": variables_fingerprint(ckpt.segnet)}
+  if ckpt.uses_residual:
+    keys["cddpm_key"] = variables_fingerprint(ckpt.cddpm)
+  return ckpt, keys
+
+
+def _cddpm_keys(path: str):
+  run = inference.load_cddpm(path)
+  return run, {"cddpm_key": variables_fingerprint(inference.cddpm_variables(run))}
+
+
+def _evaluated_model(run: dict, field: str, checkpoint_dir: str, load):
+  """The model an evaluation tuned `run`'s τ for: the first place it may be (`run[field]`'s path
+  relative to the evaluation workdir, then as recorded: `reference_candidates`) that holds the
+  weights the evaluation recorded (`cddpm_key`, `segnet_key`; an older models.json without them
+  checks nothing). Refuses, naming the run, when none is there or the weights changed since."""
+  ref = {"workdir": run[field], "relative": run.get("relative", {}).get(field, "")}
+  problems, changed = [], ""
+  for path in reference_candidates(os.path.abspath(checkpoint_dir), ref):
+    try:
+      opened, keys = load(path)
+    except RunError as e:
+      problems.append(str(e))
+      continue
+    differ = [k for k, v in keys.items() if run.get(k) and run[k] != v]
+    if not differ:
+      return opened
+    changed = changed or f"{path}: {', '.join(f'{k} {keys[k]}' for k in differ)}"
+  where = f"{checkpoint_dir}: run {run['id']} of this evaluation"
+  if changed:
+    raise RunError(f"{where} changed since it was evaluated ({changed}; the evaluation used "
+                   f"{', '.join(f'{k} {run[k]}' for k in ('segnet_key', 'cddpm_key') if run.get(k))})"
+                   ": evaluate it again, or predict from its workdir with predict.threshold")
+  raise RunError(f"{where} is gone or unusable ({'; '.join(problems)})")
+
+
 def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> Predictor:
   eval_dir = os.path.join(checkpoint_dir, "eval")
   settings = ml_collections.ConfigDict(_read_json(os.path.join(eval_dir, "config.json")))
@@ -128,7 +167,7 @@ def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> 
   pred = Predictor(settings, run["method"], run["combination"], f"evaluation {checkpoint_dir}")
   model_run = None  # the opened run whose training data set the orientation
   if run["sadm_workdir"]:
-    ckpt = inference.load_sadm(run["sadm_workdir"])
+    ckpt = _evaluated_model(run, "sadm_workdir", checkpoint_dir, _sadm_keys)
     model_run = ckpt.run
     pred.segnet = inference.segnet_inference(ckpt, settings)
     if ckpt.uses_residual:
@@ -136,7 +175,7 @@ def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> 
   elif run["method"] == "threshold":
     pred.intensity_median = float(run["intensity_median"])
   else:
-    model_run = inference.load_cddpm(run["cddpm_workdir"])
+    model_run = _evaluated_model(run, "cddpm_workdir", checkpoint_dir, _cddpm_keys)
     pred.cddpm = inference.cddpm_inference(model_run.config, inference.cddpm_variables(model_run),
                                            settings)
   pred.tau, pred.tau_source = _stored_tau(run, config.predict.get("threshold_set", ""),

@@ -126,6 +126,20 @@ def _counts(evaluation: Evaluation, done: list[str]) -> int:
   return total
 
 
+def _provenance(evaluation, r, workdir: str) -> dict:
+  """What `predict` checks before applying a run's τ: the SegUnet's weights fingerprint (the
+  cDDPM's is `cddpm_key`), and each model workdir's path relative to this evaluation's, so that
+  an evaluation moved or copied together with its runs still finds them."""
+  out = {}
+  if r.sadm_workdir:
+    out["segnet_key"] = evaluation.models.segnets[r.sadm_workdir].fingerprint
+  field = "sadm_workdir" if r.sadm_workdir else "cddpm_workdir" if r.method == "cddpm" else ""
+  if field:  # the workdir predict opens (a SADM run finds its own cDDPM: `open_run`)
+    out["relative"] = {field: os.path.relpath(os.path.abspath(getattr(r, field)),
+                                              os.path.abspath(workdir))}
+  return out
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates every method of `evaluate.methods`; writes eval/ (per-volume store) and report/.
 
@@ -168,8 +182,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     proto = protocol(config, probe.volume("mask").shape, affine_spacing(probe.affine)[0])
     io.write_json(os.path.join(workdir, "eval", "config.json"), config.to_dict())
     io.write_json(os.path.join(workdir, "eval", "models.json"),
-                  {"runs": [{"id": r.id, **dataclasses.asdict(r), **chosen.get(r.id, {})}
-                            for r in runs], "test_sets": list(sets), "protocol": proto})
+                  {"runs": [{"id": r.id, **dataclasses.asdict(r), **chosen.get(r.id, {}),
+                             **_provenance(evaluation, r, workdir)} for r in runs],
+                   "test_sets": list(sets), "protocol": proto})
     print(report.write_report(workdir, rows, proto))
     summary["rows"] = len(rows)
   barrier("report")

@@ -57,26 +57,50 @@ class Run:
   def run_meta(self) -> dict:
     return dict(self.meta.get("run", {}))
 
-  def reference(self) -> dict:
-    """What another run records to reference this one (checked when that run is reopened)."""
-    return {"workdir": self.workdir, "which": self.which, "step": self.step,
-            "fingerprint": self.fingerprint}
+  def reference(self, relative_to: str | None = None) -> dict:
+    """What another run records to reference this one (checked when that run is reopened).
+
+    With `relative_to` (the referencing run's workdir) the path from there is recorded too, so
+    that the pair still opens after both were moved or copied together (`_open_reference`)."""
+    ref = {"workdir": self.workdir, "which": self.which, "step": self.step,
+           "fingerprint": self.fingerprint}
+    if relative_to is not None:
+      ref["relative"] = os.path.relpath(self.workdir, os.path.abspath(relative_to))
+    return ref
+
+
+def reference_candidates(workdir: str, ref: dict) -> list[str]:
+  """Where a referenced run may be, in the order tried: at its recorded path relative to the
+  referencing run's `workdir` (both moved or copied together), then at its recorded absolute path."""
+  out = []
+  if ref.get("relative"):
+    out.append(os.path.normpath(os.path.join(workdir, ref["relative"])))
+  if ref.get("workdir"):
+    out.append(os.path.normpath(ref["workdir"]))
+  return list(dict.fromkeys(out))
 
 
 def _open_reference(workdir: str, ref: dict, opened: Sequence["Run"] = ()) -> "Run":
-  """Opens the cDDPM a SADM run references; refuses when it is gone or its weights changed."""
-  where = ref.get("workdir", "")
-  try:
-    run = open_run(where, which=ref.get("which", "best"), expect="cddpm", opened=opened)
-  except RunError as e:
-    raise RunError(f"{workdir}: the frozen cDDPM this SADM run was trained with is gone or "
-                   f"unusable ({e})") from None
-  if run.step != ref.get("step") or run.fingerprint != ref.get("fingerprint"):
+  """Opens the cDDPM a SADM run references: the first candidate (`reference_candidates`) that
+  holds the recorded step with the recorded weights (fingerprint); refuses when none is there
+  (gone, unusable) or none holds those weights (changed: retrained or replaced)."""
+  problems, changed = [], None
+  for where in reference_candidates(workdir, ref):
+    try:
+      run = open_run(where, which=ref.get("which", "best"), expect="cddpm", opened=opened)
+    except RunError as e:
+      problems.append(str(e))
+      continue
+    if run.step == ref.get("step") and run.fingerprint == ref.get("fingerprint"):
+      return run
+    changed = changed or run
+  if changed is not None:
     raise RunError(
-        f"{workdir}: the frozen cDDPM it was trained with changed: {where} now holds step "
-        f"{run.step} (fingerprint {run.fingerprint}), the SADM run recorded step "
+        f"{workdir}: the frozen cDDPM it was trained with changed: {changed.workdir} now holds "
+        f"step {changed.step} (fingerprint {changed.fingerprint}), the SADM run recorded step "
         f"{ref.get('step')} (fingerprint {ref.get('fingerprint')})")
-  return run
+  raise RunError(f"{workdir}: the frozen cDDPM this SADM run was trained with is gone or "
+                 f"unusable ({'; '.join(problems) or 'no reference recorded'})")
 
 
 def open_run(workdir: str, which: str = "best", expect: str | None = None,

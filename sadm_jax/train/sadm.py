@@ -265,13 +265,14 @@ def _check_frozen(cddpm, frozen: dict, res: int) -> None:
 
 
 def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
-              cddpm_run=None) -> loop.Task:
+              cddpm_run=None, workdir: str | None = None) -> loop.Task:
   """The SADM task of the user's `config` (never modified).
 
   With `sadm.use_cddpm` the frozen cDDPM comes from `cddpm_run` (a `runs.Run`), else it is
   opened from `sadm.cddpm_workdir`; with `data=False` (restoring a run, AOT checks) and no
   `cddpm_run`, the cDDPM is taken to have this config's model section and only its shapes are
-  built. The repeat's effective seed and the cDDPM reference are recorded in `Task.meta`.
+  built. The repeat's effective seed and the cDDPM reference are recorded in `Task.meta` (with
+  the path from `workdir`, the run's own, when given: the pair may be moved together).
   """
   config = config_lib.resolve(config)
   _check_mode(config)
@@ -288,7 +289,7 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
       cddpm_model = cddpm_run.config.model.to_dict()
       frozen = {"params": cddpm_run.variables["params"],
                 "batch_stats": cddpm_run.variables["model_state"]}
-      meta["cddpm"] = cddpm_run.reference()
+      meta["cddpm"] = cddpm_run.reference(relative_to=workdir)
     cddpm = factory.build_cddpm(cddpm_model_config(config, cddpm_model))
     if not frozen:  # shapes only (restoring / AOT): zeros of the right structure
       frozen = _abstract_cddpm(cddpm, res)
@@ -331,7 +332,8 @@ def _abstract_cddpm(cddpm, res: int) -> dict:
 
 def run_sadm(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=sadm`: opens the frozen cDDPM once, then trains the SegUnet with the loop."""
-  result = loop.train(config, workdir, lambda: sadm_task(config))  # cDDPM opened once claimed
+  # The cDDPM is opened once the workdir is claimed.
+  result = loop.train(config, workdir, lambda: sadm_task(config, workdir=workdir))
   if jax.process_index() == 0:
     print(f"SADM ({config.sadm.mode}) training done: {result}")
   return result

@@ -76,6 +76,41 @@ def test_predict_from_an_evaluation_writes_outputs_on_the_input_grid(evaluation,
   assert out["flagged_voxels_input_grid"] == int(m.sum())
 
 
+def test_evaluated_models_are_found_moved_and_refused_when_changed(evaluation, tiny_sadm_dir,
+                                                                    tiny_cddpm_dir, tmp_path):
+  """predict applies an evaluation's τ only to the weights that evaluation tuned it for
+  (models.json's `segnet_key` / `cddpm_key`), and finds a model moved or copied together with the
+  evaluation at its recorded relative path."""
+  import shutil
+  workdir, _ = evaluation
+  with open(os.path.join(workdir, "eval", "models.json")) as f:
+    runs = {r["id"]: r for r in json.load(f)["runs"]}
+  sadm_row, cddpm_row = runs["sadm/draem/fold0"], runs["cddpm/none/fold0"]
+  assert sadm_row["segnet_key"] and sadm_row["cddpm_key"]
+  assert sadm_row["relative"] == {"sadm_workdir": os.path.relpath(tiny_sadm_dir, workdir)}
+  assert cddpm_row["relative"] == {"cddpm_workdir": os.path.relpath(tiny_cddpm_dir, workdir)}
+  ckpt = predict._evaluated_model(sadm_row, "sadm_workdir", workdir, predict._sadm_keys)
+  assert ckpt.run.workdir == os.path.abspath(tiny_sadm_dir)
+  run = predict._evaluated_model(cddpm_row, "cddpm_workdir", workdir, predict._cddpm_keys)
+  assert run.workdir == os.path.abspath(tiny_cddpm_dir)
+  # The evaluation and its SADM run copied elsewhere together: the copy is the one opened.
+  rel = sadm_row["relative"]["sadm_workdir"]
+  moved = tmp_path.joinpath(*[f"d{i}" for i in range(rel.split(os.sep).count(".."))], "eval")
+  moved_sadm = os.path.normpath(os.path.join(moved, rel))
+  assert moved_sadm.startswith(str(tmp_path))
+  shutil.copytree(tiny_sadm_dir, moved_sadm)
+  ckpt = predict._evaluated_model(sadm_row, "sadm_workdir", str(moved), predict._sadm_keys)
+  assert ckpt.run.workdir == moved_sadm
+  # Weights other than the evaluated ones (e.g. trained further since): refused, in one line.
+  other = dict(sadm_row, segnet_key="0123456789abcdef")
+  with pytest.raises(RunError, match=r"sadm/draem/fold0 of this evaluation changed since it was "
+                                     r"evaluated .*segnet_key 0123456789abcdef"):
+    predict._evaluated_model(other, "sadm_workdir", str(moved), predict._sadm_keys)
+  gone = dict(sadm_row, sadm_workdir=str(tmp_path / "nowhere"), relative={})
+  with pytest.raises(RunError, match="is gone or unusable"):
+    predict._evaluated_model(gone, "sadm_workdir", workdir, predict._sadm_keys)
+
+
 def test_working_grid_maps_land_on_the_right_input_voxels(scan):
   """The preprocessed brain mask, carried back by the affines, matches the input mask."""
   for spacing in (1.0, 1.25):

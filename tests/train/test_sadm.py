@@ -11,7 +11,7 @@ from sadm_jax import main as main_lib
 from sadm_jax.models import factory
 from sadm_jax.train import loop, sadm, sharding
 from sadm_jax.train.checkpoint import Checkpointer, RunError
-from sadm_jax.train.runs import open_run
+from sadm_jax.train.runs import open_run, reference_candidates
 from tests.helpers import largest_constant, metric_series, with_data
 
 
@@ -178,6 +178,41 @@ def test_changed_or_missing_cddpm_is_refused(data_dir, cddpm_dir, cddpm_8_dir, t
   shutil.rmtree(own)
   with pytest.raises(RunError, match="frozen cDDPM this SADM run was trained with is gone"):
     open_run(sadm_dir)
+
+
+def test_a_sadm_run_moved_with_its_cddpm_opens_there(draem_dir, cddpm_dir, cddpm_8_dir,
+                                                     tmp_path):
+  """A SADM run records its cDDPM's path relative to itself too: copied (or moved) together, the
+  pair opens at the new place; the weights decide (step and fingerprint), so a cDDPM at the
+  relative place that is not the one trained with is passed over for the recorded path's."""
+  import shutil
+  ref = open_run(draem_dir).meta["run"]["cddpm"]
+  assert ref["workdir"] == os.path.abspath(cddpm_dir)
+  assert ref["relative"] == os.path.relpath(cddpm_dir, draem_dir)
+  # The same layout under tmp_path: as deep as the relative path climbs.
+  ups = ref["relative"].split(os.sep).count("..")
+  moved = tmp_path.joinpath(*[f"d{i}" for i in range(ups)], "sadm")
+  moved_cddpm = os.path.normpath(os.path.join(moved, ref["relative"]))
+  assert moved_cddpm.startswith(str(tmp_path))
+  shutil.copytree(draem_dir, moved)
+  shutil.copytree(cddpm_dir, moved_cddpm)
+  run = open_run(str(moved))
+  assert run.cddpm.workdir == moved_cddpm and run.cddpm.step == ref["step"]
+  # Another cDDPM at the relative place (retrained there): the recorded path's is the one.
+  shutil.rmtree(moved_cddpm)
+  shutil.copytree(cddpm_8_dir, moved_cddpm)
+  assert open_run(str(moved)).cddpm.workdir == os.path.abspath(cddpm_dir)
+
+
+def test_reference_candidates():
+  assert reference_candidates("/r/exp/sadm", {"workdir": "/old/exp/cddpm",
+                                              "relative": "../cddpm"}) == [
+      "/r/exp/cddpm", "/old/exp/cddpm"]
+  # never moved: one place; a run recorded before relative paths: the absolute path only
+  assert reference_candidates("/r/exp/sadm", {"workdir": "/r/exp/cddpm",
+                                              "relative": "../cddpm"}) == ["/r/exp/cddpm"]
+  assert reference_candidates("/r/exp/sadm", {"workdir": "/old/cddpm"}) == ["/old/cddpm"]
+  assert reference_candidates("/r/exp/sadm", {}) == []
 
 
 def test_weak_row_ranges():
