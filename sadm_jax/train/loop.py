@@ -162,6 +162,22 @@ def evaluate(trainer: Trainer, state: TrainState, val_batches: Sequence[dict],
   return float(total / jnp.maximum(count, 1.0))
 
 
+def check_references(workdir: str, now: dict, recorded: dict) -> None:
+  """Refuses to resume a run whose referenced runs (a SADM run's frozen cDDPM, `Task.meta`) are
+  not the ones its checkpoint recorded (step and weight fingerprint): retrained in place, or
+  `sadm.cddpm_workdir` pointed at another cDDPM. Where the run is may change (it may move)."""
+  for key, name in (("cddpm", "cDDPM"),):
+    old, new = recorded.get(key), now.get(key)
+    if not old or not new:
+      continue
+    if (old.get("step"), old.get("fingerprint")) != (new.get("step"), new.get("fingerprint")):
+      raise RunError(
+          f"{workdir}: this run was trained with the frozen {name} of step {old.get('step')} "
+          f"(fingerprint {old.get('fingerprint')}, then at {old.get('workdir')}), but "
+          f"{new.get('workdir')} holds step {new.get('step')} (fingerprint "
+          f"{new.get('fingerprint')}); resume it with that {name}, or use a new workdir")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable[[], Task],
           mesh: jax.sharding.Mesh | None = None) -> dict:
   """Trains `task` to `total_steps`, resuming from the latest usable checkpoint in `workdir`.
@@ -189,7 +205,10 @@ def _train(config, workdir, task, mesh) -> dict:
                     async_save=config.train.async_checkpoints) as ckpt:
     run_meta = {**task.meta, "seed": int(trainer.seed), "versions": software_versions()}
     meta_base = {"config": config.to_dict(), "task": task.name, "run": run_meta}
-    start, state, _ = ckpt.restore_usable(trainer.abstract_state, trainer.state_shardings, it)
+    start, state, saved_meta = ckpt.restore_usable(trainer.abstract_state, trainer.state_shardings,
+                                                   it)
+    if start is not None:
+      check_references(workdir, task.meta, saved_meta.get("run", {}))
     if start is not None and start > num_steps:
       raise RunError(f"{workdir}: holds a run already trained to step {start}, beyond the "
                      f"{num_steps} step(s) this config asks for (train.num_steps / "

@@ -44,6 +44,8 @@ RESUMABLE = (
     "data.splits",  # only the prepare stage reads it
     "data.loader_threads", "data.prefetch_batches",  # how records are read, not which
     # (grain's iterator state holds the last index consumed; tests/data/test_cache_pipeline.py)
+    "sadm.cddpm_workdir",  # where the frozen cDDPM is now (moved): on resume its step and weights
+    # must be those the run recorded (train/loop.py, `check_references`)
     "mesh.*",  # device count and FSDP layout: the same global batch and update, resharded on restore
     "distributed.*",  # coordinator address etc. of this job
     "model.names",  # what `describe` reports

@@ -162,6 +162,10 @@ def test_changed_or_missing_cddpm_is_refused(data_dir, cddpm_dir, cddpm_8_dir, t
   result = main_lib.run_stage(_sadm(sadm_draem, data_dir, own), sadm_dir)
   assert result["step"] == 2 and np.isfinite(result["train_loss"]) and result["best_val_loss"] > 0
   assert open_run(sadm_dir).cddpm.workdir == os.path.abspath(own)
+  # The cDDPM moved: the run resumes with it at its new place (same step and weights) ...
+  moved = str(tmp_path / "cddpm_moved")
+  shutil.copytree(own, moved)
+  assert main_lib.run_stage(_sadm(sadm_draem, data_dir, moved), sadm_dir)["step"] == 2
   # A run the caller holds is returned instead of read again while it is still the one on disk.
   held = open_run(own, expect="cddpm")
   assert open_run(own, expect="cddpm", opened=[held]) is held
@@ -175,6 +179,9 @@ def test_changed_or_missing_cddpm_is_refused(data_dir, cddpm_dir, cddpm_8_dir, t
   for opened in ((), [held]):
     with pytest.raises(RunError, match="frozen cDDPM it was trained with changed"):
       open_run(sadm_dir, opened=opened)
+  # ... but not with another cDDPM (here: the same config trained further, in place).
+  with pytest.raises(RunError, match=r"trained with the frozen cDDPM of step 2 .* holds step 8"):
+    main_lib.run_stage(_sadm(sadm_draem, data_dir, own), sadm_dir)
   shutil.rmtree(own)
   with pytest.raises(RunError, match="frozen cDDPM this SADM run was trained with is gone"):
     open_run(sadm_dir)
