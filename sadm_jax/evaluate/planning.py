@@ -80,6 +80,9 @@ class Models:
     self.sadm_configs: dict[str, ml_collections.ConfigDict] = {}
     self._by_workdir: dict[str, str] = {}
     self._sadm_cddpm: dict[str, str] = {}
+    # SADM workdir -> where its frozen cDDPM was opened (`open_run`: the recorded relative place
+    # or the absolute one), '' for a run without one
+    self.frozen_cddpm_workdirs: dict[str, str] = {}
     self.opened: list = []  # the cDDPM runs opened (a SADM run's frozen cDDPM is reused from them)
 
   def _hold(self, run):
@@ -114,6 +117,7 @@ class Models:
       ckpt = inference.load_sadm(workdir, opened=self.opened)
       if ckpt.run.cddpm is not None:
         self._hold(ckpt.run.cddpm)
+      self.frozen_cddpm_workdirs[workdir] = ckpt.run.cddpm.workdir if ckpt.run.cddpm else ""
       _check_grid(ckpt.config, self.config, f"SADM run {workdir}")
       self.segnets[workdir] = inference.segnet_inference(ckpt, self.config)
       self.sadm_configs[workdir] = ckpt.config
@@ -176,8 +180,11 @@ def plan_runs(config: ml_collections.ConfigDict, models: Models) -> list[EvalRun
   if "threshold" in ecfg.methods:
     runs += [EvalRun("threshold", "none", f"fold{f}", f) for f in folds]
   if "cddpm" in ecfg.methods:
+    # Without evaluate.cddpm_workdir: the SADM runs' own, where `open_run` found them (their
+    # saved sadm.cddpm_workdir may be stale: moved together, resumed from elsewhere, relative).
+    frozen = lambda r: models.frozen_cddpm_workdirs.get(r.sadm_workdir) or r.cddpm_workdir
     workdirs = [ecfg.cddpm_workdir] if ecfg.cddpm_workdir else \
-        list(dict.fromkeys(r.cddpm_workdir for r in sadm_runs if r.cddpm_workdir))
+        list(dict.fromkeys(w for w in map(frozen, sadm_runs) if w))
     if not workdirs:
       logging.warning("evaluate.methods has 'cddpm' but no cDDPM workdir is known: no cDDPM rows")
     taken_c: set = set()

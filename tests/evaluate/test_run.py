@@ -248,3 +248,24 @@ def test_each_checkpoint_is_read_once(eval_data_dir, tiny_cddpm_dir, tiny_sadm_d
   assert sorted(map(os.path.abspath, opened)) == sorted(map(os.path.abspath,
                                                             [tiny_cddpm_dir, tiny_sadm_dir]))
   assert len(models.cddpms) == 1  # the rows share one reconstruction program
+
+
+def test_cddpm_rows_are_the_sadm_runs_frozen_cddpm_where_it_was_found(
+    eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir, tmp_path):
+  """Without evaluate.cddpm_workdir the cDDPM rows evaluate the SADM runs' own cDDPM where
+  `open_run` found it (here: copied together with the SADM run, at the recorded relative path),
+  not at the SADM run's saved sadm.cddpm_workdir (the original, which may be gone or retrained)."""
+  from sadm_jax.evaluate.planning import Models, plan_runs
+  from sadm_jax.train.runs import open_run
+  rel = open_run(tiny_sadm_dir).meta["run"]["cddpm"]["relative"]
+  moved = tmp_path.joinpath(*[f"d{i}" for i in range(rel.split(os.sep).count(".."))], "sadm")
+  moved_cddpm = os.path.normpath(os.path.join(moved, rel))
+  assert moved_cddpm.startswith(str(tmp_path))
+  shutil.copytree(tiny_sadm_dir, moved)
+  shutil.copytree(tiny_cddpm_dir, moved_cddpm)
+  c = config_lib.resolve(evaluate_tiny_config(eval_data_dir, "", [str(moved)]))
+  models = Models(c)
+  runs = {r.method: r for r in plan_runs(c, models)}
+  assert runs["cddpm"].cddpm_workdir == moved_cddpm
+  assert models.frozen_cddpm_workdirs == {str(moved): moved_cddpm}
+  assert runs["cddpm"].cddpm_key == runs["sadm"].cddpm_key and len(models.cddpms) == 1
