@@ -136,8 +136,8 @@ def _cddpm_keys(path: str):
 def _evaluated_model(run: dict, field: str, checkpoint_dir: str, load):
   """The model an evaluation tuned `run`'s τ for: the first place it may be (`run[field]`'s path
   relative to the evaluation workdir, then as recorded: `reference_candidates`) that holds the
-  weights the evaluation recorded (`cddpm_key`, `segnet_key`; an older models.json without them
-  checks nothing). Refuses, naming the run, when none is there or the weights changed since."""
+  weights the evaluation recorded (`cddpm_key`, `segnet_key`; an older models.json has no
+  `segnet_key`, so only its `cddpm_key` is checked). Refuses, naming the run, when none is there or the weights changed since."""
   ref = {"workdir": run[field], "relative": run.get("relative", {}).get(field, "")}
   problems, changed = [], ""
   for path in reference_candidates(os.path.abspath(checkpoint_dir), ref):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import os
 from typing import Any, Sequence
@@ -80,12 +81,26 @@ def reference_candidates(workdir: str, ref: dict) -> list[str]:
   return list(dict.fromkeys(out))
 
 
+def _latest_reference(workdir: str, key: str) -> dict:
+  """The reference `key` of the run's last start (`<workdir>/run.json`, rewritten by every start):
+  where a resume found it, when that differs from where the checkpoint was trained; {} if none."""
+  try:
+    with open(os.path.join(workdir, "run.json"), encoding="utf-8") as f:
+      ref = json.load(f).get("run", {}).get(key)
+  except (OSError, ValueError, AttributeError):
+    return {}
+  return ref if isinstance(ref, dict) else {}
+
+
 def _open_reference(workdir: str, ref: dict, opened: Sequence["Run"] = ()) -> "Run":
-  """Opens the cDDPM a SADM run references: the first candidate (`reference_candidates`) that
+  """Opens the cDDPM a SADM run references: the first candidate (`reference_candidates` of the
+  checkpoint's record, then of the last start's, which a resume with a moved cDDPM updated) that
   holds the recorded step with the recorded weights (fingerprint); refuses when none is there
   (gone, unusable) or none holds those weights (changed: retrained or replaced)."""
   problems, changed = [], None
-  for where in reference_candidates(workdir, ref):
+  candidates = reference_candidates(workdir, ref) + reference_candidates(
+      workdir, _latest_reference(workdir, "cddpm"))
+  for where in dict.fromkeys(candidates):
     try:
       run = open_run(where, which=ref.get("which", "best"), expect="cddpm", opened=opened)
     except RunError as e:

@@ -176,6 +176,10 @@ def test_changed_or_missing_cddpm_is_refused(data_dir, cddpm_dir, cddpm_8_dir, t
   shutil.rmtree(own)
   shutil.copytree(cddpm_8_dir, own)
   assert open_run(own, expect="cddpm", opened=[held]) is not held  # a stale held run is not used
+  # The checkpoints still name the old place; the last start (run.json) names the new one, where
+  # the recorded weights are.
+  assert open_run(sadm_dir).cddpm.workdir == os.path.abspath(moved)
+  shutil.rmtree(moved)
   for opened in ((), [held]):
     with pytest.raises(RunError, match="frozen cDDPM it was trained with changed"):
       open_run(sadm_dir, opened=opened)
