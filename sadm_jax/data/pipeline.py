@@ -16,6 +16,12 @@ from sadm_jax.data.cache import CachedVolume, VolumeCache, load_array
 from sadm_jax.data.splits import Row
 
 
+def data_identity(train: "SliceTable", val: "SliceTable | None") -> dict[str, str]:
+  """{'train', 'val'}: `content_fingerprint` of a run's tables ('' for no validation table)."""
+  return {"train": train.content_fingerprint(),
+          "val": val.content_fingerprint() if val is not None else ""}
+
+
 @dataclasses.dataclass(frozen=True)
 class SliceTable:
   """Picklable description of cached volumes (paths + per-slice statistics, no array data).
@@ -44,6 +50,15 @@ class SliceTable:
   def fingerprint(self) -> str:
     """A short hash of the volumes (cache entry directories) in order."""
     return hashlib.sha256("\n".join(self.entries).encode()).hexdigest()[:16]
+
+  def content_fingerprint(self) -> str:
+    """A short hash of the volumes as training sees them, not of where they are: names, label
+    presence and per-slice brain voxel counts, in order. The same data moved (or preprocessed
+    again into another cache) gives the same hash; other volumes or another split do not."""
+    h = hashlib.sha256("\n".join(self.names).encode())
+    h.update(bytes(self.has_seg))
+    h.update(np.ascontiguousarray(self.slice_brain_voxels, np.int64).tobytes())
+    return h.hexdigest()[:16]
 
   @property
   def num_slices(self) -> int:
@@ -92,13 +107,14 @@ def slice_probabilities(table: SliceTable, sampling: str) -> np.ndarray:
 class VolumeIndexSource(grain.sources.RandomAccessDataSource):
   """Records are volume indices; the slice is drawn per record by `TrainSlice`.
 
-  Its repr names the table's fingerprint: grain refuses to restore an iterator state saved
-  for a different data source.
+  Its repr names the table's content fingerprint, not where the volumes are cached: grain
+  refuses to restore an iterator state saved for other volumes, and restores one saved for the
+  same volumes cached elsewhere (`data.cache_dir` changed, the data moved).
   """
 
   def __init__(self, table: SliceTable):
     self._n = len(table)
-    self._fingerprint = table.fingerprint()
+    self._fingerprint = table.content_fingerprint()
 
   def __repr__(self) -> str:
     return f"VolumeIndexSource(n={self._n}, table={self._fingerprint})"

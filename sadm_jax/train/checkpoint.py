@@ -74,6 +74,10 @@ def _close_manager(manager: ocp.CheckpointManager) -> None:
   manager.close()
 
 
+# grain's words when an iterator state does not match the loader (data source, sampler, workers).
+LOADER_MISMATCH = "in checkpoint does not match"
+
+
 class Checkpointer:
   """Two Orbax managers under the workdir.
 
@@ -138,12 +142,18 @@ class Checkpointer:
     is logged in one line, moved aside to `checkpoints/<step>.damaged-<n>` (never deleted) and the
     previous step is tried. Raises RunError naming the directory when no step is usable, also on
     later starts (the moved-aside steps stay), so a damaged run never silently restarts at step 0.
+    A step whose data loader state grain refuses (saved for other volumes, another sampler or
+    worker count) is not damage: RunError at once, nothing moved aside.
     """
     while (step := self.latest.latest_step()) is not None:
       try:
         state, meta = self.restore(state_target, shardings, iterator, step)
         return step, state, meta
       except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
+        if LOADER_MISMATCH in str(e):  # a whole step whose data loader state is for other data
+          raise RunError(f"{self.dir}: step {step} was saved while training on other data "
+                         f"({str(e).splitlines()[0].strip()}); resume with the run's own data, "
+                         "or use a new workdir") from None
         reason = (f"{type(e).__name__}: {restore_error(e, 200)}" if str(e).strip()
                   else type(e).__name__)
         aside = self._move_aside(step)

@@ -59,7 +59,8 @@ def ixi_task(name, config, init, loss_fn, tables, data: bool,
   train_table, val_table = (tables or ixi_tables(config)) if data else (None, None)
   train_loader, val_batches = (loaders(config, train_table, val_table, config.data.augment,
                                        int(config.seed)) if data else (None, None))
-  meta = {"orientation": train_table.orientation()} if data else {}
+  meta = {"orientation": train_table.orientation(),
+          "data": pipeline.data_identity(train_table, val_table)} if data else {}
   return loop.Task(name=name, init_variables=init, loss_fn=loss_fn,
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,
                    val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,

@@ -162,10 +162,25 @@ def evaluate(trainer: Trainer, state: TrainState, val_batches: Sequence[dict],
   return float(total / jnp.maximum(count, 1.0))
 
 
-def check_references(workdir: str, now: dict, recorded: dict) -> None:
-  """Refuses to resume a run whose referenced runs (a SADM run's frozen cDDPM, `Task.meta`) are
-  not the ones its checkpoint recorded (step and weight fingerprint): retrained in place, or
-  `sadm.cddpm_workdir` pointed at another cDDPM. Where the run is may change (it may move)."""
+def check_references(workdir: str, config: ml_collections.ConfigDict, now: dict,
+                     saved_meta: dict) -> None:
+  """Refuses to resume a run whose inputs are not the ones its checkpoint (`saved_meta`)
+  recorded: a SADM run's frozen cDDPM (step and weight fingerprint; retrained in place, or
+  `sadm.cddpm_workdir` pointed at another one), and, when `data.data_dir` differs from the
+  checkpoint's, the training and validation volumes (`pipeline.data_identity`; a run that
+  recorded none cannot show its data merely moved). `now` is the task's `Task.meta`."""
+  recorded = saved_meta.get("run", {})
+  before = saved_meta.get("config", {}).get("data", {}).get("data_dir")
+  if before is not None and before != config.data.data_dir:
+    old, new = recorded.get("data"), now.get("data")
+    if not old or old != new:
+      why = ("it recorded no identity of its data, so a move cannot be told from other data"
+             if not old else "the " + " and ".join(
+                 k for k in ("train", "val") if old.get(k) != (new or {}).get(k))
+             + " volumes differ: names, labels or brain voxels per slice")
+      raise RunError(
+          f"{workdir}: this run was trained with data.data_dir={before}, not "
+          f"{config.data.data_dir} ({why}); resume it with its own data, or use a new workdir")
   for key, name in (("cddpm", "cDDPM"),):
     old, new = recorded.get(key), now.get(key)
     if not old or not new:
@@ -208,7 +223,7 @@ def _train(config, workdir, task, mesh) -> dict:
     start, state, saved_meta = ckpt.restore_usable(trainer.abstract_state, trainer.state_shardings,
                                                    it)
     if start is not None:
-      check_references(workdir, task.meta, saved_meta.get("run", {}))
+      check_references(workdir, config, task.meta, saved_meta)
     if start is not None and start > num_steps:
       raise RunError(f"{workdir}: holds a run already trained to step {start}, beyond the "
                      f"{num_steps} step(s) this config asks for (train.num_steps / "

@@ -313,6 +313,7 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
   train_loader, val_batches = _loaders(config, train_table, val_table, seed) if data else (None, None)
   if data:
     meta["orientation"] = train_table.orientation()
+    meta["data"] = pipeline.data_identity(train_table, val_table)
   return loop.Task(name=TASK_NAME, init_variables=init,
                    loss_fn=sadm_loss_fn(config, segnet, cddpm),
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,

@@ -46,6 +46,8 @@ RESUMABLE = (
     # (grain's iterator state holds the last index consumed; tests/data/test_cache_pipeline.py)
     "sadm.cddpm_workdir",  # where the frozen cDDPM is now (moved): on resume its step and weights
     # must be those the run recorded (train/loop.py, `check_references`)
+    "data.data_dir",  # where the data are now (moved): on resume the training and validation
+    # volumes must be those the run recorded (`check_references`: names, labels, brain voxels)
     "mesh.*",  # device count and FSDP layout: the same global batch and update, resharded on restore
     "distributed.*",  # coordinator address etc. of this job
     "model.names",  # what `describe` reports

@@ -232,3 +232,20 @@ def test_tfds_pack_and_read_without_tensorflow(prepared, tmp_path):
   batch = next(iter(loader))
   assert batch["image"].shape == (4, 16, 16)
   assert "tensorflow" not in sys.modules
+
+
+def test_loader_source_names_the_volumes_content_not_their_cache_paths():
+  """The iterator state grain saves names the table's content: the same volumes cached elsewhere
+  restore it; other volumes, another order or other labels do not."""
+  from sadm_jax.data.pipeline import SliceTable, VolumeIndexSource
+  voxels = np.asarray([[0, 5, 7], [1, 2, 3]])
+  table = SliceTable(("/a/cache/x", "/a/cache/y"), ("x", "y"), voxels, (False, True))
+  moved = SliceTable(("/b/c/x2", "/b/c/y2"), ("x", "y"), voxels.copy(), (False, True))
+  assert table.fingerprint() != moved.fingerprint()  # where the entries are
+  assert repr(VolumeIndexSource(table)) == repr(VolumeIndexSource(moved))
+  others = [SliceTable(table.entries[::-1], ("y", "x"), voxels[::-1], (True, False)),
+            SliceTable(table.entries, ("x", "z"), voxels, (False, True)),
+            SliceTable(table.entries, ("x", "y"), voxels + np.eye(2, 3, dtype=int), (False, True)),
+            SliceTable(table.entries, ("x", "y"), voxels, (False, False))]
+  assert len({repr(VolumeIndexSource(t)) for t in [table, *others]}) == 5
+  assert pipeline.data_identity(table, None) == {"train": table.content_fingerprint(), "val": ""}

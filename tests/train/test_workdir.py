@@ -98,6 +98,33 @@ def test_resumable_keys_may_change(trained, tmp_path):
   assert res.returncode == 2 and "data.loader_workers 0 → 2" in _error_line(res)
 
 
+def test_moved_data_resumes_and_other_data_is_refused(trained, tmp_path):
+  """data.data_dir may change on resume when the run's training and validation volumes are
+  there (the data moved; preprocessed again into the new place's cache, so data.cache_dir
+  changes too: the saved data loader state names the volumes' content, not their cache paths);
+  other volumes there are refused in one line, and no step is taken for damage and moved aside."""
+  data, _ = trained
+  work = _copy(trained, tmp_path)
+  moved = str(tmp_path / "data_moved")
+  shutil.copytree(data, moved, ignore=shutil.ignore_patterns("cache"))
+  res = _run(moved, work, steps=8)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "resumed from checkpoint step 8" in res.stdout
+  # One training volume fewer at the new place: not this run's data.
+  split = next(os.path.join(d, "IXI_train_fold0.csv") for d, _, files in os.walk(moved)
+               if "IXI_train_fold0.csv" in files)
+  with open(split) as f:
+    lines = f.read().splitlines()
+  with open(split, "w") as f:
+    f.write("\n".join(lines[:-1]) + "\n")
+  before = _snapshot(work)
+  res = _run(moved, work, steps=8)
+  assert res.returncode == 2
+  line = _error_line(res)
+  assert "checkpoints: step 8 was saved while training on other data (" in line, line
+  assert _snapshot(work) == before
+
+
 def test_workdir_locked_by_a_live_process_is_refused(trained, tmp_path):
   work = _copy(trained, tmp_path)
   holder = {"host": socket.gethostname(), "pid": os.getpid(),
@@ -237,9 +264,16 @@ def test_a_start_that_failed_before_any_checkpoint_binds_nothing(tmp_path):
   with open(os.path.join(work, workdir_lib.CONFIG_FILE), encoding="utf-8") as f:
     assert json.load(f)["data"]["data_dir"] == "/right/data"
   os.makedirs(os.path.join(work, "checkpoints", "3"))
-  with pytest.raises(workdir_lib.WorkdirError, match=r"data.data_dir '/right/data' → '/wrong/data'"):
-    with workdir_lib.claim(first, work):
+  # With a checkpoint the run is bound: another fold is refused at once. (Another data directory
+  # passes the claim and is checked against the run's recorded volumes when it is restored:
+  # test_moved_data_resumes_and_other_data_is_refused.)
+  other = cddpm_config.get_config("tiny")
+  other.data.data_dir, other.data.fold = "/right/data", 1
+  with pytest.raises(workdir_lib.WorkdirError, match=r"data.fold 0 → 1"):
+    with workdir_lib.claim(other, work):
       pass
+  with workdir_lib.claim(first, work):
+    pass
 
 
 def test_unreadable_saved_config_is_named(tmp_path):
