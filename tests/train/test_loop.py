@@ -233,3 +233,25 @@ def test_steps_get_the_cpu_heap_option(monkeypatch):
   for step, batch in zip((trainer.train_step, trainer.eval_step), batches):
     with pytest.raises(Exception, match="xla_no_such_option"):
       step.lower(trainer.abstract_state, batch, trainer.train_key, trainer.frozen).compile()
+
+
+def test_check_references_refuses_other_inputs_on_resume():
+  """A resume goes on only with the inputs the checkpoint recorded: the frozen cDDPM's step and
+  weights (wherever it is now) and, when data.data_dir changed, the same volumes."""
+  c = default.get_config()
+  c.data.data_dir = "/new"
+  ref = {"workdir": "/a/cddpm", "step": 2, "fingerprint": "aa"}
+  data = {"train": "t1", "val": "v1"}
+  saved = {"config": {"data": {"data_dir": "/old"}}, "run": {"cddpm": ref, "data": data}}
+  loop.check_references("/w", c, {"cddpm": dict(ref, workdir="/b/cddpm"), "data": data}, saved)
+  with pytest.raises(checkpoint_lib.RunError,
+                     match=r"^/w: this run was trained with data.data_dir=/old, not /new \(the "
+                           r"val volumes differ"):
+    loop.check_references("/w", c, {"cddpm": ref, "data": {"train": "t1", "val": "v2"}}, saved)
+  unrecorded = {"config": {"data": {"data_dir": "/old"}}, "run": {}}
+  with pytest.raises(checkpoint_lib.RunError, match="recorded no identity of its data"):
+    loop.check_references("/w", c, {"data": data}, unrecorded)
+  unmoved = {"config": {"data": {"data_dir": "/new"}}, "run": {}}
+  loop.check_references("/w", c, {"data": {"train": "x", "val": ""}}, unmoved)  # nothing to check
+  with pytest.raises(checkpoint_lib.RunError, match=r"frozen cDDPM of step 2 .* holds step 3"):
+    loop.check_references("/w", c, {"cddpm": dict(ref, step=3), "data": data}, saved)
