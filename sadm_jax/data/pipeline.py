@@ -16,10 +16,9 @@ from sadm_jax.data.cache import CachedVolume, VolumeCache, load_array
 from sadm_jax.data.splits import Row
 
 
-def data_identity(train: "SliceTable", val: "SliceTable | None") -> dict[str, str]:
-  """{'train', 'val'}: `content_fingerprint` of a run's tables ('' for no validation table)."""
-  return {"train": train.content_fingerprint(),
-          "val": val.content_fingerprint() if val is not None else ""}
+def data_identity(train: "SliceTable", val: "SliceTable") -> dict[str, str]:
+  """{'train', 'val'}: `content_fingerprint` of a run's training and validation tables."""
+  return {"train": train.content_fingerprint(), "val": val.content_fingerprint()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,8 @@ from sadm_jax.evaluate import inference, metrics
 from sadm_jax.evaluate import planning, scoring
 from sadm_jax.evaluate.scans import list_scans, load_scan, scan_stem, to_input_grid
 from sadm_jax.train.checkpoint import RunError
-from sadm_jax.train.runs import open_run, reference_candidates, variables_fingerprint
+from sadm_jax.train.runs import (find_recorded, open_run, reference_candidates,
+                                 variables_fingerprint)
 from sadm_jax.utils import io
 
 
@@ -137,24 +138,21 @@ def _evaluated_model(run: dict, field: str, checkpoint_dir: str, load):
   """The model an evaluation tuned `run`'s τ for: the first place it may be (`run[field]`'s path
   relative to the evaluation workdir, then as recorded: `reference_candidates`) that holds the
   weights the evaluation recorded (`cddpm_key`, `segnet_key`; an older models.json has no
-  `segnet_key`, so only its `cddpm_key` is checked). Refuses, naming the run, when none is there or the weights changed since."""
+  `segnet_key`, so only its `cddpm_key` is checked). Refuses, naming the run, when none is there
+  or the weights changed since."""
   ref = {"workdir": run[field], "relative": run.get("relative", {}).get(field, "")}
-  problems, changed = [], ""
-  for path in reference_candidates(os.path.abspath(checkpoint_dir), ref):
-    try:
-      opened, keys = load(path)
-    except RunError as e:
-      problems.append(str(e))
-      continue
-    differ = [k for k, v in keys.items() if run.get(k) and run[k] != v]
-    if not differ:
-      return opened
-    changed = changed or f"{path}: {', '.join(f'{k} {keys[k]}' for k in differ)}"
+  found, changed, problems = find_recorded(
+      reference_candidates(os.path.abspath(checkpoint_dir), ref), load,
+      lambda loaded: [k for k, v in loaded[1].items() if run.get(k) and run[k] != v])
+  if found is not None:
+    return found[0]
   where = f"{checkpoint_dir}: run {run['id']} of this evaluation"
-  if changed:
-    raise RunError(f"{where} changed since it was evaluated ({changed}; the evaluation used "
-                   f"{', '.join(f'{k} {run[k]}' for k in ('segnet_key', 'cddpm_key') if run.get(k))})"
-                   ": evaluate it again, or predict from its workdir with predict.threshold")
+  if changed is not None:
+    path, (_, keys), differ = changed
+    used = ", ".join(f"{k} {run[k]}" for k in ("segnet_key", "cddpm_key") if run.get(k))
+    raise RunError(f"{where} changed since it was evaluated ({path}: "
+                   f"{', '.join(f'{k} {keys[k]}' for k in differ)}; the evaluation used {used}): "
+                   "evaluate it again, or predict from its workdir with predict.threshold")
   raise RunError(f"{where} is gone or unusable ({'; '.join(problems)})")
 
 

@@ -181,16 +181,14 @@ def check_references(workdir: str, config: ml_collections.ConfigDict, now: dict,
       raise RunError(
           f"{workdir}: this run was trained with data.data_dir={before}, not "
           f"{config.data.data_dir} ({why}); resume it with its own data, or use a new workdir")
-  for key, name in (("cddpm", "cDDPM"),):
-    old, new = recorded.get(key), now.get(key)
-    if not old or not new:
-      continue
-    if (old.get("step"), old.get("fingerprint")) != (new.get("step"), new.get("fingerprint")):
-      raise RunError(
-          f"{workdir}: this run was trained with the frozen {name} of step {old.get('step')} "
-          f"(fingerprint {old.get('fingerprint')}, then at {old.get('workdir')}), but "
-          f"{new.get('workdir')} holds step {new.get('step')} (fingerprint "
-          f"{new.get('fingerprint')}); resume it with that {name}, or use a new workdir")
+  old, new = recorded.get("cddpm"), now.get("cddpm")
+  if old and new and ((old.get("step"), old.get("fingerprint"))
+                      != (new.get("step"), new.get("fingerprint"))):
+    raise RunError(
+        f"{workdir}: this run was trained with the frozen cDDPM of step {old.get('step')} "
+        f"(fingerprint {old.get('fingerprint')}, then at {old.get('workdir')}), but "
+        f"{new.get('workdir')} holds step {new.get('step')} (fingerprint "
+        f"{new.get('fingerprint')}); resume it with that cDDPM, or use a new workdir")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable[[], Task],

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -72,7 +72,8 @@ class Run:
 
 def reference_candidates(workdir: str, ref: dict) -> list[str]:
   """Where a referenced run may be, in the order tried: at its recorded path relative to the
-  referencing run's `workdir` (both moved or copied together), then at its recorded absolute path."""
+  referencing run's `workdir` (both moved or copied together), then at its recorded absolute
+  path."""
   out = []
   if ref.get("relative"):
     out.append(os.path.normpath(os.path.join(workdir, ref["relative"])))
@@ -92,27 +93,45 @@ def _latest_reference(workdir: str, key: str) -> dict:
   return ref if isinstance(ref, dict) else {}
 
 
+def find_recorded(candidates, load: Callable[[str], Any], differences: Callable[[Any], Any]):
+  """The first of `candidates` (paths, in order) where `load(path)` gives what was recorded.
+
+  A RunError from `load` means unusable there (its message is kept); `differences(loaded)` is
+  empty when the loaded thing is the recorded one. Returns (loaded, None, problems) when found,
+  else (None, (path, loaded, differences) of the first that differed, or None, problems).
+  """
+  problems, changed = [], None
+  for path in dict.fromkeys(candidates):
+    try:
+      loaded = load(path)
+    except RunError as e:
+      problems.append(str(e))
+      continue
+    differ = differences(loaded)
+    if not differ:
+      return loaded, None, problems
+    changed = changed or (path, loaded, differ)
+  return None, changed, problems
+
+
 def _open_reference(workdir: str, ref: dict, opened: Sequence["Run"] = ()) -> "Run":
   """Opens the cDDPM a SADM run references: the first candidate (`reference_candidates` of the
   checkpoint's record, then of the last start's, which a resume with a moved cDDPM updated) that
   holds the recorded step with the recorded weights (fingerprint); refuses when none is there
   (gone, unusable) or none holds those weights (changed: retrained or replaced)."""
-  problems, changed = [], None
   candidates = reference_candidates(workdir, ref) + reference_candidates(
       workdir, _latest_reference(workdir, "cddpm"))
-  for where in dict.fromkeys(candidates):
-    try:
-      run = open_run(where, which=ref.get("which", "best"), expect="cddpm", opened=opened)
-    except RunError as e:
-      problems.append(str(e))
-      continue
-    if run.step == ref.get("step") and run.fingerprint == ref.get("fingerprint"):
-      return run
-    changed = changed or run
+  run, changed, problems = find_recorded(
+      candidates, lambda where: open_run(where, which=ref.get("which", "best"), expect="cddpm",
+                                         opened=opened),
+      lambda run: (run.step, run.fingerprint) != (ref.get("step"), ref.get("fingerprint")))
+  if run is not None:
+    return run
   if changed is not None:
+    other = changed[1]
     raise RunError(
-        f"{workdir}: the frozen cDDPM it was trained with changed: {changed.workdir} now holds "
-        f"step {changed.step} (fingerprint {changed.fingerprint}), the SADM run recorded step "
+        f"{workdir}: the frozen cDDPM it was trained with changed: {other.workdir} now holds "
+        f"step {other.step} (fingerprint {other.fingerprint}), the SADM run recorded step "
         f"{ref.get('step')} (fingerprint {ref.get('fingerprint')})")
   raise RunError(f"{workdir}: the frozen cDDPM this SADM run was trained with is gone or "
                  f"unusable ({'; '.join(problems) or 'no reference recorded'})")

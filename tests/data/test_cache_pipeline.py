@@ -248,4 +248,5 @@ def test_loader_source_names_the_volumes_content_not_their_cache_paths():
             SliceTable(table.entries, ("x", "y"), voxels + np.eye(2, 3, dtype=int), (False, True)),
             SliceTable(table.entries, ("x", "y"), voxels, (False, False))]
   assert len({repr(VolumeIndexSource(t)) for t in [table, *others]}) == 5
-  assert pipeline.data_identity(table, None) == {"train": table.content_fingerprint(), "val": ""}
+  assert pipeline.data_identity(table, others[0]) == {"train": table.content_fingerprint(),
+                                                      "val": others[0].content_fingerprint()}
