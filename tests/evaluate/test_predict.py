@@ -111,6 +111,39 @@ def test_evaluated_models_are_found_moved_and_refused_when_changed(evaluation, t
     predict._evaluated_model(gone, "sadm_workdir", workdir, predict._sadm_keys)
 
 
+def test_changed_model_of_an_evaluation_is_one_error_line_from_the_cli(evaluation, scan,
+                                                                        tmp_path):
+  """The CLI: an evaluation whose SADM run no longer holds the evaluated SegUnet weights (here its
+  models.json records others) is refused in one line, exit 2, with nothing written."""
+  import shutil
+  import subprocess
+  import sys
+  from tests.helpers import REPO
+  workdir, _ = evaluation
+  copy = tmp_path / "evaluation"
+  (copy / "eval").mkdir(parents=True)
+  shutil.copy(os.path.join(workdir, "eval", "config.json"), copy / "eval" / "config.json")
+  with open(os.path.join(workdir, "eval", "models.json")) as f:
+    saved = json.load(f)
+  for r in saved["runs"]:
+    if r["id"] == "sadm/draem/fold0":
+      r["segnet_key"] = "0123456789abcdef"
+  (copy / "eval" / "models.json").write_text(json.dumps(saved))
+  out = tmp_path / "out"
+  res = subprocess.run(
+      [sys.executable, "-m", "sadm_jax.main", "--config=configs/predict.py", f"--workdir={out}",
+       f"--config.predict.checkpoint_dir={copy}", f"--config.predict.input={scan['image']}",
+       f"--config.predict.output={out}", "--config.predict.run=sadm/draem/fold0"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 2, res.stderr[-3000:]
+  assert "Traceback" not in res.stderr
+  errors = [l for l in res.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and (f"{copy}: run sadm/draem/fold0 of this evaluation changed since "
+                               "it was evaluated") in errors[0], res.stderr[-3000:]
+  assert "segnet_key 0123456789abcdef" in errors[0]
+  assert not out.exists() or not any(out.iterdir())
+
+
 def test_working_grid_maps_land_on_the_right_input_voxels(scan):
   """The preprocessed brain mask, carried back by the affines, matches the input mask."""
   for spacing in (1.0, 1.25):
