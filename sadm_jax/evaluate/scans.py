@@ -75,13 +75,23 @@ def to_input_grid(volume: np.ndarray, work_affine: np.ndarray, input_affine: np.
                   input_shape, order: int) -> np.ndarray:
   """Resamples a working-grid volume [h, w, d] onto the input grid `input_shape` via the affines.
 
-  Input voxel v sits at world point A_in·v, i.e. at working-grid index A_work⁻¹·A_in·v; `order` 1
-  (trilinear) for maps, 0 (nearest) for masks. Points outside the working grid (cropped away) get 0.
+  Input voxel v sits at world point A_in·v, i.e. at working-grid index x = A_work⁻¹·A_in·v; `order`
+  1 (trilinear) for maps, 0 (nearest) for masks. Working voxel k covers the indices [k − ½, k + ½)
+  (×2 downsampling: input voxels 2k and 2k + 1, centred at x = k ∓ ¼), so points up to half a
+  working voxel beyond the edge centres take the edge values; points outside [−½, n − ½) (cropped
+  away) get 0.
   """
   m = np.linalg.solve(np.asarray(work_affine, np.float64), np.asarray(input_affine, np.float64))
-  return ndimage.affine_transform(np.asarray(volume, np.float32 if order else volume.dtype),
-                                  m[:3, :3], offset=m[:3, 3], output_shape=tuple(input_shape),
-                                  order=order, mode="constant", cval=0.0, prefilter=False)
+  shape = tuple(int(n) for n in input_shape)
+  out = ndimage.affine_transform(np.asarray(volume, np.float32 if order else volume.dtype),
+                                 m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order,
+                                 mode="nearest", prefilter=False)
+  axes = [np.arange(n, dtype=np.float64).reshape([-1 if a == b else 1 for b in range(3)])
+          for a, n in enumerate(shape)]
+  for i, n in enumerate(np.shape(volume)):  # working index along axis i of every input voxel
+    x = m[i, 3] + sum(m[i, j] * axes[j] for j in range(3))
+    out *= (x >= -0.5) & (x < n - 0.5)
+  return out
 
 
 # ----------------------------------------------------------------------------- listing
