@@ -59,8 +59,9 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
   (written through `utils.io.atomic_path`). `dtype` casts the data first (default: its own dtype).
   header: a nibabel header to keep (e.g. the input scan's, so that a map written on the scan's own
     grid carries its orientation codes, units and description): it is copied, its data dtype set
-    to the data's and its scaling to slope 1, intercept 0; its sform/qform are kept when they
-    already describe `affine`, else both are set to `affine` (keeping their codes, 1 where unset).
+    to the data's, its scaling to slope 1, intercept 0, its display window (cal_min/cal_max) and
+    intent unset; its sform/qform are kept when they already describe `affine`, else both are set
+    to `affine` (keeping their codes, 1 where unset).
     Without a header, sform = qform = `affine`, both with code 1 (scanner), spatial units mm.
   """
   data = np.asarray(data) if dtype is None else np.asarray(data, dtype)
@@ -74,6 +75,8 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
     hdr = header.copy()
     hdr.set_data_dtype(data.dtype)
     hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"] = hdr["cal_max"] = 0  # the header's display window is in the old data's units
+    hdr.set_intent("none")  # e.g. a z-score intent does not describe the new data
     if not np.allclose(hdr.get_best_affine(), affine):
       hdr.set_sform(affine, code=int(hdr["sform_code"]) or 1)
       hdr.set_qform(affine, code=int(hdr["qform_code"]) or 1)

@@ -73,6 +73,24 @@ def test_header_is_kept_with_the_data_dtype_and_unit_scaling(tmp_path):
   assert ref.header["descrip"] == b"scanner T1w"
 
 
+def test_header_display_window_and_intent_of_the_scan_are_not_carried_over(tmp_path):
+  """The scan's cal_min/cal_max (a display window in ITS intensities, e.g. 0..600) would make
+  viewers that honour them show a [0, 1] anomaly map or a {0, 1} mask as black; its intent (e.g.
+  a z-score map) does not describe the new data either. Both are reset to 'unset'."""
+  ref = _reference(tmp_path)
+  hdr = ref.header.copy()
+  hdr["cal_min"], hdr["cal_max"] = 0.0, 600.0
+  hdr.set_intent("z score", name="zmap")
+  for dtype in (np.float32, np.uint8):
+    path = str(tmp_path / f"out_{np.dtype(dtype).name}.nii.gz")
+    nifti.save_volume(path, _data(np.float32) / 7.0, ref.affine, header=hdr, dtype=dtype)
+    out = nib.load(path).header
+    assert (float(out["cal_min"]), float(out["cal_max"])) == (0.0, 0.0)
+    assert out.get_intent() == ("none", (), "")
+    assert out["descrip"] == b"scanner T1w" and int(out["sform_code"]) == 4  # the rest is kept
+  assert float(hdr["cal_max"]) == 600.0  # the caller's header is not changed
+
+
 def test_header_with_another_affine_takes_that_affine_and_keeps_its_codes(tmp_path):
   ref = _reference(tmp_path)
   moved = AFFINE.copy()
