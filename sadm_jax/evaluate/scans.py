@@ -98,8 +98,8 @@ def to_input_grid(volume: np.ndarray, work_affine: np.ndarray, input_affine: np.
 
 
 def scan_stem(path: str) -> str:
-  """The file name without .nii/.nii.gz: names the scan and its outputs."""
-  return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path))
+  """The file name without .nii/.nii.gz (any case): names the scan and its outputs."""
+  return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path), flags=re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +111,14 @@ class Scan:
 
 
 def _is_nifti(path: str) -> bool:
-  return bool(re.search(r"\.nii(\.gz)?$", path))
+  return bool(re.search(r"\.nii(\.gz)?$", path, flags=re.IGNORECASE))
 
 
 def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
   """The brain mask of scan `stem` in `folder`, None when there is none.
 
   `<stem><suffix>.nii[.gz]`, else (for a stem `<base>_<modality>`, e.g. `sub-01_T1w`)
-  `<base><suffix>.nii[.gz]`.
+  `<base><suffix>.nii[.gz]`; the extension in any case (`.NII.GZ`), the exact one first.
   """
   bases = [stem] + ([stem.rsplit("_", 1)[0]] if "_" in stem else [])
   for base in bases:
@@ -126,6 +126,9 @@ def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
       path = os.path.join(folder, base + suffix + ext)
       if os.path.isfile(path):
         return path
+    others = sorted(n for n in os.listdir(folder) if _is_nifti(n) and scan_stem(n) == base + suffix)
+    if others:  # the extension in another case, e.g. `.NII.GZ`
+      return os.path.join(folder, others[0])
   return None
 
 
@@ -194,10 +197,11 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
       masks = [None] * len(images)
     pairs = list(zip(images, masks))
   scans = [Scan(scan_stem(i), i, m) for i, m in pairs]
-  seen: dict[str, str] = {}
-  for s in scans:
-    if s.name in seen:
-      raise ValueError(f"predict.input: two scans named {s.name!r} ({seen[s.name]}, {s.image}); "
-                       "outputs are named by scan, rename one")
-    seen[s.name] = s.image
+  seen: dict[str, Scan] = {}
+  for s in scans:  # names differing only in case share their files on macOS / Windows
+    first = seen.setdefault(s.name.casefold(), s)
+    if first is not s:
+      same = repr(s.name) if first.name == s.name else f"{first.name!r} and {s.name!r}"
+      raise ValueError(f"predict.input: two scans named {same} ({first.image}, {s.image}); "
+                       "outputs are named by scan (case-insensitively), rename one")
   return scans, batch
