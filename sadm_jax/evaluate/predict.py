@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -269,19 +270,39 @@ def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: st
          "input_grid": list(img.data.shape), "input_spacing_mm": list(affine_spacing(img.affine)),
          "resampled_to_1mm": bool(work.resampled_to_1mm),
          "anomaly_map": os.path.join(out_dir, f"{stem}_anomaly_map.nii.gz")}
-  ref = nib.load(image_path)  # the scan's own header and affine: the maps sit on its grid
-  nifti.save_volume(out["anomaly_map"], a_in, ref.affine, header=ref.header, dtype=np.float32)
+  mask_out = os.path.join(out_dir, f"{stem}_anomaly_mask.nii.gz")
+  p_in = None
   if pred.tau is not None:
     p_work = ((a > np.float32(pred.tau)) & (work.mask > 0)).astype(np.uint8)
     p_in = back(p_work, 0)
-    out["anomaly_mask"] = os.path.join(out_dir, f"{stem}_anomaly_mask.nii.gz")
-    out["flagged_voxels_input_grid"] = int(p_in.sum())
-    out["flagged_voxels_working_grid"] = int(p_work.sum())
-    nifti.save_volume(out["anomaly_mask"], p_in, ref.affine, header=ref.header, dtype=np.uint8)
+    out.update(anomaly_mask=mask_out, flagged_voxels_input_grid=int(p_in.sum()),
+               flagged_voxels_working_grid=int(p_work.sum()))
   else:
     logging.warning("no threshold (evaluation τ or predict.threshold): writing the map only")
-  io.write_json(os.path.join(out_dir, f"{stem}_prediction.json"), out)
+  _write_outputs(out, a_in, p_in, mask_out, os.path.join(out_dir, f"{stem}_prediction.json"),
+                 nib.load(image_path))  # the scan's own header and affine: the maps sit on its grid
   return out
+
+
+def _write_outputs(out: dict, a_in: np.ndarray, p_in: np.ndarray | None, mask_out: str,
+                   record: str, ref: nib.Nifti1Image) -> None:
+  """Writes one scan's map, mask (without τ: removes an earlier run's) and record, each whole; a
+  failure after the first write removes all three (no mix of this run's and an earlier run's)."""
+  started = False
+  try:
+    nifti.save_volume(out["anomaly_map"], a_in, ref.affine, header=ref.header, dtype=np.float32)
+    started = True
+    if p_in is not None:
+      nifti.save_volume(mask_out, p_in, ref.affine, header=ref.header, dtype=np.uint8)
+    elif os.path.lexists(mask_out):
+      os.remove(mask_out)  # an earlier run's, with τ: not this map's
+    io.write_json(record, out)
+  except BaseException:
+    if started:
+      for path in (out["anomaly_map"], mask_out, record):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
+    raise
 
 
 # ----------------------------------------------------------------------------- many scans

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
+import nibabel as nib
+import numpy as np
 import pytest
 
+from configs import predict as predict_config
+from sadm_jax import config as config_lib
+from sadm_jax.data import nifti
+from sadm_jax.data.errors import DataError
+from sadm_jax.evaluate import predict
 from sadm_jax.evaluate import scans as scans_lib
 
 
@@ -22,3 +30,57 @@ def test_upper_case_extensions_are_scans_and_names_collide_regardless_of_case(tm
   assert scans_lib.scan_stem("x/sub.01.T1w.NII.GZ") == "sub.01.T1w"
   with pytest.raises(ValueError, match="two scans named 'sub-01' .* 'SUB-01'"):
     scans_lib.list_scans("x/sub-01.nii.gz,y/SUB-01.nii")
+
+
+def _threshold_predictor(tau):
+  """The intensity baseline on a 32×32×16 crop (no models, no curvature flow): fast geometry."""
+  c = predict_config.get_config("tiny")
+  c.data.preprocess.curvature_flow = False
+  c.data.preprocess.crop_size = (32, 32, 16)
+  return predict.Predictor(config_lib.resolve(c), "threshold", "residual", "test",
+                           intensity_median=0.0, tau=tau, tau_source="test" if tau else "")
+
+
+def _scan(tmp_path) -> str:
+  path = str(tmp_path / "sub-01.nii.gz")
+  data = np.random.default_rng(0).uniform(100, 300, (24, 26, 20)).astype(np.float32)
+  nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+  return path
+
+
+def test_a_rerun_without_threshold_leaves_no_mask_of_the_earlier_run(tmp_path):
+  """The same output folder, first with τ, then without: the earlier run's mask must not sit next
+  to the new map and prediction record as if it belonged to them."""
+  image, out = _scan(tmp_path), str(tmp_path / "out")
+  first = predict.predict(_threshold_predictor(0.5), image, None, out)
+  assert os.path.isfile(first["anomaly_mask"])
+  second = predict.predict(_threshold_predictor(None), image, None, out)
+  assert "anomaly_mask" not in second
+  assert sorted(os.listdir(out)) == ["sub-01_anomaly_map.nii.gz", "sub-01_prediction.json"]
+
+
+def test_a_failed_write_leaves_none_of_the_scans_outputs(tmp_path, monkeypatch):
+  """A write that fails after the map was written (a full disk at the mask) must not leave the new
+  map next to the earlier run's mask and record: the scan's outputs are all removed, and nothing
+  half-written (no temporary file) stays behind."""
+  image, out = _scan(tmp_path), str(tmp_path / "out")
+  pred = _threshold_predictor(0.5)
+  predict.predict(pred, image, None, out)  # a complete earlier run
+  real = nifti.save_volume
+
+  def full_disk_at_the_mask(path, *args, **kwargs):
+    if path.endswith("_anomaly_mask.nii.gz"):
+      raise OSError(errno.ENOSPC, "No space left on device", path)
+    return real(path, *args, **kwargs)
+
+  monkeypatch.setattr(nifti, "save_volume", full_disk_at_the_mask)
+  with pytest.raises(OSError, match="No space left"):
+    predict.predict(pred, image, None, out)
+  assert os.listdir(out) == []
+  monkeypatch.setattr(nifti, "save_volume", real)
+  # A failure before anything was written keeps the earlier complete outputs.
+  predict.predict(pred, image, None, out)
+  nib.save(nib.Nifti1Image(np.zeros((24, 26, 20), np.float32), np.eye(4)), image)
+  with pytest.raises(DataError, match="brain mask is empty"):
+    predict.predict(pred, image, None, out)
+  assert len(os.listdir(out)) == 3
