@@ -16,6 +16,7 @@ from sadm_jax.data.errors import DataError
 from sadm_jax.data.resample import affine_spacing
 
 MAX_SPACING_MM = 3.0  # coarser scans cannot reach the 2 mm working grid without inventing detail
+SPACING_ATOL_MM = 1e-3  # a float32 header's 3 mm (oblique: a column norm of 3.0000001) is 3 mm
 AFFINE_ATOL = 1e-3
 
 
@@ -47,7 +48,7 @@ def load_scan(image_path: str, mask_path: str | None = None
   spacing = affine_spacing(img.affine)
   if not all(np.isfinite(spacing)) or min(spacing) <= 0:
     raise DataError(f"{image_path}: invalid voxel spacing {spacing}")
-  if max(spacing) > MAX_SPACING_MM:
+  if max(spacing) > MAX_SPACING_MM + SPACING_ATOL_MM:
     shown = tuple(round(s, 3) for s in spacing)
     raise DataError(f"{image_path}: voxel spacing {shown} mm is coarser "
                     f"than {MAX_SPACING_MM} mm; the models work on 1 mm scans (2 mm after the ×2 "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 
+from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, crop_box, preprocess_volume
 from sadm_jax.evaluate import scans as scans_lib
 
@@ -29,3 +31,23 @@ def test_every_input_voxel_of_the_crop_box_gets_its_working_voxel(order):
     i = np.arange(6, 14)  # axis 0: crop start 6; axis 1: pad start 1; axis 2: crop start 3
     np.testing.assert_array_equal(back[6:14, 5, 6], values[(i - 6) // 2, (5 + 1) // 2, 1])
     np.testing.assert_array_equal(back[6, :, 3], values[0, (np.arange(6) + 1) // 2, 0])
+
+
+def test_oblique_3mm_slices_stored_in_float32_are_not_refused_as_coarser_than_3mm(tmp_path):
+  """A clinical 0.9×0.9×3 mm scan tilted a few degrees: the float32 header makes the third column's
+  norm 3.0000002 mm for many angles, which was refused as 'voxel spacing (0.9, 0.9, 3.0) mm is
+  coarser than 3.0 mm'. 3 mm is allowed up to float32 rounding; 3.01 mm is still refused."""
+  for deg, slice_mm, ok in ((1.0, 3.0, True), (3.0, 3.0, True), (14.5, 3.0, True),
+                            (6.5, 3.01, False)):
+    t = np.deg2rad(deg)
+    affine = np.eye(4)
+    affine[1:3, 1:3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    affine = affine @ np.diag([0.9, 0.9, slice_mm, 1.0])
+    affine[:3, 3] = (-90.0, -100.0, -60.0)
+    path = str(tmp_path / f"tilted_{deg}_{slice_mm}.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 6), np.float32), affine), path)
+    if ok:
+      scans_lib.load_scan(path)
+    else:
+      with pytest.raises(DataError, match=r"voxel spacing \(0.9, 0.9, 3.01\) mm is coarser"):
+        scans_lib.load_scan(path)
