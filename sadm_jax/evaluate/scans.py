@@ -31,9 +31,12 @@ def _check_header(path: str) -> str:
   sform, scode = hdr.get_sform(coded=True)
   codes = orientation.scan_orientation(img.affine, qcode or 0, scode or 0, path)
   if qcode and scode and not np.allclose(qform, sform, atol=AFFINE_ATOL):
-    raise DataError(f"{path}: inconsistent header: qform spacing "
-                    f"{tuple(round(s, 4) for s in affine_spacing(qform))} and sform spacing "
-                    f"{tuple(round(s, 4) for s in affine_spacing(sform))} describe different grids")
+    q, s = (f"{name} (code {int(code)}: {orientation.axis_codes(form)}, spacing "
+            f"{tuple(round(v, 4) for v in affine_spacing(form))} mm, origin "
+            f"{tuple(round(float(v), 4) for v in form[:3, 3])} mm)"
+            for name, form, code in (("qform", qform, qcode), ("sform", sform, scode)))
+    raise DataError(f"{path}: inconsistent header: {q} and {s} describe different grids; make "
+                    "them agree (e.g. nibabel img.set_qform(img.get_sform(), code=1)) and retry")
   return codes
 
 

@@ -84,3 +84,23 @@ def test_a_failed_write_leaves_none_of_the_scans_outputs(tmp_path, monkeypatch):
   with pytest.raises(DataError, match="brain mask is empty"):
     predict.predict(pred, image, None, out)
   assert len(os.listdir(out)) == 3
+
+
+def test_qform_and_sform_differing_only_in_origin_are_named_by_what_differs(tmp_path):
+  """The refusal said 'qform spacing (1.0, 1.0, 1.0) and sform spacing (1.0, 1.0, 1.0) describe
+  different grids' for forms that differ only in origin: it now shows each form's axes, spacing
+  and origin."""
+  img = nib.Nifti1Image(np.ones((8, 8, 6), np.float32), np.eye(4))
+  moved = np.eye(4)
+  moved[:3, 3] = (10.0, 0.0, 0.0)
+  img.set_qform(moved, code=1)
+  img.set_sform(np.eye(4), code=4)
+  path = str(tmp_path / "shifted.nii.gz")
+  nib.save(img, path)
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(path)
+  assert str(e.value) == (
+      f"{path}: inconsistent header: qform (code 1: RAS, spacing (1.0, 1.0, 1.0) mm, origin "
+      "(10.0, 0.0, 0.0) mm) and sform (code 4: RAS, spacing (1.0, 1.0, 1.0) mm, origin "
+      "(0.0, 0.0, 0.0) mm) describe different grids; make them agree (e.g. nibabel "
+      "img.set_qform(img.get_sform(), code=1)) and retry")
