@@ -32,11 +32,11 @@ def test_upper_case_extensions_are_scans_and_names_collide_regardless_of_case(tm
     scans_lib.list_scans("x/sub-01.nii.gz,y/SUB-01.nii")
 
 
-def _threshold_predictor(tau):
-  """The intensity baseline on a 32×32×16 crop (no models, no curvature flow): fast geometry."""
+def _threshold_predictor(tau, crop=(32, 32, 16)):
+  """The intensity baseline on a small crop (no models, no curvature flow): fast geometry."""
   c = predict_config.get_config("tiny")
   c.data.preprocess.curvature_flow = False
-  c.data.preprocess.crop_size = (32, 32, 16)
+  c.data.preprocess.crop_size = crop
   return predict.Predictor(config_lib.resolve(c), "threshold", "residual", "test",
                            intensity_median=0.0, tau=tau, tau_source="test" if tau else "")
 

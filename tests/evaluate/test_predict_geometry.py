@@ -5,10 +5,13 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, crop_box, preprocess_volume
+from sadm_jax.evaluate import predict
 from sadm_jax.evaluate import scans as scans_lib
+from tests.evaluate.test_predict_files import _threshold_predictor
 
 
 @pytest.mark.parametrize("order", [0, 1])
@@ -51,3 +54,83 @@ def test_oblique_3mm_slices_stored_in_float32_are_not_refused_as_coarser_than_3m
     else:
       with pytest.raises(DataError, match=r"voxel spacing \(0.9, 0.9, 3.01\) mm is coarser"):
         scans_lib.load_scan(path)
+
+
+def _tilted(deg: float) -> np.ndarray:
+  t = np.deg2rad(deg)
+  r = np.eye(4)
+  r[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+  return r
+
+
+_PSR = np.array([[0, 0, 1.0, -10], [-1, 0, 0, 12], [0, -1, 0, 8], [0, 0, 0, 1]])
+
+
+def _predicted_map(folder, data, mask, affine, qform_only) -> tuple[nib.Nifti1Image, np.ndarray]:
+  """(the scan as saved, its intensity-baseline map) for a scan `data` with brain `mask`."""
+  paths = []
+  for stem, volume in (("scan", data), ("scan_mask", mask)):
+    img = nib.Nifti1Image(volume, affine)
+    if qform_only:
+      img.set_qform(affine, code=1)
+      img.set_sform(None, code=0)
+    paths.append(str(folder / f"{stem}.nii.gz"))
+    nib.save(img, paths[-1])
+  # A crop larger than every scan: no crop edges (there the edge values are repeated, not linear).
+  out = predict.predict(_threshold_predictor(None, (48, 48, 48)), *paths, str(folder / "out"))
+  got, src = nib.load(out["anomaly_map"]), nib.load(paths[0])
+  assert got.shape == data.shape
+  np.testing.assert_allclose(got.affine, src.affine, atol=1e-5)
+  assert (int(got.header["qform_code"]), int(got.header["sform_code"])) == (
+      int(src.header["qform_code"]), int(src.header["sform_code"]))
+  return src, np.asarray(got.dataobj)
+
+
+@pytest.mark.parametrize("name, affine, shape, qform_only", [
+    ("RAS", np.diag([1.0, 1, 1, 1]), (24, 26, 20), False),
+    ("LPS", np.diag([-1.0, -1, 1, 1]), (24, 26, 20), False),
+    ("PSR permuted", _PSR, (24, 26, 20), False),
+    ("LAS left-handed, qform only", np.diag([-1.0, 1, 1, 1]), (24, 26, 20), True),
+    ("oblique 12 deg", _tilted(12), (24, 26, 20), False),
+    ("1x1x3 mm", np.diag([1.0, 1, 3, 1]), (24, 26, 14), False),
+    ("0.5 mm", np.diag([0.5, 0.5, 0.5, 1]), (48, 52, 40), False),
+    ("oblique 1.2x0.9x2.5 mm", _tilted(-20) @ np.diag([1.2, 0.9, 2.5, 1]), (22, 28, 14), False),
+])
+def test_maps_land_on_the_scans_own_voxels(tmp_path, name, affine, shape, qform_only):
+  """The intensity baseline (map = rescaled intensity), so the map is known without models.
+
+  (1) A scan whose intensity is linear in world coordinates: every step (reorientation, resampling
+  to 1 mm, ×2 downsampling, back to the scan's grid) reproduces a linear function, so away from
+  the mask border the map is a rising linear function of the scan's intensity (a flip or
+  permutation breaks that). (2) A bright blob: the map's centroid is the blob's centre in world
+  coordinates within 0.1 mm (a shift by a quarter working voxel, 0.5 mm, is caught). Both maps keep the
+  scan's shape, affine and form codes."""
+  spacing = np.linalg.norm(affine[:3, :3], axis=0)
+  idx = np.indices(shape).reshape(3, -1)
+  world = affine[:3, :3] @ idx + affine[:3, 3:]
+  f = (np.array([0.3, -0.2, 0.5]) @ world + 100).reshape(shape).astype(np.float32)
+  mask = np.zeros(shape, np.uint8)
+  mask[2:-2, 2:-2, 2:-2] = 1
+  (tmp_path / "ramp").mkdir()
+  _, a = _predicted_map(tmp_path / "ramp", f, mask, affine, qform_only)
+  # 4 mm inside the brain mask: the map is 0 outside the working-grid mask, which the trilinear
+  # interpolation back blends in within one 2 mm working voxel of its edge.
+  inner = mask > 0
+  for axis, mm in enumerate(spacing):
+    line = np.ones([3 if i == axis else 1 for i in range(3)], bool)
+    inner = ndimage.binary_erosion(inner, line, iterations=int(np.ceil(4.0 / mm)))
+  inner &= (a > 0.05) & (a < 0.95)
+  assert inner.sum() > 300, name
+  fit = np.polyfit(f[inner], a[inner], 1)
+  assert np.abs(np.polyval(fit, f[inner]) - a[inner]).max() < 2e-3, name
+  assert fit[0] > 0, name  # the map rises with the scan's intensity: not mirrored
+
+  # A Gaussian blob (σ 2.5 mm) centred between voxels, on a flat image of 100: smooth, so every
+  # resampling keeps its centroid to a few hundredths of a mm.
+  centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2) + affine[:3, 3] + (0.37, -0.61, 0.23)
+  blob = np.exp(-((world - centre[:, None]) ** 2).sum(0) / (2 * 2.5 ** 2)).reshape(shape)
+  (tmp_path / "blob").mkdir()
+  _, a = _predicted_map(tmp_path / "blob", (100 + 200 * blob).astype(np.float32), mask, affine,
+                        qform_only)
+  got = (world @ a.reshape(-1)) / a.sum()
+  assert np.abs(got - centre).max() < 0.1, (name, got - centre)
