@@ -20,7 +20,8 @@ from sadm_jax.data.preprocess import preprocess_volume
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import inference, metrics
 from sadm_jax.evaluate import planning, scoring
-from sadm_jax.evaluate.scans import list_scans, load_scan, scan_stem, to_input_grid
+from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, list_scans, load_scan, scan_stem,
+                                     to_input_grid)
 from sadm_jax.train.checkpoint import RunError
 from sadm_jax.train.runs import (find_recorded, open_run, reference_candidates,
                                  variables_fingerprint)
@@ -269,8 +270,8 @@ def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: st
          "volume_score": metrics.volume_score(a, work.mask), "working_grid": list(a.shape),
          "input_grid": list(img.data.shape), "input_spacing_mm": list(affine_spacing(img.affine)),
          "resampled_to_1mm": bool(work.resampled_to_1mm),
-         "anomaly_map": os.path.join(out_dir, f"{stem}_anomaly_map.nii.gz")}
-  mask_out = os.path.join(out_dir, f"{stem}_anomaly_mask.nii.gz")
+         "anomaly_map": os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[0]}.nii.gz")}
+  mask_out = os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[1]}.nii.gz")
   p_in = None
   if pred.tau is not None:
     p_work = ((a > np.float32(pred.tau)) & (work.mask > 0)).astype(np.uint8)

@@ -104,3 +104,13 @@ def test_qform_and_sform_differing_only_in_origin_are_named_by_what_differs(tmp_
       "(10.0, 0.0, 0.0) mm) and sform (code 4: RAS, spacing (1.0, 1.0, 1.0) mm, origin "
       "(0.0, 0.0, 0.0) mm) describe different grids; make them agree (e.g. nibabel "
       "img.set_qform(img.get_sform(), code=1)) and retry")
+
+
+def test_a_folder_holding_earlier_outputs_does_not_predict_them_as_scans(tmp_path):
+  """A scan predicted with its outputs written next to it (predict.output = its folder), then the
+  folder predicted: sub-01_anomaly_map.nii.gz was listed as a scan, with sub-01_anomaly_mask.nii.gz
+  (by the <base>_mask rule) as its brain mask."""
+  image = _scan(tmp_path)
+  predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path))
+  scans, _ = scans_lib.list_scans(str(tmp_path))
+  assert [(s.name, s.mask) for s in scans] == [("sub-01", None)]
