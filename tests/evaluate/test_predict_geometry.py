@@ -103,8 +103,8 @@ def test_maps_land_on_the_scans_own_voxels(tmp_path, name, affine, shape, qform_
   to 1 mm, ×2 downsampling, back to the scan's grid) reproduces a linear function, so away from
   the mask border the map is a rising linear function of the scan's intensity (a flip or
   permutation breaks that). (2) A bright blob: the map's centroid is the blob's centre in world
-  coordinates within 0.1 mm (a shift by a quarter working voxel, 0.5 mm, is caught). Both maps keep the
-  scan's shape, affine and form codes."""
+  coordinates within 0.1 mm (a shift by a quarter working voxel, 0.5 mm, is caught). Both maps
+  keep the scan's shape, affine and form codes."""
   spacing = np.linalg.norm(affine[:3, :3], axis=0)
   idx = np.indices(shape).reshape(3, -1)
   world = affine[:3, :3] @ idx + affine[:3, 3:]
