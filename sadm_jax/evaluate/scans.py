@@ -94,7 +94,8 @@ def to_input_grid(volume: np.ndarray, work_affine: np.ndarray, input_affine: np.
   axes = [np.arange(n, dtype=np.float64).reshape([-1 if a == b else 1 for b in range(3)])
           for a, n in enumerate(shape)]
   for i, n in enumerate(np.shape(volume)):  # working index along axis i of every input voxel
-    x = m[i, 3] + sum(m[i, j] * axes[j] for j in range(3))
+    # (only the axes it depends on: [H, 1, 1] for the axis-aligned grids predict passes)
+    x = m[i, 3] + sum(m[i, j] * axes[j] for j in range(3) if abs(m[i, j]) > 1e-9)
     out *= (x >= -0.5) & (x < n - 0.5)
   return out
 
