@@ -24,6 +24,13 @@ OUTPUT_SUFFIXES = ("_anomaly_map", "_anomaly_mask")  # predict's outputs: <stem>
 # ----------------------------------------------------------------------------- reading
 
 
+def _grid(affine: np.ndarray) -> str:
+  """A voxel grid in words: axis codes, spacing and origin (mm), to name what two grids differ in."""
+  return (f"{orientation.axis_codes(affine)}, spacing "
+          f"{tuple(round(v, 4) for v in affine_spacing(affine))} mm, origin "
+          f"{tuple(round(float(v), 4) for v in np.asarray(affine)[:3, 3])} mm")
+
+
 def _check_header(path: str) -> str:
   """Axis codes of the scan; DataError without an orientation or when qform and sform disagree."""
   img = nib.load(path)
@@ -32,9 +39,7 @@ def _check_header(path: str) -> str:
   sform, scode = hdr.get_sform(coded=True)
   codes = orientation.scan_orientation(img.affine, qcode or 0, scode or 0, path)
   if qcode and scode and not np.allclose(qform, sform, atol=AFFINE_ATOL):
-    q, s = (f"{name} (code {int(code)}: {orientation.axis_codes(form)}, spacing "
-            f"{tuple(round(v, 4) for v in affine_spacing(form))} mm, origin "
-            f"{tuple(round(float(v), 4) for v in form[:3, 3])} mm)"
+    q, s = (f"{name} (code {int(code)}: {_grid(form)})"
             for name, form, code in (("qform", qform, qcode), ("sform", sform, scode)))
     raise DataError(f"{path}: inconsistent header: {q} and {s} describe different grids; make "
                     "them agree (e.g. nibabel img.set_qform(img.get_sform(), code=1)) and retry")
@@ -65,9 +70,8 @@ def load_scan(image_path: str, mask_path: str | None = None
     raise DataError(f"{mask_path}: mask shape {mask.data.shape} differs from the image grid "
                     f"{img.data.shape} ({image_path})")
   if not np.allclose(mask.affine, img.affine, atol=AFFINE_ATOL):
-    mine, theirs = (tuple(round(s, 4) for s in v.spacing) for v in (mask, img))
-    raise DataError(f"{mask_path}: mask affine (spacing {mine}) differs from the image affine "
-                    f"(spacing {theirs}, {image_path}): not the same grid")
+    raise DataError(f"{mask_path}: mask affine ({_grid(mask.affine)}) differs from the image "
+                    f"affine ({_grid(img.affine)}; {image_path}): not the same grid")
   if not np.any(mask.data > 0):
     raise DataError(f"{mask_path}: brain mask is empty")
   return img, (mask.data > 0).astype(np.uint8)

@@ -114,3 +114,19 @@ def test_a_folder_holding_earlier_outputs_does_not_predict_them_as_scans(tmp_pat
   predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path))
   scans, _ = scans_lib.list_scans(str(tmp_path))
   assert [(s.name, s.mask) for s in scans] == [("sub-01", None)]
+
+
+def test_a_mask_stored_in_another_voxel_order_is_refused_naming_how_the_grids_differ(tmp_path):
+  """The same brain mask stored LPS next to a RAS scan (same shape and spacing) was refused as
+  'mask affine (spacing (1.0, 1.0, 1.0)) differs from the image affine (spacing (1.0, 1.0, 1.0))',
+  which does not say what differs; the axis codes and origins do."""
+  image = _scan(tmp_path)
+  flip = np.array([[-1.0, 0, 0, 23], [0, -1, 0, 25], [0, 0, 1, 0], [0, 0, 0, 1]])
+  path = str(tmp_path / "sub-01_mask.nii.gz")
+  nib.save(nib.Nifti1Image(np.ones((24, 26, 20), np.uint8), flip), path)
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(image, path)
+  assert str(e.value) == (
+      f"{path}: mask affine (LPS, spacing (1.0, 1.0, 1.0) mm, origin (23.0, 25.0, 0.0) mm) differs "
+      f"from the image affine (RAS, spacing (1.0, 1.0, 1.0) mm, origin (0.0, 0.0, 0.0) mm; "
+      f"{image}): not the same grid")
