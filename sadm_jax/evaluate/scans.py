@@ -167,8 +167,8 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   """(scans, batch) named by `predict.input` / `predict.mask`; batch = one output folder per scan.
 
   input_spec: one NIfTI file (batch False: today's flat layout); a comma-separated list of files;
-    a folder (every .nii/.nii.gz in it except masks, `*<mask_suffix>.nii[.gz]`, and predict's own
-    outputs, `*_anomaly_map` / `*_anomaly_mask`); or a .csv with
+    a folder (every .nii/.nii.gz in it except masks, `*<mask_suffix>.nii[.gz]`, predict's own
+    outputs, `*_anomaly_map` / `*_anomaly_mask`, and hidden files, `.*`); or a .csv with
     columns image[,mask] (paths relative to the CSV).
   mask_spec: '' (folder input: masks found by `find_mask` next to the scans; otherwise the brain is
     `image > 0`); a folder (masks found there by `find_mask`); a file (one scan) or a
@@ -188,7 +188,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   elif os.path.isdir(spec):
     if mask_spec and not mask_dir:
       raise ValueError(f"predict.mask={mask_spec}: with a folder input it must be a folder")
-    names = sorted(n for n in os.listdir(spec) if _is_nifti(n)  # neither masks nor outputs
+    names = sorted(n for n in os.listdir(spec) if _is_nifti(n) and not n.startswith(".")
                    and not scan_stem(n).endswith((mask_suffix,) + OUTPUT_SUFFIXES))
     if not names:
       raise ValueError(f"predict.input={spec}: no .nii/.nii.gz scans in this folder")

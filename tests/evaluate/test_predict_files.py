@@ -130,3 +130,13 @@ def test_a_mask_stored_in_another_voxel_order_is_refused_naming_how_the_grids_di
       f"{path}: mask affine (LPS, spacing (1.0, 1.0, 1.0) mm, origin (23.0, 25.0, 0.0) mm) differs "
       f"from the image affine (RAS, spacing (1.0, 1.0, 1.0) mm, origin (0.0, 0.0, 0.0) mm; "
       f"{image}): not the same grid")
+
+
+def test_hidden_files_in_a_folder_are_not_scans(tmp_path):
+  """macOS writes `._<name>` AppleDouble files next to every file copied to a FAT/exFAT disk or a
+  network share, and an interrupted write leaves `.<name>.<random>.tmp.nii.gz`: they are not
+  scans (they were listed, failed as unreadable and made the batch exit 2)."""
+  for name in ("sub-01.nii.gz", "._sub-01.nii.gz", ".sub-02_anomaly_map.nii.gz.x1.tmp.nii.gz"):
+    (tmp_path / name).write_bytes(b"")
+  scans, _ = scans_lib.list_scans(str(tmp_path))
+  assert [s.name for s in scans] == ["sub-01"]
