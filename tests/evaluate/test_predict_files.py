@@ -140,3 +140,31 @@ def test_hidden_files_in_a_folder_are_not_scans(tmp_path):
     (tmp_path / name).write_bytes(b"")
   scans, _ = scans_lib.list_scans(str(tmp_path))
   assert [s.name for s in scans] == ["sub-01"]
+
+
+def test_a_4d_int16_scan_with_scaling_gives_the_map_of_its_scaled_values(tmp_path):
+  """[H, W, D, 1] int16 with scl_slope/scl_inter, qform code 1 and sform code 4: the same map as the
+  3-D float32 file of its scaled values, written 3-D on the scan's grid with its codes and units
+  and without its scaling."""
+  raw = np.random.default_rng(1).integers(50, 150, (24, 26, 20, 1)).astype(np.int16)
+  affine = np.array([[0, 0, -1.0, 30], [-1, 0, 0, 20], [0, 1, 0, -10], [0, 0, 0, 1]])
+  img = nib.Nifti1Image(raw, affine)
+  img.set_qform(affine, code=1)
+  img.set_sform(affine, code=4)
+  img.header.set_slope_inter(2.0, -5.0)
+  img.header.set_xyzt_units("mm", "sec")
+  nib.save(img, str(tmp_path / "four_d.nii.gz"))
+  float_3d = nib.Nifti1Image((2.0 * raw[..., 0] - 5.0).astype(np.float32), affine)
+  nib.save(float_3d, str(tmp_path / "float_3d.nii.gz"))
+  pred = _threshold_predictor(0.5)
+  maps = {}
+  for stem in ("four_d", "float_3d"):
+    out = predict.predict(pred, str(tmp_path / f"{stem}.nii.gz"), None, str(tmp_path / stem))
+    maps[stem] = nib.load(out["anomaly_map"])
+  got = maps["four_d"]
+  assert got.shape == (24, 26, 20) and got.get_data_dtype() == np.float32
+  assert (int(got.header["qform_code"]), int(got.header["sform_code"])) == (1, 4)
+  assert got.header.get_xyzt_units() == ("mm", "sec")
+  assert got.header.get_slope_inter() == (None, None)
+  np.testing.assert_allclose(got.affine, affine)
+  np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(maps["float_3d"].dataobj))
