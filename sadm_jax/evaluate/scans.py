@@ -150,7 +150,7 @@ def _read_csv(path: str) -> list[tuple[str, str | None]]:
   """(image, mask or None) rows of a CSV with columns image[,mask]; paths relative to the CSV."""
   if not os.path.isfile(path):
     raise ValueError(f"predict.input={path}: CSV file not found")
-  with open(path, newline="", encoding="utf-8") as f:
+  with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte order mark
     reader = csv.DictReader(f)
     fields = [c.strip() for c in reader.fieldnames or []]
     if "image" not in fields:

@@ -168,3 +168,12 @@ def test_a_4d_int16_scan_with_scaling_gives_the_map_of_its_scaled_values(tmp_pat
   assert got.header.get_slope_inter() == (None, None)
   np.testing.assert_allclose(got.affine, affine)
   np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(maps["float_3d"].dataobj))
+
+
+def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path):
+  """Excel's 'CSV UTF-8' starts the file with a byte order mark: the header was read as
+  ['\\ufeffimage', 'mask'] and refused as having no image column."""
+  (tmp_path / "scans.csv").write_bytes("image,mask\r\na.nii.gz,a_mask.nii.gz\r\n".encode("utf-8-sig"))
+  scans, batch = scans_lib.list_scans(str(tmp_path / "scans.csv"))
+  assert batch and [(s.name, s.image, s.mask) for s in scans] == [
+      ("a", str(tmp_path / "a.nii.gz"), str(tmp_path / "a_mask.nii.gz"))]
