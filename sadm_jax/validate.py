@@ -180,8 +180,17 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
           _fail(f"--config.predict.{key}={p[key]}: no such file or folder: {part}")
 
 
+# 'gs://bucket/x', 's3://...': every file is written through the local file system (os, Orbax on
+# local paths), which would silently make a local directory 'gs:/bucket/x' on each host.
+URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def check_dir_path(path: str, flag: str) -> None:
-  """`path` is a directory or can be created as one (no file in the way)."""
+  """`path` is a local directory or can be created as one (no file in the way, not a URL)."""
+  if URL_RE.match(str(path)):
+    _fail(f"{flag}={path} is a URL; outputs are written through the local file system: give a "
+          "directory path (on a multi-host run one every host sees, e.g. NFS, Filestore or a "
+          "bucket mounted with gcsfuse)")
   blocking = io.file_in_the_way(path)
   if blocking == os.path.abspath(path):
     _fail(f"{flag}={path} is a file, not a directory")

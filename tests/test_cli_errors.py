@@ -411,3 +411,14 @@ def test_a_refused_write_is_one_line_exit_2_and_a_bug_keeps_its_traceback(monkey
   with pytest.raises(FileNotFoundError):  # a bug, not a refused write: its traceback is kept
     _run_stage_raising(monkeypatch, tmp_path,
                        FileNotFoundError(errno.ENOENT, "No such file or directory", target))
+
+
+def test_url_workdir_is_refused_not_made_a_local_directory(tmp_path):
+  # `gs://b/r` would otherwise become a local directory `gs:/b/r` on every host (launch/README.md).
+  res = subprocess.run([sys.executable, "-m", "sadm_jax.main",
+                        f"--config={os.path.join(REPO, 'configs/cddpm.py:tiny')}",
+                        "--workdir=gs://bucket/runs/c", "--config.stage=describe"],
+                       cwd=tmp_path, env={**ENV, "PYTHONPATH": REPO}, capture_output=True,
+                       text=True, timeout=300)
+  assert _one_error(res).startswith("error: --workdir=gs://bucket/runs/c is a URL; ")
+  assert os.listdir(tmp_path) == []
