@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_DOC = os.path.join(ROOT, "docs", "method.md")
 # Where citations live; tests/ too (except this file, whose examples are deliberately unresolvable).
-SCANNED = ("sadm_jax", "configs", "benchmarks", "tests", "README.md")
+SCANNED = ("sadm_jax", "configs", "benchmarks", "tests", "launch", "docs", "README.md")
 THIS_FILE = os.path.abspath(__file__)
 
 _NUM = r"\d+(?:\.\d+)*"
@@ -20,6 +20,8 @@ _SECTION = re.compile(rf"([^\s§]*)\s*§\s*({_NUM})(?:\s*[–-]\s*§?\s*({_NUM})
 # "Q8", "Q12–Q14"; not part of a longer word (e.g. "FAQ1", "Q1x").
 _QUIRK = re.compile(r"(?<![A-Za-z0-9_])Q(\d{1,2})(?:\s*[–-]\s*Q(\d{1,2}))?(?![A-Za-z0-9_])")
 _OTHER_DOCS = ("ANCHORS",)  # documents outside this repository that share the "§" notation
+# Files that still cite such a document (owned elsewhere; to be pointed at README/docs): no new ones.
+_CITES_OUTSIDE_KNOWN = {"sadm_jax/reproduce.py", "tests/test_reproduce.py"}
 
 _DOC_SECTION = re.compile(rf"^#{{1,6}}\s+({_NUM})\.?\s")
 _DOC_QUIRK = re.compile(r"^#{1,6}\s+Q(\d{1,2})\b")
@@ -82,7 +84,8 @@ def _scanned_files() -> list[str]:
     for dirpath, dirnames, filenames in os.walk(path):
       dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
       out += [os.path.join(dirpath, f) for f in sorted(filenames)
-              if f.endswith((".py", ".md")) and os.path.join(dirpath, f) != THIS_FILE]
+              if f.endswith((".py", ".md", ".sh", ".sbatch"))
+              and os.path.join(dirpath, f) != THIS_FILE]
   return out
 
 
@@ -106,6 +109,13 @@ def test_every_code_citation_resolves(doc_text):
       bad += [f"{os.path.relpath(path, ROOT)}:{line_no}: {c}" for c in unresolved(line, doc_text)]
   assert n_checked > 100, f"only {n_checked} citations found; is the scan still looking in the right place?"
   assert not bad, "citations without a heading in docs/method.md:\n" + "\n".join(bad)
+
+
+def test_no_citation_of_a_document_outside_the_repository():
+  """A reader cannot open "ANCHORS §1": cite docs/method.md or a README section instead."""
+  pattern = re.compile(rf"\b(?:{'|'.join(_OTHER_DOCS)})\b")
+  found = {os.path.relpath(p, ROOT) for p in _scanned_files() if pattern.search(_read(p))}
+  assert found <= _CITES_OUTSIDE_KNOWN, sorted(found - _CITES_OUTSIDE_KNOWN)
 
 
 def test_quirk_list_is_complete(doc_text):

@@ -1,4 +1,4 @@
-"""The SADM ablations of the paper's Table 1 (ANCHORS §1) as one sweep: cDDPM, stage II per variant × fold, evaluation per row.
+"""The SADM ablations of the paper's Table 1 (README.md "Reproducing Table 1") as one sweep: cDDPM, stage II per variant × fold, evaluation per row.
 
     python -m sadm_jax.sweep --sweep=configs/sweeps/sadm_ablation.py --workdir=W \
         --mode=slurm -- --config.data.data_dir=D   # writes W/slurm/*.sbatch + W/slurm/submit.sh
