@@ -1,4 +1,4 @@
-"""Config helpers: resolve faithful placeholders, and the adapters from a ConfigDict to the data layer's plain arguments."""
+"""Config helpers: parse `--config`/`--config.k=v` flags into one-line errors, resolve faithful placeholders, and the adapters from a ConfigDict to the data layer's plain arguments."""
 
 from __future__ import annotations
 
@@ -17,6 +17,80 @@ FAITHFUL_DEFAULTS = {
     ("evaluate", "threshold_method"): ("bisection", "exact"),
     ("evaluate", "faithful_metrics"): (True, False),
 }
+
+
+class ConfigFlagsError(ValueError):
+  """A `--config=` file or `--config.k=v` override that cannot be used; the message is one line."""
+
+
+def one_line(message: str) -> str:
+  """A flag-parsing or config-file error as one line (the embedded traceback reduced to its last line)."""
+  text = str(message).strip()
+  if text[:1] in "'\"" and text[-1:] == text[:1]:  # a KeyError's repr inside an AttributeError
+    import ast
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+  if "Traceback (most recent call last)" in text:
+    head, _, tb = text.partition("Traceback (most recent call last)")
+    last = [l.strip() for l in tb.splitlines() if l.strip()][-1]
+    text = f"{head.strip()} {last}"
+  return " ".join(l.strip() for l in text.splitlines() if l.strip())
+
+
+def _config_arg(argv) -> str:
+  return next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+
+
+def parse_config_flags(fv, argv):
+  """`fv(argv)` (absl FlagValues holding ml_collections' `config` flag); returns the remaining
+  arguments. Every error (unknown config key, bad type, a config file that does not load or does
+  not build a config with a `stage`) is raised as one ConfigFlagsError line naming the flag or
+  file. `python -m sadm_jax.main` and the sweep members (`sweeps.members.member_config`) use it."""
+  def fail(message):
+    raise ConfigFlagsError(message)
+  try:
+    rest = fv(argv)
+    if fv["config"].present:
+      config = fv.config
+      if not isinstance(config, ml_collections.ConfigDict):
+        getattr(config, "stage", None)  # a file that failed to load raises its error here
+        fail(f"{_config_arg(argv)}: get_config() returned {type(config).__name__}, not the "
+             "ml_collections.ConfigDict of configs/default.py's get_config()")
+      if "stage" not in config:
+        fail(f"{_config_arg(argv)}: the config has no 'stage'; build it on configs/default.py's "
+             "get_config()")
+    return rest
+  except ConfigFlagsError:
+    raise
+  except Exception as e:  # noqa: BLE001  (flags.Error, and whatever the config file raises)
+    raise ConfigFlagsError(_flags_error_line(e, argv)) from None
+
+
+def _flags_error_line(e: Exception, argv) -> str:
+  from absl import flags
+  if isinstance(e, flags.Error):
+    return one_line(str(e))
+  if not isinstance(e, (AttributeError, KeyError, TypeError, ValueError, OSError)):
+    # SyntaxError, NameError, ImportError, ... raised by the config file
+    return (f"{_config_arg(argv)}: cannot load the config file: {type(e).__name__}: "
+            f"{one_line(str(e))}")
+  msg = one_line(str(e))
+  if isinstance(e, OSError) and ("Failed loading config file" in msg
+                                 or "earlier failure to load" in msg):
+    last = [l.strip() for l in str(e.__cause__ or e).splitlines() if l.strip()][-1]
+    return f"{_config_arg(argv)}: cannot load the config file: {last}"
+  if isinstance(e, AttributeError) and "has no attribute 'get_config'" in msg:
+    return f"{_config_arg(argv)}: the config file defines no get_config()"
+  if not isinstance(e, (AttributeError, KeyError)):
+    return msg
+  # ml_collections: an override of a key the config does not have ("did you mean" kept).
+  key = msg.split()[0].strip("'\"") if msg else ""
+  arg = next((a.split("=")[0] for a in argv[1:]
+              if a.startswith("--config.") and key in a.split("=")[0].split(".")), None)
+  hint = msg.replace("' Did you", "'. Did you")
+  return f"{arg or 'a --config override'}: no such config key {hint}"
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

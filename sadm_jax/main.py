@@ -7,9 +7,10 @@ import importlib
 import os
 import sys
 
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from sadm_jax import config as config_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (optionally `file.py:arg`).",
@@ -45,20 +46,7 @@ def run_stage(config, workdir: str):
   return getattr(importlib.import_module(module), fn)(config, workdir)
 
 
-def _one_line(message: str) -> str:
-  """A flag-parsing or config-file error as one line (the embedded traceback reduced to its last line)."""
-  text = str(message).strip()
-  if text[:1] in "'\"" and text[-1:] == text[:1]:  # a KeyError's repr inside an AttributeError
-    import ast
-    try:
-      text = str(ast.literal_eval(text))
-    except (ValueError, SyntaxError):
-      pass
-  if "Traceback (most recent call last)" in text:
-    head, _, tb = text.partition("Traceback (most recent call last)")
-    last = [l.strip() for l in tb.splitlines() if l.strip()][-1]
-    text = f"{head.strip()} {last}"
-  return " ".join(l.strip() for l in text.splitlines() if l.strip())
+_one_line = config_lib.one_line
 
 
 def _fail(message: str, code: int = 2):
@@ -66,46 +54,13 @@ def _fail(message: str, code: int = 2):
   sys.exit(code)
 
 
-def _config_arg(argv) -> str:
-  return next((a for a in argv[1:] if a.startswith("--config=")), "--config")
-
-
 def parse_flags(argv):
   """absl's flag parsing, with each error (unknown config key, bad type, bad config file) as one
-  line on stderr and exit code 2 instead of a traceback."""
+  line on stderr and exit code 2 instead of a traceback (`config.parse_config_flags`)."""
   try:
-    rest = FLAGS(argv)
-    if FLAGS["config"].present:
-      config = FLAGS.config
-      if not isinstance(config, ml_collections.ConfigDict):
-        getattr(config, "stage", None)  # a file that failed to load raises its error here
-        _fail(f"{_config_arg(argv)}: get_config() returned {type(config).__name__}, not the "
-              "ml_collections.ConfigDict of configs/default.py's get_config()")
-      if "stage" not in config:
-        _fail(f"{_config_arg(argv)}: the config has no 'stage'; build it on configs/default.py's "
-              "get_config()")
-    return rest
-  except flags.Error as e:
-    _fail(_one_line(str(e)))
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    msg = _one_line(str(e))
-    if isinstance(e, OSError) and ("Failed loading config file" in msg
-                                   or "earlier failure to load" in msg):
-      last = [l.strip() for l in str(e.__cause__ or e).splitlines() if l.strip()][-1]
-      _fail(f"{_config_arg(argv)}: cannot load the config file: {last}")
-    if isinstance(e, AttributeError) and "has no attribute 'get_config'" in msg:
-      _fail(f"{_config_arg(argv)}: the config file defines no get_config()")
-    if not isinstance(e, (AttributeError, KeyError)):
-      _fail(msg)
-    # ml_collections: an override of a key the config does not have ("did you mean" kept).
-    key = msg.split()[0].strip("'\"") if msg else ""
-    arg = next((a.split("=")[0] for a in argv[1:]
-                if a.startswith("--config.") and key in a.split("=")[0].split(".")), None)
-    hint = msg.replace("' Did you", "'. Did you")
-    _fail(f"{arg or 'a --config override'}: no such config key {hint}")
-  except Exception as e:  # noqa: BLE001  (SyntaxError, NameError, ... raised by the config file)
-    _fail(f"{_config_arg(argv)}: cannot load the config file: {type(e).__name__}: "
-          f"{_one_line(str(e))}")
+    return config_lib.parse_config_flags(FLAGS, argv)
+  except config_lib.ConfigFlagsError as e:
+    _fail(str(e))
 
 
 def run_checked(config, workdir: str, tune_gc: bool = False) -> int:

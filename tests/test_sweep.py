@@ -93,14 +93,32 @@ def test_member_config_is_what_main_builds_from_the_same_arguments():
       "-m", "sadm_jax.main", f"--config={REPO}/configs/cddpm.py:tiny", "--workdir=/w/m"]
 
 
-def test_member_config_errors_are_one_line_and_name_the_member():
-  with pytest.raises(ValueError,
-                     match="member a: no config field 'learning_rat' Did you mean \"learning_rate\""):
+def test_member_config_errors_are_one_line_and_name_the_member(tmp_path):
+  with pytest.raises(ValueError) as e:
     member_config(Member("a", CDDPM, ["--config.optimizer.learning_rat=1.0"]), "/w")
+  assert str(e.value) == ("member a: --config.optimizer.learning_rat: no such config key "
+                          "'learning_rat'. Did you mean \"learning_rate\" instead of \"learning_rat\"?")
   with pytest.raises(ValueError, match="member a: .*Non-boolean argument"):
     member_config(Member("a", CDDPM, ["--config.sadm.use_cddpm=maybe"]), "/w")
   with pytest.raises(FileNotFoundError, match="member a: configs/not_yet.py: no such file"):
     member_config(Member("a", "configs/not_yet.py"), "/w")
+  # The config file's own errors: the line `python -m sadm_jax.main` prints, no traceback.
+  for i, (source, expected) in enumerate([
+      ("def get_config(:\n", "cannot load the config file: SyntaxError: "),
+      ("import no_such_module_x\n", "cannot load the config file: ModuleNotFoundError: "),
+      ("x = 1\n", "the config file defines no get_config()"),
+      ("def get_config():\n  return 3\n", "get_config() returned int, not the "),
+  ]):
+    bad = tmp_path / f"bad{i}.py"
+    bad.write_text(source)
+    with pytest.raises(ValueError) as e:
+      member_config(Member("a", str(bad)), "/w")
+    assert str(e.value).startswith(f"member a: --config={bad}: {expected}"), str(e.value)
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+  with pytest.raises(ValueError) as e:
+    member_config(Member("a", "configs/cddpm.py:huge"), "/w")
+  assert str(e.value).endswith("Error whilst parsing config file: ValueError: unknown config "
+                               "argument 'huge'; expected 'tiny' or nothing"), str(e.value)
 
 
 def test_an_in_memory_base_config_is_copied_not_changed():

@@ -166,21 +166,20 @@ def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
     path = _spec(member).partition(":")[0]
     if not os.path.isfile(path):
       raise FileNotFoundError(f"member {member.name}: {member.config}: no such file")
+    # ml_collections loads every config file as the module 'config_config' with the deprecated
+    # `load_module`, which executes it inside the module already there: the previous member's
+    # get_config() (and other names) would survive into a file that does not define its own.
+    sys.modules.pop("config_config", None)
     config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True,
                                     sys_argv=argv)
   else:
     config_flags.DEFINE_config_dict("config", copy.deepcopy(member.config), flag_values=fv,
                                     lock_config=True, sys_argv=argv)
-  try:
-    rest = fv(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
-      e = e.args[0]
-    lines = str(e.args[0] if e.args else e).splitlines() or [""]
-    detail = " ".join(line.strip() for line in lines)
-    if isinstance(e, (AttributeError, KeyError)):
-      detail = f"no config field {detail}"
-    raise ValueError(f"member {member.name}: {detail}") from None
+  from sadm_jax import config as config_lib
+  try:  # the errors `python -m sadm_jax.main` would give, as the same one line
+    rest = config_lib.parse_config_flags(fv, argv)
+  except config_lib.ConfigFlagsError as e:
+    raise ValueError(f"member {member.name}: {e}") from None
   if len(rest) > 1:
     raise ValueError(f"member {member.name}: not a --config.k=v override: {' '.join(rest[1:])}")
   return fv.config
