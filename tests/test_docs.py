@@ -118,6 +118,17 @@ def test_no_citation_of_a_document_outside_the_repository():
   assert found <= _CITES_OUTSIDE_KNOWN, sorted(found - _CITES_OUTSIDE_KNOWN)
 
 
+def test_faithful_field_list_is_config_faithful_defaults(doc_text):
+  """§5's list of what `faithful=True` sets is `FAITHFUL_DEFAULTS`, field for field and value."""
+  from sadm_jax import config as config_lib
+  start = doc_text.index("`faithful=True` sets the")
+  text = doc_text[start:doc_text.index("\n\n", start)]
+  listed = dict(re.findall(r"`([a-z_]+\.[a-z_0-9]+)=([^`]+)`", text))
+  expected = {f"{section}.{field}": repr(faithful) if isinstance(faithful, bool) else f'"{faithful}"'
+              for (section, field), (faithful, _) in config_lib.FAITHFUL_DEFAULTS.items()}
+  assert listed == expected
+
+
 def test_quirk_list_is_complete(doc_text):
   _, quirks = doc_anchors(doc_text)
   assert quirks == {str(i) for i in range(1, 36)}
