@@ -129,6 +129,17 @@ def test_faithful_field_list_is_config_faithful_defaults(doc_text):
   assert listed == expected
 
 
+def test_readme_lists_exactly_the_keys_that_may_change_on_resume():
+  """README "Resuming and workdirs" names the keys of `train.workdir.RESUMABLE`, no more, no less."""
+  from sadm_jax.train.workdir import RESUMABLE
+  text = _read(os.path.join(ROOT, "README.md"))
+  start = text.index("change on resume:")
+  section = text[start:text.index("`data.loader_workers` may not change", start)]
+  listed = {k for k in re.findall(r"`([a-z_]+\.(?:\*|[a-z_.]+))`", section)
+            if not k.endswith((".json", ".py"))}
+  assert listed == set(RESUMABLE)
+
+
 def test_quirk_list_is_complete(doc_text):
   _, quirks = doc_anchors(doc_text)
   assert quirks == {str(i) for i in range(1, 36)}
