@@ -10,7 +10,8 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.stage = "prepare"  # prepare | demo | describe (+ training stages as they land)
+  c.stage = "prepare"  # one of sadm_jax.main.STAGES: prepare, demo, spark, cddpm, sadm, evaluate,
+  # predict, reproduce, describe, aot (README "Stages")
   c.seed = 3141
   c.faithful = False  # reference behaviour for every faithful switch (docs/method.md §5)
 

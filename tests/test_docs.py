@@ -140,6 +140,13 @@ def test_readme_lists_exactly_the_keys_that_may_change_on_resume():
   assert listed == set(RESUMABLE)
 
 
+def test_readme_stage_table_lists_every_stage():
+  from sadm_jax import main as main_lib
+  text = _read(os.path.join(ROOT, "README.md"))
+  table = text[text.index("\n## Stages"):text.index("\n### Predicting new scans")]
+  assert sorted(re.findall(r"^\| `([a-z]+)` \|", table, re.M)) == sorted(main_lib.STAGES)
+
+
 def test_quirk_list_is_complete(doc_text):
   _, quirks = doc_anchors(doc_text)
   assert quirks == {str(i) for i in range(1, 36)}
