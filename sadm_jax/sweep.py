@@ -85,7 +85,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
   try:
     rest = fv(ours)
   except flags.Error as e:
-    print(f"error: {e}\nflags:\n{fv.get_help()}", file=sys.stderr)
+    hint = next((f" (member options such as {a.split('=')[0]} go after --)" for a in ours[1:]
+                 if a.startswith("--config")), "")
+    print(f"error: {e}{hint}\nflags:\n{fv.get_help()}", file=sys.stderr)
     return 2
   if len(rest) > 1:
     print(f"error: unexpected arguments: {' '.join(rest[1:])} (member overrides go after --)",

@@ -268,13 +268,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path}", "--",
                         "--config.optimizer.learning_rat=1"]) == 2
   assert capsys.readouterr().err.startswith(
-      "error: member lr_2e-3: no config field 'learning_rat' Did you mean")
+      "error: member lr_2e-3: --config.optimizer.learning_rat: no such config key 'learning_rat'. "
+      "Did you mean")
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path}", "--config.seed=3"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "error: Unknown command line flag 'config.seed' (member options such as --config.seed go "
+      "after --)\n")
 
   afile = tmp_path / "afile"
   afile.write_text("")
   for mode in ("local", "slurm"):
     assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={afile}", f"--mode={mode}"]) == 2
     assert capsys.readouterr().err == f"error: --workdir={afile} is a file, not a directory\n"
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", "--workdir=gs://bucket/w", "--mode=slurm"]) == 2
+  assert capsys.readouterr().err.startswith("error: --workdir=gs://bucket/w is a URL; ")
 
 
 @pytest.mark.parametrize("source,expected", [
