@@ -201,7 +201,8 @@ def test_a_subset_needs_its_dependencies_finished(tmp_path):
 def test_config_errors_stop_the_run_before_any_member(tmp_path):
   bad = _chain() + [Member("typo", CDDPM, ["--config.optimizer.learning_rat=1.0"])]
   fake = FakeRunner()
-  with pytest.raises(ValueError, match="member typo: no config field"):
+  with pytest.raises(ValueError,
+                     match="member typo: --config.optimizer.learning_rat: no such config key"):
     runner.run_local(bad, str(tmp_path), (), fake)
   assert fake.calls == [] and not any(tmp_path.iterdir())
 
