@@ -147,6 +147,24 @@ def test_readme_stage_table_lists_every_stage():
   assert sorted(re.findall(r"^\| `([a-z]+)` \|", table, re.M)) == sorted(main_lib.STAGES)
 
 
+def test_default_config_defines_every_field_but_the_documented_two():
+  """README "Design": configs/default.py defines every field; configs/predict.py alone adds two."""
+  import importlib
+  from configs import default  # the repository root is on sys.path (tests/ is a package)
+
+  def keys(c, prefix=""):
+    out = set()
+    for k, v in c.items():
+      out |= keys(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k}
+    return out
+  base = keys(default.get_config())
+  for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+    if name.endswith(".py") and name not in ("__init__.py", "default.py"):
+      extra = keys(importlib.import_module(f"configs.{name[:-3]}").get_config()) - base
+      expected = {"predict.run", "predict.threshold_set"} if name == "predict.py" else set()
+      assert extra == expected, name
+
+
 def test_quirk_list_is_complete(doc_text):
   _, quirks = doc_anchors(doc_text)
   assert quirks == {str(i) for i in range(1, 36)}
