@@ -100,6 +100,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # Ctrl-C: members write whole files, finished ones keep their DONE
+    print(f"error: sweep interrupted (SIGINT); finished members keep {runner.DONE}: run the same "
+          "command again to resume", file=sys.stderr, flush=True)
+    return runner.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -237,6 +237,30 @@ def test_inprocess_runner_validates_like_main_and_reports_a_user_error(tmp_path,
   assert "p failed (exit 2)" in err.out and not (tmp_path / "p" / runner.DONE).exists()
 
 
+def test_ctrl_c_stops_the_sweep_in_one_line_exit_130(tmp_path, monkeypatch, capsys):
+  """An interrupted member (exit 130, in process or as a subprocess) stops the sweep: the next
+  member does not start, and the sweep CLI prints one line and exits 130, no traceback."""
+  from sadm_jax import main as main_lib
+  calls = []
+  monkeypatch.setattr(main_lib, "run_checked",
+                      lambda config, mdir: calls.append(mdir) or main_lib.INTERRUPTED)
+  a, b = Member("a", CDDPM), Member("b", CDDPM)
+  with pytest.raises(KeyboardInterrupt):
+    runner.run_local([a, b], str(tmp_path), (), runner.run_inprocess)
+  assert calls == [str(tmp_path / "a")] and not (tmp_path / "a" / runner.DONE).exists()
+  with pytest.raises(KeyboardInterrupt):  # a `python -m sadm_jax.main` that exits 130
+    runner.run_subprocess(a, None, str(tmp_path / "a"),
+                          [sys.executable, "-c", "raise SystemExit(130)"])
+  capsys.readouterr()
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(runner, "run_local", interrupted)
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 130
+  assert capsys.readouterr().err == ("error: sweep interrupted (SIGINT); finished members keep "
+                                     "DONE: run the same command again to resume\n")
+
+
 def test_a_member_runs_through_main_with_its_spec_and_overrides(tmp_path):
   """The subprocess runner's command reaches `sadm_jax.main` intact (stage prepare: no training)."""
   data = str(tmp_path / "data")

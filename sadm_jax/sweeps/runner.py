@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from sadm_jax.sweeps.members import REPO, Member, member_config, main_command, o
 from sadm_jax.utils import io
 
 DONE = "DONE"
+INTERRUPTED = 130  # sadm_jax.main's exit code after Ctrl-C (128 + SIGINT)
+INTERRUPT_GRACE_S = 60  # how long a member interrupted with the sweep may take to stop
 
 # runner(member, config, member workdir, `python -m sadm_jax.main` command) -> succeeded
 Runner = Callable[[Member, ml_collections.ConfigDict, str, Sequence[str]], bool]
@@ -39,8 +42,18 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
   with open(log, "a", encoding="utf-8") as f:
     f.write(f"$ {shlex.join(command)}\n")
     f.flush()
-    rc = subprocess.run(list(command), cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                        check=False).returncode
+    proc = subprocess.Popen(list(command), cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    try:
+      rc = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the member too: let it stop at a whole file
+      try:
+        proc.wait(timeout=INTERRUPT_GRACE_S)
+      except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        proc.wait()
+      raise
+  if rc in (INTERRUPTED, -signal.SIGINT):  # the member alone was interrupted: stop the sweep too
+    raise KeyboardInterrupt
   if rc:
     with open(log, encoding="utf-8", errors="replace") as f:
       tail = "".join(f.readlines()[-20:])
@@ -58,6 +71,8 @@ def run_inprocess(member: Member, config, mdir: str, command: Sequence[str]) -> 
   except Exception:  # pylint: disable=broad-except  (one member's failure is not the sweep's)
     print(f"  {member.name} failed:\n{traceback.format_exc()}", flush=True)
     return False
+  if rc == INTERRUPTED:  # Ctrl-C (run_checked printed its line): stop, do not start the next one
+    raise KeyboardInterrupt
   if rc:
     print(f"  {member.name} failed (exit {rc})", flush=True)
   return rc == 0
