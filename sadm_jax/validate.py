@@ -88,6 +88,13 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.data.val_slices_per_volume={config.data.val_slices_per_volume} must be > 0")
   if config.sadm.repeat < 0:
     _fail(f"--config.sadm.repeat={config.sadm.repeat} must be >= 0")
+  for key in ("weak_train_rows", "weak_val_rows"):  # [start, stop) rows of <set>_val.csv
+    rows = config.sadm[key]
+    if rows is not None and not (
+        len(rows) == 2 and all(isinstance(r, int) and not isinstance(r, bool) for r in rows)
+        and 0 <= rows[0] < rows[1]):
+      _fail(f"--config.sadm.{key}={tuple(rows)!r} must be a (start, stop) pair of row numbers "
+            "with 0 <= start < stop (or unset: the reference rows)")
   for rule in config.mesh.fsdp_rules:
     try:
       pattern, kind = rule

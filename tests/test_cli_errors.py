@@ -117,6 +117,11 @@ def test_a_bad_value_is_refused_before_jax_is_imported(data_dir, tmp_path):
     ("configs/sadm_draem.py:tiny", ["--config.sadm.mode=bratz"],
      "error: --config.sadm.mode='bratz' is not one of 'draem', 'brats', 'atlas'"),
     ("configs/sadm_draem.py:tiny", ["--config.sadm.loss=focal"], "error: --config.sadm.loss="),
+    ("configs/sadm_brats.py:tiny", ["--config.sadm.weak_train_rows=(10,)"],
+     "error: --config.sadm.weak_train_rows=(10,) must be a (start, stop) pair of row numbers with "
+     "0 <= start < stop"),
+    ("configs/sadm_atlas.py:tiny", ["--config.sadm.weak_val_rows=(5, 0)"],
+     "error: --config.sadm.weak_val_rows=(5, 0) must be a (start, stop) pair"),
     ("configs/sadm_draem.py:tiny", ["--config.sadm.cddpm_workdir=/nonexistent/cddpm"],
      "error: --config.sadm.cddpm_workdir=/nonexistent/cddpm: no such directory"),
     ("configs/evaluate.py:tiny", ["--config.evaluate.combination=max"],
