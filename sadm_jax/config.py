@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import ml_collections
 
+# stage name -> "module:function(config, workdir)"; modules are imported only when used.
+STAGES = {
+    "prepare": "sadm_jax.config:run_prepare",
+    "demo": "sadm_jax.demo_job:run",
+    "spark": "sadm_jax.train.spark:run_spark",
+    "cddpm": "sadm_jax.train.cddpm:run_cddpm",
+    "sadm": "sadm_jax.train.sadm:run_sadm",
+    "describe": "sadm_jax.describe:run",
+    "aot": "sadm_jax.train.aot:run",
+    "evaluate": "sadm_jax.evaluate.run:run",
+    "predict": "sadm_jax.evaluate.predict:run",
+    "reproduce": "sadm_jax.reproduce:run",
+}
+
 # (section path, field) -> (value when faithful, value otherwise)
 FAITHFUL_DEFAULTS = {
     ("data", "clean_splits"): (False, True),
@@ -24,7 +38,8 @@ class ConfigFlagsError(ValueError):
 
 
 def one_line(message: str) -> str:
-  """A flag-parsing or config-file error as one line (the embedded traceback reduced to its last line)."""
+  """A flag-parsing or config-file error as one line (an embedded traceback reduced to its last
+  line)."""
   text = str(message).strip()
   if text[:1] in "'\"" and text[-1:] == text[:1]:  # a KeyError's repr inside an AttributeError
     import ast

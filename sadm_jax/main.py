@@ -18,19 +18,7 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (optional
 flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# stage name -> "module:function(config, workdir)"; modules are imported only when used.
-STAGES = {
-    "prepare": "sadm_jax.config:run_prepare",
-    "demo": "sadm_jax.demo_job:run",
-    "spark": "sadm_jax.train.spark:run_spark",
-    "cddpm": "sadm_jax.train.cddpm:run_cddpm",
-    "sadm": "sadm_jax.train.sadm:run_sadm",
-    "describe": "sadm_jax.describe:run",
-    "aot": "sadm_jax.train.aot:run",
-    "evaluate": "sadm_jax.evaluate.run:run",
-    "predict": "sadm_jax.evaluate.predict:run",
-    "reproduce": "sadm_jax.reproduce:run",
-}
+STAGES = config_lib.STAGES  # stage name -> "module:function(config, workdir)"
 
 
 INTERRUPTED = 130  # exit code after Ctrl-C: 128 + SIGINT, the shell's convention

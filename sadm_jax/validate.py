@@ -215,9 +215,10 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> None:
     _fail(f"{flag}={workdir} is not writable: {e.strerror or e}")
 
 
-def check_static(config: ml_collections.ConfigDict, stages) -> ml_collections.ConfigDict:
-  """Every check that needs neither JAX nor the workdir (the CLI runs it before importing JAX,
-  so a wrong value is refused in a fraction of a second); returns the resolved config."""
+def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.ConfigDict:
+  """The stage, choices and training values: the checks that read no file (a sweep runs them on
+  every member before the first one starts, when the paths later members read may not exist
+  yet); returns the resolved config."""
   if config.stage not in stages:
     _fail(f"--config.stage={config.stage!r} is not one of {', '.join(map(repr, stages))}")
   from sadm_jax import config as config_lib
@@ -225,6 +226,13 @@ def check_static(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   check_choices(resolved)
   if config.stage in TRAINING_STAGES:
     check_training(resolved)
+  return resolved
+
+
+def check_static(config: ml_collections.ConfigDict, stages) -> ml_collections.ConfigDict:
+  """Every check that needs neither JAX nor the workdir (the CLI runs it before importing JAX,
+  so a wrong value is refused in a fraction of a second); returns the resolved config."""
+  resolved = check_values(config, stages)
   check_paths(resolved)
   if config.stage in DATA_STAGES:
     check_preprocess(resolved)

@@ -20,7 +20,8 @@ _SECTION = re.compile(rf"([^\s§]*)\s*§\s*({_NUM})(?:\s*[–-]\s*§?\s*({_NUM})
 # "Q8", "Q12–Q14"; not part of a longer word (e.g. "FAQ1", "Q1x").
 _QUIRK = re.compile(r"(?<![A-Za-z0-9_])Q(\d{1,2})(?:\s*[–-]\s*Q(\d{1,2}))?(?![A-Za-z0-9_])")
 _OTHER_DOCS = ("ANCHORS",)  # documents outside this repository that share the "§" notation
-# Files that still cite such a document (owned elsewhere; to be pointed at README/docs): no new ones.
+# Files that still cite such a document (owned elsewhere; to be pointed at README or docs/):
+# no new ones.
 _CITES_OUTSIDE_KNOWN = {"sadm_jax/reproduce.py", "tests/test_reproduce.py"}
 
 _DOC_SECTION = re.compile(rf"^#{{1,6}}\s+({_NUM})\.?\s")
@@ -124,13 +125,14 @@ def test_faithful_field_list_is_config_faithful_defaults(doc_text):
   start = doc_text.index("`faithful=True` sets the")
   text = doc_text[start:doc_text.index("\n\n", start)]
   listed = dict(re.findall(r"`([a-z_]+\.[a-z_0-9]+)=([^`]+)`", text))
-  expected = {f"{section}.{field}": repr(faithful) if isinstance(faithful, bool) else f'"{faithful}"'
+  expected = {f"{section}.{field}":
+              repr(faithful) if isinstance(faithful, bool) else f'"{faithful}"'
               for (section, field), (faithful, _) in config_lib.FAITHFUL_DEFAULTS.items()}
   assert listed == expected
 
 
 def test_readme_lists_exactly_the_keys_that_may_change_on_resume():
-  """README "Resuming and workdirs" names the keys of `train.workdir.RESUMABLE`, no more, no less."""
+  """README "Resuming and workdirs" names the keys of `train.workdir.RESUMABLE`, no more or less."""
   from sadm_jax.train.workdir import RESUMABLE
   text = _read(os.path.join(ROOT, "README.md"))
   start = text.index("change on resume:")

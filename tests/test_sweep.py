@@ -97,7 +97,8 @@ def test_member_config_errors_are_one_line_and_name_the_member(tmp_path):
   with pytest.raises(ValueError) as e:
     member_config(Member("a", CDDPM, ["--config.optimizer.learning_rat=1.0"]), "/w")
   assert str(e.value) == ("member a: --config.optimizer.learning_rat: no such config key "
-                          "'learning_rat'. Did you mean \"learning_rate\" instead of \"learning_rat\"?")
+                          "'learning_rat'. Did you mean \"learning_rate\" instead of "
+                          "\"learning_rat\"?")
   with pytest.raises(ValueError, match="member a: .*Non-boolean argument"):
     member_config(Member("a", CDDPM, ["--config.sadm.use_cddpm=maybe"]), "/w")
   with pytest.raises(FileNotFoundError, match="member a: configs/not_yet.py: no such file"):
@@ -205,6 +206,27 @@ def test_config_errors_stop_the_run_before_any_member(tmp_path):
                      match="member typo: --config.optimizer.learning_rat: no such config key"):
     runner.run_local(bad, str(tmp_path), (), fake)
   assert fake.calls == [] and not any(tmp_path.iterdir())
+
+
+def test_bad_values_stop_the_run_and_the_slurm_scripts_before_any_member(tmp_path):
+  """What `sadm_jax.main` refuses before reading a file (stage, choices, training values) stops
+  a sweep before its first member, and --mode=slurm before writing a script."""
+  for bad, expected in [
+      (Member("b", CDDPM, ["--config.stage=nosuch"]),
+       "member b: --config.stage='nosuch' is not one of"),
+      (Member("b", "configs/sadm_draem.py:tiny", ["--config.sadm.mode=dreem"]),
+       "member b: --config.sadm.mode='dreem' is not one of 'draem', 'brats', 'atlas'"),
+      (Member("b", CDDPM, ["--config.train.eval_every=0"]),
+       "member b: --config.train.eval_every=0 must be > 0"),
+  ]:
+    fake = FakeRunner()
+    with pytest.raises(ValueError, match=expected):
+      runner.run_local([Member("a", CDDPM), bad], str(tmp_path), (), fake)
+    assert fake.calls == [] and not any(tmp_path.iterdir())
+    sweep = members_lib.Sweep("s", TINY, (Member("a", CDDPM), bad))
+    with pytest.raises(ValueError, match=expected):
+      slurm.write_slurm(sweep, str(tmp_path), list(sweep.members))
+    assert not any(tmp_path.iterdir())
 
 
 def test_non_primary_processes_write_no_markers(tmp_path):

@@ -152,6 +152,18 @@ def main_command(member: Member, workdir: str, extra: Sequence[str] = ()) -> lis
   return [sys.executable, "-m", "sadm_jax.main", *member_argv(member, workdir, extra)]
 
 
+def check_member_config(member: Member, config: ml_collections.ConfigDict) -> None:
+  """The member's stage, choices and training values as `sadm_jax.main` checks them
+  (`validate.check_values`; paths are checked when the member starts: earlier members make them);
+  a ValueError naming the member."""
+  from sadm_jax import config as config_lib
+  from sadm_jax import validate
+  try:
+    validate.check_values(config, config_lib.STAGES)
+  except validate.ConfigError as e:
+    raise ValueError(f"member {member.name}: {e}") from None
+
+
 def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
                   ) -> ml_collections.ConfigDict:
   """The config `sadm_jax.main` builds from the member's arguments (ml_collections' flags)."""

@@ -14,7 +14,8 @@ from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
-from sadm_jax.sweeps.members import REPO, Member, member_config, main_command, ordered
+from sadm_jax.sweeps.members import (REPO, Member, check_member_config, main_command,
+                                      member_config, ordered)
 from sadm_jax.utils import io
 
 DONE = "DONE"
@@ -94,6 +95,9 @@ def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = ()
   done = {d for m in members for d in m.after if is_done(workdir, d)}
   members = ordered(members, done)
   configs = {m.name: member_config(m, workdir, extra) for m in members}
+  for m in members:
+    if not is_done(workdir, m.name):
+      check_member_config(m, configs[m.name])
   primary = is_primary() if primary is None else primary
   failed: list[str] = []
   for i, m in enumerate(members, 1):
