@@ -421,6 +421,25 @@ def test_sadm_ablation_sweep_covers_the_table_rows():
   assert configs["sadm_draem_lam0.25"].evaluate.lam == 0.25
 
 
+SWEEP_FILES = sorted(f for f in os.listdir(os.path.join(REPO, "configs", "sweeps"))
+                     if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_every_shipped_sweep_has_distinct_valid_members(name):
+  """Each member of configs/sweeps/* is a different run (its config differs from every other's)
+  in its own W/<member>, and passes the checks sadm_jax.main makes before reading a file."""
+  s = members_lib.load_sweep(os.path.join(REPO, "configs", "sweeps", name))
+  seen = {}
+  for m in s.members:
+    c = member_config(m, "/w", ["--config.data.data_dir=/d"])
+    members_lib.check_member_config(m, c)
+    key = json.dumps(c.to_dict(), sort_keys=True, default=list)
+    assert key not in seen, f"{m.name} is the same run as {seen.get(key)}"
+    seen[key] = m.name
+  assert len({members_lib.member_argv(m, "/w")[1] for m in s.members}) == len(s.members)
+
+
 # ----------------------------------------------------------------------------- report
 
 
