@@ -101,6 +101,11 @@ def _flags_error_line(e: Exception, argv) -> str:
   if not isinstance(e, (AttributeError, KeyError)):
     return msg
   # ml_collections: an override of a key the config does not have ("did you mean" kept).
+  if "Attempting to lookup: " in msg:  # a key below a value: `--config.seed.x`
+    path = msg.rsplit("Attempting to lookup: ", 1)[1].strip().rstrip(".")
+    arg = next((a.split("=")[0] for a in argv[1:] if a.split("=")[0] == f"--config.{path}"), None)
+    if arg:
+      return f"{arg}: no such config key ({msg.split('. Attempting')[0]})"
   key = msg.split()[0].strip("'\"") if msg else ""
   arg = next((a.split("=")[0] for a in argv[1:]
               if a.startswith("--config.") and key in a.split("=")[0].split(".")), None)

@@ -42,6 +42,8 @@ def test_unknown_config_key_is_one_line_with_the_hint(tmp_path):
   res = _main(f"--workdir={tmp_path / 'w'}", "--config.train.num_stepz=3")
   assert _one_error(res) == ('error: --config.train.num_stepz: no such config key \'num_stepz\'. '
                              'Did you mean "num_steps" instead of "num_stepz"?')
+  res = _main(f"--workdir={tmp_path / 'w'}", "--config.seed.x=3")  # below a value: named too
+  assert _one_error(res).startswith("error: --config.seed.x: no such config key (")
   assert not os.path.exists(tmp_path / "w")
 
 
