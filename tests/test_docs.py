@@ -167,6 +167,17 @@ def test_default_config_defines_every_field_but_the_documented_two():
       assert extra == expected, name
 
 
+def test_every_environment_variable_the_package_reads_is_documented():
+  """Each `SADM_*` variable named in sadm_jax/ is explained in README.md or launch/README.md."""
+  names = set()
+  for dirpath, _, filenames in os.walk(os.path.join(ROOT, "sadm_jax")):
+    for f in filenames:
+      if f.endswith(".py"):
+        names |= set(re.findall(r"[\"'](SADM_[A-Z_]+)[\"']", _read(os.path.join(dirpath, f))))
+  docs = _read(os.path.join(ROOT, "README.md")) + _read(os.path.join(ROOT, "launch", "README.md"))
+  assert len(names) >= 5 and not sorted(n for n in names if n not in docs)
+
+
 def test_quirk_list_is_complete(doc_text):
   _, quirks = doc_anchors(doc_text)
   assert quirks == {str(i) for i in range(1, 36)}
