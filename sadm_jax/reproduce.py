@@ -122,7 +122,7 @@ def _compare(means: dict, lhs, op: str, rhs, test_set: str, factor=1.0, margin=0
 
 
 def check_claims(rows: list[dict]) -> dict:
-  """The paper's three claims (ANCHORS §1) on the evaluation's rows, each on test and validation.
+  """The paper's three claims (README "Reproducing Table 1") on the evaluation's rows, each on test and validation.
 
   Each claim is a list of comparisons of mean Dice at τ (METRICS) per pathology; it holds on a
   split when there is at least one and every one holds there (a missing number fails it):

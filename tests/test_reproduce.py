@@ -12,7 +12,7 @@ from sadm_jax import reproduce
 from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps import runner
 
-# Paper Table 1 ⌈Dice⌉ (BraTS, ATLAS; ANCHORS §1) and made-up WMH numbers, in %, used as Dice.
+# Paper Table 1 ⌈Dice⌉ (BraTS, ATLAS; README "Reproducing Table 1") and made-up WMH numbers, in %, used as Dice.
 PAPER = {("cddpm", "none"): (58.55, 24.74, 10.0), ("sadm", "draem"): (60.53, 27.78, 12.0),
          ("unet", "draem"): (40.75, 16.91, 5.0), ("unet", "Brats21"): (64.81, 11.82, 5.0),
          ("sadm", "Brats21"): (69.68, 26.77, 11.0), ("unet", "ATLAS_v2"): (35.13, 46.30, 5.0),
