@@ -7,11 +7,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tempfile
-from concurrent import futures
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,7 +18,7 @@ from sadm_jax.data import nifti
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
 from sadm_jax.data.splits import Row
-from sadm_jax.utils import io
+from sadm_jax.utils import io, workers
 
 CACHE_FORMAT = 1
 
@@ -181,13 +179,12 @@ def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, nu
                len(rows))
   failures = []
   if todo and num_workers > 1:
-    ctx = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
-      for done, (i, _, err) in enumerate(pool.map(_compute_one, todo), start=1):
-        if err:
-          failures.append((rows[i].img, err))
-        if progress:
-          progress(done, len(todo))
+    results = workers.map_in_processes(_compute_one, todo, num_workers)
+    for done, (i, _, err) in enumerate(results, start=1):
+      if err:
+        failures.append((rows[i].img, err))
+      if progress:
+        progress(done, len(todo))
   else:
     for done, item in enumerate(todo, start=1):
       i, _, err = _compute_one(item)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import time
 from typing import Any
@@ -15,7 +14,7 @@ from scipy import ndimage
 
 from sadm_jax.data import layout, nifti, splits
 from sadm_jax.data.synthetic import acquisition, anatomy, lesions
-from sadm_jax.utils import io
+from sadm_jax.utils import io, workers
 
 DATASETS = layout.DATASETS  # dataset_index = position here (part of every subject's seed)
 GENERATOR_VERSION = 2
@@ -213,10 +212,8 @@ def _generate_subject(task: tuple[str, int, str, int]) -> dict[str, Any]:
 def _run(tasks: list[tuple], num_workers: int) -> list[dict[str, Any]]:
   if num_workers <= 1 or len(tasks) <= 1:
     return [_generate_subject(t) for t in tasks]
-  ctx = multiprocessing.get_context("spawn")  # safe with threads (JAX, grain) in the parent
-  with ctx.Pool(min(num_workers, len(tasks)), initializer=anatomy.install_template,
-                initargs=(anatomy.template(),)) as pool:
-    return list(pool.imap_unordered(_generate_subject, tasks, chunksize=1))
+  return list(workers.map_in_processes(_generate_subject, tasks, min(num_workers, len(tasks)),
+                                       anatomy.install_template, (anatomy.template(),)))
 
 
 def split_indices(cfg: CohortConfig) -> dict[str, tuple[str, list[int]]]:
