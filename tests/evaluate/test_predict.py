@@ -15,7 +15,7 @@ from sadm_jax import config as config_lib
 from sadm_jax import main as main_lib
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
-from sadm_jax.evaluate import predict
+from sadm_jax.evaluate import predict, predictor
 from sadm_jax.evaluate import scans as scans_lib
 from sadm_jax.train.checkpoint import RunError
 from tests import loopback
@@ -89,9 +89,9 @@ def test_evaluated_models_are_found_moved_and_refused_when_changed(evaluation, t
   assert sadm_row["segnet_key"] and sadm_row["cddpm_key"]
   assert sadm_row["relative"] == {"sadm_workdir": os.path.relpath(tiny_sadm_dir, workdir)}
   assert cddpm_row["relative"] == {"cddpm_workdir": os.path.relpath(tiny_cddpm_dir, workdir)}
-  ckpt = predict._evaluated_model(sadm_row, "sadm_workdir", workdir, predict._sadm_keys)
+  ckpt = predictor._evaluated_model(sadm_row, "sadm_workdir", workdir, predictor._sadm_keys)
   assert ckpt.run.workdir == os.path.abspath(tiny_sadm_dir)
-  run = predict._evaluated_model(cddpm_row, "cddpm_workdir", workdir, predict._cddpm_keys)
+  run = predictor._evaluated_model(cddpm_row, "cddpm_workdir", workdir, predictor._cddpm_keys)
   assert run.workdir == os.path.abspath(tiny_cddpm_dir)
   # The evaluation and its SADM run copied elsewhere together: the copy is the one opened.
   rel = sadm_row["relative"]["sadm_workdir"]
@@ -99,16 +99,16 @@ def test_evaluated_models_are_found_moved_and_refused_when_changed(evaluation, t
   moved_sadm = os.path.normpath(os.path.join(moved, rel))
   assert moved_sadm.startswith(str(tmp_path))
   shutil.copytree(tiny_sadm_dir, moved_sadm)
-  ckpt = predict._evaluated_model(sadm_row, "sadm_workdir", str(moved), predict._sadm_keys)
+  ckpt = predictor._evaluated_model(sadm_row, "sadm_workdir", str(moved), predictor._sadm_keys)
   assert ckpt.run.workdir == moved_sadm
   # Weights other than the evaluated ones (e.g. trained further since): refused, in one line.
   other = dict(sadm_row, segnet_key="0123456789abcdef")
   with pytest.raises(RunError, match=r"sadm/draem/fold0 of this evaluation changed since it was "
                                      r"evaluated .*segnet_key 0123456789abcdef"):
-    predict._evaluated_model(other, "sadm_workdir", str(moved), predict._sadm_keys)
+    predictor._evaluated_model(other, "sadm_workdir", str(moved), predictor._sadm_keys)
   gone = dict(sadm_row, sadm_workdir=str(tmp_path / "nowhere"), relative={})
   with pytest.raises(RunError, match="is gone or unusable"):
-    predict._evaluated_model(gone, "sadm_workdir", workdir, predict._sadm_keys)
+    predictor._evaluated_model(gone, "sadm_workdir", workdir, predictor._sadm_keys)
 
 
 def test_changed_model_of_an_evaluation_is_one_error_line_from_the_cli(evaluation, scan,
@@ -204,7 +204,7 @@ def test_predict_needs_a_checkpoint_and_an_input(tmp_path):
   c = predict_config.get_config()
   c.predict.checkpoint_dir, c.predict.input = str(tmp_path), "x.nii.gz"
   with pytest.raises(RunError) as e:  # a ValueError: one line and exit code 2 from the CLI
-    predict.load_predictor(str(tmp_path), config_lib.resolve(c))
+    predictor.load_predictor(str(tmp_path), config_lib.resolve(c))
   assert str(e.value) == (f"{tmp_path}: neither an evaluation workdir (eval/models.json) nor a "
                           "training workdir with a best checkpoint (best/)")
 
@@ -216,13 +216,13 @@ def test_damaged_evaluation_records_are_named(tmp_path):
   models = tmp_path / "eval" / "models.json"
   models.write_text('{"runs": []}')
   with pytest.raises(RunError) as e:
-    predict.load_predictor(str(tmp_path), c)
+    predictor.load_predictor(str(tmp_path), c)
   assert str(e.value) == (f"{tmp_path / 'eval' / 'config.json'}: unreadable (No such file or "
                           "directory); run the evaluate stage in that workdir again")
   (tmp_path / "eval" / "config.json").write_text("{}")
   models.write_text('{"runs": [')
   with pytest.raises(RunError, match=f"^{models}: unreadable \\(Expecting value"):
-    predict.load_predictor(str(tmp_path), c)
+    predictor.load_predictor(str(tmp_path), c)
 
 
 def _flip_xy(image, affine):
@@ -246,15 +246,15 @@ def test_ras_and_lps_copies_give_the_same_map_in_world_space(tiny_sadm_dir, tmp_
     fake_data.save(paths[codes][1], msk, aff)
     assert "".join(nib.aff2axcodes(nib.load(paths[codes][0]).affine)) == codes
   c = config_lib.resolve(_config(tiny_sadm_dir, {"image": "unused"}, tmp_path, threshold=0.5))
-  pred = predict.load_predictor(tiny_sadm_dir, c)
+  pred = predictor.load_predictor(tiny_sadm_dir, c)
   # The tiny runs were trained on RAS data and recorded it; older runs fall back to RAS (logged).
   assert pred.orientation == "RAS" and pred.orientation_source.startswith("training data of")
   old = types.SimpleNamespace(meta={"run": {}}, workdir="old")  # records no orientation
-  assert predict._trained_orientation(old)[0] == "RAS"
-  assert predict._trained_orientation(None)[1] == \
+  assert predictor._trained_orientation(old)[0] == "RAS"
+  assert predictor._trained_orientation(None)[1] == \
       "assumed (the threshold baseline has no trained model)"
   lps = types.SimpleNamespace(meta={"run": {"orientation": "LPS"}}, workdir="lps")
-  assert predict._trained_orientation(lps) == ("LPS", "training data of lps")
+  assert predictor._trained_orientation(lps) == ("LPS", "training data of lps")
   outs = {k: predict.predict(pred, *paths[k], str(tmp_path / k / "out")) for k in paths}
   assert outs["LPS"]["input_orientation"] == "LPS" and outs["LPS"]["model_orientation"] == "RAS"
   maps = {k: nib.load(outs[k]["anomaly_map"]) for k in outs}

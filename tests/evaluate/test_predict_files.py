@@ -13,7 +13,7 @@ from configs import predict as predict_config
 from sadm_jax import config as config_lib
 from sadm_jax.data import nifti
 from sadm_jax.data.errors import DataError
-from sadm_jax.evaluate import predict
+from sadm_jax.evaluate import predict, predictor
 from sadm_jax.evaluate import scans as scans_lib
 
 
@@ -37,7 +37,7 @@ def _threshold_predictor(tau, crop=(32, 32, 16)):
   c = predict_config.get_config("tiny")
   c.data.preprocess.curvature_flow = False
   c.data.preprocess.crop_size = crop
-  return predict.Predictor(config_lib.resolve(c), "threshold", "residual", "test",
+  return predictor.Predictor(config_lib.resolve(c), "threshold", "residual", "test",
                            intensity_median=0.0, tau=tau, tau_source="test" if tau else "")
 
 
