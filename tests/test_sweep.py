@@ -238,6 +238,18 @@ def test_non_primary_processes_write_no_markers(tmp_path):
   assert runner.is_primary({"JAX_PROCESS_ID": "0", "SLURM_PROCID": "3"}) is True
 
 
+def test_each_process_of_a_member_logs_to_its_own_file(tmp_path, monkeypatch):
+  assert runner.log_path("W/m", {}) == os.path.join("W/m", "log.txt")
+  assert runner.log_path("W/m", {"SLURM_PROCID": "3"}) == os.path.join("W/m", "log.3.txt")
+  assert runner.log_path("W/m", {"JAX_PROCESS_ID": "0", "SLURM_PROCID": "3"}).endswith("log.txt")
+  monkeypatch.setenv("SLURM_PROCID", "1")
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  assert runner.run_subprocess(Member("m", CDDPM), None, str(tmp_path),
+                               [sys.executable, "-c", "print('from process 1')"])
+  assert "from process 1" in (tmp_path / "log.1.txt").read_text()
+  assert not (tmp_path / "log.txt").exists()
+
+
 def test_subprocess_runner_logs_the_command_and_its_output(tmp_path, capsys):
   m = Member("m", CDDPM)
   ok = runner.run_subprocess(m, None, str(tmp_path), [sys.executable, "-c", "print('hello')"])

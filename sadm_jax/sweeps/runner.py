@@ -26,20 +26,33 @@ INTERRUPT_GRACE_S = 60  # how long a member interrupted with the sweep may take 
 Runner = Callable[[Member, ml_collections.ConfigDict, str, Sequence[str]], bool]
 
 
-def is_primary(environ: Mapping[str, str] | None = None) -> bool:
-  """Process 0 of a launcher (SLURM_PROCID / JAX_PROCESS_ID), without initialising JAX."""
+def process_id(environ: Mapping[str, str] | None = None) -> int:
+  """This process's index in its launcher (JAX_PROCESS_ID, else SLURM_PROCID; 0 when neither
+  is set), read without initialising JAX."""
   environ = os.environ if environ is None else environ
   for var in ("JAX_PROCESS_ID", "SLURM_PROCID"):
     if environ.get(var, "").strip():
-      return int(environ[var]) == 0
-  return True
+      return int(environ[var])
+  return 0
+
+
+def is_primary(environ: Mapping[str, str] | None = None) -> bool:
+  """Process 0 of a launcher: it alone writes a member's config.json and DONE."""
+  return process_id(environ) == 0
+
+
+def log_path(mdir: str, environ: Mapping[str, str] | None = None) -> str:
+  """W/m/log.txt for process 0, W/m/log.<p>.txt for process p of a multi-process member (one
+  file per process: several hosts appending to one file interleave, on NFS even corrupt it)."""
+  p = process_id(environ)
+  return os.path.join(mdir, "log.txt" if p == 0 else f"log.{p}.txt")
 
 
 def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) -> bool:
-  """Runs the member as `python -m sadm_jax.main ...`, output appended to W/m/log.txt."""
+  """Runs the member as `python -m sadm_jax.main ...`, output appended to `log_path(mdir)`."""
   if not isinstance(member.config, str):
     raise ValueError(f"member {member.name} has an in-memory config: run it in-process")
-  log = os.path.join(mdir, "log.txt")
+  log = log_path(mdir)
   with open(log, "a", encoding="utf-8") as f:
     f.write(f"$ {shlex.join(command)}\n")
     f.flush()
