@@ -51,9 +51,14 @@ def parse_flags(argv):
     _fail(str(e))
 
 
-def run_checked(config, workdir: str, tune_gc: bool = False) -> int:
+def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: bool = True
+                ) -> int:
   """Validates `config` and runs its stage; a user error (bad config value, bad data, a workdir
   that is not this run's) is printed once as one `error: ...` line and gives exit code 2.
+
+  Ctrl-C prints one line and gives 130; with `report_interrupt=False` the KeyboardInterrupt
+  propagates unprinted, for a caller that reports it in its own words (a sweep, the
+  reproduction's in-process members), so that the user sees one line, not one per level.
 
   tune_gc: once the config is valid, import the stage's module (JAX, Flax, ...) and then set the
   garbage collector for tracing (`utils.gc_tuning`: those import-time objects frozen out of its
@@ -82,6 +87,8 @@ def run_checked(config, workdir: str, tune_gc: bool = False) -> int:
           file=sys.stderr, flush=True)
     return 2
   except KeyboardInterrupt:  # Ctrl-C: checkpoints, cache entries and results are written whole
+    if not report_interrupt:
+      raise
     print(f"error: stage {config.stage} interrupted (SIGINT); {workdir} keeps only complete files: "
           "run the same command again to resume", file=sys.stderr, flush=True)
     return INTERRUPTED

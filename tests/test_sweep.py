@@ -277,7 +277,7 @@ def test_ctrl_c_stops_the_sweep_in_one_line_exit_130(tmp_path, monkeypatch, caps
   from sadm_jax import main as main_lib
   calls = []
   monkeypatch.setattr(main_lib, "run_checked",
-                      lambda config, mdir: calls.append(mdir) or main_lib.INTERRUPTED)
+                      lambda config, mdir, **kw: calls.append(mdir) or main_lib.INTERRUPTED)
   a, b = Member("a", CDDPM), Member("b", CDDPM)
   with pytest.raises(KeyboardInterrupt):
     runner.run_local([a, b], str(tmp_path), (), runner.run_inprocess)
@@ -293,6 +293,22 @@ def test_ctrl_c_stops_the_sweep_in_one_line_exit_130(tmp_path, monkeypatch, caps
   assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 130
   assert capsys.readouterr().err == ("error: sweep interrupted (SIGINT); finished members keep "
                                      "DONE: run the same command again to resume\n")
+
+
+def test_ctrl_c_in_an_in_process_member_is_reported_once_by_its_caller(tmp_path, monkeypatch,
+                                                                        capsys):
+  """The member's stage is interrupted: run_checked leaves the line to the sweep (or the
+  reproduction), so the user reads one `error:` line, not the member's and then the caller's."""
+  from sadm_jax import main as main_lib
+  from sadm_jax import validate
+
+  def stage(config, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(main_lib, "run_stage", stage)
+  monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
+  with pytest.raises(KeyboardInterrupt):
+    runner.run_local([Member("a", CDDPM)], str(tmp_path), (), runner.run_inprocess)
+  assert "error:" not in capsys.readouterr().err
 
 
 def test_a_member_runs_through_main_with_its_spec_and_overrides(tmp_path):

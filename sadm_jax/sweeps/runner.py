@@ -81,7 +81,8 @@ def run_inprocess(member: Member, config, mdir: str, command: Sequence[str]) -> 
   if getattr(getattr(main_lib, "__spec__", None), "name", None) != "sadm_jax.main":
     from sadm_jax import main as main_lib  # (under `python -m sadm_jax.main` it is __main__)
   try:
-    rc = main_lib.run_checked(config, mdir)  # a user error: one `error:` line, rc 2
+    # a user error: one `error:` line, rc 2; Ctrl-C propagates, for the caller's one line
+    rc = main_lib.run_checked(config, mdir, report_interrupt=False)
   except Exception:  # pylint: disable=broad-except  (one member's failure is not the sweep's)
     print(f"  {member.name} failed:\n{traceback.format_exc()}", flush=True)
     return False
