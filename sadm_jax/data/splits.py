@@ -78,17 +78,23 @@ def read_split(root: layout.DataRoot, split: str, modality: str = "t1") -> list[
   path = root.split_csv(split)
   if not os.path.isfile(path):
     raise DataError(f"{path}: split file not found (split {split!r}, {root.describe()})")
-  with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.reader(f)
-    try:
-      header = next(reader)
-    except StopIteration:
-      raise DataError(f"{path}: empty CSV (no header)") from None
-    body = list(reader)
+  # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would glue itself to the
+  # first header cell (the index column or `img_name`).
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      table = list(csv.reader(f))
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as "
+                    "'CSV UTF-8'") from None
+  if not table:
+    raise DataError(f"{path}: empty CSV (no header)")
+  header, body = [h.strip() for h in table[0]], table[1:]
   missing = [c for c in REQUIRED_COLUMNS if c not in header]
   if missing:
+    hint = ("; the file is separated by ';', expected ','" if len(header) == 1 and ";" in header[0]
+            else "")
     raise DataError(f"{path}: missing required column(s) {', '.join(missing)} "
-                    f"(found: {', '.join(h or '<index>' for h in header)})")
+                    f"(found: {', '.join(h or '<index>' for h in header)}){hint}")
   col = {h: i for i, h in enumerate(header)}
   has_index = header[0] == ""
   rows = []

@@ -123,3 +123,40 @@ def test_clean_splits_removes_duplicates_and_overlaps():
   assert [r.name for r in same["IXI_train_fold0"]] == ["a", "b", "b", "c", "t"]
   assert rep2.summary("IXI_train_fold0")["duplicate_rows"] == 1
   assert rep2.summary("IXI_train_fold0")["dropped"] == 0
+
+
+def _write_bytes(path, text, encoding):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding=encoding, newline="") as f:
+    f.write(text)
+
+
+def test_excel_csv_with_bom_and_crlf(tmp_path):
+  """Excel's 'CSV UTF-8' starts with a BOM (and writes CRLF): the first header cell is still the
+  index column / `img_name`, not '\\ufeff…' (which lost the index or reported img_name missing)."""
+  root_dir = tmp_path / "Data" / "splits"
+  row = "a,F,0,30,/t1/a_t1.nii.gz,/mask/a_mask.nii.gz,"
+  _write_bytes(str(root_dir / "IXI_test.csv"),
+               "\r\n".join([",img_name,sex,label,age,img_path,mask_path,seg_path", "7," + row]),
+               "utf-8-sig")
+  _write_bytes(str(root_dir / "IXI_val_fold0.csv"),
+               "\r\n".join(["img_name,sex,label,age,img_path,mask_path,seg_path", row]), "utf-8-sig")
+  root = layout.resolve_data_root(str(tmp_path))
+  (r,) = splits.read_split(root, "IXI_test")
+  assert (r.index, r.name, r.label) == (7, "a", 0)
+  (r,) = splits.read_split(root, "IXI_val_fold0")
+  assert (r.index, r.name) == (0, "a")
+
+
+def test_csv_not_utf8_or_semicolons_is_one_clear_error(tmp_path):
+  root_dir = tmp_path / "Data" / "splits"
+  _write_bytes(str(root_dir / "IXI_test.csv"),
+               ",img_name,sex,label,age,img_path,mask_path,seg_path\n0,M\xfcller,F,0,30,/a,/b,\n",
+               "cp1252")
+  _write_bytes(str(root_dir / "IXI_val_fold0.csv"),
+               ";img_name;sex;label;age;img_path;mask_path;seg_path\n0;a;F;0;30;/a;/b;\n", "utf-8")
+  root = layout.resolve_data_root(str(tmp_path))
+  with pytest.raises(DataError, match=r"IXI_test\.csv: not UTF-8 text"):
+    splits.read_split(root, "IXI_test")
+  with pytest.raises(DataError, match=r"IXI_val_fold0\.csv: .*separated by ';'"):
+    splits.read_split(root, "IXI_val_fold0")
