@@ -85,7 +85,13 @@ class VolumeCache:
     return os.path.join(self.root, entry_key(row, self.cfg))
 
   def contains(self, row: Row) -> bool:
-    return os.path.isfile(os.path.join(self.path(row), "meta.json"))
+    """Whether `row` is cached; False when one of its files cannot be stat'ed (e.g. missing), so
+    that validation, not this question, reports the file."""
+    try:
+      directory = self.path(row)
+    except OSError:
+      return False
+    return os.path.isfile(os.path.join(directory, "meta.json"))
 
   def load(self, row: Row, mmap: bool = True) -> CachedVolume:
     directory = self.path(row)

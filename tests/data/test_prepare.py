@@ -114,3 +114,22 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
   from sadm_jax.data.errors import DataError
   with pytest.raises(DataError, match="DATA_DIR does not exist"):
     main_lib.run_stage(_config(str(tmp_path / "missing")), str(tmp_path / "w"))
+
+
+def test_missing_file_after_prepare_is_a_listed_problem_not_a_traceback(tmp_path):
+  """A CSV listing a file that does not exist: the stages after `prepare` ask the cache whether the
+  row is already validated (`VolumeCache.contains`, which stats the files); that question raised
+  FileNotFoundError (a traceback from every training and evaluation stage) instead of the
+  validation's one problem list naming the file, and skip_invalid could not skip it."""
+  from sadm_jax import config as config_lib
+  from sadm_jax.data import nifti
+  base = fake_data.write_data_dir(str(tmp_path / "dd"), n_ixi=4, n_patho=1)
+  img = os.path.join(base, "Train", "ixi", "t1", "IXI003-Fake-0003_t1.nii.gz")
+  os.remove(img)
+  c = _config(base)
+  c.data.splits = ("IXI_test",)
+  with pytest.raises(nifti.DataProblems, match=f"{img}: file not found"):
+    config_lib.load_valid_splits(c)
+  c.data.skip_invalid = True
+  _, splits, _, skipped = config_lib.load_valid_splits(c)
+  assert skipped["IXI_test"] == ["IXI003-Fake-0003"] and len(splits["IXI_test"]) == 1
