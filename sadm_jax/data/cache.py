@@ -110,6 +110,9 @@ class VolumeCache:
     directory = self.path(row)
     if os.path.isfile(os.path.join(directory, "meta.json")):
       return self.read_meta(directory)
+    if os.path.isdir(directory):  # entries are renamed into place whole: not written by this code
+      raise DataError(f"{directory}: incomplete preprocessing cache entry (no meta.json); delete "
+                      "it and run again to recompute it")
     img = nifti.load_volume(row.img)
     mask = nifti.load_volume(row.mask)
     seg = nifti.load_volume(row.seg) if row.seg else None

@@ -250,3 +250,23 @@ def test_loader_source_names_the_volumes_content_not_their_cache_paths():
   assert len({repr(VolumeIndexSource(t)) for t in [table, *others]}) == 5
   assert pipeline.data_identity(table, others[0]) == {"train": table.content_fingerprint(),
                                                       "val": others[0].content_fingerprint()}
+
+
+def test_entry_directory_without_meta_is_named_with_its_repair(prepared, tmp_path):
+  """An entry directory without meta.json (an interrupted copy of the cache; this code only
+  ever renames complete entries into place): recomputing it failed on the rename with an OSError
+  traceback ('Directory not empty'); now one DataError names the entry and its repair."""
+  import shutil
+  from sadm_jax.data.errors import DataError
+  _, s, cache = prepared
+  row = s["IXI_train_fold0"][0]
+  copy = cache_lib.VolumeCache(str(tmp_path / "cache"), CFG)
+  shutil.copytree(cache.path(row), copy.path(row))
+  os.remove(os.path.join(copy.path(row), "meta.json"))
+  assert not copy.contains(row)
+  with pytest.raises(DataError, match=f"{copy.path(row)}: incomplete preprocessing cache entry "
+                                      r"\(no meta\.json\); delete it"):
+    copy.compute(row)
+  assert not [n for n in os.listdir(copy.root) if n.startswith(".tmp-")]
+  shutil.rmtree(copy.path(row))
+  assert copy.compute(row)["name"] == row.name
