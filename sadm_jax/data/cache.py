@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sadm_jax.data import nifti
+from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
 from sadm_jax.data.splits import Row
@@ -202,4 +202,37 @@ def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, nu
       if progress:
         progress(done, len(todo))
   nifti.raise_problems(failures, "preprocessing failed")
-  return [cache.read_meta(cache.path(r)) for r in rows]
+  metas = [cache.read_meta(cache.path(r)) for r in rows]
+  mixed = mixed_orientations(metas)
+  if mixed:
+    logging.warning("%s", mixed)
+  return metas
+
+
+def orientation_counts(metas: Sequence[dict]) -> dict[str, int]:
+  """{axis codes (e.g. 'RAS'): number of volumes} of cache entries' working-grid affines."""
+  counts: dict[str, int] = {}
+  for m in metas:
+    codes = orientation.axis_codes(np.asarray(m["affine"], np.float64))
+    counts[codes] = counts.get(codes, 0) + 1
+  return counts
+
+
+def mixed_orientations(metas: Sequence[dict]) -> str:
+  """A warning when the volumes are stored in more than one orientation ('' otherwise).
+
+  Preprocessing keeps each file's voxel order (as the reference does): axial slices are the last
+  voxel axis and the networks see the arrays as stored, so volumes whose axes point in different
+  directions are silently mixed (flipped, or slices of another plane).
+  """
+  counts = orientation_counts(metas)
+  if len(counts) < 2:
+    return ""
+  where = {}
+  for m in metas:
+    where.setdefault(orientation.axis_codes(np.asarray(m["affine"], np.float64)), m["img"])
+  listed = ", ".join(f"{c}: {n} (e.g. {where[c]})" for c, n in counts.items())
+  return (f"volumes are stored in {len(counts)} different orientations ({listed}); their voxel "
+          "arrays are used as stored (slices along the last axis), so the networks see them "
+          "flipped or permuted against each other: reorient the files to one orientation "
+          "(e.g. nibabel.as_closest_canonical for RAS)")

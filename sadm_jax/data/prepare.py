@@ -83,7 +83,10 @@ def prepare(data_dir: str, workdir: str, cfg: PreprocessConfig, cache_dir: str,
         "lesion_voxels_mean": float(lesion.mean()) if len(rows_) else 0.0,
         "volumes_with_lesion": int((lesion > 0).sum()), "resampled_to_1mm": int(resampled),
         "invalid_skipped": len(skipped.get(name, [])), **report.summary(name),
+        "orientations": cache_lib.orientation_counts([by_img[r.img] for r in rows_]),
     }
+  summary["orientations"] = cache_lib.orientation_counts(metas)
+  summary["warnings"] = [w for w in (cache_lib.mixed_orientations(metas),) if w]
   os.makedirs(workdir, exist_ok=True)
   io.write_json(os.path.join(workdir, "prepare_summary.json"), summary)
   print(format_summary(summary))
@@ -101,4 +104,5 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{name:<18}{s['volumes']:>8}{s['volumes_with_lesion']:>10}"
                  f"{s['lesion_voxels_total']:>12}{s['duplicate_rows']:>6}{s['dropped']:>8}"
                  f"{s['invalid_skipped']:>8}  {ov}")
+  lines += [f"WARNING: {w}" for w in summary.get("warnings", [])]
   return "\n".join(lines)

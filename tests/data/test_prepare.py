@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -133,3 +134,23 @@ def test_missing_file_after_prepare_is_a_listed_problem_not_a_traceback(tmp_path
   c.data.skip_invalid = True
   _, splits, _, skipped = config_lib.load_valid_splits(c)
   assert skipped["IXI_test"] == ["IXI003-Fake-0003"] and len(splits["IXI_test"]) == 1
+
+
+def test_volumes_in_different_orientations_are_reported(tmp_path, capsys):
+  """Preprocessing keeps each file's voxel order (as the reference): a Brats21 volume stored LPS
+  among RAS volumes reaches the networks flipped, silently. prepare counts the orientations per
+  split and prints one warning naming an example file of each."""
+  base = fake_data.write_data_dir(str(tmp_path / "dd"), n_ixi=4, n_patho=1)
+  lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+  for kind in ("t1", "mask", "seg"):
+    path = os.path.join(base, "Test", "Brats21", kind, f"Brats21_test_000_{kind}.nii.gz")
+    fake_data.save(path, np.asarray(nib.load(path).dataobj), lps)
+  c = _config(base)
+  c.data.splits = ("IXI_test", "Brats21_test")
+  summary = main_lib.run_stage(c, str(tmp_path / "w"))
+  assert summary["splits"]["IXI_test"]["orientations"] == {"RAS": 2}
+  assert summary["splits"]["Brats21_test"]["orientations"] == {"LPS": 1}
+  assert summary["orientations"] == {"RAS": 2, "LPS": 1}
+  (warning,) = summary["warnings"]
+  assert "2 different orientations" in warning and "Brats21_test_000_t1.nii.gz" in warning
+  assert f"WARNING: {warning}" in capsys.readouterr().out
