@@ -105,19 +105,35 @@ def resolve_data_root(data_dir: str) -> DataRoot:
 def resolve_csv_path(base: str, csv_path: str, source: str = "") -> str | None:
   """Resolves a CSV path ('/Train/ixi/...' = relative to `base`); None for an empty cell.
 
-  Raises DataError for a path that leaves `base` (e.g. '/../../etc/passwd' or an absolute
-  path elsewhere after normalisation).
+  Backslashes count as separators (CSVs written on Windows). A path that does not exist relative
+  to `base` but does as written, as an absolute path inside `base`, is taken as written.
+
+  Raises DataError for a path that leaves `base` (e.g. '/../../etc/passwd'), and for an absolute
+  path outside `base` that exists as written (CSV paths are relative to `base`).
   """
   csv_path = (csv_path or "").strip()
   if not csv_path or csv_path.lower() == "nan":
     return None
-  rel = csv_path.lstrip("/\\")
-  full = os.path.normpath(os.path.join(base, rel))
+  where = f"{source}: " if source else ""
+  posix = csv_path.replace("\\", "/")
+  full = os.path.normpath(os.path.join(base, posix.lstrip("/")))
   base_norm = os.path.normpath(base)
   if os.path.commonpath([full, base_norm]) != base_norm:
-    where = f"{source}: " if source else ""
     raise DataError(f"{where}path {csv_path!r} leaves DATA_DIR ({base_norm}); refusing to read it")
+  if os.path.isabs(posix) and not os.path.exists(full) and os.path.exists(posix):
+    literal = os.path.normpath(posix)
+    if _inside(literal, base_norm):
+      return literal
+    raise DataError(f"{where}path {csv_path!r} is an absolute path outside DATA_DIR "
+                    f"({base_norm}); CSV paths are relative to that directory (e.g. "
+                    "'/Train/ixi/t1/<name>_t1.nii.gz')")
   return full
+
+
+def _inside(path: str, base: str) -> bool:
+  """Whether `path` lies under `base`, also after resolving symbolic links."""
+  return any(os.path.commonpath([p, b]) == b
+             for p, b in ((path, base), (os.path.realpath(path), os.path.realpath(base))))
 
 
 _MODALITY_TOKEN = re.compile(r"(?<=[_\-.])(t1|t2|flair|T1|T2|FLAIR)(?=[_\-.])")

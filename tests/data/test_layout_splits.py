@@ -160,3 +160,26 @@ def test_csv_not_utf8_or_semicolons_is_one_clear_error(tmp_path):
     splits.read_split(root, "IXI_test")
   with pytest.raises(DataError, match=r"IXI_val_fold0\.csv: .*separated by ';'"):
     splits.read_split(root, "IXI_val_fold0")
+
+
+def test_absolute_and_windows_csv_paths(tmp_path):
+  """Users' own CSVs: an absolute path inside DATA_DIR and a Windows path ('\\Train\\x') resolve to
+  the file; an absolute path outside DATA_DIR says so (it was reported as a missing file under
+  DATA_DIR, e.g. '<base>/data/mri/x.nii.gz: file not found', a path nobody wrote)."""
+  base = tmp_path / "Data"
+  (base / "Train").mkdir(parents=True)
+  (base / "Train" / "x.nii.gz").write_bytes(b"")
+  outside = tmp_path / "elsewhere.nii.gz"
+  outside.write_bytes(b"")
+  b = str(base)
+  assert layout.resolve_csv_path(b, "/Train/x.nii.gz") == f"{b}/Train/x.nii.gz"  # authors' form
+  assert layout.resolve_csv_path(b, f"{b}/Train/x.nii.gz") == f"{b}/Train/x.nii.gz"
+  assert layout.resolve_csv_path(b, "\\Train\\x.nii.gz") == f"{b}/Train/x.nii.gz"
+  assert layout.resolve_csv_path(b, "Train/x.nii.gz") == f"{b}/Train/x.nii.gz"
+  # not there either way: the base-relative path, which validation reports as missing
+  assert layout.resolve_csv_path(b, "/Train/y.nii.gz") == f"{b}/Train/y.nii.gz"
+  with pytest.raises(DataError, match=f"line 2: path '{outside}' is an absolute path outside "
+                                      f"DATA_DIR"):
+    layout.resolve_csv_path(b, str(outside), "line 2")
+  with pytest.raises(DataError, match="leaves DATA_DIR"):
+    layout.resolve_csv_path(b, "\\..\\..\\etc\\passwd")
