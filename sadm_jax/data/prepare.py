@@ -60,15 +60,15 @@ def prepare(data_dir: str, workdir: str, cfg: PreprocessConfig, cache_dir: str,
   root, splits, report, skipped = load_valid_splits(
       data_dir, names, modality=modality, clean=clean, num_workers=num_workers,
       skip_invalid=skip_invalid)
-  unique = {}
+  unique = {}  # by cache entry: an image listed with other label files is another entry
   for rows in splits.values():
     for r in rows:
-      unique.setdefault(r.img, r)
+      unique.setdefault(_files(r), r)
   rows = list(unique.values())
   cache = cache_lib.VolumeCache(cache_dir, cfg)
   n_cached_before = sum(cache.contains(r) for r in rows)
   metas = cache_lib.ensure_cached(rows, cache_dir, cfg, num_workers=num_workers)
-  by_img = {r.img: m for r, m in zip(rows, metas)}
+  by_files = {_files(r): m for r, m in zip(rows, metas)}
   summary = {
       "data_dir": root.data_dir, "layout": root.layout, "cache_dir": cache.root,
       "preprocess": cfg.key(), "clean_splits": bool(clean),
@@ -76,14 +76,14 @@ def prepare(data_dir: str, workdir: str, cfg: PreprocessConfig, cache_dir: str,
       "seconds": round(time.time() - start, 2), "splits": {},
   }
   for name, rows_ in splits.items():
-    lesion = np.array([by_img[r.img]["lesion_voxels"] for r in rows_], dtype=np.int64)
-    resampled = sum(by_img[r.img]["resampled_to_1mm"] for r in rows_)
+    lesion = np.array([by_files[_files(r)]["lesion_voxels"] for r in rows_], dtype=np.int64)
+    resampled = sum(by_files[_files(r)]["resampled_to_1mm"] for r in rows_)
     summary["splits"][name] = {
         "volumes": len(rows_), "lesion_voxels_total": int(lesion.sum()),
         "lesion_voxels_mean": float(lesion.mean()) if len(rows_) else 0.0,
         "volumes_with_lesion": int((lesion > 0).sum()), "resampled_to_1mm": int(resampled),
         "invalid_skipped": len(skipped.get(name, [])), **report.summary(name),
-        "orientations": cache_lib.orientation_counts([by_img[r.img] for r in rows_]),
+        "orientations": cache_lib.orientation_counts([by_files[_files(r)] for r in rows_]),
     }
   summary["orientations"] = cache_lib.orientation_counts(metas)
   summary["warnings"] = [w for w in (cache_lib.mixed_orientations(metas),) if w]
@@ -91,6 +91,11 @@ def prepare(data_dir: str, workdir: str, cfg: PreprocessConfig, cache_dir: str,
   io.write_json(os.path.join(workdir, "prepare_summary.json"), summary)
   print(format_summary(summary))
   return summary
+
+
+def _files(row: splits_lib.Row) -> tuple:
+  """The files a cache entry is made of (`cache.entry_key` hashes their identity)."""
+  return row.img, row.mask, row.seg
 
 
 def format_summary(summary: dict) -> str:

@@ -154,3 +154,21 @@ def test_volumes_in_different_orientations_are_reported(tmp_path, capsys):
   (warning,) = summary["warnings"]
   assert "2 different orientations" in warning and "Brats21_test_000_t1.nii.gz" in warning
   assert f"WARNING: {warning}" in capsys.readouterr().out
+
+
+def test_same_image_with_another_segmentation_is_prepared_and_counted_as_listed(tmp_path):
+  """Faithful mode keeps an image listed in two splits; with another seg in the second, prepare
+  cached and counted only the first (by image path): the second split's lesion counts were the
+  first's, and its cache entry (keyed by all its files) was left for the next stage."""
+  base = fake_data.write_data_dir(str(tmp_path / "dd"), n_ixi=4, n_patho=1)
+  val = os.path.join(base, "splits", "Brats21_val.csv")
+  header, rows = fake_data.read_csv(os.path.join(base, "splits", "Brats21_test.csv"))
+  empty = os.path.join(base, "Test", "Brats21", "seg", "empty_seg.nii.gz")
+  fake_data.save(empty, np.zeros(fake_data.SHAPE, np.uint8))
+  fake_data.write_csv(val, [rows[0][1:-1] + ["/Test/Brats21/seg/empty_seg.nii.gz"]], header)
+  c = _config(base, clean_splits=False)
+  c.data.splits = ("Brats21_val", "Brats21_test")
+  summary = main_lib.run_stage(c, str(tmp_path / "w"))
+  assert summary["splits"]["Brats21_test"]["lesion_voxels_total"] > 0
+  assert summary["splits"]["Brats21_val"]["lesion_voxels_total"] == 0
+  assert summary["volumes_computed"] == 2
