@@ -13,6 +13,9 @@ and `Text` features, `DatasetInfo` built directly (not from metadata files), and
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from typing import Sequence
 
@@ -21,9 +24,12 @@ import tensorflow_datasets as tfds
 
 from sadm_jax.data import layout
 from sadm_jax.data.cache import VolumeCache
+from sadm_jax.data.errors import DataError
 from sadm_jax.data.splits import Row
+from sadm_jax.utils import io
 
 NAME = "sadm_slices"
+CONTENT_FILE = "sadm_content.json"  # next to the packed files: what they were packed from
 
 
 def tfds_split(split: str) -> str:
@@ -80,8 +86,9 @@ class SadmSlices(tfds.core.GeneratorBasedBuilder):
 def pack_splits(cache: VolumeCache, splits: dict[str, Sequence[Row]], out_dir: str) -> dict[str, str]:
   """Packs the given (already cached) splits; returns {data set: TFDS dataset directory}.
 
-  Splits of one data set are packed together; a data set already packed under `out_dir` with
-  the same splits is not rebuilt. Read back with `open_split(out_dir, split)`.
+  Splits of one data set are packed together; a data set already packed under `out_dir` from
+  the same volumes (the same cache entries: files and preprocessing configuration) is not rebuilt,
+  one packed from others raises DataError. Read back with `open_split(out_dir, split)`.
   """
   by_dataset: dict[str, dict[str, Sequence[Row]]] = {}
   for name, rows in splits.items():
@@ -94,9 +101,37 @@ def pack_splits(cache: VolumeCache, splits: dict[str, Sequence[Row]], out_dir: s
     if have and have != {tfds_split(n) for n in group}:
       raise ValueError(f"{builder.data_path}: already packed with splits {sorted(have)}; "
                        f"use a new output directory to pack {sorted(group)}")
+    content = _content(cache, group)
+    record = os.path.join(os.fspath(builder.data_path), CONTENT_FILE)
+    if have:
+      if not os.path.isfile(record):
+        logging.warning("%s: packed before its content was recorded; reusing it unchecked",
+                        builder.data_path)
+      elif _read_json(record) != content:
+        raise DataError(f"{builder.data_path}: already packed from other volumes (other rows or "
+                        f"another preprocessing configuration) under the split names "
+                        f"{sorted(group)}; use a new output directory")
     builder.download_and_prepare(file_format="array_record")
+    if not have:
+      io.write_json(record, content)
     out[dataset] = os.fspath(builder.data_path)
   return out
+
+
+def _content(cache: VolumeCache, group: dict[str, Sequence[Row]]) -> dict:
+  """{'sha256': digest of every split's cache entries in order}: changes with any row, file or
+  preprocessing setting that changes what would be packed."""
+  entry = lambda r: os.path.relpath(cache.path(r), os.path.dirname(cache.root))  # <config>/<files>
+  text = json.dumps({name: [entry(r) for r in rows] for name, rows in sorted(group.items())})
+  return {"sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def _read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except ValueError:
+      return None  # damaged: not the content asked for
 
 
 def open_split(out_dir: str, split: str):

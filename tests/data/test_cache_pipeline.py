@@ -270,3 +270,21 @@ def test_entry_directory_without_meta_is_named_with_its_repair(prepared, tmp_pat
   assert not [n for n in os.listdir(copy.root) if n.startswith(".tmp-")]
   shutil.rmtree(copy.path(row))
   assert copy.compute(row)["name"] == row.name
+
+
+def test_tfds_pack_refuses_to_serve_other_volumes_under_the_same_split_names(prepared, tmp_path):
+  """pack_splits skipped a data set already packed with the same split NAMES: packing again after
+  the preprocessing configuration (or the split's rows) changed silently returned the old
+  slices. The packed content is recorded and a different one is refused."""
+  from sadm_jax.data import tfds_builder
+  from sadm_jax.data.errors import DataError
+  _, s, cache = prepared
+  out = str(tmp_path / "tfds")
+  rows = s["Brats21_val"]
+  tfds_builder.pack_splits(cache, {"Brats21_val": rows}, out)
+  tfds_builder.pack_splits(cache, {"Brats21_val": rows}, out)  # same content: reused
+  with pytest.raises(DataError, match="already packed from other volumes"):
+    tfds_builder.pack_splits(cache, {"Brats21_val": rows[:1]}, out)
+  other = cache_lib.VolumeCache(cache.root, PreprocessConfig(crop_size=(32, 32, 8)))
+  with pytest.raises(DataError, match="already packed from other volumes"):
+    tfds_builder.pack_splits(other, {"Brats21_val": rows}, out)
