@@ -98,6 +98,7 @@ def read_split(root: layout.DataRoot, split: str, modality: str = "t1") -> list[
   col = {h: i for i, h in enumerate(header)}
   has_index = header[0] == ""
   rows = []
+  named: dict[str, tuple[int, str]] = {}  # img_name → (first line, its image)
   for line_no, values in enumerate(body, start=2):
     if not any(v.strip() for v in values):
       continue
@@ -118,7 +119,14 @@ def read_split(root: layout.DataRoot, split: str, modality: str = "t1") -> list[
       raise DataError(f"{where}: img_path and mask_path must not be empty")
     if info.dataset != "IXI" and seg is None:
       raise DataError(f"{where}: seg_path is empty for pathological data set {info.dataset}")
-    rows.append(Row(name=values[col["img_name"]].strip(), split=split, dataset=info.dataset,
+    name = values[col["img_name"]].strip()
+    if not name:
+      raise DataError(f"{where}: img_name is empty")
+    first, first_img = named.setdefault(name, (line_no, img))
+    if first_img != img:  # evaluation stores each volume's results under its name
+      raise DataError(f"{where}: img_name {name!r} also names another image on line {first} "
+                      f"({first_img}); give every image of a split its own name")
+    rows.append(Row(name=name, split=split, dataset=info.dataset,
                     split_type=info.split_type, index=index, label=label, age=age,
                     img=layout.with_modality(img, modality), mask=mask, seg=seg, csv=path))
   if not rows:

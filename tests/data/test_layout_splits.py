@@ -183,3 +183,23 @@ def test_absolute_and_windows_csv_paths(tmp_path):
     layout.resolve_csv_path(b, str(outside), "line 2")
   with pytest.raises(DataError, match="leaves DATA_DIR"):
     layout.resolve_csv_path(b, "\\..\\..\\etc\\passwd")
+
+
+def test_img_name_must_identify_one_image_per_split(tmp_path):
+  """Evaluation stores each volume's result under its img_name: two images listed under one name
+  (e.g. two sessions of 'sub-01') made the second read the first's stored result, silently.
+  The same image listed twice stays a duplicate row (removed by clean_splits)."""
+  base = tmp_path / "Data"
+  row = lambda name, img: [name, "F", 0, 30, f"/t1/{img}_t1.nii.gz", f"/mask/{img}.nii.gz", ""]
+  fake_data.write_csv(str(base / "splits" / "IXI_test.csv"),
+                      [row("sub-01", "a"), row("sub-02", "b"), row("sub-01", "a")])
+  fake_data.write_csv(str(base / "splits" / "IXI_val_fold0.csv"),
+                      [row("sub-01", "a"), row("sub-02", "b"), row("sub-01", "c")])
+  fake_data.write_csv(str(base / "splits" / "IXI_val_fold1.csv"), [row(" ", "a")])
+  root = layout.resolve_data_root(str(tmp_path))
+  assert len(splits.read_split(root, "IXI_test")) == 3
+  with pytest.raises(DataError, match=r"IXI_val_fold0\.csv: line 4: img_name 'sub-01' also names "
+                                      r"another image on line 2"):
+    splits.read_split(root, "IXI_val_fold0")
+  with pytest.raises(DataError, match=r"IXI_val_fold1\.csv: line 2: img_name is empty"):
+    splits.read_split(root, "IXI_val_fold1")
