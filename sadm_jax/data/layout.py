@@ -75,6 +75,12 @@ class DataRoot:
     """Known split names whose CSV exists, in canonical order."""
     return [n for n in SPLIT_NAMES if os.path.isfile(self.split_csv(n))]
 
+  def unknown_split_files(self) -> list[str]:
+    """CSV files in the split directory whose name is not a known split (e.g. a typo)."""
+    known = {f"{n}.csv" for n in SPLIT_NAMES}
+    return sorted(f for f in os.listdir(self.splits_dir)
+                  if f.lower().endswith(".csv") and f not in known)
+
   def describe(self) -> str:
     if self.layout == "authors":
       return f"{self.data_dir}: authors' layout with the extra Data/ level (splits in {self.splits_dir})"

@@ -29,6 +29,12 @@ def load_valid_splits(data_dir: str, names: Sequence[str] | None = None, *, moda
   """
   root = layout.resolve_data_root(data_dir)
   logging.info("DATA_DIR %s", root.describe())
+  if not names:
+    unknown = root.unknown_split_files()
+    if unknown:
+      logging.warning("%s: %s not a known split name and ignored (expected e.g. IXI_train_fold0.csv"
+                      ", Brats21_test.csv; names are case-sensitive)", root.splits_dir,
+                      ", ".join(unknown) + (" is" if len(unknown) == 1 else " are"))
   names = list(names or root.available_splits())
   splits, report = splits_lib.load_splits(root, names, modality, clean=bool(clean))
   unique = {}

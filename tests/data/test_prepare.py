@@ -172,3 +172,17 @@ def test_same_image_with_another_segmentation_is_prepared_and_counted_as_listed(
   assert summary["splits"]["Brats21_test"]["lesion_voxels_total"] > 0
   assert summary["splits"]["Brats21_val"]["lesion_voxels_total"] == 0
   assert summary["volumes_computed"] == 2
+
+
+def test_unknown_split_files_are_named_not_silently_ignored(tmp_path, caplog):
+  """prepare (all splits) reads the known split names only: 'Brats21_tset.csv' or 'brats21_test.csv'
+  was skipped without a word, and the set was missing from every later stage."""
+  from sadm_jax.data import prepare
+  base = fake_data.write_data_dir(str(tmp_path / "dd"), n_ixi=4, n_patho=1)
+  os.rename(os.path.join(base, "splits", "ATLAS_v2_test.csv"),
+            os.path.join(base, "splits", "ATLAS_v2_tset.csv"))
+  with caplog.at_level("WARNING"):
+    _, splits, _, _ = prepare.load_valid_splits(str(tmp_path / "dd"))
+  assert "ATLAS_v2_test" not in splits
+  (msg,) = [r.getMessage() for r in caplog.records if "ATLAS_v2_tset.csv" in r.getMessage()]
+  assert "not a known split name" in msg and "ignored" in msg
