@@ -108,8 +108,22 @@ def resolve_data_root(data_dir: str) -> DataRoot:
                   f"and {data_dir}/splits)")
 
 
+# Cells pandas.read_csv reads as missing (its default na_values; the reference reads the split
+# CSVs with pandas), plus any case of 'nan'. R's write.csv writes NA.
+MISSING_CELLS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                           "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                           "nan", "null"})
+
+
+def is_missing(cell: str | None) -> bool:
+  """Whether a CSV cell is empty or a missing-value marker (see MISSING_CELLS)."""
+  cell = (cell or "").strip()
+  return cell in MISSING_CELLS or cell.lower() == "nan"
+
+
 def resolve_csv_path(base: str, csv_path: str, source: str = "") -> str | None:
-  """Resolves a CSV path ('/Train/ixi/...' = relative to `base`); None for an empty cell.
+  """Resolves a CSV path ('/Train/ixi/...' = relative to `base`); None for an empty or missing
+  (`is_missing`) cell.
 
   Backslashes count as separators (CSVs written on Windows). A path that does not exist relative
   to `base` but does as written, as an absolute path inside `base`, is taken as written.
@@ -118,7 +132,7 @@ def resolve_csv_path(base: str, csv_path: str, source: str = "") -> str | None:
   path outside `base` that exists as written (CSV paths are relative to `base`).
   """
   csv_path = (csv_path or "").strip()
-  if not csv_path or csv_path.lower() == "nan":
+  if is_missing(csv_path):
     return None
   where = f"{source}: " if source else ""
   posix = csv_path.replace("\\", "/")

@@ -109,7 +109,7 @@ def read_split(root: layout.DataRoot, split: str, modality: str = "t1") -> list[
       index = int(values[0]) if has_index else line_no - 2
       label = int(float(values[col["label"]]))
       age_s = values[col["age"]].strip()
-      age = float(age_s) if age_s else float("nan")
+      age = float("nan") if layout.is_missing(age_s) else float(age_s)
     except ValueError as e:
       raise DataError(f"{where}: bad index/label/age value ({e})") from None
     img = layout.resolve_csv_path(root.base, values[col["img_path"]], where)

@@ -203,3 +203,19 @@ def test_img_name_must_identify_one_image_per_split(tmp_path):
     splits.read_split(root, "IXI_val_fold0")
   with pytest.raises(DataError, match=r"IXI_val_fold1\.csv: line 2: img_name is empty"):
     splits.read_split(root, "IXI_val_fold1")
+
+
+def test_missing_value_markers_are_empty_cells_as_in_pandas(tmp_path):
+  """The reference reads split CSVs with pandas, where 'NA', 'N/A', 'NULL', 'None', '#N/A'... are
+  missing values; R's write.csv writes NA. An IXI seg_path 'NA' was read as the file '<base>/NA'
+  (reported missing) and an age 'NA' stopped the split."""
+  base = tmp_path / "Data"
+  fake_data.write_csv(str(base / "splits" / "IXI_test.csv"),
+                      [["a", "F", 0, "NA", "/t1/a_t1.nii.gz", "/mask/a.nii.gz", "NA"],
+                       ["b", "F", 0, "#N/A", "/t1/b_t1.nii.gz", "/mask/b.nii.gz", "None"]])
+  root = layout.resolve_data_root(str(tmp_path))
+  a, b = splits.read_split(root, "IXI_test")
+  assert a.seg is None and b.seg is None
+  assert a.age != a.age and b.age != b.age  # NaN
+  for cell in ("NA", "N/A", "NULL", "null", "None", "nan", "NaN", "<NA>", "#N/A"):
+    assert layout.resolve_csv_path("/d", cell) is None
