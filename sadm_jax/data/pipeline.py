@@ -268,10 +268,13 @@ class VolumeSource(grain.sources.RandomAccessDataSource):
     return len(self.rows)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    vol: CachedVolume = self.cache.load(self.rows[index], mmap=False)
+    row = self.rows[index]
+    vol: CachedVolume = self.cache.load(row, mmap=False)
     seg = vol.seg if vol.seg is not None else np.zeros_like(vol.mask)
+    # The row's name, not the entry's meta: an entry (keyed by its files) keeps the name of the
+    # row that computed it.
     return {"image": vol.image[..., None], "mask": vol.mask[..., None], "seg": seg[..., None],
-            "name": vol.meta["name"], "dataset": vol.meta["dataset"], "affine": vol.affine,
+            "name": row.name, "dataset": row.dataset, "affine": vol.affine,
             "index": np.int32(index)}
 
 

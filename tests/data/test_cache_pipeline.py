@@ -288,3 +288,13 @@ def test_tfds_pack_refuses_to_serve_other_volumes_under_the_same_split_names(pre
   other = cache_lib.VolumeCache(cache.root, PreprocessConfig(crop_size=(32, 32, 8)))
   with pytest.raises(DataError, match="already packed from other volumes"):
     tfds_builder.pack_splits(other, {"Brats21_val": rows}, out)
+
+
+def test_eval_volumes_name_the_rows_asked_for_not_the_cache_entry(prepared):
+  """A cache entry is keyed by its files, and its meta keeps the name of the row that computed it:
+  the same files listed under another img_name (renamed in the CSV) were named the old way."""
+  import dataclasses
+  _, s, cache = prepared
+  row = dataclasses.replace(s["Brats21_val"][0], name="renamed")
+  assert cache.contains(row)
+  assert pipeline.eval_volumes(cache, [row])[0]["name"] == "renamed"
