@@ -110,7 +110,7 @@ class VolumeCache:
     directory = self.path(row)
     if os.path.isfile(os.path.join(directory, "meta.json")):
       return self.read_meta(directory)
-    if os.path.isdir(directory):  # entries are renamed into place whole: not written by this code
+    if os.path.isdir(directory) and os.listdir(directory):  # entries are renamed into place whole
       raise DataError(f"{directory}: incomplete preprocessing cache entry (no meta.json); delete "
                       "it and run again to recompute it")
     img = nifti.load_volume(row.img)
