@@ -43,6 +43,10 @@ def load_volume(path: str, dtype=np.float32) -> Volume:
     data = np.asanyarray(img.dataobj)
   except Exception as e:  # nibabel raises many types for truncated/corrupt files
     raise DataError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e})") from None
+  if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
+          or data.dtype == np.bool_):
+    raise DataError(f"{path}: data type {data.dtype} is not real-valued (complex or RGB "
+                    "volumes cannot be used; save the magnitude or one channel)")
   shape = data.shape
   while data.ndim > 3 and data.shape[-1] == 1:
     data = data[..., 0]

@@ -119,3 +119,14 @@ def test_all_problems_collected_in_one_message(tmp_path):
   assert "2 problem(s)" in msg and rows[1].img in msg and rows[2].mask in msg
   assert "file not found" in msg and "brain mask is empty" in msg
   assert isinstance(e.value, DataError)
+
+
+def test_complex_and_rgb_volumes_are_refused_by_name(tmp_path):
+  """A complex image was cast to its real part silently (not its magnitude); an RGB one raised a
+  TypeError traceback. Both are one DataError naming the file and its data type."""
+  rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+  for name, data in (("complex", np.full((4, 4, 4), 1 + 2j, np.complex64)), ("rgb", rgb)):
+    path = str(tmp_path / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(DataError, match=f"^{path}: data type .* is not real-valued"):
+      nifti.load_volume(path)
