@@ -45,7 +45,10 @@ class MetricLogger:
     self._truncate_after(start_step)
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step or None)
+      # TensorBoard hides every earlier event at a step >= purge_step: those a killed run logged
+      # after its checkpoint (also before the first one), not the checkpoint step's own, which
+      # was logged before it was saved and is not logged again.
+      self._writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
 
   def _truncate_after(self, step: int) -> None:
     """A resumed run drops lines a killed run logged after its last checkpoint, and a line it
