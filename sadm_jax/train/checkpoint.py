@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any, Sequence
 
 import grain
@@ -143,9 +144,11 @@ class Checkpointer:
     previous step is tried. Raises RunError naming the directory when no step is usable, also on
     later starts (the moved-aside steps stay), so a damaged run never silently restarts at step 0.
     A step whose data loader state grain refuses (saved for other volumes, another sampler or
-    worker count) is not damage: RunError at once, nothing moved aside.
+    worker count) is not damage, nor one saved by another number of processes: RunError at once,
+    nothing moved aside.
     """
     while (step := self.latest.latest_step()) is not None:
+      self._check_process_count(step)
       try:
         state, meta = self.restore(state_target, shardings, iterator, step)
         return step, state, meta
@@ -166,6 +169,24 @@ class Checkpointer:
       raise RunError(f"{self.dir}: no usable checkpoint to resume from (damaged steps moved aside: "
                      f"{', '.join(damaged)}); start the run again in a new workdir")
     return None, None, {}
+
+  def _check_process_count(self, step: int) -> None:
+    """RunError when step `step`'s data loader state was saved by another number of processes.
+
+    grain keeps one iterator state per process (`data/process_<i>-of-<n>.json`) and each process
+    reads only its own shard of the data, so a run resumes only with its own process count. The
+    step is not damaged: nothing is moved aside. A step without such files is left to restore.
+    """
+    data = os.path.join(self.dir, str(step), "data")
+    names = os.listdir(data) if os.path.isdir(data) else []
+    counts = {m.group(1) for n in names if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", n))}
+    nproc = jax.process_count()
+    if counts and str(nproc) not in counts:
+      saved = int(max(counts, key=int))
+      plural = lambda n: f"{n} process" + ("es" if n != 1 else "")
+      raise RunError(f"{self.dir}: step {step} was saved by {plural(saved)}, not {nproc} (each "
+                     "process keeps its own data loader position); resume it with "
+                     f"{plural(saved)}, or use a new workdir")
 
   def _move_aside(self, step: int) -> str:
     """Renames step `step` to `<step>.damaged-<n>` (process 0; the others wait); reloads."""

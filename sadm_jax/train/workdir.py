@@ -49,7 +49,8 @@ RESUMABLE = (
     "data.data_dir",  # where the data are now (moved): on resume the training and validation
     # volumes must be those the run recorded (`check_references`: names, labels, brain voxels)
     "mesh.*",  # device count and FSDP layout: the same global batch and update, resharded on restore
-    "distributed.*",  # coordinator address etc. of this job
+    "distributed.*",  # coordinator address etc. of this job (the process count itself is
+    # checked on restore: each process's data loader position, `Checkpointer.restore_usable`)
     "model.names",  # what `describe` reports
     "evaluate.*", "predict.*", "demo.*", "reproduce.*",  # read by other stages only
 )

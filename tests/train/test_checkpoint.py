@@ -78,3 +78,35 @@ def test_restore_error_is_the_first_line_without_tensorstore_details():
       "Encountered error while reading array index: (slice(0, 3, 1),).")
   assert ckpt_lib.restore_error(e, 20) == "Encountered error wh"
   assert ckpt_lib.restore_error(KeyError(), 300) == "KeyError"
+
+
+def _saved_step_with_loader(workdir):
+  """A checkpoint step 1 of a one-array state and a grain loader's iterator, one process."""
+  import grain
+  loader = grain.DataLoader(data_source=list(range(8)), sampler=grain.samplers.IndexSampler(
+      8, shuffle=False, num_epochs=1, seed=0), worker_count=0)
+  it = iter(loader)
+  next(it)
+  state = {"w": jnp.arange(3.0)}
+  with ckpt_lib.Checkpointer(workdir, async_save=False) as ck:
+    ck.save(1, state, it, {"step": 1})
+  return state, iter(loader)
+
+
+def test_step_saved_by_another_process_count_is_refused_not_moved_aside(tmp_path):
+  """A run saved by 2 processes resumed by 1 (or the other way round): grain finds no iterator
+  state for this process. That is not damage: one line naming both counts, nothing moved aside
+  (the run resumes with its own process count afterwards)."""
+  import os
+  import pytest
+  state, it = _saved_step_with_loader(str(tmp_path))
+  data = tmp_path / "checkpoints" / "1" / "data"
+  for i in (0, 1):  # as 2 processes write it
+    (data / f"process_{i}-of-2.json").write_text((data / "process_0-of-1.json").read_text())
+  os.remove(data / "process_0-of-1.json")
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+  shardings = jax.tree.map(lambda a: a.sharding, state)
+  with ckpt_lib.Checkpointer(str(tmp_path)) as ck:
+    with pytest.raises(ckpt_lib.RunError, match=r"step 1 was saved by 2 processes, not 1"):
+      ck.restore_usable(target, shardings, it)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
