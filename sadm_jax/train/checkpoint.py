@@ -111,6 +111,10 @@ class Checkpointer:
     return self.latest.latest_step()
 
   def save(self, step: int, state: Any, iterator: Any, meta: dict) -> None:
+    """Saves checkpoint `step` once any best state saved before it is complete on disk: a run
+    resumed from `step` never validates the steps up to it again, so a best state whose writing
+    a kill interrupted after checkpoint `step` was complete would be lost for good."""
+    self.best.wait_until_finished()  # returns at once unless a best save is in flight
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
         meta=ocp.args.JsonSave(meta)), force=True)

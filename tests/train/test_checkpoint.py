@@ -110,3 +110,31 @@ def test_step_saved_by_another_process_count_is_refused_not_moved_aside(tmp_path
     with pytest.raises(ckpt_lib.RunError, match=r"step 1 was saved by 2 processes, not 1"):
       ck.restore_usable(target, shardings, it)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+
+
+def test_a_checkpoint_step_is_written_only_after_the_best_state_saved_before_it(tmp_path):
+  """With async checkpoints, a new best of step S and checkpoint S were written at the same time:
+  a run killed after checkpoint S was complete but before best/S was resumed from S and never
+  validated step S again, so the best state was lost for good. Checkpoint S now starts only once
+  best/S is complete (here best/'s writing is slowed down to make the order visible)."""
+  import os
+  import time
+  state, it = _saved_step_with_loader(str(tmp_path / "setup"))
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=True) as ck:
+    finalize = ck.best._finalize  # noqa: SLF001  (Orbax's commit of an async save)
+
+    def slow_finalize(*args, **kwargs):
+      time.sleep(0.5)
+      return finalize(*args, **kwargs)
+
+    ck.best._finalize = slow_finalize  # noqa: SLF001
+    latest_save, seen = ck.latest.save, []
+
+    def save(step, *args, **kwargs):
+      seen.append(sorted(os.listdir(ck.best_dir)))
+      return latest_save(step, *args, **kwargs)
+
+    ck.latest.save = save
+    assert ck.save_best(2, state, 0.5, {"step": 2})
+    ck.save(2, state, it, {"step": 2})
+  assert seen == [["2"]]
