@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from typing import Any, Sequence
@@ -120,8 +121,10 @@ class Checkpointer:
         meta=ocp.args.JsonSave(meta)), force=True)
 
   def save_best(self, step: int, state: Any, val_loss: float, meta: dict) -> bool:
-    """Saves when `val_loss` improves on the best so far; returns whether it saved."""
-    if self.best_loss is not None and not val_loss < self.best_loss:
+    """Saves when `val_loss` improves on the best so far; returns whether it saved. A NaN or
+    infinite loss is never the best (no later loss would compare below a NaN)."""
+    if not math.isfinite(val_loss) or (self.best_loss is not None
+                                       and not val_loss < self.best_loss):
       return False
     self.best.wait_until_finished()
     self.best.save(step, args=ocp.args.Composite(
@@ -262,8 +265,9 @@ class Checkpointer:
     path = os.path.join(self.best_dir, str(step), "meta", "metadata")
     try:
       with open(path, encoding="utf-8") as f:
-        return float(json.load(f)["val_loss"])
-    except (OSError, KeyError, ValueError) as e:
+        loss = float(json.load(f)["val_loss"])
+      return loss if math.isfinite(loss) else None  # a NaN best (older versions) binds nothing
+    except (OSError, KeyError, TypeError, ValueError) as e:
       logging.warning("could not read the best checkpoint's validation loss (%s): %s", path, e)
       return None
 

@@ -138,3 +138,16 @@ def test_a_checkpoint_step_is_written_only_after_the_best_state_saved_before_it(
     assert ck.save_best(2, state, 0.5, {"step": 2})
     ck.save(2, state, it, {"step": 2})
   assert seen == [["2"]]
+
+
+def test_a_non_finite_validation_loss_is_never_the_best(tmp_path):
+  """A NaN first validation loss was saved as the best, and no later loss compares below NaN:
+  best/ kept the NaN state for the rest of the run (and of every resume)."""
+  state = {"w": jnp.arange(3.0)}
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:
+    assert not ck.save_best(1, state, float("nan"), {"step": 1})
+    assert not ck.save_best(2, state, float("inf"), {"step": 2})
+    assert ck.save_best(3, state, 0.5, {"step": 3})
+    assert (ck.saved_step("best"), ck.best_loss) == (3, 0.5)
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:  # reopened: 0.5 on disk
+    assert ck.best_loss == 0.5 and not ck.save_best(4, state, 0.5, {"step": 4})
