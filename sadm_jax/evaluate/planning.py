@@ -12,6 +12,7 @@ import ml_collections
 from sadm_jax import config as config_lib
 from sadm_jax.data.splits import Row
 from sadm_jax.evaluate import inference
+from sadm_jax.evaluate.store import safe
 
 METHODS = ("threshold", "cddpm", "sadm")
 DRAEM_SET = "DRAEM"  # IXI val/test volumes with deterministic DRAEM anomalies (paper Table 1)
@@ -307,3 +308,18 @@ def test_passes(runs: Sequence[EvalRun], splits: dict, sets: Sequence[str], ixi:
     out.append(Pass(s, "test", "test", {r.id: rows for r in runs}))
   return out
 
+
+
+def check_volume_names(passes: Sequence[Pass]) -> None:
+  """Raises ValueError when two volumes of one split would share a result file (`Store.paths`):
+  the same stored name (`safe(volume_name)`) for different images. One would overwrite the
+  other's result and be counted twice, which one depending on the process and batch order."""
+  for p in passes:
+    seen: dict[str, Row] = {}
+    for row in {(r.img, r.name): r for rows in p.rows.values() for r in rows}.values():
+      other = seen.setdefault(safe(p.volume_name(row)), row)
+      if (other.img, other.name) != (row.img, row.name):
+        raise ValueError(f"{row.csv}: volumes {other.name!r} ({other.img}) and {row.name!r} "
+                         f"({row.img}) of {row.split} would share one result file "
+                         f"({safe(p.volume_name(row))}.json): give them distinct img_name values "
+                         "(letters, digits and ._+- are kept, anything else becomes _)")

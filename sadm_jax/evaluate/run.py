@@ -16,8 +16,8 @@ from sadm_jax.data import cache as cache_lib, layout
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import metrics, records, report, thresholds
 from sadm_jax.evaluate.execute import Evaluation, barrier
-from sadm_jax.evaluate.planning import Models, Pass, needed_splits, plan_runs, protocol, \
-    test_passes, val_passes
+from sadm_jax.evaluate.planning import Models, Pass, check_volume_names, needed_splits, \
+    plan_runs, protocol, test_passes, val_passes
 from sadm_jax.utils import io
 
 FPRS = ((0.01, "t_fpr1"), (0.05, "t_fpr5"), (0.1, "t_fpr10"))
@@ -155,6 +155,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   root = layout.resolve_data_root(config.data.data_dir)
   names, sets, ixi = needed_splits(config, runs, root.available_splits())
   _, splits, _, _ = config_lib.load_valid_splits(config, names)
+  vals, tests = val_passes(runs, splits, sets, ixi), test_passes(runs, splits, sets, ixi)
+  check_volume_names(vals + tests)
   cache_dir = config_lib.cache_dir(config)
   pre = config_lib.preprocess_config(config)
   unique = list({r.img: r for rows in splits.values() for r in rows}.values())
@@ -164,7 +166,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for fold in sorted({r.data_fold for r in runs if r.method == "threshold"}):
     evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
 
-  vals, tests = val_passes(runs, splits, sets, ixi), test_passes(runs, splits, sets, ixi)
   done, cached = evaluation.run_passes(vals, {}, "val")
   chosen = _agree(evaluation, select_thresholds(evaluation, vals) if jax.process_index() == 0 else None)
   extras = test_extras(tests, chosen)

@@ -22,3 +22,30 @@ def test_a_damaged_val_map_is_computed_again(tmp_path):
   store.write(run, "Brats21", "val", {"name": "v0", "fingerprint": "fp"}, maps)
   pooled, _, _ = store.pooled(run, "Brats21", "val", ["v0"])
   np.testing.assert_array_equal(pooled[0], maps["anomaly"])
+
+
+def test_two_volumes_with_one_result_file_are_refused(tiny_data_dir, tmp_path, capsys):
+  """'Brats21_test 000' and 'Brats21_test_000' share one result file: the later volume's record
+  would replace the earlier one's and be counted twice (which one by process and batch order).
+  The evaluation refuses before writing anything: one line naming the CSV, exit code 2."""
+  import os
+  import shutil
+
+  from sadm_jax import main as main_lib
+  from tests.evaluate.conftest import evaluate_tiny_config
+
+  data = str(tmp_path / "data")
+  shutil.copytree(os.path.join(tiny_data_dir, "Data"), os.path.join(data, "Data"))
+  csv = os.path.join(data, "Data", "splits", "Brats21_test.csv")
+  with open(csv) as f:
+    text = f.read()
+  with open(csv, "w") as f:
+    f.write(text.replace("1,Brats21_test_001,", "1,Brats21_test 000,"))
+  c = evaluate_tiny_config(data, "")
+  c.evaluate.methods, c.evaluate.test_sets, c.evaluate.include_ixi = ("threshold",), ("Brats21",), False
+  work = str(tmp_path / "work")
+  assert main_lib.run_checked(c, work) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"error: {csv}: volumes 'Brats21_test_000'"), err
+  assert "'Brats21_test 000'" in err[0] and "Brats21_test_000.json" in err[0]
+  assert not os.path.exists(os.path.join(work, "eval"))
