@@ -165,7 +165,9 @@ class Evaluation:
         todo = []
         for r in (r for r in runs if key in members[r.id]):
           fp = self.fingerprint(r, p.kind, extras.get((p.set_name, r.id)))
-          if self.store.read(r, p.set_name, p.split, p.volume_name(row), fp, p.keep_map) is None:
+          name = p.volume_name(row)
+          if self.store.read(r, p.set_name, p.split, name, fp, p.keep_map) is None or \
+              not all(map(os.path.isfile, self._outputs(p, r, name, pos).values())):
             todo.append(r)
           else:
             cached += 1
@@ -247,17 +249,31 @@ class Evaluation:
                                  extra["tau"], fpr)
     return records.healthy_record(rec, a, case.mask, self.faithful, fpr)
 
+  def _output_dir(self, run: EvalRun, set_name: str) -> str:
+    return os.path.join(self.workdir, "report", "volumes", run.method, run.train_anomalies,
+                        run.fold, set_name)
+
+  def _outputs(self, p: Pass, run: EvalRun, name: str, pos: int) -> dict[str, str]:
+    """The report files of one volume that the config asks for (test passes only): a result
+    counts as done only with them, so a rerun writes those that are missing."""
+    if p.kind != "test":
+      return {}
+    ecfg = self.config.evaluate
+    return report.volume_output_paths(self._output_dir(run, p.set_name), safe(name),
+                                      nifti=bool(ecfg.write_nifti),
+                                      png=bool(ecfg.write_png) and pos < PNG_VOLUMES,
+                                      recon=bool(run.cddpm_key))
+
   def _write_outputs(self, run: EvalRun, set_name: str, case: Case, a: np.ndarray, recon,
                      tau: float, pos: int) -> None:
     ecfg = self.config.evaluate
     png = bool(ecfg.write_png) and pos < PNG_VOLUMES
     if not (ecfg.write_nifti or png):
       return
-    out = os.path.join(self.workdir, "report", "volumes", run.method, run.train_anomalies, run.fold,
-                       set_name)
     pred = (a > np.float32(tau)) & (case.mask if not self.faithful else True)
-    report.write_volume_outputs(out, safe(case.name), case.affine, case.image, a, pred, case.mask,
-                                recon=recon, gt=case.seg, nifti=bool(ecfg.write_nifti), png=png)
+    report.write_volume_outputs(self._output_dir(run, set_name), safe(case.name), case.affine,
+                                case.image, a, pred, case.mask, recon=recon, gt=case.seg,
+                                nifti=bool(ecfg.write_nifti), png=png)
 
 
 def prefetch(evaluation: Evaluation, batches: Sequence[Sequence[Item]]

@@ -103,6 +103,17 @@ def montage(image: np.ndarray, anomaly: np.ndarray, pred: np.ndarray, mask: np.n
   return mt.grid(rows, col_titles=titles, right=bar, gap=gap, background=background)
 
 
+def volume_output_paths(out_dir: str, name: str, nifti: bool = True, png: bool = False,
+                        recon: bool = False) -> dict[str, str]:
+  """What `write_volume_outputs` writes: 'anomaly', 'recon' (with a reconstruction), 'pred'
+  (NIfTI) and 'montage' (PNG) -> `<out_dir>/<name>_<what>.nii.gz|.png`."""
+  nii = ["anomaly", "recon", "pred"] if recon else ["anomaly", "pred"]
+  out = {k: os.path.join(out_dir, f"{name}_{k}.nii.gz") for k in (nii if nifti else [])}
+  if png:
+    out["montage"] = os.path.join(out_dir, f"{name}_montage.png")
+  return out
+
+
 def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.ndarray,
                          anomaly: np.ndarray, pred: np.ndarray, mask: np.ndarray,
                          recon: np.ndarray | None = None, gt: np.ndarray | None = None,
@@ -111,20 +122,15 @@ def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.
   and optionally `<name>_montage.png`. Volumes are slice-major [D, H, W]; returns the written paths."""
   image, anomaly, pred, mask = map(nifti_order, (image, anomaly, pred, mask))
   recon, gt = (None if v is None else nifti_order(v) for v in (recon, gt))
-  written = []
-  if nifti:
-    items = [("anomaly", anomaly.astype(np.float32)), ("pred", (pred > 0).astype(np.uint8))]
-    if recon is not None:
-      items.insert(1, ("recon", recon.astype(np.float32)))
-    for suffix, data in items:
-      path = os.path.join(out_dir, f"{name}_{suffix}.nii.gz")
-      save_volume(path, data, affine)
-      written.append(path)
-  if png:
-    path = os.path.join(out_dir, f"{name}_montage.png")
-    io.write_png(path, montage(image, anomaly, pred, mask, recon, gt))
-    written.append(path)
-  return written
+  paths = volume_output_paths(out_dir, name, nifti, png, recon is not None)
+  data = {"anomaly": lambda: anomaly.astype(np.float32), "pred": lambda: (pred > 0).astype(np.uint8),
+          "recon": lambda: recon.astype(np.float32)}
+  for what, path in paths.items():
+    if what == "montage":
+      io.write_png(path, montage(image, anomaly, pred, mask, recon, gt))
+    else:
+      save_volume(path, data[what](), affine)
+  return list(paths.values())
 
 
 # ----------------------------------------------------------------------------- tables
