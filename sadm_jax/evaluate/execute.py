@@ -98,7 +98,10 @@ class Evaluation:
     return out
 
   def fingerprint(self, run: EvalRun, kind: str, extra: dict | None) -> str:
-    return fingerprint({"settings": self.run_settings[run.id], "extra": extra, "kind": kind})
+    settings = self.run_settings[run.id]
+    if run.method == "threshold":  # its maps |x − m|·M depend on the median m of its fold
+      settings = {**settings, "intensity_median": self.intensity_median(run.data_fold)}
+    return fingerprint({"settings": settings, "extra": extra, "kind": kind})
 
   # -- volumes -----------------------------------------------------------------------------------
 
@@ -134,8 +137,9 @@ class Evaluation:
       return self.medians[fold]
     rows = self.splits[f"IXI_train_fold{fold}"]
     path = os.path.join(self.store.root, "threshold", f"intensity_median_fold{fold}.json")
-    key = fingerprint({"rows": [r.img for r in rows],
-                       "preprocess": config_lib.preprocess_config(self.config).key()})
+    pre = config_lib.preprocess_config(self.config)
+    # the volumes' cache entries: their files' identity (a replaced file too) and preprocessing
+    key = fingerprint({"rows": [cache_lib.entry_key(r, pre) for r in rows], "preprocess": pre.key()})
     saved = _read_json(path)
     if jax.process_index() == 0 and saved.get("fingerprint") != key:
       values = [np.asarray(v.image)[np.asarray(v.mask) > 0] for v in map(self.cache.load, rows)]

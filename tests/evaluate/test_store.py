@@ -29,20 +29,14 @@ def test_two_volumes_with_one_result_file_are_refused(tiny_data_dir, tmp_path, c
   would replace the earlier one's and be counted twice (which one by process and batch order).
   The evaluation refuses before writing anything: one line naming the CSV, exit code 2."""
   import os
-  import shutil
 
   from sadm_jax import main as main_lib
-  from tests.evaluate.conftest import evaluate_tiny_config
+  from tests.evaluate.conftest import copy_data, threshold_only
 
-  data = str(tmp_path / "data")
-  shutil.copytree(os.path.join(tiny_data_dir, "Data"), os.path.join(data, "Data"))
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"), {
+      "Brats21_test.csv": lambda t: t.replace("1,Brats21_test_001,", "1,Brats21_test 000,")})
   csv = os.path.join(data, "Data", "splits", "Brats21_test.csv")
-  with open(csv) as f:
-    text = f.read()
-  with open(csv, "w") as f:
-    f.write(text.replace("1,Brats21_test_001,", "1,Brats21_test 000,"))
-  c = evaluate_tiny_config(data, "")
-  c.evaluate.methods, c.evaluate.test_sets, c.evaluate.include_ixi = ("threshold",), ("Brats21",), False
+  c = threshold_only(data)
   work = str(tmp_path / "work")
   assert main_lib.run_checked(c, work) == 2
   err = capsys.readouterr().err.strip().splitlines()

@@ -1,0 +1,39 @@
+"""Resuming an evaluation: a stored result is reused only while everything it depends on is unchanged."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+from sadm_jax import main as main_lib
+from tests.evaluate.conftest import copy_data, edit_split, threshold_only
+
+
+def _csv(workdir):
+  with open(os.path.join(workdir, "report", "metrics.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+def _median(workdir):
+  with open(os.path.join(workdir, "eval", "threshold", "intensity_median_fold0.json")) as f:
+    return json.load(f)["median"]
+
+
+def test_the_threshold_baseline_is_recomputed_when_its_median_changes(tiny_data_dir, tmp_path):
+  """The intensity baseline's maps |x − m|·M depend on m, the median of the IXI training brains:
+  after IXI_train_fold0.csv lost two volumes, a rerun recomputes every threshold result and
+  writes the metrics of a fresh evaluation (it reused the results of the old m)."""
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  c = threshold_only(data)
+  work = str(tmp_path / "work")
+  assert main_lib.run_stage(c, work)["volumes_computed"] == 6
+  before = _median(work)
+  edit_split(data, "IXI_train_fold0.csv", lambda t: "".join(t.splitlines(True)[:-2]))
+  again = main_lib.run_stage(c, work)
+  assert _median(work) != before
+  fresh = str(tmp_path / "fresh")
+  main_lib.run_stage(c, fresh)
+  assert _median(fresh) == _median(work)
+  assert again["volumes_computed"] == 6 and again["volumes_cached"] == 0, again
+  assert _csv(work) == _csv(fresh)
