@@ -79,6 +79,7 @@ class Evaluation:
     self.mesh = scoring.local_mesh(int(config.mesh.num_devices))
     self.programs = self._programs()
     self.medians: dict[int, float] = {}
+    self._volume_keys: dict[tuple, str] = {}  # (img, mask, seg) -> cache entry key
 
   def _programs(self) -> dict[str, scoring.VolumeProgram]:
     """One program per cDDPM key ('' for SegUnets without residual) with all its runs."""
@@ -97,11 +98,17 @@ class Evaluation:
                                        self.mesh, on_device)
     return out
 
-  def fingerprint(self, run: EvalRun, kind: str, extra: dict | None) -> str:
+  def fingerprint(self, run: EvalRun, kind: str, extra: dict | None, row: Row) -> str:
+    """What the result of `run` for volume `row` depends on: settings, models, the volume's files
+    (its cache entry: their identity) and, for a test pass, τ and the FPR thresholds (`extra`)."""
     settings = self.run_settings[run.id]
     if run.method == "threshold":  # its maps |x − m|·M depend on the median m of its fold
       settings = {**settings, "intensity_median": self.intensity_median(run.data_fold)}
-    return fingerprint({"settings": settings, "extra": extra, "kind": kind})
+    files = (row.img, row.mask, row.seg)
+    if files not in self._volume_keys:
+      self._volume_keys[files] = cache_lib.entry_key(row, self.cache.cfg)
+    return fingerprint({"settings": settings, "extra": extra, "kind": kind,
+                        "volume": self._volume_keys[files]})
 
   # -- volumes -----------------------------------------------------------------------------------
 
@@ -168,7 +175,7 @@ class Evaluation:
       for key, (pos, row) in order.items():
         todo = []
         for r in (r for r in runs if key in members[r.id]):
-          fp = self.fingerprint(r, p.kind, extras.get((p.set_name, r.id)))
+          fp = self.fingerprint(r, p.kind, extras.get((p.set_name, r.id)), row)
           name = p.volume_name(row)
           if self.store.read(r, p.set_name, p.split, name, fp, p.keep_map) is None or \
               not all(map(os.path.isfile, self._outputs(p, r, name, pos).values())):
@@ -234,7 +241,7 @@ class Evaluation:
           recon = host[r.cddpm_key]["recon"][b] if r.cddpm_key else None
         thresholds.check_finite(a, f"{p.set_name}/{case.name} ({r.id})")  # NonFiniteScoreError
         rec = self._record(p, case, a, recon, extra or {})
-        rec["fingerprint"] = self.fingerprint(r, p.kind, extra)
+        rec["fingerprint"] = self.fingerprint(r, p.kind, extra, item.row)
         if p.kind == "test":
           self._write_outputs(r, p.set_name, case, a, recon, extra["tau"], item.pos)
         arrays = {"anomaly": a, "gt": case.seg, "mask": case.mask} if p.keep_map else None

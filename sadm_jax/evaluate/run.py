@@ -27,8 +27,9 @@ def _stored(evaluation: Evaluation, p: Pass, extras: dict) -> dict[str, list[dic
   """run id -> the records of pass `p`, in row order, read back from the store (all complete)."""
   out = {}
   for r in (r for r in evaluation.runs if r.id in p.rows):
-    fp = evaluation.fingerprint(r, p.kind, extras.get((p.set_name, r.id)))
-    recs = [evaluation.store.read(r, p.set_name, p.split, p.volume_name(row), fp, p.keep_map)
+    extra = extras.get((p.set_name, r.id))
+    recs = [evaluation.store.read(r, p.set_name, p.split, p.volume_name(row),
+                                  evaluation.fingerprint(r, p.kind, extra, row), p.keep_map)
             for row in p.rows[r.id]]
     missing = [row.name for row, rec in zip(p.rows[r.id], recs) if rec is None]
     if missing:

@@ -37,3 +37,20 @@ def test_the_threshold_baseline_is_recomputed_when_its_median_changes(tiny_data_
   assert _median(fresh) == _median(work)
   assert again["volumes_computed"] == 6 and again["volumes_cached"] == 0, again
   assert _csv(work) == _csv(fresh)
+
+
+def test_a_volume_whose_files_changed_is_recomputed(tiny_data_dir, tmp_path):
+  """A corrected label file (same path, new content) gives the volume a new cache entry: its
+  stored results are not reused, and the metrics are those of a fresh evaluation."""
+  import shutil
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  c = threshold_only(data)
+  work = str(tmp_path / "work")
+  main_lib.run_stage(c, work)
+  seg = os.path.join(data, "Data", "Test", "Brats21", "seg", "Brats21_test_000_seg.nii.gz")
+  shutil.copyfile(seg.replace("_000_", "_001_"), seg)
+  again = main_lib.run_stage(c, work)
+  fresh = str(tmp_path / "fresh")
+  main_lib.run_stage(c, fresh)
+  assert (again["volumes_computed"], again["volumes_cached"]) == (1, 5), again
+  assert _csv(work) == _csv(fresh)
