@@ -146,7 +146,8 @@ class Evaluation:
     path = os.path.join(self.store.root, "threshold", f"intensity_median_fold{fold}.json")
     pre = config_lib.preprocess_config(self.config)
     # the volumes' cache entries: their files' identity (a replaced file too) and preprocessing
-    key = fingerprint({"rows": [cache_lib.entry_key(r, pre) for r in rows], "preprocess": pre.key()})
+    key = fingerprint({"rows": [cache_lib.entry_key(r, pre) for r in rows],
+                       "preprocess": pre.key()})
     saved = _read_json(path)
     if jax.process_index() == 0 and saved.get("fingerprint") != key:
       values = [np.asarray(v.image)[np.asarray(v.mask) > 0] for v in map(self.cache.load, rows)]

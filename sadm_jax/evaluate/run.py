@@ -155,6 +155,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError("nothing to evaluate: no runs (check evaluate.methods and the workdirs)")
   root = layout.resolve_data_root(config.data.data_dir)
   names, sets, ixi = needed_splits(config, runs, root.available_splits())
+  if not sets and not ixi:
+    healthy = "missing" if config.evaluate.include_ixi else "off (evaluate.include_ixi=False)"
+    raise ValueError(f"evaluate.test_sets={tuple(config.evaluate.test_sets)}: none has its val and "
+                     f"test splits in {root.splits_dir}, and the healthy IXI passes are {healthy}: "
+                     "nothing to evaluate")
   _, splits, _, _ = config_lib.load_valid_splits(config, names)
   vals, tests = val_passes(runs, splits, sets, ixi), test_passes(runs, splits, sets, ixi)
   check_volume_names(vals + tests)

@@ -46,5 +46,6 @@ def edit_split(data_dir: str, name: str, edit) -> str:
 def threshold_only(data_dir: str, test_sets=("Brats21",)):
   """The intensity-threshold baseline alone (no model) on `test_sets`, no healthy IXI passes."""
   c = evaluate_tiny_config(data_dir, "")
-  c.evaluate.methods, c.evaluate.test_sets, c.evaluate.include_ixi = ("threshold",), test_sets, False
+  c.evaluate.methods, c.evaluate.test_sets = ("threshold",), tuple(test_sets)
+  c.evaluate.include_ixi = False
   return c

@@ -289,3 +289,20 @@ def test_cddpm_rows_are_the_sadm_runs_frozen_cddpm_where_it_was_found(
   assert runs["cddpm"].cddpm_workdir == moved_cddpm
   assert models.frozen_cddpm_workdirs == {str(moved): moved_cddpm}
   assert runs["cddpm"].cddpm_key == runs["sadm"].cddpm_key and len(models.cddpms) == 1
+
+
+def test_a_data_dir_without_any_requested_set_is_refused(tiny_data_dir, tmp_path, capsys):
+  """evaluate.test_sets=('Brats21',) without IXI on a data dir with no Brats21 splits: one error
+  line naming the setting and the splits folder, exit code 2, nothing written (it wrote an empty
+  report and exited 0)."""
+  from tests.evaluate.conftest import copy_data, threshold_only
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  for name in ("Brats21_val.csv", "Brats21_test.csv"):
+    os.remove(os.path.join(data, "Data", "splits", name))
+  work = str(tmp_path / "work")
+  assert main_lib.run_checked(threshold_only(data), work) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: evaluate.test_sets=('Brats21',)"), err
+  assert os.path.join(data, "Data", "splits") in err[0] and "include_ixi" in err[0]
+  assert not os.path.exists(os.path.join(work, "eval")) and not os.path.exists(
+      os.path.join(work, "report"))
