@@ -244,6 +244,7 @@ class Evaluation:
         rec = self._record(p, case, a, recon, extra or {})
         rec["fingerprint"] = self.fingerprint(r, p.kind, extra, item.row)
         if p.kind == "test":
+          self.store.discard(r, p.set_name, p.split, case.name)  # before replacing its files
           self._write_outputs(r, p.set_name, case, a, recon, extra["tau"], item.pos)
         arrays = {"anomaly": a, "gt": case.seg, "mask": case.mask} if p.keep_map else None
         self.store.write(r, p.set_name, p.split, rec, arrays)  # the record last: done

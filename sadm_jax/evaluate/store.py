@@ -27,11 +27,13 @@ def safe(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
-def _readable_map(npz: str) -> bool:
-  """Whether a val map file opens and holds the arrays `Store.pooled` reads."""
+def _readable_map(npz: str, fp: str) -> bool:
+  """Whether a val map file opens, holds the arrays `Store.pooled` reads and was written with
+  the record of fingerprint `fp` (not by a run of other settings killed before its record)."""
   try:
     with np.load(npz) as z:
-      return {"anomaly", "gt", "mask"} <= set(z.files)
+      return {"anomaly", "gt", "mask", "fingerprint"} <= set(z.files) and \
+          str(z["fingerprint"]) == fp
   except (OSError, ValueError, EOFError, zipfile.BadZipFile):
     return False
 
@@ -39,8 +41,8 @@ def _readable_map(npz: str) -> bool:
 class Store:
   """Per-volume results under `<workdir>/eval/<method>/<anomalies>/<fold>/<set>/<split>/`.
 
-  A result counts as done when its JSON exists with the expected fingerprint (and its .npz for val
-  passes); the JSON is written last. Processes share the store (a shared file system for several
+  A result counts as done when its JSON exists with the expected fingerprint (and, for val passes,
+  its .npz with the same one); the JSON is written last. Processes share the store (a shared file system for several
   hosts, like the checkpoints), so any process count reuses what any other computed.
   """
 
@@ -56,8 +58,8 @@ class Store:
            with_map: bool = False) -> dict | None:
     """The stored record if it is complete and has fingerprint `fp`, else None."""
     path, npz = self.paths(run, set_name, split, name)
-    if not os.path.isfile(path) or (with_map and not _readable_map(npz)):
-      return None  # a missing or damaged map (truncated by a disk fault) is computed again
+    if not os.path.isfile(path) or (with_map and not _readable_map(npz, fp)):
+      return None  # a missing, damaged (truncated by a disk fault) or other map: computed again
     try:
       with open(path) as f:
         rec = json.load(f)
@@ -65,13 +67,22 @@ class Store:
       return None
     return rec if rec.get("fingerprint") == fp else None
 
+  def discard(self, run, set_name: str, split: str, name: str) -> None:
+    """Removes a volume's record before files it vouches for are replaced (its map, the report's
+    NIfTI/PNG files): a run killed in between leaves no record, never one of other files."""
+    try:
+      os.remove(self.paths(run, set_name, split, name)[0])
+    except FileNotFoundError:
+      pass
+
   def write(self, run, set_name: str, split: str, rec: dict,
             arrays: dict[str, np.ndarray] | None = None) -> None:
     """Writes the map arrays (if any), then the record (its presence marks the volume done)."""
     path, npz = self.paths(run, set_name, split, rec["name"])
+    self.discard(run, set_name, split, rec["name"])
     if arrays is not None:
       with io.atomic_path(npz, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays, fingerprint=np.asarray(rec["fingerprint"]))
     io.write_json(path, rec)
 
   def pooled(self, run, set_name: str, split: str, names: Sequence[str]

@@ -6,6 +6,8 @@ import csv
 import json
 import os
 
+import pytest
+
 from sadm_jax import main as main_lib
 from tests.evaluate.conftest import copy_data, edit_split, threshold_only
 
@@ -54,3 +56,38 @@ def test_a_volume_whose_files_changed_is_recomputed(tiny_data_dir, tmp_path):
   main_lib.run_stage(c, fresh)
   assert (again["volumes_computed"], again["volumes_cached"]) == (1, 5), again
   assert _csv(work) == _csv(fresh)
+
+
+def test_outputs_of_a_killed_run_with_other_settings_are_not_kept(tiny_data_dir, tmp_path,
+                                                                  monkeypatch):
+  """A volume's NIfTI files are written before its record. A run with another τ (bisection
+  instead of the exact search) killed right after writing a volume's files left them next to the
+  record of the first settings; back on those, the files must be the first settings' again."""
+  import nibabel as nib
+  import numpy as np
+
+  from sadm_jax.evaluate import store as store_lib
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  c = threshold_only(data)
+  c.evaluate.write_png = False
+  work = str(tmp_path / "work")
+  main_lib.run_stage(c, work)
+  pred = os.path.join(work, "report", "volumes", "threshold", "none", "fold0", "Brats21",
+                      "Brats21_test_000_pred.nii.gz")
+  want = np.asarray(nib.load(pred).dataobj)
+  write = store_lib.Store.write
+
+  def killed_after_the_outputs(self, run, set_name, split, rec, arrays=None):
+    if split == "test":
+      raise KeyboardInterrupt  # SIGKILL: nothing after this point happens
+    return write(self, run, set_name, split, rec, arrays)
+
+  other = threshold_only(data)
+  other.evaluate.write_png, other.evaluate.threshold_method = False, "bisection"
+  monkeypatch.setattr(store_lib.Store, "write", killed_after_the_outputs)
+  with pytest.raises(KeyboardInterrupt):
+    main_lib.run_stage(other, work)
+  assert not np.array_equal(np.asarray(nib.load(pred).dataobj), want)  # the other τ's prediction
+  monkeypatch.setattr(store_lib.Store, "write", write)
+  main_lib.run_stage(c, work)
+  np.testing.assert_array_equal(np.asarray(nib.load(pred).dataobj), want)

@@ -43,3 +43,24 @@ def test_two_volumes_with_one_result_file_are_refused(tiny_data_dir, tmp_path, c
   assert len(err) == 1 and err[0].startswith(f"error: {csv}: volumes 'Brats21_test_000'"), err
   assert "'Brats21_test 000'" in err[0] and "Brats21_test_000.json" in err[0]
   assert not os.path.exists(os.path.join(work, "eval"))
+
+
+def test_a_map_left_by_an_interrupted_write_of_other_settings_is_not_reused(tmp_path):
+  """The map is written before its record: a run with other settings killed in between leaves
+  its map next to the record of the first settings. Going back to those, the record must not
+  be reused with that map (τ would come from the other settings' maps)."""
+  store = Store(str(tmp_path))
+  run = types.SimpleNamespace(method="cddpm", train_anomalies="none", fold="fold0")
+  arrays = lambda v: {"anomaly": np.full((2, 4, 4), v, np.float32),
+                      "gt": np.zeros((2, 4, 4), np.uint8), "mask": np.ones((2, 4, 4), np.uint8)}
+  store.write(run, "Brats21", "val", {"name": "v0", "fingerprint": "A"}, arrays(1.0))
+  path, _ = store.paths(run, "Brats21", "val", "v0")
+  with open(path) as f:
+    record_a = f.read()
+  store.write(run, "Brats21", "val", {"name": "v0", "fingerprint": "B"}, arrays(2.0))
+  with open(path, "w") as f:  # as if killed after the map of B, before its record
+    f.write(record_a)
+  assert store.read(run, "Brats21", "val", "v0", "A", with_map=True) is None
+  store.write(run, "Brats21", "val", {"name": "v0", "fingerprint": "A"}, arrays(1.0))
+  assert store.read(run, "Brats21", "val", "v0", "A", with_map=True)["name"] == "v0"
+  assert store.pooled(run, "Brats21", "val", ["v0"])[0][0].max() == 1.0
