@@ -323,3 +323,25 @@ def check_volume_names(passes: Sequence[Pass]) -> None:
                          f"({row.img}) of {row.split} would share one result file "
                          f"({safe(p.volume_name(row))}.json): give them distinct img_name values "
                          "(letters, digits and ._+- are kept, anything else becomes _)")
+
+
+def check_splits(root, splits: dict, hygiene, skipped: dict) -> None:
+  """Raises ValueError naming the CSV of a needed split that has no volume left (every row
+  shared with a split of higher priority, or invalid and skipped): nothing to tune τ on or test.
+
+  root: `layout.DataRoot`; hygiene: `splits.HygieneReport`; skipped: split -> invalid rows skipped.
+  """
+  for name, rows in splits.items():
+    if rows:
+      continue
+    dropped, bad = hygiene.dropped.get(name, 0), len(skipped.get(name, ()))
+    total = dropped + bad + len(hygiene.duplicates.get(name, ()))
+    why = []
+    if dropped:
+      others = ", ".join(sorted(hygiene.overlaps.get(name, {})))
+      why.append(f"{dropped} of its {total} rows are in {others} too and were kept there only "
+                 "(test > val > train, Q17)")
+    if bad:
+      why.append(f"{bad} of its {total} rows are invalid and were skipped (data.skip_invalid)")
+    raise ValueError(f"{root.split_csv(name)}: no volume left to evaluate: "
+                     f"{'; '.join(why) or 'no rows'}")

@@ -16,8 +16,8 @@ from sadm_jax.data import cache as cache_lib, layout
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import metrics, records, report, thresholds
 from sadm_jax.evaluate.execute import Evaluation, barrier
-from sadm_jax.evaluate.planning import Models, Pass, check_volume_names, needed_splits, \
-    plan_runs, protocol, test_passes, val_passes
+from sadm_jax.evaluate.planning import Models, Pass, check_splits, check_volume_names, \
+    needed_splits, plan_runs, protocol, test_passes, val_passes
 from sadm_jax.utils import io
 
 FPRS = ((0.01, "t_fpr1"), (0.05, "t_fpr5"), (0.1, "t_fpr10"))
@@ -160,7 +160,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f"evaluate.test_sets={tuple(config.evaluate.test_sets)}: none has its val and "
                      f"test splits in {root.splits_dir}, and the healthy IXI passes are {healthy}: "
                      "nothing to evaluate")
-  _, splits, _, _ = config_lib.load_valid_splits(config, names)
+  _, splits, hygiene, skipped = config_lib.load_valid_splits(config, names)
+  check_splits(root, splits, hygiene, skipped)
   vals, tests = val_passes(runs, splits, sets, ixi), test_passes(runs, splits, sets, ixi)
   check_volume_names(vals + tests)
   cache_dir = config_lib.cache_dir(config)

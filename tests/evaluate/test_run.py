@@ -306,3 +306,23 @@ def test_a_data_dir_without_any_requested_set_is_refused(tiny_data_dir, tmp_path
   assert os.path.join(data, "Data", "splits") in err[0] and "include_ixi" in err[0]
   assert not os.path.exists(os.path.join(work, "eval")) and not os.path.exists(
       os.path.join(work, "report"))
+
+
+def test_a_split_emptied_by_data_hygiene_is_refused(tiny_data_dir, tmp_path, capsys):
+  """Brats21_val.csv listing the test images only: data hygiene keeps them in the test split
+  (Q17) and leaves val empty, so τ cannot be tuned. One error line naming the CSV and why,
+  exit code 2, nothing written (it failed with 'within_brain=True needs mask_list' after
+  writing the intensity median; on several processes, the others waited for process 0)."""
+  import shutil
+
+  from tests.evaluate.conftest import copy_data, threshold_only
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  splits = os.path.join(data, "Data", "splits")
+  shutil.copyfile(os.path.join(splits, "Brats21_test.csv"), os.path.join(splits, "Brats21_val.csv"))
+  work = str(tmp_path / "work")
+  assert main_lib.run_checked(threshold_only(data), work) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"error: {os.path.join(splits, 'Brats21_val.csv')}: no volume left to evaluate: "
+                 "3 of its 3 rows are in Brats21_test too and were kept there only (test > val > "
+                 "train, Q17)"], err
+  assert not os.path.exists(os.path.join(work, "eval"))
