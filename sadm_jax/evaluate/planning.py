@@ -244,13 +244,19 @@ def val_rows(run: EvalRun, set_name: str, rows: list[Row]) -> tuple[list[Row], s
   return rows, "all"
 
 
-def protocol(config, grid: Sequence[int], spacing: float) -> dict:
-  """How every number of the report was computed (report.md's protocol paragraph)."""
+def protocol(config, grid: Sequence[int], spacing: float, cddpm_configs: Sequence = ()) -> dict:
+  """How every number of the report was computed (report.md's protocol paragraph).
+
+  cddpm_configs: the saved configs of the evaluated cDDPMs: the ensemble draws the noise kind each
+  was trained with (`inference.NoiseSpec`), not the evaluation config's diffusion.noise.
+  """
   ecfg = config.evaluate
+  noise = "/".join(sorted({str(m.diffusion.noise) for m in cddpm_configs})) or \
+      str(config.diffusion.noise)
   return {"threshold_method": str(ecfg.threshold_method),
           "within_brain": not bool(ecfg.faithful_metrics),
           "timesteps": [int(t) for t in config.diffusion.ensemble_timesteps],
-          "shared_noise": bool(config.diffusion.shared_noise), "noise": str(config.diffusion.noise),
+          "shared_noise": bool(config.diffusion.shared_noise), "noise": noise,
           "combination": str(ecfg.combination), "residual_mode": str(ecfg.residual_mode),
           "median_size": int(ecfg.median_size), "dtype": str(ecfg.dtype), "grid": list(grid),
           "spacing_mm": float(spacing), "faithful": bool(config.faithful),

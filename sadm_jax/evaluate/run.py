@@ -187,7 +187,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if r.method == "threshold":
         chosen[r.id]["intensity_median"] = evaluation.intensity_median(r.data_fold)
     probe = cache.load(unique[0])
-    proto = protocol(config, probe.volume("mask").shape, affine_spacing(probe.affine)[0])
+    proto = protocol(config, probe.volume("mask").shape, affine_spacing(probe.affine)[0],
+                     list(models.cddpm_configs.values()))
     io.write_json(os.path.join(workdir, "eval", "config.json"), config.to_dict())
     io.write_json(os.path.join(workdir, "eval", "models.json"),
                   {"runs": [{"id": r.id, **dataclasses.asdict(r), **chosen.get(r.id, {}),

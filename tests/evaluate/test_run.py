@@ -326,3 +326,16 @@ def test_a_split_emptied_by_data_hygiene_is_refused(tiny_data_dir, tmp_path, cap
                  "3 of its 3 rows are in Brats21_test too and were kept there only (test > val > "
                  "train, Q17)"], err
   assert not os.path.exists(os.path.join(work, "eval"))
+
+
+def test_the_protocol_names_the_noise_the_cddpm_draws(eval_data_dir):
+  """The ensemble draws the noise kind the cDDPM was trained with (`NoiseSpec.from_configs`), not
+  the evaluation config's diffusion.noise: the report states the model's."""
+  c = evaluate_tiny_config(eval_data_dir, "")
+  assert c.diffusion.noise == "simplex"
+  model = evaluate_tiny_config(eval_data_dir, "")
+  model.diffusion.noise = "gaussian"
+  assert inference.NoiseSpec.from_configs(model, c).kind == "gaussian"
+  proto = planning.protocol(config_lib.resolve(c), (8, 64, 64), 2.0, [model])
+  assert proto["noise"] == "gaussian" and "(gaussian noise," in report.protocol_text(proto)
+  assert planning.protocol(config_lib.resolve(c), (8, 64, 64), 2.0, [])["noise"] == "simplex"
