@@ -94,3 +94,21 @@ def test_eight_devices_two_processes_and_one_device_agree(evaluation, eval_data_
   assert again["volumes_computed"] == missing and again["volumes_cached"] == 54 - missing
   _assert_same_metrics(_csv(two), _csv(eight))
   shutil.rmtree(str(tmp_path / "two"))
+
+
+def test_the_tpu_launcher_refuses_url_paths(tmp_path):
+  """Processes share the evaluation's store through the file system: a gs:// workdir would be a
+  local folder gs:/... on each worker. launch/tpu_vm.sh refuses it in one line, exit code 2."""
+  import subprocess
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "launch",
+                        "tpu_vm.sh")
+  env = {"PATH": os.environ["PATH"], "TPU_NAME": "pod", "ZONE": "z", "DRY_RUN": "1"}
+  for arg in ("--workdir=gs://b/eval", "--config.evaluate.cddpm_workdir=gs://b/cddpm"):
+    res = subprocess.run(["bash", script, "--", "--config=configs/evaluate.py", arg], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == "", res
+    assert res.stderr.startswith(f"{arg}: sadm_jax reads and writes file-system paths, not URLs")
+    assert len(res.stderr.splitlines()) == 1
+  ok = subprocess.run(["bash", script, "--", "--workdir=/mnt/shared/w"], env=env, cwd=tmp_path,
+                      capture_output=True, text=True, timeout=60)
+  assert ok.returncode == 0 and "--workdir=/mnt/shared/w" in ok.stdout, ok
