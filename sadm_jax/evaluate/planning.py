@@ -177,9 +177,6 @@ def plan_runs(config: ml_collections.ConfigDict, models: Models) -> list[EvalRun
     if not ecfg.sadm_workdirs:
       logging.warning("evaluate.methods has 'sadm' but evaluate.sadm_workdirs is empty: "
                       "no SADM rows")
-  folds = sorted({r.data_fold for r in sadm_runs}) or [int(config.data.fold)]
-  if "threshold" in ecfg.methods:
-    runs += [EvalRun("threshold", "none", f"fold{f}", f) for f in folds]
   if "cddpm" in ecfg.methods:
     # Without evaluate.cddpm_workdir: the SADM runs' own, where `open_run` found them (their
     # saved sadm.cddpm_workdir may be stale: moved together, resumed from elsewhere, relative).
@@ -195,6 +192,10 @@ def plan_runs(config: ml_collections.ConfigDict, models: Models) -> list[EvalRun
       f = int(models.cddpm_configs[key].data.fold)
       runs.append(EvalRun("cddpm", "none", _fold_label("fold", f, taken_c), f, cddpm_workdir=w,
                           cddpm_key=key))
+  # The baseline on the folds of the models it is compared with (SADM runs, else cDDPMs).
+  folds = sorted({r.data_fold for r in sadm_runs or runs}) or [int(config.data.fold)]
+  if "threshold" in ecfg.methods:
+    runs = [EvalRun("threshold", "none", f"fold{f}", f) for f in folds] + runs
   return runs + sadm_runs
 
 

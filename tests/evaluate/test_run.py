@@ -339,3 +339,23 @@ def test_the_protocol_names_the_noise_the_cddpm_draws(eval_data_dir):
   proto = planning.protocol(config_lib.resolve(c), (8, 64, 64), 2.0, [model])
   assert proto["noise"] == "gaussian" and "(gaussian noise," in report.protocol_text(proto)
   assert planning.protocol(config_lib.resolve(c), (8, 64, 64), 2.0, [])["noise"] == "simplex"
+
+
+def test_the_threshold_baseline_runs_on_the_folds_of_the_evaluated_cddpm():
+  """methods=('threshold', 'cddpm') with a cDDPM trained on fold 2: the baseline takes its median
+  from IXI_train_fold2 and its IXI/DRAEM rows from IXI_val_fold2, as the cDDPM row (it took
+  config.data.fold, 0, so the two rows of the table came from different folds)."""
+  import ml_collections
+
+  class Stub:  # the one cDDPM `plan_runs` opens
+    frozen_cddpm_workdirs: dict = {}
+    cddpm_configs = {"k": ml_collections.ConfigDict({"data": {"fold": 2}})}
+
+    def cddpm(self, workdir):
+      return "k"
+
+  c = ml_collections.ConfigDict({"data": {"fold": 0}, "evaluate": {
+      "methods": ("threshold", "cddpm"), "sadm_workdirs": (), "cddpm_workdir": "/runs/c"}})
+  runs = planning.plan_runs(c, Stub())
+  assert [(r.method, r.fold, r.data_fold) for r in runs] == [("threshold", "fold2", 2),
+                                                             ("cddpm", "fold2", 2)]
