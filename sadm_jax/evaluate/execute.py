@@ -73,11 +73,13 @@ class Evaluation:
               "faithful_metrics": self.faithful,
               "preprocess": config_lib.preprocess_config(config).key(),
               "uint8_wrap": bool(config.anomaly.faithful_uint8_wrap)}
-    # What a per-volume result depends on (besides τ, part of the test passes' fingerprints).
-    self.run_settings = {r.id: {**common, **dataclasses.asdict(r), **models.fingerprint(r)}
-                         for r in self.runs}
     self.mesh = scoring.local_mesh(int(config.mesh.num_devices))
     self.programs = self._programs()
+    # What a per-volume result depends on (besides τ, part of the test passes' fingerprints),
+    # the XLA options of the program that computes it too (other last bits: a program with two
+    # or more SegUnets compiles otherwise on CPU, `VolumeProgram.compiler_options`).
+    self.run_settings = {r.id: {**common, **dataclasses.asdict(r), **models.fingerprint(r),
+                                **self._program_options(r)} for r in self.runs}
     self.medians: dict[int, float] = {}
     self._volume_keys: dict[tuple, str] = {}  # (img, mask, seg) -> cache entry key
 
@@ -97,6 +99,12 @@ class Evaluation:
                                        [self.models.segnets[w] for w in segs], spec, self.settings,
                                        self.mesh, on_device)
     return out
+
+  def _program_options(self, run: EvalRun) -> dict:
+    if run.method == "threshold":
+      return {}
+    options = self.programs[run.cddpm_key].compiler_options
+    return {"compiler_options": options} if options else {}  # none: earlier results stay valid
 
   def fingerprint(self, run: EvalRun, kind: str, extra: dict | None, row: Row) -> str:
     """What the result of `run` for volume `row` depends on: settings, models, the volume's files

@@ -91,3 +91,36 @@ def test_outputs_of_a_killed_run_with_other_settings_are_not_kept(tiny_data_dir,
   monkeypatch.setattr(store_lib.Store, "write", write)
   main_lib.run_stage(c, work)
   np.testing.assert_array_equal(np.asarray(nib.load(pred).dataobj), want)
+
+
+def test_results_of_a_program_compiled_otherwise_are_not_reused(tiny_data_dir, tiny_cddpm_dir,
+                                                               tiny_sadm_dir, tmp_path):
+  """A second SADM run in the evaluation puts a second SegUnet into the cDDPM's program, which
+  then compiles with other XLA options on CPU (`VolumeProgram.compiler_options`: YNNPACK
+  convolutions); its values differ in the last float32 bits (up to 4.7e-6 in the tiny runs'
+  metrics, the cDDPM rows too). The cDDPM and first SADM run's stored results must then not be
+  reused: a resumed evaluation would mix both programs' numbers, unlike a fresh one."""
+  import shutil
+
+  from sadm_jax import config as config_lib
+  from sadm_jax.data import cache as cache_lib
+  from sadm_jax.evaluate import execute, planning
+  from tests.evaluate.conftest import evaluate_tiny_config
+
+  copy = str(tmp_path / "sadm_copy")  # the same weights: a second SegUnet all the same
+  shutil.copytree(tiny_sadm_dir, copy)
+
+  def settings(sadm_dirs):
+    c = config_lib.resolve(evaluate_tiny_config(tiny_data_dir, tiny_cddpm_dir, sadm_dirs))
+    models = planning.Models(c)
+    ev = execute.Evaluation(c, str(tmp_path / "w"), models, planning.plan_runs(c, models), {},
+                            cache_lib.VolumeCache(config_lib.cache_dir(c),
+                                                  config_lib.preprocess_config(c)))
+    (program,) = [p for k, p in ev.programs.items() if k]
+    return ev.run_settings, program.compiler_options
+
+  one, options_one = settings([tiny_sadm_dir])
+  two, options_two = settings([tiny_sadm_dir, copy])
+  assert options_one is None and options_two  # CPU, the package's XLA defaults
+  for rid in ("cddpm/none/fold0", "sadm/draem/fold0"):
+    assert one[rid] != two[rid], rid
