@@ -5,8 +5,6 @@
 #   TPU_NAME=my-v5p-32 ZONE=us-east5-a launch/tpu_vm.sh \
 #       -- --config=configs/cddpm.py --workdir=/mnt/shared/runs/cddpm
 #
-# The workdir must be a path every worker sees (NFS, Filestore, a gcsfuse mount); URLs such as
-# gs://... are refused (files are written through the local file system).
 # Required: TPU_NAME, ZONE. Optional: PROJECT (gcloud --project), REMOTE_DIR (the checkout on
 # every worker, relative to the home directory; default sadm_jax; its .venv is activated when
 # present), PYTHON (default python), DRY_RUN=1 (print the gcloud command, run nothing).
