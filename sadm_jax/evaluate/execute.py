@@ -125,9 +125,8 @@ class Evaluation:
     image = np.asarray(vol.image, np.float32)
     mask = np.asarray(vol.mask) > 0
     seg = np.asarray(vol.seg) > 0 if vol.seg is not None else np.zeros(mask.shape, bool)
-    name = vol.meta["name"]
-    if pass_.set_name == DRAEM_SET:
-      image, seg = self._draem(name, image, mask)
+    if pass_.set_name == DRAEM_SET:  # seeded by the row's name, not the name the cache entry
+      image, seg = self._draem(row.name, image, mask)  # was filled under (another row's)
     name = pass_.volume_name(row)
     return Case(name, image, mask, seg, vol.affine,
                 inference.volume_index(f"{pass_.set_name}/{name}"))

@@ -64,3 +64,31 @@ def test_a_map_left_by_an_interrupted_write_of_other_settings_is_not_reused(tmp_
   store.write(run, "Brats21", "val", {"name": "v0", "fingerprint": "A"}, arrays(1.0))
   assert store.read(run, "Brats21", "val", "v0", "A", with_map=True)["name"] == "v0"
   assert store.pooled(run, "Brats21", "val", ["v0"])[0][0].max() == 1.0
+
+
+def test_draem_volume_is_drawn_for_its_row_not_for_whoever_filled_the_cache(tiny_data_dir,
+                                                                             tmp_path):
+  """A DRAEM validation volume's anomalies are seeded by the row's name: the same IXI file cached
+  first under another name (listed twice, or renamed in the CSV) gives the same volume."""
+  import dataclasses
+
+  from configs import evaluate as evaluate_config
+  from sadm_jax import config as config_lib
+  from sadm_jax.data import cache as cache_lib, layout, splits
+  from sadm_jax.evaluate import execute, planning
+
+  row = splits.read_split(layout.resolve_data_root(tiny_data_dir), "IXI_val_fold0")[0]
+  config = config_lib.resolve(evaluate_config.get_config("tiny"))
+  pre = config_lib.preprocess_config(config)
+  draem_pass = planning.Pass(planning.DRAEM_SET, "val", "val", {})
+  images = []
+  for first in (row, dataclasses.replace(row, name=row.name + "_renamed")):
+    cache_dir = str(tmp_path / first.name)
+    cache_lib.ensure_cached([first], cache_dir, pre)
+    ev = execute.Evaluation.__new__(execute.Evaluation)
+    ev.config, ev.cache = config, cache_lib.VolumeCache(cache_dir, pre)
+    case = ev.case(draem_pass, row)
+    assert case.name == row.name + "_draem"
+    images.append((case.image, case.seg))
+  np.testing.assert_array_equal(images[0][0], images[1][0])
+  np.testing.assert_array_equal(images[0][1], images[1][1])
