@@ -101,7 +101,7 @@ def main(argv):
           "--config.<key>=<value>)")
   from sadm_jax import validate
   try:  # wrong values, choices and paths: refused before JAX, Orbax and grain are imported
-    validate.check_static(FLAGS.config, STAGES)
+    validate.check_static(FLAGS.config, STAGES, FLAGS.workdir)
   except ValueError as e:
     _fail(str(e))
   from sadm_jax.utils import compilation_cache, compile_log, xla_flags

@@ -146,15 +146,25 @@ def _existing_dir(key: str, path: str, what: str) -> None:
     _fail(f"--config.{key}={path}: no such directory ({what})")
 
 
-def check_paths(config: ml_collections.ConfigDict) -> None:
-  """Inputs the stage reads: DATA_DIR, the referenced runs, predict's scan."""
+def _holds_steps(workdir: str | None) -> bool:
+  """Whether `workdir` holds a training checkpoint step (`<workdir>/checkpoints/<step>`): the run
+  resumes (or stops at a damaged one), and never builds its initial state again."""
+  ckpt = os.path.join(workdir, "checkpoints") if workdir else ""
+  return bool(ckpt) and os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
+
+
+def check_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+  """Inputs the stage reads: DATA_DIR, the referenced runs, predict's scan. The SparK run that
+  initialises a cDDPM's encoder is read at a fresh start only: not checked when `workdir`
+  resumes."""
   stage = config.stage
   if stage in DATA_STAGES and config.data.num_workers < 0:
     _fail(f"--config.data.num_workers={config.data.num_workers} must be >= 0 (0 = in this process)")
   if stage in DATA_STAGES:
     _existing_dir("data.data_dir", config.data.data_dir,
                   f"stage {stage} reads the data directory (DATA_DIR)")
-  if stage in ("spark", "cddpm") and config.model.encoder.pretrained_workdir:
+  if (stage in ("spark", "cddpm") and config.model.encoder.pretrained_workdir
+      and not (stage == "cddpm" and _holds_steps(workdir))):
     _existing_dir("model.encoder.pretrained_workdir", config.model.encoder.pretrained_workdir,
                   "a SparK workdir to initialise the encoder from")
   if stage == "sadm" and config.sadm.use_cddpm:
@@ -229,11 +239,13 @@ def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   return resolved
 
 
-def check_static(config: ml_collections.ConfigDict, stages) -> ml_collections.ConfigDict:
-  """Every check that needs neither JAX nor the workdir (the CLI runs it before importing JAX,
-  so a wrong value is refused in a fraction of a second); returns the resolved config."""
+def check_static(config: ml_collections.ConfigDict, stages, workdir: str | None = None
+                 ) -> ml_collections.ConfigDict:
+  """Every check that needs neither JAX nor a change to the workdir (the CLI runs it before
+  importing JAX, so a wrong value is refused in a fraction of a second); returns the resolved
+  config. `workdir` is only looked at (does the run resume?)."""
   resolved = check_values(config, stages)
-  check_paths(resolved)
+  check_paths(resolved, workdir)
   if config.stage in DATA_STAGES:
     check_preprocess(resolved)
   return resolved
@@ -242,7 +254,7 @@ def check_static(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
 def validate(config: ml_collections.ConfigDict, workdir: str, stages) -> None:
   """Every check for `config.stage`; raises ConfigError (one line). The workdir check comes last:
   it creates a missing workdir, which only a start that passed every other check may do."""
-  resolved = check_static(config, stages)
+  resolved = check_static(config, stages, workdir)
   if config.stage in TRAINING_STAGES:
     import jax
     check_mesh(resolved, jax.device_count(), jax.process_count())

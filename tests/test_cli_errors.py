@@ -429,3 +429,17 @@ def test_url_workdir_is_refused_not_made_a_local_directory(tmp_path):
                        text=True, timeout=300)
   assert _one_error(res).startswith("error: --workdir=gs://bucket/runs/c is a URL; ")
   assert os.listdir(tmp_path) == []
+
+
+def test_a_resuming_cddpm_needs_no_spark_run(tmp_path):
+  """`model.encoder.pretrained_workdir` is read at a fresh start only: a cDDPM workdir holding a
+  checkpoint step resumes although the SparK run is gone; a fresh start is refused in one line."""
+  from configs import cddpm as cddpm_config
+  from sadm_jax.config import STAGES
+  c = cddpm_config.get_config("tiny")
+  c.data.data_dir = str(tmp_path)
+  c.model.encoder.pretrained_workdir = str(tmp_path / "gone_spark")
+  with pytest.raises(ValueError, match="pretrained_workdir=.*gone_spark: no such directory"):
+    validate.check_static(c, STAGES, str(tmp_path / "run"))
+  os.makedirs(tmp_path / "run" / "checkpoints" / "4")
+  validate.check_static(c, STAGES, str(tmp_path / "run"))  # resumes: not read

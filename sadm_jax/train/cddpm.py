@@ -91,12 +91,19 @@ def _with_pretrained_encoder(config, init):
                                                                  "step": spark.step}}
 
 
-def cddpm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True) -> loop.Task:
-  """The cDDPM task; `data=False` builds only model/optimiser (for restoring a checkpoint)."""
+def cddpm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
+               fresh: bool = True) -> loop.Task:
+  """The cDDPM task; `data=False` builds only model/optimiser (for restoring a checkpoint).
+
+  fresh=False: the run resumes from a checkpoint, so its initial state is never built and the
+  SparK run of `model.encoder.pretrained_workdir` is not opened (it may have moved or gone); the
+  state's structure is the same, and the run keeps the `pretrained_encoder` its first start
+  recorded (`loop.resumed_meta`).
+  """
   config = config_lib.resolve(config)
   model = factory.build_cddpm(config)
   init, inputs, extra = _init_cddpm(config, model), (), {}
-  if data and config.model.encoder.pretrained_workdir:
+  if data and fresh and config.model.encoder.pretrained_workdir:
     init, inputs, extra = _with_pretrained_encoder(config, init)
   task = ixi.ixi_task(TASK_NAME, config, init, cddpm_loss_fn(config, model), tables, data,
                       init_inputs=inputs)
@@ -106,7 +113,9 @@ def cddpm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True
 
 def run_cddpm(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=cddpm`: trains E + UNet jointly (resuming from `workdir` if it holds a checkpoint)."""
-  result = loop.train(config, workdir, lambda: cddpm_task(config))  # built once claimed
+  # Built once claimed; a run that resumes does not reopen its SparK encoder's run.
+  result = loop.train(config, workdir,
+                      lambda: cddpm_task(config, fresh=not loop.will_resume(workdir)))
   if jax.process_index() == 0:
     print(f"cDDPM training done: {result}")
   return result

@@ -191,6 +191,20 @@ def check_references(workdir: str, config: ml_collections.ConfigDict, now: dict,
         f"{new.get('fingerprint')}); resume it with that cDDPM, or use a new workdir")
 
 
+def will_resume(workdir: str) -> bool:
+  """Whether training in `workdir` resumes rather than starts: it holds a checkpoint step (a
+  damaged newest step is moved aside and the one before restored; with none usable the run stops,
+  `Checkpointer.restore_usable`), so its initial state will not be built."""
+  with Checkpointer(workdir, create=False) as ckpt:
+    return ckpt.latest_step() is not None
+
+
+def resumed_meta(run_meta: dict, saved_meta: dict) -> dict:
+  """The run metadata of a resumed start: this start's, plus what the first start recorded and a
+  resumed task does not know (`pretrained_encoder`: the SparK run that initialised the encoder)."""
+  return {**saved_meta.get("run", {}), **run_meta}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable[[], Task],
           mesh: jax.sharding.Mesh | None = None) -> dict:
   """Trains `task` to `total_steps`, resuming from the latest usable checkpoint in `workdir`.
@@ -222,6 +236,8 @@ def _train(config, workdir, task, mesh) -> dict:
                                                    it)
     if start is not None:
       check_references(workdir, config, task.meta, saved_meta)
+      run_meta = resumed_meta(run_meta, saved_meta)
+      meta_base["run"] = run_meta
     if start is not None and start > num_steps:
       raise RunError(f"{workdir}: holds a run already trained to step {start}, beyond the "
                      f"{num_steps} step(s) this config asks for (train.num_steps / "

@@ -52,6 +52,7 @@ RESUMABLE = (
     "distributed.*",  # coordinator address etc. of this job (the process count itself is
     # checked on restore: each process's data loader position, `Checkpointer.restore_usable`)
     "model.names",  # what `describe` reports
+    "model.encoder.pretrained_workdir",  # read at a fresh start only (the SparK run moved)
     "evaluate.*", "predict.*", "demo.*", "reproduce.*",  # read by other stages only
 )
 

@@ -58,6 +58,13 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(tiny_data_dir, tiny_spark_dir, t
   c.model.encoder.pretrained_workdir = str(tmp_path / "nope")
   with pytest.raises(RunError, match="pretrained_workdir=.*nope: not a trained spark run"):
     cddpm.cddpm_task(c)
+  # A resuming run never builds its initial state: the SparK run is not opened (it may have moved
+  # or gone), and the state it restores into has the same structure.
+  resumed = cddpm.cddpm_task(c, fresh=False)
+  assert "pretrained_encoder" not in resumed.meta and resumed.init_inputs == ()
+  shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
+  assert shapes(loop.Trainer(c, resumed, sharding.make_mesh(c)).abstract_state.params) == \
+      shapes(trainer.abstract_state.params)
 
 
 def test_describe_writes_json(tmp_path):

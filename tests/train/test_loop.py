@@ -255,3 +255,29 @@ def test_check_references_refuses_other_inputs_on_resume():
   loop.check_references("/w", c, {"data": {"train": "x", "val": ""}}, unmoved)  # nothing to check
   with pytest.raises(checkpoint_lib.RunError, match=r"frozen cDDPM of step 2 .* holds step 3"):
     loop.check_references("/w", c, {"cddpm": dict(ref, step=3), "data": data}, saved)
+
+
+def test_a_resumed_start_keeps_what_only_the_first_start_recorded(tmp_path):
+  """A cDDPM resumes without reopening the SparK run that initialised its encoder (it may have
+  moved or gone): `will_resume` says it resumes, and the run keeps the `pretrained_encoder` its
+  first start recorded, while this start's own metadata (e.g. versions) is refreshed."""
+  config = _config(8)
+  config.train.num_steps = 4
+  assert not loop.will_resume(str(tmp_path))
+  first = toy_task(config)
+  first.meta.update(pretrained_encoder={"workdir": "/gone/spark", "step": 4}, note="first")
+  loop.train(config, str(tmp_path), first)
+  assert loop.will_resume(str(tmp_path))
+  config.train.num_steps = 6
+  second = toy_task(config)
+  second.meta.update(note="second")
+  loop.train(config, str(tmp_path), second)
+  with open(tmp_path / "run.json") as f:
+    run = json.load(f)["run"]
+  assert run["pretrained_encoder"] == {"workdir": "/gone/spark", "step": 4}
+  assert run["note"] == "second"
+  saved = checkpoint_lib.Checkpointer(str(tmp_path), create=False)
+  try:
+    assert saved.saved_meta("latest", 6)["run"]["pretrained_encoder"]["step"] == 4
+  finally:
+    saved.close()
