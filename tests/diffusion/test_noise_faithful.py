@@ -84,3 +84,24 @@ def test_faithful_noise_std_matches_reference(per_field_std):
   assert abs(faithful.mean() - REFERENCE_PER_FIELD_STD) < 0.02
   assert abs(dflt.mean() - REFERENCE_PER_FIELD_STD) > 0.025  # the default layout does not match
   assert dflt.mean() - faithful.mean() > 0.015  # the aligned layout lowers the std
+
+
+def test_evaluation_layout_and_rounding_follow_the_cddpm_sharing_follows_evaluation():
+  # Q4 at evaluation: `diffusion.shared_noise` is read from the evaluation config, while the octave
+  # layout and float16 rounding are part of the noise the cDDPM was trained with and are read from
+  # its saved config; the evaluation's `aligned_octaves` / `float16_noise` are not used.
+  from configs import cddpm as cddpm_config
+  from configs import evaluate as evaluate_config
+  from sadm_jax.evaluate import inference
+  trained = {f: config_lib.resolve(cddpm_config.get_config("tiny")) for f in (False, True)}
+  trained[True] = cddpm_config.get_config("tiny")
+  trained[True].faithful = True
+  trained[True] = config_lib.resolve(trained[True])
+  ev = {False: config_lib.resolve(evaluate_config.get_config("tiny")),
+        True: config_lib.resolve(evaluate_config.get_config("tiny,faithful"))}
+  assert ev[True].diffusion.aligned_octaves and ev[True].diffusion.float16_noise
+  for model_faithful in (False, True):
+    for eval_faithful in (False, True):
+      s = inference.NoiseSpec.from_configs(trained[model_faithful], ev[eval_faithful])
+      assert s.shared is eval_faithful
+      assert s.aligned_octaves is model_faithful and s.float16 is model_faithful
