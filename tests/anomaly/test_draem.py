@@ -130,6 +130,23 @@ def test_p_anomalous():
   assert 0.35 < frac < 0.6
 
 
+def test_default_anomalies_hit_empty_slices_and_leave_the_brain():
+  # Q25 default: p_anomalous = 1 and no brain restriction, so an empty (all-zero) slice gets an
+  # anomaly like any other, and masks on a brain slice reach the background.
+  assert _CFG.p_anomalous == 1.0 and not _CFG.restrict_to_brain and not _CFG.faithful_uint8_wrap
+  empty, x = np.zeros((96, 96), np.float32), _slice()
+  outside = x == 0
+  rng = np.random.default_rng(5)
+  labelled_empty = labelled_outside = 0
+  for _ in range(10):
+    xa, y = draem.synth_anomaly(empty, rng)
+    labelled_empty += int(y.any())
+    assert np.array_equal(xa != 0, (xa != 0) & (y > 0))
+    _, y = draem.synth_anomaly(x, rng, brain_mask=np.zeros((96, 96), bool))  # mask ignored
+    labelled_outside += int(y[outside].any())
+  assert labelled_empty >= 8 and labelled_outside >= 5
+
+
 def test_restrict_to_brain():
   x = _slice()
   brain = np.zeros((96, 96), bool)
