@@ -40,3 +40,19 @@ def test_drop_path_rate_and_attention_reach_the_modules():
   assert config_lib.resolve(cddpm_config.get_config()).model.encoder.drop_path_rate == 0.05
   c.model.unet.attention_resolutions = (2, 4)
   assert factory.build_unet(c).attention_resolutions == (2, 4)
+
+
+def test_compute_dtype_keeps_float32_parameters_and_has_no_float16():
+  # Q3: an explicit compute dtype; parameters (and batch statistics) stay float32; no float16 mode.
+  import jax
+  import pytest
+  c = _tiny()
+  c.model.dtype = "bfloat16"
+  model = factory.build_cddpm(c)
+  assert model.encoder.dtype == model.unet.dtype == jnp.bfloat16
+  x = jnp.zeros((2, 32, 32, 1))
+  v = abstract_variables(model, x, x, jnp.zeros((2,), jnp.int32), False)
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(v)} == {jnp.dtype(jnp.float32)}
+  c.model.dtype = "float16"
+  with pytest.raises(ValueError, match="unknown model.dtype"):
+    factory.build_cddpm(c)
