@@ -69,6 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
   df.max_beta = 0.999
   df.noise = "simplex"  # 'simplex' | 'gaussian'
   df.shared_noise = config_dict.placeholder(bool)  # one field per batch (faithful, Q4)
+  # At evaluation shared_noise is read from the evaluation's config (one field per volume);
+  # aligned_octaves and float16_noise, like octaves/persistence/frequency, from the cDDPM's own.
   # Reference octave layout: one permutation, no offsets, a vertex at pixel (0, 0) for every octave
   # (per-field std 0.54 instead of 0.57; faithful, Q4). Changes the trained model's input noise.
   df.aligned_octaves = config_dict.placeholder(bool)
