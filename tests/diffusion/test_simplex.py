@@ -120,6 +120,21 @@ def test_aligned_octaves_reproduce_reference_layout():
   assert 0.48 < f.std(axis=(1, 2)).mean() < 0.60
 
 
+def test_aligned_octaves_share_one_permutation_without_offsets():
+  # Q4 faithful layout: octave k is octave 0 sampled at 2^k x the coordinates (same permutation,
+  # no offset), so (2-octave field − 1-octave field)[i, j] = persistence · (1-octave field)[2i, 2j].
+  # The default layout (own permutation and offset per octave) breaks this.
+  key, shape = jax.random.key(7), (2, 32, 32, 1)
+  for aligned in (True, False):
+    f1, f2 = (np.asarray(sample_noise(key, shape, octaves=n, persistence=0.8, frequency=8.0,
+                                      aligned_octaves=aligned))[..., 0] for n in (1, 2))
+    second = f2 - f1
+    if aligned:
+      np.testing.assert_allclose(second[:, :16, :16], 0.8 * f1[:, ::2, ::2], atol=1e-5)
+    else:
+      assert np.abs(second[:, :16, :16] - 0.8 * f1[:, ::2, ::2]).max() > 0.05
+
+
 def test_sample_noise_independent_vs_shared():
   shape = (4, 32, 32, 1)
   indep = np.asarray(sample_noise(jax.random.key(0), shape))
