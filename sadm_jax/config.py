@@ -125,6 +125,22 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def saved_value(config: ml_collections.ConfigDict, section: str, field: str, absent=None):
+  """`section.field` of a run's saved config (kept as the user gave it) as the run resolved it: a
+  faithful placeholder (None) is filled from the config's own `faithful`, as `resolve` did at
+  training; `absent` when the field is missing (a run older than the field)."""
+  node = config
+  for part in section.split("."):
+    node = node[part]
+  if field not in node:
+    return absent
+  value = node[field]
+  if value is None and (section, field) in FAITHFUL_DEFAULTS:
+    faithful_value, default_value = FAITHFUL_DEFAULTS[(section, field)]
+    return faithful_value if config.get("faithful") else default_value
+  return value
+
+
 def preprocess_config(config: ml_collections.ConfigDict):
   """The data layer's PreprocessConfig from `config.data.preprocess`."""
   from sadm_jax.data.preprocess import PreprocessConfig

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sadm_jax import config as config_lib
 from sadm_jax.diffusion import reconstruct as reconstruct_lib
 from sadm_jax.diffusion import schedule as schedule_lib
 from sadm_jax.models import cddpm as cddpm_lib
@@ -48,11 +49,13 @@ class NoiseSpec:
                    eval_config: ml_collections.ConfigDict) -> NoiseSpec:
     """Noise shape from the model's training config; timesteps and sharing from the evaluation."""
     d, e = model_config.diffusion, eval_config.diffusion
+    # The model's saved config is as its user gave it: a faithful placeholder is what training
+    # resolved it to; absent in older runs: False.
+    trained = lambda field: bool(config_lib.saved_value(model_config, "diffusion", field, False))
     return cls(timesteps=tuple(int(t) for t in e.ensemble_timesteps), kind=str(d.noise),
                shared=bool(e.shared_noise), octaves=int(d.octaves),
                persistence=float(d.persistence), frequency=float(d.frequency),
-               aligned_octaves=bool(d.get("aligned_octaves")),  # absent in older runs: False
-               float16=bool(d.get("float16_noise")))
+               aligned_octaves=trained("aligned_octaves"), float16=trained("float16_noise"))
 
 
 @dataclasses.dataclass

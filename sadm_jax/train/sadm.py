@@ -135,6 +135,28 @@ def open_cddpm(config: ml_collections.ConfigDict):
   return open_run(workdir, expect="cddpm", setting="sadm.cddpm_workdir")
 
 
+# The diffusion fields that describe the noise and schedule a cDDPM was trained with: a SADM run
+# reconstructs with its frozen cDDPM's own (read from the cDDPM's saved config, as evaluation
+# reads them: `evaluate.inference.NoiseSpec`); noise sharing and the ensemble are the SADM's own.
+CDDPM_DIFFUSION = ("num_timesteps", "cosine_s", "max_beta", "noise", "octaves", "persistence",
+                   "frequency", "aligned_octaves", "float16_noise")
+_ABSENT_FALSE = ("aligned_octaves", "float16_noise")  # fields older runs lack: they trained without
+
+
+def with_cddpm_diffusion(config: ml_collections.ConfigDict, cddpm_config: ml_collections.ConfigDict
+                         ) -> ml_collections.ConfigDict:
+  """A copy of the (resolved) SADM `config` whose `CDDPM_DIFFUSION` fields are those the frozen
+  cDDPM was trained with (`cddpm_config`: its saved config, faithful placeholders resolved as its
+  training resolved them)."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  for field in CDDPM_DIFFUSION:
+    value = config_lib.saved_value(cddpm_config, "diffusion", field,
+                                   False if field in _ABSENT_FALSE else None)
+    if value is not None:
+      c.diffusion[field] = value
+  return c
+
+
 def _warn_mismatch(config, cddpm_config) -> None:
   """Logs settings where the SADM run differs from the cDDPM it reuses (diffusion, slice grid)."""
   for section in ("diffusion", "data.preprocess"):
@@ -142,10 +164,13 @@ def _warn_mismatch(config, cddpm_config) -> None:
     for part in section.split("."):
       mine, theirs = mine[part], theirs[part]
     for key, value in mine.items():
-      other = theirs.get(key)
+      other = (config_lib.saved_value(cddpm_config, section, key) if key in theirs
+               else None)
       if other is not None and np.asarray(other).tolist() != np.asarray(value).tolist():
-        logging.warning("%s.%s=%r differs from the cDDPM's %r (%s)", section, key, value, other,
-                        config.sadm.cddpm_workdir)
+        used = (": the cDDPM's is used, as evaluation does" if section == "diffusion"
+                and key in CDDPM_DIFFUSION else "")
+        logging.warning("%s.%s=%r differs from the cDDPM's %r (%s)%s", section, key, value, other,
+                        config.sadm.cddpm_workdir, used)
 
 
 def cddpm_model_config(config: ml_collections.ConfigDict, cddpm_model: dict
@@ -314,8 +339,10 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
   if data:
     meta["orientation"] = train_table.orientation()
     meta["data"] = pipeline.data_identity(train_table, val_table)
+  # The frozen cDDPM reconstructs with the noise and schedule it was trained with.
+  loss_config = with_cddpm_diffusion(config, cddpm_run.config) if cddpm_run is not None else config
   return loop.Task(name=TASK_NAME, init_variables=init,
-                   loss_fn=sadm_loss_fn(config, segnet, cddpm),
+                   loss_fn=sadm_loss_fn(loss_config, segnet, cddpm),
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,
                    val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,
                    batch_keys=("image", "seg"), seed=seed, frozen=frozen,

@@ -105,3 +105,29 @@ def test_evaluation_layout_and_rounding_follow_the_cddpm_sharing_follows_evaluat
       s = inference.NoiseSpec.from_configs(trained[model_faithful], ev[eval_faithful])
       assert s.shared is eval_faithful
       assert s.aligned_octaves is model_faithful and s.float16 is model_faithful
+
+
+def test_evaluation_reads_the_noise_a_faithful_cddpm_was_trained_with_from_its_saved_config():
+  # A run saves its config as the user gave it: `--config.faithful=True` leaves the placeholders
+  # `aligned_octaves`/`float16_noise` None, and training resolved them to True. Evaluation reads
+  # that saved config (`open_run`), so it must resolve them the same way (it used False: a
+  # faithful cDDPM was evaluated with another octave layout and float32 noise than it learned).
+  import ml_collections
+
+  from configs import cddpm as cddpm_config
+  from configs import evaluate as evaluate_config
+  from sadm_jax.evaluate import inference
+  ev = config_lib.resolve(evaluate_config.get_config("tiny"))
+  for faithful in (False, True):
+    given = cddpm_config.get_config("tiny")
+    given.faithful = faithful
+    saved = ml_collections.ConfigDict(given.to_dict())  # as open_run returns it
+    assert saved.diffusion.aligned_octaves is None and saved.diffusion.float16_noise is None
+    s = inference.NoiseSpec.from_configs(saved, ev)
+    trained = config_lib.resolve(given).diffusion
+    assert (s.aligned_octaves, s.float16) == (trained.aligned_octaves, trained.float16_noise)
+  older = ml_collections.ConfigDict(cddpm_config.get_config("tiny").to_dict())
+  older.faithful = True
+  del older.diffusion["aligned_octaves"], older.diffusion["float16_noise"]  # before the fields
+  s = inference.NoiseSpec.from_configs(older, ev)
+  assert (s.aligned_octaves, s.float16) == (False, False)

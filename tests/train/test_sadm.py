@@ -297,3 +297,27 @@ def test_open_run_reads_meta_and_state_of_one_step_and_needs_params(cddpm_dir, m
   with pytest.raises(RunError, match=r"cannot be restored: no params / model_state in its saved "
                                      r"state \(keys \['opt_state', 'step'\]\)"):
     open_run(cddpm_dir, expect="cddpm")
+
+
+def test_sadm_reconstructs_with_the_noise_and_schedule_its_cddpm_was_trained_with():
+  """A SADM config whose diffusion differs from its frozen cDDPM's (e.g. `faithful=True` on a
+  default-trained cDDPM, or another schedule) trains with the cDDPM's noise layout, rounding and
+  schedule, as evaluation reconstructs; its noise sharing and ensemble stay its own."""
+  import ml_collections
+
+  from configs import cddpm as cddpm_config
+  from configs import sadm_draem
+  from sadm_jax import config as config_lib
+  from sadm_jax.train import sadm as sadm_lib
+  given = cddpm_config.get_config("tiny")
+  given.faithful = True  # trained with aligned octaves and float16 noise (placeholders resolved)
+  given.diffusion.num_timesteps = 500
+  saved = ml_collections.ConfigDict(given.to_dict())  # as open_run returns it
+  mine = sadm_draem.get_config("tiny")
+  mine.diffusion.ensemble_timesteps = (99,)
+  mine = config_lib.resolve(mine)
+  before = mine.to_dict()
+  used = sadm_lib.with_cddpm_diffusion(mine, saved).diffusion
+  assert (used.aligned_octaves, used.float16_noise, used.num_timesteps) == (True, True, 500)
+  assert used.shared_noise is False and tuple(used.ensemble_timesteps) == (99,)
+  assert mine.to_dict() == before  # the user's config is not changed
