@@ -134,7 +134,7 @@ def check_claims(rows: list[dict]) -> dict:
   On validation a weakly supervised run's own pathology is scored on its held-out rows only.
   """
   means = {split: _means(rows, key) for split, key in METRICS.items()}
-  sets = [s for s in PATHOLOGIES if any(r["test_set"] == s for r in rows)]
+  sets = list(PATHOLOGIES)  # all three: a set the evaluation skipped is missing numbers, not fewer
   cddpm, c = ("cddpm", "none"), {}
   c["claim1"] = [_compare(means, ("sadm", "draem"), ">", cddpm, s) for s in sets]
   c["claim2"] = []

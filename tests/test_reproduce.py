@@ -98,6 +98,17 @@ def test_missing_numbers_fail_a_claim_and_are_reported_as_null():
   assert _verdicts(reproduce.check_claims([]))["claim1"] == (False, False)  # nothing compared
 
 
+def test_a_pathology_the_evaluation_skipped_fails_every_claim_instead_of_shrinking_it():
+  # e.g. --config.evaluate.test_sets=('Brats21','ATLAS_v2'), or WMH's splits missing under data_dir:
+  # "on every pathology" is not shown by the two that were evaluated.
+  rows = [r for r in _rows() if r["test_set"] != "WMH"]
+  claims = reproduce.check_claims(rows)
+  assert claims["pathologies"] == list(SETS)
+  assert _verdicts(claims) == {k: (False, False) for k in ("claim1", "claim2", "claim3")}
+  wmh = [x for x in claims["claim1"]["comparisons"] if x["test_set"] == "WMH"]
+  assert wmh and wmh[0]["test"] == {"SADM-DRAEM": None, "cDDPM": None}
+
+
 def test_claims_compare_means_over_repeats():
   rows = _rows(folds=("fold0", "fold1"), spread=2.0)  # ±2 points cancel in the mean
   assert _verdicts(reproduce.check_claims(rows)) == \
