@@ -9,6 +9,7 @@ import time
 
 import ml_collections
 
+from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps.members import Member, flag
 from sadm_jax.utils import io
 
@@ -95,6 +96,60 @@ def members(config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> l
   out.append(Member("evaluate", config, common + (
       "--config.stage=evaluate", flag("evaluate.sadm_workdirs", dirs),
       "--config.evaluate.cddpm_workdir="), after=tuple(trained)))  # cDDPMs: the SADM runs' own
+  return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _ignored(key: str) -> bool:
+  """Keys of the reproduce config that no member runs differently for: `reproduce.*` (repeats adds
+  members) and the budgets, which reach the members that use them as their own train.num_steps
+  and optimizer.learning_rate overrides (demo.size, demo.seed, demo.root make another cohort)."""
+  return key.startswith("reproduce.") or key in {
+      f"demo.{s}_{k}" for s in ("spark", "cddpm", "sadm") for k in ("steps", "learning_rate")}
+
+
+def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
+  """(member, why) for every finished member (DONE) that is not what this command would run: its
+  saved config.json differs from the member's config now (`_ignored` keys aside), or a member
+  it depends on has not finished (it will run, so this one was built on another). The sweep runner would only warn and skip them, so that the table and
+  the verdicts would be the old runs' under the new command."""
+  from sadm_jax.sweeps import runner
+  rerun, out = set(), []
+  for m in members_lib.ordered(ms):
+    if not runner.is_done(workdir, m.name):
+      rerun.add(m.name)
+      continue
+    why = ""
+    deps = [d for d in m.after if d in rerun]
+    if deps:
+      why = f"built on {', '.join(deps)}, which will run again"
+    else:
+      now = _flat(runner._config_json(members_lib.member_config(m, workdir)))  # pylint: disable=protected-access
+      try:
+        with open(os.path.join(workdir, m.name, "config.json"), encoding="utf-8") as f:
+          saved = _flat(json.load(f))
+      except (OSError, ValueError):
+        saved = None
+      if saved is None:
+        why = "no readable config.json to compare"
+      else:
+        keys = sorted(k for k in set(now) | set(saved)
+                      if not _ignored(k) and now.get(k, ...) != saved.get(k, ...))
+        if keys:
+          why = "config differs in " + ", ".join(keys[:4]) + (
+              f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+    if why:
+      out.append((m.name, why))
+      rerun.add(m.name)
   return out
 
 
@@ -200,8 +255,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   data_dir = cohort(config, workdir)
-  failed = runner.run_local(members(config, workdir, data_dir), workdir,
-                            runner=runner.run_inprocess, primary=jax.process_index() == 0)
+  ms = members(config, workdir, data_dir)
+  stale = stale_members(ms, workdir)
+  if stale:
+    raise ReproduceError(
+        f"reproduce: {workdir} holds finished runs this command would not reproduce: "
+        + "; ".join(f"{n} ({why})" for n, why in stale) + ". Remove them ("
+        + " ".join(os.path.join(workdir, n) for n, _ in stale)
+        + ") to train them again, or use a new --workdir")
+  outputs = [os.path.join(workdir, "claims.json"), os.path.join(workdir, "report", "table.md"),
+             os.path.join(workdir, "report", "metrics.csv")]
+  if jax.process_index() == 0:  # an earlier run's report is not this run's: gone until rewritten
+    for path in outputs:
+      if os.path.exists(path):
+        os.remove(path)
+  failed = runner.run_local(ms, workdir, runner=runner.run_inprocess,
+                            primary=jax.process_index() == 0)
   if failed:
     raise ReproduceError(f"reproduce: {', '.join(failed)} failed (see above); the same command "
                        "retries them and skips the finished members")
@@ -211,11 +280,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   claims = check_claims(rows)
   claims["seconds_this_run"] = round(time.time() - t0, 1)
   claims["member_seconds"] = {}  # from each member's DONE: the time of the run that finished it
-  for m in members(config, workdir, data_dir):
+  for m in ms:
     with open(os.path.join(workdir, m.name, runner.DONE), encoding="utf-8") as f:
       claims["member_seconds"][m.name] = json.load(f)["seconds"]
   text = table_markdown(rows, saved["protocol"], claims, int(config.reproduce.repeats))
   if jax.process_index() == 0:
+    # claims.json last: once it is there, table.md and metrics.csv are this run's too
     io.write_text(os.path.join(workdir, "report", "metrics.csv"), report.metrics_csv(rows))
     io.write_text(os.path.join(workdir, "report", "table.md"), text)
     io.write_json(os.path.join(workdir, "claims.json"), claims)

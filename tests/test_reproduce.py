@@ -264,6 +264,69 @@ def test_stage_stops_when_a_member_fails(tmp_path, monkeypatch):
   assert not (tmp_path / "claims.json").exists()
 
 
+def _fake_evaluation(member, config, mdir, command):
+  if member.name == "evaluate":
+    os.makedirs(os.path.join(mdir, "report"), exist_ok=True)
+    json.dump({"protocol": PROTOCOL, "rows": _rows()},
+              open(os.path.join(mdir, "report", "metrics.json"), "w"))
+  return True
+
+
+def test_a_rerun_refuses_finished_members_that_the_changed_command_would_not_reproduce(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(runner, "run_inprocess", _fake_evaluation)
+  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")
+  c = reproduce_config.get_config("tiny")
+  reproduce.run(c, str(tmp_path))
+  # Another learning rate for SADM: the six stage-II runs and the evaluation are not this command's.
+  changed = reproduce_config.get_config("tiny")
+  changed.demo.sadm_learning_rate = 1e-3
+  with pytest.raises(reproduce.ReproduceError) as e:
+    reproduce.run(changed, str(tmp_path))
+  msg = str(e.value)
+  assert "\n" not in msg and "sadm_draem-0 (config differs in optimizer.learning_rate)" in msg
+  assert "evaluate (built on sadm_draem-0" in msg and "cddpm-0" not in msg and "prepare" not in msg
+  assert _verdicts(json.load(open(tmp_path / "claims.json"))) == \
+      {k: (True, True) for k in ("claim1", "claim2", "claim3")}  # the old report is left alone
+  # A global change (another seed) reaches every member.
+  seed = reproduce_config.get_config("tiny")
+  seed.seed = 7
+  with pytest.raises(reproduce.ReproduceError, match=r"prepare \(config differs in seed\)"):
+    reproduce.run(seed, str(tmp_path))
+  # More repeats add members and change the evaluation's runs only.
+  more = reproduce_config.get_config("tiny")
+  more.reproduce.repeats = 2
+  with pytest.raises(reproduce.ReproduceError) as e:
+    reproduce.run(more, str(tmp_path))
+  assert [p.split(" (")[0] for p in str(e.value).split(": ", 2)[2].split("; ")] == ["evaluate"]
+  # A deleted dependency runs again, so what was built on it is stale too.
+  import shutil
+  shutil.rmtree(tmp_path / "cddpm-0")
+  with pytest.raises(reproduce.ReproduceError) as e:
+    reproduce.run(c, str(tmp_path))
+  assert "sadm_draem-0 (built on cddpm-0, which will run again)" in str(e.value)
+  assert "unet_draem-0" not in str(e.value)  # the input-only UNet uses no cDDPM
+  # Once removed, they run again and the report is rewritten.
+  for name in ("sadm_draem-0", "sadm_brats-0", "sadm_atlas-0", "evaluate"):
+    shutil.rmtree(tmp_path / name)
+  reproduce.run(c, str(tmp_path))
+  assert (tmp_path / "claims.json").exists()
+
+
+def test_a_failed_rerun_leaves_no_earlier_report_behind(tmp_path, monkeypatch):
+  monkeypatch.setattr(runner, "run_inprocess", _fake_evaluation)
+  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")
+  c = reproduce_config.get_config("tiny")
+  reproduce.run(c, str(tmp_path))
+  import shutil
+  shutil.rmtree(tmp_path / "evaluate")
+  monkeypatch.setattr(runner, "run_inprocess", lambda m, c, d, cmd: m.name != "evaluate")
+  with pytest.raises(reproduce.ReproduceError, match="evaluate failed"):
+    reproduce.run(c, str(tmp_path))
+  for path in ("claims.json", "report/table.md", "report/metrics.csv"):
+    assert not (tmp_path / path).exists(), path
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
