@@ -274,16 +274,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if failed:
     raise ReproduceError(f"reproduce: {', '.join(failed)} failed (see above); the same command "
                        "retries them and skips the finished members")
-  with open(os.path.join(workdir, "evaluate", "report", "metrics.json"), encoding="utf-8") as f:
-    saved = json.load(f)
-  rows = saved["rows"]
+  path = os.path.join(workdir, "evaluate", "report", "metrics.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    rows, protocol = list(saved["rows"]), saved["protocol"]
+  except (OSError, ValueError, KeyError, TypeError) as e:  # a finished evaluation without its rows
+    raise ReproduceError(f"reproduce: {path}: the evaluation's rows cannot be read ({e}); remove "
+                         f"{os.path.join(workdir, 'evaluate')} to evaluate again") from None
   claims = check_claims(rows)
   claims["seconds_this_run"] = round(time.time() - t0, 1)
   claims["member_seconds"] = {}  # from each member's DONE: the time of the run that finished it
   for m in ms:
     with open(os.path.join(workdir, m.name, runner.DONE), encoding="utf-8") as f:
       claims["member_seconds"][m.name] = json.load(f)["seconds"]
-  text = table_markdown(rows, saved["protocol"], claims, int(config.reproduce.repeats))
+  text = table_markdown(rows, protocol, claims, int(config.reproduce.repeats))
   if jax.process_index() == 0:
     # claims.json last: once it is there, table.md and metrics.csv are this run's too
     io.write_text(os.path.join(workdir, "report", "metrics.csv"), report.metrics_csv(rows))

@@ -327,6 +327,18 @@ def test_a_failed_rerun_leaves_no_earlier_report_behind(tmp_path, monkeypatch):
     assert not (tmp_path / path).exists(), path
 
 
+def test_a_finished_evaluation_without_its_rows_is_one_error_line(tmp_path, monkeypatch):
+  monkeypatch.setattr(runner, "run_inprocess", _fake_evaluation)
+  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")
+  c = reproduce_config.get_config("tiny")
+  reproduce.run(c, str(tmp_path))
+  os.remove(tmp_path / "evaluate" / "report" / "metrics.json")
+  with pytest.raises(reproduce.ReproduceError, match=r"the evaluation's rows cannot be read .*"
+                     r"remove .*evaluate to evaluate again"):
+    reproduce.run(c, str(tmp_path))
+  assert not (tmp_path / "claims.json").exists()
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
