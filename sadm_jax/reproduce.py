@@ -120,8 +120,9 @@ def _ignored(key: str) -> bool:
 def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
   """(member, why) for every finished member (DONE) that is not what this command would run: its
   saved config.json differs from the member's config now (`_ignored` keys aside), or a member
-  it depends on has not finished (it will run, so this one was built on another). The sweep runner would only warn and skip them, so that the table and
-  the verdicts would be the old runs' under the new command."""
+  it depends on has not finished (it will run, so this one was built on another). The sweep
+  runner would only warn and skip them: the table and verdicts would be the old runs' under the
+  new command."""
   from sadm_jax.sweeps import runner
   rerun, out = set(), []
   for m in members_lib.ordered(ms):
@@ -133,7 +134,8 @@ def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
     if deps:
       why = f"built on {', '.join(deps)}, which will run again"
     else:
-      now = _flat(runner._config_json(members_lib.member_config(m, workdir)))  # pylint: disable=protected-access
+      config = members_lib.member_config(m, workdir)
+      now = _flat(runner._config_json(config))  # pylint: disable=protected-access
       try:
         with open(os.path.join(workdir, m.name, "config.json"), encoding="utf-8") as f:
           saved = _flat(json.load(f))
