@@ -112,18 +112,55 @@ def _one_line(e: Exception) -> str:
   return text[:400]
 
 
+def _allgather_json(obj) -> list:
+  """Every process's `obj` (JSON-serialisable), in process order, on every process (a collective:
+  every process must call it)."""
+  if jax.process_count() == 1:
+    return [obj]
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max size]
+  return [json.loads(row[:int(n)].tobytes().decode("utf-8"))
+          for row, n in zip(every, sizes.reshape(-1))]
+
+
 def _gather(records: list[dict]) -> list[dict]:
   """Every process's records (the union, ordered by scan index) on every process."""
+  return sorted((r for rows in _allgather_json(records) for r in rows), key=lambda r: r["index"])
+
+
+def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+  """(scans, batch, predictor) of this process; with several processes, every process first
+  learns whether the others started too and listed the same scans, so that a process that could
+  not start (an unreadable input or checkpoint on its host) stops them all instead of leaving
+  them waiting for its records forever, and no scan is predicted twice or never."""
+  error, started = None, None
+  try:
+    scans, batch = list_scans(p.input, p.mask, p.get("mask_suffix", "_mask"))
+    started = (scans, batch, load_predictor(p.checkpoint_dir, config))
+  except Exception as e:  # noqa: BLE001  (re-raised below, once the others know)
+    error = e
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    data = np.frombuffer(json.dumps(records).encode("utf-8"), np.uint8)
-    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64)))
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:data.size] = data
-    every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max size]
-    records = [r for row, n in zip(every, sizes.reshape(-1))
-               for r in json.loads(row[:int(n)].tobytes().decode("utf-8"))]
-  return sorted(records, key=lambda r: r["index"])
+    every = _allgather_json({"error": _one_line(error)} if error is not None else
+                            {"scans": [s.name for s in started[0]]})
+    if error is None:
+      for k, other in enumerate(every):
+        if "error" in other:
+          raise ValueError(f"predict: process {k} of {len(every)} could not start "
+                           f"({other['error']}); every process stopped")
+      mine = every[jax.process_index()]["scans"]
+      for k, other in enumerate(every):
+        if other["scans"] != mine:
+          raise DataError(
+              f"predict.input {p.input!r} lists {len(other['scans'])} scan(s) on process {k} but "
+              f"{len(mine)} (or others) on process {jax.process_index()}: is it on a file "
+              "system every host sees the same, and unchanged while predict starts?")
+  if error is not None:
+    raise error
+  return started
 
 
 def _table(records: list[dict]) -> str:
@@ -154,9 +191,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not p.checkpoint_dir or not p.input:
     raise ValueError("set --config.predict.checkpoint_dir=<evaluation|SADM|cDDPM workdir> and "
                      "--config.predict.input=<scan.nii.gz | a,b,... | folder | scans.csv>")
-  scans, batch = list_scans(p.input, p.mask, p.get("mask_suffix", "_mask"))
   out_root = os.path.abspath(p.output or workdir)
-  pred = load_predictor(p.checkpoint_dir, config)
+  scans, batch, pred = _start(p, config)
   pid, nproc = jax.process_index(), jax.process_count()
   records = []
   for i in range(pid, len(scans), nproc):

@@ -381,3 +381,44 @@ def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, s
   assert summary["scans"][1]["mask"] == str(folder / "sub-01_mask.nii.gz")
   assert "broken" in texts[0][0] and "sub-02_T1w" in texts[0][0]  # process 0 prints the table
   assert "sub-02_T1w" not in texts[1][0]
+
+
+def _as_process_0_of_2(monkeypatch, other: dict, loaded: list):
+  """This process as process 0 of 2, the other process's start-up message being `other`;
+  `loaded` records each load_predictor call (a stand-in predictor: nothing is predicted)."""
+  monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
+  monkeypatch.setattr(predict, "load_predictor", lambda *a: loaded.append(a) or object())
+  monkeypatch.setattr(predict, "_allgather_json", lambda mine: [mine, other])
+  monkeypatch.setattr(predict, "predict", lambda *a: pytest.fail("predicted a scan"))
+
+
+def test_a_process_that_cannot_start_stops_the_others(scan, tmp_path, monkeypatch):
+  """Process 1 could not load the model or list the scans: process 0 stops with its reason
+  instead of predicting its share and then waiting for process 1's records forever."""
+  _as_process_0_of_2(monkeypatch, {"error": "x: unreadable (No such file or directory)"}, [])
+  c = _config(str(tmp_path / "model"), scan, tmp_path / "out")
+  with pytest.raises(ValueError, match=r"^predict: process 1 of 2 could not start \(x: unreadable"):
+    predict.run(c, str(tmp_path))
+  assert not os.path.exists(tmp_path / "out" / "predict_summary.json")
+
+
+def test_processes_listing_other_scans_stop(scan, tmp_path, monkeypatch):
+  """A folder that differs between hosts (not shared, or changing): the split by index would
+  predict some scans twice and others never, so every process stops, naming the input."""
+  _as_process_0_of_2(monkeypatch, {"scans": ["sub-01_T1w", "sub-02_T1w"]}, [])
+  c = _config(str(tmp_path / "model"), {"image": scan["dir"]}, tmp_path / "out")
+  with pytest.raises(DataError, match=r"lists 2 scan\(s\) on process 1 but 1 .*on process 0: is "
+                                      r"it on a file system every host sees the same"):
+    predict.run(c, str(tmp_path))
+
+
+def test_a_process_that_cannot_start_tells_the_others_first(tmp_path, monkeypatch):
+  """The failing process itself sends its one-line reason before raising its own error."""
+  sent = []
+  monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(predict, "_allgather_json", lambda mine: sent.append(mine) or [mine, mine])
+  c = _config(str(tmp_path / "model"), {"image": str(tmp_path / "missing_folder")}, tmp_path)
+  with pytest.raises(ValueError) as e:
+    predict.run(c, str(tmp_path))
+  assert sent == [{"error": predict._one_line(e.value)}]
