@@ -55,6 +55,10 @@ def _slurm_plan(environ: Mapping[str, str]) -> Plan | None:
   visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
   if nodes and _int(environ, "SLURM_NTASKS", 1) == nodes and visible:
     kwargs["local_device_ids"] = list(range(len(visible)))  # one process per node: all its GPUs
+  elif visible and (len(visible) == 1 or _int(environ, "SLURM_LOCALID", 0) >= len(visible)):
+    # Slurm bound this task to its own GPU(s) (--gpus-per-task, --gpu-bind): they are all it
+    # sees, so JAX's default (local device SLURM_LOCALID) would name a device it does not have.
+    kwargs["local_device_ids"] = list(range(len(visible)))
   return Plan("slurm", kwargs)
 
 

@@ -60,6 +60,16 @@ def test_plan_slurm_and_tpu():
   assert distributed.plan(None, step) == distributed.Plan("slurm")  # per GPU: JAX's defaults
   per_node = {**step, "SLURM_NTASKS": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
   assert distributed.plan(None, per_node).kwargs == {"local_device_ids": [0, 1, 2, 3]}
+  # Slurm bound each task to its own GPU(s) (--gpus-per-task, --gpu-bind): CUDA_VISIBLE_DEVICES
+  # lists only them, so JAX's default (device SLURM_LOCALID) would name a device the task lacks.
+  bound = {**step, "SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "3"}
+  assert distributed.plan(None, bound).kwargs == {"local_device_ids": [0]}
+  bound2 = {**step, "SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "6,7"}
+  assert distributed.plan(None, bound2).kwargs == {"local_device_ids": [0, 1]}
+  shared = {**step, "SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+  assert distributed.plan(None, shared) == distributed.Plan("slurm")  # device 3 of 8: JAX's
+  first = {**step, "SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": "5"}
+  assert distributed.plan(None, first).kwargs == {"local_device_ids": [0]}
   assert distributed.plan(None, {"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}).source == "tpu"
   assert distributed.plan(None, {"MEGASCALE_NUM_SLICES": "2"}).source == "tpu"
 
