@@ -68,7 +68,7 @@ def _fake_bin(tmp_path):
   scripts = {
       "scontrol": "#!/bin/sh\necho gpu07\necho gpu08\n",
       "srun": "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
-              "SLURM_PROCID=9 SLURM_LOCALID=1 exec \"$@\"\n",
+              "SLURM_PROCID=9 SLURM_LOCALID=${FAKE_LOCALID:-1} exec \"$@\"\n",
       "fakepython": "#!/bin/bash\necho \"JAX_COORDINATOR_ADDRESS=$JAX_COORDINATOR_ADDRESS "
                     "JAX_NUM_PROCESSES=$JAX_NUM_PROCESSES JAX_PROCESS_ID=$JAX_PROCESS_ID "
                     "JAX_LOCAL_DEVICE_IDS=${JAX_LOCAL_DEVICE_IDS:-unset}\"\n"
@@ -80,10 +80,14 @@ def _fake_bin(tmp_path):
   return bin_dir
 
 
-@pytest.mark.parametrize("tasks,local_ids", [("16", "1"), ("2", "unset")])
-def test_slurm_sets_jax_coordinator_per_task(tmp_path, tasks, local_ids):
+@pytest.mark.parametrize("tasks,visible,local_id,local_ids", [
+    ("16", None, "1", "1"), ("2", None, "1", "unset"), ("16", "0,1,2,3,4,5,6,7", "3", "3"),
+    ("16", "6,7", "3", "unset"),  # --gpus-per-task=2: the task's own 2 GPUs, not device 3
+    ("16", "5", "3", "unset")])
+def test_slurm_sets_jax_coordinator_per_task(tmp_path, tasks, visible, local_id, local_ids):
   bin_dir = _fake_bin(tmp_path)
-  env = {**VALUES, "SLURM_NTASKS": tasks, "SLURM_SUBMIT_DIR": REPO,
+  env = {**VALUES, "SLURM_NTASKS": tasks, "SLURM_SUBMIT_DIR": REPO, "FAKE_LOCALID": local_id,
+         **({"CUDA_VISIBLE_DEVICES": visible} if visible else {}),
          "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "fakepython")}
   res = subprocess.run(["bash", os.path.join(REPO, "launch/slurm.sbatch"), *ARGS], env=env,
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
