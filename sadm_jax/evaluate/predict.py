@@ -212,6 +212,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("predict: %s -> %s", s.name, out["anomaly_map"])
     records.append(rec)
   records = _gather(records)
+  if nproc > 1:  # the summary is process 0's: the others' outputs must be where it says they are
+    unseen = _allgather_json([r["index"] for r in records if r["status"] == "ok" and
+                              not os.path.isfile(r["prediction"]["anomaly_map"])]
+                             if pid == 0 else None)[0]
+    for r in (r for r in records if r["index"] in unseen):
+      r.update(status="failed", output_dir="", message=(
+          f"written by process {r['process']} but not found by process 0: is "
+          f"{out_root} a folder every host shares?"))
   failed = [r for r in records if r["status"] != "ok"]
   summary = {"model": pred.source, "method": pred.method, "threshold": pred.tau,
              "threshold_source": pred.tau_source, "model_orientation": pred.orientation,

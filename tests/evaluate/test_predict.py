@@ -422,3 +422,44 @@ def test_a_process_that_cannot_start_tells_the_others_first(tmp_path, monkeypatc
   with pytest.raises(ValueError) as e:
     predict.run(c, str(tmp_path))
   assert sent == [{"error": predict._one_line(e.value)}]
+
+
+def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, monkeypatch):
+  """Process 1 wrote its scan's outputs where process 0 does not see them (predict.output on a
+  host's own disk): the summary does not call that scan ok at a path that is not there."""
+  folder = tmp_path / "scans"
+  os.makedirs(folder)
+  for stem in ("a", "b"):
+    with open(scan["image"], "rb") as f:
+      (folder / f"{stem}.nii.gz").write_bytes(f.read())
+  elsewhere = str(tmp_path / "other_host" / "b" / "b_anomaly_map.nii.gz")
+  theirs = {"index": 1, "scan": "b", "image": str(folder / "b.nii.gz"), "mask": "image > 0",
+            "process": 1, "status": "ok", "message": "volume score 1", "output_dir": "x",
+            "prediction": {"anomaly_map": elsewhere}}
+  calls = []
+
+  def allgather(mine):
+    calls.append(mine)
+    return [mine, [theirs] if len(calls) == 2 else (None if len(calls) == 3 else
+                                                    {"scans": ["a", "b"]})]
+  monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
+  monkeypatch.setattr(predict, "_allgather_json", allgather)
+  monkeypatch.setattr(predict, "load_predictor", lambda *a: types.SimpleNamespace(
+      source="m", method="cddpm", tau=None, tau_source="", orientation="RAS",
+      orientation_source=""))
+
+  def fake_predict(pred, image, mask, out_dir):
+    os.makedirs(out_dir)
+    path = os.path.join(out_dir, "a_anomaly_map.nii.gz")
+    open(path, "wb").close()
+    return {"anomaly_map": path, "volume_score": 1.0, "input_orientation": "RAS",
+            "model_orientation": "RAS"}
+  monkeypatch.setattr(predict, "predict", fake_predict)
+  c = _config(str(tmp_path / "model"), {"image": str(folder)}, tmp_path / "out")
+  with pytest.raises(DataError, match=r"1 of 2 scan\(s\) failed: b \(written by process 1 but "
+                                      r"not found by process 0: is .*out a folder every host"):
+    predict.run(c, str(tmp_path))
+  with open(tmp_path / "out" / "predict_summary.json") as f:
+    assert [(r["scan"], r["status"]) for r in json.load(f)["scans"]] == [
+        ("a", "ok"), ("b", "failed")]
