@@ -182,7 +182,8 @@ def _ok_message(out: dict) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=predict`: every scan of `predict.input` through the models of `predict.checkpoint_dir`.
 
-  Scans are split over processes by index (process p predicts scans p, p + P, ...); a scan that
+  Scans are split over processes by index (process p predicts scans p, p + P, ...), once every
+  process has started and listed the same scans (otherwise all stop: `_start`); a scan that
   fails is reported by name and the others go on. Process 0 writes `predict_summary.json` (every
   scan's status) into the output folder and prints the table. Returns the summary; raises
   PredictFailed (a DataError: exit code 2 from the command line) when any scan failed.
