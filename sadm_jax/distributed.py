@@ -118,6 +118,41 @@ def maybe_initialize(config: ml_collections.ConfigDict | None = None,
   return p
 
 
+def allgather_json(obj) -> list:
+  """Every process's `obj` (JSON-serialisable), in process order, on every process (a collective:
+  every process must call it)."""
+  import jax
+  if jax.process_count() == 1:
+    return [obj]
+  import json
+
+  import numpy as np
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max size]
+  return [json.loads(row[:int(n)].tobytes().decode("utf-8"))
+          for row, n in zip(every, sizes.reshape(-1))]
+
+
+def agree(error: str | None) -> None:
+  """Every process's start-up check together (a collective with several processes): raises
+  ValueError on every process when any failed: its own line where it failed, elsewhere one naming
+  the first process that did. A check that fails on one host only (a path another host lacks)
+  thus stops them all at once, instead of leaving the others waiting in the stage's first
+  collective until JAX's timeout aborts them."""
+  import jax
+  every = allgather_json(error) if jax.process_count() > 1 else [error]
+  if error is not None:
+    raise ValueError(error)
+  failed = next((k for k, e in enumerate(every) if e is not None), None)
+  if failed is not None:
+    raise ValueError(f"process {failed} of {len(every)} stopped at its start-up checks "
+                     f"({every[failed]}); every process stopped")
+
+
 def describe_topology(mesh=None) -> str:
   """'process 0/2, 8 devices (4 local, cpu), mesh data=8' for the start-up log line."""
   import jax

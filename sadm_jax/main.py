@@ -64,10 +64,15 @@ def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: b
   garbage collector for tracing (`utils.gc_tuning`: those import-time objects frozen out of its
   passes, a higher generation-0 threshold), as `python -m sadm_jax.main` does.
   """
-  from sadm_jax import validate
+  from sadm_jax import distributed, validate
   from sadm_jax.train.loop import NonFiniteLossError
   try:
-    validate.validate(config, workdir, STAGES)
+    problem = None
+    try:
+      validate.validate(config, workdir, STAGES)
+    except ValueError as e:
+      problem = str(e)
+    distributed.agree(problem)  # several processes: all stop when any failed its checks
     if tune_gc and config.stage in STAGES:
       from sadm_jax.utils import gc_tuning
       importlib.import_module(STAGES[config.stage].split(":")[0])
@@ -99,11 +104,18 @@ def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (every option is --config=, --workdir= or "
           "--config.<key>=<value>)")
-  from sadm_jax import validate
+  from sadm_jax import distributed, validate
+  try:  # a malformed SLURM_*/JAX_*/SADM_DISTRIBUTED variable
+    several = distributed.plan(FLAGS.config).source is not None
+  except ValueError as e:
+    _fail(str(e))
+  early = None
   try:  # wrong values, choices and paths: refused before JAX, Orbax and grain are imported
     validate.check_static(FLAGS.config, STAGES, FLAGS.workdir)
   except ValueError as e:
-    _fail(str(e))
+    if not several:
+      _fail(str(e))
+    early = str(e)  # with several processes: once all have joined, every one stops (`agree`)
   from sadm_jax.utils import compilation_cache, compile_log, xla_flags
   # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
   # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
@@ -117,7 +129,6 @@ def main(argv):
   except OSError as e:
     _fail(f"{compile_log.ENV}={os.environ.get(compile_log.ENV)}: cannot write the compile log "
           f"({e.strerror})")
-  from sadm_jax import distributed
   try:  # a malformed SLURM_*/JAX_*/SADM_DISTRIBUTED variable
     distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
   except ValueError as e:
@@ -131,6 +142,11 @@ def main(argv):
     platforms = os.environ.get("JAX_PLATFORMS")
     _fail(f"{f'JAX_PLATFORMS={platforms}: ' if platforms else ''}no JAX backend: "
           f"{_one_line(str(e))}")
+  if several:
+    try:  # a check that failed on some host stops every process, not only that one
+      distributed.agree(early)
+    except ValueError as e:
+      _fail(str(e))
   sys.exit(run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True))
 
 

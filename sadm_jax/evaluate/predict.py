@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 
@@ -12,7 +11,7 @@ import ml_collections
 import nibabel as nib
 import numpy as np
 
-from sadm_jax import config as config_lib
+from sadm_jax import config as config_lib, distributed
 from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import preprocess_volume
@@ -112,24 +111,9 @@ def _one_line(e: Exception) -> str:
   return text[:400]
 
 
-def _allgather_json(obj) -> list:
-  """Every process's `obj` (JSON-serialisable), in process order, on every process (a collective:
-  every process must call it)."""
-  if jax.process_count() == 1:
-    return [obj]
-  from jax.experimental import multihost_utils
-  data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
-  padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:data.size] = data
-  every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max size]
-  return [json.loads(row[:int(n)].tobytes().decode("utf-8"))
-          for row, n in zip(every, sizes.reshape(-1))]
-
-
 def _gather(records: list[dict]) -> list[dict]:
   """Every process's records (the union, ordered by scan index) on every process."""
-  return sorted((r for rows in _allgather_json(records) for r in rows), key=lambda r: r["index"])
+  return sorted((r for rows in distributed.allgather_json(records) for r in rows), key=lambda r: r["index"])
 
 
 def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
@@ -144,7 +128,7 @@ def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
   except Exception as e:  # noqa: BLE001  (re-raised below, once the others know)
     error = e
   if jax.process_count() > 1:
-    every = _allgather_json({"error": _one_line(error)} if error is not None else
+    every = distributed.allgather_json({"error": _one_line(error)} if error is not None else
                             {"scans": [s.name for s in started[0]]})
     if error is None:
       for k, other in enumerate(every):
@@ -214,7 +198,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     records.append(rec)
   records = _gather(records)
   if nproc > 1:  # the summary is process 0's: the others' outputs must be where it says they are
-    unseen = _allgather_json([r["index"] for r in records if r["status"] == "ok" and
+    unseen = distributed.allgather_json([r["index"] for r in records if r["status"] == "ok" and
                               not os.path.isfile(r["prediction"]["anomaly_map"])]
                              if pid == 0 else None)[0]
     for r in (r for r in records if r["index"] in unseen):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import predict as predict_config
-from sadm_jax import config as config_lib
+from sadm_jax import config as config_lib, distributed
 from sadm_jax import main as main_lib
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
@@ -389,7 +389,7 @@ def _as_process_0_of_2(monkeypatch, other: dict, loaded: list):
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
   monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
   monkeypatch.setattr(predict, "load_predictor", lambda *a: loaded.append(a) or object())
-  monkeypatch.setattr(predict, "_allgather_json", lambda mine: [mine, other])
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, other])
   monkeypatch.setattr(predict, "predict", lambda *a: pytest.fail("predicted a scan"))
 
 
@@ -417,7 +417,7 @@ def test_a_process_that_cannot_start_tells_the_others_first(tmp_path, monkeypatc
   """The failing process itself sends its one-line reason before raising its own error."""
   sent = []
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
-  monkeypatch.setattr(predict, "_allgather_json", lambda mine: sent.append(mine) or [mine, mine])
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: sent.append(mine) or [mine, mine])
   c = _config(str(tmp_path / "model"), {"image": str(tmp_path / "missing_folder")}, tmp_path)
   with pytest.raises(ValueError) as e:
     predict.run(c, str(tmp_path))
@@ -444,7 +444,7 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
                                                     {"scans": ["a", "b"]})]
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
   monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
-  monkeypatch.setattr(predict, "_allgather_json", allgather)
+  monkeypatch.setattr(distributed, "allgather_json", allgather)
   monkeypatch.setattr(predict, "load_predictor", lambda *a: types.SimpleNamespace(
       source="m", method="cddpm", tau=None, tau_source="", orientation="RAS",
       orientation_source=""))
@@ -491,4 +491,32 @@ def test_two_processes_stop_together_when_one_cannot_start(scan, tmp_path):
   assert err1.strip().splitlines()[-1].startswith("error: predict.input=") and "CSV" in err1
   assert err0.strip().splitlines()[-1].startswith(
       "error: predict: process 1 of 2 could not start (ValueError: predict.input="), err0[-2000:]
+  assert not os.path.exists(tmp_path / "out" / "sub-01_T1w_anomaly_map.nii.gz")
+
+
+def test_a_path_one_host_lacks_stops_every_process_at_start_up(scan, tmp_path):
+  """2 processes on loopback: process 1's `predict.input` does not exist there, which the CLI's
+  up-front checks refuse before JAX starts. Both exit 2 within seconds, process 0 naming process
+  1's reason (`distributed.agree`); before, process 1 exited alone and process 0 waited in
+  jax.distributed's start-up until its timeout aborted it (300 s, a C++ check failure)."""
+  os.makedirs(tmp_path / "model" / "eval")
+  settings = config_lib.resolve(predict_config.get_config())
+  (tmp_path / "model" / "eval" / "config.json").write_text(json.dumps(settings.to_dict()))
+  (tmp_path / "model" / "eval" / "models.json").write_text(json.dumps({"runs": [
+      {"id": "threshold", "method": "threshold", "combination": "residual", "sadm_workdir": "",
+       "cddpm_workdir": "", "intensity_median": 0.5, "train_anomalies": "draem", "tau": {}}]}))
+  port = loopback.free_port()
+  results = loopback.run_processes(
+      lambda pid: ["sadm_jax.main", "--config=configs/predict.py", f"--workdir={tmp_path}",
+                   f"--config.predict.checkpoint_dir={tmp_path / 'model'}",
+                   f"--config.predict.input={tmp_path / 'absent.nii.gz' if pid else scan['image']}",
+                   f"--config.predict.output={tmp_path / 'out'}", "--config.predict.threshold=0.3",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+      2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 25, ok_codes=(0, 2))
+  (code0, _, err0), (code1, _, err1) = results
+  assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
+  assert err1.strip().splitlines()[-1].startswith("error: --config.predict.input="), err1[-2000:]
+  assert err0.strip().splitlines()[-1].startswith(
+      "error: process 1 of 2 stopped at its start-up checks (--config.predict.input="), err0[-2000:]
   assert not os.path.exists(tmp_path / "out" / "sub-01_T1w_anomaly_map.nii.gz")
