@@ -465,28 +465,34 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
         ("a", "ok"), ("b", "failed")]
 
 
-def test_two_processes_stop_together_when_one_cannot_start(scan, tmp_path):
-  """2 processes on loopback (the threshold baseline of a hand-written evaluation: no model):
-  process 1's input is a CSV it cannot read. Both exit 2 in seconds, process 0 naming process
-  1's reason; before, process 0 predicted its share and then waited for process 1's records
-  until its collective timed out (30 s on CPU, with a traceback)."""
+def _predict_in_two_processes(tmp_path, input_of) -> list:
+  """`predict` of a hand-written evaluation (the threshold baseline: no model) in 2 processes on
+  loopback, process p reading `input_of(p)`; [(exit code, stdout, stderr)] per process."""
   os.makedirs(tmp_path / "model" / "eval")
   settings = config_lib.resolve(predict_config.get_config())
   (tmp_path / "model" / "eval" / "config.json").write_text(json.dumps(settings.to_dict()))
   (tmp_path / "model" / "eval" / "models.json").write_text(json.dumps({"runs": [
       {"id": "threshold", "method": "threshold", "combination": "residual", "sadm_workdir": "",
        "cddpm_workdir": "", "intensity_median": 0.5, "train_anomalies": "draem", "tau": {}}]}))
-  (tmp_path / "bad.csv").write_text("img,msk\nx,y\n")
   port = loopback.free_port()
-  results = loopback.run_processes(
+  return loopback.run_processes(
       lambda pid: ["sadm_jax.main", "--config=configs/predict.py", f"--workdir={tmp_path}",
                    f"--config.predict.checkpoint_dir={tmp_path / 'model'}",
-                   f"--config.predict.input={tmp_path / 'bad.csv' if pid else scan['image']}",
+                   f"--config.predict.input={input_of(pid)}",
                    f"--config.predict.output={tmp_path / 'out'}", "--config.predict.threshold=0.3",
                    f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                    "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
       2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 25, ok_codes=(0, 2))
-  (code0, _, err0), (code1, _, err1) = results
+
+
+def test_two_processes_stop_together_when_one_cannot_start(scan, tmp_path):
+  """2 processes on loopback (the threshold baseline of a hand-written evaluation: no model):
+  process 1's input is a CSV it cannot read. Both exit 2 in seconds, process 0 naming process
+  1's reason; before, process 0 predicted its share and then waited for process 1's records
+  until its collective timed out (30 s on CPU, with a traceback)."""
+  (tmp_path / "bad.csv").write_text("img,msk\nx,y\n")
+  (code0, _, err0), (code1, _, err1) = _predict_in_two_processes(
+      tmp_path, lambda pid: tmp_path / "bad.csv" if pid else scan["image"])
   assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
   assert err1.strip().splitlines()[-1].startswith("error: predict.input=") and "CSV" in err1
   assert err0.strip().splitlines()[-1].startswith(
@@ -499,22 +505,8 @@ def test_a_path_one_host_lacks_stops_every_process_at_start_up(scan, tmp_path):
   up-front checks refuse before JAX starts. Both exit 2 within seconds, process 0 naming process
   1's reason (`distributed.agree`); before, process 1 exited alone and process 0 waited in
   jax.distributed's start-up until its timeout aborted it (300 s, a C++ check failure)."""
-  os.makedirs(tmp_path / "model" / "eval")
-  settings = config_lib.resolve(predict_config.get_config())
-  (tmp_path / "model" / "eval" / "config.json").write_text(json.dumps(settings.to_dict()))
-  (tmp_path / "model" / "eval" / "models.json").write_text(json.dumps({"runs": [
-      {"id": "threshold", "method": "threshold", "combination": "residual", "sadm_workdir": "",
-       "cddpm_workdir": "", "intensity_median": 0.5, "train_anomalies": "draem", "tau": {}}]}))
-  port = loopback.free_port()
-  results = loopback.run_processes(
-      lambda pid: ["sadm_jax.main", "--config=configs/predict.py", f"--workdir={tmp_path}",
-                   f"--config.predict.checkpoint_dir={tmp_path / 'model'}",
-                   f"--config.predict.input={tmp_path / 'absent.nii.gz' if pid else scan['image']}",
-                   f"--config.predict.output={tmp_path / 'out'}", "--config.predict.threshold=0.3",
-                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
-      2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 25, ok_codes=(0, 2))
-  (code0, _, err0), (code1, _, err1) = results
+  (code0, _, err0), (code1, _, err1) = _predict_in_two_processes(
+      tmp_path, lambda pid: tmp_path / "absent.nii.gz" if pid else scan["image"])
   assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
   assert err1.strip().splitlines()[-1].startswith("error: --config.predict.input="), err1[-2000:]
   assert err0.strip().splitlines()[-1].startswith(
