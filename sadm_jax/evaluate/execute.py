@@ -67,13 +67,18 @@ class Evaluation:
     ecfg = config.evaluate
     self.faithful = bool(ecfg.faithful_metrics)
     self.settings = scoring.map_settings(config)
-    common = {"version": CACHE_VERSION, "seed": int(config.seed), "dtype": str(ecfg.dtype),
+    self.mesh = scoring.local_mesh(int(config.mesh.num_devices))
+    device = self.mesh.devices.flat[0]
+    # Results of another platform, device kind or JAX release differ in their last bits: a store
+    # resumed elsewhere recomputes them rather than mixing two machines' numbers in one report.
+    common = {"backend": {"platform": device.platform, "device_kind": device.device_kind,
+                          "jax": jax.__version__},
+              "version": CACHE_VERSION, "seed": int(config.seed), "dtype": str(ecfg.dtype),
               "timesteps": [int(t) for t in config.diffusion.ensemble_timesteps],
               "shared_noise": bool(config.diffusion.shared_noise), "map": self.settings,
               "faithful_metrics": self.faithful,
               "preprocess": config_lib.preprocess_config(config).key(),
               "uint8_wrap": bool(config.anomaly.faithful_uint8_wrap)}
-    self.mesh = scoring.local_mesh(int(config.mesh.num_devices))
     self.programs = self._programs()
     # What a per-volume result depends on (besides τ, part of the test passes' fingerprints),
     # the XLA options of the program that computes it too (other last bits: a program with two

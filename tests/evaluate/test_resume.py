@@ -124,3 +124,27 @@ def test_results_of_a_program_compiled_otherwise_are_not_reused(tiny_data_dir, t
   assert options_one is None and options_two  # CPU, the package's XLA defaults
   for rid in ("cddpm/none/fold0", "sadm/draem/fold0"):
     assert one[rid] != two[rid], rid
+
+
+def test_results_of_another_machine_or_jax_release_are_not_reused(tiny_data_dir, tiny_cddpm_dir,
+                                                                  tmp_path, monkeypatch):
+  """An evaluation store resumed on another platform, device kind or JAX release recomputes its
+  results (they differ in their last bits there) instead of mixing two machines' numbers."""
+  from sadm_jax import config as config_lib
+  from sadm_jax.data import cache as cache_lib
+  from sadm_jax.evaluate import execute, planning
+  from tests.evaluate.conftest import evaluate_tiny_config
+
+  c = config_lib.resolve(evaluate_tiny_config(tiny_data_dir, tiny_cddpm_dir))
+  models = planning.Models(c)
+  runs = planning.plan_runs(c, models)
+  cache = cache_lib.VolumeCache(config_lib.cache_dir(c), config_lib.preprocess_config(c))
+  settings = lambda: execute.Evaluation(c, str(tmp_path / "w"), models, runs, {},
+                                        cache).run_settings
+  here = settings()
+  assert settings() == here  # the same machine and release: the same fingerprints
+  monkeypatch.setattr(execute.jax, "__version__", "0.0.1")
+  other = settings()
+  assert all(other[rid] != here[rid] for rid in here)
+  assert {rid: {**s, "backend": None} for rid, s in other.items()} == \
+      {rid: {**s, "backend": None} for rid, s in here.items()}
