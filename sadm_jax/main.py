@@ -109,13 +109,13 @@ def main(argv):
     several = distributed.plan(FLAGS.config).source is not None
   except ValueError as e:
     _fail(str(e))
-  early = None
   try:  # wrong values, choices and paths: refused before JAX, Orbax and grain are imported
     validate.check_static(FLAGS.config, STAGES, FLAGS.workdir)
   except ValueError as e:
     if not several:
       _fail(str(e))
-    early = str(e)  # with several processes: once all have joined, every one stops (`agree`)
+    # Several processes: this one goes on to join the others; `run_checked` repeats the checks
+    # and then stops every process together (`distributed.agree`).
   from sadm_jax.utils import compilation_cache, compile_log, xla_flags
   # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
   # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
@@ -142,11 +142,6 @@ def main(argv):
     platforms = os.environ.get("JAX_PLATFORMS")
     _fail(f"{f'JAX_PLATFORMS={platforms}: ' if platforms else ''}no JAX backend: "
           f"{_one_line(str(e))}")
-  if several:
-    try:  # a check that failed on some host stops every process, not only that one
-      distributed.agree(early)
-    except ValueError as e:
-      _fail(str(e))
   sys.exit(run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True))
 
 
