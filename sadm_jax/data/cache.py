@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -170,10 +171,12 @@ def _compute_one(args) -> tuple[int, dict | None, str | None]:
 
 
 def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, num_workers: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> list[dict]:
+                  progress: Callable[[int, int], None] | None = None,
+                  warn_mixed: bool = True) -> list[dict]:
   """Preprocesses every row not yet cached (in `num_workers` spawned processes); returns metas.
 
-  Raises DataError listing every row that failed.
+  Raises DataError listing every row that failed. Logs `mixed_orientations`' warning unless
+  `warn_mixed` is False (a caller that reports it itself: prepare's summary).
   """
   cache = VolumeCache(cache_dir, cfg)
   todo = [(i, cache_dir, cfg, r) for i, r in enumerate(rows) if not cache.contains(r)]
@@ -203,19 +206,19 @@ def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, nu
         progress(done, len(todo))
   nifti.raise_problems(failures, "preprocessing failed")
   metas = [cache.read_meta(cache.path(r)) for r in rows]
-  mixed = mixed_orientations(metas)
+  mixed = mixed_orientations(metas) if warn_mixed else ""
   if mixed:
     logging.warning("%s", mixed)
   return metas
 
 
+def _axis_codes(metas: Sequence[dict]) -> list[str]:
+  return [orientation.axis_codes(np.asarray(m["affine"], np.float64)) for m in metas]
+
+
 def orientation_counts(metas: Sequence[dict]) -> dict[str, int]:
   """{axis codes (e.g. 'RAS'): number of volumes} of cache entries' working-grid affines."""
-  counts: dict[str, int] = {}
-  for m in metas:
-    codes = orientation.axis_codes(np.asarray(m["affine"], np.float64))
-    counts[codes] = counts.get(codes, 0) + 1
-  return counts
+  return dict(collections.Counter(_axis_codes(metas)))
 
 
 def mixed_orientations(metas: Sequence[dict]) -> str:
@@ -225,12 +228,13 @@ def mixed_orientations(metas: Sequence[dict]) -> str:
   voxel axis and the networks see the arrays as stored, so volumes whose axes point in different
   directions are silently mixed (flipped, or slices of another plane).
   """
-  counts = orientation_counts(metas)
+  codes = _axis_codes(metas)
+  counts = collections.Counter(codes)
   if len(counts) < 2:
     return ""
   where = {}
-  for m in metas:
-    where.setdefault(orientation.axis_codes(np.asarray(m["affine"], np.float64)), m["img"])
+  for c, m in zip(codes, metas):
+    where.setdefault(c, m["img"])
   listed = ", ".join(f"{c}: {n} (e.g. {where[c]})" for c, n in counts.items())
   return (f"volumes are stored in {len(counts)} different orientations ({listed}); their voxel "
           "arrays are used as stored (slices along the last axis), so the networks see them "

@@ -73,7 +73,8 @@ def prepare(data_dir: str, workdir: str, cfg: PreprocessConfig, cache_dir: str,
   rows = list(unique.values())
   cache = cache_lib.VolumeCache(cache_dir, cfg)
   n_cached_before = sum(cache.contains(r) for r in rows)
-  metas = cache_lib.ensure_cached(rows, cache_dir, cfg, num_workers=num_workers)
+  metas = cache_lib.ensure_cached(rows, cache_dir, cfg, num_workers=num_workers,
+                                  warn_mixed=False)  # the summary prints it (`warnings`)
   by_files = {_files(r): m for r, m in zip(rows, metas)}
   summary = {
       "data_dir": root.data_dir, "layout": root.layout, "cache_dir": cache.root,
