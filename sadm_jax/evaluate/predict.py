@@ -113,7 +113,8 @@ def _one_line(e: Exception) -> str:
 
 def _gather(records: list[dict]) -> list[dict]:
   """Every process's records (the union, ordered by scan index) on every process."""
-  return sorted((r for rows in distributed.allgather_json(records) for r in rows), key=lambda r: r["index"])
+  return sorted((r for rows in distributed.allgather_json(records) for r in rows),
+                key=lambda r: r["index"])
 
 
 def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
@@ -129,7 +130,7 @@ def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
     error = e
   if jax.process_count() > 1:
     every = distributed.allgather_json({"error": _one_line(error)} if error is not None else
-                            {"scans": [s.name for s in started[0]]})
+                                       {"scans": [s.name for s in started[0]]})
     if error is None:
       for k, other in enumerate(every):
         if "error" in other:
@@ -198,9 +199,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     records.append(rec)
   records = _gather(records)
   if nproc > 1:  # the summary is process 0's: the others' outputs must be where it says they are
-    unseen = distributed.allgather_json([r["index"] for r in records if r["status"] == "ok" and
-                              not os.path.isfile(r["prediction"]["anomaly_map"])]
-                             if pid == 0 else None)[0]
+    unseen = distributed.allgather_json(
+        [r["index"] for r in records
+         if r["status"] == "ok" and not os.path.isfile(r["prediction"]["anomaly_map"])]
+        if pid == 0 else None)[0]
     for r in (r for r in records if r["index"] in unseen):
       r.update(status="failed", output_dir="", message=(
           f"written by process {r['process']} but not found by process 0: is "

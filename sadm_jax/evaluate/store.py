@@ -42,8 +42,9 @@ class Store:
   """Per-volume results under `<workdir>/eval/<method>/<anomalies>/<fold>/<set>/<split>/`.
 
   A result counts as done when its JSON exists with the expected fingerprint (and, for val passes,
-  its .npz with the same one); the JSON is written last. Processes share the store (a shared file system for several
-  hosts, like the checkpoints), so any process count reuses what any other computed.
+  its .npz with the same one); the JSON is written last. Processes share the store (a shared file
+  system for several hosts, like the checkpoints), so any process count reuses what any other
+  computed.
   """
 
   def __init__(self, workdir: str):
