@@ -99,16 +99,6 @@ def members(config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> l
   return out
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _ignored(key: str) -> bool:
   """Keys of the reproduce config that no member runs differently for: `reproduce.*` (repeats adds
   members) and the budgets, which reach the members that use them as their own train.num_steps
@@ -124,6 +114,7 @@ def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
   runner would only warn and skip them: the table and verdicts would be the old runs' under the
   new command."""
   from sadm_jax.sweeps import runner
+  from sadm_jax.train import workdir as workdir_lib
   rerun, out = set(), []
   for m in members_lib.ordered(ms):
     if not runner.is_done(workdir, m.name):
@@ -134,16 +125,12 @@ def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
     if deps:
       why = f"built on {', '.join(deps)}, which will run again"
     else:
-      config = members_lib.member_config(m, workdir)
-      now = _flat(runner._config_json(config))  # pylint: disable=protected-access
-      try:
-        with open(os.path.join(workdir, m.name, "config.json"), encoding="utf-8") as f:
-          saved = _flat(json.load(f))
-      except (OSError, ValueError):
-        saved = None
+      now = workdir_lib.flatten(runner.config_json(members_lib.member_config(m, workdir)))
+      saved = runner.saved_config_json(os.path.join(workdir, m.name))
       if saved is None:
         why = "no readable config.json to compare"
       else:
+        saved = workdir_lib.flatten(saved)
         keys = sorted(k for k in set(now) | set(saved)
                       if not _ignored(k) and now.get(k, ...) != saved.get(k, ...))
         if keys:

@@ -93,7 +93,7 @@ def run_inprocess(member: Member, config, mdir: str, command: Sequence[str]) -> 
   return rc == 0
 
 
-def _config_json(config: ml_collections.ConfigDict) -> dict:
+def config_json(config: ml_collections.ConfigDict) -> dict:
   """The member's config as given (faithful placeholders unresolved, as checkpoints store it)."""
   return json.loads(json.dumps(config.to_dict(), default=list))
 
@@ -127,7 +127,7 @@ def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = ()
       continue
     os.makedirs(mdir, exist_ok=True)
     if primary:
-      io.write_json(os.path.join(mdir, "config.json"), _config_json(configs[m.name]))
+      io.write_json(os.path.join(mdir, "config.json"), config_json(configs[m.name]))
     print(f"{tag}: running", flush=True)
     t0 = time.time()
     ok = runner(m, configs[m.name], mdir, main_command(m, workdir, extra))
@@ -141,12 +141,19 @@ def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = ()
   return failed
 
 
-def _warn_if_changed(member: Member, config: ml_collections.ConfigDict, mdir: str) -> None:
+def saved_config_json(mdir: str) -> dict | None:
+  """The config.json a finished member wrote in `mdir` (`config_json`), None when unreadable."""
   try:
     with open(os.path.join(mdir, "config.json"), encoding="utf-8") as f:
-      saved = json.load(f)
+      return json.load(f)
   except (OSError, ValueError):
+    return None
+
+
+def _warn_if_changed(member: Member, config: ml_collections.ConfigDict, mdir: str) -> None:
+  saved = saved_config_json(mdir)
+  if saved is None:
     return
-  if saved != _config_json(config):
+  if saved != config_json(config):
     print(f"warning: {member.name} finished with a different config than the sweep now gives; "
           f"delete {os.path.join(mdir, DONE)} to run it again", flush=True)

@@ -65,11 +65,12 @@ def is_resumable(key: str) -> bool:
   return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in RESUMABLE)
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  """A nested config dict as {'section.key': value} (the keys config comparisons name)."""
   if isinstance(d, dict):
     out = {}
     for k, v in d.items():
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     return out
   return {prefix[:-1]: d}
 
@@ -80,7 +81,7 @@ def _normalised(config: dict) -> dict[str, Any]:
     config = config_lib.resolve(ml_collections.ConfigDict(config)).to_dict()
   except (KeyError, AttributeError):  # a partial config (toy tasks): compared as given
     pass
-  return _flat(json.loads(json.dumps(config, default=list)))
+  return flatten(json.loads(json.dumps(config, default=list)))
 
 
 def config_differences(saved: dict, config: dict) -> list[tuple[str, Any, Any]]:
