@@ -36,6 +36,12 @@ def _rows(changes=None, folds=("fold0",), spread=0.0, drop=()):
         rows.append({"method": method, "train_anomalies": anomalies, "test_set": s, "fold": fold,
                      "n_volumes": 5, "dice": test / 100, "best_dice": (test + 3) / 100,
                      "auprc": (test + 1) / 100, "val_pooled_dice": val / 100})
+        if method == "sadm" and anomalies == s:  # a weak SADM's own set: its held-out rows
+          same = changes.get((method, anomalies, s, "cddpm_same_rows"),
+                             changes.get(("cddpm", "none", s, "val"), PAPER["cddpm", "none"][
+                                 SETS.index(s)]))
+          if same is not None:
+            rows[-1][reproduce.SAME_ROWS] = (same + d) / 100
   return rows
 
 
@@ -77,6 +83,25 @@ def test_claim2_needs_a_large_lift_and_unseen_sets_at_the_cddpm_level():
   assert _verdicts(unseen)["claim2"] == (True, False)  # 58.00 < cDDPM 58.55 on validation
   equal = reproduce.check_claims(_rows({("sadm", "ATLAS_v2", "Brats21", "test"): 58.55}))
   assert _verdicts(equal)["claim2"] == (True, True)  # "at or above"
+
+
+def test_claim2_on_validation_compares_the_lift_on_the_weak_runs_held_out_rows():
+  # SADM-BraTS tunes and scores its validation Dice on its held-out rows (69.68); the cDDPM on
+  # all rows has 58.55, but on those same rows 66.0: the lift there is +3.68, not "a lot".
+  claims = reproduce.check_claims(_rows({("sadm", "Brats21", "Brats21", "cddpm_same_rows"): 66.0}))
+  assert _verdicts(claims)["claim2"] == (True, False)
+  lift = claims["claim2"]["comparisons"][0]
+  assert lift["validation"] == {"SADM-BraTS": pytest.approx(0.6968), "cDDPM": pytest.approx(0.66)}
+  assert lift["test"]["cDDPM"] == pytest.approx(0.5855)  # test sets: every row on both sides
+  assert lift["validation_rows"] == "cDDPM on SADM-BraTS's held-out rows"
+  assert "validation 69.68 vs 66.00 (both on the held-out rows) ✗" in \
+      "\n".join(reproduce.verdict_lines(claims))
+  unseen = [x for x in claims["claim2"]["comparisons"] if x["test_set"] != "Brats21"
+            and x["rule"].startswith("SADM-BraTS")]
+  assert unseen and all("validation_rows" not in x for x in unseen)
+  # Without the same-rows number the lift is not shown on validation (missing, never "holds").
+  missing = reproduce.check_claims(_rows({("sadm", "ATLAS_v2", "ATLAS_v2", "cddpm_same_rows"): None}))
+  assert _verdicts(missing)["claim2"] == (True, False)
 
 
 def test_claim3_collapse_means_below_the_cddpm_and_below_three_quarters_of_sadm():

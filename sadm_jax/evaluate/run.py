@@ -39,23 +39,48 @@ def _stored(evaluation: Evaluation, p: Pass, extras: dict) -> dict[str, list[dic
   return out
 
 
+def _pooled_tau(evaluation: Evaluation, run, p: Pass, names: Sequence[str]) -> tuple[float, float]:
+  """(pooled Dice at τ, τ) of `run`'s stored val maps of the volumes `names` of pass `p`."""
+  maps, gts, masks = evaluation.store.pooled(run, p.set_name, p.split, names)
+  dice_val, tau = thresholds.select_threshold(
+      maps, gts, masks, method=str(evaluation.config.evaluate.threshold_method),
+      within_brain=not evaluation.faithful, reference_arithmetic=evaluation.faithful)
+  return float(dice_val), float(tau)
+
+
+def _own_cddpm(evaluation: Evaluation, run, p: Pass):
+  """The evaluated cDDPM run with `run`'s cDDPM weights on `run`'s fold, if it is in pass `p`."""
+  return next((c for c in evaluation.runs if c.method == "cddpm" and c.id in p.rows
+               and run.cddpm_key and c.cddpm_key == run.cddpm_key
+               and c.data_fold == run.data_fold), None)
+
+
 def select_thresholds(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
-  """run id -> {'fpr_thresholds', 'tau': {set: τ}, 'val_dice': {set: pooled Dice}} from the val maps."""
-  out: dict[str, dict] = {r.id: {"fpr_thresholds": {}, "tau": {}, "val_dice": {}} for r in evaluation.runs}
+  """run id -> {'fpr_thresholds', 'tau': {set: τ}, 'val_dice': {set: pooled Dice},
+  'cddpm_val_dice': {set: pooled Dice}} from the val maps.
+
+  'cddpm_val_dice': for a run that tunes τ on held-out rows only (Q15), its own cDDPM's pooled
+  Dice on the same rows (τ tuned there), so that the two compare on one set of volumes.
+  """
+  out: dict[str, dict] = {r.id: {"fpr_thresholds": {}, "tau": {}, "val_dice": {},
+                                 "cddpm_val_dice": {}} for r in evaluation.runs}
   for p in passes:
     recs = _stored(evaluation, p, {})
     for r in evaluation.runs:
-      maps, gts, masks = evaluation.store.pooled(r, p.set_name, p.split, [x["name"] for x in recs[r.id]])
+      names = [x["name"] for x in recs[r.id]]
       if p.kind == "healthy_val":
+        maps, _, masks = evaluation.store.pooled(r, p.set_name, p.split, names)
         t = thresholds.healthy_fpr_thresholds(maps, None if evaluation.faithful else masks,
                                               [f for f, _ in FPRS])
         out[r.id]["fpr_thresholds"] = {name: float(t[f]) for f, name in FPRS}
-      else:
-        dice_val, tau = thresholds.select_threshold(
-            maps, gts, masks, method=str(evaluation.config.evaluate.threshold_method),
-            within_brain=not evaluation.faithful, reference_arithmetic=evaluation.faithful)
-        out[r.id]["tau"][p.set_name] = float(tau)
-        out[r.id]["val_dice"][p.set_name] = float(dice_val)
+        continue
+      dice_val, tau = _pooled_tau(evaluation, r, p, names)
+      out[r.id]["tau"][p.set_name] = tau
+      out[r.id]["val_dice"][p.set_name] = dice_val
+      held_out = p.how.get(r.id, "all").startswith("held-out")
+      cddpm = _own_cddpm(evaluation, r, p) if held_out else None
+      if cddpm is not None:
+        out[r.id]["cddpm_val_dice"][p.set_name] = _pooled_tau(evaluation, cddpm, p, names)[0]
   return out
 
 
@@ -100,10 +125,13 @@ def report_rows(evaluation: Evaluation, vals: Sequence[Pass], tests: Sequence[Pa
                                              [x["volume_score"] for x in recs])
       vp = next(v for v in vals if v.set_name == p.set_name)
       oracle = records.summarise(val[p.set_name][r.id]).get("best_dice", float("nan"))
+      same_rows = c.get("cddpm_val_dice", {})
+      same_rows = ({"cddpm_val_pooled_dice_same_rows": same_rows[p.set_name]}
+                   if p.set_name in same_rows else {})
       rows.append(records.row(r, p.set_name, recs, tau=c["tau"][p.set_name],
                               val_pooled_dice=c["val_dice"][p.set_name], tau_rows=vp.how[r.id],
                               n_val_volumes=n_val, val_best_dice_oracle=oracle,
-                              detection_auroc=det, **c["fpr_thresholds"]))
+                              detection_auroc=det, **same_rows, **c["fpr_thresholds"]))
   return rows
 
 
