@@ -238,10 +238,14 @@ def _train(config, workdir, task, mesh) -> dict:
       check_references(workdir, config, task.meta, saved_meta)
       run_meta = resumed_meta(run_meta, saved_meta)
       meta_base["run"] = run_meta
+    asks = (f"the {num_steps} step(s) this config asks for (train.num_steps / train.num_epochs)"
+            "; ask for at least that many, or use a new workdir")
     if start is not None and start > num_steps:
-      raise RunError(f"{workdir}: holds a run already trained to step {start}, beyond the "
-                     f"{num_steps} step(s) this config asks for (train.num_steps / "
-                     "train.num_epochs); ask for at least that many, or use a new workdir")
+      raise RunError(f"{workdir}: holds a run already trained to step {start}, beyond {asks}")
+    best_step = ckpt.saved_step("best")  # may be past `start`: validated after the last save
+    if best_step is not None and best_step > num_steps:
+      raise RunError(f"{workdir}: its best checkpoint (best/) is from step {best_step}, beyond "
+                     f"{asks}")
     if pid == 0:
       io.write_json(os.path.join(workdir, "run.json"),
                     {"task": task.name, "run": run_meta, "num_steps": num_steps})

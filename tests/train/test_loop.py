@@ -178,6 +178,30 @@ def test_asking_for_fewer_steps_than_trained_is_a_clear_error(tmp_path):
     assert f.read() == before
 
 
+def test_a_best_checkpoint_past_the_asked_steps_is_a_clear_error(tmp_path):
+  """A run killed after validating step 3 (best/ at 3 or 4) but before checkpoint 4 resumes from
+  step 2: asking for 2 steps then finished at once and left best/ from beyond the run's end,
+  which evaluation and predict would use. One RunError instead, nothing rewritten."""
+  config = _config(8)
+  config.train.num_steps = 4
+  loop.train(config, str(tmp_path), toy_task(config))
+  shutil.rmtree(tmp_path / "checkpoints" / "4")  # the kill: best/ saved, checkpoint 4 not
+  best = int(os.listdir(tmp_path / "best")[0])
+  assert best in (3, 4)
+  with open(tmp_path / "run.json") as f:
+    before = f.read()
+  config.train.num_steps = 2
+  with pytest.raises(checkpoint_lib.RunError) as e:
+    loop.train(config, str(tmp_path), toy_task(config))
+  assert str(e.value) == (f"{tmp_path}: its best checkpoint (best/) is from step {best}, beyond "
+                          "the 2 step(s) this config asks for (train.num_steps / "
+                          "train.num_epochs); ask for at least that many, or use a new workdir")
+  with open(tmp_path / "run.json") as f:
+    assert f.read() == before
+  config.train.num_steps = 4  # asking for the run's own end resumes it
+  assert loop.train(config, str(tmp_path), toy_task(config))["step"] == 4
+
+
 def test_resume_continues_identically(tmp_path):
   config = _config(8)
   full = loop.train(config, str(tmp_path / "a"), toy_task(config))
