@@ -128,12 +128,13 @@ def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
     if deps:
       why = f"built on {', '.join(deps)}, which will run again"
     else:
-      now = workdir_lib.flatten(runner.config_json(members_lib.member_config(m, workdir)))
+      now = runner.config_json(members_lib.member_config(m, workdir))
       saved = runner.saved_config_json(os.path.join(workdir, m.name))
       if saved is None:
         why = "no readable config.json to compare"
-      else:
-        saved = workdir_lib.flatten(saved)
+      else:  # a moved workdir is the same run: its paths compare as if here
+        saved = workdir_lib.flatten(runner.as_if_here(saved, now, workdir))
+        now = workdir_lib.flatten(now)
         keys = sorted(k for k in set(now) | set(saved)
                       if not _ignored(k) and now.get(k, ...) != saved.get(k, ...))
         if keys:

@@ -338,6 +338,43 @@ def test_a_rerun_refuses_finished_members_that_the_changed_command_would_not_rep
   assert (tmp_path / "claims.json").exists()
 
 
+def test_a_moved_reproduction_reuses_its_finished_members(tmp_path, monkeypatch, capsys):
+  """Every member's config.json holds absolute paths under the workdir (the cohort, the SparK and
+  cDDPM runs, the evaluated SADM runs): after `mv W W2` a rerun in W2 refused every member as
+  changed. The same run moved compares as if it had been there; a real change still counts."""
+  ran = []
+  monkeypatch.setattr(runner, "run_inprocess",
+                      lambda *a: ran.append(a[0].name) or _fake_evaluation(*a))
+  monkeypatch.setattr(reproduce, "cohort",
+                      lambda config, workdir: os.path.join(workdir, "demo_data"))
+  c = reproduce_config.get_config("tiny")
+  reproduce.run(c, str(tmp_path / "first"))
+  saved = json.load(open(tmp_path / "first" / "evaluate" / "config.json"))
+  assert all(p.startswith(str(tmp_path / "first")) for p in saved["evaluate"]["sadm_workdirs"])
+  os.rename(tmp_path / "first", tmp_path / "moved")
+  ran.clear()
+  claims = reproduce.run(c, str(tmp_path / "moved"))
+  assert ran == [] and _verdicts(claims)["claim1"] == (True, True)
+  assert "warning" not in capsys.readouterr().out  # nor did the sweep runner warn
+  seed = reproduce_config.get_config("tiny")
+  seed.seed = 7
+  with pytest.raises(reproduce.ReproduceError, match=r"prepare \(config differs in seed\)"):
+    reproduce.run(seed, str(tmp_path / "moved"))
+
+
+def test_moved_paths_compare_as_if_here_and_nothing_else_does():
+  here = {"a": "/new/w/x", "b": ["/new/w/y", "/elsewhere"], "c": 1, "d": "/new/w"}
+  there = {"a": "/old/w/x", "b": ["/old/w/y", "/elsewhere"], "c": 1, "d": "/old/w"}
+  assert runner.as_if_here(there, here, "/new/w") == here
+  # One more real difference stays one; an outside path is not rewritten.
+  assert runner.as_if_here(dict(there, c=2), here, "/new/w") == dict(here, c=2)
+  other = dict(there, b=["/old/w/y", "/old/w/z"])
+  assert runner.as_if_here(other, here, "/new/w")["b"] == ["/new/w/y", "/new/w/z"]
+  # Two different earlier roots: not one move, nothing rewritten.
+  assert runner.as_if_here(dict(there, d="/other"), here, "/new/w") == dict(there, d="/other")
+  assert runner.as_if_here(here, here, "/new/w") == here
+
+
 def test_a_failed_rerun_leaves_no_earlier_report_behind(tmp_path, monkeypatch):
   monkeypatch.setattr(runner, "run_inprocess", _fake_evaluation)
   monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")

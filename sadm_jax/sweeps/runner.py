@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -117,7 +117,7 @@ def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = ()
   for i, m in enumerate(members, 1):
     mdir, tag = os.path.join(workdir, m.name), f"[{i}/{len(members)}] {m.name}"
     if is_done(workdir, m.name):
-      _warn_if_changed(m, configs[m.name], mdir)
+      _warn_if_changed(m, configs[m.name], workdir)
       print(f"{tag}: done already, skipped", flush=True)
       continue
     blocked = [d for d in m.after if d in failed]
@@ -150,10 +150,54 @@ def saved_config_json(mdir: str) -> dict | None:
     return None
 
 
-def _warn_if_changed(member: Member, config: ml_collections.ConfigDict, mdir: str) -> None:
-  saved = saved_config_json(mdir)
+def _differing_leaves(a: Any, b: Any, out: list) -> None:
+  """Appends (a leaf, b leaf) for every place where two JSON values differ."""
+  if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+    for k in a:
+      _differing_leaves(a[k], b[k], out)
+  elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+    for x, y in zip(a, b):
+      _differing_leaves(x, y, out)
+  elif a != b:
+    out.append((a, b))
+
+
+def as_if_here(saved: Any, now: Any, workdir: str) -> Any:
+  """`saved` (a finished member's config.json) with the paths under the sweep workdir's earlier
+  location rewritten to `workdir`, when the sweep was moved there; else `saved` unchanged.
+
+  The earlier location is the one root R such that each path under `workdir` in `now` that
+  differs from `saved` reads R + the same rest there; other differences stay differences.
+  """
+  pairs: list = []
+  _differing_leaves(now, saved, pairs)
+  roots = set()
+  for n, s in pairs:
+    if isinstance(n, str) and isinstance(s, str) and (n == workdir
+                                                      or n.startswith(workdir + os.sep)):
+      rest = n[len(workdir):]
+      if s.endswith(rest) and len(s) > len(rest):
+        roots.add(s[:len(s) - len(rest)])
+  if len(roots) != 1:
+    return saved
+  old = roots.pop()
+
+  def move(v: Any) -> Any:
+    if isinstance(v, dict):
+      return {k: move(x) for k, x in v.items()}
+    if isinstance(v, list):
+      return [move(x) for x in v]
+    if isinstance(v, str) and (v == old or v.startswith(old + os.sep)):
+      return workdir + v[len(old):]
+    return v
+  return move(saved)
+
+
+def _warn_if_changed(member: Member, config: ml_collections.ConfigDict, workdir: str) -> None:
+  saved = saved_config_json(os.path.join(workdir, member.name))
   if saved is None:
     return
-  if saved != config_json(config):
+  now = config_json(config)
+  if as_if_here(saved, now, workdir) != now:
     print(f"warning: {member.name} finished with a different config than the sweep now gives; "
-          f"delete {os.path.join(mdir, DONE)} to run it again", flush=True)
+          f"delete {os.path.join(workdir, member.name, DONE)} to run it again", flush=True)
