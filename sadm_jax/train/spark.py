@@ -14,14 +14,16 @@ TASK_NAME = "spark"
 
 
 def spark_loss_fn(config: ml_collections.ConfigDict, model: spark_lib.SparK):
-  """Per-sample masked reconstruction loss with a random active-patch mask per sample."""
-  keep = spark_lib.keep_count(mask_ratio=config.model.spark.mask_ratio)
+  """Per-sample masked reconstruction loss with a random active-patch mask per sample; the visible
+  patch count is round(h·w·(1 − mask_ratio)) of the slices' own h×w grid (3 of 3×3 at 96 px)."""
+  mask_ratio = float(config.model.spark.mask_ratio)
 
   def loss_fn(params, batch_stats, batch, key, train, frozen=None):
     del frozen
     x = batch["image"]  # [B, H, W, 1]
     k_mask, k_drop = jax.random.split(key)
-    grid = (x.shape[1] // 32, x.shape[2] // 32)
+    grid = spark_lib.spark_grid(x.shape[1], x.shape[2])
+    keep = spark_lib.keep_count(grid, mask_ratio)
     active = spark_lib.random_active_mask(k_mask, x.shape[0], grid=grid, keep=keep)
     variables = {"params": params, "batch_stats": batch_stats}
     if train:
