@@ -67,6 +67,67 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
           f"{', '.join(map(repr, EVALUATE_TEST_SETS))}")
 
 
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _ints(values, low: int) -> bool:
+  """`values` is a non-empty sequence of ints >= low."""
+  return (isinstance(values, (tuple, list)) and len(values) > 0
+          and all(_is_int(v) and v >= low for v in values))
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Numbers every stage may read (diffusion, networks, combination, anomalies) lie in range."""
+  d, u, e = config.diffusion, config.model.unet, config.model.encoder
+  if not d.num_timesteps > 0:
+    _fail(f"--config.diffusion.num_timesteps={d.num_timesteps} must be > 0")
+  ts = d.ensemble_timesteps  # indices into the schedule: out of range they would be clipped
+  if not (_ints(ts, 0) and max(ts) < d.num_timesteps):
+    _fail(f"--config.diffusion.ensemble_timesteps={tuple(ts)!r} must be 1 or more timesteps in "
+          f"[0, {d.num_timesteps - 1}] (diffusion.num_timesteps={d.num_timesteps})")
+  for key, low, strict in (("octaves", 1, False), ("frequency", 0, True),
+                           ("persistence", 0, True), ("cosine_s", 0, False),
+                           ("p2_gamma", 0, False)):
+    if not (d[key] > low if strict else d[key] >= low):
+      _fail(f"--config.diffusion.{key}={d[key]} must be {'>' if strict else '>='} {low}")
+  if not 0 < d.max_beta <= 1:
+    _fail(f"--config.diffusion.max_beta={d.max_beta} must be in (0, 1]")
+  if not 0 <= e.drop_path_rate < 1:
+    _fail(f"--config.model.encoder.drop_path_rate={e.drop_path_rate} must be in [0, 1)")
+  for key in ("cond_dim", "width"):
+    if not e[key] > 0:
+      _fail(f"--config.model.encoder.{key}={e[key]} must be > 0")
+  if not (_ints(e.stage_sizes, 1) and len(e.stage_sizes) == 4):
+    _fail(f"--config.model.encoder.stage_sizes={tuple(e.stage_sizes)!r} must be 4 block counts "
+          ">= 1 (ResNet-50: (3, 4, 6, 3))")
+  for key in ("model_channels", "num_res_blocks", "num_head_channels"):
+    if not u[key] >= 1:
+      _fail(f"--config.model.unet.{key}={u[key]} must be >= 1")
+  if not _ints(u.channel_mult, 1):
+    _fail(f"--config.model.unet.channel_mult={tuple(u.channel_mult)!r} must be 1 or more "
+          "multipliers >= 1")
+  middle = u.model_channels * u.channel_mult[-1]
+  if middle % u.num_head_channels:
+    _fail(f"--config.model.unet.num_head_channels={u.num_head_channels} must divide the middle "
+          f"block's {middle} channels (model_channels × channel_mult[-1])")
+  if not config.model.spark.decoder_width >= 32:
+    _fail(f"--config.model.spark.decoder_width={config.model.spark.decoder_width} must be >= 32 "
+          "(its 5 decoder stages halve it)")
+  if not config.sadm.segnet_wf >= 0:
+    _fail(f"--config.sadm.segnet_wf={config.sadm.segnet_wf} must be >= 0 (widths 2^(wf+i))")
+  if not 0 <= config.anomaly.p_anomalous <= 1:
+    _fail(f"--config.anomaly.p_anomalous={config.anomaly.p_anomalous} must be in [0, 1]")
+  ev = config.evaluate
+  if not 0 <= ev.lam <= 1:
+    _fail(f"--config.evaluate.lam={ev.lam} must be in [0, 1]")
+  for key in ("median_size", "erode_mask", "min_component_size"):
+    if not ev[key] >= 0:
+      _fail(f"--config.evaluate.{key}={ev[key]} must be >= 0 (0 = off)")
+  if not config.data.fold >= 0:
+    _fail(f"--config.data.fold={config.data.fold} must be >= 0")
+
+
 def check_training(config: ml_collections.ConfigDict) -> None:
   """Step counts, cadences, batch size, learning rate: what needs no device count."""
   t = config.train
@@ -81,6 +142,13 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all)")
   if not config.optimizer.learning_rate > 0:
     _fail(f"--config.optimizer.learning_rate={config.optimizer.learning_rate} must be > 0")
+  o = config.optimizer
+  for key in ("b1", "b2"):
+    if not 0 <= o[key] < 1:
+      _fail(f"--config.optimizer.{key}={o[key]} must be in [0, 1)")
+  for key, note in (("eps", ""), ("weight_decay", ""), ("grad_clip_norm", " (0 = no clipping)")):
+    if not o[key] >= 0:
+      _fail(f"--config.optimizer.{key}={o[key]} must be >= 0{note}")
   for key in ("loader_threads", "prefetch_batches"):
     if config.data[key] <= 0:
       _fail(f"--config.data.{key}={config.data[key]} must be > 0")
@@ -108,8 +176,6 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   if config.stage == "cddpm" and (u.num_groups <= 0 or u.model_channels % u.num_groups):
     _fail(f"--config.model.unet.model_channels={u.model_channels} is not divisible by "
           f"num_groups={u.num_groups} (GroupNorm)")
-  if config.diffusion.num_timesteps <= 0:
-    _fail(f"--config.diffusion.num_timesteps={config.diffusion.num_timesteps} must be > 0")
 
 
 def check_preprocess(config: ml_collections.ConfigDict) -> None:
@@ -124,6 +190,13 @@ def check_preprocess(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.data.preprocess: stage spark needs slices whose sides are multiples of "
           f"{SPARK_GRID_MULTIPLE} (its ResNet-50's stride), got {grid[0]}x{grid[1]} (crop_size "
           f"{cfg.crop_size[0]}x{cfg.crop_size[1]} / downsample {cfg.downsample})")
+  if config.stage == "spark":  # round(h·w·(1 − mask_ratio)) visible patches (models.spark)
+    h, w = grid[0] // SPARK_GRID_MULTIPLE, grid[1] // SPARK_GRID_MULTIPLE
+    ratio = config.model.spark.mask_ratio
+    keep = round(h * w * (1.0 - ratio))
+    if not 0 < keep < h * w:
+      _fail(f"--config.model.spark.mask_ratio={ratio} leaves {keep} of the {h}x{w} patches "
+            "visible; SparK needs some visible and some hidden (0.65: 3 of 3x3)")
 
 
 def check_mesh(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
@@ -234,6 +307,7 @@ def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   from sadm_jax import config as config_lib
   resolved = config_lib.resolve(config)
   check_choices(resolved)
+  check_ranges(resolved)
   if config.stage in TRAINING_STAGES:
     check_training(resolved)
   return resolved

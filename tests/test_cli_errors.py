@@ -126,6 +126,9 @@ def test_a_bad_value_is_refused_before_jax_is_imported(data_dir, tmp_path):
      "error: --config.sadm.weak_val_rows=(5, 0) must be a (start, stop) pair"),
     ("configs/sadm_draem.py:tiny", ["--config.sadm.cddpm_workdir=/nonexistent/cddpm"],
      "error: --config.sadm.cddpm_workdir=/nonexistent/cddpm: no such directory"),
+    ("configs/evaluate.py:tiny", ["--config.diffusion.ensemble_timesteps=(249,1000)"],
+     "error: --config.diffusion.ensemble_timesteps=(249, 1000) must be 1 or more timesteps in "
+     "[0, 999]"),
     ("configs/evaluate.py:tiny", ["--config.evaluate.combination=max"],
      "error: --config.evaluate.combination='max' is not one of"),
     ("configs/evaluate.py:tiny", ["--config.evaluate.residual_mode=l3"],

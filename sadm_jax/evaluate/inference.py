@@ -52,6 +52,11 @@ class NoiseSpec:
     # The model's saved config is as its user gave it: a faithful placeholder is what training
     # resolved it to; absent in older runs: False.
     trained = lambda field: bool(config_lib.saved_value(model_config, "diffusion", field, False))
+    steps = int(d.num_timesteps)
+    if not all(0 <= int(t) < steps for t in e.ensemble_timesteps):
+      raise ValueError(f"--config.diffusion.ensemble_timesteps={tuple(e.ensemble_timesteps)!r} "
+                       f"must lie in [0, {steps - 1}]: the cDDPM was trained with "
+                       f"diffusion.num_timesteps={steps}")
     return cls(timesteps=tuple(int(t) for t in e.ensemble_timesteps), kind=str(d.noise),
                shared=bool(e.shared_noise), octaves=int(d.octaves),
                persistence=float(d.persistence), frequency=float(d.frequency),

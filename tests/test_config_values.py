@@ -1,0 +1,105 @@
+"""Out-of-range `--config.a.b=v` values are refused up front as one line naming the setting (validate.check_static)."""
+
+import pytest
+
+from configs import cddpm, evaluate, predict, sadm_draem, spark_pretrain
+from sadm_jax import config as config_lib
+from sadm_jax import validate
+
+CONFIGS = {"cddpm": cddpm, "evaluate": evaluate, "predict": predict, "sadm": sadm_draem,
+           "spark": spark_pretrain}
+
+
+def _check(stage: str, overrides: dict, tmp_path):
+  c = CONFIGS[stage].get_config()
+  c.data.data_dir = str(tmp_path)
+  c.sadm.cddpm_workdir = str(tmp_path)
+  for key, value in overrides.items():
+    node, field = key.rsplit(".", 1)
+    target = c
+    for part in node.split("."):
+      target = target[part]
+    target[field] = value
+  return validate.check_static(c, config_lib.STAGES)
+
+
+@pytest.mark.parametrize("stage,overrides,expected", [
+    # evaluated timesteps index the T-step schedule: out of range they were clipped silently
+    ("evaluate", {"diffusion.ensemble_timesteps": (249, 1000)},
+     "--config.diffusion.ensemble_timesteps=(249, 1000) must be 1 or more timesteps in "
+     "[0, 999] (diffusion.num_timesteps=1000)"),
+    ("predict", {"diffusion.ensemble_timesteps": (-1,)},
+     "--config.diffusion.ensemble_timesteps=(-1,) must be 1 or more timesteps in [0, 999]"),
+    ("evaluate", {"diffusion.ensemble_timesteps": ()},
+     "--config.diffusion.ensemble_timesteps=() must be 1 or more timesteps"),
+    ("evaluate", {"diffusion.num_timesteps": 0}, "--config.diffusion.num_timesteps=0 must be > 0"),
+    ("cddpm", {"diffusion.octaves": 0}, "--config.diffusion.octaves=0 must be >= 1"),
+    ("cddpm", {"diffusion.frequency": 0.0}, "--config.diffusion.frequency=0.0 must be > 0"),
+    ("cddpm", {"diffusion.persistence": -0.8}, "--config.diffusion.persistence=-0.8 must be > 0"),
+    ("cddpm", {"diffusion.max_beta": 1.5}, "--config.diffusion.max_beta=1.5 must be in (0, 1]"),
+    ("cddpm", {"diffusion.cosine_s": -0.1}, "--config.diffusion.cosine_s=-0.1 must be >= 0"),
+    ("cddpm", {"diffusion.p2_gamma": -1.0}, "--config.diffusion.p2_gamma=-1.0 must be >= 0"),
+    ("cddpm", {"model.encoder.drop_path_rate": 1.0},
+     "--config.model.encoder.drop_path_rate=1.0 must be in [0, 1)"),
+    ("spark", {"model.encoder.drop_path_rate": -0.05},
+     "--config.model.encoder.drop_path_rate=-0.05 must be in [0, 1)"),
+    ("cddpm", {"model.encoder.cond_dim": 0}, "--config.model.encoder.cond_dim=0 must be > 0"),
+    ("cddpm", {"model.encoder.stage_sizes": (3, 4)},
+     "--config.model.encoder.stage_sizes=(3, 4) must be 4 block counts >= 1"),
+    ("cddpm", {"model.unet.num_res_blocks": 0},
+     "--config.model.unet.num_res_blocks=0 must be >= 1"),
+    ("cddpm", {"model.unet.channel_mult": ()},
+     "--config.model.unet.channel_mult=() must be 1 or more multipliers >= 1"),
+    ("cddpm", {"model.unet.num_head_channels": 48},
+     "--config.model.unet.num_head_channels=48 must divide the middle block's 256 channels"),
+    ("sadm", {"sadm.segnet_wf": -1}, "--config.sadm.segnet_wf=-1 must be >= 0"),
+    ("sadm", {"anomaly.p_anomalous": 1.5}, "--config.anomaly.p_anomalous=1.5 must be in [0, 1]"),
+    ("evaluate", {"evaluate.lam": 1.5}, "--config.evaluate.lam=1.5 must be in [0, 1]"),
+    ("evaluate", {"evaluate.median_size": -5}, "--config.evaluate.median_size=-5 must be >= 0"),
+    ("evaluate", {"evaluate.erode_mask": -1}, "--config.evaluate.erode_mask=-1 must be >= 0"),
+    ("evaluate", {"evaluate.min_component_size": -1},
+     "--config.evaluate.min_component_size=-1 must be >= 0"),
+    ("cddpm", {"data.fold": -1}, "--config.data.fold=-1 must be >= 0"),
+    ("cddpm", {"optimizer.b1": 1.0}, "--config.optimizer.b1=1.0 must be in [0, 1)"),
+    ("spark", {"optimizer.b2": -0.95}, "--config.optimizer.b2=-0.95 must be in [0, 1)"),
+    ("cddpm", {"optimizer.eps": -1e-8}, "--config.optimizer.eps=-1e-08 must be >= 0"),
+    ("spark", {"optimizer.weight_decay": -0.05},
+     "--config.optimizer.weight_decay=-0.05 must be >= 0"),
+    ("cddpm", {"optimizer.grad_clip_norm": -1.0},
+     "--config.optimizer.grad_clip_norm=-1.0 must be >= 0 (0 = no clipping)"),
+    # 3×3 patches at 96 px: 0.95 would leave round(9 × 0.05) = 0 patches visible, 0.05 hide none
+    ("spark", {"model.spark.mask_ratio": 0.95},
+     "--config.model.spark.mask_ratio=0.95 leaves 0 of the 3x3 patches visible"),
+    ("spark", {"model.spark.mask_ratio": 0.05},
+     "--config.model.spark.mask_ratio=0.05 leaves 9 of the 3x3 patches visible"),
+    ("spark", {"model.spark.decoder_width": 16},
+     "--config.model.spark.decoder_width=16 must be >= 32"),
+])
+def test_out_of_range_values_are_refused_naming_the_setting(stage, overrides, expected, tmp_path):
+  with pytest.raises(validate.ConfigError) as e:
+    _check(stage, overrides, tmp_path)
+  assert str(e.value).startswith(expected), str(e.value)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("stage", sorted(CONFIGS))
+def test_the_shipped_configs_and_the_edges_of_each_range_pass(stage, tmp_path):
+  _check(stage, {}, tmp_path)
+  _check(stage, {"diffusion.ensemble_timesteps": (0, 999), "model.encoder.drop_path_rate": 0.0,
+                 "evaluate.lam": 1.0, "evaluate.median_size": 0, "anomaly.p_anomalous": 0.0,
+                 "optimizer.eps": 0.0, "diffusion.cosine_s": 0.0}, tmp_path)
+
+
+def test_evaluated_timesteps_must_lie_in_the_cddpm_s_own_schedule():
+  """The evaluation's timesteps index the schedule the cDDPM was trained with (its saved
+  `diffusion.num_timesteps`), which the evaluation config cannot know up front."""
+  from sadm_jax.evaluate.inference import NoiseSpec
+  model = cddpm.get_config("tiny")
+  model.diffusion.num_timesteps = 500
+  ev = config_lib.resolve(evaluate.get_config("tiny"))
+  with pytest.raises(ValueError, match=r"^--config.diffusion.ensemble_timesteps=\(249, 499, 749\) "
+                     r"must lie in \[0, 499\]: the cDDPM was trained with "
+                     r"diffusion.num_timesteps=500$"):
+    NoiseSpec.from_configs(model, ev)
+  ev.diffusion.ensemble_timesteps = (249, 499)
+  assert NoiseSpec.from_configs(model, ev).timesteps == (249, 499)
