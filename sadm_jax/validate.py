@@ -181,6 +181,9 @@ def check_training(config: ml_collections.ConfigDict) -> None:
 def check_preprocess(config: ml_collections.ConfigDict) -> None:
   """`data.preprocess` makes a preprocessing chain (3-D crop, percentiles, factor, ...)."""
   from sadm_jax import config as config_lib  # imports scipy: only for the stages that preprocess
+  crop = config.data.preprocess.crop_size  # ints (the chain would truncate 100.5 to 100)
+  if not (_ints(crop, 1) and len(crop) == 3):
+    _fail(f"--config.data.preprocess: crop_size must be 3 positive ints, got {tuple(crop)!r}")
   try:
     cfg = config_lib.preprocess_config(config)
   except (TypeError, ValueError) as e:

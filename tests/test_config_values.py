@@ -60,6 +60,9 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("evaluate", {"evaluate.min_component_size": -1},
      "--config.evaluate.min_component_size=-1 must be >= 0"),
     ("cddpm", {"data.fold": -1}, "--config.data.fold=-1 must be >= 0"),
+    # a fractional crop was truncated (100.5 -> 100) when the preprocessing chain was built
+    ("cddpm", {"data.preprocess.crop_size": (192, 192, 100.5)},
+     "--config.data.preprocess: crop_size must be 3 positive ints, got (192, 192, 100.5)"),
     ("cddpm", {"optimizer.b1": 1.0}, "--config.optimizer.b1=1.0 must be in [0, 1)"),
     ("spark", {"optimizer.b2": -0.95}, "--config.optimizer.b2=-0.95 must be in [0, 1)"),
     ("cddpm", {"optimizer.eps": -1e-8}, "--config.optimizer.eps=-1e-08 must be >= 0"),
