@@ -129,8 +129,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   data_dir = build_cohort(config, workdir)
   times["cohort"] = time.time() - t0
-  with config.unlocked():
-    config.data.data_dir = data_dir
+  config = config.copy_and_resolve_references()  # the stages read the cohort; the user's config
+  config.data.data_dir = data_dir  # stays as given
   t = time.time()
   result: dict = {"prepare": config_lib.run_prepare(config, workdir)}
   times["prepare"] = time.time() - t

@@ -144,3 +144,26 @@ def test_stage_configs_share_everything_but_the_budget(tmp_path):
     demo_job.stage_config(c, "sadm", w)
   with pytest.raises(ValueError, match="unknown demo stage"):
     demo_job.stage_config(c, "nope", w)
+
+
+def test_run_leaves_the_job_config_as_given(tmp_path, monkeypatch):
+  """The generated cohort's DATA_DIR reaches the stages through their own configs; the config the
+  user gave (locked, as the CLI passes it) is not changed by the run."""
+  from sadm_jax import config as config_lib
+  from sadm_jax.evaluate import run as evaluate_run
+  from sadm_jax.train import cddpm, sadm
+  c = demo_config.get_config()
+  c.lock()
+  before = c.to_json()
+  seen = {}
+  cohort = str(tmp_path / "cohort")
+  monkeypatch.setattr(demo_job, "build_cohort", lambda config, workdir: cohort)
+  monkeypatch.setattr(config_lib, "run_prepare",
+                      lambda config, workdir: seen.setdefault("prepare", config.data.data_dir))
+  for module, name in ((cddpm, "run_cddpm"), (sadm, "run_sadm"), (evaluate_run, "run")):
+    monkeypatch.setattr(module, name, lambda config, workdir: seen.setdefault(
+        config.stage, config.data.data_dir))
+  monkeypatch.setattr(demo_job, "_read_rows", lambda workdir: [])
+  demo_job.run(c, str(tmp_path / "w"))
+  assert seen == {"prepare": cohort, "cddpm": cohort, "sadm": cohort, "evaluate": cohort}
+  assert c.to_json() == before
