@@ -107,10 +107,19 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   if not _ints(u.channel_mult, 1):
     _fail(f"--config.model.unet.channel_mult={tuple(u.channel_mult)!r} must be 1 or more "
           "multipliers >= 1")
-  middle = u.model_channels * u.channel_mult[-1]
-  if middle % u.num_head_channels:
-    _fail(f"--config.model.unet.num_head_channels={u.num_head_channels} must divide the middle "
-          f"block's {middle} channels (model_channels × channel_mult[-1])")
+  factors = tuple(2 ** k for k in range(len(u.channel_mult)))  # ds of each level
+  wrong = [r for r in u.attention_resolutions if r not in factors]
+  if wrong:  # the reference's (3, 6, 12) matched none: no attention outside the middle (Q2)
+    _fail(f"--config.model.unet.attention_resolutions={tuple(u.attention_resolutions)!r} must "
+          f"be downsample factors of the UNet's levels {factors}; "
+          f"{', '.join(map(str, wrong))} match none (Q2)")
+  widths = {u.model_channels * u.channel_mult[-1]: "the middle block's"}  # attention blocks
+  widths.update({u.model_channels * m: f"the {2 ** k}x-downsampled level's"
+                 for k, m in enumerate(u.channel_mult) if 2 ** k in u.attention_resolutions})
+  for width, where in widths.items():
+    if width % u.num_head_channels:
+      _fail(f"--config.model.unet.num_head_channels={u.num_head_channels} must divide the "
+            f"{width} channels of {where} attention")
   if not config.model.spark.decoder_width >= 32:
     _fail(f"--config.model.spark.decoder_width={config.model.spark.decoder_width} must be >= 32 "
           "(its 5 decoder stages halve it)")

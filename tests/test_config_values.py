@@ -51,7 +51,14 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("cddpm", {"model.unet.channel_mult": ()},
      "--config.model.unet.channel_mult=() must be 1 or more multipliers >= 1"),
     ("cddpm", {"model.unet.num_head_channels": 48},
-     "--config.model.unet.num_head_channels=48 must divide the middle block's 256 channels"),
+     "--config.model.unet.num_head_channels=48 must divide the 256 channels of the middle "
+     "block's attention"),
+    # the reference's (3, 6, 12) matched no downsample factor, so nothing attended (Q2)
+    ("cddpm", {"model.unet.attention_resolutions": (3, 6, 12)},
+     "--config.model.unet.attention_resolutions=(3, 6, 12) must be downsample factors of the "
+     "UNet's levels (1, 2, 4); 3, 6, 12 match none (Q2)"),
+    ("cddpm", {"model.unet.attention_resolutions": (1,), "model.unet.num_head_channels": 256},
+     "--config.model.unet.num_head_channels=256 must divide the 128 channels"),
     ("sadm", {"sadm.segnet_wf": -1}, "--config.sadm.segnet_wf=-1 must be >= 0"),
     ("sadm", {"anomaly.p_anomalous": 1.5}, "--config.anomaly.p_anomalous=1.5 must be in [0, 1]"),
     ("evaluate", {"evaluate.lam": 1.5}, "--config.evaluate.lam=1.5 must be in [0, 1]"),
@@ -90,7 +97,8 @@ def test_the_shipped_configs_and_the_edges_of_each_range_pass(stage, tmp_path):
   _check(stage, {}, tmp_path)
   _check(stage, {"diffusion.ensemble_timesteps": (0, 999), "model.encoder.drop_path_rate": 0.0,
                  "evaluate.lam": 1.0, "evaluate.median_size": 0, "anomaly.p_anomalous": 0.0,
-                 "optimizer.eps": 0.0, "diffusion.cosine_s": 0.0}, tmp_path)
+                 "optimizer.eps": 0.0, "diffusion.cosine_s": 0.0,
+                 "model.unet.attention_resolutions": (1, 2, 4)}, tmp_path)
 
 
 def test_evaluated_timesteps_must_lie_in_the_cddpm_s_own_schedule():
