@@ -158,6 +158,9 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   for key, note in (("eps", ""), ("weight_decay", ""), ("grad_clip_norm", " (0 = no clipping)")):
     if not o[key] >= 0:
       _fail(f"--config.optimizer.{key}={o[key]} must be >= 0{note}")
+  if o.name == "adam" and o.weight_decay:  # only AdamW decays (train.state.make_optimizer)
+    _fail(f"--config.optimizer.weight_decay={o.weight_decay} is not used by "
+          "optimizer.name='adam' (no weight decay); use optimizer.name=adamw for decoupled decay")
   for key in ("loader_threads", "prefetch_batches"):
     if config.data[key] <= 0:
       _fail(f"--config.data.{key}={config.data[key]} must be > 0")

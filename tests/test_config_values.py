@@ -75,6 +75,9 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("cddpm", {"optimizer.eps": -1e-8}, "--config.optimizer.eps=-1e-08 must be >= 0"),
     ("spark", {"optimizer.weight_decay": -0.05},
      "--config.optimizer.weight_decay=-0.05 must be >= 0"),
+    # Adam has no weight decay here: the value was ignored without a word
+    ("cddpm", {"optimizer.weight_decay": 0.05},
+     "--config.optimizer.weight_decay=0.05 is not used by optimizer.name='adam'"),
     ("cddpm", {"optimizer.grad_clip_norm": -1.0},
      "--config.optimizer.grad_clip_norm=-1.0 must be >= 0 (0 = no clipping)"),
     # 3×3 patches at 96 px: 0.95 would leave round(9 × 0.05) = 0 patches visible, 0.05 hide none
