@@ -149,6 +149,11 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.train.{key}={t[key]} must be > 0")
   if config.mesh.num_devices < 0:
     _fail(f"--config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all)")
+  if config.mesh.fsdp_min_size < 0:
+    _fail(f"--config.mesh.fsdp_min_size={config.mesh.fsdp_min_size} must be >= 0")
+  if config.data.loader_workers < 0:
+    _fail(f"--config.data.loader_workers={config.data.loader_workers} must be >= 0 (0 = in this "
+          "process)")
   if not config.optimizer.learning_rate > 0:
     _fail(f"--config.optimizer.learning_rate={config.optimizer.learning_rate} must be > 0")
   o = config.optimizer

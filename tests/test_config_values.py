@@ -67,6 +67,9 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("evaluate", {"evaluate.min_component_size": -1},
      "--config.evaluate.min_component_size=-1 must be >= 0"),
     ("cddpm", {"data.fold": -1}, "--config.data.fold=-1 must be >= 0"),
+    ("cddpm", {"data.loader_workers": -1},
+     "--config.data.loader_workers=-1 must be >= 0 (0 = in this process)"),
+    ("sadm", {"mesh.fsdp_min_size": -1}, "--config.mesh.fsdp_min_size=-1 must be >= 0"),
     # a fractional crop was truncated (100.5 -> 100) when the preprocessing chain was built
     ("cddpm", {"data.preprocess.crop_size": (192, 192, 100.5)},
      "--config.data.preprocess: crop_size must be 3 positive ints, got (192, 192, 100.5)"),
