@@ -97,3 +97,19 @@ def test_networks_built_from_the_paper_configs_have_the_reference_parameter_coun
   active = jnp.ones((2, 3, 3), bool)
   assert param_count(abstract_variables(factory.build_spark(p), x, active, False)["params"]) \
       == 37_964_305
+
+
+@pytest.mark.parametrize("name,volumes,steps", [
+    ("cddpm", 387, 14_400), ("spark", 387, 14_400), ("sadm_draem", 387, 7_200),
+    ("sadm_brats", 90, 1_800), ("sadm_atlas", 169, 3_600)])
+def test_training_length_is_the_reference_step_count(name, volumes, steps):
+  """METHOD §6: 1200 epochs × 12 steps (IXI, drop_last: the partial batch is dropped), SADM 600
+  epochs: DRAEM 12, BraTS 3 (90 = 32 + 32 + 26), ATLAS 6 steps per epoch (drop_last=False: the
+  partial batch is a step). Every step here is a full batch of the endless shuffled stream."""
+  from sadm_jax.train import loop, sadm
+  c = config_lib.resolve(STAGES[name].get_config())
+  partial = c.stage == "sadm" and c.sadm.mode in sadm.WEAK_SPLITS
+  assert loop.total_steps(c, volumes, keep_partial_batch=partial) == steps
+  c.sadm.use_cddpm = False  # shapes only: the task's own partial-batch rule
+  if c.stage == "sadm":
+    assert sadm.sadm_task(c, data=False).keep_partial_batch is partial

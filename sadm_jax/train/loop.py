@@ -47,6 +47,9 @@ class Task:
       compiled init serves every checkpoint of the same shapes); () when there are none.
     meta: derived facts of the run (effective seed, referenced runs, training data orientation)
       recorded in the run metadata next to the checkpoints; the config itself is never changed.
+    keep_partial_batch: an epoch's last partial batch counts as a step, as the reference's
+      drop_last=False (BraTS/ATLAS weak supervision: ⌈volumes / batch⌉ steps per epoch); every
+      step still takes a full batch of the endless shuffled stream. False: ⌊volumes / batch⌋.
   """
   name: str
   init_variables: Callable[..., dict]
@@ -60,6 +63,7 @@ class Task:
   frozen: Any = dataclasses.field(default_factory=dict)
   init_inputs: tuple = ()
   meta: dict = dataclasses.field(default_factory=dict)
+  keep_partial_batch: bool = False
 
 
 # The init program runs once per run, so on CPU its compile time is most of its cost. At LLVM
@@ -76,11 +80,14 @@ def init_compiler_options(platform: str) -> dict | None:
   return dict(CPU_INIT_COMPILER_OPTIONS) if platform == "cpu" else None
 
 
-def total_steps(config: ml_collections.ConfigDict, num_volumes: int) -> int:
-  """`train.num_steps` if set, else `train.num_epochs` × (volumes // global batch)."""
+def total_steps(config: ml_collections.ConfigDict, num_volumes: int,
+                keep_partial_batch: bool = False) -> int:
+  """`train.num_steps` if set, else `train.num_epochs` × steps per epoch: volumes // global batch,
+  or ⌈volumes / global batch⌉ with `keep_partial_batch` (the reference's drop_last=False)."""
   if config.train.num_steps:
     return int(config.train.num_steps)
-  per_epoch = max(1, num_volumes // config.train.batch_size)
+  b = int(config.train.batch_size)
+  per_epoch = max(1, -(-num_volumes // b) if keep_partial_batch else num_volumes // b)
   return int(config.train.num_epochs) * per_epoch
 
 
@@ -222,7 +229,7 @@ def _train(config, workdir, task, mesh) -> dict:
   trainer = Trainer(config, task, mesh)
   local_bs = shard_lib.local_batch_size(config.train.batch_size, mesh)
   pid, nproc = jax.process_index(), jax.process_count()
-  num_steps = total_steps(config, task.num_train_volumes)
+  num_steps = total_steps(config, task.num_train_volumes, task.keep_partial_batch)
   loader = task.train_loader(local_bs, pid, nproc)
   it = iter(loader)
   # The with-block closes Orbax's managers on every exit, an error before the first step

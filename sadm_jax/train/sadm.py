@@ -346,7 +346,8 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,
                    val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,
                    batch_keys=("image", "seg"), seed=seed, frozen=frozen,
-                   init_inputs=init_inputs, meta=meta)
+                   init_inputs=init_inputs, meta=meta,
+                   keep_partial_batch=config.sadm.mode in WEAK_SPLITS)  # drop_last=False there
 
 
 def _abstract_cddpm(cddpm, res: int) -> dict:
