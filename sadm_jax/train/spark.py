@@ -14,8 +14,9 @@ TASK_NAME = "spark"
 
 
 def spark_loss_fn(config: ml_collections.ConfigDict, model: spark_lib.SparK):
-  """Per-sample masked reconstruction loss with a random active-patch mask per sample; the visible
-  patch count is round(h·w·(1 − mask_ratio)) of the slices' own h×w grid (3 of 3×3 at 96 px)."""
+  """Per-sample masked reconstruction loss with a random active-patch mask per sample; the
+  visible patch count is round(h·w·(1 − mask_ratio)) of the slices' own h×w grid (3 of 3×3 at
+  96 px)."""
   mask_ratio = float(config.model.spark.mask_ratio)
 
   def loss_fn(params, batch_stats, batch, key, train, frozen=None):
