@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import ml_collections
 
@@ -151,6 +152,47 @@ def agree(error: str | None) -> None:
   if failed is not None:
     raise ValueError(f"process {failed} of {len(every)} stopped at its start-up checks "
                      f"({every[failed]}); every process stopped")
+
+
+class OtherProcessFailed(ValueError):
+  """Raised by `together` on the processes where the block succeeded when it failed elsewhere."""
+
+
+def _error_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())[:400]
+  return text if isinstance(e, ValueError) and text else f"{type(e).__name__}: {text}".rstrip(": ")
+
+
+@contextlib.contextmanager
+def together(what: str) -> Iterator[None]:
+  """Runs the block, then waits for every process (a collective with several processes: every
+  process enters it, in the same order; a collective inside the block still waits for a process
+  that failed before reaching it).
+
+  When the block raised an Exception on any process, every process raises on leaving it: that
+  process its own exception, the others `OtherProcessFailed` naming the first that failed. Work
+  that can fail on one process only (its share of the volumes: a damaged file, NaN scores, a full
+  disk) thus stops them all at once, instead of leaving the others waiting in their next
+  collective until JAX's shutdown barrier aborts every process (5 minutes, SIGABRT).
+  """
+  import jax
+  error = None
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001  (re-raised below, once the others know)
+    error = e
+  if jax.process_count() > 1:
+    every = allgather_json([what, None if error is None else _error_line(error)])
+    if any(w != what for w, _ in every):  # a collective entered out of order: a bug
+      raise RuntimeError(f"processes out of step: {[w for w, _ in every]} (this process: {what})")
+    failed = next((k for k, (_, e) in enumerate(every) if e is not None), None)
+  else:
+    failed = None
+  if error is not None:
+    raise error
+  if failed is not None:
+    raise OtherProcessFailed(f"process {failed} of {len(every)} failed ({every[failed][1]}) "
+                             f"during {what}; every process stopped")
 
 
 def describe_topology(mesh=None) -> str:

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sadm_jax import config as config_lib
+from sadm_jax import config as config_lib, distributed
 from sadm_jax.anomaly import draem
 from sadm_jax.data import cache as cache_lib
 from sadm_jax.data.resample import affine_spacing
@@ -27,13 +27,6 @@ from sadm_jax.utils import io
 
 PNG_VOLUMES = 3  # montages for the first few test volumes of each run and data set
 PREFETCH_BATCHES = 2  # batches of volumes read and preprocessed ahead of the device
-
-
-def barrier(name: str) -> None:
-  """Waits for every process (no-op with one)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
 
 
 @dataclasses.dataclass
@@ -150,7 +143,7 @@ class Evaluation:
   def intensity_median(self, fold: int) -> float:
     """Median brain intensity of the healthy IXI training volumes of `fold` (threshold baseline).
 
-    Process 0 computes it (or reuses its file); the others read the file after a barrier.
+    Process 0 computes it (or reuses its file); the others read the file once it is done.
     """
     if fold in self.medians:
       return self.medians[fold]
@@ -160,13 +153,11 @@ class Evaluation:
     # the volumes' cache entries: their files' identity (a replaced file too) and preprocessing
     key = fingerprint({"rows": [cache_lib.entry_key(r, pre) for r in rows],
                        "preprocess": pre.key()})
-    saved = _read_json(path)
-    if jax.process_index() == 0 and saved.get("fingerprint") != key:
-      values = [np.asarray(v.image)[np.asarray(v.mask) > 0] for v in map(self.cache.load, rows)]
-      saved = {"median": float(np.median(np.concatenate(values))), "fingerprint": key,
-               "volumes": len(rows)}
-      io.write_json(path, saved)
-    barrier(f"intensity_median_{fold}")
+    with distributed.together(f"the intensity median of fold {fold}"):
+      if jax.process_index() == 0 and _read_json(path).get("fingerprint") != key:
+        values = [np.asarray(v.image)[np.asarray(v.mask) > 0] for v in map(self.cache.load, rows)]
+        io.write_json(path, {"median": float(np.median(np.concatenate(values))),
+                             "fingerprint": key, "volumes": len(rows)})
     saved = _read_json(path)
     if saved.get("fingerprint") != key:
       raise RuntimeError(f"{path}: not written by process 0 (is the workdir shared?)")
@@ -205,23 +196,24 @@ class Evaluation:
     extras: (set name, run id) -> τ / FPR thresholds of a test pass. Returns (the results this
     process computed, as 'run/set/split/volume', and the number already stored).
     """
-    items, cached = self.scan(passes, extras)
-    barrier(f"{tag}_scanned")  # nobody writes before everyone has scanned: same items everywhere
+    with distributed.together(f"the {tag} scan"):  # nobody writes before everyone has scanned:
+      items, cached = self.scan(passes, extras)  # the same items everywhere
     mine = items[jax.process_index()::jax.process_count()]
     done: list[str] = []
     start, b = time.time(), self.mesh.size
     batches = [mine[i:i + b] for i in range(0, len(mine), b)]
-    pending = None
-    for batch, cases in prefetch(self, batches):
-      outs = self._dispatch(batch, cases)  # asynchronous: the device works while ...
+    # A volume that fails on one process (NaN scores, a damaged file) stops all of them at once.
+    with distributed.together(f"the {tag} passes"):
+      pending = None
+      for batch, cases in prefetch(self, batches):
+        outs = self._dispatch(batch, cases)  # asynchronous: the device works while ...
+        if pending is not None:
+          done += self._finish(*pending, extras)  # ... the host finishes the previous batch
+        pending = (batch, cases, outs)
       if pending is not None:
-        done += self._finish(*pending, extras)  # ... the host finishes the previous batch
-      pending = (batch, cases, outs)
-    if pending is not None:
-      done += self._finish(*pending, extras)
-    logging.info("%s: %d results computed by process %d (%d stored before), %.1f s", tag,
-                 len(done), jax.process_index(), cached, time.time() - start)
-    barrier(f"{tag}_done")
+        done += self._finish(*pending, extras)
+      logging.info("%s: %d results computed by process %d (%d stored before), %.1f s", tag,
+                   len(done), jax.process_index(), cached, time.time() - start)
     return done, cached
 
   def _dispatch(self, batch: Sequence[Item], cases: Sequence[Case]) -> dict:

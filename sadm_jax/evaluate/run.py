@@ -11,11 +11,11 @@ from typing import Sequence
 import jax
 import ml_collections
 
-from sadm_jax import config as config_lib
+from sadm_jax import config as config_lib, distributed
 from sadm_jax.data import cache as cache_lib, layout
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import metrics, records, report, thresholds
-from sadm_jax.evaluate.execute import Evaluation, barrier
+from sadm_jax.evaluate.execute import Evaluation
 from sadm_jax.evaluate.planning import Models, Pass, check_splits, check_volume_names, \
     needed_splits, plan_runs, protocol, test_passes, val_passes
 from sadm_jax.utils import io
@@ -84,12 +84,13 @@ def select_thresholds(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
   return out
 
 
-def _agree(evaluation: Evaluation, chosen: dict | None) -> dict:
-  """Process 0's thresholds, written to the store and read back by every process."""
+def _agree(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
+  """The thresholds process 0 selects from the val `passes`, written to the store and read back
+  by every process."""
   path = evaluation.store.shared("thresholds.json")
-  if jax.process_index() == 0:
-    io.write_json(path, chosen)
-  barrier("thresholds")
+  with distributed.together("the threshold selection"):
+    if jax.process_index() == 0:
+      io.write_json(path, select_thresholds(evaluation, passes))
   with open(path) as f:
     return json.load(f)
 
@@ -135,19 +136,11 @@ def report_rows(evaluation: Evaluation, vals: Sequence[Pass], tests: Sequence[Pa
   return rows
 
 
-def _ensure_cached(config, rows, cache_dir, pre) -> None:
-  """Each process preprocesses its share of the uncached volumes; then all wait."""
-  mine = rows[jax.process_index()::jax.process_count()]
-  cache_lib.ensure_cached(mine, cache_dir, pre, num_workers=config.data.num_workers)
-  barrier("volume_cache")
-
-
 def _counts(evaluation: Evaluation, done: list[str]) -> int:
   """Writes this process's computed results; process 0 returns the total over processes."""
   p, n = jax.process_index(), jax.process_count()
-  io.write_json(evaluation.store.shared(f"process_{p}-of-{n}.json"),
-                {"computed": done})
-  barrier("counts")
+  with distributed.together("the count of results"):
+    io.write_json(evaluation.store.shared(f"process_{p}-of-{n}.json"), {"computed": done})
   total = 0
   for i in range(n):
     with open(evaluation.store.shared(f"process_{i}-of-{n}.json")) as f:
@@ -169,14 +162,9 @@ def _provenance(evaluation, r, workdir: str) -> dict:
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates every method of `evaluate.methods`; writes eval/ (per-volume store) and report/.
-
-  Every process evaluates its share of the volumes on its local devices; process 0 selects the
-  thresholds (shared through the store) and writes the report. Returns the summary.
-  """
-  config = config_lib.resolve(config)
-  t0 = time.time()
+def _start(config: ml_collections.ConfigDict, workdir: str):
+  """(evaluation, data sets, val passes, test passes, the distinct volumes): the models loaded,
+  the runs planned, the splits checked and this process's share of the volumes preprocessed."""
   models = Models(config)
   runs = plan_runs(config, models)
   if not runs:
@@ -195,36 +183,60 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cache_dir = config_lib.cache_dir(config)
   pre = config_lib.preprocess_config(config)
   unique = list({r.img: r for rows in splits.values() for r in rows}.values())
-  _ensure_cached(config, unique, cache_dir, pre)
-  cache = cache_lib.VolumeCache(cache_dir, pre)
-  evaluation = Evaluation(config, workdir, models, runs, splits, cache)
-  for fold in sorted({r.data_fold for r in runs if r.method == "threshold"}):
+  cache_lib.ensure_cached(unique[jax.process_index()::jax.process_count()], cache_dir, pre,
+                          num_workers=config.data.num_workers)  # each process its share
+  evaluation = Evaluation(config, workdir, models, runs, splits,
+                          cache_lib.VolumeCache(cache_dir, pre))
+  return evaluation, sets, vals, tests, unique
+
+
+def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chosen: dict,
+                  extras: dict, unique) -> int:
+  """Process 0: report/ and eval/{config,models}.json from the stored records; returns the
+  number of metrics.csv rows."""
+  config, models = evaluation.config, evaluation.models
+  rows = report_rows(evaluation, vals, tests, chosen, extras)
+  for r in evaluation.runs:
+    if r.method == "threshold":
+      chosen[r.id]["intensity_median"] = evaluation.intensity_median(r.data_fold)
+  probe = evaluation.cache.load(unique[0])
+  proto = protocol(config, probe.volume("mask").shape, affine_spacing(probe.affine)[0],
+                   list(models.cddpm_configs.values()))
+  io.write_json(os.path.join(workdir, "eval", "config.json"), config.to_dict())
+  io.write_json(os.path.join(workdir, "eval", "models.json"),
+                {"runs": [{"id": r.id, **dataclasses.asdict(r), **chosen.get(r.id, {}),
+                           **_provenance(evaluation, r, workdir)} for r in evaluation.runs],
+                 "test_sets": list(sets), "protocol": proto})
+  print(report.write_report(workdir, rows, proto))
+  return len(rows)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates every method of `evaluate.methods`; writes eval/ (per-volume store) and report/.
+
+  Every process evaluates its share of the volumes on its local devices; process 0 selects the
+  thresholds (shared through the store) and writes the report. An error on any process stops
+  every process at the end of that step (`distributed.together`). Returns the summary.
+  """
+  config = config_lib.resolve(config)
+  t0 = time.time()
+  # A failure on one process only (a checkpoint or volume its host cannot read) stops them all.
+  with distributed.together("the evaluation's start"):
+    evaluation, sets, vals, tests, unique = _start(config, workdir)
+  for fold in sorted({r.data_fold for r in evaluation.runs if r.method == "threshold"}):
     evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
 
   done, cached = evaluation.run_passes(vals, {}, "val")
-  chosen = _agree(evaluation, select_thresholds(evaluation, vals) if jax.process_index() == 0 else None)
+  chosen = _agree(evaluation, vals)
   extras = test_extras(tests, chosen)
   more, cached_test = evaluation.run_passes(tests, extras, "test")
   computed = _counts(evaluation, done + more)
   summary = {"rows": 0, "volumes_computed": computed, "volumes_cached": cached + cached_test,
              "processes": jax.process_count(), "devices_per_process": evaluation.mesh.size,
              "report": os.path.join(workdir, "report", "report.md")}
-  if jax.process_index() == 0:
-    rows = report_rows(evaluation, vals, tests, chosen, extras)
-    for r in runs:
-      if r.method == "threshold":
-        chosen[r.id]["intensity_median"] = evaluation.intensity_median(r.data_fold)
-    probe = cache.load(unique[0])
-    proto = protocol(config, probe.volume("mask").shape, affine_spacing(probe.affine)[0],
-                     list(models.cddpm_configs.values()))
-    io.write_json(os.path.join(workdir, "eval", "config.json"), config.to_dict())
-    io.write_json(os.path.join(workdir, "eval", "models.json"),
-                  {"runs": [{"id": r.id, **dataclasses.asdict(r), **chosen.get(r.id, {}),
-                             **_provenance(evaluation, r, workdir)} for r in runs],
-                   "test_sets": list(sets), "protocol": proto})
-    print(report.write_report(workdir, rows, proto))
-    summary["rows"] = len(rows)
-  barrier("report")
+  with distributed.together("the report"):
+    if jax.process_index() == 0:
+      summary["rows"] = _write_report(evaluation, workdir, sets, vals, tests, chosen, extras, unique)
   summary["seconds"] = round(time.time() - t0, 2)
   if jax.process_index() == 0:
     io.write_json(os.path.join(workdir, "eval", "summary.json"), summary)

@@ -11,7 +11,7 @@ import shutil
 
 from sadm_jax import main as main_lib
 from tests import loopback
-from tests.evaluate.conftest import evaluate_tiny_config
+from tests.evaluate.conftest import copy_data, evaluate_tiny_config, threshold_only
 
 
 def _csv(workdir):
@@ -112,3 +112,41 @@ def test_the_tpu_launcher_refuses_url_paths(tmp_path):
   ok = subprocess.run(["bash", script, "--", "--workdir=/mnt/shared/w"], env=env, cwd=tmp_path,
                       capture_output=True, text=True, timeout=60)
   assert ok.returncode == 0 and "--workdir=/mnt/shared/w" in ok.stdout, ok
+
+
+def _launch_threshold(workdir: str, data_dir: str, timeout: float = 120.0):
+  """The threshold baseline on Brats21 (no model: seconds) in 2 processes × 1 CPU device;
+  (exit code, stderr) per process, whatever the codes."""
+  port = loopback.free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  results = loopback.run_processes(
+      lambda pid: ["sadm_jax.main", "--config=configs/evaluate.py:tiny", f"--workdir={workdir}",
+                   f"--config.data.data_dir={data_dir}",
+                   f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
+                   "--config.evaluate.methods=('threshold',)",
+                   "--config.evaluate.test_sets=('Brats21',)", "--config.evaluate.include_ixi=False",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+      2, os.path.dirname(workdir), env, timeout, ok_codes=(0, 2))
+  return [(code, stderr) for code, _, stderr in results]
+
+
+def test_a_volume_that_fails_on_one_process_stops_every_process_at_once(tiny_data_dir, tmp_path):
+  """A volume's error (NaN scores: its cache entry damaged) stops the process evaluating it with
+  its one line (exit code 2); the other process, done with its own share, stops at once too with
+  a line naming it. (They waited in their next collective until JAX's shutdown barrier aborted
+  both, 5 minutes later, with SIGABRT and no error line from process 0.)"""
+  import numpy as np
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  main_lib.run_stage(threshold_only(data), str(tmp_path / "first"))  # fills the volume cache
+  (entry,) = [os.path.dirname(m) for m in glob.glob(os.path.join(data, "cache", "*", "*", "meta.json"))
+              if json.load(open(m))["name"] == "Brats21_val_001"]
+  image = np.load(os.path.join(entry, "image.npy"))
+  np.save(os.path.join(entry, "image.npy"), np.full_like(image, np.nan))
+  # Brats21_val_001 is the second volume of the first pass: process 1's
+  (code0, err0), (code1, err1) = _launch_threshold(str(tmp_path / "two" / "work"), data)
+  assert code1 == 2 and "error: " in err1 and "Brats21_val_001" in err1 and "NaN" in err1, err1[-3000:]
+  assert code0 == 2, err0[-3000:]
+  line = next(x for x in err0.splitlines() if x.startswith("error: "))
+  assert line.startswith("error: process 1 of 2 failed") and "Brats21_val_001" in line, line
