@@ -16,11 +16,26 @@ RULE_KINDS = ("fsdp", "replicate")  # what an `fsdp_rules` entry may ask for
 
 def make_mesh(config: ml_collections.ConfigDict | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D ('data',) mesh over `devices` (default: all); `config.mesh.num_devices` > 0 limits it."""
+  """A 1-D ('data',) mesh over `devices` (default: all); `config.mesh.num_devices` > 0 limits it.
+
+  With devices of several processes, a limited mesh takes the same number of devices from each
+  (process by process): every process holds its part of each batch
+  (`make_array_from_process_local_data`), so each needs devices in the mesh.
+  """
   devices = list(devices if devices is not None else jax.devices())
   n = int(config.mesh.num_devices) if config is not None and config.mesh.num_devices else len(devices)
   if n > len(devices):
     raise ValueError(f"mesh.num_devices={n} but only {len(devices)} device(s) are visible")
+  processes = sorted({d.process_index for d in devices})
+  if n < len(devices) and len(processes) > 1:
+    per, rest = divmod(n, len(processes))
+    local = [[d for d in devices if d.process_index == p] for p in processes]
+    if rest or per > min(map(len, local)):
+      raise ValueError(f"mesh.num_devices={n}: the mesh takes the same number of devices from each "
+                       f"of the {len(processes)} processes, which have {[len(x) for x in local]}; "
+                       f"give a multiple of {len(processes)} up to "
+                       f"{len(processes) * min(map(len, local))}, or 0 (all)")
+    devices = [d for x in local for d in x[:per]]
   return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
 
 

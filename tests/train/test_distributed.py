@@ -21,6 +21,35 @@ def _config(**fields):
   return c
 
 
+def test_a_limited_mesh_takes_an_equal_share_of_every_process():
+  """mesh.num_devices below the device count of several processes: the same number of devices
+  from each process. (The mesh was the first devices, all of process 0's: process 1 then failed
+  to place its part of each batch, StopIteration, and process 0 built global batches of its own
+  half only.)"""
+  import dataclasses
+
+  from sadm_jax.train import sharding
+
+  @dataclasses.dataclass(frozen=True)
+  class Device:  # what the mesh asks of a device
+    id: int
+    process_index: int
+
+  devices = [Device(i, i // 4) for i in range(8)]  # 2 processes × 4
+  c = default.get_config()
+  c.mesh.num_devices = 4
+  mesh = sharding.make_mesh(c, devices)
+  assert [(d.id, d.process_index) for d in mesh.devices.flat] == [(0, 0), (1, 0), (4, 1), (5, 1)]
+  c.mesh.num_devices = 0
+  assert list(sharding.make_mesh(c, devices).devices.flat) == devices
+  c.mesh.num_devices = 3
+  with pytest.raises(ValueError, match="same number of devices from each of the 2 processes"):
+    sharding.make_mesh(c, devices)
+  c.mesh.num_devices = 2
+  one = [Device(i, 0) for i in range(4)]  # one process: its first devices, as always
+  assert list(sharding.make_mesh(c, one).devices.flat) == one[:2]
+
+
 def test_plan_single_process_by_default():
   assert distributed.plan(_config(), {}) == distributed.Plan(None)
   assert distributed.plan(None, {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).source is None
