@@ -195,14 +195,16 @@ def together(what: str) -> Iterator[None]:
                              f"during {what}; every process stopped")
 
 
-def describe_topology(mesh=None) -> str:
-  """'process 0/2, 8 devices (4 local, cpu), mesh data=8' for the start-up log line."""
+def describe_topology(mesh=None, per_process: bool = False) -> str:
+  """'process 0/2, 8 devices (4 local, cpu), mesh data=8' for the start-up log line
+  ('mesh data=4 per process' for a mesh of each process's own devices)."""
   import jax
   devices = jax.devices()
   line = (f"process {jax.process_index()}/{jax.process_count()}, {len(devices)} devices "
           f"({jax.local_device_count()} local, {devices[0].platform})")
   if mesh is not None:
     line += ", mesh " + " × ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    line += " per process" if per_process else ""
   return line
 
 
@@ -210,12 +212,14 @@ def log_topology(config: ml_collections.ConfigDict) -> str:
   """Logs process index/count, devices and the configured mesh; process 0 also prints the line."""
   import jax
   from sadm_jax.train import sharding
+  # evaluate: each process its own mesh over its devices (`evaluate.scoring.local_mesh`)
+  per_process = config.get("stage") == "evaluate"
   try:
-    mesh = sharding.make_mesh(config)
+    mesh = sharding.make_mesh(config, jax.local_devices() if per_process else None)
   except ValueError as e:  # the stage that needs the mesh raises it; here it is only reported
     logging.warning("%s", e)
     mesh = None
-  line = describe_topology(mesh)
+  line = describe_topology(mesh, per_process)
   logging.info("%s", line)
   if jax.process_index() == 0:
     print(line, flush=True)

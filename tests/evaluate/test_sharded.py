@@ -114,22 +114,22 @@ def test_the_tpu_launcher_refuses_url_paths(tmp_path):
   assert ok.returncode == 0 and "--workdir=/mnt/shared/w" in ok.stdout, ok
 
 
-def _launch_threshold(workdir: str, data_dir: str, timeout: float = 120.0):
-  """The threshold baseline on Brats21 (no model: seconds) in 2 processes × 1 CPU device;
-  (exit code, stderr) per process, whatever the codes."""
+def _launch_threshold(workdir: str, data_dir: str, devices: int = 1, args=(), timeout: float = 120.0):
+  """The threshold baseline on Brats21 (no model: seconds) in 2 processes × `devices` CPU devices;
+  (exit code, stdout, stderr) per process, whatever the codes."""
   port = loopback.free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  results = loopback.run_processes(
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return loopback.run_processes(
       lambda pid: ["sadm_jax.main", "--config=configs/evaluate.py:tiny", f"--workdir={workdir}",
                    f"--config.data.data_dir={data_dir}",
                    f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
                    "--config.evaluate.methods=('threshold',)",
                    "--config.evaluate.test_sets=('Brats21',)", "--config.evaluate.include_ixi=False",
                    f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
+                   *args],
       2, os.path.dirname(workdir), env, timeout, ok_codes=(0, 2))
-  return [(code, stderr) for code, _, stderr in results]
 
 
 def test_a_volume_that_fails_on_one_process_stops_every_process_at_once(tiny_data_dir, tmp_path):
@@ -145,8 +145,25 @@ def test_a_volume_that_fails_on_one_process_stops_every_process_at_once(tiny_dat
   image = np.load(os.path.join(entry, "image.npy"))
   np.save(os.path.join(entry, "image.npy"), np.full_like(image, np.nan))
   # Brats21_val_001 is the second volume of the first pass: process 1's
-  (code0, err0), (code1, err1) = _launch_threshold(str(tmp_path / "two" / "work"), data)
+  (code0, _, err0), (code1, _, err1) = _launch_threshold(str(tmp_path / "two" / "work"), data)
   assert code1 == 2 and "error: " in err1 and "Brats21_val_001" in err1 and "NaN" in err1, err1[-3000:]
   assert code0 == 2, err0[-3000:]
   line = next(x for x in err0.splitlines() if x.startswith("error: "))
   assert line.startswith("error: process 1 of 2 failed") and "Brats21_val_001" in line, line
+
+
+def test_two_processes_of_the_threshold_baseline_and_their_start_up_line(tiny_data_dir, tmp_path):
+  """2 processes × 2 devices, one each (`mesh.num_devices` counts each process's devices in this
+  stage): they preprocess and evaluate their shares and write the metrics of one process; the
+  start-up line names the mesh each process evaluates on. (It named a mesh over the first devices
+  of all processes: 'mesh data=1', or a warning that 1 device cannot be shared by 2 processes.)"""
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  two = str(tmp_path / "two" / "work")
+  (code0, out0, err0), (code1, _, err1) = _launch_threshold(
+      two, data, devices=2, args=["--config.mesh.num_devices=1"])
+  assert code0 == code1 == 0, (err0 + err1)[-3000:]
+  assert out0.startswith("process 0/2, 4 devices (2 local, cpu), mesh data=1 per process\n"), out0
+  assert "(2 process(es) × 1 device(s))" in out0 and "mesh.num_devices" not in err0 + err1
+  one = str(tmp_path / "one")
+  main_lib.run_stage(threshold_only(data), one)
+  assert _csv(two) == _csv(one)
