@@ -30,6 +30,24 @@ def _assert_same_metrics(got, want, atol=1e-6):
       assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= atol, (w["method"], w["test_set"], k)
 
 
+def _records(workdir):
+  """Every stored per-volume record: 'method/anomalies/fold/set/split/volume' -> its record."""
+  root = os.path.join(workdir, "eval")
+  out = {}
+  for path in glob.glob(os.path.join(root, *["*"] * 5, "*.json")):
+    with open(path) as f:
+      out[os.path.relpath(path, root)[:-len(".json")]] = json.load(f)
+  return out
+
+
+def _assert_same_records(got, want):
+  """The same volumes, each with the same record bit for bit (NaN = NaN): no volume dropped,
+  duplicated or given another's result."""
+  assert sorted(got) == sorted(want)
+  for name in want:
+    assert json.dumps(got[name], sort_keys=True) == json.dumps(want[name], sort_keys=True), name
+
+
 def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: float = 600.0):
   """`python -m sadm_jax.main` evaluate in 2 processes × 4 CPU devices on loopback.
 
@@ -69,6 +87,7 @@ def test_eight_devices_two_processes_and_one_device_agree(evaluation, eval_data_
   two = str(tmp_path / "two" / "work")
   logs = _launch_two(two, eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir)
   _assert_same_metrics(_csv(two), _csv(eight))
+  _assert_same_records(_records(two), _records(eight))
   computed = []
   for p in range(2):
     with open(os.path.join(two, "eval", f"process_{p}-of-2.json")) as f:
@@ -93,6 +112,7 @@ def test_eight_devices_two_processes_and_one_device_agree(evaluation, eval_data_
   assert again["devices_per_process"] == 1
   assert again["volumes_computed"] == missing and again["volumes_cached"] == 54 - missing
   _assert_same_metrics(_csv(two), _csv(eight))
+  _assert_same_records(_records(two), _records(eight))
   shutil.rmtree(str(tmp_path / "two"))
 
 
