@@ -1,4 +1,4 @@
-"""Sharded evaluation: 2 processes × 4 devices and 1 device (resuming) write the metrics.csv of 8 fake devices."""
+"""Sharded evaluation: 2 processes × 4 devices and 1 device (resuming) store the results of 8 fake devices; a failure on one process stops all."""
 
 from __future__ import annotations
 
