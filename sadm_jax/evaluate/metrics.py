@@ -286,6 +286,9 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
   arithmetic (Q15), the slice detection to the first axis (Q12), and the Dice of a volume with no
   lesion and an empty prediction to NaN (0/0, the reference's value, dropped by the NaN-ignoring
   mean) instead of 1.0 (Q34); confusion counts and rates stay correctly defined (Q13).
+  A volume without lesion (in the domain) has the oracle threshold max(A), which predicts
+  nothing, so its `best_dice` is that same empty–empty Dice: 1.0, never below its Dice at any τ
+  (faithful: the reference's bisection result, 0).
 
   Args:
     score_map: anomaly map A [H, W, D].
@@ -311,10 +314,13 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
     raise ValueError(f"shapes differ: score {s.shape}, gt {g.shape}, mask {m.shape}")
   inside, grid = _brain_and_grid(s, g, m)
   ranked = grid if faithful else inside
+  empty_dice = float("nan") if faithful else 1.0  # no lesion, nothing predicted (Q34)
   if faithful:
     best_dice, best_t = bisection_search_ranked(grid, reference_arithmetic=True)
   else:
     best_dice, best_t = exact_best_threshold_ranked(inside)
+    if inside.n_pos == 0:  # its threshold (the max score) predicts nothing: empty vs empty
+      best_dice = empty_dice
 
   tp, fp = ranked.count_above(threshold)
   counts = {"tp": tp, "fp": fp, "fn": ranked.n_pos - tp, "tn": ranked.n_neg - fp}
@@ -327,7 +333,6 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
   slice_auroc, slice_auprc = slice_detection(
       s, g, m, axis=slice_axis if slice_axis is not None else (0 if faithful else -1))
 
-  empty_dice = float("nan") if faithful else 1.0  # no lesion, nothing predicted (Q34)
   out = {
       "dice": 2.0 * tp / (tp + fp + ranked.n_pos) if tp + fp + ranked.n_pos else empty_dice,
       "best_dice": best_dice, "best_threshold": best_t, "threshold": float(threshold),

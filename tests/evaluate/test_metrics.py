@@ -318,3 +318,21 @@ def test_test_pass_best_threshold_oracle_or_reference_overwrite():
   assert (rec["best_dice"], rec["best_threshold"]) == (1.0, pytest.approx(0.6))  # per-volume oracle
   rec = _test_pass_record(True, 0.5)
   assert rec["best_dice"] == 1.0 and rec["best_threshold"] == 0.5  # the reference stored τ
+
+
+def test_no_lesion_oracle_follows_the_empty_dice_convention():
+  # No lesion; one voxel scored 0.9, the rest 0.1. The oracle's threshold (the max score, 0.9)
+  # predicts nothing: empty vs empty, Dice 1 by the default convention (Q34) — as the Dice at a
+  # τ that predicts nothing — never below the Dice at any τ. Faithful: the reference's bisection
+  # keeps its initial 0 (its 0/0 Dice is NaN and loses every comparison).
+  brain = np.ones((4, 4, 2), bool)
+  score = np.full(brain.shape, 0.1, np.float32)
+  score[0, 0, 0] = 0.9
+  gt = np.zeros_like(brain)
+  for tau, dice in ((0.5, 0.0), (1.0, 1.0)):
+    v = mt.volume_metrics(score, gt, brain, tau)
+    assert v["dice"] == dice and v["best_dice"] == 1.0
+    assert v["best_threshold"] == pytest.approx(0.9)
+    assert np.count_nonzero(score > np.float32(v["best_threshold"])) == 0
+  f = mt.volume_metrics(score, gt, brain, 1.0, faithful=True)
+  assert math.isnan(f["dice"]) and f["best_dice"] == 0.0
