@@ -46,8 +46,9 @@ def test_record(rec: dict, a, gt, mask, spacing, faithful: bool, tau: float,
   if faithful:  # the reference stored τ as BestThresholdPerVol
     out["best_threshold"] = out["threshold"]
   dom = mask if not faithful else np.ones_like(mask)
+  empty = float("nan") if faithful else 1.0  # the Dice-at-τ convention of `volume_metrics` (Q34)
   for name, t in fpr_thresholds.items():
-    out[f"dice_at_{name}"] = metrics.dice((a > np.float32(t)) & dom, gt & dom)
+    out[f"dice_at_{name}"] = metrics.dice((a > np.float32(t)) & dom, gt & dom, empty_value=empty)
   return out
 
 

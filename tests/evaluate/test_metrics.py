@@ -336,3 +336,19 @@ def test_no_lesion_oracle_follows_the_empty_dice_convention():
     assert np.count_nonzero(score > np.float32(v["best_threshold"])) == 0
   f = mt.volume_metrics(score, gt, brain, 1.0, faithful=True)
   assert math.isnan(f["dice"]) and f["best_dice"] == 0.0
+
+
+def test_dice_at_fpr_thresholds_follow_the_empty_dice_convention():
+  # A volume without lesion, nothing above τ = 1 nor above the FPR threshold 0.95: the Dice at
+  # the FPR threshold is the same empty–empty Dice as the Dice at τ — 1, or NaN when faithful.
+  from sadm_jax.evaluate import records
+  seg = np.zeros((2, 4, 4), bool)
+  score = np.full(seg.shape, 0.1, np.float32)
+  score[0, 0, 0] = 0.9
+  for faithful in (False, True):
+    rec = records.test_record(records.base("v", score, None, np.ones_like(seg), seg), score, seg,
+                              np.ones_like(seg), (2.0, 2.0, 2.0), faithful, 1.0,
+                              {"t_fpr1": 0.95, "t_fpr5": 0.5})
+    empty = math.isnan if faithful else (lambda d: d == 1.0)
+    assert empty(rec["dice"]) and empty(rec["dice_at_t_fpr1"])
+    assert rec["dice_at_t_fpr5"] == 0.0                  # one voxel predicted, no lesion
