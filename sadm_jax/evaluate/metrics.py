@@ -262,9 +262,14 @@ def volume_score(score_map, brain_mask) -> float:
 
 
 def volume_detection_auroc(healthy_scores, patho_scores) -> float:
-  """Volume-level AUROC of per-volume scores: healthy volumes negative, pathological positive."""
+  """Volume-level AUROC of per-volume scores: healthy volumes negative, pathological positive.
+
+  A volume without a score (NaN: no brain voxel, `volume_score`) is left out, as from the means;
+  NaN when a class has no scored volume.
+  """
   h = np.asarray(healthy_scores, dtype=np.float64).ravel()
   p = np.asarray(patho_scores, dtype=np.float64).ravel()
+  h, p = h[np.isfinite(h)], p[np.isfinite(p)]
   return auroc_ranked(RankedScores(np.sort(p), np.sort(h)))
 
 

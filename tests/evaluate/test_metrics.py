@@ -201,6 +201,14 @@ def test_volume_detection_auroc():
   assert mt.volume_detection_auroc([0.1, 0.2], [0.15, 0.3]) == pytest.approx(0.75)
 
 
+def test_volume_detection_auroc_leaves_out_undefined_scores():
+  # A volume without brain voxels has no score (NaN, `volume_score`): it is left out, as from the
+  # means, instead of sorting above every score (a NaN "win" or "loss" for every pair).
+  assert mt.volume_detection_auroc([0.1, 0.2], [0.15, np.nan]) == pytest.approx(0.5)
+  assert mt.volume_detection_auroc([0.1, np.nan], [0.15, 0.3]) == pytest.approx(1.0)
+  assert math.isnan(mt.volume_detection_auroc([np.nan], [0.15]))
+
+
 def test_volume_metrics_consistent_with_parts():
   score, gt, brain = _volume()
   t = 0.45
