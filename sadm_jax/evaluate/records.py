@@ -56,9 +56,10 @@ def healthy_record(rec: dict, a, mask, faithful: bool, fpr_thresholds: dict) -> 
   """A healthy IXI volume: its score and the voxel false-positive rate at each FPR threshold."""
   dom = mask if not faithful else np.ones_like(mask)
   out = {**rec, "volume_score": metrics.volume_score(a, mask)}
-  n = max(int(dom.sum()), 1)
-  for name, t in fpr_thresholds.items():
-    out[f"voxel_fpr_at_{name}"] = float(np.count_nonzero((a > np.float32(t)) & dom)) / n
+  n = int(np.count_nonzero(dom))
+  for name, t in fpr_thresholds.items():  # no brain voxel: no rate (NaN), not 0
+    out[f"voxel_fpr_at_{name}"] = \
+        float(np.count_nonzero((a > np.float32(t)) & dom)) / n if n else float("nan")
   return out
 
 

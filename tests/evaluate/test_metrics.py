@@ -360,3 +360,20 @@ def test_dice_at_fpr_thresholds_follow_the_empty_dice_convention():
     empty = math.isnan if faithful else (lambda d: d == 1.0)
     assert empty(rec["dice"]) and empty(rec["dice_at_t_fpr1"])
     assert rec["dice_at_t_fpr5"] == 0.0                  # one voxel predicted, no lesion
+
+
+def test_healthy_record_fpr_hand_and_undefined_without_brain():
+  from sadm_jax.evaluate import records
+  a = np.zeros((2, 2, 2), np.float32)
+  a[0, 0, 0], a[1, 1, 1] = 0.9, 0.6                      # 1 of 4 brain voxels above 0.7
+  mask = np.zeros((2, 2, 2), bool)
+  mask[0] = True
+  mask[1, 1, 1] = False
+  mask[1, 0, 0] = True
+  rec = records.healthy_record({"name": "h"}, a, mask, False, {"t_fpr1": 0.7})
+  assert rec["voxel_fpr_at_t_fpr1"] == pytest.approx(1 / 5)  # 0.9 in the brain, 0.6 outside
+  assert records.healthy_record({"name": "h"}, a, mask, True, {"t_fpr1": 0.5})[
+      "voxel_fpr_at_t_fpr1"] == pytest.approx(2 / 8)        # faithful: whole grid
+  # no brain voxel: no rate (NaN, left out of the mean), not 0 %
+  rec = records.healthy_record({"name": "h"}, a, np.zeros_like(mask), False, {"t_fpr1": 0.7})
+  assert math.isnan(rec["voxel_fpr_at_t_fpr1"]) and math.isnan(rec["volume_score"])
