@@ -227,22 +227,50 @@ def needed_splits(config, runs: Sequence[EvalRun], available: Sequence[str]
   return list(dict.fromkeys(names)), sets, ixi
 
 
-def val_rows(run: EvalRun, set_name: str, rows: list[Row]) -> tuple[list[Row], str]:
+def val_rows(run: EvalRun, set_name: str, rows: list[Row], stage2: list[Row] | None = None
+             ) -> tuple[list[Row], str]:
   """Rows of <set>_val for τ tuning: without the SegUnet's own training rows (Q15).
 
-  The training rows are those stage II used (`train.sadm.weak_row_ranges` on the run's config).
+  The training rows are those stage II used (`train.sadm.weak_row_ranges` on the run's config):
+  positions in `stage2`, <set>_val as stage II read it (`stage2_val_rows`; default `rows`), left
+  out of `rows` by image — positions in `rows` may differ (cleaning against the test split).
   """
   if run.held_out and run.held_out[0] == set_name:
     from sadm_jax.train import sadm as sadm_train
     _, mode, train_rows, val_rows = run.held_out
-    (start, stop), _ = sadm_train.weak_row_ranges(mode, len(rows), train_rows, val_rows)
-    keep = [r for i, r in enumerate(rows) if not start <= i < stop]
+    seen = rows if stage2 is None else stage2
+    (start, stop), _ = sadm_train.weak_row_ranges(mode, len(seen), train_rows, val_rows)
+    trained = {r.img for r in seen[start:stop]}
+    keep = [r for r in rows if r.img not in trained]
     if keep:
       return keep, f"held-out (rows outside {start}:{stop})"
     logging.warning("%s: no %s_val rows outside its training rows %d:%d; tuning τ on all of them "
                     "(contains training volumes, Q15)", run.id, set_name, start, stop)
     return rows, "all (contains SegUnet training volumes, Q15)"
   return rows, "all"
+
+
+def stage2_val_rows(root, runs: Sequence[EvalRun], sadm_configs: dict, sets: Sequence[str],
+                    modality: str, skipped: dict) -> dict[str, list[Row]]:
+  """run id -> <set>_val as each weakly supervised run's stage II read it (Q15): that split
+  alone, cleaned with the run's own `data.clean_splits`, without the rows the evaluation skips
+  as invalid if the run skipped invalid rows too. The evaluation reads it with <set>_test, whose
+  shared images cleaning drops from val (Q17), so its positions are not stage II's.
+
+  root: `layout.DataRoot`; sadm_configs: SADM workdir -> saved config; skipped: split -> names.
+  """
+  from sadm_jax.data import splits as splits_lib
+  out = {}
+  for r in runs:
+    if not r.held_out or r.held_out[0] not in sets:
+      continue
+    cfg, name = sadm_configs[r.sadm_workdir], f"{r.held_out[0]}_val"
+    clean = bool(config_lib.saved_value(cfg, "data", "clean_splits", absent=True))
+    rows = splits_lib.load_splits(root, [name], modality, clean=clean)[0][name]
+    bad = set(skipped.get(name, ())) if config_lib.saved_value(cfg, "data", "skip_invalid") \
+        else set()
+    out[r.id] = [x for x in rows if x.name not in bad]
+  return out
 
 
 def protocol(config, grid: Sequence[int], spacing: float, cddpm_configs: Sequence = ()) -> dict:
@@ -288,9 +316,11 @@ class Pass:
     return f"{row.name}_draem" if self.set_name == DRAEM_SET else row.name
 
 
-def val_passes(runs: Sequence[EvalRun], splits: dict, sets: Sequence[str], ixi: bool
-               ) -> list[Pass]:
-  """IXI val (voxel-FPR thresholds) and <set>_val of every data set (τ): no pass needs another."""
+def val_passes(runs: Sequence[EvalRun], splits: dict, sets: Sequence[str], ixi: bool,
+               stage2: dict | None = None) -> list[Pass]:
+  """IXI val (voxel-FPR thresholds) and <set>_val of every data set (τ): no pass needs another.
+
+  stage2: `stage2_val_rows` (weakly supervised runs' training rows are found there)."""
   out = []
   if ixi:
     out.append(Pass("IXI", "val", "healthy_val",
@@ -299,7 +329,7 @@ def val_passes(runs: Sequence[EvalRun], splits: dict, sets: Sequence[str], ixi: 
     if s == DRAEM_SET:
       chosen = {r.id: (splits[f"IXI_val_fold{r.data_fold}"], "all") for r in runs}
     else:
-      chosen = {r.id: val_rows(r, s, splits[f"{s}_val"]) for r in runs}
+      chosen = {r.id: val_rows(r, s, splits[f"{s}_val"], (stage2 or {}).get(r.id)) for r in runs}
     out.append(Pass(s, "val", "val", {k: v[0] for k, v in chosen.items()},
                     {k: v[1] for k, v in chosen.items()}))
   return out

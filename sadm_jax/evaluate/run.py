@@ -17,7 +17,7 @@ from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import metrics, records, report, thresholds
 from sadm_jax.evaluate.execute import Evaluation
 from sadm_jax.evaluate.planning import Models, Pass, check_splits, check_volume_names, \
-    needed_splits, plan_runs, protocol, test_passes, val_passes
+    needed_splits, plan_runs, protocol, stage2_val_rows, test_passes, val_passes
 from sadm_jax.utils import io
 
 FPRS = ((0.01, "t_fpr1"), (0.05, "t_fpr5"), (0.1, "t_fpr10"))
@@ -178,7 +178,9 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
                      "nothing to evaluate")
   _, splits, hygiene, skipped = config_lib.load_valid_splits(config, names)
   check_splits(root, splits, hygiene, skipped)
-  vals, tests = val_passes(runs, splits, sets, ixi), test_passes(runs, splits, sets, ixi)
+  stage2 = stage2_val_rows(root, runs, models.sadm_configs, sets, str(config.data.modality),
+                           skipped)
+  vals, tests = val_passes(runs, splits, sets, ixi, stage2), test_passes(runs, splits, sets, ixi)
   check_volume_names(vals + tests)
   cache_dir = config_lib.cache_dir(config)
   pre = config_lib.preprocess_config(config)

@@ -206,6 +206,46 @@ def test_weakly_supervised_runs_tune_only_on_held_out_rows():
   assert [r.index for r in keep] == list(range(10))
 
 
+def test_held_out_rows_are_those_stage_two_did_not_train_on():
+  # Stage II read Brats21_val alone (12 rows: trains on 10:12 = v10, v11, the demo-size rule).
+  # The evaluation reads it together with Brats21_test, and cleaning (test > val, Q17) drops v0,
+  # which both hold: by position, 11 rows → training rows 10:11 = v11, and v10 — a training
+  # volume — landed in the τ pool. By identity the pool is v1..v9.
+  stage2 = _rows(12)
+  evaluated = stage2[1:]
+  run = planning.EvalRun("sadm", "Brats21", "repeat0", 0,
+                        held_out=("Brats21", "brats", None, None))
+  keep, how = planning.val_rows(run, "Brats21", evaluated, stage2)
+  assert [r.name for r in keep] == [f"v{i}" for i in range(1, 10)] and how.startswith("held-out")
+  passes = planning.val_passes([run], {"Brats21_val": evaluated}, ["Brats21"], False,
+                               {run.id: stage2})
+  assert passes[0].rows[run.id] == keep
+
+
+def test_stage_two_val_rows_are_read_as_stage_two_read_them(tmp_path):
+  """`stage2_val_rows` reads <set>_val alone, cleaned with the run's own setting, whatever the
+  evaluation's test split shares with it."""
+  import ml_collections
+  from sadm_jax.data import layout, splits as splits_lib
+  from tests.data import fake_data
+  row = lambda n: [n, "M", 1, 50, f"/Test/Brats21/t1/{n}_t1.nii.gz",
+                   f"/Test/Brats21/mask/{n}_mask.nii.gz", f"/Test/Brats21/seg/{n}_seg.nii.gz"]
+  base = tmp_path / "Data" / "splits"
+  fake_data.write_csv(str(base / "Brats21_val.csv"), [row(f"v{i}") for i in range(12)])
+  fake_data.write_csv(str(base / "Brats21_test.csv"), [row("v0"), row("t1")])
+  root = layout.resolve_data_root(str(tmp_path))
+  splits, _ = splits_lib.load_splits(root, ["Brats21_val", "Brats21_test"])
+  assert [r.name for r in splits["Brats21_val"]][:2] == ["v1", "v2"]  # v0 kept in test only
+  run = planning.EvalRun("sadm", "Brats21", "repeat0", 0, sadm_workdir="/w",
+                        held_out=("Brats21", "brats", None, None))
+  cfg = ml_collections.ConfigDict({"faithful": False, "data": {"clean_splits": None,
+                                                                "skip_invalid": False}})
+  stage2 = planning.stage2_val_rows(root, [run], {"/w": cfg}, ["Brats21"], "t1", {})
+  assert [r.name for r in stage2[run.id]] == [f"v{i}" for i in range(12)]
+  vals = planning.val_passes([run], splits, ["Brats21"], False, stage2)
+  assert [r.name for r in vals[0].rows[run.id]] == [f"v{i}" for i in range(1, 10)]
+
+
 def test_needed_splits_follow_test_sets_include_ixi_and_methods():
   """Which splits an evaluation loads and which passes it runs (known answers)."""
   import ml_collections
