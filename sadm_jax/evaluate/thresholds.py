@@ -187,34 +187,35 @@ def exact_best_threshold_ranked(ranked: RankedScores) -> tuple[float, float]:
   pos_ge = n_pos - starts
   neg_ge = n_neg - neg_below
   dice = 2.0 * pos_ge / (pos_ge + neg_ge + n_pos)
-  # To predict exactly {score ≥ value} with `score > t`, t is the largest score below `value`.
+  # To predict exactly {score ≥ value} with `score > t`, t is the largest score below `value`;
+  # with none below (`value` is the minimum: everything predicted), the largest number below it
+  # in the scores' dtype.
   lower = np.full(values.shape, -np.inf)
   has_neg = neg_below > 0
   lower[has_neg] = neg[neg_below[has_neg] - 1]
   has_pos = starts > 0
   lower[has_pos] = np.maximum(lower[has_pos], pos[starts[has_pos] - 1])
-  valid = (neg_below > 0) | (starts > 0)
-  if not valid.any():
-    return empty
-  dice = np.where(valid, dice, -1.0)
+  none = ~(has_neg | has_pos)
+  lower[none] = np.nextafter(values[none], np.asarray(-np.inf, values.dtype))
   best = int(dice.size - 1 - np.argmax(dice[::-1]))  # ties → the highest threshold
   return float(dice[best]), float(lower[best])
 
 
 def exact_best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-  """The best Dice over every threshold that is one of the distinct score values (`score > t`).
+  """The best Dice of `score > t` over every threshold t (the exact optimum).
 
   One sort and cumulative counts: the optimum is always reached with t just below a positive score
   (dropping a lowest included group that holds no lesion can only raise Dice), so only the distinct
-  positive scores are candidates. Ties go to the highest threshold. A lesion scored at the global
-  minimum can never be included (no score lies below it), as for any `score > t` with t a score.
-  With no positives the result is (0.0, max score) (nothing predicted; 0/0 counts as 0).
+  positive scores are candidates, each with t the largest score below it — or, below the global
+  minimum (every voxel predicted), the largest number below it in the scores' dtype, so that
+  `score > t` compared in that dtype includes it. Ties go to the highest threshold. With no
+  positives the result is (0.0, max score) (nothing predicted; 0/0 counts as 0).
 
   Args:
     scores: anomaly scores, any shape. [...]
     labels: binary ground truth of the same shape. [...]
   Returns:
-    (best Dice, threshold) with the threshold equal to a score value.
+    (best Dice, threshold): a score value, or the number just below the smallest score.
   """
   return exact_best_threshold_ranked(RankedScores.from_arrays(scores, labels))
 
@@ -293,7 +294,7 @@ def select_threshold(score_list, label_list, mask_list=None, method: str = "exac
   Voxels of all volumes are pooled (inside the brain by default; `within_brain=False` pools the whole
   96×96×50 grid, background included, as the reference). `method='bisection'` is the reference's
   10-step search (faithful: `method='bisection', within_brain=False`); `method='exact'` finds the
-  global optimum over all distinct score values.
+  global optimum over all thresholds (`exact_best_threshold`).
 
   Args:
     score_list: anomaly maps, each [H, W, D] (or one array).

@@ -377,3 +377,14 @@ def test_healthy_record_fpr_hand_and_undefined_without_brain():
   # no brain voxel: no rate (NaN, left out of the mean), not 0 %
   rec = records.healthy_record({"name": "h"}, a, np.zeros_like(mask), False, {"t_fpr1": 0.7})
   assert math.isnan(rec["voxel_fpr_at_t_fpr1"]) and math.isnan(rec["volume_score"])
+
+
+def test_oracle_is_never_below_the_dice_at_tau():
+  # ⌈Dice⌉ is the best Dice over thresholds: a τ below every brain score predicts the whole brain,
+  # which the oracle must count too (lesion at the lowest score: Dice 2·3/(3+4) = 6/7).
+  brain = np.ones((2, 2, 1), bool)
+  score = np.array([0.1, 0.1, 0.1, 0.5], np.float32).reshape(brain.shape)
+  gt = np.array([1, 1, 1, 0], bool).reshape(brain.shape)
+  v = mt.volume_metrics(score, gt, brain, 0.05)
+  assert v["dice"] == pytest.approx(6 / 7)
+  assert v["best_dice"] == pytest.approx(6 / 7) and v["best_threshold"] < 0.1

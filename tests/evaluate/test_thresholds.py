@@ -84,7 +84,8 @@ def test_exact_finds_optimum_that_bisection_misses():
 
 def _brute_best(scores, labels):
   best, best_t = -1.0, None
-  for t in np.unique(scores):                          # ascending; ≥ keeps the highest among ties
+  below = np.nextafter(scores.min(), np.asarray(-np.inf, scores.dtype))  # everything predicted
+  for t in np.r_[below, np.unique(scores)]:            # ascending; ≥ keeps the highest among ties
     p = scores > t
     den = p.sum() + labels.sum()
     d = 2 * np.sum(p & labels) / den if den else 0.0
@@ -106,9 +107,23 @@ def test_exact_matches_brute_force():
 
 def test_exact_edge_cases():
   assert th.exact_best_threshold(np.array([0.1, 0.5]), np.array([0, 0])) == (0.0, 0.5)
-  # every score tied: nothing can be selected with `score > t`
-  assert th.exact_best_threshold(np.full(4, 0.3), np.array([1, 0, 1, 0])) == (0.0, pytest.approx(0.3))
+  # every score tied: predicting every voxel (Dice 2·2/(2+4)) is the only non-empty prediction,
+  # with t the largest value below the score
+  d, t = th.exact_best_threshold(np.full(4, 0.3), np.array([1, 0, 1, 0]))
+  assert d == pytest.approx(2 / 3) and t == np.nextafter(0.3, -np.inf)
   assert th.exact_best_threshold(np.array([0.0, 1.0]), np.array([0, 1])) == (1.0, 0.0)
+
+
+def test_exact_can_predict_every_voxel():
+  # The lesion holds the lowest score: every voxel (Dice 2·3/(3+4) = 6/7) beats any threshold
+  # at a score value (score > 0.1 predicts only the negative: Dice 0), so t is the largest
+  # float32 below 0.1, and `score > t` (compared in float32) predicts everything.
+  scores = np.array([0.1, 0.1, 0.1, 0.5], np.float32)
+  labels = np.array([1, 1, 1, 0], bool)
+  d, t = th.exact_best_threshold(scores, labels)
+  assert d == pytest.approx(6 / 7)
+  assert t == float(np.nextafter(np.float32(0.1), np.float32(-np.inf)))
+  assert np.all(scores > np.float32(t))
 
 
 def test_healthy_fpr_thresholds_hand():
