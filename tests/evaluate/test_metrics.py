@@ -388,3 +388,20 @@ def test_oracle_is_never_below_the_dice_at_tau():
   v = mt.volume_metrics(score, gt, brain, 0.05)
   assert v["dice"] == pytest.approx(6 / 7)
   assert v["best_dice"] == pytest.approx(6 / 7) and v["best_threshold"] < 0.1
+
+
+def test_report_names_runs_whose_tau_saw_their_training_volumes(tmp_path):
+  # The protocol says weakly supervised runs tune τ on held-out rows; a run left without one
+  # (`planning.val_rows` falls back to every row) must be named, not covered by that sentence.
+  from sadm_jax.evaluate import report
+  base = {"grid": [96, 96, 50], "within_brain": True, "threshold_method": "exact",
+          "shared_noise": False, "median_size": 5, "residual_mode": "ssim", "combination": "sum",
+          "timesteps": [249, 499, 749], "spacing_mm": 2.0, "noise": "simplex", "dtype": "float32",
+          "faithful": False, "faithful_metrics": False, "seed": 3141}
+  row = lambda set_name, how: {"method": "sadm", "train_anomalies": "Brats21", "fold": "repeat0",
+                               "test_set": set_name, "n_volumes": 2, "dice": 0.5, "tau_rows": how}
+  ok = [row("Brats21", "held-out (rows outside 1:3)"), row("ATLAS_v2", "all")]
+  assert "SegUnet's training volumes" not in report.write_report(str(tmp_path), ok, base)
+  bad = [row("Brats21", "all (contains SegUnet training volumes, Q15)"), row("ATLAS_v2", "all")]
+  text = report.write_report(str(tmp_path), bad, base)
+  assert "sadm/Brats21/repeat0 on Brats21" in text and "SegUnet's training volumes" in text
