@@ -208,10 +208,24 @@ def clean_splits(splits: dict[str, list[Row]], apply: bool = True
 
 def load_splits(root: layout.DataRoot, names: Sequence[str] | None = None, modality: str = "t1",
                 clean: bool = True) -> tuple[dict[str, list[Row]], HygieneReport]:
-  """Reads the named splits (default: every known split present) and applies `clean_splits`."""
+  """Reads the named splits (default: every known split present) and applies `clean_splits`,
+  with `clean` also against the higher-priority splits on disk that were not named."""
   names = list(names) if names is not None else root.available_splits()
   if not names:
     raise DataError(f"{root.splits_dir}: no known split CSVs found (expected e.g. "
                     f"IXI_train_fold0.csv, Brats21_test.csv)")
   splits = {n: read_split(root, n, modality) for n in names}
-  return clean_splits(splits, apply=clean)
+  if not clean:
+    return clean_splits(splits, apply=False)
+  # Disjointness holds against every partner split on disk, not only the requested ones: a stage
+  # that loads IXI_train/val_fold{k} (or Brats21_val alone) must still lose the images of the
+  # data set's test split, as when prepare or evaluation load them all. The higher-priority
+  # partners are read for this only (not validated, not returned).
+  rank = lambda n: _PRIORITY[layout.parse_split_name(n).split_type]
+  partners = {o: read_split(root, o, modality) for o in root.available_splits()
+              if o not in splits and any(_partners(o, [n]) and rank(o) > rank(n) for n in names)}
+  out, report = clean_splits({**splits, **partners}, apply=True)
+  for table in (report.duplicates, report.overlaps, report.dropped):
+    for o in partners:
+      table.pop(o, None)
+  return {n: out[n] for n in names}, report

@@ -125,6 +125,32 @@ def test_clean_splits_removes_duplicates_and_overlaps():
   assert rep2.summary("IXI_train_fold0")["dropped"] == 0
 
 
+
+def test_loading_some_splits_still_keeps_them_disjoint_from_the_others(data_dir, tmp_path):
+  """A stage loads only the splits it trains on (IXI_train/val_fold0, or Brats21_val for weak
+  supervision); an image also listed in the data set's test split must still leave them (Q17),
+  as when every split is loaded (prepare, evaluation). Faithful (clean=False): rows unchanged."""
+  base = os.path.join(str(tmp_path), "Data")
+  shutil.copytree(os.path.join(data_dir, "Data", "splits"), os.path.join(base, "splits"))
+  _, test = fake_data.read_csv(f"{base}/splits/IXI_test.csv")
+  _, train = fake_data.read_csv(f"{base}/splits/IXI_train_fold0.csv")
+  fake_data.write_csv(f"{base}/splits/IXI_train_fold0.csv", [r[1:] for r in train + test[:1]])
+  _, btest = fake_data.read_csv(f"{base}/splits/Brats21_test.csv")
+  _, bval = fake_data.read_csv(f"{base}/splits/Brats21_val.csv")
+  fake_data.write_csv(f"{base}/splits/Brats21_val.csv", [r[1:] for r in btest[:1] + bval])
+  root = layout.resolve_data_root(str(tmp_path))
+  names = lambda s, n: [r.name for r in s[n]]
+  every, _ = splits.load_splits(root)
+  some, rep = splits.load_splits(root, ["IXI_train_fold0", "IXI_val_fold0"])
+  assert list(some) == ["IXI_train_fold0", "IXI_val_fold0"]
+  assert test[0][1] not in names(some, "IXI_train_fold0")
+  assert names(some, "IXI_train_fold0") == names(every, "IXI_train_fold0")
+  assert rep.summary("IXI_train_fold0")["overlaps"] == {"IXI_test": 1}
+  weak, _ = splits.load_splits(root, ["Brats21_val"])
+  assert names(weak, "Brats21_val") == names(every, "Brats21_val") == [r[1] for r in bval]
+  kept, _ = splits.load_splits(root, ["Brats21_val"], clean=False)
+  assert names(kept, "Brats21_val") == [r[1] for r in btest[:1] + bval]
+
 def _write_bytes(path, text, encoding):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding=encoding, newline="") as f:
