@@ -56,8 +56,30 @@ def write_examples_png(path: str | os.PathLike, slices: Sequence[np.ndarray], se
   io.write_png(path, example_grid(slices, seed, cfg, brain_masks))
 
 
-if __name__ == "__main__":
-  # python -m sadm_jax.anomaly.examples OUT.png [N]
-  n = int(sys.argv[2]) if len(sys.argv) > 2 else 6
+USAGE = "usage: python -m sadm_jax.anomaly.examples OUT.png [N]  (N >= 1 rows, default 6)"
+
+
+def cli(argv: Sequence[str]) -> int:
+  """`OUT.png [N]`: writes N example rows of synthetic slices; bad arguments: one line, 2."""
+  n = 6
+  try:
+    if not 1 <= len(argv) <= 2:
+      raise ValueError(USAGE)
+    if len(argv) == 2:
+      n = int(argv[1]) if argv[1].strip().isdigit() else 0
+      if n < 1:
+        raise ValueError(f"N={argv[1]!r} is not a number of rows >= 1; {USAGE}")
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   pairs = [brainlike_slice(96, seed=s) for s in range(n)]
-  write_examples_png(sys.argv[1], [p[0] for p in pairs], seed=0)
+  try:
+    write_examples_png(argv[0], [p[0] for p in pairs], seed=0)
+  except OSError as e:  # a missing folder, no permission, a full disk
+    print(f"error: cannot write {argv[0]}: {e.strerror or e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli(sys.argv[1:]))

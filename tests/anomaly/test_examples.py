@@ -1,6 +1,7 @@
 """The DRAEM example grid: input | anomalous | label per row, laid out by utils.montage.grid."""
 
 import numpy as np
+import pytest
 
 from sadm_jax.anomaly import draem, examples
 
@@ -21,3 +22,25 @@ def test_example_grid_layout_and_panels():
     if i:
       np.testing.assert_array_equal(out[y0 - gap:y0], 128)  # mid-grey between rows
   np.testing.assert_array_equal(out[:, 32:32 + gap], 128)  # and between panels
+
+
+@pytest.mark.parametrize("argv", [[], ["a.png", "six"], ["a.png", "0"], ["a.png", "2", "x"]])
+def test_cli_bad_arguments_are_one_line_exit_2(argv, tmp_path, capsys):
+  code = examples.cli([str(tmp_path / a) if a.endswith(".png") else a for a in argv])
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+  assert not list(tmp_path.iterdir())
+
+
+def test_cli_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
+  (tmp_path / "a_file").write_text("")
+  assert examples.cli([str(tmp_path / "a_file" / "grid.png"), "1"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: cannot write ") and err.count("\n") == 1
+
+
+def test_cli_writes_the_grid(tmp_path):
+  out = tmp_path / "grid.png"
+  assert examples.cli([str(out), "2"]) == 0
+  from PIL import Image
+  assert Image.open(out).size == (3 * 96 + 2 * examples._GAP, 2 * 96 + examples._GAP)
