@@ -158,7 +158,16 @@ def with_cddpm_diffusion(config: ml_collections.ConfigDict, cddpm_config: ml_col
 
 
 def _warn_mismatch(config, cddpm_config) -> None:
-  """Logs settings where the SADM run differs from the cDDPM it reuses (diffusion, slice grid)."""
+  """Logs settings where the SADM run differs from the cDDPM it reuses (diffusion, slice grid,
+  IXI fold)."""
+  fold = config_lib.saved_value(cddpm_config, "data", "fold")
+  if fold is not None and int(fold) != int(config.data.fold):
+    # Q17: the reference's SADM-DRAEM folds 1-4 reused the fold-0 cDDPM.
+    logging.warning("data.fold=%d differs from the cDDPM's %d (%s): IXI_val_fold%d (this run's "
+                    "%s set) may hold images the cDDPM trained on (Q17); train one cDDPM per "
+                    "fold to avoid it", config.data.fold, fold, config.sadm.cddpm_workdir,
+                    config.data.fold, "validation and evaluation" if config.sadm.mode == "draem"
+                    else "evaluation")
   for section in ("diffusion", "data.preprocess"):
     mine, theirs = config, cddpm_config
     for part in section.split("."):

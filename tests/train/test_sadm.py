@@ -321,3 +321,32 @@ def test_sadm_reconstructs_with_the_noise_and_schedule_its_cddpm_was_trained_wit
   assert (used.aligned_octaves, used.float16_noise, used.num_timesteps) == (True, True, 500)
   assert used.shared_noise is False and tuple(used.ensemble_timesteps) == (99,)
   assert mine.to_dict() == before  # the user's config is not changed
+
+
+def test_draem_fold_other_than_its_cddpms_is_warned(caplog):
+  """Q17: a SADM run of fold k on a cDDPM of fold j != k is evaluated (and, for DRAEM, validated)
+  on IXI_val_fold{k}, which may hold images the cDDPM trained on; the run says so."""
+  import logging
+
+  import ml_collections
+
+  from configs import cddpm as cddpm_config
+  from sadm_jax import config as config_lib
+  saved = ml_collections.ConfigDict(cddpm_config.get_config("tiny").to_dict())  # fold 0
+  mine = sadm_draem.get_config("tiny")
+  mine.sadm.cddpm_workdir = "/runs/cddpm0"
+  with caplog.at_level(logging.WARNING):
+    sadm._warn_mismatch(config_lib.resolve(mine), saved)
+  assert "fold" not in caplog.text
+  mine.data.fold = 3
+  with caplog.at_level(logging.WARNING):
+    sadm._warn_mismatch(config_lib.resolve(mine), saved)
+  assert "data.fold=3 differs from the cDDPM's 0 (/runs/cddpm0)" in caplog.text
+  assert "IXI_val_fold3" in caplog.text and "Q17" in caplog.text
+  caplog.clear()
+  weak = sadm_brats.get_config("tiny")  # trains on Brats21_val, but is evaluated on IXI_val_fold3
+  weak.data.fold = 3
+  weak.sadm.cddpm_workdir = "/runs/cddpm0"
+  with caplog.at_level(logging.WARNING):
+    sadm._warn_mismatch(config_lib.resolve(weak), saved)
+  assert "data.fold=3 differs" in caplog.text
