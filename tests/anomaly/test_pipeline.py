@@ -114,3 +114,24 @@ def test_draem_config_from_config():
   c.anomaly.restrict_to_brain = True
   d = anomaly_pipeline.draem_config(config_lib.resolve(c))
   assert d.faithful_uint8_wrap and d.restrict_to_brain and d.p_anomalous == 1.0
+
+
+def test_anomalies_differ_between_processes_and_between_visits(table):
+  """Each record's anomaly comes from its global index: two processes (shards) never get copies
+  of each other's anomalies, and a volume drawn again in a later epoch gets a new one."""
+  def batches(shard_index, shard_count, n):
+    it = iter(anomaly_pipeline.draem_train_loader(table, DraemConfig(), batch_size=2, seed=5,
+                                                  shard_index=shard_index,
+                                                  shard_count=shard_count))
+    return [next(it) for _ in range(n)]
+
+  segs = lambda bs: [s.tobytes() for b in bs for s in b["seg"] if s.any()]
+  a, b = segs(batches(0, 2, 4)), segs(batches(1, 2, 4))
+  assert len(a) >= 4 and len(b) >= 4 and not set(a) & set(b)
+  visits = {}
+  for batch in batches(0, 1, 2 * len(table)):  # four epochs of the table
+    for v, s in zip(batch["volume"], batch["seg"]):
+      if s.any():
+        visits.setdefault(int(v), []).append(s.tobytes())
+  assert sum(len(s) for s in visits.values()) >= 8
+  assert all(len(set(s)) == len(s) for s in visits.values())
