@@ -200,16 +200,24 @@ def _check_mode(config) -> None:
 
 def frozen_reconstruction(cddpm: cddpm_lib.CDDPM, variables: dict, x: jax.Array, key: jax.Array,
                           schedule: schedule_lib.Schedule, sample_noise, num_timesteps: int,
-                          train_mode: bool) -> tuple[jax.Array, dict]:
+                          train_mode: bool, x_clean: jax.Array | None = None
+                          ) -> tuple[jax.Array, dict]:
   """x̂ of x [B, H, W, 1]: c = E(x) once (Q7), t ~ U{0..T−1} per sample, one pred-x0 step.
 
   `train_mode` runs E with batch statistics and drop path and returns its updated BatchNorm
   statistics (faithful Q6); otherwise E uses its running averages and `variables` come back
-  unchanged. Nothing here is differentiated. Returns (x̂ [B, H, W, 1] float32, variables).
+  unchanged. With `train_mode`, `x_clean` [B, H, W, 1] (DRAEM: the slices before the anomaly)
+  first gives E's statistics one update of its own, as the reference's discarded E(x) call did,
+  then x's. Nothing here is differentiated. Returns (x̂ [B, H, W, 1] float32, variables).
   """
   variables = jax.lax.stop_gradient(variables)
   k_t, k_noise, k_drop = jax.random.split(key, 3)
   t = jax.random.randint(k_t, (x.shape[0],), 0, num_timesteps)
+  if train_mode and x_clean is not None:
+    _, updates = cddpm.apply(variables, x_clean, True, method=cddpm_lib.CDDPM.encode,
+                             rngs={"dropout": jax.random.fold_in(k_drop, 1)},
+                             mutable=["batch_stats"])
+    variables = {**variables, "batch_stats": jax.lax.stop_gradient(updates["batch_stats"])}
   if train_mode:
     cond, updates = cddpm.apply(variables, x, True, method=cddpm_lib.CDDPM.encode,
                                 rngs={"dropout": k_drop}, mutable=["batch_stats"])
@@ -262,6 +270,7 @@ def sadm_loss_fn(config: ml_collections.ConfigDict, segnet: SegUnet,
   sample_noise = cddpm_task_lib.noise_fn(config)
   num_t = int(config.diffusion.num_timesteps)
   frozen_train = bool(s.frozen_train_mode)
+  drift_clean = frozen_train and s.mode == "draem"  # the reference's discarded E(x) (Q6, Q7)
   deep_sup, loss_name = bool(s.deep_supervision), s.loss
 
   def loss_fn(params, model_state, batch, key, train, frozen=None):
@@ -273,8 +282,9 @@ def sadm_loss_fn(config: ml_collections.ConfigDict, segnet: SegUnet,
       if "cddpm_batch_stats" in model_state:  # the drifting statistics (faithful Q6)
         variables = {**frozen, "batch_stats": model_state["cddpm_batch_stats"]}
       drift = train and frozen_train
+      x_clean = batch["clean"].astype(jnp.float32) if drift and drift_clean else None
       recon, used = frozen_reconstruction(cddpm, variables, x, key, sched, sample_noise, num_t,
-                                          drift)
+                                          drift, x_clean)
       if drift:
         new_state = {**model_state, "cddpm_batch_stats": used["batch_stats"]}
     out = segnet.apply({"params": params}, x, recon)
@@ -331,6 +341,9 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
   drift = cddpm is not None and uses_residual(config) and bool(config.sadm.frozen_train_mode)
   # Drift (Q6): the state's statistics start as the cDDPM's, an argument of the init program.
   init_inputs = (frozen["batch_stats"],) if drift else ()
+  # DRAEM drift also updates them on the clean slices, which the step then needs.
+  batch_keys = ("image", "seg", "clean") if drift and config.sadm.mode == "draem" else \
+      ("image", "seg")
 
   def init(key, initial_stats=None):
     x = jnp.zeros((1, res, res, 1), jnp.float32)
@@ -354,7 +367,7 @@ def sadm_task(config: ml_collections.ConfigDict, tables=None, data: bool = True,
                    loss_fn=sadm_loss_fn(loss_config, segnet, cddpm),
                    tx=make_optimizer(config.optimizer), train_loader=train_loader,
                    val_batches=val_batches, num_train_volumes=len(train_table) if data else 0,
-                   batch_keys=("image", "seg"), seed=seed, frozen=frozen,
+                   batch_keys=batch_keys, seed=seed, frozen=frozen,
                    init_inputs=init_inputs, meta=meta,
                    keep_partial_batch=config.sadm.mode in WEAK_SPLITS)  # drop_last=False there
 

@@ -12,7 +12,7 @@ from sadm_jax.models import factory
 from sadm_jax.train import loop, sadm, sharding
 from sadm_jax.train.checkpoint import Checkpointer, RunError
 from sadm_jax.train.runs import open_run, reference_candidates
-from tests.helpers import largest_constant, metric_series, with_data
+from tests.helpers import he_random_variables, largest_constant, metric_series, with_data
 
 
 @pytest.fixture(scope="module")
@@ -350,3 +350,42 @@ def test_draem_fold_other_than_its_cddpms_is_warned(caplog):
   with caplog.at_level(logging.WARNING):
     sadm._warn_mismatch(config_lib.resolve(weak), saved)
   assert "data.fold=3 differs" in caplog.text
+
+
+def test_faithful_drift_updates_bn_on_the_clean_slice_then_the_anomalous_one():
+  """Q6 faithful, DRAEM: the reference runs E in training mode on the clean slice (features
+  discarded) and then on the anomalous one, so its BatchNorm statistics take both updates per
+  step, in that order; weak supervision (one E call) and inference mode take one / none."""
+  import jax.numpy as jnp
+
+  from sadm_jax import config as config_lib
+  from sadm_jax.models import cddpm as cddpm_lib
+  c = sadm_draem.get_config("tiny")
+  c.faithful = True
+  c.model.encoder.drop_path_rate = 0.0  # batch statistics then do not depend on the keys
+  c = config_lib.resolve(c)
+  assert sadm.sadm_task(c, data=False).batch_keys == ("image", "seg", "clean")
+  cddpm, segnet, res = factory.build_cddpm(c), factory.build_segnet(c), factory.slice_size(c)
+  x0 = jnp.zeros((1, res, res, 1))
+  k = jax.random.key(0)
+  frozen = he_random_variables(cddpm, x0, x0, jnp.zeros((1,), jnp.int32), False)
+  params = he_random_variables(segnet, x0, x0)["params"]
+  rng = np.random.default_rng(0)
+  clean = jnp.asarray(rng.random((2, res, res, 1)), jnp.float32)
+  ano = clean.at[:, 8:24, 8:24].set(1.0)
+  batch = {"image": ano, "clean": clean, "seg": (ano != clean).astype(jnp.uint8)}
+  state = {"cddpm_batch_stats": frozen["batch_stats"]}
+  loss_fn = jax.jit(sadm.sadm_loss_fn(c, segnet, cddpm), static_argnums=4)  # one program each
+  _, (new, _) = loss_fn(params, state, batch, k, True, frozen)
+
+  @jax.jit
+  def update(stats, x):
+    _, upd = cddpm.apply({**frozen, "batch_stats": stats}, x, True,
+                         method=cddpm_lib.CDDPM.encode, mutable=["batch_stats"])
+    return upd["batch_stats"]
+
+  want = update(update(frozen["batch_stats"], clean), ano)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               new["cddpm_batch_stats"], want)
+  _, (same, _) = loss_fn(params, state, batch, k, False, frozen)  # validation: no update
+  jax.tree.map(np.testing.assert_array_equal, same["cddpm_batch_stats"], frozen["batch_stats"])
