@@ -206,9 +206,14 @@ def validation_records(table: SliceTable, slices_per_volume: int) -> list[tuple[
   return records
 
 
-def _shard(shard_index: int, shard_count: int) -> grain.sharding.ShardOptions:
+def _shard(shard_index: int, shard_count: int, n: int, endless: bool
+           ) -> grain.sharding.ShardOptions:
+  # An endless stream never runs dry, so the processes' shards may differ by one volume; only a
+  # finite one needs equal shards (processes stop together), dropping the last n % count volumes.
+  # Where dropping changes nothing (n % count == 0, one process) the option stays True: it is part
+  # of the loader state saved in checkpoints, which then still restore.
   return grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
-                                     drop_remainder=True)
+                                     drop_remainder=not endless or n % shard_count == 0)
 
 
 def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str = "brain",
@@ -218,8 +223,9 @@ def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str
                  slice_op: grain.transforms.RandomMap | None = None) -> grain.DataLoader:
   """Endless (or `num_epochs`) shuffled training batches for THIS process.
 
-  `batch_size` is the per-process batch; each process reads only its shard of the volumes;
-  batches drop the remainder so shapes stay static. One record = one volume visit (an epoch
+  `batch_size` is the per-process batch; each process reads only its shard of the volumes
+  (endless: every volume in some shard; `num_epochs`: equal shards, the last len % shard_count
+  volumes left out); batches drop the remainder so shapes stay static. One record = one volume visit (an epoch
   has as many samples as volumes, as in the reference). `slice_op` replaces the default
   `TrainSlice(table, sampling, augment, augment_3d)` (e.g. a subclass adding anomalies).
   `read_threads` threads prepare up to `prefetch` records ahead of the batch being consumed
@@ -227,14 +233,13 @@ def train_loader(table: SliceTable, *, batch_size: int, seed: int, sampling: str
   stages ask for a few batches). The numbers do not depend on either: each record's randomness
   comes from its own index.
   """
+  shard = _shard(shard_index, shard_count, len(table), endless=num_epochs is None)
   sampler = grain.samplers.IndexSampler(num_records=len(table), shuffle=True, seed=seed,
-                                        num_epochs=num_epochs,
-                                        shard_options=_shard(shard_index, shard_count))
+                                        num_epochs=num_epochs, shard_options=shard)
   ops = [slice_op if slice_op is not None else TrainSlice(table, sampling, augment, augment_3d),
          grain.transforms.Batch(batch_size=batch_size, drop_remainder=True)]
   return grain.DataLoader(data_source=VolumeIndexSource(table), sampler=sampler,
-                          operations=ops, worker_count=worker_count,
-                          shard_options=_shard(shard_index, shard_count),
+                          operations=ops, worker_count=worker_count, shard_options=shard,
                           read_options=grain.ReadOptions(num_threads=read_threads,
                                                          prefetch_buffer_size=prefetch))
 
