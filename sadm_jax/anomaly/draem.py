@@ -169,12 +169,14 @@ def aug_sharpness(img: np.ndarray, factor: float) -> np.ndarray:
 def aug_hue_saturation(img: np.ndarray, hue: int, saturation: int) -> np.ndarray:
   """imgaug AddToHueAndSaturation, channel 0 (red) of the grey image after the HSV round trip.
 
-  Grey has S = 0 and H = 0. The hue shift (imgaug units, x180/255 to OpenCV's [0, 180), i.e.
-  hue * 360/255 degrees) and S' = clip(saturation, 0, 255) / 255 give, by HSV -> RGB,
+  Grey has S = 0 and H = 0. The hue shift (imgaug units, x180/255 in float32 and truncated
+  toward zero, as imgaug does, to OpenCV's [0, 180): 2 degrees per unit) and
+  S' = clip(saturation, 0, 255) / 255 give, by HSV -> RGB,
   R = V (1 - S' clamp(min(k, 4 - k), 0, 1)), k = (5 + H_deg / 60) mod 6. So only positive
-  saturation with |hue| > 42 (> 60 deg) darkens channel 0; otherwise it is unchanged.
+  saturation with |hue| >= 44 (> 60 deg) darkens channel 0; otherwise it is unchanged.
   """
-  hue_deg = 2.0 * (int(np.round(hue * 180.0 / 255.0)) % 180)
+  shift = int(np.float32(hue) / np.float32(255.0) * np.float32(180.0))  # astype(int32)
+  hue_deg = 2.0 * (shift % 180)
   sat = np.clip(saturation, 0, 255) / 255.0
   k = (5.0 + hue_deg / 60.0) % 6.0
   factor = 1.0 - sat * float(np.clip(min(k, 4.0 - k), 0.0, 1.0))

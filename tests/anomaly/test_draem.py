@@ -218,10 +218,14 @@ def test_hue_saturation_matches_hsv_to_rgb():
   np.testing.assert_array_equal(draem.aug_hue_saturation(img, 50, -20), img)  # S stays 0
   np.testing.assert_array_equal(draem.aug_hue_saturation(img, 10, 50), img)  # red sector
   for hue, sat in [(-50, 50), (50, 37), (-45, 12), (48, 50)]:
-    hue_deg = 2.0 * (round(hue * 180 / 255) % 180)
+    # imgaug projects the hue in float32 and truncates toward zero: (hue / 255 · 180).astype(int)
+    hue_deg = 2.0 * (int(np.float32(hue) / np.float32(255.0) * np.float32(180.0)) % 180)
     want = [round(255 * colorsys.hsv_to_rgb(hue_deg / 360, sat / 255, v / 255)[0]) for v in img]
     np.testing.assert_allclose(draem.aug_hue_saturation(img, hue, sat), want, atol=1)
   assert draem.aug_hue_saturation(img, -50, 50)[3] < 255
+  # hue 45 -> H + 31 (31.76 truncated, not rounded to 32): 62 deg, R = 200 (1 - 50/255 · 2/60)
+  np.testing.assert_array_equal(draem.aug_hue_saturation(np.full(3, 200, np.uint8), 45, 50), 199)
+  np.testing.assert_array_equal(draem.aug_hue_saturation(np.full(3, 200, np.uint8), 43, 50), 200)
 
 
 def test_pil_like_augmenters_match_pillow():
