@@ -266,8 +266,11 @@ def _train(config, workdir, task, mesh) -> dict:
     logger = MetricLogger(workdir, num_steps, start_step=start,
                           tensorboard=config.train.tensorboard)
     pending: list[tuple[int, dict]] = []
-    last: dict[str, float] = {}
-    val_loss = float("nan")
+    # A resumed run starts from the losses its checkpoint recorded, as the run never stopped had
+    # them (the checkpoints between two validations and the returned result record them).
+    last: dict[str, float] = ({"loss": float(saved_meta["train_loss"])}
+                              if "train_loss" in saved_meta else {})
+    val_loss = float(saved_meta.get("val_loss", float("nan")))
 
     def flush():
       """Fetches buffered metrics, stops on the first non-finite loss, logs the rest."""
@@ -301,7 +304,8 @@ def _train(config, workdir, task, mesh) -> dict:
             print(f"step {step}: validation loss {val_loss:.5g} (new best)", flush=True)
         if step % config.train.checkpoint_every == 0 or is_last:
           flush()
-          ckpt.save(step, state, it, {**meta_base, "step": step, "val_loss": val_loss})
+          ckpt.save(step, state, it, {**meta_base, "step": step, "val_loss": val_loss,
+                                      "train_loss": last["loss"]})
     finally:
       logger.close()
     return {"step": int(num_steps), "train_loss": last.get("loss", float("nan")),

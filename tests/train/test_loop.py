@@ -305,3 +305,24 @@ def test_a_resumed_start_keeps_what_only_the_first_start_recorded(tmp_path):
     assert saved.saved_meta("latest", 6)["run"]["pretrained_encoder"]["step"] == 4
   finally:
     saved.close()
+
+
+def test_a_resumed_run_records_the_validation_and_training_loss_the_straight_run_does(tmp_path):
+  """A checkpoint between two validations records the last validation loss (meta `val_loss`),
+  and `train` returns the last losses: the same after a resume as in a run never stopped (a
+  resumed start knew no validation loss until its first validation: NaN), also when the run was
+  already complete (nothing left to train)."""
+  config = _config(8)
+  config.train.num_steps, config.train.eval_every = 8, 4  # checkpoints at 2, 4, 6, 8
+  straight = loop.train(config, str(tmp_path / "a"), toy_task(config))
+  config.train.num_steps = 4
+  loop.train(config, str(tmp_path / "b"), toy_task(config))
+  config.train.num_steps = 8
+  resumed = loop.train(config, str(tmp_path / "b"), toy_task(config))
+  again = loop.train(config, str(tmp_path / "b"), toy_task(config))  # complete: resumes at 8
+  metas = []
+  for d in ("a", "b"):
+    with checkpoint_lib.Checkpointer(str(tmp_path / d), create=False) as saved:
+      metas.append(saved.saved_meta("latest", 6)["val_loss"])
+  assert metas[0] == metas[1] and math.isfinite(metas[0])
+  assert straight == resumed == again and math.isfinite(straight["train_loss"])
