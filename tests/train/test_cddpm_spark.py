@@ -121,3 +121,26 @@ def test_sigkill_and_resume_gives_identical_losses(tiny_data_dir, cddpm_8_dir, t
   assert [s for s, _ in metric_series(resumed)] == list(range(1, 9))
   assert metric_series(resumed) == metric_series(reference)  # bit-identical on CPU
   assert metric_series(resumed, "val/loss") == metric_series(reference, "val/loss")
+  # Every logged line (gradient norms too), the final train state (parameters, BatchNorm
+  # statistics, Adam moments and count) and the best checkpoint are those of the run never killed.
+  assert _text(resumed, "metrics.jsonl") == _text(reference, "metrics.jsonl")
+  for which, step in (("latest", 8), ("best", None)):
+    got_step, got = _saved_state(resumed, which, step)
+    want_step, want = _saved_state(reference, which, step)
+    assert got_step == want_step
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def _text(workdir, name):
+  with open(os.path.join(workdir, name), encoding="utf-8") as f:
+    return f.read()
+
+
+def _saved_state(workdir, which, step):
+  """(step, whole train state as saved) of a step of `best/` or `checkpoints/` (default newest)."""
+  from sadm_jax.train.checkpoint import Checkpointer
+  with Checkpointer(workdir, create=False) as ckpt:
+    step = ckpt.saved_step(which) if step is None else step
+    return step, ckpt.restore_saved(which, step, keys=("step", "params", "model_state",
+                                                       "opt_state"))
