@@ -198,6 +198,33 @@ def test_iterator_state_resumes_exactly(prepared):
     np.testing.assert_array_equal(next(it2)["image"], e["image"])
 
 
+def test_epochs_are_reshuffled_permutations_and_resume_at_and_across_their_ends(prepared):
+  """The endless training stream visits every volume once per epoch, in a new order each epoch,
+  and an iterator state taken at any record (an epoch's last, its first, mid-epoch) resumes with
+  the next record: nothing repeated or skipped across the epoch boundaries a run crosses."""
+  _, s, cache = prepared
+  table = pipeline.SliceTable.from_rows(cache, s["IXI_train_fold0"])
+  n = len(table)
+  kw = dict(batch_size=1, seed=4, read_threads=1, prefetch=2)
+  ref = _batches(pipeline.train_loader(table, **kw), 3 * n + 1)
+  order = [int(b["volume"][0]) for b in ref]
+  epochs = [order[i * n:(i + 1) * n] for i in range(3)]
+  assert all(sorted(e) == list(range(n)) for e in epochs)
+  assert len({tuple(e) for e in epochs}) > 1
+  for k in (n - 1, n, n + 1, 2 * n):
+    it = iter(pipeline.train_loader(table, **kw))
+    for _ in range(k):
+      next(it)
+    state = it.get_state()
+    resumed = iter(pipeline.train_loader(table, **kw))
+    resumed.set_state(state)
+    for want in ref[k:]:
+      got = next(resumed)
+      assert (int(got["volume"][0]), int(got["slice"][0])) == (int(want["volume"][0]),
+                                                             int(want["slice"][0])), k
+      np.testing.assert_array_equal(got["image"], want["image"])
+
+
 def test_worker_processes_give_identical_batches(prepared):
   _, s, cache = prepared
   table = pipeline.SliceTable.from_rows(cache, s["IXI_train_fold0"])
