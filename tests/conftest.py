@@ -76,7 +76,8 @@ BACKGROUND_RUNS = {
     # 8 steps, validation and checkpoints at 4 and 8: the SIGKILL test's reference
     # (tests/train/test_cddpm_spark.py) and the run tests/train/test_workdir.py resumes copies of
     "cddpm_8": [*tiny_cddpm_args("{data}", 8, 4), "--config.train.async_checkpoints=False"],
-    # tests/train/test_cddpm_spark.py: SparK pretraining in mixed precision (bf16 compute)
+    # tests/train/test_cddpm_spark.py: SparK pretraining in mixed precision (bf16 compute), and
+    # the reference a run stopped and resumed there must equal
     "tiny_spark": ["--config=configs/spark_pretrain.py:tiny", *_TINY_DATA,
                    "--config.train.num_steps=4", "--config.train.eval_every=2",
                    "--config.train.checkpoint_every=4", "--config.train.async_checkpoints=False",

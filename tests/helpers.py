@@ -40,6 +40,35 @@ def metric_series(workdir: str, key: str = "train/loss") -> list[tuple[int, floa
     return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
 
 
+def saved_state(workdir: str, which: str = "latest", step: int | None = None) -> tuple[int, dict]:
+  """(step, the whole train state as saved: step, params, model_state, opt_state) of a step of a
+  run's `checkpoints/` ('latest') or `best/` ('best'); default its newest."""
+  from sadm_jax.train.checkpoint import Checkpointer
+  with Checkpointer(workdir, create=False) as ckpt:
+    step = ckpt.saved_step(which) if step is None else step
+    return step, ckpt.restore_saved(which, step, keys=("step", "params", "model_state",
+                                                       "opt_state"))
+
+
+def assert_same_run(got_dir: str, want_dir: str, last_step: int, best: bool = True) -> None:
+  """`got_dir` holds the run of `want_dir`: the same metrics.jsonl, and the same train state
+  (parameters, model state, optimiser state) bit for bit at checkpoint `last_step` and, with
+  `best`, in best/ (the same step)."""
+  import jax
+  import numpy as np
+  texts = []
+  for d in (got_dir, want_dir):
+    with open(os.path.join(d, "metrics.jsonl"), encoding="utf-8") as f:
+      texts.append(f.read())
+  assert texts[0] == texts[1]
+  for which, step in (("latest", last_step),) + ((("best", None),) if best else ()):
+    got_step, got = saved_state(got_dir, which, step)
+    want_step, want = saved_state(want_dir, which, step)
+    assert got_step == want_step, which
+    assert jax.tree.structure(got) == jax.tree.structure(want), which
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
 def largest_constant(hlo_text: str) -> int:
   """Elements (4-byte) of the largest array baked into a lowered program's text as a constant
   (it prints as dense<"0x…">, 8 hex digits per float32); 0 when there is none."""

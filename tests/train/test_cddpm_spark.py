@@ -13,7 +13,8 @@ import pytest
 
 from configs import cddpm as cddpm_config
 from sadm_jax import main as main_lib
-from tests.helpers import REPO, largest_constant, metric_series, tiny_cddpm_args, with_data
+from tests.helpers import (REPO, assert_same_run, largest_constant, metric_series,
+                           tiny_cddpm_args, with_data)
 
 
 def test_tiny_cddpm_trains_and_validation_loss_falls(cddpm_8_dir):
@@ -65,6 +66,21 @@ def test_tiny_spark_pretrain_then_cddpm_from_it(tiny_data_dir, tiny_spark_dir, t
   shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
   assert shapes(loop.Trainer(c, resumed, sharding.make_mesh(c)).abstract_state.params) == \
       shapes(trainer.abstract_state.params)
+
+
+def test_spark_stopped_and_resumed_is_the_run_never_stopped(tiny_data_dir, tiny_spark_dir,
+                                                           tmp_path):
+  """The session's SparK run (4 steps) trained here in two starts, 2 steps then 2 more: every
+  metrics line, the final train state (random masks, BatchNorm statistics, AdamW state, bf16
+  compute) and the best checkpoint are those of the run never stopped."""
+  from configs import spark_pretrain
+  c = with_data(spark_pretrain.get_config("tiny"), tiny_data_dir)  # the session run's config
+  c.train.eval_every, c.train.checkpoint_every, c.model.dtype = 2, 4, "bfloat16"
+  work = str(tmp_path / "spark")
+  for steps in (2, 4):
+    c.train.num_steps = steps
+    assert main_lib.run_stage(c, work)["step"] == steps
+  assert_same_run(work, tiny_spark_dir, 4)
 
 
 def test_describe_writes_json(tmp_path):
@@ -123,24 +139,4 @@ def test_sigkill_and_resume_gives_identical_losses(tiny_data_dir, cddpm_8_dir, t
   assert metric_series(resumed, "val/loss") == metric_series(reference, "val/loss")
   # Every logged line (gradient norms too), the final train state (parameters, BatchNorm
   # statistics, Adam moments and count) and the best checkpoint are those of the run never killed.
-  assert _text(resumed, "metrics.jsonl") == _text(reference, "metrics.jsonl")
-  for which, step in (("latest", 8), ("best", None)):
-    got_step, got = _saved_state(resumed, which, step)
-    want_step, want = _saved_state(reference, which, step)
-    assert got_step == want_step
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    jax.tree.map(np.testing.assert_array_equal, got, want)
-
-
-def _text(workdir, name):
-  with open(os.path.join(workdir, name), encoding="utf-8") as f:
-    return f.read()
-
-
-def _saved_state(workdir, which, step):
-  """(step, whole train state as saved) of a step of `best/` or `checkpoints/` (default newest)."""
-  from sadm_jax.train.checkpoint import Checkpointer
-  with Checkpointer(workdir, create=False) as ckpt:
-    step = ckpt.saved_step(which) if step is None else step
-    return step, ckpt.restore_saved(which, step, keys=("step", "params", "model_state",
-                                                       "opt_state"))
+  assert_same_run(resumed, reference, 8)

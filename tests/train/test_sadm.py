@@ -12,7 +12,8 @@ from sadm_jax.models import factory
 from sadm_jax.train import loop, sadm, sharding
 from sadm_jax.train.checkpoint import Checkpointer, RunError
 from sadm_jax.train.runs import open_run, reference_candidates
-from tests.helpers import he_random_variables, largest_constant, metric_series, with_data
+from tests.helpers import (assert_same_run, he_random_variables, largest_constant, metric_series,
+                           with_data)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,27 @@ def test_draem_trains_and_checkpoints_are_sadm(draem_dir, cddpm_dir):
   jax.tree.map(np.testing.assert_array_equal, run.cddpm.variables, original.variables)
   # The saved config is the user's: no derived fact written back into it.
   assert "cddpm_model" not in config.sadm and "base_seed" not in config.sadm
+
+
+def test_sadm_stopped_and_resumed_is_the_run_never_stopped(data_dir, cddpm_dir, draem_dir,
+                                                          tmp_path):
+  """The session's SADM-DRAEM run (2 steps) trained here in two starts, 1 step then 1 more: the
+  train state at step 2 (SegUnet parameters and Adam state; the frozen cDDPM's reconstructions
+  and the DRAEM records come from the step keys and grain's per-record generators) and every
+  metrics line are those of the run never stopped, but for the first start's own validation at
+  its last step (1), which a run never stopped does not make."""
+  c = _sadm(sadm_draem, data_dir, cddpm_dir)  # the session run's config (tests/conftest.py)
+  work = str(tmp_path / "sadm")
+  for steps in (1, 2):
+    c.train.num_steps = steps
+    assert main_lib.run_stage(c, work)["step"] == steps
+  with open(os.path.join(work, "metrics.jsonl"), encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  first_val = [ln for ln in lines if ln.startswith('{"step": 1, "val/')]
+  assert len(first_val) == 1
+  with open(os.path.join(work, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(ln + "\n" for ln in lines if ln not in first_val)
+  assert_same_run(work, draem_dir, 2, best=False)
 
 
 def test_frozen_train_mode_drifts_bn_stats_only(data_dir, cddpm_dir):
