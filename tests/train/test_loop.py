@@ -326,3 +326,26 @@ def test_a_resumed_run_records_the_validation_and_training_loss_the_straight_run
       metas.append(saved.saved_meta("latest", 6)["val_loss"])
   assert metas[0] == metas[1] and math.isfinite(metas[0])
   assert straight == resumed == again and math.isfinite(straight["train_loss"])
+
+
+def test_the_seed_decides_the_initial_state_and_the_step_keys():
+  """The same seed gives the same initial state and init/step/validation keys, another seed other
+  ones; a task's own seed (a SADM repeat's) is used instead of `config.seed`."""
+  def built(seed, task_seed=None):
+    config = _config(1)
+    config.seed = seed
+    task = toy_task(config)
+    task.seed = task_seed
+    trainer = loop.Trainer(config, task, sharding.make_mesh(config))
+    keys = [jax.random.key_data(k) for k in (trainer.init_key, trainer.train_key,
+                                             trainer.val_key)]
+    return jax.device_get(trainer.init_state().params), keys
+
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                                jax.tree.leaves(b)))
+  (p0, k0), (p0_again, k0_again), (p1, k1) = built(0), built(0), built(1)
+  assert same(p0, p0_again) and same(k0, k0_again)
+  assert not same(p0, p1) and all(not np.array_equal(a, b) for a, b in zip(k0, k1))
+  assert len({np.asarray(k).tobytes() for k in k0}) == 3  # init, steps and validation differ
+  p_task, k_task = built(0, task_seed=1)
+  assert same(p_task, p1) and same(k_task, k1)
