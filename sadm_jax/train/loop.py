@@ -268,9 +268,10 @@ def _train(config, workdir, task, mesh) -> dict:
     pending: list[tuple[int, dict]] = []
     # A resumed run starts from the losses its checkpoint recorded, as the run never stopped had
     # them (the checkpoints between two validations and the returned result record them).
-    last: dict[str, float] = ({"loss": float(saved_meta["train_loss"])}
+    number = lambda v: float(v) if isinstance(v, (int, float)) else float("nan")  # None: NaN
+    last: dict[str, float] = ({"loss": number(saved_meta["train_loss"])}
                               if "train_loss" in saved_meta else {})
-    val_loss = float(saved_meta.get("val_loss", float("nan")))
+    val_loss = number(saved_meta.get("val_loss"))
 
     def flush():
       """Fetches buffered metrics, stops on the first non-finite loss, logs the rest."""
