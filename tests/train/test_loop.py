@@ -166,14 +166,19 @@ def test_asking_for_fewer_steps_than_trained_is_a_clear_error(tmp_path):
   config = _config(8)
   config.train.num_steps = 4
   loop.train(config, str(tmp_path), toy_task(config))
+  config.train.num_steps = 2
+  _assert_refused(tmp_path, config, "holds a run already trained to step 4, beyond the 2 ")
+
+
+def _assert_refused(tmp_path, config, start: str) -> None:
+  """Training `config` in `tmp_path` raises one RunError `<tmp_path>: <start>step(s) this config
+  asks for ...` and leaves run.json as it was."""
   with open(tmp_path / "run.json") as f:
     before = f.read()
-  config.train.num_steps = 2
   with pytest.raises(checkpoint_lib.RunError) as e:
     loop.train(config, str(tmp_path), toy_task(config))
-  assert str(e.value) == (f"{tmp_path}: holds a run already trained to step 4, beyond the 2 "
-                          "step(s) this config asks for (train.num_steps / train.num_epochs); ask "
-                          "for at least that many, or use a new workdir")
+  assert str(e.value) == (f"{tmp_path}: {start}step(s) this config asks for (train.num_steps / "
+                          "train.num_epochs); ask for at least that many, or use a new workdir")
   with open(tmp_path / "run.json") as f:
     assert f.read() == before
 
@@ -188,16 +193,9 @@ def test_a_best_checkpoint_past_the_asked_steps_is_a_clear_error(tmp_path):
   shutil.rmtree(tmp_path / "checkpoints" / "4")  # the kill: best/ saved, checkpoint 4 not
   best = int(os.listdir(tmp_path / "best")[0])
   assert best in (3, 4)
-  with open(tmp_path / "run.json") as f:
-    before = f.read()
   config.train.num_steps = 2
-  with pytest.raises(checkpoint_lib.RunError) as e:
-    loop.train(config, str(tmp_path), toy_task(config))
-  assert str(e.value) == (f"{tmp_path}: its best checkpoint (best/) is from step {best}, beyond "
-                          "the 2 step(s) this config asks for (train.num_steps / "
-                          "train.num_epochs); ask for at least that many, or use a new workdir")
-  with open(tmp_path / "run.json") as f:
-    assert f.read() == before
+  _assert_refused(tmp_path, config,
+                  f"its best checkpoint (best/) is from step {best}, beyond the 2 ")
   config.train.num_steps = 4  # asking for the run's own end resumes it
   assert loop.train(config, str(tmp_path), toy_task(config))["step"] == 4
 
