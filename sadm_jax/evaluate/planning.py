@@ -349,12 +349,13 @@ def test_passes(runs: Sequence[EvalRun], splits: dict, sets: Sequence[str], ixi:
 
 def check_volume_names(passes: Sequence[Pass]) -> None:
   """Raises ValueError when two volumes of one split would share a result file (`Store.paths`):
-  the same stored name (`safe(volume_name)`) for different images. One would overwrite the
-  other's result and be counted twice, which one depending on the process and batch order."""
+  the same stored name (`safe(volume_name)`, compared without case: macOS and Windows file
+  systems do) for different images. One would overwrite the other's result and be counted
+  twice, which one depending on the process and batch order."""
   for p in passes:
     seen: dict[str, Row] = {}
     for row in {(r.img, r.name): r for rows in p.rows.values() for r in rows}.values():
-      other = seen.setdefault(safe(p.volume_name(row)), row)
+      other = seen.setdefault(safe(p.volume_name(row)).casefold(), row)
       if (other.img, other.name) != (row.img, row.name):
         raise ValueError(f"{row.csv}: volumes {other.name!r} ({other.img}) and {row.name!r} "
                          f"({row.img}) of {row.split} would share one result file "

@@ -3,6 +3,7 @@
 import types
 
 import numpy as np
+import pytest
 
 from sadm_jax.evaluate.store import Store
 
@@ -43,6 +44,20 @@ def test_two_volumes_with_one_result_file_are_refused(tiny_data_dir, tmp_path, c
   assert len(err) == 1 and err[0].startswith(f"error: {csv}: volumes 'Brats21_test_000'"), err
   assert "'Brats21_test 000'" in err[0] and "Brats21_test_000.json" in err[0]
   assert not os.path.exists(os.path.join(work, "eval"))
+
+
+def test_volume_names_differing_only_in_case_are_refused_too():
+  """'Sub01' and 'sub01' are two result files on Linux but one on macOS and Windows (and on a
+  share mounted from them): refused on every system, as predict refuses such scans."""
+  from sadm_jax.evaluate import planning
+  row = lambda name, img: types.SimpleNamespace(name=name, img=img, csv="/d/Brats21_test.csv",
+                                                split="Brats21_test")
+  passes = lambda *names: [planning.Pass("Brats21", "test", "test", {
+      "cddpm/none/fold0": [row(n, f"/d/{i}.nii.gz") for i, n in enumerate(names)]})]
+  planning.check_volume_names(passes("Sub01", "Sub02"))  # distinct: fine
+  with pytest.raises(ValueError, match=r"volumes 'Sub01' \(/d/0.nii.gz\) and 'sub01' "
+                                       r"\(/d/1.nii.gz\) of Brats21_test would share one result"):
+    planning.check_volume_names(passes("Sub01", "sub01"))
 
 
 def test_a_map_left_by_an_interrupted_write_of_other_settings_is_not_reused(tmp_path):
