@@ -299,13 +299,15 @@ def protocol_text(protocol: dict) -> str:
       f"Reconstruction: single-step ensemble over t ∈ {{{ts}}} ({p['noise']} noise, {noise}),",
       f"compute dtype {p['dtype']}. Anomaly maps: cDDPM {residual}; SADM {residual}{seg}",
       f"(combination '{p['combination']}'); intensity threshold |x − m| · M with m the median",
-      "brain intensity of the healthy IXI training volumes. Weakly supervised SADM runs tune τ",
+      "brain intensity of the healthy IXI training volumes; input-only UNet mean σ(S) · M.",
+      "Weakly supervised SADM runs tune τ",
       "on their held-out rows only (Q15).",
       f"faithful={p['faithful']}, faithful_metrics={p['faithful_metrics']}, seed={p['seed']}."])
 
 
 FOOTNOTE = ("AUPRC grid = whole-grid average precision as the reference computed it (Q14); HD95 "
-            "in mm, empty predictions excluded (counted as n_empty_prediction in metrics.csv); "
+            "in mm, volumes without lesion and empty predictions excluded (the latter counted as "
+            "n_empty_prediction in metrics.csv); "
             "det. AUROC = volume-level detection of the pathological test volumes against the "
             "healthy IXI test volumes by the mean anomaly score inside the brain.")
 

@@ -294,6 +294,8 @@ def test_report_states_empty_gt_convention():
           "faithful": False, "faithful_metrics": False, "seed": 3141}
   text = report.protocol_text(base)
   assert "no lesion and an empty prediction counts as Dice 1" in text
+  assert "input-only UNet mean σ(S) · M" in text  # the map of the 'Unet (input only)' rows
+  assert "volumes without lesion and empty predictions excluded" in report.FOOTNOTE  # HD95
   text = report.protocol_text({**base, "faithful": True, "faithful_metrics": True})
   assert "undefined Dice (0/0 = NaN" in text and "left out of the mean" in text
 
