@@ -158,9 +158,10 @@ class Evaluation:
         values = [np.asarray(v.image)[np.asarray(v.mask) > 0] for v in map(self.cache.load, rows)]
         io.write_json(path, {"median": float(np.median(np.concatenate(values))),
                              "fingerprint": key, "volumes": len(rows)})
-    saved = _read_json(path)
-    if saved.get("fingerprint") != key:
-      raise RuntimeError(f"{path}: not written by process 0 (is the workdir shared?)")
+    with distributed.together(f"reading the intensity median of fold {fold}"):
+      saved = _read_json(path)
+      if saved.get("fingerprint") != key:
+        raise RuntimeError(f"{path}: not written by process 0 (is the workdir shared?)")
     self.medians[fold] = float(saved["median"])
     return self.medians[fold]
 

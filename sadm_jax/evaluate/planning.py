@@ -254,8 +254,11 @@ def stage2_val_rows(root, runs: Sequence[EvalRun], sadm_configs: dict, sets: Seq
                     modality: str, skipped: dict) -> dict[str, list[Row]]:
   """run id -> <set>_val as each weakly supervised run's stage II read it (Q15): that split
   alone, cleaned with the run's own `data.clean_splits`, without the rows the evaluation skips
-  as invalid if the run skipped invalid rows too. The evaluation reads it with <set>_test, whose
-  shared images cleaning drops from val (Q17), so its positions are not stage II's.
+  as invalid if the run skipped invalid rows too. Cleaning drops from val the images it shares
+  with <set>_test (Q17), on disk whether or not that split was loaded, so with cleaning on these
+  are the evaluation's positions; with the run's `clean_splits=False` they are not. (A weak run
+  trained before stage II cleaned against the test split on disk read an uncleaned val: if its
+  val and test share images, its rows here are not the ones it trained on; retrain it.)
 
   root: `layout.DataRoot`; sadm_configs: SADM workdir -> saved config; skipped: split -> names.
   """

@@ -49,10 +49,10 @@ def _pooled_tau(evaluation: Evaluation, run, p: Pass, names: Sequence[str]) -> t
 
 
 def _own_cddpm(evaluation: Evaluation, run, p: Pass):
-  """The evaluated cDDPM run with `run`'s cDDPM weights on `run`'s fold, if it is in pass `p`."""
+  """The evaluated cDDPM run with `run`'s cDDPM weights, if it is in pass `p` (a pathological
+  val pass: its rows do not depend on the IXI fold, which may differ with a warning, Q17)."""
   return next((c for c in evaluation.runs if c.method == "cddpm" and c.id in p.rows
-               and run.cddpm_key and c.cddpm_key == run.cddpm_key
-               and c.data_fold == run.data_fold), None)
+               and run.cddpm_key and c.cddpm_key == run.cddpm_key), None)
 
 
 def select_thresholds(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
@@ -91,8 +91,9 @@ def _agree(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
   with distributed.together("the threshold selection"):
     if jax.process_index() == 0:
       io.write_json(path, select_thresholds(evaluation, passes))
-  with open(path) as f:
-    return json.load(f)
+  with distributed.together("reading the thresholds"):  # a host without the shared store fails
+    with open(path) as f:
+      return json.load(f)
 
 
 def test_extras(passes: Sequence[Pass], chosen: dict) -> dict:
@@ -142,9 +143,10 @@ def _counts(evaluation: Evaluation, done: list[str]) -> int:
   with distributed.together("the count of results"):
     io.write_json(evaluation.store.shared(f"process_{p}-of-{n}.json"), {"computed": done})
   total = 0
-  for i in range(n):
-    with open(evaluation.store.shared(f"process_{i}-of-{n}.json")) as f:
-      total += len(json.load(f)["computed"])
+  with distributed.together("reading the counts"):  # a host without the shared store fails
+    for i in range(n):
+      with open(evaluation.store.shared(f"process_{i}-of-{n}.json")) as f:
+        total += len(json.load(f)["computed"])
   return total
 
 
@@ -222,7 +224,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   config = config_lib.resolve(config)
   t0 = time.time()
-  # A failure on one process only (a checkpoint or volume its host cannot read) stops them all.
+  # A failure on one process only (a volume or split its host cannot read) stops them all; a
+  # checkpoint that fails to restore on one host still waits in Orbax's own barrier first.
   with distributed.together("the evaluation's start"):
     evaluation, sets, vals, tests, unique = _start(config, workdir)
   for fold in sorted({r.data_fold for r in evaluation.runs if r.method == "threshold"}):

@@ -14,7 +14,9 @@ import numpy as np
 from sadm_jax.utils import io
 
 # 3: maps in the .npz files are slice-major [D, H, W] (were [H, W, D]).
-CACHE_VERSION = 3
+# 4: records' ⌈Dice⌉ of lesion-free volumes (1), the exact search's "predict everything"
+#    candidate, NaN FPR without brain voxels, faithful dice_at_t_fpr*, DRAEM hue as imgaug's.
+CACHE_VERSION = 4
 
 
 def fingerprint(obj: Any) -> str:
