@@ -226,6 +226,10 @@ def check_mesh(config: ml_collections.ConfigDict, device_count: int, process_cou
   if n_dev > device_count:
     _fail(f"--config.mesh.num_devices={config.mesh.num_devices}: {device_count} device(s) are "
           f"visible (0 = all)")
+  if process_count > 1 and n_dev < device_count and n_dev % process_count:
+    _fail(f"--config.mesh.num_devices={config.mesh.num_devices}: a mesh over {process_count} "
+          f"processes takes the same number of devices from each; give a multiple of "
+          f"{process_count}, or 0 (all)")
   if t.batch_size % n_dev or t.batch_size % process_count:
     _fail(f"--config.train.batch_size={t.batch_size} (global) is not divisible by the {n_dev} "
           f"device(s) of the mesh" + (f" and {process_count} processes" if process_count > 1

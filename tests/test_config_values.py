@@ -120,3 +120,19 @@ def test_evaluated_timesteps_must_lie_in_the_cddpm_s_own_schedule():
     NoiseSpec.from_configs(model, ev)
   ev.diffusion.ensemble_timesteps = (249, 499)
   assert NoiseSpec.from_configs(model, ev).timesteps == (249, 499)
+
+
+def test_a_mesh_over_several_processes_takes_an_equal_share_of_each():
+  """`mesh.num_devices` below the device total of several processes must divide among them
+  (`sharding.make_mesh`); refused up front, before any process starts its stage."""
+  c = cddpm.get_config("tiny")
+  c.train.batch_size = 12
+  c.mesh.num_devices = 3
+  with pytest.raises(validate.ConfigError, match=r"--config.mesh.num_devices=3: a mesh over 2 "
+                                                 r"processes takes the same number of devices"):
+    validate.check_mesh(c, device_count=4, process_count=2)
+  validate.check_mesh(c, device_count=3, process_count=1)  # one process: any count
+  c.mesh.num_devices = 2
+  validate.check_mesh(c, device_count=4, process_count=2)  # one of each
+  c.mesh.num_devices = 0
+  validate.check_mesh(c, device_count=4, process_count=2)  # all
