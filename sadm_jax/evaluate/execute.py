@@ -239,7 +239,7 @@ class Evaluation:
       for r in item.runs:
         extra = extras.get((p.set_name, r.id))
         if r.method == "threshold":
-          a = scoring.anomaly_for("threshold", "", case.image, case.mask, None, {},
+          a = scoring.anomaly_for("threshold", "", case.image, eroded, None, {},  # the models' M
                                   self.intensity_median(r.data_fold))
           recon = None
         else:

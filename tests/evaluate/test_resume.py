@@ -41,6 +41,31 @@ def test_the_threshold_baseline_is_recomputed_when_its_median_changes(tiny_data_
   assert _csv(work) == _csv(fresh)
 
 
+def test_the_threshold_baseline_uses_the_eroded_brain_mask_like_the_models(tiny_data_dir,
+                                                                           tmp_path):
+  """With `evaluate.erode_mask` the models' maps are 0 outside the eroded brain mask M; the
+  intensity baseline's |x − m|·M used the un-eroded mask, so at the brain's rim it alone could
+  score. Its stored val maps are now 0 outside the eroded mask too (and nonzero inside it)."""
+  import glob
+
+  import numpy as np
+
+  from sadm_jax.evaluate import scoring
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  c = threshold_only(data)
+  c.evaluate.erode_mask = 1
+  work = str(tmp_path / "work")
+  main_lib.run_stage(c, work)
+  maps = glob.glob(os.path.join(work, "eval", "threshold", "none", "*", "Brats21", "val", "*.npz"))
+  assert maps
+  for path in maps:
+    with np.load(path) as z:
+      a, mask = z["anomaly"], z["mask"] > 0
+    eroded = scoring.erode_slice_major(mask, 1)
+    assert (mask & ~eroded).any()  # the rim exists
+    assert not a[~eroded].any() and a[eroded].any(), path
+
+
 def test_a_volume_whose_files_changed_is_recomputed(tiny_data_dir, tmp_path):
   """A corrected label file (same path, new content) gives the volume a new cache entry: its
   stored results are not reused, and the metrics are those of a fresh evaluation."""
