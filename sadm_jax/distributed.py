@@ -108,7 +108,12 @@ def maybe_initialize(config: ml_collections.ConfigDict | None = None,
   Must run before anything touches a JAX backend (`jax.devices()`, any array). Calling it again
   after a successful initialisation is a no-op.
   """
-  p = plan(config, environ)
+  return initialize(plan(config, environ))
+
+
+def initialize(p: Plan) -> Plan:
+  """Initialises `jax.distributed` by plan `p` (`plan`) unless it is a single process or already
+  initialised; returns `p`. Must run before anything touches a JAX backend."""
   if p.source is None:
     return p
   import jax
@@ -138,20 +143,28 @@ def allgather_json(obj) -> list:
           for row, n in zip(every, sizes.reshape(-1))]
 
 
+def _first_failure(what: str, error: str | None) -> tuple[int, int | None, str | None]:
+  """(process count, index of the first process whose `error` is not None or None, its error)
+  over every process (a collective: every process calls it, at the same step `what`)."""
+  every = allgather_json([what, error])
+  if any(w != what for w, _ in every):  # a collective entered out of order: a bug
+    raise RuntimeError(f"processes out of step: {[w for w, _ in every]} (this process: {what})")
+  failed = next((k for k, (_, e) in enumerate(every) if e is not None), None)
+  return len(every), failed, None if failed is None else every[failed][1]
+
+
 def agree(error: str | None) -> None:
   """Every process's start-up check together (a collective with several processes): raises
   ValueError on every process when any failed: its own line where it failed, elsewhere one naming
   the first process that did. A check that fails on one host only (a path another host lacks)
   thus stops them all at once, instead of leaving the others waiting in the stage's first
   collective until JAX's timeout aborts them."""
-  import jax
-  every = allgather_json(error) if jax.process_count() > 1 else [error]
+  count, failed, line = _first_failure("the start-up checks", error)
   if error is not None:
     raise ValueError(error)
-  failed = next((k for k, e in enumerate(every) if e is not None), None)
   if failed is not None:
-    raise ValueError(f"process {failed} of {len(every)} stopped at its start-up checks "
-                     f"({every[failed]}); every process stopped")
+    raise ValueError(f"process {failed} of {count} stopped at its start-up checks ({line}); "
+                     "every process stopped")
 
 
 class OtherProcessFailed(ValueError):
@@ -175,24 +188,17 @@ def together(what: str) -> Iterator[None]:
   disk) thus stops them all at once, instead of leaving the others waiting in their next
   collective until JAX's shutdown barrier aborts every process (5 minutes, SIGABRT).
   """
-  import jax
   error = None
   try:
     yield
   except Exception as e:  # noqa: BLE001  (re-raised below, once the others know)
     error = e
-  if jax.process_count() > 1:
-    every = allgather_json([what, None if error is None else _error_line(error)])
-    if any(w != what for w, _ in every):  # a collective entered out of order: a bug
-      raise RuntimeError(f"processes out of step: {[w for w, _ in every]} (this process: {what})")
-    failed = next((k for k, (_, e) in enumerate(every) if e is not None), None)
-  else:
-    failed = None
+  count, failed, line = _first_failure(what, None if error is None else _error_line(error))
   if error is not None:
     raise error
   if failed is not None:
-    raise OtherProcessFailed(f"process {failed} of {len(every)} failed ({every[failed][1]}) "
-                             f"during {what}; every process stopped")
+    raise OtherProcessFailed(f"process {failed} of {count} failed ({line}) during {what}; every "
+                             "process stopped")
 
 
 def describe_topology(mesh=None, per_process: bool = False) -> str:

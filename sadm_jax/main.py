@@ -106,9 +106,10 @@ def main(argv):
           "--config.<key>=<value>)")
   from sadm_jax import distributed, validate
   try:  # a malformed SLURM_*/JAX_*/SADM_DISTRIBUTED variable
-    several = distributed.plan(FLAGS.config).source is not None
+    planned = distributed.plan(FLAGS.config)
   except ValueError as e:
     _fail(str(e))
+  several = planned.source is not None
   try:  # wrong values, choices and paths: refused before JAX, Orbax and grain are imported
     validate.check_static(FLAGS.config, STAGES, FLAGS.workdir)
   except ValueError as e:
@@ -129,8 +130,8 @@ def main(argv):
   except OSError as e:
     _fail(f"{compile_log.ENV}={os.environ.get(compile_log.ENV)}: cannot write the compile log "
           f"({e.strerror})")
-  try:  # a malformed SLURM_*/JAX_*/SADM_DISTRIBUTED variable
-    distributed.maybe_initialize(FLAGS.config)  # before anything touches a JAX backend
+  try:
+    distributed.initialize(planned)  # before anything touches a JAX backend
   except ValueError as e:
     _fail(str(e))
   if not FLAGS["verbosity"].present:

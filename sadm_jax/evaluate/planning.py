@@ -349,7 +349,6 @@ def test_passes(runs: Sequence[EvalRun], splits: dict, sets: Sequence[str], ixi:
   return out
 
 
-
 def check_volume_names(passes: Sequence[Pass]) -> None:
   """Raises ValueError when two volumes of one split would share a result file (`Store.paths`):
   the same stored name (`safe(volume_name)`, compared without case: macOS and Windows file

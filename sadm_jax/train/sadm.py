@@ -169,12 +169,11 @@ def _warn_mismatch(config, cddpm_config) -> None:
                     config.data.fold, "validation and evaluation" if config.sadm.mode == "draem"
                     else "evaluation")
   for section in ("diffusion", "data.preprocess"):
-    mine, theirs = config, cddpm_config
+    mine = config
     for part in section.split("."):
-      mine, theirs = mine[part], theirs[part]
+      mine = mine[part]
     for key, value in mine.items():
-      other = (config_lib.saved_value(cddpm_config, section, key) if key in theirs
-               else None)
+      other = config_lib.saved_value(cddpm_config, section, key)  # None: the cDDPM lacks it
       if other is not None and np.asarray(other).tolist() != np.asarray(value).tolist():
         used = (": the cDDPM's is used, as evaluation does" if section == "diffusion"
                 and key in CDDPM_DIFFUSION else "")
