@@ -117,6 +117,10 @@ def main(argv):
       _fail(str(e))
     # Several processes: this one goes on to join the others; `run_checked` repeats the checks
     # and then stops every process together (`distributed.agree`).
+  else:  # a --config.k=v that this stage and its modes never read: one warning line each
+    from ml_collections import config_flags
+    from sadm_jax import ignored
+    ignored.warn(FLAGS.config, config_flags.get_override_values(FLAGS["config"]))
   from sadm_jax.utils import compilation_cache, compile_log, xla_flags
   # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
   # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).

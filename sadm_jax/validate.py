@@ -260,8 +260,8 @@ def check_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -
   if stage in DATA_STAGES:
     _existing_dir("data.data_dir", config.data.data_dir,
                   f"stage {stage} reads the data directory (DATA_DIR)")
-  if (stage in ("spark", "cddpm") and config.model.encoder.pretrained_workdir
-      and not (stage == "cddpm" and _holds_steps(workdir))):
+  if (stage == "cddpm" and config.model.encoder.pretrained_workdir
+      and not _holds_steps(workdir)):  # (stage spark does not read it: `sadm_jax.ignored`)
     _existing_dir("model.encoder.pretrained_workdir", config.model.encoder.pretrained_workdir,
                   "a SparK workdir to initialise the encoder from")
   if stage == "sadm" and config.sadm.use_cddpm:
