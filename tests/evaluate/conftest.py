@@ -1,4 +1,4 @@
-"""Evaluation test helpers; the session's evaluation of its tiny runs is `evaluation` (tests/conftest.py)."""
+"""Evaluation and predict test helpers; the session's evaluation of its tiny runs is `evaluation` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -48,4 +48,34 @@ def threshold_only(data_dir: str, test_sets=("Brats21",)):
   c = evaluate_tiny_config(data_dir, "")
   c.evaluate.methods, c.evaluate.test_sets = ("threshold",), tuple(test_sets)
   c.evaluate.include_ixi = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+  """A fake pathological scan (1 mm, shifted origin) with its brain mask."""
+  import numpy as np
+  from tests.data import fake_data
+  d = tmp_path_factory.mktemp("scan")
+  image, mask, seg = fake_data.make_subject(np.random.default_rng(5), lesion=True)
+  affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+  affine[:3, 3] = (20.0, -30.0, 12.0)
+  paths = {"image": str(d / "sub-01_T1w.nii.gz"), "mask": str(d / "sub-01_mask.nii.gz"),
+           "dir": str(d)}
+  fake_data.save(paths["image"], image, affine)
+  fake_data.save(paths["mask"], mask, affine)
+  return paths
+
+
+def scan_config(checkpoint_dir, scan_paths, out, **predict_fields):
+  """The predict config of `checkpoint_dir` on `scan_paths` ('image', optional 'mask'), writing
+  to `out`, with `predict_fields` set."""
+  from configs import predict as predict_config
+  c = predict_config.get_config()
+  c.predict.checkpoint_dir = checkpoint_dir
+  c.predict.input = scan_paths["image"]
+  c.predict.mask = scan_paths.get("mask", "")
+  c.predict.output = str(out)
+  for k, v in predict_fields.items():
+    c.predict[k] = v
   return c

@@ -1,0 +1,191 @@
+"""Predict on several processes: the scans split over them, one process's failure stops them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import pytest
+
+from configs import predict as predict_config
+from sadm_jax import config as config_lib, distributed
+from sadm_jax.data.errors import DataError
+from sadm_jax.evaluate import predict
+from tests import loopback
+from tests.evaluate.conftest import scan_config
+
+
+def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, scan, tmp_path):
+  """`python -m sadm_jax.main` on a folder with one corrupt scan, as 2 processes on loopback.
+
+  The scans are split over the processes; both exit 2 with one line naming the corrupt file; the
+  good scans' outputs exist; process 0's summary lists all three.
+  """
+  folder = tmp_path / "scans"
+  os.makedirs(folder)
+  for stem in ("sub-01_T1w", "sub-02_T1w"):  # masks by the rule: sub-0k_mask.nii.gz
+    for src, dst in ((scan["image"], f"{stem}.nii.gz"), (scan["mask"], f"{stem[:6]}_mask.nii.gz")):
+      with open(src, "rb") as f:
+        (folder / dst).write_bytes(f.read())
+  (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI at all")
+  out, port = tmp_path / "out", loopback.free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  results = loopback.run_processes(
+      lambda pid: ["sadm_jax.main", "--config=configs/predict.py", f"--workdir={tmp_path}",
+                   f"--config.predict.checkpoint_dir={tiny_cddpm_dir}",
+                   f"--config.predict.input={folder}", f"--config.predict.output={out}",
+                   "--config.predict.threshold=0.5",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+      2, str(tmp_path), env, 600, ok_codes=(0, 2))
+  texts = [(stdout, stderr) for _, stdout, stderr in results]
+  for (code, _, stderr) in results:
+    assert code == 2, stderr[-3000:]
+  for stdout, stderr in texts:
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: predict: 1 of 3 scan(s) failed: broken (") and (
+        "broken.nii.gz: cannot read as NIfTI" in last), last
+  for stem in ("sub-01_T1w", "sub-02_T1w"):
+    for name in ("anomaly_map", "anomaly_mask", "prediction"):
+      ext = "json" if name == "prediction" else "nii.gz"
+      assert os.path.isfile(out / stem / f"{stem}_{name}.{ext}"), (stem, name)
+  with open(out / "predict_summary.json") as f:
+    summary = json.load(f)
+  assert [(r["scan"], r["status"], r["process"]) for r in summary["scans"]] == [
+      ("broken", "failed", 0), ("sub-01_T1w", "ok", 1), ("sub-02_T1w", "ok", 0)]
+  assert summary["processes"] == 2
+  assert summary["scans"][1]["mask"] == str(folder / "sub-01_mask.nii.gz")
+  assert "broken" in texts[0][0] and "sub-02_T1w" in texts[0][0]  # process 0 prints the table
+  assert "sub-02_T1w" not in texts[1][0]
+
+
+def _as_process_0_of_2(monkeypatch, other: dict, loaded: list):
+  """This process as process 0 of 2, the other process's start-up message being `other`;
+  `loaded` records each load_predictor call (a stand-in predictor: nothing is predicted)."""
+  monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
+  monkeypatch.setattr(predict, "load_predictor", lambda *a: loaded.append(a) or object())
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, other])
+  monkeypatch.setattr(predict, "predict", lambda *a: pytest.fail("predicted a scan"))
+
+
+def test_a_process_that_cannot_start_stops_the_others(scan, tmp_path, monkeypatch):
+  """Process 1 could not load the model or list the scans: process 0 stops with its reason
+  instead of predicting its share and then waiting for process 1's records forever."""
+  _as_process_0_of_2(monkeypatch, {"error": "x: unreadable (No such file or directory)"}, [])
+  c = scan_config(str(tmp_path / "model"), scan, tmp_path / "out")
+  with pytest.raises(ValueError, match=r"^predict: process 1 of 2 could not start \(x: unreadable"):
+    predict.run(c, str(tmp_path))
+  assert not os.path.exists(tmp_path / "out" / "predict_summary.json")
+
+
+def test_processes_listing_other_scans_stop(scan, tmp_path, monkeypatch):
+  """A folder that differs between hosts (not shared, or changing): the split by index would
+  predict some scans twice and others never, so every process stops, naming the input."""
+  _as_process_0_of_2(monkeypatch, {"scans": ["sub-01_T1w", "sub-02_T1w"]}, [])
+  c = scan_config(str(tmp_path / "model"), {"image": scan["dir"]}, tmp_path / "out")
+  with pytest.raises(DataError, match=r"lists 2 scan\(s\) on process 1 but 1 .*on process 0: is "
+                                      r"it on a file system every host sees the same"):
+    predict.run(c, str(tmp_path))
+
+
+def test_a_process_that_cannot_start_tells_the_others_first(tmp_path, monkeypatch):
+  """The failing process itself sends its one-line reason before raising its own error."""
+  sent = []
+  monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: sent.append(mine) or [mine, mine])
+  c = scan_config(str(tmp_path / "model"), {"image": str(tmp_path / "missing_folder")}, tmp_path)
+  with pytest.raises(ValueError) as e:
+    predict.run(c, str(tmp_path))
+  assert sent == [{"error": predict._one_line(e.value)}]
+
+
+def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, monkeypatch):
+  """Process 1 wrote its scan's outputs where process 0 does not see them (predict.output on a
+  host's own disk): the summary does not call that scan ok at a path that is not there."""
+  folder = tmp_path / "scans"
+  os.makedirs(folder)
+  for stem in ("a", "b"):
+    with open(scan["image"], "rb") as f:
+      (folder / f"{stem}.nii.gz").write_bytes(f.read())
+  elsewhere = str(tmp_path / "other_host" / "b" / "b_anomaly_map.nii.gz")
+  theirs = {"index": 1, "scan": "b", "image": str(folder / "b.nii.gz"), "mask": "image > 0",
+            "process": 1, "status": "ok", "message": "volume score 1", "output_dir": "x",
+            "prediction": {"anomaly_map": elsewhere}}
+  calls = []
+
+  def allgather(mine):
+    calls.append(mine)
+    return [mine, [theirs] if len(calls) == 2 else (None if len(calls) == 3 else
+                                                    {"scans": ["a", "b"]})]
+  monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
+  monkeypatch.setattr(distributed, "allgather_json", allgather)
+  monkeypatch.setattr(predict, "load_predictor", lambda *a: types.SimpleNamespace(
+      source="m", method="cddpm", tau=None, tau_source="", orientation="RAS",
+      orientation_source=""))
+
+  def fake_predict(pred, image, mask, out_dir):
+    os.makedirs(out_dir)
+    path = os.path.join(out_dir, "a_anomaly_map.nii.gz")
+    open(path, "wb").close()
+    return {"anomaly_map": path, "volume_score": 1.0, "input_orientation": "RAS",
+            "model_orientation": "RAS"}
+  monkeypatch.setattr(predict, "predict", fake_predict)
+  c = scan_config(str(tmp_path / "model"), {"image": str(folder)}, tmp_path / "out")
+  with pytest.raises(DataError, match=r"1 of 2 scan\(s\) failed: b \(written by process 1 but "
+                                      r"not found by process 0: is .*out a folder every host"):
+    predict.run(c, str(tmp_path))
+  with open(tmp_path / "out" / "predict_summary.json") as f:
+    assert [(r["scan"], r["status"]) for r in json.load(f)["scans"]] == [
+        ("a", "ok"), ("b", "failed")]
+
+
+def _predict_in_two_processes(tmp_path, input_of) -> list:
+  """`predict` of a hand-written evaluation (the threshold baseline: no model) in 2 processes on
+  loopback, process p reading `input_of(p)`; [(exit code, stdout, stderr)] per process."""
+  os.makedirs(tmp_path / "model" / "eval")
+  settings = config_lib.resolve(predict_config.get_config())
+  (tmp_path / "model" / "eval" / "config.json").write_text(json.dumps(settings.to_dict()))
+  (tmp_path / "model" / "eval" / "models.json").write_text(json.dumps({"runs": [
+      {"id": "threshold", "method": "threshold", "combination": "residual", "sadm_workdir": "",
+       "cddpm_workdir": "", "intensity_median": 0.5, "train_anomalies": "draem", "tau": {}}]}))
+  port = loopback.free_port()
+  return loopback.run_processes(
+      lambda pid: ["sadm_jax.main", "--config=configs/predict.py", f"--workdir={tmp_path}",
+                   f"--config.predict.checkpoint_dir={tmp_path / 'model'}",
+                   f"--config.predict.input={input_of(pid)}",
+                   f"--config.predict.output={tmp_path / 'out'}", "--config.predict.threshold=0.3",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+      2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 25, ok_codes=(0, 2))
+
+
+def test_two_processes_stop_together_when_one_cannot_start(scan, tmp_path):
+  """2 processes on loopback (the threshold baseline of a hand-written evaluation: no model):
+  process 1's input is a CSV it cannot read. Both exit 2 in seconds, process 0 naming process
+  1's reason; before, process 0 predicted its share and then waited for process 1's records
+  until its collective timed out (30 s on CPU, with a traceback)."""
+  (tmp_path / "bad.csv").write_text("img,msk\nx,y\n")
+  (code0, _, err0), (code1, _, err1) = _predict_in_two_processes(
+      tmp_path, lambda pid: tmp_path / "bad.csv" if pid else scan["image"])
+  assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
+  assert err1.strip().splitlines()[-1].startswith("error: predict.input=") and "CSV" in err1
+  assert err0.strip().splitlines()[-1].startswith(
+      "error: predict: process 1 of 2 could not start (ValueError: predict.input="), err0[-2000:]
+  assert not os.path.exists(tmp_path / "out" / "sub-01_T1w_anomaly_map.nii.gz")
+
+
+def test_a_path_one_host_lacks_stops_every_process_at_start_up(scan, tmp_path):
+  """2 processes on loopback: process 1's `predict.input` does not exist there, which the CLI's
+  up-front checks refuse before JAX starts. Both exit 2 within seconds, process 0 naming process
+  1's reason (`distributed.agree`); before, process 1 exited alone and process 0 waited in
+  jax.distributed's start-up until its timeout aborted it (300 s, a C++ check failure)."""
+  (code0, _, err0), (code1, _, err1) = _predict_in_two_processes(
+      tmp_path, lambda pid: tmp_path / "absent.nii.gz" if pid else scan["image"])
+  assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
+  assert err1.strip().splitlines()[-1].startswith("error: --config.predict.input="), err1[-2000:]
+  assert err0.strip().splitlines()[-1].startswith(
+      "error: process 1 of 2 stopped at its start-up checks (--config.predict.input="), err0[-2000:]
+  assert not os.path.exists(tmp_path / "out" / "sub-01_T1w_anomaly_map.nii.gz")
