@@ -1,0 +1,255 @@
+"""Sweeps: the resumable runner (in process or as subprocesses), Ctrl-C, the sweep CLI's errors."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from sadm_jax import config as config_lib
+from sadm_jax import sweep as sweep_cli
+from sadm_jax.sweeps import members as members_lib
+from sadm_jax.sweeps import runner, slurm
+from sadm_jax.sweeps.members import Member, member_config
+from tests.data import fake_data
+from tests.helpers import REPO
+from tests.sweep_common import CDDPM, TINY, write_sweep
+
+
+def _env():
+  return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class FakeRunner:
+  """Records the members it is asked to run; fails those named in `fail`."""
+
+  def __init__(self, fail=()):
+    self.calls, self.fail = [], set(fail)
+
+  def __call__(self, member, config, mdir, command):
+    assert os.path.isfile(os.path.join(mdir, "config.json"))  # written before the run
+    self.calls.append((member.name, config.seed, command[3:5]))
+    return member.name not in self.fail
+
+
+def _chain():
+  return [Member("eval", CDDPM, ["--config.seed=3"], after=["train"]),
+          Member("train", CDDPM, ["--config.seed=2"], after=["prep"]),
+          Member("prep", CDDPM, ["--config.seed=1"]), Member("other", CDDPM)]
+
+
+def test_runner_runs_in_dependency_order_and_skips_finished_members(tmp_path, capsys):
+  fake = FakeRunner()
+  assert runner.run_local(_chain(), str(tmp_path), ["--config.data.fold=1"], fake) == []
+  assert [c[0] for c in fake.calls] == ["prep", "train", "eval", "other"]
+  assert fake.calls[0][2] == [f"--config={REPO}/configs/cddpm.py:tiny",
+                              f"--workdir={tmp_path}/prep"]
+  saved = json.load(open(tmp_path / "train" / "config.json"))
+  assert saved["seed"] == 2 and saved["data"]["fold"] == 1
+  assert saved["data"]["slice_sampling"] is None  # as given: the run resolves placeholders
+  assert json.load(open(tmp_path / "eval" / runner.DONE))["member"] == "eval"
+  again = FakeRunner()
+  assert runner.run_local(_chain(), str(tmp_path), ["--config.data.fold=1"], again) == []
+  assert again.calls == [] and capsys.readouterr().out.count("done already, skipped") == 4
+  # A changed setting is reported for finished members, never silently re-run.
+  runner.run_local(_chain()[2:3], str(tmp_path), ["--config.data.fold=2"], again)
+  assert "prep finished with a different config" in capsys.readouterr().out and again.calls == []
+
+
+def test_a_failed_member_blocks_its_dependents_and_reruns_next_time(tmp_path, capsys):
+  fake = FakeRunner(fail={"train"})
+  assert runner.run_local(_chain(), str(tmp_path), (), fake) == ["train", "eval"]
+  assert [c[0] for c in fake.calls] == ["prep", "train", "other"]
+  assert "eval: not started, train failed" in capsys.readouterr().out
+  assert not (tmp_path / "train" / runner.DONE).exists()
+  retry = FakeRunner()
+  assert runner.run_local(_chain(), str(tmp_path), (), retry) == []
+  assert [c[0] for c in retry.calls] == ["train", "eval"]
+
+
+def test_a_subset_needs_its_dependencies_finished(tmp_path):
+  with pytest.raises(ValueError, match="member train depends on prep: neither in the run nor"):
+    runner.run_local(_chain()[1:2], str(tmp_path), (), FakeRunner())
+  runner.run_local(_chain()[2:3], str(tmp_path), (), FakeRunner())
+  fake = FakeRunner()
+  assert runner.run_local(_chain()[1:2], str(tmp_path), (), fake) == [] and len(fake.calls) == 1
+
+
+def test_config_errors_stop_the_run_before_any_member(tmp_path):
+  bad = _chain() + [Member("typo", CDDPM, ["--config.optimizer.learning_rat=1.0"])]
+  fake = FakeRunner()
+  with pytest.raises(ValueError,
+                     match="member typo: --config.optimizer.learning_rat: no such config key"):
+    runner.run_local(bad, str(tmp_path), (), fake)
+  assert fake.calls == [] and not any(tmp_path.iterdir())
+
+
+def test_bad_values_stop_the_run_and_the_slurm_scripts_before_any_member(tmp_path):
+  """What `sadm_jax.main` refuses before reading a file (stage, choices, training values) stops
+  a sweep before its first member, and --mode=slurm before writing a script."""
+  for bad, expected in [
+      (Member("b", CDDPM, ["--config.stage=nosuch"]),
+       "member b: --config.stage='nosuch' is not one of"),
+      (Member("b", "configs/sadm_draem.py:tiny", ["--config.sadm.mode=dreem"]),
+       "member b: --config.sadm.mode='dreem' is not one of 'draem', 'brats', 'atlas'"),
+      (Member("b", CDDPM, ["--config.train.eval_every=0"]),
+       "member b: --config.train.eval_every=0 must be > 0"),
+  ]:
+    fake = FakeRunner()
+    with pytest.raises(ValueError, match=expected):
+      runner.run_local([Member("a", CDDPM), bad], str(tmp_path), (), fake)
+    assert fake.calls == [] and not any(tmp_path.iterdir())
+    sweep = members_lib.Sweep("s", TINY, (Member("a", CDDPM), bad))
+    with pytest.raises(ValueError, match=expected):
+      slurm.write_slurm(sweep, str(tmp_path), list(sweep.members))
+    assert not any(tmp_path.iterdir())
+
+
+def test_non_primary_processes_write_no_markers(tmp_path):
+  ran = []
+  assert runner.run_local(_chain()[2:3], str(tmp_path), (),
+                          lambda m, c, d, cmd: ran.append(m.name) or True, primary=False) == []
+  assert ran == ["prep"] and not (tmp_path / "prep" / runner.DONE).exists()
+  assert runner.is_primary({"SLURM_PROCID": "1"}) is False
+  assert runner.is_primary({"JAX_PROCESS_ID": "0", "SLURM_PROCID": "3"}) is True
+
+
+def test_each_process_of_a_member_logs_to_its_own_file(tmp_path, monkeypatch):
+  assert runner.log_path("W/m", {}) == os.path.join("W/m", "log.txt")
+  assert runner.log_path("W/m", {"SLURM_PROCID": "3"}) == os.path.join("W/m", "log.3.txt")
+  assert runner.log_path("W/m", {"JAX_PROCESS_ID": "0", "SLURM_PROCID": "3"}).endswith("log.txt")
+  monkeypatch.setenv("SLURM_PROCID", "1")
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  assert runner.run_subprocess(Member("m", CDDPM), None, str(tmp_path),
+                               [sys.executable, "-c", "print('from process 1')"])
+  assert "from process 1" in (tmp_path / "log.1.txt").read_text()
+  assert not (tmp_path / "log.txt").exists()
+
+
+def test_subprocess_runner_logs_the_command_and_its_output(tmp_path, capsys):
+  m = Member("m", CDDPM)
+  ok = runner.run_subprocess(m, None, str(tmp_path), [sys.executable, "-c", "print('hello')"])
+  log = (tmp_path / "log.txt").read_text()
+  assert ok and log.startswith(f"$ {sys.executable} -c ") and "hello" in log
+  bad = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+  assert not runner.run_subprocess(m, None, str(tmp_path), bad)
+  assert "m failed (exit 3)" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="in-memory config: run it in-process"):
+    runner.run_subprocess(Member("x", ml_collections.ConfigDict({"a": 1})), None, str(tmp_path),
+                          [])
+
+
+def test_inprocess_runner_validates_like_main_and_reports_a_user_error(tmp_path, capsys):
+  m = Member("p", CDDPM, ["--config.stage=prepare", f"--config.data.data_dir={tmp_path}/none"])
+  assert runner.run_local([m], str(tmp_path), (), runner.run_inprocess) == ["p"]
+  err = capsys.readouterr()
+  assert f"error: --config.data.data_dir={tmp_path}/none: no such directory" in err.err
+  assert "p failed (exit 2)" in err.out and not (tmp_path / "p" / runner.DONE).exists()
+
+
+def test_ctrl_c_stops_the_sweep_in_one_line_exit_130(tmp_path, monkeypatch, capsys):
+  """An interrupted member (exit 130, in process or as a subprocess) stops the sweep: the next
+  member does not start, and the sweep CLI prints one line and exits 130, no traceback."""
+  from sadm_jax import main as main_lib
+  calls = []
+  monkeypatch.setattr(main_lib, "run_checked",
+                      lambda config, mdir, **kw: calls.append(mdir) or main_lib.INTERRUPTED)
+  a, b = Member("a", CDDPM), Member("b", CDDPM)
+  with pytest.raises(KeyboardInterrupt):
+    runner.run_local([a, b], str(tmp_path), (), runner.run_inprocess)
+  assert calls == [str(tmp_path / "a")] and not (tmp_path / "a" / runner.DONE).exists()
+  with pytest.raises(KeyboardInterrupt):  # a `python -m sadm_jax.main` that exits 130
+    runner.run_subprocess(a, None, str(tmp_path / "a"),
+                          [sys.executable, "-c", "raise SystemExit(130)"])
+  capsys.readouterr()
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(runner, "run_local", interrupted)
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 130
+  assert capsys.readouterr().err == ("error: sweep interrupted (SIGINT); finished members keep "
+                                     "DONE: run the same command again to resume\n")
+
+
+def test_ctrl_c_in_an_in_process_member_is_reported_once_by_its_caller(tmp_path, monkeypatch,
+                                                                        capsys):
+  """The member's stage is interrupted: run_checked leaves the line to the sweep (or the
+  reproduction), so the user reads one `error:` line, not the member's and then the caller's."""
+  from sadm_jax import main as main_lib
+  from sadm_jax import validate
+
+  def stage(config, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(main_lib, "run_stage", stage)
+  monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
+  with pytest.raises(KeyboardInterrupt):
+    runner.run_local([Member("a", CDDPM)], str(tmp_path), (), runner.run_inprocess)
+  assert "error:" not in capsys.readouterr().err
+
+
+def test_a_member_runs_through_main_with_its_spec_and_overrides(tmp_path):
+  """The subprocess runner's command reaches `sadm_jax.main` intact (stage prepare: no training)."""
+  data = str(tmp_path / "data")
+  fake_data.write_data_dir(data, n_ixi=6, n_patho=1)
+  spec = write_sweep(tmp_path / "p.py", "Member('prep', 'configs/cddpm.py:tiny', "
+                                        "['--config.stage=prepare', '--config.data.splits="
+                                        "(\\'IXI_test\\',)', '--config.data.clean_splits=False'])")
+  work = tmp_path / "sweep"
+  cmd = [sys.executable, "-m", "sadm_jax.sweep", f"--sweep={spec}", f"--workdir={work}", "--",
+         f"--config.data.data_dir={data}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+  res = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  summary = json.load(open(work / "prep" / "prepare_summary.json"))
+  assert list(summary["splits"]) == ["IXI_test"] and summary["clean_splits"] is False
+  assert summary["cache_dir"].startswith(str(tmp_path / "cache"))
+  tiny = config_lib.preprocess_config(member_config(Member("t", CDDPM), "/w")).key()
+  assert summary["preprocess"] == tiny != config_lib.preprocess_config(  # the spec's ':tiny'
+      member_config(Member("t", "configs/cddpm.py"), "/w")).key()
+  assert json.load(open(work / "prep" / "config.json"))["data"]["data_dir"] == data
+  assert (work / "prep" / "log.txt").read_text().startswith(f"$ {sys.executable} -m sadm_jax.main")
+  t0 = time.time()
+  again = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+  assert again.returncode == 0 and "done already, skipped" in again.stdout
+  assert time.time() - t0 < 30
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path}", "stray"]) == 2
+  assert "unexpected arguments: stray (member overrides go after --)" in capsys.readouterr().err
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path}", "--",
+                        "--config.optimizer.learning_rat=1"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "error: member lr_2e-3: --config.optimizer.learning_rat: no such config key 'learning_rat'. "
+      "Did you mean")
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path}", "--config.seed=3"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "error: Unknown command line flag 'config.seed' (member options such as --config.seed go "
+      "after --)\n")
+
+  afile = tmp_path / "afile"
+  afile.write_text("")
+  for mode in ("local", "slurm"):
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={afile}", f"--mode={mode}"]) == 2
+    assert capsys.readouterr().err == f"error: --workdir={afile} is a file, not a directory\n"
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", "--workdir=gs://bucket/w", "--mode=slurm"]) == 2
+  assert capsys.readouterr().err.startswith("error: --workdir=gs://bucket/w is a URL; ")
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("def get_sweep(:\n", "cannot load the sweep file: SyntaxError: invalid syntax (bad.py, line 1)"),
+    ("def get_sweep():\n  return nope\n",
+     "cannot load the sweep file: NameError: name 'nope' is not defined"),
+    ("x = 1\n", "the sweep file defines no get_sweep()"),
+])
+def test_a_broken_sweep_file_is_one_line_naming_it(tmp_path, capsys, source, expected):
+  bad = tmp_path / "bad.py"
+  bad.write_text(source)
+  assert sweep_cli.cli(["x", f"--sweep={bad}", f"--workdir={tmp_path / 'w'}"]) == 2
+  assert capsys.readouterr().err == f"error: {bad}: {expected}\n"
+  assert not os.path.exists(tmp_path / "w")

@@ -1,0 +1,96 @@
+"""Sweeps: Slurm scripts rendered from the launch template, and the sweep report."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from sadm_jax import sweep as sweep_cli
+from sadm_jax.sweeps import slurm
+from tests.helpers import REPO
+from tests.sweep_common import write_sweep
+
+
+# ----------------------------------------------------------------------------- slurm
+
+
+def _fake_bin(tmp_path):
+  """scontrol, srun (runs the task as task 0) and a python that prints its arguments."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, text in {"scontrol": "#!/bin/sh\necho node1\n",
+                     "srun": "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+                             "SLURM_PROCID=0 SLURM_LOCALID=0 exec \"$@\"\n",
+                     "fakepython": "#!/bin/bash\nprintf '[%s]' \"$@\"; echo\n"}.items():
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  return bin_dir
+
+
+def test_slurm_scripts_are_the_launch_template_running_one_member(tmp_path):
+  spec = write_sweep(tmp_path / "s.py", "Member('b', 'configs/cddpm.py:tiny', after=['a']), "
+                                        "Member('a', 'configs/cddpm.py:tiny'), "
+                                        "Member('c', 'configs/cddpm.py:tiny', after=['a', 'b'])")
+  work = tmp_path / "w"
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--mode=slurm", "--",
+                        "--config.data.data_dir=/d x"]) == 0
+  out = work / "slurm"
+  assert sorted(os.listdir(out)) == ["a.sbatch", "b.sbatch", "c.sbatch", "submit.sh"]
+  script = (out / "b.sbatch").read_text()
+  template = open(os.path.join(REPO, "launch", "slurm.sbatch")).read()
+  assert "#SBATCH --job-name=s.b" in script and f"#SBATCH --output={out}/b-%j.out" in script
+  assert len(script.splitlines()) == len(template.splitlines()) + 1  # + the 'rendered' comment
+  submit = (out / "submit.sh").read_text()
+  assert submit.index("a.sbatch") < submit.index("b.sbatch") < submit.index("c.sbatch")
+  assert 'sbatch --parsable --dependency=afterok:${job[a]}:${job[b]} "$@"' in submit
+  for path in [out / "submit.sh"] + [out / f"{m}.sbatch" for m in "abc"]:
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+  bin_dir = _fake_bin(tmp_path)
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "fakepython"),
+         "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node1", "SLURM_NNODES": "1",
+         "SLURM_NTASKS": "1", "HOME": str(tmp_path)}
+  res = subprocess.run(["bash", str(out / "b.sbatch")], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.splitlines()[-1] == (f"[-m][sadm_jax.sweep][--sweep={spec}][--workdir={work}]"
+                                         "[--members=b][--][--config.data.data_dir=/d x]")
+  assert not any((work / m).exists() for m in "abc")  # nothing ran or was submitted
+
+
+def test_slurm_rendering_fails_when_the_template_changes():
+  with pytest.raises(ValueError, match="expected the line '#SBATCH --job-name=sadm_jax' once"):
+    slurm.render("j", "o", [], template="#!/bin/bash\necho hi\n")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _report_rows(path, rows):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  keys = ("method", "train_anomalies", "test_set", "fold", "n_volumes", "dice", "best_dice",
+          "auprc")
+  json.dump({"protocol": {}, "rows": [dict(zip(keys, r)) for r in rows]}, open(path, "w"))
+
+
+def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, capsys):
+  spec = write_sweep(tmp_path / "r.py", "Member('full', 'configs/evaluate.py'), "
+                                        "Member('absent', 'configs/evaluate.py'), "
+                                        "Member('trainer', 'configs/cddpm.py', report=False)")
+  work = tmp_path / "w"
+  _report_rows(str(work / "full" / "report" / "metrics.json"), [
+      ["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59],
+      ["cddpm", "none", "Brats21", "fold1", 10, 0.52, 0.60, 0.61],
+      ["sadm", "draem", "Brats21", "fold0", 10, 0.55, 0.6053, None]])
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 0
+  md = (work / "sweep_report.md").read_text()
+  assert capsys.readouterr().out == md
+  lines = md.splitlines()
+  assert lines[:3] == ["# Sweep r", "", "## full"]
+  assert lines[6] == "| cDDPM | — | 2 | 51.00 ± 1.00 | 59.00 ± 1.00 | 60.00 ± 1.00 |"
+  assert lines[7] == "| SADM | draem | 1 | 55.00 | 60.53 | – |"
+  assert lines[-1] == "Missing (no report/metrics.json, 1): absent"
+  assert "trainer" not in md
+  csv_lines = (work / "sweep_report.csv").read_text().splitlines()
+  assert csv_lines[0].startswith("method,train_anomalies,test_set,fold,n_volumes,dice,best_dice,")
+  assert len(csv_lines) == 4 and all(l.endswith(",full") for l in csv_lines[1:])
