@@ -228,3 +228,14 @@ def demo_tiny_run():
   """(workdir, output) of `configs/demo.py:tiny` run by the CLI (started with the session)."""
   name = "demo_tiny_run"
   return _run(name), _background[name].output()
+
+
+@pytest.fixture(scope="module")
+def cli_data_dir(tmp_path_factory) -> str:
+  """Fresh fake data (6 IXI subjects, 1 volume per pathological split) for the command-line error
+  tests (tests/test_cli_errors.py, tests/test_cli_errors_environment.py), which check that
+  nothing is read or written in it."""
+  from tests.data import fake_data
+  root = str(tmp_path_factory.mktemp("dd"))
+  fake_data.write_data_dir(root, n_ixi=6, n_patho=1)
+  return root

@@ -1,0 +1,159 @@
+"""Mistakes in the environment and while a stage runs: one `error:` line, exit 2 (Ctrl-C: 130)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sadm_jax import validate
+from tests.cli_common import ENV, one_error, run_main
+from tests.helpers import REPO
+
+
+def test_missing_data_dir_is_refused(tmp_path):
+  res = run_main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'none'}")
+  assert one_error(res) == (f"error: --config.data.data_dir={tmp_path / 'none'}: no such "
+                            "directory (stage cddpm reads the data directory (DATA_DIR))")
+  res = run_main(f"--workdir={tmp_path / 'w'}")
+  assert one_error(res).startswith("error: --config.data.data_dir is not set")
+
+
+def test_workdir_that_is_a_file_is_refused(cli_data_dir, tmp_path):
+  f = tmp_path / "w"
+  f.write_text("not a dir")
+  res = run_main(f"--workdir={f}", f"--config.data.data_dir={cli_data_dir}")
+  assert one_error(res) == f"error: --workdir={f} is a file, not a directory"
+  res = run_main(f"--workdir={f / 'sub'}", f"--config.data.data_dir={cli_data_dir}")
+  assert one_error(res) == (f"error: --workdir={f / 'sub'} cannot be created: {f} is a file, "
+                            "not a directory")
+  assert f.read_text() == "not a dir"
+
+
+def test_unwritable_workdir_is_refused(cli_data_dir):
+  # /sys refuses new entries even to root (EPERM).
+  res = run_main("--workdir=/sys/sadm_workdir", f"--config.data.data_dir={cli_data_dir}")
+  assert one_error(res) == ("error: --workdir=/sys/sadm_workdir is not writable: Operation not "
+                            "permitted")
+
+
+def test_read_only_filesystem_workdir_is_refused(cli_data_dir, tmp_path):
+  mnt = tmp_path / "ro"
+  mnt.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "none", str(mnt)],
+                    capture_output=True).returncode:
+    pytest.skip("cannot mount a read-only tmpfs here (needs CAP_SYS_ADMIN)")
+  try:
+    for work in (mnt, mnt / "new"):
+      res = run_main(f"--workdir={work}", f"--config.data.data_dir={cli_data_dir}")
+      assert one_error(res) == f"error: --workdir={work} is not writable: Read-only file system"
+  finally:
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_data_error_is_printed_once(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  res = run_main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={empty}",
+                 config="configs/prepare.py")
+  line = one_error(res)
+  assert str(empty) in line
+  assert not any(l.startswith("E") for l in res.stderr.splitlines())
+
+
+def test_non_finite_training_loss_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+  """A diverged run stops with the loop's one-line message (naming the kept step), exit code 2."""
+  from configs import cddpm as cddpm_config
+  from sadm_jax import main as main_lib
+  from sadm_jax.train import loop
+
+  def diverge(config, workdir):
+    raise loop.NonFiniteLossError("non-finite training loss (nan) at step 5; stopping. The last "
+                                  "good checkpoint (step 4) is kept in W/checkpoints")
+
+  monkeypatch.setattr(main_lib, "run_stage", diverge)
+  monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
+  assert main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path)) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: non-finite training loss (nan) at step 5; stopping. The last good "
+                 "checkpoint (step 4) is kept in W/checkpoints"]
+
+
+def test_unwritable_compile_log_is_one_line_before_anything_runs(cli_data_dir, tmp_path):
+  log = tmp_path / "no_such_dir" / "compile.jsonl"
+  res = run_main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={cli_data_dir}",
+                 env={"SADM_COMPILE_LOG": str(log)})
+  assert one_error(res) == (f"error: SADM_COMPILE_LOG={log}: cannot write the compile log "
+                            "(No such file or directory)")
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"SLURM_NTASKS": "two", "SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "n1"},
+     "error: environment variable SLURM_NTASKS='two' is not an integer"),
+    ({"SADM_DISTRIBUTED": "yes"}, "error: SADM_DISTRIBUTED='yes': expected 'auto', 'off' or unset"),
+    ({"JAX_PLATFORMS": "nosuchplatform"},
+     "error: JAX_PLATFORMS=nosuchplatform: no JAX backend: Unable to initialize backend "
+     "'nosuchplatform'"),
+])
+def test_bad_environment_is_one_line(cli_data_dir, tmp_path, env, expected):
+  res = run_main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={cli_data_dir}", env=env)
+  assert one_error(res).startswith(expected), res.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+def _run_stage_raising(monkeypatch, tmp_path, exc: BaseException) -> int:
+  """`main.run_checked` on the tiny cDDPM config with a stage that raises `exc`; its exit code."""
+  from configs import cddpm as cddpm_config
+  from sadm_jax import main as main_lib
+
+  def stage(config, workdir):
+    raise exc
+
+  monkeypatch.setattr(main_lib, "run_stage", stage)
+  monkeypatch.setattr(validate, "validate", lambda *a, **k: None)
+  return main_lib.run_checked(cddpm_config.get_config("tiny"), str(tmp_path))
+
+
+def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
+  """Ctrl-C (SIGINT) in a stage: one line saying the workdir resumes, exit code 130 (128 +
+  SIGINT, as a shell reports it), no traceback."""
+  assert _run_stage_raising(monkeypatch, tmp_path, KeyboardInterrupt()) == 130
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"error: stage cddpm interrupted (SIGINT); {tmp_path} keeps only complete files: run the "
+      "same command again to resume"]
+
+
+def test_compilation_cache_that_is_a_file_is_one_line(cli_data_dir, tmp_path):
+  f = tmp_path / "cache"
+  f.write_text("not a dir")
+  res = run_main(f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={cli_data_dir}",
+                 env={"SADM_COMPILATION_CACHE": str(f), "JAX_COMPILATION_CACHE_DIR": ""})
+  assert one_error(res).startswith(f"error: compilation cache {f}: {f} is a file, not a directory")
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_refused_write_is_one_line_exit_2_and_a_bug_keeps_its_traceback(monkeypatch, capsys,
+                                                                           tmp_path):
+  import errno
+  target = str(tmp_path / "metrics.jsonl")
+  disk_full = OSError(errno.ENOSPC, "No space left on device", target)
+  assert _run_stage_raising(monkeypatch, tmp_path, disk_full) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"error: {target}: No space left on device (stage cddpm; files are written whole: run the "
+      "same command again once it can write)"]
+
+  with pytest.raises(FileNotFoundError):  # a bug, not a refused write: its traceback is kept
+    _run_stage_raising(monkeypatch, tmp_path,
+                       FileNotFoundError(errno.ENOENT, "No such file or directory", target))
+
+
+def test_url_workdir_is_refused_not_made_a_local_directory(tmp_path):
+  # `gs://b/r` would otherwise become a local directory `gs:/b/r` on every host (launch/README.md).
+  res = subprocess.run([sys.executable, "-m", "sadm_jax.main",
+                        f"--config={os.path.join(REPO, 'configs/cddpm.py:tiny')}",
+                        "--workdir=gs://bucket/runs/c", "--config.stage=describe"],
+                       cwd=tmp_path, env={**ENV, "PYTHONPATH": REPO}, capture_output=True,
+                       text=True, timeout=300)
+  assert one_error(res).startswith("error: --workdir=gs://bucket/runs/c is a URL; ")
+  assert os.listdir(tmp_path) == []
