@@ -155,6 +155,9 @@ def get_config() -> ml_collections.ConfigDict:
   pr.mask_suffix = "_mask"  # folder rule: mask of <base>[_<mod>].nii.gz is <base>_mask.nii.gz
   pr.output = ""  # '' = the workdir; list/folder/CSV input: one folder <output>/<scan name>/ each
   pr.threshold = config_dict.placeholder(float)  # None = the one stored by evaluation
+  pr.run = ""  # evaluation run id, e.g. 'sadm/draem/fold0'; '' = the first SADM run, else the
+  # first input-only UNet, cDDPM, threshold run
+  pr.threshold_set = ""  # data set whose τ is used; '' = the run's own pathology, else the first
 
   # ---- multi-process runs (sadm_jax.distributed); the defaults mean auto-detect ----
   dist = c.distributed = ml_collections.ConfigDict()

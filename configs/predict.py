@@ -22,10 +22,6 @@ from configs import default
 def get_config(arg: str | None = None):
   c = default.get_config()
   c.stage = "predict"
-  # Fields only this config has (sadm_jax/evaluate/predict.py reads them with defaults):
-  c.predict.run = ""  # evaluation run id, e.g. 'sadm/draem/fold0'; '' = first SADM run, else the
-  # first input-only UNet, cDDPM, threshold run
-  c.predict.threshold_set = ""  # data set whose τ is used; '' = the run's own pathology or first
   if arg == "tiny":
     cddpm_config.apply_tiny(c)
   elif arg:

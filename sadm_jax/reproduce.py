@@ -115,7 +115,8 @@ def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
   saved config.json differs from the member's config now (`_ignored` keys aside), or a member
   it depends on has not finished (it will run, so this one was built on another). The sweep
   runner would only warn and skip them: the table and verdicts would be the old runs' under the
-  new command."""
+  new command. Keys its config.json lacks (a field added to the base config since the member ran)
+  are not compared, as on a resumed training run (`train.workdir.config_differences`)."""
   from sadm_jax.sweeps import runner
   from sadm_jax.train import workdir as workdir_lib
   rerun, out = set(), []
@@ -135,8 +136,7 @@ def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
       else:  # a moved workdir is the same run: its paths compare as if here
         saved = workdir_lib.flatten(runner.as_if_here(saved, now, workdir))
         now = workdir_lib.flatten(now)
-        keys = sorted(k for k in set(now) | set(saved)
-                      if not _ignored(k) and now.get(k, ...) != saved.get(k, ...))
+        keys = sorted(k for k in saved if not _ignored(k) and now.get(k, ...) != saved[k])
         if keys:
           why = "config differs in " + ", ".join(keys[:4]) + (
               f" and {len(keys) - 4} more" if len(keys) > 4 else "")

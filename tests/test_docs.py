@@ -149,8 +149,8 @@ def test_readme_stage_table_lists_every_stage():
   assert sorted(re.findall(r"^\| `([a-z]+)` \|", table, re.M)) == sorted(main_lib.STAGES)
 
 
-def test_default_config_defines_every_field_but_the_documented_two():
-  """README "Design": configs/default.py defines every field; configs/predict.py alone adds two."""
+def test_default_config_defines_every_field():
+  """README "Design": configs/default.py defines every field; stage configs only override."""
   import importlib
   from configs import default  # the repository root is on sys.path (tests/ is a package)
 
@@ -163,8 +163,7 @@ def test_default_config_defines_every_field_but_the_documented_two():
   for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
     if name.endswith(".py") and name not in ("__init__.py", "default.py"):
       extra = keys(importlib.import_module(f"configs.{name[:-3]}").get_config()) - base
-      expected = {"predict.run", "predict.threshold_set"} if name == "predict.py" else set()
-      assert extra == expected, name
+      assert extra == set(), name
 
 
 def test_every_environment_variable_the_package_reads_is_documented():

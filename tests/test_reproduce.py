@@ -178,6 +178,26 @@ def test_a_rerun_refuses_finished_members_that_the_changed_command_would_not_rep
   assert (tmp_path / "claims.json").exists()
 
 
+def test_a_field_added_to_the_base_config_since_a_member_ran_is_not_a_change(
+    tmp_path, monkeypatch):
+  """A member's config.json written before the base config had a field lacks it: compared like
+  a resumed training run's (keys the saved config lacks are not compared), not stale."""
+  ran = []
+  monkeypatch.setattr(runner, "run_inprocess",
+                      lambda *a: ran.append(a[0].name) or _fake_evaluation(*a))
+  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")
+  c = reproduce_config.get_config("tiny")
+  reproduce.run(c, str(tmp_path))
+  for name in os.listdir(tmp_path):
+    path = tmp_path / name / "config.json"
+    if path.exists():
+      saved = json.load(open(path))
+      del saved["predict"]["threshold_set"]  # as an older version wrote it
+      json.dump(saved, open(path, "w"))
+  ran.clear()
+  assert _verdicts(reproduce.run(c, str(tmp_path)))["claim1"] == (True, True) and ran == []
+
+
 def test_a_moved_reproduction_reuses_its_finished_members(tmp_path, monkeypatch, capsys):
   """Every member's config.json holds absolute paths under the workdir (the cohort, the SparK and
   cDDPM runs, the evaluated SADM runs): after `mv W W2` a rerun in W2 refused every member as

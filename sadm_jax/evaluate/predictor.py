@@ -153,7 +153,7 @@ def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> 
   settings = ml_collections.ConfigDict(_read_json(os.path.join(eval_dir, "config.json")))
   saved = _read_json(os.path.join(eval_dir, "models.json"))
   runs = saved["runs"]
-  run = _select_run(runs, config.predict.get("run", ""), checkpoint_dir)
+  run = _select_run(runs, config.predict.run, checkpoint_dir)
   pred = Predictor(settings, run["method"], run["combination"], f"evaluation {checkpoint_dir}")
   model_run = None  # the opened run whose training data set the orientation
   if run["sadm_workdir"]:
@@ -168,7 +168,7 @@ def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> 
     model_run = _evaluated_model(run, "cddpm_workdir", checkpoint_dir, _cddpm_keys)
     pred.cddpm = inference.cddpm_inference(model_run.config, inference.cddpm_variables(model_run),
                                            settings)
-  pred.tau, pred.tau_source = _stored_tau(run, config.predict.get("threshold_set", ""),
+  pred.tau, pred.tau_source = _stored_tau(run, config.predict.threshold_set,
                                           saved.get("test_sets", []), checkpoint_dir)
   pred.orientation, pred.orientation_source = _trained_orientation(model_run)
   logging.info("predict: run %s of %s", run["id"], checkpoint_dir)
