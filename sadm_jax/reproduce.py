@@ -115,10 +115,9 @@ def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
   saved config.json differs from the member's config now (`_ignored` keys aside), or a member
   it depends on has not finished (it will run, so this one was built on another). The sweep
   runner would only warn and skip them: the table and verdicts would be the old runs' under the
-  new command. Keys its config.json lacks (a field added to the base config since the member ran)
-  are not compared, as on a resumed training run (`train.workdir.config_differences`)."""
+  new command (`sweeps.runner.changed_keys`: a moved workdir, or a field added to the base config
+  since, is no change)."""
   from sadm_jax.sweeps import runner
-  from sadm_jax.train import workdir as workdir_lib
   rerun, out = set(), []
   for m in members_lib.ordered(ms):
     if not runner.is_done(workdir, m.name):
@@ -134,9 +133,7 @@ def stale_members(ms: list[Member], workdir: str) -> list[tuple[str, str]]:
       if saved is None:
         why = "no readable config.json to compare"
       else:  # a moved workdir is the same run: its paths compare as if here
-        saved = workdir_lib.flatten(runner.as_if_here(saved, now, workdir))
-        now = workdir_lib.flatten(now)
-        keys = sorted(k for k in saved if not _ignored(k) and now.get(k, ...) != saved[k])
+        keys = runner.changed_keys(saved, now, workdir, _ignored)
         if keys:
           why = "config differs in " + ", ".join(keys[:4]) + (
               f" and {len(keys) - 4} more" if len(keys) > 4 else "")

@@ -57,6 +57,12 @@ def test_runner_runs_in_dependency_order_and_skips_finished_members(tmp_path, ca
   again = FakeRunner()
   assert runner.run_local(_chain(), str(tmp_path), ["--config.data.fold=1"], again) == []
   assert again.calls == [] and capsys.readouterr().out.count("done already, skipped") == 4
+  # A field the base config gained since a member ran (missing from its config.json) is no change.
+  saved = json.load(open(tmp_path / "prep" / "config.json"))
+  del saved["predict"]["threshold_set"]
+  json.dump(saved, open(tmp_path / "prep" / "config.json", "w"))
+  runner.run_local(_chain()[2:3], str(tmp_path), ["--config.data.fold=1"], again)
+  assert "different config" not in capsys.readouterr().out and again.calls == []
   # A changed setting is reported for finished members, never silently re-run.
   runner.run_local(_chain()[2:3], str(tmp_path), ["--config.data.fold=2"], again)
   assert "prep finished with a different config" in capsys.readouterr().out and again.calls == []

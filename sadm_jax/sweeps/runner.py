@@ -193,11 +193,21 @@ def as_if_here(saved: Any, now: Any, workdir: str) -> Any:
   return move(saved)
 
 
+def changed_keys(saved: dict, now: dict, workdir: str, ignored=lambda key: False) -> list[str]:
+  """Flat keys ('section.key') whose value in a finished member's saved config differs from the
+  member's config now, the workdir's own paths compared as if it had always been here
+  (`as_if_here`). Keys the saved config lacks (a field added to the base config since it ran)
+  are not compared, as on a resumed training run (`train.workdir.config_differences`)."""
+  from sadm_jax.train import workdir as workdir_lib
+  saved = workdir_lib.flatten(as_if_here(saved, now, workdir))
+  now = workdir_lib.flatten(now)
+  return sorted(k for k in saved if not ignored(k) and now.get(k, ...) != saved[k])
+
+
 def _warn_if_changed(member: Member, config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = saved_config_json(os.path.join(workdir, member.name))
   if saved is None:
     return
-  now = config_json(config)
-  if as_if_here(saved, now, workdir) != now:
+  if changed_keys(saved, config_json(config), workdir):
     print(f"warning: {member.name} finished with a different config than the sweep now gives; "
           f"delete {os.path.join(workdir, member.name, DONE)} to run it again", flush=True)
