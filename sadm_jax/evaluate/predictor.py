@@ -148,9 +148,18 @@ def _evaluated_model(run: dict, field: str, checkpoint_dir: str, load):
   raise RunError(f"{where} is gone or unusable ({'; '.join(problems)})")
 
 
+def _evaluation_config(path: str) -> ml_collections.ConfigDict:
+  """The config an evaluation was given (eval/config.json), its faithful placeholders resolved."""
+  try:
+    return config_lib.resolve(ml_collections.ConfigDict(_read_json(path)))
+  except (KeyError, AttributeError, TypeError) as e:
+    raise RunError(f"{path}: not an evaluation's config (no {e}); run the evaluate stage in that "
+                   "workdir again") from None
+
+
 def _from_evaluation(checkpoint_dir: str, config: ml_collections.ConfigDict) -> Predictor:
   eval_dir = os.path.join(checkpoint_dir, "eval")
-  settings = ml_collections.ConfigDict(_read_json(os.path.join(eval_dir, "config.json")))
+  settings = _evaluation_config(os.path.join(eval_dir, "config.json"))
   saved = _read_json(os.path.join(eval_dir, "models.json"))
   runs = saved["runs"]
   run = _select_run(runs, config.predict.run, checkpoint_dir)

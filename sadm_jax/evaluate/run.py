@@ -195,9 +195,10 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
 
 
 def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chosen: dict,
-                  extras: dict, unique) -> int:
-  """Process 0: report/ and eval/{config,models}.json from the stored records; returns the
-  number of metrics.csv rows."""
+                  extras: dict, unique, given: ml_collections.ConfigDict) -> int:
+  """Process 0: report/ and eval/{config,models}.json from the stored records (the config as
+  `given`, faithful placeholders unresolved, like a training run's); returns the number of
+  metrics.csv rows."""
   config, models = evaluation.config, evaluation.models
   rows = report_rows(evaluation, vals, tests, chosen, extras)
   for r in evaluation.runs:
@@ -206,7 +207,7 @@ def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chose
   probe = evaluation.cache.load(unique[0])
   proto = protocol(config, probe.volume("mask").shape, affine_spacing(probe.affine)[0],
                    list(models.cddpm_configs.values()))
-  io.write_json(os.path.join(workdir, "eval", "config.json"), config.to_dict())
+  io.write_json(os.path.join(workdir, "eval", "config.json"), given.to_dict())
   io.write_json(os.path.join(workdir, "eval", "models.json"),
                 {"runs": [{"id": r.id, **dataclasses.asdict(r), **chosen.get(r.id, {}),
                            **_provenance(evaluation, r, workdir)} for r in evaluation.runs],
@@ -222,7 +223,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   thresholds (shared through the store) and writes the report. An error on any process stops
   every process at the end of that step (`distributed.together`). Returns the summary.
   """
-  config = config_lib.resolve(config)
+  given, config = config, config_lib.resolve(config)
   t0 = time.time()
   # A failure on one process only (a volume or split its host cannot read) stops them all; a
   # checkpoint that fails to restore on one host still waits in Orbax's own barrier first.
@@ -241,7 +242,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "report": os.path.join(workdir, "report", "report.md")}
   with distributed.together("the report"):
     if jax.process_index() == 0:
-      summary["rows"] = _write_report(evaluation, workdir, sets, vals, tests, chosen, extras, unique)
+      summary["rows"] = _write_report(evaluation, workdir, sets, vals, tests, chosen, extras, unique,
+                                      given)
   summary["seconds"] = round(time.time() - t0, 2)
   if jax.process_index() == 0:
     io.write_json(os.path.join(workdir, "eval", "summary.json"), summary)

@@ -196,6 +196,9 @@ def test_damaged_evaluation_records_are_named(tmp_path):
   assert str(e.value) == (f"{tmp_path / 'eval' / 'config.json'}: unreadable (No such file or "
                           "directory); run the evaluate stage in that workdir again")
   (tmp_path / "eval" / "config.json").write_text("{}")
+  with pytest.raises(RunError, match=r"config.json: not an evaluation's config \(no "):
+    predictor.load_predictor(str(tmp_path), c)
+  (tmp_path / "eval" / "config.json").write_text(json.dumps(predict_config.get_config().to_dict()))
   models.write_text('{"runs": [')
   with pytest.raises(RunError, match=f"^{models}: unreadable \\(Expecting value"):
     predictor.load_predictor(str(tmp_path), c)

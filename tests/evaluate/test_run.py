@@ -50,6 +50,15 @@ def test_metrics_csv_has_every_method_set_and_valid_values(evaluation):
     assert len(json.load(f)["rows"]) == len(rows)
 
 
+def test_eval_config_json_is_the_config_as_given(evaluation):
+  """Like a training run's, placeholders unresolved (predict resolves them when it reads it)."""
+  workdir, _ = evaluation
+  with open(os.path.join(workdir, "eval", "config.json")) as f:
+    saved = json.load(f)
+  assert saved["stage"] == "evaluate" and saved["faithful"] is False
+  assert saved["evaluate"]["threshold_method"] is None and saved["data"]["clean_splits"] is None
+
+
 def test_report_markdown_is_a_paper_style_table(evaluation):
   workdir, _ = evaluation
   with open(os.path.join(workdir, "report", "report.md")) as f:
