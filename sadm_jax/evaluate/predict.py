@@ -122,30 +122,18 @@ def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
   learns whether the others started too and listed the same scans, so that a process that could
   not start (an unreadable input or checkpoint on its host) stops them all instead of leaving
   them waiting for its records forever, and no scan is predicted twice or never."""
-  error, started = None, None
-  try:
-    scans, batch = list_scans(p.input, p.mask, p.get("mask_suffix", "_mask"))
-    started = (scans, batch, load_predictor(p.checkpoint_dir, config))
-  except Exception as e:  # noqa: BLE001  (re-raised below, once the others know)
-    error = e
-  if jax.process_count() > 1:
-    every = distributed.allgather_json({"error": _one_line(error)} if error is not None else
-                                       {"scans": [s.name for s in started[0]]})
-    if error is None:
-      for k, other in enumerate(every):
-        if "error" in other:
-          raise ValueError(f"predict: process {k} of {len(every)} could not start "
-                           f"({other['error']}); every process stopped")
-      mine = every[jax.process_index()]["scans"]
-      for k, other in enumerate(every):
-        if other["scans"] != mine:
-          raise DataError(
-              f"predict.input {p.input!r} lists {len(other['scans'])} scan(s) on process {k} but "
-              f"{len(mine)} (or others) on process {jax.process_index()}: is it on a file "
-              "system every host sees the same, and unchanged while predict starts?")
-  if error is not None:
-    raise error
-  return started
+  with distributed.together("predict's start"):
+    scans, batch = list_scans(p.input, p.mask, p.mask_suffix)
+    predictor = load_predictor(p.checkpoint_dir, config)
+  every = distributed.allgather_json([s.name for s in scans])
+  mine = every[jax.process_index()]
+  for k, other in enumerate(every):
+    if other != mine:
+      raise DataError(
+          f"predict.input {p.input!r} lists {len(other)} scan(s) on process {k} but "
+          f"{len(mine)} (or others) on process {jax.process_index()}: is it on a file "
+          "system every host sees the same, and unchanged while predict starts?")
+  return scans, batch, predictor
 
 
 def _table(records: list[dict]) -> str:

@@ -60,22 +60,26 @@ def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, s
   assert "sub-02_T1w" not in texts[1][0]
 
 
-def _as_process_0_of_2(monkeypatch, other: dict, loaded: list):
-  """This process as process 0 of 2, the other process's start-up message being `other`;
-  `loaded` records each load_predictor call (a stand-in predictor: nothing is predicted)."""
+def _as_process_0_of_2(monkeypatch, others: list, loaded: list):
+  """This process as process 0 of 2, the other process's start-up messages being `others` (its
+  failure or not, then its scans); `loaded` records each load_predictor call (a stand-in
+  predictor: nothing is predicted)."""
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
   monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
   monkeypatch.setattr(predict, "load_predictor", lambda *a: loaded.append(a) or object())
-  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, other])
+  others = iter(others)
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, next(others)])
   monkeypatch.setattr(predict, "predict", lambda *a: pytest.fail("predicted a scan"))
 
 
 def test_a_process_that_cannot_start_stops_the_others(scan, tmp_path, monkeypatch):
   """Process 1 could not load the model or list the scans: process 0 stops with its reason
   instead of predicting its share and then waiting for process 1's records forever."""
-  _as_process_0_of_2(monkeypatch, {"error": "x: unreadable (No such file or directory)"}, [])
+  _as_process_0_of_2(monkeypatch, [["predict's start", "x: unreadable (No such file or directory)"]],
+                     [])
   c = scan_config(str(tmp_path / "model"), scan, tmp_path / "out")
-  with pytest.raises(ValueError, match=r"^predict: process 1 of 2 could not start \(x: unreadable"):
+  with pytest.raises(ValueError, match=r"^process 1 of 2 failed \(x: unreadable .*\) during "
+                                       r"predict's start; every process stopped"):
     predict.run(c, str(tmp_path))
   assert not os.path.exists(tmp_path / "out" / "predict_summary.json")
 
@@ -83,7 +87,7 @@ def test_a_process_that_cannot_start_stops_the_others(scan, tmp_path, monkeypatc
 def test_processes_listing_other_scans_stop(scan, tmp_path, monkeypatch):
   """A folder that differs between hosts (not shared, or changing): the split by index would
   predict some scans twice and others never, so every process stops, naming the input."""
-  _as_process_0_of_2(monkeypatch, {"scans": ["sub-01_T1w", "sub-02_T1w"]}, [])
+  _as_process_0_of_2(monkeypatch, [["predict's start", None], ["sub-01_T1w", "sub-02_T1w"]], [])
   c = scan_config(str(tmp_path / "model"), {"image": scan["dir"]}, tmp_path / "out")
   with pytest.raises(DataError, match=r"lists 2 scan\(s\) on process 1 but 1 .*on process 0: is "
                                       r"it on a file system every host sees the same"):
@@ -98,7 +102,7 @@ def test_a_process_that_cannot_start_tells_the_others_first(tmp_path, monkeypatc
   c = scan_config(str(tmp_path / "model"), {"image": str(tmp_path / "missing_folder")}, tmp_path)
   with pytest.raises(ValueError) as e:
     predict.run(c, str(tmp_path))
-  assert sent == [{"error": predict._one_line(e.value)}]
+  assert sent == [["predict's start", distributed._error_line(e.value)]]
 
 
 def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, monkeypatch):
@@ -115,10 +119,9 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
             "prediction": {"anomaly_map": elsewhere}}
   calls = []
 
-  def allgather(mine):
+  def allgather(mine):  # process 1: started, listed the same scans, then its records
     calls.append(mine)
-    return [mine, [theirs] if len(calls) == 2 else (None if len(calls) == 3 else
-                                                    {"scans": ["a", "b"]})]
+    return [mine, {1: ["predict's start", None], 2: ["a", "b"], 3: [theirs]}.get(len(calls))]
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
   monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
   monkeypatch.setattr(distributed, "allgather_json", allgather)
@@ -173,7 +176,8 @@ def test_two_processes_stop_together_when_one_cannot_start(scan, tmp_path):
   assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
   assert err1.strip().splitlines()[-1].startswith("error: predict.input=") and "CSV" in err1
   assert err0.strip().splitlines()[-1].startswith(
-      "error: predict: process 1 of 2 could not start (ValueError: predict.input="), err0[-2000:]
+      "error: process 1 of 2 failed (predict.input="), err0[-2000:]
+  assert "during predict's start; every process stopped" in err0
   assert not os.path.exists(tmp_path / "out" / "sub-01_T1w_anomaly_map.nii.gz")
 
 
