@@ -11,7 +11,7 @@ import ml_collections
 
 from sadm_jax import config as config_lib
 from sadm_jax.data.splits import Row
-from sadm_jax.evaluate import inference
+from sadm_jax.evaluate import inference, report
 from sadm_jax.evaluate.store import safe
 
 METHODS = ("threshold", "cddpm", "sadm")
@@ -243,10 +243,10 @@ def val_rows(run: EvalRun, set_name: str, rows: list[Row], stage2: list[Row] | N
     trained = {r.img for r in seen[start:stop]}
     keep = [r for r in rows if r.img not in trained]
     if keep:
-      return keep, f"held-out (rows outside {start}:{stop})"
+      return keep, f"{report.TAU_ROWS_HELD_OUT} (rows outside {start}:{stop})"
     logging.warning("%s: no %s_val rows outside its training rows %d:%d; tuning τ on all of them "
                     "(contains training volumes, Q15)", run.id, set_name, start, stop)
-    return rows, "all (contains SegUnet training volumes, Q15)"
+    return rows, report.TAU_ROWS_LEAKED
   return rows, "all"
 
 

@@ -13,6 +13,11 @@ import numpy as np
 from sadm_jax.data.nifti import save_volume
 from sadm_jax.utils import io, montage as mt
 
+# metrics.csv's `tau_rows`: 'all', 'held-out (rows outside a:b)' or, with no held-out row left,
+# TAU_ROWS_LEAKED (`planning.val_rows`).
+TAU_ROWS_HELD_OUT = "held-out"
+TAU_ROWS_LEAKED = "all (contains SegUnet training volumes, Q15)"
+
 # Leading metrics.csv columns; every other numeric key of a row follows, sorted.
 KEY_COLUMNS = ("method", "train_anomalies", "test_set", "fold", "n_volumes")
 HEADLINE = ("dice", "best_dice", "auprc", "auroc")
@@ -316,7 +321,7 @@ def tau_exceptions(rows: Sequence[dict]) -> str:
   """The runs whose τ was tuned on rows including their SegUnet's training volumes (no held-out
   row left, `planning.val_rows`): the protocol's held-out sentence does not hold for them."""
   leaked = [f"{r['method']}/{r['train_anomalies']}/{r['fold']} on {r['test_set']}" for r in rows
-            if str(r.get("tau_rows", "")).startswith("all (contains")]
+            if r.get("tau_rows") == TAU_ROWS_LEAKED]
   if not leaked:
     return ""
   return ("Exception (Q15): τ of " + ", ".join(leaked) + " was tuned on every validation row, "

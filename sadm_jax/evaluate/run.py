@@ -77,7 +77,7 @@ def select_thresholds(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
       dice_val, tau = _pooled_tau(evaluation, r, p, names)
       out[r.id]["tau"][p.set_name] = tau
       out[r.id]["val_dice"][p.set_name] = dice_val
-      held_out = p.how.get(r.id, "all").startswith("held-out")
+      held_out = p.how.get(r.id, "all").startswith(report.TAU_ROWS_HELD_OUT)
       cddpm = _own_cddpm(evaluation, r, p) if held_out else None
       if cddpm is not None:
         out[r.id]["cddpm_val_dice"][p.set_name] = _pooled_tau(evaluation, cddpm, p, names)[0]
