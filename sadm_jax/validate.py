@@ -77,6 +77,19 @@ def _ints(values, low: int) -> bool:
           and all(_is_int(v) and v >= low for v in values))
 
 
+def check_finite(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """No number in the config is NaN or ±Inf (`inf` passes every `> 0` check: a learning rate of
+  inf would train to a NaN loss). `predict.threshold` has its own message (check_paths)."""
+  for key, value in config.items():
+    if f"{prefix}{key}" == "predict.threshold":
+      continue
+    if isinstance(value, ml_collections.ConfigDict):
+      check_finite(value, f"{prefix}{key}.")
+    elif any(isinstance(v, float) and not math.isfinite(v)
+             for v in (value if isinstance(value, (tuple, list)) else (value,))):
+      _fail(f"--config.{prefix}{key}={value!r} must be finite (not NaN or ±Inf)")
+
+
 def check_ranges(config: ml_collections.ConfigDict) -> None:
   """Numbers every stage may read (diffusion, networks, combination, anomalies) lie in range."""
   d, u, e = config.diffusion, config.model.unet, config.model.encoder
@@ -331,6 +344,7 @@ def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   from sadm_jax import config as config_lib
   resolved = config_lib.resolve(config)
   check_choices(resolved)
+  check_finite(resolved)
   check_ranges(resolved)
   if config.stage in TRAINING_STAGES:
     check_training(resolved)

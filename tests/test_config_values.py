@@ -90,6 +90,14 @@ def _check(stage: str, overrides: dict, tmp_path):
      "--config.model.spark.mask_ratio=0.05 leaves 9 of the 3x3 patches visible"),
     ("spark", {"model.spark.decoder_width": 16},
      "--config.model.spark.decoder_width=16 must be >= 32"),
+    # inf passed every `> 0` check: a learning rate of inf trained to a NaN loss at step 2
+    ("cddpm", {"optimizer.learning_rate": float("inf")},
+     "--config.optimizer.learning_rate=inf must be finite (not NaN or ±Inf)"),
+    ("cddpm", {"diffusion.persistence": float("-inf")},
+     "--config.diffusion.persistence=-inf must be finite"),
+    ("evaluate", {"evaluate.lam": float("nan")}, "--config.evaluate.lam=nan must be finite"),
+    ("cddpm", {"data.preprocess.percentiles": (1.0, float("inf"))},
+     "--config.data.preprocess.percentiles=(1.0, inf) must be finite"),
 ])
 def test_out_of_range_values_are_refused_naming_the_setting(stage, overrides, expected, tmp_path):
   with pytest.raises(validate.ConfigError) as e:

@@ -280,9 +280,11 @@ def _train(config, workdir, task, mesh) -> dict:
       pending.clear()
       for step, m in fetched:
         if not math.isfinite(float(m["loss"])):
+          good = ckpt.latest_step()
           raise NonFiniteLossError(
-              f"non-finite training loss ({float(m['loss'])}) at step {step}; stopping. The last "
-              f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.dir}")
+              f"non-finite training loss ({float(m['loss'])}) at step {step}; stopping. " + (
+                  f"The last good checkpoint (step {good}) is kept in {ckpt.dir}" if good is not None
+                  else f"No checkpoint was written yet ({ckpt.dir} is empty)"))
         last = {k: float(v) for k, v in m.items()}
         if step % config.train.log_every == 0 or step == num_steps:
           logger.write(step, last)

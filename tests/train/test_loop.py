@@ -142,6 +142,13 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
+  config = _config(8)
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step 1; stopping\. No checkpoint was "
+                                                    r"written yet \(.*checkpoints is empty\)$"):
+    loop.train(config, str(tmp_path), toy_task(config, nan_after=0))
+
+
 def test_a_failed_start_still_closes_the_checkpointer(tmp_path, monkeypatch):
   # No usable checkpoint: the error comes before the first step, and Orbax's managers are closed
   # all the same (a manager left open prints a traceback from its thread at interpreter exit).
