@@ -166,8 +166,8 @@ def _compute_one(args) -> tuple[int, dict | None, str | None]:
   i, cache_dir, cfg, row = args
   try:
     return i, VolumeCache(cache_dir, cfg).compute(row), None
-  except DataError as e:
-    return i, None, str(e)
+  except DataError as e:  # listed under the image's path: not named twice
+    return i, None, str(e).removeprefix(f"{row.img}: ")
 
 
 def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, num_workers: int = 0,

@@ -186,3 +186,16 @@ def test_unknown_split_files_are_named_not_silently_ignored(tmp_path, caplog):
   assert "ATLAS_v2_test" not in splits
   (msg,) = [r.getMessage() for r in caplog.records if "ATLAS_v2_tset.csv" in r.getMessage()]
   assert "not a known split name" in msg and "ignored" in msg
+
+
+def test_a_volume_that_cannot_be_preprocessed_is_named_once(tmp_path):
+  """A constant image inside its brain mask: the problem is listed under its path, once."""
+  base = fake_data.write_data_dir(str(tmp_path / "dd"), n_ixi=4, n_patho=1)
+  path = os.path.join(base, "Train", "ixi", "t1", "IXI000-Fake-0000_t1.nii.gz")
+  fake_data.save(path, np.zeros(fake_data.SHAPE, np.float32))
+  with pytest.raises(ValueError) as e:
+    main_lib.run_stage(_config(str(tmp_path / "dd")), str(tmp_path / "w"))
+  lines = str(e.value).splitlines()
+  assert lines[0] == "preprocessing failed: 1 problem(s)"
+  assert lines[1].startswith(f"  {path}: intensities inside the brain mask are constant")
+  assert str(e.value).count(path) == 1
