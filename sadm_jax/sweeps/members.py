@@ -127,6 +127,8 @@ def load_sweep(path: str) -> Sweep:
     raise ValueError(f"{path}: cannot load the sweep file: {type(e).__name__}: {text}") from None
   if members is None:
     raise ValueError(f"{path}: the sweep file defines no get_sweep()")
+  if not members:  # e.g. a filter that matched nothing: not a sweep that silently did nothing
+    raise ValueError(f"{path}: get_sweep() returned no members: nothing to run")
   if not all(isinstance(m, Member) for m in members):
     raise ValueError(f"{path}: get_sweep() must return a list of sadm_jax.sweep.Member")
   try:
