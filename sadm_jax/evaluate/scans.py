@@ -150,13 +150,17 @@ def _read_csv(path: str) -> list[tuple[str, str | None]]:
   """(image, mask or None) rows of a CSV with columns image[,mask]; paths relative to the CSV."""
   if not os.path.isfile(path):
     raise ValueError(f"predict.input={path}: CSV file not found")
-  with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte order mark
-    reader = csv.DictReader(f)
-    fields = [c.strip() for c in reader.fieldnames or []]
-    if "image" not in fields:
-      raise ValueError(f"predict.input={path}: the CSV needs a header with columns image[,mask]; "
-                       f"got {fields}")
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte order mark
+      reader = csv.DictReader(f)
+      fields = [c.strip() for c in reader.fieldnames or []]
+      if "image" not in fields:
+        raise ValueError(f"predict.input={path}: the CSV needs a header with columns "
+                         f"image[,mask]; got {fields}")
+      rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+  except UnicodeDecodeError as e:
+    raise ValueError(f"predict.input={path}: not UTF-8 text (byte {e.start}: {e.reason}); save "
+                     "it as UTF-8 (e.g. Excel's \"CSV UTF-8\")") from None
   here = os.path.dirname(os.path.abspath(path))
   resolve = lambda p: os.path.join(here, p) if p and not os.path.isabs(p) else p  # noqa: E731
   return [(resolve(r["image"]), resolve(r.get("mask", "")) or None) for r in rows if r["image"]]

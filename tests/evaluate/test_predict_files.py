@@ -177,3 +177,13 @@ def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path):
   scans, batch = scans_lib.list_scans(str(tmp_path / "scans.csv"))
   assert batch and [(s.name, s.image, s.mask) for s in scans] == [
       ("a", str(tmp_path / "a.nii.gz"), str(tmp_path / "a_mask.nii.gz"))]
+
+
+def test_a_csv_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+  """A CSV saved in Latin-1 (Excel's plain "CSV" on Windows): the decoder's own message named
+  neither the file nor the setting."""
+  path = tmp_path / "scans.csv"
+  path.write_bytes("image,mask\nscän.nii.gz,\n".encode("latin-1"))
+  with pytest.raises(ValueError, match=rf"^predict.input={path}: not UTF-8 text \(byte 13: "
+                                       r"invalid continuation byte\); save it as UTF-8"):
+    scans_lib.list_scans(str(path))
