@@ -194,6 +194,11 @@ def _from_model_workdir(checkpoint_dir: str, config: ml_collections.ConfigDict) 
   if not os.path.isdir(os.path.join(checkpoint_dir, "best")):
     raise RunError(f"{checkpoint_dir}: neither an evaluation workdir (eval/models.json) nor a "
                    "training workdir with a best checkpoint (best/)")
+  for key in ("run", "threshold_set"):  # they choose among an evaluation's runs and τs only
+    if config.predict.get(key, ""):
+      raise ValueError(f"--config.predict.{key}={config.predict[key]} chooses among an evaluation "
+                       f"workdir's runs and τs; {checkpoint_dir} is a training workdir (its own "
+                       "model, τ from predict.threshold): unset it or give the evaluation's workdir")
   run = open_run(checkpoint_dir)  # any task; read once, reused below
   pred = _from_trained_run(run, config)
   pred.orientation, pred.orientation_source = _trained_orientation(run)

@@ -187,3 +187,16 @@ def test_a_csv_that_is_not_utf8_is_one_line_naming_it(tmp_path):
   with pytest.raises(ValueError, match=rf"^predict.input={path}: not UTF-8 text \(byte 13: "
                                        r"invalid continuation byte\); save it as UTF-8"):
     scans_lib.list_scans(str(path))
+
+
+@pytest.mark.parametrize("key,value", [("run", "cddpm"), ("threshold_set", "Brats21")])
+def test_an_evaluation_choice_with_a_training_workdir_is_refused(tmp_path, key, value):
+  """predict.run / threshold_set choose among an evaluation's runs; with a SADM or cDDPM workdir
+  they were ignored without a word (predict.run=cddpm predicted with the SADM run's model)."""
+  (tmp_path / "best").mkdir()
+  c = predict_config.get_config("tiny")
+  c.predict[key] = value
+  with pytest.raises(ValueError, match=rf"^--config.predict.{key}={value} chooses among an "
+                                       rf"evaluation workdir's runs and τs; {tmp_path} is a "
+                                       "training workdir"):
+    predictor.load_predictor(str(tmp_path), c)
