@@ -36,6 +36,7 @@ EVALUATE_TEST_SETS = ("Brats21", "ATLAS_v2", "MSLUB", "WMH", "DRAEM")
 FSDP_RULE_KINDS = ("fsdp", "replicate")
 # SparK's ResNet-50 encoder sees slices whose sides are multiples of its stride (models.resnet).
 SPARK_GRID_MULTIPLE = 32
+SEGNET_DEPTH = 4  # models.segnet.SegUnet's levels (not a config setting)
 TRAINING_STAGES = ("spark", "cddpm", "sadm")
 # Stages that read DATA_DIR (`demo` generates its own; describe/aot/predict read none).
 DATA_STAGES = ("prepare", "spark", "cddpm", "sadm", "evaluate")
@@ -208,6 +209,23 @@ def check_training(config: ml_collections.ConfigDict) -> None:
           f"num_groups={u.num_groups} (GroupNorm)")
 
 
+def _grid_multiple(config: ml_collections.ConfigDict) -> tuple[int, str]:
+  """(what a training stage's slice sides must be a multiple of, why); (1, '') for the others.
+  Found up front, not after the data are preprocessed, when the first model is initialised."""
+  if config.stage == "spark":
+    return SPARK_GRID_MULTIPLE, "its ResNet-50's stride"
+  if config.stage == "cddpm":
+    unet = 2 ** (len(config.model.unet.channel_mult) - 1)  # the UNet halves the slice per level
+    if unet > SPARK_GRID_MULTIPLE:
+      return unet, f"its UNet's {len(config.model.unet.channel_mult) - 1} downsamplings"
+    return SPARK_GRID_MULTIPLE, "its ResNet-50 encoder's stride"
+  if config.stage == "sadm":
+    if config.sadm.use_cddpm:
+      return SPARK_GRID_MULTIPLE, "the frozen cDDPM's ResNet-50 encoder's stride"
+    return 2 ** (SEGNET_DEPTH - 1), f"its SegUnet's {SEGNET_DEPTH - 1} downsamplings"
+  return 1, ""
+
+
 def check_preprocess(config: ml_collections.ConfigDict) -> None:
   """`data.preprocess` makes a preprocessing chain (3-D crop, percentiles, factor, ...)."""
   from sadm_jax import config as config_lib  # imports scipy: only for the stages that preprocess
@@ -219,9 +237,10 @@ def check_preprocess(config: ml_collections.ConfigDict) -> None:
   except (TypeError, ValueError) as e:
     _fail(f"--config.data.preprocess: {e}")
   grid = [-(-c // cfg.downsample) for c in cfg.crop_size[:2]]  # the working grid's slice side
-  if config.stage == "spark" and any(g % SPARK_GRID_MULTIPLE for g in grid):
-    _fail(f"--config.data.preprocess: stage spark needs slices whose sides are multiples of "
-          f"{SPARK_GRID_MULTIPLE} (its ResNet-50's stride), got {grid[0]}x{grid[1]} (crop_size "
+  multiple, why = _grid_multiple(config)
+  if multiple > 1 and any(g % multiple for g in grid):
+    _fail(f"--config.data.preprocess: stage {config.stage} needs slices whose sides are multiples "
+          f"of {multiple} ({why}), got {grid[0]}x{grid[1]} (crop_size "
           f"{cfg.crop_size[0]}x{cfg.crop_size[1]} / downsample {cfg.downsample})")
   if config.stage == "spark":  # round(h·w·(1 − mask_ratio)) visible patches (models.spark)
     h, w = grid[0] // SPARK_GRID_MULTIPLE, grid[1] // SPARK_GRID_MULTIPLE

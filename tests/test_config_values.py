@@ -98,6 +98,16 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("evaluate", {"evaluate.lam": float("nan")}, "--config.evaluate.lam=nan must be finite"),
     ("cddpm", {"data.preprocess.percentiles": (1.0, float("inf"))},
      "--config.data.preprocess.percentiles=(1.0, inf) must be finite"),
+    # the models refused these grids only after the data were preprocessed, naming no setting
+    ("cddpm", {"data.preprocess.crop_size": (130, 130, 16)},
+     "--config.data.preprocess: stage cddpm needs slices whose sides are multiples of 32 (its "
+     "ResNet-50 encoder's stride), got 65x65 (crop_size 130x130 / downsample 2)"),
+    ("sadm", {"data.preprocess.crop_size": (160, 160, 16)},
+     "--config.data.preprocess: stage sadm needs slices whose sides are multiples of 32 (the "
+     "frozen cDDPM's ResNet-50 encoder's stride), got 80x80"),
+    ("sadm", {"data.preprocess.crop_size": (136, 136, 16), "sadm.use_cddpm": False},
+     "--config.data.preprocess: stage sadm needs slices whose sides are multiples of 8 (its "
+     "SegUnet's 3 downsamplings), got 68x68"),
 ])
 def test_out_of_range_values_are_refused_naming_the_setting(stage, overrides, expected, tmp_path):
   with pytest.raises(validate.ConfigError) as e:
@@ -144,3 +154,15 @@ def test_a_mesh_over_several_processes_takes_an_equal_share_of_each():
   validate.check_mesh(c, device_count=4, process_count=2)  # one of each
   c.mesh.num_devices = 0
   validate.check_mesh(c, device_count=4, process_count=2)  # all
+
+
+def test_the_grid_multiples_follow_the_models():
+  from sadm_jax.models import segnet
+  assert segnet.SegUnet.depth == validate.SEGNET_DEPTH
+  c = cddpm.get_config()
+  c.model.unet.channel_mult = (1,) * 7  # 6 halvings: 64 beats the encoder's 32
+  assert validate._grid_multiple(c) == (64, "its UNet's 6 downsamplings")
+  c = sadm_draem.get_config()
+  c.sadm.use_cddpm = False
+  c.data.preprocess.crop_size = (144, 144, 16)  # 72 = 9 x 8: the SegUnet alone takes it
+  validate.check_preprocess(c)
