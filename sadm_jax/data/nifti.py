@@ -36,13 +36,23 @@ class Volume:
 
 def load_volume(path: str, dtype=np.float32) -> Volume:
   """Loads a 3-D NIfTI (trailing singleton dims squeezed); DataError naming the file otherwise."""
+  if os.path.isdir(path):
+    raise DataError(f"{path}: is a directory, not a NIfTI file")
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found")
   try:
     img = nib.load(path)
     data = np.asanyarray(img.dataobj)
   except Exception as e:  # nibabel raises many types for truncated/corrupt files
-    raise DataError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e})") from None
+    hint = ""
+    try:
+      if not path.lower().endswith(".gz"):
+        with open(path, "rb") as f:
+          if f.read(2) == b"\x1f\x8b":  # gzip's magic: nibabel goes by the name
+            hint = "; the file is gzip-compressed: name it .nii.gz"
+    except OSError:  # unreadable: nibabel's own message says so
+      pass
+    raise DataError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e}){hint}") from None
   if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
           or data.dtype == np.bool_):
     raise DataError(f"{path}: data type {data.dtype} is not real-valued (complex or RGB "

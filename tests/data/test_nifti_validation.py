@@ -130,3 +130,16 @@ def test_complex_and_rgb_volumes_are_refused_by_name(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     with pytest.raises(DataError, match=f"^{path}: data type .* is not real-valued"):
       nifti.load_volume(path)
+
+
+def test_a_directory_and_a_gzip_file_named_nii_are_named_for_what_they_are(tmp_path):
+  """A path to a folder was 'file not found'; a .nii.gz renamed .nii (nibabel goes by the name)
+  was 'Cannot work out file type' with no hint."""
+  with pytest.raises(DataError, match=rf"^{tmp_path}: is a directory, not a NIfTI file$"):
+    nifti.load_volume(str(tmp_path))
+  gz = tmp_path / "scan.nii.gz"
+  fake_data.save(str(gz), np.ones((4, 4, 4), np.float32))
+  os.rename(gz, tmp_path / "scan.nii")
+  with pytest.raises(DataError, match=r"cannot read as NIfTI .*; the file is gzip-compressed: "
+                                      r"name it \.nii\.gz$"):
+    nifti.load_volume(str(tmp_path / "scan.nii"))
