@@ -333,6 +333,9 @@ URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 def check_dir_path(path: str, flag: str) -> None:
   """`path` is a local directory or can be created as one (no file in the way, not a URL)."""
+  if not str(path).strip():
+    _fail(f"{flag} is empty: give a directory")
+  _check_tilde(flag, path)
   if URL_RE.match(str(path)):
     _fail(f"{flag}={path} is a URL; outputs are written through the local file system: give a "
           "directory path (on a multi-host run one every host sees, e.g. NFS, Filestore or a "
@@ -352,6 +355,30 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> None:
     io.probe_writable(workdir)
   except OSError as e:
     _fail(f"{flag}={workdir} is not writable: {e.strerror or e}")
+
+
+def check_shell_paths(config: ml_collections.ConfigDict, workdir: str | None = None,
+                      prefix: str = "") -> None:
+  """No path is empty or starts with '~': the shell expands '~' only at the start of a word, so
+  `--workdir=~/runs/x` reaches us as is (and would make a folder named '~' here)."""
+  if workdir is not None and not prefix:
+    if not str(workdir).strip():
+      _fail("--workdir is empty: give the run's directory")
+    _check_tilde("--workdir", workdir)
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      check_shell_paths(value, None, f"{prefix}{key}.")
+    else:
+      for v in (value if isinstance(value, (tuple, list)) else (value,)):
+        if isinstance(v, str):
+          _check_tilde(f"--config.{prefix}{key}", v)
+
+
+def _check_tilde(flag: str, value: str) -> None:
+  for part in str(value).split(","):  # predict.input/mask may list several paths
+    if part.strip().startswith("~"):
+      _fail(f"{flag}={value}: the shell does not expand '~' after '='; give the full path "
+            f"(e.g. {os.path.expanduser(part.strip())})")
 
 
 def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.ConfigDict:
@@ -376,6 +403,7 @@ def check_static(config: ml_collections.ConfigDict, stages, workdir: str | None 
   importing JAX, so a wrong value is refused in a fraction of a second); returns the resolved
   config. `workdir` is only looked at (does the run resume?)."""
   resolved = check_values(config, stages)
+  check_shell_paths(resolved, workdir)
   check_paths(resolved, workdir)
   if config.stage in DATA_STAGES:
     check_preprocess(resolved)

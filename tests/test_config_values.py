@@ -166,3 +166,34 @@ def test_the_grid_multiples_follow_the_models():
   c.sadm.use_cddpm = False
   c.data.preprocess.crop_size = (144, 144, 16)  # 72 = 9 x 8: the SegUnet alone takes it
   validate.check_preprocess(c)
+
+
+def test_paths_the_shell_left_unexpanded_or_empty_are_refused(tmp_path, monkeypatch):
+  """bash expands '~' only at the start of a word: `--workdir=~/runs/x` arrived as is and made a
+  folder named '~' in the current directory; `--config.data.data_dir=~/data` was 'no such
+  directory'. An empty --workdir was 'not writable: No such file or directory'."""
+  monkeypatch.setenv("HOME", "/home/me")
+  c = cddpm.get_config()
+  c.data.data_dir = str(tmp_path)
+  with pytest.raises(validate.ConfigError, match=r"^--workdir=~/runs/x: the shell does not expand "
+                                                 r"'~' after '='; give the full path \(e\.g\. "
+                                                 r"/home/me/runs/x\)$"):
+    validate.check_static(c, config_lib.STAGES, "~/runs/x")
+  for workdir in ("", " "):
+    with pytest.raises(validate.ConfigError, match=r"^--workdir is empty"):
+      validate.check_static(c, config_lib.STAGES, workdir)
+  with pytest.raises(validate.ConfigError, match=r"^--config.predict.output is empty"):
+    validate.check_dir_path("", "--config.predict.output")
+  c.data.data_dir = "~/data"
+  with pytest.raises(validate.ConfigError, match=r"^--config.data.data_dir=~/data: the shell"):
+    validate.check_static(c, config_lib.STAGES, str(tmp_path / "w"))
+  p = predict.get_config()
+  p.predict.input = f"{tmp_path},~/b.nii.gz"
+  with pytest.raises(validate.ConfigError, match=r"^--config.predict.input=.*,~/b.nii.gz: the "
+                                                 r"shell .*\(e\.g\. /home/me/b\.nii\.gz\)$"):
+    validate.check_static(p, config_lib.STAGES, str(tmp_path / "w"))
+  e = evaluate.get_config()
+  e.data.data_dir = str(tmp_path)
+  e.evaluate.sadm_workdirs = (str(tmp_path), "~/s1")
+  with pytest.raises(validate.ConfigError, match=r"^--config.evaluate.sadm_workdirs=~/s1: "):
+    validate.check_static(e, config_lib.STAGES, str(tmp_path / "w"))
