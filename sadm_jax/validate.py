@@ -226,6 +226,21 @@ def _grid_multiple(config: ml_collections.ConfigDict) -> tuple[int, str]:
   return 1, ""
 
 
+def check_budgets(config: ml_collections.ConfigDict) -> None:
+  """The demo's and the reproduction's stage budgets (`demo.*`, `reproduce.repeats`): refused
+  before the cohort is built, not when the first stage that reads them starts."""
+  d = config.demo
+  for key, low in (("spark_steps", 0), ("cddpm_steps", 1), ("sadm_steps", 1)):
+    if not (_is_int(d[key]) and d[key] >= low):
+      _fail(f"--config.demo.{key}={d[key]} must be >= {low}"
+            + (" (0 = no SparK pretraining)" if key == "spark_steps" else ""))
+  for stage in ("spark", "cddpm", "sadm"):
+    if not d[f"{stage}_learning_rate"] > 0 and (stage != "spark" or d.spark_steps):
+      _fail(f"--config.demo.{stage}_learning_rate={d[f'{stage}_learning_rate']} must be > 0")
+  if config.stage == "reproduce" and not config.reproduce.repeats >= 1:
+    _fail(f"--config.reproduce.repeats={config.reproduce.repeats} must be >= 1")
+
+
 def check_preprocess(config: ml_collections.ConfigDict) -> None:
   """`data.preprocess` makes a preprocessing chain (3-D crop, percentiles, factor, ...)."""
   from sadm_jax import config as config_lib  # imports scipy: only for the stages that preprocess
@@ -398,6 +413,8 @@ def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   check_ranges(resolved)
   if config.stage in TRAINING_STAGES:
     check_training(resolved)
+  if config.stage in ("demo", "reproduce"):
+    check_budgets(resolved)
   return resolved
 
 

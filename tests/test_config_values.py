@@ -1,5 +1,7 @@
 """Out-of-range `--config.a.b=v` values are refused up front as one line naming the setting (validate.check_static)."""
 
+import re
+
 import pytest
 
 from configs import cddpm, evaluate, predict, sadm_draem, spark_pretrain
@@ -207,3 +209,28 @@ def test_an_empty_mask_suffix_is_refused(tmp_path):
   with pytest.raises(validate.ConfigError, match=r"^--config.predict.mask_suffix is empty: it "
                                                  r"names the mask files"):
     validate.check_static(c, config_lib.STAGES, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("name,key,value,expected", [
+    # built the demo cohort (and prepared it) first, then stopped at the first stage reading it
+    ("reproduce", "reproduce.repeats", 0, "--config.reproduce.repeats=0 must be >= 1"),
+    ("reproduce", "demo.cddpm_steps", -5, "--config.demo.cddpm_steps=-5 must be >= 1"),
+    ("demo", "demo.sadm_steps", 0, "--config.demo.sadm_steps=0 must be >= 1"),
+    # a negative SparK budget was taken for 0 (no pretraining) without a word
+    ("demo", "demo.spark_steps", -1, "--config.demo.spark_steps=-1 must be >= 0"),
+    ("reproduce", "demo.cddpm_learning_rate", 0.0,
+     "--config.demo.cddpm_learning_rate=0.0 must be > 0"),
+    ("demo", "demo.sadm_learning_rate", -1e-3, "--config.demo.sadm_learning_rate=-0.001 must be"),
+])
+def test_demo_and_reproduce_budgets_are_refused_before_the_cohort(name, key, value, expected):
+  import importlib
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  section, field = key.split(".")
+  c[section][field] = value
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(expected)):
+    validate.check_values(c, config_lib.STAGES)
+  c[section][field] = 0 if key == "demo.spark_steps" else (1 if "steps" in field or "repeats"
+                                                              in field else 1e-3)
+  validate.check_values(c, config_lib.STAGES)
+  c.demo.spark_steps, c.demo.spark_learning_rate = 0, 0.0  # not read without SparK
+  validate.check_values(c, config_lib.STAGES)
