@@ -69,6 +69,19 @@ def test_plan_explicit_config_wins_and_skips_cluster_detection():
   assert distributed.plan(_config(num_processes=1), env).source is None
 
 
+@pytest.mark.parametrize("fields,expected", [
+    # taken for "not set": the run went on as one process
+    ({"num_processes": -1}, r"--config.distributed.num_processes=-1 must be >= 1 \(0 = not set\)"),
+    ({"process_id": -2}, r"--config.distributed.process_id=-2 must be in \[0, num_processes - 1\]"),
+    # JAX's own message named neither setting, after jax.distributed had started
+    ({"num_processes": 2, "process_id": 5, "coordinator_address": "h:1"},
+     r"--config.distributed.process_id=5 must be in \[0, 1\] \(-1 = not set\)"),
+])
+def test_plan_refuses_impossible_process_numbers(fields, expected):
+  with pytest.raises(ValueError, match="^" + expected):
+    distributed.plan(_config(**fields), {})
+
+
 def test_plan_from_environment():
   env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:9999", "JAX_NUM_PROCESSES": "2",
          "JAX_PROCESS_ID": "1"}
