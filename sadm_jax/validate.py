@@ -149,6 +149,8 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.evaluate.{key}={ev[key]} must be >= 0 (0 = off)")
   if not config.data.fold >= 0:
     _fail(f"--config.data.fold={config.data.fold} must be >= 0")
+  if not 0 <= config.seed < 2 ** 32:  # grain's sampler: "Seed should be positive 32-bit integer."
+    _fail(f"--config.seed={config.seed} must be in [0, 2**32 - 1]")
 
 
 def check_training(config: ml_collections.ConfigDict) -> None:
@@ -237,6 +239,8 @@ def check_budgets(config: ml_collections.ConfigDict) -> None:
   for stage in ("spark", "cddpm", "sadm"):
     if not d[f"{stage}_learning_rate"] > 0 and (stage != "spark" or d.spark_steps):
       _fail(f"--config.demo.{stage}_learning_rate={d[f'{stage}_learning_rate']} must be > 0")
+  if not (_is_int(d.seed) and d.seed >= 0):  # numpy's "expected non-negative integer"
+    _fail(f"--config.demo.seed={d.seed} must be >= 0")
   if config.stage == "reproduce" and not config.reproduce.repeats >= 1:
     _fail(f"--config.reproduce.repeats={config.reproduce.repeats} must be >= 1")
 

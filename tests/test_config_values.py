@@ -17,9 +17,9 @@ def _check(stage: str, overrides: dict, tmp_path):
   c.data.data_dir = str(tmp_path)
   c.sadm.cddpm_workdir = str(tmp_path)
   for key, value in overrides.items():
-    node, field = key.rsplit(".", 1)
+    node, _, field = key.rpartition(".")
     target = c
-    for part in node.split("."):
+    for part in node.split(".") if node else ():
       target = target[part]
     target[field] = value
   return validate.check_static(c, config_lib.STAGES)
@@ -69,6 +69,9 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("evaluate", {"evaluate.min_component_size": -1},
      "--config.evaluate.min_component_size=-1 must be >= 0"),
     ("cddpm", {"data.fold": -1}, "--config.data.fold=-1 must be >= 0"),
+    # grain's "Seed should be positive 32-bit integer." named no setting, after the data loaded
+    ("cddpm", {"seed": -1}, "--config.seed=-1 must be in [0, 2**32 - 1]"),
+    ("sadm", {"seed": 2 ** 32}, "--config.seed=4294967296 must be in [0, 2**32 - 1]"),
     ("cddpm", {"data.loader_workers": -1},
      "--config.data.loader_workers=-1 must be >= 0 (0 = in this process)"),
     ("sadm", {"mesh.fsdp_min_size": -1}, "--config.mesh.fsdp_min_size=-1 must be >= 0"),
@@ -221,6 +224,7 @@ def test_an_empty_mask_suffix_is_refused(tmp_path):
     ("reproduce", "demo.cddpm_learning_rate", 0.0,
      "--config.demo.cddpm_learning_rate=0.0 must be > 0"),
     ("demo", "demo.sadm_learning_rate", -1e-3, "--config.demo.sadm_learning_rate=-0.001 must be"),
+    ("demo", "demo.seed", -1, "--config.demo.seed=-1 must be >= 0"),  # "expected non-negative integer"
 ])
 def test_demo_and_reproduce_budgets_are_refused_before_the_cohort(name, key, value, expected):
   import importlib
@@ -229,8 +233,8 @@ def test_demo_and_reproduce_budgets_are_refused_before_the_cohort(name, key, val
   c[section][field] = value
   with pytest.raises(validate.ConfigError, match="^" + re.escape(expected)):
     validate.check_values(c, config_lib.STAGES)
-  c[section][field] = 0 if key == "demo.spark_steps" else (1 if "steps" in field or "repeats"
-                                                              in field else 1e-3)
+  c[section][field] = 0 if key in ("demo.spark_steps", "demo.seed") else (
+      1 if "steps" in field or "repeats" in field else 1e-3)
   validate.check_values(c, config_lib.STAGES)
   c.demo.spark_steps, c.demo.spark_learning_rate = 0, 0.0  # not read without SparK
   validate.check_values(c, config_lib.STAGES)
