@@ -142,6 +142,14 @@ def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
   return None
 
 
+def _given_mask(stem: str, folder: str, suffix: str) -> str:
+  """The mask of scan `stem` in the mask folder the user gave (`predict.mask`); when it has none,
+  the path it was expected at (`<base><suffix>.nii.gz`), so that the scan fails naming it instead
+  of silently taking `image > 0` as its brain."""
+  found = find_mask(stem, folder, suffix)
+  return found or os.path.join(folder, stem.rsplit("_", 1)[0] + suffix + ".nii.gz")
+
+
 def _split(text: str) -> list[str]:
   return [t.strip() for t in str(text).split(",") if t.strip()]
 
@@ -196,13 +204,13 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
                    and not scan_stem(n).endswith((mask_suffix,) + OUTPUT_SUFFIXES))
     if not names:
       raise ValueError(f"predict.input={spec}: no .nii/.nii.gz scans in this folder")
-    pairs = [(os.path.join(spec, n), find_mask(scan_stem(n), mask_dir or spec, mask_suffix))
-             for n in names]
+    pairs = [(os.path.join(spec, n), _given_mask(scan_stem(n), mask_dir, mask_suffix)
+              if mask_dir else find_mask(scan_stem(n), spec, mask_suffix)) for n in names]
     batch = True
   else:
     images, batch = _split(spec), "," in spec
     if mask_dir:
-      masks = [find_mask(scan_stem(i), mask_dir, mask_suffix) for i in images]
+      masks = [_given_mask(scan_stem(i), mask_dir, mask_suffix) for i in images]
     elif mask_spec:
       masks = _split(mask_spec)
       if len(masks) != len(images):

@@ -200,3 +200,22 @@ def test_an_evaluation_choice_with_a_training_workdir_is_refused(tmp_path, key, 
                                        rf"evaluation workdir's runs and τs; {tmp_path} is a "
                                        "training workdir"):
     predictor.load_predictor(str(tmp_path), c)
+
+
+def test_a_scan_missing_from_the_given_mask_folder_fails_naming_the_mask(tmp_path):
+  """With predict.mask=<folder>, a scan whose mask is not there took `image > 0` as its brain
+  without a word; it now fails alone, naming the mask it was expected to have."""
+  scans, masks = tmp_path / "scans", tmp_path / "masks"
+  scans.mkdir()
+  masks.mkdir()
+  for name in ("sub-01_T1w.nii.gz", "sub-02_T1w.nii.gz"):
+    (scans / name).write_bytes(b"")
+  (masks / "sub-01_mask.nii.gz").write_bytes(b"")
+  for spec in (str(scans), f"{scans / 'sub-01_T1w.nii.gz'},{scans / 'sub-02_T1w.nii.gz'}"):
+    found, _ = scans_lib.list_scans(spec, str(masks))
+    assert [s.mask for s in found] == [str(masks / "sub-01_mask.nii.gz"),
+                                       str(masks / "sub-02_mask.nii.gz")]
+  nifti.save_volume(found[1].image, np.ones((4, 4, 4), np.float32), np.eye(4))
+  with pytest.raises(DataError, match=rf"^{masks / 'sub-02_mask.nii.gz'}: file not found$"):
+    scans_lib.load_scan(found[1].image, found[1].mask)
+  assert scans_lib.list_scans(str(scans))[0][0].mask is None  # no mask folder given: image > 0
