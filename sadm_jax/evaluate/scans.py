@@ -163,8 +163,10 @@ def _read_csv(path: str) -> list[tuple[str, str | None]]:
       reader = csv.DictReader(f)
       fields = [c.strip() for c in reader.fieldnames or []]
       if "image" not in fields:
+        sep = next((c for c in ";\t" if len(fields) == 1 and c in fields[0]), "")
+        hint = f"; the file is separated by {sep!r}, expected ','" if sep else ""
         raise ValueError(f"predict.input={path}: the CSV needs a header with columns "
-                         f"image[,mask]; got {fields}")
+                         f"image[,mask]; got {fields}{hint}")
       rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
   except UnicodeDecodeError as e:
     raise ValueError(f"predict.input={path}: not UTF-8 text (byte {e.start}: {e.reason}); save "

@@ -219,3 +219,12 @@ def test_a_scan_missing_from_the_given_mask_folder_fails_naming_the_mask(tmp_pat
   with pytest.raises(DataError, match=rf"^{masks / 'sub-02_mask.nii.gz'}: file not found$"):
     scans_lib.load_scan(found[1].image, found[1].mask)
   assert scans_lib.list_scans(str(scans))[0][0].mask is None  # no mask folder given: image > 0
+
+
+def test_a_csv_separated_by_semicolons_says_so(tmp_path):
+  """Excel in many European locales saves "CSV" with ';' (as the split CSVs' check already says)."""
+  path = tmp_path / "scans.csv"
+  path.write_text("image;mask\na.nii.gz;\n")
+  with pytest.raises(ValueError, match=r"got \['image;mask'\]; the file is separated by ';', "
+                                       r"expected ','$"):
+    scans_lib.list_scans(str(path))
