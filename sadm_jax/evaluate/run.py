@@ -10,6 +10,7 @@ from typing import Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 from sadm_jax import config as config_lib, distributed
 from sadm_jax.data import cache as cache_lib, layout
@@ -42,6 +43,13 @@ def _stored(evaluation: Evaluation, p: Pass, extras: dict) -> dict[str, list[dic
 def _pooled_tau(evaluation: Evaluation, run, p: Pass, names: Sequence[str]) -> tuple[float, float]:
   """(pooled Dice at τ, τ) of `run`'s stored val maps of the volumes `names` of pass `p`."""
   maps, gts, masks = evaluation.store.pooled(run, p.set_name, p.split, names)
+  inside = not evaluation.faithful  # the voxels τ is tuned on (the whole grid when faithful)
+  if not any(np.any((np.asarray(g) > 0) & (np.asarray(m) > 0) if inside else np.asarray(g) > 0)
+             for g, m in zip(gts, masks)):  # every τ has Dice 0: the test Dice would be garbage
+    raise ValueError(f"{p.set_name}_{p.split}: no lesion voxel in the segmentations of its "
+                     f"{len(names)} volume(s){' inside the brain masks' if inside else ''} "
+                     f"({run.id}): τ cannot be chosen; check the seg_path column of its CSV, or "
+                     "leave the set out of evaluate.test_sets")
   dice_val, tau = thresholds.select_threshold(
       maps, gts, masks, method=str(evaluation.config.evaluate.threshold_method),
       within_brain=not evaluation.faithful, reference_arithmetic=evaluation.faithful)

@@ -1,0 +1,38 @@
+"""Evaluation inputs that cannot give a meaningful τ are refused naming the split (evaluate.run)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sadm_jax.evaluate import run as run_lib
+
+
+def _evaluation(gts, faithful=False):
+  rng = np.random.default_rng(0)
+  maps = [rng.random((4, 6, 6)).astype(np.float32) for _ in gts]
+  masks = [np.pad(np.ones((4, 4, 4), np.uint8), ((0, 0), (1, 1), (1, 1))) for _ in gts]
+  store = SimpleNamespace(pooled=lambda run, s, split, names: (maps, gts, masks))
+  config = SimpleNamespace(evaluate=SimpleNamespace(threshold_method="exact"))
+  return SimpleNamespace(store=store, faithful=faithful, config=config)
+
+
+def test_a_validation_split_without_lesions_is_refused():
+  """Segmentations that are all empty (a wrong seg_path, a label-less export): every τ had Dice
+  0, one was 'selected' and the report showed a test Dice of 0.00 without a word."""
+  run = SimpleNamespace(id="threshold/none/fold0")
+  p = SimpleNamespace(set_name="Brats21", split="val")
+  empty = [np.zeros((4, 6, 6), np.uint8) for _ in range(2)]
+  with pytest.raises(ValueError, match=r"^Brats21_val: no lesion voxel in the segmentations of "
+                                       r"its 2 volume\(s\) inside the brain masks "
+                                       r"\(threshold/none/fold0\): τ cannot be chosen"):
+    run_lib._pooled_tau(_evaluation(empty), run, p, ["a", "b"])
+  outside = [g.copy() for g in empty]
+  outside[1][0, 0, 0] = 1  # only outside the brain: what the default protocol never scores
+  with pytest.raises(ValueError, match="no lesion voxel"):
+    run_lib._pooled_tau(_evaluation(outside), run, p, ["a", "b"])
+  run_lib._pooled_tau(_evaluation(outside, faithful=True), run, p, ["a", "b"])  # whole grid
+  inside = [g.copy() for g in empty]
+  inside[0][1, 2, 2] = 1
+  dice, tau = run_lib._pooled_tau(_evaluation(inside), run, p, ["a", "b"])
+  assert dice > 0 and np.isfinite(tau)
