@@ -104,8 +104,12 @@ def resolve_data_root(data_dir: str) -> DataRoot:
     return DataRoot(data_dir, os.path.join(data_dir, "Data"), "authors")
   if os.path.isdir(os.path.join(data_dir, "splits")):
     return DataRoot(data_dir, data_dir, "flat")
+  up = next((os.path.dirname(d) for d in (data_dir, os.path.dirname(data_dir))
+             if os.path.basename(d) in ("splits", "Train", "Test", "Data")
+             and os.path.isdir(os.path.join(os.path.dirname(d), "splits"))), None)
+  hint = f"; DATA_DIR is the folder holding splits/: {up}" if up else ""
   raise DataError(f"{data_dir}: no split directory found (looked for {data_dir}/Data/splits "
-                  f"and {data_dir}/splits)")
+                  f"and {data_dir}/splits){hint}")
 
 
 # Cells pandas.read_csv reads as missing (its default na_values; the reference reads the split

@@ -245,3 +245,14 @@ def test_missing_value_markers_are_empty_cells_as_in_pandas(tmp_path):
   assert a.age != a.age and b.age != b.age  # NaN
   for cell in ("NA", "N/A", "NULL", "null", "None", "nan", "NaN", "<NA>", "#N/A"):
     assert layout.resolve_csv_path("/d", cell) is None
+
+
+def test_a_data_dir_inside_the_data_names_the_folder_meant(tmp_path):
+  """--config.data.data_dir=<...>/Data/splits (or Train/, Train/ixi/): the folder holding splits/
+  is named, not only where splits/ was looked for."""
+  base = fake_data.write_data_dir(str(tmp_path), n_ixi=3, n_patho=1)  # <tmp>/Data
+  for inner in ("splits", "Train", os.path.join("Train", "ixi")):
+    with pytest.raises(DataError, match=rf"; DATA_DIR is the folder holding splits/: {base}$"):
+      layout.resolve_data_root(os.path.join(base, inner))
+  with pytest.raises(DataError, match=r"/splits\)$"):  # nothing to point at
+    layout.resolve_data_root(str(tmp_path / "Data" / "Train" / "ixi" / "t1"))
