@@ -58,6 +58,21 @@ def load_valid_splits(data_dir: str, names: Sequence[str] | None = None, *, moda
   return root, splits, report, skipped
 
 
+def why_empty(name: str, hygiene, skipped: dict) -> str:
+  """Why split `name` has no row left after `load_valid_splits` (hygiene: its HygieneReport;
+  skipped: split -> invalid rows skipped)."""
+  dropped, bad = hygiene.dropped.get(name, 0), len(skipped.get(name, ()))
+  total = dropped + bad + len(hygiene.duplicates.get(name, ()))
+  why = []
+  if dropped:
+    others = ", ".join(sorted(hygiene.overlaps.get(name, {})))
+    why.append(f"{dropped} of its {total} rows are in {others} too and were kept there only "
+               "(test > val > train, Q17)")
+  if bad:
+    why.append(f"{bad} of its {total} rows are invalid and were skipped (data.skip_invalid)")
+  return "; ".join(why) or "no rows"
+
+
 def prepare(data_dir: str, workdir: str, cfg: PreprocessConfig, cache_dir: str,
             names: Sequence[str] | None = None, *, modality: str = "t1", clean: bool = True,
             num_workers: int = 0, skip_invalid: bool = False) -> dict:

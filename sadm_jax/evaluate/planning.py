@@ -10,6 +10,7 @@ from typing import Sequence
 import ml_collections
 
 from sadm_jax import config as config_lib
+from sadm_jax.data import prepare
 from sadm_jax.data.splits import Row
 from sadm_jax.evaluate import inference, report
 from sadm_jax.evaluate.store import safe
@@ -372,16 +373,6 @@ def check_splits(root, splits: dict, hygiene, skipped: dict) -> None:
   root: `layout.DataRoot`; hygiene: `splits.HygieneReport`; skipped: split -> invalid rows skipped.
   """
   for name, rows in splits.items():
-    if rows:
-      continue
-    dropped, bad = hygiene.dropped.get(name, 0), len(skipped.get(name, ()))
-    total = dropped + bad + len(hygiene.duplicates.get(name, ()))
-    why = []
-    if dropped:
-      others = ", ".join(sorted(hygiene.overlaps.get(name, {})))
-      why.append(f"{dropped} of its {total} rows are in {others} too and were kept there only "
-                 "(test > val > train, Q17)")
-    if bad:
-      why.append(f"{bad} of its {total} rows are invalid and were skipped (data.skip_invalid)")
-    raise ValueError(f"{root.split_csv(name)}: no volume left to evaluate: "
-                     f"{'; '.join(why) or 'no rows'}")
+    if not rows:
+      raise ValueError(f"{root.split_csv(name)}: no volume left to evaluate: "
+                       f"{prepare.why_empty(name, hygiene, skipped)}")

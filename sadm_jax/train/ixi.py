@@ -6,7 +6,8 @@ import ml_collections
 
 from sadm_jax import config as config_lib
 from sadm_jax.data import augment as augment_lib
-from sadm_jax.data import cache as cache_lib, pipeline
+from sadm_jax.data import cache as cache_lib, pipeline, prepare
+from sadm_jax.data.errors import DataError
 from sadm_jax.train import loop
 from sadm_jax.train.state import make_optimizer
 
@@ -15,7 +16,11 @@ def ixi_tables(config: ml_collections.ConfigDict) -> tuple[pipeline.SliceTable, 
   """Validated, cached IXI train/val tables of `data.fold`."""
   fold = config.data.fold
   names = [f"IXI_train_fold{fold}", f"IXI_val_fold{fold}"]
-  _, splits, _, _ = config_lib.load_valid_splits(config, names)
+  root, splits, hygiene, skipped = config_lib.load_valid_splits(config, names)
+  for n in names:  # grain's "Invalid number of records in Sampler" named neither split nor why
+    if not splits[n]:
+      raise DataError(f"{root.split_csv(n)}: no volume left to train on: "
+                      f"{prepare.why_empty(n, hygiene, skipped)}")
   cfg = config_lib.preprocess_config(config)
   cache_dir = config_lib.cache_dir(config)
   for n in names:
