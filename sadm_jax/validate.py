@@ -66,6 +66,12 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
   if config.stage in ("evaluate", "demo", "reproduce") and unknown:
     _fail(f"--config.evaluate.test_sets has unknown set(s) {unknown}; expected a subset of "
           f"{', '.join(map(repr, EVALUATE_TEST_SETS))}")
+  for key in ("methods", "test_sets"):  # twice: evaluated twice and reported as two folds
+    values = list(config.evaluate[key])
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if config.stage in ("evaluate", "demo", "reproduce") and twice:
+      _fail(f"--config.evaluate.{key}={tuple(values)!r} lists {', '.join(map(repr, twice))} "
+            "more than once")
 
 
 def _is_int(v) -> bool:

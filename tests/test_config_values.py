@@ -64,6 +64,11 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("sadm", {"sadm.segnet_wf": -1}, "--config.sadm.segnet_wf=-1 must be >= 0"),
     ("sadm", {"anomaly.p_anomalous": 1.5}, "--config.anomaly.p_anomalous=1.5 must be in [0, 1]"),
     ("evaluate", {"evaluate.lam": 1.5}, "--config.evaluate.lam=1.5 must be in [0, 1]"),
+    # evaluated twice: twice the work, and the report's mean ± std over the copies
+    ("evaluate", {"evaluate.test_sets": ("Brats21", "WMH", "Brats21")},
+     "--config.evaluate.test_sets=('Brats21', 'WMH', 'Brats21') lists 'Brats21' more than once"),
+    ("evaluate", {"evaluate.methods": ("threshold", "threshold")},
+     "--config.evaluate.methods=('threshold', 'threshold') lists 'threshold' more than once"),
     ("evaluate", {"evaluate.median_size": -5}, "--config.evaluate.median_size=-5 must be >= 0"),
     ("evaluate", {"evaluate.erode_mask": -1}, "--config.evaluate.erode_mask=-1 must be >= 0"),
     ("evaluate", {"evaluate.min_component_size": -1},
