@@ -222,7 +222,7 @@ def _grid_multiple(config: ml_collections.ConfigDict) -> tuple[int, str]:
   Found up front, not after the data are preprocessed, when the first model is initialised."""
   if config.stage == "spark":
     return SPARK_GRID_MULTIPLE, "its ResNet-50's stride"
-  if config.stage == "cddpm":
+  if config.stage in ("cddpm", "demo", "reproduce"):  # the last two train a cDDPM first
     unet = 2 ** (len(config.model.unet.channel_mult) - 1)  # the UNet halves the slice per level
     if unet > SPARK_GRID_MULTIPLE:
       return unet, f"its UNet's {len(config.model.unet.channel_mult) - 1} downsamplings"
@@ -436,7 +436,7 @@ def check_static(config: ml_collections.ConfigDict, stages, workdir: str | None 
   resolved = check_values(config, stages)
   check_shell_paths(resolved, workdir)
   check_paths(resolved, workdir)
-  if config.stage in DATA_STAGES:
+  if config.stage in DATA_STAGES + ("demo", "reproduce"):
     check_preprocess(resolved)
   return resolved
 

@@ -166,6 +166,20 @@ def test_a_mesh_over_several_processes_takes_an_equal_share_of_each():
   validate.check_mesh(c, device_count=4, process_count=2)  # all
 
 
+def test_the_demo_and_the_reproduction_take_the_cddpm_s_grid(tmp_path):
+  """Both train a cDDPM on their grid: refused up front, not after building and preparing the
+  cohort."""
+  import importlib
+  for name in ("demo", "reproduce"):
+    c = importlib.import_module(f"configs.{name}").get_config("tiny")
+    c.demo.root = str(tmp_path / "cohort")
+    validate.check_static(c, config_lib.STAGES, str(tmp_path / "w"))
+    c.data.preprocess.crop_size = (130, 130, 16)
+    with pytest.raises(validate.ConfigError, match=rf"^--config.data.preprocess: stage {name} "
+                                                   r"needs slices whose sides are multiples of 32"):
+      validate.check_static(c, config_lib.STAGES, str(tmp_path / "w"))
+
+
 def test_the_grid_multiples_follow_the_models():
   from sadm_jax.models import segnet
   assert segnet.SegUnet.depth == validate.SEGNET_DEPTH
