@@ -224,7 +224,8 @@ class Evaluation:
     n = self.mesh.size
     pad = lambda a: np.stack(list(a) + [a[-1]] * (n - len(a)))  # repeat the last volume
     images = pad([c.image for c in cases])
-    masks = pad([scoring.erode_slice_major(c.mask, self.settings["erode_mask"]) for c in cases])
+    masks = pad([scoring.eroded_brain(c.mask, self.settings["erode_mask"], c.name)
+                 for c in cases])
     indices = np.asarray([c.index for c in cases] + [cases[-1].index] * (n - len(cases)), np.uint32)
     return {k: self.programs[k].dispatch(images, masks, indices) for k in keys}
 
@@ -233,7 +234,7 @@ class Evaluation:
     host = jax.device_get(outs)  # one transfer per program and batch
     done = []
     for b, (item, case) in enumerate(zip(batch, cases)):
-      eroded = scoring.erode_slice_major(case.mask, self.settings["erode_mask"])
+      eroded = scoring.eroded_brain(case.mask, self.settings["erode_mask"], case.name)
       maps = {k: self.programs[k].maps(h, b, eroded) for k, h in host.items()}
       p = item.pass_
       for r in item.runs:

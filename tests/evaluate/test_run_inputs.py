@@ -36,3 +36,16 @@ def test_a_validation_split_without_lesions_is_refused():
   inside[0][1, 2, 2] = 1
   dice, tau = run_lib._pooled_tau(_evaluation(inside), run, p, ["a", "b"])
   assert dice > 0 and np.isfinite(tau)
+
+
+def test_an_erosion_that_leaves_no_brain_is_refused_naming_the_volume():
+  """evaluate.erode_mask=100 on a 64x64 grid: the maps were zero everywhere and the report showed
+  τ 0 and a Dice computed from nothing."""
+  from sadm_jax.evaluate import scoring
+  mask = np.zeros((2, 12, 12), bool)
+  mask[:, 3:9, 3:9] = True  # a 6x6 brain per slice: 3 iterations remove it
+  assert scoring.eroded_brain(mask, 2, "v").sum() == 2 * 2 * 2
+  assert not scoring.eroded_brain(np.zeros_like(mask), 5, "empty").any()  # nothing to erode
+  with pytest.raises(ValueError, match=r"^--config.evaluate.erode_mask=3 erodes the brain mask of "
+                                       r"Brats21_val_000 to nothing"):
+    scoring.eroded_brain(mask, 3, "Brats21_val_000")
