@@ -95,6 +95,9 @@ def read_split(root: layout.DataRoot, split: str, modality: str = "t1") -> list[
             else "")
     raise DataError(f"{path}: missing required column(s) {', '.join(missing)} "
                     f"(found: {', '.join(h or '<index>' for h in header)}){hint}")
+  twice = [c for c in REQUIRED_COLUMNS if header.count(c) > 1]
+  if twice:  # which one was read would be the last, without a word
+    raise DataError(f"{path}: column(s) {', '.join(twice)} appear more than once in the header")
   col = {h: i for i, h in enumerate(header)}
   has_index = header[0] == ""
   rows = []

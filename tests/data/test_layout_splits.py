@@ -256,3 +256,15 @@ def test_a_data_dir_inside_the_data_names_the_folder_meant(tmp_path):
       layout.resolve_data_root(os.path.join(base, inner))
   with pytest.raises(DataError, match=r"/splits\)$"):  # nothing to point at
     layout.resolve_data_root(str(tmp_path / "Data" / "Train" / "ixi" / "t1"))
+
+
+def test_a_required_column_twice_is_refused(tmp_path):
+  """Two img_path columns (a column pasted at the end in Excel): the last one was read silently."""
+  base = tmp_path / "Data"
+  fake_data.write_csv(str(base / "splits" / "IXI_test.csv"),
+                      [["a", "F", 0, 30, "/a.nii.gz", "/m.nii.gz", "", "/b.nii.gz"]],
+                      header=fake_data.HEADER + ["img_path"])
+  root = layout.resolve_data_root(str(tmp_path))
+  with pytest.raises(DataError, match=r"IXI_test\.csv: column\(s\) img_path appear more than once "
+                                      r"in the header$"):
+    splits.read_split(root, "IXI_test")
