@@ -369,6 +369,9 @@ def check_dir_path(path: str, flag: str) -> None:
     _fail(f"{flag}={path} is a URL; outputs are written through the local file system: give a "
           "directory path (on a multi-host run one every host sees, e.g. NFS, Filestore or a "
           "bucket mounted with gcsfuse)")
+  if os.path.islink(path) and not os.path.exists(path):  # was "not writable: File exists"
+    _fail(f"{flag}={path} is a symbolic link to {os.readlink(path)}, which does not exist (a disk "
+          "not mounted?)")
   blocking = io.file_in_the_way(path)
   if blocking == os.path.abspath(path):
     _fail(f"{flag}={path} is a file, not a directory")

@@ -1,5 +1,6 @@
 """Out-of-range `--config.a.b=v` values are refused up front as one line naming the setting (validate.check_static)."""
 
+import os
 import re
 
 import pytest
@@ -257,3 +258,12 @@ def test_demo_and_reproduce_budgets_are_refused_before_the_cohort(name, key, val
   validate.check_values(c, config_lib.STAGES)
   c.demo.spark_steps, c.demo.spark_learning_rate = 0, 0.0  # not read without SparK
   validate.check_values(c, config_lib.STAGES)
+
+
+def test_a_workdir_that_is_a_dangling_link_says_so(tmp_path):
+  """A link to a scratch disk that is not mounted: 'is not writable: File exists'."""
+  link = tmp_path / "run"
+  os.symlink(tmp_path / "scratch" / "run", link)
+  with pytest.raises(validate.ConfigError, match=rf"^--workdir={link} is a symbolic link to "
+                                                 rf"{tmp_path}/scratch/run, which does not exist"):
+    validate.check_workdir(str(link))
