@@ -1,13 +1,12 @@
 """Bad input gives one clear error naming every file and problem (METHOD §2, issue 'bad input')."""
 
-import gzip
 import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from sadm_jax.data import layout, nifti, splits
+from sadm_jax.data import nifti, splits
 from sadm_jax.data.errors import DataError, DataProblems
 from tests.data import fake_data
 
