@@ -37,6 +37,11 @@ class ConfigFlagsError(ValueError):
   """A `--config=` file or `--config.k=v` override that cannot be used; the message is one line."""
 
 
+class ConfigError(ValueError):
+  """A config value that cannot work; the message is one line naming the key and the value
+  (`sadm_jax.validate`, `sadm_jax.validate_paths`)."""
+
+
 def one_line(message: str) -> str:
   """A flag-parsing or config-file error as one line (an embedded traceback reduced to its last
   line)."""

@@ -30,9 +30,9 @@ from sadm_jax.sweeps.runner import DONE  # noqa: F401
 
 def main(f, extra: Sequence[str]) -> int:
   """Runs the command line parsed into `f` (absl FlagValues); returns the exit code."""
-  from sadm_jax import validate
+  from sadm_jax import validate_paths
   sweep = members_lib.load_sweep(f.sweep)
-  validate.check_workdir(f.workdir)  # a file or an unwritable place: one line, exit 2
+  validate_paths.check_workdir(f.workdir)  # a file or an unwritable place: one line, exit 2
   workdir = os.path.abspath(f.workdir)
   if f.report:
     print(report.write_report(sweep, workdir), end="")

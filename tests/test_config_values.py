@@ -7,7 +7,7 @@ import pytest
 
 from configs import cddpm, evaluate, predict, sadm_draem, spark_pretrain
 from sadm_jax import config as config_lib
-from sadm_jax import validate
+from sadm_jax import validate, validate_paths
 
 CONFIGS = {"cddpm": cddpm, "evaluate": evaluate, "predict": predict, "sadm": sadm_draem,
            "spark": spark_pretrain}
@@ -208,7 +208,7 @@ def test_paths_the_shell_left_unexpanded_or_empty_are_refused(tmp_path, monkeypa
     with pytest.raises(validate.ConfigError, match=r"^--workdir is empty"):
       validate.check_static(c, config_lib.STAGES, workdir)
   with pytest.raises(validate.ConfigError, match=r"^--config.predict.output is empty"):
-    validate.check_dir_path("", "--config.predict.output")
+    validate_paths.check_dir_path("", "--config.predict.output")
   c.data.data_dir = "~/data"
   with pytest.raises(validate.ConfigError, match=r"^--config.data.data_dir=~/data: the shell"):
     validate.check_static(c, config_lib.STAGES, str(tmp_path / "w"))
@@ -266,4 +266,4 @@ def test_a_workdir_that_is_a_dangling_link_says_so(tmp_path):
   os.symlink(tmp_path / "scratch" / "run", link)
   with pytest.raises(validate.ConfigError, match=rf"^--workdir={link} is a symbolic link to "
                                                  rf"{tmp_path}/scratch/run, which does not exist"):
-    validate.check_workdir(str(link))
+    validate_paths.check_workdir(str(link))

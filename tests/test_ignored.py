@@ -118,7 +118,7 @@ def test_the_command_line_warns_once_and_still_runs_the_stage(tmp_path):
 
 
 def test_stage_spark_does_not_check_the_pretrained_workdir_it_never_reads(tmp_path):
-  from sadm_jax import validate
+  from sadm_jax import validate_paths as validate
   c = _config("spark", **{"data.data_dir": str(tmp_path),
                           "model.encoder.pretrained_workdir": str(tmp_path / "gone")})
   validate.check_paths(c)  # stage cddpm refuses it (tests/test_cli_errors.py)
