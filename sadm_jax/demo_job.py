@@ -61,6 +61,8 @@ def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str
   Everything else (grid, model sizes, batch, seed, faithful flags, evaluation settings) is shared,
   so the SADM stage finds the cDDPM it expects and evaluation the grid both were trained on.
   """
+  from sadm_jax import validate
+  validate.check_budgets(config)  # (the CLI checked them already; a caller in Python may not)
   c = config.copy_and_resolve_references()
   m, dirs = config.demo, stage_dirs(workdir)
   c.stage = stage
@@ -79,11 +81,6 @@ def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str
     c.evaluate.sadm_workdirs = (dirs["sadm"],)
   else:
     raise ValueError(f"unknown demo stage {stage!r}")
-  for name in ("spark_steps", "cddpm_steps", "sadm_steps"):
-    if int(m[name]) < 0:
-      raise ValueError(f"demo.{name} must be >= 0, got {m[name]}")
-  if stage in ("cddpm", "sadm") and c.train.num_steps < 1:
-    raise ValueError(f"demo.{stage}_steps must be >= 1, got {c.train.num_steps}")
   return c
 
 

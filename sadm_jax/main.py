@@ -110,6 +110,7 @@ def main(argv):
   except ValueError as e:
     _fail(str(e))
   several = planned.source is not None
+  given = None  # the --config.k=v overrides, once the config passed the static checks
   try:  # wrong values, choices and paths: refused before JAX, Orbax and grain are imported
     validate.check_static(FLAGS.config, STAGES, FLAGS.workdir)
   except ValueError as e:
@@ -117,10 +118,9 @@ def main(argv):
       _fail(str(e))
     # Several processes: this one goes on to join the others; `run_checked` repeats the checks
     # and then stops every process together (`distributed.agree`).
-  else:  # a --config.k=v that this stage and its modes never read: one warning line each
+  else:
     from ml_collections import config_flags
-    from sadm_jax import ignored
-    ignored.warn(FLAGS.config, config_flags.get_override_values(FLAGS["config"]))
+    given = config_flags.get_override_values(FLAGS["config"])
   from sadm_jax.utils import compilation_cache, compile_log, xla_flags
   # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
   # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
@@ -147,6 +147,10 @@ def main(argv):
     platforms = os.environ.get("JAX_PLATFORMS")
     _fail(f"{f'JAX_PLATFORMS={platforms}: ' if platforms else ''}no JAX backend: "
           f"{_one_line(str(e))}")
+  import jax
+  if given is not None and jax.process_index() == 0:  # once, not once per process
+    from sadm_jax import ignored  # a --config.k=v this stage and its modes never read
+    ignored.warn(FLAGS.config, given)
   sys.exit(run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True))
 
 

@@ -66,13 +66,9 @@ def cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
 def members(config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> list[Member]:
   """prepare → (SparK) → cDDPM → six stage-II runs → one evaluation, per repeat where it applies;
   every member is `config` plus `--config.k=v` overrides (its stage, budget and inputs)."""
-  d = config.demo
-  for key in ("cddpm_steps", "sadm_steps"):
-    if int(d[key]) < 1:
-      raise ValueError(f"--config.demo.{key}={d[key]} must be >= 1")
-  repeats = int(config.reproduce.repeats)
-  if repeats < 1:
-    raise ValueError(f"--config.reproduce.repeats={repeats} must be >= 1")
+  from sadm_jax import validate
+  validate.check_budgets(config)  # (the CLI checked them already; a caller in Python may not)
+  d, repeats = config.demo, int(config.reproduce.repeats)
   common = (flag("data.data_dir", data_dir),)
   budget = lambda s: (flag("train.num_steps", int(d[f"{s}_steps"])),
                       flag("optimizer.learning_rate", float(d[f"{s}_learning_rate"])))

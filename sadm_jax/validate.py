@@ -7,6 +7,7 @@ import re
 
 import ml_collections
 
+from sadm_jax import config as config_lib
 from sadm_jax.config import ConfigError  # noqa: F401  (raised by every check; callers catch it here)
 from sadm_jax.validate_paths import DATA_STAGES, check_paths, check_shell_paths, check_workdir
 
@@ -247,12 +248,11 @@ def check_budgets(config: ml_collections.ConfigDict) -> None:
 
 def check_preprocess(config: ml_collections.ConfigDict) -> None:
   """`data.preprocess` makes a preprocessing chain (3-D crop, percentiles, factor, ...)."""
-  from sadm_jax import config as config_lib  # imports scipy: only for the stages that preprocess
   crop = config.data.preprocess.crop_size  # ints (the chain would truncate 100.5 to 100)
   if not (_ints(crop, 1) and len(crop) == 3):
     _fail(f"--config.data.preprocess: crop_size must be 3 positive ints, got {tuple(crop)!r}")
   try:
-    cfg = config_lib.preprocess_config(config)
+    cfg = config_lib.preprocess_config(config)  # imports scipy: only the stages that preprocess
   except (TypeError, ValueError) as e:
     _fail(f"--config.data.preprocess: {e}")
   grid = [-(-c // cfg.downsample) for c in cfg.crop_size[:2]]  # the working grid's slice side
@@ -293,7 +293,6 @@ def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   yet); returns the resolved config."""
   if config.stage not in stages:
     _fail(f"--config.stage={config.stage!r} is not one of {', '.join(map(repr, stages))}")
-  from sadm_jax import config as config_lib
   resolved = config_lib.resolve(config)
   check_choices(resolved)
   check_finite(resolved)
@@ -309,7 +308,7 @@ def check_static(config: ml_collections.ConfigDict, stages, workdir: str | None 
                  ) -> ml_collections.ConfigDict:
   """Every check that needs neither JAX nor a change to the workdir (the CLI runs it before
   importing JAX, so a wrong value is refused in a fraction of a second); returns the resolved
-  config. `workdir` is only looked at (does the run resume?)."""
+  config. `workdir` is only looked at (not empty, no '~'; does the run resume?)."""
   resolved = check_values(config, stages)
   check_shell_paths(resolved, workdir)
   check_paths(resolved, workdir)

@@ -69,10 +69,6 @@ def check_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -
     if p.threshold is not None and not math.isfinite(p.threshold):
       _fail(f"--config.predict.threshold={p.threshold} must be a finite number (or unset: the "
             "evaluation's τ)")
-    if not str(p.mask_suffix).strip():  # every name ends with '': a folder's scans were all masks
-      _fail("--config.predict.mask_suffix is empty: it names the mask files (<base><suffix>.nii.gz"
-            ", default '_mask'), which a folder's listing leaves out; without masks the brain is "
-            "image > 0")
     if p.checkpoint_dir and not os.path.isdir(p.checkpoint_dir):
       _fail(f"--config.predict.checkpoint_dir={p.checkpoint_dir}: no such directory")
     for key in ("input", "mask"):  # a path (file, folder, CSV) or a comma-separated list

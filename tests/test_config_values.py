@@ -224,16 +224,6 @@ def test_paths_the_shell_left_unexpanded_or_empty_are_refused(tmp_path, monkeypa
     validate.check_static(e, config_lib.STAGES, str(tmp_path / "w"))
 
 
-def test_an_empty_mask_suffix_is_refused(tmp_path):
-  """Every name ends with '': a folder's scans were all taken for masks ('no .nii/.nii.gz scans in
-  this folder' for a folder full of them)."""
-  c = predict.get_config()
-  c.predict.mask_suffix = ""
-  with pytest.raises(validate.ConfigError, match=r"^--config.predict.mask_suffix is empty: it "
-                                                 r"names the mask files"):
-    validate.check_static(c, config_lib.STAGES, str(tmp_path / "w"))
-
-
 @pytest.mark.parametrize("name,key,value,expected", [
     # built the demo cohort (and prepared it) first, then stopped at the first stage reading it
     ("reproduce", "reproduce.repeats", 0, "--config.reproduce.repeats=0 must be >= 1"),

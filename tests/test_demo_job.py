@@ -140,8 +140,9 @@ def test_stage_configs_share_everything_but_the_budget(tmp_path):
   assert demo_job.stage_config(c, "cddpm", w).model.encoder.pretrained_workdir == \
       os.path.join(w, "spark")
   c.demo.sadm_steps = 0
-  with pytest.raises(ValueError, match="demo.sadm_steps must be >= 1"):
+  with pytest.raises(ValueError, match="demo.sadm_steps=0 must be >= 1"):
     demo_job.stage_config(c, "sadm", w)
+  c.demo.sadm_steps = 1
   with pytest.raises(ValueError, match="unknown demo stage"):
     demo_job.stage_config(c, "nope", w)
 

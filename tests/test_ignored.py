@@ -91,10 +91,16 @@ def test_override_keys_of_a_members_arguments():
 
 
 def test_a_sweep_member_is_warned_about_before_it_runs(capsys):
-  m = Member("no-cddpm", "configs/sadm_draem.py", ("--config.sadm.use_cddpm=False",))
-  members_lib.check_member_config(
-      m, members_lib.member_config(m, "w", ["--config.sadm.cddpm_workdir=runs/c"]),
-      ["--config.sadm.cddpm_workdir=runs/c"])
+  """About its own overrides; the sweep's extra arguments go to every member, for those that
+  read them (configs/sweeps/sadm_ablation.py: `-- --config.sadm.cddpm_workdir=C`)."""
+  m = Member("no-cddpm", "configs/sadm_draem.py",
+             ("--config.sadm.use_cddpm=False", "--config.evaluate.lam=0.3"))
+  extra = ["--config.sadm.cddpm_workdir=runs/c"]
+  members_lib.check_member_config(m, members_lib.member_config(m, "w", extra))
+  assert capsys.readouterr().err == ""  # lam: a stage-sadm member does not evaluate
+  m = Member("no-cddpm", "configs/sadm_draem.py",
+             ("--config.sadm.use_cddpm=False", "--config.sadm.cddpm_workdir=runs/c"))
+  members_lib.check_member_config(m, members_lib.member_config(m, "w", extra))
   assert capsys.readouterr().err == (
       "warning: member no-cddpm: --config.sadm.cddpm_workdir='runs/c' has no effect: "
       "sadm.use_cddpm=False trains a plain UNet on the input, with no cDDPM\n")

@@ -44,12 +44,17 @@ class Predictor:
   def infer(self, image_hwd: np.ndarray, mask_hwd: np.ndarray, index: int
             ) -> tuple[np.ndarray, inference.VolumeInference | None]:
     """(anomaly map [H, W, D], inference) on the working grid."""
+    settings = scoring.map_settings(self.settings_config)
+    # The brain the evaluation scored: `anomaly_map` erodes the models' M itself; the intensity
+    # threshold is given the eroded M, as evaluation gives it (`execute.Evaluation`).
+    eroded = scoring.eroded_brain(mask_hwd, settings["erode_mask"], "this scan", slice_major=False)
     outputs = None
     if self.method != "threshold":
       image = np.transpose(image_hwd, (2, 0, 1))  # slice-major, as the cache stores it
       outputs = inference.infer_volume(image, index, self.cddpm, self.segnet)
-    a = scoring.anomaly_for(self.method, self.combination, image_hwd, mask_hwd, outputs,
-                            scoring.map_settings(self.settings_config), self.intensity_median)
+    a = scoring.anomaly_for(self.method, self.combination, image_hwd,
+                            eroded if self.method == "threshold" else mask_hwd, outputs, settings,
+                            self.intensity_median)
     return a, outputs
 
 
@@ -195,7 +200,7 @@ def _from_model_workdir(checkpoint_dir: str, config: ml_collections.ConfigDict) 
     raise RunError(f"{checkpoint_dir}: neither an evaluation workdir (eval/models.json) nor a "
                    "training workdir with a best checkpoint (best/)")
   for key in ("run", "threshold_set"):  # they choose among an evaluation's runs and τs only
-    if config.predict.get(key, ""):
+    if config.predict[key]:
       raise ValueError(f"--config.predict.{key}={config.predict[key]} chooses among an evaluation "
                        f"workdir's runs and τs; {checkpoint_dir} is a training workdir (its own "
                        "model, τ from predict.threshold): unset it or give the evaluation's workdir")

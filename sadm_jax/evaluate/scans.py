@@ -184,9 +184,11 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
     a folder (every .nii/.nii.gz in it except masks, `*<mask_suffix>.nii[.gz]`, predict's own
     outputs, `*_anomaly_map` / `*_anomaly_mask`, and hidden files, `.*`); or a .csv with
     columns image[,mask] (paths relative to the CSV).
-  mask_spec: '' (folder input: masks found by `find_mask` next to the scans; otherwise the brain is
-    `image > 0`); a folder (masks found there by `find_mask`); a file (one scan) or a
-    comma-separated list as long as the input list.
+  mask_spec: '' (folder input: masks found by `find_mask` next to the scans, the brain is
+    `image > 0` for a scan without one; otherwise the brain is `image > 0`); a folder (masks found
+    there by `find_mask`: a scan without one fails, naming the mask expected; with an empty
+    `mask_suffix` the masks are named like the scans); a file (one scan) or a comma-separated
+    list as long as the input list.
   Raises ValueError (one line) for an unusable specification; missing or unreadable scan files are
   not checked here: they fail on their own when predicted.
   """
@@ -202,8 +204,13 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   elif os.path.isdir(spec):
     if mask_spec and not mask_dir:
       raise ValueError(f"predict.mask={mask_spec}: with a folder input it must be a folder")
+    if not mask_suffix and not mask_dir:  # every name ends with '': all would be masks
+      raise ValueError(f"predict.mask_suffix is empty: the masks next to the scans in {spec} "
+                       "cannot be told from the scans; give a suffix (default '_mask') or "
+                       "predict.mask=<folder of masks named like the scans>")
+    skip = ((mask_suffix,) if mask_suffix else ()) + OUTPUT_SUFFIXES
     names = sorted(n for n in os.listdir(spec) if _is_nifti(n) and not n.startswith(".")
-                   and not scan_stem(n).endswith((mask_suffix,) + OUTPUT_SUFFIXES))
+                   and not scan_stem(n).endswith(skip))
     if not names:
       raise ValueError(f"predict.input={spec}: no .nii/.nii.gz scans in this folder")
     pairs = [(os.path.join(spec, n), _given_mask(scan_stem(n), mask_dir, mask_suffix)

@@ -65,10 +65,13 @@ def erode_slice_major(mask: np.ndarray, iterations: int) -> np.ndarray:
   return ndimage.binary_erosion(m, structure=cross, iterations=int(iterations), border_value=0)
 
 
-def eroded_brain(mask: np.ndarray, iterations: int, name: str) -> np.ndarray:
-  """`erode_slice_major`, refusing (ValueError naming volume `name`) an erosion that leaves no
-  voxel of a non-empty mask: the maps would be zero everywhere and every metric meaningless."""
-  eroded = erode_slice_major(mask, iterations)
+def eroded_brain(mask: np.ndarray, iterations: int, name: str, slice_major: bool = True
+                 ) -> np.ndarray:
+  """The brain mask eroded per axial slice (`erode_slice_major` for [D, H, W], else
+  `anomaly_map.erode_brain_mask` for [H, W, D]), refusing (ValueError naming volume `name`) an
+  erosion that leaves no voxel of a non-empty mask: the maps would be zero everywhere and every
+  metric meaningless."""
+  eroded = (erode_slice_major if slice_major else am.erode_brain_mask)(mask, iterations)
   if iterations > 0 and not eroded.any() and np.any(np.asarray(mask) > 0):
     raise ValueError(f"--config.evaluate.erode_mask={iterations} erodes the brain mask of {name} "
                      "to nothing (iterations of a per-slice erosion on the working grid); use "

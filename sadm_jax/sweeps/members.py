@@ -154,20 +154,19 @@ def main_command(member: Member, workdir: str, extra: Sequence[str] = ()) -> lis
   return [sys.executable, "-m", "sadm_jax.main", *member_argv(member, workdir, extra)]
 
 
-def check_member_config(member: Member, config: ml_collections.ConfigDict,
-                        extra: Sequence[str] = ()) -> None:
+def check_member_config(member: Member, config: ml_collections.ConfigDict) -> None:
   """The member's stage, choices and training values as `sadm_jax.main` checks them
   (`validate.check_values`; paths are checked when the member starts: earlier members make them);
-  a ValueError naming the member. Overrides (the member's and the sweep's `extra`) that its stage
-  never reads are printed as `warning: member <name>: ...` lines (`sadm_jax.ignored`)."""
+  a ValueError naming the member. The member's own overrides that its stage never reads are
+  printed as `warning: member <name>: ...` lines (`sadm_jax.ignored`); the sweep's extra
+  arguments are not: they are meant for the members that read them."""
   from sadm_jax import config as config_lib
   from sadm_jax import ignored, validate
   try:
     validate.check_values(config, config_lib.STAGES)
   except validate.ConfigError as e:
     raise ValueError(f"member {member.name}: {e}") from None
-  ignored.warn(config, ignored.override_keys(tuple(member.overrides) + tuple(extra)),
-               prefix=f"member {member.name}: ")
+  ignored.warn(config, ignored.override_keys(member.overrides), prefix=f"member {member.name}: ")
 
 
 def member_config(member: Member, workdir: str, extra: Sequence[str] = ()

@@ -111,7 +111,7 @@ def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = ()
   configs = {m.name: member_config(m, workdir, extra) for m in members}
   for m in members:
     if not is_done(workdir, m.name):
-      check_member_config(m, configs[m.name], extra)
+      check_member_config(m, configs[m.name])
   primary = is_primary() if primary is None else primary
   failed: list[str] = []
   for i, m in enumerate(members, 1):

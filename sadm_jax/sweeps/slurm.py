@@ -52,7 +52,7 @@ def write_slurm(sweep: members_lib.Sweep, workdir: str, members: Sequence[member
   done = {d for m in members for d in m.after if runner.is_done(workdir, d)}
   members = members_lib.ordered(members, done)
   for m in members:  # fail now, not in the queue
-    members_lib.check_member_config(m, members_lib.member_config(m, workdir, extra), extra)
+    members_lib.check_member_config(m, members_lib.member_config(m, workdir, extra))
   out = os.path.join(workdir, "slurm")
   path = os.path.abspath(members_lib.repo_path(sweep.path))
   paths, submit = [], ["#!/usr/bin/env bash",

@@ -19,7 +19,8 @@ def ixi_tables(config: ml_collections.ConfigDict) -> tuple[pipeline.SliceTable, 
   root, splits, hygiene, skipped = config_lib.load_valid_splits(config, names)
   for n in names:  # grain's "Invalid number of records in Sampler" named neither split nor why
     if not splits[n]:
-      raise DataError(f"{root.split_csv(n)}: no volume left to train on: "
+      use = "validate" if "_val_" in n else "train"
+      raise DataError(f"{root.split_csv(n)}: no volume left to {use} on: "
                       f"{prepare.why_empty(n, hygiene, skipped)}")
   cfg = config_lib.preprocess_config(config)
   cache_dir = config_lib.cache_dir(config)

@@ -228,3 +228,37 @@ def test_a_csv_separated_by_semicolons_says_so(tmp_path):
   with pytest.raises(ValueError, match=r"got \['image;mask'\]; the file is separated by ';', "
                                        r"expected ','$"):
     scans_lib.list_scans(str(path))
+
+
+def test_an_empty_mask_suffix_needs_a_mask_folder(tmp_path):
+  """Masks named like the scans (an images/ + masks/ layout) are found with an empty suffix when
+  predict.mask is their folder; next to the scans, every file would be taken for a mask."""
+  scans, masks = tmp_path / "images", tmp_path / "masks"
+  scans.mkdir()
+  masks.mkdir()
+  for folder in (scans, masks):
+    (folder / "case_001.nii.gz").write_bytes(b"")
+  found, _ = scans_lib.list_scans(str(scans), str(masks), "")
+  assert [(s.name, s.mask) for s in found] == [("case_001", str(masks / "case_001.nii.gz"))]
+  with pytest.raises(ValueError, match=r"^predict.mask_suffix is empty: the masks next to the "
+                                       r"scans in .*images cannot be told from the scans"):
+    scans_lib.list_scans(str(scans), "", "")
+
+
+def test_the_threshold_baseline_scores_the_eroded_brain_as_evaluation_does(tmp_path):
+  """With evaluate.erode_mask > 0 evaluation gives the intensity threshold the eroded brain mask
+  (the models' M); predict gave it the whole mask, so τ met another map on the brain's rim. An
+  erosion that leaves nothing fails the scan, naming the setting, instead of an all-zero map."""
+  pred = _threshold_predictor(None)
+  image = np.full((8, 8, 2), 2.0, np.float32)
+  mask = np.zeros((8, 8, 2), bool)
+  mask[1:7, 1:7] = True
+  plain, _ = pred.infer(image, mask, 0)
+  assert (plain > 0).sum() == 6 * 6 * 2
+  pred.settings_config.evaluate.erode_mask = 1
+  eroded, _ = pred.infer(image, mask, 0)
+  assert (eroded > 0).sum() == 4 * 4 * 2 and np.all(eroded[2:6, 2:6] == 2.0)
+  pred.settings_config.evaluate.erode_mask = 3
+  with pytest.raises(ValueError, match=r"^--config.evaluate.erode_mask=3 erodes the brain mask of "
+                                       r"this scan to nothing"):
+    pred.infer(image, mask, 0)
