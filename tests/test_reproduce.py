@@ -181,21 +181,27 @@ def test_a_rerun_refuses_finished_members_that_the_changed_command_would_not_rep
 def test_a_field_added_to_the_base_config_since_a_member_ran_is_not_a_change(
     tmp_path, monkeypatch):
   """A member's config.json written before the base config had a field lacks it: compared like
-  a resumed training run's (keys the saved config lacks are not compared), not stale."""
+  a resumed training run's (keys the saved config lacks are not compared), not stale; also after
+  the workdir moved, with the field missing beside the paths (`data.data_dir`)."""
   ran = []
   monkeypatch.setattr(runner, "run_inprocess",
                       lambda *a: ran.append(a[0].name) or _fake_evaluation(*a))
-  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")
+  monkeypatch.setattr(reproduce, "cohort",
+                      lambda config, workdir: os.path.join(workdir, "demo_data"))
   c = reproduce_config.get_config("tiny")
-  reproduce.run(c, str(tmp_path))
-  for name in os.listdir(tmp_path):
-    path = tmp_path / name / "config.json"
+  reproduce.run(c, str(tmp_path / "first"))
+  for name in os.listdir(tmp_path / "first"):
+    path = tmp_path / "first" / name / "config.json"
     if path.exists():
       saved = json.load(open(path))
       del saved["predict"]["threshold_set"]  # as an older version wrote it
+      del saved["data"]["prefetch_batches"]  # beside data.data_dir, a path under the workdir
       json.dump(saved, open(path, "w"))
   ran.clear()
-  assert _verdicts(reproduce.run(c, str(tmp_path)))["claim1"] == (True, True) and ran == []
+  assert _verdicts(reproduce.run(c, str(tmp_path / "first")))["claim1"] == (True, True)
+  os.rename(tmp_path / "first", tmp_path / "moved")
+  assert _verdicts(reproduce.run(c, str(tmp_path / "moved")))["claim1"] == (True, True)
+  assert ran == []
 
 
 def test_a_moved_reproduction_reuses_its_finished_members(tmp_path, monkeypatch, capsys):

@@ -151,9 +151,10 @@ def saved_config_json(mdir: str) -> dict | None:
 
 
 def _differing_leaves(a: Any, b: Any, out: list) -> None:
-  """Appends (a leaf, b leaf) for every place where two JSON values differ."""
-  if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-    for k in a:
+  """Appends (a leaf, b leaf) for every place where two JSON values differ (of two dicts, the
+  keys both have: a field one of them lacks holds no path to compare)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in a.keys() & b.keys():
       _differing_leaves(a[k], b[k], out)
   elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
     for x, y in zip(a, b):
