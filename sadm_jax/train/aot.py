@@ -24,7 +24,7 @@ import ml_collections
 from sadm_jax import config as config_lib
 from sadm_jax.models import factory
 from sadm_jax.train import loop, sharding as shard_lib
-from sadm_jax.utils import cost, io
+from sadm_jax.utils import cost, io, xla_flags
 
 # model.names of a config -> "module:function(config, data=False) -> loop.Task"; a training stage
 # whose task should be AOT-checkable adds its line here.
@@ -89,6 +89,9 @@ def report(config: ml_collections.ConfigDict, trainer: loop.Trainer, compiled,
          "mesh": {k: int(v) for k, v in mesh.shape.items()}, "fsdp": bool(config.mesh.fsdp),
          "global_batch": int(config.train.batch_size), "compile_seconds": round(seconds, 2),
          "params": int(sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))),
+         # CPU: temporaries in heaps of at most this many bytes (`xla_flags.train_compiler_options`;
+         # larger buffers get a heap each and share no memory); None: one heap
+         "heap_limit_bytes": (trainer.step_compiler_options or {}).get(xla_flags.HEAP_FLAG),
          **analyse(compiled)}
   out["flops_total"] = out["flops_per_device"] * n
   return out
@@ -111,9 +114,14 @@ def format_table(r: dict) -> str:
             "alias_bytes": "aliased (donated state)", "temp_bytes": "temporaries",
             "generated_code_bytes": "generated code",
             "total_bytes": "total (args + out - alias + temp + code)"}
+  if r.get("heap_limit_bytes"):  # how the CPU train loop compiles it (SADM_CPU_HEAP_REUSE)
+    labels["temp_bytes"] = f"temporaries (heaps <= {r['heap_limit_bytes'] / 2 ** 20:.0f} MiB)"
   for key, label in labels.items():
     if key in r["memory_per_device"]:
       lines.append(f"  {label:<42}{r['memory_per_device'][key] / 2 ** 30:10.3f} GiB")
+  if r.get("heap_limit_bytes"):
+    lines.append("  (each larger buffer gets a heap of its own, shared with no other buffer: "
+                 "large batches need less with SADM_CPU_HEAP_REUSE=0)")
   lines.append(f"  {'FLOPs per step':<42}{_si(r['flops_per_device'], 'FLOP'):>14}"
                f"   (all devices: {_si(r['flops_total'], 'FLOP')})")
   return "\n".join(lines)
