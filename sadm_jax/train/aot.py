@@ -65,6 +65,7 @@ def compile_train_step(config: ml_collections.ConfigDict, task: loop.Task | None
   shard_lib.local_batch_size(config.train.batch_size, mesh)  # the loop's divisibility check
   trainer = loop.Trainer(config, task, mesh)
   state, batch = abstract_inputs(trainer)
+  trainer.fit_heap_split(state, batch)  # as the train loop compiles it
   t0 = time.perf_counter()
   compiled = trainer.train_step.lower(state, batch, trainer.train_key, trainer.frozen).compile()
   return trainer, compiled, time.perf_counter() - t0
@@ -89,8 +90,8 @@ def report(config: ml_collections.ConfigDict, trainer: loop.Trainer, compiled,
          "mesh": {k: int(v) for k, v in mesh.shape.items()}, "fsdp": bool(config.mesh.fsdp),
          "global_batch": int(config.train.batch_size), "compile_seconds": round(seconds, 2),
          "params": int(sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))),
-         # CPU: temporaries in heaps of at most this many bytes (`xla_flags.train_compiler_options`;
-         # larger buffers get a heap each and share no memory); None: one heap
+         # CPU: temporaries in heaps of at most this many bytes (`xla_flags.train_compiler_options`,
+         # kept by `Trainer.fit_heap_split` while no value is larger); None: one heap
          "heap_limit_bytes": (trainer.step_compiler_options or {}).get(xla_flags.HEAP_FLAG),
          **analyse(compiled)}
   out["flops_total"] = out["flops_per_device"] * n
@@ -119,9 +120,6 @@ def format_table(r: dict) -> str:
   for key, label in labels.items():
     if key in r["memory_per_device"]:
       lines.append(f"  {label:<42}{r['memory_per_device'][key] / 2 ** 30:10.3f} GiB")
-  if r.get("heap_limit_bytes"):
-    lines.append("  (each larger buffer gets a heap of its own, shared with no other buffer: "
-                 "large batches need less with SADM_CPU_HEAP_REUSE=0)")
   lines.append(f"  {'FLOPs per step':<42}{_si(r['flops_per_device'], 'FLOP'):>14}"
                f"   (all devices: {_si(r['flops_total'], 'FLOP')})")
   return "\n".join(lines)

@@ -141,3 +141,19 @@ def traced_matmul_flops(fn: Callable, *args) -> float:
   """`matmul_flops` of `fn(*args)`'s jaxpr: traced only, nothing compiled (args may be
   `jax.ShapeDtypeStruct`s). For a jitted SPMD step this is the global (all devices) count."""
   return matmul_flops(jax.make_jaxpr(fn)(*args))
+
+
+def largest_value_bytes(jaxpr) -> int:
+  """Bytes of the largest value an equation of `jaxpr` (nested too) produces: a lower bound on
+  the largest temporary buffer of its compiled program (global shapes for a jitted SPMD step)."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  largest = 0
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      aval = getattr(v, "aval", None)
+      if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+        largest = max(largest, _prod(aval.shape) * aval.dtype.itemsize)
+    for value in eqn.params.values():
+      for j in _sub_jaxprs(value):
+        largest = max(largest, largest_value_bytes(j))
+  return largest
