@@ -178,11 +178,9 @@ def test_a_rerun_refuses_finished_members_that_the_changed_command_would_not_rep
   assert (tmp_path / "claims.json").exists()
 
 
-def test_a_field_added_to_the_base_config_since_a_member_ran_is_not_a_change(
-    tmp_path, monkeypatch):
-  """A member's config.json written before the base config had a field lacks it: compared like
-  a resumed training run's (keys the saved config lacks are not compared), not stale; also after
-  the workdir moved, with the field missing beside the paths (`data.data_dir`)."""
+def _run_in_first(tmp_path, monkeypatch) -> tuple:
+  """(config, names of the members run since) after a tiny reproduction in tmp_path/first with
+  its cohort under the workdir (fake evaluation)."""
   ran = []
   monkeypatch.setattr(runner, "run_inprocess",
                       lambda *a: ran.append(a[0].name) or _fake_evaluation(*a))
@@ -190,6 +188,16 @@ def test_a_field_added_to_the_base_config_since_a_member_ran_is_not_a_change(
                       lambda config, workdir: os.path.join(workdir, "demo_data"))
   c = reproduce_config.get_config("tiny")
   reproduce.run(c, str(tmp_path / "first"))
+  ran.clear()
+  return c, ran
+
+
+def test_a_field_added_to_the_base_config_since_a_member_ran_is_not_a_change(
+    tmp_path, monkeypatch):
+  """A member's config.json written before the base config had a field lacks it: compared like
+  a resumed training run's (keys the saved config lacks are not compared), not stale; also after
+  the workdir moved, with the field missing beside the paths (`data.data_dir`)."""
+  c, ran = _run_in_first(tmp_path, monkeypatch)
   for name in os.listdir(tmp_path / "first"):
     path = tmp_path / "first" / name / "config.json"
     if path.exists():
@@ -197,7 +205,6 @@ def test_a_field_added_to_the_base_config_since_a_member_ran_is_not_a_change(
       del saved["predict"]["threshold_set"]  # as an older version wrote it
       del saved["data"]["prefetch_batches"]  # beside data.data_dir, a path under the workdir
       json.dump(saved, open(path, "w"))
-  ran.clear()
   assert _verdicts(reproduce.run(c, str(tmp_path / "first")))["claim1"] == (True, True)
   os.rename(tmp_path / "first", tmp_path / "moved")
   assert _verdicts(reproduce.run(c, str(tmp_path / "moved")))["claim1"] == (True, True)
@@ -208,17 +215,10 @@ def test_a_moved_reproduction_reuses_its_finished_members(tmp_path, monkeypatch,
   """Every member's config.json holds absolute paths under the workdir (the cohort, the SparK and
   cDDPM runs, the evaluated SADM runs): after `mv W W2` a rerun in W2 refused every member as
   changed. The same run moved compares as if it had been there; a real change still counts."""
-  ran = []
-  monkeypatch.setattr(runner, "run_inprocess",
-                      lambda *a: ran.append(a[0].name) or _fake_evaluation(*a))
-  monkeypatch.setattr(reproduce, "cohort",
-                      lambda config, workdir: os.path.join(workdir, "demo_data"))
-  c = reproduce_config.get_config("tiny")
-  reproduce.run(c, str(tmp_path / "first"))
+  c, ran = _run_in_first(tmp_path, monkeypatch)
   saved = json.load(open(tmp_path / "first" / "evaluate" / "config.json"))
   assert all(p.startswith(str(tmp_path / "first")) for p in saved["evaluate"]["sadm_workdirs"])
   os.rename(tmp_path / "first", tmp_path / "moved")
-  ran.clear()
   claims = reproduce.run(c, str(tmp_path / "moved"))
   assert ran == [] and _verdicts(claims)["claim1"] == (True, True)
   assert "warning" not in capsys.readouterr().out  # nor did the sweep runner warn
