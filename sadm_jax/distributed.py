@@ -71,6 +71,19 @@ def _tpu_plan(environ: Mapping[str, str]) -> Plan | None:
   return None
 
 
+def check_settings(d: ml_collections.ConfigDict) -> None:
+  """`config.distributed`'s numbers can be: ValueError (one line) otherwise (negative values were
+  taken for "not set" without a word). `plan` and `validate.check_values` (a sweep's members, up
+  front) call it."""
+  if d.num_processes < 0:
+    raise ValueError(f"--config.distributed.num_processes={d.num_processes} must be >= 1 (0 = "
+                     "not set)")
+  if d.process_id < -1 or (d.num_processes > 0 and d.process_id >= d.num_processes):
+    raise ValueError(f"--config.distributed.process_id={d.process_id} must be in [0, "
+                     f"{d.num_processes - 1 if d.num_processes > 0 else 'num_processes - 1'}] "
+                     "(-1 = not set)")
+
+
 def plan(config: ml_collections.ConfigDict | None = None,
          environ: Mapping[str, str] | None = None) -> Plan:
   """Decides how (and whether) to initialise, without touching JAX.
@@ -81,14 +94,8 @@ def plan(config: ml_collections.ConfigDict | None = None,
   """
   environ = os.environ if environ is None else environ
   d = config.distributed if config is not None and "distributed" in config else None
-  if d is not None:  # negative values were taken for "not set" without a word
-    if d.num_processes < 0:
-      raise ValueError(f"--config.distributed.num_processes={d.num_processes} must be >= 1 (0 = "
-                       "not set)")
-    if d.process_id < -1 or (d.num_processes > 0 and d.process_id >= d.num_processes):
-      raise ValueError(f"--config.distributed.process_id={d.process_id} must be in [0, "
-                       f"{d.num_processes - 1 if d.num_processes > 0 else 'num_processes - 1'}] "
-                       "(-1 = not set)")
+  if d is not None:
+    check_settings(d)
   if d is not None and (d.coordinator_address or d.num_processes > 0 or d.process_id >= 0):
     if d.num_processes == 1:
       return Plan(None)

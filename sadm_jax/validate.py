@@ -7,7 +7,7 @@ import re
 
 import ml_collections
 
-from sadm_jax import config as config_lib
+from sadm_jax import config as config_lib, distributed  # (neither imports JAX)
 from sadm_jax.config import ConfigError  # noqa: F401  (raised by every check; callers catch it here)
 from sadm_jax.validate_paths import DATA_STAGES, check_paths, check_shell_paths, check_workdir
 
@@ -294,6 +294,10 @@ def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   if config.stage not in stages:
     _fail(f"--config.stage={config.stage!r} is not one of {', '.join(map(repr, stages))}")
   resolved = config_lib.resolve(config)
+  try:
+    distributed.check_settings(resolved.distributed)
+  except ValueError as e:
+    _fail(str(e))
   check_choices(resolved)
   check_finite(resolved)
   check_ranges(resolved)

@@ -80,6 +80,12 @@ def test_plan_explicit_config_wins_and_skips_cluster_detection():
 def test_plan_refuses_impossible_process_numbers(fields, expected):
   with pytest.raises(ValueError, match="^" + expected):
     distributed.plan(_config(**fields), {})
+  from sadm_jax import config as config_lib, validate  # and up front, e.g. for a sweep's members
+  c = default.get_config()
+  c.stage = "cddpm"
+  c.distributed.update(fields)
+  with pytest.raises(validate.ConfigError, match="^" + expected):
+    validate.check_values(c, config_lib.STAGES)
 
 
 def test_plan_from_environment():
