@@ -38,6 +38,7 @@ class Case:
   seg: np.ndarray  # bool (all False for healthy volumes)
   affine: np.ndarray  # [4, 4] working grid, NIfTI voxel order
   index: int  # noise index
+  brain: np.ndarray  # bool: `mask` eroded by evaluate.erode_mask, the M every map is scored in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +128,8 @@ class Evaluation:
       image, seg = self._draem(row.name, image, mask)  # was filled under (another row's)
     name = pass_.volume_name(row)
     return Case(name, image, mask, seg, vol.affine,
-                inference.volume_index(f"{pass_.set_name}/{name}"))
+                inference.volume_index(f"{pass_.set_name}/{name}"),
+                scoring.eroded_brain(mask, self.settings["erode_mask"], name))
 
   def _draem(self, name: str, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic DRAEM anomalies per axial slice, restricted to the brain (labels inside M)."""
@@ -224,8 +226,7 @@ class Evaluation:
     n = self.mesh.size
     pad = lambda a: np.stack(list(a) + [a[-1]] * (n - len(a)))  # repeat the last volume
     images = pad([c.image for c in cases])
-    masks = pad([scoring.eroded_brain(c.mask, self.settings["erode_mask"], c.name)
-                 for c in cases])
+    masks = pad([c.brain for c in cases])
     indices = np.asarray([c.index for c in cases] + [cases[-1].index] * (n - len(cases)), np.uint32)
     return {k: self.programs[k].dispatch(images, masks, indices) for k in keys}
 
@@ -234,13 +235,12 @@ class Evaluation:
     host = jax.device_get(outs)  # one transfer per program and batch
     done = []
     for b, (item, case) in enumerate(zip(batch, cases)):
-      eroded = scoring.eroded_brain(case.mask, self.settings["erode_mask"], case.name)
-      maps = {k: self.programs[k].maps(h, b, eroded) for k, h in host.items()}
+      maps = {k: self.programs[k].maps(h, b, case.brain) for k, h in host.items()}
       p = item.pass_
       for r in item.runs:
         extra = extras.get((p.set_name, r.id))
         if r.method == "threshold":
-          a = scoring.anomaly_for("threshold", "", case.image, eroded, None, {},  # the models' M
+          a = scoring.anomaly_for("threshold", "", case.image, case.brain, None, {},  # the models' M
                                   self.intensity_median(r.data_fold))
           recon = None
         else:

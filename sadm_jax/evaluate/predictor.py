@@ -45,16 +45,15 @@ class Predictor:
             ) -> tuple[np.ndarray, inference.VolumeInference | None]:
     """(anomaly map [H, W, D], inference) on the working grid."""
     settings = scoring.map_settings(self.settings_config)
-    # The brain the evaluation scored: `anomaly_map` erodes the models' M itself; the intensity
-    # threshold is given the eroded M, as evaluation gives it (`execute.Evaluation`).
-    eroded = scoring.eroded_brain(mask_hwd, settings["erode_mask"], "this scan", slice_major=False)
+    # The brain the evaluation scored (every method's M, `execute.Case.brain`), eroded once here:
+    # `anomaly_map` then erodes it no further.
+    brain = scoring.eroded_brain(mask_hwd, settings["erode_mask"], "this scan", slice_major=False)
     outputs = None
     if self.method != "threshold":
       image = np.transpose(image_hwd, (2, 0, 1))  # slice-major, as the cache stores it
       outputs = inference.infer_volume(image, index, self.cddpm, self.segnet)
-    a = scoring.anomaly_for(self.method, self.combination, image_hwd,
-                            eroded if self.method == "threshold" else mask_hwd, outputs, settings,
-                            self.intensity_median)
+    a = scoring.anomaly_for(self.method, self.combination, image_hwd, brain, outputs,
+                            {**settings, "erode_mask": 0}, self.intensity_median)
     return a, outputs
 
 
