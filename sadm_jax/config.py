@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 import ml_collections
 
 # stage name -> "module:function(config, workdir)"; modules are imported only when used.
@@ -118,13 +120,27 @@ def _flags_error_line(e: Exception, argv) -> str:
   return f"{arg or 'a --config override'}: no such config key {hint}"
 
 
+def at(config, dotted: str) -> Any:
+  """The field or section of `config` (a ConfigDict or dict) at a dotted key: 'data.preprocess'."""
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def leaves(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """('section.key', value) of every field of `config`, sections walked depth first."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Returns a copy whose faithful placeholders (None) are filled from `config.faithful`."""
   c = ml_collections.ConfigDict(config.to_dict())
   for (section, field), (faithful_value, default_value) in FAITHFUL_DEFAULTS.items():
-    node = c
-    for part in section.split("."):
-      node = node[part]
+    node = at(c, section)
     if node.get(field) is None:
       node[field] = faithful_value if c.faithful else default_value
   return c
@@ -134,9 +150,7 @@ def saved_value(config: ml_collections.ConfigDict, section: str, field: str, abs
   """`section.field` of a run's saved config (kept as the user gave it) as the run resolved it: a
   faithful placeholder (None) is filled from the config's own `faithful`, as `resolve` did at
   training; `absent` when the field is missing (a run older than the field)."""
-  node = config
-  for part in section.split("."):
-    node = node[part]
+  node = at(config, section)
   if field not in node:
     return absent
   value = node[field]

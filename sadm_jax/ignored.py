@@ -9,11 +9,12 @@ file sets are not warned about: one file serves several stages (configs/demo.py)
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Callable, Iterable, NamedTuple
 
 import ml_collections
+
+from sadm_jax import config as config_lib
 
 _ANOMALY = ("anomaly.p_anomalous", "anomaly.restrict_to_brain", "anomaly.faithful_uint8_wrap")
 _WEAK_ROWS = ("sadm.weak_train_rows", "sadm.weak_val_rows")
@@ -75,14 +76,6 @@ RULES = (
     Rule(("evaluate",), _ANOMALY[2:], _no_draem_set),
     Rule(("spark",), ("model.encoder.pretrained_workdir",), _spark),
 )
-OVERRIDE_RE = re.compile(r"^--config\.([\w.]+)=")
-
-
-def _get(config, key: str):
-  node = config
-  for part in key.split("."):
-    node = node[part]
-  return node
 
 
 def ignored(config: ml_collections.ConfigDict, given: Iterable[str]) -> list[str]:
@@ -96,13 +89,8 @@ def ignored(config: ml_collections.ConfigDict, given: Iterable[str]) -> list[str
       continue
     why = rule.why(config)
     if why:
-      out += [f"--config.{k}={_get(config, k)!r} has no effect: {why}" for k in keys]
+      out += [f"--config.{k}={config_lib.at(config, k)!r} has no effect: {why}" for k in keys]
   return out
-
-
-def override_keys(args: Iterable[str]) -> set[str]:
-  """The dotted keys of `--config.k=v` arguments (a sweep member's overrides)."""
-  return {m.group(1) for m in map(OVERRIDE_RE.match, args) if m}
 
 
 def warn(config: ml_collections.ConfigDict, given: Iterable[str], prefix: str = "") -> list[str]:

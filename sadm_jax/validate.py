@@ -8,8 +8,10 @@ import re
 import ml_collections
 
 from sadm_jax import config as config_lib, distributed  # (neither imports JAX)
-from sadm_jax.config import ConfigError  # noqa: F401  (raised by every check; callers catch it here)
-from sadm_jax.validate_paths import DATA_STAGES, check_paths, check_shell_paths, check_workdir
+from sadm_jax.validate_paths import (DATA_STAGES, _fail, check_paths, check_shell_paths,
+                                     check_workdir)
+
+ConfigError = config_lib.ConfigError  # raised by every check (`_fail`); callers catch it here
 
 
 # Every enum-like field and its accepted values (tests/test_cli_errors.py checks these against the
@@ -37,20 +39,9 @@ SEGNET_DEPTH = 4  # models.segnet.SegUnet's levels (not a config setting)
 TRAINING_STAGES = ("spark", "cddpm", "sadm")
 
 
-def _get(config, key: str):
-  node = config
-  for part in key.split("."):
-    node = node[part]
-  return node
-
-
-def _fail(msg: str):
-  raise ConfigError(msg)
-
-
 def check_choices(config: ml_collections.ConfigDict) -> None:
   for key, allowed in CHOICES.items():
-    value = _get(config, key)
+    value = config_lib.at(config, key)
     if value not in allowed:
       _fail(f"--config.{key}={value!r} is not one of {', '.join(map(repr, allowed))}")
   unknown = [m for m in config.evaluate.methods if m not in EVALUATE_METHODS]
@@ -79,17 +70,14 @@ def _ints(values, low: int) -> bool:
           and all(_is_int(v) and v >= low for v in values))
 
 
-def check_finite(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+def check_finite(config: ml_collections.ConfigDict) -> None:
   """No number in the config is NaN or ±Inf (`inf` passes every `> 0` check: a learning rate of
   inf would train to a NaN loss). `predict.threshold` has its own message (check_paths)."""
-  for key, value in config.items():
-    if f"{prefix}{key}" == "predict.threshold":
-      continue
-    if isinstance(value, ml_collections.ConfigDict):
-      check_finite(value, f"{prefix}{key}.")
-    elif any(isinstance(v, float) and not math.isfinite(v)
-             for v in (value if isinstance(value, (tuple, list)) else (value,))):
-      _fail(f"--config.{prefix}{key}={value!r} must be finite (not NaN or ±Inf)")
+  for key, value in config_lib.leaves(config):
+    if key != "predict.threshold" and any(
+        isinstance(v, float) and not math.isfinite(v)
+        for v in (value if isinstance(value, (tuple, list)) else (value,))):
+      _fail(f"--config.{key}={value!r} must be finite (not NaN or ±Inf)")
 
 
 def check_ranges(config: ml_collections.ConfigDict) -> None:

@@ -8,6 +8,7 @@ import re
 
 import ml_collections
 
+from sadm_jax import config as config_lib
 from sadm_jax.config import ConfigError
 from sadm_jax.utils import io
 
@@ -111,21 +112,17 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> None:
     _fail(f"{flag}={workdir} is not writable: {e.strerror or e}")
 
 
-def check_shell_paths(config: ml_collections.ConfigDict, workdir: str | None = None,
-                      prefix: str = "") -> None:
+def check_shell_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
   """No path is empty or starts with '~': the shell expands '~' only at the start of a word, so
   `--workdir=~/runs/x` reaches us as is (and would make a folder named '~' here)."""
-  if workdir is not None and not prefix:
+  if workdir is not None:
     if not str(workdir).strip():
       _fail("--workdir is empty: give the run's directory")
     _check_tilde("--workdir", workdir)
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      check_shell_paths(value, None, f"{prefix}{key}.")
-    else:
-      for v in (value if isinstance(value, (tuple, list)) else (value,)):
-        if isinstance(v, str):
-          _check_tilde(f"--config.{prefix}{key}", v)
+  for key, value in config_lib.leaves(config):
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(v, str):
+        _check_tilde(f"--config.{key}", v)
 
 
 def _check_tilde(flag: str, value: str) -> None:

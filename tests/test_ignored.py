@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import default
-from sadm_jax import ignored
+from sadm_jax import config as config_lib, ignored
 from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps.members import Member
 from tests.helpers import REPO
@@ -17,11 +17,8 @@ def _config(stage, **values):
   c = default.get_config()
   c.stage = stage
   for key, value in values.items():
-    node = c
-    *path, leaf = key.split(".")
-    for part in path:
-      node = node[part]
-    node[leaf] = value
+    section, field = key.rsplit(".", 1)
+    config_lib.at(c, section)[field] = value
   return c
 
 
@@ -29,7 +26,7 @@ def test_every_rule_names_settings_of_the_base_config():
   c = default.get_config()
   for rule in ignored.RULES:
     for key in rule.keys:
-      ignored._get(c, key)  # a KeyError here: a misspelt rule that would never fire
+      config_lib.at(c, key)  # a KeyError here: a misspelt rule that would never fire
 
 
 @pytest.mark.parametrize("stage, values, given, expected", [
@@ -86,8 +83,10 @@ def test_a_setting_that_is_read_or_not_given_gives_no_warning(stage, values, giv
 
 
 def test_override_keys_of_a_members_arguments():
-  assert ignored.override_keys(["--config.evaluate.lam=0.3", "--config.sadm.mode=brats",
-                                "--workdir=w"]) == {"evaluate.lam", "sadm.mode"}
+  match = members_lib.OVERRIDE_RE.match
+  assert [match(a).group(1) for a in ("--config.evaluate.lam=0.3", "--config.sadm.mode=brats")] \
+      == ["evaluate.lam", "sadm.mode"]
+  assert match("--workdir=w") is None
 
 
 def test_a_sweep_member_is_warned_about_before_it_runs(capsys):

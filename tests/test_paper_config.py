@@ -58,24 +58,18 @@ FAITHFUL = {"data.clean_splits": False, "data.slice_sampling": "uniform", "data.
             "evaluate.faithful_metrics": True}
 
 
-def _get(config, key):
-  for part in key.split("."):
-    config = config[part]
-  return config
-
-
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_configs_give_the_paper_numbers(name):
   c = config_lib.resolve(STAGES[name].get_config())
   expected = {**COMMON, **TRAINING[name]}
-  got = {k: _get(c, k) for k in expected}
+  got = {k: config_lib.at(c, k) for k in expected}
   assert {k: v for k, v in got.items() if v != expected[k]} == {}
   assert factory.slice_size(c) == 96
   c.faithful = True
   for k in FAITHFUL:  # placeholders, filled from `faithful`
     node, field = k.rsplit(".", 1)
-    _get(c, node)[field] = None
-  assert {k: _get(config_lib.resolve(c), k) for k in FAITHFUL} == FAITHFUL
+    config_lib.at(c, node)[field] = None
+  assert {k: config_lib.at(config_lib.resolve(c), k) for k in FAITHFUL} == FAITHFUL
 
 
 def test_networks_built_from_the_paper_configs_have_the_reference_parameter_counts():

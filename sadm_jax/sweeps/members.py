@@ -15,6 +15,7 @@ import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+OVERRIDE_RE = re.compile(r"^--config\.([\w.]+)=")  # a --config.k=v override; group 1: k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Member:
       if isinstance(value, str):
         raise ValueError(f"member {self.name}: {field} must be a list of strings, not one string")
       object.__setattr__(self, field, tuple(value))
-    bad = [o for o in self.overrides if not re.match(r"^--config\.[\w.]+=", o)]
+    bad = [o for o in self.overrides if not OVERRIDE_RE.match(o)]
     if bad:
       raise ValueError(f"member {self.name}: {bad[0]!r} is not a --config.key=value override")
     if not isinstance(self.config, (str, ml_collections.ConfigDict)) or not self.config:
@@ -166,7 +167,8 @@ def check_member_config(member: Member, config: ml_collections.ConfigDict) -> No
     validate.check_values(config, config_lib.STAGES)
   except validate.ConfigError as e:
     raise ValueError(f"member {member.name}: {e}") from None
-  ignored.warn(config, ignored.override_keys(member.overrides), prefix=f"member {member.name}: ")
+  given = {m.group(1) for m in map(OVERRIDE_RE.match, member.overrides)}  # all match (Member)
+  ignored.warn(config, given, prefix=f"member {member.name}: ")
 
 
 def member_config(member: Member, workdir: str, extra: Sequence[str] = ()

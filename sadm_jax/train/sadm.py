@@ -169,10 +169,7 @@ def _warn_mismatch(config, cddpm_config) -> None:
                     config.data.fold, "validation and evaluation" if config.sadm.mode == "draem"
                     else "evaluation")
   for section in ("diffusion", "data.preprocess"):
-    mine = config
-    for part in section.split("."):
-      mine = mine[part]
-    for key, value in mine.items():
+    for key, value in config_lib.at(config, section).items():
       other = config_lib.saved_value(cddpm_config, section, key)  # None: the cDDPM lacks it
       if other is not None and np.asarray(other).tolist() != np.asarray(value).tolist():
         used = (": the cDDPM's is used, as evaluation does" if section == "diffusion"
