@@ -129,7 +129,7 @@ class Evaluation:
     name = pass_.volume_name(row)
     return Case(name, image, mask, seg, vol.affine,
                 inference.volume_index(f"{pass_.set_name}/{name}"),
-                scoring.eroded_brain(mask, self.settings["erode_mask"], name))
+                scoring.eroded_brain(mask, int(self.config.evaluate.erode_mask), name))
 
   def _draem(self, name: str, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic DRAEM anomalies per axial slice, restricted to the brain (labels inside M)."""
