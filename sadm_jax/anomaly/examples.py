@@ -56,7 +56,9 @@ def write_examples_png(path: str | os.PathLike, slices: Sequence[np.ndarray], se
   io.write_png(path, example_grid(slices, seed, cfg, brain_masks))
 
 
-USAGE = "usage: python -m sadm_jax.anomaly.examples OUT.png [N]  (N >= 1 rows, default 6)"
+MAX_ROWS = 100  # a 9,600-pixel-high PNG; more is a typo, not a grid anyone reads
+USAGE = ("usage: python -m sadm_jax.anomaly.examples OUT.png [N]  "
+         f"(1 <= N <= {MAX_ROWS} rows, default 6)")
 
 
 def cli(argv: Sequence[str]) -> int:
@@ -67,8 +69,8 @@ def cli(argv: Sequence[str]) -> int:
       raise ValueError(USAGE)
     if len(argv) == 2:
       n = int(argv[1]) if argv[1].strip().isdigit() else 0
-      if n < 1:
-        raise ValueError(f"N={argv[1]!r} is not a number of rows >= 1; {USAGE}")
+      if not 1 <= n <= MAX_ROWS:
+        raise ValueError(f"N={argv[1]!r} is not a number of rows in [1, {MAX_ROWS}]; {USAGE}")
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -144,10 +144,13 @@ def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
 
 def _given_mask(stem: str, folder: str, suffix: str) -> str:
   """The mask of scan `stem` in the mask folder the user gave (`predict.mask`); when it has none,
-  the path it was expected at (`<base><suffix>.nii.gz`), so that the scan fails naming it instead
-  of silently taking `image > 0` as its brain."""
+  the path it was expected at, so that the scan fails naming it instead of silently taking
+  `image > 0` as its brain: `<base><suffix>.nii.gz` for a stem `<base>_<modality>` (`sub-01_T1w`
+  -> `sub-01_mask`), `<stem><suffix>.nii.gz` for one that ends in a number (`patient_001`)."""
   found = find_mask(stem, folder, suffix)
-  return found or os.path.join(folder, stem.rsplit("_", 1)[0] + suffix + ".nii.gz")
+  head, _, tail = stem.rpartition("_")
+  return found or os.path.join(folder, (head if head and not tail.isdigit() else stem)
+                               + suffix + ".nii.gz")
 
 
 def _split(text: str) -> list[str]:

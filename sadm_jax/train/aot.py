@@ -65,9 +65,13 @@ def compile_train_step(config: ml_collections.ConfigDict, task: loop.Task | None
   shard_lib.local_batch_size(config.train.batch_size, mesh)  # the loop's divisibility check
   trainer = loop.Trainer(config, task, mesh)
   state, batch = abstract_inputs(trainer)
-  trainer.fit_heap_split(state, batch)  # as the train loop compiles it
-  t0 = time.perf_counter()
-  compiled = trainer.train_step.lower(state, batch, trainer.train_key, trainer.frozen).compile()
+  try:
+    trainer.fit_heap_split(state, batch)  # as the train loop compiles it
+    t0 = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batch, trainer.train_key, trainer.frozen).compile()
+  except OverflowError as e:  # a batch no device could hold, e.g. train.batch_size=1e8
+    raise ValueError(f"--config.train.batch_size={config.train.batch_size}: the train step's "
+                     f"arrays are too large to index with JAX's 32-bit integers ({e})") from None
   return trainer, compiled, time.perf_counter() - t0
 
 

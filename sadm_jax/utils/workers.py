@@ -7,6 +7,8 @@ import signal
 from concurrent import futures
 from typing import Any, Callable, Iterable, Iterator
 
+from sadm_jax.utils.xla_flags import available_cores
+
 
 def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
   """A worker ignores SIGINT: Ctrl-C reaches the whole process group, and the parent alone turns
@@ -18,13 +20,17 @@ def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
 
 def map_in_processes(fn: Callable[[Any], Any], items: Iterable, num_workers: int,
                      initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
-  """Yields fn(item) for each of `items`, in order, computed by `num_workers` spawned processes.
+  """Yields fn(item) for each of `items`, in order, computed by `num_workers` spawned processes,
+  at most one per item and one per core this process may use (`data.num_workers=64` on a 2-core
+  machine would hold 64 volumes in memory for no speed).
 
   Spawned, not forked: safe with the threads JAX and grain start in the parent. `fn`,
   `initializer` and their arguments must be picklable (module-level). On Ctrl-C or any error in
   the parent, queued items are cancelled and the running ones finish (a file a worker writes is
   whole) before the exception propagates.
   """
+  items = list(items)
+  num_workers = max(1, min(num_workers, len(items), available_cores()))
   ctx = multiprocessing.get_context("spawn")
   pool = futures.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_start_worker,
                                      initargs=(initializer, initargs))

@@ -24,7 +24,8 @@ def test_example_grid_layout_and_panels():
   np.testing.assert_array_equal(out[:, 32:32 + gap], 128)  # and between panels
 
 
-@pytest.mark.parametrize("argv", [[], ["a.png", "six"], ["a.png", "0"], ["a.png", "2", "x"]])
+@pytest.mark.parametrize("argv", [[], ["a.png", "six"], ["a.png", "0"], ["a.png", "101"],
+                                  ["a.png", "2", "x"]])
 def test_cli_bad_arguments_are_one_line_exit_2(argv, tmp_path, capsys):
   code = examples.cli([str(tmp_path / a) if a.endswith(".png") else a for a in argv])
   err = capsys.readouterr().err

@@ -219,6 +219,9 @@ def test_a_scan_missing_from_the_given_mask_folder_fails_naming_the_mask(tmp_pat
   with pytest.raises(DataError, match=rf"^{masks / 'sub-02_mask.nii.gz'}: file not found$"):
     scans_lib.load_scan(found[1].image, found[1].mask)
   assert scans_lib.list_scans(str(scans))[0][0].mask is None  # no mask folder given: image > 0
+  (scans / "patient_001.nii.gz").write_bytes(b"")  # a number, not a modality, after the last _
+  found, _ = scans_lib.list_scans(str(scans / "patient_001.nii.gz"), str(masks))
+  assert found[0].mask == str(masks / "patient_001_mask.nii.gz")
 
 
 def test_a_csv_separated_by_semicolons_says_so(tmp_path):

@@ -45,6 +45,18 @@ def test_tiny_cddpm_aot_reports_memory_and_flops_without_allocating(tmp_path, ca
   assert on_disk["heap_limit_bytes"] is None and "heaps <=" not in out  # the suite: one heap
 
 
+def test_a_batch_too_large_to_index_is_one_line_exit_2(tmp_path, capsys):
+  """A batch no device could hold fails while tracing (an int32 index overflows): one line."""
+  c = cddpm_config.get_config("tiny")
+  c.stage = "aot"
+  c.train.batch_size = 100_000_000
+  assert main_lib.run_checked(c, str(tmp_path)) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --config.train.batch_size=100000000: the train step's arrays are "
+                        "too large") and err.count("\n") == 1
+  assert not (tmp_path / "aot.json").exists()
+
+
 def test_the_table_names_the_cpu_heap_limit_the_train_loop_compiles_with():
   """On CPU the train step's temporaries may come in heaps of <= 60 MiB (xla_flags.HEAP_FLAG,
   `loop.Trainer.fit_heap_split`): the table says so next to the number."""

@@ -36,3 +36,19 @@ def test_an_error_in_the_parent_cancels_queued_items_and_lets_running_ones_finis
   written = [p for p in paths if os.path.exists(p)]
   assert 1 <= len(written) < len(paths)  # the queue was cancelled: not every item ran
   assert all(open(p).read() == "whole" for p in written)  # and no running one was cut short
+
+
+def test_no_more_processes_than_items_or_cores(monkeypatch):
+  """`data.num_workers=64` on a 2-core machine starts 2 processes, and 3 items start 3 at most."""
+  started = []
+  real = workers.futures.ProcessPoolExecutor
+  def recording(n, **kwargs):
+    started.append(n)
+    return real(n, **kwargs)
+  monkeypatch.setattr(workers.futures, "ProcessPoolExecutor", recording)
+  monkeypatch.setattr(workers, "available_cores", lambda: 2)
+  assert [v for v, _ in workers.map_in_processes(_square_and_sigint, range(5), 64)] == [
+      0, 1, 4, 9, 16]
+  monkeypatch.setattr(workers, "available_cores", lambda: 8)
+  assert len(list(workers.map_in_processes(_square_and_sigint, range(3), 64))) == 3
+  assert started == [2, 3]

@@ -212,7 +212,7 @@ def _generate_subject(task: tuple[str, int, str, int]) -> dict[str, Any]:
 def _run(tasks: list[tuple], num_workers: int) -> list[dict[str, Any]]:
   if num_workers <= 1 or len(tasks) <= 1:
     return [_generate_subject(t) for t in tasks]
-  return list(workers.map_in_processes(_generate_subject, tasks, min(num_workers, len(tasks)),
+  return list(workers.map_in_processes(_generate_subject, tasks, num_workers,
                                        anatomy.install_template, (anatomy.template(),)))
 
 
