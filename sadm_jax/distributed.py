@@ -233,8 +233,8 @@ def log_topology(config: ml_collections.ConfigDict) -> str:
   """Logs process index/count, devices and the configured mesh; process 0 also prints the line."""
   import jax
   from sadm_jax.train import sharding
-  # evaluate: each process its own mesh over its devices (`evaluate.scoring.local_mesh`)
-  per_process = config.get("stage") == "evaluate"
+  # evaluate, predict: each process its own mesh over its devices (`evaluate.scoring.local_mesh`)
+  per_process = config.get("stage") in ("evaluate", "predict")
   try:
     mesh = sharding.make_mesh(config, jax.local_devices() if per_process else None)
   except ValueError as e:  # the stage that needs the mesh raises it; here it is only reported

@@ -9,7 +9,7 @@ import os
 import queue
 import threading
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import jax
 import ml_collections
@@ -27,6 +27,7 @@ from sadm_jax.utils import io
 
 PNG_VOLUMES = 3  # montages for the first few test volumes of each run and data set
 PREFETCH_BATCHES = 2  # batches of volumes read and preprocessed ahead of the device
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -208,7 +209,7 @@ class Evaluation:
     # A volume that fails on one process (NaN scores, a damaged file) stops all of them at once.
     with distributed.together(f"the {tag} passes"):
       pending = None
-      for batch, cases in prefetch(self, batches):
+      for batch, cases in prefetch(batches, lambda b: [self.case(it.pass_, it.row) for it in b]):
         outs = self._dispatch(batch, cases)  # asynchronous: the device works while ...
         if pending is not None:
           done += self._finish(*pending, extras)  # ... the host finishes the previous batch
@@ -295,9 +296,11 @@ class Evaluation:
                                 nifti=bool(ecfg.write_nifti), png=png)
 
 
-def prefetch(evaluation: Evaluation, batches: Sequence[Sequence[Item]]
-             ) -> Iterator[tuple[Sequence[Item], list[Case]]]:
-  """(batch, its cases) with the next batches read and preprocessed by a background thread."""
+def prefetch(batches: Sequence[Sequence[T]], load: Callable[[Sequence[T]], list]
+             ) -> Iterator[tuple[Sequence[T], list]]:
+  """(batch, load(batch)) for each batch, the next `PREFETCH_BATCHES` loaded (read and
+  preprocessed) by a background thread while the caller works on this one; an exception in
+  `load` is raised in the caller."""
   q: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
   stop = threading.Event()
 
@@ -306,7 +309,7 @@ def prefetch(evaluation: Evaluation, batches: Sequence[Sequence[Item]]
       for batch in batches:
         if stop.is_set():
           return
-        q.put((batch, [evaluation.case(it.pass_, it.row) for it in batch]))
+        q.put((batch, load(batch)))
     except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
       q.put(e)
       return

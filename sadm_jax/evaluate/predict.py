@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+from typing import Any
 
 import jax
 import ml_collections
@@ -16,7 +18,7 @@ from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import preprocess_volume
 from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import inference, metrics
+from sadm_jax.evaluate import execute, inference, metrics, scoring, thresholds
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
 from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, list_scans, load_scan, scan_stem,
                                      to_input_grid)
@@ -26,26 +28,53 @@ from sadm_jax.utils import io
 # ----------------------------------------------------------------------------- one scan
 
 
-def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: str) -> dict:
-  """Preprocesses one scan, infers, thresholds and writes the map and mask on the scan's grid.
+@dataclasses.dataclass
+class Prepared:
+  """One scan read, reoriented to the training data's axis order and preprocessed."""
+  image_path: str
+  mask_path: str | None
+  img: nifti.Volume  # the scan as stored
+  reo: orientation.Reorientation  # its voxel order -> the training data's
+  image_t: np.ndarray  # [H', W', D'] the scan in the training data's order
+  brain_t: np.ndarray  # bool [H', W', D'], likewise
+  work: Any  # `preprocess_volume`'s result: image, mask and affine on the working grid
+  brain: np.ndarray  # bool [H, W, D] working grid: the mask eroded as evaluated (`Predictor.brain`)
+  index: int  # noise index (`inference.volume_index` of the file name)
 
-  The scan (and mask) are first reoriented to the training data's axis order (`pred.orientation`,
-  an exact flip/permutation), so the models see it as they saw their training data; the outputs
-  are carried back to the scan's own voxel order, shape and affine. Writes
-  `<stem>_anomaly_map.nii.gz` (float32), `<stem>_anomaly_mask.nii.gz` (uint8, only with a
-  threshold) and `<stem>_prediction.json` into `out_dir`; returns the JSON's content.
-  """
+  @property
+  def volume(self) -> tuple[np.ndarray, np.ndarray, int]:
+    """(image, brain M, noise index) on the working grid, as `Predictor.infer` takes them."""
+    return self.work.image, self.brain, self.index
+
+
+def prepare(pred: Predictor, image_path: str, mask_path: str | None) -> Prepared:
+  """Reads, checks, reorients (an exact flip/permutation to `pred.orientation`, so the models
+  see the scan as they saw their training data) and preprocesses one scan; DataError naming the
+  file when it cannot be used."""
   img, mask = load_scan(image_path, mask_path)
   reo = orientation.reorientation(img.affine, img.data.shape, pred.orientation)
   image_t, brain_t = reo.apply(img.data), reo.apply(mask) > 0  # [H', W', D'] training order
   cfg = config_lib.preprocess_config(pred.settings_config)
   work = preprocess_volume(image_t, brain_t.astype(np.uint8), None, reo.affine, cfg,
                            source=image_path)
-  a, _ = pred.infer(work.image, work.mask, inference.volume_index(os.path.basename(image_path)))
+  return Prepared(image_path, mask_path, img, reo, image_t, brain_t, work,
+                  pred.brain(work.mask, os.path.basename(image_path)),
+                  inference.volume_index(os.path.basename(image_path)))
+
+
+def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict:
+  """Thresholds one scan's map `a` [H, W, D] (working grid), carries map and mask back to the
+  scan's own voxel order, shape and affine, and writes `<stem>_anomaly_map.nii.gz` (float32),
+  `<stem>_anomaly_mask.nii.gz` (uint8, only with a threshold) and `<stem>_prediction.json` into
+  `out_dir`; returns the JSON's content."""
+  image_path, mask_path, img, reo, work = (prep.image_path, prep.mask_path, prep.img, prep.reo,
+                                           prep.work)
+  thresholds.check_finite(a, os.path.basename(image_path))  # NaN/Inf weights: no map written
 
   def back(volume: np.ndarray, order: int) -> np.ndarray:
     """Working grid → the scan's own voxel order [H, W, D], zero outside the brain."""
-    return reo.undo(to_input_grid(volume, work.affine, reo.affine, image_t.shape, order) * brain_t)
+    return reo.undo(to_input_grid(volume, work.affine, reo.affine, prep.image_t.shape, order)
+                    * prep.brain_t)
 
   a_in = back(a, 1)
   stem = scan_stem(image_path)
@@ -70,6 +99,13 @@ def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: st
   _write_outputs(out, a_in, p_in, mask_out, os.path.join(out_dir, f"{stem}_prediction.json"),
                  nib.load(image_path))  # the scan's own header and affine: the maps sit on its grid
   return out
+
+
+def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: str) -> dict:
+  """One scan on one device: `prepare`, `Predictor.infer`, `finish` (the stage batches scans
+  over the process's devices instead: `run`); returns the prediction record."""
+  prep = prepare(pred, image_path, mask_path)
+  return finish(pred, prep, pred.infer([prep.volume], scoring.local_mesh(1))[0], out_dir)
 
 
 def _write_outputs(out: dict, a_in: np.ndarray, p_in: np.ndarray | None, mask_out: str,
@@ -117,12 +153,26 @@ def _gather(records: list[dict]) -> list[dict]:
                 key=lambda r: r["index"])
 
 
+def _batches(indices: list[int], devices: int) -> list[list[int]]:
+  """`indices` in as few batches of at most `devices` as there can be, of even sizes: 10 scans
+  on 8 devices are 5 + 5 (one program for 5 devices), not 8 + 2 padded with 6 copies."""
+  if not indices:
+    return []
+  size = -(-len(indices) // -(-len(indices) // devices))
+  return [indices[k:k + size] for k in range(0, len(indices), size)]
+
+
 def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
-  """(scans, batch, predictor) of this process; with several processes, every process first
+  """(scans, batch, predictor, devices) of this process (`mesh.num_devices` of its own devices,
+  0 = all: scans run one per device); with several processes, every process first
   learns whether the others started too and listed the same scans, so that a process that could
   not start (an unreadable input or checkpoint on its host) stops them all instead of leaving
   them waiting for its records forever, and no scan is predicted twice or never."""
   with distributed.together("predict's start"):
+    devices = int(config.mesh.num_devices) or jax.local_device_count()
+    if devices > jax.local_device_count():
+      raise ValueError(f"--config.mesh.num_devices={devices}: this process sees "
+                       f"{jax.local_device_count()} device(s) (0 = all)")
     scans, batch = list_scans(p.input, p.mask, p.mask_suffix)
     predictor = load_predictor(p.checkpoint_dir, config)
   every = distributed.allgather_json([s.name for s in scans])
@@ -133,7 +183,7 @@ def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
           f"predict.input {p.input!r} lists {len(other)} scan(s) on process {k} but "
           f"{len(mine)} (or others) on process {jax.process_index()}: is it on a file "
           "system every host sees the same, and unchanged while predict starts?")
-  return scans, batch, predictor
+  return scans, batch, predictor, devices
 
 
 def _table(records: list[dict]) -> str:
@@ -156,8 +206,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`stage=predict`: every scan of `predict.input` through the models of `predict.checkpoint_dir`.
 
   Scans are split over processes by index (process p predicts scans p, p + P, ...), once every
-  process has started and listed the same scans (otherwise all stop: `_start`); a scan that
-  fails is reported by name and the others go on. Process 0 writes `predict_summary.json` (every
+  process has started and listed the same scans (otherwise all stop: `_start`); a process runs
+  its scans in batches, one scan per local device (`mesh.num_devices`, 0 = all), as evaluation
+  does, while a background thread reads and preprocesses the next batch. A scan that fails is
+  reported by name and the others go on. Process 0 writes `predict_summary.json` (every
   scan's status) into the output folder and prints the table. Returns the summary; raises
   PredictFailed (a DataError: exit code 2 from the command line) when any scan failed.
   """
@@ -166,25 +218,51 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError("set --config.predict.checkpoint_dir=<evaluation|SADM|cDDPM workdir> and "
                      "--config.predict.input=<scan.nii.gz | a,b,... | folder | scans.csv>")
   out_root = os.path.abspath(p.output or workdir)
-  scans, batch, pred = _start(p, config)
+  scans, batch, pred, devices = _start(p, config)
   pid, nproc = jax.process_index(), jax.process_count()
+  groups = _batches(list(range(pid, len(scans), nproc)), devices)
+  mesh = scoring.local_mesh(len(groups[0])) if groups and pred.method != "threshold" else None
+
+  def load(group: list[int]) -> list:  # in the prefetch thread: each scan prepared, or its error
+    out = []
+    for i in group:
+      try:
+        out.append(prepare(pred, scans[i].image, scans[i].mask))
+      except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
+        out.append(e)
+    return out
+
+  def fail(rec: dict, e: Exception) -> None:
+    if not isinstance(e, (DataError, OSError, ValueError)):  # a bug: with its traceback
+      logging.error("predict: %s failed", rec["scan"], exc_info=e)
+    rec.update(status="failed", message=_one_line(e), output_dir="")
+    logging.error("predict: %s failed: %s", rec["scan"], rec["message"])
+
   records = []
-  for i in range(pid, len(scans), nproc):
-    s = scans[i]
-    rec = {"index": i, "scan": s.name, "image": os.path.abspath(s.image),
-           "mask": os.path.abspath(s.mask) if s.mask else "image > 0", "process": pid}
-    out_dir = os.path.join(out_root, s.name) if batch else out_root
-    try:
-      out = predict(pred, s.image, s.mask, out_dir)
-    except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
-      if not isinstance(e, (DataError, OSError)):  # a bug: with its traceback
-        logging.exception("predict: %s failed", s.name)
-      rec.update(status="failed", message=_one_line(e), output_dir="")
-      logging.error("predict: %s failed: %s", s.name, rec["message"])
-    else:
-      rec.update(status="ok", message=_ok_message(out), output_dir=out_dir, prediction=out)
-      logging.info("predict: %s -> %s", s.name, out["anomaly_map"])
-    records.append(rec)
+  for group, prepared in execute.prefetch(groups, load):
+    recs = {i: {"index": i, "scan": scans[i].name, "image": os.path.abspath(scans[i].image),
+                "mask": os.path.abspath(scans[i].mask) if scans[i].mask else "image > 0",
+                "process": pid} for i in group}
+    ready = [(i, prep) for i, prep in zip(group, prepared) if not isinstance(prep, Exception)]
+    for i, prep in zip(group, prepared):
+      if isinstance(prep, Exception):
+        fail(recs[i], prep)
+    try:  # the batch's scans at once, one per device
+      maps = pred.infer([prep.volume for _, prep in ready], mesh) if ready else []
+    except Exception as e:  # noqa: BLE001
+      for i, _ in ready:
+        fail(recs[i], e)
+      ready, maps = [], []
+    for (i, prep), a in zip(ready, maps):
+      out_dir = os.path.join(out_root, scans[i].name) if batch else out_root
+      try:
+        out = finish(pred, prep, a, out_dir)
+      except Exception as e:  # noqa: BLE001
+        fail(recs[i], e)
+      else:
+        recs[i].update(status="ok", message=_ok_message(out), output_dir=out_dir, prediction=out)
+        logging.info("predict: %s -> %s", scans[i].name, out["anomaly_map"])
+    records += [recs[i] for i in group]
   records = _gather(records)
   if nproc > 1:  # the summary is process 0's: the others' outputs must be where it says they are
     unseen = distributed.allgather_json(
@@ -200,7 +278,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "threshold_source": pred.tau_source, "model_orientation": pred.orientation,
              "model_orientation_source": pred.orientation_source, "num_scans": len(records),
              "num_ok": len(records) - len(failed), "num_failed": len(failed),
-             "processes": nproc, "scans": records}
+             "processes": nproc, "devices_per_process": devices, "scans": records}
   path = os.path.join(out_root, "predict_summary.json")
   if pid == 0:
     io.write_json(path, summary)

@@ -7,6 +7,9 @@ import json
 import logging
 import os
 
+from typing import Sequence
+
+import jax
 import ml_collections
 import numpy as np
 
@@ -41,20 +44,46 @@ class Predictor:
   orientation: str = orientation.DEFAULT
   orientation_source: str = ""
 
-  def infer(self, image_hwd: np.ndarray, mask_hwd: np.ndarray, index: int
-            ) -> tuple[np.ndarray, inference.VolumeInference | None]:
-    """(anomaly map [H, W, D], inference) on the working grid."""
-    settings = scoring.map_settings(self.settings_config)
-    # The brain the evaluation scored (every method's M, `execute.Case.brain`), eroded once here:
-    # `anomaly_map` then erodes it no further.
-    brain = scoring.eroded_brain(mask_hwd, settings["erode_mask"], "this scan", slice_major=False)
-    outputs = None
-    if self.method != "threshold":
-      image = np.transpose(image_hwd, (2, 0, 1))  # slice-major, as the cache stores it
-      outputs = inference.infer_volume(image, index, self.cddpm, self.segnet)
-    a = scoring.anomaly_for(self.method, self.combination, image_hwd, brain, outputs,
-                            {**settings, "erode_mask": 0}, self.intensity_median)
-    return a, outputs
+  _programs: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+  def program(self, mesh) -> scoring.VolumeProgram:
+    """The evaluation's per-volume program (`scoring.VolumeProgram`) for this predictor's one run
+    over `mesh` (built once per mesh): the maps predict writes are computed as the evaluation
+    computed the maps its τ was tuned on."""
+    if mesh not in self._programs:
+      spec = [(self.method, self.combination, 0 if self.segnet is not None else None)]
+      self._programs[mesh] = scoring.VolumeProgram(
+          self.cddpm, [self.segnet] if self.segnet is not None else [], spec,
+          scoring.map_settings(self.settings_config), mesh, scoring.device_median())
+    return self._programs[mesh]
+
+  def brain(self, mask_hwd: np.ndarray, name: str) -> np.ndarray:
+    """The brain the evaluation scored (every method's M, `execute.Case.brain`): the mask
+    [H, W, D] eroded by `evaluate.erode_mask`; ValueError naming `name` when that leaves nothing."""
+    return scoring.eroded_brain(mask_hwd, int(self.settings_config.evaluate.erode_mask), name,
+                                slice_major=False)
+
+  def infer(self, volumes: Sequence[tuple[np.ndarray, np.ndarray, int]], mesh) -> list[np.ndarray]:
+    """Anomaly maps [H, W, D] on the working grid of up to `mesh.size` volumes, one per device.
+
+    volumes: (preprocessed image [H, W, D], brain M [H, W, D] (`brain`), noise index) each, all
+    of one shape.
+    """
+    if self.method == "threshold":
+      return [scoring.anomaly_for("threshold", "", x, brain, None, {}, self.intensity_median)
+              for x, brain, _ in volumes]
+    if not 0 < len(volumes) <= mesh.size:
+      raise ValueError(f"{len(volumes)} volumes for a mesh of {mesh.size} devices")
+    program = self.program(mesh)
+    padded = list(volumes) + [volumes[-1]] * (mesh.size - len(volumes))  # the last again, dropped
+    dhw = lambda a: np.transpose(a, (2, 0, 1))  # slice-major [D, H, W], as the cache stores it
+    images = np.stack([dhw(x) for x, _, _ in padded]).astype(np.float32)
+    masks = np.stack([dhw(np.asarray(b) > 0) for _, b, _ in padded])
+    indices = np.asarray([i for _, _, i in padded], np.uint32)
+    out = jax.device_get(program.dispatch(images, masks, indices))
+    rid = program.runs[0][0]
+    return [np.transpose(program.maps(out, b, masks[b])[rid], (1, 2, 0))
+            for b in range(len(volumes))]
 
 
 # ----------------------------------------------------------------------------- loading

@@ -256,12 +256,13 @@ def test_the_threshold_baseline_scores_the_eroded_brain_as_evaluation_does(tmp_p
   image = np.full((8, 8, 2), 2.0, np.float32)
   mask = np.zeros((8, 8, 2), bool)
   mask[1:7, 1:7] = True
-  plain, _ = pred.infer(image, mask, 0)
+  infer = lambda: pred.infer([(image, pred.brain(mask, "sub-01.nii.gz"), 0)], None)[0]
+  plain = infer()
   assert (plain > 0).sum() == 6 * 6 * 2
   pred.settings_config.evaluate.erode_mask = 1
-  eroded, _ = pred.infer(image, mask, 0)
+  eroded = infer()
   assert (eroded > 0).sum() == 4 * 4 * 2 and np.all(eroded[2:6, 2:6] == 2.0)
   pred.settings_config.evaluate.erode_mask = 3
   with pytest.raises(ValueError, match=r"^--config.evaluate.erode_mask=3 erodes the brain mask of "
-                                       r"this scan to nothing"):
-    pred.infer(image, mask, 0)
+                                       r"sub-01.nii.gz to nothing"):
+    infer()

@@ -127,15 +127,16 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
   monkeypatch.setattr(distributed, "allgather_json", allgather)
   monkeypatch.setattr(predict, "load_predictor", lambda *a: types.SimpleNamespace(
       source="m", method="cddpm", tau=None, tau_source="", orientation="RAS",
-      orientation_source=""))
+      orientation_source="", infer=lambda volumes, mesh: [None] * len(volumes)))
+  monkeypatch.setattr(predict, "prepare", lambda *a: types.SimpleNamespace(volume=None))
 
-  def fake_predict(pred, image, mask, out_dir):
+  def fake_finish(pred, prep, a, out_dir):
     os.makedirs(out_dir)
     path = os.path.join(out_dir, "a_anomaly_map.nii.gz")
     open(path, "wb").close()
     return {"anomaly_map": path, "volume_score": 1.0, "input_orientation": "RAS",
             "model_orientation": "RAS"}
-  monkeypatch.setattr(predict, "predict", fake_predict)
+  monkeypatch.setattr(predict, "finish", fake_finish)
   c = scan_config(str(tmp_path / "model"), {"image": str(folder)}, tmp_path / "out")
   with pytest.raises(DataError, match=r"1 of 2 scan\(s\) failed: b \(written by process 1 but "
                                       r"not found by process 0: is .*out a folder every host"):
