@@ -9,7 +9,7 @@ import os
 import queue
 import threading
 import time
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import jax
 import ml_collections
@@ -209,7 +209,7 @@ class Evaluation:
     # A volume that fails on one process (NaN scores, a damaged file) stops all of them at once.
     with distributed.together(f"the {tag} passes"):
       pending = None
-      for batch, cases in prefetch(batches, lambda b: [self.case(it.pass_, it.row) for it in b]):
+      for batch, cases in prefetch(batches, lambda it: self.case(it.pass_, it.row)):
         outs = self._dispatch(batch, cases)  # asynchronous: the device works while ...
         if pending is not None:
           done += self._finish(*pending, extras)  # ... the host finishes the previous batch
@@ -296,11 +296,12 @@ class Evaluation:
                                 nifti=bool(ecfg.write_nifti), png=png)
 
 
-def prefetch(batches: Sequence[Sequence[T]], load: Callable[[Sequence[T]], list]
+def prefetch(batches: Sequence[Sequence[T]], load: Callable[[T], Any]
              ) -> Iterator[tuple[Sequence[T], list]]:
-  """(batch, load(batch)) for each batch, the next `PREFETCH_BATCHES` loaded (read and
-  preprocessed) by a background thread while the caller works on this one; an exception in
-  `load` is raised in the caller."""
+  """(batch, [load(item) for item in batch]) for each batch, the next `PREFETCH_BATCHES` loaded
+  (read and preprocessed) by a background thread while the caller works on this one; an
+  exception in `load` is raised in the caller. When the caller stops (an error, Ctrl-C), the
+  thread stops after the item it is loading."""
   q: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
   stop = threading.Event()
 
@@ -309,13 +310,18 @@ def prefetch(batches: Sequence[Sequence[T]], load: Callable[[Sequence[T]], list]
       for batch in batches:
         if stop.is_set():
           return
-        q.put((batch, load(batch)))
+        loaded = []
+        for item in batch:
+          if stop.is_set():
+            return
+          loaded.append(load(item))
+        q.put((batch, loaded))
     except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
       q.put(e)
       return
     q.put(None)
 
-  thread = threading.Thread(target=work, name="eval-prefetch", daemon=True)
+  thread = threading.Thread(target=work, name="prefetch", daemon=True)
   thread.start()
   try:
     while True:

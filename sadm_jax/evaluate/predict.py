@@ -30,13 +30,15 @@ from sadm_jax.utils import io
 
 @dataclasses.dataclass
 class Prepared:
-  """One scan read, reoriented to the training data's axis order and preprocessed."""
+  """One scan read, reoriented to the training data's axis order and preprocessed; of the scan
+  itself only what `finish` needs to carry the maps back (a batch of them waits in memory)."""
   image_path: str
   mask_path: str | None
-  img: nifti.Volume  # the scan as stored
+  input_shape: tuple  # the scan's grid [H, W, D] as stored
+  input_affine: np.ndarray  # [4, 4], likewise
   reo: orientation.Reorientation  # its voxel order -> the training data's
-  image_t: np.ndarray  # [H', W', D'] the scan in the training data's order
-  brain_t: np.ndarray  # bool [H', W', D'], likewise
+  shape_t: tuple  # [H', W', D']: the scan's grid in the training data's order
+  brain_t: np.ndarray  # bool [H', W', D']: its brain mask in that order
   work: Any  # `preprocess_volume`'s result: image, mask and affine on the working grid
   brain: np.ndarray  # bool [H, W, D] working grid: the mask eroded as evaluated (`Predictor.brain`)
   index: int  # noise index (`inference.volume_index` of the file name)
@@ -57,7 +59,8 @@ def prepare(pred: Predictor, image_path: str, mask_path: str | None) -> Prepared
   cfg = config_lib.preprocess_config(pred.settings_config)
   work = preprocess_volume(image_t, brain_t.astype(np.uint8), None, reo.affine, cfg,
                            source=image_path)
-  return Prepared(image_path, mask_path, img, reo, image_t, brain_t, work,
+  return Prepared(image_path, mask_path, img.data.shape, img.affine, reo, image_t.shape, brain_t,
+                  work,
                   pred.brain(work.mask, os.path.basename(image_path)),
                   inference.volume_index(os.path.basename(image_path)))
 
@@ -67,13 +70,12 @@ def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict
   scan's own voxel order, shape and affine, and writes `<stem>_anomaly_map.nii.gz` (float32),
   `<stem>_anomaly_mask.nii.gz` (uint8, only with a threshold) and `<stem>_prediction.json` into
   `out_dir`; returns the JSON's content."""
-  image_path, mask_path, img, reo, work = (prep.image_path, prep.mask_path, prep.img, prep.reo,
-                                           prep.work)
+  image_path, mask_path, reo, work = prep.image_path, prep.mask_path, prep.reo, prep.work
   thresholds.check_finite(a, os.path.basename(image_path))  # NaN/Inf weights: no map written
 
   def back(volume: np.ndarray, order: int) -> np.ndarray:
     """Working grid → the scan's own voxel order [H, W, D], zero outside the brain."""
-    return reo.undo(to_input_grid(volume, work.affine, reo.affine, prep.image_t.shape, order)
+    return reo.undo(to_input_grid(volume, work.affine, reo.affine, prep.shape_t, order)
                     * prep.brain_t)
 
   a_in = back(a, 1)
@@ -84,7 +86,8 @@ def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict
          "input_orientation": reo.source, "model_orientation": pred.orientation,
          "model_orientation_source": pred.orientation_source,
          "volume_score": metrics.volume_score(a, work.mask), "working_grid": list(a.shape),
-         "input_grid": list(img.data.shape), "input_spacing_mm": list(affine_spacing(img.affine)),
+         "input_grid": list(prep.input_shape),
+         "input_spacing_mm": list(affine_spacing(prep.input_affine)),
          "resampled_to_1mm": bool(work.resampled_to_1mm),
          "anomaly_map": os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[0]}.nii.gz")}
   mask_out = os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[1]}.nii.gz")
@@ -208,9 +211,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Scans are split over processes by index (process p predicts scans p, p + P, ...), once every
   process has started and listed the same scans (otherwise all stop: `_start`); a process runs
   its scans in batches, one scan per local device (`mesh.num_devices`, 0 = all), as evaluation
-  does, while a background thread reads and preprocesses the next batch. A scan that fails is
-  reported by name and the others go on. Process 0 writes `predict_summary.json` (every
-  scan's status) into the output folder and prints the table. Returns the summary; raises
+  does: a background thread reads and preprocesses the next batches, and the host writes one
+  batch's outputs while the devices compute the next. A scan that fails is reported by name and
+  the others go on (a device error fails its batch's scans). Process 0 writes
+  `predict_summary.json` (every scan's status; `devices`: the mesh its batches ran on, 0 for the
+  threshold baseline) into the output folder and prints the table. Returns the summary; raises
   PredictFailed (a DataError: exit code 2 from the command line) when any scan failed.
   """
   p = config.predict
@@ -223,35 +228,43 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   groups = _batches(list(range(pid, len(scans), nproc)), devices)
   mesh = scoring.local_mesh(len(groups[0])) if groups and pred.method != "threshold" else None
 
-  def load(group: list[int]) -> list:  # in the prefetch thread: each scan prepared, or its error
-    out = []
-    for i in group:
-      try:
-        out.append(prepare(pred, scans[i].image, scans[i].mask))
-      except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
-        out.append(e)
-    return out
+  def load(i: int):  # in the prefetch thread: the scan prepared, or its error
+    try:
+      return prepare(pred, scans[i].image, scans[i].mask)
+    except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
+      return e
 
-  def fail(rec: dict, e: Exception) -> None:
-    if not isinstance(e, (DataError, OSError, ValueError)):  # a bug: with its traceback
+  def fail(rec: dict, e: Exception, traceback: bool = True) -> None:
+    if traceback and not isinstance(e, (DataError, OSError, ValueError)):  # a bug: its traceback
       logging.error("predict: %s failed", rec["scan"], exc_info=e)
     rec.update(status="failed", message=_one_line(e), output_dir="")
     logging.error("predict: %s failed: %s", rec["scan"], rec["message"])
 
-  records = []
-  for group, prepared in execute.prefetch(groups, load):
+  def dispatch(group: list[int], prepared: list) -> tuple:
+    """(records, ready (index, Prepared) pairs, pending maps or the batch's error)."""
     recs = {i: {"index": i, "scan": scans[i].name, "image": os.path.abspath(scans[i].image),
                 "mask": os.path.abspath(scans[i].mask) if scans[i].mask else "image > 0",
                 "process": pid} for i in group}
-    ready = [(i, prep) for i, prep in zip(group, prepared) if not isinstance(prep, Exception)]
+    ready = []
     for i, prep in zip(group, prepared):
       if isinstance(prep, Exception):
         fail(recs[i], prep)
-    try:  # the batch's scans at once, one per device
-      maps = pred.infer([prep.volume for _, prep in ready], mesh) if ready else []
+      else:
+        ready.append((i, prep))
+    try:  # the batch's scans at once, one per device (asynchronous)
+      pending = pred.dispatch([prep.volume for _, prep in ready], mesh) if ready else None
     except Exception as e:  # noqa: BLE001
-      for i, _ in ready:
-        fail(recs[i], e)
+      pending = e
+    return recs, ready, pending
+
+  def finish_batch(recs: dict, ready: list, pending) -> list[dict]:
+    try:
+      maps = pred.collect(pending) if not isinstance(pending, Exception) and ready else []
+    except Exception as e:  # noqa: BLE001
+      pending = e
+    if isinstance(pending, Exception):  # a device or compile error: every scan of the batch
+      for k, (i, _) in enumerate(ready):
+        fail(recs[i], pending, traceback=k == 0)  # the traceback once
       ready, maps = [], []
     for (i, prep), a in zip(ready, maps):
       out_dir = os.path.join(out_root, scans[i].name) if batch else out_root
@@ -262,7 +275,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else:
         recs[i].update(status="ok", message=_ok_message(out), output_dir=out_dir, prediction=out)
         logging.info("predict: %s -> %s", scans[i].name, out["anomaly_map"])
-    records += [recs[i] for i in group]
+    return list(recs.values())
+
+  records, waiting = [], None
+  for group, prepared in execute.prefetch(groups, load):
+    started = dispatch(group, prepared)  # the devices work on this batch while ...
+    if waiting is not None:
+      records += finish_batch(*waiting)  # ... the host finishes the previous one
+    waiting = started
+  if waiting is not None:
+    records += finish_batch(*waiting)
   records = _gather(records)
   if nproc > 1:  # the summary is process 0's: the others' outputs must be where it says they are
     unseen = distributed.allgather_json(
@@ -278,7 +300,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "threshold_source": pred.tau_source, "model_orientation": pred.orientation,
              "model_orientation_source": pred.orientation_source, "num_scans": len(records),
              "num_ok": len(records) - len(failed), "num_failed": len(failed),
-             "processes": nproc, "devices_per_process": devices, "scans": records}
+             "processes": nproc, "devices": mesh.size if mesh is not None else 0,
+             "scans": records}
   path = os.path.join(out_root, "predict_summary.json")
   if pid == 0:
     io.write_json(path, summary)

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -48,14 +48,16 @@ class Predictor:
 
   def program(self, mesh) -> scoring.VolumeProgram:
     """The evaluation's per-volume program (`scoring.VolumeProgram`) for this predictor's one run
-    over `mesh` (built once per mesh): the maps predict writes are computed as the evaluation
-    computed the maps its τ was tuned on."""
-    if mesh not in self._programs:
+    over `mesh`, built once per mesh and map settings: the maps predict writes are computed as
+    the evaluation computed the maps its τ was tuned on."""
+    settings = scoring.map_settings(self.settings_config)
+    key = (mesh, tuple(sorted(settings.items())))
+    if key not in self._programs:
       spec = [(self.method, self.combination, 0 if self.segnet is not None else None)]
-      self._programs[mesh] = scoring.VolumeProgram(
-          self.cddpm, [self.segnet] if self.segnet is not None else [], spec,
-          scoring.map_settings(self.settings_config), mesh, scoring.device_median())
-    return self._programs[mesh]
+      self._programs[key] = scoring.VolumeProgram(
+          self.cddpm, [self.segnet] if self.segnet is not None else [], spec, settings, mesh,
+          scoring.device_median())
+    return self._programs[key]
 
   def brain(self, mask_hwd: np.ndarray, name: str) -> np.ndarray:
     """The brain the evaluation scored (every method's M, `execute.Case.brain`): the mask
@@ -63,27 +65,52 @@ class Predictor:
     return scoring.eroded_brain(mask_hwd, int(self.settings_config.evaluate.erode_mask), name,
                                 slice_major=False)
 
-  def infer(self, volumes: Sequence[tuple[np.ndarray, np.ndarray, int]], mesh) -> list[np.ndarray]:
-    """Anomaly maps [H, W, D] on the working grid of up to `mesh.size` volumes, one per device.
+  def dispatch(self, volumes: Sequence[tuple[np.ndarray, np.ndarray, int]], mesh) -> Pending:
+    """Starts the maps of up to `mesh.size` volumes, one per device (asynchronous: `collect`).
 
     volumes: (preprocessed image [H, W, D], brain M [H, W, D] (`brain`), noise index) each, all
-    of one shape.
+    of one shape. The threshold baseline needs no device (mesh may be None): its maps are
+    computed here, on the host.
     """
     if self.method == "threshold":
-      return [scoring.anomaly_for("threshold", "", x, brain, None, {}, self.intensity_median)
-              for x, brain, _ in volumes]
+      return Pending(None, [scoring.anomaly_for("threshold", "", x, brain, None, {},
+                                                self.intensity_median)
+                            for x, brain, _ in volumes], [])
     if not 0 < len(volumes) <= mesh.size:
       raise ValueError(f"{len(volumes)} volumes for a mesh of {mesh.size} devices")
     program = self.program(mesh)
     padded = list(volumes) + [volumes[-1]] * (mesh.size - len(volumes))  # the last again, dropped
     dhw = lambda a: np.transpose(a, (2, 0, 1))  # slice-major [D, H, W], as the cache stores it
-    images = np.stack([dhw(x) for x, _, _ in padded]).astype(np.float32)
-    masks = np.stack([dhw(np.asarray(b) > 0) for _, b, _ in padded])
-    indices = np.asarray([i for _, _, i in padded], np.uint32)
-    out = jax.device_get(program.dispatch(images, masks, indices))
+    masks = [dhw(np.asarray(b) > 0) for _, b, _ in volumes]
+    out = program.dispatch(np.stack([dhw(x) for x, _, _ in padded]).astype(np.float32),
+                           np.stack(masks + [masks[-1]] * (mesh.size - len(volumes))),
+                           np.asarray([i for _, _, i in padded], np.uint32))
+    # only what the maps are made of comes back to the host (not the reconstructions)
+    needed = ("maps",) if program.on_device_median else ("residual", "prob")
+    return Pending(program, {k: v for k, v in out.items() if k in needed}, masks)
+
+  @staticmethod
+  def collect(pending: Pending) -> list[np.ndarray]:
+    """The anomaly maps [H, W, D] (working grid) of a `dispatch`, in its volumes' order."""
+    if pending.program is None:
+      return pending.outputs
+    program, host = pending.program, jax.device_get(pending.outputs)
     rid = program.runs[0][0]
-    return [np.transpose(program.maps(out, b, masks[b])[rid], (1, 2, 0))
-            for b in range(len(volumes))]
+    return [np.transpose(program.maps(host, b, m)[rid], (1, 2, 0))
+            for b, m in enumerate(pending.masks)]
+
+  def infer(self, volumes: Sequence[tuple[np.ndarray, np.ndarray, int]], mesh) -> list[np.ndarray]:
+    """`collect(dispatch(volumes, mesh))`: the maps [H, W, D] of up to `mesh.size` volumes."""
+    return self.collect(self.dispatch(volumes, mesh))
+
+
+@dataclasses.dataclass
+class Pending:
+  """Maps started by `Predictor.dispatch`: the program (None: computed on the host), its device
+  outputs (or the host maps) and the volumes' brain masks [D, H, W]."""
+  program: scoring.VolumeProgram | None
+  outputs: Any
+  masks: list
 
 
 # ----------------------------------------------------------------------------- loading

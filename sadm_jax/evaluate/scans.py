@@ -124,14 +124,21 @@ def _is_nifti(path: str) -> bool:
   return bool(re.search(r"\.nii(\.gz)?$", path, flags=re.IGNORECASE))
 
 
+def _mask_bases(stem: str) -> list[str]:
+  """The names a scan's mask may start with: its stem, then `<base>` for a stem
+  `<base>_<modality>` (`sub-01_T1w`), not for one ending in a number (`patient_001`: a stray
+  `patient_mask` is not every patient's mask)."""
+  head, _, tail = stem.rpartition("_")
+  return [stem] + ([head] if head and not tail.isdigit() else [])
+
+
 def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
   """The brain mask of scan `stem` in `folder`, None when there is none.
 
   `<stem><suffix>.nii[.gz]`, else (for a stem `<base>_<modality>`, e.g. `sub-01_T1w`)
   `<base><suffix>.nii[.gz]`; the extension in any case (`.NII.GZ`), the exact one first.
   """
-  bases = [stem] + ([stem.rsplit("_", 1)[0]] if "_" in stem else [])
-  for base in bases:
+  for base in _mask_bases(stem):
     for ext in (".nii.gz", ".nii"):
       path = os.path.join(folder, base + suffix + ext)
       if os.path.isfile(path):
@@ -147,10 +154,8 @@ def _given_mask(stem: str, folder: str, suffix: str) -> str:
   the path it was expected at, so that the scan fails naming it instead of silently taking
   `image > 0` as its brain: `<base><suffix>.nii.gz` for a stem `<base>_<modality>` (`sub-01_T1w`
   -> `sub-01_mask`), `<stem><suffix>.nii.gz` for one that ends in a number (`patient_001`)."""
-  found = find_mask(stem, folder, suffix)
-  head, _, tail = stem.rpartition("_")
-  return found or os.path.join(folder, (head if head and not tail.isdigit() else stem)
-                               + suffix + ".nii.gz")
+  return find_mask(stem, folder, suffix) or os.path.join(folder, _mask_bases(stem)[-1] + suffix
+                                                         + ".nii.gz")
 
 
 def _split(text: str) -> list[str]:

@@ -71,7 +71,8 @@ def compile_train_step(config: ml_collections.ConfigDict, task: loop.Task | None
     compiled = trainer.train_step.lower(state, batch, trainer.train_key, trainer.frozen).compile()
   except OverflowError as e:  # a batch no device could hold, e.g. train.batch_size=1e8
     raise ValueError(f"--config.train.batch_size={config.train.batch_size}: the train step's "
-                     f"arrays are too large to index with JAX's 32-bit integers ({e})") from None
+                     "arrays at this batch size and these model widths are too large to index "
+                     f"with JAX's 32-bit integers ({e})") from None
   return trainer, compiled, time.perf_counter() - t0
 
 

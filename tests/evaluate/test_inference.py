@@ -230,3 +230,24 @@ def test_threshold_baseline_known_answer():
   expected[2, 2, 1], expected[3, 1, 2] = 0.4, 0.3
   np.testing.assert_allclose(a, expected, atol=1e-7)
   assert a.dtype == np.float32
+
+
+def test_predict_maps_an_input_only_unet_as_the_host_does(models, eval_config):
+  """Predict's `Predictor.infer` (the per-volume program, two volumes on two devices) for an
+  input-only UNet (no cDDPM in the program, combination 'segmentation') = its probability
+  through the host `anomaly_map`, volume by volume."""
+  from sadm_jax.evaluate import predictor
+  seg = models[1].module.clone(use_residual=False)
+  x = jnp.zeros((1, H, W, 1))
+  plain = inference.SegmentationInference(seg, random_variables(seg.init, x, None, seed=3))
+  pred = predictor.Predictor(eval_config, "unet", "segmentation", "test", segnet=plain)
+  hwd = lambda a: np.transpose(a, (1, 2, 0))
+  volumes = [(hwd(_volume(30 + i)), hwd(_brain()), i) for i in range(2)]
+  got = pred.infer(volumes, scoring.local_mesh(2))
+  settings = scoring.map_settings(eval_config)
+  for (image, brain, index), a in zip(volumes, got):
+    want = scoring.anomaly_for("unet", "segmentation", image, brain,
+                               inference.infer_volume(np.transpose(image, (2, 0, 1)), index, None,
+                                                      plain), settings)
+    assert a.shape == want.shape == (H, W, D) and (a > 0).any()
+    np.testing.assert_allclose(a, want, rtol=0, atol=1e-6)

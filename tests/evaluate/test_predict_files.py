@@ -222,6 +222,8 @@ def test_a_scan_missing_from_the_given_mask_folder_fails_naming_the_mask(tmp_pat
   (scans / "patient_001.nii.gz").write_bytes(b"")  # a number, not a modality, after the last _
   found, _ = scans_lib.list_scans(str(scans / "patient_001.nii.gz"), str(masks))
   assert found[0].mask == str(masks / "patient_001_mask.nii.gz")
+  (masks / "patient_mask.nii.gz").write_bytes(b"")  # not patient_001's (nor patient_002's) mask
+  assert scans_lib.find_mask("patient_001", str(masks)) is None
 
 
 def test_a_csv_separated_by_semicolons_says_so(tmp_path):

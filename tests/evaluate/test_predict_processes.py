@@ -127,7 +127,8 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
   monkeypatch.setattr(distributed, "allgather_json", allgather)
   monkeypatch.setattr(predict, "load_predictor", lambda *a: types.SimpleNamespace(
       source="m", method="cddpm", tau=None, tau_source="", orientation="RAS",
-      orientation_source="", infer=lambda volumes, mesh: [None] * len(volumes)))
+      orientation_source="", dispatch=lambda volumes, mesh: [None] * len(volumes),
+      collect=lambda pending: pending))
   monkeypatch.setattr(predict, "prepare", lambda *a: types.SimpleNamespace(volume=None))
 
   def fake_finish(pred, prep, a, out_dir):

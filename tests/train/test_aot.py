@@ -52,8 +52,9 @@ def test_a_batch_too_large_to_index_is_one_line_exit_2(tmp_path, capsys):
   c.train.batch_size = 100_000_000
   assert main_lib.run_checked(c, str(tmp_path)) == 2
   err = capsys.readouterr().err
-  assert err.startswith("error: --config.train.batch_size=100000000: the train step's arrays are "
-                        "too large") and err.count("\n") == 1
+  assert err.startswith("error: --config.train.batch_size=100000000: the train step's arrays at "
+                        "this batch size and these model widths are too large") and \
+      err.count("\n") == 1
   assert not (tmp_path / "aot.json").exists()
 
 
