@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.splits = ()  # splits for `prepare`; () = every known split found under data_dir
   d.skip_invalid = False  # log and skip invalid rows instead of failing
   d.clean_splits = config_dict.placeholder(bool)  # de-dup + disjoint splits (Q17); faithful: keep
-  d.num_workers = 2  # processes for validation/preprocessing (at most one per core and volume)
+  d.num_workers = 2  # processes for validation/preprocessing (at most one per core and volume);
+  # predict: threads preparing a batch of scans
   d.fold = 0
   d.slice_sampling = config_dict.placeholder(str)  # 'brain' (default) | 'uniform' (faithful, Q29)
   d.augment = True  # intensity augmentation (METHOD §2.4)

@@ -9,6 +9,7 @@ import os
 import queue
 import threading
 import time
+from concurrent import futures
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import jax
@@ -296,29 +297,43 @@ class Evaluation:
                                 nifti=bool(ecfg.write_nifti), png=png)
 
 
-def prefetch(batches: Sequence[Sequence[T]], load: Callable[[T], Any]
+def prefetch(batches: Sequence[Sequence[T]], load: Callable[[T], Any], threads: int = 1
              ) -> Iterator[tuple[Sequence[T], list]]:
   """(batch, [load(item) for item in batch]) for each batch, the next `PREFETCH_BATCHES` loaded
-  (read and preprocessed) by a background thread while the caller works on this one; an
-  exception in `load` is raised in the caller. When the caller stops (an error, Ctrl-C), the
-  thread stops after the item it is loading."""
+  (read and preprocessed) by a background thread while the caller works on this one, a batch's
+  items by `threads` threads at once (`load` must then be thread-safe); an exception in `load` is
+  raised in the caller. When the caller stops (an error, Ctrl-C), the items being loaded finish
+  and no other starts."""
   q: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
   stop = threading.Event()
+  pool = futures.ThreadPoolExecutor(threads, "prefetch-load") if threads > 1 else None
+
+  def load_batch(batch: Sequence[T]) -> list | None:
+    if pool is None:
+      loaded = []
+      for item in batch:
+        if stop.is_set():
+          return None
+        loaded.append(load(item))
+      return loaded
+    pending = [pool.submit(lambda x: None if stop.is_set() else (load(x),), item)
+               for item in batch]
+    done = [f.result() for f in pending]
+    return None if any(d is None for d in done) else [d[0] for d in done]
 
   def work():
     try:
       for batch in batches:
-        if stop.is_set():
+        loaded = None if stop.is_set() else load_batch(batch)
+        if loaded is None:
           return
-        loaded = []
-        for item in batch:
-          if stop.is_set():
-            return
-          loaded.append(load(item))
         q.put((batch, loaded))
     except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
       q.put(e)
       return
+    finally:
+      if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
     q.put(None)
 
   thread = threading.Thread(target=work, name="prefetch", daemon=True)

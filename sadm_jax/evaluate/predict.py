@@ -23,6 +23,7 @@ from sadm_jax.evaluate.predictor import Predictor, load_predictor
 from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, list_scans, load_scan, scan_stem,
                                      to_input_grid)
 from sadm_jax.utils import io
+from sadm_jax.utils.xla_flags import available_cores
 
 
 # ----------------------------------------------------------------------------- one scan
@@ -211,7 +212,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Scans are split over processes by index (process p predicts scans p, p + P, ...), once every
   process has started and listed the same scans (otherwise all stop: `_start`); a process runs
   its scans in batches, one scan per local device (`mesh.num_devices`, 0 = all), as evaluation
-  does: a background thread reads and preprocesses the next batches, and the host writes one
+  does: a background thread reads and preprocesses the next batches (a batch's scans in
+  `data.num_workers` threads, at most one per core), and the host writes one
   batch's outputs while the devices compute the next. A scan that fails is reported by name and
   the others go on (a device error fails its batch's scans). Process 0 writes
   `predict_summary.json` (every scan's status; `devices`: the mesh its batches ran on, 0 for the
@@ -278,7 +280,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return list(recs.values())
 
   records, waiting = [], None
-  for group, prepared in execute.prefetch(groups, load):
+  threads = max(1, min(int(config.data.num_workers), available_cores()))  # a batch's scans at once
+  for group, prepared in execute.prefetch(groups, load, threads):
     started = dispatch(group, prepared)  # the devices work on this batch while ...
     if waiting is not None:
       records += finish_batch(*waiting)  # ... the host finishes the previous one

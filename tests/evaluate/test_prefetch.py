@@ -1,0 +1,62 @@
+"""execute.prefetch: batches in order, loaded ahead by a thread (a batch's items by several), errors raised in the caller, nothing started after the caller stops."""
+
+import threading
+import time
+
+import pytest
+
+from sadm_jax.evaluate import execute
+
+BATCHES = [[1, 2], [3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batches_come_in_order_with_their_items_loaded(threads):
+  got = list(execute.prefetch(BATCHES, lambda x: 10 * x, threads))
+  assert got == [(b, [10 * x for x in b]) for b in BATCHES]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_error_in_load_is_raised_in_the_caller(threads):
+  def load(x):
+    if x == 3:
+      raise ValueError("bad item 3")
+    return x
+  seen = []
+  with pytest.raises(ValueError, match="bad item 3"):
+    for batch, _ in execute.prefetch(BATCHES, load, threads):
+      seen.append(batch)
+  assert seen == [[1, 2]]
+
+
+def test_a_batch_is_loaded_by_several_threads_at_once():
+  running, most = set(), []
+  lock = threading.Lock()
+
+  def load(x):
+    with lock:
+      running.add(x)
+      most.append(len(running))
+    time.sleep(0.2)
+    with lock:
+      running.discard(x)
+    return x
+  assert list(execute.prefetch([[1, 2, 3, 4]], load, 4)) == [([1, 2, 3, 4], [1, 2, 3, 4])]
+  assert max(most) == 4
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_nothing_starts_after_the_caller_stops(threads):
+  started = []
+
+  def load(x):
+    started.append(x)
+    time.sleep(0.05)
+    return x
+  batches = [[2 * k, 2 * k + 1] for k in range(50)]
+  gen = execute.prefetch(batches, load, threads)
+  next(gen)
+  gen.close()  # the caller stops: the thread finishes what it is loading, then nothing more
+  count = len(started)
+  time.sleep(0.3)
+  assert len(started) == count < 2 * (execute.PREFETCH_BATCHES + 3)
