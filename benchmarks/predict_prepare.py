@@ -1,0 +1,75 @@
+"""Benchmark: predict's per-scan preparation (read, reorient, preprocess) one scan at a time vs in threads.
+
+    python -m benchmarks.predict_prepare --checkpoint_dir=runs/demo \
+        --scans=a.nii.gz,b.nii.gz,... [--masks=a_mask.nii.gz,...] [--threads=2] [--repeats=3]
+
+`predict.prepare` on every scan in this process, first one after the other, then by a pool of
+`--threads` threads (what `execute.prefetch` does for a batch of scans, `data.num_workers`),
+alternating, after one untimed call; medians. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from concurrent import futures
+
+from benchmarks import machine
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--checkpoint_dir", required=True, help="evaluation, SADM or cDDPM workdir")
+  ap.add_argument("--scans", required=True, help="comma-separated NIfTI scans")
+  ap.add_argument("--masks", default="", help="comma-separated brain masks, one per scan")
+  ap.add_argument("--threads", type=int, default=2)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--out", default=os.path.join("benchmarks", "results",
+                                                "predict_prepare_cpu.json"))
+  return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  from configs import predict as predict_config
+  from sadm_jax import config as config_lib
+  from sadm_jax.evaluate import predict, predictor
+  from sadm_jax.utils.io import write_json
+  scans = [s for s in args.scans.split(",") if s]
+  masks = [m for m in args.masks.split(",") if m] or [None] * len(scans)
+  if len(masks) != len(scans):
+    raise SystemExit(f"error: --masks lists {len(masks)} masks for {len(scans)} scans")
+  c = predict_config.get_config()
+  c.predict.checkpoint_dir = args.checkpoint_dir
+  pred = predictor.load_predictor(args.checkpoint_dir, config_lib.resolve(c))
+  items = list(zip(scans, masks))
+  prepare = lambda item: predict.prepare(pred, *item)  # noqa: E731
+  prepare(items[0])  # warm-up: imports, first reads
+  times: dict[str, list[float]] = {"sequential": [], f"{args.threads} threads": []}
+  for _ in range(max(1, args.repeats)):
+    t0 = time.perf_counter()
+    for item in items:
+      prepare(item)
+    times["sequential"].append(time.perf_counter() - t0)
+    with futures.ThreadPoolExecutor(args.threads) as pool:
+      t0 = time.perf_counter()
+      list(pool.map(prepare, items))
+      times[f"{args.threads} threads"].append(time.perf_counter() - t0)
+  table = {k: {"median_s": statistics.median(v), "scans_per_s": len(items) / statistics.median(v)}
+           for k, v in times.items()}
+  print(f"{'how':12s} {'median s':>9s} {'scans/s':>8s}   ({len(items)} scans)")
+  for k, t in table.items():
+    print(f"{k:12s} {t['median_s']:9.2f} {t['scans_per_s']:8.2f}")
+  entry = {"checkpoint_dir": os.path.abspath(args.checkpoint_dir), "scans": scans,
+           "threads": args.threads, "table": table, "runs": times,
+           "load_average": list(os.getloadavg()), "host": machine.host_info(),
+           "cpu_model": machine.cpu_model()}
+  write_json(args.out, entry)
+  print("wrote", args.out)
+  return entry
+
+
+if __name__ == "__main__":
+  main()
