@@ -80,6 +80,8 @@ class Models:
     self.cddpm_configs: dict[str, ml_collections.ConfigDict] = {}
     self.segnets: dict[str, inference.SegmentationInference] = {}
     self.sadm_configs: dict[str, ml_collections.ConfigDict] = {}
+    # SADM workdir -> what it recorded of its data (`pipeline.data_identity`), None if nothing
+    self.sadm_data: dict[str, dict | None] = {}
     self._by_workdir: dict[str, str] = {}
     self._sadm_cddpm: dict[str, str] = {}
     # SADM workdir -> where its frozen cDDPM was opened (`open_run`: the recorded relative place
@@ -123,6 +125,7 @@ class Models:
       _check_grid(ckpt.config, self.config, f"SADM run {workdir}")
       self.segnets[workdir] = inference.segnet_inference(ckpt, self.config)
       self.sadm_configs[workdir] = ckpt.config
+      self.sadm_data[workdir] = ckpt.run.run_meta.get("data") or None
       self._sadm_cddpm[workdir] = (self.add_cddpm(ckpt.cddpm_config, ckpt.cddpm,
                                                   f"cDDPM frozen in {workdir}")
                                    if ckpt.uses_residual else "")
@@ -228,6 +231,15 @@ def needed_splits(config, runs: Sequence[EvalRun], available: Sequence[str]
   return list(dict.fromkeys(names)), sets, ixi
 
 
+def training_rows(run: EvalRun, seen: list[Row]) -> tuple[tuple[int, int], list[Row]]:
+  """((start, stop), rows) of `seen`, <set>_val as stage II read it, that a weakly supervised
+  run's SegUnet trained on by its saved row ranges (`train.sadm.weak_row_ranges`)."""
+  from sadm_jax.train import sadm as sadm_train
+  _, mode, train_rows, val_rows = run.held_out
+  (start, stop), _ = sadm_train.weak_row_ranges(mode, len(seen), train_rows, val_rows)
+  return (start, stop), seen[start:stop]
+
+
 def val_rows(run: EvalRun, set_name: str, rows: list[Row], stage2: list[Row] | None = None
              ) -> tuple[list[Row], str]:
   """Rows of <set>_val for τ tuning: without the SegUnet's own training rows (Q15).
@@ -237,11 +249,8 @@ def val_rows(run: EvalRun, set_name: str, rows: list[Row], stage2: list[Row] | N
   out of `rows` by image — positions in `rows` may differ (cleaning against the test split).
   """
   if run.held_out and run.held_out[0] == set_name:
-    from sadm_jax.train import sadm as sadm_train
-    _, mode, train_rows, val_rows = run.held_out
-    seen = rows if stage2 is None else stage2
-    (start, stop), _ = sadm_train.weak_row_ranges(mode, len(seen), train_rows, val_rows)
-    trained = {r.img for r in seen[start:stop]}
+    (start, stop), used = training_rows(run, rows if stage2 is None else stage2)
+    trained = {r.img for r in used}
     keep = [r for r in rows if r.img not in trained]
     if keep:
       return keep, f"{report.TAU_ROWS_HELD_OUT} (rows outside {start}:{stop})"

@@ -13,9 +13,9 @@ import ml_collections
 import numpy as np
 
 from sadm_jax import config as config_lib, distributed
-from sadm_jax.data import cache as cache_lib, layout
+from sadm_jax.data import cache as cache_lib, layout, pipeline
 from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import metrics, records, report, thresholds
+from sadm_jax.evaluate import metrics, records, report, thresholds, weak_rows
 from sadm_jax.evaluate.execute import Evaluation
 from sadm_jax.evaluate.planning import Models, Pass, check_splits, check_volume_names, \
     needed_splits, plan_runs, protocol, stage2_val_rows, test_passes, val_passes
@@ -173,8 +173,9 @@ def _provenance(evaluation, r, workdir: str) -> dict:
 
 
 def _start(config: ml_collections.ConfigDict, workdir: str):
-  """(evaluation, data sets, val passes, test passes, the distinct volumes): the models loaded,
-  the runs planned, the splits checked and this process's share of the volumes preprocessed."""
+  """(evaluation, data sets, val passes, test passes, the distinct volumes, the weak runs'
+  training rows `weak_rows.Trained`): the models loaded, the runs planned, the splits checked and
+  this process's share of the volumes (the training rows too) preprocessed."""
   models = Models(config)
   runs = plan_runs(config, models)
   if not runs:
@@ -192,21 +193,25 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
                            skipped)
   vals, tests = val_passes(runs, splits, sets, ixi, stage2), test_passes(runs, splits, sets, ixi)
   check_volume_names(vals + tests)
+  weak = weak_rows.trained(runs, stage2, sets, root.split_csv)
   cache_dir = config_lib.cache_dir(config)
   pre = config_lib.preprocess_config(config)
-  unique = list({r.img: r for rows in splits.values() for r in rows}.values())
+  unique = {r.img: r for rows in splits.values() for r in rows}
+  unique.update({r.img: r for t in weak for r in t.volumes if r.img not in unique})  # checked
+  unique = list(unique.values())
   cache_lib.ensure_cached(unique[jax.process_index()::jax.process_count()], cache_dir, pre,
                           num_workers=config.data.num_workers)  # each process its share
   evaluation = Evaluation(config, workdir, models, runs, splits,
                           cache_lib.VolumeCache(cache_dir, pre))
-  return evaluation, sets, vals, tests, unique
+  return evaluation, sets, vals, tests, unique, weak
 
 
 def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chosen: dict,
-                  extras: dict, unique, given: ml_collections.ConfigDict) -> int:
+                  extras: dict, unique, given: ml_collections.ConfigDict, verified: dict) -> int:
   """Process 0: report/ and eval/{config,models}.json from the stored records (the config as
-  `given`, faithful placeholders unresolved, like a training run's); returns the number of
-  metrics.csv rows."""
+  `given`, faithful placeholders unresolved, like a training run's; a weak run's entry has its
+  checked training rows, `verified`: `weak_rows.verify`); returns the number of metrics.csv
+  rows."""
   config, models = evaluation.config, evaluation.models
   rows = report_rows(evaluation, vals, tests, chosen, extras)
   for r in evaluation.runs:
@@ -218,7 +223,9 @@ def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chose
   io.write_json(os.path.join(workdir, "eval", "config.json"), given.to_dict())
   io.write_json(os.path.join(workdir, "eval", "models.json"),
                 {"runs": [{"id": r.id, **dataclasses.asdict(r), **chosen.get(r.id, {}),
-                           **_provenance(evaluation, r, workdir)} for r in evaluation.runs],
+                           **_provenance(evaluation, r, workdir),
+                           **({"training_rows": verified[r.id]} if r.id in verified else {})}
+                          for r in evaluation.runs],
                  "test_sets": list(sets), "protocol": proto})
   print(report.write_report(workdir, rows, proto))
   return len(rows)
@@ -236,7 +243,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # A failure on one process only (a volume or split its host cannot read) stops them all; a
   # checkpoint that fails to restore on one host still waits in Orbax's own barrier first.
   with distributed.together("the evaluation's start"):
-    evaluation, sets, vals, tests, unique = _start(config, workdir)
+    evaluation, sets, vals, tests, unique, weak = _start(config, workdir)
+  # Before any τ: every process's share of the cache is written, so each reads the same entries.
+  with distributed.together("checking the weak runs' training rows"):
+    table = lambda rows: pipeline.SliceTable.from_rows(evaluation.cache, rows)
+    verified = weak_rows.verify(weak, table, evaluation.models.sadm_data)
   for fold in sorted({r.data_fold for r in evaluation.runs if r.method == "threshold"}):
     evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
 
@@ -251,7 +262,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with distributed.together("the report"):
     if jax.process_index() == 0:
       summary["rows"] = _write_report(evaluation, workdir, sets, vals, tests, chosen, extras, unique,
-                                      given)
+                                      given, verified)
   summary["seconds"] = round(time.time() - t0, 2)
   if jax.process_index() == 0:
     io.write_json(os.path.join(workdir, "eval", "summary.json"), summary)
