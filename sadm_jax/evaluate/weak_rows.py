@@ -1,4 +1,4 @@
-"""Weak supervision's training rows, re-derived by position, checked against what the run recorded (Q15)."""
+"""A weak run's training rows, re-derived by position, checked against what it recorded (Q15)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sadm_jax.train.checkpoint import RunError
 
 
 class TrainingRowsChanged(RunError):
-  """The rows an evaluation would leave out of a weak run's τ tuning are not those it trained on."""
+  """The rows an evaluation leaves out of a weak run's τ tuning are not those it trained on."""
 
 
 @dataclasses.dataclass(frozen=True)
