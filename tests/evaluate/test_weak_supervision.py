@@ -41,7 +41,7 @@ def test_weakly_supervised_runs_train_and_are_evaluated_on_held_out_rows(tiny_re
     for label, mode in (("Brats21", "brats"), ("ATLAS_v2", "atlas")):
       train, held_out = sadm.weak_row_ranges(mode, val[label])
       # the training rows, re-derived by position, were the volumes the run recorded
-      checked = runs[f"{method}/{label}/repeat0"]["training_rows"]
+      checked = runs[f"{method}/{label}/{rows[method, label, label]['fold']}"]["training_rows"]
       assert checked["verified"] and checked["rows"] == list(train), checked
       assert checked["split"] == f"{label}_val", checked
       n_held = held_out[1] - held_out[0]
