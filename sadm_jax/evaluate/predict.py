@@ -212,12 +212,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Scans are split over processes by index (process p predicts scans p, p + P, ...), once every
   process has started and listed the same scans (otherwise all stop: `_start`); a process runs
   its scans in batches, one scan per local device (`mesh.num_devices`, 0 = all), as evaluation
-  does: a background thread reads and preprocesses the next batches (a batch's scans in
-  `data.num_workers` threads, at most one per core), and the host writes one
+  does: a background thread reads and preprocesses the next batches (the scans of a batch of
+  several in `data.num_workers` threads, at most one per core), and the host writes one
   batch's outputs while the devices compute the next. A scan that fails is reported by name and
   the others go on (a device error fails its batch's scans). Process 0 writes
-  `predict_summary.json` (every scan's status; `devices`: the mesh its batches ran on, 0 for the
-  threshold baseline) into the output folder and prints the table. Returns the summary; raises
+  `predict_summary.json` (every scan's status; `devices`: the most devices a process's batches
+  ran on, 0 for the threshold baseline) into the output folder and prints the table. Returns the summary; raises
   PredictFailed (a DataError: exit code 2 from the command line) when any scan failed.
   """
   p = config.predict
@@ -289,6 +289,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if waiting is not None:
     records += finish_batch(*waiting)
   records = _gather(records)
+  # the most devices a process's batches ran on (a process without scans: none)
+  devices_used = max(distributed.allgather_json(mesh.size if mesh is not None and groups else 0))
   if nproc > 1:  # the summary is process 0's: the others' outputs must be where it says they are
     unseen = distributed.allgather_json(
         [r["index"] for r in records
@@ -303,7 +305,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "threshold_source": pred.tau_source, "model_orientation": pred.orientation,
              "model_orientation_source": pred.orientation_source, "num_scans": len(records),
              "num_ok": len(records) - len(failed), "num_failed": len(failed),
-             "processes": nproc, "devices": mesh.size if mesh is not None else 0,
+             "processes": nproc, "devices": devices_used,
              "scans": records}
   path = os.path.join(out_root, "predict_summary.json")
   if pid == 0:

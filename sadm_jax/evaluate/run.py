@@ -174,8 +174,9 @@ def _provenance(evaluation, r, workdir: str) -> dict:
 
 def _start(config: ml_collections.ConfigDict, workdir: str):
   """(evaluation, data sets, val passes, test passes, the distinct volumes, the weak runs'
-  training rows `weak_rows.Trained`): the models loaded, the runs planned, the splits checked and
-  this process's share of the volumes (the training rows too) preprocessed."""
+  training rows `weak_rows.Trained`, the volumes still to preprocess): the models loaded, the runs
+  planned, the splits checked and this process's share of the weak runs' training rows
+  preprocessed (`run` preprocesses the rest once they are verified)."""
   models = Models(config)
   runs = plan_runs(config, models)
   if not runs:
@@ -196,14 +197,22 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
   weak = weak_rows.trained(runs, stage2, sets, root.split_csv)
   cache_dir = config_lib.cache_dir(config)
   pre = config_lib.preprocess_config(config)
-  unique = {r.img: r for rows in splits.values() for r in rows}
-  unique.update({r.img: r for t in weak for r in t.volumes if r.img not in unique})  # checked
-  unique = list(unique.values())
-  cache_lib.ensure_cached(unique[jax.process_index()::jax.process_count()], cache_dir, pre,
-                          num_workers=config.data.num_workers)  # each process its share
+  unique = list({r.img: r for rows in splits.values() for r in rows}.values())
+  # The weak runs' training rows first (their check needs them; a refusal should not wait for
+  # every other volume's preprocessing), by file key: a row's mask and labels make its entry.
+  first = list({(r.img, r.mask, r.seg): r for t in weak for r in t.volumes}.values())
+  _cache_share(config, first, cache_dir, pre)
   evaluation = Evaluation(config, workdir, models, runs, splits,
                           cache_lib.VolumeCache(cache_dir, pre))
-  return evaluation, sets, vals, tests, unique, weak
+  done = {(r.img, r.mask, r.seg) for r in first}
+  return evaluation, sets, vals, tests, unique, weak, [
+      r for r in unique if (r.img, r.mask, r.seg) not in done]
+
+
+def _cache_share(config: ml_collections.ConfigDict, rows: list, cache_dir: str, pre) -> None:
+  """Preprocesses this process's share of `rows` (p, p + P, ...) into the cache."""
+  cache_lib.ensure_cached(rows[jax.process_index()::jax.process_count()], cache_dir, pre,
+                          num_workers=config.data.num_workers)
 
 
 def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chosen: dict,
@@ -243,11 +252,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # A failure on one process only (a volume or split its host cannot read) stops them all; a
   # checkpoint that fails to restore on one host still waits in Orbax's own barrier first.
   with distributed.together("the evaluation's start"):
-    evaluation, sets, vals, tests, unique, weak = _start(config, workdir)
-  # Before any τ: every process's share of the cache is written, so each reads the same entries.
+    evaluation, sets, vals, tests, unique, weak, rest = _start(config, workdir)
+  # Before any τ (and before the other volumes are preprocessed): every process's share of the
+  # training rows' cache entries is written, so each reads the same entries.
   with distributed.together("checking the weak runs' training rows"):
     table = lambda rows: pipeline.SliceTable.from_rows(evaluation.cache, rows)
     verified = weak_rows.verify(weak, table, evaluation.models.sadm_data)
+  with distributed.together("preprocessing the evaluation's volumes"):
+    _cache_share(config, rest, config_lib.cache_dir(config), evaluation.cache.cfg)
   for fold in sorted({r.data_fold for r in evaluation.runs if r.method == "threshold"}):
     evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
 

@@ -67,7 +67,8 @@ def verify(runs: Sequence[Trained], table: Callable[[Sequence[Row]], pipeline.Sl
     elif found != want:
       raise TrainingRowsChanged(
           f"SADM run {t.workdir}: {where} ({t.csv}) are not the volumes it trained on (content "
-          f"fingerprint {found}, recorded {want}): the split CSV or its cleaning "
+          f"fingerprint {found}, recorded {want}): the split CSV (rows added, removed or "
+          "re-ordered; with default row ranges, rows added at its end too) or its cleaning "
           "(data.clean_splits, data.skip_invalid) changed since training, and τ would be tuned "
           f"on training volumes (Q15); restore {t.csv} as it was when the run trained, or retrain "
           "the run on the split as it is now (--config.sadm.weak_train_rows=(start, stop) sets "

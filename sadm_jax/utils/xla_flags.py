@@ -21,7 +21,9 @@ The `evaluate` stage also gets one CPU device per available core
 (`--xla_force_host_platform_device_count`): its per-volume program runs one volume per device,
 and on CPU several volumes in parallel keep the cores busier than one volume's small operations
 do (demo evaluation on 2 cores: 96–102 s with 2 devices vs 118–136 s with 1, BENCHMARKS.md).
-Training stages and `predict` (one volume at a time per process) keep one CPU device.
+Training stages and `predict` keep one CPU device (predict runs a batch of scans per call, one
+per device, but on CPU one device already keeps the cores busy: BENCHMARKS.md "Predict over
+devices").
 
 Evaluation programs that hold two or more SegUnets (`scoring.VolumeProgram`) compile with their
 own fusion setting, `inference_compiler_options`: YNNPACK keeps the convolutions there. With XLA's

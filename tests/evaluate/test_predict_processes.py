@@ -121,7 +121,8 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
 
   def allgather(mine):  # process 1: started, listed the same scans, then its records
     calls.append(mine)
-    return [mine, {1: ["predict's start", None], 2: ["a", "b"], 3: [theirs]}.get(len(calls))]
+    return [mine, {1: ["predict's start", None], 2: ["a", "b"], 3: [theirs],
+                   4: 1}.get(len(calls))]  # 4: the devices its batches ran on
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
   monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
   monkeypatch.setattr(distributed, "allgather_json", allgather)

@@ -260,8 +260,9 @@ def _refusal(weak: str, csv_path: str, line: str) -> str:
   found, want = re.search(r"fingerprint (\w+), recorded (\w+)", line).groups()
   assert found != want
   return (f"error: SADM run {weak}: rows 1:3 of Brats21_val ({csv_path}) are not the volumes it "
-          f"trained on (content fingerprint {found}, recorded {want}): the split CSV or its "
-          "cleaning (data.clean_splits, data.skip_invalid) changed since training, and τ would be "
+          f"trained on (content fingerprint {found}, recorded {want}): the split CSV (rows "
+          "added, removed or re-ordered; with default row ranges, rows added at its end too) or "
+          "its cleaning (data.clean_splits, data.skip_invalid) changed since training, and τ would be "
           f"tuned on training volumes (Q15); restore {csv_path} as it was when the run trained, or "
           "retrain the run on the split as it is now (--config.sadm.weak_train_rows=(start, stop) "
           "sets its rows)")
