@@ -225,11 +225,9 @@ class Evaluation:
     keys = {r.cddpm_key for it in batch for r in it.runs if r.method != "threshold"}
     if not keys:
       return {}
-    n = self.mesh.size
-    pad = lambda a: np.stack(list(a) + [a[-1]] * (n - len(a)))  # repeat the last volume
-    images = pad([c.image for c in cases])
-    masks = pad([c.brain for c in cases])
-    indices = np.asarray([c.index for c in cases] + [cases[-1].index] * (n - len(cases)), np.uint32)
+    images = np.stack([c.image for c in cases])  # the program pads a short batch
+    masks = np.stack([c.brain for c in cases])
+    indices = [c.index for c in cases]
     return {k: self.programs[k].dispatch(images, masks, indices) for k in keys}
 
   def _finish(self, batch: Sequence[Item], cases: Sequence[Case], outs: dict,

@@ -60,10 +60,9 @@ def prepare(pred: Predictor, image_path: str, mask_path: str | None) -> Prepared
   cfg = config_lib.preprocess_config(pred.settings_config)
   work = preprocess_volume(image_t, brain_t.astype(np.uint8), None, reo.affine, cfg,
                            source=image_path)
+  name = os.path.basename(image_path)
   return Prepared(image_path, mask_path, img.data.shape, img.affine, reo, image_t.shape, brain_t,
-                  work,
-                  pred.brain(work.mask, os.path.basename(image_path)),
-                  inference.volume_index(os.path.basename(image_path)))
+                  work, pred.brain(work.mask, name), inference.volume_index(name))
 
 
 def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict:
@@ -217,8 +216,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch's outputs while the devices compute the next. A scan that fails is reported by name and
   the others go on (a device error fails its batch's scans). Process 0 writes
   `predict_summary.json` (every scan's status; `devices`: the most devices a process's batches
-  ran on, 0 for the threshold baseline) into the output folder and prints the table. Returns the summary; raises
-  PredictFailed (a DataError: exit code 2 from the command line) when any scan failed.
+  ran on, 0 for the threshold baseline) into the output folder and prints the table. Returns
+  the summary; raises PredictFailed (a DataError: exit code 2 from the command line) when any
+  scan failed.
   """
   p = config.predict
   if not p.checkpoint_dir or not p.input:

@@ -76,15 +76,11 @@ class Predictor:
       return Pending(None, [scoring.anomaly_for("threshold", "", x, brain, None, {},
                                                 self.intensity_median)
                             for x, brain, _ in volumes], [])
-    if not 0 < len(volumes) <= mesh.size:
-      raise ValueError(f"{len(volumes)} volumes for a mesh of {mesh.size} devices")
     program = self.program(mesh)
-    padded = list(volumes) + [volumes[-1]] * (mesh.size - len(volumes))  # the last again, dropped
     dhw = lambda a: np.transpose(a, (2, 0, 1))  # slice-major [D, H, W], as the cache stores it
     masks = [dhw(np.asarray(b) > 0) for _, b, _ in volumes]
-    out = program.dispatch(np.stack([dhw(x) for x, _, _ in padded]).astype(np.float32),
-                           np.stack(masks + [masks[-1]] * (mesh.size - len(volumes))),
-                           np.asarray([i for _, _, i in padded], np.uint32))
+    out = program.dispatch([dhw(x) for x, _, _ in volumes], masks,  # padded by the program
+                           [i for _, _, i in volumes])
     # only what the maps are made of comes back to the host (not the reconstructions)
     needed = ("maps",) if program.on_device_median else ("residual", "prob")
     return Pending(program, {k: v for k, v in out.items() if k in needed}, masks)

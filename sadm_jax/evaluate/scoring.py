@@ -239,11 +239,20 @@ class VolumeProgram:
   def _local(self, variables, images, masks, indices) -> dict:
     return jax.lax.map(lambda a: self._one(variables, *a), (images, masks, indices))
 
-  def dispatch(self, images: np.ndarray, masks: np.ndarray, indices: np.ndarray) -> dict:
-    """Starts the program on a batch (asynchronous); returns device arrays (see the class)."""
-    put = functools.partial(jax.device_put, device=self.batch_sharding)
-    return self._fn(self.variables, put(np.asarray(images, np.float32)),
-                    put(np.asarray(masks, bool)), put(np.asarray(indices, np.uint32)))
+  def dispatch(self, images, masks, indices) -> dict:
+    """Starts the program on up to `batch` volumes (asynchronous); returns device arrays (see the
+    class), their first len(images) entries those volumes'. Fewer than `batch` are padded with
+    the last volume again (computed, never read)."""
+    n = len(images)
+    if not 0 < n <= self.batch:
+      raise ValueError(f"{n} volumes for a program over {self.batch} devices")
+
+    def put(a, dtype):
+      a = np.asarray(a, dtype)
+      return jax.device_put(np.concatenate([a, np.repeat(a[-1:], self.batch - n, axis=0)]),
+                            self.batch_sharding)
+    return self._fn(self.variables, put(images, np.float32), put(masks, bool),
+                    put(indices, np.uint32))
 
   def maps(self, out: dict, b: int, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Host side of volume `b` of a fetched batch: run id -> A [D, H, W] float32.
