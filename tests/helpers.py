@@ -100,6 +100,38 @@ def abstract_variables(module, *args):
   return jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))
 
 
+# Test data is drawn with numpy, and a module's real `init` is compiled as one program at the
+# package's CPU init options: an eager jax.random draw compiles once per shape, and on an AMD
+# EPYC Zen 3 a 4-D one took 14-24 s at XLA's default optimisation level (e.g. a 3×3×8×12 kernel;
+# 0.4 s at level 2, same bits: BENCHMARKS.md, "Random draws that compile for seconds").
+def normal_data(seed: int, shape, scale: float = 1.0):
+  """float32 N(0, scale²) array of `shape` drawn with numpy (no compilation)."""
+  import jax.numpy as jnp
+  import numpy as np
+  return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def uniform_data(seed: int, shape):
+  """float32 U[0, 1) array of `shape` drawn with numpy (no compilation)."""
+  import jax.numpy as jnp
+  import numpy as np
+  return jnp.asarray(np.random.default_rng(seed).random(shape), jnp.float32)
+
+
+def compiled_init(module, key, *args, **kwargs):
+  """`module.init(key, *args, **kwargs)` as one jitted program, compiled with the options the
+  package's init programs use on this backend (`train.loop.init_compiler_options`): the same
+  values as the eager init, without compiling each random draw alone at XLA's default level."""
+  import functools
+
+  import jax
+
+  from sadm_jax.train import loop
+  init = functools.partial(module.init, **kwargs)
+  return jax.jit(init, compiler_options=loop.init_compiler_options(jax.default_backend()))(
+      key, *args)
+
+
 def he_random_variables(module, *args, seed: int = 0):
   """Cheap stand-in for a ResNet-style `init` (whose RNG kernels take long to compile on CPU):
   kernels N(0, 2/fan_in), BatchNorm scales and variances U(0.5, 1.5) (nonzero, so every residual

@@ -29,14 +29,16 @@ cases = [("same3", (2, 24, 24, 64), (3, 3, 64, 96), (1, 1), "SAME"),
          ("same1", (2, 24, 24, 96), (1, 1, 96, 64), (1, 1), "SAME"),
          ("valid3", (2, 26, 26, 32), (3, 3, 32, 32), (1, 1), "VALID"),
          ("stem7s2", (2, 32, 32, 1), (7, 7, 1, 16), (2, 2), ((3, 3), (3, 3)))]
+# numpy draws: an eager jax.random draw compiles per shape, for seconds on some CPUs
+normal = lambda rng, shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
 for i, (name, xs, ws, stride, pad) in enumerate(cases):
-  kx, kw, kg = jax.random.split(jax.random.key(i), 3)
-  x = jax.random.normal(kx, xs)
-  w = jax.random.normal(kw, ws) / np.sqrt(ws[0] * ws[1] * ws[2])
+  rng = np.random.default_rng(i)
+  x = normal(rng, xs)
+  w = normal(rng, ws) / np.sqrt(ws[0] * ws[1] * ws[2])
   f = lambda x, w: lax.conv_general_dilated(x, w, stride, pad,
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
   y, vjp = jax.vjp(jax.jit(f), x, w)
-  dx, dw = jax.jit(vjp)(jax.random.normal(kg, y.shape))
+  dx, dw = jax.jit(vjp)(normal(rng, y.shape))
   out[name + "_y"], out[name + "_dx"], out[name + "_dw"] = map(np.asarray, (y, dx, dw))
 # The networks' own GroupNorm (reductions) and attention block (batched dots), values and the
 # gradients of input and parameters; random non-zero weights (the attention's zero-initialised
@@ -44,15 +46,14 @@ for i, (name, xs, ws, stride, pad) in enumerate(cases):
 import re
 from sadm_jax.models.layers import GroupNorm32
 from sadm_jax.models.unet import AttentionBlock
-kx, kp, kg = jax.random.split(jax.random.key(7), 3)
-x = jax.random.normal(kx, (4, 16, 16, 32)) * 3.0 + 1.0
+rng = np.random.default_rng(7)
+x = normal(rng, (4, 16, 16, 32)) * 3.0 + 1.0
 for name, module in (("groupnorm", GroupNorm32(8)),
                      ("attention", AttentionBlock(num_head_channels=16, num_groups=8))):
-  leaves, tree = jax.tree.flatten(jax.eval_shape(module.init, kp, x))
-  params = jax.tree.unflatten(tree, [0.5 * jax.random.normal(k_, l.shape)
-                                     for k_, l in zip(jax.random.split(kp, len(leaves)), leaves)])
+  leaves, tree = jax.tree.flatten(jax.eval_shape(module.init, jax.random.key(0), x))
+  params = jax.tree.unflatten(tree, [0.5 * normal(rng, l.shape) for l in leaves])
   y, vjp = jax.vjp(jax.jit(module.apply), params, x)
-  dp, dx = jax.jit(vjp)(jax.random.normal(kg, y.shape))
+  dp, dx = jax.jit(vjp)(normal(rng, y.shape))
   out[name + "_y"], out[name + "_dx"] = np.asarray(y), np.asarray(dx)
   for path, g_ in jax.tree_util.tree_leaves_with_path(dp):
     out[name + "_d" + re.sub(r"\W+", "_", jax.tree_util.keystr(path))] = np.asarray(g_)

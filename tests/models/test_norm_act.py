@@ -7,18 +7,15 @@ import numpy as np
 import pytest
 
 from sadm_jax.models import layers, norm_act, staged
-
-
-def _normal(seed, shape, scale=1.0):
-  return scale * jax.random.normal(jax.random.key(seed), shape)
+from tests.helpers import normal_data
 
 
 def _inputs(shape, film):
   c = shape[-1]
-  x = _normal(0, shape, 3.0) + 1.0
-  scale, bias = 1.0 + _normal(1, (c,), 0.1), _normal(2, (c,), 0.1)
+  x = normal_data(0, shape, 3.0) + 1.0
+  scale, bias = 1.0 + normal_data(1, (c,), 0.1), normal_data(2, (c,), 0.1)
   f_shape = (shape[0],) + (1,) * (len(shape) - 2) + (c,)
-  fm = (_normal(3, f_shape, 0.3), _normal(4, f_shape, 0.3)) if film else None
+  fm = (normal_data(3, f_shape, 0.3), normal_data(4, f_shape, 0.3)) if film else None
   return x, scale, bias, fm
 
 
@@ -45,7 +42,7 @@ def _composed(groups):
                                                ((2, 8, 8, 256), 32, True)])  # paper width
 def test_recomputing_vjp_matches_autodiff_of_the_composition(shape, groups, film):
   x, scale, bias, fm = _inputs(shape, film)
-  g = _normal(5, shape)
+  g = normal_data(5, shape)
   plain = _vjp(lambda *a: norm_act._plain(*a, groups, 1e-5), x, scale, bias, fm, g)
   ours = _vjp(norm_act._recomputing(groups, 1e-5), x, scale, bias, fm, g)
   ref = _vjp(_composed(groups), x, scale, bias, fm, g)  # flax's GroupNorm, autodiff
@@ -62,7 +59,7 @@ def test_recomputing_vjp_matches_autodiff_of_the_composition(shape, groups, film
 def test_the_comparison_catches_a_wrong_gradient():
   # the tolerance above is tight enough: a gradient off by the SiLU's second term fails it
   x, scale, bias, _ = _inputs((2, 8, 8, 16), False)
-  g = _normal(5, x.shape)
+  g = normal_data(5, x.shape)
   ref = _vjp(_composed(4), x, scale, bias, None, g)[1]
   h = layers.group_norm(x, scale, bias, 4)
   wrong = jax.vjp(lambda x_: layers.group_norm(x_, scale, bias, 4), x)[1](
@@ -74,8 +71,8 @@ def test_the_comparison_catches_a_wrong_gradient():
 
 def test_film_broadcast_over_the_batch_gets_its_own_shape_back():
   x, scale, bias, _ = _inputs((2, 8, 8, 16), False)
-  fm = (_normal(3, (1, 1, 1, 16), 0.3), _normal(4, (1, 1, 1, 16), 0.3))
-  g = _normal(5, x.shape)
+  fm = (normal_data(3, (1, 1, 1, 16), 0.3), normal_data(4, (1, 1, 1, 16), 0.3))
+  g = normal_data(5, x.shape)
   ours = _vjp(norm_act._recomputing(4, 1e-5), x, scale, bias, fm, g)
   ref = _vjp(_composed(4), x, scale, bias, fm, g)
   assert ours[4][0].shape == ours[4][1].shape == (1, 1, 1, 16)
@@ -86,7 +83,7 @@ def test_film_broadcast_over_the_batch_gets_its_own_shape_back():
 
 def test_group_norm_silu_uses_the_recomputing_vjp_only_on_listed_backends(monkeypatch):
   x, scale, bias, fm = _inputs((2, 8, 8, 16), True)
-  g = _normal(5, x.shape)
+  g = normal_data(5, x.shape)
   # a fresh function per setting: JAX caches traces per function object
   fresh = lambda: (lambda *a: norm_act.group_norm_silu(*a[:3], 4, 1e-5, a[3]))
   monkeypatch.setattr(norm_act, "RECOMPUTE_BACKENDS", ())
@@ -108,7 +105,7 @@ def test_default_is_groupnorm32_then_film_then_silu():
   m, gn = norm_act.GroupNormSiLU(4), layers.GroupNorm32(4)
   params = m.init(jax.random.key(0), x, fm)
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, gn.init(jax.random.key(0), x))
-  params = jax.tree.map(lambda p: p + _normal(6, p.shape, 0.1), params)
+  params = jax.tree.map(lambda p: p + normal_data(6, p.shape, 0.1), params)
 
   def composed(p, x):
     h = gn.apply(p, x)
@@ -131,7 +128,7 @@ def test_bfloat16_input_keeps_its_dtype_and_gradients():
   x, scale, bias, fm = _inputs((2, 8, 8, 16), True)
   xb = x.astype(jnp.bfloat16)
   fmb = tuple(f.astype(jnp.bfloat16) for f in fm)
-  g = _normal(5, x.shape).astype(jnp.bfloat16)
+  g = normal_data(5, x.shape).astype(jnp.bfloat16)
   ours = _vjp(norm_act._recomputing(4, 1e-5), xb, scale, bias, fmb, g)
   plain = _vjp(lambda *a: norm_act._plain(*a, 4, 1e-5), xb, scale, bias, fmb, g)
   assert ours[0].dtype == ours[1].dtype == jnp.bfloat16 and ours[2].dtype == jnp.float32

@@ -11,7 +11,7 @@ import pytest
 
 from sadm_jax.models.resnet import (BatchNorm, Bottleneck, DropPath, ResNet50Backbone,
                                     ResNet50Encoder, mask_at)
-from tests.helpers import abstract_variables
+from tests.helpers import abstract_variables, compiled_init, uniform_data
 from tests.helpers import he_random_variables as random_variables
 from tests.helpers import param_count as count
 
@@ -71,7 +71,7 @@ def test_bad_input_shapes_raise():
 
 def test_init_zero_last_bn_and_he_fan_out():
   block = Bottleneck(planes=16, downsample=True)
-  variables = block.init(jax.random.key(0), jnp.zeros((1, 4, 4, 64)), False)
+  variables = compiled_init(block, jax.random.key(0), jnp.zeros((1, 4, 4, 64)), train=False)
   params, stats = variables["params"], variables["batch_stats"]
   np.testing.assert_array_equal(params["bn3"]["scale"], 0.0)
   for bn in ("bn1", "bn2", "downsample_bn"):
@@ -86,7 +86,7 @@ def test_init_zero_last_bn_and_he_fan_out():
 
 def test_real_forward_eval_is_deterministic_and_does_not_touch_stats(encoder_variables):
   encoder = ResNet50Encoder()
-  x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
+  x = uniform_data(1, (2, 64, 64, 1))
   out1 = encoder.apply(encoder_variables, x, False)
   out2, updates = encoder.apply(encoder_variables, x, False, mutable=["batch_stats"])
   assert out1.shape == (2, 512) and bool(jnp.all(jnp.isfinite(out1)))
@@ -96,7 +96,7 @@ def test_real_forward_eval_is_deterministic_and_does_not_touch_stats(encoder_var
 
 def test_train_mode_updates_batch_stats(encoder_variables):
   encoder = ResNet50Encoder()
-  x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
+  x = uniform_data(1, (2, 64, 64, 1))
   out, updates = encoder.apply(encoder_variables, x, True, mutable=["batch_stats"],
                                rngs={"dropout": jax.random.key(2)})
   assert out.shape == (2, 512)
@@ -107,7 +107,7 @@ def test_train_mode_updates_batch_stats(encoder_variables):
 
 
 def test_drop_path_rate_zero_disables_stochastic_depth(encoder_variables):
-  x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
+  x = uniform_data(1, (2, 64, 64, 1))
 
   def train_forward(rate: float, key: int | None):
     rngs = {} if key is None else {"dropout": jax.random.key(key)}
@@ -160,10 +160,10 @@ def test_sparse_backbone_ignores_masked_pixels(encoder_variables):
   backbone = ResNet50Backbone()
   variables = {c: v["backbone"] for c, v in encoder_variables.items()}
   active = jnp.array([[[True, False], [False, True]], [[False, True], [False, False]]])  # [2, 2, 2]
-  x1 = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
+  x1 = uniform_data(1, (2, 64, 64, 1))
   m = mask_at(active, (64, 64))
   # only the pixels under masked patches differ
-  x2 = x1 * m + (1 - m) * jax.random.uniform(jax.random.key(2), x1.shape)
+  x2 = x1 * m + (1 - m) * uniform_data(2, x1.shape)
   assert not np.allclose(x1, x2)
 
   def run(x):

@@ -13,6 +13,7 @@ from sadm_jax.models.layers import standardize_weight
 from sadm_jax.models.seg_losses import (bce_with_logits, deep_supervision_bce,
                                         nearest_downsample, soft_dice_loss)
 from sadm_jax.models.segnet import Encoder, SegUnet, WSConv, middle_divisor_groups
+from tests.helpers import normal_data, uniform_data
 
 B, H = 2, 96
 TINY = dict(wf=3)  # widths 8/16/32/64
@@ -96,7 +97,7 @@ def test_standardize_weight_known_answer():
 
 def test_ws_conv_is_invariant_to_per_filter_affine_kernel_changes():
   conv = WSConv(4)
-  x = jax.random.normal(jax.random.key(1), (1, 5, 5, 3))
+  x = normal_data(1, (1, 5, 5, 3))
   params = _random_params(jax.eval_shape(conv.init, jax.random.key(0), x)["params"])
   out = conv.apply({"params": params}, x)
   assert out.shape == (1, 3, 3, 4)  # VALID: the block pads by reflection beforehand
@@ -105,8 +106,8 @@ def test_ws_conv_is_invariant_to_per_filter_affine_kernel_changes():
 
 
 def _tiny_inputs(size: int = 32):
-  x = jax.random.uniform(jax.random.key(0), (B, size, size, 1))
-  recon = jax.random.uniform(jax.random.key(1), (B, size, size, 1))
+  x = uniform_data(0, (B, size, size, 1))
+  recon = uniform_data(1, (B, size, size, 1))
   return x, recon
 
 

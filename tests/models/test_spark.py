@@ -15,6 +15,7 @@ from sadm_jax.models.transfer import load_spark_backbone_into_encoder
 from tests.helpers import abstract_variables
 from tests.helpers import he_random_variables as random_variables
 from tests.helpers import param_count as count
+from tests.helpers import uniform_data
 
 
 # [2, 2, 2]: the 2x2 patch grid of a 64x64 input
@@ -62,9 +63,9 @@ def test_output_shape_at_paper_size():
 
 def test_real_forward_ignores_masked_pixels(spark_variables):
   model = SparK()
-  x1 = jax.random.uniform(jax.random.key(1), (2, 64, 64, 1))
+  x1 = uniform_data(1, (2, 64, 64, 1))
   m = mask_at(ACTIVE_64, (64, 64))
-  x2 = x1 * m + (1 - m) * jax.random.uniform(jax.random.key(2), x1.shape)
+  x2 = x1 * m + (1 - m) * uniform_data(2, x1.shape)
 
   def run(x):
     return model.apply(spark_variables, x, ACTIVE_64, True, mutable=["batch_stats"],
@@ -100,7 +101,7 @@ def test_patchify_order():
 
 
 def test_spark_loss_known_answers():
-  x = jax.random.uniform(jax.random.key(0), (2, 96, 96, 1))
+  x = uniform_data(0, (2, 96, 96, 1))
   active = jnp.array([[[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 0], [1, 1, 1], [0, 0, 0]]], bool)
   m = mask_at(active, (96, 96))
   recon = x + (1 - m) * 1.0 + m * 5.0  # error 1 on masked patches, 5 on visible ones (ignored)

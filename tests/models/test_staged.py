@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sadm_jax.models import layers, staged
-from tests.helpers import dilated_convs
+from tests.helpers import compiled_init, dilated_convs, normal_data
 
 CASES = [  # shape, axes
     ((16, 64, 64, 48), (0, 1, 2)),  # a conv bias's gradient (staged: [N·H, W·C], then W)
@@ -23,11 +23,6 @@ CASES = [  # shape, axes
 ]
 
 
-def _normal(seed, shape):
-  """Standard normal float32 test data from numpy (a jax.random draw compiles per shape: ~2 s)."""
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
-
-
 def _sums(f, *args):
   """The reduce_sum equations of f's jaxpr (their operand shapes)."""
   jaxpr = jax.make_jaxpr(f)(*args)
@@ -36,7 +31,7 @@ def _sums(f, *args):
 
 @pytest.mark.parametrize("shape,axes", CASES)
 def test_staged_sum_and_mean_match_float64(shape, axes):
-  x = _normal(len(shape), shape) * 2.0 + 0.5
+  x = normal_data(len(shape), shape) * 2.0 + 0.5
   ref = np.asarray(x, np.float64).sum(axes)
   got = staged.staged_sum(x, axes)
   assert got.shape == ref.shape
@@ -96,7 +91,7 @@ def test_bias_gradient_is_two_reductions():
                                           ((4, 1, 1, 8, 1), (4, 16, 16, 8, 4)),
                                           ((1, 5), (3, 5))])
 def test_expand_values_and_gradient(vshape, shape):
-  v, g = _normal(1, vshape), _normal(2, shape)
+  v, g = normal_data(1, vshape), normal_data(2, shape)
   np.testing.assert_array_equal(staged.expand(v, shape), jnp.broadcast_to(v, shape))
   got = jax.grad(lambda v: (staged.expand(v, shape) * g).sum())(v)
   ref = np.asarray(g, np.float64).sum(tuple(i for i, n in enumerate(vshape) if n == 1),
@@ -118,7 +113,7 @@ def _compare(ours, theirs, x, key, atol):
   """Same parameter tree; values and the gradients of parameters and input within `atol`."""
   params = _random_params(theirs, key, x)
   assert jax.tree.structure(jax.eval_shape(ours.init, key, x)) == jax.tree.structure(params)
-  g = _normal(9, jax.eval_shape(theirs.apply, params, x).shape)
+  g = normal_data(9, jax.eval_shape(theirs.apply, params, x).shape)
   out = []
   for m in (ours, theirs):
     y, vjp = jax.vjp(jax.jit(m.apply), params, x)  # jitted: one compile, not one per op
@@ -132,7 +127,7 @@ def _compare(ours, theirs, x, key, atol):
                                           ((2, 64, 32), 8),  # rank 3, e.g. [B, T, C]
                                           ((2, 8, 8, 256), 32)])  # paper UNet width
 def test_groupnorm_matches_flax_two_pass_groupnorm(shape, groups):
-  x = _normal(3, shape) * 3.0 + 1.0
+  x = normal_data(3, shape) * 3.0 + 1.0
   flax_gn = nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=False)
   _compare(layers.GroupNorm32(groups), flax_gn, x, jax.random.key(4), 2e-5)
 
@@ -143,7 +138,7 @@ def test_groupnorm_rejects_channels_not_divisible_by_groups():
 
 
 def test_groupnorm_keeps_input_dtype_and_computes_in_float32():
-  x = (_normal(5, (2, 8, 8, 16)) * 4.0).astype(jnp.bfloat16)
+  x = (normal_data(5, (2, 8, 8, 16)) * 4.0).astype(jnp.bfloat16)
   gn = layers.GroupNorm32(4)
   params = gn.init(jax.random.key(0), x)
   y = gn.apply(params, x)
@@ -160,13 +155,13 @@ def test_groupnorm_keeps_input_dtype_and_computes_in_float32():
                                                     ((7, 7), (2, 2), ((3, 3), (3, 3)))])
 def test_conv_matches_flax_conv(kernel, strides, padding):
   """nn.Conv's parameters and initial values bit for bit (3×3), its forward bit for bit, gradients
-  close (the initial values take one case: each kernel shape's random draw compiles for ~2 s)."""
-  x = _normal(6, (2, 16, 16, 8))
+  close (the initial values take one case: each kernel shape's init is a program to compile)."""
+  x = normal_data(6, (2, 16, 16, 8))
   kw = dict(kernel_init=layers.torch_kernel_init(), bias_init=layers.torch_bias_init(72))
   ours = layers.Conv(12, kernel, strides=strides, padding=padding, **kw)
   theirs = nn.Conv(12, kernel, strides=strides, padding=padding, **kw)
   if kernel == (3, 3):
-    init_ours, init_theirs = ours.init(jax.random.key(0), x), theirs.init(jax.random.key(0), x)
+    init_ours, init_theirs = (compiled_init(m, jax.random.key(0), x) for m in (ours, theirs))
     jax.tree.map(np.testing.assert_array_equal, init_ours, init_theirs)
   params = _random_params(theirs, jax.random.key(7), x)
   np.testing.assert_array_equal(ours.apply(params, x), theirs.apply(params, x))
@@ -177,10 +172,10 @@ def test_conv_matches_flax_conv(kernel, strides, padding):
 
 
 def test_conv_with_bfloat16_compute_matches_flax():
-  x = _normal(12, (2, 16, 16, 8))
+  x = normal_data(12, (2, 16, 16, 8))
   kw = dict(dtype=jnp.bfloat16, param_dtype=jnp.float32, bias_init=layers.torch_bias_init(72))
   ours, theirs = layers.Conv(12, (3, 3), **kw), nn.Conv(12, (3, 3), **kw)
-  params = theirs.init(jax.random.key(0), x)
+  params = compiled_init(theirs, jax.random.key(0), x)
   y = ours.apply(params, x)
   assert y.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(y, np.float32),
@@ -197,11 +192,11 @@ def test_conv_transpose_matches_flax(kw, monkeypatch):
   """nn.ConvTranspose's parameters (initial values bit for bit on the SegUnet case) and forward
   bit for bit, gradients close; the kernel gradient is no longer a conv over the dilated input."""
   monkeypatch.setattr(layers, "ADJOINT_BACKENDS", (jax.default_backend(),))  # on any backend
-  x = _normal(13, (2, 6, 6, 8))
+  x = normal_data(13, (2, 6, 6, 8))
   ours, theirs = layers.ConvTranspose(12, **kw), nn.ConvTranspose(12, **kw)
   if not kw.get("transpose_kernel"):
-    jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(0), x),
-                 theirs.init(jax.random.key(0), x))
+    jax.tree.map(np.testing.assert_array_equal, compiled_init(ours, jax.random.key(0), x),
+                 compiled_init(theirs, jax.random.key(0), x))
   params = _random_params(theirs, jax.random.key(7), x)
   np.testing.assert_array_equal(ours.apply(params, x), theirs.apply(params, x))
   _compare(ours, theirs, x, jax.random.key(8), 2e-5)
@@ -213,13 +208,13 @@ def test_conv_transpose_on_other_backends_is_differentiated_as_is(monkeypatch):
   """Only CPU programs take the adjoint kernel gradient: on a GPU it is unmeasured."""
   assert layers.ADJOINT_BACKENDS == ("cpu",)
   monkeypatch.setattr(layers, "ADJOINT_BACKENDS", ("no-such-backend",))
-  x = _normal(13, (2, 6, 6, 8))
+  x = normal_data(13, (2, 6, 6, 8))
   ours = layers.ConvTranspose(12, **TRANSPOSED[0])
   assert dilated_convs(ours, _random_params(ours, jax.random.key(7), x), x) == 2
 
 
 def test_conv_transpose_with_bfloat16_compute_matches_flax():
-  x = _normal(15, (2, 6, 6, 8))
+  x = normal_data(15, (2, 6, 6, 8))
   kw = dict(TRANSPOSED[0], dtype=jnp.bfloat16, param_dtype=jnp.float32)
   ours, theirs = layers.ConvTranspose(12, **kw), nn.ConvTranspose(12, **kw)
   params = _random_params(theirs, jax.random.key(7), x)
@@ -235,7 +230,7 @@ def test_conv_transpose_with_bfloat16_compute_matches_flax():
 def test_batchnorm_matches_the_plain_formulas(masked):
   """The encoder's BatchNorm (train and eval) against jnp's one-step sums: values and gradients."""
   from sadm_jax.models.resnet import BatchNorm
-  x = _normal(13, (8, 32, 32, 64)) * 2.0 + 0.5
+  x = normal_data(13, (8, 32, 32, 64)) * 2.0 + 0.5
   mask = jnp.asarray(np.random.default_rng(14).random((8, 32, 32, 1)) > 0.3, jnp.float32)
   m = mask if masked else None
   bn = BatchNorm()
@@ -255,7 +250,7 @@ def test_batchnorm_matches_the_plain_formulas(masked):
                     mutable=["batch_stats"])
     return y
 
-  g = _normal(15, x.shape)
+  g = normal_data(15, x.shape)
   got, ref = (jax.vjp(f, params, x) for f in (ours, plain))
   np.testing.assert_allclose(got[0], ref[0], atol=2e-5)
   for a, b in zip(jax.tree.leaves(got[1](g)), jax.tree.leaves(ref[1](g))):
@@ -274,7 +269,7 @@ def test_groupnorm_affine_form_error_stays_small_for_a_large_mean(offset):
   float64 GroupNorm stays at a few ulps of |mean·a| (8 allowed: the summation order, and so the
   last bits, depend on the CPU's vector width; 4.5 measured on an AVX-512 Xeon, under 2 on an
   AVX2 EPYC), far below what a one-pass variance E[x²] − E[x]² would give (≈ 160 ulps here)."""
-  x = _normal(6, (2, 8, 8, 16)) + offset
+  x = normal_data(6, (2, 8, 8, 16)) + offset
   gn = layers.GroupNorm32(4)
   params = _random_params(gn, jax.random.key(2), x)
   got = np.asarray(jax.jit(gn.apply)(params, x), np.float64)
@@ -293,9 +288,9 @@ def test_groupnorm_affine_form_error_stays_small_for_a_large_mean(offset):
 def test_film_folded_into_groupnorm_matches_float64(film_batch):
   """group_normalise with `film` folds GroupNorm(x)·(1 + s) + t into one multiply-add per
   element; against the two steps in float64 it stays at float32 round-off."""
-  x = _normal(7, (2, 8, 8, 16)) * 2.0 + 0.5
-  scale, bias = 1.0 + 0.1 * _normal(8, (16,)), 0.1 * _normal(9, (16,))
-  s, t = 0.3 * _normal(10, (film_batch, 1, 1, 16)), 0.3 * _normal(11, (film_batch, 1, 1, 16))
+  x = normal_data(7, (2, 8, 8, 16)) * 2.0 + 0.5
+  scale, bias = 1.0 + 0.1 * normal_data(8, (16,)), 0.1 * normal_data(9, (16,))
+  s, t = 0.3 * normal_data(10, (film_batch, 1, 1, 16)), 0.3 * normal_data(11, (film_batch, 1, 1, 16))
   xg, mean, rstd = layers.group_statistics(x, 4)
   got = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype, (s, t))
   plain = layers.group_normalise(xg, mean, rstd, scale, bias, x.shape, x.dtype)
@@ -349,7 +344,7 @@ def test_silu_in_bfloat16_is_computed_in_float32():
 
 
 def test_film_of_another_rank_is_refused():
-  x = _normal(7, (2, 8, 8, 16))
+  x = normal_data(7, (2, 8, 8, 16))
   xg, mean, rstd = layers.group_statistics(x, 4)
   ones, zeros = jnp.ones((16,)), jnp.zeros((16,))
   with pytest.raises(ValueError, match="need the rank of x"):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sadm_jax.models.unet import AttentionBlock, DiffusionUNet, ResBlock, timestep_embedding
+from tests.helpers import compiled_init, normal_data
 
 B, H = 2, 96
 TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, num_head_channels=32,
@@ -106,7 +107,7 @@ def _random_params(abstract, seed: int = 0):
 
 def test_attention_block_matches_explicit_multihead_softmax():
   block = AttentionBlock(num_head_channels=8, num_groups=8)
-  x = jax.random.normal(jax.random.key(1), (2, 3, 3, 16))
+  x = normal_data(1, (2, 3, 3, 16))
   params = _random_params(jax.eval_shape(block.init, jax.random.key(0), x)["params"])
   out = np.asarray(jax.jit(block.apply)({"params": params}, x))
 
@@ -126,9 +127,9 @@ def test_attention_block_matches_explicit_multihead_softmax():
 
 
 def _tiny_inputs(size: int = 16):
-  x = jax.random.normal(jax.random.key(0), (B, size, size, 1))
+  x = normal_data(0, (B, size, size, 1))
   t = jnp.array([10, 900], jnp.int32)
-  c = jax.random.normal(jax.random.key(1), (B, TINY["cond_dim"]))
+  c = normal_data(1, (B, TINY["cond_dim"]))
   return x, t, c
 
 
@@ -136,7 +137,7 @@ def test_real_init_is_exactly_zero_output():
   # Smallest model: a real (XLA, threefry) init is the slowest thing to compile on CPU.
   model = DiffusionUNet(**{**TINY, "channel_mult": (1,), "num_res_blocks": 0})
   x, t, c = _tiny_inputs(8)
-  params = jax.jit(model.init)(jax.random.key(2), x, t, c)["params"]
+  params = compiled_init(model, jax.random.key(2), x, t, c)["params"]
   for zero in (params["out"]["conv"], params["middle_attn"]["proj_out"],
                params["middle_res_0"]["out_conv"], params["output_blocks_0"]["res"]["out_conv"]):
     assert all(np.all(np.asarray(a) == 0) for a in jax.tree.leaves(zero))
