@@ -102,8 +102,9 @@ def abstract_variables(module, *args):
 
 # Test data is drawn with numpy, and a module's real `init` is compiled as one program at the
 # package's CPU init options: an eager jax.random draw compiles once per shape, and on an AMD
-# EPYC Zen 3 a 4-D one took 14-24 s at XLA's default optimisation level (e.g. a 3×3×8×12 kernel;
-# 0.4 s at level 2, same bits: BENCHMARKS.md, "Random draws that compile for seconds").
+# EPYC Zen 3 some small 4-D ones took 11-24 s at XLA's default optimisation level (a 3×3×8×12
+# kernel; 0.3-0.4 s at level 2, same values: BENCHMARKS.md, "random draws that compile for
+# seconds", and `python -m benchmarks.random_draw_compile`).
 def normal_data(seed: int, shape, scale: float = 1.0):
   """float32 N(0, scale²) array of `shape` drawn with numpy (no compilation)."""
   import jax.numpy as jnp
