@@ -56,3 +56,19 @@ def run_processes(argv: Callable[[int], Sequence[str]], n: int, log_dir: str, en
     results.append((p.returncode, out.read(), err.read()))
     out.close(), err.close()
   return results
+
+
+def run_main(args: Sequence[str] | Callable[[int], Sequence[str]], n: int, log_dir: str,
+             env: dict, timeout: float = 600.0, ok_codes: Sequence[int] = (0,)
+             ) -> list[tuple[int, str, str]]:
+  """`python -m sadm_jax.main <args>` in `n` processes of one job on a free loopback port (each
+  gets the `--config.distributed.*` arguments of its process id); `args` the same for every
+  process, or pid -> its arguments. Returns `run_processes`'s (exit code, stdout, stderr)."""
+  port = free_port()
+  own = args if callable(args) else (lambda pid: args)
+  return run_processes(
+      lambda pid: ["sadm_jax.main", *own(pid),
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   f"--config.distributed.num_processes={n}",
+                   f"--config.distributed.process_id={pid}"],
+      n, log_dir, env, timeout, ok_codes)

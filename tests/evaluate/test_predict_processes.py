@@ -29,15 +29,12 @@ def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, s
       with open(src, "rb") as f:
         (folder / dst).write_bytes(f.read())
   (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI at all")
-  out, port = tmp_path / "out", loopback.free_port()
+  out = tmp_path / "out"
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  results = loopback.run_processes(
-      lambda pid: ["sadm_jax.main", "--config=configs/predict.py", f"--workdir={tmp_path}",
-                   f"--config.predict.checkpoint_dir={tiny_cddpm_dir}",
-                   f"--config.predict.input={folder}", f"--config.predict.output={out}",
-                   "--config.predict.threshold=0.5",
-                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+  results = loopback.run_main(
+      ["--config=configs/predict.py", f"--workdir={tmp_path}",
+       f"--config.predict.checkpoint_dir={tiny_cddpm_dir}", f"--config.predict.input={folder}",
+       f"--config.predict.output={out}", "--config.predict.threshold=0.5"],
       2, str(tmp_path), env, 600, ok_codes=(0, 2))
   texts = [(stdout, stderr) for _, stdout, stderr in results]
   for (code, _, stderr) in results:
@@ -157,14 +154,11 @@ def _predict_in_two_processes(tmp_path, input_of) -> list:
   (tmp_path / "model" / "eval" / "models.json").write_text(json.dumps({"runs": [
       {"id": "threshold", "method": "threshold", "combination": "residual", "sadm_workdir": "",
        "cddpm_workdir": "", "intensity_median": 0.5, "train_anomalies": "draem", "tau": {}}]}))
-  port = loopback.free_port()
-  return loopback.run_processes(
-      lambda pid: ["sadm_jax.main", "--config=configs/predict.py", f"--workdir={tmp_path}",
+  return loopback.run_main(
+      lambda pid: ["--config=configs/predict.py", f"--workdir={tmp_path}",
                    f"--config.predict.checkpoint_dir={tmp_path / 'model'}",
                    f"--config.predict.input={input_of(pid)}",
-                   f"--config.predict.output={tmp_path / 'out'}", "--config.predict.threshold=0.3",
-                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+                   f"--config.predict.output={tmp_path / 'out'}", "--config.predict.threshold=0.3"],
       2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 25, ok_codes=(0, 2))
 
 

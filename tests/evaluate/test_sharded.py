@@ -57,17 +57,14 @@ def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: flo
   between processes of 8 and of 4 devices; 4 and 1 agree), so equal processes compare like with
   like while the evaluation itself runs on 2 × 4 devices.
   """
-  port = loopback.free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  results = loopback.run_processes(
-      lambda pid: ["sadm_jax.main", "--config=configs/evaluate.py:tiny", f"--workdir={workdir}",
-                   f"--config.data.data_dir={data_dir}",
-                   f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
-                   f"--config.evaluate.cddpm_workdir={cddpm}",
-                   f"--config.evaluate.sadm_workdirs=('{sadm}',)", "--config.mesh.num_devices=4",
-                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+  results = loopback.run_main(
+      ["--config=configs/evaluate.py:tiny", f"--workdir={workdir}",
+       f"--config.data.data_dir={data_dir}",
+       f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
+       f"--config.evaluate.cddpm_workdir={cddpm}", f"--config.evaluate.sadm_workdirs=('{sadm}',)",
+       "--config.mesh.num_devices=4"],
       2, os.path.dirname(workdir), env, timeout)
   for code, stdout, stderr in results:
     assert code == 0, (stdout + stderr)[-4000:]
@@ -137,18 +134,14 @@ def test_the_tpu_launcher_refuses_url_paths(tmp_path):
 def _launch_threshold(workdir: str, data_dir: str, devices: int = 1, args=(), timeout: float = 120.0):
   """The threshold baseline on Brats21 (no model: seconds) in 2 processes × `devices` CPU devices;
   (exit code, stdout, stderr) per process, whatever the codes."""
-  port = loopback.free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  return loopback.run_processes(
-      lambda pid: ["sadm_jax.main", "--config=configs/evaluate.py:tiny", f"--workdir={workdir}",
-                   f"--config.data.data_dir={data_dir}",
-                   f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
-                   "--config.evaluate.methods=('threshold',)",
-                   "--config.evaluate.test_sets=('Brats21',)", "--config.evaluate.include_ixi=False",
-                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
-                   *args],
+  return loopback.run_main(
+      ["--config=configs/evaluate.py:tiny", f"--workdir={workdir}",
+       f"--config.data.data_dir={data_dir}",
+       f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
+       "--config.evaluate.methods=('threshold',)", "--config.evaluate.test_sets=('Brats21',)",
+       "--config.evaluate.include_ixi=False", *args],
       2, os.path.dirname(workdir), env, timeout, ok_codes=(0, 2))
 
 

@@ -276,20 +276,13 @@ def test_two_processes_refuse_an_edited_split_alike(tiny_data_dir, tiny_sadm_dir
   weak = _as_weak_run(tiny_sadm_dir, str(tmp_path / "weak"))
   data, csv_path = _inserted_row(tiny_data_dir, str(tmp_path / "data"))
   work = str(tmp_path / "two" / "work")
-  port = loopback.free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  results = loopback.run_processes(
-      lambda pid: ["sadm_jax.main", "--config=configs/evaluate.py:tiny", f"--workdir={work}",
-                   f"--config.data.data_dir={data}",
-                   f"--config.data.cache_dir={os.path.join(data, 'cache')}",
-                   "--config.evaluate.methods=('sadm',)",
-                   f"--config.evaluate.sadm_workdirs=('{weak}',)",
-                   "--config.evaluate.test_sets=('Brats21',)",
-                   "--config.evaluate.include_ixi=False",
-                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2",
-                   f"--config.distributed.process_id={pid}"],
+  results = loopback.run_main(
+      ["--config=configs/evaluate.py:tiny", f"--workdir={work}", f"--config.data.data_dir={data}",
+       f"--config.data.cache_dir={os.path.join(data, 'cache')}",
+       "--config.evaluate.methods=('sadm',)", f"--config.evaluate.sadm_workdirs=('{weak}',)",
+       "--config.evaluate.test_sets=('Brats21',)", "--config.evaluate.include_ixi=False"],
       2, os.path.dirname(work), env, 180.0, ok_codes=(0, 2))
   lines = []
   for code, _, err in results:
