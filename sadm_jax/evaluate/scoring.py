@@ -248,9 +248,10 @@ class VolumeProgram:
       raise ValueError(f"{n} volumes for a program over {self.batch} devices")
 
     def put(a, dtype):
-      a = np.asarray(a, dtype)
-      return jax.device_put(np.concatenate([a, np.repeat(a[-1:], self.batch - n, axis=0)]),
-                            self.batch_sharding)
+      a = np.asarray(a, dtype)  # no copy for a stacked array of that dtype
+      if n < self.batch:
+        a = np.concatenate([a, np.repeat(a[-1:], self.batch - n, axis=0)])
+      return jax.device_put(a, self.batch_sharding)
     return self._fn(self.variables, put(images, np.float32), put(masks, bool),
                     put(indices, np.uint32))
 
