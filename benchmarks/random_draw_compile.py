@@ -6,7 +6,7 @@
 Each (shape, level, form) compiles in a fresh subprocess (XLA flags are read when the backend
 starts, and a process compiles a shape once), with the compilation cache off: `shaped` is
 `jax.random.uniform(key, shape)`, `flat` is the same draw as `uniform(key, [prod(shape)])`
-reshaped (the same values: the check compares them). The package's init programs compile at
+reshaped (the same values: the table compares their sums). The package's init programs compile at
 level 2 on CPU (`train.loop.CPU_INIT_COMPILER_OPTIONS`); the tests draw their data with numpy
 and compile module inits the same way (`tests.helpers.compiled_init`) because some 4-D draws
 took seconds to compile alone at the default level. Prints a table and writes JSON (machine
@@ -64,13 +64,19 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   try:
     levels = [int(v) for v in args.levels.split(",")]
-    for s in args.shapes.split(","):
+    shapes = args.shapes.split(",")
+    for s in shapes:
       [int(n) for n in s.split("x")]
   except ValueError:
-    raise SystemExit("error: --shapes takes e.g. 3x3x8x12,864 and --levels e.g. 3,2") from None
+    print("error: --shapes takes e.g. 3x3x8x12,864 and --levels e.g. 3,2", file=sys.stderr)
+    raise SystemExit(2) from None
+  out_dir = os.path.dirname(os.path.abspath(args.out)) if args.out else ""
+  if out_dir and not os.path.isdir(out_dir):
+    print(f"error: --out={args.out}: no such directory {out_dir}", file=sys.stderr)
+    raise SystemExit(2)
   rows = []
   print(f"{'shape':>12} {'level':>5} {'shaped s':>9} {'flat s':>7} {'same values':>11}")
-  for shape in args.shapes.split(","):
+  for shape in shapes:
     for level in levels:
       shaped, flat = measure(shape, level, "shaped"), measure(shape, level, "flat")
       same = shaped["checksum"] == flat["checksum"]
