@@ -17,11 +17,11 @@ TINY = synthetic.CohortConfig.tiny(seed=0, num_workers=2)
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-  """The tiny cohort, built once with 2 spawn workers: (root, data_dir, summary)."""
-  root = str(tmp_path_factory.mktemp("demo"))
-  summary = synthetic.generate_cohort(root, TINY)
-  return root, os.path.join(root, "Data"), summary
+def cohort(tiny_cohort):
+  """The tiny cohort (TINY), built once per session with 2 spawn workers (tests/data/conftest.py;
+  test_marker_skips_regeneration checks its config is TINY's): (root, data_dir, summary)."""
+  root, data_dir, summary, _ = tiny_cohort
+  return root, data_dir, summary
 
 
 def _read_csv(data_dir: str, split: str) -> tuple[list[str], list[list[str]]]:

@@ -56,14 +56,18 @@ def test_drop_specks_keeps_lesions_and_the_largest_component():
 
 
 @pytest.fixture(scope="module")
-def subjects():
-  """Two subjects per data set (~2 s each)."""
-  return {(d, i): cohort.make_subject(0, d, i) for d in cohort.DATASETS for i in (0, 1)}
+def subjects(tiny_cohort):
+  """Two subjects per data set, `make_subject(0, d, i)` for i in (0, 1), as the tiny cohort's
+  workers made them (tests/data/conftest.py; all are in it): each one's `stats` and
+  `lesion_voxels` (nonzero voxels of its seg). test_synthetic.py checks that the cohort's subjects
+  equal the ones made in this process."""
+  results = tiny_cohort[3]
+  return {(d, i): results[(d, i)] for d in cohort.DATASETS for i in (0, 1)}
 
 
 def test_tissue_contrast_is_in_the_mprage_range(subjects):
-  gm = [s.stats["gm_to_wm"] for s in subjects.values()]
-  csf = [s.stats["csf_to_wm"] for s in subjects.values()]
+  gm = [s["stats"]["gm_to_wm"] for s in subjects.values()]
+  csf = [s["stats"]["csf_to_wm"] for s in subjects.values()]
   # Targets GM/WM 0.62–0.70 and CSF/WM 0.21–0.28; each subject's gamma (scanner) and partial
   # volume spread them, the medians stay in range.
   assert 0.60 < np.median(gm) < 0.72 and 0.19 < np.median(csf) < 0.30, (gm, csf)
@@ -75,14 +79,14 @@ def test_lesion_contrast_and_load_follow_the_calibration(subjects):
   hi = {"Brats21": 0.75, "ATLAS_v2": 1.1, "WMH": 0.65, "MSLUB": 0.65}
   for (dataset, i), s in subjects.items():
     if dataset == "IXI":
-      assert s.stats["lesion_ml"] == 0 and not s.seg.any()
+      assert s["stats"]["lesion_ml"] == 0 and s["lesion_voxels"] == 0  # seg all zeros
       continue
-    assert lo[dataset] < s.stats["lesion_f"] < hi[dataset], (dataset, i, s.stats)
-  volumes = {d: [subjects[(d, i)].stats["lesion_ml"] for i in (0, 1)]
+    assert lo[dataset] < s["stats"]["lesion_f"] < hi[dataset], (dataset, i, s["stats"])
+  volumes = {d: [subjects[(d, i)]["stats"]["lesion_ml"] for i in (0, 1)]
              for d in ("Brats21", "WMH", "MSLUB")}
   assert all(10.0 < v < 300.0 for v in volumes["Brats21"]), volumes  # WT 15–250 ml
   assert all(0.3 < v < 100.0 for v in volumes["WMH"] + volumes["MSLUB"]), volumes
-  ms = [subjects[("MSLUB", i)].stats["lesion_components"] for i in (0, 1)]
+  ms = [subjects[("MSLUB", i)]["stats"]["lesion_components"] for i in (0, 1)]
   assert min(ms) >= 15, ms  # many small lesions
 
 
