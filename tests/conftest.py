@@ -230,11 +230,11 @@ def demo_tiny_run():
   return _run(name), _background[name].output()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_data_dir(tmp_path_factory) -> str:
-  """Fresh fake data (6 IXI subjects, 1 volume per pathological split) for the command-line error
-  tests (tests/test_cli_errors.py, tests/test_cli_errors_environment.py), which check that
-  nothing is read or written in it."""
+  """Fake data (6 IXI subjects, 1 volume per pathological split) for the command-line error tests
+  alone (tests/test_cli_errors.py, tests/test_cli_errors_environment.py), written once for both:
+  they pass it to runs that must stop before reading it, and check that no cache is made in it."""
   from tests.data import fake_data
   root = str(tmp_path_factory.mktemp("dd"))
   fake_data.write_data_dir(root, n_ixi=6, n_patho=1)
