@@ -182,8 +182,10 @@ def test_volume_program_equals_the_host_anomaly_map(models, host_reference, on_d
             else v[:sl.stop - sl.start]
     out[n] = [prog.maps(host, b, masks[b]) for b in range(3)], host
     if on_device_median:  # `program` is what `dispatch` runs: same outputs and shapes
-      shapes = jax.eval_shape(prog.program, prog.variables, images[:1].repeat(n, 0),
-                              masks[:1].repeat(n, 0), indices[:1].repeat(n, 0))
+      # (its inputs sharded as `dispatch` puts them: the program's trace is reused)
+      put = lambda a: jax.ShapeDtypeStruct((n,) + a.shape[1:], a.dtype,
+                                           sharding=prog.batch_sharding)
+      shapes = jax.eval_shape(prog.program, prog.variables, put(images), put(masks), put(indices))
       assert {k: v.shape for k, v in shapes.items()} == {k: (n,) + v.shape[1:]
                                                          for k, v in host.items()}
   if 1 in meshes:  # the device count changes neither a volume's outputs nor its maps
