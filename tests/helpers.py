@@ -105,18 +105,25 @@ def abstract_variables(module, *args):
 # EPYC Zen 3 some small 4-D ones took 11-24 s at XLA's default optimisation level (a 3×3×8×12
 # kernel; 0.3-0.4 s at level 2, same values: BENCHMARKS.md, "random draws that compile for
 # seconds", and `python -m benchmarks.random_draw_compile`).
+def on_device(value, dtype):
+  """`value` (a numpy array or scalar) as a jax array of `dtype`: cast by numpy on the host, then
+  put on the default device. `jnp.asarray(value, dtype)` gives the same values, but compiles a
+  one-op program (a dtype conversion or a copy) for every new shape."""
+  import jax
+  import numpy as np
+  return jax.device_put(np.asarray(value, dtype))
+
+
 def normal_data(seed: int, shape, scale: float = 1.0):
   """float32 N(0, scale²) array of `shape` drawn with numpy (no compilation)."""
-  import jax.numpy as jnp
   import numpy as np
-  return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+  return on_device(scale * np.random.default_rng(seed).standard_normal(shape), np.float32)
 
 
 def uniform_data(seed: int, shape):
   """float32 U[0, 1) array of `shape` drawn with numpy (no compilation)."""
-  import jax.numpy as jnp
   import numpy as np
-  return jnp.asarray(np.random.default_rng(seed).random(shape), jnp.float32)
+  return on_device(np.random.default_rng(seed).random(shape), np.float32)
 
 
 def compiled_init(module, key, *args, **kwargs):
@@ -139,7 +146,6 @@ def he_random_variables(module, *args, seed: int = 0):
   branch and its drop path matters), every other leaf N(0, 0.1²); drawn with numpy."""
   import math
 
-  import jax.numpy as jnp
   import numpy as np
   from flax import traverse_util
   rng = np.random.default_rng(seed)
@@ -153,7 +159,7 @@ def he_random_variables(module, *args, seed: int = 0):
       value = rng.uniform(0.5, 1.5, size=shape)
     else:  # bias, mean, mask tokens
       value = rng.normal(size=shape) * 0.1
-    out[path] = jnp.asarray(value, leaf.dtype)
+    out[path] = on_device(value, leaf.dtype)
   return traverse_util.unflatten_dict(out)
 
 

@@ -12,7 +12,7 @@ from sadm_jax.models.resnet import ResNet50Encoder, mask_at
 from sadm_jax.models.spark import (SparK, keep_count, mask_token_init, patchify,
                                    random_active_mask, spark_loss)
 from sadm_jax.models.transfer import load_spark_backbone_into_encoder
-from tests.helpers import abstract_variables
+from tests.helpers import abstract_variables, on_device
 from tests.helpers import he_random_variables as random_variables
 from tests.helpers import param_count as count
 from tests.helpers import uniform_data
@@ -30,7 +30,7 @@ def spark_variables():
 @pytest.fixture(scope="module")
 def encoder_variables():
   abstract = abstract_variables(ResNet50Encoder(), jnp.zeros((2, 64, 64, 1)), False)
-  return jax.tree_util.tree_map(lambda s: jnp.full(s.shape, 0.5, s.dtype), abstract)
+  return jax.tree_util.tree_map(lambda s: on_device(np.full(s.shape, 0.5), s.dtype), abstract)
 
 
 def test_parameter_counts_at_paper_config():
