@@ -13,7 +13,9 @@ def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
   batch-stat means 0 and variances 1, every other leaf N(0, scale²) (so no zero-initialised output
   layer stays zero). A jitted `init` costs 10–30 s of XLA:CPU compilation (one threefry loop per
   parameter), and drawing leaf by leaf with `jax.random` one compilation per distinct shape; this
-  costs neither. `init` may be a module's `init` or any function of one PRNG key.
+  costs neither (each leaf is cast by numpy and put on the device with `jax.device_put`:
+  `jnp.asarray` would compile a one-op copy program per shape). `init` may be a module's `init` or
+  any function of one PRNG key.
   """
   shapes = jax.eval_shape(lambda k: init(k, *args), jax.random.key(0))
   rng = np.random.default_rng(seed)
@@ -30,6 +32,6 @@ def random_variables(init, *args, seed: int = 0, scale: float = 0.05):
       x = np.zeros(leaf.shape)
     else:
       x = scale * rng.normal(size=leaf.shape)
-    return jax.numpy.asarray(x.astype(leaf.dtype))
+    return jax.device_put(x.astype(leaf.dtype))
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
