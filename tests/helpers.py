@@ -140,6 +140,18 @@ def compiled_init(module, key, *args, **kwargs):
       key, *args)
 
 
+def compiled_apply(module, static_argnums=(), **kwargs):
+  """`functools.partial(module.apply, **kwargs)` as one jitted program (its positional arguments
+  at `static_argnums`, e.g. a `train` flag, static): a forward pass compiled once, instead of each
+  of its operations at each new shape, one program apiece, when `module.apply` runs eagerly.
+  Calls of the returned function with the same shapes (and static values) run the same program,
+  so their results compare exactly."""
+  import functools
+
+  import jax
+  return jax.jit(functools.partial(module.apply, **kwargs), static_argnums=static_argnums)
+
+
 def he_random_variables(module, *args, seed: int = 0):
   """Cheap stand-in for a ResNet-style `init` (whose RNG kernels take long to compile on CPU):
   kernels N(0, 2/fan_in), BatchNorm scales and variances U(0.5, 1.5) (nonzero, so every residual

@@ -61,9 +61,14 @@ def test_the_comparison_catches_a_wrong_gradient():
   x, scale, bias, _ = _inputs((2, 8, 8, 16), False)
   g = normal_data(5, x.shape)
   ref = _vjp(_composed(4), x, scale, bias, None, g)[1]
-  h = layers.group_norm(x, scale, bias, 4)
-  wrong = jax.vjp(lambda x_: layers.group_norm(x_, scale, bias, 4), x)[1](
-      g * jax.nn.sigmoid(h))[0]  # d silu ≈ sigmoid only
+
+  @jax.jit  # one program, not each operation eagerly
+  def wrong_gradient(x, g):
+    h = layers.group_norm(x, scale, bias, 4)
+    return jax.vjp(lambda x_: layers.group_norm(x_, scale, bias, 4), x)[1](
+        g * jax.nn.sigmoid(h))[0]  # d silu ≈ sigmoid only
+
+  wrong = wrong_gradient(x, g)
   with pytest.raises(AssertionError):
     np.testing.assert_allclose(np.asarray(wrong), np.asarray(ref), rtol=0,
                                atol=2e-5 * max(1.0, float(np.abs(ref).max())))

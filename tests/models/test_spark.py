@@ -12,7 +12,7 @@ from sadm_jax.models.resnet import ResNet50Encoder, mask_at
 from sadm_jax.models.spark import (SparK, keep_count, mask_token_init, patchify,
                                    random_active_mask, spark_loss)
 from sadm_jax.models.transfer import load_spark_backbone_into_encoder
-from tests.helpers import abstract_variables, on_device
+from tests.helpers import abstract_variables, compiled_apply, on_device
 from tests.helpers import he_random_variables as random_variables
 from tests.helpers import param_count as count
 from tests.helpers import uniform_data
@@ -138,7 +138,8 @@ def test_transfer_round_trip_loads_exactly_the_backbone(spark_variables, encoder
   assert after[("params", "head", "kernel")] is before[("params", "head", "kernel")]
   assert after[("params", "head", "bias")] is before[("params", "head", "bias")]
   np.testing.assert_array_equal(encoder_variables["params"]["backbone"]["conv1"]["kernel"], 0.5)
-  out = ResNet50Encoder().apply(loaded, jnp.full((2, 32, 32, 1), 0.5), False)  # consumable
+  out = compiled_apply(ResNet50Encoder(), static_argnums=2)(  # consumable
+      loaded, jnp.full((2, 32, 32, 1), 0.5), False)
   assert out.shape == (2, 512) and bool(jnp.all(jnp.isfinite(out)))
 
 

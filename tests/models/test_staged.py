@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sadm_jax.models import layers, staged
-from tests.helpers import compiled_init, dilated_convs, normal_data
+from tests.helpers import compiled_apply, compiled_init, dilated_convs, normal_data
 
 CASES = [  # shape, axes
     ((16, 64, 64, 48), (0, 1, 2)),  # a conv bias's gradient (staged: [N·H, W·C], then W)
@@ -234,7 +234,7 @@ def test_batchnorm_matches_the_plain_formulas(masked):
   mask = jnp.asarray(np.random.default_rng(14).random((8, 32, 32, 1)) > 0.3, jnp.float32)
   m = mask if masked else None
   bn = BatchNorm()
-  variables = bn.init(jax.random.key(0), x, True, m)
+  variables = compiled_init(bn, jax.random.key(0), x, train=True, mask=m)
   params = {"scale": jnp.linspace(0.5, 1.5, 64), "bias": jnp.linspace(-1.0, 1.0, 64)}
 
   def plain(p, x):
@@ -250,16 +250,27 @@ def test_batchnorm_matches_the_plain_formulas(masked):
                     mutable=["batch_stats"])
     return y
 
+  def value_and_vjp(f, g):  # f(params, x) and its VJP of g, as one jitted program
+    def both(p, x, g):
+      y, pull = jax.vjp(f, p, x)
+      return y, pull(g)
+    return jax.jit(both)(params, x, g)
+
   g = normal_data(15, x.shape)
-  got, ref = (jax.vjp(f, params, x) for f in (ours, plain))
+  got, ref = value_and_vjp(ours, g), value_and_vjp(plain, g)
   np.testing.assert_allclose(got[0], ref[0], atol=2e-5)
-  for a, b in zip(jax.tree.leaves(got[1](g)), jax.tree.leaves(ref[1](g))):
+  for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(ref[1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
                                atol=1e-4 * max(1.0, float(np.abs(b).max())))
   stats = {"mean": jnp.linspace(-0.2, 0.2, 64), "var": jnp.linspace(0.5, 2.0, 64)}
-  y_eval = bn.apply({"params": params, "batch_stats": stats}, x, False, m)
-  ref_eval = (x - stats["mean"]) * (params["scale"] * jax.lax.rsqrt(stats["var"] + 1e-5))
-  ref_eval = ref_eval + params["bias"]
+  y_eval = compiled_apply(bn, static_argnums=2)({"params": params, "batch_stats": stats}, x,
+                                                 False, m)
+
+  @jax.jit
+  def plain_eval(p, s, x):
+    return (x - s["mean"]) * (p["scale"] * jax.lax.rsqrt(s["var"] + 1e-5)) + p["bias"]
+
+  ref_eval = plain_eval(params, stats, x)
   np.testing.assert_allclose(y_eval, ref_eval * mask if masked else ref_eval, atol=1e-5)
 
 
