@@ -100,11 +100,6 @@ def abstract_variables(module, *args):
   return jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))
 
 
-# Test data is drawn with numpy, and a module's real `init` is compiled as one program at the
-# package's CPU init options: an eager jax.random draw compiles once per shape, and on an AMD
-# EPYC Zen 3 some small 4-D ones took 11-24 s at XLA's default optimisation level (a 3×3×8×12
-# kernel; 0.3-0.4 s at level 2, same values: BENCHMARKS.md, "random draws that compile for
-# seconds", and `python -m benchmarks.random_draw_compile`).
 def on_device(value, dtype):
   """`value` (a numpy array or scalar) as a jax array of `dtype`: cast by numpy on the host, then
   put on the default device. `jnp.asarray(value, dtype)` gives the same values, but compiles a
@@ -114,6 +109,11 @@ def on_device(value, dtype):
   return jax.device_put(np.asarray(value, dtype))
 
 
+# Test data is drawn with numpy, and a module's real `init` is compiled as one program at the
+# package's CPU init options: an eager jax.random draw compiles once per shape, and on an AMD
+# EPYC Zen 3 some small 4-D ones took 11-24 s at XLA's default optimisation level (a 3×3×8×12
+# kernel; 0.3-0.4 s at level 2, same values: BENCHMARKS.md, "random draws that compile for
+# seconds", and `python -m benchmarks.random_draw_compile`).
 def normal_data(seed: int, shape, scale: float = 1.0):
   """float32 N(0, scale²) array of `shape` drawn with numpy (no compilation)."""
   import numpy as np
