@@ -139,8 +139,14 @@ def matmul_flops(jaxpr) -> float:
 
 def traced_matmul_flops(fn: Callable, *args) -> float:
   """`matmul_flops` of `fn(*args)`'s jaxpr: traced only, nothing compiled (args may be
-  `jax.ShapeDtypeStruct`s). For a jitted SPMD step this is the global (all devices) count."""
-  return matmul_flops(jax.make_jaxpr(fn)(*args))
+  `jax.ShapeDtypeStruct`s). For a jitted SPMD step this is the global (all devices) count.
+
+  A jitted `fn` is traced as the top-level program (`fn.trace`), as it runs: `jax.make_jaxpr`
+  would nest it, and a nested jit may not carry `compiler_options` (the CPU train steps' heap
+  split, `xla_flags.train_compiler_options`)."""
+  trace = getattr(fn, "trace", None)
+  jaxpr = trace(*args).jaxpr if callable(trace) else jax.make_jaxpr(fn)(*args)
+  return matmul_flops(jaxpr)
 
 
 def largest_value_bytes(jaxpr) -> int:

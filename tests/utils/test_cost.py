@@ -31,6 +31,15 @@ def test_jitted_matmul_counts_2mnk():
   assert cost.traced_matmul_flops(f, *abstract) == 2 * M * N * K
 
 
+def test_a_jit_with_compiler_options_is_traced_at_the_top_level():
+  # (as the CPU train steps are jitted: a nested jit may not carry compiler_options)
+  f = jax.jit(_matmul, compiler_options={"xla_backend_optimization_level": 2})
+  abstract = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in _operands()]
+  with pytest.raises(ValueError, match="compiler_options"):
+    jax.make_jaxpr(f)(*abstract)
+  assert cost.traced_matmul_flops(f, *abstract) == 2 * M * N * K
+
+
 def test_elementwise_work_is_not_counted():
   f = jax.jit(lambda a: jnp.tanh(a @ a) + 1.0)
   assert cost.traced_matmul_flops(f, jax.ShapeDtypeStruct((8, 8), jnp.float32)) == 2 * 8 ** 3
