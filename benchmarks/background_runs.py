@@ -3,8 +3,9 @@
     python -m benchmarks.background_runs [--runs tiny_cddpm,tiny_sadm,...] [--out JSON]
 
 Writes the session's fake data (8 IXI subjects, 3 volumes per pathological split) and runs
-`python -m sadm_jax.main` with each entry of tests/conftest.py's BACKGROUND_RUNS in its order,
-as the session does (a run's `{run}` fields name earlier runs' workdirs; 8 fake CPU devices; one
+`python -m sadm_jax.main` (or a test's job module) with each entry of tests/conftest.py's
+BACKGROUND_RUNS in its order, as the session does (a run's `{run}` fields name earlier runs'
+workdirs; 8 fake CPU devices; one
 fresh persistent compilation cache shared by the runs, so later runs read what earlier ones
 compiled), but alone on the machine and at normal priority. CPU is user + system of the run and
 its children (grain and cohort workers). With --runs, the earlier runs a chosen one reads are
@@ -47,8 +48,9 @@ def measure(chosen: list[str] | None, root: str) -> list[dict]:
   rows = []
   for name in session.needed_runs(chosen or list(runs)):
     fields[name] = os.path.join(root, name)
-    cmd = [sys.executable, "-m", "sadm_jax.main", *[a.format(**fields) for a in runs[name]],
-           f"--workdir={fields[name]}"]
+    from tests.helpers import background_command
+    module, args = background_command([a.format(**fields) for a in runs[name]])
+    cmd = [sys.executable, "-m", module, *args, f"--workdir={fields[name]}"]
     before, t0 = os.times(), time.perf_counter()
     with open(fields[name] + ".log", "w") as log:
       rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,

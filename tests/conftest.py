@@ -52,7 +52,8 @@ flags.FLAGS.mark_as_parsed()
 # tests that read a run go last, in the order the runs finish. One fake data dir, one tiny cDDPM,
 # one tiny SADM-DRAEM on it and one evaluation of both are shared by tests/train and
 # tests/evaluate (tests that change a run copy it first); an 8-step cDDPM and a SparK pretraining
-# on the same data serve tests/train; the demo and the Table-1 reproduction run end to end.
+# on the same data serve tests/train; the demo and the Table-1 reproduction run end to end; two
+# resume tests' CLI runs go last (tests/train/resume_jobs.py).
 
 import pytest  # noqa: E402
 
@@ -87,6 +88,12 @@ BACKGROUND_RUNS = {
     "tiny_reproduction_run": ["--config=configs/reproduce.py:tiny",
                               "--config.train.async_checkpoints=False",
                               "--config.demo.root={demo_tiny_run}/demo_data"],
+    # Jobs of two resume tests (tests/train/resume_jobs.py): the CLI runs they interrupt or damage
+    # and resume take their ≈ 60 s here, not on the in-process tests' path, and run last, when the
+    # core the runs above use would otherwise be idle. The tiny cDDPM program of "tiny_cddpm".
+    "killed_and_resumed": ["-m", "tests.train.resume_jobs", "sigkill", "--data={data}"],
+    "damaged_and_resumed": ["-m", "tests.train.resume_jobs", "damaged", "--data={data}",
+                            "--reference={cddpm_8}"],
 }
 # A run's arguments name only earlier runs (they start one after the other).
 assert all(f"{{{later}}}" not in a for i, name in enumerate(BACKGROUND_RUNS)
@@ -95,7 +102,9 @@ assert all(f"{{{later}}}" not in a for i, name in enumerate(BACKGROUND_RUNS)
 RUN_OF_FIXTURE = {"tiny_cddpm_dir": "tiny_cddpm", "tiny_sadm_dir": "tiny_sadm",
                   "evaluation": "tiny_evaluation", "cddpm_8_dir": "cddpm_8",
                   "tiny_spark_dir": "tiny_spark", "demo_tiny_run": "demo_tiny_run",
-                  "tiny_reproduction_run": "tiny_reproduction_run"}
+                  "tiny_reproduction_run": "tiny_reproduction_run",
+                  "killed_and_resumed": "killed_and_resumed",
+                  "damaged_and_resumed": "damaged_and_resumed"}
 _background: dict = {}
 _data_dir: list = []  # the session's fake data dir, once written
 
@@ -228,6 +237,24 @@ def demo_tiny_run():
   """(workdir, output) of `configs/demo.py:tiny` run by the CLI (started with the session)."""
   name = "demo_tiny_run"
   return _run(name), _background[name].output()
+
+
+@pytest.fixture(scope="session")
+def killed_and_resumed() -> tuple[str, dict]:
+  """(workdir, outcome) of the tiny cDDPM SIGKILLed at step 5 of 16 and run again for 8 steps
+  (tests/train/resume_jobs.py `sigkill`; the run is workdir/run)."""
+  from tests.train import resume_jobs
+  workdir = _run("killed_and_resumed")
+  return workdir, resume_jobs.read_outcome(workdir)
+
+
+@pytest.fixture(scope="session")
+def damaged_and_resumed() -> tuple[str, dict]:
+  """(workdir, outcome) of a copy of the 8-step run with a truncated array in step 8, run again
+  (tests/train/resume_jobs.py `damaged`; the run is workdir/run)."""
+  from tests.train import resume_jobs
+  workdir = _run("damaged_and_resumed")
+  return workdir, resume_jobs.read_outcome(workdir)
 
 
 @pytest.fixture(scope="session")

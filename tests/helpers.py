@@ -189,8 +189,18 @@ def _lower_priority(pid: int) -> None:
   os.setpriority(os.PRIO_PROCESS, pid, BACKGROUND_NICENESS)
 
 
+def background_command(args: list[str]) -> tuple[str, list[str]]:
+  """(module, arguments) of a background run's ARGS: `python -m sadm_jax.main ARGS`, or, when
+  ARGS start with "-m", "<module>", that module with the rest (a test's job, e.g.
+  tests/train/resume_jobs.py)."""
+  if args[:1] == ["-m"]:
+    return args[1], list(args[2:])
+  return "sadm_jax.main", list(args)
+
+
 class BackgroundRun:
-  """`python -m sadm_jax.main ARGS --workdir=W` in a new temporary W, started now or after `after`.
+  """`python -m sadm_jax.main ARGS --workdir=W` in a new temporary W, started now or after `after`
+  (or another module's job, `background_command`).
 
   The test session starts its longest end-to-end jobs this way when it begins (tests/conftest.py),
   so that they use the share of the 2 cores that the in-process tests leave idle; one after the
@@ -222,8 +232,9 @@ class BackgroundRun:
       with self._lock:
         if not self._cancelled:
           with open(self.log_path, "w") as log:
+            module, args = background_command(self.args)
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sadm_jax.main", *self.args, f"--workdir={self.workdir}"],
+                [sys.executable, "-m", module, *args, f"--workdir={self.workdir}"],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self._env, process_group=0)
             _lower_priority(self.proc.pid)

@@ -3,9 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -13,8 +10,7 @@ import pytest
 
 from configs import cddpm as cddpm_config
 from sadm_jax import main as main_lib
-from tests.helpers import (REPO, assert_same_run, largest_constant, metric_series,
-                           tiny_cddpm_args, with_data)
+from tests.helpers import assert_same_run, largest_constant, metric_series, with_data
 
 
 def test_tiny_cddpm_trains_and_validation_loss_falls(cddpm_8_dir):
@@ -95,45 +91,20 @@ def test_describe_writes_json(tmp_path):
     assert on_disk[name]["gflops_per_slice"] > 0
 
 
-def _cmd(data_dir, workdir, steps=8):
-  return [sys.executable, "-m", "sadm_jax.main", f"--workdir={workdir}",
-          *tiny_cddpm_args(data_dir, steps, checkpoint_every=2)]
-
-
-def test_sigkill_and_resume_gives_identical_losses(tiny_data_dir, cddpm_8_dir, tmp_path):
+def test_sigkill_and_resume_gives_identical_losses(killed_and_resumed, cddpm_8_dir):
   """Killed at step 5 and restarted, the run gives the losses of a run that was never
   interrupted: the session's 8-step run (same data, seed, learning rate and validation cadence;
   the checkpoints' cadence and synchronous/asynchronous writing change no number). The killed
   process was started for 16 steps and the restart asks for 8: the step count, which may change
-  on resume, changes neither the schedule nor the data order."""
-  # The test process's 8 fake devices (the restore is sharded) and the session's tiny learning
-  # rate: the session's tiny train-step program, so the compilation cache hits.
-  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  proc = None
-  try:
-    work = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(tiny_data_dir, work, steps=16), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            process_group=0)
-    killed_at = None
-    deadline = time.time() + 600
-    for line in proc.stdout:
-      if line.startswith("step 5/16"):
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: grain workers too
-        killed_at = 5
-        break
-      assert time.time() < deadline
-    proc.wait(timeout=60)
-    assert killed_at == 5 and proc.returncode == -signal.SIGKILL
-    res = subprocess.run(_cmd(tiny_data_dir, work), cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "resumed from checkpoint step" in res.stdout
-  finally:  # a failed test leaves no run (nor its workers) behind
-    if proc is not None and proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-      proc.wait()
-  reference, resumed = cddpm_8_dir, str(work)
+  on resume, changes neither the schedule nor the data order. (The CLI runs are a background job
+  of the session, tests/train/resume_jobs.py: the test process's 8 fake devices, so the restore
+  is sharded, and the session's tiny train-step program.)"""
+  work, outcome = killed_and_resumed
+  assert outcome["killed_at"] == 5, outcome["killed_output_tail"]
+  assert outcome["killed_returncode"] == -signal.SIGKILL, outcome["killed_output_tail"]
+  assert outcome["returncode"] == 0, outcome["stderr"][-3000:]
+  assert "resumed from checkpoint step" in outcome["stdout"]
+  reference, resumed = cddpm_8_dir, os.path.join(work, "run")
   assert [s for s, _ in metric_series(resumed)] == list(range(1, 9))
   assert metric_series(resumed) == metric_series(reference)  # bit-identical on CPU
   assert metric_series(resumed, "val/loss") == metric_series(reference, "val/loss")

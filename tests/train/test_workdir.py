@@ -11,6 +11,7 @@ import pytest
 
 from sadm_jax.train import workdir as workdir_lib
 from tests.helpers import REPO, metric_series, tiny_cddpm_args
+from tests.train.resume_jobs import damage as _damage, snapshot as _snapshot
 
 # The test process's XLA flags (8 fake devices) and the session's tiny cDDPM learning rate: the same
 # train-step program as the session's tiny runs and the SIGKILL test, so the compilation cache hits.
@@ -25,18 +26,6 @@ def _cmd(data_dir, workdir, *extra, steps=8) -> list[str]:
 def _run(data_dir, workdir, *extra, steps=8):
   return subprocess.run(_cmd(data_dir, workdir, *extra, steps=steps), cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=900)
-
-
-def _snapshot(root) -> dict:
-  """{relative path: (size, mtime_ns)} of every file and directory under `root`."""
-  out = {}
-  for d, dirs, files in os.walk(root):
-    for n in dirs + files:
-      p = os.path.join(d, n)
-      st = os.stat(p)
-      out[os.path.relpath(p, root)] = (st.st_size if n in files else 0, st.st_mtime_ns
-                                       if n in files else 0)
-  return out
 
 
 def _error_line(res) -> str:
@@ -154,38 +143,22 @@ def test_stale_lock_of_a_dead_process_is_taken_over(trained, tmp_path):
   assert not os.path.exists(os.path.join(work, ".lock"))
 
 
-def _damage(work: str, step: int, kind: str) -> None:
-  d = os.path.join(work, "checkpoints", str(step))
-  if kind == "truncated_array":
-    arrays = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(d, "state")) for f in fs
-              if os.sep + "d" + os.sep in os.path.join(r, f)]
-    biggest = max(arrays, key=os.path.getsize)
-    with open(biggest, "r+b") as f:
-      f.truncate(os.path.getsize(biggest) // 2)
-  elif kind == "missing_metadata":
-    os.remove(os.path.join(d, "meta", "metadata"))
-  elif kind == "empty_step_dir":
-    shutil.rmtree(d)
-    os.makedirs(d)
-  else:
-    raise ValueError(kind)
-
-
-def test_damaged_newest_step_is_moved_aside_and_previous_step_resumes(trained, tmp_path):
+def test_damaged_newest_step_is_moved_aside_and_previous_step_resumes(damaged_and_resumed,
+                                                                      trained):
   """A truncated array file in the newest step: the CLI logs it in one line, moves the step
-  aside untouched and retrains steps 5-8 from step 4 to the uninterrupted run's numbers."""
-  work = _copy(trained, tmp_path)
-  _damage(work, 8, "truncated_array")
-  damaged = _snapshot(os.path.join(work, "checkpoints", "8"))
-  res = _run(trained[0], work, steps=8)
-  assert res.returncode == 0, res.stderr[-3000:]
+  aside untouched and retrains steps 5-8 from step 4 to the uninterrupted run's numbers. (The
+  CLI run is a background job of the session, tests/train/resume_jobs.py `damaged`: a copy of
+  `trained` damaged with `_damage(work, 8, "truncated_array")`.)"""
+  job, outcome = damaged_and_resumed
+  work = os.path.join(job, "run")
+  assert outcome["returncode"] == 0, outcome["stderr"][-3000:]
   ckpt_dir = os.path.join(work, "checkpoints")
-  warnings = [l for l in res.stderr.splitlines()
+  warnings = [l for l in outcome["stderr"].splitlines()
               if f"checkpoint step 8 in {ckpt_dir} cannot be restored" in l]
-  assert len(warnings) == 1 and "moved it aside to 8.damaged-1" in warnings[0], res.stderr
-  assert "resumed from checkpoint step 4" in res.stdout
+  assert len(warnings) == 1 and "moved it aside to 8.damaged-1" in warnings[0], outcome["stderr"]
+  assert "resumed from checkpoint step 4" in outcome["stdout"]
   # Moved aside untouched (never deleted); steps 5-8 retrained into a new step 8.
-  assert _snapshot(os.path.join(ckpt_dir, "8.damaged-1")) == damaged
+  assert _snapshot(os.path.join(ckpt_dir, "8.damaged-1")) == outcome["damaged_snapshot"]
   assert sorted(os.listdir(ckpt_dir)) == ["4", "8", "8.damaged-1"]
   with open(os.path.join(work, "metrics.jsonl")) as f:
     steps = [json.loads(l)["step"] for l in f]
