@@ -70,10 +70,15 @@ def _cli(data: str, workdir: str, steps: int, checkpoint_every: int) -> list[str
           *tiny_cddpm_args(data, steps, checkpoint_every)]
 
 
+_JOB_PID = os.getpid()
+
+
 def _die_with_parent() -> None:
   """In the child before exec: SIGKILL it when this job dies (the session's stop kills the job's
-  process group, and the run has a group of its own)."""
+  process group, and the run has a group of its own); exits at once if the job died already."""
   ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  if os.getppid() != _JOB_PID:
+    os._exit(1)
 
 
 def sigkill(data: str, workdir: str) -> dict:
