@@ -232,6 +232,11 @@ def test_a_weak_run_evaluated_on_an_edited_split_is_refused(tiny_data_dir, tiny_
   assert "changed since training" in err[0] and "sadm.weak_train_rows" in err[0]
   assert not os.path.exists(os.path.join(work, "eval")) and \
       not os.path.exists(os.path.join(work, "report"))
+  # The copied data's cache started empty: only the two training rows the check reads were
+  # preprocessed, none of the other volumes (the refusal does not wait for them).
+  cached = [json.load(open(m))["name"] for m in glob.glob(os.path.join(data, "cache", "*", "*",
+                                                                        "meta.json"))]
+  assert sorted(cached) == ["Brats21_val_001", "Brats21_val_new"], cached
 
 
 def _inserted_row(data_dir: str, dest: str) -> tuple[str, str]:
