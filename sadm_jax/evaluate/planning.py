@@ -174,10 +174,11 @@ def plan_runs(config: ml_collections.ConfigDict, models: Models) -> list[EvalRun
   runs: list[EvalRun] = []
   sadm_runs: list[EvalRun] = []
   if "sadm" in ecfg.methods:
-    taken: dict[str, set] = {}
+    taken: dict[tuple[str, bool], set] = {}  # fold labels are unique per run id's method/anomalies
     for w in ecfg.sadm_workdirs:
-      mode = str(models.sadm(w)[0].sadm.mode)
-      sadm_runs.append(_sadm_run(config, models, w, taken.setdefault(mode, set())))
+      cfg, cddpm_key = models.sadm(w)
+      key = (str(cfg.sadm.mode), bool(cddpm_key))  # (SADM mode, SADM rather than input-only UNet)
+      sadm_runs.append(_sadm_run(config, models, w, taken.setdefault(key, set())))
     if not ecfg.sadm_workdirs:
       logging.warning("evaluate.methods has 'sadm' but evaluate.sadm_workdirs is empty: "
                       "no SADM rows")

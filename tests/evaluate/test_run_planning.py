@@ -194,3 +194,32 @@ def test_the_threshold_baseline_runs_on_the_folds_of_the_evaluated_cddpm():
   runs = planning.plan_runs(c, Stub())
   assert [(r.method, r.fold, r.data_fold) for r in runs] == [("threshold", "fold2", 2),
                                                              ("cddpm", "fold2", 2)]
+
+
+def test_fold_labels_are_unique_per_method_and_anomalies_only():
+  """The SADM and the input-only UNet runs of one mode and fold are rows of their own
+  ('sadm/Brats21/repeat0', 'unet/Brats21/repeat0'); only a second run of the same method, mode
+  and fold gets a suffix. (The UNet's label was 'repeat0_1', as if it were a second repeat.)"""
+  import ml_collections
+
+  def cfg(mode, fold=0, repeat=0):
+    return ml_collections.ConfigDict({"sadm": {"mode": mode, "repeat": repeat, "cddpm_workdir": "",
+                                               "weak_train_rows": None, "weak_val_rows": None},
+                                      "data": {"fold": fold}})
+
+  runs = {"/s_brats": (cfg("brats"), "k"), "/u_brats": (cfg("brats"), ""),
+          "/s_brats_again": (cfg("brats"), "k"), "/s_draem": (cfg("draem"), "k"),
+          "/u_draem": (cfg("draem"), ""), "/u_draem_fold1": (cfg("draem", fold=1), "")}
+
+  class Stub:  # the SADM runs `plan_runs` opens: (config, its cDDPM's key, '' = input only)
+    frozen_cddpm_workdirs: dict = {}
+
+    def sadm(self, workdir):
+      return runs[workdir]
+
+  c = ml_collections.ConfigDict({"data": {"fold": 0}, "evaluate": {
+      "methods": ("sadm",), "sadm_workdirs": tuple(runs), "cddpm_workdir": "",
+      "combination": "multiply"}})
+  ids = [r.id for r in planning.plan_runs(c, Stub())]
+  assert ids == ["sadm/Brats21/repeat0", "unet/Brats21/repeat0", "sadm/Brats21/repeat0_1",
+                 "sadm/draem/fold0", "unet/draem/fold0", "unet/draem/fold1"]
