@@ -5,9 +5,8 @@
 Writes the session's fake data (8 IXI subjects, 3 volumes per pathological split) and runs
 `python -m sadm_jax.main` (or a test's job module) with each entry of tests/conftest.py's
 BACKGROUND_RUNS in its order, as the session does (a run's `{run}` fields name earlier runs'
-workdirs; 8 fake CPU devices; one
-fresh persistent compilation cache shared by the runs, so later runs read what earlier ones
-compiled), but alone on the machine and at normal priority. CPU is user + system of the run and
+workdirs; 8 fake CPU devices; one fresh persistent compilation cache shared by the runs, so later
+runs read what earlier ones compiled), but alone on the machine and at normal priority. CPU is user + system of the run and
 its children (grain and cohort workers). With --runs, the earlier runs a chosen one reads are
 run too. Prints a table and writes JSON (machine info included). Temporary files are removed.
 """
@@ -37,6 +36,7 @@ def _session():
 def measure(chosen: list[str] | None, root: str) -> list[dict]:
   os.environ["SADM_TEST_JAX_CACHE"] = os.path.join(root, "jax_cache")
   session = _session()
+  from tests.helpers import background_command
   runs = dict(session.BACKGROUND_RUNS)
   unknown = sorted(set(chosen or ()) - set(runs))
   if unknown:
@@ -48,7 +48,6 @@ def measure(chosen: list[str] | None, root: str) -> list[dict]:
   rows = []
   for name in session.needed_runs(chosen or list(runs)):
     fields[name] = os.path.join(root, name)
-    from tests.helpers import background_command
     module, args = background_command([a.format(**fields) for a in runs[name]])
     cmd = [sys.executable, "-m", module, *args, f"--workdir={fields[name]}"]
     before, t0 = os.times(), time.perf_counter()

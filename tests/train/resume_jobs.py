@@ -60,14 +60,17 @@ def damage(work: str, step: int, kind: str) -> None:
     raise ValueError(kind)
 
 
-def _env() -> dict:
-  # The session's XLA flags (8 fake devices) and compilation cache, inherited from the job.
+def env() -> dict:
+  """The CLI runs' environment: this process's (the test session's XLA flags, 8 fake devices, and
+  its compilation cache), unbuffered, on CPU."""
   return {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
 
 
-def _cli(data: str, workdir: str, steps: int, checkpoint_every: int) -> list[str]:
+def cli(data: str, workdir: str, steps: int, checkpoint_every: int, *extra: str) -> list[str]:
+  """`python -m sadm_jax.main` of the tiny cDDPM run in `workdir` (`tests.helpers.tiny_cddpm_args`)
+  with `extra` arguments."""
   return [sys.executable, "-m", "sadm_jax.main", f"--workdir={workdir}",
-          *tiny_cddpm_args(data, steps, checkpoint_every)]
+          *tiny_cddpm_args(data, steps, checkpoint_every), *extra]
 
 
 _JOB_PID = os.getpid()
@@ -85,7 +88,7 @@ def sigkill(data: str, workdir: str) -> dict:
   """Starts the run for 16 steps (checkpoints every 2), SIGKILLs it (its whole process group:
   data workers too) once it logged step KILL_AT, then runs it again for 8 steps."""
   run = os.path.join(workdir, "run")
-  proc = subprocess.Popen(_cli(data, run, 16, 2), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+  proc = subprocess.Popen(cli(data, run, 16, 2), cwd=REPO, env=env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, process_group=0,
                           preexec_fn=_die_with_parent)
   killed_at, seen = None, []
@@ -104,7 +107,7 @@ def sigkill(data: str, workdir: str) -> dict:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
-  res = subprocess.run(_cli(data, run, 8, 2), cwd=REPO, env=_env(), capture_output=True,
+  res = subprocess.run(cli(data, run, 8, 2), cwd=REPO, env=env(), capture_output=True,
                        text=True, timeout=TIMEOUT_S, preexec_fn=_die_with_parent)
   return {"killed_at": killed_at, "killed_returncode": proc.returncode,
           "killed_output_tail": "".join(seen)[-3000:], "returncode": res.returncode,
@@ -118,7 +121,7 @@ def damaged(data: str, reference: str, workdir: str) -> dict:
   shutil.copytree(reference, run)
   damage(run, 8, "truncated_array")
   before = snapshot(os.path.join(run, "checkpoints", "8"))
-  res = subprocess.run(_cli(data, run, 8, 4), cwd=REPO, env=_env(), capture_output=True,
+  res = subprocess.run(cli(data, run, 8, 4), cwd=REPO, env=env(), capture_output=True,
                        text=True, timeout=TIMEOUT_S, preexec_fn=_die_with_parent)
   return {"damaged_snapshot": before, "returncode": res.returncode, "stdout": res.stdout,
           "stderr": res.stderr}

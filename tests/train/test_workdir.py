@@ -5,26 +5,19 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 
 from sadm_jax.train import workdir as workdir_lib
-from tests.helpers import REPO, metric_series, tiny_cddpm_args
-from tests.train.resume_jobs import damage as _damage, snapshot as _snapshot
-
-# The test process's XLA flags (8 fake devices) and the session's tiny cDDPM learning rate: the same
-# train-step program as the session's tiny runs and the SIGKILL test, so the compilation cache hits.
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
-
-
-def _cmd(data_dir, workdir, *extra, steps=8) -> list[str]:
-  return [sys.executable, "-m", "sadm_jax.main", f"--workdir={workdir}",
-          *tiny_cddpm_args(data_dir, steps, checkpoint_every=4), *extra]
+from tests.helpers import REPO, metric_series
+from tests.train.resume_jobs import cli, damage as _damage, env, snapshot as _snapshot
 
 
 def _run(data_dir, workdir, *extra, steps=8):
-  return subprocess.run(_cmd(data_dir, workdir, *extra, steps=steps), cwd=REPO, env=ENV,
+  """The tiny cDDPM run in `workdir` by the CLI, checkpoints every 4 steps: the test process's XLA
+  flags (8 fake devices) and the session's tiny cDDPM learning rate, so the same train-step
+  program as the session's tiny runs and the resume jobs (the compilation cache hits)."""
+  return subprocess.run(cli(data_dir, workdir, steps, 4, *extra), cwd=REPO, env=env(),
                         capture_output=True, text=True, timeout=900)
 
 
