@@ -3,9 +3,11 @@
     python -m benchmarks.predict_prepare --checkpoint_dir=runs/demo \
         --scans=a.nii.gz,b.nii.gz,... [--masks=a_mask.nii.gz,...] [--threads=2] [--repeats=3]
 
-`predict.prepare` on every scan in this process, first one after the other, then by a pool of
-`--threads` threads (what `execute.prefetch` does for a batch of scans, `data.num_workers`),
-alternating, after one untimed call; medians. Prints a table and writes JSON.
+`predict.prepare` on every scan in this process: one after the other; through predict's own
+pipeline (`execute.prefetch` with `--threads` threads, `data.num_workers`) with one scan per batch,
+as on one device; and with all scans in one batch, as on as many devices. Alternating, after one
+untimed call; medians. No inference runs, so this is the preparation a host with fast devices
+(a GPU) waits for. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import argparse
 import os
 import statistics
 import time
-from concurrent import futures
 
 from benchmarks import machine
 
@@ -35,7 +36,7 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   from configs import predict as predict_config
   from sadm_jax import config as config_lib
-  from sadm_jax.evaluate import predict, predictor
+  from sadm_jax.evaluate import execute, predict, predictor
   from sadm_jax.utils.io import write_json
   scans = [s for s in args.scans.split(",") if s]
   masks = [m for m in args.masks.split(",") if m] or [None] * len(scans)
@@ -47,21 +48,22 @@ def main(argv=None) -> dict:
   items = list(zip(scans, masks))
   prepare = lambda item: predict.prepare(pred, *item)  # noqa: E731
   prepare(items[0])  # warm-up: imports, first reads
-  times: dict[str, list[float]] = {"sequential": [], f"{args.threads} threads": []}
-  for _ in range(max(1, args.repeats)):
-    t0 = time.perf_counter()
-    for item in items:
-      prepare(item)
-    times["sequential"].append(time.perf_counter() - t0)
-    with futures.ThreadPoolExecutor(args.threads) as pool:
+  n = args.threads
+  ways = {"sequential": lambda: [prepare(item) for item in items],
+          f"{n} threads, 1 scan per batch": lambda: list(
+              execute.prefetch([[item] for item in items], prepare, n)),
+          f"{n} threads, 1 batch": lambda: list(execute.prefetch([items], prepare, n))}
+  times: dict[str, list[float]] = {k: [] for k in ways}
+  for r in range(max(1, args.repeats)):
+    for name in list(ways)[r % len(ways):] + list(ways)[:r % len(ways)]:  # order rotated
       t0 = time.perf_counter()
-      list(pool.map(prepare, items))
-      times[f"{args.threads} threads"].append(time.perf_counter() - t0)
+      ways[name]()
+      times[name].append(time.perf_counter() - t0)
   table = {k: {"median_s": statistics.median(v), "scans_per_s": len(items) / statistics.median(v)}
            for k, v in times.items()}
-  print(f"{'how':12s} {'median s':>9s} {'scans/s':>8s}   ({len(items)} scans)")
+  print(f"{'how':30s} {'median s':>9s} {'scans/s':>8s}   ({len(items)} scans)")
   for k, t in table.items():
-    print(f"{k:12s} {t['median_s']:9.2f} {t['scans_per_s']:8.2f}")
+    print(f"{k:30s} {t['median_s']:9.2f} {t['scans_per_s']:8.2f}")
   entry = {"checkpoint_dir": os.path.abspath(args.checkpoint_dir), "scans": scans,
            "threads": args.threads, "table": table, "runs": times,
            "load_average": list(os.getloadavg()), "host": machine.host_info(),

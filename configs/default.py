@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.skip_invalid = False  # log and skip invalid rows instead of failing
   d.clean_splits = config_dict.placeholder(bool)  # de-dup + disjoint splits (Q17); faithful: keep
   d.num_workers = 2  # processes for validation/preprocessing (at most one per core and volume);
-  # predict: threads preparing a batch of scans
+  # predict: threads preparing scans (the next batches' too)
   d.fold = 0
   d.slice_sampling = config_dict.placeholder(str)  # 'brain' (default) | 'uniform' (faithful, Q29)
   d.augment = True  # intensity augmentation (METHOD §2.4)

@@ -211,9 +211,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Scans are split over processes by index (process p predicts scans p, p + P, ...), once every
   process has started and listed the same scans (otherwise all stop: `_start`); a process runs
   its scans in batches, one scan per local device (`mesh.num_devices`, 0 = all), as evaluation
-  does: a background thread reads and preprocesses the next batches (the scans of a batch of
-  several in `data.num_workers` threads, at most one per core), and the host writes one
-  batch's outputs while the devices compute the next. A scan that fails is reported by name and
+  does: the next batches' scans are read and preprocessed ahead (in `data.num_workers` threads,
+  at most one per core, working across batches, so that batches of one scan keep them busy too;
+  one background thread when 1), and the host writes one batch's outputs while the devices
+  compute the next. A scan that fails is reported by name and
   the others go on (a device error fails its batch's scans). Process 0 writes
   `predict_summary.json` (every scan's status; `devices`: the most devices a process's batches
   ran on, 0 for the threshold baseline) into the output folder and prints the table. Returns
@@ -230,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   groups = _batches(list(range(pid, len(scans), nproc)), devices)
   mesh = scoring.local_mesh(len(groups[0])) if groups and pred.method != "threshold" else None
 
-  def load(i: int):  # in the prefetch thread: the scan prepared, or its error
+  def load(i: int):  # in a prefetch thread: the scan prepared, or its error
     try:
       return prepare(pred, scans[i].image, scans[i].mask)
     except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
@@ -280,7 +281,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return list(recs.values())
 
   records, waiting = [], None
-  threads = max(1, min(int(config.data.num_workers), available_cores()))  # a batch's scans at once
+  threads = max(1, min(int(config.data.num_workers), available_cores()))  # scans prepared at once
   for group, prepared in execute.prefetch(groups, load, threads):
     started = dispatch(group, prepared)  # the devices work on this batch while ...
     if waiting is not None:

@@ -1,4 +1,4 @@
-"""execute.prefetch: batches in order, loaded ahead by a thread (a batch's items by several), errors raised in the caller, nothing started after the caller stops."""
+"""execute.prefetch: batches in order, loaded ahead by a thread (or items by several, across batches), errors raised in the caller, nothing started after the caller stops."""
 
 import threading
 import time
@@ -29,7 +29,8 @@ def test_an_error_in_load_is_raised_in_the_caller(threads):
   assert seen == [[1, 2]]
 
 
-def test_a_batch_is_loaded_by_several_threads_at_once():
+def _concurrency_probe():
+  """load(x) = x after 0.2 s, and the list of how many loads ran when each started."""
   running, most = set(), []
   lock = threading.Lock()
 
@@ -41,8 +42,36 @@ def test_a_batch_is_loaded_by_several_threads_at_once():
     with lock:
       running.discard(x)
     return x
+  return load, most
+
+
+def test_a_batch_is_loaded_by_several_threads_at_once():
+  load, most = _concurrency_probe()
   assert list(execute.prefetch([[1, 2, 3, 4]], load, 4)) == [([1, 2, 3, 4], [1, 2, 3, 4])]
   assert max(most) == 4
+
+
+def test_batches_of_one_item_are_loaded_by_several_threads_at_once():
+  # one scan per batch (predict on one device): the threads take the next batches' items
+  load, most = _concurrency_probe()
+  batches = [[1], [2], [3], [4]]
+  assert list(execute.prefetch(batches, load, 2)) == [(b, b) for b in batches]
+  assert max(most) == 2
+
+
+def test_at_most_prefetch_batches_plus_two_are_started_ahead_of_the_caller():
+  started = []
+  lock = threading.Lock()
+
+  def load(x):
+    with lock:
+      started.append(x)
+    return x
+  gen = execute.prefetch([[k] for k in range(40)], load, 3)
+  assert next(gen) == ([0], [0])
+  time.sleep(0.3)  # the caller holds batch 0: the loader runs ahead as far as it may
+  assert sorted(started) == list(range(execute.PREFETCH_BATCHES + 2))
+  gen.close()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
