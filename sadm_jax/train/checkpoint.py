@@ -101,7 +101,8 @@ class Checkpointer:
     try:
       self.best = ocp.CheckpointManager(
           self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
-      self.best_loss = self._best_loss_on_disk()
+      # A reader never saves a best state: it needs no best loss (nor a warning when unreadable).
+      self.best_loss = self._best_loss_on_disk() if create else None
     except BaseException:  # no manager (nor its threads) outlives a failed construction
       for manager in (self.latest, getattr(self, "best", None)):
         if manager is not None:

@@ -174,6 +174,10 @@ def open_run(workdir: str, which: str = "best", expect: str | None = None,
       meta = ckpt.saved_meta(which, saved)
     except FileNotFoundError:
       raise RunError(f"{label}: no complete {which} checkpoint") from None
+    except (OSError, KeyError, TypeError, ValueError) as e:  # meta/ gone or not JSON
+      where = os.path.join(workdir, sub, str(saved), "meta")
+      raise RunError(f"{label}: its {which} checkpoint (step {saved}) has no readable meta "
+                     f"({where}: {restore_error(e, 200)})") from None
     task_name = meta.get("task")
     if expect is not None and task_name != expect:
       raise RunError(f"{label}: this is a {task_name!r} run, not a {expect!r} run")
