@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from sadm_jax import config as config_lib
 from sadm_jax.diffusion import noise as noise_lib, schedule as schedule_lib
@@ -69,6 +70,31 @@ def _init_cddpm(config, model):
   return init
 
 
+# The encoder settings that shape the ResNet-50 backbone SparK hands over (Q8: every leaf must fit).
+BACKBONE_KEYS = ("width", "stage_sizes")
+
+
+def check_spark_encoder(config: ml_collections.ConfigDict, spark_config: ml_collections.ConfigDict,
+                        workdir: str) -> None:
+  """ValueError (one line) when the SparK run's saved encoder settings would give backbone weights
+  of other shapes than this cDDPM's encoder: refused before anything is compiled, not as a list of
+  every mismatched leaf (85 lines for a width change)."""
+  differ = []
+  for key in BACKBONE_KEYS:
+    theirs = config_lib.saved_value(spark_config, "model.encoder", key)
+    ours = config.model.encoder[key]
+    if theirs is not None and list(np.atleast_1d(theirs)) != list(np.atleast_1d(ours)):
+      differ.append(f"model.encoder.{key} {_plain(theirs)} there, {_plain(ours)} here")
+  if differ:
+    raise ValueError(f"--config.model.encoder.pretrained_workdir={workdir}: its SparK encoder does "
+                     f"not fit this cDDPM's ({'; '.join(differ)}); give the SparK run's encoder "
+                     "settings, or another SparK run")
+
+
+def _plain(value):
+  return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def _with_pretrained_encoder(config, init):
   """Initialises E from a SparK workdir's best checkpoint (strict key check, Q8).
 
@@ -78,6 +104,7 @@ def _with_pretrained_encoder(config, init):
   from sadm_jax.train.runs import open_run
   workdir = config.model.encoder.pretrained_workdir
   spark = open_run(workdir, expect="spark", setting="model.encoder.pretrained_workdir")
+  check_spark_encoder(config, spark.config, workdir)
   spark_vars = {"params": spark.variables["params"], "batch_stats": spark.variables["model_state"]}
 
   def init_pretrained(key, spark_variables):

@@ -111,3 +111,26 @@ def test_sigkill_and_resume_gives_identical_losses(killed_and_resumed, cddpm_8_d
   # Every logged line (gradient norms too), the final train state (parameters, BatchNorm
   # statistics, Adam moments and count) and the best checkpoint are those of the run never killed.
   assert_same_run(resumed, reference, 8)
+
+
+def test_a_spark_run_of_another_encoder_size_is_one_line_before_anything_compiles(monkeypatch):
+  """Was: the cDDPM's init program raised the strict transfer's list of every mismatched leaf (87
+  lines for encoder.width 8 -> 16), naming no setting."""
+  import ml_collections
+  from sadm_jax.train import cddpm as cddpm_lib, runs
+  from configs import spark_pretrain
+  spark_cfg = ml_collections.ConfigDict(spark_pretrain.get_config("tiny").to_dict())
+  fake = runs.Run(workdir="/runs/spark", task="spark", config=spark_cfg, meta={}, step=4,
+                  which="best", variables={"params": {}, "model_state": {}})
+  monkeypatch.setattr(runs, "open_run", lambda *a, **k: fake)
+  config = cddpm_config.get_config("tiny")
+  config.model.encoder.pretrained_workdir = "/runs/spark"
+  cddpm_lib._with_pretrained_encoder(config, None)  # the same encoder: accepted
+  config.model.encoder.width = 16
+  config.model.encoder.stage_sizes = (1, 1, 2, 1)
+  with pytest.raises(ValueError) as e:
+    cddpm_lib._with_pretrained_encoder(config, None)
+  assert str(e.value) == (
+      "--config.model.encoder.pretrained_workdir=/runs/spark: its SparK encoder does not fit this "
+      "cDDPM's (model.encoder.width 8 there, 16 here; model.encoder.stage_sizes (1, 1, 1, 1) "
+      "there, (1, 1, 2, 1) here); give the SparK run's encoder settings, or another SparK run")
