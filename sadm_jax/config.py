@@ -65,6 +65,20 @@ def _config_arg(argv) -> str:
   return next((a for a in argv[1:] if a.startswith("--config=")), "--config")
 
 
+def _config_files(argv) -> list[str]:
+  """The values of every `--config=<file>` / `--config <file>` in `argv` (before a lone '--')."""
+  args = list(argv[1:])
+  if "--" in args:
+    args = args[:args.index("--")]
+  files = []
+  for i, a in enumerate(args):
+    if a.startswith("--config="):
+      files.append(a.split("=", 1)[1])
+    elif a == "--config":
+      files.append(args[i + 1] if i + 1 < len(args) else "")
+  return files
+
+
 def parse_config_flags(fv, argv):
   """`fv(argv)` (absl FlagValues holding ml_collections' `config` flag); returns the remaining
   arguments. Every error (unknown config key, bad type, a config file that does not load or does
@@ -72,6 +86,9 @@ def parse_config_flags(fv, argv):
   file. `python -m sadm_jax.main` and the sweep members (`sweeps.members.member_config`) use it."""
   def fail(message):
     raise ConfigFlagsError(message)
+  files = _config_files(argv)
+  if len(files) > 1:  # absl kept the last, or named a --config.k=v override "defined twice"
+    fail(f"--config is given {len(files)} times ({', '.join(files)}); give one config file")
   try:
     rest = fv(argv)
     if fv["config"].present:

@@ -272,3 +272,21 @@ def test_a_resuming_cddpm_needs_no_spark_run(tmp_path):
     validate.check_static(c, STAGES, str(tmp_path / "run"))
   os.makedirs(tmp_path / "run" / "checkpoints" / "4")
   validate.check_static(c, STAGES, str(tmp_path / "run"))  # resumes: not read
+
+
+@pytest.mark.parametrize("extra", [[], ["--config.seed=1"]])
+def test_config_given_twice_is_one_line_naming_both(extra):
+  """Was: the last file silently won, or with an override 'The flag 'config.seed' is defined
+  twice. First from absl.flags._flag, ...', naming neither file (in process: no subprocess)."""
+  from absl import flags
+  from ml_collections import config_flags
+  from sadm_jax import config as config_lib
+  argv = ["main", "--config=configs/cddpm.py:tiny", "--workdir=/w",
+          "--config", "configs/spark_pretrain.py:tiny", *extra]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  with pytest.raises(config_lib.ConfigFlagsError) as e:
+    config_lib.parse_config_flags(fv, argv)
+  assert str(e.value) == ("--config is given 2 times (configs/cddpm.py:tiny, "
+                          "configs/spark_pretrain.py:tiny); give one config file")
