@@ -44,6 +44,11 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
     value = config_lib.at(config, key)
     if value not in allowed:
       _fail(f"--config.{key}={value!r} is not one of {', '.join(map(repr, allowed))}")
+  from sadm_jax.data.layout import SPLIT_NAMES
+  unknown = [s for s in config.data.splits if s not in SPLIT_NAMES]
+  if config.stage == "prepare" and unknown:  # e.g. 'IXI_test,WMH_val' given as one string
+    _fail(f"--config.data.splits has unknown split(s) {unknown}; expected a subset of "
+          f"{', '.join(SPLIT_NAMES)}, as a tuple: --config.data.splits=\"('IXI_test', 'WMH_val')\"")
   unknown = [m for m in config.evaluate.methods if m not in EVALUATE_METHODS]
   if config.stage in ("evaluate", "demo") and unknown:
     _fail(f"--config.evaluate.methods has unknown method(s) {unknown}; expected a subset of "
@@ -138,6 +143,10 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.evaluate.{key}={ev[key]} must be >= 0 (0 = off)")
   if not config.data.fold >= 0:
     _fail(f"--config.data.fold={config.data.fold} must be >= 0")
+  from sadm_jax.data.layout import NUM_FOLDS  # (no JAX: os, re)
+  if not config.data.fold < NUM_FOLDS:  # was: '.../IXI_train_fold99.csv: split file not found'
+    _fail(f"--config.data.fold={config.data.fold} must be < {NUM_FOLDS} (the IXI folds: "
+          f"IXI_train_fold0..{NUM_FOLDS - 1})")
   if not 0 <= config.seed < 2 ** 32:  # grain's sampler: "Seed should be positive 32-bit integer."
     _fail(f"--config.seed={config.seed} must be in [0, 2**32 - 1]")
 

@@ -5,12 +5,12 @@ import re
 
 import pytest
 
-from configs import cddpm, evaluate, predict, sadm_draem, spark_pretrain
+from configs import cddpm, evaluate, predict, prepare, sadm_draem, spark_pretrain
 from sadm_jax import config as config_lib
 from sadm_jax import validate, validate_paths
 
-CONFIGS = {"cddpm": cddpm, "evaluate": evaluate, "predict": predict, "sadm": sadm_draem,
-           "spark": spark_pretrain}
+CONFIGS = {"cddpm": cddpm, "evaluate": evaluate, "predict": predict, "prepare": prepare,
+           "sadm": sadm_draem, "spark": spark_pretrain}
 
 
 def _check(stage: str, overrides: dict, tmp_path):
@@ -75,6 +75,13 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("evaluate", {"evaluate.min_component_size": -1},
      "--config.evaluate.min_component_size=-1 must be >= 0"),
     ("cddpm", {"data.fold": -1}, "--config.data.fold=-1 must be >= 0"),
+    # was '.../splits/IXI_train_fold5.csv: split file not found', after JAX and the data loaded
+    ("cddpm", {"data.fold": 5}, "--config.data.fold=5 must be < 5 (the IXI folds: "
+     "IXI_train_fold0..4)"),
+    # one string, not a tuple: was "unknown split name 'IXI_test,WMH_val'", naming no setting
+    ("prepare", {"data.splits": ("IXI_test,WMH_val",)},
+     "--config.data.splits has unknown split(s) ['IXI_test,WMH_val']; expected a subset of "
+     "IXI_train_fold0, "),
     # grain's "Seed should be positive 32-bit integer." named no setting, after the data loaded
     ("cddpm", {"seed": -1}, "--config.seed=-1 must be in [0, 2**32 - 1]"),
     ("sadm", {"seed": 2 ** 32}, "--config.seed=4294967296 must be in [0, 2**32 - 1]"),
@@ -133,7 +140,8 @@ def test_the_shipped_configs_and_the_edges_of_each_range_pass(stage, tmp_path):
   _check(stage, {"diffusion.ensemble_timesteps": (0, 999), "model.encoder.drop_path_rate": 0.0,
                  "evaluate.lam": 1.0, "evaluate.median_size": 0, "anomaly.p_anomalous": 0.0,
                  "optimizer.eps": 0.0, "diffusion.cosine_s": 0.0,
-                 "model.unet.attention_resolutions": (1, 2, 4)}, tmp_path)
+                 "model.unet.attention_resolutions": (1, 2, 4), "data.fold": 4,
+                 "data.splits": ("IXI_test", "WMH_val")}, tmp_path)
 
 
 def test_evaluated_timesteps_must_lie_in_the_cddpm_s_own_schedule():
