@@ -290,3 +290,13 @@ def test_config_given_twice_is_one_line_naming_both(extra):
     config_lib.parse_config_flags(fv, argv)
   assert str(e.value) == ("--config is given 2 times (configs/cddpm.py:tiny, "
                           "configs/spark_pretrain.py:tiny); give one config file")
+
+
+def test_workdir_given_twice_is_one_line_naming_both(capsys):
+  """Was: absl kept the last --workdir without a word (in process: refused before parsing)."""
+  from sadm_jax import main as main_lib
+  with pytest.raises(SystemExit) as e:
+    main_lib.parse_flags(["main", "--config=configs/cddpm.py:tiny", "--workdir=/runs/a",
+                          "--workdir", "/runs/b"])
+  assert e.value.code == 2
+  assert capsys.readouterr().err == "error: --workdir is given 2 times (/runs/a, /runs/b); give one\n"
