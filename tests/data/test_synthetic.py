@@ -241,3 +241,17 @@ def test_montage_png(cohort, tmp_path):
   assert height >= 5 * 150 and width >= 3 * 150  # 5 data sets x 3 views
   red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
   assert red.sum() > 50  # lesion contours were drawn
+
+
+def test_a_folder_with_split_files_but_no_marker_is_refused_untouched(tmp_path):
+  """Was: `--config.demo.root=<a real DATA_DIR>` overwrote its split CSVs with the synthetic
+  cohort's."""
+  from sadm_jax.data.errors import DataError
+  csv = tmp_path / "Data" / "splits" / "IXI_test.csv"
+  csv.parent.mkdir(parents=True)
+  csv.write_text("real\n")
+  with pytest.raises(DataError, match=r"holds split files .* but no \.cohort_complete\.json: not "
+                     "a demo cohort; give a new or empty folder"):
+    synthetic.generate_cohort(tmp_path, synthetic.CohortConfig.tiny(seed=0, num_workers=1))
+  assert sorted(p.name for p in tmp_path.rglob("*")) == ["Data", "IXI_test.csv", "splits"]
+  assert csv.read_text() == "real\n"

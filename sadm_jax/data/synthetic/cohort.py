@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from sadm_jax.data import layout, nifti, splits
+from sadm_jax.data.errors import DataError
 from sadm_jax.data.synthetic import acquisition, anatomy, lesions
 from sadm_jax.utils import io, workers
 
@@ -279,7 +280,14 @@ def generate_cohort(root: str | os.PathLike, cfg: CohortConfig | None = None) ->
       done = json.load(f)
     if {k: done.get(k) for k in identity} == identity:
       return dict(done["summary"], skipped=True, data_dir=root.base)
-    os.remove(marker)
+  elif os.path.isdir(root.splits_dir) and any(n.endswith(".csv")
+                                              for n in os.listdir(root.splits_dir)):
+    # split files but no marker: not a cohort this generator started (a real DATA_DIR given as
+    # the demo's root?), whose split files it would overwrite
+    raise DataError(f"{root.base}: holds split files ({root.splits_dir}) but no {MARKER_NAME}: not "
+                    "a demo cohort; give a new or empty folder for the synthetic cohort")
+  # Until the summary replaces it: a cohort being written (an interrupted one is written again).
+  io.write_json(marker, {"generating": identity})
   start = time.perf_counter()
   split_map = split_indices(cfg)
   tasks = []
