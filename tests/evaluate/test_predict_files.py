@@ -106,6 +106,37 @@ def test_qform_and_sform_differing_only_in_origin_are_named_by_what_differs(tmp_
       "img.set_qform(img.get_sform(), code=1)) and retry")
 
 
+def test_a_sheared_sform_or_forms_turned_apart_are_named_not_shown_as_one_grid(tmp_path):
+  """A sheared sform saved with its qform (nibabel stores the nearest rotation there; gantry-tilted
+  scans) and forms turned 5° apart were refused as two grids shown with the same axes, spacing and
+  origin; the sheared one with advice (copy the sform into the qform) that cannot work."""
+  sheared = np.eye(4)
+  sheared[0, 1] = 0.5
+  img = nib.Nifti1Image(np.ones((8, 8, 6), np.float32), sheared)
+  img.set_qform(sheared, code=1)
+  img.set_sform(sheared, code=1)
+  path = str(tmp_path / "tilted.nii.gz")
+  nib.save(img, path)
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(path)
+  assert str(e.value) == (
+      f"{path}: inconsistent header: the sform (code 1) is sheared (two voxel axes 26.6° from "
+      "perpendicular), which a qform cannot store, so the qform (code 1) describes another grid; "
+      "keep the form you trust (e.g. the sform: nibabel img.set_qform(None, code=0)) and retry")
+  img.set_qform(None, code=0)  # the advice: the sform alone is a usable header
+  nib.save(img, path)
+  assert scans_lib.load_scan(path)[0].data.shape == (8, 8, 6)
+  turned = np.eye(4)
+  c, s = np.cos(np.radians(5)), np.sin(np.radians(5))
+  turned[:2, :2] = [[c, -s], [s, c]]
+  img = nib.Nifti1Image(np.ones((8, 8, 6), np.float32), np.eye(4))
+  img.set_qform(turned, code=1)
+  img.set_sform(np.eye(4), code=1)
+  nib.save(img, path)
+  with pytest.raises(DataError, match=r"describe different grids, axes turned up to 5° apart;"):
+    scans_lib.load_scan(path)
+
+
 def test_a_folder_holding_earlier_outputs_does_not_predict_them_as_scans(tmp_path):
   """A scan predicted with its outputs written next to it (predict.output = its folder), then the
   folder predicted: sub-01_anomaly_map.nii.gz was listed as a scan, with sub-01_anomaly_mask.nii.gz
