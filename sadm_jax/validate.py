@@ -138,6 +138,8 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.evaluate.{key}={ev[key]} must be >= 0 (0 = off)")
   if not config.data.fold >= 0:
     _fail(f"--config.data.fold={config.data.fold} must be >= 0")
+  if config.mesh.num_devices < 0:  # (predict's batches of -1 scans held none: nothing predicted)
+    _fail(f"--config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all)")
   if not 0 <= config.seed < 2 ** 32:  # grain's sampler: "Seed should be positive 32-bit integer."
     _fail(f"--config.seed={config.seed} must be in [0, 2**32 - 1]")
 
@@ -152,8 +154,6 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "batch_size"):
     if t[key] <= 0:
       _fail(f"--config.train.{key}={t[key]} must be > 0")
-  if config.mesh.num_devices < 0:
-    _fail(f"--config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all)")
   if config.mesh.fsdp_min_size < 0:
     _fail(f"--config.mesh.fsdp_min_size={config.mesh.fsdp_min_size} must be >= 0")
   if config.data.loader_workers < 0:
