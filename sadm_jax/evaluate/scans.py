@@ -204,7 +204,22 @@ def _read_csv(path: str) -> list[tuple[str, str | None]]:
         hint = f"; the file is separated by {sep!r}, expected ','" if sep else ""
         raise ValueError(f"predict.input={path}: the CSV needs a header with columns "
                          f"image[,mask]; got {fields}{hint}")
-      rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+      twice = sorted({c for c in fields if c and fields.count(c) > 1})
+      if twice:  # csv.DictReader keeps the last one's values
+        raise ValueError(f"predict.input={path}: column(s) {twice} appear twice in the header; "
+                         "give one scan per row (columns image[,mask])")
+      others = [c for c in fields if c and c not in ("image", "mask")]
+      if others and "mask" not in fields:  # the masks under another name: image > 0, silently
+        raise ValueError(f"predict.input={path}: column(s) {others} are not read (columns "
+                         "image[,mask]); name the brain masks' column 'mask', or remove the "
+                         "other columns to use image > 0 as the brain")
+      rows = []
+      for r in reader:
+        if None in r:  # more fields than the header: csv.DictReader keeps them under None
+          raise ValueError(f"predict.input={path}: line {reader.line_num} has "
+                           f"{len(fields) + len(r[None])} fields, the header {len(fields)}; "
+                           "quote a path that holds a comma")
+        rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
   except UnicodeDecodeError as e:
     raise ValueError(f"predict.input={path}: not UTF-8 text (byte {e.start}: {e.reason}); save "
                      "it as UTF-8 (e.g. Excel's \"CSV UTF-8\")") from None

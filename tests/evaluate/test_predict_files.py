@@ -266,6 +266,28 @@ def test_a_csv_separated_by_semicolons_says_so(tmp_path):
     scans_lib.list_scans(str(path))
 
 
+def test_a_csv_whose_rows_or_columns_would_be_misread_is_refused_naming_it(tmp_path):
+  """A row with more fields than the header (an unquoted path with a comma) was an AttributeError
+  traceback; a mask column under another name ('brain_mask') was ignored, silently predicting
+  with image > 0 as the brain; a column named twice kept only its last path."""
+  path = tmp_path / "scans.csv"
+  path.write_text("image,mask\na.nii.gz,a_mask.nii.gz\nb,1.nii.gz,b_mask.nii.gz\n")
+  with pytest.raises(ValueError) as e:
+    scans_lib.list_scans(str(path))
+  assert str(e.value) == (f"predict.input={path}: line 3 has 3 fields, the header 2; quote a path "
+                          "that holds a comma")
+  path.write_text("image,brain_mask\na.nii.gz,a_mask.nii.gz\n")
+  with pytest.raises(ValueError, match=r"column\(s\) \['brain_mask'\] are not read \(columns "
+                                       r"image\[,mask\]\); name the brain masks' column 'mask'"):
+    scans_lib.list_scans(str(path))
+  path.write_text("image,image\na.nii.gz,b.nii.gz\n")
+  with pytest.raises(ValueError, match=r"column\(s\) \['image'\] appear twice in the header"):
+    scans_lib.list_scans(str(path))
+  path.write_text("image,mask,subject\n\"b,1.nii.gz\",,s1\n")  # other columns beside a mask one
+  assert [(s.image, s.mask) for s in scans_lib.list_scans(str(path))[0]] == [
+      (str(tmp_path / "b,1.nii.gz"), None)]
+
+
 def test_an_empty_mask_suffix_needs_a_mask_folder(tmp_path):
   """Masks named like the scans (an images/ + masks/ layout) are found with an empty suffix when
   predict.mask is their folder; next to the scans, every file would be taken for a mask."""
