@@ -8,6 +8,7 @@ import re
 import ml_collections
 
 from sadm_jax import config as config_lib, distributed  # (neither imports JAX)
+from sadm_jax.data.layout import NUM_FOLDS, SPLIT_NAMES  # (no JAX: os, re)
 from sadm_jax.validate_paths import (DATA_STAGES, _fail, check_paths, check_shell_paths,
                                      check_workdir)
 
@@ -44,7 +45,6 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
     value = config_lib.at(config, key)
     if value not in allowed:
       _fail(f"--config.{key}={value!r} is not one of {', '.join(map(repr, allowed))}")
-  from sadm_jax.data.layout import SPLIT_NAMES
   unknown = [s for s in config.data.splits if s not in SPLIT_NAMES]
   if config.stage == "prepare" and unknown:  # e.g. 'IXI_test,WMH_val' given as one string
     _fail(f"--config.data.splits has unknown split(s) {unknown}; expected a subset of "
@@ -143,10 +143,11 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.evaluate.{key}={ev[key]} must be >= 0 (0 = off)")
   if not config.data.fold >= 0:
     _fail(f"--config.data.fold={config.data.fold} must be >= 0")
-  from sadm_jax.data.layout import NUM_FOLDS  # (no JAX: os, re)
   if not config.data.fold < NUM_FOLDS:  # was: '.../IXI_train_fold99.csv: split file not found'
     _fail(f"--config.data.fold={config.data.fold} must be < {NUM_FOLDS} (the IXI folds: "
           f"IXI_train_fold0..{NUM_FOLDS - 1})")
+  if config.mesh.num_devices < 0:  # (predict's batches of -1 scans held none: nothing predicted)
+    _fail(f"--config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all)")
   if not 0 <= config.seed < 2 ** 32:  # grain's sampler: "Seed should be positive 32-bit integer."
     _fail(f"--config.seed={config.seed} must be in [0, 2**32 - 1]")
 
@@ -161,8 +162,6 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "batch_size"):
     if t[key] <= 0:
       _fail(f"--config.train.{key}={t[key]} must be > 0")
-  if config.mesh.num_devices < 0:
-    _fail(f"--config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all)")
   if config.mesh.fsdp_min_size < 0:
     _fail(f"--config.mesh.fsdp_min_size={config.mesh.fsdp_min_size} must be >= 0")
   if config.data.loader_workers < 0:

@@ -126,6 +126,9 @@ def _check(stage: str, overrides: dict, tmp_path):
     ("sadm", {"data.preprocess.crop_size": (136, 136, 16), "sadm.use_cddpm": False},
      "--config.data.preprocess: stage sadm needs slices whose sides are multiples of 8 (its "
      "SegUnet's 3 downsamplings), got 68x68"),
+    # predict cut its scans into batches of -1: none was predicted, and it exited 0
+    ("predict", {"mesh.num_devices": -1}, "--config.mesh.num_devices=-1 must be >= 0 (0 = all)"),
+    ("evaluate", {"mesh.num_devices": -2}, "--config.mesh.num_devices=-2 must be >= 0 (0 = all)"),
 ])
 def test_out_of_range_values_are_refused_naming_the_setting(stage, overrides, expected, tmp_path):
   with pytest.raises(validate.ConfigError) as e:

@@ -18,6 +18,7 @@ from sadm_jax.data.resample import affine_spacing
 MAX_SPACING_MM = 3.0  # coarser scans cannot reach the 2 mm working grid without inventing detail
 SPACING_ATOL_MM = 1e-3  # a float32 header's 3 mm (oblique: a column norm of 3.0000001) is 3 mm
 AFFINE_ATOL = 1e-3
+SKEW_DEGREES = 0.01  # axes this close to perpendicular (or to each other) are, for the messages
 OUTPUT_SUFFIXES = ("_anomaly_map", "_anomaly_mask")  # predict's outputs: <stem><suffix>.nii.gz
 
 
@@ -39,11 +40,39 @@ def _check_header(path: str) -> str:
   sform, scode = hdr.get_sform(coded=True)
   codes = orientation.scan_orientation(img.affine, qcode or 0, scode or 0, path)
   if qcode and scode and not np.allclose(qform, sform, atol=AFFINE_ATOL):
+    skew = _skew_degrees(sform)
+    if skew > SKEW_DEGREES:  # a qform is a rotation and zooms: none can agree with this sform
+      raise DataError(f"{path}: inconsistent header: the sform (code {int(scode)}) is sheared "
+                      f"(two voxel axes {skew:.3g}° from perpendicular), which a qform cannot "
+                      f"store, so the qform (code {int(qcode)}) describes another grid; keep the "
+                      "form you trust (e.g. the sform: nibabel img.set_qform(None, code=0)) and "
+                      "retry")
     q, s = (f"{name} (code {int(code)}: {_grid(form)})"
             for name, form, code in (("qform", qform, qcode), ("sform", sform, scode)))
-    raise DataError(f"{path}: inconsistent header: {q} and {s} describe different grids; make "
-                    "them agree (e.g. nibabel img.set_qform(img.get_sform(), code=1)) and retry")
+    turn = _turn_degrees(qform, sform)
+    turned = f", axes turned up to {turn:.3g}° apart" if turn > SKEW_DEGREES else ""
+    raise DataError(f"{path}: inconsistent header: {q} and {s} describe different grids{turned}; "
+                    "make them agree (e.g. nibabel img.set_qform(img.get_sform(), code=1)) and "
+                    "retry")
   return codes
+
+
+def _unit_columns(affine: np.ndarray) -> np.ndarray:
+  lin = np.asarray(affine, np.float64)[:3, :3]
+  return lin / np.maximum(np.linalg.norm(lin, axis=0), 1e-30)
+
+
+def _skew_degrees(affine: np.ndarray) -> float:
+  """How far (degrees) the most skewed pair of voxel axes of `affine` is from perpendicular."""
+  u = _unit_columns(affine)
+  cos = max(abs(float(u[:, i] @ u[:, j])) for i, j in ((0, 1), (0, 2), (1, 2)))
+  return float(np.degrees(np.arcsin(min(cos, 1.0))))
+
+
+def _turn_degrees(a: np.ndarray, b: np.ndarray) -> float:
+  """The largest angle (degrees) between a voxel axis of `a` and the same axis of `b`."""
+  cos = np.clip(np.sum(_unit_columns(a) * _unit_columns(b), axis=0), -1.0, 1.0)
+  return float(np.degrees(np.arccos(cos)).max())
 
 
 def load_scan(image_path: str, mask_path: str | None = None
@@ -175,7 +204,22 @@ def _read_csv(path: str) -> list[tuple[str, str | None]]:
         hint = f"; the file is separated by {sep!r}, expected ','" if sep else ""
         raise ValueError(f"predict.input={path}: the CSV needs a header with columns "
                          f"image[,mask]; got {fields}{hint}")
-      rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+      twice = sorted({c for c in fields if c and fields.count(c) > 1})
+      if twice:  # csv.DictReader keeps the last one's values
+        raise ValueError(f"predict.input={path}: column(s) {twice} appear twice in the header; "
+                         "give one scan per row (columns image[,mask])")
+      others = [c for c in fields if c and c not in ("image", "mask")]
+      if others and "mask" not in fields:  # the masks under another name: image > 0, silently
+        raise ValueError(f"predict.input={path}: column(s) {others} are not read (columns "
+                         "image[,mask]); name the brain masks' column 'mask', or remove the "
+                         "other columns to use image > 0 as the brain")
+      rows = []
+      for r in reader:
+        if None in r:  # more fields than the header: csv.DictReader keeps them under None
+          raise ValueError(f"predict.input={path}: line {reader.line_num} has "
+                           f"{len(fields) + len(r[None])} fields, the header {len(fields)}; "
+                           "quote a path that holds a comma")
+        rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
   except UnicodeDecodeError as e:
     raise ValueError(f"predict.input={path}: not UTF-8 text (byte {e.start}: {e.reason}); save "
                      "it as UTF-8 (e.g. Excel's \"CSV UTF-8\")") from None

@@ -106,6 +106,37 @@ def test_qform_and_sform_differing_only_in_origin_are_named_by_what_differs(tmp_
       "img.set_qform(img.get_sform(), code=1)) and retry")
 
 
+def test_a_sheared_sform_or_forms_turned_apart_are_named_not_shown_as_one_grid(tmp_path):
+  """A sheared sform saved with its qform (nibabel stores the nearest rotation there; gantry-tilted
+  scans) and forms turned 5° apart were refused as two grids shown with the same axes, spacing and
+  origin; the sheared one with advice (copy the sform into the qform) that cannot work."""
+  sheared = np.eye(4)
+  sheared[0, 1] = 0.5
+  img = nib.Nifti1Image(np.ones((8, 8, 6), np.float32), sheared)
+  img.set_qform(sheared, code=1)
+  img.set_sform(sheared, code=1)
+  path = str(tmp_path / "tilted.nii.gz")
+  nib.save(img, path)
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(path)
+  assert str(e.value) == (
+      f"{path}: inconsistent header: the sform (code 1) is sheared (two voxel axes 26.6° from "
+      "perpendicular), which a qform cannot store, so the qform (code 1) describes another grid; "
+      "keep the form you trust (e.g. the sform: nibabel img.set_qform(None, code=0)) and retry")
+  img.set_qform(None, code=0)  # the advice: the sform alone is a usable header
+  nib.save(img, path)
+  assert scans_lib.load_scan(path)[0].data.shape == (8, 8, 6)
+  turned = np.eye(4)
+  c, s = np.cos(np.radians(5)), np.sin(np.radians(5))
+  turned[:2, :2] = [[c, -s], [s, c]]
+  img = nib.Nifti1Image(np.ones((8, 8, 6), np.float32), np.eye(4))
+  img.set_qform(turned, code=1)
+  img.set_sform(np.eye(4), code=1)
+  nib.save(img, path)
+  with pytest.raises(DataError, match=r"describe different grids, axes turned up to 5° apart;"):
+    scans_lib.load_scan(path)
+
+
 def test_a_folder_holding_earlier_outputs_does_not_predict_them_as_scans(tmp_path):
   """A scan predicted with its outputs written next to it (predict.output = its folder), then the
   folder predicted: sub-01_anomaly_map.nii.gz was listed as a scan, with sub-01_anomaly_mask.nii.gz
@@ -233,6 +264,28 @@ def test_a_csv_separated_by_semicolons_says_so(tmp_path):
   with pytest.raises(ValueError, match=r"got \['image;mask'\]; the file is separated by ';', "
                                        r"expected ','$"):
     scans_lib.list_scans(str(path))
+
+
+def test_a_csv_whose_rows_or_columns_would_be_misread_is_refused_naming_it(tmp_path):
+  """A row with more fields than the header (an unquoted path with a comma) was an AttributeError
+  traceback; a mask column under another name ('brain_mask') was ignored, silently predicting
+  with image > 0 as the brain; a column named twice kept only its last path."""
+  path = tmp_path / "scans.csv"
+  path.write_text("image,mask\na.nii.gz,a_mask.nii.gz\nb,1.nii.gz,b_mask.nii.gz\n")
+  with pytest.raises(ValueError) as e:
+    scans_lib.list_scans(str(path))
+  assert str(e.value) == (f"predict.input={path}: line 3 has 3 fields, the header 2; quote a path "
+                          "that holds a comma")
+  path.write_text("image,brain_mask\na.nii.gz,a_mask.nii.gz\n")
+  with pytest.raises(ValueError, match=r"column\(s\) \['brain_mask'\] are not read \(columns "
+                                       r"image\[,mask\]\); name the brain masks' column 'mask'"):
+    scans_lib.list_scans(str(path))
+  path.write_text("image,image\na.nii.gz,b.nii.gz\n")
+  with pytest.raises(ValueError, match=r"column\(s\) \['image'\] appear twice in the header"):
+    scans_lib.list_scans(str(path))
+  path.write_text("image,mask,subject\n\"b,1.nii.gz\",,s1\n")  # other columns beside a mask one
+  assert [(s.image, s.mask) for s in scans_lib.list_scans(str(path))[0]] == [
+      (str(tmp_path / "b,1.nii.gz"), None)]
 
 
 def test_an_empty_mask_suffix_needs_a_mask_folder(tmp_path):

@@ -261,9 +261,10 @@ def generate_cohort(root: str | os.PathLike, cfg: CohortConfig | None = None) ->
 
   Layout (sadm_jax.data.layout): `Data/Train/ixi/{t1,mask}/<id>_{t1,mask}.nii.gz`,
   `Data/Test/<Dataset>/{t1,mask,seg}/<id>_{t1,mask,seg}.nii.gz`, `Data/splits/<split>.csv`.
-  Every file is written atomically and `Data/.cohort_complete.json` last; when that marker exists
-  with the same generator version and config the cohort is not regenerated
-  (summary['skipped'] is True).
+  Every file is written atomically; `Data/.cohort_complete.json` first says the cohort is being
+  generated and last holds its summary: when it holds one with the same generator version and
+  config the cohort is not regenerated (summary['skipped'] is True); an interrupted one is
+  generated again. A folder with split CSVs but no marker (a real DATA_DIR) is refused.
 
   Returns:
     {'subjects': {dataset: n}, 'splits': {split: rows},
