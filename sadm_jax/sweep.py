@@ -107,4 +107,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(cli())
+  _code = cli()
+  if _code:  # a member's computation may still run on XLA's threads: no teardown under it
+    from sadm_jax.main import exit_now
+    exit_now(_code)
+  sys.exit(_code)

@@ -124,6 +124,23 @@ def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
       "same command again to resume"]
 
 
+def test_a_failed_or_interrupted_stage_ends_without_the_interpreters_teardown():
+  """`main.exit_now`, which `python -m sadm_jax.main` (and the sweep) end with after a nonzero
+  code: the code, the output flushed, no teardown. A teardown waits for threads and, with a
+  computation still running on XLA's threads, segfaulted (exit -11 instead of 130 after Ctrl-C in
+  an evaluation)."""
+  code = ("import sys, threading\n"
+          "from sadm_jax import main\n"
+          "threading.Thread(target=threading.Event().wait).start()  # a teardown waits forever\n"
+          "print('out', end='')\n"
+          "sys.stderr.write('error: one line')\n"
+          "main.exit_now(130)\n")
+  env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # buffered, as in a pipe
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       cwd=REPO, env=env)
+  assert (res.returncode, res.stdout, res.stderr) == (130, "out", "error: one line")
+
+
 def test_compilation_cache_that_is_a_file_is_one_line(cli_data_dir, tmp_path):
   f = tmp_path / "cache"
   f.write_text("not a dir")
