@@ -89,6 +89,9 @@ def parse_config_flags(fv, argv):
   files = _config_files(argv)
   if len(files) > 1:  # absl kept the last, or named a --config.k=v override "defined twice"
     fail(f"--config is given {len(files)} times ({', '.join(files)}); give one config file")
+  if files and files[0].endswith(":"):  # e.g. `:$SIZE` with SIZE unset: the full-size config
+    fail(f"--config={files[0]} has nothing after ':'; give the argument (e.g. "
+         f"{files[0]}tiny) or drop the ':' for the full-size config")
   try:
     rest = fv(argv)
     if fv["config"].present:

@@ -292,6 +292,21 @@ def test_config_given_twice_is_one_line_naming_both(extra):
                           "configs/spark_pretrain.py:tiny); give one config file")
 
 
+def test_an_empty_config_argument_is_refused_not_run_full_size():
+  """`--config=configs/cddpm.py:` (e.g. `:$SIZE` with SIZE unset) ran the full-size cDDPM."""
+  from absl import flags
+  from ml_collections import config_flags
+  from sadm_jax import config as config_lib
+  argv = ["main", "--config=configs/cddpm.py:", "--workdir=/w"]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  with pytest.raises(config_lib.ConfigFlagsError) as e:
+    config_lib.parse_config_flags(fv, argv)
+  assert str(e.value) == ("--config=configs/cddpm.py: has nothing after ':'; give the argument "
+                          "(e.g. configs/cddpm.py:tiny) or drop the ':' for the full-size config")
+
+
 def test_workdir_given_twice_is_one_line_naming_both(capsys):
   """Was: absl kept the last --workdir without a word (in process: refused before parsing)."""
   from sadm_jax import main as main_lib
