@@ -274,37 +274,35 @@ def test_a_resuming_cddpm_needs_no_spark_run(tmp_path):
   validate.check_static(c, STAGES, str(tmp_path / "run"))  # resumes: not read
 
 
+def _config_flags_error(argv) -> str:
+  """The ConfigFlagsError line `config.parse_config_flags` gives for `argv`, in process (fresh
+  FlagValues holding `config` and `workdir`, as `sadm_jax.main` defines them)."""
+  from absl import flags
+  from ml_collections import config_flags
+  from sadm_jax import config as config_lib
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  with pytest.raises(config_lib.ConfigFlagsError) as e:
+    config_lib.parse_config_flags(fv, argv)
+  return str(e.value)
+
+
 @pytest.mark.parametrize("extra", [[], ["--config.seed=1"]])
 def test_config_given_twice_is_one_line_naming_both(extra):
   """Was: the last file silently won, or with an override 'The flag 'config.seed' is defined
   twice. First from absl.flags._flag, ...', naming neither file (in process: no subprocess)."""
-  from absl import flags
-  from ml_collections import config_flags
-  from sadm_jax import config as config_lib
   argv = ["main", "--config=configs/cddpm.py:tiny", "--workdir=/w",
           "--config", "configs/spark_pretrain.py:tiny", *extra]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "", flag_values=fv)
-  with pytest.raises(config_lib.ConfigFlagsError) as e:
-    config_lib.parse_config_flags(fv, argv)
-  assert str(e.value) == ("--config is given 2 times (configs/cddpm.py:tiny, "
-                          "configs/spark_pretrain.py:tiny); give one config file")
+  assert _config_flags_error(argv) == ("--config is given 2 times (configs/cddpm.py:tiny, "
+                                       "configs/spark_pretrain.py:tiny); give one config file")
 
 
 def test_an_empty_config_argument_is_refused_not_run_full_size():
   """`--config=configs/cddpm.py:` (e.g. `:$SIZE` with SIZE unset) ran the full-size cDDPM."""
-  from absl import flags
-  from ml_collections import config_flags
-  from sadm_jax import config as config_lib
-  argv = ["main", "--config=configs/cddpm.py:", "--workdir=/w"]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "", flag_values=fv)
-  with pytest.raises(config_lib.ConfigFlagsError) as e:
-    config_lib.parse_config_flags(fv, argv)
-  assert str(e.value) == ("--config=configs/cddpm.py: has nothing after ':'; give the argument "
-                          "(e.g. configs/cddpm.py:tiny) or drop the ':' for the full-size config")
+  assert _config_flags_error(["main", "--config=configs/cddpm.py:", "--workdir=/w"]) == (
+      "--config=configs/cddpm.py: has nothing after ':'; give the argument (e.g. "
+      "configs/cddpm.py:tiny) or drop the ':' for the full-size config")
 
 
 def test_workdir_given_twice_is_one_line_naming_both(capsys):
