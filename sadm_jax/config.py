@@ -65,18 +65,19 @@ def _config_arg(argv) -> str:
   return next((a for a in argv[1:] if a.startswith("--config=")), "--config")
 
 
-def _config_files(argv) -> list[str]:
-  """The values of every `--config=<file>` / `--config <file>` in `argv` (before a lone '--')."""
+def flag_values(argv, name: str) -> list[str]:
+  """The values of every `--<name>=<value>` / `--<name> <value>` in `argv` (before a lone '--'):
+  absl keeps only the last of a flag given twice, so the callers refuse more than one."""
   args = list(argv[1:])
   if "--" in args:
     args = args[:args.index("--")]
-  files = []
+  values = []
   for i, a in enumerate(args):
-    if a.startswith("--config="):
-      files.append(a.split("=", 1)[1])
-    elif a == "--config":
-      files.append(args[i + 1] if i + 1 < len(args) else "")
-  return files
+    if a.startswith(f"--{name}="):
+      values.append(a.split("=", 1)[1])
+    elif a == f"--{name}":
+      values.append(args[i + 1] if i + 1 < len(args) else "")
+  return values
 
 
 def parse_config_flags(fv, argv):
@@ -86,7 +87,7 @@ def parse_config_flags(fv, argv):
   file. `python -m sadm_jax.main` and the sweep members (`sweeps.members.member_config`) use it."""
   def fail(message):
     raise ConfigFlagsError(message)
-  files = _config_files(argv)
+  files = flag_values(argv, "config")
   if len(files) > 1:  # absl kept the last, or named a --config.k=v override "defined twice"
     fail(f"--config is given {len(files)} times ({', '.join(files)}); give one config file")
   if files and files[0].endswith(":"):  # e.g. `:$SIZE` with SIZE unset: the full-size config

@@ -45,9 +45,7 @@ def _fail(message: str, code: int = 2):
 def parse_flags(argv):
   """absl's flag parsing, with each error (unknown config key, bad type, bad config file) as one
   line on stderr and exit code 2 instead of a traceback (`config.parse_config_flags`)."""
-  args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
-  workdirs = [a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
-              for i, a in enumerate(args) if a == "--workdir" or a.startswith("--workdir=")]
+  workdirs = config_lib.flag_values(argv, "workdir")
   if len(workdirs) > 1:  # absl would keep the last one without a word
     _fail(f"--workdir is given {len(workdirs)} times ({', '.join(workdirs)}); give one")
   try:
