@@ -70,6 +70,12 @@ def check_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -
     if p.threshold is not None and not math.isfinite(p.threshold):
       _fail(f"--config.predict.threshold={p.threshold} must be a finite number (or unset: the "
             "evaluation's τ)")
+    if p.threshold is not None and p.threshold < 0:  # every method's anomaly map is ≥ 0
+      _fail(f"--config.predict.threshold={p.threshold} must be ≥ 0: anomaly maps are ≥ 0, so a "
+            "negative τ would flag every brain voxel")
+    if p.checkpoint_dir and os.path.isfile(p.checkpoint_dir):
+      _fail(f"--config.predict.checkpoint_dir={p.checkpoint_dir} is a file: give the run's "
+            "workdir (a directory)")
     if p.checkpoint_dir and not os.path.isdir(p.checkpoint_dir):
       _fail(f"--config.predict.checkpoint_dir={p.checkpoint_dir}: no such directory")
     for key in ("input", "mask"):  # a path (file, folder, CSV) or a comma-separated list

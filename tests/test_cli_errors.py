@@ -260,6 +260,28 @@ def test_bad_predict_output_or_threshold_is_refused_before_loading(tmp_path):
                               "(or unset: the evaluation's τ)")
 
 
+def test_negative_threshold_or_a_file_as_predict_model_is_refused(tmp_path):
+  """A negative τ would flag every brain voxel (every method's map is ≥ 0); a file given as the
+  model's workdir is named as a file, not "no such directory". In process: the CLI's one handler
+  prints these lines (the test above runs it)."""
+  from configs import predict as predict_config
+  from sadm_jax.config import STAGES
+  scan = tmp_path / "scan.nii.gz"
+  scan.write_bytes(b"not read")
+  c = predict_config.get_config("tiny")
+  c.predict.checkpoint_dir, c.predict.input = str(tmp_path), str(scan)
+  c.predict.threshold = -0.1
+  with pytest.raises(validate.ConfigError, match=r"^--config.predict.threshold=-0.1 must be ≥ 0: "
+                     "anomaly maps are ≥ 0, so a negative τ would flag every brain voxel$"):
+    validate.check_static(c, STAGES, str(tmp_path / "w"))
+  c.predict.threshold = 0.0  # allowed: flags every voxel above 0
+  validate.check_static(c, STAGES, str(tmp_path / "w"))
+  c.predict.checkpoint_dir = str(scan)
+  with pytest.raises(validate.ConfigError, match=r"checkpoint_dir=.*scan.nii.gz is a file: give the "
+                     r"run's workdir \(a directory\)$"):
+    validate.check_static(c, STAGES, str(tmp_path / "w"))
+
+
 def test_a_resuming_cddpm_needs_no_spark_run(tmp_path):
   """`model.encoder.pretrained_workdir` is read at a fresh start only: a cDDPM workdir holding a
   checkpoint step resumes although the SparK run is gone; a fresh start is refused in one line."""
