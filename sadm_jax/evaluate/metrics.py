@@ -232,7 +232,8 @@ def slice_scores(score_map, gt, brain_mask, axis: int = -1) -> tuple[np.ndarray,
   """Per-slice anomaly score and label along `axis` (docs/method.md §4.4, Q12).
 
   Score = mean of the map over the brain voxels of the slice (0 if the slice has no brain); label =
-  the slice contains lesion. `axis=-1` gives the 50 axial slices; `axis=0` the reference's 96 sagittal
+  the slice contains lesion (`volume_metrics` passes the lesion inside the brain by default, the
+  whole lesion map in faithful mode). `axis=-1` gives the 50 axial slices; `axis=0` the reference's 96 sagittal
   planes.
   Returns:
     scores [S] float64, labels [S] bool.
@@ -335,8 +336,8 @@ def volume_metrics(score_map, gt, brain_mask, threshold: float,
   else:
     g_dom = g
   d_pg, d_gp = surface_distances(pred, g_dom, spacing)
-  slice_auroc, slice_auprc = slice_detection(
-      s, g, m, axis=slice_axis if slice_axis is not None else (0 if faithful else -1))
+  slice_auroc, slice_auprc = slice_detection(  # a slice's label: lesion in its domain
+      s, g_dom, m, axis=slice_axis if slice_axis is not None else (0 if faithful else -1))
 
   out = {
       "dice": 2.0 * tp / (tp + fp + ranked.n_pos) if tp + fp + ranked.n_pos else empty_dice,

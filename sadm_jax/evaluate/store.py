@@ -16,7 +16,8 @@ from sadm_jax.utils import io
 # 3: maps in the .npz files are slice-major [D, H, W] (were [H, W, D]).
 # 4: records' ⌈Dice⌉ of lesion-free volumes (1), the exact search's "predict everything"
 #    candidate, NaN FPR without brain voxels, faithful dice_at_t_fpr*, DRAEM hue as imgaug's.
-CACHE_VERSION = 4
+# 5: a slice's detection label is lesion inside the brain (default mode), as every other metric.
+CACHE_VERSION = 5
 
 
 def fingerprint(obj: Any) -> str:

@@ -196,6 +196,25 @@ def test_slice_scores_no_brain_is_zero():
   assert not lab.any()
 
 
+def test_slice_label_counts_lesion_inside_the_brain_by_default():
+  """A slice whose only lesion voxels lie outside the brain mask is lesion-free by default (as
+  for the voxel metrics: lesion ∩ brain), lesional in faithful mode (the whole lesion map)."""
+  score = np.zeros((4, 4, 3), np.float32)
+  score[..., 0] = 1.0                                    # axial slice 0 is hot
+  brain = np.zeros((4, 4, 3), bool)
+  brain[1:3, 1:3, :] = True
+  gt = np.zeros((4, 4, 3), bool)
+  gt[1, 1, 0] = True                                     # slice 0: lesion in the brain
+  gt[0, 0, 1] = True                                     # slice 1: lesion outside the brain only
+  v = mt.volume_metrics(score, gt, brain, 0.5)
+  # labels [1, 0, 0], scores [1, 0, 0] → perfect; with the outside voxel slice 1 would be a
+  # positive scored 0, tied with slice 2: AUROC 3/4, AP (1 + 2/3) / 2
+  assert (v["slice_auroc"], v["slice_auprc"]) == pytest.approx((1.0, 1.0))
+  assert mt.slice_detection(score, gt, brain) == pytest.approx((0.75, 5 / 6))
+  f = mt.volume_metrics(score, gt, brain, 0.5, faithful=True, slice_axis=2)
+  assert (f["slice_auroc"], f["slice_auprc"]) == pytest.approx((0.75, 5 / 6))
+
+
 def test_volume_detection_auroc():
   # patho 0.15 beats 0.1, loses to 0.2; 0.3 beats both → 3/4
   assert mt.volume_detection_auroc([0.1, 0.2], [0.15, 0.3]) == pytest.approx(0.75)
@@ -225,7 +244,8 @@ def test_volume_metrics_consistent_with_parts():
   assert v["auprc_grid"] == pytest.approx(skm.average_precision_score(gt.ravel(), score.ravel()))
   assert v["hd95_mm"] == pytest.approx(mt.hd95(pred, gt & brain))
   assert v["hausdorff_max_mm"] == pytest.approx(mt.hausdorff_max(pred, gt & brain))
-  assert (v["slice_auroc"], v["slice_auprc"]) == pytest.approx(mt.slice_detection(score, gt, brain))
+  assert (v["slice_auroc"], v["slice_auprc"]) == pytest.approx(
+      mt.slice_detection(score, gt & brain, brain))
   assert (v["best_dice"], v["best_threshold"]) == th.exact_best_threshold(score[brain], gt[brain])
   assert v["best_dice"] >= v["dice"]
   assert v["lesion_voxels"] == c["tp"] + c["fn"] == np.count_nonzero(gt & brain)
