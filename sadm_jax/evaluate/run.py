@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Sequence
@@ -17,6 +16,7 @@ from sadm_jax.data import cache as cache_lib, layout, pipeline
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import metrics, records, report, thresholds, weak_rows
 from sadm_jax.evaluate.execute import Evaluation
+from sadm_jax.evaluate.store import not_shared
 from sadm_jax.evaluate.planning import Models, Pass, check_splits, check_volume_names, \
     needed_splits, plan_runs, protocol, stage2_val_rows, test_passes, val_passes
 from sadm_jax.utils import io
@@ -34,8 +34,10 @@ def _stored(evaluation: Evaluation, p: Pass, extras: dict) -> dict[str, list[dic
             for row in p.rows[r.id]]
     missing = [row.name for row, rec in zip(p.rows[r.id], recs) if rec is None]
     if missing:
-      raise RuntimeError(f"{r.id} {p.set_name}/{p.split}: no stored result for {missing[:3]} "
-                         "after every process finished (is the workdir shared by all hosts?)")
+      path = os.path.dirname(evaluation.store.paths(r, p.set_name, p.split, missing[0])[0])
+      raise not_shared(path, f"no stored result of {r.id} for {len(missing)} volume(s) "
+                       f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}) after "
+                       "every process finished its share")
     out[r.id] = recs
   return out
 
@@ -100,8 +102,7 @@ def _agree(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
     if jax.process_index() == 0:
       io.write_json(path, select_thresholds(evaluation, passes))
   with distributed.together("reading the thresholds"):  # a host without the shared store fails
-    with open(path) as f:
-      return json.load(f)
+    return evaluation.store.read_shared(os.path.basename(path))
 
 
 def test_extras(passes: Sequence[Pass], chosen: dict) -> dict:
@@ -153,8 +154,8 @@ def _counts(evaluation: Evaluation, done: list[str]) -> int:
   total = 0
   with distributed.together("reading the counts"):  # a host without the shared store fails
     for i in range(n):
-      with open(evaluation.store.shared(f"process_{i}-of-{n}.json")) as f:
-        total += len(json.load(f)["computed"])
+      total += len(evaluation.store.read_shared(f"process_{i}-of-{n}.json",
+                                                f"process {i}")["computed"])
   return total
 
 

@@ -1,0 +1,59 @@
+"""A workdir that is not one folder every host sees: each process stops with one line, exit 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+
+from sadm_jax import distributed, main as main_lib
+from tests.evaluate.conftest import copy_data, threshold_only
+
+
+def _as_process(monkeypatch, index: int, count: int = 2) -> None:
+  """This process as process `index` of `count`, every other process succeeding at each step."""
+  monkeypatch.setattr(jax, "process_count", lambda: count)
+  monkeypatch.setattr(jax, "process_index", lambda: index)
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine] * count)
+
+
+def _error(capsys) -> str:
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  return err[0]
+
+
+def test_a_workdir_other_hosts_do_not_see_is_one_line_naming_the_file(tiny_data_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+  """Each process of 2 reads what the other wrote to eval/ (the intensity median, the val results,
+  the thresholds, the result counts): where that is missing (each host its own --workdir) the
+  process stops with one line naming the file and the fix, exit code 2. (A RuntimeError or
+  FileNotFoundError traceback, and a SIGABRT in JAX's shutdown.)"""
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  c = threshold_only(data)
+  done = str(tmp_path / "done")
+  main_lib.run_stage(c, done)  # one process: the volume cache and every stored result
+  eval_dir = os.path.join(done, "eval")
+  _as_process(monkeypatch, 1)
+  fresh = str(tmp_path / "fresh1")
+  assert main_lib.run_checked(c, fresh) == 2  # process 0 wrote the median in its own workdir
+  line = _error(capsys)
+  median = os.path.join(fresh, "eval", "threshold", "intensity_median_fold0.json")
+  assert line.startswith(f"error: {median}: missing or unreadable after process 0 wrote it: ")
+  assert line.endswith("give every host the same --workdir on a file system they all see"), line
+  shutil.move(os.path.join(eval_dir, "thresholds.json"), str(tmp_path / "thresholds.json"))
+  assert main_lib.run_checked(c, done) == 2
+  assert _error(capsys).startswith(
+      f"error: {eval_dir}/thresholds.json: missing after process 0 wrote it: ")
+  shutil.move(str(tmp_path / "thresholds.json"), os.path.join(eval_dir, "thresholds.json"))
+  assert main_lib.run_checked(c, done) == 2
+  assert _error(capsys).startswith(
+      f"error: {eval_dir}/process_0-of-2.json: missing after process 0 wrote it: ")
+  _as_process(monkeypatch, 0)
+  fresh = str(tmp_path / "fresh0")
+  assert main_lib.run_checked(c, fresh) == 2  # process 1's val result is in its own workdir
+  val = os.path.join(fresh, "eval", "threshold", "none", "fold0", "Brats21", "val")
+  assert _error(capsys).startswith(
+      f"error: {val}: no stored result of threshold/none/fold0 for 1 volume(s) (Brats21_val_001) "
+      "after every process finished its share: ")
