@@ -216,6 +216,22 @@ def _cache_share(config: ml_collections.ConfigDict, rows: list, cache_dir: str, 
                           num_workers=config.data.num_workers)
 
 
+def _cache_seen(config: ml_collections.ConfigDict, cache: cache_lib.VolumeCache, rows: list
+                ) -> None:
+  """With several processes, each reads cache entries that others preprocessed (`_cache_share`):
+  ConfigError (one line) when some of `rows` are not in this process's cache (each host its own
+  data.cache_dir)."""
+  if jax.process_count() == 1:
+    return
+  missing = [r for r in rows if not cache.contains(r)]
+  if missing:
+    raise config_lib.ConfigError(
+        f"--config.data.cache_dir={config_lib.cache_dir(config)}: {len(missing)} of the "
+        f"{len(rows)} volume(s) the processes preprocessed in shares are not in this process's "
+        f"cache (e.g. {missing[0].img}): with several processes every host must see one cache "
+        "folder; set data.cache_dir to a folder on a file system they all see")
+
+
 def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chosen: dict,
                   extras: dict, unique, given: ml_collections.ConfigDict, verified: dict) -> int:
   """Process 0: report/ and eval/{config,models}.json from the stored records (the config as
@@ -257,10 +273,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Before any τ (and before the other volumes are preprocessed): every process's share of the
   # training rows' cache entries is written, so each reads the same entries.
   with distributed.together("checking the weak runs' training rows"):
+    _cache_seen(config, evaluation.cache, [r for t in weak for r in t.volumes])
     table = lambda rows: pipeline.SliceTable.from_rows(evaluation.cache, rows)
     verified = weak_rows.verify(weak, table, evaluation.models.sadm_data)
   with distributed.together("preprocessing the evaluation's volumes"):
     _cache_share(config, rest, config_lib.cache_dir(config), evaluation.cache.cfg)
+  with distributed.together("checking the preprocessing cache"):  # every share written
+    _cache_seen(config, evaluation.cache, rest)
   for fold in sorted({r.data_fold for r in evaluation.runs if r.method == "threshold"}):
     evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
 

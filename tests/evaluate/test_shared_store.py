@@ -57,3 +57,21 @@ def test_a_workdir_other_hosts_do_not_see_is_one_line_naming_the_file(tiny_data_
   assert _error(capsys).startswith(
       f"error: {val}: no stored result of threshold/none/fold0 for 1 volume(s) (Brats21_val_001) "
       "after every process finished its share: ")
+
+
+def test_a_cache_folder_of_each_hosts_own_is_one_line_naming_the_setting(tiny_data_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+  """Processes preprocess the evaluation's volumes in shares and read each other's entries: with
+  a data.cache_dir of its own on each host, process 0 of 2 stops with one line naming the
+  setting, before it reads any volume. (It stopped at the first volume process 1 had
+  preprocessed: 'not in the preprocessing cache; run the prepare stage first'.)"""
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  c = threshold_only(data)
+  c.data.cache_dir = str(tmp_path / "own_cache")
+  _as_process(monkeypatch, 0)
+  assert main_lib.run_checked(c, str(tmp_path / "work")) == 2
+  line = _error(capsys)
+  assert line.startswith(f"error: --config.data.cache_dir={c.data.cache_dir}: 5 of the 11 "
+                         "volume(s) the processes preprocessed in shares are not in this "
+                         "process's cache (e.g. "), line
+  assert line.endswith("set data.cache_dir to a folder on a file system they all see"), line
