@@ -13,10 +13,11 @@ import numpy as np
 
 from sadm_jax import config as config_lib, distributed
 from sadm_jax.data import cache as cache_lib, layout, pipeline
+from sadm_jax.data.errors import DataError
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import metrics, records, report, thresholds, weak_rows
 from sadm_jax.evaluate.execute import Evaluation
-from sadm_jax.evaluate.store import not_shared
+from sadm_jax.evaluate.store import fingerprint, not_shared
 from sadm_jax.evaluate.planning import Models, Pass, check_splits, check_volume_names, \
     needed_splits, plan_runs, protocol, stage2_val_rows, test_passes, val_passes
 from sadm_jax.utils import io
@@ -216,6 +217,54 @@ def _cache_share(config: ml_collections.ConfigDict, rows: list, cache_dir: str, 
                           num_workers=config.data.num_workers)
 
 
+def volume_plan(passes: Sequence[Pass], cache: cache_lib.VolumeCache, splits: dict,
+                weak: Sequence[weak_rows.Trained] = ()) -> dict:
+  """'<where>[position] <volume>' -> [image, cache entry key (the files' path, size and mtime)]
+  of every row of `passes` (where: set/split/run id), of the loaded `splits` and of the weak runs'
+  training rows, in order: what every process must plan alike (`check_same_plan`); {} for one."""
+  if jax.process_count() == 1:
+    return {}
+  keys: dict[tuple, str] = {}
+
+  def key(row) -> str:  # each volume's files stat'ed once
+    files = (row.img, row.mask, row.seg)
+    if files not in keys:
+      keys[files] = cache_lib.entry_key(row, cache.cfg)
+    return keys[files]
+  lists = [(f"{p.set_name}/{p.split}/{rid}", rows) for p in passes for rid, rows in p.rows.items()]
+  lists += list(splits.items()) + [(f"{t.split} ({t.run_id})", t.volumes) for t in weak]
+  return {f"{where}[{i}] {row.name}": [row.img, key(row)]
+          for where, rows in lists for i, row in enumerate(rows)}
+
+
+def check_same_plan(plan: dict, data_dir: str) -> None:
+  """Every process's `volume_plan` against process 0's (a collective): DataError (one line, the
+  same on every process) when one plans other volumes or reads other files under a volume's
+  path. Volumes are shared out by position, and results are found by their files' identity."""
+  if jax.process_count() == 1:
+    return
+  digest = fingerprint(plan)
+  if len(set(distributed.allgather_json(digest))) == 1:
+    return
+  every = distributed.allgather_json(plan)
+  first = every[0]
+  for k, other in enumerate(every[1:], start=1):
+    only = sorted(set(first) ^ set(other))
+    if only:
+      where = "process 0" if only[0] in first else f"process {k}"
+      raise DataError(
+          f"{data_dir}: process {k} of {len(every)} plans other volumes than process 0 (e.g. "
+          f"{only[0]} on {where} only, {len(only)} in all): every host must read the same split "
+          "CSVs, unchanged while the evaluation starts (with data.skip_invalid, a file one host "
+          "cannot read is skipped there only)")
+    changed = next((v for v in sorted(first) if first[v] != other[v]), None)
+    if changed is not None:
+      raise DataError(
+          f"{first[changed][0]}: not the same file on process 0 and process {k} of {len(every)} "
+          f"(the path, size or modification time of the files of {changed} differ): every host "
+          "must read the same data files; give data.data_dir on a file system they all see")
+
+
 def _cache_seen(config: ml_collections.ConfigDict, cache: cache_lib.VolumeCache, rows: list
                 ) -> None:
   """With several processes, each reads cache entries that others preprocessed (`_cache_share`):
@@ -270,6 +319,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # checkpoint that fails to restore on one host still waits in Orbax's own barrier first.
   with distributed.together("the evaluation's start"):
     evaluation, sets, vals, tests, unique, weak, rest = _start(config, workdir)
+    plan = volume_plan(vals + tests, evaluation.cache, evaluation.splits, weak)
+  check_same_plan(plan, str(config.data.data_dir))  # before any process reads another's entries
   # Before any τ (and before the other volumes are preprocessed): every process's share of the
   # training rows' cache entries is written, so each reads the same entries.
   with distributed.together("checking the weak runs' training rows"):

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import jax
+import pytest
 
 from sadm_jax import distributed, main as main_lib
 from tests.evaluate.conftest import copy_data, threshold_only
@@ -75,3 +76,43 @@ def test_a_cache_folder_of_each_hosts_own_is_one_line_naming_the_setting(tiny_da
                          "volume(s) the processes preprocessed in shares are not in this "
                          "process's cache (e.g. "), line
   assert line.endswith("set data.cache_dir to a folder on a file system they all see"), line
+
+
+@pytest.mark.parametrize("differ", ["file", "rows"])
+def test_processes_planning_other_volumes_stop_before_any_work(tiny_data_dir, tmp_path,
+                                                               monkeypatch, capsys, differ):
+  """Volumes are shared out by position and results found by their files' identity: when process
+  1's plan differs (another copy of a file, e.g. each host its own data folder; or a row less) every
+  process stops at start-up with the same line naming the file or volume, nothing evaluated.
+  (They went on: a volume never computed, or a misleading error about the cache or workdir later,
+  after the work.)"""
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  first = "Brats21/test/threshold/none/fold0[0] Brats21_test_000"
+
+  def gather(mine):
+    if isinstance(mine, str):  # the plan's digest
+      return [mine, "another"]
+    if isinstance(mine, dict):  # the plan
+      other = dict(mine)
+      if differ == "file":
+        other[first] = [other[first][0], "another entry key"]
+      else:
+        del other[first]
+      return [mine, other]
+    return [mine, mine]
+
+  _as_process(monkeypatch, 0)
+  monkeypatch.setattr(distributed, "allgather_json", gather)
+  work = str(tmp_path / "work")
+  assert main_lib.run_checked(threshold_only(data), work) == 2
+  line = _error(capsys)
+  if differ == "file":
+    image = os.path.join(data, "Data", "Test", "Brats21", "t1", "Brats21_test_000_t1.nii.gz")
+    assert line == (f"error: {image}: not the same file on process 0 and process 1 of 2 (the "
+                    f"path, size or modification time of the files of {first} differ): every host "
+                    "must read the same data files; give data.data_dir on a file system they all "
+                    "see")
+  else:
+    assert line.startswith(f"error: {data}: process 1 of 2 plans other volumes than process 0 "
+                           f"(e.g. {first} on process 0 only, 1 in all): "), line
+  assert not os.path.exists(os.path.join(work, "eval"))
