@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Sequence
@@ -265,6 +266,30 @@ def check_same_plan(plan: dict, data_dir: str) -> None:
           "must read the same data files; give data.data_dir on a file system they all see")
 
 
+def check_same_settings(evaluation: Evaluation) -> None:
+  """Every process's `Evaluation.run_settings` (what a result depends on: the settings, the
+  models' weights, the device kind, the JAX release) against process 0's (a collective): a
+  ValueError (one line, the same on every process) when they differ, since process 0 would then
+  find none of that process's results."""
+  if jax.process_count() == 1:
+    return
+  mine = json.loads(json.dumps(evaluation.run_settings, sort_keys=True, default=str))
+  if len(set(distributed.allgather_json(fingerprint(mine)))) == 1:
+    return
+  every = distributed.allgather_json(mine)
+  shown = lambda v: json.dumps(v, sort_keys=True)[:120]
+  for k, other in enumerate(every[1:], start=1):
+    for rid, want in every[0].items():
+      got = other.get(rid, {})
+      key = next((x for x in sorted(set(want) | set(got)) if want.get(x) != got.get(x)), None)
+      if key is not None:
+        raise ValueError(
+            f"process {k} of {len(every)} evaluates {rid} with another {key} than process 0 "
+            f"({shown(got.get(key))} vs {shown(want.get(key))}): every host must load the same "
+            "checkpoints, with the same JAX release, on one kind of device (a result is stored "
+            "with what it depends on: process 0 could use none of that process's results)")
+
+
 def _cache_seen(config: ml_collections.ConfigDict, cache: cache_lib.VolumeCache, rows: list
                 ) -> None:
   """With several processes, each reads cache entries that others preprocessed (`_cache_share`):
@@ -321,6 +346,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluation, sets, vals, tests, unique, weak, rest = _start(config, workdir)
     plan = volume_plan(vals + tests, evaluation.cache, evaluation.splits, weak)
   check_same_plan(plan, str(config.data.data_dir))  # before any process reads another's entries
+  check_same_settings(evaluation)
   # Before any τ (and before the other volumes are preprocessed): every process's share of the
   # training rows' cache entries is written, so each reads the same entries.
   with distributed.together("checking the weak runs' training rows"):

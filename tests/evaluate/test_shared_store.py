@@ -116,3 +116,34 @@ def test_processes_planning_other_volumes_stop_before_any_work(tiny_data_dir, tm
     assert line.startswith(f"error: {data}: process 1 of 2 plans other volumes than process 0 "
                            f"(e.g. {first} on process 0 only, 1 in all): "), line
   assert not os.path.exists(os.path.join(work, "eval"))
+
+
+def test_processes_with_other_devices_or_models_stop_before_any_work(tiny_data_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+  """A result is stored with what it depends on (settings, weights, device kind, JAX release):
+  when process 1 computes with another (another GPU model, another checkpoint or JAX release on
+  its host), process 0 could use none of its results. Every process stops at start-up with the
+  same line naming the run and what differs. (They went on, and stopped after the val pass with
+  'no stored result', naming the workdir.)"""
+  import copy
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  run = "threshold/none/fold0"
+
+  def gather(mine):
+    if isinstance(mine, str):  # a digest
+      return [mine, "another"]
+    if isinstance(mine, dict) and run in mine:  # the run settings
+      other = copy.deepcopy(mine)
+      other[run]["backend"]["device_kind"] = "another kind"
+      return [mine, other]
+    return [mine, mine]
+
+  _as_process(monkeypatch, 0)
+  monkeypatch.setattr(distributed, "allgather_json", gather)
+  work = str(tmp_path / "work")
+  assert main_lib.run_checked(threshold_only(data), work) == 2
+  line = _error(capsys)
+  assert line.startswith(f"error: process 1 of 2 evaluates {run} with another backend than "
+                         'process 0 ({"device_kind": "another kind", '), line
+  assert line.endswith("process 0 could use none of that process's results)"), line
+  assert not os.path.exists(os.path.join(work, "eval"))
