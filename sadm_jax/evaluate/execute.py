@@ -23,7 +23,7 @@ from sadm_jax.data.resample import affine_spacing
 from sadm_jax.data.splits import Row
 from sadm_jax.evaluate import inference, records, report, scoring, thresholds
 from sadm_jax.evaluate.planning import DRAEM_SET, EvalRun, Models, Pass
-from sadm_jax.evaluate.store import CACHE_VERSION, Store, fingerprint, safe
+from sadm_jax.evaluate.store import CACHE_VERSION, Store, fingerprint, not_shared, safe
 from sadm_jax.utils import io
 
 PNG_VOLUMES = 3  # montages for the first few test volumes of each run and data set
@@ -165,7 +165,8 @@ class Evaluation:
     with distributed.together(f"reading the intensity median of fold {fold}"):
       saved = _read_json(path)
       if saved.get("fingerprint") != key:
-        raise RuntimeError(f"{path}: not written by process 0 (is the workdir shared?)")
+        raise not_shared(path, "not the median process 0 wrote" if saved else
+                         "missing or unreadable after process 0 wrote it")
     self.medians[fold] = float(saved["median"])
     return self.medians[fold]
 

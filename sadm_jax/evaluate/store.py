@@ -30,6 +30,18 @@ def safe(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
+class NotShared(ValueError):
+  """A result or file another process wrote to the store is not there for this one: the
+  workdir is not on one file system every host sees (the message is one line naming the file)."""
+
+
+def not_shared(path: str, what: str) -> NotShared:
+  """NotShared for `path`: `what` (e.g. 'missing after process 0 wrote it')."""
+  return NotShared(f"{path}: {what}: every process of a multi-host evaluation reads the others' "
+                   "results from its workdir's eval/, so give every host the same --workdir on a "
+                   "file system they all see")
+
+
 def _readable_map(npz: str, fp: str) -> bool:
   """Whether a val map file opens, holds the arrays `Store.pooled` reads and was written with
   the record of fingerprint `fp` (not by a run of other settings killed before its record)."""
@@ -103,3 +115,16 @@ class Store:
   def shared(self, name: str) -> str:
     """Path of a file every process reads after process 0 wrote it (thresholds, counters)."""
     return os.path.join(self.root, name)
+
+  def read_shared(self, name: str, writer: str = "process 0") -> dict:
+    """The JSON `shared(name)` that `writer` wrote; NotShared (one line) when this process
+    cannot read it."""
+    path = self.shared(name)
+    try:
+      with open(path, encoding="utf-8") as f:
+        return json.load(f)
+    except FileNotFoundError:
+      raise not_shared(path, f"missing after {writer} wrote it") from None
+    except (OSError, ValueError) as e:
+      why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+      raise not_shared(path, f"unreadable after {writer} wrote it ({why})") from None
