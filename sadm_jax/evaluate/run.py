@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Sequence
@@ -14,11 +13,10 @@ import numpy as np
 
 from sadm_jax import config as config_lib, distributed
 from sadm_jax.data import cache as cache_lib, layout, pipeline
-from sadm_jax.data.errors import DataError
 from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import metrics, records, report, thresholds, weak_rows
+from sadm_jax.evaluate import hosts, metrics, records, report, thresholds, weak_rows
 from sadm_jax.evaluate.execute import Evaluation
-from sadm_jax.evaluate.store import fingerprint, not_shared
+from sadm_jax.evaluate.store import not_shared
 from sadm_jax.evaluate.planning import Models, Pass, check_splits, check_volume_names, \
     needed_splits, plan_runs, protocol, stage2_val_rows, test_passes, val_passes
 from sadm_jax.utils import io
@@ -218,94 +216,6 @@ def _cache_share(config: ml_collections.ConfigDict, rows: list, cache_dir: str, 
                           num_workers=config.data.num_workers)
 
 
-def volume_plan(passes: Sequence[Pass], cache: cache_lib.VolumeCache, splits: dict,
-                weak: Sequence[weak_rows.Trained] = ()) -> dict:
-  """'<where>[position] <volume>' -> [image, cache entry key (the files' path, size and mtime)]
-  of every row of `passes` (where: set/split/run id), of the loaded `splits` and of the weak runs'
-  training rows, in order: what every process must plan alike (`check_same_plan`); {} for one."""
-  if jax.process_count() == 1:
-    return {}
-  keys: dict[tuple, str] = {}
-
-  def key(row) -> str:  # each volume's files stat'ed once
-    files = (row.img, row.mask, row.seg)
-    if files not in keys:
-      keys[files] = cache_lib.entry_key(row, cache.cfg)
-    return keys[files]
-  lists = [(f"{p.set_name}/{p.split}/{rid}", rows) for p in passes for rid, rows in p.rows.items()]
-  lists += list(splits.items()) + [(f"{t.split} ({t.run_id})", t.volumes) for t in weak]
-  return {f"{where}[{i}] {row.name}": [row.img, key(row)]
-          for where, rows in lists for i, row in enumerate(rows)}
-
-
-def check_same_plan(plan: dict, data_dir: str) -> None:
-  """Every process's `volume_plan` against process 0's (a collective): DataError (one line, the
-  same on every process) when one plans other volumes or reads other files under a volume's
-  path. Volumes are shared out by position, and results are found by their files' identity."""
-  if jax.process_count() == 1:
-    return
-  digest = fingerprint(plan)
-  if len(set(distributed.allgather_json(digest))) == 1:
-    return
-  every = distributed.allgather_json(plan)
-  first = every[0]
-  for k, other in enumerate(every[1:], start=1):
-    only = sorted(set(first) ^ set(other))
-    if only:
-      where = "process 0" if only[0] in first else f"process {k}"
-      raise DataError(
-          f"{data_dir}: process {k} of {len(every)} plans other volumes than process 0 (e.g. "
-          f"{only[0]} on {where} only, {len(only)} in all): every host must read the same split "
-          "CSVs, unchanged while the evaluation starts (with data.skip_invalid, a file one host "
-          "cannot read is skipped there only)")
-    changed = next((v for v in sorted(first) if first[v] != other[v]), None)
-    if changed is not None:
-      raise DataError(
-          f"{first[changed][0]}: not the same file on process 0 and process {k} of {len(every)} "
-          f"(the path, size or modification time of the files of {changed} differ): every host "
-          "must read the same data files; give data.data_dir on a file system they all see")
-
-
-def check_same_settings(evaluation: Evaluation) -> None:
-  """Every process's `Evaluation.run_settings` (what a result depends on: the settings, the
-  models' weights, the device kind, the JAX release) against process 0's (a collective): a
-  ValueError (one line, the same on every process) when they differ, since process 0 would then
-  find none of that process's results."""
-  if jax.process_count() == 1:
-    return
-  mine = json.loads(json.dumps(evaluation.run_settings, sort_keys=True, default=str))
-  if len(set(distributed.allgather_json(fingerprint(mine)))) == 1:
-    return
-  every = distributed.allgather_json(mine)
-  shown = lambda v: json.dumps(v, sort_keys=True)[:120]
-  for k, other in enumerate(every[1:], start=1):
-    for rid, want in every[0].items():
-      got = other.get(rid, {})
-      key = next((x for x in sorted(set(want) | set(got)) if want.get(x) != got.get(x)), None)
-      if key is not None:
-        raise ValueError(
-            f"process {k} of {len(every)} evaluates {rid} with another {key} than process 0 "
-            f"({shown(got.get(key))} vs {shown(want.get(key))}): every host must load the same "
-            "checkpoints, with the same JAX release, on one kind of device (a result is stored "
-            "with what it depends on: process 0 could use none of that process's results)")
-
-
-def _cache_seen(config: ml_collections.ConfigDict, cache: cache_lib.VolumeCache, rows: list
-                ) -> None:
-  """With several processes, each reads cache entries that others preprocessed (`_cache_share`):
-  ConfigError (one line) when some of `rows` are not in this process's cache (each host its own
-  data.cache_dir)."""
-  if jax.process_count() == 1:
-    return
-  missing = [r for r in rows if not cache.contains(r)]
-  if missing:
-    raise config_lib.ConfigError(
-        f"--config.data.cache_dir={config_lib.cache_dir(config)}: {len(missing)} of the "
-        f"{len(rows)} volume(s) the processes preprocessed in shares are not in this process's "
-        f"cache (e.g. {missing[0].img}): with several processes every host must see one cache "
-        "folder; set data.cache_dir to a folder on a file system they all see")
-
-
 def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chosen: dict,
                   extras: dict, unique, given: ml_collections.ConfigDict, verified: dict) -> int:
   """Process 0: report/ and eval/{config,models}.json from the stored records (the config as
@@ -344,19 +254,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # checkpoint that fails to restore on one host still waits in Orbax's own barrier first.
   with distributed.together("the evaluation's start"):
     evaluation, sets, vals, tests, unique, weak, rest = _start(config, workdir)
-    plan = volume_plan(vals + tests, evaluation.cache, evaluation.splits, weak)
-  check_same_plan(plan, str(config.data.data_dir))  # before any process reads another's entries
-  check_same_settings(evaluation)
+    plan = hosts.volume_plan(vals + tests, evaluation.cache, evaluation.splits, weak)
+  hosts.check_same_plan(plan, str(config.data.data_dir))  # before reading others' entries
+  hosts.check_same_settings(evaluation)
   # Before any τ (and before the other volumes are preprocessed): every process's share of the
   # training rows' cache entries is written, so each reads the same entries.
   with distributed.together("checking the weak runs' training rows"):
-    _cache_seen(config, evaluation.cache, [r for t in weak for r in t.volumes])
+    hosts.cache_seen(config, evaluation.cache, [r for t in weak for r in t.volumes])
     table = lambda rows: pipeline.SliceTable.from_rows(evaluation.cache, rows)
     verified = weak_rows.verify(weak, table, evaluation.models.sadm_data)
   with distributed.together("preprocessing the evaluation's volumes"):
     _cache_share(config, rest, config_lib.cache_dir(config), evaluation.cache.cfg)
   with distributed.together("checking the preprocessing cache"):  # every share written
-    _cache_seen(config, evaluation.cache, rest)
+    hosts.cache_seen(config, evaluation.cache, rest)
   for fold in sorted({r.data_fold for r in evaluation.runs if r.method == "threshold"}):
     evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
 
