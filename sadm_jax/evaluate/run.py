@@ -198,7 +198,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
   weak = weak_rows.trained(runs, stage2, sets, root.split_csv)
   cache_dir = config_lib.cache_dir(config)
   pre = config_lib.preprocess_config(config)
-  unique = list({r.img: r for rows in splits.values() for r in rows}.values())
+  # by file key: one image listed with other labels in two splits (no data hygiene) is two entries
+  unique = list({(r.img, r.mask, r.seg): r for rows in splits.values() for r in rows}.values())
   # The weak runs' training rows first (their check needs them; a refusal should not wait for
   # every other volume's preprocessing), by file key: a row's mask and labels make its entry.
   first = list({(r.img, r.mask, r.seg): r for t in weak for r in t.volumes}.values())

@@ -230,3 +230,39 @@ def test_a_split_emptied_by_data_hygiene_is_refused(tiny_data_dir, tmp_path, cap
                  "3 of its 3 rows are in Brats21_test too and were kept there only (test > val > "
                  "train, Q17)"], err
   assert not os.path.exists(os.path.join(work, "eval"))
+
+
+def test_one_image_with_other_labels_in_two_splits_is_preprocessed_for_each(tiny_data_dir,
+                                                                             tmp_path, capsys):
+  """Without data hygiene (data.clean_splits=False, faithful), a Brats21_test row may name a val
+  image with another lesion map: a cache entry is made by its image, mask and labels, so both
+  rows are preprocessed and evaluated (the second was skipped as a duplicate image and the test
+  pass stopped with 'not in the preprocessing cache; run the prepare stage first')."""
+  import io as io_lib
+
+  from tests.evaluate.conftest import copy_data, edit_split, threshold_only
+
+  def add_row(text: str) -> str:
+    rows = list(csv.reader(io_lib.StringIO(text)))
+    with open(os.path.join(data, "Data", "splits", "Brats21_val.csv")) as f:
+      val = list(csv.reader(f))[1]
+    head = rows[0]
+    new = list(rows[1])  # a test row's labels, the val row's image and mask
+    for col in ("img_path", "mask_path"):
+      new[head.index(col)] = val[head.index(col)]
+    new[head.index("img_name")], new[0] = "BraTS_relabelled", str(len(rows) - 1)
+    out = io_lib.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows + [new])
+    return out.getvalue()
+
+  data = str(tmp_path / "data")
+  copy_data(tiny_data_dir, data)
+  edit_split(data, "Brats21_test.csv", add_row)
+  c = threshold_only(data)
+  c.data.clean_splits = False
+  work = str(tmp_path / "work")
+  assert main_lib.run_checked(c, work) == 0, capsys.readouterr().err
+  with open(os.path.join(work, "report", "metrics.json")) as f:
+    rows = json.load(f)["rows"]
+  brats = [r for r in rows if r["test_set"] == "Brats21"]
+  assert len(brats) == 1 and brats[0]["n_volumes"] == 4, brats
