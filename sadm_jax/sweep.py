@@ -22,6 +22,7 @@ import os
 import sys
 from typing import Sequence
 
+from sadm_jax import config as config_lib
 from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps import report, runner, slurm
 from sadm_jax.sweeps.members import Member, flag, grid  # noqa: F401  (the public API)
@@ -93,6 +94,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
     print(f"error: unexpected arguments: {' '.join(rest[1:])} (member overrides go after --)",
           file=sys.stderr)
     return 2
+  for name in ("sweep", "workdir", "mode", "runner", "members"):  # absl keeps the last one
+    values = config_lib.flag_values(ours, name)
+    if len(values) > 1:
+      print(f"error: --{name} is given {len(values)} times ({', '.join(values)}); give one",
+            file=sys.stderr)
+      return 2
   flags.FLAGS.mark_as_parsed()  # grain and absl logging read the global flags
   logging.set_verbosity(logging.WARNING)
   try:

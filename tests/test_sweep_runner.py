@@ -259,3 +259,15 @@ def test_a_broken_sweep_file_is_one_line_naming_it(tmp_path, capsys, source, exp
   assert sweep_cli.cli(["x", f"--sweep={bad}", f"--workdir={tmp_path / 'w'}"]) == 2
   assert capsys.readouterr().err == f"error: {bad}: {expected}\n"
   assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("flag,values", [("workdir", ("a", "b")), ("sweep", (TINY, TINY)),
+                                         ("mode", ("local", "slurm")), ("members", ("x", "y"))])
+def test_a_sweep_flag_given_twice_is_refused_not_the_last_one_kept(tmp_path, capsys, flag, values):
+  argv = ["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", "--mode=slurm"]
+  argv = [a for a in argv if not a.startswith(f"--{flag}=")]
+  argv += [f"--{flag}={v if flag != 'workdir' else tmp_path / v}" for v in values]
+  assert sweep_cli.cli(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: --{flag} is given 2 times (") and err.endswith("; give one\n")
+  assert not os.listdir(tmp_path)  # no workdir made, no scripts written
