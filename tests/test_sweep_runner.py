@@ -271,3 +271,13 @@ def test_a_sweep_flag_given_twice_is_refused_not_the_last_one_kept(tmp_path, cap
   err = capsys.readouterr().err
   assert err.startswith(f"error: --{flag} is given 2 times (") and err.endswith("; give one\n")
   assert not os.listdir(tmp_path)  # no workdir made, no scripts written
+
+
+@pytest.mark.parametrize("extra", [["--workdir=/elsewhere"], ["--workdir", "/elsewhere"]])
+def test_a_workdir_after_the_double_dash_is_refused_not_dropped(tmp_path, capsys, extra):
+  for mode in ("slurm", "local"):
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", f"--mode={mode}",
+                          "--", *extra]) == 2
+    assert capsys.readouterr().err.startswith("error: --workdir=/elsewhere follows --: member m "
+                                              "runs in W/m of the sweep's own --workdir=W")
+  assert not os.path.exists(tmp_path / "w" / "slurm")

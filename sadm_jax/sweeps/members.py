@@ -176,8 +176,14 @@ def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
   """The config `sadm_jax.main` builds from the member's arguments (ml_collections' flags)."""
   from absl import flags
   from ml_collections import config_flags
+
+  from sadm_jax import config as config_lib
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
+  given = config_lib.flag_values(["sadm_jax.sweep", *extra], "workdir")
+  if given:  # dropped below (and twice on `sadm_jax.main`'s command line): not what was meant
+    raise ValueError(f"--workdir={given[0]} follows --: member m runs in W/m of the sweep's own "
+                     "--workdir=W (before --); only --config overrides go after --")
   argv = ["sadm_jax.main"] + [a for a in member_argv(member, workdir, extra)
                               if not a.startswith("--workdir=")]
   fv = flags.FlagValues()
@@ -194,7 +200,6 @@ def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
   else:
     config_flags.DEFINE_config_dict("config", copy.deepcopy(member.config), flag_values=fv,
                                     lock_config=True, sys_argv=argv)
-  from sadm_jax import config as config_lib
   try:  # the errors `python -m sadm_jax.main` would give, as the same one line
     rest = config_lib.parse_config_flags(fv, argv)
   except config_lib.ConfigFlagsError as e:
