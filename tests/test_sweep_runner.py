@@ -281,3 +281,19 @@ def test_a_workdir_after_the_double_dash_is_refused_not_dropped(tmp_path, capsys
     assert capsys.readouterr().err.startswith("error: --workdir=/elsewhere follows --: member m "
                                               "runs in W/m of the sweep's own --workdir=W")
   assert not os.path.exists(tmp_path / "w" / "slurm")
+
+
+def test_a_file_in_the_way_of_a_member_or_the_job_scripts_is_one_line(tmp_path, capsys):
+  w = tmp_path / "w"
+  w.mkdir()
+  (w / "lr_1e-4").write_text("")  # the second member's workdir
+  for mode in ("local", "slurm"):
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={w}", f"--mode={mode}"]) == 2
+    assert capsys.readouterr().err == (f"error: member lr_1e-4: --workdir={w / 'lr_1e-4'} is a "
+                                       "file, not a directory\n")
+  assert sorted(os.listdir(w)) == ["lr_1e-4"]  # the first member did not start
+  (w / "lr_1e-4").unlink()
+  (w / "slurm").write_text("")
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={w}", "--mode=slurm"]) == 2
+  assert capsys.readouterr().err == (f"error: the sweep's job-script folder={w / 'slurm'} is a "
+                                     "file, not a directory\n")

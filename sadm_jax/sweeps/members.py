@@ -171,6 +171,14 @@ def check_member_config(member: Member, config: ml_collections.ConfigDict) -> No
   ignored.warn(config, given, prefix=f"member {member.name}: ")
 
 
+def check_member_workdir(member: Member, workdir: str) -> None:
+  """W/<member> is a directory or can be made one (`validate_paths.check_dir_path`): a file in
+  its way is one line naming the member, not a traceback when the member starts."""
+  from sadm_jax import validate_paths
+  validate_paths.check_dir_path(os.path.join(workdir, member.name),
+                                f"member {member.name}: --workdir")
+
+
 def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
                   ) -> ml_collections.ConfigDict:
   """The config `sadm_jax.main` builds from the member's arguments (ml_collections' flags)."""
