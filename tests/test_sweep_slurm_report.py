@@ -94,3 +94,18 @@ def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, caps
   csv_lines = (work / "sweep_report.csv").read_text().splitlines()
   assert csv_lines[0].startswith("method,train_anomalies,test_set,fold,n_volumes,dice,best_dice,")
   assert len(csv_lines) == 4 and all(l.endswith(",full") for l in csv_lines[1:])
+
+
+@pytest.mark.parametrize("text,why", [("{}", "KeyError: 'rows'"),
+                                      ("garbage", "JSONDecodeError: Expecting value"),
+                                      ('{"rows": [{"dice": 1}]}', "KeyError: ")])
+def test_a_report_that_is_not_an_evaluations_is_one_line_naming_it(tmp_path, capsys, text, why):
+  spec = write_sweep(tmp_path / "r.py", "Member('ev', 'configs/evaluate.py')")
+  path = tmp_path / "w" / "ev" / "report" / "metrics.json"
+  path.parent.mkdir(parents=True)
+  path.write_text(text)
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {path}: not an evaluation's report ({why}") and err.endswith(
+      f"); remove {tmp_path / 'w' / 'ev'} to run member ev again\n")
+  assert not (tmp_path / "w" / "sweep_report.md").exists()

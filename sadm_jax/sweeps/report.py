@@ -19,10 +19,16 @@ def build_report(sweep: Sweep, workdir: str) -> tuple[list[dict], str]:
     if not os.path.exists(path):
       missing.append(m.name)
       continue
-    with open(path, encoding="utf-8") as f:
-      member_rows = [{**r, "member": m.name} for r in json.load(f)["rows"]]
+    try:  # (written whole by the evaluation: damaged, or another tool's, by hand)
+      with open(path, encoding="utf-8") as f:
+        member_rows = [{**r, "member": m.name} for r in json.load(f)["rows"]]
+      table = report.format_table(member_rows)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      text = " ".join(str(e).split())
+      raise ValueError(f"{path}: not an evaluation's report ({type(e).__name__}: {text}); remove "
+                       f"{os.path.join(workdir, m.name)} to run member {m.name} again") from None
     rows += member_rows
-    parts += [f"## {m.name}", "", report.format_table(member_rows), ""]
+    parts += [f"## {m.name}", "", table, ""]
   if missing:
     parts.append(f"Missing (no report/metrics.json, {len(missing)}): {', '.join(missing)}")
   return rows, "\n".join(parts).rstrip("\n") + "\n"
