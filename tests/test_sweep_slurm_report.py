@@ -109,3 +109,20 @@ def test_a_report_that_is_not_an_evaluations_is_one_line_naming_it(tmp_path, cap
   assert err.startswith(f"error: {path}: not an evaluation's report ({why}") and err.endswith(
       f"); remove {tmp_path / 'w' / 'ev'} to run member ev again\n")
   assert not (tmp_path / "w" / "sweep_report.md").exists()
+
+
+def test_a_slurm_script_finds_a_repository_whose_path_needs_quoting(tmp_path, monkeypatch):
+  repo = tmp_path / "my repo's copy"
+  (repo / "sadm_jax").mkdir(parents=True)
+  (repo / "sadm_jax" / "main.py").write_text("")
+  monkeypatch.setattr(slurm.members_lib, "REPO", str(repo))
+  script = tmp_path / "job.sbatch"
+  script.write_text(slurm.render("s.m", "out-%j.out", ["--members=m"]))
+  bin_dir = _fake_bin(tmp_path)
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "fakepython"),
+         "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node1", "SLURM_NNODES": "1",
+         "SLURM_NTASKS": "1", "HOME": str(tmp_path)}
+  res = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+  assert res.returncode == 0, res.stderr  # was: "REPO_DIR='...' is not the sadm_jax repository"
+  assert res.stdout.splitlines()[-1] == "[-m][sadm_jax.sweep][--members=m]"

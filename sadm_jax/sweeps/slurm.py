@@ -21,7 +21,8 @@ def _substitutions(job: str, output: str, args: Sequence[str]) -> list[tuple[str
        "launch/slurm.sbatch by sadm_jax.sweeps.slurm: the arguments are set below (`set --`)."),
       ("#SBATCH --output=slurm-%x-%j.out", f"#SBATCH --output={output}"),
       ('REPO_DIR="${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"',
-       f'REPO_DIR="${{REPO_DIR:-{shlex.quote(members_lib.REPO)}}}"'),
+       # unquoted: an assignment is not word-split, and the quotes inside "${X:-'a b'}" are kept
+       f'REPO_DIR=${{REPO_DIR:-{shlex.quote(members_lib.REPO)}}}'),
       ('if [[ "${1:-}" == "--" ]]; then shift; fi',
        f"set -- {shlex.join(args)}  # rendered by sadm_jax.sweeps.slurm"),
       ('exec "$SADM_PYTHON" -m sadm_jax.main "$@"\'',
