@@ -238,8 +238,10 @@ def check_budgets(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.demo.{stage}_learning_rate={d[f'{stage}_learning_rate']} must be > 0")
   if not (_is_int(d.seed) and d.seed >= 0):  # numpy's "expected non-negative integer"
     _fail(f"--config.demo.seed={d.seed} must be >= 0")
-  if config.stage == "reproduce" and not config.reproduce.repeats >= 1:
-    _fail(f"--config.reproduce.repeats={config.reproduce.repeats} must be >= 1")
+  repeats = config.reproduce.repeats  # repeat k trains on IXI fold k (`reproduce.members`)
+  if config.stage == "reproduce" and not 1 <= repeats <= NUM_FOLDS:
+    _fail(f"--config.reproduce.repeats={repeats} must be in [1, {NUM_FOLDS}] (repeat k trains on "
+          f"the IXI fold k: IXI_train_fold0..{NUM_FOLDS - 1})")
 
 
 def check_preprocess(config: ml_collections.ConfigDict) -> None:

@@ -237,7 +237,11 @@ def test_paths_the_shell_left_unexpanded_or_empty_are_refused(tmp_path, monkeypa
 
 @pytest.mark.parametrize("name,key,value,expected", [
     # built the demo cohort (and prepared it) first, then stopped at the first stage reading it
-    ("reproduce", "reproduce.repeats", 0, "--config.reproduce.repeats=0 must be >= 1"),
+    ("reproduce", "reproduce.repeats", 0, "--config.reproduce.repeats=0 must be in [1, 5]"),
+    # repeat k trains on IXI fold k: was refused after the cohort, as 'member cddpm-5:
+    # --config.data.fold=5 must be < 5', a setting the user never gave
+    ("reproduce", "reproduce.repeats", 6, "--config.reproduce.repeats=6 must be in [1, 5] (repeat "
+     "k trains on the IXI fold k: IXI_train_fold0..4)"),
     ("reproduce", "demo.cddpm_steps", -5, "--config.demo.cddpm_steps=-5 must be >= 1"),
     ("demo", "demo.sadm_steps", 0, "--config.demo.sadm_steps=0 must be >= 1"),
     # a negative SparK budget was taken for 0 (no pretraining) without a word

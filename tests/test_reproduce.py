@@ -57,8 +57,9 @@ def test_repeats_train_every_model_per_fold_and_bad_budgets_fail(tmp_path):
   assert by["cddpm-1"].model.encoder.pretrained_workdir == "/w/spark-1"
   assert {m.name: m.after for m in ms}["cddpm-1"] == ("prepare", "spark-1")
   assert len(by["evaluate"].evaluate.sadm_workdirs) == 12
-  for key, value, msg in (("reproduce.repeats", 0, "--config.reproduce.repeats=0 must be >= 1"),
-                          ("demo.sadm_steps", 0, "--config.demo.sadm_steps=0 must be >= 1")):
+  for key, value, msg in (
+      ("reproduce.repeats", 0, r"--config.reproduce.repeats=0 must be in \[1, 5\]"),
+      ("demo.sadm_steps", 0, "--config.demo.sadm_steps=0 must be >= 1")):
     bad = reproduce_config.get_config("tiny")
     section, field = key.split(".")
     bad[section][field] = value
