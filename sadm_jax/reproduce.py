@@ -20,6 +20,7 @@ VARIANTS = {"sadm_draem": ("draem", True), "sadm_brats": ("brats", True),
 # sadm.mode -> the evaluation's train_anomalies label (sadm_jax.evaluate: SADM_MODES).
 ANOMALIES = {"draem": "draem", "brats": "Brats21", "atlas": "ATLAS_v2"}
 PATHOLOGIES = ("Brats21", "ATLAS_v2", "WMH")  # the claims' "every pathology" (DRAEM is synthetic)
+CLAIM_METHODS = ("cddpm", "sadm")  # evaluate.methods the claims compare (sadm: SADM and UNet rows)
 # The claims compare Dice at the validation-selected threshold τ: the mean test Dice ('dice') and
 # the Dice of the pooled validation voxels at τ ('val_pooled_dice'), means over repeats.
 METRICS = {"test": "dice", "validation": "val_pooled_dice"}

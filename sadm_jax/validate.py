@@ -57,6 +57,14 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
   if config.stage in ("evaluate", "demo", "reproduce") and unknown:
     _fail(f"--config.evaluate.test_sets has unknown set(s) {unknown}; expected a subset of "
           f"{', '.join(map(repr, EVALUATE_TEST_SETS))}")
+  if config.stage == "reproduce":  # the claims read these rows: without them, all "do NOT hold"
+    from sadm_jax.reproduce import CLAIM_METHODS, PATHOLOGIES
+    for key, needed in (("methods", CLAIM_METHODS), ("test_sets", PATHOLOGIES)):
+      lacking = [v for v in needed if v not in config.evaluate[key]]
+      if lacking:
+        _fail(f"--config.evaluate.{key}={tuple(config.evaluate[key])!r} lacks "
+              f"{', '.join(map(repr, lacking))}: the paper's claims (stage reproduce) need "
+              f"evaluate.{key} {', '.join(map(repr, needed))}")
   for key in ("methods", "test_sets"):  # twice: evaluated twice and reported as two folds
     values = list(config.evaluate[key])
     twice = sorted({v for v in values if values.count(v) > 1})

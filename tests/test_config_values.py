@@ -265,6 +265,24 @@ def test_demo_and_reproduce_budgets_are_refused_before_the_cohort(name, key, val
   validate.check_values(c, config_lib.STAGES)
 
 
+@pytest.mark.parametrize("key,value,expected", [
+    ("methods", ("threshold", "sadm"), "--config.evaluate.methods=('threshold', 'sadm') lacks "
+     "'cddpm': the paper's claims (stage reproduce) need evaluate.methods 'cddpm', 'sadm'"),
+    ("test_sets", ("Brats21", "DRAEM"), "--config.evaluate.test_sets=('Brats21', 'DRAEM') lacks "
+     "'ATLAS_v2', 'WMH': the paper's claims (stage reproduce) need evaluate.test_sets 'Brats21', "
+     "'ATLAS_v2', 'WMH'"),
+])
+def test_a_reproduction_without_the_rows_its_claims_compare_is_refused(key, value, expected):
+  """Was: every member trained and evaluated, then each claim 'does NOT hold' on n/a numbers."""
+  from configs import reproduce
+  c = reproduce.get_config("tiny")
+  c.evaluate[key] = value
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(expected) + "$"):
+    validate.check_values(c, config_lib.STAGES)
+  c.stage = "evaluate"  # an evaluation may report any subset
+  validate.check_values(c, config_lib.STAGES)
+
+
 def test_a_workdir_that_is_a_dangling_link_says_so(tmp_path):
   """A link to a scratch disk that is not mounted: 'is not writable: File exists'."""
   link = tmp_path / "run"
