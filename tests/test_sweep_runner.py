@@ -252,12 +252,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     ("def get_sweep():\n  return nope\n",
      "cannot load the sweep file: NameError: name 'nope' is not defined"),
     ("x = 1\n", "the sweep file defines no get_sweep()"),
+    # a ValueError (a member's own check, or the file's) did not name the file
+    ("from sadm_jax.sweep import Member\ndef get_sweep():\n  return [Member('a b', 'c.py')]\n",
+     "member name 'a b' is invalid (letters, digits, ._=,+-)"),
+    ("def get_sweep():\n  return [int('2e-3')]\n",
+     "invalid literal for int() with base 10: '2e-3'"),
+    # an override that is not a string: "TypeError: expected string or bytes-like object"
+    ("from sadm_jax.sweep import Member\ndef get_sweep():\n  return [Member('a', 'c.py', [5])]\n",
+     "member a: 5 is not a --config.key=value override"),
+    ("from sadm_jax.sweep import Member\ndef get_sweep():\n"
+     "  return [Member('a', 'c.py', after=[Member('b', 'c.py')])]\n",
+     "member a: after must list member names, got (Member("),
 ])
 def test_a_broken_sweep_file_is_one_line_naming_it(tmp_path, capsys, source, expected):
   bad = tmp_path / "bad.py"
   bad.write_text(source)
   assert sweep_cli.cli(["x", f"--sweep={bad}", f"--workdir={tmp_path / 'w'}"]) == 2
-  assert capsys.readouterr().err == f"error: {bad}: {expected}\n"
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {bad}: {expected}") and err.count("\n") == 1
   assert not os.path.exists(tmp_path / "w")
 
 

@@ -35,7 +35,9 @@ class Member:
       if isinstance(value, str):
         raise ValueError(f"member {self.name}: {field} must be a list of strings, not one string")
       object.__setattr__(self, field, tuple(value))
-    bad = [o for o in self.overrides if not OVERRIDE_RE.match(o)]
+    if not all(isinstance(a, str) for a in self.after):
+      raise ValueError(f"member {self.name}: after must list member names, got {self.after!r}")
+    bad = [o for o in self.overrides if not (isinstance(o, str) and OVERRIDE_RE.match(o))]
     if bad:
       raise ValueError(f"member {self.name}: {bad[0]!r} is not a --config.key=value override")
     if not isinstance(self.config, (str, ml_collections.ConfigDict)) or not self.config:
@@ -121,8 +123,8 @@ def load_sweep(path: str) -> Sweep:
     spec.loader.exec_module(module)
     get_sweep = getattr(module, "get_sweep", None)
     members = tuple(get_sweep()) if callable(get_sweep) else None
-  except ValueError:  # the members' own checks: one line naming the member
-    raise
+  except ValueError as e:  # the members' own checks (one line naming the member), or the file's
+    raise ValueError(f"{path}: {' '.join(str(e).split())}") from None
   except Exception as e:  # noqa: BLE001  (SyntaxError, NameError, ... raised by the sweep file)
     text = " ".join(str(e).split())
     raise ValueError(f"{path}: cannot load the sweep file: {type(e).__name__}: {text}") from None
