@@ -34,6 +34,7 @@ CHOICES = {
 EVALUATE_METHODS = ("threshold", "cddpm", "sadm")
 EVALUATE_TEST_SETS = ("Brats21", "ATLAS_v2", "MSLUB", "WMH", "DRAEM")
 FSDP_RULE_KINDS = ("fsdp", "replicate")
+MODEL_NAMES = ("encoder", "unet", "spark", "segnet")  # model.names (describe.model_specs)
 # SparK's ResNet-50 encoder sees slices whose sides are multiples of its stride (models.resnet).
 SPARK_GRID_MULTIPLE = 32
 SEGNET_DEPTH = 4  # models.segnet.SegUnet's levels (not a config setting)
@@ -49,6 +50,11 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
   if config.stage == "prepare" and unknown:  # e.g. 'IXI_test,WMH_val' given as one string
     _fail(f"--config.data.splits has unknown split(s) {unknown}; expected a subset of "
           f"{', '.join(SPLIT_NAMES)}, as a tuple: --config.data.splits=\"('IXI_test', 'WMH_val')\"")
+  names = tuple(config.model.names)  # e.g. 'encoder,unet' given as one string
+  if config.stage == "describe" and (not names or any(n not in MODEL_NAMES for n in names)):
+    _fail(f"--config.model.names={names!r} must name 1 or more of "
+          f"{', '.join(map(repr, MODEL_NAMES))}, as a tuple: "
+          "--config.model.names=\"('encoder', 'unet')\"")
   unknown = [m for m in config.evaluate.methods if m not in EVALUATE_METHODS]
   if config.stage in ("evaluate", "demo") and unknown:
     _fail(f"--config.evaluate.methods has unknown method(s) {unknown}; expected a subset of "

@@ -283,6 +283,21 @@ def test_a_reproduction_without_the_rows_its_claims_compare_is_refused(key, valu
   validate.check_values(c, config_lib.STAGES)
 
 
+@pytest.mark.parametrize("names", [("encoder,unet",), (), ("encoder", "decoder")])
+def test_describe_refuses_model_names_it_cannot_describe(names):
+  """Was: 'unknown model name ...' once JAX had started, and () an empty table with exit 0."""
+  from configs import cddpm
+  c = cddpm.get_config("tiny")
+  c.stage, c.model.names = "describe", names
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(
+      f"--config.model.names={names!r} must name 1 or more of 'encoder', 'unet', 'spark', "
+      "'segnet', as a tuple: --config.model.names=\"('encoder', 'unet')\"") + "$"):
+    validate.check_values(c, config_lib.STAGES)
+  from sadm_jax import describe
+  c.model.names = validate.MODEL_NAMES  # every name it accepts, describe knows
+  assert tuple(describe.model_specs(c)) == validate.MODEL_NAMES
+
+
 def test_a_workdir_that_is_a_dangling_link_says_so(tmp_path):
   """A link to a scratch disk that is not mounted: 'is not writable: File exists'."""
   link = tmp_path / "run"
