@@ -33,6 +33,10 @@ def main(f, extra: Sequence[str]) -> int:
   """Runs the command line parsed into `f` (absl FlagValues); returns the exit code."""
   from sadm_jax import validate_paths
   sweep = members_lib.load_sweep(f.sweep)
+  if f.report and not os.path.isdir(f.workdir):  # a typo: not a new folder with an empty report
+    validate_paths.check_dir_path(f.workdir, "--workdir")  # (a file, a URL: its own line)
+    raise ValueError(f"--workdir={f.workdir}: no such directory (--report reads the members' "
+                     "reports of a sweep run there)")
   validate_paths.check_workdir(f.workdir)  # a file or an unwritable place: one line, exit 2
   workdir = os.path.abspath(f.workdir)
   if f.report:

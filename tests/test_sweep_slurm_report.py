@@ -126,3 +126,12 @@ def test_a_slurm_script_finds_a_repository_whose_path_needs_quoting(tmp_path, mo
                        text=True, timeout=60)
   assert res.returncode == 0, res.stderr  # was: "REPO_DIR='...' is not the sadm_jax repository"
   assert res.stdout.splitlines()[-1] == "[-m][sadm_jax.sweep][--members=m]"
+
+
+def test_a_report_of_a_workdir_that_does_not_exist_makes_nothing(tmp_path, capsys):
+  spec = write_sweep(tmp_path / "r.py", "Member('ev', 'configs/evaluate.py')")
+  work = tmp_path / "typo" / "w"
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 2
+  assert capsys.readouterr().err == (f"error: --workdir={work}: no such directory (--report reads "
+                                     "the members' reports of a sweep run there)\n")
+  assert not (tmp_path / "typo").exists()
