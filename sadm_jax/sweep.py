@@ -107,12 +107,15 @@ def cli(argv: Sequence[str] | None = None) -> int:
   flags.FLAGS.mark_as_parsed()  # grain and absl logging read the global flags
   logging.set_verbosity(logging.WARNING)
   try:
-    return main(fv, extra)
+    with runner.terminate_as_interrupt():
+      return main(fv, extra)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:  # Ctrl-C: members write whole files, finished ones keep their DONE
-    print(f"error: sweep interrupted (SIGINT); finished members keep {runner.DONE}: run the same "
+  except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: members write whole files, finished ones
+    # keep their DONE
+    name = "SIGTERM" if isinstance(e, runner.Terminated) else "SIGINT"
+    print(f"error: sweep interrupted ({name}); finished members keep {runner.DONE}: run the same "
           "command again to resume", file=sys.stderr, flush=True)
     return runner.INTERRUPTED
 

@@ -309,3 +309,39 @@ def test_a_file_in_the_way_of_a_member_or_the_job_scripts_is_one_line(tmp_path, 
   assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={w}", "--mode=slurm"]) == 2
   assert capsys.readouterr().err == (f"error: the sweep's job-script folder={w / 'slurm'} is a "
                                      "file, not a directory\n")
+
+
+def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
+  """`kill <sweep pid>` left the member running, orphaned, in its workdir."""
+  import signal
+  import threading
+  child = ("import signal, sys, time\n"
+           "def stop(*a):\n  print('member got SIGINT', flush=True); sys.exit(130)\n"
+           "signal.signal(signal.SIGINT, stop)\nprint('started', flush=True)\ntime.sleep(20)\n")
+  mdir = tmp_path / "a"
+  mdir.mkdir()
+  log = mdir / "log.txt"
+
+  def kill_sweep():
+    while "\nstarted\n" not in (log.read_text() if log.exists() else ""):  # (not the command)
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+  old = signal.getsignal(signal.SIGTERM)
+  with runner.terminate_as_interrupt():
+    threading.Thread(target=kill_sweep, daemon=True).start()
+    t0 = time.time()
+    with pytest.raises(runner.Terminated):
+      runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", child])
+  assert signal.getsignal(signal.SIGTERM) is old  # restored
+  assert time.time() - t0 < 30 and log.read_text().endswith("\nstarted\nmember got SIGINT\n")
+
+  def terminated(*args, **kwargs):
+    raise runner.Terminated
+  run_local, runner.run_local = runner.run_local, terminated
+  try:
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 130
+  finally:
+    runner.run_local = run_local
+  assert signal.getsignal(signal.SIGTERM) is old
+  assert capsys.readouterr().err == ("error: sweep interrupted (SIGTERM); finished members keep "
+                                     "DONE: run the same command again to resume\n")
