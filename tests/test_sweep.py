@@ -46,6 +46,21 @@ def test_grid_names_members_by_their_values():
   assert ms[1].after == ("cddpm",)
 
 
+def test_grid_refuses_an_axis_that_is_not_a_list_of_values():
+  """A string axis was iterated: {'seed': '123'} made seeds 1, 2 and 3, 'adamw' five members
+  named by its letters (refused as 'duplicate member names'); an empty axis added no member."""
+  with pytest.raises(ValueError, match=r"^grid axis seed='123': give a list of values, e\.g\. "
+                                       r"\['123'\]$"):
+    grid({"seed": "123"}, CDDPM)
+  with pytest.raises(ValueError, match=r"^grid axis optimizer.name='adamw': give a list"):
+    grid({"optimizer.name": "adamw"}, CDDPM)
+  with pytest.raises(ValueError, match=r"^grid axis seed=3: give a list"):
+    grid({"seed": 3}, CDDPM)
+  with pytest.raises(ValueError, match=r"^grid axis seed has no values$"):
+    grid({"seed": []}, CDDPM)
+  assert [m.name for m in grid({"seed": range(2)}, CDDPM)] == ["seed=0", "seed=1"]
+
+
 def test_ordered_follows_dependencies_stably_and_rejects_bad_graphs():
   a, b, c = Member("a", CDDPM, after=["c"]), Member("b", CDDPM), Member("c", CDDPM)
   assert [m.name for m in ordered([a, b, c])] == ["b", "c", "a"]

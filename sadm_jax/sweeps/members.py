@@ -58,6 +58,13 @@ def grid(axes: Mapping[str, Sequence[Any]], config: str, name: str = "{}",
   """Members for every combination of `axes` ({dotted.key: [values]}), named by `name` formatted
   with 'key=value' parts joined by ',' (key = the last part of the dotted key)."""
   label = lambda v: "+".join(map(label, v)) if isinstance(v, (tuple, list)) else str(v)
+  axes = dict(axes)
+  for key, values in axes.items():  # a string would be iterated: '123' gives seeds 1, 2 and 3
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+      raise ValueError(f"grid axis {key}={values!r}: give a list of values, e.g. [{values!r}]")
+    axes[key] = list(values)
+    if not axes[key]:  # no combination at all: the grid would add no member, without a word
+      raise ValueError(f"grid axis {key} has no values")
   out = []
   for values in itertools.product(*axes.values()):
     parts = ",".join(f"{k.rsplit('.', 1)[-1]}={label(v)}" for k, v in zip(axes, values))
