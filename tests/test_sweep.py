@@ -22,6 +22,12 @@ def test_members_are_checked_when_built():
     Member("a", CDDPM, ["seed=3"])
   with pytest.raises(ValueError, match="overrides must be a list of strings"):
     Member("a", CDDPM, "--config.seed=3")
+  with pytest.raises(ValueError, match=r"^member a: '--config.sadm.cddpm_workdir=\{work_dir\}/c' "
+                                       r"has the placeholder \{work_dir\}; the only one is "
+                                       r"\{workdir\} \(the sweep's workdir\)$"):
+    Member("a", CDDPM, ["--config.sadm.cddpm_workdir={work_dir}/c"])  # was: reached the member
+  Member("a", CDDPM, ["--config.sadm.cddpm_workdir={workdir}/c",
+                      "--config.mesh.fsdp_rules=(('kernel{2}', 'fsdp'),)"])
   m = Member("a", CDDPM, ["--config.seed=3"], after=["b"])
   assert m.overrides == ("--config.seed=3",) and m.after == ("b",)
 

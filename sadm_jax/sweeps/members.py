@@ -16,6 +16,7 @@ import ml_collections
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 OVERRIDE_RE = re.compile(r"^--config\.([\w.]+)=")  # a --config.k=v override; group 1: k
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_]\w*)\}")  # '{workdir}' (not a regex's 'a{3}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Member:
     bad = [o for o in self.overrides if not (isinstance(o, str) and OVERRIDE_RE.match(o))]
     if bad:
       raise ValueError(f"member {self.name}: {bad[0]!r} is not a --config.key=value override")
+    for o in self.overrides:  # '{work_dir}' or '{w}' would reach the member as it is
+      other = [p for p in PLACEHOLDER_RE.findall(o) if p != "workdir"]
+      if other:
+        raise ValueError(f"member {self.name}: {o!r} has the placeholder {{{other[0]}}}; the "
+                         "only one is {workdir} (the sweep's workdir)")
     if not isinstance(self.config, (str, ml_collections.ConfigDict)) or not self.config:
       raise ValueError(f"member {self.name}: config must be a 'configs/x.py[:arg]' spec")
 
