@@ -50,13 +50,18 @@ class ReproduceError(ValueError):
 # ----------------------------------------------------------------------------- the sweep
 
 
+def cohort_root(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The demo cohort's folder (DATA_DIR): `demo.root`, else W/demo_data."""
+  return config.demo.root or os.path.join(workdir, "demo_data")
+
+
 def cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Generates the demo cohort (skipped when complete, e.g. a demo run's, `demo.root`); every
   demo cohort has >= demo_job.MIN_LABELLED labelled BraTS- and ATLAS-like validation volumes for
   weak supervision. Returns DATA_DIR."""
   from sadm_jax import demo_job
   from sadm_jax.data import synthetic
-  root = config.demo.root or os.path.join(workdir, "demo_data")
+  root = cohort_root(config, workdir)
   t = time.time()
   summary = synthetic.generate_cohort(root, demo_job.demo_config(config))
   done = "complete already, reused" if summary["skipped"] else f"{time.time() - t:.1f} s"
@@ -251,8 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  data_dir = cohort(config, workdir)
-  ms = members(config, workdir, data_dir)
+  ms = members(config, workdir, cohort_root(config, workdir))
   stale = stale_members(ms, workdir)
   if stale:
     raise ReproduceError(
@@ -260,6 +264,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         + "; ".join(f"{n} ({why})" for n, why in stale) + ". Remove them ("
         + " ".join(os.path.join(workdir, n) for n, _ in stale)
         + ") to train them again, or use a new --workdir")
+  # After the check: another demo.seed or demo.size regenerates the cohort in place, under the
+  # finished runs that were trained on it.
+  cohort(config, workdir)
   outputs = [os.path.join(workdir, "claims.json"), os.path.join(workdir, "report", "table.md"),
              os.path.join(workdir, "report", "metrics.csv")]
   if jax.process_index() == 0:  # an earlier run's report is not this run's: gone until rewritten

@@ -179,6 +179,22 @@ def test_a_rerun_refuses_finished_members_that_the_changed_command_would_not_rep
   assert (tmp_path / "claims.json").exists()
 
 
+def test_a_refused_rerun_leaves_the_cohort_of_the_finished_runs_alone(tmp_path, monkeypatch):
+  """Another demo.seed regenerated the cohort in place (minutes), under the finished runs trained
+  on it, and only then was refused."""
+  monkeypatch.setattr(runner, "run_inprocess", _fake_evaluation)
+  built = []
+  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: built.append(
+      config.demo.seed) or os.path.join(workdir, "demo_data"))
+  reproduce.run(reproduce_config.get_config("tiny"), str(tmp_path))
+  changed = reproduce_config.get_config("tiny")
+  changed.demo.seed = 5
+  with pytest.raises(reproduce.ReproduceError, match=r"prepare \(config differs in data\.|"
+                                                     r"prepare \(config differs in demo\.seed"):
+    reproduce.run(changed, str(tmp_path))
+  assert built == [0]  # the first run's cohort only
+
+
 def _run_in_first(tmp_path, monkeypatch) -> tuple:
   """(config, names of the members run since) after a tiny reproduction in tmp_path/first with
   its cohort under the workdir (fake evaluation)."""
