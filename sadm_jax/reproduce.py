@@ -288,10 +288,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          f"{os.path.join(workdir, 'evaluate')} to evaluate again") from None
   claims = check_claims(rows)
   claims["seconds_this_run"] = round(time.time() - t0, 1)
-  claims["member_seconds"] = {}  # from each member's DONE: the time of the run that finished it
-  for m in ms:
-    with open(os.path.join(workdir, m.name, runner.DONE), encoding="utf-8") as f:
-      claims["member_seconds"][m.name] = json.load(f)["seconds"]
+  # from each member's DONE: the time of the run that finished it (null: a marker made by hand)
+  claims["member_seconds"] = {m.name: runner.done_seconds(workdir, m.name) for m in ms}
   text = table_markdown(rows, protocol, claims, int(config.reproduce.repeats))
   if jax.process_index() == 0:
     # claims.json last: once it is there, table.md and metrics.csv are this run's too
@@ -301,7 +299,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(report.format_table(rows))
     print("\n".join(verdict_lines(claims)))
     print(f"reproduce: {claims['seconds_this_run']} s (members: "
-          f"{sum(claims['member_seconds'].values()):.0f} s); written: "
+          f"{sum(filter(None, claims['member_seconds'].values())):.0f} s); written: "
           f"{os.path.join(workdir, 'report', 'table.md')}, {os.path.join(workdir, 'claims.json')}",
           flush=True)
   return claims

@@ -195,6 +195,20 @@ def test_a_refused_rerun_leaves_the_cohort_of_the_finished_runs_alone(tmp_path, 
   assert built == [0]  # the first run's cohort only
 
 
+def test_a_member_marked_finished_by_hand_does_not_fail_the_report(tmp_path, monkeypatch, capsys):
+  """`touch W/m/DONE` (the sweep's way to skip a member) failed the finished reproduction at its
+  last step with 'Expecting value: line 1 column 1 (char 0)', naming no file."""
+  monkeypatch.setattr(runner, "run_inprocess", _fake_evaluation)
+  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")
+  c = reproduce_config.get_config("tiny")
+  reproduce.run(c, str(tmp_path))
+  (tmp_path / "unet_atlas-0" / runner.DONE).write_text("")
+  claims = reproduce.run(c, str(tmp_path))
+  assert claims["member_seconds"]["unet_atlas-0"] is None
+  assert json.load(open(tmp_path / "claims.json"))["member_seconds"]["unet_atlas-0"] is None
+  assert "reproduce: " in capsys.readouterr().out
+
+
 def _run_in_first(tmp_path, monkeypatch) -> tuple:
   """(config, names of the members run since) after a tiny reproduction in tmp_path/first with
   its cohort under the workdir (fake evaluation)."""

@@ -128,6 +128,16 @@ def is_done(workdir: str, name: str) -> bool:
   return os.path.exists(os.path.join(workdir, name, DONE))
 
 
+def done_seconds(workdir: str, name: str) -> float | None:
+  """The seconds a finished member's DONE records; None for a marker without them (one made by
+  hand, `touch W/m/DONE`, marks a member finished as well)."""
+  try:
+    with open(os.path.join(workdir, name, DONE), encoding="utf-8") as f:
+      return float(json.load(f)["seconds"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
 def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = (),
               runner: Runner = run_subprocess, primary: bool | None = None) -> list[str]:
   """Runs the unfinished members in dependency order; returns the names of the failed ones
