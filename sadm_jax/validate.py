@@ -167,11 +167,13 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
 
 
 def check_training(config: ml_collections.ConfigDict) -> None:
-  """Step counts, cadences, batch size, learning rate: what needs no device count."""
+  """Step counts, cadences, batch size, learning rate: what needs no device count. The demo and
+  the reproduction train with these too, their steps and learning rates aside (`demo.*`)."""
   t = config.train
-  if t.num_steps < 0:
+  budgets = config.stage in ("demo", "reproduce")  # (check_budgets)
+  if t.num_steps < 0 and not budgets:
     _fail(f"--config.train.num_steps={t.num_steps} must be >= 0 (0 = use train.num_epochs)")
-  if not t.num_steps and t.num_epochs <= 0:
+  if not t.num_steps and t.num_epochs <= 0 and not budgets:
     _fail(f"--config.train.num_epochs={t.num_epochs} must be > 0 (or set train.num_steps > 0)")
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "batch_size"):
     if t[key] <= 0:
@@ -181,7 +183,7 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   if config.data.loader_workers < 0:
     _fail(f"--config.data.loader_workers={config.data.loader_workers} must be >= 0 (0 = in this "
           "process)")
-  if not config.optimizer.learning_rate > 0:
+  if not config.optimizer.learning_rate > 0 and not budgets:
     _fail(f"--config.optimizer.learning_rate={config.optimizer.learning_rate} must be > 0")
   o = config.optimizer
   for key in ("b1", "b2"):
@@ -217,7 +219,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.mesh.fsdp_rules: rule {rule!r} has kind {kind!r}; expected one of "
             f"{', '.join(map(repr, FSDP_RULE_KINDS))}")
   u = config.model.unet  # every UNet width, a multiple of model_channels, is GroupNorm'ed
-  if config.stage == "cddpm" and (u.num_groups <= 0 or u.model_channels % u.num_groups):
+  if (config.stage == "cddpm" or budgets) and (u.num_groups <= 0
+                                                or u.model_channels % u.num_groups):
     _fail(f"--config.model.unet.model_channels={u.model_channels} is not divisible by "
           f"num_groups={u.num_groups} (GroupNorm)")
 
@@ -313,7 +316,7 @@ def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   check_choices(resolved)
   check_finite(resolved)
   check_ranges(resolved)
-  if config.stage in TRAINING_STAGES:
+  if config.stage in TRAINING_STAGES + ("demo", "reproduce"):  # (the last two train 3 models)
     check_training(resolved)
   if config.stage in ("demo", "reproduce"):
     check_budgets(resolved)

@@ -265,6 +265,30 @@ def test_demo_and_reproduce_budgets_are_refused_before_the_cohort(name, key, val
   validate.check_values(c, config_lib.STAGES)
 
 
+@pytest.mark.parametrize("name", ["demo", "reproduce"])
+@pytest.mark.parametrize("key,value,expected", [
+    ("train.batch_size", 0, "--config.train.batch_size=0 must be > 0"),
+    ("optimizer.b1", 2.0, "--config.optimizer.b1=2.0 must be in [0, 1)"),
+    ("optimizer.weight_decay", 0.1, "--config.optimizer.weight_decay=0.1 is not used by "
+     "optimizer.name='adam'"),  # was: trained without decay, without a word
+    ("model.unet.num_groups", 5, "--config.model.unet.model_channels=16 is not divisible by "
+     "num_groups=5 (GroupNorm)"),
+])
+def test_the_demo_and_the_reproduction_check_the_training_values_they_train_with(
+    name, key, value, expected):
+  """Were checked by the training stages only: the demo trained with them (a silent no-decay
+  Adam, a diverging b1); the reproduction refused them after building its cohort."""
+  import importlib
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  section, field = key.rsplit(".", 1)
+  config_lib.at(c, section)[field] = value
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(expected)):
+    validate.check_values(c, config_lib.STAGES)
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  c.train.num_steps, c.optimizer.learning_rate = -1, 0.0  # the budgets (demo.*) replace these
+  validate.check_values(c, config_lib.STAGES)
+
+
 @pytest.mark.parametrize("key,value,expected", [
     ("methods", ("threshold", "sadm"), "--config.evaluate.methods=('threshold', 'sadm') lacks "
      "'cddpm': the paper's claims (stage reproduce) need evaluate.methods 'cddpm', 'sadm'"),
