@@ -276,7 +276,9 @@ def check_preprocess(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.data.preprocess: stage {config.stage} needs slices whose sides are multiples "
           f"of {multiple} ({why}), got {grid[0]}x{grid[1]} (crop_size "
           f"{cfg.crop_size[0]}x{cfg.crop_size[1]} / downsample {cfg.downsample})")
-  if config.stage == "spark":  # round(h·w·(1 − mask_ratio)) visible patches (models.spark)
+  spark = config.stage == "spark" or (config.stage in ("demo", "reproduce")
+                                      and config.demo.spark_steps > 0)  # (pretrains first)
+  if spark:  # round(h·w·(1 − mask_ratio)) visible patches (models.spark)
     h, w = grid[0] // SPARK_GRID_MULTIPLE, grid[1] // SPARK_GRID_MULTIPLE
     ratio = config.model.spark.mask_ratio
     keep = round(h * w * (1.0 - ratio))

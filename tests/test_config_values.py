@@ -5,12 +5,12 @@ import re
 
 import pytest
 
-from configs import cddpm, evaluate, predict, prepare, sadm_draem, spark_pretrain
+from configs import cddpm, demo, evaluate, predict, prepare, sadm_draem, spark_pretrain
 from sadm_jax import config as config_lib
 from sadm_jax import validate, validate_paths
 
-CONFIGS = {"cddpm": cddpm, "evaluate": evaluate, "predict": predict, "prepare": prepare,
-           "sadm": sadm_draem, "spark": spark_pretrain}
+CONFIGS = {"cddpm": cddpm, "demo": demo, "evaluate": evaluate, "predict": predict,
+           "prepare": prepare, "sadm": sadm_draem, "spark": spark_pretrain}
 
 
 def _check(stage: str, overrides: dict, tmp_path):
@@ -106,6 +106,9 @@ def _check(stage: str, overrides: dict, tmp_path):
      "--config.model.spark.mask_ratio=0.95 leaves 0 of the 3x3 patches visible"),
     ("spark", {"model.spark.mask_ratio": 0.05},
      "--config.model.spark.mask_ratio=0.05 leaves 9 of the 3x3 patches visible"),
+    # the demo pretrains SparK first: the mask ratio was checked for stage spark only
+    ("demo", {"demo.spark_steps": 2, "model.spark.mask_ratio": 0.95},
+     "--config.model.spark.mask_ratio=0.95 leaves 0 of the "),
     ("spark", {"model.spark.decoder_width": 16},
      "--config.model.spark.decoder_width=16 must be >= 32"),
     # inf passed every `> 0` check: a learning rate of inf trained to a NaN loss at step 2
