@@ -342,7 +342,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str, stages) -> None:
   """Every check for `config.stage`; raises ConfigError (one line). The workdir check comes last:
   it creates a missing workdir, which only a start that passed every other check may do."""
   resolved = check_static(config, stages, workdir)
-  if config.stage in TRAINING_STAGES:
+  if config.stage in TRAINING_STAGES + ("demo", "reproduce"):  # (the last two train too)
     import jax
     check_mesh(resolved, jax.device_count(), jax.process_count())
   check_workdir(workdir)

@@ -292,6 +292,22 @@ def test_the_demo_and_the_reproduction_check_the_training_values_they_train_with
   validate.check_values(c, config_lib.STAGES)
 
 
+@pytest.mark.parametrize("name", ["demo", "reproduce"])
+def test_the_demo_and_the_reproduction_check_the_batch_against_the_devices(name, tmp_path,
+                                                                          monkeypatch):
+  """Were left to the first training, after the cohort was built."""
+  import importlib
+
+  import jax
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  c.train.batch_size = 5
+  monkeypatch.setattr(jax, "device_count", lambda: 2)
+  with pytest.raises(validate.ConfigError, match=r"^--config.train.batch_size=5 \(global\) is not "
+                                                 r"divisible by the 2 device\(s\) of the mesh$"):
+    validate.validate(c, str(tmp_path / "w"), config_lib.STAGES)
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("key,value,expected", [
     ("methods", ("threshold", "sadm"), "--config.evaluate.methods=('threshold', 'sadm') lacks "
      "'cddpm': the paper's claims (stage reproduce) need evaluate.methods 'cddpm', 'sadm'"),
