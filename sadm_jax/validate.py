@@ -41,6 +41,14 @@ SEGNET_DEPTH = 4  # models.segnet.SegUnet's levels (not a config setting)
 TRAINING_STAGES = ("spark", "cddpm", "sadm")
 
 
+def _as_tuple(key: str, unknown) -> str:
+  """For values given as one string ('Brats21,WMH' is one name): the tuple they meant."""
+  if not any("," in str(v) for v in unknown):
+    return ""
+  meant = tuple(p.strip() for v in unknown for p in str(v).split(",") if p.strip())
+  return f", as a tuple: --config.{key}=\"{meant!r}\""
+
+
 def check_choices(config: ml_collections.ConfigDict) -> None:
   for key, allowed in CHOICES.items():
     value = config_lib.at(config, key)
@@ -58,11 +66,11 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
   unknown = [m for m in config.evaluate.methods if m not in EVALUATE_METHODS]
   if config.stage in ("evaluate", "demo") and unknown:
     _fail(f"--config.evaluate.methods has unknown method(s) {unknown}; expected a subset of "
-          f"{', '.join(map(repr, EVALUATE_METHODS))}")
+          f"{', '.join(map(repr, EVALUATE_METHODS))}{_as_tuple('evaluate.methods', unknown)}")
   unknown = [s for s in config.evaluate.test_sets if s not in EVALUATE_TEST_SETS]
   if config.stage in ("evaluate", "demo", "reproduce") and unknown:
     _fail(f"--config.evaluate.test_sets has unknown set(s) {unknown}; expected a subset of "
-          f"{', '.join(map(repr, EVALUATE_TEST_SETS))}")
+          f"{', '.join(map(repr, EVALUATE_TEST_SETS))}{_as_tuple('evaluate.test_sets', unknown)}")
   if config.stage == "reproduce":  # the claims read these rows: without them, all "do NOT hold"
     from sadm_jax.reproduce import CLAIM_METHODS, PATHOLOGIES
     for key, needed in (("methods", CLAIM_METHODS), ("test_sets", PATHOLOGIES)):

@@ -106,6 +106,14 @@ def _check(stage: str, overrides: dict, tmp_path):
      "--config.model.spark.mask_ratio=0.95 leaves 0 of the 3x3 patches visible"),
     ("spark", {"model.spark.mask_ratio": 0.05},
      "--config.model.spark.mask_ratio=0.05 leaves 9 of the 3x3 patches visible"),
+    # one string ('Brats21,WMH' is one set's name): the tuple meant, as data.splits says
+    ("evaluate", {"evaluate.test_sets": ("Brats21,WMH",)},
+     "--config.evaluate.test_sets has unknown set(s) ['Brats21,WMH']; expected a subset of "
+     "'Brats21', 'ATLAS_v2', 'MSLUB', 'WMH', 'DRAEM', as a tuple: "
+     "--config.evaluate.test_sets=\"('Brats21', 'WMH')\""),
+    ("evaluate", {"evaluate.methods": ("cddpm, sadm",)},
+     "--config.evaluate.methods has unknown method(s) ['cddpm, sadm']; expected a subset of "
+     "'threshold', 'cddpm', 'sadm', as a tuple: --config.evaluate.methods=\"('cddpm', 'sadm')\""),
     # the demo pretrains SparK first: the mask ratio was checked for stage spark only
     ("demo", {"demo.spark_steps": 2, "model.spark.mask_ratio": 0.95},
      "--config.model.spark.mask_ratio=0.95 leaves 0 of the "),
