@@ -45,8 +45,8 @@ def test_flag_writes_values_as_the_config_flags_read_them():
 def test_grid_names_members_by_their_values():
   ms = grid({"optimizer.learning_rate": [1e-3, 1e-4], "sadm.use_residual": [True]}, CDDPM,
             name="lr_{}", overrides=["--config.seed=1"], after=("cddpm",))
-  assert [m.name for m in ms] == ["lr_learning_rate=0.001,use_residual=True",
-                                  "lr_learning_rate=0.0001,use_residual=True"]
+  assert [m.name for m in ms] == ["lr_learning_rate=0.001_use_residual=True",
+                                  "lr_learning_rate=0.0001_use_residual=True"]
   assert ms[1].overrides == ("--config.seed=1", "--config.optimizer.learning_rate=0.0001",
                              "--config.sadm.use_residual=True")
   assert ms[1].after == ("cddpm",)

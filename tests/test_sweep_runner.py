@@ -254,7 +254,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     ("x = 1\n", "the sweep file defines no get_sweep()"),
     # a ValueError (a member's own check, or the file's) did not name the file
     ("from sadm_jax.sweep import Member\ndef get_sweep():\n  return [Member('a b', 'c.py')]\n",
-     "member name 'a b' is invalid (letters, digits, ._=,+-)"),
+     "member name 'a b' is invalid (letters, digits, ._=+-)"),
     ("def get_sweep():\n  return [int('2e-3')]\n",
      "invalid literal for int() with base 10: '2e-3'"),
     # an override that is not a string: "TypeError: expected string or bytes-like object"
@@ -345,3 +345,19 @@ def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
   assert signal.getsignal(signal.SIGTERM) is old
   assert capsys.readouterr().err == ("error: sweep interrupted (SIGTERM); finished members keep "
                                      "DONE: run the same command again to resume\n")
+
+
+def test_a_grid_member_can_be_selected_by_name_as_its_slurm_job_does(tmp_path, capsys):
+  """Grid names joined their parts with ',', which --members splits on: every job of a grid
+  sweep over 2 axes stopped with 'unknown member(s) lr=0.001, seed=1'."""
+  spec = tmp_path / "g.py"
+  spec.write_text("from sadm_jax.sweep import grid\n\n\ndef get_sweep():\n  return grid("
+                  "{'optimizer.learning_rate': [1e-3, 1e-4], 'seed': [1]}, "
+                  "'configs/cddpm.py:tiny')\n")
+  ms = members_lib.load_sweep(str(spec)).members
+  assert [m.name for m in ms] == ["learning_rate=0.001_seed=1", "learning_rate=0.0001_seed=1"]
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--mode=slurm",
+                        f"--members={ms[1].name}"]) == 0
+  assert sorted(os.listdir(tmp_path / "w" / "slurm")) == [f"{ms[1].name}.sbatch", "submit.sh"]
+  with pytest.raises(ValueError, match=r"member name 'a,b' is invalid \(letters, digits, ._=\+-\)"):
+    Member("a,b", CDDPM)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")  # no ',': --members=a,b lists names
 OVERRIDE_RE = re.compile(r"^--config\.([\w.]+)=")  # a --config.k=v override; group 1: k
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_]\w*)\}")  # '{workdir}' (not a regex's 'a{3}')
 
@@ -30,7 +30,7 @@ class Member:
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not NAME_RE.match(self.name):
-      raise ValueError(f"member name {self.name!r} is invalid (letters, digits, ._=,+-)")
+      raise ValueError(f"member name {self.name!r} is invalid (letters, digits, ._=+-)")
     for field in ("overrides", "after"):
       value = getattr(self, field)
       if isinstance(value, str):
@@ -62,7 +62,8 @@ def flag(key: str, value: Any) -> str:
 def grid(axes: Mapping[str, Sequence[Any]], config: str, name: str = "{}",
          overrides: Sequence[str] = (), **fields) -> list[Member]:
   """Members for every combination of `axes` ({dotted.key: [values]}), named by `name` formatted
-  with 'key=value' parts joined by ',' (key = the last part of the dotted key)."""
+  with 'key=value' parts joined by '_' (key = the last part of the dotted key; not ',', which
+  separates the names of --members)."""
   label = lambda v: "+".join(map(label, v)) if isinstance(v, (tuple, list)) else str(v)
   axes = dict(axes)
   for key, values in axes.items():  # a string would be iterated: '123' gives seeds 1, 2 and 3
@@ -73,7 +74,7 @@ def grid(axes: Mapping[str, Sequence[Any]], config: str, name: str = "{}",
       raise ValueError(f"grid axis {key} has no values")
   out = []
   for values in itertools.product(*axes.values()):
-    parts = ",".join(f"{k.rsplit('.', 1)[-1]}={label(v)}" for k, v in zip(axes, values))
+    parts = "_".join(f"{k.rsplit('.', 1)[-1]}={label(v)}" for k, v in zip(axes, values))
     out.append(Member(name.format(parts), config,
                       tuple(overrides) + tuple(flag(k, v) for k, v in zip(axes, values)), **fields))
   return out
