@@ -349,6 +349,27 @@ def test_describe_refuses_model_names_it_cannot_describe(names):
   assert tuple(describe.model_specs(c)) == validate.MODEL_NAMES
 
 
+@pytest.mark.parametrize("stage,marker,other", [
+    ("reproduce", "report/metrics.json", "evaluation (a demo's or an evaluate run's)"),
+    ("demo", "claims.json", "reproduction")])
+def test_the_demo_and_the_reproduction_refuse_each_others_workdir(stage, marker, other, tmp_path):
+  """Both write W/report/: the reproduction removed and rewrote a demo's report/metrics.csv
+  beside its report.md and metrics.json; the demo overwrote a reproduction's."""
+  import importlib
+  c = importlib.import_module(f"configs.{stage}").get_config("tiny")
+  w = tmp_path / "w"
+  validate.check_static(c, config_lib.STAGES, str(w))
+  (w / "report").mkdir(parents=True)
+  (w / "report" / "table.md").write_text("")  # its own (reproduce), or any other file: fine
+  validate.check_static(c, config_lib.STAGES, str(w))
+  (w / marker).write_text("{}")
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(
+      f"--workdir={w} holds a {other} ({marker}); stage {stage} would mix its report/ with that "
+      f"one: give it another workdir (--config.demo.root={w / 'demo_data'} reuses the cohort "
+      "there)") + "$"):
+    validate.check_static(c, config_lib.STAGES, str(w))
+
+
 def test_a_workdir_that_is_a_dangling_link_says_so(tmp_path):
   """A link to a scratch disk that is not mounted: 'is not writable: File exists'."""
   link = tmp_path / "run"
