@@ -135,3 +135,16 @@ def test_a_report_of_a_workdir_that_does_not_exist_makes_nothing(tmp_path, capsy
   assert capsys.readouterr().err == (f"error: --workdir={work}: no such directory (--report reads "
                                      "the members' reports of a sweep run there)\n")
   assert not (tmp_path / "typo").exists()
+
+
+def test_a_finished_member_without_a_report_is_not_called_missing(tmp_path, capsys):
+  """The shipped tiny sweep's members (two cDDPM trainings) were 'Missing' once finished."""
+  spec = write_sweep(tmp_path / "r.py", "Member('train', 'configs/cddpm.py:tiny'), "
+                                        "Member('later', 'configs/cddpm.py:tiny')")
+  (tmp_path / "w" / "train").mkdir(parents=True)
+  (tmp_path / "w" / "train" / "DONE").write_text("{}")
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report"]) == 0
+  assert capsys.readouterr().out.splitlines()[-2:] == [
+      "Missing (no report/metrics.json, 1): later",
+      "Finished without report/metrics.json (not an evaluation; Member(..., report=False) leaves "
+      "it out, 1): train"]
