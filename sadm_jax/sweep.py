@@ -43,6 +43,12 @@ def main(f, extra: Sequence[str]) -> int:
     print(report.write_report(sweep, workdir), end="")
     return 0
   members = sweep.select(f.members)
+  in_memory = [m.name for m in members if not isinstance(m.config, str)]
+  if in_memory and (f.mode == "slurm" or f.runner == "subprocess"):  # was: refused when reached
+    how = "--mode=slurm's jobs run" if f.mode == "slurm" else "--runner=subprocess runs"
+    raise ValueError(f"member(s) {', '.join(in_memory)} have an in-memory config (a ConfigDict), "
+                     f"but {how} `python -m sadm_jax.main --config=<file>`: give them a "
+                     "'configs/x.py[:arg]' spec, or run locally with --runner=inprocess")
   if f.mode == "slurm":
     paths = slurm.write_slurm(sweep, workdir, members, extra)
     print(f"wrote {len(paths) - 1} job script(s) under {os.path.dirname(paths[-1])}; submit "

@@ -361,3 +361,22 @@ def test_a_grid_member_can_be_selected_by_name_as_its_slurm_job_does(tmp_path, c
   assert sorted(os.listdir(tmp_path / "w" / "slurm")) == [f"{ms[1].name}.sbatch", "submit.sh"]
   with pytest.raises(ValueError, match=r"member name 'a,b' is invalid \(letters, digits, ._=\+-\)"):
     Member("a,b", CDDPM)
+
+
+@pytest.mark.parametrize("mode", ["local", "slurm"])
+def test_an_in_memory_config_is_refused_up_front_where_members_run_as_commands(tmp_path, capsys,
+                                                                               mode):
+  """The subprocess runner refused it when it reached the member (after the ones before had
+  run); a Slurm job, in the queue."""
+  spec = tmp_path / "m.py"
+  spec.write_text("from configs import cddpm\nfrom sadm_jax.sweep import Member\n\n\n"
+                  "def get_sweep():\n  return [Member('a', 'configs/cddpm.py:tiny'), "
+                  "Member('b', cddpm.get_config('tiny'))]\n")
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}",
+                        f"--mode={mode}"]) == 2
+  how = "--mode=slurm's jobs run" if mode == "slurm" else "--runner=subprocess runs"
+  assert capsys.readouterr().err == (
+      f"error: member(s) b have an in-memory config (a ConfigDict), but {how} `python -m "
+      "sadm_jax.main --config=<file>`: give them a 'configs/x.py[:arg]' spec, or run locally "
+      "with --runner=inprocess\n")
+  assert os.listdir(tmp_path / "w") == []
