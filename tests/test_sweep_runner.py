@@ -380,3 +380,22 @@ def test_an_in_memory_config_is_refused_up_front_where_members_run_as_commands(t
       "sadm_jax.main --config=<file>`: give them a 'configs/x.py[:arg]' spec, or run locally "
       "with --runner=inprocess\n")
   assert os.listdir(tmp_path / "w") == []
+
+
+def test_a_sweep_file_is_found_relative_to_the_current_directory(tmp_path, monkeypatch, capsys):
+  """`--sweep=mine.py` beside the user was looked for under the repository root only: 'mine.py:
+  no such file'. The shipped ones are still found from anywhere."""
+  write_sweep(tmp_path / "mine.py", "Member('a', 'configs/cddpm.py:tiny')")
+  monkeypatch.chdir(tmp_path)
+  assert sweep_cli.cli(["x", "--sweep=mine.py", "--workdir=w", "--mode=slurm"]) == 0
+  assert f"--sweep={tmp_path / 'mine.py'} " in (tmp_path / "w" / "slurm" / "a.sbatch").read_text()
+  assert sweep_cli.cli(["x", "--sweep=configs/sweeps/tiny_demo.py", "--workdir=w2",
+                        "--mode=slurm"]) == 0
+  capsys.readouterr()
+  assert sweep_cli.cli(["x", "--sweep=nope.py", "--workdir=w3"]) == 2
+  assert capsys.readouterr().err == (f"error: nope.py: no such file (here or under the "
+                                     f"repository root {REPO})\n")
+  write_sweep(tmp_path / "bad.py", "Member('a', 'my_configs/x.py')")
+  assert sweep_cli.cli(["x", "--sweep=bad.py", "--workdir=w4", "--mode=slurm"]) == 2
+  assert capsys.readouterr().err == (f"error: member a: my_configs/x.py: no such file (a member's "
+                                     f"config spec is relative to the repository root {REPO})\n")

@@ -128,10 +128,13 @@ def load_sweep(path: str) -> Sweep:
   """Reads a sweep file and checks its members (names, dependencies, spec files)."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)  # sweep and config files import `configs.*`
-  if not os.path.isfile(repo_path(path)):
-    raise FileNotFoundError(f"{path}: no such file")
+  # here, else (the shipped configs/sweeps/x.py from anywhere) under the repository root
+  where = os.path.abspath(path if os.path.isfile(path) else repo_path(path))
+  if not os.path.isfile(where):
+    raise FileNotFoundError(f"{path}: no such file" + (
+        "" if os.path.isabs(path) else f" (here or under the repository root {REPO})"))
   spec = importlib.util.spec_from_file_location(
-      "_sadm_sweep_" + re.sub(r"\W", "_", os.path.basename(path)), repo_path(path))
+      "_sadm_sweep_" + re.sub(r"\W", "_", os.path.basename(path)), where)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
@@ -152,7 +155,7 @@ def load_sweep(path: str) -> Sweep:
     ordered(members)
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
-  return Sweep(os.path.splitext(os.path.basename(path))[0], path, members)
+  return Sweep(os.path.splitext(os.path.basename(path))[0], where, members)
 
 
 def _spec(member: Member) -> str:
@@ -214,7 +217,9 @@ def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
   if isinstance(member.config, str):
     path = _spec(member).partition(":")[0]
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"member {member.name}: {member.config}: no such file")
+      raise FileNotFoundError(f"member {member.name}: {member.config}: no such file" + (
+          "" if os.path.isabs(member.config) else
+          f" (a member's config spec is relative to the repository root {REPO})"))
     # ml_collections loads every config file as the module 'config_config' with the deprecated
     # `load_module`, which executes it inside the module already there: the previous member's
     # get_config() (and other names) would survive into a file that does not define its own.
