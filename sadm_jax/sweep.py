@@ -12,8 +12,8 @@ in both runners. Members run in dependency order; W/m/config.json is the config 
 W/m/log.txt the output (subprocess runner), and W/m/DONE, written atomically after success, makes
 a re-run skip the member; a member whose dependency failed is not started. --mode=slurm renders
 one script per member from launch/slurm.sbatch plus W/slurm/submit.sh (afterok dependencies) and
-submits nothing. --report gathers the reporting members' report/metrics.json rows into
-W/sweep_report.{csv,md}, tabulated by the evaluation package.
+submits nothing. --report gathers the reporting members' (of --members) report/metrics.json
+rows into W/sweep_report.{csv,md}, tabulated by the evaluation package.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(f, extra: Sequence[str]) -> int:
   validate_paths.check_workdir(f.workdir)  # a file or an unwritable place: one line, exit 2
   workdir = os.path.abspath(f.workdir)
   if f.report:
-    print(report.write_report(sweep, workdir), end="")
+    print(report.write_report(sweep, workdir, sweep.select(f.members)), end="")
     return 0
   members = sweep.select(f.members)
   in_memory = [m.name for m in members if not isinstance(m.config, str)]

@@ -148,3 +148,20 @@ def test_a_finished_member_without_a_report_is_not_called_missing(tmp_path, caps
       "Missing (no report/metrics.json, 1): later",
       "Finished without report/metrics.json (not an evaluation; Member(..., report=False) leaves "
       "it out, 1): train"]
+
+
+def test_a_report_of_some_members_has_only_those(tmp_path, capsys):
+  """--members was ignored by --report: every member was reported."""
+  spec = write_sweep(tmp_path / "r.py", "Member('one', 'configs/evaluate.py'), "
+                                        "Member('two', 'configs/evaluate.py')")
+  work = tmp_path / "w"
+  for name in ("one", "two"):
+    _report_rows(str(work / name / "report" / "metrics.json"),
+                 [["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59]])
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report",
+                        "--members=two"]) == 0
+  md = capsys.readouterr().out
+  assert "## two" in md and "one" not in md
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report",
+                        "--members=three"]) == 2
+  assert capsys.readouterr().err.startswith("error: unknown member(s) three; the sweep has ")
