@@ -399,3 +399,22 @@ def test_a_sweep_file_is_found_relative_to_the_current_directory(tmp_path, monke
   assert sweep_cli.cli(["x", "--sweep=bad.py", "--workdir=w4", "--mode=slurm"]) == 2
   assert capsys.readouterr().err == (f"error: member a: my_configs/x.py: no such file (a member's "
                                      f"config spec is relative to the repository root {REPO})\n")
+
+
+def test_a_stopped_member_that_cannot_resume_stops_the_run_before_any_member(tmp_path):
+  """Its changed config was refused when the member was reached, after the ones before it."""
+  from sadm_jax.train import workdir as workdir_lib
+  a, b = Member("a", CDDPM), Member("b", CDDPM, ["--config.model.unet.num_res_blocks=2"])
+  saved = member_config(b, str(tmp_path)).to_dict()
+  (tmp_path / "b" / "checkpoints" / "2").mkdir(parents=True)  # stopped after step 2
+  saved["model"]["unet"]["num_res_blocks"] = 1  # it started with another network
+  (tmp_path / "b" / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  fake = FakeRunner()
+  with pytest.raises(ValueError, match=r"^member b: .*/b: holds a run started with another "
+                                       r"config \(model.unet.num_res_blocks 1 → 2\)"):
+    runner.run_local([a, b], str(tmp_path), (), fake)
+  assert fake.calls == []
+  saved["model"]["unet"]["num_res_blocks"] = 2  # the same config: it resumes
+  (tmp_path / "b" / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  assert runner.run_local([a, b], str(tmp_path), (), fake) == []
+  assert [c[0] for c in fake.calls] == ["a", "b"]

@@ -198,6 +198,21 @@ def check_member_workdir(member: Member, workdir: str) -> None:
                                 f"member {member.name}: --workdir")
 
 
+def check_member_resume(member: Member, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A training member whose run in W/<member> stopped (checkpoints, no DONE) resumes only with
+  the keys it started with (`train.workdir.check_config`): refused before any member starts,
+  not when it is reached, after the members before it."""
+  from sadm_jax import validate, validate_paths
+  mdir = os.path.join(workdir, member.name)
+  if config.stage not in validate.TRAINING_STAGES or not validate_paths._holds_steps(mdir):
+    return  # (nothing to resume: no JAX imported for it)
+  from sadm_jax.train import workdir as workdir_lib
+  try:
+    workdir_lib.check_config(config, mdir)
+  except ValueError as e:
+    raise ValueError(f"member {member.name}: {e}") from None
+
+
 def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
                   ) -> ml_collections.ConfigDict:
   """The config `sadm_jax.main` builds from the member's arguments (ml_collections' flags)."""

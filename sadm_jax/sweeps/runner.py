@@ -16,8 +16,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import ml_collections
 
-from sadm_jax.sweeps.members import (REPO, Member, check_member_config, check_member_workdir,
-                                      main_command, member_config, ordered)
+from sadm_jax.sweeps.members import (REPO, Member, check_member_config, check_member_resume,
+                                      check_member_workdir, main_command, member_config,
+                                      ordered)
 from sadm_jax.utils import io
 
 DONE = "DONE"
@@ -149,6 +150,7 @@ def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = ()
     if not is_done(workdir, m.name):
       check_member_config(m, configs[m.name])
       check_member_workdir(m, workdir)
+      check_member_resume(m, configs[m.name], workdir)
   primary = is_primary() if primary is None else primary
   failed: list[str] = []
   for i, m in enumerate(members, 1):
