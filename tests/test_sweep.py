@@ -28,6 +28,11 @@ def test_members_are_checked_when_built():
     Member("a", CDDPM, ["--config.sadm.cddpm_workdir={work_dir}/c"])  # was: reached the member
   Member("a", CDDPM, ["--config.sadm.cddpm_workdir={workdir}/c",
                       "--config.mesh.fsdp_rules=(('kernel{2}', 'fsdp'),)"])
+  with pytest.raises(ValueError, match=r"^member a: --config.seed is given 2 times "
+                                       r"\(--config.seed=1, --config.seed=3\); give it once$"):
+    Member("a", CDDPM, ["--config.seed=1", "--config.seed=3"])  # was: seed 3, without a word
+  with pytest.raises(ValueError, match=r"^member seed=2: --config.seed is given 2 times"):
+    grid({"seed": [2]}, CDDPM, overrides=["--config.seed=1"])
   m = Member("a", CDDPM, ["--config.seed=3"], after=["b"])
   assert m.overrides == ("--config.seed=3",) and m.after == ("b",)
 

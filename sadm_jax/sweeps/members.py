@@ -41,6 +41,12 @@ class Member:
     bad = [o for o in self.overrides if not (isinstance(o, str) and OVERRIDE_RE.match(o))]
     if bad:
       raise ValueError(f"member {self.name}: {bad[0]!r} is not a --config.key=value override")
+    keys = [OVERRIDE_RE.match(o).group(1) for o in self.overrides]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:  # the last would win without a word (e.g. grid() axes over `overrides`)
+      given = [o for o in self.overrides if OVERRIDE_RE.match(o).group(1) == twice[0]]
+      raise ValueError(f"member {self.name}: --config.{twice[0]} is given {len(given)} times "
+                       f"({', '.join(given)}); give it once")
     for o in self.overrides:  # '{work_dir}' or '{w}' would reach the member as it is
       other = [p for p in PLACEHOLDER_RE.findall(o) if p != "workdir"]
       if other:
