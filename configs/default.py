@@ -181,5 +181,5 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- Table-1 reproduction (stage=reproduce, configs/reproduce.py) ----
   rp = c.reproduce = ml_collections.ConfigDict()
-  rp.repeats = 1  # n > 1: every model trained n times (IXI folds 0..n-1), mean ± std in the table
+  rp.repeats = 1  # n = 2..5: every model trained n times (IXI folds 0..n-1), mean ± std in the table
   return c

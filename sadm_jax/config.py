@@ -113,6 +113,10 @@ def parse_config_flags(fv, argv):
 
 def _flags_error_line(e: Exception, argv) -> str:
   from absl import flags
+  if "get_config() takes 0 positional arguments but 1 was given" in str(e):  # default.py:tiny
+    spec = (flag_values(argv, "config") or [""])[0]
+    return (f"--config={spec}: this config file takes no ':' argument; give "
+            f"--config={spec.rsplit(':', 1)[0]} (its get_config() has no parameter)")
   if isinstance(e, flags.Error):
     return one_line(str(e))
   if not isinstance(e, (AttributeError, KeyError, TypeError, ValueError, OSError)):

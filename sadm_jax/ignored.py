@@ -65,7 +65,18 @@ def _spark(c) -> str:
   return "stage spark pretrains the encoder from scratch; stage cddpm reads this setting"
 
 
+def _demo_sets(c) -> str:
+  return (f"stage {c.stage} sets it for each of its runs (data: its synthetic cohort, "
+          "demo.root; steps and learning rates: demo.<stage>_steps, demo.<stage>_learning_rate)")
+
+
+# Settings the demo and the reproduction give each of their runs (demo_job.stage_config,
+# reproduce.members), whatever the command line says.
+_DEMO_SET = ("data.data_dir", "train.num_steps", "train.num_epochs", "optimizer.learning_rate",
+             "sadm.mode", "sadm.cddpm_workdir", "evaluate.cddpm_workdir", "evaluate.sadm_workdirs")
+
 RULES = (
+    Rule(("demo", "reproduce"), _DEMO_SET, _demo_sets),
     Rule(("sadm",), _WEAK_ROWS, _draem_mode),
     Rule(("sadm",), _ANOMALY, _weak_mode),
     Rule(("sadm",), ("sadm.cddpm_workdir", "sadm.use_residual", "sadm.frozen_train_mode"),

@@ -20,6 +20,7 @@ VARIANTS = {"sadm_draem": ("draem", True), "sadm_brats": ("brats", True),
 # sadm.mode -> the evaluation's train_anomalies label (sadm_jax.evaluate: SADM_MODES).
 ANOMALIES = {"draem": "draem", "brats": "Brats21", "atlas": "ATLAS_v2"}
 PATHOLOGIES = ("Brats21", "ATLAS_v2", "WMH")  # the claims' "every pathology" (DRAEM is synthetic)
+CLAIM_METHODS = ("cddpm", "sadm")  # evaluate.methods the claims compare (sadm: SADM and UNet rows)
 # The claims compare Dice at the validation-selected threshold τ: the mean test Dice ('dice') and
 # the Dice of the pooled validation voxels at τ ('val_pooled_dice'), means over repeats.
 METRICS = {"test": "dice", "validation": "val_pooled_dice"}
@@ -49,13 +50,18 @@ class ReproduceError(ValueError):
 # ----------------------------------------------------------------------------- the sweep
 
 
+def cohort_root(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The demo cohort's folder (DATA_DIR): `demo.root`, else W/demo_data."""
+  return config.demo.root or os.path.join(workdir, "demo_data")
+
+
 def cohort(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Generates the demo cohort (skipped when complete, e.g. a demo run's, `demo.root`); every
   demo cohort has >= demo_job.MIN_LABELLED labelled BraTS- and ATLAS-like validation volumes for
   weak supervision. Returns DATA_DIR."""
   from sadm_jax import demo_job
   from sadm_jax.data import synthetic
-  root = config.demo.root or os.path.join(workdir, "demo_data")
+  root = cohort_root(config, workdir)
   t = time.time()
   summary = synthetic.generate_cohort(root, demo_job.demo_config(config))
   done = "complete already, reused" if summary["skipped"] else f"{time.time() - t:.1f} s"
@@ -250,8 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  data_dir = cohort(config, workdir)
-  ms = members(config, workdir, data_dir)
+  ms = members(config, workdir, cohort_root(config, workdir))
   stale = stale_members(ms, workdir)
   if stale:
     raise ReproduceError(
@@ -259,6 +264,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         + "; ".join(f"{n} ({why})" for n, why in stale) + ". Remove them ("
         + " ".join(os.path.join(workdir, n) for n, _ in stale)
         + ") to train them again, or use a new --workdir")
+  # After the check: another demo.seed or demo.size regenerates the cohort in place, under the
+  # finished runs that were trained on it.
+  cohort(config, workdir)
   outputs = [os.path.join(workdir, "claims.json"), os.path.join(workdir, "report", "table.md"),
              os.path.join(workdir, "report", "metrics.csv")]
   if jax.process_index() == 0:  # an earlier run's report is not this run's: gone until rewritten
@@ -280,10 +288,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          f"{os.path.join(workdir, 'evaluate')} to evaluate again") from None
   claims = check_claims(rows)
   claims["seconds_this_run"] = round(time.time() - t0, 1)
-  claims["member_seconds"] = {}  # from each member's DONE: the time of the run that finished it
-  for m in ms:
-    with open(os.path.join(workdir, m.name, runner.DONE), encoding="utf-8") as f:
-      claims["member_seconds"][m.name] = json.load(f)["seconds"]
+  # from each member's DONE: the time of the run that finished it (null: a marker made by hand)
+  claims["member_seconds"] = {m.name: runner.done_seconds(workdir, m.name) for m in ms}
   text = table_markdown(rows, protocol, claims, int(config.reproduce.repeats))
   if jax.process_index() == 0:
     # claims.json last: once it is there, table.md and metrics.csv are this run's too
@@ -293,7 +299,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(report.format_table(rows))
     print("\n".join(verdict_lines(claims)))
     print(f"reproduce: {claims['seconds_this_run']} s (members: "
-          f"{sum(claims['member_seconds'].values()):.0f} s); written: "
+          f"{sum(filter(None, claims['member_seconds'].values())):.0f} s); written: "
           f"{os.path.join(workdir, 'report', 'table.md')}, {os.path.join(workdir, 'claims.json')}",
           flush=True)
   return claims

@@ -12,8 +12,8 @@ in both runners. Members run in dependency order; W/m/config.json is the config 
 W/m/log.txt the output (subprocess runner), and W/m/DONE, written atomically after success, makes
 a re-run skip the member; a member whose dependency failed is not started. --mode=slurm renders
 one script per member from launch/slurm.sbatch plus W/slurm/submit.sh (afterok dependencies) and
-submits nothing. --report gathers the reporting members' report/metrics.json rows into
-W/sweep_report.{csv,md}, tabulated by the evaluation package.
+submits nothing. --report gathers the reporting members' (of --members) report/metrics.json
+rows into W/sweep_report.{csv,md}, tabulated by the evaluation package.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import sys
 from typing import Sequence
 
+from sadm_jax import config as config_lib
 from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps import report, runner, slurm
 from sadm_jax.sweeps.members import Member, flag, grid  # noqa: F401  (the public API)
@@ -32,12 +33,22 @@ def main(f, extra: Sequence[str]) -> int:
   """Runs the command line parsed into `f` (absl FlagValues); returns the exit code."""
   from sadm_jax import validate_paths
   sweep = members_lib.load_sweep(f.sweep)
+  if f.report and not os.path.isdir(f.workdir):  # a typo: not a new folder with an empty report
+    validate_paths.check_dir_path(f.workdir, "--workdir")  # (a file, a URL: its own line)
+    raise ValueError(f"--workdir={f.workdir}: no such directory (--report reads the members' "
+                     "reports of a sweep run there)")
   validate_paths.check_workdir(f.workdir)  # a file or an unwritable place: one line, exit 2
   workdir = os.path.abspath(f.workdir)
   if f.report:
-    print(report.write_report(sweep, workdir), end="")
+    print(report.write_report(sweep, workdir, sweep.select(f.members)), end="")
     return 0
   members = sweep.select(f.members)
+  in_memory = [m.name for m in members if not isinstance(m.config, str)]
+  if in_memory and (f.mode == "slurm" or f.runner == "subprocess"):  # was: refused when reached
+    how = "--mode=slurm's jobs run" if f.mode == "slurm" else "--runner=subprocess runs"
+    raise ValueError(f"member(s) {', '.join(in_memory)} have an in-memory config (a ConfigDict), "
+                     f"but {how} `python -m sadm_jax.main --config=<file>`: give them a "
+                     "'configs/x.py[:arg]' spec, or run locally with --runner=inprocess")
   if f.mode == "slurm":
     paths = slurm.write_slurm(sweep, workdir, members, extra)
     print(f"wrote {len(paths) - 1} job script(s) under {os.path.dirname(paths[-1])}; submit "
@@ -93,15 +104,24 @@ def cli(argv: Sequence[str] | None = None) -> int:
     print(f"error: unexpected arguments: {' '.join(rest[1:])} (member overrides go after --)",
           file=sys.stderr)
     return 2
+  for name in ("sweep", "workdir", "mode", "runner", "members"):  # absl keeps the last one
+    values = config_lib.flag_values(ours, name)
+    if len(values) > 1:
+      print(f"error: --{name} is given {len(values)} times ({', '.join(values)}); give one",
+            file=sys.stderr)
+      return 2
   flags.FLAGS.mark_as_parsed()  # grain and absl logging read the global flags
   logging.set_verbosity(logging.WARNING)
   try:
-    return main(fv, extra)
+    with runner.terminate_as_interrupt():
+      return main(fv, extra)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:  # Ctrl-C: members write whole files, finished ones keep their DONE
-    print(f"error: sweep interrupted (SIGINT); finished members keep {runner.DONE}: run the same "
+  except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: members write whole files, finished ones
+    # keep their DONE
+    name = "SIGTERM" if isinstance(e, runner.Terminated) else "SIGINT"
+    print(f"error: sweep interrupted ({name}); finished members keep {runner.DONE}: run the same "
           "command again to resume", file=sys.stderr, flush=True)
     return runner.INTERRUPTED
 

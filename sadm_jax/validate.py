@@ -34,10 +34,19 @@ CHOICES = {
 EVALUATE_METHODS = ("threshold", "cddpm", "sadm")
 EVALUATE_TEST_SETS = ("Brats21", "ATLAS_v2", "MSLUB", "WMH", "DRAEM")
 FSDP_RULE_KINDS = ("fsdp", "replicate")
+MODEL_NAMES = ("encoder", "unet", "spark", "segnet")  # model.names (describe.model_specs)
 # SparK's ResNet-50 encoder sees slices whose sides are multiples of its stride (models.resnet).
 SPARK_GRID_MULTIPLE = 32
 SEGNET_DEPTH = 4  # models.segnet.SegUnet's levels (not a config setting)
 TRAINING_STAGES = ("spark", "cddpm", "sadm")
+
+
+def _as_tuple(key: str, unknown) -> str:
+  """For values given as one string ('Brats21,WMH' is one name): the tuple they meant."""
+  if not any("," in str(v) for v in unknown):
+    return ""
+  meant = tuple(p.strip() for v in unknown for p in str(v).split(",") if p.strip())
+  return f", as a tuple: --config.{key}=\"{meant!r}\""
 
 
 def check_choices(config: ml_collections.ConfigDict) -> None:
@@ -49,14 +58,27 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
   if config.stage == "prepare" and unknown:  # e.g. 'IXI_test,WMH_val' given as one string
     _fail(f"--config.data.splits has unknown split(s) {unknown}; expected a subset of "
           f"{', '.join(SPLIT_NAMES)}, as a tuple: --config.data.splits=\"('IXI_test', 'WMH_val')\"")
+  names = tuple(config.model.names)  # e.g. 'encoder,unet' given as one string
+  if config.stage == "describe" and (not names or any(n not in MODEL_NAMES for n in names)):
+    _fail(f"--config.model.names={names!r} must name 1 or more of "
+          f"{', '.join(map(repr, MODEL_NAMES))}, as a tuple: "
+          "--config.model.names=\"('encoder', 'unet')\"")
   unknown = [m for m in config.evaluate.methods if m not in EVALUATE_METHODS]
   if config.stage in ("evaluate", "demo") and unknown:
     _fail(f"--config.evaluate.methods has unknown method(s) {unknown}; expected a subset of "
-          f"{', '.join(map(repr, EVALUATE_METHODS))}")
+          f"{', '.join(map(repr, EVALUATE_METHODS))}{_as_tuple('evaluate.methods', unknown)}")
   unknown = [s for s in config.evaluate.test_sets if s not in EVALUATE_TEST_SETS]
   if config.stage in ("evaluate", "demo", "reproduce") and unknown:
     _fail(f"--config.evaluate.test_sets has unknown set(s) {unknown}; expected a subset of "
-          f"{', '.join(map(repr, EVALUATE_TEST_SETS))}")
+          f"{', '.join(map(repr, EVALUATE_TEST_SETS))}{_as_tuple('evaluate.test_sets', unknown)}")
+  if config.stage == "reproduce":  # the claims read these rows: without them, all "do NOT hold"
+    from sadm_jax.reproduce import CLAIM_METHODS, PATHOLOGIES
+    for key, needed in (("methods", CLAIM_METHODS), ("test_sets", PATHOLOGIES)):
+      lacking = [v for v in needed if v not in config.evaluate[key]]
+      if lacking:
+        _fail(f"--config.evaluate.{key}={tuple(config.evaluate[key])!r} lacks "
+              f"{', '.join(map(repr, lacking))}: the paper's claims (stage reproduce) need "
+              f"evaluate.{key} {', '.join(map(repr, needed))}")
   for key in ("methods", "test_sets"):  # twice: evaluated twice and reported as two folds
     values = list(config.evaluate[key])
     twice = sorted({v for v in values if values.count(v) > 1})
@@ -153,11 +175,13 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
 
 
 def check_training(config: ml_collections.ConfigDict) -> None:
-  """Step counts, cadences, batch size, learning rate: what needs no device count."""
+  """Step counts, cadences, batch size, learning rate: what needs no device count. The demo and
+  the reproduction train with these too, their steps and learning rates aside (`demo.*`)."""
   t = config.train
-  if t.num_steps < 0:
+  budgets = config.stage in ("demo", "reproduce")  # (check_budgets)
+  if t.num_steps < 0 and not budgets:
     _fail(f"--config.train.num_steps={t.num_steps} must be >= 0 (0 = use train.num_epochs)")
-  if not t.num_steps and t.num_epochs <= 0:
+  if not t.num_steps and t.num_epochs <= 0 and not budgets:
     _fail(f"--config.train.num_epochs={t.num_epochs} must be > 0 (or set train.num_steps > 0)")
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "batch_size"):
     if t[key] <= 0:
@@ -167,7 +191,7 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   if config.data.loader_workers < 0:
     _fail(f"--config.data.loader_workers={config.data.loader_workers} must be >= 0 (0 = in this "
           "process)")
-  if not config.optimizer.learning_rate > 0:
+  if not config.optimizer.learning_rate > 0 and not budgets:
     _fail(f"--config.optimizer.learning_rate={config.optimizer.learning_rate} must be > 0")
   o = config.optimizer
   for key in ("b1", "b2"):
@@ -203,7 +227,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.mesh.fsdp_rules: rule {rule!r} has kind {kind!r}; expected one of "
             f"{', '.join(map(repr, FSDP_RULE_KINDS))}")
   u = config.model.unet  # every UNet width, a multiple of model_channels, is GroupNorm'ed
-  if config.stage == "cddpm" and (u.num_groups <= 0 or u.model_channels % u.num_groups):
+  if (config.stage == "cddpm" or budgets) and (u.num_groups <= 0
+                                                or u.model_channels % u.num_groups):
     _fail(f"--config.model.unet.model_channels={u.model_channels} is not divisible by "
           f"num_groups={u.num_groups} (GroupNorm)")
 
@@ -238,8 +263,10 @@ def check_budgets(config: ml_collections.ConfigDict) -> None:
       _fail(f"--config.demo.{stage}_learning_rate={d[f'{stage}_learning_rate']} must be > 0")
   if not (_is_int(d.seed) and d.seed >= 0):  # numpy's "expected non-negative integer"
     _fail(f"--config.demo.seed={d.seed} must be >= 0")
-  if config.stage == "reproduce" and not config.reproduce.repeats >= 1:
-    _fail(f"--config.reproduce.repeats={config.reproduce.repeats} must be >= 1")
+  repeats = config.reproduce.repeats  # repeat k trains on IXI fold k (`reproduce.members`)
+  if config.stage == "reproduce" and not 1 <= repeats <= NUM_FOLDS:
+    _fail(f"--config.reproduce.repeats={repeats} must be in [1, {NUM_FOLDS}] (repeat k trains on "
+          f"the IXI fold k: IXI_train_fold0..{NUM_FOLDS - 1})")
 
 
 def check_preprocess(config: ml_collections.ConfigDict) -> None:
@@ -257,7 +284,9 @@ def check_preprocess(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.data.preprocess: stage {config.stage} needs slices whose sides are multiples "
           f"of {multiple} ({why}), got {grid[0]}x{grid[1]} (crop_size "
           f"{cfg.crop_size[0]}x{cfg.crop_size[1]} / downsample {cfg.downsample})")
-  if config.stage == "spark":  # round(h·w·(1 − mask_ratio)) visible patches (models.spark)
+  spark = config.stage == "spark" or (config.stage in ("demo", "reproduce")
+                                      and config.demo.spark_steps > 0)  # (pretrains first)
+  if spark:  # round(h·w·(1 − mask_ratio)) visible patches (models.spark)
     h, w = grid[0] // SPARK_GRID_MULTIPLE, grid[1] // SPARK_GRID_MULTIPLE
     ratio = config.model.spark.mask_ratio
     keep = round(h * w * (1.0 - ratio))
@@ -297,7 +326,7 @@ def check_values(config: ml_collections.ConfigDict, stages) -> ml_collections.Co
   check_choices(resolved)
   check_finite(resolved)
   check_ranges(resolved)
-  if config.stage in TRAINING_STAGES:
+  if config.stage in TRAINING_STAGES + ("demo", "reproduce"):  # (the last two train 3 models)
     check_training(resolved)
   if config.stage in ("demo", "reproduce"):
     check_budgets(resolved)
@@ -321,7 +350,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str, stages) -> None:
   """Every check for `config.stage`; raises ConfigError (one line). The workdir check comes last:
   it creates a missing workdir, which only a start that passed every other check may do."""
   resolved = check_static(config, stages, workdir)
-  if config.stage in TRAINING_STAGES:
+  if config.stage in TRAINING_STAGES + ("demo", "reproduce"):  # (the last two train too)
     import jax
     check_mesh(resolved, jax.device_count(), jax.process_count())
   check_workdir(workdir)

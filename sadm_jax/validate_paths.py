@@ -65,6 +65,13 @@ def check_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -
               f"sadm_workdirs[{first}]; list each SADM workdir once")
   if stage in ("demo", "reproduce") and config.demo.root:
     check_dir_path(config.demo.root, "--config.demo.root")
+  if stage in ("demo", "reproduce") and workdir:  # both write W/report/: one would mix the other's
+    other, marker = (("reproduction", "claims.json") if stage == "demo"
+                     else ("evaluation (a demo's or an evaluate run's)", "report/metrics.json"))
+    if os.path.isfile(os.path.join(workdir, marker)):
+      _fail(f"--workdir={workdir} holds a {other} ({marker}); stage {stage} would mix its report/ "
+            f"with that one: give it another workdir (--config.demo.root="
+            f"{os.path.join(workdir, 'demo_data')} reuses the cohort there)")
   if stage == "predict":
     p = config.predict
     if p.threshold is not None and not math.isfinite(p.threshold):

@@ -310,6 +310,16 @@ def _config_flags_error(argv) -> str:
   return str(e.value)
 
 
+@pytest.mark.parametrize("argv", [["--config=configs/default.py:tiny"],
+                                  ["--config", "configs/default.py:tiny", "--config.seed=1"]])
+def test_an_argument_to_a_config_file_that_takes_none_is_one_line(argv):
+  """Was: 'Error whilst parsing config file: TypeError: get_config() takes 0 positional
+  arguments but 1 was given'."""
+  assert _config_flags_error(["main", *argv, "--workdir=/w"]) == (
+      "--config=configs/default.py:tiny: this config file takes no ':' argument; give "
+      "--config=configs/default.py (its get_config() has no parameter)")
+
+
 @pytest.mark.parametrize("extra", [[], ["--config.seed=1"]])
 def test_config_given_twice_is_one_line_naming_both(extra):
   """Was: the last file silently won, or with an override 'The flag 'config.seed' is defined

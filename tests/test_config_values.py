@@ -5,12 +5,12 @@ import re
 
 import pytest
 
-from configs import cddpm, evaluate, predict, prepare, sadm_draem, spark_pretrain
+from configs import cddpm, demo, evaluate, predict, prepare, sadm_draem, spark_pretrain
 from sadm_jax import config as config_lib
 from sadm_jax import validate, validate_paths
 
-CONFIGS = {"cddpm": cddpm, "evaluate": evaluate, "predict": predict, "prepare": prepare,
-           "sadm": sadm_draem, "spark": spark_pretrain}
+CONFIGS = {"cddpm": cddpm, "demo": demo, "evaluate": evaluate, "predict": predict,
+           "prepare": prepare, "sadm": sadm_draem, "spark": spark_pretrain}
 
 
 def _check(stage: str, overrides: dict, tmp_path):
@@ -106,6 +106,17 @@ def _check(stage: str, overrides: dict, tmp_path):
      "--config.model.spark.mask_ratio=0.95 leaves 0 of the 3x3 patches visible"),
     ("spark", {"model.spark.mask_ratio": 0.05},
      "--config.model.spark.mask_ratio=0.05 leaves 9 of the 3x3 patches visible"),
+    # one string ('Brats21,WMH' is one set's name): the tuple meant, as data.splits says
+    ("evaluate", {"evaluate.test_sets": ("Brats21,WMH",)},
+     "--config.evaluate.test_sets has unknown set(s) ['Brats21,WMH']; expected a subset of "
+     "'Brats21', 'ATLAS_v2', 'MSLUB', 'WMH', 'DRAEM', as a tuple: "
+     "--config.evaluate.test_sets=\"('Brats21', 'WMH')\""),
+    ("evaluate", {"evaluate.methods": ("cddpm, sadm",)},
+     "--config.evaluate.methods has unknown method(s) ['cddpm, sadm']; expected a subset of "
+     "'threshold', 'cddpm', 'sadm', as a tuple: --config.evaluate.methods=\"('cddpm', 'sadm')\""),
+    # the demo pretrains SparK first: the mask ratio was checked for stage spark only
+    ("demo", {"demo.spark_steps": 2, "model.spark.mask_ratio": 0.95},
+     "--config.model.spark.mask_ratio=0.95 leaves 0 of the "),
     ("spark", {"model.spark.decoder_width": 16},
      "--config.model.spark.decoder_width=16 must be >= 32"),
     # inf passed every `> 0` check: a learning rate of inf trained to a NaN loss at step 2
@@ -237,7 +248,11 @@ def test_paths_the_shell_left_unexpanded_or_empty_are_refused(tmp_path, monkeypa
 
 @pytest.mark.parametrize("name,key,value,expected", [
     # built the demo cohort (and prepared it) first, then stopped at the first stage reading it
-    ("reproduce", "reproduce.repeats", 0, "--config.reproduce.repeats=0 must be >= 1"),
+    ("reproduce", "reproduce.repeats", 0, "--config.reproduce.repeats=0 must be in [1, 5]"),
+    # repeat k trains on IXI fold k: was refused after the cohort, as 'member cddpm-5:
+    # --config.data.fold=5 must be < 5', a setting the user never gave
+    ("reproduce", "reproduce.repeats", 6, "--config.reproduce.repeats=6 must be in [1, 5] (repeat "
+     "k trains on the IXI fold k: IXI_train_fold0..4)"),
     ("reproduce", "demo.cddpm_steps", -5, "--config.demo.cddpm_steps=-5 must be >= 1"),
     ("demo", "demo.sadm_steps", 0, "--config.demo.sadm_steps=0 must be >= 1"),
     # a negative SparK budget was taken for 0 (no pretraining) without a word
@@ -259,6 +274,100 @@ def test_demo_and_reproduce_budgets_are_refused_before_the_cohort(name, key, val
   validate.check_values(c, config_lib.STAGES)
   c.demo.spark_steps, c.demo.spark_learning_rate = 0, 0.0  # not read without SparK
   validate.check_values(c, config_lib.STAGES)
+
+
+@pytest.mark.parametrize("name", ["demo", "reproduce"])
+@pytest.mark.parametrize("key,value,expected", [
+    ("train.batch_size", 0, "--config.train.batch_size=0 must be > 0"),
+    ("optimizer.b1", 2.0, "--config.optimizer.b1=2.0 must be in [0, 1)"),
+    ("optimizer.weight_decay", 0.1, "--config.optimizer.weight_decay=0.1 is not used by "
+     "optimizer.name='adam'"),  # was: trained without decay, without a word
+    ("model.unet.num_groups", 5, "--config.model.unet.model_channels=16 is not divisible by "
+     "num_groups=5 (GroupNorm)"),
+])
+def test_the_demo_and_the_reproduction_check_the_training_values_they_train_with(
+    name, key, value, expected):
+  """Were checked by the training stages only: the demo trained with them (a silent no-decay
+  Adam, a diverging b1); the reproduction refused them after building its cohort."""
+  import importlib
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  section, field = key.rsplit(".", 1)
+  config_lib.at(c, section)[field] = value
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(expected)):
+    validate.check_values(c, config_lib.STAGES)
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  c.train.num_steps, c.optimizer.learning_rate = -1, 0.0  # the budgets (demo.*) replace these
+  validate.check_values(c, config_lib.STAGES)
+
+
+@pytest.mark.parametrize("name", ["demo", "reproduce"])
+def test_the_demo_and_the_reproduction_check_the_batch_against_the_devices(name, tmp_path,
+                                                                          monkeypatch):
+  """Were left to the first training, after the cohort was built."""
+  import importlib
+
+  import jax
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  c.train.batch_size = 5
+  monkeypatch.setattr(jax, "device_count", lambda: 2)
+  with pytest.raises(validate.ConfigError, match=r"^--config.train.batch_size=5 \(global\) is not "
+                                                 r"divisible by the 2 device\(s\) of the mesh$"):
+    validate.validate(c, str(tmp_path / "w"), config_lib.STAGES)
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("methods", ("threshold", "sadm"), "--config.evaluate.methods=('threshold', 'sadm') lacks "
+     "'cddpm': the paper's claims (stage reproduce) need evaluate.methods 'cddpm', 'sadm'"),
+    ("test_sets", ("Brats21", "DRAEM"), "--config.evaluate.test_sets=('Brats21', 'DRAEM') lacks "
+     "'ATLAS_v2', 'WMH': the paper's claims (stage reproduce) need evaluate.test_sets 'Brats21', "
+     "'ATLAS_v2', 'WMH'"),
+])
+def test_a_reproduction_without_the_rows_its_claims_compare_is_refused(key, value, expected):
+  """Was: every member trained and evaluated, then each claim 'does NOT hold' on n/a numbers."""
+  from configs import reproduce
+  c = reproduce.get_config("tiny")
+  c.evaluate[key] = value
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(expected) + "$"):
+    validate.check_values(c, config_lib.STAGES)
+  c.stage = "evaluate"  # an evaluation may report any subset
+  validate.check_values(c, config_lib.STAGES)
+
+
+@pytest.mark.parametrize("names", [("encoder,unet",), (), ("encoder", "decoder")])
+def test_describe_refuses_model_names_it_cannot_describe(names):
+  """Was: 'unknown model name ...' once JAX had started, and () an empty table with exit 0."""
+  from configs import cddpm
+  c = cddpm.get_config("tiny")
+  c.stage, c.model.names = "describe", names
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(
+      f"--config.model.names={names!r} must name 1 or more of 'encoder', 'unet', 'spark', "
+      "'segnet', as a tuple: --config.model.names=\"('encoder', 'unet')\"") + "$"):
+    validate.check_values(c, config_lib.STAGES)
+  from sadm_jax import describe
+  c.model.names = validate.MODEL_NAMES  # every name it accepts, describe knows
+  assert tuple(describe.model_specs(c)) == validate.MODEL_NAMES
+
+
+@pytest.mark.parametrize("stage,marker,other", [
+    ("reproduce", "report/metrics.json", "evaluation (a demo's or an evaluate run's)"),
+    ("demo", "claims.json", "reproduction")])
+def test_the_demo_and_the_reproduction_refuse_each_others_workdir(stage, marker, other, tmp_path):
+  """Both write W/report/: the reproduction removed and rewrote a demo's report/metrics.csv
+  beside its report.md and metrics.json; the demo overwrote a reproduction's."""
+  import importlib
+  c = importlib.import_module(f"configs.{stage}").get_config("tiny")
+  w = tmp_path / "w"
+  validate.check_static(c, config_lib.STAGES, str(w))
+  (w / "report").mkdir(parents=True)
+  (w / "report" / "table.md").write_text("")  # its own (reproduce), or any other file: fine
+  validate.check_static(c, config_lib.STAGES, str(w))
+  (w / marker).write_text("{}")
+  with pytest.raises(validate.ConfigError, match="^" + re.escape(
+      f"--workdir={w} holds a {other} ({marker}); stage {stage} would mix its report/ with that "
+      f"one: give it another workdir (--config.demo.root={w / 'demo_data'} reuses the cohort "
+      "there)") + "$"):
+    validate.check_static(c, config_lib.STAGES, str(w))
 
 
 def test_a_workdir_that_is_a_dangling_link_says_so(tmp_path):

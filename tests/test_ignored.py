@@ -58,6 +58,17 @@ def test_every_rule_names_settings_of_the_base_config():
      ["model.encoder.pretrained_workdir"],
      ["--config.model.encoder.pretrained_workdir='runs/spark' has no effect: stage spark "
       "pretrains the encoder from scratch; stage cddpm reads this setting"]),
+    # the demo and the reproduction give each run its own: was taken without a word
+    ("demo", {"train.num_steps": 50, "data.data_dir": "/data"},
+     ["train.num_steps", "data.data_dir", "demo.cddpm_steps"],
+     [f"--config.{k}={v!r} has no effect: stage demo sets it for each of its runs (data: its "
+      "synthetic cohort, demo.root; steps and learning rates: demo.<stage>_steps, "
+      "demo.<stage>_learning_rate)" for k, v in (("data.data_dir", "/data"),
+                                                 ("train.num_steps", 50))]),
+    ("reproduce", {"sadm.mode": "brats"}, ["sadm.mode", "model.encoder.pretrained_workdir"],
+     ["--config.sadm.mode='brats' has no effect: stage reproduce sets it for each of its runs "
+      "(data: its synthetic cohort, demo.root; steps and learning rates: demo.<stage>_steps, "
+      "demo.<stage>_learning_rate)"]),
 ])
 def test_an_ignored_setting_is_named_with_its_reason(stage, values, given, expected):
   assert ignored.ignored(_config(stage, **values), given) == expected

@@ -104,3 +104,13 @@ def test_slurm_sets_jax_coordinator_per_task(tmp_path, tasks, visible, local_id,
 def test_slurm_refuses_a_directory_that_is_not_the_repository(tmp_path):
   res = _run("launch/slurm.sbatch", {**VALUES, "SLURM_SUBMIT_DIR": str(tmp_path)}, ARGS)
   assert res.returncode == 2 and "is not the sadm_jax repository" in res.stderr
+
+
+def test_slurm_refuses_tasks_that_do_not_spread_evenly_over_the_nodes():
+  """3 tasks on 2 nodes: tasks/node was 1, so the 2 tasks sharing a node's GPUs got no device of
+  their own (JAX_LOCAL_DEVICE_IDS) and both took every GPU of it."""
+  res = _run("launch/slurm.sbatch", {**VALUES, "SLURM_NTASKS": "3", "SLURM_SUBMIT_DIR": REPO,
+                                     "DRY_RUN": "1"}, ARGS)
+  assert (res.returncode, res.stdout) == (2, "")
+  assert res.stderr == ("SLURM_NTASKS=3 tasks do not spread evenly over SLURM_NNODES=2 nodes: "
+                        "submit with --ntasks-per-node (1 = per node, #GPUs = per GPU)\n")

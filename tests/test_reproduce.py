@@ -57,8 +57,9 @@ def test_repeats_train_every_model_per_fold_and_bad_budgets_fail(tmp_path):
   assert by["cddpm-1"].model.encoder.pretrained_workdir == "/w/spark-1"
   assert {m.name: m.after for m in ms}["cddpm-1"] == ("prepare", "spark-1")
   assert len(by["evaluate"].evaluate.sadm_workdirs) == 12
-  for key, value, msg in (("reproduce.repeats", 0, "--config.reproduce.repeats=0 must be >= 1"),
-                          ("demo.sadm_steps", 0, "--config.demo.sadm_steps=0 must be >= 1")):
+  for key, value, msg in (
+      ("reproduce.repeats", 0, r"--config.reproduce.repeats=0 must be in \[1, 5\]"),
+      ("demo.sadm_steps", 0, "--config.demo.sadm_steps=0 must be >= 1")):
     bad = reproduce_config.get_config("tiny")
     section, field = key.split(".")
     bad[section][field] = value
@@ -176,6 +177,36 @@ def test_a_rerun_refuses_finished_members_that_the_changed_command_would_not_rep
     shutil.rmtree(tmp_path / name)
   reproduce.run(c, str(tmp_path))
   assert (tmp_path / "claims.json").exists()
+
+
+def test_a_refused_rerun_leaves_the_cohort_of_the_finished_runs_alone(tmp_path, monkeypatch):
+  """Another demo.seed regenerated the cohort in place (minutes), under the finished runs trained
+  on it, and only then was refused."""
+  monkeypatch.setattr(runner, "run_inprocess", _fake_evaluation)
+  built = []
+  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: built.append(
+      config.demo.seed) or os.path.join(workdir, "demo_data"))
+  reproduce.run(reproduce_config.get_config("tiny"), str(tmp_path))
+  changed = reproduce_config.get_config("tiny")
+  changed.demo.seed = 5
+  with pytest.raises(reproduce.ReproduceError, match=r"prepare \(config differs in data\.|"
+                                                     r"prepare \(config differs in demo\.seed"):
+    reproduce.run(changed, str(tmp_path))
+  assert built == [0]  # the first run's cohort only
+
+
+def test_a_member_marked_finished_by_hand_does_not_fail_the_report(tmp_path, monkeypatch, capsys):
+  """`touch W/m/DONE` (the sweep's way to skip a member) failed the finished reproduction at its
+  last step with 'Expecting value: line 1 column 1 (char 0)', naming no file."""
+  monkeypatch.setattr(runner, "run_inprocess", _fake_evaluation)
+  monkeypatch.setattr(reproduce, "cohort", lambda config, workdir: "/data")
+  c = reproduce_config.get_config("tiny")
+  reproduce.run(c, str(tmp_path))
+  (tmp_path / "unet_atlas-0" / runner.DONE).write_text("")
+  claims = reproduce.run(c, str(tmp_path))
+  assert claims["member_seconds"]["unet_atlas-0"] is None
+  assert json.load(open(tmp_path / "claims.json"))["member_seconds"]["unet_atlas-0"] is None
+  assert "reproduce: " in capsys.readouterr().out
 
 
 def _run_in_first(tmp_path, monkeypatch) -> tuple:

@@ -22,6 +22,17 @@ def test_members_are_checked_when_built():
     Member("a", CDDPM, ["seed=3"])
   with pytest.raises(ValueError, match="overrides must be a list of strings"):
     Member("a", CDDPM, "--config.seed=3")
+  with pytest.raises(ValueError, match=r"^member a: '--config.sadm.cddpm_workdir=\{work_dir\}/c' "
+                                       r"has the placeholder \{work_dir\}; the only one is "
+                                       r"\{workdir\} \(the sweep's workdir\)$"):
+    Member("a", CDDPM, ["--config.sadm.cddpm_workdir={work_dir}/c"])  # was: reached the member
+  Member("a", CDDPM, ["--config.sadm.cddpm_workdir={workdir}/c",
+                      "--config.mesh.fsdp_rules=(('kernel{2}', 'fsdp'),)"])
+  with pytest.raises(ValueError, match=r"^member a: --config.seed is given 2 times "
+                                       r"\(--config.seed=1, --config.seed=3\); give it once$"):
+    Member("a", CDDPM, ["--config.seed=1", "--config.seed=3"])  # was: seed 3, without a word
+  with pytest.raises(ValueError, match=r"^member seed=2: --config.seed is given 2 times"):
+    grid({"seed": [2]}, CDDPM, overrides=["--config.seed=1"])
   m = Member("a", CDDPM, ["--config.seed=3"], after=["b"])
   assert m.overrides == ("--config.seed=3",) and m.after == ("b",)
 
@@ -39,11 +50,26 @@ def test_flag_writes_values_as_the_config_flags_read_them():
 def test_grid_names_members_by_their_values():
   ms = grid({"optimizer.learning_rate": [1e-3, 1e-4], "sadm.use_residual": [True]}, CDDPM,
             name="lr_{}", overrides=["--config.seed=1"], after=("cddpm",))
-  assert [m.name for m in ms] == ["lr_learning_rate=0.001,use_residual=True",
-                                  "lr_learning_rate=0.0001,use_residual=True"]
+  assert [m.name for m in ms] == ["lr_learning_rate=0.001_use_residual=True",
+                                  "lr_learning_rate=0.0001_use_residual=True"]
   assert ms[1].overrides == ("--config.seed=1", "--config.optimizer.learning_rate=0.0001",
                              "--config.sadm.use_residual=True")
   assert ms[1].after == ("cddpm",)
+
+
+def test_grid_refuses_an_axis_that_is_not_a_list_of_values():
+  """A string axis was iterated: {'seed': '123'} made seeds 1, 2 and 3, 'adamw' five members
+  named by its letters (refused as 'duplicate member names'); an empty axis added no member."""
+  with pytest.raises(ValueError, match=r"^grid axis seed='123': give a list of values, e\.g\. "
+                                       r"\['123'\]$"):
+    grid({"seed": "123"}, CDDPM)
+  with pytest.raises(ValueError, match=r"^grid axis optimizer.name='adamw': give a list"):
+    grid({"optimizer.name": "adamw"}, CDDPM)
+  with pytest.raises(ValueError, match=r"^grid axis seed=3: give a list"):
+    grid({"seed": 3}, CDDPM)
+  with pytest.raises(ValueError, match=r"^grid axis seed has no values$"):
+    grid({"seed": []}, CDDPM)
+  assert [m.name for m in grid({"seed": range(2)}, CDDPM)] == ["seed=0", "seed=1"]
 
 
 def test_ordered_follows_dependencies_stably_and_rejects_bad_graphs():

@@ -252,10 +252,169 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     ("def get_sweep():\n  return nope\n",
      "cannot load the sweep file: NameError: name 'nope' is not defined"),
     ("x = 1\n", "the sweep file defines no get_sweep()"),
+    # a ValueError (a member's own check, or the file's) did not name the file
+    ("from sadm_jax.sweep import Member\ndef get_sweep():\n  return [Member('a b', 'c.py')]\n",
+     "member name 'a b' is invalid (letters, digits, ._=+-)"),
+    ("def get_sweep():\n  return [int('2e-3')]\n",
+     "invalid literal for int() with base 10: '2e-3'"),
+    # an override that is not a string: "TypeError: expected string or bytes-like object"
+    ("from sadm_jax.sweep import Member\ndef get_sweep():\n  return [Member('a', 'c.py', [5])]\n",
+     "member a: 5 is not a --config.key=value override"),
+    ("from sadm_jax.sweep import Member\ndef get_sweep():\n"
+     "  return [Member('a', 'c.py', after=[Member('b', 'c.py')])]\n",
+     "member a: after must list member names, got (Member("),
 ])
 def test_a_broken_sweep_file_is_one_line_naming_it(tmp_path, capsys, source, expected):
   bad = tmp_path / "bad.py"
   bad.write_text(source)
   assert sweep_cli.cli(["x", f"--sweep={bad}", f"--workdir={tmp_path / 'w'}"]) == 2
-  assert capsys.readouterr().err == f"error: {bad}: {expected}\n"
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {bad}: {expected}") and err.count("\n") == 1
   assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("flag,values", [("workdir", ("a", "b")), ("sweep", (TINY, TINY)),
+                                         ("mode", ("local", "slurm")), ("members", ("x", "y"))])
+def test_a_sweep_flag_given_twice_is_refused_not_the_last_one_kept(tmp_path, capsys, flag, values):
+  argv = ["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", "--mode=slurm"]
+  argv = [a for a in argv if not a.startswith(f"--{flag}=")]
+  argv += [f"--{flag}={v if flag != 'workdir' else tmp_path / v}" for v in values]
+  assert sweep_cli.cli(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: --{flag} is given 2 times (") and err.endswith("; give one\n")
+  assert not os.listdir(tmp_path)  # no workdir made, no scripts written
+
+
+@pytest.mark.parametrize("extra", [["--workdir=/elsewhere"], ["--workdir", "/elsewhere"]])
+def test_a_workdir_after_the_double_dash_is_refused_not_dropped(tmp_path, capsys, extra):
+  for mode in ("slurm", "local"):
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", f"--mode={mode}",
+                          "--", *extra]) == 2
+    assert capsys.readouterr().err.startswith("error: --workdir=/elsewhere follows --: member m "
+                                              "runs in W/m of the sweep's own --workdir=W")
+  assert not os.path.exists(tmp_path / "w" / "slurm")
+
+
+def test_a_file_in_the_way_of_a_member_or_the_job_scripts_is_one_line(tmp_path, capsys):
+  w = tmp_path / "w"
+  w.mkdir()
+  (w / "lr_1e-4").write_text("")  # the second member's workdir
+  for mode in ("local", "slurm"):
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={w}", f"--mode={mode}"]) == 2
+    assert capsys.readouterr().err == (f"error: member lr_1e-4: --workdir={w / 'lr_1e-4'} is a "
+                                       "file, not a directory\n")
+  assert sorted(os.listdir(w)) == ["lr_1e-4"]  # the first member did not start
+  (w / "lr_1e-4").unlink()
+  (w / "slurm").write_text("")
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={w}", "--mode=slurm"]) == 2
+  assert capsys.readouterr().err == (f"error: the sweep's job-script folder={w / 'slurm'} is a "
+                                     "file, not a directory\n")
+
+
+def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
+  """`kill <sweep pid>` left the member running, orphaned, in its workdir."""
+  import signal
+  import threading
+  child = ("import signal, sys, time\n"
+           "def stop(*a):\n  print('member got SIGINT', flush=True); sys.exit(130)\n"
+           "signal.signal(signal.SIGINT, stop)\nprint('started', flush=True)\ntime.sleep(20)\n")
+  mdir = tmp_path / "a"
+  mdir.mkdir()
+  log = mdir / "log.txt"
+
+  def kill_sweep():
+    while "\nstarted\n" not in (log.read_text() if log.exists() else ""):  # (not the command)
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+  old = signal.getsignal(signal.SIGTERM)
+  with runner.terminate_as_interrupt():
+    threading.Thread(target=kill_sweep, daemon=True).start()
+    t0 = time.time()
+    with pytest.raises(runner.Terminated):
+      runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", child])
+  assert signal.getsignal(signal.SIGTERM) is old  # restored
+  assert time.time() - t0 < 30 and log.read_text().endswith("\nstarted\nmember got SIGINT\n")
+
+  def terminated(*args, **kwargs):
+    raise runner.Terminated
+  run_local, runner.run_local = runner.run_local, terminated
+  try:
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 130
+  finally:
+    runner.run_local = run_local
+  assert signal.getsignal(signal.SIGTERM) is old
+  assert capsys.readouterr().err == ("error: sweep interrupted (SIGTERM); finished members keep "
+                                     "DONE: run the same command again to resume\n")
+
+
+def test_a_grid_member_can_be_selected_by_name_as_its_slurm_job_does(tmp_path, capsys):
+  """Grid names joined their parts with ',', which --members splits on: every job of a grid
+  sweep over 2 axes stopped with 'unknown member(s) lr=0.001, seed=1'."""
+  spec = tmp_path / "g.py"
+  spec.write_text("from sadm_jax.sweep import grid\n\n\ndef get_sweep():\n  return grid("
+                  "{'optimizer.learning_rate': [1e-3, 1e-4], 'seed': [1]}, "
+                  "'configs/cddpm.py:tiny')\n")
+  ms = members_lib.load_sweep(str(spec)).members
+  assert [m.name for m in ms] == ["learning_rate=0.001_seed=1", "learning_rate=0.0001_seed=1"]
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--mode=slurm",
+                        f"--members={ms[1].name}"]) == 0
+  assert sorted(os.listdir(tmp_path / "w" / "slurm")) == [f"{ms[1].name}.sbatch", "submit.sh"]
+  with pytest.raises(ValueError, match=r"member name 'a,b' is invalid \(letters, digits, ._=\+-\)"):
+    Member("a,b", CDDPM)
+
+
+@pytest.mark.parametrize("mode", ["local", "slurm"])
+def test_an_in_memory_config_is_refused_up_front_where_members_run_as_commands(tmp_path, capsys,
+                                                                               mode):
+  """The subprocess runner refused it when it reached the member (after the ones before had
+  run); a Slurm job, in the queue."""
+  spec = tmp_path / "m.py"
+  spec.write_text("from configs import cddpm\nfrom sadm_jax.sweep import Member\n\n\n"
+                  "def get_sweep():\n  return [Member('a', 'configs/cddpm.py:tiny'), "
+                  "Member('b', cddpm.get_config('tiny'))]\n")
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}",
+                        f"--mode={mode}"]) == 2
+  how = "--mode=slurm's jobs run" if mode == "slurm" else "--runner=subprocess runs"
+  assert capsys.readouterr().err == (
+      f"error: member(s) b have an in-memory config (a ConfigDict), but {how} `python -m "
+      "sadm_jax.main --config=<file>`: give them a 'configs/x.py[:arg]' spec, or run locally "
+      "with --runner=inprocess\n")
+  assert os.listdir(tmp_path / "w") == []
+
+
+def test_a_sweep_file_is_found_relative_to_the_current_directory(tmp_path, monkeypatch, capsys):
+  """`--sweep=mine.py` beside the user was looked for under the repository root only: 'mine.py:
+  no such file'. The shipped ones are still found from anywhere."""
+  write_sweep(tmp_path / "mine.py", "Member('a', 'configs/cddpm.py:tiny')")
+  monkeypatch.chdir(tmp_path)
+  assert sweep_cli.cli(["x", "--sweep=mine.py", "--workdir=w", "--mode=slurm"]) == 0
+  assert f"--sweep={tmp_path / 'mine.py'} " in (tmp_path / "w" / "slurm" / "a.sbatch").read_text()
+  assert sweep_cli.cli(["x", "--sweep=configs/sweeps/tiny_demo.py", "--workdir=w2",
+                        "--mode=slurm"]) == 0
+  capsys.readouterr()
+  assert sweep_cli.cli(["x", "--sweep=nope.py", "--workdir=w3"]) == 2
+  assert capsys.readouterr().err == (f"error: nope.py: no such file (here or under the "
+                                     f"repository root {REPO})\n")
+  write_sweep(tmp_path / "bad.py", "Member('a', 'my_configs/x.py')")
+  assert sweep_cli.cli(["x", "--sweep=bad.py", "--workdir=w4", "--mode=slurm"]) == 2
+  assert capsys.readouterr().err == (f"error: member a: my_configs/x.py: no such file (a member's "
+                                     f"config spec is relative to the repository root {REPO})\n")
+
+
+def test_a_stopped_member_that_cannot_resume_stops_the_run_before_any_member(tmp_path):
+  """Its changed config was refused when the member was reached, after the ones before it."""
+  from sadm_jax.train import workdir as workdir_lib
+  a, b = Member("a", CDDPM), Member("b", CDDPM, ["--config.model.unet.num_res_blocks=2"])
+  saved = member_config(b, str(tmp_path)).to_dict()
+  (tmp_path / "b" / "checkpoints" / "2").mkdir(parents=True)  # stopped after step 2
+  saved["model"]["unet"]["num_res_blocks"] = 1  # it started with another network
+  (tmp_path / "b" / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  fake = FakeRunner()
+  with pytest.raises(ValueError, match=r"^member b: .*/b: holds a run started with another "
+                                       r"config \(model.unet.num_res_blocks 1 → 2\)"):
+    runner.run_local([a, b], str(tmp_path), (), fake)
+  assert fake.calls == []
+  saved["model"]["unet"]["num_res_blocks"] = 2  # the same config: it resumes
+  (tmp_path / "b" / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  assert runner.run_local([a, b], str(tmp_path), (), fake) == []
+  assert [c[0] for c in fake.calls] == ["a", "b"]

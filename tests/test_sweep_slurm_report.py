@@ -94,3 +94,74 @@ def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, caps
   csv_lines = (work / "sweep_report.csv").read_text().splitlines()
   assert csv_lines[0].startswith("method,train_anomalies,test_set,fold,n_volumes,dice,best_dice,")
   assert len(csv_lines) == 4 and all(l.endswith(",full") for l in csv_lines[1:])
+
+
+@pytest.mark.parametrize("text,why", [("{}", "KeyError: 'rows'"),
+                                      ("garbage", "JSONDecodeError: Expecting value"),
+                                      ('{"rows": [{"dice": 1}]}', "KeyError: ")])
+def test_a_report_that_is_not_an_evaluations_is_one_line_naming_it(tmp_path, capsys, text, why):
+  spec = write_sweep(tmp_path / "r.py", "Member('ev', 'configs/evaluate.py')")
+  path = tmp_path / "w" / "ev" / "report" / "metrics.json"
+  path.parent.mkdir(parents=True)
+  path.write_text(text)
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {path}: not an evaluation's report ({why}") and err.endswith(
+      f"); remove {tmp_path / 'w' / 'ev'} to run member ev again\n")
+  assert not (tmp_path / "w" / "sweep_report.md").exists()
+
+
+def test_a_slurm_script_finds_a_repository_whose_path_needs_quoting(tmp_path, monkeypatch):
+  repo = tmp_path / "my repo's copy"
+  (repo / "sadm_jax").mkdir(parents=True)
+  (repo / "sadm_jax" / "main.py").write_text("")
+  monkeypatch.setattr(slurm.members_lib, "REPO", str(repo))
+  script = tmp_path / "job.sbatch"
+  script.write_text(slurm.render("s.m", "out-%j.out", ["--members=m"]))
+  bin_dir = _fake_bin(tmp_path)
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "fakepython"),
+         "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node1", "SLURM_NNODES": "1",
+         "SLURM_NTASKS": "1", "HOME": str(tmp_path)}
+  res = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+  assert res.returncode == 0, res.stderr  # was: "REPO_DIR='...' is not the sadm_jax repository"
+  assert res.stdout.splitlines()[-1] == "[-m][sadm_jax.sweep][--members=m]"
+
+
+def test_a_report_of_a_workdir_that_does_not_exist_makes_nothing(tmp_path, capsys):
+  spec = write_sweep(tmp_path / "r.py", "Member('ev', 'configs/evaluate.py')")
+  work = tmp_path / "typo" / "w"
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 2
+  assert capsys.readouterr().err == (f"error: --workdir={work}: no such directory (--report reads "
+                                     "the members' reports of a sweep run there)\n")
+  assert not (tmp_path / "typo").exists()
+
+
+def test_a_finished_member_without_a_report_is_not_called_missing(tmp_path, capsys):
+  """The shipped tiny sweep's members (two cDDPM trainings) were 'Missing' once finished."""
+  spec = write_sweep(tmp_path / "r.py", "Member('train', 'configs/cddpm.py:tiny'), "
+                                        "Member('later', 'configs/cddpm.py:tiny')")
+  (tmp_path / "w" / "train").mkdir(parents=True)
+  (tmp_path / "w" / "train" / "DONE").write_text("{}")
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report"]) == 0
+  assert capsys.readouterr().out.splitlines()[-2:] == [
+      "Missing (no report/metrics.json, 1): later",
+      "Finished without report/metrics.json (not an evaluation; Member(..., report=False) leaves "
+      "it out, 1): train"]
+
+
+def test_a_report_of_some_members_has_only_those(tmp_path, capsys):
+  """--members was ignored by --report: every member was reported."""
+  spec = write_sweep(tmp_path / "r.py", "Member('one', 'configs/evaluate.py'), "
+                                        "Member('two', 'configs/evaluate.py')")
+  work = tmp_path / "w"
+  for name in ("one", "two"):
+    _report_rows(str(work / name / "report" / "metrics.json"),
+                 [["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59]])
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report",
+                        "--members=two"]) == 0
+  md = capsys.readouterr().out
+  assert "## two" in md and "one" not in md
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report",
+                        "--members=three"]) == 2
+  assert capsys.readouterr().err.startswith("error: unknown member(s) three; the sweep has ")

@@ -14,8 +14,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")  # no ',': --members=a,b lists names
 OVERRIDE_RE = re.compile(r"^--config\.([\w.]+)=")  # a --config.k=v override; group 1: k
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_]\w*)\}")  # '{workdir}' (not a regex's 'a{3}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +30,28 @@ class Member:
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not NAME_RE.match(self.name):
-      raise ValueError(f"member name {self.name!r} is invalid (letters, digits, ._=,+-)")
+      raise ValueError(f"member name {self.name!r} is invalid (letters, digits, ._=+-)")
     for field in ("overrides", "after"):
       value = getattr(self, field)
       if isinstance(value, str):
         raise ValueError(f"member {self.name}: {field} must be a list of strings, not one string")
       object.__setattr__(self, field, tuple(value))
-    bad = [o for o in self.overrides if not OVERRIDE_RE.match(o)]
+    if not all(isinstance(a, str) for a in self.after):
+      raise ValueError(f"member {self.name}: after must list member names, got {self.after!r}")
+    bad = [o for o in self.overrides if not (isinstance(o, str) and OVERRIDE_RE.match(o))]
     if bad:
       raise ValueError(f"member {self.name}: {bad[0]!r} is not a --config.key=value override")
+    keys = [OVERRIDE_RE.match(o).group(1) for o in self.overrides]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:  # the last would win without a word (e.g. grid() axes over `overrides`)
+      given = [o for o in self.overrides if OVERRIDE_RE.match(o).group(1) == twice[0]]
+      raise ValueError(f"member {self.name}: --config.{twice[0]} is given {len(given)} times "
+                       f"({', '.join(given)}); give it once")
+    for o in self.overrides:  # '{work_dir}' or '{w}' would reach the member as it is
+      other = [p for p in PLACEHOLDER_RE.findall(o) if p != "workdir"]
+      if other:
+        raise ValueError(f"member {self.name}: {o!r} has the placeholder {{{other[0]}}}; the "
+                         "only one is {workdir} (the sweep's workdir)")
     if not isinstance(self.config, (str, ml_collections.ConfigDict)) or not self.config:
       raise ValueError(f"member {self.name}: config must be a 'configs/x.py[:arg]' spec")
 
@@ -54,11 +68,19 @@ def flag(key: str, value: Any) -> str:
 def grid(axes: Mapping[str, Sequence[Any]], config: str, name: str = "{}",
          overrides: Sequence[str] = (), **fields) -> list[Member]:
   """Members for every combination of `axes` ({dotted.key: [values]}), named by `name` formatted
-  with 'key=value' parts joined by ',' (key = the last part of the dotted key)."""
+  with 'key=value' parts joined by '_' (key = the last part of the dotted key; not ',', which
+  separates the names of --members)."""
   label = lambda v: "+".join(map(label, v)) if isinstance(v, (tuple, list)) else str(v)
+  axes = dict(axes)
+  for key, values in axes.items():  # a string would be iterated: '123' gives seeds 1, 2 and 3
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+      raise ValueError(f"grid axis {key}={values!r}: give a list of values, e.g. [{values!r}]")
+    axes[key] = list(values)
+    if not axes[key]:  # no combination at all: the grid would add no member, without a word
+      raise ValueError(f"grid axis {key} has no values")
   out = []
   for values in itertools.product(*axes.values()):
-    parts = ",".join(f"{k.rsplit('.', 1)[-1]}={label(v)}" for k, v in zip(axes, values))
+    parts = "_".join(f"{k.rsplit('.', 1)[-1]}={label(v)}" for k, v in zip(axes, values))
     out.append(Member(name.format(parts), config,
                       tuple(overrides) + tuple(flag(k, v) for k, v in zip(axes, values)), **fields))
   return out
@@ -112,17 +134,20 @@ def load_sweep(path: str) -> Sweep:
   """Reads a sweep file and checks its members (names, dependencies, spec files)."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)  # sweep and config files import `configs.*`
-  if not os.path.isfile(repo_path(path)):
-    raise FileNotFoundError(f"{path}: no such file")
+  # here, else (the shipped configs/sweeps/x.py from anywhere) under the repository root
+  where = os.path.abspath(path if os.path.isfile(path) else repo_path(path))
+  if not os.path.isfile(where):
+    raise FileNotFoundError(f"{path}: no such file" + (
+        "" if os.path.isabs(path) else f" (here or under the repository root {REPO})"))
   spec = importlib.util.spec_from_file_location(
-      "_sadm_sweep_" + re.sub(r"\W", "_", os.path.basename(path)), repo_path(path))
+      "_sadm_sweep_" + re.sub(r"\W", "_", os.path.basename(path)), where)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
     get_sweep = getattr(module, "get_sweep", None)
     members = tuple(get_sweep()) if callable(get_sweep) else None
-  except ValueError:  # the members' own checks: one line naming the member
-    raise
+  except ValueError as e:  # the members' own checks (one line naming the member), or the file's
+    raise ValueError(f"{path}: {' '.join(str(e).split())}") from None
   except Exception as e:  # noqa: BLE001  (SyntaxError, NameError, ... raised by the sweep file)
     text = " ".join(str(e).split())
     raise ValueError(f"{path}: cannot load the sweep file: {type(e).__name__}: {text}") from None
@@ -136,7 +161,7 @@ def load_sweep(path: str) -> Sweep:
     ordered(members)
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
-  return Sweep(os.path.splitext(os.path.basename(path))[0], path, members)
+  return Sweep(os.path.splitext(os.path.basename(path))[0], where, members)
 
 
 def _spec(member: Member) -> str:
@@ -171,20 +196,51 @@ def check_member_config(member: Member, config: ml_collections.ConfigDict) -> No
   ignored.warn(config, given, prefix=f"member {member.name}: ")
 
 
+def check_member_workdir(member: Member, workdir: str) -> None:
+  """W/<member> is a directory or can be made one (`validate_paths.check_dir_path`): a file in
+  its way is one line naming the member, not a traceback when the member starts."""
+  from sadm_jax import validate_paths
+  validate_paths.check_dir_path(os.path.join(workdir, member.name),
+                                f"member {member.name}: --workdir")
+
+
+def check_member_resume(member: Member, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A training member whose run in W/<member> stopped (checkpoints, no DONE) resumes only with
+  the keys it started with (`train.workdir.check_config`): refused before any member starts,
+  not when it is reached, after the members before it."""
+  from sadm_jax import validate, validate_paths
+  mdir = os.path.join(workdir, member.name)
+  if config.stage not in validate.TRAINING_STAGES or not validate_paths._holds_steps(mdir):
+    return  # (nothing to resume: no JAX imported for it)
+  from sadm_jax.train import workdir as workdir_lib
+  try:
+    workdir_lib.check_config(config, mdir)
+  except ValueError as e:
+    raise ValueError(f"member {member.name}: {e}") from None
+
+
 def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
                   ) -> ml_collections.ConfigDict:
   """The config `sadm_jax.main` builds from the member's arguments (ml_collections' flags)."""
   from absl import flags
   from ml_collections import config_flags
+
+  from sadm_jax import config as config_lib
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
+  given = config_lib.flag_values(["sadm_jax.sweep", *extra], "workdir")
+  if given:  # dropped below (and twice on `sadm_jax.main`'s command line): not what was meant
+    raise ValueError(f"--workdir={given[0]} follows --: member m runs in W/m of the sweep's own "
+                     "--workdir=W (before --); only --config overrides go after --")
   argv = ["sadm_jax.main"] + [a for a in member_argv(member, workdir, extra)
                               if not a.startswith("--workdir=")]
   fv = flags.FlagValues()
   if isinstance(member.config, str):
     path = _spec(member).partition(":")[0]
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"member {member.name}: {member.config}: no such file")
+      raise FileNotFoundError(f"member {member.name}: {member.config}: no such file" + (
+          "" if os.path.isabs(member.config) else
+          f" (a member's config spec is relative to the repository root {REPO})"))
     # ml_collections loads every config file as the module 'config_config' with the deprecated
     # `load_module`, which executes it inside the module already there: the previous member's
     # get_config() (and other names) would survive into a file that does not define its own.
@@ -194,7 +250,6 @@ def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
   else:
     config_flags.DEFINE_config_dict("config", copy.deepcopy(member.config), flag_values=fv,
                                     lock_config=True, sys_argv=argv)
-  from sadm_jax import config as config_lib
   try:  # the errors `python -m sadm_jax.main` would give, as the same one line
     rest = config_lib.parse_config_flags(fv, argv)
   except config_lib.ConfigFlagsError as e:

@@ -4,32 +4,46 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Sequence
 
 from sadm_jax.evaluate import report
-from sadm_jax.sweeps.members import Sweep
+from sadm_jax.sweeps.members import Member, Sweep
+from sadm_jax.sweeps.runner import DONE
 from sadm_jax.utils import io
 
 
-def build_report(sweep: Sweep, workdir: str) -> tuple[list[dict], str]:
-  """(rows, markdown): every reporting member's evaluation rows (with a 'member' key) and one
-  section per member with the evaluation's own Table-1-style table (mean ± std over folds)."""
-  rows, parts, missing = [], [f"# Sweep {sweep.name}", ""], []
-  for m in [m for m in sweep.members if m.report]:
+def build_report(sweep: Sweep, workdir: str, members: Sequence[Member] | None = None
+                 ) -> tuple[list[dict], str]:
+  """(rows, markdown): every reporting member's (of `members`, default all) evaluation rows (with
+  a 'member' key) and one section per member with the evaluation's own Table-1-style table
+  (mean ± std over folds)."""
+  rows, parts, missing, no_report = [], [f"# Sweep {sweep.name}", ""], [], []
+  for m in [m for m in (sweep.members if members is None else members) if m.report]:
     path = os.path.join(workdir, m.name, "report", "metrics.json")
-    if not os.path.exists(path):
-      missing.append(m.name)
+    if not os.path.exists(path):  # not finished, or finished as a stage that writes no report
+      (no_report if os.path.exists(os.path.join(workdir, m.name, DONE)) else missing).append(
+          m.name)
       continue
-    with open(path, encoding="utf-8") as f:
-      member_rows = [{**r, "member": m.name} for r in json.load(f)["rows"]]
+    try:  # (written whole by the evaluation: damaged, or another tool's, by hand)
+      with open(path, encoding="utf-8") as f:
+        member_rows = [{**r, "member": m.name} for r in json.load(f)["rows"]]
+      table = report.format_table(member_rows)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      text = " ".join(str(e).split())
+      raise ValueError(f"{path}: not an evaluation's report ({type(e).__name__}: {text}); remove "
+                       f"{os.path.join(workdir, m.name)} to run member {m.name} again") from None
     rows += member_rows
-    parts += [f"## {m.name}", "", report.format_table(member_rows), ""]
+    parts += [f"## {m.name}", "", table, ""]
   if missing:
     parts.append(f"Missing (no report/metrics.json, {len(missing)}): {', '.join(missing)}")
+  if no_report:  # was listed as missing, as if it had not run
+    parts.append(f"Finished without report/metrics.json (not an evaluation; Member(..., "
+                 f"report=False) leaves it out, {len(no_report)}): {', '.join(no_report)}")
   return rows, "\n".join(parts).rstrip("\n") + "\n"
 
 
-def write_report(sweep: Sweep, workdir: str) -> str:
-  rows, md = build_report(sweep, workdir)
+def write_report(sweep: Sweep, workdir: str, members: Sequence[Member] | None = None) -> str:
+  rows, md = build_report(sweep, workdir, members)
   io.write_text(os.path.join(workdir, "sweep_report.csv"), report.metrics_csv(rows))
   io.write_text(os.path.join(workdir, "sweep_report.md"), md)
   return md

@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import ml_collections
 
-from sadm_jax.sweeps.members import (REPO, Member, check_member_config, main_command,
-                                      member_config, ordered)
+from sadm_jax.sweeps.members import (REPO, Member, check_member_config, check_member_resume,
+                                      check_member_workdir, main_command, member_config,
+                                      ordered)
 from sadm_jax.utils import io
 
 DONE = "DONE"
 INTERRUPTED = 130  # sadm_jax.main's exit code after Ctrl-C (128 + SIGINT)
 INTERRUPT_GRACE_S = 60  # how long a member interrupted with the sweep may take to stop
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM to the sweep (`kill <pid>`; `terminate_as_interrupt`): stops it like Ctrl-C, and the
+  running member, which shares the sweep's process group but got no signal, is sent SIGINT
+  (it went on running, orphaned, in its workdir, while a re-run of the sweep started it again)."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+  """Inside: SIGTERM raises `Terminated` in this process's main thread (the sweep CLI); the
+  handler before is restored after (a caller in another thread changes nothing)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  def handler(signum, frame):
+    raise Terminated
+  old = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, old)
+
 
 # runner(member, config, member workdir, `python -m sadm_jax.main` command) -> succeeded
 Runner = Callable[[Member, ml_collections.ConfigDict, str, Sequence[str]], bool]
@@ -59,7 +84,9 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
     proc = subprocess.Popen(list(command), cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
     try:
       rc = proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the member too: let it stop at a whole file
+    except KeyboardInterrupt as e:  # Ctrl-C reached the member too: let it stop at a whole file
+      if isinstance(e, Terminated) and proc.poll() is None:  # the sweep's signal alone
+        proc.send_signal(signal.SIGINT)
       try:
         proc.wait(timeout=INTERRUPT_GRACE_S)
       except (subprocess.TimeoutExpired, KeyboardInterrupt):
@@ -102,6 +129,16 @@ def is_done(workdir: str, name: str) -> bool:
   return os.path.exists(os.path.join(workdir, name, DONE))
 
 
+def done_seconds(workdir: str, name: str) -> float | None:
+  """The seconds a finished member's DONE records; None for a marker without them (one made by
+  hand, `touch W/m/DONE`, marks a member finished as well)."""
+  try:
+    with open(os.path.join(workdir, name, DONE), encoding="utf-8") as f:
+      return float(json.load(f)["seconds"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
 def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = (),
               runner: Runner = run_subprocess, primary: bool | None = None) -> list[str]:
   """Runs the unfinished members in dependency order; returns the names of the failed ones
@@ -112,6 +149,8 @@ def run_local(members: Sequence[Member], workdir: str, extra: Sequence[str] = ()
   for m in members:
     if not is_done(workdir, m.name):
       check_member_config(m, configs[m.name])
+      check_member_workdir(m, workdir)
+      check_member_resume(m, configs[m.name], workdir)
   primary = is_primary() if primary is None else primary
   failed: list[str] = []
   for i, m in enumerate(members, 1):

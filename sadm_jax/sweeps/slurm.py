@@ -6,6 +6,7 @@ import os
 import shlex
 from typing import Sequence
 
+from sadm_jax import validate_paths
 from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps import runner
 from sadm_jax.utils import io
@@ -20,7 +21,8 @@ def _substitutions(job: str, output: str, args: Sequence[str]) -> list[tuple[str
        "launch/slurm.sbatch by sadm_jax.sweeps.slurm: the arguments are set below (`set --`)."),
       ("#SBATCH --output=slurm-%x-%j.out", f"#SBATCH --output={output}"),
       ('REPO_DIR="${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"',
-       f'REPO_DIR="${{REPO_DIR:-{shlex.quote(members_lib.REPO)}}}"'),
+       # unquoted: an assignment is not word-split, and the quotes inside "${X:-'a b'}" are kept
+       f'REPO_DIR=${{REPO_DIR:-{shlex.quote(members_lib.REPO)}}}'),
       ('if [[ "${1:-}" == "--" ]]; then shift; fi',
        f"set -- {shlex.join(args)}  # rendered by sadm_jax.sweeps.slurm"),
       ('exec "$SADM_PYTHON" -m sadm_jax.main "$@"\'',
@@ -53,7 +55,9 @@ def write_slurm(sweep: members_lib.Sweep, workdir: str, members: Sequence[member
   members = members_lib.ordered(members, done)
   for m in members:  # fail now, not in the queue
     members_lib.check_member_config(m, members_lib.member_config(m, workdir, extra))
+    members_lib.check_member_workdir(m, workdir)
   out = os.path.join(workdir, "slurm")
+  validate_paths.check_dir_path(out, "the sweep's job-script folder")
   path = os.path.abspath(members_lib.repo_path(sweep.path))
   paths, submit = [], ["#!/usr/bin/env bash",
                        f"# Submits the members of sweep {sweep.name} ({path}) in dependency order;",
