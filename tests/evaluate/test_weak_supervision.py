@@ -153,10 +153,11 @@ def test_training_rows_are_checked_against_the_recorded_fingerprint(caplog):
   assert "rows 2:4 of Brats21_val could not be verified" in caplog.text
 
 
-def _as_weak_run(sadm_dir: str, dest: str, record: bool = True) -> str:
+def _as_weak_run(sadm_dir: str, dest: str, record: bool = True, data: dict | None = None) -> str:
   """A copy of a SADM run as a BraTS-weakly-supervised run trained on rows 1:3 of Brats21_val (its
-  saved config's sadm.mode and rows edited; the SegUnet is the same): with `record`, the content
-  fingerprints of those rows' tables as `train.sadm` records them, else none (an older run)."""
+  saved config's sadm.mode and rows edited, and its `data` settings updated with `data`; the
+  SegUnet is the same): with `record`, the content fingerprints of those rows' tables as
+  `train.sadm` records them, else none (an older run)."""
   import shutil
 
   import ml_collections
@@ -168,6 +169,7 @@ def _as_weak_run(sadm_dir: str, dest: str, record: bool = True) -> str:
     with open(path) as f:
       meta = json.load(f)
     meta["config"]["sadm"].update(mode="brats", weak_train_rows=[1, 3], weak_val_rows=[0, 1])
+    meta["config"]["data"].update(data or {})
     meta["run"].pop("data", None)
     if record:
       config = config_lib.resolve(ml_collections.ConfigDict(meta["config"]))
@@ -298,3 +300,49 @@ def test_two_processes_refuse_an_edited_split_alike(tiny_data_dir, tiny_sadm_dir
   assert lines[0] == lines[1]
   assert not os.path.exists(os.path.join(work, "eval")) and \
       not os.path.exists(os.path.join(work, "report"))
+
+
+def _bad_row_in_val_and_test(data_dir: str, dest: str) -> str:
+  """A copy of the fake data with an invalid volume (its image file is not NIfTI) inserted as row
+  0 of Brats21_val.csv and added to Brats21_test.csv too; returns the data dir."""
+  import shutil
+
+  from tests.evaluate.conftest import copy_data, edit_split
+  data = copy_data(data_dir, dest)
+  base = os.path.join(data, "Data", "Test", "Brats21")
+  for kind in ("mask", "seg"):
+    shutil.copyfile(os.path.join(base, kind, f"Brats21_val_000_{kind}.nii.gz"),
+                    os.path.join(base, kind, f"Brats21_val_bad_{kind}.nii.gz"))
+  with open(os.path.join(base, "t1", "Brats21_val_bad_t1.nii.gz"), "wb") as f:
+    f.write(b"not a NIfTI file")
+  bad = lambda text: text.splitlines()[1].replace("Brats21_val_000", "Brats21_val_bad")
+  val = edit_split(data, "Brats21_val.csv", lambda t: "\n".join(
+      t.splitlines()[:1] + [bad(t)] + t.splitlines()[1:]) + "\n")
+  with open(val) as f:
+    row = bad(f.read().replace("Brats21_val_bad", "Brats21_val_000"))
+  edit_split(data, "Brats21_test.csv", lambda t: t.rstrip("\n") + "\n" + row + "\n")
+  return data
+
+
+@pytest.mark.parametrize("trained_clean", [False, True], ids=["trained_uncleaned", "trained_cleaned"])
+def test_an_invalid_row_skipped_in_another_split_keeps_the_training_rows(
+    tiny_data_dir, tiny_sadm_dir, tmp_path, monkeypatch, caplog, trained_clean):
+  """An invalid volume in Brats21_val and Brats21_test, skipped (data.skip_invalid) by a weak run
+  that trained without cleaning (its val: bad, 000, 001, 002 → trains on 001, 002) and by an
+  evaluation that cleans (its val loses the row to test, where it is skipped) — or the reverse.
+  The evaluation re-derived the run's rows skipping only the rows IT skipped in Brats21_val, so
+  rows 1:3 were 000, 001 and the unchanged run was refused (TrainingRowsChanged); the run's rows
+  are now re-derived skipping invalid files by their identity, in whatever split: verified."""
+  import logging
+
+  from sadm_jax.evaluate import run as run_lib
+  data = _bad_row_in_val_and_test(tiny_data_dir, str(tmp_path / "data"))
+  weak = _as_weak_run(tiny_sadm_dir, str(tmp_path / "weak"), data={
+      "data_dir": data, "cache_dir": os.path.join(data, "cache"), "clean_splits": trained_clean,
+      "skip_invalid": True})
+  c = _weak_only(data, weak)
+  c.data.clean_splits, c.data.skip_invalid = not trained_clean, True
+  _stop_at_the_passes(monkeypatch)
+  with caplog.at_level(logging.INFO), pytest.raises(_PassesReached):
+    run_lib.run(c, str(tmp_path / "work"))
+  assert f"rows 1:3 of Brats21_val are the volumes SADM run {weak} trained on" in caplog.text
