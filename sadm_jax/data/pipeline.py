@@ -17,8 +17,16 @@ from sadm_jax.data.splits import Row
 
 
 def data_identity(train: "SliceTable", val: "SliceTable") -> dict[str, str]:
-  """{'train', 'val'}: `content_fingerprint` of a run's training and validation tables."""
-  return {"train": train.content_fingerprint(), "val": val.content_fingerprint()}
+  """What a run records of its training and validation tables: {'train', 'val'}: their
+  `content_fingerprint` (what resuming and grain's iterator state check), and, apart, their rows'
+  names and their volumes: {'train_names', 'train_volumes', 'val_names', 'val_volumes'}
+  (`names_fingerprint`, `volumes_fingerprint`; runs trained before these recorded only the
+  first two)."""
+  out = {"train": train.content_fingerprint(), "val": val.content_fingerprint()}
+  for key, table in (("train", train), ("val", val)):
+    out[f"{key}_names"] = table.names_fingerprint()
+    out[f"{key}_volumes"] = table.volumes_fingerprint()
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +36,11 @@ class SliceTable:
   Workers open the memory maps lazily, so a transform holding a table pickles cheaply.
   """
   entries: tuple[str, ...]  # cache entry directories, one per volume
-  names: tuple[str, ...]
+  names: tuple[str, ...]  # the entries' names: each keeps the name of the row that first filled it
   slice_brain_voxels: np.ndarray  # [V, D] int
   has_seg: tuple[bool, ...]
+  row_names: tuple[str, ...] | None = None  # the rows' own names (None: `names`)
+  slice_lesion_voxels: np.ndarray | None = None  # [V, D] int, zeros for healthy (None: unknown)
 
   @classmethod
   def from_rows(cls, cache: VolumeCache, rows: Sequence[Row]) -> "SliceTable":
@@ -39,9 +49,11 @@ class SliceTable:
       directory = cache.path(r)
       metas.append(cache.read_meta(directory))
       entries.append(directory)
-    return cls(tuple(entries), tuple(m["name"] for m in metas),
-               np.asarray([m["slice_brain_voxels"] for m in metas], dtype=np.int64),
-               tuple(bool(m["has_seg"]) for m in metas))
+    brain = np.asarray([m["slice_brain_voxels"] for m in metas], dtype=np.int64)
+    lesion = np.asarray([m.get("slice_lesion_voxels") or [0] * len(m["slice_brain_voxels"])
+                         for m in metas], dtype=np.int64).reshape(brain.shape)
+    return cls(tuple(entries), tuple(m["name"] for m in metas), brain,
+               tuple(bool(m["has_seg"]) for m in metas), tuple(r.name for r in rows), lesion)
 
   def __len__(self) -> int:
     return len(self.entries)
@@ -57,6 +69,24 @@ class SliceTable:
     h = hashlib.sha256("\n".join(self.names).encode())
     h.update(bytes(self.has_seg))
     h.update(np.ascontiguousarray(self.slice_brain_voxels, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+  def names_fingerprint(self) -> str:
+    """A short hash of the rows' own names in order (not the cache entries' names)."""
+    names = self.names if self.row_names is None else self.row_names
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+  def volumes_fingerprint(self) -> str:
+    """A short hash of the volumes without any name: label presence and per-slice brain and
+    lesion voxel counts, in order (a labelled volume's lesion tells it from another with the same
+    brain mask). Renaming rows leaves it alone; other volumes, another order or another split do
+    not."""
+    brain = np.ascontiguousarray(self.slice_brain_voxels, np.int64)
+    lesion = brain * 0 if self.slice_lesion_voxels is None else self.slice_lesion_voxels
+    h = hashlib.sha256(b"volumes")
+    h.update(bytes(self.has_seg))
+    h.update(brain.tobytes())
+    h.update(np.ascontiguousarray(lesion, np.int64).tobytes())
     return h.hexdigest()[:16]
 
   @property

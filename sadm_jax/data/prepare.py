@@ -37,14 +37,9 @@ def load_valid_splits(data_dir: str, names: Sequence[str] | None = None, *, moda
                       ", ".join(unknown) + (" is" if len(unknown) == 1 else " are"))
   names = list(names or root.available_splits())
   splits, report = splits_lib.load_splits(root, names, modality, clean=bool(clean))
-  unique = {}
-  for rows in splits.values():
-    for r in rows:
-      unique.setdefault((r.img, r.mask, r.seg, r.dataset), r)
-  keys = [k for k in unique if validated is None or not validated(unique[k])]
-  bad = nifti.validate_rows([unique[k] for k in keys], num_workers=num_workers)
-  problems = [p for i in sorted(bad) for p in bad[i]]
-  bad_keys = {keys[i] for i in bad}
+  bad = invalid_rows([r for rows in splits.values() for r in rows], num_workers, validated)
+  problems = [p for found in bad.values() for p in found]
+  bad_keys = set(bad)
   skipped: dict[str, list[str]] = {}
   if problems and not skip_invalid:
     nifti.raise_problems(problems, f"invalid data under {root.data_dir} "
@@ -52,10 +47,27 @@ def load_valid_splits(data_dir: str, names: Sequence[str] | None = None, *, moda
   for p, msg in problems:
     logging.warning("skipping invalid row: %s: %s", p, msg)
   for name, rows in splits.items():
-    keep = [r for r in rows if (r.img, r.mask, r.seg, r.dataset) not in bad_keys]
-    skipped[name] = [r.name for r in rows if (r.img, r.mask, r.seg, r.dataset) in bad_keys]
-    splits[name] = keep
+    skipped[name] = [r.name for r in rows if file_key(r) in bad_keys]
+    splits[name] = [r for r in rows if file_key(r) not in bad_keys]
   return root, splits, report, skipped
+
+
+def file_key(row: splits_lib.Row) -> tuple:
+  """What makes a row valid or invalid: its files and data set (not its name or split)."""
+  return (row.img, row.mask, row.seg, row.dataset)
+
+
+def invalid_rows(rows: Sequence[splits_lib.Row], num_workers: int = 0,
+                 validated: Callable[[splits_lib.Row], bool] | None = None
+                 ) -> dict[tuple, list[tuple[str, str]]]:
+  """{`file_key`: its (path, problem) list} of the invalid rows among `rows`, each file key read
+  once, in order; rows for which `validated(row)` is True are not read (known to be valid)."""
+  unique: dict[tuple, splits_lib.Row] = {}
+  for r in rows:
+    unique.setdefault(file_key(r), r)
+  keys = [k for k in unique if validated is None or not validated(unique[k])]
+  bad = nifti.validate_rows([unique[k] for k in keys], num_workers=num_workers)
+  return {keys[i]: bad[i] for i in sorted(bad)}
 
 
 def why_empty(name: str, hygiene, skipped: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ml_collections
 
@@ -262,16 +262,20 @@ def val_rows(run: EvalRun, set_name: str, rows: list[Row], stage2: list[Row] | N
 
 
 def stage2_val_rows(root, runs: Sequence[EvalRun], sadm_configs: dict, sets: Sequence[str],
-                    modality: str, skipped: dict) -> dict[str, list[Row]]:
+                    modality: str, invalid: Callable[[Sequence[Row]], set]
+                    ) -> dict[str, list[Row]]:
   """run id -> <set>_val as each weakly supervised run's stage II read it (Q15): that split
-  alone, cleaned with the run's own `data.clean_splits`, without the rows the evaluation skips
-  as invalid if the run skipped invalid rows too. Cleaning drops from val the images it shares
-  with <set>_test (Q17), on disk whether or not that split was loaded, so with cleaning on these
-  are the evaluation's positions; with the run's `clean_splits=False` they are not. (A weak run
-  trained before stage II cleaned against the test split on disk read an uncleaned val: if its
-  val and test share images, its rows here are not the ones it trained on; retrain it.)
+  alone, cleaned with the run's own `data.clean_splits`, without its invalid rows (by file key,
+  `prepare.file_key`) if the run skipped invalid rows (`data.skip_invalid`) — whichever split
+  the evaluation itself skipped them in, or dropped them from by its own cleaning. Cleaning drops
+  from val the images it shares with <set>_test (Q17), on disk whether or not that split was
+  loaded, so with cleaning on these are the evaluation's positions; with the run's
+  `clean_splits=False` they are not. (A weak run trained before stage II cleaned against the test
+  split on disk read an uncleaned val: if its val and test share images, its rows here are not the
+  ones it trained on; retrain it.)
 
-  root: `layout.DataRoot`; sadm_configs: SADM workdir -> saved config; skipped: split -> names.
+  root: `layout.DataRoot`; sadm_configs: SADM workdir -> saved config; invalid: rows -> the file
+  keys of those that are invalid (`prepare.invalid_rows`).
   """
   from sadm_jax.data import splits as splits_lib
   out = {}
@@ -281,9 +285,10 @@ def stage2_val_rows(root, runs: Sequence[EvalRun], sadm_configs: dict, sets: Seq
     cfg, name = sadm_configs[r.sadm_workdir], f"{r.held_out[0]}_val"
     clean = bool(config_lib.saved_value(cfg, "data", "clean_splits", absent=True))
     rows = splits_lib.load_splits(root, [name], modality, clean=clean)[0][name]
-    bad = set(skipped.get(name, ())) if config_lib.saved_value(cfg, "data", "skip_invalid") \
-        else set()
-    out[r.id] = [x for x in rows if x.name not in bad]
+    if config_lib.saved_value(cfg, "data", "skip_invalid"):
+      bad = invalid(rows)
+      rows = [x for x in rows if prepare.file_key(x) not in bad]
+    out[r.id] = rows
   return out
 
 

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from sadm_jax import config as config_lib, distributed
-from sadm_jax.data import cache as cache_lib, layout, pipeline
+from sadm_jax.data import cache as cache_lib, layout, pipeline, prepare
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import hosts, metrics, records, report, thresholds, weak_rows
 from sadm_jax.evaluate.execute import Evaluation
@@ -192,7 +192,7 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
   _, splits, hygiene, skipped = config_lib.load_valid_splits(config, names)
   check_splits(root, splits, hygiene, skipped)
   stage2 = stage2_val_rows(root, runs, models.sadm_configs, sets, str(config.data.modality),
-                           skipped)
+                           _invalid_rows(config, splits))
   vals, tests = val_passes(runs, splits, sets, ixi, stage2), test_passes(runs, splits, sets, ixi)
   check_volume_names(vals + tests)
   weak = weak_rows.trained(runs, stage2, sets, root.split_csv)
@@ -209,6 +209,16 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
   done = {(r.img, r.mask, r.seg) for r in first}
   return evaluation, sets, vals, tests, unique, weak, [
       r for r in unique if (r.img, r.mask, r.seg) not in done]
+
+
+def _invalid_rows(config: ml_collections.ConfigDict, splits: dict):
+  """rows -> file keys of the invalid ones (`prepare.invalid_rows`), reading only the rows neither
+  among the evaluation's valid `splits` nor cached: a weak run's val read with its own cleaning
+  may hold rows the evaluation skipped in another split, or dropped by its own cleaning."""
+  valid = {prepare.file_key(r) for rows in splits.values() for r in rows}
+  cache = cache_lib.VolumeCache(config_lib.cache_dir(config), config_lib.preprocess_config(config))
+  known = lambda row: prepare.file_key(row) in valid or cache.contains(row)
+  return lambda rows: set(prepare.invalid_rows(rows, int(config.data.num_workers), known))
 
 
 def _cache_share(config: ml_collections.ConfigDict, rows: list, cache_dir: str, pre) -> None:

@@ -196,13 +196,15 @@ def check_references(workdir: str, config: ml_collections.ConfigDict, now: dict,
   """Refuses to resume a run whose inputs are not the ones its checkpoint (`saved_meta`)
   recorded: a SADM run's frozen cDDPM (step and weight fingerprint; retrained in place, or
   `sadm.cddpm_workdir` pointed at another one), and, when `data.data_dir` differs from the
-  checkpoint's, the training and validation volumes (`pipeline.data_identity`; a run that
-  recorded none cannot show its data merely moved). `now` is the task's `Task.meta`."""
+  checkpoint's, the training and validation volumes (`pipeline.data_identity`'s 'train' and
+  'val', which grain's saved iterator state names too: what a run recorded besides them, or
+  recorded before them, is not compared; a run that recorded none cannot show its data merely
+  moved). `now` is the task's `Task.meta`."""
   recorded = saved_meta.get("run", {})
   before = saved_meta.get("config", {}).get("data", {}).get("data_dir")
   if before is not None and before != config.data.data_dir:
     old, new = recorded.get("data"), now.get("data")
-    if not old or old != new:
+    if not old or any(old.get(k) != (new or {}).get(k) for k in ("train", "val")):
       why = ("it recorded no identity of its data, so a move cannot be told from other data"
              if not old else "the " + " and ".join(
                  k for k in ("train", "val") if old.get(k) != (new or {}).get(k))

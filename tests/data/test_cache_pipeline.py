@@ -295,8 +295,20 @@ def test_loader_source_names_the_volumes_content_not_their_cache_paths():
             SliceTable(table.entries, ("x", "y"), voxels + np.eye(2, 3, dtype=int), (False, True)),
             SliceTable(table.entries, ("x", "y"), voxels, (False, False))]
   assert len({repr(VolumeIndexSource(t)) for t in [table, *others]}) == 5
-  assert pipeline.data_identity(table, others[0]) == {"train": table.content_fingerprint(),
-                                                      "val": others[0].content_fingerprint()}
+  identity = pipeline.data_identity(table, others[0])
+  assert identity == {"train": table.content_fingerprint(), "val": others[0].content_fingerprint(),
+                      "train_names": table.names_fingerprint(),
+                      "train_volumes": table.volumes_fingerprint(),
+                      "val_names": others[0].names_fingerprint(),
+                      "val_volumes": others[0].volumes_fingerprint()}
+  # Names apart from volumes: renamed rows keep the volumes' fingerprint; another lesion (the
+  # same brain mask) does not.
+  import dataclasses
+  renamed = dataclasses.replace(table, row_names=("x", "w"))
+  assert renamed.volumes_fingerprint() == table.volumes_fingerprint()
+  assert renamed.names_fingerprint() != table.names_fingerprint()
+  lesion = dataclasses.replace(table, slice_lesion_voxels=np.asarray([[0, 0, 0], [0, 1, 0]]))
+  assert lesion.volumes_fingerprint() != table.volumes_fingerprint()
 
 
 def test_entry_directory_without_meta_is_named_with_its_repair(prepared, tmp_path):

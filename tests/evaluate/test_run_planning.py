@@ -64,7 +64,7 @@ def test_stage_two_val_rows_are_read_as_stage_two_read_them(tmp_path):
                         held_out=("Brats21", "brats", None, None))
   cfg = ml_collections.ConfigDict({"faithful": False, "data": {"clean_splits": None,
                                                                 "skip_invalid": False}})
-  stage2 = planning.stage2_val_rows(root, [run], {"/w": cfg}, ["Brats21"], "t1", {})
+  stage2 = planning.stage2_val_rows(root, [run], {"/w": cfg}, ["Brats21"], "t1", lambda rows: set())
   # Stage II's split alone is cleaned against <set>_test on disk too (test > val, Q17), so it is
   # the evaluation's list: v1..v11; it trained on rows 10: (v11) and τ uses v1..v10.
   assert [r.name for r in stage2[run.id]] == [f"v{i}" for i in range(1, 12)]
@@ -72,7 +72,7 @@ def test_stage_two_val_rows_are_read_as_stage_two_read_them(tmp_path):
   assert [r.name for r in vals[0].rows[run.id]] == [f"v{i}" for i in range(1, 11)]
   # Without cleaning (the run's own setting) stage II read all twelve: it trained on v10, v11.
   cfg.data.clean_splits = False
-  stage2 = planning.stage2_val_rows(root, [run], {"/w": cfg}, ["Brats21"], "t1", {})
+  stage2 = planning.stage2_val_rows(root, [run], {"/w": cfg}, ["Brats21"], "t1", lambda rows: set())
   assert [r.name for r in stage2[run.id]] == [f"v{i}" for i in range(12)]
   vals = planning.val_passes([run], splits, ["Brats21"], False, stage2)
   assert [r.name for r in vals[0].rows[run.id]] == [f"v{i}" for i in range(1, 10)]

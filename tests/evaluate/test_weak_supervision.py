@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -153,10 +154,62 @@ def test_training_rows_are_checked_against_the_recorded_fingerprint(caplog):
   assert "rows 2:4 of Brats21_val could not be verified" in caplog.text
 
 
-def _as_weak_run(sadm_dir: str, dest: str, record: bool = True) -> str:
+def test_a_run_that_recorded_names_and_volumes_apart_is_checked_on_its_volumes(caplog):
+  """A run that recorded its training rows' names and volumes apart (`data_identity`): its rows
+  renamed in the split CSV are the same volumes, verified with a warning (the fingerprint held
+  the names: refused, although τ left out exactly the training volumes); other volumes are
+  refused saying whether the names changed too; a run that recorded only 'train' is checked on
+  it as before (the names its cache entries kept)."""
+  import logging
+
+  from sadm_jax.data import pipeline
+  from sadm_jax.evaluate import planning, weak_rows
+  rows = [_row(f"v{i}", i) for i in range(4)]
+  run = planning.EvalRun("sadm", "Brats21", "repeat0", 0, sadm_workdir="/w/sadm",
+                         held_out=("Brats21", "brats", (2, 4), (0, 2)))
+  csv_of = lambda split: f"/d/splits/{split}.csv"
+  trained = _table(rows[2:], "/train/cache")
+  recorded = {"/w/sadm": pipeline.data_identity(trained, _table(rows[:2]))}
+  # v2 renamed to v2b in the CSV; its cache entry (and slice counts) are v2's
+  renamed = rows[:2] + [_row("v2b", 2), rows[3]]
+  table = lambda rs: dataclasses.replace(_table(rows[2:]), row_names=tuple(r.name for r in rs))
+  weak = weak_rows.trained([run], {run.id: renamed}, ["Brats21"], csv_of)
+  with caplog.at_level(logging.WARNING):
+    out = weak_rows.verify(weak, table, recorded)
+  assert out[run.id]["verified"] and out[run.id]["renamed"]
+  assert out[run.id]["fingerprint"] == trained.volumes_fingerprint()
+  assert ("rows 2:4 of Brats21_val (/d/splits/Brats21_val.csv) are the volumes SADM run /w/sadm "
+          "trained on") in caplog.text and "renamed in the split CSV" in caplog.text
+  caplog.clear()
+  out = weak_rows.verify(weak_rows.trained([run], {run.id: rows}, ["Brats21"], csv_of), _table,
+                         recorded)
+  assert out[run.id]["verified"] and not out[run.id]["renamed"] and not caplog.text
+  # Other volumes under the same names (the files changed), and with other names (a row inserted).
+  other = lambda rs: dataclasses.replace(
+      _table(rs), slice_brain_voxels=_table(rs).slice_brain_voxels + 1)
+  for volumes, shifted, why in ((other, rows, "under the names it trained on): the files"),
+                                (_table, rows[:1] + [_row("new", 1)] + rows[1:],
+                                 "their names changed too): the split CSV (rows added")):
+    weak = weak_rows.trained([run], {run.id: shifted}, ["Brats21"], csv_of)
+    with pytest.raises(weak_rows.TrainingRowsChanged) as e:
+      weak_rows.verify(weak, volumes, recorded)
+    message = str(e.value)
+    assert "\n" not in message and why in message, message
+    assert message.startswith(
+        "SADM run /w/sadm: rows 2:4 of Brats21_val (/d/splits/Brats21_val.csv) are not the "
+        "volumes it trained on (volume fingerprint "), message
+    assert "restore /d/splits/Brats21_val.csv" in message and "Q15" in message
+  # An older run: the content fingerprint (names as the cache kept them) as before.
+  old = {"/w/sadm": {"train": trained.content_fingerprint(), "val": "x"}}
+  weak = weak_rows.trained([run], {run.id: renamed}, ["Brats21"], csv_of)
+  assert "renamed" not in weak_rows.verify(weak, table, old)[run.id]
+
+
+def _as_weak_run(sadm_dir: str, dest: str, record: bool = True, data: dict | None = None) -> str:
   """A copy of a SADM run as a BraTS-weakly-supervised run trained on rows 1:3 of Brats21_val (its
-  saved config's sadm.mode and rows edited; the SegUnet is the same): with `record`, the content
-  fingerprints of those rows' tables as `train.sadm` records them, else none (an older run)."""
+  saved config's sadm.mode and rows edited, and its `data` settings updated with `data`; the
+  SegUnet is the same): with `record`, the content fingerprints of those rows' tables as
+  `train.sadm` records them, else none (an older run)."""
   import shutil
 
   import ml_collections
@@ -168,6 +221,7 @@ def _as_weak_run(sadm_dir: str, dest: str, record: bool = True) -> str:
     with open(path) as f:
       meta = json.load(f)
     meta["config"]["sadm"].update(mode="brats", weak_train_rows=[1, 3], weak_val_rows=[0, 1])
+    meta["config"]["data"].update(data or {})
     meta["run"].pop("data", None)
     if record:
       config = config_lib.resolve(ml_collections.ConfigDict(meta["config"]))
@@ -265,10 +319,11 @@ def _refusal(weak: str, csv_path: str, line: str) -> str:
   found, want = re.search(r"fingerprint (\w+), recorded (\w+)", line).groups()
   assert found != want
   return (f"error: SADM run {weak}: rows 1:3 of Brats21_val ({csv_path}) are not the volumes it "
-          f"trained on (content fingerprint {found}, recorded {want}): the split CSV (rows "
-          "added, removed or re-ordered; with default row ranges, rows added at its end too) or "
-          "its cleaning (data.clean_splits, data.skip_invalid) changed since training, and τ would be "
-          f"tuned on training volumes (Q15); restore {csv_path} as it was when the run trained, or "
+          f"trained on (volume fingerprint {found}, recorded {want}; their names changed too): "
+          "the split CSV (rows added, removed or re-ordered; with default row ranges, rows added "
+          "at its end too) or its cleaning (data.clean_splits, data.skip_invalid) changed since "
+          "training, and τ would be tuned on training volumes (Q15); restore "
+          f"{csv_path} as it was when the run trained, or "
           "retrain the run on the split as it is now (--config.sadm.weak_train_rows=(start, stop) "
           "sets its rows)")
 
@@ -298,3 +353,78 @@ def test_two_processes_refuse_an_edited_split_alike(tiny_data_dir, tiny_sadm_dir
   assert lines[0] == lines[1]
   assert not os.path.exists(os.path.join(work, "eval")) and \
       not os.path.exists(os.path.join(work, "report"))
+
+
+def _bad_row_in_val_and_test(data_dir: str, dest: str) -> str:
+  """A copy of the fake data with an invalid volume (its image file is not NIfTI) inserted as row
+  0 of Brats21_val.csv and added to Brats21_test.csv too; returns the data dir."""
+  import shutil
+
+  from tests.evaluate.conftest import copy_data, edit_split
+  data = copy_data(data_dir, dest)
+  base = os.path.join(data, "Data", "Test", "Brats21")
+  for kind in ("mask", "seg"):
+    shutil.copyfile(os.path.join(base, kind, f"Brats21_val_000_{kind}.nii.gz"),
+                    os.path.join(base, kind, f"Brats21_val_bad_{kind}.nii.gz"))
+  with open(os.path.join(base, "t1", "Brats21_val_bad_t1.nii.gz"), "wb") as f:
+    f.write(b"not a NIfTI file")
+  bad = lambda text: text.splitlines()[1].replace("Brats21_val_000", "Brats21_val_bad")
+  val = edit_split(data, "Brats21_val.csv", lambda t: "\n".join(
+      t.splitlines()[:1] + [bad(t)] + t.splitlines()[1:]) + "\n")
+  with open(val) as f:
+    row = bad(f.read().replace("Brats21_val_bad", "Brats21_val_000"))
+  edit_split(data, "Brats21_test.csv", lambda t: t.rstrip("\n") + "\n" + row + "\n")
+  return data
+
+
+@pytest.mark.parametrize("trained_clean", [False, True],
+                         ids=["trained_uncleaned", "trained_cleaned"])
+def test_an_invalid_row_skipped_in_another_split_keeps_the_training_rows(
+    tiny_data_dir, tiny_sadm_dir, tmp_path, monkeypatch, caplog, trained_clean):
+  """An invalid volume in Brats21_val and Brats21_test, skipped (data.skip_invalid) by a weak run
+  that trained without cleaning (its val: bad, 000, 001, 002 → trains on 001, 002) and by an
+  evaluation that cleans (its val loses the row to test, where it is skipped) — or the reverse.
+  The evaluation re-derived the run's rows skipping only the rows IT skipped in Brats21_val, so
+  rows 1:3 were 000, 001 and the unchanged run was refused (TrainingRowsChanged); the run's rows
+  are now re-derived skipping invalid files by their identity, in whatever split: verified."""
+  import logging
+
+  from sadm_jax.evaluate import run as run_lib
+  data = _bad_row_in_val_and_test(tiny_data_dir, str(tmp_path / "data"))
+  weak = _as_weak_run(tiny_sadm_dir, str(tmp_path / "weak"), data={
+      "data_dir": data, "cache_dir": os.path.join(data, "cache"), "clean_splits": trained_clean,
+      "skip_invalid": True})
+  c = _weak_only(data, weak)
+  c.data.clean_splits, c.data.skip_invalid = not trained_clean, True
+  _stop_at_the_passes(monkeypatch)
+  with caplog.at_level(logging.INFO), pytest.raises(_PassesReached):
+    run_lib.run(c, str(tmp_path / "work"))
+  assert f"rows 1:3 of Brats21_val are the volumes SADM run {weak} trained on" in caplog.text
+
+
+def test_a_training_row_renamed_in_the_csv_is_seen_and_not_refused(tiny_data_dir, tiny_sadm_dir,
+                                                                    tmp_path, monkeypatch, caplog):
+  """A weak run's training row renamed in Brats21_val.csv, nothing else changed. The check's
+  fingerprint held the names its cache entries kept: with that cache the rename went unseen, and
+  with a fresh cache the unchanged volumes were refused (TrainingRowsChanged). The run now
+  records its rows' names and volumes apart: both caches verify the volumes and warn of the
+  rename."""
+  import logging
+
+  from sadm_jax.evaluate import run as run_lib
+  from tests.evaluate.conftest import copy_data, edit_split
+  data = copy_data(tiny_data_dir, str(tmp_path / "data"))
+  weak = _as_weak_run(tiny_sadm_dir, str(tmp_path / "weak"), data={
+      "data_dir": data, "cache_dir": os.path.join(data, "cache")})
+  edit_split(data, "Brats21_val.csv",
+             lambda t: t.replace(",Brats21_val_001,", ",Brats21_val_001_renamed,"))
+  _stop_at_the_passes(monkeypatch)
+  for cache in ("cache", "fresh_cache"):
+    c = _weak_only(data, weak)
+    c.data.cache_dir = os.path.join(data, cache)
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(_PassesReached):
+      run_lib.run(c, str(tmp_path / cache / "work"))
+    assert (f"rows 1:3 of Brats21_val ({data}/Data/splits/Brats21_val.csv) are the volumes SADM "
+            f"run {weak} trained on") in caplog.text, cache
+    assert "under other names: renamed in the split CSV since training" in caplog.text, cache

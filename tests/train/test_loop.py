@@ -286,6 +286,21 @@ def test_check_references_refuses_other_inputs_on_resume():
     loop.check_references("/w", c, {"cddpm": dict(ref, step=3), "data": data}, saved)
 
 
+def test_a_run_that_recorded_less_of_its_data_resumes_from_moved_data():
+  """A run that recorded only the 'train' and 'val' fingerprints of its data (before the names
+  and volumes were recorded apart) resumes from its moved data, where this version records
+  more of the same volumes: the recorded fingerprints are compared, not what it lacks (the
+  whole record was compared, and every such run was refused as trained on other volumes)."""
+  c = default.get_config()
+  c.data.data_dir = "/new"
+  saved = {"config": {"data": {"data_dir": "/old"}}, "run": {"data": {"train": "t", "val": "v"}}}
+  now = {"data": {"train": "t", "val": "v", "train_names": "n", "train_volumes": "w",
+                  "val_names": "m", "val_volumes": "x"}}
+  loop.check_references("/w", c, now, saved)
+  with pytest.raises(checkpoint_lib.RunError, match=r"\(the train volumes differ"):
+    loop.check_references("/w", c, {"data": dict(now["data"], train="t2")}, saved)
+
+
 def test_a_resumed_start_keeps_what_only_the_first_start_recorded(tmp_path):
   """A cDDPM resumes without reopening the SparK run that initialised its encoder (it may have
   moved or gone): `will_resume` says it resumes, and the run keeps the `pretrained_encoder` its
