@@ -18,6 +18,9 @@ from tests.sweep_common import CDDPM, TINY, write_sweep
 def test_members_are_checked_when_built():
   with pytest.raises(ValueError, match="member name 'a/b' is invalid"):
     Member("a/b", CDDPM)
+  for name in ("slurm", "sweep_report.md"):  # the sweep's own job-script folder and report
+    with pytest.raises(ValueError, match=rf"^member name '{name}' is the sweep's own"):
+      Member(name, CDDPM)
   with pytest.raises(ValueError, match="'seed=3' is not a --config.key=value override"):
     Member("a", CDDPM, ["seed=3"])
   with pytest.raises(ValueError, match="overrides must be a list of strings"):

@@ -15,6 +15,8 @@ import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")  # no ',': --members=a,b lists names
+# What the sweep itself keeps in its workdir (sweeps.slurm's job scripts, sweeps.report's files).
+RESERVED_NAMES = ("slurm", "sweep_report.csv", "sweep_report.md")
 OVERRIDE_RE = re.compile(r"^--config\.([\w.]+)=")  # a --config.k=v override; group 1: k
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_]\w*)\}")  # '{workdir}' (not a regex's 'a{3}')
 
@@ -31,6 +33,9 @@ class Member:
   def __post_init__(self):
     if not isinstance(self.name, str) or not NAME_RE.match(self.name):
       raise ValueError(f"member name {self.name!r} is invalid (letters, digits, ._=+-)")
+    if self.name.lower() in RESERVED_NAMES:  # its workdir would be the sweep's own file or folder
+      raise ValueError(f"member name {self.name!r} is the sweep's own (W/{self.name}): rename "
+                       "the member")
     for field in ("overrides", "after"):
       value = getattr(self, field)
       if isinstance(value, str):
