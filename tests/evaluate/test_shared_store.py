@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 
@@ -17,6 +18,27 @@ def _as_process(monkeypatch, index: int, count: int = 2) -> None:
   monkeypatch.setattr(jax, "process_count", lambda: count)
   monkeypatch.setattr(jax, "process_index", lambda: index)
   monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine] * count)
+
+
+def _process_1_differs(key: str, edit):
+  """An `allgather_json` of 2 processes where process 1's digests differ and its dict holding
+  `key` (a plan or the run settings) is `edit(a deep copy of process 0's)`."""
+  def gather(mine):
+    if isinstance(mine, str):  # a digest
+      return [mine, "another"]
+    if isinstance(mine, dict) and key in mine:
+      return [mine, edit(copy.deepcopy(mine))]
+    return [mine, mine]
+  return gather
+
+
+def _refused_as_process_0(monkeypatch, capsys, data: str, work: str, key: str, edit) -> str:
+  """The error line of a threshold-only evaluation run as process 0 of 2 whose process 1 differs
+  (`_process_1_differs(key, edit)`); exit code 2."""
+  _as_process(monkeypatch, 0)
+  monkeypatch.setattr(distributed, "allgather_json", _process_1_differs(key, edit))
+  assert main_lib.run_checked(threshold_only(data), work) == 2
+  return _error(capsys)
 
 
 def _error(capsys) -> str:
@@ -89,23 +111,15 @@ def test_processes_planning_other_volumes_stop_before_any_work(tiny_data_dir, tm
   data = copy_data(tiny_data_dir, str(tmp_path / "data"))
   first = "Brats21/test/threshold/none/fold0[0] Brats21_test_000"
 
-  def gather(mine):
-    if isinstance(mine, str):  # the plan's digest
-      return [mine, "another"]
-    if isinstance(mine, dict):  # the plan
-      other = dict(mine)
-      if differ == "file":
-        other[first] = [other[first][0], "another entry key"]
-      else:
-        del other[first]
-      return [mine, other]
-    return [mine, mine]
+  def edit(plan):
+    if differ == "file":
+      plan[first] = [plan[first][0], "another entry key"]
+    else:
+      del plan[first]
+    return plan
 
-  _as_process(monkeypatch, 0)
-  monkeypatch.setattr(distributed, "allgather_json", gather)
   work = str(tmp_path / "work")
-  assert main_lib.run_checked(threshold_only(data), work) == 2
-  line = _error(capsys)
+  line = _refused_as_process_0(monkeypatch, capsys, data, work, first, edit)
   if differ == "file":
     image = os.path.join(data, "Data", "Test", "Brats21", "t1", "Brats21_test_000_t1.nii.gz")
     assert line == (f"error: {image}: not the same file on process 0 and process 1 of 2 (the "
@@ -125,24 +139,15 @@ def test_processes_with_other_devices_or_models_stop_before_any_work(tiny_data_d
   its host), process 0 could use none of its results. Every process stops at start-up with the
   same line naming the run and what differs. (They went on, and stopped after the val pass with
   'no stored result', naming the workdir.)"""
-  import copy
   data = copy_data(tiny_data_dir, str(tmp_path / "data"))
   run = "threshold/none/fold0"
 
-  def gather(mine):
-    if isinstance(mine, str):  # a digest
-      return [mine, "another"]
-    if isinstance(mine, dict) and run in mine:  # the run settings
-      other = copy.deepcopy(mine)
-      other[run]["backend"]["device_kind"] = "another kind"
-      return [mine, other]
-    return [mine, mine]
+  def edit(settings):
+    settings[run]["backend"]["device_kind"] = "another kind"
+    return settings
 
-  _as_process(monkeypatch, 0)
-  monkeypatch.setattr(distributed, "allgather_json", gather)
   work = str(tmp_path / "work")
-  assert main_lib.run_checked(threshold_only(data), work) == 2
-  line = _error(capsys)
+  line = _refused_as_process_0(monkeypatch, capsys, data, work, run, edit)
   assert line.startswith(f"error: process 1 of 2 evaluates {run} with another backend than "
                          'process 0 ({"device_kind": "another kind", '), line
   assert line.endswith("process 0 could use none of that process's results)"), line
