@@ -27,7 +27,7 @@ def _existing_dir(key: str, path: str, what: str) -> None:
     _fail(f"--config.{key}={path}: no such directory ({what})")
 
 
-def _holds_steps(workdir: str | None) -> bool:
+def holds_steps(workdir: str | None) -> bool:
   """Whether `workdir` holds a training checkpoint step (`<workdir>/checkpoints/<step>`): the run
   resumes (or stops at a damaged one), and never builds its initial state again."""
   ckpt = os.path.join(workdir, "checkpoints") if workdir else ""
@@ -45,7 +45,7 @@ def check_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -
     _existing_dir("data.data_dir", config.data.data_dir,
                   f"stage {stage} reads the data directory (DATA_DIR)")
   if (stage == "cddpm" and config.model.encoder.pretrained_workdir
-      and not _holds_steps(workdir)):  # (stage spark does not read it: `sadm_jax.ignored`)
+      and not holds_steps(workdir)):  # (stage spark does not read it: `sadm_jax.ignored`)
     _existing_dir("model.encoder.pretrained_workdir", config.model.encoder.pretrained_workdir,
                   "a SparK workdir to initialise the encoder from")
   if stage == "sadm" and config.sadm.use_cddpm:

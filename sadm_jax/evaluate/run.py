@@ -191,32 +191,31 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
                      "nothing to evaluate")
   _, splits, hygiene, skipped = config_lib.load_valid_splits(config, names)
   check_splits(root, splits, hygiene, skipped)
+  cache_dir = config_lib.cache_dir(config)
+  pre = config_lib.preprocess_config(config)
+  cache = cache_lib.VolumeCache(cache_dir, pre)
   stage2 = stage2_val_rows(root, runs, models.sadm_configs, sets, str(config.data.modality),
-                           _invalid_rows(config, splits))
+                           _invalid_rows(config, splits, cache))
   vals, tests = val_passes(runs, splits, sets, ixi, stage2), test_passes(runs, splits, sets, ixi)
   check_volume_names(vals + tests)
   weak = weak_rows.trained(runs, stage2, sets, root.split_csv)
-  cache_dir = config_lib.cache_dir(config)
-  pre = config_lib.preprocess_config(config)
-  # by file key: one image listed with other labels in two splits (no data hygiene) is two entries
-  unique = list({(r.img, r.mask, r.seg): r for rows in splits.values() for r in rows}.values())
+  entry = lambda r: (r.img, r.mask, r.seg)  # a row's files make its cache entry (its labels too)
+  # by entry: one image listed with other labels in two splits (no data hygiene) is two volumes
+  unique = list({entry(r): r for rows in splits.values() for r in rows}.values())
   # The weak runs' training rows first (their check needs them; a refusal should not wait for
-  # every other volume's preprocessing), by file key: a row's mask and labels make its entry.
-  first = list({(r.img, r.mask, r.seg): r for t in weak for r in t.volumes}.values())
+  # every other volume's preprocessing).
+  first = list({entry(r): r for t in weak for r in t.volumes}.values())
   _cache_share(config, first, cache_dir, pre)
-  evaluation = Evaluation(config, workdir, models, runs, splits,
-                          cache_lib.VolumeCache(cache_dir, pre))
-  done = {(r.img, r.mask, r.seg) for r in first}
-  return evaluation, sets, vals, tests, unique, weak, [
-      r for r in unique if (r.img, r.mask, r.seg) not in done]
+  evaluation = Evaluation(config, workdir, models, runs, splits, cache)
+  done = {entry(r) for r in first}
+  return evaluation, sets, vals, tests, unique, weak, [r for r in unique if entry(r) not in done]
 
 
-def _invalid_rows(config: ml_collections.ConfigDict, splits: dict):
+def _invalid_rows(config: ml_collections.ConfigDict, splits: dict, cache: cache_lib.VolumeCache):
   """rows -> file keys of the invalid ones (`prepare.invalid_rows`), reading only the rows neither
-  among the evaluation's valid `splits` nor cached: a weak run's val read with its own cleaning
+  among the evaluation's valid `splits` nor in `cache`: a weak run's val read with its own cleaning
   may hold rows the evaluation skipped in another split, or dropped by its own cleaning."""
   valid = {prepare.file_key(r) for rows in splits.values() for r in rows}
-  cache = cache_lib.VolumeCache(config_lib.cache_dir(config), config_lib.preprocess_config(config))
   known = lambda row: prepare.file_key(row) in valid or cache.contains(row)
   return lambda rows: set(prepare.invalid_rows(rows, int(config.data.num_workers), known))
 

@@ -215,7 +215,7 @@ def check_member_resume(member: Member, config: ml_collections.ConfigDict, workd
   not when it is reached, after the members before it."""
   from sadm_jax import validate, validate_paths
   mdir = os.path.join(workdir, member.name)
-  if config.stage not in validate.TRAINING_STAGES or not validate_paths._holds_steps(mdir):
+  if config.stage not in validate.TRAINING_STAGES or not validate_paths.holds_steps(mdir):
     return  # (nothing to resume: no JAX imported for it)
   from sadm_jax.train import workdir as workdir_lib
   try:

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from sadm_jax.evaluate import report
 from sadm_jax.sweeps.members import Member, Sweep
-from sadm_jax.sweeps.runner import DONE
+from sadm_jax.sweeps.runner import is_done
 from sadm_jax.utils import io
 
 
@@ -21,8 +21,7 @@ def build_report(sweep: Sweep, workdir: str, members: Sequence[Member] | None = 
   for m in [m for m in (sweep.members if members is None else members) if m.report]:
     path = os.path.join(workdir, m.name, "report", "metrics.json")
     if not os.path.exists(path):  # not finished, or finished as a stage that writes no report
-      (no_report if os.path.exists(os.path.join(workdir, m.name, DONE)) else missing).append(
-          m.name)
+      (no_report if is_done(workdir, m.name) else missing).append(m.name)
       continue
     try:  # (written whole by the evaluation: damaged, or another tool's, by hand)
       with open(path, encoding="utf-8") as f:
