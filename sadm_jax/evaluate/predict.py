@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from typing import Any
@@ -168,9 +169,11 @@ def _batches(indices: list[int], devices: int) -> list[list[int]]:
 def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
   """(scans, batch, predictor, devices) of this process (`mesh.num_devices` of its own devices,
   0 = all: scans run one per device); with several processes, every process first
-  learns whether the others started too and listed the same scans, so that a process that could
-  not start (an unreadable input or checkpoint on its host) stops them all instead of leaving
-  them waiting for its records forever, and no scan is predicted twice or never."""
+  learns whether the others started too, listed the same scans and loaded the same model
+  (`Predictor.identity`), so that a process that could not start (an unreadable input or
+  checkpoint on its host) stops them all instead of leaving them waiting for its records
+  forever, no scan is predicted twice or never, and the summary's model and τ are every
+  scan's."""
   with distributed.together("predict's start"):
     devices = int(config.mesh.num_devices) or jax.local_device_count()
     if devices > jax.local_device_count():
@@ -178,14 +181,27 @@ def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
                        f"{jax.local_device_count()} device(s) (0 = all)")
     scans, batch = list_scans(p.input, p.mask, p.mask_suffix)
     predictor = load_predictor(p.checkpoint_dir, config)
-  every = distributed.allgather_json([s.name for s in scans])
-  mine = every[jax.process_index()]
-  for k, other in enumerate(every):
+  nproc = jax.process_count()
+  every = distributed.allgather_json(
+      [[s.name for s in scans], predictor.identity() if nproc > 1 else None])
+  mine = every[jax.process_index()][0]
+  for k, (other, _) in enumerate(every):
     if other != mine:
       raise DataError(
           f"predict.input {p.input!r} lists {len(other)} scan(s) on process {k} but "
           f"{len(mine)} (or others) on process {jax.process_index()}: is it on a file "
           "system every host sees the same, and unchanged while predict starts?")
+  shown = lambda v: json.dumps(v, sort_keys=True)[:120]
+  first = every[0][1]
+  for k, (_, theirs) in enumerate(every[1:], start=1):
+    key = next((x for x in sorted(set(first) | set(theirs)) if first.get(x) != theirs.get(x)),
+               None)
+    if key is not None:
+      raise ValueError(
+          f"--config.predict.checkpoint_dir={p.checkpoint_dir}: process {k} of {nproc} loaded "
+          f"another {key} than process 0 ({shown(theirs.get(key))} vs {shown(first.get(key))}):"
+          " every host must load the same model and τ, with the same JAX release, on one kind of"
+          " device (the summary names one model for every scan)")
   return scans, batch, predictor, devices
 
 

@@ -59,6 +59,24 @@ class Predictor:
           scoring.device_median())
     return self._programs[key]
 
+  def identity(self) -> dict:
+    """What this predictor's outputs depend on (method, τ, orientation, the weights'
+    fingerprints, the map settings, seed, ensemble, the device kind and the JAX release), as
+    JSON values: every process of a multi-process predict must hold the same (`predict._start`)."""
+    c = self.settings_config
+    device = jax.local_devices()[0]
+    return json.loads(json.dumps({
+        "method": self.method, "combination": self.combination, "threshold": self.tau,
+        "threshold source": self.tau_source, "model orientation": self.orientation,
+        "cDDPM weights": self.cddpm.fingerprint if self.cddpm is not None else None,
+        "SegUnet weights": self.segnet.fingerprint if self.segnet is not None else None,
+        "intensity median": self.intensity_median, "map settings": scoring.map_settings(c),
+        "seed": int(c.seed), "dtype": str(c.evaluate.dtype),
+        "timesteps": [int(t) for t in c.diffusion.ensemble_timesteps],
+        "shared noise": bool(c.diffusion.shared_noise),
+        "device kind": f"{device.platform} {device.device_kind}", "JAX": jax.__version__,
+    }, sort_keys=True, default=str))
+
   def brain(self, mask_hwd: np.ndarray, name: str) -> np.ndarray:
     """The brain the evaluation scored (every method's M, `execute.Case.brain`): the mask
     [H, W, D] eroded by `evaluate.erode_mask`; ValueError naming `name` when that leaves nothing."""

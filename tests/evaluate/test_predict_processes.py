@@ -57,13 +57,17 @@ def test_folder_batch_in_two_processes_survives_a_corrupt_file(tiny_cddpm_dir, s
   assert "sub-02_T1w" not in texts[1][0]
 
 
+# a stand-in predictor: what a process loaded, as `Predictor.identity` gives it
+_MODEL = types.SimpleNamespace(identity=lambda: {"method": "cddpm", "threshold": 0.5})
+
+
 def _as_process_0_of_2(monkeypatch, others: list, loaded: list):
   """This process as process 0 of 2, the other process's start-up messages being `others` (its
   failure or not, then its scans); `loaded` records each load_predictor call (a stand-in
   predictor: nothing is predicted)."""
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
   monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
-  monkeypatch.setattr(predict, "load_predictor", lambda *a: loaded.append(a) or object())
+  monkeypatch.setattr(predict, "load_predictor", lambda *a: loaded.append(a) or _MODEL)
   others = iter(others)
   monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, next(others)])
   monkeypatch.setattr(predict, "predict", lambda *a: pytest.fail("predicted a scan"))
@@ -84,11 +88,24 @@ def test_a_process_that_cannot_start_stops_the_others(scan, tmp_path, monkeypatc
 def test_processes_listing_other_scans_stop(scan, tmp_path, monkeypatch):
   """A folder that differs between hosts (not shared, or changing): the split by index would
   predict some scans twice and others never, so every process stops, naming the input."""
-  _as_process_0_of_2(monkeypatch, [["predict's start", None], ["sub-01_T1w", "sub-02_T1w"]], [])
+  _as_process_0_of_2(monkeypatch, [["predict's start", None],
+                                   [["sub-01_T1w", "sub-02_T1w"], _MODEL.identity()]], [])
   c = scan_config(str(tmp_path / "model"), {"image": scan["dir"]}, tmp_path / "out")
   with pytest.raises(DataError, match=r"lists 2 scan\(s\) on process 1 but 1 .*on process 0: is "
                                       r"it on a file system every host sees the same"):
     predict.run(c, str(tmp_path))
+
+
+def test_processes_that_loaded_other_models_stop(scan, tmp_path, monkeypatch):
+  """Process 1 loaded another τ (or other weights): its maps would be binarised otherwise than
+  the summary says, so every process stops at start-up, naming the setting and both values."""
+  _as_process_0_of_2(monkeypatch, [["predict's start", None],
+                                   [["sub-01_T1w"], {**_MODEL.identity(), "threshold": 0.25}]], [])
+  c = scan_config(str(tmp_path / "model"), scan, tmp_path / "out")
+  with pytest.raises(ValueError, match=r"^--config.predict.checkpoint_dir=.*: process 1 of 2 "
+                                       r"loaded another threshold than process 0 \(0.25 vs 0.5\)"):
+    predict.run(c, str(tmp_path))
+  assert not os.path.exists(tmp_path / "out" / "predict_summary.json")
 
 
 def test_a_process_that_cannot_start_tells_the_others_first(tmp_path, monkeypatch):
@@ -118,13 +135,14 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
 
   def allgather(mine):  # process 1: started, listed the same scans, then its records
     calls.append(mine)
-    return [mine, {1: ["predict's start", None], 2: ["a", "b"], 3: [theirs],
+    return [mine, {1: ["predict's start", None], 2: [["a", "b"], {"method": "cddpm"}], 3: [theirs],
                    4: 1}.get(len(calls))]  # 4: the devices its batches ran on
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
   monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
   monkeypatch.setattr(distributed, "allgather_json", allgather)
   monkeypatch.setattr(predict, "load_predictor", lambda *a: types.SimpleNamespace(
       source="m", method="cddpm", tau=None, tau_source="", orientation="RAS",
+      identity=lambda: {"method": "cddpm"},
       orientation_source="", dispatch=lambda volumes, mesh: [None] * len(volumes),
       collect=lambda pending: pending))
   monkeypatch.setattr(predict, "prepare", lambda *a: types.SimpleNamespace(volume=None))
@@ -145,9 +163,10 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
         ("a", "ok"), ("b", "failed")]
 
 
-def _predict_in_two_processes(tmp_path, input_of) -> list:
+def _predict_in_two_processes(tmp_path, input_of, tau_of=lambda pid: 0.3) -> list:
   """`predict` of a hand-written evaluation (the threshold baseline: no model) in 2 processes on
-  loopback, process p reading `input_of(p)`; [(exit code, stdout, stderr)] per process."""
+  loopback, process p reading `input_of(p)` with τ `tau_of(p)`; [(exit code, stdout, stderr)]
+  per process."""
   os.makedirs(tmp_path / "model" / "eval")
   settings = config_lib.resolve(predict_config.get_config())
   (tmp_path / "model" / "eval" / "config.json").write_text(json.dumps(settings.to_dict()))
@@ -158,7 +177,8 @@ def _predict_in_two_processes(tmp_path, input_of) -> list:
       lambda pid: ["--config=configs/predict.py", f"--workdir={tmp_path}",
                    f"--config.predict.checkpoint_dir={tmp_path / 'model'}",
                    f"--config.predict.input={input_of(pid)}",
-                   f"--config.predict.output={tmp_path / 'out'}", "--config.predict.threshold=0.3"],
+                   f"--config.predict.output={tmp_path / 'out'}",
+                   f"--config.predict.threshold={tau_of(pid)}"],
       2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 25, ok_codes=(0, 2))
 
 
@@ -190,3 +210,18 @@ def test_a_path_one_host_lacks_stops_every_process_at_start_up(scan, tmp_path):
   assert err0.strip().splitlines()[-1].startswith(
       "error: process 1 of 2 stopped at its start-up checks (--config.predict.input="), err0[-2000:]
   assert not os.path.exists(tmp_path / "out" / "sub-01_T1w_anomaly_map.nii.gz")
+
+
+def test_two_processes_with_other_thresholds_stop_at_start_up(scan, tmp_path):
+  """2 processes on loopback given another `predict.threshold` each (a launch script that
+  differs between hosts): both exit 2 before predicting, with the same line naming the
+  setting and both values; before, each binarised its share at its own τ while the summary
+  named process 0's for every scan."""
+  (code0, _, err0), (code1, _, err1) = _predict_in_two_processes(
+      tmp_path, lambda pid: scan["image"], lambda pid: 0.4 if pid else 0.3)
+  assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
+  for err in (err0, err1):
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: --config.predict.checkpoint_dir=") and (
+        "process 1 of 2 loaded another threshold than process 0 (0.4 vs 0.3)" in last), last
+  assert not os.listdir(tmp_path / "out")  # made at the start; nothing predicted
