@@ -176,15 +176,9 @@ class Evaluation:
     """(volumes with a missing result, number of results already stored) over `passes`."""
     items, cached = [], 0
     for p in passes:
-      order: dict[tuple, tuple[int, Row]] = {}
-      for rid, rows in p.rows.items():
-        for pos, row in enumerate(rows):
-          order.setdefault((row.split, row.img, row.name), (pos, row))
-      members = {rid: {(r.split, r.img, r.name) for r in rows} for rid, rows in p.rows.items()}
-      runs = [r for r in self.runs if r.id in p.rows]
-      for key, (pos, row) in order.items():
+      for pos, row, runs in self._volumes(p):
         todo = []
-        for r in (r for r in runs if key in members[r.id]):
+        for r in runs:
           fp = self.fingerprint(r, p.kind, extras.get((p.set_name, r.id)), row)
           name = p.volume_name(row)
           if self.store.read(r, p.set_name, p.split, name, fp, p.keep_map) is None or \
@@ -195,6 +189,22 @@ class Evaluation:
         if todo:
           items.append(Item(p, row, pos, tuple(todo)))
     return items, cached
+
+  def _volumes(self, p: Pass) -> Iterator[tuple[int, Row, list[EvalRun]]]:
+    """(position, row, the runs that evaluate it) of each volume of `p`, once each."""
+    order: dict[tuple, tuple[int, Row]] = {}
+    for rows in p.rows.values():
+      for pos, row in enumerate(rows):
+        order.setdefault((row.split, row.img, row.name), (pos, row))
+    members = {rid: {(r.split, r.img, r.name) for r in rows} for rid, rows in p.rows.items()}
+    runs = [r for r in self.runs if r.id in p.rows]
+    for key, (pos, row) in order.items():
+      yield pos, row, [r for r in runs if key in members[r.id]]
+
+  def output_files(self, passes: Sequence[Pass]) -> set[str]:
+    """Every report file of `passes`' volumes that this evaluation's settings ask for."""
+    return {path for p in passes for pos, row, runs in self._volumes(p) for r in runs
+            for path in self._outputs(p, r, p.volume_name(row), pos).values()}
 
   def run_passes(self, passes: Sequence[Pass], extras: dict, tag: str) -> tuple[list[str], int]:
     """Computes this process's share of the missing results of `passes` and waits for the others.

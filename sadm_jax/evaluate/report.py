@@ -138,6 +138,26 @@ def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.
   return list(paths.values())
 
 
+OUTPUT_SUFFIXES = ("_anomaly.nii.gz", "_recon.nii.gz", "_pred.nii.gz", "_montage.png")
+
+
+def remove_stale_outputs(root: str, keep: set[str]) -> int:
+  """Removes the per-volume files under `root` (report/volumes/) that `write_volume_outputs`
+  names but `keep` does not (an earlier evaluation's, with other output settings, methods or
+  volumes), then the folders left empty; other files stay. Returns how many were removed."""
+  keep = {os.path.abspath(k) for k in keep}
+  removed = 0
+  for folder, _, files in sorted(os.walk(root), reverse=True):  # the deepest first
+    for f in files:
+      path = os.path.abspath(os.path.join(folder, f))
+      if f.endswith(OUTPUT_SUFFIXES) and path not in keep:
+        os.remove(path)
+        removed += 1
+    if folder != root and not os.listdir(folder):
+      os.rmdir(folder)
+  return removed
+
+
 # ----------------------------------------------------------------------------- tables
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Sequence
@@ -230,8 +231,8 @@ def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chose
                   extras: dict, unique, given: ml_collections.ConfigDict, verified: dict) -> int:
   """Process 0: report/ and eval/{config,models}.json from the stored records (the config as
   `given`, faithful placeholders unresolved, like a training run's; a weak run's entry has its
-  checked training rows, `verified`: `weak_rows.verify`); returns the number of metrics.csv
-  rows."""
+  checked training rows, `verified`: `weak_rows.verify`), and an earlier evaluation's volume
+  files that this one does not write removed; returns the number of metrics.csv rows."""
   config, models = evaluation.config, evaluation.models
   rows = report_rows(evaluation, vals, tests, chosen, extras)
   for r in evaluation.runs:
@@ -248,6 +249,11 @@ def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chose
                           for r in evaluation.runs],
                  "test_sets": list(sets), "protocol": proto})
   print(report.write_report(workdir, rows, proto))
+  stale = report.remove_stale_outputs(os.path.join(workdir, "report", "volumes"),
+                                      evaluation.output_files(tests))
+  if stale:
+    logging.info("report: removed %d volume file(s) of an earlier evaluation that this one "
+                 "does not write", stale)
   return len(rows)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -147,3 +148,23 @@ def test_report_names_runs_whose_tau_saw_their_training_volumes(tmp_path):
   bad = [row("Brats21", "all (contains SegUnet training volumes, Q15)"), row("ATLAS_v2", "all")]
   text = report.write_report(str(tmp_path), bad, base)
   assert "sadm/Brats21/repeat0 on Brats21" in text and "SegUnet's training volumes" in text
+
+
+def test_stale_volume_outputs_are_removed_and_nothing_else(tmp_path):
+  """Of the files under report/volumes/ only those `write_volume_outputs` names and the current
+  evaluation does not write go; then the folders left empty (never the root)."""
+  from sadm_jax.evaluate import report
+  root = tmp_path / "volumes"
+  keep_dir, old_dir = root / "sadm" / "draem" / "fold0" / "A", root / "unet" / "draem" / "fold0" / "A"
+  for d in (keep_dir, old_dir):
+    d.mkdir(parents=True)
+  kept = report.volume_output_paths(str(keep_dir), "v1", nifti=True, png=False, recon=True)
+  old = [*kept.values(), str(keep_dir / "v1_montage.png"), str(keep_dir / "v2_anomaly.nii.gz"),
+         *report.volume_output_paths(str(old_dir), "v1", png=True).values()]
+  for path in old + [str(keep_dir / "README.txt")]:
+    open(path, "w").close()
+  assert report.remove_stale_outputs(str(root), set(kept.values())) == len(old) - len(kept)
+  assert sorted(os.listdir(keep_dir)) == sorted(["README.txt", *map(os.path.basename, kept.values())])
+  assert sorted(os.listdir(root)) == ["sadm"]  # unet/draem/fold0/A emptied: removed
+  assert report.remove_stale_outputs(str(root), set()) == len(kept)
+  assert os.listdir(keep_dir) == ["README.txt"] and os.path.isdir(root)

@@ -137,21 +137,33 @@ def test_volume_outputs_are_aligned_with_the_cached_input(evaluation, eval_data_
 def test_a_rerun_writes_the_volume_outputs_that_are_missing(evaluation, eval_data_dir,
                                                             tiny_cddpm_dir, tiny_sadm_dir, tmp_path):
   """A test volume counts as done only with the files the config asks for: a rerun after the
-  volume outputs were removed (or were off: write_nifti=False) writes them again, the same maps."""
+  volume outputs were removed (or were off: write_nifti=False) writes them again, the same maps.
+  A rerun that asks for fewer files removes the earlier evaluation's others (they would pass
+  for this evaluation's), and only those."""
   workdir = str(tmp_path / "again")
   shutil.copytree(evaluation[0], workdir)
-  out = os.path.join(workdir, "report", "volumes", "sadm", "draem", "fold0", "Brats21")
+  root = os.path.join(workdir, "report", "volumes")
+  files = lambda ext: sorted(glob.glob(os.path.join(root, "**", f"*{ext}"), recursive=True))
+  niftis = files(".nii.gz")
+  assert files(".png") and niftis
+  out = os.path.join(root, "sadm", "draem", "fold0", "Brats21")
   gone = os.path.join(out, "Brats21_test_001_anomaly.nii.gz")
   want = nib.load(gone).get_fdata()
   os.remove(gone)
+  notes = os.path.join(out, "notes.txt")  # a user's file: kept
+  with open(notes, "w") as f:
+    f.write("mine")
   c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
   c.evaluate.write_png = False
   again = main_lib.run_stage(c, workdir)
   assert again["volumes_computed"] == 1, again
   np.testing.assert_array_equal(nib.load(gone).get_fdata(), want)
+  assert files(".nii.gz") == niftis and files(".png") == []  # the PNGs were the first run's
   c.evaluate.write_nifti = False  # no files asked for: nothing to compute
   os.remove(gone)
   assert main_lib.run_stage(c, workdir)["volumes_computed"] == 0
+  assert files(".nii.gz") == [] and os.listdir(root) == ["sadm"] and os.listdir(out) == [
+      "notes.txt"]
 
 
 def test_intensity_median_is_the_median_of_healthy_training_brains(evaluation, eval_data_dir):
