@@ -22,7 +22,8 @@ from sadm_jax.data import cache as cache_lib
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.data.splits import Row
 from sadm_jax.evaluate import inference, records, report, scoring, thresholds
-from sadm_jax.evaluate.planning import DRAEM_SET, EvalRun, Models, Pass
+from sadm_jax.evaluate.passes import Pass
+from sadm_jax.evaluate.planning import DRAEM_SET, EvalRun, Models
 from sadm_jax.evaluate.store import CACHE_VERSION, Store, fingerprint, not_shared, safe
 from sadm_jax.utils import io
 

@@ -13,7 +13,7 @@ from sadm_jax.data import cache as cache_lib
 from sadm_jax.data.errors import DataError
 from sadm_jax.evaluate import weak_rows
 from sadm_jax.evaluate.execute import Evaluation
-from sadm_jax.evaluate.planning import Pass
+from sadm_jax.evaluate.passes import Pass
 from sadm_jax.evaluate.store import fingerprint
 
 

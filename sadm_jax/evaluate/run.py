@@ -17,9 +17,11 @@ from sadm_jax.data import cache as cache_lib, layout, pipeline, prepare
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import hosts, metrics, records, report, thresholds, weak_rows
 from sadm_jax.evaluate.execute import Evaluation
+from sadm_jax.evaluate.passes import Pass, check_splits, check_volume_names, test_passes, \
+    val_passes
+from sadm_jax.evaluate.planning import Models, needed_splits, plan_runs, protocol, \
+    stage2_val_rows
 from sadm_jax.evaluate.store import not_shared
-from sadm_jax.evaluate.planning import Models, Pass, check_splits, check_volume_names, \
-    needed_splits, plan_runs, protocol, stage2_val_rows, test_passes, val_passes
 from sadm_jax.utils import io
 
 FPRS = ((0.01, "t_fpr1"), (0.05, "t_fpr5"), (0.1, "t_fpr10"))

@@ -7,7 +7,7 @@ import shutil
 
 from sadm_jax import config as config_lib
 from sadm_jax.data.splits import Row
-from sadm_jax.evaluate import inference, planning, report
+from sadm_jax.evaluate import inference, passes as passes_lib, planning, report
 from tests.evaluate.conftest import evaluate_tiny_config
 
 
@@ -41,7 +41,7 @@ def test_held_out_rows_are_those_stage_two_did_not_train_on():
                         held_out=("Brats21", "brats", None, None))
   keep, how = planning.val_rows(run, "Brats21", evaluated, stage2)
   assert [r.name for r in keep] == [f"v{i}" for i in range(1, 10)] and how.startswith("held-out")
-  passes = planning.val_passes([run], {"Brats21_val": evaluated}, ["Brats21"], False,
+  passes = passes_lib.val_passes([run], {"Brats21_val": evaluated}, ["Brats21"], False,
                                {run.id: stage2})
   assert passes[0].rows[run.id] == keep
 
@@ -68,13 +68,13 @@ def test_stage_two_val_rows_are_read_as_stage_two_read_them(tmp_path):
   # Stage II's split alone is cleaned against <set>_test on disk too (test > val, Q17), so it is
   # the evaluation's list: v1..v11; it trained on rows 10: (v11) and τ uses v1..v10.
   assert [r.name for r in stage2[run.id]] == [f"v{i}" for i in range(1, 12)]
-  vals = planning.val_passes([run], splits, ["Brats21"], False, stage2)
+  vals = passes_lib.val_passes([run], splits, ["Brats21"], False, stage2)
   assert [r.name for r in vals[0].rows[run.id]] == [f"v{i}" for i in range(1, 11)]
   # Without cleaning (the run's own setting) stage II read all twelve: it trained on v10, v11.
   cfg.data.clean_splits = False
   stage2 = planning.stage2_val_rows(root, [run], {"/w": cfg}, ["Brats21"], "t1", lambda rows: set())
   assert [r.name for r in stage2[run.id]] == [f"v{i}" for i in range(12)]
-  vals = planning.val_passes([run], splits, ["Brats21"], False, stage2)
+  vals = passes_lib.val_passes([run], splits, ["Brats21"], False, stage2)
   assert [r.name for r in vals[0].rows[run.id]] == [f"v{i}" for i in range(1, 10)]
 
 

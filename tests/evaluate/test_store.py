@@ -49,15 +49,15 @@ def test_two_volumes_with_one_result_file_are_refused(tiny_data_dir, tmp_path, c
 def test_volume_names_differing_only_in_case_are_refused_too():
   """'Sub01' and 'sub01' are two result files on Linux but one on macOS and Windows (and on a
   share mounted from them): refused on every system, as predict refuses such scans."""
-  from sadm_jax.evaluate import planning
+  from sadm_jax.evaluate import passes as passes_lib
   row = lambda name, img: types.SimpleNamespace(name=name, img=img, csv="/d/Brats21_test.csv",
                                                 split="Brats21_test")
-  passes = lambda *names: [planning.Pass("Brats21", "test", "test", {
+  passes = lambda *names: [passes_lib.Pass("Brats21", "test", "test", {
       "cddpm/none/fold0": [row(n, f"/d/{i}.nii.gz") for i, n in enumerate(names)]})]
-  planning.check_volume_names(passes("Sub01", "Sub02"))  # distinct: fine
+  passes_lib.check_volume_names(passes("Sub01", "Sub02"))  # distinct: fine
   with pytest.raises(ValueError, match=r"volumes 'Sub01' \(/d/0.nii.gz\) and 'sub01' "
                                        r"\(/d/1.nii.gz\) of Brats21_test would share one result"):
-    planning.check_volume_names(passes("Sub01", "sub01"))
+    passes_lib.check_volume_names(passes("Sub01", "sub01"))
 
 
 def test_a_map_left_by_an_interrupted_write_of_other_settings_is_not_reused(tmp_path):
@@ -90,12 +90,12 @@ def test_draem_volume_is_drawn_for_its_row_not_for_whoever_filled_the_cache(tiny
   from configs import evaluate as evaluate_config
   from sadm_jax import config as config_lib
   from sadm_jax.data import cache as cache_lib, layout, splits
-  from sadm_jax.evaluate import execute, planning
+  from sadm_jax.evaluate import execute, passes as passes_lib, planning
 
   row = splits.read_split(layout.resolve_data_root(tiny_data_dir), "IXI_val_fold0")[0]
   config = config_lib.resolve(evaluate_config.get_config("tiny"))
   pre = config_lib.preprocess_config(config)
-  draem_pass = planning.Pass(planning.DRAEM_SET, "val", "val", {})
+  draem_pass = passes_lib.Pass(planning.DRAEM_SET, "val", "val", {})
   images = []
   for first in (row, dataclasses.replace(row, name=row.name + "_renamed")):
     cache_dir = str(tmp_path / first.name)
