@@ -7,13 +7,15 @@ A sweep file's `get_sweep()` returns a list of `sadm_jax.sweeps.Member`: a name,
 ('configs/x.py' or 'configs/x.py:arg', relative to the repository root), `--config.k=v` override
 strings ('{workdir}' stands for the sweep's workdir) and the names of the members it depends on
 (`after`). Member m is `python -m sadm_jax.main --config=<spec> --workdir=W/m <overrides>
-<extra>`, <extra> being what follows `--` here; ml_collections' config flags parse the overrides
-in both runners. Members run in dependency order; W/m/config.json is the config they build,
-W/m/log.txt the output (subprocess runner), and W/m/DONE, written atomically after success, makes
-a re-run skip the member; a member whose dependency failed is not started. --mode=slurm renders
-one script per member from launch/slurm.sbatch plus W/slurm/submit.sh (afterok dependencies) and
-submits nothing. --report gathers the reporting members' (of --members) report/metrics.json
-rows into W/sweep_report.{csv,md}, tabulated by the evaluation package.
+<extra>`, <extra> being what follows `--` here (overrides, and main's absl logging flags such as
+-v 1; absl.app's debugger, profiling and help flags are refused); ml_collections' config flags
+parse the overrides in both runners. Members run in dependency order; W/m/config.json is the
+config they build, W/m/log.txt the output (subprocess runner), and W/m/DONE, written
+atomically after success, makes a re-run skip the member; a member whose dependency failed is not
+started. --mode=slurm renders one script per member from launch/slurm.sbatch plus
+W/slurm/submit.sh (afterok dependencies) and submits nothing. --report gathers the reporting
+members' (of --members) report/metrics.json rows into W/sweep_report.{csv,md}, tabulated by the
+evaluation package.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def main(f, extra: Sequence[str]) -> int:
     return 0
   run = runner.run_inprocess if f.runner == "inprocess" else runner.run_subprocess
   if f.runner == "inprocess" and members:
+    from absl import flags
+    for name, value in members_lib.main_flags(members[0], workdir, extra).items():
+      flags.FLAGS[name].value = value  # -v 1 after --: this process's logging, as in main's
+      flags.FLAGS[name].present = 1
     from sadm_jax import distributed
     distributed.maybe_initialize(members_lib.member_config(members[0], workdir, extra))
     import jax

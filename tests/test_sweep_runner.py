@@ -418,3 +418,50 @@ def test_a_stopped_member_that_cannot_resume_stops_the_run_before_any_member(tmp
   (tmp_path / "b" / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
   assert runner.run_local([a, b], str(tmp_path), (), fake) == []
   assert [c[0] for c in fake.calls] == ["a", "b"]
+
+
+@pytest.mark.parametrize("extra", [["-v", "1"], ["--verbosity=1"], ["-v=1", "--logtostderr"]])
+def test_absl_logging_flags_after_the_double_dash_reach_the_members(tmp_path, capsys, extra):
+  """`python -m sadm_jax.main` takes absl's -v/--verbosity; after -- they were refused as an
+  "Unknown command line flag 'v'" for every member."""
+  m = Member("a", CDDPM, ["--config.seed=3"])
+  assert member_config(m, "/w", extra).seed == 3
+  assert members_lib.main_flags(m, "/w", extra)["verbosity"] == 1
+  assert members_lib.main_command(m, "/w", extra)[-len(extra):] == extra
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", "--mode=slurm",
+                        "--", *extra]) == 0
+  assert f"--members=lr_2e-3 -- {' '.join(extra)}  #" in (
+      tmp_path / "w" / "slurm" / "lr_2e-3.sbatch").read_text()
+  with pytest.raises(ValueError, match=r"^member a: flag --verbosity=x: invalid literal"):
+    member_config(m, "/w", ["--verbosity=x"])
+
+
+@pytest.mark.parametrize("flag,why", [
+    ("--helpfull", "it prints the help instead of running the member"),
+    ("-?", "it prints the help instead of running the member"),
+    ("--only_check_args", "it ends each member before it runs, and the sweep would mark it DONE"),
+    ("--pdb", "a debugger's prompt cannot be answered in a member's log file")])
+def test_main_flags_a_sweep_cannot_pass_on_are_refused_naming_the_flag(tmp_path, capsys, flag,
+                                                                        why):
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", "--mode=slurm",
+                        "--", flag]) == 2
+  err = capsys.readouterr().err
+  name = "--help" if flag == "-?" else flag
+  assert err.startswith(f"error: {name} follows --, but a sweep cannot pass it to its members: "
+                        f"{why}") and err.count("\n") == 1
+  assert not (tmp_path / "w" / "slurm").exists()
+
+
+def test_in_process_members_log_at_the_verbosity_given_after_the_double_dash(tmp_path,
+                                                                             monkeypatch):
+  from absl import flags, logging
+  seen = []
+  monkeypatch.setattr(runner, "run_local", lambda *a, **k: seen.append(
+      (flags.FLAGS["verbosity"].present, logging.get_verbosity())) or [])
+  old = flags.FLAGS["verbosity"].value
+  try:
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}",
+                          "--runner=inprocess", "--", "-v", "1"]) == 0
+  finally:
+    flags.FLAGS["verbosity"].value, flags.FLAGS["verbosity"].present = old, 0
+  assert seen == [(1, 1)]
