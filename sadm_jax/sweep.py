@@ -34,6 +34,9 @@ from sadm_jax.sweeps.runner import DONE  # noqa: F401
 def main(f, extra: Sequence[str]) -> int:
   """Runs the command line parsed into `f` (absl FlagValues); returns the exit code."""
   from sadm_jax import validate_paths
+  if f.mode == "slurm" and f.runner == "inprocess":  # was: ignored without a word
+    raise ValueError("--runner=inprocess is for --mode=local: each --mode=slurm job runs its "
+                     "member as `python -m sadm_jax.main` (drop --runner, or use --mode=local)")
   sweep = members_lib.load_sweep(f.sweep)
   if f.report and not os.path.isdir(f.workdir):  # a typo: not a new folder with an empty report
     validate_paths.check_dir_path(f.workdir, "--workdir")  # (a file, a URL: its own line)

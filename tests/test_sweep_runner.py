@@ -465,3 +465,14 @@ def test_in_process_members_log_at_the_verbosity_given_after_the_double_dash(tmp
   finally:
     flags.FLAGS["verbosity"].value, flags.FLAGS["verbosity"].present = old, 0
   assert seen == [(1, 1)]
+
+
+def test_an_in_process_runner_is_refused_for_slurm_jobs_not_ignored(tmp_path, capsys):
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", "--mode=slurm",
+                        "--runner=inprocess"]) == 2
+  assert capsys.readouterr().err == (
+      "error: --runner=inprocess is for --mode=local: each --mode=slurm job runs its member as "
+      "`python -m sadm_jax.main` (drop --runner, or use --mode=local)\n")
+  assert not (tmp_path / "w").exists()
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", "--mode=slurm",
+                        "--runner=subprocess"]) == 0  # (what the jobs do)
