@@ -1,7 +1,8 @@
 """Sweeps: run a list of members (config, `--config.k=v` overrides, dependencies) resumably, locally or on Slurm.
 
     python -m sadm_jax.sweep --sweep=configs/sweeps/<name>.py --workdir=W [--mode=local|slurm]
-        [--members=a,b] [--runner=subprocess|inprocess] [--report] [-- --config.k=v ...]
+        [--members=a,b] [--runner=subprocess|inprocess] [-- --config.k=v ...]
+    python -m sadm_jax.sweep --sweep=configs/sweeps/<name>.py --workdir=W --report [--members=a,b]
 
 A sweep file's `get_sweep()` returns a list of `sadm_jax.sweeps.Member`: a name, a config spec
 ('configs/x.py' or 'configs/x.py:arg', relative to the repository root), `--config.k=v` override
@@ -37,6 +38,12 @@ def main(f, extra: Sequence[str]) -> int:
   if f.mode == "slurm" and f.runner == "inprocess":  # was: ignored without a word
     raise ValueError("--runner=inprocess is for --mode=local: each --mode=slurm job runs its "
                      "member as `python -m sadm_jax.main` (drop --runner, or use --mode=local)")
+  if f.report:  # was: ignored without a word
+    given = [f"--{n}={f[n].value}" for n in ("mode", "runner") if f[n].present]
+    given += ["what follows --"] if extra else []
+    if given:
+      raise ValueError(f"--report runs no member (it reads W/<member>/report/metrics.json): "
+                       f"drop {' and '.join(given)}")
   sweep = members_lib.load_sweep(f.sweep)
   if f.report and not os.path.isdir(f.workdir):  # a typo: not a new folder with an empty report
     validate_paths.check_dir_path(f.workdir, "--workdir")  # (a file, a URL: its own line)

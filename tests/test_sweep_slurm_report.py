@@ -165,3 +165,19 @@ def test_a_report_of_some_members_has_only_those(tmp_path, capsys):
   assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report",
                         "--members=three"]) == 2
   assert capsys.readouterr().err.startswith("error: unknown member(s) three; the sweep has ")
+
+
+@pytest.mark.parametrize("args,dropped", [
+    (["--mode=slurm"], "--mode=slurm"), (["--mode=local", "--runner=inprocess"],
+                                         "--mode=local and --runner=inprocess"),
+    (["--", "--config.data.data_dir=/d"], "what follows --"),
+    (["--mode=slurm", "--", "-v", "1"], "--mode=slurm and what follows --")])
+def test_a_report_refuses_the_flags_of_a_run_instead_of_ignoring_them(tmp_path, capsys, args,
+                                                                      dropped):
+  spec = write_sweep(tmp_path / "r.py", "Member('ev', 'configs/evaluate.py')")
+  (tmp_path / "w").mkdir()
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report",
+                        *args]) == 2
+  assert capsys.readouterr().err == ("error: --report runs no member (it reads "
+                                     f"W/<member>/report/metrics.json): drop {dropped}\n")
+  assert os.listdir(tmp_path / "w") == []
