@@ -82,6 +82,7 @@ def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, caps
       ["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59],
       ["cddpm", "none", "Brats21", "fold1", 10, 0.52, 0.60, 0.61],
       ["sadm", "draem", "Brats21", "fold0", 10, 0.55, 0.6053, None]])
+  (work / "full" / "DONE").write_text("{}")
   assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 0
   md = (work / "sweep_report.md").read_text()
   assert capsys.readouterr().out == md
@@ -93,7 +94,26 @@ def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, caps
   assert "trainer" not in md
   csv_lines = (work / "sweep_report.csv").read_text().splitlines()
   assert csv_lines[0].startswith("method,train_anomalies,test_set,fold,n_volumes,dice,best_dice,")
-  assert len(csv_lines) == 4 and all(l.endswith(",full") for l in csv_lines[1:])
+  assert len(csv_lines) == 4 and all(l.endswith(",True,full") for l in csv_lines[1:])
+  assert csv_lines[0].endswith(",finished,member")
+
+
+def test_a_report_without_its_members_done_is_marked_not_finished(tmp_path, capsys):
+  """A member evaluated by hand, or whose run did not end: its rows were reported like a
+  finished member's, with nothing to tell them apart."""
+  spec = write_sweep(tmp_path / "r.py", "Member('done', 'configs/evaluate.py'), "
+                                        "Member('by_hand', 'configs/evaluate.py')")
+  work = tmp_path / "w"
+  for name in ("done", "by_hand"):
+    _report_rows(str(work / name / "report" / "metrics.json"),
+                 [["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59]])
+  (work / "done" / "DONE").write_text("{}")
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 0
+  md = capsys.readouterr().out.splitlines()
+  assert "## done" in md and ("## by_hand (not finished: no DONE; evaluated by hand, or the "
+                              "sweep's run of it did not end)") in md
+  csv_lines = (work / "sweep_report.csv").read_text().splitlines()
+  assert csv_lines[1].endswith(",True,done") and csv_lines[2].endswith(",False,by_hand")
 
 
 @pytest.mark.parametrize("text,why", [("{}", "KeyError: 'rows'"),
