@@ -201,3 +201,30 @@ def test_a_report_refuses_the_flags_of_a_run_instead_of_ignoring_them(tmp_path, 
   assert capsys.readouterr().err == ("error: --report runs no member (it reads "
                                      f"W/<member>/report/metrics.json): drop {dropped}\n")
   assert os.listdir(tmp_path / "w") == []
+
+
+def test_a_workdir_with_a_space_gets_its_job_logs_from_the_sbatch_command_line(tmp_path):
+  """`#SBATCH --output=/a b/slurm/m-%j.out` was written as it is: sbatch does not unquote an
+  #SBATCH line reliably (the log went to '/a'). The sweep file's name is the job name's start."""
+  spec = write_sweep(tmp_path / "my sweep.py", "Member('a', 'configs/cddpm.py:tiny'), "
+                                               "Member('b', 'configs/cddpm.py:tiny', after=['a'])")
+  work = tmp_path / "w dir"
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--mode=slurm"]) == 0
+  out = work / "slurm"
+  script = (out / "b.sbatch").read_text()
+  assert "#SBATCH --job-name=my_sweep.b\n" in script
+  assert "#SBATCH --output" not in script and "slurm-%x-%j.out" not in script
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text("#!/bin/bash\nprintf '[%s]' \"$@\" >> \"$SBATCH_CALLS\"\n"
+                                  "echo >> \"$SBATCH_CALLS\"\necho 4$RANDOM\n")
+  (bin_dir / "sbatch").chmod(0o755)
+  calls = tmp_path / "calls"
+  res = subprocess.run(["bash", str(out / "submit.sh"), "--time=1:00"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "SBATCH_CALLS": str(calls),
+                                                   "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+  assert res.returncode == 0, res.stderr
+  a, b = calls.read_text().splitlines()
+  assert a == f"[--parsable][--output={out}/a-%j.out][--time=1:00][{out}/a.sbatch]"
+  assert b.startswith("[--parsable][--dependency=afterok:4") and b.endswith(
+      f"][--output={out}/b-%j.out][--time=1:00][{out}/b.sbatch]")
