@@ -228,3 +228,13 @@ def test_a_workdir_with_a_space_gets_its_job_logs_from_the_sbatch_command_line(t
   assert a == f"[--parsable][--output={out}/a-%j.out][--time=1:00][{out}/a.sbatch]"
   assert b.startswith("[--parsable][--dependency=afterok:4") and b.endswith(
       f"][--output={out}/b-%j.out][--time=1:00][{out}/b.sbatch]")
+
+
+def test_a_percent_sign_in_the_workdir_is_escaped_in_the_job_log_pattern(tmp_path):
+  """sbatch reads '%' in --output as a replacement symbol ('%j' the job id): a workdir 'w%j' had
+  its logs written under 'w<job id>'; '%%' is sbatch's '%'."""
+  spec = write_sweep(tmp_path / "s.py", "Member('a', 'configs/cddpm.py:tiny')")
+  work = tmp_path / "w%j"
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--mode=slurm"]) == 0
+  assert (f"#SBATCH --output={tmp_path}/w%%j/slurm/a-%j.out\n"
+          in (work / "slurm" / "a.sbatch").read_text())

@@ -20,8 +20,9 @@ DIRECTIVE_SAFE = re.compile(r"^[\w./%=+,:@-]+$")
 
 
 def log_pattern(path: str) -> str:
-  """The job log's sbatch --output pattern for `path` + '-<job id>.out' ('%j' the job id)."""
-  return path + "-%j.out"
+  """The job log's sbatch --output pattern for `path` + '-<job id>.out' ('%' in the path as '%%',
+  which sbatch writes as '%'; '%j' the job id)."""
+  return path.replace("%", "%%") + "-%j.out"
 
 
 def _substitutions(job: str, output: str, args: Sequence[str]) -> list[tuple[str, str]]:
