@@ -22,6 +22,7 @@ evaluation package.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Sequence
 
@@ -64,7 +65,7 @@ def main(f, extra: Sequence[str]) -> int:
   if f.mode == "slurm":
     paths = slurm.write_slurm(sweep, workdir, members, extra)
     print(f"wrote {len(paths) - 1} job script(s) under {os.path.dirname(paths[-1])}; submit "
-          f"with bash {paths[-1]} [sbatch options]")
+          f"with bash {shlex.quote(paths[-1])} [sbatch options]")  # (a command to copy)
     return 0
   run = runner.run_inprocess if f.runner == "inprocess" else runner.run_subprocess
   if f.runner == "inprocess" and members:

@@ -203,7 +203,8 @@ def test_a_report_refuses_the_flags_of_a_run_instead_of_ignoring_them(tmp_path, 
   assert os.listdir(tmp_path / "w") == []
 
 
-def test_a_workdir_with_a_space_gets_its_job_logs_from_the_sbatch_command_line(tmp_path):
+def test_a_workdir_with_a_space_gets_its_job_logs_from_the_sbatch_command_line(tmp_path,
+                                                                                  capsys):
   """`#SBATCH --output=/a b/slurm/m-%j.out` was written as it is: sbatch does not unquote an
   #SBATCH line reliably (the log went to '/a'). The sweep file's name is the job name's start."""
   spec = write_sweep(tmp_path / "my sweep.py", "Member('a', 'configs/cddpm.py:tiny'), "
@@ -211,6 +212,9 @@ def test_a_workdir_with_a_space_gets_its_job_logs_from_the_sbatch_command_line(t
   work = tmp_path / "w dir"
   assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--mode=slurm"]) == 0
   out = work / "slurm"
+  assert capsys.readouterr().out == (f"wrote 2 job script(s) under {out}; submit with bash "
+                                     f"'{out}/submit.sh' [sbatch options]\n")  # (to copy)
+  assert f"#   bash '{out}/submit.sh' --nodes=1 " in (out / "submit.sh").read_text()
   script = (out / "b.sbatch").read_text()
   assert "#SBATCH --job-name=my_sweep.b\n" in script
   assert "#SBATCH --output" not in script and "slurm-%x-%j.out" not in script

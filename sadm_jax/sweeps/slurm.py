@@ -77,8 +77,8 @@ def write_slurm(sweep: members_lib.Sweep, workdir: str, members: Sequence[member
   paths, submit = [], ["#!/usr/bin/env bash",
                        f"# Submits the members of sweep {sweep.name} ({path}) in dependency order;",
                        "# arguments go to every sbatch call (resources), e.g.",
-                       f"#   bash {os.path.join(out, 'submit.sh')} --nodes=1 --ntasks-per-node=1 "
-                       "--gpus-per-node=1 --time=24:00:00",
+                       f"#   bash {shlex.quote(os.path.join(out, 'submit.sh'))} --nodes=1 "
+                       "--ntasks-per-node=1 --gpus-per-node=1 --time=24:00:00",
                        "set -euo pipefail", "declare -A job"]
   names = {m.name for m in members}
   for m in members:
