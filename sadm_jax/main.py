@@ -150,6 +150,9 @@ def main(argv):
     platforms = os.environ.get("JAX_PLATFORMS")
     _fail(f"{f'JAX_PLATFORMS={platforms}: ' if platforms else ''}no JAX backend: "
           f"{_one_line(str(e))}")
+  short = distributed.gpu_shortfall()  # launch/local_gpus.sh: NUM_GPUS above the GPUs here
+  if short:
+    _fail(short)
   import jax
   if given is not None and jax.process_index() == 0:  # once, not once per process
     from sadm_jax import ignored  # a --config.k=v this stage and its modes never read
