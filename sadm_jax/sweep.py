@@ -22,6 +22,7 @@ evaluation package.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from typing import Sequence
@@ -127,6 +128,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
       print(f"error: --{name} is given {len(values)} times ({', '.join(values)}); give one",
             file=sys.stderr)
       return 2
+  ours_after = next((a for a in extra if re.match(r"--(sweep|mode|runner|members|(no)?report)"
+                                                  r"(=|$)", a)), None)
+  if ours_after:  # was: "member <m>: Unknown command line flag 'report'"
+    print(f"error: {ours_after} follows --, but it is the sweep's own option: put it before -- "
+          "(what follows -- goes to every member's sadm_jax.main)", file=sys.stderr)
+    return 2
   flags.FLAGS.mark_as_parsed()  # grain and absl logging read the global flags
   logging.set_verbosity(logging.WARNING)
   try:

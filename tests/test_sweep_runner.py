@@ -476,3 +476,15 @@ def test_an_in_process_runner_is_refused_for_slurm_jobs_not_ignored(tmp_path, ca
   assert not (tmp_path / "w").exists()
   assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", "--mode=slurm",
                         "--runner=subprocess"]) == 0  # (what the jobs do)
+
+
+@pytest.mark.parametrize("flag", ["--report", "--members=lr_2e-3", "--mode=slurm",
+                                  "--runner=inprocess"])
+def test_a_sweep_option_after_the_double_dash_is_named_as_the_sweeps(tmp_path, capsys, flag):
+  """Was: "error: member lr_2e-3: Unknown command line flag 'report'"."""
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", "--",
+                        "--config.seed=1", flag]) == 2
+  assert capsys.readouterr().err == (
+      f"error: {flag} follows --, but it is the sweep's own option: put it before -- (what "
+      "follows -- goes to every member's sadm_jax.main)\n")
+  assert not (tmp_path / "w").exists()
