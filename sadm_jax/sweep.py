@@ -114,8 +114,11 @@ def cli(argv: Sequence[str] | None = None) -> int:
   try:
     rest = fv(ours)
   except flags.Error as e:
+    main_flags = {n for f in flags.FLAGS.flags_by_module_dict().get(logging.__name__, [])
+                  for n in (f.name, f.short_name, f"no{f.name}") if n}  # -v, --verbosity, ...
     hint = next((f" (member options such as {a.split('=')[0]} go after --)" for a in ours[1:]
-                 if a.startswith("--config")), "")
+                 if a.startswith("--config") or (
+                     a.startswith("-") and a.lstrip("-").split("=")[0] in main_flags)), "")
     print(f"error: {e}{hint}\nflags:\n{fv.get_help()}", file=sys.stderr)
     return 2
   if len(rest) > 1:

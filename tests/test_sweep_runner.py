@@ -488,3 +488,13 @@ def test_a_sweep_option_after_the_double_dash_is_named_as_the_sweeps(tmp_path, c
       f"error: {flag} follows --, but it is the sweep's own option: put it before -- (what "
       "follows -- goes to every member's sadm_jax.main)\n")
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("argv,name", [(["-v", "1"], "v"), (["--verbosity=1"], "verbosity"),
+                                       (["--logtostderr"], "logtostderr")])
+def test_a_member_logging_option_before_the_double_dash_says_where_it_goes(tmp_path, capsys,
+                                                                           argv, name):
+  assert sweep_cli.cli(["x", *argv, f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 2
+  assert capsys.readouterr().err.startswith(
+      f"error: Unknown command line flag '{name}' (member options such as {argv[0].split('=')[0]} "
+      "go after --)\n")
