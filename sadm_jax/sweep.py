@@ -131,6 +131,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
       print(f"error: --{name} is given {len(values)} times ({', '.join(values)}); give one",
             file=sys.stderr)
       return 2
+  if fv["members"].present and not any(n.strip() for n in fv.members):  # was: every member
+    print("error: --members= is empty: give member names (comma-separated), or leave --members "
+          "out for every member", file=sys.stderr)
+    return 2
   ours_after = next((a for a in extra if re.match(r"--(sweep|mode|runner|members|(no)?report)"
                                                   r"(=|$)", a)), None)
   if ours_after:  # was: "member <m>: Unknown command line flag 'report'"

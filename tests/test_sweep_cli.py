@@ -87,3 +87,14 @@ def test_a_member_logging_option_before_the_double_dash_says_where_it_goes(tmp_p
   assert capsys.readouterr().err.startswith(
       f"error: Unknown command line flag '{name}' (member options such as {argv[0].split('=')[0]} "
       "go after --)\n")
+
+
+@pytest.mark.parametrize("mode", ["local", "slurm"])
+def test_an_empty_members_list_is_refused_not_every_member(tmp_path, capsys, mode):
+  """`--members=$M` with M unset ran (or wrote the jobs of) every member of the sweep."""
+  assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}", f"--mode={mode}",
+                        "--members="]) == 2
+  assert capsys.readouterr().err == ("error: --members= is empty: give member names "
+                                     "(comma-separated), or leave --members out for every "
+                                     "member\n")
+  assert not (tmp_path / "w").exists()
