@@ -54,7 +54,8 @@ def main(f, extra: Sequence[str]) -> int:
   validate_paths.check_workdir(f.workdir)  # a file or an unwritable place: one line, exit 2
   workdir = os.path.abspath(f.workdir)
   if f.report:
-    print(report.write_report(sweep, workdir, sweep.select(f.members)), end="")
+    print(report.write_report(sweep, workdir, sweep.select(f.members) if any(f.members) else None),
+          end="")
     return 0
   members = sweep.select(f.members)
   in_memory = [m.name for m in members if not isinstance(m.config, str)]

@@ -242,3 +242,16 @@ def test_a_percent_sign_in_the_workdir_is_escaped_in_the_job_log_pattern(tmp_pat
   assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--mode=slurm"]) == 0
   assert (f"#SBATCH --output={tmp_path}/w%%j/slurm/a-%j.out\n"
           in (work / "slurm" / "a.sbatch").read_text())
+
+
+def test_a_member_named_for_the_report_that_does_not_report_is_listed(tmp_path, capsys):
+  """`--report --members=cddpm` (report=False) wrote an empty report, exit 0, without a word."""
+  spec = write_sweep(tmp_path / "r.py", "Member('ev', 'configs/evaluate.py'), "
+                                        "Member('train', 'configs/cddpm.py', report=False)")
+  (tmp_path / "w").mkdir()
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report",
+                        "--members=train"]) == 0
+  assert capsys.readouterr().out.splitlines()[-1] == (
+      "Not reporting (Member(..., report=False), 1): train")
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report"]) == 0
+  assert "train" not in capsys.readouterr().out  # (all members: the reporting ones)

@@ -17,7 +17,8 @@ def build_report(sweep: Sweep, workdir: str, members: Sequence[Member] | None = 
   """(rows, markdown): every reporting member's (of `members`, default all) evaluation rows (with
   'member' and 'finished' keys) and one section per member with the evaluation's own
   Table-1-style table (mean ± std over folds). A report without the member's DONE is kept (a
-  member evaluated by hand) and marked as not finished in its rows and its section's title."""
+  member evaluated by hand) and marked as not finished in its rows and its section's title;
+  members given that do not report are listed."""
   rows, parts, missing, no_report = [], [f"# Sweep {sweep.name}", ""], [], []
   for m in [m for m in (sweep.members if members is None else members) if m.report]:
     path = os.path.join(workdir, m.name, "report", "metrics.json")
@@ -35,14 +36,17 @@ def build_report(sweep: Sweep, workdir: str, members: Sequence[Member] | None = 
       raise ValueError(f"{path}: not an evaluation's report ({type(e).__name__}: {text}); remove "
                        f"{os.path.join(workdir, m.name)} to run member {m.name} again") from None
     rows += member_rows
-    parts += [f"## {m.name}" + ("" if finished else f" (not finished: no {DONE}; evaluated by hand, "
-                                                    "or the sweep's run of it did not end)"),
-              "", table, ""]
+    title = f"## {m.name}" + ("" if finished else f" (not finished: no {DONE}; evaluated by "
+                                                  "hand, or the sweep's run of it did not end)")
+    parts += [title, "", table, ""]
   if missing:
     parts.append(f"Missing (no report/metrics.json, {len(missing)}): {', '.join(missing)}")
   if no_report:  # was listed as missing, as if it had not run
     parts.append(f"Finished without report/metrics.json (not an evaluation; Member(..., "
                  f"report=False) leaves it out, {len(no_report)}): {', '.join(no_report)}")
+  asked = [m.name for m in members or () if not m.report]  # named in --members: was left out
+  if asked:  # without a word, the report empty when it was the only one
+    parts.append(f"Not reporting (Member(..., report=False), {len(asked)}): {', '.join(asked)}")
   return rows, "\n".join(parts).rstrip("\n") + "\n"
 
 
