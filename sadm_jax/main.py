@@ -150,7 +150,10 @@ def main(argv):
     platforms = os.environ.get("JAX_PLATFORMS")
     _fail(f"{f'JAX_PLATFORMS={platforms}: ' if platforms else ''}no JAX backend: "
           f"{_one_line(str(e))}")
-  short = distributed.gpu_shortfall()  # launch/local_gpus.sh: NUM_GPUS above the GPUs here
+  try:  # launch/local_gpus.sh: NUM_GPUS above the GPUs here (or a malformed SADM_NUM_GPUS)
+    short = distributed.gpu_shortfall()
+  except ValueError as e:
+    short = str(e)
   if short:
     _fail(short)
   import jax
