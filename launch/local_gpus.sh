@@ -5,7 +5,8 @@
 #   NUM_GPUS=2 CUDA_VISIBLE_DEVICES=2,3 launch/local_gpus.sh -- --config=configs/cddpm.py --workdir=W
 #
 # Required: NUM_GPUS. Optional: CUDA_VISIBLE_DEVICES (default 0..NUM_GPUS-1; must list NUM_GPUS
-# GPUs), PYTHON (default python), DRY_RUN=1 (print the command, run nothing).
+# GPUs), PYTHON (default python), DRY_RUN=1 (print the command, run nothing). sadm_jax.main
+# stops with one line when JAX sees fewer than NUM_GPUS GPUs (SADM_NUM_GPUS).
 # Everything after `--` goes to `python -m sadm_jax.main` unchanged; paths are relative to the
 # repository root.
 set -euo pipefail
@@ -30,11 +31,13 @@ if (( ${#visible[@]} != NUM_GPUS )); then
 fi
 export CUDA_VISIBLE_DEVICES
 export SADM_DISTRIBUTED=off  # exactly one process, even inside a multi-task Slurm allocation
+export SADM_NUM_GPUS="$NUM_GPUS"  # sadm_jax.main stops when JAX sees fewer GPUs
 
 cd "$(dirname "$0")/.."
 cmd=("${PYTHON:-python}" -m sadm_jax.main "$@")
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
-  echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES SADM_DISTRIBUTED=off $(printf '%q ' "${cmd[@]}")"
+  echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES SADM_DISTRIBUTED=off SADM_NUM_GPUS=$NUM_GPUS" \
+       "$(printf '%q ' "${cmd[@]}")"
   exit 0
 fi
 exec "${cmd[@]}"

@@ -104,11 +104,39 @@ def parse_config_flags(fv, argv):
       if "stage" not in config:
         fail(f"{_config_arg(argv)}: the config has no 'stage'; build it on configs/default.py's "
              "get_config()")
+    _none_or_empty_tuples(fv, argv, fail)
     return rest
   except ConfigFlagsError:
     raise
   except Exception as e:  # noqa: BLE001  (flags.Error, and whatever the config file raises)
     raise ConfigFlagsError(_flags_error_line(e, argv)) from None
+
+
+def _none_or_empty_tuples(fv, argv, fail) -> None:
+  """ml_collections reads a tuple field's `--config.k=None` as (None,) and `--config.k=` as ('',):
+  None is the field's None where its default is None (`placeholder(tuple)`, e.g.
+  sadm.weak_train_rows), else refused, as is an empty value; one line naming the setting."""
+  from absl import flags
+  for name in list(fv):
+    flag = fv[name]
+    if not (name.startswith("config.") and isinstance(flag, flags.MultiFlag) and flag.present):
+      continue  # (a tuple field's override: ml_collections' _ConfigFieldMultiFlag)
+    given = [v.strip() for v in flag_values(argv, name)]
+    can_be_none = flag.default is None
+    example = f"e.g. --{name}='(a, b)'" + (", or None (unset)" if can_be_none else "")
+    if "" in given:
+      fail(f"--{name}= is empty: give a tuple, {example}")
+    if "None" in given:
+      if not can_be_none:
+        fail(f"--{name}=None: {name[len('config.'):]} is a tuple (default "
+             f"{tuple(flag.default)!r}) that cannot be None; give a tuple, {example}")
+      if len(given) > 1:
+        fail(f"--{name}=None is given with other values ({', '.join(given)}); give None alone")
+      parent, _, key = name[len("config."):].rpartition(".")
+      node = fv.config
+      for part in filter(None, parent.split(".")):
+        node = node[part]
+      node[key] = None  # (not the 1-tuple (None,))
 
 
 def _flags_error_line(e: Exception, argv) -> str:

@@ -14,6 +14,7 @@ import ml_collections
 # cluster (Cloud TPU VM pods via the metadata server, SLURM, Open MPI); launch/tpu_vm.sh sets it.
 # SADM_DISTRIBUTED=off: never initialise (one process, whatever the environment says).
 MODE_VAR = "SADM_DISTRIBUTED"
+GPUS_VAR = "SADM_NUM_GPUS"  # launch/local_gpus.sh's NUM_GPUS: the GPUs this process must see
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,3 +246,22 @@ def log_topology(config: ml_collections.ConfigDict) -> str:
   if jax.process_index() == 0:
     print(line, flush=True)
   return line
+
+
+def gpu_shortfall(environ: Mapping[str, str] | None = None) -> str | None:
+  """One line naming NUM_GPUS and both numbers when JAX sees fewer local GPUs than
+  launch/local_gpus.sh was asked for (`GPUS_VAR`; CUDA skips a GPU index the machine lacks, and
+  JAX falls back to the CPU without a GPU backend: the run went on, on fewer devices); else None."""
+  environ = os.environ if environ is None else environ
+  wanted = _int(environ, GPUS_VAR, 0)
+  if not wanted:
+    return None
+  import jax
+  local = jax.local_devices()
+  seen = sum(d.platform == "gpu" for d in local)
+  if seen >= wanted:
+    return None
+  on = "" if seen else f", it runs on {local[0].platform}"
+  return (f"NUM_GPUS={wanted} but JAX sees {seen} local GPU(s) (CUDA_VISIBLE_DEVICES="
+          f"{environ.get('CUDA_VISIBLE_DEVICES', '')}{on}): set NUM_GPUS (and "
+          "CUDA_VISIBLE_DEVICES) to GPUs this machine has (nvidia-smi -L lists them)")

@@ -150,6 +150,12 @@ def main(argv):
     platforms = os.environ.get("JAX_PLATFORMS")
     _fail(f"{f'JAX_PLATFORMS={platforms}: ' if platforms else ''}no JAX backend: "
           f"{_one_line(str(e))}")
+  try:  # launch/local_gpus.sh: NUM_GPUS above the GPUs here (or a malformed SADM_NUM_GPUS)
+    short = distributed.gpu_shortfall()
+  except ValueError as e:
+    short = str(e)
+  if short:
+    _fail(short)
   import jax
   if given is not None and jax.process_index() == 0:  # once, not once per process
     from sadm_jax import ignored  # a --config.k=v this stage and its modes never read

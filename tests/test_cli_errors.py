@@ -345,3 +345,32 @@ def test_workdir_given_twice_is_one_line_naming_both(capsys):
                           "--workdir", "/runs/b"])
   assert e.value.code == 2
   assert capsys.readouterr().err == "error: --workdir is given 2 times (/runs/a, /runs/b); give one\n"
+
+
+def test_none_for_a_tuple_setting_unsets_a_placeholder_and_is_refused_elsewhere():
+  """ml_collections read `--config.sadm.weak_train_rows=None` as the 1-tuple (None,) (then
+  refused as "(None,) must be a (start, stop) pair ... (or unset)"), and an empty value as ('',)."""
+  from absl import flags
+  from ml_collections import config_flags
+  from sadm_jax import config as config_lib
+  argv = ["main", "--config=configs/sadm_brats.py:tiny", "--workdir=/w",
+          "--config.sadm.weak_train_rows=None", "--config.sadm.weak_val_rows", "None"]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  config_lib.parse_config_flags(fv, argv)
+  assert fv.config.sadm.weak_train_rows is None and fv.config.sadm.weak_val_rows is None
+  base = ["main", "--config=configs/sadm_brats.py:tiny", "--workdir=/w"]
+  assert _config_flags_error([*base, "--config.diffusion.ensemble_timesteps=None"]) == (
+      "--config.diffusion.ensemble_timesteps=None: diffusion.ensemble_timesteps is a tuple "
+      "(default (249, 499, 749)) that cannot be None; give a tuple, e.g. "
+      "--config.diffusion.ensemble_timesteps='(a, b)'")
+  assert _config_flags_error([*base, "--config.evaluate.sadm_workdirs="]) == (
+      "--config.evaluate.sadm_workdirs= is empty: give a tuple, e.g. "
+      "--config.evaluate.sadm_workdirs='(a, b)'")
+  assert _config_flags_error([*base, "--config.sadm.weak_train_rows="]) == (
+      "--config.sadm.weak_train_rows= is empty: give a tuple, e.g. "
+      "--config.sadm.weak_train_rows='(a, b)', or None (unset)")
+  assert _config_flags_error([*base, "--config.sadm.weak_train_rows=None",
+                              "--config.sadm.weak_train_rows=3"]) == (
+      "--config.sadm.weak_train_rows=None is given with other values (None, 3); give None alone")

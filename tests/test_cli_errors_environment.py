@@ -92,6 +92,7 @@ def test_unwritable_compile_log_is_one_line_before_anything_runs(cli_data_dir, t
     ({"SLURM_NTASKS": "two", "SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "n1"},
      "error: environment variable SLURM_NTASKS='two' is not an integer"),
     ({"SADM_DISTRIBUTED": "yes"}, "error: SADM_DISTRIBUTED='yes': expected 'auto', 'off' or unset"),
+    ({"SADM_NUM_GPUS": "two"}, "error: environment variable SADM_NUM_GPUS='two' is not an integer"),
     ({"JAX_PLATFORMS": "nosuchplatform"},
      "error: JAX_PLATFORMS=nosuchplatform: no JAX backend: Unable to initialize backend "
      "'nosuchplatform'"),

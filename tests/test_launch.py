@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -42,8 +43,9 @@ def test_fails_fast_naming_the_missing_variable(script, missing, tmp_path):
 def test_local_gpus_passes_arguments_and_checks_visible_devices():
   res = _run("launch/local_gpus.sh", {"NUM_GPUS": "2", "DRY_RUN": "1"}, ARGS)
   assert res.returncode == 0, res.stderr
-  assert res.stdout.strip() == ("CUDA_VISIBLE_DEVICES=0,1 SADM_DISTRIBUTED=off python -m sadm_jax.main "
-                                r"--config=configs/cddpm.py --workdir=runs/a\ b --config.seed=7")
+  assert res.stdout.strip() == ("CUDA_VISIBLE_DEVICES=0,1 SADM_DISTRIBUTED=off SADM_NUM_GPUS=2 "
+                                r"python -m sadm_jax.main --config=configs/cddpm.py "
+                                r"--workdir=runs/a\ b --config.seed=7")
   res = _run("launch/local_gpus.sh", {"NUM_GPUS": "2", "CUDA_VISIBLE_DEVICES": "5", "DRY_RUN": "1"})
   assert res.returncode == 2 and "lists 1 GPU(s) but NUM_GPUS=2" in res.stderr
   res = _run("launch/local_gpus.sh", {"NUM_GPUS": "two"})
@@ -114,3 +116,33 @@ def test_slurm_refuses_tasks_that_do_not_spread_evenly_over_the_nodes():
   assert (res.returncode, res.stdout) == (2, "")
   assert res.stderr == ("SLURM_NTASKS=3 tasks do not spread evenly over SLURM_NNODES=2 nodes: "
                         "submit with --ntasks-per-node (1 = per node, #GPUs = per GPU)\n")
+
+
+def test_local_gpus_stops_when_jax_sees_fewer_gpus_than_num_gpus(cli_data_dir, tmp_path):
+  """NUM_GPUS=2 where JAX sees no GPU (CUDA skips an index the machine lacks; JAX falls back to
+  the CPU): the run went on, on fewer devices, without a word."""
+  res = _run("launch/local_gpus.sh", {"NUM_GPUS": "2", "PYTHON": sys.executable,
+                                      "JAX_PLATFORMS": "cpu"},
+             ["--", "--config=configs/cddpm.py:tiny", f"--workdir={tmp_path / 'w'}",
+              f"--config.data.data_dir={cli_data_dir}"])
+  assert (res.returncode, res.stderr) == (2, (
+      "error: NUM_GPUS=2 but JAX sees 0 local GPU(s) (CUDA_VISIBLE_DEVICES=0,1, it runs on cpu): "
+      "set NUM_GPUS (and CUDA_VISIBLE_DEVICES) to GPUs this machine has (nvidia-smi -L lists "
+      "them)\n")), res.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_the_gpus_jax_sees_are_counted_against_num_gpus(monkeypatch):
+  import jax
+  from sadm_jax import distributed
+  gpu, cpu = type("D", (), {"platform": "gpu"})(), type("D", (), {"platform": "cpu"})()
+  monkeypatch.setattr(jax, "local_devices", lambda: [gpu, gpu, gpu])
+  env = {"SADM_NUM_GPUS": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+  assert distributed.gpu_shortfall(env) == (
+      "NUM_GPUS=4 but JAX sees 3 local GPU(s) (CUDA_VISIBLE_DEVICES=0,1,2,3): set NUM_GPUS (and "
+      "CUDA_VISIBLE_DEVICES) to GPUs this machine has (nvidia-smi -L lists them)")
+  assert distributed.gpu_shortfall({**env, "SADM_NUM_GPUS": "3"}) is None
+  assert distributed.gpu_shortfall({}) is None  # not started by launch/local_gpus.sh
+  monkeypatch.setattr(jax, "local_devices", lambda: [cpu] * 8)  # e.g. one CPU device per core
+  assert "JAX sees 0 local GPU(s) (CUDA_VISIBLE_DEVICES=0,1,2,3, it runs on cpu)" in (
+      distributed.gpu_shortfall(env))

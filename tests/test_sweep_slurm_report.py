@@ -82,6 +82,7 @@ def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, caps
       ["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59],
       ["cddpm", "none", "Brats21", "fold1", 10, 0.52, 0.60, 0.61],
       ["sadm", "draem", "Brats21", "fold0", 10, 0.55, 0.6053, None]])
+  (work / "full" / "DONE").write_text("{}")
   assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 0
   md = (work / "sweep_report.md").read_text()
   assert capsys.readouterr().out == md
@@ -93,7 +94,26 @@ def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, caps
   assert "trainer" not in md
   csv_lines = (work / "sweep_report.csv").read_text().splitlines()
   assert csv_lines[0].startswith("method,train_anomalies,test_set,fold,n_volumes,dice,best_dice,")
-  assert len(csv_lines) == 4 and all(l.endswith(",full") for l in csv_lines[1:])
+  assert len(csv_lines) == 4 and all(l.endswith(",True,full") for l in csv_lines[1:])
+  assert csv_lines[0].endswith(",finished,member")
+
+
+def test_a_report_without_its_members_done_is_marked_not_finished(tmp_path, capsys):
+  """A member evaluated by hand, or whose run did not end: its rows were reported like a
+  finished member's, with nothing to tell them apart."""
+  spec = write_sweep(tmp_path / "r.py", "Member('done', 'configs/evaluate.py'), "
+                                        "Member('by_hand', 'configs/evaluate.py')")
+  work = tmp_path / "w"
+  for name in ("done", "by_hand"):
+    _report_rows(str(work / name / "report" / "metrics.json"),
+                 [["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59]])
+  (work / "done" / "DONE").write_text("{}")
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 0
+  md = capsys.readouterr().out.splitlines()
+  assert "## done" in md and ("## by_hand (not finished: no DONE; evaluated by hand, or the "
+                              "sweep's run of it did not end)") in md
+  csv_lines = (work / "sweep_report.csv").read_text().splitlines()
+  assert csv_lines[1].endswith(",True,done") and csv_lines[2].endswith(",False,by_hand")
 
 
 @pytest.mark.parametrize("text,why", [("{}", "KeyError: 'rows'"),
@@ -165,3 +185,73 @@ def test_a_report_of_some_members_has_only_those(tmp_path, capsys):
   assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report",
                         "--members=three"]) == 2
   assert capsys.readouterr().err.startswith("error: unknown member(s) three; the sweep has ")
+
+
+@pytest.mark.parametrize("args,dropped", [
+    (["--mode=slurm"], "--mode=slurm"), (["--mode=local", "--runner=inprocess"],
+                                         "--mode=local and --runner=inprocess"),
+    (["--", "--config.data.data_dir=/d"], "what follows --"),
+    (["--mode=slurm", "--", "-v", "1"], "--mode=slurm and what follows --")])
+def test_a_report_refuses_the_flags_of_a_run_instead_of_ignoring_them(tmp_path, capsys, args,
+                                                                      dropped):
+  spec = write_sweep(tmp_path / "r.py", "Member('ev', 'configs/evaluate.py')")
+  (tmp_path / "w").mkdir()
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report",
+                        *args]) == 2
+  assert capsys.readouterr().err == ("error: --report runs no member (it reads "
+                                     f"W/<member>/report/metrics.json): drop {dropped}\n")
+  assert os.listdir(tmp_path / "w") == []
+
+
+def test_a_workdir_with_a_space_gets_its_job_logs_from_the_sbatch_command_line(tmp_path,
+                                                                                  capsys):
+  """`#SBATCH --output=/a b/slurm/m-%j.out` was written as it is: sbatch does not unquote an
+  #SBATCH line reliably (the log went to '/a'). The sweep file's name is the job name's start."""
+  spec = write_sweep(tmp_path / "my sweep.py", "Member('a', 'configs/cddpm.py:tiny'), "
+                                               "Member('b', 'configs/cddpm.py:tiny', after=['a'])")
+  work = tmp_path / "w dir"
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--mode=slurm"]) == 0
+  out = work / "slurm"
+  assert capsys.readouterr().out == (f"wrote 2 job script(s) under {out}; submit with bash "
+                                     f"'{out}/submit.sh' [sbatch options]\n")  # (to copy)
+  assert f"#   bash '{out}/submit.sh' --nodes=1 " in (out / "submit.sh").read_text()
+  script = (out / "b.sbatch").read_text()
+  assert "#SBATCH --job-name=my_sweep.b\n" in script
+  assert "#SBATCH --output" not in script and "slurm-%x-%j.out" not in script
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text("#!/bin/bash\nprintf '[%s]' \"$@\" >> \"$SBATCH_CALLS\"\n"
+                                  "echo >> \"$SBATCH_CALLS\"\necho 4$RANDOM\n")
+  (bin_dir / "sbatch").chmod(0o755)
+  calls = tmp_path / "calls"
+  res = subprocess.run(["bash", str(out / "submit.sh"), "--time=1:00"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "SBATCH_CALLS": str(calls),
+                                                   "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+  assert res.returncode == 0, res.stderr
+  a, b = calls.read_text().splitlines()
+  assert a == f"[--parsable][--output={out}/a-%j.out][--time=1:00][{out}/a.sbatch]"
+  assert b.startswith("[--parsable][--dependency=afterok:4") and b.endswith(
+      f"][--output={out}/b-%j.out][--time=1:00][{out}/b.sbatch]")
+
+
+def test_a_percent_sign_in_the_workdir_is_escaped_in_the_job_log_pattern(tmp_path):
+  """sbatch reads '%' in --output as a replacement symbol ('%j' the job id): a workdir 'w%j' had
+  its logs written under 'w<job id>'; '%%' is sbatch's '%'."""
+  spec = write_sweep(tmp_path / "s.py", "Member('a', 'configs/cddpm.py:tiny')")
+  work = tmp_path / "w%j"
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--mode=slurm"]) == 0
+  assert (f"#SBATCH --output={tmp_path}/w%%j/slurm/a-%j.out\n"
+          in (work / "slurm" / "a.sbatch").read_text())
+
+
+def test_a_member_named_for_the_report_that_does_not_report_is_listed(tmp_path, capsys):
+  """`--report --members=cddpm` (report=False) wrote an empty report, exit 0, without a word."""
+  spec = write_sweep(tmp_path / "r.py", "Member('ev', 'configs/evaluate.py'), "
+                                        "Member('train', 'configs/cddpm.py', report=False)")
+  (tmp_path / "w").mkdir()
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report",
+                        "--members=train"]) == 0
+  assert capsys.readouterr().out.splitlines()[-1] == (
+      "Not reporting (Member(..., report=False), 1): train")
+  assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={tmp_path / 'w'}", "--report"]) == 0
+  assert "train" not in capsys.readouterr().out  # (all members: the reporting ones)

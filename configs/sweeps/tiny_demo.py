@@ -1,7 +1,8 @@
 """Two learning rates of the tiny cDDPM, 2 steps each: the sweep machinery's smallest real example (CI).
 
     python -m sadm_jax.sweep --sweep=configs/sweeps/tiny_demo.py --workdir=W \
-        [--mode=slurm] [--report] -- --config.data.data_dir=D
+        [--mode=slurm] -- --config.data.data_dir=D
+    python -m sadm_jax.sweep --sweep=configs/sweeps/tiny_demo.py --workdir=W --report
 """
 
 from sadm_jax.sweep import Member

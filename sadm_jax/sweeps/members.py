@@ -224,9 +224,51 @@ def check_member_resume(member: Member, config: ml_collections.ConfigDict, workd
     raise ValueError(f"member {member.name}: {e}") from None
 
 
+# `sadm_jax.main`'s flags that a member refuses after --, and why (absl.app's and its help flags;
+# absl.logging's, -v/--verbosity and the others, reach every member).
+REFUSED_MAIN_FLAGS = {
+    **dict.fromkeys(("help", "helpshort", "helpfull", "helpxml"),
+                    "it prints the help instead of running the member (python -m sadm_jax.main "
+                    "--helpfull shows it)"),
+    **dict.fromkeys(("only_check_args", "only_check_flags"),
+                    "it ends each member before it runs, and the sweep would mark it DONE"),
+    **dict.fromkeys(("pdb", "pdb_post_mortem", "run_with_pdb"),
+                    "a debugger's prompt cannot be answered in a member's log file"),
+    **dict.fromkeys(("run_with_profiling", "profile_file", "use_cprofile_for_profiling"),
+                    "it profiles one process: run the member alone with python -m sadm_jax.main"),
+}
+
+
+def _define_main_flags(fv) -> None:
+  """Stand-ins in `fv` for absl.logging's flags of `sadm_jax.main` (parsed and checked as there,
+  without changing this process's logging) and for the refused ones (`REFUSED_MAIN_FLAGS`)."""
+  from absl import flags, logging  # (absl.logging defines its flags)
+  for f in flags.FLAGS.flags_by_module_dict().get(logging.__name__, []):
+    fv[f.name] = flags.Flag(f.parser, f.serializer, f.name, f.default, f.help, f.short_name,
+                            f.boolean)
+  for name in REFUSED_MAIN_FLAGS:
+    fv[name] = (flags.Flag(flags.ArgumentParser(), None, name, None, "refused")
+                if name == "profile_file" else  # (takes a value)
+                flags.BooleanFlag(name, False, "refused",
+                                  short_name="?" if name == "help" else None))
+
+
+def main_flags(member: Member, workdir: str, extra: Sequence[str] = ()) -> dict[str, Any]:
+  """The absl.logging flags (e.g. -v 1) among `extra`, {name: value}, for in-process members."""
+  fv = _parsed(member, workdir, extra)
+  from absl import flags
+  return {f.name: fv[f.name].value
+          for f in flags.FLAGS.flags_by_module_dict().get("absl.logging", []) if fv[f.name].present}
+
+
 def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
                   ) -> ml_collections.ConfigDict:
   """The config `sadm_jax.main` builds from the member's arguments (ml_collections' flags)."""
+  return _parsed(member, workdir, extra).config
+
+
+def _parsed(member: Member, workdir: str, extra: Sequence[str]):
+  """The member's arguments parsed as `sadm_jax.main` parses them: absl FlagValues."""
   from absl import flags
   from ml_collections import config_flags
 
@@ -240,6 +282,7 @@ def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
   argv = ["sadm_jax.main"] + [a for a in member_argv(member, workdir, extra)
                               if not a.startswith("--workdir=")]
   fv = flags.FlagValues()
+  _define_main_flags(fv)
   if isinstance(member.config, str):
     path = _spec(member).partition(":")[0]
     if not os.path.isfile(path):
@@ -261,4 +304,8 @@ def member_config(member: Member, workdir: str, extra: Sequence[str] = ()
     raise ValueError(f"member {member.name}: {e}") from None
   if len(rest) > 1:
     raise ValueError(f"member {member.name}: not a --config.k=v override: {' '.join(rest[1:])}")
-  return fv.config
+  refused = [n for n in REFUSED_MAIN_FLAGS if fv[n].present]
+  if refused:
+    raise ValueError(f"--{refused[0]} follows --, but a sweep cannot pass it to its members: "
+                     f"{REFUSED_MAIN_FLAGS[refused[0]]}")
+  return fv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from typing import Sequence
 
@@ -14,12 +15,26 @@ from sadm_jax.utils import io
 TEMPLATE = os.path.join(members_lib.REPO, "launch", "slurm.sbatch")
 
 
+# What an #SBATCH line takes as it is: sbatch does not unquote its values reliably.
+DIRECTIVE_SAFE = re.compile(r"^[\w./%=+,:@-]+$")
+
+
+def log_pattern(path: str) -> str:
+  """The job log's sbatch --output pattern for `path` + '-<job id>.out' ('%' in the path as '%%',
+  which sbatch writes as '%'; '%j' the job id)."""
+  return path.replace("%", "%%") + "-%j.out"
+
+
 def _substitutions(job: str, output: str, args: Sequence[str]) -> list[tuple[str, str]]:
-  """(line of the template, its replacement): the job name, the log, the repository, the command."""
+  """(line of the template, its replacement): the job name, the log, the repository, the command.
+  A log path an #SBATCH line cannot hold as it is (a space) is left to submit.sh's sbatch
+  command line, quoted there (`write_slurm`)."""
   return [
       ("#SBATCH --job-name=sadm_jax", f"#SBATCH --job-name={job}\n# Rendered from "
        "launch/slurm.sbatch by sadm_jax.sweeps.slurm: the arguments are set below (`set --`)."),
-      ("#SBATCH --output=slurm-%x-%j.out", f"#SBATCH --output={output}"),
+      ("#SBATCH --output=slurm-%x-%j.out", f"#SBATCH --output={output}"
+       if DIRECTIVE_SAFE.match(output) else f"# --output={shlex.quote(output)} is given by "
+       "submit.sh's sbatch command: an #SBATCH line cannot quote it"),
       ('REPO_DIR="${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"',
        # unquoted: an assignment is not word-split, and the quotes inside "${X:-'a b'}" are kept
        f'REPO_DIR=${{REPO_DIR:-{shlex.quote(members_lib.REPO)}}}'),
@@ -62,15 +77,16 @@ def write_slurm(sweep: members_lib.Sweep, workdir: str, members: Sequence[member
   paths, submit = [], ["#!/usr/bin/env bash",
                        f"# Submits the members of sweep {sweep.name} ({path}) in dependency order;",
                        "# arguments go to every sbatch call (resources), e.g.",
-                       f"#   bash {os.path.join(out, 'submit.sh')} --nodes=1 --ntasks-per-node=1 "
-                       "--gpus-per-node=1 --time=24:00:00",
+                       f"#   bash {shlex.quote(os.path.join(out, 'submit.sh'))} --nodes=1 "
+                       "--ntasks-per-node=1 --gpus-per-node=1 --time=24:00:00",
                        "set -euo pipefail", "declare -A job"]
   names = {m.name for m in members}
   for m in members:
     args = [f"--sweep={path}", f"--workdir={workdir}", f"--members={m.name}"]
     args += ["--", *extra] if extra else []
     script = os.path.join(out, f"{m.name}.sbatch")
-    io.write_text(script, render(f"{sweep.name}.{m.name}", os.path.join(out, f"{m.name}-%j.out"),
+    log = log_pattern(os.path.join(out, m.name))
+    io.write_text(script, render(f"{re.sub(r'[^A-Za-z0-9._=+-]', '_', sweep.name)}.{m.name}", log,
                                  args))
     os.chmod(script, 0o755)
     paths.append(script)
@@ -78,6 +94,8 @@ def write_slurm(sweep: members_lib.Sweep, workdir: str, members: Sequence[member
     dep = (" --dependency=afterok:" + ":".join(f"${{job[{shlex.quote(d)}]}}" for d in deps)
            if deps else "")
     key = shlex.quote(m.name)
+    if not DIRECTIVE_SAFE.match(log):  # (not in the script: `render`)
+      dep += f" --output={shlex.quote(log)}"
     submit += [f"id=$(sbatch --parsable{dep} \"$@\" {shlex.quote(script)})",
                f'job[{key}]="${{id%%;*}}"', f'echo "{m.name}: job ${{job[{key}]}}"']
   submit_path = os.path.join(out, "submit.sh")
