@@ -48,8 +48,9 @@ def _assert_same_records(got, want):
     assert json.dumps(got[name], sort_keys=True) == json.dumps(want[name], sort_keys=True), name
 
 
-def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: float = 600.0):
-  """`python -m sadm_jax.main` evaluate in 2 processes × 4 CPU devices on loopback.
+def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, args=(),
+                timeout: float = 600.0):
+  """`python -m sadm_jax.main` evaluate (with `args`) in 2 processes × 4 CPU devices on loopback.
 
   Each process has 8 fake CPU devices, as the test process, and evaluates on 4 of them
   (`mesh.num_devices=4`): XLA:CPU splits a convolution's work by the number of devices the process
@@ -64,7 +65,7 @@ def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: flo
        f"--config.data.data_dir={data_dir}",
        f"--config.data.cache_dir={os.path.join(data_dir, 'cache')}",
        f"--config.evaluate.cddpm_workdir={cddpm}", f"--config.evaluate.sadm_workdirs=('{sadm}',)",
-       "--config.mesh.num_devices=4"],
+       "--config.mesh.num_devices=4", *args],
       2, os.path.dirname(workdir), env, timeout)
   for code, stdout, stderr in results:
     assert code == 0, (stdout + stderr)[-4000:]
@@ -73,43 +74,53 @@ def _launch_two(workdir: str, data_dir: str, cddpm: str, sadm: str, timeout: flo
 
 def test_eight_devices_two_processes_and_one_device_agree(evaluation, eval_data_dir,
                                                          tiny_cddpm_dir, tiny_sadm_dir, tmp_path):
-  """The session evaluation ran on 8 fake devices; rerun on 2 processes × 4 devices: the same
-  metrics, every volume result computed exactly once across the processes. A rerun in one
-  process on 1 device reuses them, computes the ATLAS_v2 volumes removed from them and writes the
-  same metrics. (A volume's outputs do not depend on the device count, bit for bit:
-  tests/evaluate/test_inference.py, 1 vs 4 devices.)
+  """The session evaluation ran on 8 fake devices; rerun on 2 processes × 4 devices, every test
+  set but ATLAS_v2: the same volume results, each computed exactly once across the processes. A
+  rerun of every set in one process on 1 device reuses them, computes the ATLAS_v2 volumes and
+  writes the session's metrics. (A volume's outputs do not depend on the device count, bit for
+  bit: tests/evaluate/test_inference.py, 1 vs 4 devices. The two processes leave ATLAS_v2 out
+  rather than compute it for the rerun to compute again: 18 of 54 volume results.)
   """
   eight, summary8 = evaluation
-  assert summary8["devices_per_process"] == 8
+  assert summary8["devices_per_process"] == 8 and summary8["volumes_computed"] == 54
+  atlas = lambda root, *rest: glob.glob(os.path.join(root, "eval", "*", "*", "*", "ATLAS_v2",
+                                                     *rest))
+  # threshold, cDDPM and SADM × 3 val + 3 test volumes
+  missing = len(atlas(eight, "*", "*.json"))
+  assert (len(atlas(eight)), missing) == (3, 18), (atlas(eight), missing)
+  c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
+  others = tuple(s for s in c.evaluate.test_sets if s != "ATLAS_v2")
+  assert len(others) == len(c.evaluate.test_sets) - 1
   two = str(tmp_path / "two" / "work")
-  logs = _launch_two(two, eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir)
-  _assert_same_metrics(_csv(two), _csv(eight))
-  _assert_same_records(_records(two), _records(eight))
+  logs = _launch_two(two, eval_data_dir, tiny_cddpm_dir, tiny_sadm_dir,
+                     [f"--config.evaluate.test_sets={others!r}"])
+  want = _csv(eight)
+  sets = {r["test_set"] for r in _csv(two)}
+  assert sets and "ATLAS_v2" not in sets
+  _assert_same_metrics(_csv(two), [r for r in want if r["test_set"] in sets])
+  want_records = _records(eight)
+  _assert_same_records(_records(two), {k: v for k, v in want_records.items()
+                                       if k.split("/")[3] != "ATLAS_v2"})
   computed = []
   for p in range(2):
     with open(os.path.join(two, "eval", f"process_{p}-of-2.json")) as f:
       mine = json.load(f)["computed"]
     assert mine, f"process {p} computed nothing"
     computed += mine
-  assert len(computed) == len(set(computed)) == summary8["volumes_computed"] == 54
-  assert "54 volume result(s) computed, 0 reused" in logs[0] and "volume result" not in logs[1]
+  assert len(computed) == len(set(computed)) == 54 - missing
+  assert f"{54 - missing} volume result(s) computed, 0 reused" in logs[0]
+  assert "volume result" not in logs[1]
   assert "(2 process(es) × 4 device(s))" in logs[0]
 
   # Resumption across process and device counts: one process on 1 device reuses what two
-  # computed and computes what is missing (every method's ATLAS_v2 volumes, removed here).
-  atlas = glob.glob(os.path.join(two, "eval", "*", "*", "*", "ATLAS_v2"))
-  missing = len(glob.glob(os.path.join(two, "eval", "*", "*", "*", "ATLAS_v2", "*", "*.json")))
-  # threshold, cDDPM and SADM × 3 val + 3 test volumes
-  assert (len(atlas), missing) == (3, 18), (atlas, missing)
-  for d in atlas:
-    shutil.rmtree(d)
-  c = evaluate_tiny_config(eval_data_dir, tiny_cddpm_dir, [tiny_sadm_dir])
+  # computed and computes what is missing (every method's ATLAS_v2 volumes).
+  assert not atlas(two)
   c.mesh.num_devices = 1
   again = main_lib.run_stage(c, two)
   assert again["devices_per_process"] == 1
   assert again["volumes_computed"] == missing and again["volumes_cached"] == 54 - missing
-  _assert_same_metrics(_csv(two), _csv(eight))
-  _assert_same_records(_records(two), _records(eight))
+  _assert_same_metrics(_csv(two), want)
+  _assert_same_records(_records(two), want_records)
   shutil.rmtree(str(tmp_path / "two"))
 
 
