@@ -98,15 +98,22 @@ def test_report_tabulates_every_member_with_the_evaluation_tables(tmp_path, caps
   assert csv_lines[0].endswith(",finished,member")
 
 
+def _two_evaluated_members(tmp_path, a: str, b: str):
+  """(sweep file, workdir) of a sweep of two evaluation members `a`, `b`, each with one report
+  row (no DONE)."""
+  spec = write_sweep(tmp_path / "r.py", f"Member('{a}', 'configs/evaluate.py'), "
+                                        f"Member('{b}', 'configs/evaluate.py')")
+  work = tmp_path / "w"
+  for name in (a, b):
+    _report_rows(str(work / name / "report" / "metrics.json"),
+                 [["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59]])
+  return spec, work
+
+
 def test_a_report_without_its_members_done_is_marked_not_finished(tmp_path, capsys):
   """A member evaluated by hand, or whose run did not end: its rows were reported like a
   finished member's, with nothing to tell them apart."""
-  spec = write_sweep(tmp_path / "r.py", "Member('done', 'configs/evaluate.py'), "
-                                        "Member('by_hand', 'configs/evaluate.py')")
-  work = tmp_path / "w"
-  for name in ("done", "by_hand"):
-    _report_rows(str(work / name / "report" / "metrics.json"),
-                 [["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59]])
+  spec, work = _two_evaluated_members(tmp_path, "done", "by_hand")
   (work / "done" / "DONE").write_text("{}")
   assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report"]) == 0
   md = capsys.readouterr().out.splitlines()
@@ -172,12 +179,7 @@ def test_a_finished_member_without_a_report_is_not_called_missing(tmp_path, caps
 
 def test_a_report_of_some_members_has_only_those(tmp_path, capsys):
   """--members was ignored by --report: every member was reported."""
-  spec = write_sweep(tmp_path / "r.py", "Member('one', 'configs/evaluate.py'), "
-                                        "Member('two', 'configs/evaluate.py')")
-  work = tmp_path / "w"
-  for name in ("one", "two"):
-    _report_rows(str(work / name / "report" / "metrics.json"),
-                 [["cddpm", "none", "Brats21", "fold0", 10, 0.50, 0.58, 0.59]])
+  spec, work = _two_evaluated_members(tmp_path, "one", "two")
   assert sweep_cli.cli(["x", f"--sweep={spec}", f"--workdir={work}", "--report",
                         "--members=two"]) == 0
   md = capsys.readouterr().out
