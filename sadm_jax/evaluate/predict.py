@@ -249,6 +249,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out_root = os.path.abspath(p.output or workdir)
   scans, batch, pred, devices = _start(p, config)
   pid, nproc = jax.process_index(), jax.process_count()
+  path = os.path.join(out_root, "predict_summary.json")
+  if pid == 0:  # an earlier run's, which vouches for outputs this run replaces: a run killed
+    with contextlib.suppress(FileNotFoundError):  # before its own summary leaves none
+      os.remove(path)
   groups = _batches(list(range(pid, len(scans), nproc)), devices)
   mesh = scoring.local_mesh(len(groups[0])) if groups and pred.method != "threshold" else None
 
@@ -329,7 +333,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "num_ok": len(records) - len(failed), "num_failed": len(failed),
              "processes": nproc, "devices": devices_used,
              "scans": records}
-  path = os.path.join(out_root, "predict_summary.json")
   if pid == 0:
     io.write_json(path, summary)
     tau = "none" if pred.tau is None else f"{pred.tau:.6g} ({pred.tau_source})"

@@ -356,3 +356,33 @@ def test_the_threshold_baseline_scores_the_eroded_brain_as_evaluation_does(tmp_p
   with pytest.raises(ValueError, match=r"^--config.evaluate.erode_mask=3 erodes the brain mask of "
                                        r"sub-01.nii.gz to nothing"):
     infer()
+
+
+class _Killed(BaseException):
+  """Stands for a SIGKILL: nothing after it runs."""
+
+
+def test_a_killed_run_leaves_no_summary_of_the_earlier_run(tmp_path, monkeypatch):
+  """A run into the folder of an earlier one (another τ), killed after a scan's new map was
+  written: the earlier run's predict_summary.json stayed, saying every scan was predicted with its
+  τ, beside maps of the new run; now it is removed when the run starts (its own is written last)."""
+  image, out = _scan(tmp_path), str(tmp_path / "out")
+  summary = os.path.join(out, "predict_summary.json")
+  scans, _ = scans_lib.list_scans(image)
+  c = predict_config.get_config("tiny")
+  c.predict.checkpoint_dir, c.predict.input, c.predict.output = str(tmp_path), image, out
+  monkeypatch.setattr(predict, "_start", lambda p, config: (scans, False, pred, 1))
+  pred = _threshold_predictor(0.5)
+  assert predict.run(c, out)["threshold"] == 0.5 and os.path.isfile(summary)
+  pred = _threshold_predictor(0.6)
+  real = nifti.save_volume
+
+  def killed_after_the_map(path, *args, **kwargs):
+    real(path, *args, **kwargs)
+    if "_anomaly_map" in os.path.basename(path):
+      raise _Killed()
+
+  monkeypatch.setattr(nifti, "save_volume", killed_after_the_map)
+  with pytest.raises(_Killed):
+    predict.run(c, out)
+  assert not os.path.exists(summary)
