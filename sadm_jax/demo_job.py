@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -122,6 +123,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from sadm_jax.train import cddpm, sadm, spark
 
   os.makedirs(workdir, exist_ok=True)
+  with contextlib.suppress(FileNotFoundError):  # an earlier run's (its ordering, its report):
+    os.remove(os.path.join(workdir, "demo_summary.json"))  # gone until this run writes its own
   times: dict[str, float] = {}
   t0 = time.time()
   data_dir = build_cohort(config, workdir)

@@ -168,3 +168,28 @@ def test_run_leaves_the_job_config_as_given(tmp_path, monkeypatch):
   demo_job.run(c, str(tmp_path / "w"))
   assert seen == {"prepare": cohort, "cddpm": cohort, "sadm": cohort, "evaluate": cohort}
   assert c.to_json() == before
+
+
+class _Killed(BaseException):
+  """Stands for a SIGKILL: nothing after it runs."""
+
+
+def test_a_killed_rerun_leaves_no_summary_of_the_earlier_run(tmp_path, monkeypatch):
+  """A rerun (e.g. with more steps) killed in a stage left the earlier run's demo_summary.json,
+  whose ordering and stage times are not those of the models now in the workdir; it is removed
+  when the run starts and written again at its end."""
+  from sadm_jax import config as config_lib
+  from sadm_jax.train import cddpm
+  work = tmp_path / "w"
+  work.mkdir()
+  (work / "demo_summary.json").write_text('{"ordering": {"holds": true}}')
+  monkeypatch.setattr(demo_job, "build_cohort", lambda config, workdir: str(tmp_path / "cohort"))
+  monkeypatch.setattr(config_lib, "run_prepare", lambda config, workdir: {})
+
+  def killed(config, workdir):
+    raise _Killed()
+
+  monkeypatch.setattr(cddpm, "run_cddpm", killed)
+  with pytest.raises(_Killed):
+    demo_job.run(demo_config.get_config(), str(work))
+  assert not (work / "demo_summary.json").exists()

@@ -115,15 +115,20 @@ def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: st
 def _write_outputs(out: dict, a_in: np.ndarray, p_in: np.ndarray | None, mask_out: str,
                    record: str, ref: nib.Nifti1Image) -> None:
   """Writes one scan's map, mask (without τ: removes an earlier run's) and record, each whole; a
-  failure after the first write removes all three (no mix of this run's and an earlier run's)."""
+  failure after the first write removes all three (no mix of this run's and an earlier run's).
+  The earlier run's record and mask are removed once the new map is written, before it replaces
+  theirs: a run killed between the writes (no clean-up then) leaves this run's map (and mask)
+  without a record, never beside the earlier run's record."""
   started = False
   try:
-    nifti.save_volume(out["anomaly_map"], a_in, ref.affine, header=ref.header, dtype=np.float32)
+    with io.atomic_path(out["anomaly_map"], suffix=".nii.gz") as tmp:
+      nifti.save_volume(tmp, a_in, ref.affine, header=ref.header, dtype=np.float32)
+      for path in (record, mask_out):  # an earlier run's: not this map's
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
     started = True
     if p_in is not None:
       nifti.save_volume(mask_out, p_in, ref.affine, header=ref.header, dtype=np.uint8)
-    elif os.path.lexists(mask_out):
-      os.remove(mask_out)  # an earlier run's, with τ: not this map's
     io.write_json(record, out)
   except BaseException:
     if started:
@@ -244,6 +249,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out_root = os.path.abspath(p.output or workdir)
   scans, batch, pred, devices = _start(p, config)
   pid, nproc = jax.process_index(), jax.process_count()
+  path = os.path.join(out_root, "predict_summary.json")
+  if pid == 0:  # an earlier run's, which vouches for outputs this run replaces: a run killed
+    with contextlib.suppress(FileNotFoundError):  # before its own summary leaves none
+      os.remove(path)
   groups = _batches(list(range(pid, len(scans), nproc)), devices)
   mesh = scoring.local_mesh(len(groups[0])) if groups and pred.method != "threshold" else None
 
@@ -324,7 +333,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "num_ok": len(records) - len(failed), "num_failed": len(failed),
              "processes": nproc, "devices": devices_used,
              "scans": records}
-  path = os.path.join(out_root, "predict_summary.json")
   if pid == 0:
     io.write_json(path, summary)
     tau = "none" if pred.tau is None else f"{pred.tau:.6g} ({pred.tau_source})"

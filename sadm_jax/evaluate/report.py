@@ -6,6 +6,7 @@ import csv
 import io as _io
 import math
 import os
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -139,18 +140,24 @@ def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.
 
 
 OUTPUT_SUFFIXES = ("_anomaly.nii.gz", "_recon.nii.gz", "_pred.nii.gz", "_montage.png")
+# The temporary file `utils.io.atomic_path` writes one of them into (`.<name>.<random>.tmp<ext>`):
+# left behind only by a killed writer.
+_UNFINISHED = re.compile(r"\..+(?:%s)\.[^.]+\.tmp(?:\.nii\.gz|\.png)" % "|".join(
+    map(re.escape, OUTPUT_SUFFIXES)))
 
 
 def remove_stale_outputs(root: str, keep: set[str]) -> int:
   """Removes the per-volume files under `root` (report/volumes/) that `write_volume_outputs`
   names but `keep` does not (an earlier evaluation's, with other output settings, methods or
-  volumes), then the folders left empty; other files stay. Returns how many were removed."""
+  volumes), and the temporary files of writes a kill interrupted (called once every process has
+  written its share), then the folders left empty; other files stay. Returns how many were
+  removed."""
   keep = {os.path.abspath(k) for k in keep}
   removed = 0
   for folder, _, files in sorted(os.walk(root), reverse=True):  # the deepest first
     for f in files:
       path = os.path.abspath(os.path.join(folder, f))
-      if f.endswith(OUTPUT_SUFFIXES) and path not in keep:
+      if (f.endswith(OUTPUT_SUFFIXES) and path not in keep) or _UNFINISHED.fullmatch(f):
         os.remove(path)
         removed += 1
     if folder != root and not os.listdir(folder):

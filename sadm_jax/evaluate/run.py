@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -259,6 +260,13 @@ def _write_report(evaluation: Evaluation, workdir: str, sets, vals, tests, chose
   return len(rows)
 
 
+def report_files(workdir: str) -> list[str]:
+  """The files an evaluation writes last, from all its results: report/{metrics.csv,
+  metrics.json, report.md} and eval/summary.json."""
+  return [os.path.join(workdir, "report", n) for n in ("metrics.csv", "metrics.json", "report.md")
+          ] + [os.path.join(workdir, "eval", "summary.json")]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates every method of `evaluate.methods`; writes eval/ (per-volume store) and report/.
 
@@ -288,6 +296,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for fold in sorted({r.data_fold for r in evaluation.runs if r.method == "threshold"}):
     evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
 
+  if jax.process_index() == 0:  # the passes replace results and volume files: an earlier
+    for path in report_files(workdir):  # evaluation's report no longer describes them, gone
+      with contextlib.suppress(FileNotFoundError):  # until rewritten (a killed rerun leaves none)
+        os.remove(path)
   done, cached = evaluation.run_passes(vals, {}, "val")
   chosen = _agree(evaluation, vals)
   extras = test_extras(tests, chosen)

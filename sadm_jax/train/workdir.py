@@ -12,7 +12,8 @@ its saved config binds nothing and the next start replaces it.
 `data.loader_workers` may NOT change: grain records the worker count in the saved iterator state
 and cannot restore it with another.
 
-`<workdir>/.lock` (created with O_EXCL, holding the host, PID and process start time) keeps out a
+`<workdir>/.lock` (written to a temporary file and hard-linked into place, so it exists
+complete or not at all, and only once; holding the host, PID and process start time) keeps out a
 second process; a lock left by a dead process on the same host is taken over with a warning; it is
 removed when the run ends. In a multi-process run only process 0 holds it.
 """
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from typing import Any, Iterator
 
@@ -187,7 +189,7 @@ def _acquire(path: str, workdir: str) -> None:
         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
   for _ in range(5):
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      _create_exclusive(path, json.dumps(me))
     except FileExistsError:
       holder = _read_lock(path)
       if holder == {}:
@@ -206,10 +208,36 @@ def _acquire(path: str, workdir: str) -> None:
           f"{workdir}: in use by process {holder.get('pid')} on host {holder.get('host')} "
           f"(since {holder.get('since')}; lock {path}); wait for it to end or use another "
           "workdir") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(me, f)
     return
   raise WorkdirError(f"{workdir}: could not take the lock {path}")
+
+
+def _create_exclusive(path: str, text: str) -> None:
+  """Creates `path` holding `text`, complete or not at all; FileExistsError when it exists.
+
+  The text goes to a temporary file that is then hard-linked to `path` (atomic, and exclusive
+  like O_EXCL): a process killed while taking the lock leaves no empty lock that would refuse
+  every later start as unreadable. Where the file system has no hard links, O_EXCL and a write.
+  """
+  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                             dir=os.path.dirname(path))
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.chmod(tmp, 0o644)
+    try:
+      os.link(tmp, path)
+      return
+    except FileExistsError:
+      raise
+    except OSError:  # no hard links here (e.g. some network or FUSE file systems)
+      pass
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+  fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    f.write(text)
 
 
 def _release(path: str) -> None:

@@ -168,3 +168,25 @@ def test_stale_volume_outputs_are_removed_and_nothing_else(tmp_path):
   assert sorted(os.listdir(root)) == ["sadm"]  # unet/draem/fold0/A emptied: removed
   assert report.remove_stale_outputs(str(root), set()) == len(kept)
   assert os.listdir(keep_dir) == ["README.txt"] and os.path.isdir(root)
+
+
+def test_temporary_files_of_killed_volume_writes_are_removed(tmp_path, monkeypatch):
+  """A SIGKILL while a montage or map was being written leaves its hidden temporary file (no
+  clean-up runs); the next evaluation's report removed none of them, and never the folder."""
+  from sadm_jax.evaluate import report
+  from sadm_jax.utils import io
+  folder = tmp_path / "volumes" / "cddpm" / "none" / "fold0" / "A"
+  paths = report.volume_output_paths(str(folder), "v1", nifti=True, png=True, recon=True)
+
+  monkeypatch.setattr(io.os, "remove", lambda p: None)  # (no clean-up runs after a SIGKILL)
+  for what, ext in (("montage", ".png"), ("anomaly", ".nii.gz")):  # as write_png, save_volume
+    with pytest.raises(KeyboardInterrupt):
+      with io.atomic_path(paths[what], suffix=ext) as tmp:
+        open(tmp, "wb").close()  # begun, then killed
+        raise KeyboardInterrupt
+  monkeypatch.undo()
+  left = os.listdir(folder)
+  assert len(left) == 2 and all(n.startswith(".") and ".tmp" in n for n in left), left
+  (folder / ".notes").write_text("mine")
+  assert report.remove_stale_outputs(str(tmp_path / "volumes"), set()) == 2
+  assert os.listdir(folder) == [".notes"]

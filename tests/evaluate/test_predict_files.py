@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -15,6 +18,7 @@ from sadm_jax.data import nifti
 from sadm_jax.data.errors import DataError
 from sadm_jax.evaluate import predict, predictor
 from sadm_jax.evaluate import scans as scans_lib
+from tests.helpers import REPO
 
 
 def test_upper_case_extensions_are_scans_and_names_collide_regardless_of_case(tmp_path):
@@ -84,6 +88,37 @@ def test_a_failed_write_leaves_none_of_the_scans_outputs(tmp_path, monkeypatch):
   with pytest.raises(DataError, match="brain mask is empty"):
     predict.predict(pred, image, None, out)
   assert len(os.listdir(out)) == 3
+
+
+_KILLED_AT_THE_MASK = """
+import os, pathlib, signal, sys
+from sadm_jax.data import nifti
+from sadm_jax.evaluate import predict
+from tests.evaluate import test_predict_files as t
+tmp = pathlib.Path(sys.argv[1])
+image, out = t._scan(tmp), str(tmp / "out")
+predict.predict(t._threshold_predictor(0.5), image, None, out)  # a complete earlier run
+real = nifti.save_volume
+def killed_at_the_mask(path, *args, **kwargs):
+  if path.endswith("_anomaly_mask.nii.gz"):
+    os.kill(os.getpid(), signal.SIGKILL)  # no clean-up runs
+  return real(path, *args, **kwargs)
+nifti.save_volume = killed_at_the_mask
+predict.predict(t._threshold_predictor(0.6), image, None, out)
+"""
+
+
+def test_a_run_killed_between_a_scans_writes_leaves_no_record_of_the_earlier_run(tmp_path):
+  """SIGKILL after the new map was written, at the mask: the earlier run's record (another τ)
+  and mask stayed beside the new map as if they described it; now the scan has no record (a
+  rerun writes it)."""
+  res = subprocess.run([sys.executable, "-c", _KILLED_AT_THE_MASK, str(tmp_path)], cwd=REPO,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+  out = str(tmp_path / "out")
+  left = sorted(n for n in os.listdir(out) if not n.startswith("."))  # (a killed write's temp)
+  assert left == ["sub-01_anomaly_map.nii.gz"]
 
 
 def test_qform_and_sform_differing_only_in_origin_are_named_by_what_differs(tmp_path):
@@ -321,3 +356,33 @@ def test_the_threshold_baseline_scores_the_eroded_brain_as_evaluation_does(tmp_p
   with pytest.raises(ValueError, match=r"^--config.evaluate.erode_mask=3 erodes the brain mask of "
                                        r"sub-01.nii.gz to nothing"):
     infer()
+
+
+class _Killed(BaseException):
+  """Stands for a SIGKILL: nothing after it runs."""
+
+
+def test_a_killed_run_leaves_no_summary_of_the_earlier_run(tmp_path, monkeypatch):
+  """A run into the folder of an earlier one (another τ), killed after a scan's new map was
+  written: the earlier run's predict_summary.json stayed, saying every scan was predicted with its
+  τ, beside maps of the new run; now it is removed when the run starts (its own is written last)."""
+  image, out = _scan(tmp_path), str(tmp_path / "out")
+  summary = os.path.join(out, "predict_summary.json")
+  scans, _ = scans_lib.list_scans(image)
+  c = predict_config.get_config("tiny")
+  c.predict.checkpoint_dir, c.predict.input, c.predict.output = str(tmp_path), image, out
+  monkeypatch.setattr(predict, "_start", lambda p, config: (scans, False, pred, 1))
+  pred = _threshold_predictor(0.5)
+  assert predict.run(c, out)["threshold"] == 0.5 and os.path.isfile(summary)
+  pred = _threshold_predictor(0.6)
+  real = nifti.save_volume
+
+  def killed_after_the_map(path, *args, **kwargs):
+    real(path, *args, **kwargs)
+    if "_anomaly_map" in os.path.basename(path):
+      raise _Killed()
+
+  monkeypatch.setattr(nifti, "save_volume", killed_after_the_map)
+  with pytest.raises(_Killed):
+    predict.run(c, out)
+  assert not os.path.exists(summary)

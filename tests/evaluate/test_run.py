@@ -278,3 +278,36 @@ def test_one_image_with_other_labels_in_two_splits_is_preprocessed_for_each(tiny
     rows = json.load(f)["rows"]
   brats = [r for r in rows if r["test_set"] == "Brats21"]
   assert len(brats) == 1 and brats[0]["n_volumes"] == 4, brats
+
+
+class _Killed(BaseException):
+  """Stands for a SIGKILL: nothing after it runs."""
+
+
+def test_a_killed_rerun_leaves_no_report_of_the_earlier_evaluation(tmp_path, monkeypatch):
+  """An evaluation rerun (other models or settings) killed once it had started replacing results
+  and volume files left the earlier evaluation's metrics.csv, report.md and summary beside them
+  as if they described them; they are removed before the passes start replacing results."""
+  import types
+  from sadm_jax.evaluate import hosts, run as run_lib
+  work = str(tmp_path)
+  earlier = [os.path.join(work, "report", n) for n in ("metrics.csv", "metrics.json", "report.md")
+             ] + [os.path.join(work, "eval", "summary.json")]
+  for path in earlier:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").close()
+  def killed(*args):
+    raise _Killed()
+
+  evaluation = types.SimpleNamespace(cache=types.SimpleNamespace(cfg=None), splits=None, runs=[],
+                                     run_passes=killed,
+                                     models=types.SimpleNamespace(sadm_data=None))
+  monkeypatch.setattr(run_lib, "_start", lambda config, workdir: (evaluation, [], [], [], [], [], []))
+  for name in ("volume_plan", "check_same_plan", "check_same_settings", "cache_seen"):
+    monkeypatch.setattr(hosts, name, lambda *a: None)
+  monkeypatch.setattr(run_lib.weak_rows, "verify", lambda *a: {})
+  monkeypatch.setattr(run_lib, "_cache_share", lambda *a: None)  # then killed in the passes
+  c = evaluate_tiny_config(work, "")
+  with pytest.raises(_Killed):
+    run_lib.run(c, work)
+  assert [p for p in earlier if os.path.exists(p)] == []

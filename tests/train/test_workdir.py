@@ -254,3 +254,29 @@ def test_unreadable_saved_config_is_named(tmp_path):
   assert str(e.value).endswith("); restore it, or delete it to compare with the newest "
                                "checkpoint's config")
   assert not os.path.exists(work / workdir_lib.LOCK_FILE)  # released
+
+
+class _Killed(BaseException):
+  """Stands for a SIGKILL: nothing after it runs (no except Exception catches it)."""
+
+
+def test_a_kill_while_taking_the_lock_leaves_no_lock_that_refuses_the_rerun(tmp_path, monkeypatch):
+  # Killed between creating <workdir>/.lock and writing its holder into it, a start left an
+  # empty lock: every later start was refused ("locked by an unreadable .lock; delete it").
+  work = str(tmp_path / "w")
+  os.makedirs(work)
+
+  def killed(*args, **kwargs):
+    raise _Killed()
+
+  monkeypatch.setattr(os, "fdopen", killed)
+  with pytest.raises(_Killed):
+    with workdir_lib.lock(work):
+      pass
+  monkeypatch.undo()
+  lock = os.path.join(work, workdir_lib.LOCK_FILE)
+  assert not os.path.exists(lock) or os.path.getsize(lock) > 0
+  with workdir_lib.lock(work):  # the rerun takes the lock
+    with open(lock) as f:
+      assert json.load(f)["pid"] == os.getpid()
+  assert os.listdir(work) == []
