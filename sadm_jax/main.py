@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sadm_jax import config as config_lib
+from sadm_jax.utils import signals
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (optionally `file.py:arg`).",
@@ -94,12 +95,12 @@ def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: b
           "files are written whole: run the same command again once it can write)",
           file=sys.stderr, flush=True)
     return 2
-  except KeyboardInterrupt:  # Ctrl-C: checkpoints, cache entries and results are written whole
-    if not report_interrupt:
+  except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM (`main`): checkpoints, cache entries and
+    if not report_interrupt:  # results are written whole
       raise
-    print(f"error: stage {config.stage} interrupted (SIGINT); {workdir} keeps only complete files: "
-          "run the same command again to resume", file=sys.stderr, flush=True)
-    return INTERRUPTED
+    print(f"error: stage {config.stage} interrupted ({signals.signal_name(e)}); {workdir} keeps "
+          "only complete files: run the same command again to resume", file=sys.stderr, flush=True)
+    return signals.TERMINATED if isinstance(e, signals.Terminated) else INTERRUPTED
   return 0
 
 
@@ -160,7 +161,8 @@ def main(argv):
   if given is not None and jax.process_index() == 0:  # once, not once per process
     from sadm_jax import ignored  # a --config.k=v this stage and its modes never read
     ignored.warn(FLAGS.config, given)
-  code = run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True)
+  with signals.terminate_as_interrupt():  # a scheduler's stop (Slurm's preemption, time limit)
+    code = run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True)  # unwinds like Ctrl-C
   if code:
     exit_now(code)
   sys.exit(code)

@@ -30,6 +30,7 @@ from typing import Sequence
 from sadm_jax import config as config_lib
 from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps import report, runner, slurm
+from sadm_jax.utils import signals
 from sadm_jax.sweeps.members import Member, flag, grid  # noqa: F401  (the public API)
 from sadm_jax.sweeps.runner import DONE  # noqa: F401
 
@@ -152,8 +153,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     return 2
   except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: members write whole files, finished ones
     # keep their DONE
-    name = "SIGTERM" if isinstance(e, runner.Terminated) else "SIGINT"
-    print(f"error: sweep interrupted ({name}); finished members keep {runner.DONE}: run the same "
+    print(f"error: sweep interrupted ({signals.signal_name(e)}); finished members keep {runner.DONE}: run the same "
           "command again to resume", file=sys.stderr, flush=True)
     return runner.INTERRUPTED
 

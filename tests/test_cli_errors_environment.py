@@ -125,6 +125,42 @@ def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
       "same command again to resume"]
 
 
+def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
+  """`python -m sadm_jax.main` sent SIGTERM (Slurm's preemption or time limit, `kill`) while its
+  stage runs: it unwinds like Ctrl-C (saves waited for, whole files) and ends with one line and
+  exit code 143 (128 + SIGTERM); before, SIGTERM killed it on the spot, without a word."""
+  import signal
+  import time
+  child = (
+      "import sys, time\n"
+      "from absl import app\n"
+      "from sadm_jax import main as m, validate\n"
+      "validate.validate = lambda *a, **k: None\n"
+      "def stage(config, workdir):\n"
+      "  print('started', flush=True)\n"
+      "  try:\n"
+      "    time.sleep(60)\n"
+      "  finally:\n"
+      "    print('unwound', flush=True)\n"
+      "m.run_stage = stage\n"
+      f"sys.argv = ['sadm_jax.main', '--config=configs/cddpm.py:tiny', '--workdir={tmp_path}',"
+      f" '--config.data.data_dir={tmp_path}']\n"
+      "app.run(m.main, flags_parser=m.parse_flags)\n")
+  proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, env=ENV, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  while (line := proc.stdout.readline()) not in ("started\n", ""):  # (after the topology line)
+    pass
+  assert line == "started\n", proc.stderr.read()[-2000:]
+  t0 = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 143 and time.time() - t0 < 30, err[-2000:]
+  assert out == "unwound\n"  # the stage's `finally` ran
+  assert err.strip().splitlines()[-1] == (
+      f"error: stage cddpm interrupted (SIGTERM); {tmp_path} keeps only complete files: run the "
+      "same command again to resume")
+
+
 def test_a_failed_or_interrupted_stage_ends_without_the_interpreters_teardown():
   """`main.exit_now`, which `python -m sadm_jax.main` (and the sweep) end with after a nonzero
   code: the code, the output flushed, no teardown. A teardown waits for threads and, with a

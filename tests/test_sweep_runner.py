@@ -170,9 +170,11 @@ def test_ctrl_c_stops_the_sweep_in_one_line_exit_130(tmp_path, monkeypatch, caps
   with pytest.raises(KeyboardInterrupt):
     runner.run_local([a, b], str(tmp_path), (), runner.run_inprocess)
   assert calls == [str(tmp_path / "a")] and not (tmp_path / "a" / runner.DONE).exists()
-  with pytest.raises(KeyboardInterrupt):  # a `python -m sadm_jax.main` that exits 130
-    runner.run_subprocess(a, None, str(tmp_path / "a"),
-                          [sys.executable, "-c", "raise SystemExit(130)"])
+  for code in ("130", "143", "-15"):  # a `python -m sadm_jax.main` interrupted (SIGINT), sent
+    with pytest.raises(KeyboardInterrupt):  # SIGTERM (exit 143), or killed by it: not a failed
+      runner.run_subprocess(a, None, str(tmp_path / "a"), [  # member the next one follows
+          sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+          if code == "-15" else f"raise SystemExit({code})"])
   capsys.readouterr()
 
   def interrupted(*args, **kwargs):

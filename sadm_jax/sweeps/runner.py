@@ -2,49 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
 from sadm_jax.sweeps.members import (REPO, Member, check_member_config, check_member_resume,
                                       check_member_workdir, main_command, member_config,
                                       ordered)
-from sadm_jax.utils import io
+from sadm_jax.utils import io, signals
 
 DONE = "DONE"
 INTERRUPTED = 130  # sadm_jax.main's exit code after Ctrl-C (128 + SIGINT)
 INTERRUPT_GRACE_S = 60  # how long a member interrupted with the sweep may take to stop
 
-class Terminated(KeyboardInterrupt):
-  """SIGTERM to the sweep (`kill <pid>`; `terminate_as_interrupt`): stops it like Ctrl-C, and the
-  running member, which shares the sweep's process group but got no signal, is sent SIGINT
-  (it went on running, orphaned, in its workdir, while a re-run of the sweep started it again)."""
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-  """Inside: SIGTERM raises `Terminated` in this process's main thread (the sweep CLI); the
-  handler before is restored after (a caller in another thread changes nothing)."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  def handler(signum, frame):
-    raise Terminated
-  old = signal.signal(signal.SIGTERM, handler)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGTERM, old)
+# SIGTERM to the sweep (`kill <pid>`) stops it like Ctrl-C (`signals.terminate_as_interrupt`), and
+# the running member, which shares the sweep's process group but got no signal, is sent SIGINT (it
+# went on running, orphaned, in its workdir, while a re-run of the sweep started it again).
+Terminated = signals.Terminated
+terminate_as_interrupt = signals.terminate_as_interrupt
 
 
 # runner(member, config, member workdir, `python -m sadm_jax.main` command) -> succeeded
@@ -93,8 +76,8 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
         proc.kill()
         proc.wait()
       raise
-  if rc in (INTERRUPTED, -signal.SIGINT):  # the member alone was interrupted: stop the sweep too
-    raise KeyboardInterrupt
+  if rc in (INTERRUPTED, signals.TERMINATED, -signal.SIGINT, -signal.SIGTERM):  # the member alone
+    raise KeyboardInterrupt  # was stopped (Ctrl-C, a kill): stop the sweep too, not the next
   if rc:
     with open(log, encoding="utf-8", errors="replace") as f:
       tail = "".join(f.readlines()[-20:])
