@@ -148,12 +148,16 @@ def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
       "app.run(m.main, flags_parser=m.parse_flags)\n")
   proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, env=ENV, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  while (line := proc.stdout.readline()) not in ("started\n", ""):  # (after the topology line)
-    pass
-  assert line == "started\n", proc.stderr.read()[-2000:]
-  t0 = time.time()
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=60)
+  try:
+    while (line := proc.stdout.readline()) not in ("started\n", ""):  # (after the topology line)
+      pass
+    assert line == "started\n", proc.stderr.read()[-2000:]
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()  # (a no-op once it has ended)
+    proc.wait()
   assert proc.returncode == 143 and time.time() - t0 < 30, err[-2000:]
   assert out == "unwound\n"  # the stage's `finally` ran
   assert err.strip().splitlines()[-1] == (
