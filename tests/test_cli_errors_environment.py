@@ -137,8 +137,8 @@ def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
       "from sadm_jax import main as m, validate\n"
       "validate.validate = lambda *a, **k: None\n"
       "def stage(config, workdir):\n"
-      "  print('started', flush=True)\n"
       "  try:\n"
+      "    print('started', flush=True)\n"  # (inside: the signal may come at once)
       "    time.sleep(60)\n"
       "  finally:\n"
       "    print('unwound', flush=True)\n"
