@@ -76,17 +76,26 @@ def check_same_settings(evaluation: Evaluation) -> None:
   if len(set(distributed.allgather_json(fingerprint(mine)))) == 1:
     return
   every = distributed.allgather_json(mine)
-  shown = lambda v: json.dumps(v, sort_keys=True)[:120]
   for k, other in enumerate(every[1:], start=1):
     for rid, want in every[0].items():
-      got = other.get(rid, {})
-      key = next((x for x in sorted(set(want) | set(got)) if want.get(x) != got.get(x)), None)
-      if key is not None:
+      differ = first_difference(want, other.get(rid, {}))
+      if differ is not None:
+        key, got, first = differ
         raise ValueError(
             f"process {k} of {len(every)} evaluates {rid} with another {key} than process 0 "
-            f"({shown(got.get(key))} vs {shown(want.get(key))}): every host must load the same "
+            f"({got} vs {first}): every host must load the same "
             "checkpoints, with the same JAX release, on one kind of device (a result is stored "
             "with what it depends on: process 0 could use none of that process's results)")
+
+
+def first_difference(want: dict, got: dict) -> tuple[str, str, str] | None:
+  """(key, got's value, want's value — each as JSON, cut to 120 characters) of the first key, in
+  sorted order, whose value differs between two processes' dicts; None when they are equal."""
+  key = next((x for x in sorted(set(want) | set(got)) if want.get(x) != got.get(x)), None)
+  if key is None:
+    return None
+  shown = lambda v: json.dumps(v, sort_keys=True)[:120]
+  return key, shown(got.get(key)), shown(want.get(key))
 
 
 def cache_seen(config: ml_collections.ConfigDict, cache: cache_lib.VolumeCache, rows: list

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -19,7 +18,7 @@ from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import preprocess_volume
 from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import execute, inference, metrics, scoring, thresholds
+from sadm_jax.evaluate import execute, hosts, inference, metrics, scoring, thresholds
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
 from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, list_scans, load_scan, scan_stem,
                                      to_input_grid)
@@ -196,15 +195,13 @@ def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
           f"predict.input {p.input!r} lists {len(other)} scan(s) on process {k} but "
           f"{len(mine)} (or others) on process {jax.process_index()}: is it on a file "
           "system every host sees the same, and unchanged while predict starts?")
-  shown = lambda v: json.dumps(v, sort_keys=True)[:120]
-  first = every[0][1]
   for k, (_, theirs) in enumerate(every[1:], start=1):
-    key = next((x for x in sorted(set(first) | set(theirs)) if first.get(x) != theirs.get(x)),
-               None)
-    if key is not None:
+    differ = hosts.first_difference(every[0][1], theirs)
+    if differ is not None:
+      key, got, first = differ
       raise ValueError(
           f"--config.predict.checkpoint_dir={p.checkpoint_dir}: process {k} of {nproc} loaded "
-          f"another {key} than process 0 ({shown(theirs.get(key))} vs {shown(first.get(key))}):"
+          f"another {key} than process 0 ({got} vs {first}):"
           " every host must load the same model and τ, with the same JAX release, on one kind of"
           " device (the summary names one model for every scan)")
   return scans, batch, predictor, devices
