@@ -6,7 +6,6 @@ import csv
 import io as _io
 import math
 import os
-import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -109,15 +108,21 @@ def montage(image: np.ndarray, anomaly: np.ndarray, pred: np.ndarray, mask: np.n
   return mt.grid(rows, col_titles=titles, right=bar, gap=gap, background=background)
 
 
+NIFTI_OUTPUTS = ("anomaly", "recon", "pred")  # `volume_output_paths`' NIfTI maps, in order
+# the end of every file name `volume_output_paths` gives
+OUTPUT_SUFFIXES = tuple(f"_{k}.nii.gz" for k in NIFTI_OUTPUTS) + ("_montage.png",)
+
+
 def volume_output_paths(out_dir: str, name: str, nifti: bool = True, png: bool = False,
                         recon: bool = False) -> dict[str, str]:
   """What `write_volume_outputs` writes: 'anomaly', 'recon' (with a reconstruction), 'pred'
   (NIfTI) and 'montage' (PNG) -> `<out_dir>/<name>_<what>.nii.gz|.png`."""
-  nii = ["anomaly", "recon", "pred"] if recon else ["anomaly", "pred"]
-  out = {k: os.path.join(out_dir, f"{name}_{k}.nii.gz") for k in (nii if nifti else [])}
+  nii = [k for k in NIFTI_OUTPUTS if recon or k != "recon"] if nifti else []
+  out = {k: os.path.join(out_dir, f"{name}_{k}.nii.gz") for k in nii}
   if png:
     out["montage"] = os.path.join(out_dir, f"{name}_montage.png")
   return out
+
 
 
 def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.ndarray,
@@ -139,13 +144,6 @@ def write_volume_outputs(out_dir: str, name: str, affine: np.ndarray, image: np.
   return list(paths.values())
 
 
-OUTPUT_SUFFIXES = ("_anomaly.nii.gz", "_recon.nii.gz", "_pred.nii.gz", "_montage.png")
-# The temporary file `utils.io.atomic_path` writes one of them into (`.<name>.<random>.tmp<ext>`):
-# left behind only by a killed writer.
-_UNFINISHED = re.compile(r"\..+(?:%s)\.[^.]+\.tmp(?:\.nii\.gz|\.png)" % "|".join(
-    map(re.escape, OUTPUT_SUFFIXES)))
-
-
 def remove_stale_outputs(root: str, keep: set[str]) -> int:
   """Removes the per-volume files under `root` (report/volumes/) that `write_volume_outputs`
   names but `keep` does not (an earlier evaluation's, with other output settings, methods or
@@ -157,7 +155,9 @@ def remove_stale_outputs(root: str, keep: set[str]) -> int:
   for folder, _, files in sorted(os.walk(root), reverse=True):  # the deepest first
     for f in files:
       path = os.path.abspath(os.path.join(folder, f))
-      if (f.endswith(OUTPUT_SUFFIXES) and path not in keep) or _UNFINISHED.fullmatch(f):
+      unfinished = io.unfinished_target(f)  # a killed write's temporary file
+      if (f.endswith(OUTPUT_SUFFIXES) and path not in keep) or (
+          unfinished is not None and unfinished.endswith(OUTPUT_SUFFIXES)):
         os.remove(path)
         removed += 1
     if folder != root and not os.listdir(folder):

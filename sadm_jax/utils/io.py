@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterator
 
@@ -36,6 +37,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
       # e.g. a full disk at write/fsync:
       raise OSError(e.errno, e.strerror, path) from e  # name the file the caller asked for
     raise
+
+
+# `atomic_path`'s temporary file: `.<target name>.<mkstemp's random part>.tmp<suffix>`.
+_TEMPORARY = re.compile(r"\.(.+)\.[^.]+\.tmp.*")
+
+
+def unfinished_target(name: str) -> str | None:
+  """The file name an `atomic_path` temporary file called `name` was to become (such a file is
+  left only by a writer killed before its rename), or None when `name` is not one."""
+  m = _TEMPORARY.fullmatch(name)
+  return m.group(1) if m else None
 
 
 def file_in_the_way(path: str | os.PathLike) -> str | None:

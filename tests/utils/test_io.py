@@ -63,3 +63,14 @@ def test_file_in_the_way_and_probe_writable(tmp_path):
   assert os.listdir(tmp_path / "made") == []  # created, probe removed
   with pytest.raises(OSError):
     io.probe_writable(f / "sub")
+
+
+def test_an_unfinished_write_names_its_target(tmp_path):
+  """`unfinished_target` reads back the name `atomic_path` gave its temporary file (what a
+  killed writer leaves), and nothing else."""
+  for target, suffix in (("v1_montage.png", ".png"), ("a.b_anomaly.nii.gz", ".nii.gz"),
+                         ("x.json", "")):
+    with io.atomic_path(tmp_path / target, suffix=suffix) as tmp:
+      assert io.unfinished_target(os.path.basename(tmp)) == target
+  for name in ("v1_montage.png", ".hidden", "x.tmp", ".x.tmp"):
+    assert io.unfinished_target(name) is None
