@@ -30,9 +30,9 @@ from typing import Sequence
 from sadm_jax import config as config_lib
 from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps import report, runner, slurm
-from sadm_jax.utils import signals
 from sadm_jax.sweeps.members import Member, flag, grid  # noqa: F401  (the public API)
 from sadm_jax.sweeps.runner import DONE  # noqa: F401
+from sadm_jax.utils import signals
 
 
 def main(f, extra: Sequence[str]) -> int:
@@ -146,15 +146,15 @@ def cli(argv: Sequence[str] | None = None) -> int:
   flags.FLAGS.mark_as_parsed()  # grain and absl logging read the global flags
   logging.set_verbosity(logging.WARNING)
   try:
-    with runner.terminate_as_interrupt():
+    with signals.terminate_as_interrupt():
       return main(fv, extra)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: members write whole files, finished ones
     # keep their DONE
-    print(f"error: sweep interrupted ({signals.signal_name(e)}); finished members keep {runner.DONE}: run the same "
-          "command again to resume", file=sys.stderr, flush=True)
+    print(f"error: sweep interrupted ({signals.signal_name(e)}); finished members keep "
+          f"{runner.DONE}: run the same command again to resume", file=sys.stderr, flush=True)
     return runner.INTERRUPTED
 
 

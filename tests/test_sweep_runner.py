@@ -14,6 +14,7 @@ from sadm_jax import sweep as sweep_cli
 from sadm_jax.sweeps import members as members_lib
 from sadm_jax.sweeps import runner, slurm
 from sadm_jax.sweeps.members import Member, member_config
+from sadm_jax.utils import signals
 from tests.data import fake_data
 from tests.helpers import REPO
 from tests.sweep_common import CDDPM, TINY, write_sweep
@@ -329,16 +330,16 @@ def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
       time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGTERM)
   old = signal.getsignal(signal.SIGTERM)
-  with runner.terminate_as_interrupt():
+  with signals.terminate_as_interrupt():
     threading.Thread(target=kill_sweep, daemon=True).start()
     t0 = time.time()
-    with pytest.raises(runner.Terminated):
+    with pytest.raises(signals.Terminated):
       runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", child])
   assert signal.getsignal(signal.SIGTERM) is old  # restored
   assert time.time() - t0 < 30 and log.read_text().endswith("\nstarted\nmember got SIGINT\n")
 
   def terminated(*args, **kwargs):
-    raise runner.Terminated
+    raise signals.Terminated
   run_local, runner.run_local = runner.run_local, terminated
   try:
     assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 130

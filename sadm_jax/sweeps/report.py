@@ -22,10 +22,10 @@ def build_report(sweep: Sweep, workdir: str, members: Sequence[Member] | None = 
   rows, parts, missing, no_report = [], [f"# Sweep {sweep.name}", ""], [], []
   for m in [m for m in (sweep.members if members is None else members) if m.report]:
     path = os.path.join(workdir, m.name, "report", "metrics.json")
-    if not os.path.exists(path):  # not finished, or finished as a stage that writes no report
-      (no_report if is_done(workdir, m.name) else missing).append(m.name)
-      continue
     finished = is_done(workdir, m.name)  # else still running, failed later, or run by hand
+    if not os.path.exists(path):  # not finished, or finished as a stage that writes no report
+      (no_report if finished else missing).append(m.name)
+      continue
     try:  # (written whole by the evaluation: damaged, or another tool's, by hand)
       with open(path, encoding="utf-8") as f:
         member_rows = [{**r, "member": m.name, "finished": finished}

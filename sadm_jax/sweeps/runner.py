@@ -23,11 +23,6 @@ DONE = "DONE"
 INTERRUPTED = 130  # sadm_jax.main's exit code after Ctrl-C (128 + SIGINT)
 INTERRUPT_GRACE_S = 60  # how long a member interrupted with the sweep may take to stop
 
-# SIGTERM to the sweep (`kill <pid>`) stops it like Ctrl-C (`signals.terminate_as_interrupt`), and
-# the running member, which shares the sweep's process group but got no signal, is sent SIGINT (it
-# went on running, orphaned, in its workdir, while a re-run of the sweep started it again).
-Terminated = signals.Terminated
-terminate_as_interrupt = signals.terminate_as_interrupt
 
 
 # runner(member, config, member workdir, `python -m sadm_jax.main` command) -> succeeded
@@ -68,7 +63,9 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
     try:
       rc = proc.wait()
     except KeyboardInterrupt as e:  # Ctrl-C reached the member too: let it stop at a whole file
-      if isinstance(e, Terminated) and proc.poll() is None:  # the sweep's signal alone
+      # SIGTERM to the sweep alone (`kill <pid>`, `signals.terminate_as_interrupt`): the member,
+      # in its process group but without a signal, went on running, orphaned, in its workdir
+      if isinstance(e, signals.Terminated) and proc.poll() is None:
         proc.send_signal(signal.SIGINT)
       try:
         proc.wait(timeout=INTERRUPT_GRACE_S)
