@@ -98,3 +98,22 @@ def test_an_empty_members_list_is_refused_not_every_member(tmp_path, capsys, mod
                                      "(comma-separated), or leave --members out for every "
                                      "member\n")
   assert not (tmp_path / "w").exists()
+
+
+def test_the_new_refusals_are_one_line_and_exit_2_from_the_command_line(tmp_path):
+  """As a user runs them (`python -m sadm_jax.sweep`, `python -m sadm_jax.main`): a run option
+  with --report, and None for a tuple setting that cannot be None — one `error:` line, exit 2,
+  no traceback, nothing written."""
+  import subprocess
+  import sys
+  from tests.cli_common import ENV, one_error, run_main
+  from tests.helpers import REPO
+  res = subprocess.run([sys.executable, "-m", "sadm_jax.sweep", f"--sweep={TINY}",
+                        f"--workdir={tmp_path / 'w'}", "--report", "--mode=slurm"],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  assert one_error(res) == ("error: --report runs no member (it reads "
+                            "W/<member>/report/metrics.json): drop --mode=slurm")
+  res = run_main(f"--workdir={tmp_path / 'm'}", "--config.diffusion.ensemble_timesteps=None")
+  assert one_error(res).startswith("error: --config.diffusion.ensemble_timesteps=None: "
+                                   "diffusion.ensemble_timesteps is a tuple")
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
