@@ -315,12 +315,13 @@ def test_a_file_in_the_way_of_a_member_or_the_job_scripts_is_one_line(tmp_path, 
 
 
 def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
-  """`kill <sweep pid>` left the member running, orphaned, in its workdir."""
+  """`kill <sweep pid>` left the member running, orphaned, in its workdir. The member gets the
+  SIGTERM (a training member saves its step before it stops)."""
   import signal
   import threading
   child = ("import signal, sys, time\n"
-           "def stop(*a):\n  print('member got SIGINT', flush=True); sys.exit(130)\n"
-           "signal.signal(signal.SIGINT, stop)\nprint('started', flush=True)\ntime.sleep(20)\n")
+           "def stop(*a):\n  print('member got SIGTERM', flush=True); sys.exit(143)\n"
+           "signal.signal(signal.SIGTERM, stop)\nprint('started', flush=True)\ntime.sleep(20)\n")
   mdir = tmp_path / "a"
   mdir.mkdir()
   log = mdir / "log.txt"
@@ -336,7 +337,7 @@ def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
     with pytest.raises(signals.Terminated):
       runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", child])
   assert signal.getsignal(signal.SIGTERM) is old  # restored
-  assert time.time() - t0 < 30 and log.read_text().endswith("\nstarted\nmember got SIGINT\n")
+  assert time.time() - t0 < 30 and log.read_text().endswith("\nstarted\nmember got SIGTERM\n")
 
   def terminated(*args, **kwargs):
     raise signals.Terminated

@@ -64,9 +64,11 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
       rc = proc.wait()
     except KeyboardInterrupt as e:  # Ctrl-C reached the member too: let it stop at a whole file
       # SIGTERM to the sweep alone (`kill <pid>`, `signals.terminate_as_interrupt`): the member,
-      # in its process group but without a signal, went on running, orphaned, in its workdir
+      # in its process group but without a signal, went on running, orphaned, in its workdir.
+      # Forwarded as SIGTERM: a training member saves its step first (a member that got
+      # Slurm's SIGTERM too takes the second as the same request)
       if isinstance(e, signals.Terminated) and proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
       try:
         proc.wait(timeout=INTERRUPT_GRACE_S)
       except (subprocess.TimeoutExpired, KeyboardInterrupt):

@@ -17,7 +17,8 @@ import optax
 from sadm_jax.train import sharding as shard_lib, workdir as workdir_lib
 from sadm_jax.train.checkpoint import Checkpointer, RunError, software_versions
 from sadm_jax.train.logger import MetricLogger
-from sadm_jax.utils import cost, io, xla_flags
+from sadm_jax.train.stopping import StopAgreement
+from sadm_jax.utils import cost, io, signals, xla_flags
 from sadm_jax.train.state import LossFn, TrainState, make_eval_step, make_train_step
 
 
@@ -315,26 +316,43 @@ def _train(config, workdir, task, mesh) -> dict:
       if fetched:
         logger.progress(fetched[-1][0], {"loss": last["loss"]})
 
-    try:
-      for step in range(start + 1, num_steps + 1):
-        batch = trainer.device_batch(next(it))
-        if step == start + 1:
-          trainer.fit_heap_split(state, batch)
-        state, metrics = trainer.train_step(state, batch, trainer.train_key, trainer.frozen)
-        pending.append((step, metrics))
-        is_last = step == num_steps
-        if step % config.train.log_every == 0 or is_last:
-          flush()
-        if step % config.train.eval_every == 0 or is_last:
-          flush()
-          val_loss = evaluate(trainer, state, val_batches, local_bs)
-          logger.write(step, {"loss": val_loss}, prefix="val")
-          if ckpt.save_best(step, state, val_loss, {**meta_base, "step": step}) and pid == 0:
-            print(f"step {step}: validation loss {val_loss:.5g} (new best)", flush=True)
-        if step % config.train.checkpoint_every == 0 or is_last:
-          flush()
-          ckpt.save(step, state, it, {**meta_base, "step": step, "val_loss": val_loss,
-                                      "train_loss": last["loss"]})
+    def save(step: int) -> None:
+      flush()
+      ckpt.save(step, state, it, {**meta_base, "step": step, "val_loss": val_loss,
+                                  "train_loss": last["loss"]})
+
+    stopper = StopAgreement(task.name)
+    try:  # a SIGTERM (a scheduler's stop) ends the step and saves it first; Ctrl-C stops
+      with signals.deferred_termination() as term:  # at once
+        for step in range(start + 1, num_steps + 1):
+          batch = trainer.device_batch(next(it))
+          if step == start + 1:
+            trainer.fit_heap_split(state, batch)
+          state, metrics = trainer.train_step(state, batch, trainer.train_key, trainer.frozen)
+          pending.append((step, metrics))
+          is_last = step == num_steps
+          if step % config.train.log_every == 0 or is_last:
+            flush()
+          if step % config.train.eval_every == 0 or is_last:
+            flush()
+            val_loss = evaluate(trainer, state, val_batches, local_bs)
+            logger.write(step, {"loss": val_loss}, prefix="val")
+            if ckpt.save_best(step, state, val_loss, {**meta_base, "step": step}) and pid == 0:
+              print(f"step {step}: validation loss {val_loss:.5g} (new best)", flush=True)
+          saved = step % config.train.checkpoint_every == 0 or is_last
+          if saved:
+            save(step)
+          asked = stopper.stop_at(step, term.requested)
+          if asked:
+            if not saved:
+              save(step)
+            ckpt.wait()  # on disk before the line below says so
+            if pid == 0:
+              who = "" if stopper.processes == 1 else f" (process {', '.join(map(str, asked))})"
+              print(f"SIGTERM{who}: checkpoint step {step} saved; stopping", flush=True)
+            raise signals.Terminated
+        if term.requested:  # after the last step's check: the training is complete
+          raise signals.Terminated
     finally:
       logger.close()
     return {"step": int(num_steps), "train_loss": last.get("loss", float("nan")),

@@ -1,10 +1,11 @@
 """One process of a multi-process toy training run on CPU (launched by tests/train/test_distributed.py).
 
     python -m tests.train.distributed_driver --coordinator=127.0.0.1:PORT --num_processes=2 \
-        --process_id=I --devices=4 --out=DIR --runs=dp:2,dp:3,fsdp:3
+        --process_id=I --devices=4 --out=DIR --runs=dp:2,dp:3,fsdp:3,stop:4:3:1,stop:4
 
 Each run `kind:steps` trains the toy task with `loop.train` in DIR/<kind> (a later run of the same
-kind resumes from its checkpoint); the process writes DIR/result_<I>.json.
+kind resumes from its checkpoint); `kind:steps:S:P`: process P sends itself SIGTERM as it takes
+step S's batch (kind `stop` trains like `dp`). The process writes DIR/result_<I>.json.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 
 
 def toy_task(config):
@@ -27,7 +29,8 @@ def toy_task(config):
   from tests.train.test_loop import Toy, toy_loss
   model = Toy()
   rng = np.random.default_rng(0)
-  records = [{"image": rng.normal(size=(8, 8, 1)).astype(np.float32)} for _ in range(160)]
+  records = [{"image": rng.normal(size=(8, 8, 1)).astype(np.float32), "step": np.int32(i // 16 + 1)}
+             for i in range(160)]  # "step": the global step its batch runs at (not sent)
   val = [{"image": rng.normal(size=(8, 8, 1)).astype(np.float32)} for _ in range(12)]
 
   def init(key):
@@ -83,17 +86,30 @@ def main() -> None:
   import jax
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  from sadm_jax.train import loop, sharding
+  from sadm_jax.train import checkpoint, loop, sharding
   result = {"plan": plan.source, "process_index": jax.process_index(),
             "process_count": jax.process_count(), "devices": jax.device_count(),
             "local_devices": jax.local_device_count(), "runs": []}
   distributed.log_topology(config)  # prints on process 0 only
+  from sadm_jax.utils import signals
+  device_batch = loop.Trainer.device_batch
   for run in args.runs.split(","):
-    kind, steps = run.split(":")
+    kind, steps, *stop = run.split(":")
     config = toy_config(kind == "fsdp", int(steps))
     workdir = os.path.join(args.out, kind)
     task = toy_task(config)
-    out = loop.train(config, workdir, task)
+
+    def batch_then_stop(trainer, local, at=[int(k) for k in stop]):  # a scheduler's SIGTERM
+      if at and int(local.get("step", [0])[0]) == at[0] and jax.process_index() == at[1]:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return device_batch(trainer, local)
+    loop.Trainer.device_batch = batch_then_stop
+    try:
+      out = loop.train(config, workdir, task)
+    except signals.Terminated:
+      with checkpoint.Checkpointer(workdir, create=False) as saved:
+        result["runs"].append({"kind": kind, "terminated": True, "latest": saved.latest_step()})
+      continue
     trainer = loop.Trainer(config, task, sharding.make_mesh(config))  # shardings only, no compile
     kernel = trainer.state_shardings.params["Conv_0"]["kernel"]
     result["runs"].append({"kind": kind, "steps": int(steps), "kernel_spec": str(kernel.spec),

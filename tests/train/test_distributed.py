@@ -141,13 +141,15 @@ def test_two_processes_match_one_process(tmp_path):
 
   The multi-process run trains steps 1–2, saves (Orbax, both processes), is restored by a new
   `loop.train` in the same 2 processes and trains step 3; then FSDP trains 3 steps from scratch.
-  Tolerance: rtol 1e-5 / atol 1e-6 on losses (float32 reductions split differently; observed
-  equal to the last bit on this machine).
+  Then a SIGTERM reaches process 1 alone as it takes step 3's batch (a scheduler's stop; the
+  checkpoints are at every 2nd step): both processes save step 3 and stop; the rerun trains step
+  4 from it. Tolerance: rtol 1e-5 / atol 1e-6 on losses (float32 reductions split differently;
+  observed equal to the last bit on this machine).
   """
   out = tmp_path / "multi"
   out.mkdir()
-  logs = _launch(str(out), "dp:2,dp:3,fsdp:3")
-  config = distributed_driver.toy_config(False, 3)
+  logs = _launch(str(out), "dp:2,dp:3,fsdp:3,stop:4:3:1,stop:4")
+  config = distributed_driver.toy_config(False, 4)
   ref = tmp_path / "single"
   loop.train(config, str(ref), distributed_driver.toy_task(config))
 
@@ -155,23 +157,29 @@ def test_two_processes_match_one_process(tmp_path):
   for i, r in enumerate(results):
     assert (r["plan"], r["process_index"], r["process_count"]) == ("config", i, 2)
     assert (r["devices"], r["local_devices"]) == (8, 4)
+    assert r["runs"][3] == {"kind": "stop", "terminated": True, "latest": 3}  # both stopped at 3
+    assert r["runs"][4]["step"] == 4
   dp_resumed, fsdp = results[0]["runs"][1], results[0]["runs"][2]
   assert dp_resumed["kernel_spec"] == "P()"
   assert fsdp["kernel_spec"] == "P(None, None, None, 'data')"  # sharded across both processes
 
   want = metric_series(str(ref), "train/loss")
-  assert [s for s, _ in want] == [1, 2, 3]
-  for kind in ("dp", "fsdp"):
+  assert [s for s, _ in want] == [1, 2, 3, 4]
+  want_val = dict(metric_series(str(ref), "val/loss"))
+  for kind, steps in (("dp", 3), ("fsdp", 3), ("stop", 4)):
     got = metric_series(str(out / kind), "train/loss")
-    assert [s for s, _ in got] == [1, 2, 3], kind
-    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-5, atol=1e-6)
+    assert [s for s, _ in got] == list(range(1, steps + 1)), kind
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want[:steps]], rtol=1e-5,
+                               atol=1e-6)
     got_val = metric_series(str(out / kind), "val/loss")[-1]
-    np.testing.assert_allclose(got_val[1], metric_series(str(ref), "val/loss")[-1][1], rtol=1e-5)
+    np.testing.assert_allclose(got_val[1], want_val[got_val[0]], rtol=1e-5)
+  assert "SIGTERM (process 1): checkpoint step 3 saved; stopping" in logs[0]
+  assert "resumed from checkpoint step 3" in logs[0]
   # Both processes wrote their data-iterator state; only process 0 logged.
   data = sorted(f for f in os.listdir(out / "dp" / "checkpoints" / "2" / "data")
                 if f.startswith("process_"))
   assert data == ["process_0-of-2.json", "process_1-of-2.json"]
   assert "resumed from checkpoint step 2" in logs[0]
   assert "step 3/3" in logs[0]
-  assert not [ln for ln in logs[1].splitlines() if ln.startswith(("step ", "process ", "resumed"))]
+  assert not [ln for ln in logs[1].splitlines() if ln.startswith(("step ", "process ", "resumed", "SIGTERM"))]
   assert logs[0].startswith("process 0/2, 8 devices (4 local, cpu), mesh data=8")

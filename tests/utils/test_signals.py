@@ -1,0 +1,45 @@
+"""Tests of the SIGTERM handling: an interrupt in general, a request to stop after the step in training."""
+
+import os
+import signal
+
+import pytest
+
+from sadm_jax.utils import signals
+
+
+def test_sigterm_in_training_is_a_request_repeats_included_and_the_handler_comes_back():
+  old = signal.getsignal(signal.SIGTERM)
+  with signals.terminate_as_interrupt():
+    outer = signal.getsignal(signal.SIGTERM)
+    with signals.deferred_termination() as term:
+      assert not term.requested
+      os.kill(os.getpid(), signal.SIGTERM)  # (handled before os.kill returns: same thread)
+      assert term.requested
+      os.kill(os.getpid(), signal.SIGTERM)  # Slurm's and a sweep's: the same request
+      assert term.requested
+    assert signal.getsignal(signal.SIGTERM) is outer  # outside training: an interrupt again
+    with pytest.raises(signals.Terminated):
+      os.kill(os.getpid(), signal.SIGTERM)
+  assert signal.getsignal(signal.SIGTERM) is old
+
+
+def test_ctrl_c_in_training_still_stops_at_once():
+  with signals.deferred_termination():
+    with pytest.raises(KeyboardInterrupt) as e:
+      os.kill(os.getpid(), signal.SIGINT)
+  assert not isinstance(e.value, signals.Terminated)
+
+
+def test_outside_the_main_thread_nothing_changes():
+  import threading
+  seen = []
+
+  def body():
+    with signals.deferred_termination() as term:
+      seen.append((signal.getsignal(signal.SIGTERM), term.requested))
+  old = signal.getsignal(signal.SIGTERM)
+  t = threading.Thread(target=body)
+  t.start()
+  t.join()
+  assert seen == [(old, False)]
