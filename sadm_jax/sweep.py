@@ -155,7 +155,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     # keep their DONE
     print(f"error: sweep interrupted ({signals.signal_name(e)}); finished members keep "
           f"{runner.DONE}: run the same command again to resume", file=sys.stderr, flush=True)
-    return runner.INTERRUPTED
+    return signals.TERMINATED if isinstance(e, signals.Terminated) else runner.INTERRUPTED
 
 
 if __name__ == "__main__":

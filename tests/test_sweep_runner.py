@@ -172,10 +172,11 @@ def test_ctrl_c_stops_the_sweep_in_one_line_exit_130(tmp_path, monkeypatch, caps
     runner.run_local([a, b], str(tmp_path), (), runner.run_inprocess)
   assert calls == [str(tmp_path / "a")] and not (tmp_path / "a" / runner.DONE).exists()
   for code in ("130", "143", "-15"):  # a `python -m sadm_jax.main` interrupted (SIGINT), sent
-    with pytest.raises(KeyboardInterrupt):  # SIGTERM (exit 143), or killed by it: not a failed
-      runner.run_subprocess(a, None, str(tmp_path / "a"), [  # member the next one follows
+    with pytest.raises(KeyboardInterrupt) as e:  # SIGTERM (exit 143), or killed by it: not a
+      runner.run_subprocess(a, None, str(tmp_path / "a"), [  # failed member the next follows
           sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
           if code == "-15" else f"raise SystemExit({code})"])
+    assert isinstance(e.value, signals.Terminated) == (code != "130")  # the sweep's exit code
   capsys.readouterr()
 
   def interrupted(*args, **kwargs):
@@ -343,7 +344,7 @@ def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
     raise signals.Terminated
   run_local, runner.run_local = runner.run_local, terminated
   try:
-    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 130
+    assert sweep_cli.cli(["x", f"--sweep={TINY}", f"--workdir={tmp_path / 'w'}"]) == 143
   finally:
     runner.run_local = run_local
   assert signal.getsignal(signal.SIGTERM) is old

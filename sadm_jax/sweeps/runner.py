@@ -75,8 +75,10 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
         proc.kill()
         proc.wait()
       raise
-  if rc in (INTERRUPTED, signals.TERMINATED, -signal.SIGINT, -signal.SIGTERM):  # the member alone
-    raise KeyboardInterrupt  # was stopped (Ctrl-C, a kill): stop the sweep too, not the next
+  if rc in (signals.TERMINATED, -signal.SIGTERM):  # the member alone was stopped (a scheduler's
+    raise signals.Terminated  # stop, a kill): stop the sweep too, not the next member
+  if rc in (INTERRUPTED, -signal.SIGINT):  # (Ctrl-C)
+    raise KeyboardInterrupt
   if rc:
     with open(log, encoding="utf-8", errors="replace") as f:
       tail = "".join(f.readlines()[-20:])
