@@ -52,3 +52,56 @@ def test_no_more_processes_than_items_or_cores(monkeypatch):
   monkeypatch.setattr(workers, "available_cores", lambda: 8)
   assert len(list(workers.map_in_processes(_square_and_sigint, range(3), 64))) == 3
   assert started == [2, 3]
+
+
+def _pid_after(seconds: float) -> int:
+  time.sleep(seconds)
+  return os.getpid()
+
+
+def _running(pid: int) -> bool:
+  """Whether process `pid` exists and is not a zombie (an exited child its new parent, in a
+  container possibly no init, has not reaped)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_workers_end_when_their_parent_is_killed_outright():
+  """The parent killed with SIGKILL (or by the OOM killer) cannot stop its pool: its workers
+  waited for work for ever, orphaned, each holding its memory."""
+  import subprocess
+  import sys
+  from tests.helpers import REPO
+  code = ("from sadm_jax.utils import workers\n"
+          "from tests.utils.test_workers import _pid_after\n"
+          "for pid in workers.map_in_processes(_pid_after, [0, 60, 60, 60], 2):\n"
+          "  print(pid, flush=True)\n")
+  proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                          text=True)
+  try:
+    assert proc.stdout.readline().strip().isdigit()  # a worker has started and answered
+    children = [int(d) for d in os.listdir("/proc")
+                if d.isdigit() and _parent(int(d)) == proc.pid]
+    assert len(children) >= 2  # the 2 workers (and multiprocessing's resource tracker)
+  finally:
+    proc.kill()
+    proc.wait()
+  deadline = time.time() + 20
+  while any(map(_running, children)) and time.time() < deadline:
+    time.sleep(0.2)
+  left = [p for p in children if _running(p)]
+  for p in left:  # (do not leave them behind when the test fails)
+    os.kill(p, signal.SIGKILL)
+  assert not left
+
+
+def _parent(pid: int) -> int | None:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return int(f.read().rsplit(")", 1)[1].split()[1])
+  except (FileNotFoundError, ProcessLookupError):
+    return None
