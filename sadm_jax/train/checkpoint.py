@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import re
-from typing import Any, Sequence
+import shutil
+from typing import Any, Iterator, Sequence
 
 import grain
 import jax
@@ -76,6 +79,41 @@ def _close_manager(manager: ocp.CheckpointManager) -> None:
   manager.close()
 
 
+ROOM_MARGIN = (1.05, 2 * 2**20)  # a save's size beyond its arrays' bytes (factor, bytes): meta,
+# Orbax's own files, file-system blocks
+
+
+def state_bytes(state: Any) -> int:
+  """Bytes of the arrays of `state` (global arrays counted whole: what a save writes in all)."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
+
+
+def check_room(directory: str, needed: int, what: str) -> None:
+  """OSError ENOSPC naming `directory` when its file system has fewer than `needed` bytes free.
+
+  Checked before a save: Orbax failing on a full disk halfway through a save printed hundreds
+  of lines of its threads' tracebacks before the error (a quota below the file system's free
+  space still ends there; `_disk_full_as_oserror` turns that into the same one line)."""
+  free = shutil.disk_usage(directory).free
+  if free < needed:
+    raise OSError(errno.ENOSPC, f"No space left on device for {what}: {needed / 2**20:.1f} MiB "
+                  f"needed, {free / 2**20:.1f} MiB free", directory)
+
+
+@contextlib.contextmanager
+def _disk_full_as_oserror(directory: str) -> Iterator[None]:
+  """TensorStore's 'RESOURCE_EXHAUSTED ... No space left' (a ValueError, one long line of
+  paths) as the OSError ENOSPC every other refused write gives: one line naming `directory`."""
+  try:
+    yield
+  except ValueError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
+      raise
+    raise OSError(errno.ENOSPC, "No space left on device (a checkpoint save failed)",
+                  directory) from None
+
+
 # grain's words when an iterator state does not match the loader (data source, sampler, workers).
 LOADER_MISMATCH = "in checkpoint does not match"
 
@@ -116,10 +154,14 @@ class Checkpointer:
     """Saves checkpoint `step` once any best state saved before it is complete on disk: a run
     resumed from `step` never validates the steps up to it again, so a best state whose writing
     a kill interrupted after checkpoint `step` was complete would be lost for good."""
-    self.best.wait_until_finished()  # returns at once unless a best save is in flight
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    with _disk_full_as_oserror(self.best_dir):
+      self.best.wait_until_finished()  # returns at once unless a best save is in flight
+    with _disk_full_as_oserror(self.dir):
+      self.latest.wait_until_finished()  # the free space below counts the previous save whole
+      self._check_room(self.dir, state, f"checkpoint step {step}")
+      self.latest.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
+          meta=ocp.args.JsonSave(meta)), force=True)
 
   def save_best(self, step: int, state: Any, val_loss: float, meta: dict) -> bool:
     """Saves when `val_loss` improves on the best so far; returns whether it saved. A NaN or
@@ -127,10 +169,12 @@ class Checkpointer:
     if not math.isfinite(val_loss) or (self.best_loss is not None
                                        and not val_loss < self.best_loss):
       return False
-    self.best.wait_until_finished()
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave({**meta, "val_loss": float(val_loss)})), force=True)
+    with _disk_full_as_oserror(self.best_dir):
+      self.best.wait_until_finished()
+      self._check_room(self.best_dir, state, f"the best checkpoint, step {step}")
+      self.best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          meta=ocp.args.JsonSave({**meta, "val_loss": float(val_loss)})), force=True)
     self.best_loss = float(val_loss)
     return True
 
@@ -273,8 +317,18 @@ class Checkpointer:
       return None
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    with _disk_full_as_oserror(self.dir):
+      self.latest.wait_until_finished()
+    with _disk_full_as_oserror(self.best_dir):
+      self.best.wait_until_finished()
+
+  @staticmethod
+  def _check_room(directory: str, state: Any, what: str) -> None:
+    """`check_room` for a save of `state`, on every process together (one that found too little
+    room stops all: the others would wait in Orbax's save for it)."""
+    from sadm_jax import distributed
+    with distributed.together(f"the free-space check for {what}"):
+      check_room(directory, int(state_bytes(state) * ROOM_MARGIN[0]) + ROOM_MARGIN[1], what)
 
   def close(self) -> None:
     for manager in (self.latest, self.best):
