@@ -161,6 +161,7 @@ def main(argv):
   if given is not None and jax.process_index() == 0:  # once, not once per process
     from sadm_jax import ignored  # a --config.k=v this stage and its modes never read
     ignored.warn(FLAGS.config, given)
+  signals.stop_with_parent()  # a sweep's member: stops (SIGTERM) once its sweep is gone
   with signals.terminate_as_interrupt():  # a scheduler's stop (Slurm's preemption, time limit)
     code = run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True)  # unwinds like Ctrl-C
   if code:

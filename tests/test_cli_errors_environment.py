@@ -165,6 +165,59 @@ def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
       "same command again to resume")
 
 
+def test_a_sweeps_member_stops_once_its_sweep_is_killed_outright(tmp_path):
+  """A sweep killed with SIGKILL (or by the OOM killer) cannot stop its running member, which
+  trained on, unseen and orphaned, holding its workdir's lock (and a GPU). A member (the sweep
+  names its pid in `SADM_STOP_WITH_PARENT`) now sends itself SIGTERM once the sweep is gone:
+  training saves its step, and the stage ends with its one line, exit 143."""
+  import signal
+  import time
+  from sadm_jax.utils import signals
+  from tests.utils.test_workers import _running
+  member = (
+      "import sys, time\n"
+      "from absl import app\n"
+      "from sadm_jax import main as m, validate\n"
+      "validate.validate = lambda *a, **k: None\n"
+      "def stage(config, workdir):\n"
+      "  try:\n"
+      "    print('started', flush=True)\n"
+      "    time.sleep(60)\n"
+      "  finally:\n"
+      "    print('unwound', flush=True)\n"
+      "m.run_stage = stage\n"
+      f"sys.argv = ['sadm_jax.main', '--config=configs/cddpm.py:tiny', '--workdir={tmp_path}',"
+      f" '--config.data.data_dir={tmp_path}']\n"
+      "app.run(m.main, flags_parser=m.parse_flags)\n")
+  log = tmp_path / "member.txt"
+  sweep = ("import os, subprocess, sys, time\n"  # the sweep's runner, in short
+           f"env = {{**os.environ, {signals.PARENT_VAR!r}: str(os.getpid())}}\n"
+           f"p = subprocess.Popen([sys.executable, '-c', {member!r}], stdout=open({str(log)!r}, "
+           "'w'), stderr=subprocess.STDOUT, env=env)\n"
+           "print(p.pid, flush=True)\n"
+           "time.sleep(120)\n")
+  proc = subprocess.Popen([sys.executable, "-c", sweep], cwd=REPO, env=ENV, text=True,
+                          stdout=subprocess.PIPE)
+  try:
+    child = int(proc.stdout.readline())
+    deadline = time.time() + 120
+    while "started" not in log.read_text() and time.time() < deadline:
+      time.sleep(0.1)
+    assert "started" in log.read_text(), log.read_text()[-2000:]
+  finally:
+    proc.kill()  # the sweep, outright
+    proc.wait()
+  deadline = time.time() + 30
+  while _running(child) and time.time() < deadline:
+    time.sleep(0.1)
+  if _running(child):  # (not left behind when the test fails)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the member outlived its sweep")
+  lines = log.read_text().strip().splitlines()
+  assert lines[-2:] == ["unwound", f"error: stage cddpm interrupted (SIGTERM); {tmp_path} keeps "
+                        "only complete files: run the same command again to resume"]
+
+
 def test_a_failed_or_interrupted_stage_ends_without_the_interpreters_teardown():
   """`main.exit_now`, which `python -m sadm_jax.main` (and the sweep) end with after a nonzero
   code: the code, the output flushed, no teardown. A teardown waits for threads and, with a

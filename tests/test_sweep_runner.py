@@ -423,3 +423,13 @@ def test_a_stopped_member_that_cannot_resume_stops_the_run_before_any_member(tmp
   (tmp_path / "b" / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
   assert runner.run_local([a, b], str(tmp_path), (), fake) == []
   assert [c[0] for c in fake.calls] == ["a", "b"]
+
+
+def test_a_subprocess_member_is_told_to_stop_with_the_sweep(tmp_path):
+  """The member's `sadm_jax.main` watches the pid the sweep gives it (`signals.stop_with_parent`):
+  a sweep killed outright no longer leaves its member training on, orphaned."""
+  mdir = tmp_path / "a"
+  mdir.mkdir()
+  code = (f"import os; print('parent', os.environ[{signals.PARENT_VAR!r}] == str(os.getppid()))")
+  assert runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", code])
+  assert (mdir / "log.txt").read_text().endswith("\nparent True\n")

@@ -59,7 +59,8 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
   with open(log, "a", encoding="utf-8") as f:
     f.write(f"$ {shlex.join(command)}\n")
     f.flush()
-    proc = subprocess.Popen(list(command), cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(list(command), cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, signals.PARENT_VAR: str(os.getpid())})
     try:
       rc = proc.wait()
     except KeyboardInterrupt as e:  # Ctrl-C reached the member too: let it stop at a whole file

@@ -1,13 +1,17 @@
-"""SIGTERM handled like Ctrl-C: a scheduler's stop (Slurm's preemption or time limit, `kill`) unwinds as an interrupt, in training after the step's checkpoint."""
+"""SIGTERM handled like Ctrl-C (a scheduler's stop unwinds as an interrupt, in training after the step's checkpoint), and children that stop with their parent."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 TERMINATED = 143  # exit code after SIGTERM: 128 + SIGTERM, the shell's convention
+PARENT_VAR = "SADM_STOP_WITH_PARENT"  # a sweep's member: the sweep's pid (`stop_with_parent`)
+ORPHAN_CHECK_S = 1.0  # how often `when_orphaned` checks that the parent is alive
 
 
 class Terminated(KeyboardInterrupt):
@@ -66,3 +70,31 @@ def deferred_termination() -> Iterator[StopRequest]:
     stop.requested = True  # (nothing printed here: a print could re-enter the main thread's)
   with _sigterm_handler(handler):
     yield stop
+
+
+def when_orphaned(parent: int, action: Callable[[], None]) -> threading.Thread:
+  """Runs `action` in a daemon thread once this process's parent `parent` is gone (the process
+  re-parented). A parent killed outright (SIGKILL, the kernel's OOM killer) cannot stop its
+  children itself."""
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(ORPHAN_CHECK_S)
+    action()
+  thread = threading.Thread(target=watch, daemon=True, name="when-orphaned")
+  thread.start()
+  return thread
+
+
+def stop_with_parent(environ=os.environ) -> bool:
+  """In a sweep's member (`PARENT_VAR` names the sweep's pid): a SIGTERM to this process once
+  the sweep is gone, so that a member does not train on, unseen, after its sweep was killed
+  outright (training saves its step first, like any SIGTERM). Returns whether it watches."""
+  value = environ.get(PARENT_VAR, "")
+  if not value.isdigit():
+    return False
+  parent = int(value)
+  if os.getppid() != parent:  # gone already (or not this process's parent): stop now
+    os.kill(os.getpid(), signal.SIGTERM)
+    return True
+  when_orphaned(parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
+  return True

@@ -5,33 +5,21 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import threading
-import time
 from concurrent import futures
 from typing import Any, Callable, Iterable, Iterator
 
+from sadm_jax.utils import signals
 from sadm_jax.utils.xla_flags import available_cores
-
-
-ORPHAN_CHECK_S = 1.0  # how often a worker checks that its parent is alive
-
-
-def _exit_when_orphaned(parent: int) -> None:
-  """Ends this worker once its parent is gone. A parent killed outright (SIGKILL, the kernel's
-  OOM killer) cannot stop its pool, and its spawned workers waited for work for ever, each
-  holding its memory and imports; the result of the item in hand has no reader either."""
-  while os.getppid() == parent:
-    time.sleep(ORPHAN_CHECK_S)
-  os._exit(1)
 
 
 def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
   """A worker ignores SIGINT: Ctrl-C reaches the whole process group, and the parent alone turns
   it into one error line (a worker would print its own KeyboardInterrupt traceback). It ends
-  by itself when its parent dies (`_exit_when_orphaned`)."""
+  by itself when its parent dies."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-  threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True,
-                   name="exit-when-orphaned").start()
+  # A parent killed outright (SIGKILL, the OOM killer) cannot stop its pool: its workers waited
+  # for work for ever, each holding its memory; the item in hand has no reader either.
+  signals.when_orphaned(os.getppid(), lambda: os._exit(1))
   if initializer is not None:
     initializer(*initargs)
 

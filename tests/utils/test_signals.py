@@ -43,3 +43,10 @@ def test_outside_the_main_thread_nothing_changes():
   t.start()
   t.join()
   assert seen == [(old, False)]
+
+
+def test_only_a_sweeps_member_stops_with_its_parent():
+  """`sadm_jax.main` run by hand (or under `nohup`) goes on when its shell ends; only a sweep's
+  member, given the sweep's pid, watches it (tests/test_cli_errors_environment.py kills one)."""
+  assert not signals.stop_with_parent({})
+  assert not signals.stop_with_parent({signals.PARENT_VAR: "not a pid"})
