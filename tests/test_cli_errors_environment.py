@@ -125,27 +125,33 @@ def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
       "same command again to resume"]
 
 
+def _sleeping_stage(workdir) -> str:
+  """Python code running `sadm_jax.main` as the user does, its config's checks skipped and its
+  stage replaced by one that prints 'started', sleeps a minute and prints 'unwound' however it
+  ends."""
+  return ("import sys, time\n"
+          "from absl import app\n"
+          "from sadm_jax import main as m, validate\n"
+          "validate.validate = lambda *a, **k: None\n"
+          "def stage(config, workdir):\n"
+          "  try:\n"
+          "    print('started', flush=True)\n"  # (inside: the signal may come at once)
+          "    time.sleep(60)\n"
+          "  finally:\n"
+          "    print('unwound', flush=True)\n"
+          "m.run_stage = stage\n"
+          f"sys.argv = ['sadm_jax.main', '--config=configs/cddpm.py:tiny', '--workdir={workdir}',"
+          f" '--config.data.data_dir={workdir}']\n"
+          "app.run(m.main, flags_parser=m.parse_flags)\n")
+
+
 def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
   """`python -m sadm_jax.main` sent SIGTERM (Slurm's preemption or time limit, `kill`) while its
   stage runs: it unwinds like Ctrl-C (saves waited for, whole files) and ends with one line and
   exit code 143 (128 + SIGTERM); before, SIGTERM killed it on the spot, without a word."""
   import signal
   import time
-  child = (
-      "import sys, time\n"
-      "from absl import app\n"
-      "from sadm_jax import main as m, validate\n"
-      "validate.validate = lambda *a, **k: None\n"
-      "def stage(config, workdir):\n"
-      "  try:\n"
-      "    print('started', flush=True)\n"  # (inside: the signal may come at once)
-      "    time.sleep(60)\n"
-      "  finally:\n"
-      "    print('unwound', flush=True)\n"
-      "m.run_stage = stage\n"
-      f"sys.argv = ['sadm_jax.main', '--config=configs/cddpm.py:tiny', '--workdir={tmp_path}',"
-      f" '--config.data.data_dir={tmp_path}']\n"
-      "app.run(m.main, flags_parser=m.parse_flags)\n")
+  child = _sleeping_stage(tmp_path)
   proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, env=ENV, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   try:
@@ -174,21 +180,7 @@ def test_a_sweeps_member_stops_once_its_sweep_is_killed_outright(tmp_path):
   import time
   from sadm_jax.utils import signals
   from tests.utils.test_workers import _running
-  member = (
-      "import sys, time\n"
-      "from absl import app\n"
-      "from sadm_jax import main as m, validate\n"
-      "validate.validate = lambda *a, **k: None\n"
-      "def stage(config, workdir):\n"
-      "  try:\n"
-      "    print('started', flush=True)\n"
-      "    time.sleep(60)\n"
-      "  finally:\n"
-      "    print('unwound', flush=True)\n"
-      "m.run_stage = stage\n"
-      f"sys.argv = ['sadm_jax.main', '--config=configs/cddpm.py:tiny', '--workdir={tmp_path}',"
-      f" '--config.data.data_dir={tmp_path}']\n"
-      "app.run(m.main, flags_parser=m.parse_flags)\n")
+  member = _sleeping_stage(tmp_path)
   log = tmp_path / "member.txt"
   sweep = ("import os, subprocess, sys, time\n"  # the sweep's runner, in short
            f"env = {{**os.environ, {signals.PARENT_VAR!r}: str(os.getpid())}}\n"
