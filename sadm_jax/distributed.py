@@ -136,6 +136,10 @@ def initialize(p: Plan) -> Plan:
   if jax.distributed.is_initialized():
     return p
   logging.info("initialising jax.distributed (%s): %s", p.source, p.kwargs)
+  # JAX's preemption service would catch SIGTERM in C++ from here on, and until `sadm_jax.main`
+  # installs its own handler a SIGTERM was swallowed: the run went on until the scheduler's
+  # SIGKILL. Training agrees on its stop step itself (`train/stopping.py`).
+  jax.config.update("jax_enable_preemption_service", False)
   jax.distributed.initialize(**p.kwargs)
   return p
 
