@@ -76,6 +76,21 @@ def _close_manager(manager: ocp.CheckpointManager) -> None:
   manager.close()
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+  """Orbax's multi-process options of a reader: this process alone (its own primary host).
+
+  Every process reads a trained run whole for itself (`Checkpointer.restore_saved`, onto its own
+  first device), so no barrier is needed; with Orbax's default (all processes) its manager waits
+  for every process when it is created and after each restore, and a restore that failed on one
+  host (a file only its mount cannot read) left the others in that barrier: a collective mismatch
+  with the stage's own agreement (`distributed.together`), which aborted every process (SIGABRT
+  on CPU) or hung until a timeout, instead of one line on each. Orbax skips a barrier over this
+  process alone (`multihost.should_skip_process_sync`).
+  """
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 # grain's words when an iterator state does not match the loader (data source, sampler, workers).
 LOADER_MISMATCH = "in checkpoint does not match"
 
@@ -93,9 +108,12 @@ class Checkpointer:
     _one_writer_per_array()
     self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.best_dir = os.path.join(os.path.abspath(workdir), "best")
-    # A reader (create=False) never creates directories or cleans another run's temporaries.
+    # A reader (create=False) never creates directories, cleans another run's temporaries or
+    # waits for another process (`_this_process_only`).
     opts = dict(create=create, enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=create)
+    if not create:
+      opts["multiprocessing_options"] = _this_process_only()
     self.latest = ocp.CheckpointManager(
         self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
     try:

@@ -151,3 +151,22 @@ def test_a_non_finite_validation_loss_is_never_the_best(tmp_path):
     assert (ck.saved_step("best"), ck.best_loss) == (3, 0.5)
   with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:  # reopened: 0.5 on disk
     assert ck.best_loss == 0.5 and not ck.save_best(4, state, 0.5, {"step": 4})
+
+
+def test_a_reader_waits_for_no_other_process(tmp_path, monkeypatch):
+  """A reader (create=False: `runs.open_run`, `loop.will_resume`) is Orbax-local to its process:
+  no barrier of its managers (creation, each restore) waits for another process, so a restore
+  that fails on one host cannot leave the others in Orbax's barrier. A writer (training's saves
+  and resume) keeps Orbax's default: every process."""
+  from orbax.checkpoint._src.multihost import multihost
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as writer:
+    for manager in (writer.latest, writer.best):
+      options = manager._options.multiprocessing_options  # noqa: SLF001  (no public accessor)
+      assert (options.primary_host, options.active_processes) == (0, None)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)  # as process 1 of 2
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False, create=False) as reader:
+    for manager in (reader.latest, reader.best):
+      options = manager._options.multiprocessing_options  # noqa: SLF001
+      assert (options.primary_host, options.active_processes) == (1, {1})
+      assert multihost.should_skip_process_sync(options.active_processes)
