@@ -5,7 +5,8 @@
 
 Each run `kind:steps` trains the toy task with `loop.train` in DIR/<kind> (a later run of the same
 kind resumes from its checkpoint); `kind:steps:S:P`: process P sends itself SIGTERM as it takes
-step S's batch (kind `stop` trains like `dp`). The process writes DIR/result_<I>.json.
+step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fails on process P
+(`_refused_start`). The process writes DIR/result_<I>.json.
 """
 
 from __future__ import annotations
@@ -64,6 +65,25 @@ def toy_config(fsdp: bool, num_steps: int):
   return c
 
 
+def _refused_start(config, workdir: str, pid: int) -> str:
+  """Trains the toy task in `workdir` whose building fails on process `pid` alone as stage II's
+  does when its host cannot read the frozen cDDPM (`runs.open_run` of a directory that is not a
+  trained run); returns the error this process stopped with, '<type>: <message>'."""
+  import jax
+
+  from sadm_jax.train import loop, runs
+
+  def task():
+    if jax.process_index() == pid:
+      runs.open_run(os.path.join(workdir, "no_run"), expect="cddpm", setting="sadm.cddpm_workdir")
+    return toy_task(config)
+  try:
+    loop.train(config, workdir, task)
+  except ValueError as e:
+    return f"{type(e).__name__}: {e}"
+  return "trained"
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--coordinator", required=True)
@@ -97,6 +117,9 @@ def main() -> None:
     kind, steps, *stop = run.split(":")
     config = toy_config(kind == "fsdp", int(steps))
     workdir = os.path.join(args.out, kind)
+    if kind == "refuse":  # `refuse:P`: process P cannot open the run its task needs
+      result["runs"].append({"kind": kind, "error": _refused_start(config, workdir, int(steps))})
+      continue
     task = toy_task(config)
 
     def batch_then_stop(trainer, local, at=[int(k) for k in stop]):  # a scheduler's SIGTERM

@@ -136,6 +136,22 @@ def _launch(out: str, runs: str, timeout: float = 420.0) -> list[str]:
   return [stdout + stderr for _, stdout, stderr in results]
 
 
+def test_a_start_refused_on_one_process_stops_both(tmp_path):
+  """2 processes on loopback: building the task fails on process 1 alone (stage II's frozen
+  cDDPM unreadable on its host: `runs.open_run` refuses). Both stop at the start, process 1 with
+  its own line, process 0 with one naming process 1's; before, process 0 went on into training's
+  collectives (Orbax's barriers) and waited there for process 1, which had stopped."""
+  out = tmp_path / "refused"
+  out.mkdir()
+  _launch(str(out), "refuse:1", timeout=60)
+  errors = [json.load(open(out / f"result_{i}.json"))["runs"][0]["error"] for i in range(2)]
+  line = (f"sadm.cddpm_workdir={out / 'refuse' / 'no_run'}: not a trained cddpm run (no best "
+          f"checkpoint in {out / 'refuse' / 'no_run' / 'best'})")
+  assert errors == [f"OtherProcessFailed: process 1 of 2 failed ({line}) during the training's "
+                    "start; every process stopped", f"RunError: {line}"]
+  assert not os.path.exists(out / "refuse" / "checkpoints")
+
+
 def test_two_processes_match_one_process(tmp_path):
   """2 processes × 4 fake CPU devices on loopback vs 1 process × 8 (conftest), global batch 16.
 
