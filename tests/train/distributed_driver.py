@@ -6,7 +6,8 @@
 Each run `kind:steps` trains the toy task with `loop.train` in DIR/<kind> (a later run of the same
 kind resumes from its checkpoint); `kind:steps:S:P`: process P sends itself SIGTERM as it takes
 step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fails on process P
-(`_refused_start`). The process writes DIR/result_<I>.json.
+(`_refused_start`); `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its
+checkpoint (`_unreadable_resume`). The process writes DIR/result_<I>.json.
 """
 
 from __future__ import annotations
@@ -84,6 +85,29 @@ def _refused_start(config, workdir: str, pid: int) -> str:
   return "trained"
 
 
+def _unreadable_resume(config, workdir: str, pid: int) -> str:
+  """Resumes the toy task in `workdir` where process `pid` alone cannot read the checkpoint (a file
+  its host's mount cannot read); returns the error this process stopped with,
+  '<type>: <message>'."""
+  import jax
+
+  from sadm_jax.train import checkpoint, loop
+  real = checkpoint.Checkpointer._restore
+
+  def restore(*args, **kwargs):
+    if jax.process_index() == pid:
+      raise PermissionError(13, "Permission denied", os.path.join(workdir, "checkpoints"))
+    return real(*args, **kwargs)
+  checkpoint.Checkpointer._restore = staticmethod(restore)
+  try:
+    loop.train(config, workdir, toy_task(config))
+  except ValueError as e:
+    return f"{type(e).__name__}: {e}"
+  finally:
+    checkpoint.Checkpointer._restore = staticmethod(real)
+  return "trained"
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--coordinator", required=True)
@@ -119,6 +143,10 @@ def main() -> None:
     workdir = os.path.join(args.out, kind)
     if kind == "refuse":  # `refuse:P`: process P cannot open the run its task needs
       result["runs"].append({"kind": kind, "error": _refused_start(config, workdir, int(steps))})
+      continue
+    if kind == "unreadable":  # `unreadable:S:P`: resuming dp/, process P cannot read the step
+      result["runs"].append({"kind": kind, "error": _unreadable_resume(
+          config, os.path.join(args.out, "dp"), int(stop[0]))})
       continue
     task = toy_task(config)
 
