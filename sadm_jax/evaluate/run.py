@@ -276,8 +276,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   given, config = config, config_lib.resolve(config)
   t0 = time.time()
-  # A failure on one process only (a volume or split its host cannot read) stops them all; a
-  # checkpoint that fails to restore on one host still waits in Orbax's own barrier first.
+  # A failure on one process only (a volume, split or checkpoint its host cannot read) stops them
+  # all (each process opens the runs for itself: `train.checkpoint.Checkpointer(create=False)`).
   with distributed.together("the evaluation's start"):
     evaluation, sets, vals, tests, unique, weak, rest = _start(config, workdir)
     plan = hosts.volume_plan(vals + tests, evaluation.cache, evaluation.splits, weak)

@@ -114,6 +114,21 @@ def _disk_full_as_oserror(directory: str) -> Iterator[None]:
                   directory) from None
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+  """Orbax's multi-process options of a reader: this process alone (its own primary host).
+
+  Every process reads a trained run whole for itself (`Checkpointer.restore_saved`, onto its own
+  first device), so no barrier is needed; with Orbax's default (all processes) its manager waits
+  for every process when it is created and after each restore, and a restore that failed on one
+  host (a file only its mount cannot read) left the others in that barrier: a collective mismatch
+  with the stage's own agreement (`distributed.together`), which aborted every process (SIGABRT
+  on CPU) or hung until a timeout, instead of one line on each. Orbax skips a barrier over this
+  process alone (`multihost.should_skip_process_sync`).
+  """
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 # grain's words when an iterator state does not match the loader (data source, sampler, workers).
 LOADER_MISMATCH = "in checkpoint does not match"
 
@@ -131,9 +146,12 @@ class Checkpointer:
     _one_writer_per_array()
     self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.best_dir = os.path.join(os.path.abspath(workdir), "best")
-    # A reader (create=False) never creates directories or cleans another run's temporaries.
+    # A reader (create=False) never creates directories, cleans another run's temporaries or
+    # waits for another process (`_this_process_only`).
     opts = dict(create=create, enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=create)
+    if not create:
+      opts["multiprocessing_options"] = _this_process_only()
     self.latest = ocp.CheckpointManager(
         self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
     try:
@@ -181,8 +199,13 @@ class Checkpointer:
   def restore(self, state_target: Any, shardings: Any, iterator: Any,
               step: int | None = None) -> tuple[Any, dict]:
     """Restores (state, meta) of `step` (default latest) into the sharded target; sets the iterator."""
-    step = self.latest.latest_step() if step is None else step
-    out = self.latest.restore(step, args=ocp.args.Composite(
+    return self._restore(self.latest, state_target, shardings, iterator, step)
+
+  @staticmethod
+  def _restore(manager: ocp.CheckpointManager, state_target: Any, shardings: Any, iterator: Any,
+               step: int | None = None) -> tuple[Any, dict]:
+    step = manager.latest_step() if step is None else step
+    out = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(state_target, shardings)),
         data=grain.checkpoint.CheckpointRestore(iterator), meta=ocp.args.JsonRestore()))
     return out.state, dict(out.meta)
@@ -198,29 +221,81 @@ class Checkpointer:
     A step whose data loader state grain refuses (saved for other volumes, another sampler or
     worker count) is not damage, nor one saved by another number of processes: RunError at once,
     nothing moved aside.
+
+    With several processes each restores its shards without Orbax's barrier, then all learn how
+    every other fared (`_agree_on_step`) and act alike: a step is damage only when it fails on
+    every process; one that fails on some hosts only (files a host's mount cannot read) is a
+    RunError on every process naming the first, nothing moved aside.
     """
-    while (step := self.latest.latest_step()) is not None:
-      self._check_process_count(step)
-      try:
-        state, meta = self.restore(state_target, shardings, iterator, step)
-        return step, state, meta
-      except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
-        if LOADER_MISMATCH in str(e):  # a whole step whose data loader state is for other data
-          raise RunError(f"{self.dir}: step {step} was saved while training on other data "
-                         f"({str(e).splitlines()[0].strip()}); resume with the run's own data, "
-                         "or use a new workdir") from None
-        reason = (f"{type(e).__name__}: {restore_error(e, 200)}" if str(e).strip()
-                  else type(e).__name__)
-        aside = self._move_aside(step)
+    reader = self.latest if jax.process_count() == 1 else ocp.CheckpointManager(
+        self.dir, options=ocp.CheckpointManagerOptions(
+            create=False, cleanup_tmp_directories=False, enable_async_checkpointing=False,
+            multiprocessing_options=_this_process_only()))
+    try:
+      while (step := self.latest.latest_step()) is not None:
+        error, kind = None, None
+        try:
+          self._check_process_count(step)
+          state, meta = self._restore(reader, state_target, shardings, iterator, step)
+        except RunError as e:
+          error, kind = e, "refused"
+        except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
+          if LOADER_MISMATCH in str(e):  # a whole step whose data loader state is for other data
+            error, kind = RunError(
+                f"{self.dir}: step {step} was saved while training on other data "
+                f"({str(e).splitlines()[0].strip()}); resume with the run's own data, or use a "
+                "new workdir"), "refused"
+          else:
+            error, kind = e, "damaged"
+        reason = None if error is None else str(error) if kind == "refused" else (
+            f"{type(error).__name__}: {restore_error(error, 200)}" if str(error).strip()
+            else type(error).__name__)
+        self._agree_on_step(step, kind, reason, error)
+        if error is None:
+          return step, state, meta
+        aside = self._move_aside(step)  # damaged on every process
+        if reader is not self.latest:
+          reader.reload()
         logging.warning("checkpoint step %d in %s cannot be restored (%s); moved it aside to %s "
                         "and trying the previous step", step, self.dir, reason,
                         os.path.basename(aside))
+    finally:
+      if reader is not self.latest:
+        _close_manager(reader)
     damaged = sorted(n for n in os.listdir(self.dir) if ".damaged-" in n) if os.path.isdir(
         self.dir) else []
     if damaged:
       raise RunError(f"{self.dir}: no usable checkpoint to resume from (damaged steps moved aside: "
                      f"{', '.join(damaged)}); start the run again in a new workdir")
     return None, None, {}
+
+  def _agree_on_step(self, step: int, kind: str | None, reason: str | None,
+                     error: BaseException | None) -> None:
+    """Every process's outcome of restoring `step` (kind None, 'refused' or 'damaged'; a collective
+    with several processes); returns when the step restored on every process or is damaged on
+    every process, else raises: this process's own RunError when it refused the step, else a
+    RunError naming the first process that refused it, or that could not read it while others
+    could (a host's own mount, not the step: nothing is moved aside)."""
+    from sadm_jax import distributed
+    what = f"restoring checkpoint step {step}"
+    every = distributed.allgather_json([what, kind, reason])
+    if any(w != what for w, _, _ in every):  # a collective entered out of order: a bug
+      raise RuntimeError(f"processes out of step: {[w for w, _, _ in every]} (this process: "
+                         f"{what})")
+    kinds = [k for _, k, _ in every]
+    if kind == "refused":
+      raise error from None
+    first = next((p for p, k in enumerate(kinds) if k == "refused"), None)
+    if first is not None:
+      raise RunError(f"process {first} of {len(every)} stopped at its checkpoint: "
+                     f"{every[first][2]}")
+    if set(kinds) in ({None}, {"damaged"}):
+      return
+    first = kinds.index("damaged")
+    fine = kinds.index(None)
+    raise RunError(f"{self.dir}: checkpoint step {step} cannot be restored on process {first} of "
+                   f"{len(every)} ({every[first][2]}) but can on process {fine}: does every host "
+                   "see the same files there? (nothing was moved aside)")
 
   def _check_process_count(self, step: int) -> None:
     """RunError when step `step`'s data loader state was saved by another number of processes.

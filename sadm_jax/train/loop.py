@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -14,6 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from sadm_jax import distributed
 from sadm_jax.train import sharding as shard_lib, workdir as workdir_lib
 from sadm_jax.train.checkpoint import Checkpointer, RunError, software_versions
 from sadm_jax.train.logger import MetricLogger
@@ -243,10 +245,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable
 
   The workdir is claimed first (`workdir.claim`: lock, same config as the run it holds); a
   callable `task` is built only then, so a refused start loads no data and opens no other run.
+  With several processes, a start refused on one of them (the lock, a run to open that its host
+  cannot read: stage II's frozen cDDPM, the SparK encoder) stops every process with one line
+  (`distributed.together`), before any collective of the training waits for it.
   Returns {'step', 'train_loss', 'val_loss', 'best_val_loss'}.
   """
-  with workdir_lib.claim(config, workdir):
-    return _train(config, workdir, task() if callable(task) else task, mesh)
+  with contextlib.ExitStack() as claimed:
+    with distributed.together("the training's start"):
+      claimed.enter_context(workdir_lib.claim(config, workdir))
+      task = task() if callable(task) else task
+    return _train(config, workdir, task, mesh)
 
 
 def _train(config, workdir, task, mesh) -> dict:

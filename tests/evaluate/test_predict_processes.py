@@ -225,3 +225,36 @@ def test_two_processes_with_other_thresholds_stop_at_start_up(scan, tmp_path):
     assert last.startswith("error: --config.predict.checkpoint_dir=") and (
         "process 1 of 2 loaded another threshold than process 0 (0.4 vs 0.3)" in last), last
   assert not os.listdir(tmp_path / "out")  # made at the start; nothing predicted
+
+
+def test_two_processes_stop_together_when_one_cannot_restore_the_model(tiny_cddpm_dir, scan,
+                                                                        tmp_path):
+  """2 processes on loopback, process 1 reading a copy of the tiny cDDPM with a truncated array
+  file (a damaged file only its host sees): both exit 2 within seconds, process 1 naming its
+  checkpoint, process 0 naming process 1's reason. Before, process 0 restored the model and then
+  waited in Orbax's cross-process restore barrier, a collective that process 1's agreement
+  (`distributed.together`) mismatched: on CPU gloo aborted both (SIGABRT, tracebacks, no line)."""
+  import shutil
+  damaged = tmp_path / "damaged"
+  shutil.copytree(tiny_cddpm_dir, damaged)
+  step = max((d for d in os.listdir(damaged / "best") if d.isdigit()), key=int)
+  arrays = [os.path.join(r, f) for r, _, fs in os.walk(damaged / "best" / step / "state")
+            for f in fs if os.sep + "d" + os.sep in os.path.join(r, f)]
+  for path in arrays:  # every array file: whichever holds the model's weights
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  results = loopback.run_main(
+      lambda pid: ["--config=configs/predict.py", f"--workdir={tmp_path}",
+                   f"--config.predict.checkpoint_dir={damaged if pid else tiny_cddpm_dir}",
+                   f"--config.predict.input={scan['image']}",
+                   f"--config.predict.output={tmp_path / 'out'}"],
+      2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 60, ok_codes=(0, 2))
+  (code0, _, err0), (code1, _, err1) = results
+  assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
+  last1 = err1.strip().splitlines()[-1]
+  assert last1.startswith(f"error: {damaged}: its best checkpoint (step {step}) cannot be "
+                          "restored: "), last1
+  last0 = err0.strip().splitlines()[-1]
+  assert last0.startswith(f"error: process 1 of 2 failed ({damaged}: its best checkpoint"), last0
+  assert last0.endswith("during predict's start; every process stopped"), last0
+  assert not os.listdir(tmp_path / "out")  # nothing predicted

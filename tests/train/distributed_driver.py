@@ -5,7 +5,9 @@
 
 Each run `kind:steps` trains the toy task with `loop.train` in DIR/<kind> (a later run of the same
 kind resumes from its checkpoint); `kind:steps:S:P`: process P sends itself SIGTERM as it takes
-step S's batch (kind `stop` trains like `dp`). The process writes DIR/result_<I>.json.
+step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fails on process P
+(`_refused_start`); `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its
+checkpoint (`_unreadable_resume`). The process writes DIR/result_<I>.json.
 """
 
 from __future__ import annotations
@@ -64,6 +66,48 @@ def toy_config(fsdp: bool, num_steps: int):
   return c
 
 
+def _refused_start(config, workdir: str, pid: int) -> str:
+  """Trains the toy task in `workdir` whose building fails on process `pid` alone as stage II's
+  does when its host cannot read the frozen cDDPM (`runs.open_run` of a directory that is not a
+  trained run); returns the error this process stopped with, '<type>: <message>'."""
+  import jax
+
+  from sadm_jax.train import loop, runs
+
+  def task():
+    if jax.process_index() == pid:
+      runs.open_run(os.path.join(workdir, "no_run"), expect="cddpm", setting="sadm.cddpm_workdir")
+    return toy_task(config)
+  try:
+    loop.train(config, workdir, task)
+  except ValueError as e:
+    return f"{type(e).__name__}: {e}"
+  return "trained"
+
+
+def _unreadable_resume(config, workdir: str, pid: int) -> str:
+  """Resumes the toy task in `workdir` where process `pid` alone cannot read the checkpoint (a file
+  its host's mount cannot read); returns the error this process stopped with,
+  '<type>: <message>'."""
+  import jax
+
+  from sadm_jax.train import checkpoint, loop
+  real = checkpoint.Checkpointer._restore
+
+  def restore(*args, **kwargs):
+    if jax.process_index() == pid:
+      raise PermissionError(13, "Permission denied", os.path.join(workdir, "checkpoints"))
+    return real(*args, **kwargs)
+  checkpoint.Checkpointer._restore = staticmethod(restore)
+  try:
+    loop.train(config, workdir, toy_task(config))
+  except ValueError as e:
+    return f"{type(e).__name__}: {e}"
+  finally:
+    checkpoint.Checkpointer._restore = staticmethod(real)
+  return "trained"
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--coordinator", required=True)
@@ -97,6 +141,13 @@ def main() -> None:
     kind, steps, *stop = run.split(":")
     config = toy_config(kind == "fsdp", int(steps))
     workdir = os.path.join(args.out, kind)
+    if kind == "refuse":  # `refuse:P`: process P cannot open the run its task needs
+      result["runs"].append({"kind": kind, "error": _refused_start(config, workdir, int(steps))})
+      continue
+    if kind == "unreadable":  # `unreadable:S:P`: resuming dp/, process P cannot read the step
+      result["runs"].append({"kind": kind, "error": _unreadable_resume(
+          config, os.path.join(args.out, "dp"), int(stop[0]))})
+      continue
     task = toy_task(config)
 
     def batch_then_stop(trainer, local, at=[int(k) for k in stop]):  # a scheduler's SIGTERM

@@ -209,3 +209,59 @@ def test_orbax_failing_on_a_full_disk_is_the_same_one_line_error(tmp_path):
         assert (e.value.errno, e.value.filename) == (errno.ENOSPC, ck.dir)
       else:
         assert str(e.value) == message
+
+
+def test_a_reader_waits_for_no_other_process(tmp_path, monkeypatch):
+  """A reader (create=False: `runs.open_run`, `loop.will_resume`) is Orbax-local to its process:
+  no barrier of its managers (creation, each restore) waits for another process, so a restore
+  that fails on one host cannot leave the others in Orbax's barrier. A writer (training's saves
+  and resume) keeps Orbax's default: every process."""
+  from orbax.checkpoint._src.multihost import multihost
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as writer:
+    for manager in (writer.latest, writer.best):
+      options = manager._options.multiprocessing_options  # noqa: SLF001  (no public accessor)
+      assert (options.primary_host, options.active_processes) == (0, None)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)  # as process 1 of 2
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False, create=False) as reader:
+    for manager in (reader.latest, reader.best):
+      options = manager._options.multiprocessing_options  # noqa: SLF001
+      assert (options.primary_host, options.active_processes) == (1, {1})
+      assert multihost.should_skip_process_sync(options.active_processes)
+
+
+def test_processes_resume_only_a_step_they_all_read(tmp_path, monkeypatch):
+  """Resuming with several processes (fake process 1 of 2: the agreement's all-gather answers for
+  it): a step is moved aside only when every process fails to restore it; one that process 1
+  alone refuses or cannot read stops this process too, with one line naming process 1, and the
+  step stays."""
+  import os
+  import pytest
+  from sadm_jax import distributed
+  state, it = _saved_step_with_loader(str(tmp_path))
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+  shardings = jax.tree.map(lambda a: a.sharding, state)
+  what = "restoring checkpoint step 1"
+  theirs = []
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, theirs[0]])
+  ckpt_dir = tmp_path / "checkpoints"
+
+  def resume(other):
+    theirs[:] = [[what, *other]]
+    with ckpt_lib.Checkpointer(str(tmp_path)) as ck:
+      return ck.restore_usable(target, shardings, it)
+  assert resume([None, None])[0] == 1
+  with pytest.raises(ckpt_lib.RunError, match=r"^process 1 of 2 stopped at its checkpoint: x: "
+                                              r"step 1 was saved by 2 processes, not 1"):
+    resume(["refused", "x: step 1 was saved by 2 processes, not 1"])
+  with pytest.raises(ckpt_lib.RunError, match=(
+      rf"^{ckpt_dir}: checkpoint step 1 cannot be restored on process 1 of 2 \(OSError: gone\) "
+      r"but can on process 0: does every host see the same files there\? \(nothing was moved "
+      r"aside\)$")):
+    resume(["damaged", "OSError: gone"])
+  assert sorted(os.listdir(ckpt_dir)) == ["1"]
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "_restore", staticmethod(
+      lambda *a: (_ for _ in ()).throw(OSError("unreadable here too"))))
+  with pytest.raises(ckpt_lib.RunError, match="no usable checkpoint to resume from"):
+    resume(["damaged", "OSError: gone"])  # on every process: damage
+  assert sorted(os.listdir(ckpt_dir)) == ["1.damaged-1"]

@@ -136,6 +136,35 @@ def _launch(out: str, runs: str, timeout: float = 420.0) -> list[str]:
   return [stdout + stderr for _, stdout, stderr in results]
 
 
+def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
+  """2 processes on loopback. Building the task fails on process 1 alone (stage II's frozen
+  cDDPM unreadable on its host: `runs.open_run` refuses): both stop at the start, process 1 with
+  its own line, process 0 with one naming process 1's; before, process 0 went on into training's
+  collectives (Orbax's barriers) and waited there for process 1, which had stopped.
+  Then (the processes still in step) dp/ trains 2 steps and is resumed while process 1 cannot read
+  its checkpoint: both stop with one line naming process 1, and the step is kept; before, process
+  0 waited in Orbax's restore barrier, process 1's moving the step aside mismatched it, process 0
+  took that for damage and moved the healthy step aside, then waited for process 1 (gone, with a
+  traceback) until killed."""
+  out = tmp_path / "refused"
+  out.mkdir()
+  _launch(str(out), "refuse:1,dp:2,unreadable:3:1", timeout=120)
+  results = [json.load(open(out / f"result_{i}.json"))["runs"] for i in range(2)]
+  line = (f"sadm.cddpm_workdir={out / 'refuse' / 'no_run'}: not a trained cddpm run (no best "
+          f"checkpoint in {out / 'refuse' / 'no_run' / 'best'})")
+  assert [r[0]["error"] for r in results] == [
+      f"OtherProcessFailed: process 1 of 2 failed ({line}) during the training's start; every "
+      "process stopped", f"RunError: {line}"]
+  assert not os.path.exists(out / "refuse" / "checkpoints")
+  assert [r[1]["step"] for r in results] == [2, 2]
+  unreadable = (f"RunError: {out / 'dp' / 'checkpoints'}: checkpoint step 2 cannot be restored on "
+                f"process 1 of 2 (PermissionError: [Errno 13] Permission denied: "
+                f"'{out / 'dp' / 'checkpoints'}') but can on process 0: does every host see the "
+                "same files there? (nothing was moved aside)")
+  assert [r[2]["error"] for r in results] == [unreadable, unreadable]
+  assert sorted(os.listdir(out / "dp" / "checkpoints")) == ["2"]
+
+
 def test_two_processes_match_one_process(tmp_path):
   """2 processes × 4 fake CPU devices on loopback vs 1 process × 8 (conftest), global batch 16.
 

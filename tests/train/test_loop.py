@@ -167,6 +167,46 @@ def test_a_failed_start_still_closes_the_checkpointer(tmp_path, monkeypatch):
   assert closed == [str(tmp_path / "checkpoints")]
 
 
+def test_a_start_refused_on_another_process_stops_this_one_before_training(tmp_path,
+                                                                           monkeypatch):
+  """Process 1 of 2 could not build its task (stage II's frozen cDDPM unreadable on its host):
+  this process stops at the start with one line naming it, before any collective of the
+  training (the resume's restore, Orbax's barriers) would wait for process 1 (fake 2 processes:
+  the agreement's all-gather answers for process 1), and releases the workdir's lock."""
+  from sadm_jax import distributed
+  config = _config(8)
+  sent = []
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: sent.append(mine) or [
+      mine, ["the training's start", "sadm.cddpm_workdir=/c: its best checkpoint (step 2) "
+                                     "cannot be restored: OUT_OF_RANGE"]])
+  monkeypatch.setattr(loop, "_train", lambda *a: pytest.fail("trained"))
+  built = []
+  with pytest.raises(distributed.OtherProcessFailed, match=(
+      r"^process 1 of 2 failed \(sadm.cddpm_workdir=/c: its best checkpoint \(step 2\) cannot "
+      r"be restored: OUT_OF_RANGE\) during the training's start; every process stopped$")):
+    loop.train(config, str(tmp_path), lambda: built.append(1) or toy_task(config))
+  assert built == [1] and sent == [["the training's start", None]]
+  assert not os.path.exists(tmp_path / ".lock")
+
+
+def test_a_start_refused_here_tells_the_other_processes(tmp_path, monkeypatch):
+  """This process's task cannot be built (a run it cannot open): it raises its own error after
+  sending its line to the others, which stop with it."""
+  from sadm_jax import distributed
+  config = _config(8)
+  sent = []
+  monkeypatch.setattr(distributed, "allgather_json",
+                      lambda mine: sent.append(mine) or [mine, ["the training's start", None]])
+
+  def task():
+    raise checkpoint_lib.RunError("/c: its best checkpoint (step 2) cannot be restored: x")
+  with pytest.raises(checkpoint_lib.RunError, match=r"^/c: its best checkpoint"):
+    loop.train(config, str(tmp_path), task)
+  assert sent == [["the training's start", "/c: its best checkpoint (step 2) cannot be "
+                                           "restored: x"]]
+  assert not os.path.exists(tmp_path / ".lock")
+
+
 def test_asking_for_fewer_steps_than_trained_is_a_clear_error(tmp_path):
   """Resuming with num_steps below the newest checkpoint's step: one RunError, nothing rewritten
   (it reported 'done' at the smaller step with NaN losses, holding the longer-trained model)."""
