@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import math
 import os
 import re
-import shutil
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sadm_jax.train import disk_room
 
 
 def _one_writer_per_array() -> None:
@@ -79,41 +78,6 @@ def _close_manager(manager: ocp.CheckpointManager) -> None:
   manager.close()
 
 
-ROOM_MARGIN = (1.05, 2 * 2**20)  # a save's size beyond its arrays' bytes (factor, bytes): meta,
-# Orbax's own files, file-system blocks
-
-
-def state_bytes(state: Any) -> int:
-  """Bytes of the arrays of `state` (global arrays counted whole: what a save writes in all)."""
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
-
-
-def check_room(directory: str, needed: int, what: str) -> None:
-  """OSError ENOSPC naming `directory` when its file system has fewer than `needed` bytes free.
-
-  Checked before a save: Orbax failing on a full disk halfway through a save printed hundreds
-  of lines of its threads' tracebacks before the error (a quota below the file system's free
-  space still ends there; `_disk_full_as_oserror` turns that into the same one line)."""
-  free = shutil.disk_usage(directory).free
-  if free < needed:
-    raise OSError(errno.ENOSPC, f"No space left on device for {what}: {needed / 2**20:.1f} MiB "
-                  f"needed, {free / 2**20:.1f} MiB free", directory)
-
-
-@contextlib.contextmanager
-def _disk_full_as_oserror(directory: str) -> Iterator[None]:
-  """TensorStore's 'RESOURCE_EXHAUSTED ... No space left' (a ValueError, one long line of
-  paths) as the OSError ENOSPC every other refused write gives: one line naming `directory`."""
-  try:
-    yield
-  except ValueError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
-      raise
-    raise OSError(errno.ENOSPC, "No space left on device (a checkpoint save failed)",
-                  directory) from None
-
-
 def _this_process_only() -> ocp.options.MultiprocessingOptions:
   """Orbax's multi-process options of a reader: this process alone (its own primary host).
 
@@ -172,11 +136,11 @@ class Checkpointer:
     """Saves checkpoint `step` once any best state saved before it is complete on disk: a run
     resumed from `step` never validates the steps up to it again, so a best state whose writing
     a kill interrupted after checkpoint `step` was complete would be lost for good."""
-    with _disk_full_as_oserror(self.best_dir):
+    with disk_room.disk_full_as_oserror(self.best_dir):
       self.best.wait_until_finished()  # returns at once unless a best save is in flight
-    with _disk_full_as_oserror(self.dir):
+    with disk_room.disk_full_as_oserror(self.dir):
       self.latest.wait_until_finished()  # the free space below counts the previous save whole
-      self._check_room(self.dir, state, f"checkpoint step {step}")
+      disk_room.check_before_save(self.dir, state, f"checkpoint step {step}")
       self.latest.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
           meta=ocp.args.JsonSave(meta)), force=True)
@@ -187,9 +151,9 @@ class Checkpointer:
     if not math.isfinite(val_loss) or (self.best_loss is not None
                                        and not val_loss < self.best_loss):
       return False
-    with _disk_full_as_oserror(self.best_dir):
+    with disk_room.disk_full_as_oserror(self.best_dir):
       self.best.wait_until_finished()
-      self._check_room(self.best_dir, state, f"the best checkpoint, step {step}")
+      disk_room.check_before_save(self.best_dir, state, f"the best checkpoint, step {step}")
       self.best.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           meta=ocp.args.JsonSave({**meta, "val_loss": float(val_loss)})), force=True)
@@ -392,18 +356,10 @@ class Checkpointer:
       return None
 
   def wait(self) -> None:
-    with _disk_full_as_oserror(self.dir):
+    with disk_room.disk_full_as_oserror(self.dir):
       self.latest.wait_until_finished()
-    with _disk_full_as_oserror(self.best_dir):
+    with disk_room.disk_full_as_oserror(self.best_dir):
       self.best.wait_until_finished()
-
-  @staticmethod
-  def _check_room(directory: str, state: Any, what: str) -> None:
-    """`check_room` for a save of `state`, on every process together (one that found too little
-    room stops all: the others would wait in Orbax's save for it)."""
-    from sadm_jax import distributed
-    with distributed.together(f"the free-space check for {what}"):
-      check_room(directory, int(state_bytes(state) * ROOM_MARGIN[0]) + ROOM_MARGIN[1], what)
 
   def close(self) -> None:
     for manager in (self.latest, self.best):

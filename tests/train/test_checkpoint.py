@@ -153,64 +153,6 @@ def test_a_non_finite_validation_loss_is_never_the_best(tmp_path):
     assert ck.best_loss == 0.5 and not ck.save_best(4, state, 0.5, {"step": 4})
 
 
-def test_state_bytes_counts_every_array_whole():
-  state = {"w": jnp.zeros((3, 4)), "m": {"b": np.zeros(5, np.float16)}, "step": 7}
-  assert ckpt_lib.state_bytes(state) == 3 * 4 * 4 + 5 * 2  # (a Python int holds no array)
-
-
-def test_a_save_that_cannot_fit_is_refused_before_orbax_writes(tmp_path, monkeypatch):
-  """A full disk failed Orbax halfway through a save: hundreds of lines of its threads'
-  tracebacks, then a ValueError of TensorStore paths, and a temporary step left behind. Now the
-  free space is compared with the state's size first: the OSError ENOSPC every refused write
-  gives (one line under `sadm_jax.main`, exit 2), nothing written."""
-  import collections
-  import errno
-  import os
-  import pytest
-  state, it = _saved_step_with_loader(str(tmp_path / "setup"))
-  usage = collections.namedtuple("usage", "total used free")
-  need = int(ckpt_lib.state_bytes(state) * ckpt_lib.ROOM_MARGIN[0]) + ckpt_lib.ROOM_MARGIN[1]
-  monkeypatch.setattr(ckpt_lib.shutil, "disk_usage", lambda path: usage(0, 0, need - 1))
-  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:
-    for save, where, what in ((lambda: ck.save(2, state, it, {"step": 2}), ck.dir,
-                               "checkpoint step 2"),
-                              (lambda: ck.save_best(2, state, 0.5, {"step": 2}), ck.best_dir,
-                               "the best checkpoint, step 2")):
-      with pytest.raises(OSError) as e:
-        save()
-      assert (e.value.errno, e.value.filename) == (errno.ENOSPC, where)
-      assert e.value.strerror == (f"No space left on device for {what}: {need / 2**20:.1f} MiB "
-                                  f"needed, {(need - 1) / 2**20:.1f} MiB free")
-    assert os.listdir(ck.dir) == os.listdir(ck.best_dir) == []
-    assert ck.best_loss is None  # no best recorded that was not saved
-    monkeypatch.setattr(ckpt_lib.shutil, "disk_usage", lambda path: usage(0, 0, need))
-    ck.save(2, state, it, {"step": 2})  # just enough: saved
-  assert os.listdir(tmp_path / "checkpoints") == ["2"]
-
-
-def test_orbax_failing_on_a_full_disk_is_the_same_one_line_error(tmp_path):
-  """A quota below the file system's free space still fails inside Orbax: TensorStore's
-  RESOURCE_EXHAUSTED ValueError (one long line of paths) becomes the OSError ENOSPC naming the
-  checkpoint folder; any other ValueError is left as it is."""
-  import errno
-  import pytest
-  state, it = _saved_step_with_loader(str(tmp_path / "setup"))
-  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:
-    for message, raised in (
-        ('RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": Failed to write 85290 bytes '
-         'to file 4: No space left on device [source locations=...]', OSError),
-        ("some other failure", ValueError)):
-      def full(*args, **kwargs):
-        raise ValueError(message)
-      ck.latest.save = full
-      with pytest.raises(raised) as e:
-        ck.save(2, state, it, {"step": 2})
-      if raised is OSError:
-        assert (e.value.errno, e.value.filename) == (errno.ENOSPC, ck.dir)
-      else:
-        assert str(e.value) == message
-
-
 def test_a_reader_waits_for_no_other_process(tmp_path, monkeypatch):
   """A reader (create=False: `runs.open_run`, `loop.will_resume`) is Orbax-local to its process:
   no barrier of its managers (creation, each restore) waits for another process, so a restore

@@ -1,0 +1,54 @@
+"""Room for a checkpoint: the state's size against the file system's free space before a save, and Orbax's full-disk error as one line."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+ROOM_MARGIN = (1.05, 2 * 2**20)  # a save's size beyond its arrays' bytes (factor, bytes): meta,
+# Orbax's own files, file-system blocks
+
+
+def state_bytes(state: Any) -> int:
+  """Bytes of the arrays of `state` (global arrays counted whole: what a save writes in all)."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
+
+
+def check_room(directory: str, needed: int, what: str) -> None:
+  """OSError ENOSPC naming `directory` when its file system has fewer than `needed` bytes free.
+
+  Checked before a save: Orbax failing on a full disk halfway through a save printed hundreds
+  of lines of its threads' tracebacks before the error (a quota below the file system's free
+  space still ends there; `disk_full_as_oserror` turns that into the same one line)."""
+  free = shutil.disk_usage(directory).free
+  if free < needed:
+    raise OSError(errno.ENOSPC, f"No space left on device for {what}: {needed / 2**20:.1f} MiB "
+                  f"needed, {free / 2**20:.1f} MiB free", directory)
+
+
+@contextlib.contextmanager
+def disk_full_as_oserror(directory: str) -> Iterator[None]:
+  """TensorStore's 'RESOURCE_EXHAUSTED ... No space left' (a ValueError, one long line of
+  paths) as the OSError ENOSPC every other refused write gives: one line naming `directory`."""
+  try:
+    yield
+  except ValueError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
+      raise
+    raise OSError(errno.ENOSPC, "No space left on device (a checkpoint save failed)",
+                  directory) from None
+
+
+
+def check_before_save(directory: str, state: Any, what: str) -> None:
+  """`check_room` for a save of `state` into `directory`, on every process together (one that
+  found too little room stops all: the others would wait in Orbax's save for it)."""
+  from sadm_jax import distributed
+  with distributed.together(f"the free-space check for {what}"):
+    check_room(directory, int(state_bytes(state) * ROOM_MARGIN[0]) + ROOM_MARGIN[1], what)
