@@ -128,12 +128,15 @@ def main() -> None:
   plan = distributed.maybe_initialize(config)  # before any JAX backend use
 
   import jax
+  from jax._src import distributed as jax_distributed
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   from sadm_jax.train import checkpoint, loop, sharding
   result = {"plan": plan.source, "process_index": jax.process_index(),
             "process_count": jax.process_count(), "devices": jax.device_count(),
-            "local_devices": jax.local_device_count(), "runs": []}
+            "local_devices": jax.local_device_count(), "runs": [],
+            # JAX's preemption service (off: it would catch SIGTERM before sadm_jax.main does)
+            "preemption_service": jax_distributed.global_state.preemption_sync_manager is not None}
   distributed.log_topology(config)  # prints on process 0 only
   from sadm_jax.utils import signals
   device_batch = loop.Trainer.device_batch

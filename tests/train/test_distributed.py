@@ -186,6 +186,7 @@ def test_two_processes_match_one_process(tmp_path):
   for i, r in enumerate(results):
     assert (r["plan"], r["process_index"], r["process_count"]) == ("config", i, 2)
     assert (r["devices"], r["local_devices"]) == (8, 4)
+    assert r["preemption_service"] is False  # SIGTERM is sadm_jax's: train/stopping.py
     assert r["runs"][3] == {"kind": "stop", "terminated": True, "latest": 3}  # both stopped at 3
     assert r["runs"][4]["step"] == 4
   dp_resumed, fsdp = results[0]["runs"][1], results[0]["runs"][2]
