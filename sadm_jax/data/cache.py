@@ -75,7 +75,8 @@ class VolumeCache:
   """Directory cache: `<cache_dir>/<preprocess key>/<entry key>/{image,mask,seg}.npy + meta.json`.
 
   Entries are written into a temporary directory and renamed into place, so a reader sees a
-  complete entry or none; a killed writer leaves only a `.tmp-*` directory that is ignored.
+  complete entry or none; a killed writer leaves only a `.tmp-*` directory that is ignored, and
+  removed by the first computation six hours later (`io.remove_abandoned`).
   """
 
   def __init__(self, cache_dir: str, cfg: PreprocessConfig):
@@ -187,6 +188,9 @@ def ensure_cached(rows: Sequence[Row], cache_dir: str, cfg: PreprocessConfig, nu
       raise DataError(f"{cache.root}: cannot write the preprocessing cache ({e.strerror or e}) for "
                       f"{len(todo)} volume(s) not yet in it; set --config.data.cache_dir to a "
                       "writable directory") from None
+    # entries a killed writer left in the making (only old ones: others may be at work)
+    if abandoned := io.remove_abandoned(cache.root, recursive=False):
+      logging.info("removed %d abandoned temporary entries from %s", abandoned, cache.root)
   logging.info("preprocessing cache %s: %d of %d volumes to compute", cache.root, len(todo),
                len(rows))
   failures = []

@@ -64,6 +64,8 @@ class Store:
 
   def __init__(self, workdir: str):
     self.root = os.path.join(os.path.abspath(workdir), "eval")
+    # the temporary files of writes killed hours ago (younger ones may be another host's at work)
+    io.remove_abandoned(self.root)
 
   def paths(self, run, set_name: str, split: str, name: str) -> tuple[str, str]:
     """(record .json, map .npz) of one volume of one run."""

@@ -50,6 +50,40 @@ def unfinished_target(name: str) -> str | None:
   return m.group(1) if m else None
 
 
+ABANDONED_AFTER_S = 6 * 3600  # a temporary file or folder this old has no writer left
+
+
+def remove_abandoned(root: str, recursive: bool = True, older_than_s: float = ABANDONED_AFTER_S
+                     ) -> int:
+  """Removes under `root` what killed writers left (SIGKILL, the OOM killer, a lost node):
+  `atomic_path`'s temporary files and `.tmp-*` folders (the preprocessing cache's entries in
+  the making) last changed more than `older_than_s` ago. Younger ones may belong to a writer at
+  work on this or another host, and stay; nothing else is touched. Returns how many it removed.
+  """
+  import shutil
+  import time
+  cutoff, removed = time.time() - older_than_s, 0
+  for directory, dirs, files in os.walk(root):
+    for name in [d for d in dirs if d.startswith(".tmp-")]:
+      dirs.remove(name)  # (not walked into)
+      path = os.path.join(directory, name)
+      with contextlib.suppress(OSError):  # (gone already; a read-only store: housekeeping only)
+        if os.stat(path).st_mtime < cutoff:
+          shutil.rmtree(path, ignore_errors=True)  # (another process may remove it too)
+          removed += 1
+    for name in files:
+      if unfinished_target(name) is None:
+        continue
+      path = os.path.join(directory, name)
+      with contextlib.suppress(OSError):
+        if os.stat(path).st_mtime < cutoff:
+          os.remove(path)
+          removed += 1
+    if not recursive:
+      break
+  return removed
+
+
 def file_in_the_way(path: str | os.PathLike) -> str | None:
   """The file that keeps `path` from being (or becoming) a directory: `path` itself or its nearest
   existing ancestor, when that is not a directory; None when `path` is or can become one."""

@@ -57,8 +57,13 @@ def test_second_run_does_not_recompute_and_changes_invalidate(prepared, tmp_path
   shutil.copytree(data_root.data_dir, copy_root, ignore=shutil.ignore_patterns("cache"))
   r2 = splits.read_split(layout.resolve_data_root(copy_root), "IXI_train_fold0")[0]
   c2 = cache_lib.VolumeCache(str(tmp_path / "c2"), CFG)
-  c2.compute(r2)
+  killed, writing = os.path.join(c2.root, ".tmp-killed"), os.path.join(c2.root, ".tmp-writing")
+  for d in (killed, writing):  # entries in the making: a writer killed hours ago, one at work
+    os.makedirs(d)
+  os.utime(killed, (time.time() - 7 * 3600,) * 2)
+  cache_lib.ensure_cached([r2], str(tmp_path / "c2"), CFG)
   assert c2.contains(r2)
+  assert not os.path.exists(killed) and os.path.isdir(writing)
   time.sleep(0.01)
   img, mask, _ = fake_data.make_subject(np.random.default_rng(9))
   fake_data.save(r2.img, img)

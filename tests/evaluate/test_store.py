@@ -107,3 +107,18 @@ def test_draem_volume_is_drawn_for_its_row_not_for_whoever_filled_the_cache(tiny
     images.append((case.image, case.seg))
   np.testing.assert_array_equal(images[0][0], images[1][0])
   np.testing.assert_array_equal(images[0][1], images[1][1])
+
+
+def test_an_evaluation_start_removes_what_killed_writes_left_hours_ago(tmp_path):
+  """A write killed with SIGKILL left its hidden temporary file in the store for good."""
+  import os
+  import time
+  split = tmp_path / "eval" / "cddpm" / "none" / "fold0" / "Brats21" / "val"
+  split.mkdir(parents=True)
+  old, young = split / ".v0.npz.k3j2.tmp.npz", split / ".v1.json.x8q1.tmp"
+  for p in (old, young):
+    p.write_text("partial")
+  t = time.time() - 7 * 3600
+  os.utime(old, (t, t))
+  Store(str(tmp_path))
+  assert not old.exists() and young.exists()  # a young one may be another host's, writing

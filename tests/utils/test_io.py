@@ -74,3 +74,31 @@ def test_an_unfinished_write_names_its_target(tmp_path):
       assert io.unfinished_target(os.path.basename(tmp)) == target
   for name in ("v1_montage.png", ".hidden", "x.tmp", ".x.tmp"):
     assert io.unfinished_target(name) is None
+
+
+def test_remove_abandoned_takes_only_old_temporaries(tmp_path):
+  """What killed writers left (an `atomic_path` temporary file, a cache entry in the making)
+  goes once it is older than any writer could be; younger ones (another host may be writing
+  them), finished files and anything else stay."""
+  import time
+  old = time.time() - io.ABANDONED_AFTER_S - 60
+  sub = tmp_path / "a" / "b"
+  sub.mkdir(parents=True)
+  with io.atomic_path(sub / "rec.json") as tmp:  # the real name atomic_path gives
+    killed = os.path.basename(tmp)
+  files = {"old_tmp": sub / killed, "young_tmp": tmp_path / ".x.json.abc123.tmp",
+           "finished": sub / "rec.json", "other_hidden": tmp_path / ".notes", "plain": sub / "y.tmp"}
+  for p in files.values():
+    p.write_text("x")
+  entry, young_entry = tmp_path / ".tmp-k1", tmp_path / ".tmp-k2"
+  for d in (entry, young_entry):
+    d.mkdir()
+    (d / "image.npy").write_text("x")
+  for p in (files["old_tmp"], files["finished"], files["other_hidden"], files["plain"], entry):
+    os.utime(p, (old, old))
+  assert io.remove_abandoned(str(tmp_path), recursive=False) == 1  # the top-level entry only
+  assert not entry.exists() and young_entry.exists() and files["old_tmp"].exists()
+  assert io.remove_abandoned(str(tmp_path)) == 1
+  assert not files["old_tmp"].exists()
+  assert all(p.exists() for k, p in files.items() if k != "old_tmp")
+  assert io.remove_abandoned(str(tmp_path / "missing")) == 0
