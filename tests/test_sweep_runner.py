@@ -433,3 +433,34 @@ def test_a_subprocess_member_is_told_to_stop_with_the_sweep(tmp_path):
   code = (f"import os; print('parent', os.environ[{signals.PARENT_VAR!r}] == str(os.getppid()))")
   assert runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", code])
   assert (mdir / "log.txt").read_text().endswith("\nparent True\n")
+
+
+def test_after_sigterm_the_sweep_waits_for_its_member_to_save(tmp_path, monkeypatch):
+  """A training member given SIGTERM finishes its step, validation included, and saves it: that
+  may take longer than the grace a Ctrl-C'd member gets (`INTERRUPT_GRACE_S`, 60 s), and the
+  sweep killed it after that grace, mid-save (Slurm's `--signal=TERM@120` left it 60 s). After
+  SIGTERM the sweep now waits for it: the scheduler's own kill, or a second signal to the sweep,
+  bounds the wait."""
+  import signal
+  import threading
+  monkeypatch.setattr(runner, "INTERRUPT_GRACE_S", 0.5)
+  child = ("import signal, sys, time\n"
+           "def stop(*a):\n  time.sleep(2); print('member saved', flush=True); sys.exit(143)\n"
+           "signal.signal(signal.SIGTERM, stop)\nprint('started', flush=True)\ntime.sleep(20)\n")
+  mdir = tmp_path / "a"
+  mdir.mkdir()
+  log = mdir / "log.txt"
+
+  def kill_sweep(times):
+    while "\nstarted\n" not in (log.read_text() if log.exists() else ""):  # (not the command)
+      time.sleep(0.05)
+    for _ in range(times):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.5)
+  for times, last in ((1, "started\nmember saved"), (2, "started")):  # a second one: killed
+    log.unlink(missing_ok=True)
+    with signals.terminate_as_interrupt():
+      threading.Thread(target=kill_sweep, args=(times,), daemon=True).start()
+      with pytest.raises(signals.Terminated):
+        runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", child])
+    assert log.read_text().endswith(f"\n{last}\n")

@@ -21,7 +21,7 @@ from sadm_jax.utils import io, signals
 
 DONE = "DONE"
 INTERRUPTED = 130  # sadm_jax.main's exit code after Ctrl-C (128 + SIGINT)
-INTERRUPT_GRACE_S = 60  # how long a member interrupted with the sweep may take to stop
+INTERRUPT_GRACE_S = 60  # how long a member interrupted with the sweep (Ctrl-C) may take to stop
 
 
 
@@ -67,11 +67,13 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
       # SIGTERM to the sweep alone (`kill <pid>`, `signals.terminate_as_interrupt`): the member,
       # in its process group but without a signal, went on running, orphaned, in its workdir.
       # Forwarded as SIGTERM: a training member saves its step first (a member that got
-      # Slurm's SIGTERM too takes the second as the same request)
-      if isinstance(e, signals.Terminated) and proc.poll() is None:
+      # Slurm's SIGTERM too takes the second as the same request), however long that takes:
+      # the scheduler's own kill, or a second signal to the sweep, bounds the wait
+      terminated = isinstance(e, signals.Terminated)
+      if terminated and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
       try:
-        proc.wait(timeout=INTERRUPT_GRACE_S)
+        proc.wait(timeout=None if terminated else INTERRUPT_GRACE_S)
       except (subprocess.TimeoutExpired, KeyboardInterrupt):
         proc.kill()
         proc.wait()

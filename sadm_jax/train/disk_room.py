@@ -35,11 +35,15 @@ def check_room(directory: str, needed: int, what: str) -> None:
 @contextlib.contextmanager
 def disk_full_as_oserror(directory: str) -> Iterator[None]:
   """TensorStore's 'RESOURCE_EXHAUSTED ... No space left' (a ValueError, one long line of
-  paths) as the OSError ENOSPC every other refused write gives: one line naming `directory`."""
+  paths) as the OSError ENOSPC every other refused write gives: one line naming `directory`.
+  Another process's refusal (`distributed.OtherProcessFailed`, its line quoting that process's
+  ENOSPC) stays as it is: it names the process and its numbers, and nothing failed here."""
+  from sadm_jax import distributed
   try:
     yield
   except ValueError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
+    if isinstance(e, distributed.OtherProcessFailed) or (
+        "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e)):
       raise
     raise OSError(errno.ENOSPC, "No space left on device (a checkpoint save failed)",
                   directory) from None

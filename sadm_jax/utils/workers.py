@@ -12,14 +12,15 @@ from sadm_jax.utils import signals
 from sadm_jax.utils.xla_flags import available_cores
 
 
-def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
+def _start_worker(initializer: Callable | None, initargs: tuple, parent: int) -> None:
   """A worker ignores SIGINT: Ctrl-C reaches the whole process group, and the parent alone turns
   it into one error line (a worker would print its own KeyboardInterrupt traceback). It ends
-  by itself when its parent dies."""
+  by itself when its parent (pid `parent`, named by the parent itself) dies."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   # A parent killed outright (SIGKILL, the OOM killer) cannot stop its pool: its workers waited
-  # for work for ever, each holding its memory; the item in hand has no reader either.
-  signals.when_orphaned(os.getppid(), lambda: os._exit(1))
+  # for work for ever, each holding its memory; the item in hand has no reader either. Not
+  # `os.getppid()` read here: a parent killed while this worker started is init's pid by then.
+  signals.when_orphaned(parent, lambda: os._exit(1))
   if initializer is not None:
     initializer(*initargs)
 
@@ -39,7 +40,7 @@ def map_in_processes(fn: Callable[[Any], Any], items: Iterable, num_workers: int
   num_workers = max(1, min(num_workers, len(items), available_cores()))
   ctx = multiprocessing.get_context("spawn")
   pool = futures.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_start_worker,
-                                     initargs=(initializer, initargs))
+                                     initargs=(initializer, initargs, os.getpid()))
   try:
     yield from pool.map(fn, items)
   except BaseException:

@@ -1,5 +1,7 @@
 """Room for a checkpoint: a save that cannot fit is refused before Orbax writes; Orbax's full-disk error is one line."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -64,3 +66,23 @@ def test_orbax_failing_on_a_full_disk_is_the_same_one_line_error(tmp_path):
         assert (e.value.errno, e.value.filename) == (errno.ENOSPC, ck.dir)
       else:
         assert str(e.value) == message
+
+
+def test_a_full_disk_on_another_process_is_named_as_such(tmp_path, monkeypatch):
+  """Process 1 of 2 alone found too little room (its host's own disk, or its view of a shared
+  one): this process stops with the line naming process 1 and its numbers (fake 2 processes:
+  the agreement's all-gather answers for process 1), not with a full-disk error of its own
+  ('a checkpoint save failed') that hid which process and which numbers."""
+  import os
+  import pytest
+  from sadm_jax import distributed
+  state, it = _saved_step_with_loader(str(tmp_path / "setup"))
+  theirs = ("OSError: [Errno 28] No space left on device for checkpoint step 2: 6.5 MiB needed, "
+            "3.0 MiB free: '/w/checkpoints'")
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, [mine[0], theirs]])
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:
+    with pytest.raises(distributed.OtherProcessFailed, match=(
+        rf"^process 1 of 2 failed \({re.escape(theirs)}\) during the free-space check for "
+        r"checkpoint step 2; every process stopped$")):
+      ck.save(2, state, it, {"step": 2})
+    assert os.listdir(ck.dir) == []

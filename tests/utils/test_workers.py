@@ -105,3 +105,54 @@ def _parent(pid: int) -> int | None:
       return int(f.read().rsplit(")", 1)[1].split()[1])
   except (FileNotFoundError, ProcessLookupError):
     return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_workers_end_when_their_parent_is_killed_before_they_start(tmp_path):
+  """The parent killed outright while its spawned workers are still starting (imports take
+  seconds; the OOM killer strikes as a pool fills the memory): a worker that read its parent's
+  pid itself read its new parent's (init, a subreaper) and watched it for ever. The parent
+  names itself: such a worker ends as soon as it starts. (A `sitecustomize` on the path holds
+  each worker 3 s before it starts, the time to kill the parent.)"""
+  import subprocess
+  import sys
+  from tests.helpers import REPO
+  (tmp_path / "sitecustomize.py").write_text(
+      "import sys, time\n"
+      "if '--multiprocessing-fork' in sys.argv:\n"
+      "  time.sleep(3)\n")
+  code = ("from sadm_jax.utils import workers\n"
+          "from tests.utils.test_workers import _pid_after\n"
+          "print(list(workers.map_in_processes(_pid_after, [0, 0, 0, 0], 2)), flush=True)\n")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [str(tmp_path), REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
+  proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL)
+
+  def spawned() -> list[int]:
+    found = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+      try:
+        with open(f"/proc/{d}/cmdline", "rb") as f:
+          forked = b"--multiprocessing-fork" in f.read()
+      except OSError:
+        continue
+      if forked and _parent(int(d)) == proc.pid:
+        found.append(int(d))
+    return found
+  try:
+    deadline = time.time() + 60
+    while len(children := spawned()) < 2 and time.time() < deadline:
+      time.sleep(0.05)
+    assert len(children) == 2
+    time.sleep(0.5)  # (their start-up data written: they do start)
+  finally:
+    proc.kill()
+    proc.wait()
+  deadline = time.time() + 20
+  while any(map(_running, children)) and time.time() < deadline:
+    time.sleep(0.2)
+  left = [p for p in children if _running(p)]
+  for p in left:  # (do not leave them behind when the test fails)
+    os.kill(p, signal.SIGKILL)
+  assert not left
