@@ -151,6 +151,8 @@ class Checkpointer:
     if not math.isfinite(val_loss) or (self.best_loss is not None
                                        and not val_loss < self.best_loss):
       return False
+    with disk_room.disk_full_as_oserror(self.dir):
+      self.latest.wait_until_finished()  # the free space below counts a latest save whole
     with disk_room.disk_full_as_oserror(self.best_dir):
       self.best.wait_until_finished()
       disk_room.check_before_save(self.best_dir, state, f"the best checkpoint, step {step}")
@@ -259,7 +261,9 @@ class Checkpointer:
     fine = kinds.index(None)
     raise RunError(f"{self.dir}: checkpoint step {step} cannot be restored on process {first} of "
                    f"{len(every)} ({every[first][2]}) but can on process {fine}: does every host "
-                   "see the same files there? (nothing was moved aside)")
+                   "see the same files there? (nothing was moved aside; if they do, files only "
+                   f"process {first} reads are damaged: move {step}/ aside by hand to resume from "
+                   "the step before)")
 
   def _check_process_count(self, step: int) -> None:
     """RunError when step `step`'s data loader state was saved by another number of processes.

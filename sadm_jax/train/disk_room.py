@@ -32,22 +32,25 @@ def check_room(directory: str, needed: int, what: str) -> None:
                   f"needed, {free / 2**20:.1f} MiB free", directory)
 
 
+# TensorStore's words for a write the file system refused for room (in a ValueError, after
+# 'RESOURCE_EXHAUSTED' and its paths), and the errno each means
+_FULL = (("No space left on device", errno.ENOSPC), ("Disk quota exceeded", errno.EDQUOT))
+
+
 @contextlib.contextmanager
 def disk_full_as_oserror(directory: str) -> Iterator[None]:
-  """TensorStore's 'RESOURCE_EXHAUSTED ... No space left' (a ValueError, one long line of
-  paths) as the OSError ENOSPC every other refused write gives: one line naming `directory`.
-  Another process's refusal (`distributed.OtherProcessFailed`, its line quoting that process's
-  ENOSPC) stays as it is: it names the process and its numbers, and nothing failed here."""
+  """TensorStore's full-disk or quota error (a ValueError, one long line of paths) as the
+  OSError every other refused write gives: one line naming `directory`. Another process's
+  refusal (`distributed.OtherProcessFailed`, its line quoting that process's error) stays as it
+  is: it names the process and its numbers, and nothing failed here."""
   from sadm_jax import distributed
   try:
     yield
   except ValueError as e:
-    if isinstance(e, distributed.OtherProcessFailed) or (
-        "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e)):
+    found = next(((words, code) for words, code in _FULL if words in str(e)), None)
+    if isinstance(e, distributed.OtherProcessFailed) or found is None:
       raise
-    raise OSError(errno.ENOSPC, "No space left on device (a checkpoint save failed)",
-                  directory) from None
-
+    raise OSError(found[1], f"{found[0]} (a checkpoint save failed)", directory) from None
 
 
 def check_before_save(directory: str, state: Any, what: str) -> None:

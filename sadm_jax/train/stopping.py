@@ -6,8 +6,8 @@ import itertools
 
 import jax
 
-BARRIER_TIMEOUT_MS = 60 * 60 * 1000  # a process that never reaches the step: JAX's own
-# heartbeat stops the job first; this only bounds the wait
+BARRIER_TIMEOUT_MS = 60 * 60 * 1000  # a process that died: JAX's heartbeat stops the job
+# within minutes; one alive but stuck (a hung file system) holds the others this long at most
 _trainings = itertools.count(1)  # one key space per training of this job (same order everywhere)
 
 

@@ -199,7 +199,8 @@ def test_processes_resume_only_a_step_they_all_read(tmp_path, monkeypatch):
   with pytest.raises(ckpt_lib.RunError, match=(
       rf"^{ckpt_dir}: checkpoint step 1 cannot be restored on process 1 of 2 \(OSError: gone\) "
       r"but can on process 0: does every host see the same files there\? \(nothing was moved "
-      r"aside\)$")):
+      r"aside; if they do, files only process 1 reads are damaged: move 1/ aside by hand to "
+      r"resume from the step before\)$")):
     resume(["damaged", "OSError: gone"])
   assert sorted(os.listdir(ckpt_dir)) == ["1"]
   monkeypatch.setattr(ckpt_lib.Checkpointer, "_restore", staticmethod(

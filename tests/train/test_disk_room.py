@@ -47,23 +47,27 @@ def test_a_save_that_cannot_fit_is_refused_before_orbax_writes(tmp_path, monkeyp
 
 def test_orbax_failing_on_a_full_disk_is_the_same_one_line_error(tmp_path):
   """A quota below the file system's free space still fails inside Orbax: TensorStore's
-  RESOURCE_EXHAUSTED ValueError (one long line of paths) becomes the OSError ENOSPC naming the
-  checkpoint folder; any other ValueError is left as it is."""
+  RESOURCE_EXHAUSTED ValueError (one long line of paths) becomes the OSError ENOSPC (or EDQUOT
+  for a quota) naming the checkpoint folder; any other ValueError, RESOURCE_EXHAUSTED without
+  the file system's words included, is left as it is."""
   import errno
   import pytest
   state, it = _saved_step_with_loader(str(tmp_path / "setup"))
+  tensorstore = ('RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": Failed to write '
+                 '85290 bytes to file 4: {} [source locations=...]')
   with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:
-    for message, raised in (
-        ('RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": Failed to write 85290 bytes '
-         'to file 4: No space left on device [source locations=...]', OSError),
-        ("some other failure", ValueError)):
+    for message, code in ((tensorstore.format("No space left on device"), errno.ENOSPC),
+                          (tensorstore.format("Disk quota exceeded"), errno.EDQUOT),
+                          ("RESOURCE_EXHAUSTED: out of memory", None),
+                          ("some other failure", None)):
       def full(*args, **kwargs):
         raise ValueError(message)
       ck.latest.save = full
-      with pytest.raises(raised) as e:
+      with pytest.raises(OSError if code else ValueError) as e:
         ck.save(2, state, it, {"step": 2})
-      if raised is OSError:
-        assert (e.value.errno, e.value.filename) == (errno.ENOSPC, ck.dir)
+      if code:
+        assert (e.value.errno, e.value.filename) == (code, ck.dir)
+        assert e.value.strerror.endswith("(a checkpoint save failed)")
       else:
         assert str(e.value) == message
 

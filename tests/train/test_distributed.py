@@ -160,7 +160,8 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
   unreadable = (f"RunError: {out / 'dp' / 'checkpoints'}: checkpoint step 2 cannot be restored on "
                 f"process 1 of 2 (PermissionError: [Errno 13] Permission denied: "
                 f"'{out / 'dp' / 'checkpoints'}') but can on process 0: does every host see the "
-                "same files there? (nothing was moved aside)")
+                "same files there? (nothing was moved aside; if they do, files only process 1 "
+                "reads are damaged: move 2/ aside by hand to resume from the step before)")
   assert [r[2]["error"] for r in results] == [unreadable, unreadable]
   assert sorted(os.listdir(out / "dp" / "checkpoints")) == ["2"]
 
@@ -211,5 +212,6 @@ def test_two_processes_match_one_process(tmp_path):
   assert data == ["process_0-of-2.json", "process_1-of-2.json"]
   assert "resumed from checkpoint step 2" in logs[0]
   assert "step 3/3" in logs[0]
-  assert not [ln for ln in logs[1].splitlines() if ln.startswith(("step ", "process ", "resumed", "SIGTERM"))]
+  assert not [ln for ln in logs[1].splitlines()
+              if ln.startswith(("step ", "process ", "resumed", "SIGTERM"))]
   assert logs[0].startswith("process 0/2, 8 devices (4 local, cpu), mesh data=8")
