@@ -163,14 +163,21 @@ def allgather_json(obj) -> list:
           for row, n in zip(every, sizes.reshape(-1))]
 
 
+def allgather_at(what: str, obj) -> list:
+  """`allgather_json(obj)` at the step `what` of the program: RuntimeError when another process
+  is at another step (a collective entered out of order: a bug)."""
+  every = allgather_json([what, obj])
+  if any(w != what for w, _ in every):
+    raise RuntimeError(f"processes out of step: {[w for w, _ in every]} (this process: {what})")
+  return [o for _, o in every]
+
+
 def _first_failure(what: str, error: str | None) -> tuple[int, int | None, str | None]:
   """(process count, index of the first process whose `error` is not None or None, its error)
   over every process (a collective: every process calls it, at the same step `what`)."""
-  every = allgather_json([what, error])
-  if any(w != what for w, _ in every):  # a collective entered out of order: a bug
-    raise RuntimeError(f"processes out of step: {[w for w, _ in every]} (this process: {what})")
-  failed = next((k for k, (_, e) in enumerate(every) if e is not None), None)
-  return len(every), failed, None if failed is None else every[failed][1]
+  every = allgather_at(what, error)
+  failed = next((k for k, e in enumerate(every) if e is not None), None)
+  return len(every), failed, None if failed is None else every[failed]
 
 
 def agree(error: str | None) -> None:

@@ -122,7 +122,7 @@ class Checkpointer:
       self.best = ocp.CheckpointManager(
           self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
       # A reader never saves a best state: it needs no best loss (nor a warning when unreadable).
-      self.best_loss = self._best_loss_on_disk() if create else None
+      self.best_loss = self._agreed_best_loss(self._best_loss_on_disk()) if create else None
     except BaseException:  # no manager (nor its threads) outlives a failed construction
       for manager in (self.latest, getattr(self, "best", None)):
         if manager is not None:
@@ -243,24 +243,20 @@ class Checkpointer:
     RunError naming the first process that refused it, or that could not read it while others
     could (a host's own mount, not the step: nothing is moved aside)."""
     from sadm_jax import distributed
-    what = f"restoring checkpoint step {step}"
-    every = distributed.allgather_json([what, kind, reason])
-    if any(w != what for w, _, _ in every):  # a collective entered out of order: a bug
-      raise RuntimeError(f"processes out of step: {[w for w, _, _ in every]} (this process: "
-                         f"{what})")
-    kinds = [k for _, k, _ in every]
+    every = distributed.allgather_at(f"restoring checkpoint step {step}", [kind, reason])
+    kinds = [k for k, _ in every]
     if kind == "refused":
       raise error from None
     first = next((p for p, k in enumerate(kinds) if k == "refused"), None)
     if first is not None:
       raise RunError(f"process {first} of {len(every)} stopped at its checkpoint: "
-                     f"{every[first][2]}")
+                     f"{every[first][1]}")
     if set(kinds) in ({None}, {"damaged"}):
       return
     first = kinds.index("damaged")
     fine = kinds.index(None)
     raise RunError(f"{self.dir}: checkpoint step {step} cannot be restored on process {first} of "
-                   f"{len(every)} ({every[first][2]}) but can on process {fine}: does every host "
+                   f"{len(every)} ({every[first][1]}) but can on process {fine}: does every host "
                    "see the same files there? (nothing was moved aside; if they do, files only "
                    f"process {first} reads are damaged: move {step}/ aside by hand to resume from "
                    "the step before)")
@@ -345,6 +341,20 @@ class Checkpointer:
         lambda t: ocp.ArrayRestoreArgs(sharding=one, global_shape=t.shape, dtype=t.dtype), target)
     return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True))).state
+
+  def _agreed_best_loss(self, mine: float | None) -> float | None:
+    """`mine` when every process read the same best validation loss (a collective with several
+    processes). Each decides alone whether a validation is a new best, and a save is a
+    collective: a host that could not read `best/` (None) would save where the others do not,
+    and every process would wait for it. RunError naming both values otherwise."""
+    from sadm_jax import distributed
+    every = distributed.allgather_at("reading the best validation loss", mine)
+    other = next((k for k, v in enumerate(every) if v != mine), None)
+    if other is not None:
+      raise RunError(f"{self.best_dir}: process {jax.process_index()} reads the best validation "
+                     f"loss {mine}, process {other} {every[other]}: does every host see the same "
+                     "files there?")
+    return mine
 
   def _best_loss_on_disk(self) -> float | None:
     step = self.best.latest_step()

@@ -185,11 +185,12 @@ def test_processes_resume_only_a_step_they_all_read(tmp_path, monkeypatch):
   shardings = jax.tree.map(lambda a: a.sharding, state)
   what = "restoring checkpoint step 1"
   theirs = []
-  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, theirs[0]])
+  monkeypatch.setattr(distributed, "allgather_json",  # process 1 (faked) agrees elsewhere
+                      lambda mine: [mine, theirs[0] if mine[0] == what else mine])
   ckpt_dir = tmp_path / "checkpoints"
 
   def resume(other):
-    theirs[:] = [[what, *other]]
+    theirs[:] = [[what, list(other)]]
     with ckpt_lib.Checkpointer(str(tmp_path)) as ck:
       return ck.restore_usable(target, shardings, it)
   assert resume([None, None])[0] == 1
@@ -208,3 +209,25 @@ def test_processes_resume_only_a_step_they_all_read(tmp_path, monkeypatch):
   with pytest.raises(ckpt_lib.RunError, match="no usable checkpoint to resume from"):
     resume(["damaged", "OSError: gone"])  # on every process: damage
   assert sorted(os.listdir(ckpt_dir)) == ["1.damaged-1"]
+
+
+def test_processes_that_read_different_best_losses_stop_at_once(tmp_path, monkeypatch):
+  """Each process decides alone whether a validation is a new best, and the save is a
+  collective: a host that could not read `best/` (None) would save where the others do not and
+  every process would wait for it. The processes compare the loss they read first (process 1
+  faked by the all-gather); the same value on both is fine."""
+  import pytest
+  from sadm_jax import distributed
+  state, _ = _saved_step_with_loader(str(tmp_path / "setup"))
+  with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:
+    assert ck.save_best(2, state, 0.25, {"step": 2})
+  theirs = []
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine, [mine[0], theirs[0]]])
+  theirs[:] = [0.25]
+  with ckpt_lib.Checkpointer(str(tmp_path)) as ck:
+    assert ck.best_loss == 0.25
+  theirs[:] = [None]
+  with pytest.raises(ckpt_lib.RunError, match=(
+      rf"^{tmp_path / 'best'}: process 0 reads the best validation loss 0.25, process 1 None: "
+      r"does every host see the same files there\?$")):
+    ckpt_lib.Checkpointer(str(tmp_path))
