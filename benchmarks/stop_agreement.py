@@ -72,14 +72,20 @@ def main(argv=None) -> None:
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
   env.pop("XLA_FLAGS", None)
   files = [os.path.join(tmp, f"{p}.json") for p in range(args.processes)]
+  logs = [open(os.path.join(tmp, f"{p}.log"), "w+") for p in range(args.processes)]
   procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.stop_agreement",
                              f"--processes={args.processes}", f"--steps={args.steps}",
                              f"--rounds={args.rounds}", f"--worker={address},{p},{files[p]}"],
-                            cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+                            cwd=REPO, env=env, stdout=logs[p], stderr=subprocess.STDOUT)
            for p in range(args.processes)]
   codes = [p.wait(timeout=600) for p in procs]
   if any(codes):
-    sys.exit(f"a worker failed: exit codes {codes}")
+    failed = next(k for k, c in enumerate(codes) if c)
+    logs[failed].seek(0)
+    sys.exit(f"a worker failed: exit codes {codes}; process {failed}'s last lines:\n"
+             + "".join(logs[failed].readlines()[-20:]))
+  for log in logs:
+    log.close()
   results = [json.load(open(f)) for f in files]
   medians = [statistics.median(r["per_step_s"]) for r in results]
   print(f"{'process':>8} {'ms per step (median of rounds)':>32} {'rounds (ms)':>30}")
