@@ -352,6 +352,32 @@ def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
                                      "DONE: run the same command again to resume\n")
 
 
+def test_a_repeated_sigterm_to_the_sweep_lets_its_member_finish_its_save(tmp_path):
+  """A second SIGTERM to the sweep while its member was stopping (Slurm signals the job again at
+  its time limit; `kill` twice) SIGKILLed the member, mid-save. It is the same request: the
+  sweep waits for the member as after the first one."""
+  import signal
+  import threading
+  child = ("import signal, sys, time\n"  # a training member: a SIGTERM ends it 2 s later
+           "def stop(*a):\n  print('saving', flush=True); time.sleep(2)\n"
+           "  print('saved', flush=True); sys.exit(143)\n"
+           "signal.signal(signal.SIGTERM, stop)\nprint('started', flush=True)\ntime.sleep(20)\n")
+  mdir = tmp_path / "a"
+  mdir.mkdir()
+  log = mdir / "log.txt"
+
+  def kill_sweep_twice():
+    for line in ("\nstarted\n", "\nsaving\n"):
+      while line not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+      os.kill(os.getpid(), signal.SIGTERM)
+  with signals.terminate_as_interrupt():
+    threading.Thread(target=kill_sweep_twice, daemon=True).start()
+    with pytest.raises(signals.Terminated):
+      runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", child])
+  assert log.read_text().endswith("\nstarted\nsaving\nsaved\n")
+
+
 def test_a_grid_member_can_be_selected_by_name_as_its_slurm_job_does(tmp_path, capsys):
   """Grid names joined their parts with ',', which --members splits on: every job of a grid
   sweep over 2 axes stopped with 'unknown member(s) lr=0.001, seed=1'."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -70,8 +71,11 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
       # Slurm's SIGTERM too takes the second as the same request)
       if isinstance(e, signals.Terminated) and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-      try:
-        proc.wait(timeout=INTERRUPT_GRACE_S)
+      try:  # a repeated SIGTERM (Slurm's again at the time limit) is the same request: the member
+        # finishes its save; a Ctrl-C now, or the grace's end, kills it
+        with signals.deferred_termination() if isinstance(e, signals.Terminated) else \
+            contextlib.nullcontext():
+          proc.wait(timeout=INTERRUPT_GRACE_S)
       except (subprocess.TimeoutExpired, KeyboardInterrupt):
         proc.kill()
         proc.wait()
