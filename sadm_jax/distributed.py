@@ -187,6 +187,9 @@ def agree(error: str | None) -> None:
                      "every process stopped")
 
 
+_INTERRUPTED = "\0interrupted: "  # `together`'s note of an interrupt (no error line starts so)
+
+
 class OtherProcessFailed(ValueError):
   """Raised by `together` on the processes where the block succeeded when it failed elsewhere."""
 
@@ -206,16 +209,27 @@ def together(what: str) -> Iterator[None]:
   process its own exception, the others `OtherProcessFailed` naming the first that failed. Work
   that can fail on one process only (its share of the volumes: a damaged file, NaN scores, a full
   disk) thus stops them all at once, instead of leaving the others waiting in their next
-  collective until JAX's shutdown barrier aborts every process (5 minutes, SIGABRT).
+  collective until JAX's shutdown barrier aborts every process (5 minutes, SIGABRT). An interrupt
+  that reached one host alone (a SIGTERM, `signals.Terminated`, or Ctrl-C) stops the others the
+  same way, as that interrupt: every process exits 143 (or 130), resumable.
   """
+  from sadm_jax.utils import signals
   error = None
   try:
     yield
-  except Exception as e:  # noqa: BLE001  (re-raised below, once the others know)
-    error = e
-  count, failed, line = _first_failure(what, None if error is None else _error_line(error))
+  except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001  (re-raised below, once the others
+    error = e  # know)
+  count, failed, line = _first_failure(what, None if error is None else (
+      f"{_INTERRUPTED}{signals.signal_name(error)}" if isinstance(error, KeyboardInterrupt)
+      else _error_line(error)))
   if error is not None:
     raise error
+  if failed is not None and line.startswith(_INTERRUPTED):
+    name = line[len(_INTERRUPTED):]
+    import jax
+    if jax.process_index() == 0:
+      print(f"{name} (process {failed}) during {what}; stopping", flush=True)
+    raise signals.Terminated if name == "SIGTERM" else KeyboardInterrupt
   if failed is not None:
     raise OtherProcessFailed(f"process {failed} of {count} failed ({line}) during {what}; every "
                              "process stopped")

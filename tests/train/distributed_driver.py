@@ -6,7 +6,8 @@
 Each run `kind:steps` trains the toy task with `loop.train` in DIR/<kind> (a later run of the same
 kind resumes from its checkpoint); `kind:steps:S:P`: process P sends itself SIGTERM as it takes
 step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fails on process P
-(`_refused_start`); `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its
+(`_refused_start`); `termstart:P`: a SIGTERM reaches process P alone as it builds the task
+(`_terminated_start`); `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its
 checkpoint (`_unreadable_resume`). The process writes DIR/result_<I>.json.
 """
 
@@ -85,6 +86,26 @@ def _refused_start(config, workdir: str, pid: int) -> str:
   return "trained"
 
 
+def _terminated_start(config, workdir: str, pid: int) -> str:
+  """Trains the toy task in `workdir` while a SIGTERM reaches process `pid` alone as it builds the
+  task (loading its data: the handler of `signals.terminate_as_interrupt` raises there); returns
+  how this process stopped, '<type>: <message>'."""
+  import jax
+
+  from sadm_jax.train import loop
+  from sadm_jax.utils import signals
+
+  def task():
+    if jax.process_index() == pid:
+      raise signals.Terminated
+    return toy_task(config)
+  try:
+    loop.train(config, workdir, task)
+  except (ValueError, KeyboardInterrupt) as e:
+    return f"{type(e).__name__}: {e}"
+  return "trained"
+
+
 def _unreadable_resume(config, workdir: str, pid: int) -> str:
   """Resumes the toy task in `workdir` where process `pid` alone cannot read the checkpoint (a file
   its host's mount cannot read); returns the error this process stopped with,
@@ -146,6 +167,10 @@ def main() -> None:
     workdir = os.path.join(args.out, kind)
     if kind == "refuse":  # `refuse:P`: process P cannot open the run its task needs
       result["runs"].append({"kind": kind, "error": _refused_start(config, workdir, int(steps))})
+      continue
+    if kind == "termstart":  # `termstart:P`: a SIGTERM reaches process P alone in the start
+      result["runs"].append({"kind": kind, "error": _terminated_start(config, workdir,
+                                                                      int(steps))})
       continue
     if kind == "unreadable":  # `unreadable:S:P`: resuming dp/, process P cannot read the step
       result["runs"].append({"kind": kind, "error": _unreadable_resume(
