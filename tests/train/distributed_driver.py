@@ -8,7 +8,7 @@ kind resumes from its checkpoint); `kind:steps:S:P`: process P sends itself SIGT
 step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fails on process P
 (`_refused_start`); `termstart:P`: a SIGTERM reaches process P alone as it builds the task
 (`_terminated_start`); `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its
-checkpoint (`_unreadable_resume`). The process writes DIR/result_<I>.json.
+checkpoint (`_unreadable_resume`; `termrestore:S:P`: a SIGTERM reaches P alone as it reads it). The process writes DIR/result_<I>.json.
 """
 
 from __future__ import annotations
@@ -106,23 +106,26 @@ def _terminated_start(config, workdir: str, pid: int) -> str:
   return "trained"
 
 
-def _unreadable_resume(config, workdir: str, pid: int) -> str:
+def _unreadable_resume(config, workdir: str, pid: int, terminated: bool = False) -> str:
   """Resumes the toy task in `workdir` where process `pid` alone cannot read the checkpoint (a file
-  its host's mount cannot read); returns the error this process stopped with,
-  '<type>: <message>'."""
+  its host's mount cannot read; with `terminated`, a SIGTERM reaches it alone as it reads);
+  returns the error this process stopped with, '<type>: <message>'."""
   import jax
 
   from sadm_jax.train import checkpoint, loop
+  from sadm_jax.utils import signals
   real = checkpoint.Checkpointer._restore
 
   def restore(*args, **kwargs):
     if jax.process_index() == pid:
+      if terminated:
+        raise signals.Terminated
       raise PermissionError(13, "Permission denied", os.path.join(workdir, "checkpoints"))
     return real(*args, **kwargs)
   checkpoint.Checkpointer._restore = staticmethod(restore)
   try:
     loop.train(config, workdir, toy_task(config))
-  except ValueError as e:
+  except (ValueError, KeyboardInterrupt) as e:
     return f"{type(e).__name__}: {e}"
   finally:
     checkpoint.Checkpointer._restore = staticmethod(real)
@@ -172,9 +175,10 @@ def main() -> None:
       result["runs"].append({"kind": kind, "error": _terminated_start(config, workdir,
                                                                       int(steps))})
       continue
-    if kind == "unreadable":  # `unreadable:S:P`: resuming dp/, process P cannot read the step
+    if kind in ("unreadable", "termrestore"):  # `unreadable:S:P`: resuming dp/, process P
+      # cannot read the step (`termrestore:S:P`: a SIGTERM reaches P alone as it reads)
       result["runs"].append({"kind": kind, "error": _unreadable_resume(
-          config, os.path.join(args.out, "dp"), int(stop[0]))})
+          config, os.path.join(args.out, "dp"), int(stop[0]), kind == "termrestore")})
       continue
     task = toy_task(config)
 

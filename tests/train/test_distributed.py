@@ -145,11 +145,12 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
   its checkpoint: both stop with one line naming process 1, and the step is kept; before, process
   0 waited in Orbax's restore barrier, process 1's moving the step aside mismatched it, process 0
   took that for damage and moved the healthy step aside, then waited for process 1 (gone, with a
-  traceback) until killed. First a SIGTERM reaches process 1 alone in the start: both stop.
+  traceback) until killed. A SIGTERM that reaches process 1 alone in the start, or as it reads
+  the step, stops both.
   """
   out = tmp_path / "refused"
   out.mkdir()
-  _launch(str(out), "termstart:1,refuse:1,dp:2,unreadable:3:1", timeout=120)
+  _launch(str(out), "termstart:1,refuse:1,dp:2,termrestore:3:1,unreadable:3:1", timeout=120)
   results = [json.load(open(out / f"result_{i}.json"))["runs"] for i in range(2)]
   # A SIGTERM that reached process 1 alone during the start stops both as a SIGTERM (exit 143);
   # before, process 0 waited for process 1 in the start's collective, for ever
@@ -165,6 +166,9 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
                 f"process 1 of 2 (PermissionError: [Errno 13] Permission denied: "
                 f"'{out / 'dp' / 'checkpoints'}') but can on process 0: does every host see the "
                 "same files there? (nothing was moved aside)")
+  # a SIGTERM that reached process 1 alone as it read the step: both stop as a SIGTERM, nothing
+  # moved aside (before, process 0 waited for process 1's outcome for ever)
+  assert [r.pop(2)["error"] for r in results] == ["Terminated: ", "Terminated: "]
   assert [r[2]["error"] for r in results] == [unreadable, unreadable]
   assert sorted(os.listdir(out / "dp" / "checkpoints")) == ["2"]
 
