@@ -7,8 +7,10 @@ Each run `kind:steps` trains the toy task with `loop.train` in DIR/<kind> (a lat
 kind resumes from its checkpoint); `kind:steps:S:P`: process P sends itself SIGTERM as it takes
 step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fails on process P
 (`_refused_start`); `termstart:P`: a SIGTERM reaches process P alone as it builds the task
-(`_terminated_start`); `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its
-checkpoint (`_unreadable_resume`; `termrestore:S:P`: a SIGTERM reaches P alone as it reads it). The process writes DIR/result_<I>.json.
+(`_terminated_start`; `termsetup:P`: as it loads the validation batches, `_terminated_setup`);
+`unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its checkpoint
+(`_unreadable_resume`; `termrestore:S:P`: a SIGTERM reaches P alone as it reads it). The process
+writes DIR/result_<I>.json.
 """
 
 from __future__ import annotations
@@ -106,6 +108,30 @@ def _terminated_start(config, workdir: str, pid: int) -> str:
   return "trained"
 
 
+def _terminated_setup(config, workdir: str, pid: int) -> str:
+  """Trains the toy task in `workdir` (under `python -m sadm_jax.main`'s SIGTERM handler) while
+  a SIGTERM reaches process `pid` alone as it loads the validation batches, after Orbax's
+  barriers; returns how this process stopped, '<type>: <message>'."""
+  import jax
+
+  from sadm_jax.train import loop
+  from sadm_jax.utils import signals
+  task = toy_task(config)
+  val_batches = task.val_batches
+
+  def term_then_val(*args):
+    if jax.process_index() == pid:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return val_batches(*args)
+  task.val_batches = term_then_val
+  try:
+    with signals.terminate_as_interrupt():
+      loop.train(config, workdir, task)
+  except (ValueError, KeyboardInterrupt) as e:
+    return f"{type(e).__name__}: {e}"
+  return "trained"
+
+
 def _unreadable_resume(config, workdir: str, pid: int, terminated: bool = False) -> str:
   """Resumes the toy task in `workdir` where process `pid` alone cannot read the checkpoint (a file
   its host's mount cannot read; with `terminated`, a SIGTERM reaches it alone as it reads);
@@ -170,6 +196,10 @@ def main() -> None:
     workdir = os.path.join(args.out, kind)
     if kind == "refuse":  # `refuse:P`: process P cannot open the run its task needs
       result["runs"].append({"kind": kind, "error": _refused_start(config, workdir, int(steps))})
+      continue
+    if kind == "termsetup":  # `termsetup:P`: a SIGTERM reaches process P alone in the set-up
+      result["runs"].append({"kind": kind, "error": _terminated_setup(config, workdir,
+                                                                      int(steps))})
       continue
     if kind == "termstart":  # `termstart:P`: a SIGTERM reaches process P alone in the start
       result["runs"].append({"kind": kind, "error": _terminated_start(config, workdir,
