@@ -144,6 +144,12 @@ def initialize(p: Plan) -> Plan:
   return p
 
 
+def multihost_allgather(x):
+  """`jax.experimental.multihost_utils.process_allgather` (a collective)."""
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(x)
+
+
 def allgather_json(obj) -> list:
   """Every process's `obj` (JSON-serialisable), in process order, on every process (a collective:
   every process must call it)."""
@@ -153,12 +159,11 @@ def allgather_json(obj) -> list:
   import json
 
   import numpy as np
-  from jax.experimental import multihost_utils
   data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
+  sizes = np.asarray(multihost_allgather(np.asarray([data.size], np.int32)))
   padded = np.zeros(int(sizes.max()), np.uint8)
   padded[:data.size] = data
-  every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max size]
+  every = np.asarray(multihost_allgather(padded))  # [processes, max size]
   return [json.loads(row[:int(n)].tobytes().decode("utf-8"))
           for row, n in zip(every, sizes.reshape(-1))]
 

@@ -250,23 +250,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable
   (`distributed.together`), before any collective of the training waits for it.
   Returns {'step', 'train_loss', 'val_loss', 'best_val_loss'}.
   """
-  with contextlib.ExitStack() as claimed:
+  # Several processes: a SIGTERM in the start and set-up (the task's data, the start's agreement,
+  # Orbax's barriers, the restore) is noted, and every process stops before the first step
+  # (`StopAgreement`); raised there on one host alone, inside or before a collective, it left the
+  # others waiting in it or crashed them. One process stops at once.
+  with (signals.deferred_termination() if jax.process_count() > 1 else contextlib.nullcontext()
+        ) as setup, contextlib.ExitStack() as claimed:
     with distributed.together("the training's start"):
       claimed.enter_context(workdir_lib.claim(config, workdir))
       task = task() if callable(task) else task
-    return _train(config, workdir, task, mesh)
+    return _train(config, workdir, task, mesh, setup)
 
 
-def _train(config, workdir, task, mesh) -> dict:
-  # Several processes: a SIGTERM in the set-up (Orbax's barriers, the restore, the validation
-  # batches) is noted, and every process stops before the first step (`StopAgreement`); raised
-  # there on one host alone, it left the others waiting in a collective. One process stops at once.
-  with (signals.deferred_termination() if jax.process_count() > 1 else contextlib.nullcontext()
-        ) as setup:
-    return _set_up_and_train(config, workdir, task, mesh, setup)
-
-
-def _set_up_and_train(config, workdir, task, mesh, setup: signals.StopRequest | None) -> dict:
+def _train(config, workdir, task, mesh, setup: signals.StopRequest | None = None) -> dict:
   mesh = mesh or shard_lib.make_mesh(config)
   trainer = Trainer(config, task, mesh)
   local_bs = shard_lib.local_batch_size(config.train.batch_size, mesh)
