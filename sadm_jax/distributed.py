@@ -144,6 +144,12 @@ def initialize(p: Plan) -> Plan:
   return p
 
 
+def multihost_allgather(x):
+  """`jax.experimental.multihost_utils.process_allgather` (a collective)."""
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(x)
+
+
 def allgather_json(obj) -> list:
   """Every process's `obj` (JSON-serialisable), in process order, on every process (a collective:
   every process must call it)."""
@@ -153,12 +159,11 @@ def allgather_json(obj) -> list:
   import json
 
   import numpy as np
-  from jax.experimental import multihost_utils
   data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
+  sizes = np.asarray(multihost_allgather(np.asarray([data.size], np.int32)))
   padded = np.zeros(int(sizes.max()), np.uint8)
   padded[:data.size] = data
-  every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max size]
+  every = np.asarray(multihost_allgather(padded))  # [processes, max size]
   return [json.loads(row[:int(n)].tobytes().decode("utf-8"))
           for row, n in zip(every, sizes.reshape(-1))]
 
@@ -180,18 +185,46 @@ def _first_failure(what: str, error: str | None) -> tuple[int, int | None, str |
   return len(every), failed, None if failed is None else every[failed]
 
 
-def agree(error: str | None) -> None:
+def agree(error: str | None, interrupt: KeyboardInterrupt | None = None) -> None:
   """Every process's start-up check together (a collective with several processes): raises
   ValueError on every process when any failed: its own line where it failed, elsewhere one naming
   the first process that did. A check that fails on one host only (a path another host lacks)
   thus stops them all at once, instead of leaving the others waiting in the stage's first
-  collective until JAX's timeout aborts them."""
-  count, failed, line = _first_failure("the start-up checks", error)
+  collective until JAX's timeout aborts them. `interrupt`: a SIGTERM or Ctrl-C this process got
+  during its checks, raised on every process (`together`)."""
+  what = "the start-up checks"
+  count, failed, line = _first_failure(what, error if interrupt is None else _interrupt_note(
+      interrupt))
+  if interrupt is not None:
+    raise interrupt
   if error is not None:
     raise ValueError(error)
+  _raise_interrupt_of(failed, line, what)
   if failed is not None:
     raise ValueError(f"process {failed} of {count} stopped at its start-up checks ({line}); "
                      "every process stopped")
+
+
+_INTERRUPTED = "\0interrupted: "  # the note of an interrupt (no error line starts so)
+
+
+def _interrupt_note(e: KeyboardInterrupt) -> str:
+  from sadm_jax.utils import signals
+  return f"{_INTERRUPTED}{signals.signal_name(e)}"
+
+
+def _raise_interrupt_of(failed: int | None, line: str | None, what: str) -> None:
+  """Raises, as this process's own, the interrupt (SIGTERM or Ctrl-C) that process `failed` got
+  during `what` (its note `line`); nothing when it failed otherwise, or none did."""
+  if failed is None or not line.startswith(_INTERRUPTED):
+    return
+  import jax
+
+  from sadm_jax.utils import signals
+  name = line[len(_INTERRUPTED):]
+  if jax.process_index() == 0:
+    print(f"{name} (process {failed}) during {what}; stopping", flush=True)
+  raise signals.Terminated if name == "SIGTERM" else KeyboardInterrupt
 
 
 class OtherProcessFailed(ValueError):
@@ -213,16 +246,20 @@ def together(what: str) -> Iterator[None]:
   process its own exception, the others `OtherProcessFailed` naming the first that failed. Work
   that can fail on one process only (its share of the volumes: a damaged file, NaN scores, a full
   disk) thus stops them all at once, instead of leaving the others waiting in their next
-  collective until JAX's shutdown barrier aborts every process (5 minutes, SIGABRT).
+  collective until JAX's shutdown barrier aborts every process (5 minutes, SIGABRT). An interrupt
+  that reached one host alone (a SIGTERM, `signals.Terminated`, or Ctrl-C) stops the others the
+  same way, as that interrupt: every process exits 143 (or 130), resumable.
   """
   error = None
   try:
     yield
-  except Exception as e:  # noqa: BLE001  (re-raised below, once the others know)
-    error = e
-  count, failed, line = _first_failure(what, None if error is None else _error_line(error))
+  except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001  (re-raised below, once the others
+    error = e  # know)
+  count, failed, line = _first_failure(what, None if error is None else (
+      _interrupt_note(error) if isinstance(error, KeyboardInterrupt) else _error_line(error)))
   if error is not None:
     raise error
+  _raise_interrupt_of(failed, line, what)
   if failed is not None:
     raise OtherProcessFailed(f"process {failed} of {count} failed ({line}) during {what}; every "
                              "process stopped")

@@ -68,15 +68,33 @@ def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: b
   garbage collector for tracing (`utils.gc_tuning`: those import-time objects frozen out of its
   passes, a higher generation-0 threshold), as `python -m sadm_jax.main` does.
   """
-  from sadm_jax import distributed, validate
+  try:
+    return _run_checked(config, workdir, tune_gc)
+  except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM (`main`): checkpoints, cache entries and
+    if not report_interrupt:  # results are written whole
+      raise
+    print(f"error: stage {config.stage} interrupted ({signals.signal_name(e)}); {workdir} keeps "
+          "only complete files: run the same command again to resume", file=sys.stderr, flush=True)
+    return signals.TERMINATED if isinstance(e, signals.Terminated) else INTERRUPTED
+
+
+def _run_checked(config, workdir: str, tune_gc: bool) -> int:
+  from sadm_jax import distributed
+  problem, interrupt = None, None
+  try:  # the imports take a second or more: a SIGTERM may come in them, on one host alone
+    from sadm_jax import validate
+    from sadm_jax.train import loop  # noqa: F401  (NonFiniteLossError below)
+    validate.validate(config, workdir, STAGES)
+  except ValueError as e:
+    problem = str(e)
+  except KeyboardInterrupt as e:  # every process stops with it (`agree`), not only this one
+    interrupt = e
+  try:
+    distributed.agree(problem, interrupt)  # several processes: all stop when any failed its checks
+  except ValueError as e:
+    return _user_error(config, e)
   from sadm_jax.train.loop import NonFiniteLossError
   try:
-    problem = None
-    try:
-      validate.validate(config, workdir, STAGES)
-    except ValueError as e:
-      problem = str(e)
-    distributed.agree(problem)  # several processes: all stop when any failed its checks
     if tune_gc and config.stage in STAGES:
       from sadm_jax.utils import gc_tuning
       importlib.import_module(STAGES[config.stage].split(":")[0])
@@ -84,10 +102,7 @@ def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: b
     run_stage(config, workdir)
   except (ValueError, NonFiniteLossError) as e:  # ConfigError, DataError, RunError,
     # WorkdirError, the stages' own, and a NaN/Inf training loss (its last good step is kept)
-    if FLAGS["verbosity"].present:
-      logging.exception("stage %s failed", config.stage)
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
+    return _user_error(config, e)
   except OSError as e:  # the machine refused a write: a full disk, a quota, a read-only mount
     if e.errno not in WRITE_ERRNOS:
       raise
@@ -95,13 +110,15 @@ def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: b
           "files are written whole: run the same command again once it can write)",
           file=sys.stderr, flush=True)
     return 2
-  except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM (`main`): checkpoints, cache entries and
-    if not report_interrupt:  # results are written whole
-      raise
-    print(f"error: stage {config.stage} interrupted ({signals.signal_name(e)}); {workdir} keeps "
-          "only complete files: run the same command again to resume", file=sys.stderr, flush=True)
-    return signals.TERMINATED if isinstance(e, signals.Terminated) else INTERRUPTED
   return 0
+
+
+def _user_error(config, e: Exception) -> int:
+  """Prints a user error's one line; its exit code."""
+  if FLAGS["verbosity"].present:
+    logging.exception("stage %s failed", config.stage)
+  print(f"error: {e}", file=sys.stderr, flush=True)
+  return 2
 
 
 def main(argv):

@@ -171,6 +171,71 @@ def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
       "same command again to resume")
 
 
+def test_sigterm_in_the_stages_imports_is_one_line_exit_143(tmp_path):
+  """SIGTERM in the second or more `run_checked` spends importing the stage's modules (Orbax,
+  grain, the training loop) before its checks: a traceback and exit 1 (the imports were outside
+  its handling). Now the one line and 143, as anywhere else."""
+  import signal
+  import time
+  slow = ("import sys, time\n"  # the training loop's import takes a minute
+          "class Slow:\n"
+          "  def find_spec(self, name, path=None, target=None):\n"
+          "    if name == 'sadm_jax.train.loop':\n"
+          "      print('importing', flush=True)\n"
+          "      time.sleep(60)\n"
+          "sys.meta_path.insert(0, Slow())\n")
+  proc = subprocess.Popen([sys.executable, "-c", slow + _sleeping_stage(tmp_path)], cwd=REPO,
+                          env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    while (line := proc.stdout.readline()) not in ("importing\n", ""):  # (after the topology)
+      pass
+    assert line == "importing\n", proc.stderr.read()[-2000:]
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+    proc.wait()
+  assert proc.returncode == 143 and time.time() - t0 < 30, err[-2000:]
+  assert out == ""  # the stage never started
+  assert err.strip().splitlines()[-1] == (
+      f"error: stage cddpm interrupted (SIGTERM); {tmp_path} keeps only complete files: run the "
+      "same command again to resume")
+  assert "Traceback" not in err
+
+
+def test_an_interrupt_in_the_checks_of_one_process_stops_the_others(tmp_path, monkeypatch,
+                                                                     capsys):
+  """A SIGTERM that reached one process of several in its start-up checks (or the imports before
+  them): that process left without a word to the others, which waited for it in the checks'
+  all-gather until JAX's timeout, then crashed (a traceback, exit 1). It now takes part in the
+  agreement with a note of its SIGTERM, and every process stops as after a SIGTERM (fake 2
+  processes: the all-gather answers for process 1)."""
+  from sadm_jax import distributed
+  from sadm_jax import main as main_lib
+  from sadm_jax.utils import signals
+  from configs import cddpm
+
+  def terminated(*args):
+    raise signals.Terminated
+  sent = []
+  monkeypatch.setattr(validate, "validate", terminated)  # this process: SIGTERM in its checks
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: sent.append(mine) or [
+      mine, ["the start-up checks", None]])
+  config = cddpm.get_config("tiny")
+  assert main_lib.run_checked(config, str(tmp_path)) == 143
+  assert sent == [["the start-up checks", "\0interrupted: SIGTERM"]]
+  monkeypatch.setattr(validate, "validate", lambda *a: None)  # process 1 got it
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [
+      mine, ["the start-up checks", "\0interrupted: SIGTERM"]])
+  monkeypatch.setattr(main_lib, "run_stage", lambda *a: pytest.fail("started"))
+  capsys.readouterr()
+  assert main_lib.run_checked(config, str(tmp_path)) == 143
+  out, err = capsys.readouterr()
+  assert out == "SIGTERM (process 1) during the start-up checks; stopping\n"
+  assert err.startswith("error: stage cddpm interrupted (SIGTERM)")
+
+
 def test_a_sweeps_member_stops_once_its_sweep_is_killed_outright(tmp_path):
   """A sweep killed with SIGKILL (or by the OOM killer) cannot stop its running member, which
   trained on, unseen and orphaned, holding its workdir's lock (and a GPU). A member (the sweep

@@ -352,6 +352,32 @@ def test_sigterm_to_the_sweep_alone_stops_its_running_member(tmp_path, capsys):
                                      "DONE: run the same command again to resume\n")
 
 
+def test_a_repeated_sigterm_to_the_sweep_lets_its_member_finish_its_save(tmp_path):
+  """A second SIGTERM to the sweep while its member was stopping (Slurm signals the job again at
+  its time limit; `kill` twice) SIGKILLed the member, mid-save. It is the same request: the
+  sweep waits for the member as after the first one."""
+  import signal
+  import threading
+  child = ("import signal, sys, time\n"  # a training member: a SIGTERM ends it 2 s later
+           "def stop(*a):\n  print('saving', flush=True); time.sleep(2)\n"
+           "  print('saved', flush=True); sys.exit(143)\n"
+           "signal.signal(signal.SIGTERM, stop)\nprint('started', flush=True)\ntime.sleep(20)\n")
+  mdir = tmp_path / "a"
+  mdir.mkdir()
+  log = mdir / "log.txt"
+
+  def kill_sweep_twice():
+    for line in ("\nstarted\n", "\nsaving\n"):
+      while line not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+      os.kill(os.getpid(), signal.SIGTERM)
+  with signals.terminate_as_interrupt():
+    threading.Thread(target=kill_sweep_twice, daemon=True).start()
+    with pytest.raises(signals.Terminated):
+      runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", child])
+  assert log.read_text().endswith("\nstarted\nsaving\nsaved\n")
+
+
 def test_a_grid_member_can_be_selected_by_name_as_its_slurm_job_does(tmp_path, capsys):
   """Grid names joined their parts with ',', which --members splits on: every job of a grid
   sweep over 2 axes stopped with 'unknown member(s) lr=0.001, seed=1'."""
@@ -439,8 +465,8 @@ def test_after_sigterm_the_sweep_waits_for_its_member_to_save(tmp_path, monkeypa
   """A training member given SIGTERM finishes its step, validation included, and saves it: that
   may take longer than the grace a Ctrl-C'd member gets (`INTERRUPT_GRACE_S`, 60 s), and the
   sweep killed it after that grace, mid-save (Slurm's `--signal=TERM@120` left it 60 s). After
-  SIGTERM the sweep now waits for it: the scheduler's own kill, or a second signal to the sweep,
-  bounds the wait."""
+  SIGTERM the sweep now waits for it, a repeated SIGTERM included (the same request); the
+  scheduler's own kill, or a Ctrl-C to the sweep, bounds the wait."""
   import signal
   import threading
   monkeypatch.setattr(runner, "INTERRUPT_GRACE_S", 0.5)
@@ -451,16 +477,19 @@ def test_after_sigterm_the_sweep_waits_for_its_member_to_save(tmp_path, monkeypa
   mdir.mkdir()
   log = mdir / "log.txt"
 
-  def kill_sweep(times):
+  def kill_sweep(signums):
     while "\nstarted\n" not in (log.read_text() if log.exists() else ""):  # (not the command)
       time.sleep(0.05)
-    for _ in range(times):
-      os.kill(os.getpid(), signal.SIGTERM)
+    for signum in signums:
+      os.kill(os.getpid(), signum)
       time.sleep(0.5)
-  for times, last in ((1, "started\nmember saved"), (2, "started")):  # a second one: killed
+  for signums, last, raised in (
+      ((signal.SIGTERM,), "started\nmember saved", signals.Terminated),
+      ((signal.SIGTERM, signal.SIGTERM), "started\nmember saved", signals.Terminated),
+      ((signal.SIGTERM, signal.SIGINT), "started", KeyboardInterrupt)):  # Ctrl-C: killed
     log.unlink(missing_ok=True)
     with signals.terminate_as_interrupt():
-      threading.Thread(target=kill_sweep, args=(times,), daemon=True).start()
-      with pytest.raises(signals.Terminated):
+      threading.Thread(target=kill_sweep, args=(signums,), daemon=True).start()
+      with pytest.raises(raised):
         runner.run_subprocess(Member("a", CDDPM), None, str(mdir), [sys.executable, "-c", child])
-    assert log.read_text().endswith(f"\n{last}\n")
+    assert log.read_text().endswith(f"\n{last}\n"), signums

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -68,12 +69,14 @@ def run_subprocess(member: Member, config, mdir: str, command: Sequence[str]) ->
       # in its process group but without a signal, went on running, orphaned, in its workdir.
       # Forwarded as SIGTERM: a training member saves its step first (a member that got
       # Slurm's SIGTERM too takes the second as the same request), however long that takes:
-      # the scheduler's own kill, or a second signal to the sweep, bounds the wait
+      # the scheduler's own kill, or a Ctrl-C to the sweep, bounds the wait
       terminated = isinstance(e, signals.Terminated)
       if terminated and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-      try:
-        proc.wait(timeout=None if terminated else INTERRUPT_GRACE_S)
+      try:  # a repeated SIGTERM (Slurm's again at the time limit) is the same request: the
+        # member finishes its save, however long; a Ctrl-C now (or Ctrl-C's grace) kills it
+        with signals.deferred_termination() if terminated else contextlib.nullcontext():
+          proc.wait(timeout=None if terminated else INTERRUPT_GRACE_S)
       except (subprocess.TimeoutExpired, KeyboardInterrupt):
         proc.kill()
         proc.wait()

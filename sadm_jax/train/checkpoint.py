@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sadm_jax.train import disk_room
+from sadm_jax.utils import signals
 
 
 def _one_writer_per_array() -> None:
@@ -205,6 +206,8 @@ class Checkpointer:
           state, meta = self._restore(reader, state_target, shardings, iterator, step)
         except RunError as e:
           error, kind = e, "refused"
+        except KeyboardInterrupt as e:  # a SIGTERM or Ctrl-C that may have reached this host
+          error, kind = e, "interrupted"  # alone: the others must stop too, not wait for it
         except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
           if LOADER_MISMATCH in str(e):  # a whole step whose data loader state is for other data
             error, kind = RunError(
@@ -214,6 +217,7 @@ class Checkpointer:
           else:
             error, kind = e, "damaged"
         reason = None if error is None else str(error) if kind == "refused" else (
+            signals.signal_name(error)) if kind == "interrupted" else (
             f"{type(error).__name__}: {restore_error(error, 200)}" if str(error).strip()
             else type(error).__name__)
         self._agree_on_step(step, kind, reason, error)
@@ -237,16 +241,25 @@ class Checkpointer:
 
   def _agree_on_step(self, step: int, kind: str | None, reason: str | None,
                      error: BaseException | None) -> None:
-    """Every process's outcome of restoring `step` (kind None, 'refused' or 'damaged'; a collective
-    with several processes); returns when the step restored on every process or is damaged on
-    every process, else raises: this process's own RunError when it refused the step, else a
-    RunError naming the first process that refused it, or that could not read it while others
-    could (a host's own mount, not the step: nothing is moved aside)."""
+    """Every process's outcome of restoring `step` (kind None, 'refused', 'damaged' or
+    'interrupted'; a collective with several processes); returns when the step restored on every
+    process or is damaged on every process, else raises: this process's own RunError when it
+    refused the step, else a RunError naming the first process that refused it, or that could not
+    read it while others could (a host's own mount, not the step: nothing is moved aside). A
+    SIGTERM or Ctrl-C on any process is raised on every process, nothing moved aside."""
     from sadm_jax import distributed
-    every = distributed.allgather_at(f"restoring checkpoint step {step}", [kind, reason])
+    what = f"restoring checkpoint step {step}"
+    every = distributed.allgather_at(what, [kind, reason])
     kinds = [k for k, _ in every]
+    if kind == "interrupted":
+      raise error
     if kind == "refused":
       raise error from None
+    first = next((p for p, k in enumerate(kinds) if k == "interrupted"), None)
+    if first is not None:  # every process stops as the interrupted one does; nothing moved aside
+      if jax.process_index() == 0:
+        print(f"{every[first][1]} (process {first}) during {what}; stopping", flush=True)
+      raise signals.Terminated if every[first][1] == "SIGTERM" else KeyboardInterrupt
     first = next((p for p, k in enumerate(kinds) if k == "refused"), None)
     if first is not None:
       raise RunError(f"process {first} of {len(every)} stopped at its checkpoint: "

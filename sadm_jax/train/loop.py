@@ -250,14 +250,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable
   (`distributed.together`), before any collective of the training waits for it.
   Returns {'step', 'train_loss', 'val_loss', 'best_val_loss'}.
   """
-  with contextlib.ExitStack() as claimed:
+  # Several processes: a SIGTERM in the start and set-up (the task's data, the start's agreement,
+  # Orbax's barriers, the restore) is noted, and every process stops before the first step
+  # (`StopAgreement`); raised there on one host alone, inside or before a collective, it left the
+  # others waiting in it or crashed them. One process stops at once.
+  with (signals.deferred_termination() if jax.process_count() > 1 else contextlib.nullcontext()
+        ) as setup, contextlib.ExitStack() as claimed:
     with distributed.together("the training's start"):
       claimed.enter_context(workdir_lib.claim(config, workdir))
       task = task() if callable(task) else task
-    return _train(config, workdir, task, mesh)
+    return _train(config, workdir, task, mesh, setup)
 
 
-def _train(config, workdir, task, mesh) -> dict:
+def _train(config, workdir, task, mesh, setup: signals.StopRequest | None = None) -> dict:
   mesh = mesh or shard_lib.make_mesh(config)
   trainer = Trainer(config, task, mesh)
   local_bs = shard_lib.local_batch_size(config.train.batch_size, mesh)
@@ -296,6 +301,12 @@ def _train(config, workdir, task, mesh) -> dict:
     else:
       state, start = trainer.init_state(), 0
     val_batches = list(task.val_batches(local_bs, pid, nproc))
+    stopper = StopAgreement(task.name)
+    if setup is not None and (asked := stopper.stop_at(start, setup.requested)):
+      if pid == 0:
+        print(f"SIGTERM (process {', '.join(map(str, asked))}) during the training's set-up; "
+              "stopping", flush=True)
+      raise signals.Terminated
     logger = MetricLogger(workdir, num_steps, start_step=start,
                           tensorboard=config.train.tensorboard)
     pending: list[tuple[int, dict]] = []
@@ -329,9 +340,9 @@ def _train(config, workdir, task, mesh) -> dict:
       ckpt.save(step, state, it, {**meta_base, "step": step, "val_loss": val_loss,
                                   "train_loss": last["loss"]})
 
-    stopper = StopAgreement(task.name)
     try:  # a SIGTERM (a scheduler's stop) ends the step and saves it first; Ctrl-C stops
       with signals.deferred_termination() as term:  # at once
+        term.requested = setup is not None and setup.requested  # (one since the set-up's check)
         for step in range(start + 1, num_steps + 1):
           batch = trainer.device_batch(next(it))
           if step == start + 1:

@@ -43,5 +43,9 @@ class StopAgreement:
       self._client.key_value_set(f"{self._prefix}/{step}/{jax.process_index()}", "stop")
       self._posted = True
     self._client.wait_at_barrier(f"{self._prefix}/step", BARRIER_TIMEOUT_MS)
-    asked = self._client.key_value_dir_get(f"{self._prefix}/{step}/")
-    return sorted(int(key.rsplit("/", 1)[1]) for key, _ in asked)
+    asked = sorted(int(key.rsplit("/", 1)[1])
+                   for key, _ in self._client.key_value_dir_get(f"{self._prefix}/{step}/"))
+    if asked:  # no process stops before every one has read: process 0's exit ends the service,
+      # and a read still in flight elsewhere failed (a traceback, then SIGABRT)
+      self._client.wait_at_barrier(f"{self._prefix}/stop", BARRIER_TIMEOUT_MS)
+    return asked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -40,11 +41,31 @@ def _sigterm_handler(handler) -> Iterator[bool]:
     signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
+REDELIVER_S = 0.05  # a SIGTERM that came in a garbage-collector callback or a finaliser: again
+
+
+def _swallowing(frame) -> bool:
+  """Whether an exception raised in `frame` would be printed and dropped ("Exception ignored
+  in ...") rather than propagate: `frame` runs inside a garbage-collector callback (JAX registers
+  one) or a finaliser (`__del__`)."""
+  callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+      return True
+    frame = frame.f_back
+  return False
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
   """Inside: SIGTERM raises `Terminated` in this process's main thread; the handler before is
-  restored after (called from another thread, it changes nothing)."""
+  restored after (called from another thread, it changes nothing). One that comes while a
+  garbage-collector callback or a finaliser runs, where Python would print the exception and drop
+  it (the run went on as if never signalled), is sent again a moment later."""
   def handler(signum, frame):
+    if _swallowing(frame):
+      threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signal.SIGTERM)).start()
+      return
     raise Terminated
   with _sigterm_handler(handler):
     yield

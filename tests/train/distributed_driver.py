@@ -6,8 +6,12 @@
 Each run `kind:steps` trains the toy task with `loop.train` in DIR/<kind> (a later run of the same
 kind resumes from its checkpoint); `kind:steps:S:P`: process P sends itself SIGTERM as it takes
 step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fails on process P
-(`_refused_start`); `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its
-checkpoint (`_unreadable_resume`). The process writes DIR/result_<I>.json.
+(`_refused_start`); `termstart:P`: a SIGTERM reaches process P alone as it builds the task
+(`_terminated_start`; `termsetup:P`: as it loads the validation batches, `termagree:P`: in the
+start's agreement, `_terminated_setup`);
+`unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its checkpoint
+(`_unreadable_resume`; `termrestore:S:P`: a SIGTERM reaches P alone as it reads it). The process
+writes DIR/result_<I>.json.
 """
 
 from __future__ import annotations
@@ -85,23 +89,82 @@ def _refused_start(config, workdir: str, pid: int) -> str:
   return "trained"
 
 
-def _unreadable_resume(config, workdir: str, pid: int) -> str:
+def _terminated_start(config, workdir: str, pid: int) -> str:
+  """Trains the toy task in `workdir` while a SIGTERM reaches process `pid` alone as it builds the
+  task (loading its data: the handler of `signals.terminate_as_interrupt` raises there); returns
+  how this process stopped, '<type>: <message>'."""
+  import jax
+
+  from sadm_jax.train import loop
+  from sadm_jax.utils import signals
+
+  def task():
+    if jax.process_index() == pid:
+      raise signals.Terminated
+    return toy_task(config)
+  try:
+    loop.train(config, workdir, task)
+  except (ValueError, KeyboardInterrupt) as e:
+    return f"{type(e).__name__}: {e}"
+  return "trained"
+
+
+def _terminated_setup(config, workdir: str, pid: int, in_agreement: bool = False) -> str:
+  """Trains the toy task in `workdir` (under `python -m sadm_jax.main`'s SIGTERM handler) while
+  a SIGTERM reaches process `pid` alone as it loads the validation batches, after Orbax's
+  barriers (`in_agreement`: inside the start's all-gather, between its two collectives); returns
+  how this process stopped, '<type>: <message>'."""
+  import jax
+
+  from sadm_jax import distributed
+  from sadm_jax.train import loop
+  from sadm_jax.utils import signals
+  task = toy_task(config)
+  val_batches, gather = task.val_batches, distributed.multihost_allgather
+
+  def term_then_val(*args):
+    if jax.process_index() == pid and not in_agreement:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return val_batches(*args)
+
+  def gather_then_term(x, calls=[]):
+    out = gather(x)
+    calls.append(1)
+    if jax.process_index() == pid and in_agreement and len(calls) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return out
+  task.val_batches = term_then_val
+  distributed.multihost_allgather = gather_then_term
+  try:
+    with signals.terminate_as_interrupt():
+      loop.train(config, workdir, task)
+  except (ValueError, KeyboardInterrupt) as e:
+    return f"{type(e).__name__}: {e}"
+  finally:
+    distributed.multihost_allgather = gather
+  return "trained"
+
+
+def _unreadable_resume(config, workdir: str, pid: int, terminated: bool = False) -> str:
   """Resumes the toy task in `workdir` where process `pid` alone cannot read the checkpoint (a file
-  its host's mount cannot read); returns the error this process stopped with,
-  '<type>: <message>'."""
+  its host's mount cannot read; with `terminated`, a SIGTERM reaches it alone as it reads);
+  returns the error this process stopped with, '<type>: <message>'."""
   import jax
 
   from sadm_jax.train import checkpoint, loop
+  from sadm_jax.utils import signals
   real = checkpoint.Checkpointer._restore
 
   def restore(*args, **kwargs):
     if jax.process_index() == pid:
+      if terminated:
+        raise signals.Terminated
       raise PermissionError(13, "Permission denied", os.path.join(workdir, "checkpoints"))
     return real(*args, **kwargs)
   checkpoint.Checkpointer._restore = staticmethod(restore)
   try:
     loop.train(config, workdir, toy_task(config))
-  except ValueError as e:
+  except (ValueError, KeyboardInterrupt) as e:
     return f"{type(e).__name__}: {e}"
   finally:
     checkpoint.Checkpointer._restore = staticmethod(real)
@@ -147,9 +210,19 @@ def main() -> None:
     if kind == "refuse":  # `refuse:P`: process P cannot open the run its task needs
       result["runs"].append({"kind": kind, "error": _refused_start(config, workdir, int(steps))})
       continue
-    if kind == "unreadable":  # `unreadable:S:P`: resuming dp/, process P cannot read the step
+    if kind in ("termsetup", "termagree"):  # `termsetup:P`: a SIGTERM reaches process P alone
+      # in the set-up (`termagree:P`: in the start's agreement)
+      result["runs"].append({"kind": kind, "error": _terminated_setup(
+          config, workdir, int(steps), kind == "termagree")})
+      continue
+    if kind == "termstart":  # `termstart:P`: a SIGTERM reaches process P alone in the start
+      result["runs"].append({"kind": kind, "error": _terminated_start(config, workdir,
+                                                                      int(steps))})
+      continue
+    if kind in ("unreadable", "termrestore"):  # `unreadable:S:P`: resuming dp/, process P
+      # cannot read the step (`termrestore:S:P`: a SIGTERM reaches P alone as it reads)
       result["runs"].append({"kind": kind, "error": _unreadable_resume(
-          config, os.path.join(args.out, "dp"), int(stop[0]))})
+          config, os.path.join(args.out, "dp"), int(stop[0]), kind == "termrestore")})
       continue
     task = toy_task(config)
 

@@ -145,11 +145,20 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
   its checkpoint: both stop with one line naming process 1, and the step is kept; before, process
   0 waited in Orbax's restore barrier, process 1's moving the step aside mismatched it, process 0
   took that for damage and moved the healthy step aside, then waited for process 1 (gone, with a
-  traceback) until killed."""
+  traceback) until killed. A SIGTERM that reaches process 1 alone in the start (its task, its
+  agreement), the set-up, or as it reads the step, stops both.
+  """
   out = tmp_path / "refused"
   out.mkdir()
-  _launch(str(out), "refuse:1,dp:2,unreadable:3:1", timeout=120)
+  _launch(str(out), "termstart:1,termsetup:1,termagree:1,refuse:1,dp:2,termrestore:3:1,"
+          "unreadable:3:1", timeout=120)
   results = [json.load(open(out / f"result_{i}.json"))["runs"] for i in range(2)]
+  # A SIGTERM that reached process 1 alone during the start, or the set-up after it, stops both
+  # as a SIGTERM (exit 143); before, process 0 waited for process 1 in a collective, for ever
+  assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]
+  assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]
+  assert not os.listdir(out / "termsetup" / "checkpoints")
+  assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]  # termagree
   line = (f"sadm.cddpm_workdir={out / 'refuse' / 'no_run'}: not a trained cddpm run (no best "
           f"checkpoint in {out / 'refuse' / 'no_run' / 'best'})")
   assert [r[0]["error"] for r in results] == [
@@ -162,6 +171,9 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
                 f"'{out / 'dp' / 'checkpoints'}') but can on process 0: does every host see the "
                 "same files there? (nothing was moved aside; if they do, files only process 1 "
                 "reads are damaged: move 2/ aside by hand to resume from the step before)")
+  # a SIGTERM that reached process 1 alone as it read the step: both stop as a SIGTERM, nothing
+  # moved aside (before, process 0 waited for process 1's outcome for ever)
+  assert [r.pop(2)["error"] for r in results] == ["Terminated: ", "Terminated: "]
   assert [r[2]["error"] for r in results] == [unreadable, unreadable]
   assert sorted(os.listdir(out / "dp" / "checkpoints")) == ["2"]
 

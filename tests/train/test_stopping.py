@@ -19,6 +19,29 @@ def test_one_process_stops_where_it_asked():
   assert stop.stop_at(1, False) == [] and stop.stop_at(2, True) == [0]
 
 
+def test_several_processes_all_read_the_requests_before_any_stops():
+  """The requests are read after the step's barrier; a process that then stopped at once (no save
+  left to do: the step was saved already, or the set-up's check) could end process 0, and with it
+  the coordination service, while another process still read: a traceback and SIGABRT there.
+  Every process now waits at one more barrier once they agree to stop (a fake client)."""
+  class Client:
+    def __init__(self):
+      self.calls, self.keys = [], []
+
+    def key_value_set(self, key, value):
+      self.keys.append((key, value))
+
+    def wait_at_barrier(self, name, timeout_ms):
+      self.calls.append(name.rsplit("/", 1)[1])
+
+    def key_value_dir_get(self, prefix):
+      return [k for k in self.keys if k[0].startswith(prefix)]
+  stop = StopAgreement("toy")
+  stop._client, stop._prefix = Client(), "sadm_jax/stop/toy/1"
+  assert stop.stop_at(1, False) == [] and stop._client.calls == ["step"]
+  assert stop.stop_at(2, True) == [0] and stop._client.calls == ["step", "step", "stop"]
+
+
 def _sigterm_at(monkeypatch, at: int) -> None:
   """SIGTERM to this process as the loop takes step `at`'s batch (the toy's records know their
   step), as a scheduler's stop would come between two steps' work."""

@@ -50,3 +50,28 @@ def test_only_a_sweeps_member_stops_with_its_parent():
   member, given the sweep's pid, watches it (tests/test_cli_errors_environment.py kills one)."""
   assert not signals.stop_with_parent({})
   assert not signals.stop_with_parent({signals.PARENT_VAR: "not a pid"})
+
+
+def test_a_sigterm_in_a_garbage_collector_callback_is_not_lost():
+  """A SIGTERM whose handler ran inside a garbage-collector callback (JAX registers one; a
+  collection can start at any allocation) raised `Terminated` there, where Python prints the
+  exception ("Exception ignored in: <function _xla_gc_callback ...>") and drops it: a 2-process
+  run signalled then trained to its end, and a scheduler would have killed it. It is sent again
+  a moment later, outside the callback."""
+  import gc
+  import time
+
+  def callback(phase, info):
+    if phase == "start" and not sent:
+      sent.append(1)
+      os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in the callback
+  sent = []
+  gc.callbacks.append(callback)
+  try:
+    with signals.terminate_as_interrupt():
+      with pytest.raises(signals.Terminated):
+        gc.collect()
+        time.sleep(2)
+  finally:
+    gc.callbacks.remove(callback)
+  assert sent == [1]
