@@ -145,19 +145,15 @@ def _sleeping_stage(workdir) -> str:
           "app.run(m.main, flags_parser=m.parse_flags)\n")
 
 
-def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
-  """`python -m sadm_jax.main` sent SIGTERM (Slurm's preemption or time limit, `kill`) while its
-  stage runs: it unwinds like Ctrl-C (saves waited for, whole files) and ends with one line and
-  exit code 143 (128 + SIGTERM); before, SIGTERM killed it on the spot, without a word."""
+def _sigterm_after(proc: subprocess.Popen, line: str) -> tuple[str, str]:
+  """Sends `proc` SIGTERM once it printed `line`; (the rest of its stdout, its stderr) after it
+  ended with exit code 143 within 30 s (killed, not left behind, when it does not)."""
   import signal
   import time
-  child = _sleeping_stage(tmp_path)
-  proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, env=ENV, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   try:
-    while (line := proc.stdout.readline()) not in ("started\n", ""):  # (after the topology line)
+    while (got := proc.stdout.readline()) not in (line + "\n", ""):  # (after the topology line)
       pass
-    assert line == "started\n", proc.stderr.read()[-2000:]
+    assert got == line + "\n", proc.stderr.read()[-2000:]
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -165,6 +161,17 @@ def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
     proc.kill()  # (a no-op once it has ended)
     proc.wait()
   assert proc.returncode == 143 and time.time() - t0 < 30, err[-2000:]
+  return out, err
+
+
+def test_sigterm_is_an_interrupt_one_line_exit_143(tmp_path):
+  """`python -m sadm_jax.main` sent SIGTERM (Slurm's preemption or time limit, `kill`) while its
+  stage runs: it unwinds like Ctrl-C (saves waited for, whole files) and ends with one line and
+  exit code 143 (128 + SIGTERM); before, SIGTERM killed it on the spot, without a word."""
+  child = _sleeping_stage(tmp_path)
+  proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, env=ENV, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  out, err = _sigterm_after(proc, "started")
   assert out == "unwound\n"  # the stage's `finally` ran
   assert err.strip().splitlines()[-1] == (
       f"error: stage cddpm interrupted (SIGTERM); {tmp_path} keeps only complete files: run the "
@@ -175,8 +182,6 @@ def test_sigterm_in_the_stages_imports_is_one_line_exit_143(tmp_path):
   """SIGTERM in the second or more `run_checked` spends importing the stage's modules (Orbax,
   grain, the training loop) before its checks: a traceback and exit 1 (the imports were outside
   its handling). Now the one line and 143, as anywhere else."""
-  import signal
-  import time
   slow = ("import sys, time\n"  # the training loop's import takes a minute
           "class Slow:\n"
           "  def find_spec(self, name, path=None, target=None):\n"
@@ -186,17 +191,7 @@ def test_sigterm_in_the_stages_imports_is_one_line_exit_143(tmp_path):
           "sys.meta_path.insert(0, Slow())\n")
   proc = subprocess.Popen([sys.executable, "-c", slow + _sleeping_stage(tmp_path)], cwd=REPO,
                           env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  try:
-    while (line := proc.stdout.readline()) not in ("importing\n", ""):  # (after the topology)
-      pass
-    assert line == "importing\n", proc.stderr.read()[-2000:]
-    t0 = time.time()
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-  finally:
-    proc.kill()
-    proc.wait()
-  assert proc.returncode == 143 and time.time() - t0 < 30, err[-2000:]
+  out, err = _sigterm_after(proc, "importing")
   assert out == ""  # the stage never started
   assert err.strip().splitlines()[-1] == (
       f"error: stage cddpm interrupted (SIGTERM); {tmp_path} keeps only complete files: run the "

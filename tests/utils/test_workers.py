@@ -90,11 +90,16 @@ def test_workers_end_when_their_parent_is_killed_outright():
   finally:
     proc.kill()
     proc.wait()
-  deadline = time.time() + 20
-  while any(map(_running, children)) and time.time() < deadline:
+  _assert_all_end(children)
+
+
+def _assert_all_end(pids: list[int], within_s: float = 20.0) -> None:
+  """Waits until none of `pids` runs; fails naming those left (killed, not left behind)."""
+  deadline = time.time() + within_s
+  while any(map(_running, pids)) and time.time() < deadline:
     time.sleep(0.2)
-  left = [p for p in children if _running(p)]
-  for p in left:  # (do not leave them behind when the test fails)
+  left = [p for p in pids if _running(p)]
+  for p in left:
     os.kill(p, signal.SIGKILL)
   assert not left
 
@@ -149,10 +154,4 @@ def test_workers_end_when_their_parent_is_killed_before_they_start(tmp_path):
   finally:
     proc.kill()
     proc.wait()
-  deadline = time.time() + 20
-  while any(map(_running, children)) and time.time() < deadline:
-    time.sleep(0.2)
-  left = [p for p in children if _running(p)]
-  for p in left:  # (do not leave them behind when the test fails)
-    os.kill(p, signal.SIGKILL)
-  assert not left
+  _assert_all_end(children)
