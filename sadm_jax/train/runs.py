@@ -14,7 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from sadm_jax.train.checkpoint import Checkpointer, RunError, restore_error
+from sadm_jax.train.checkpoint import Checkpointer, RunError
+from sadm_jax.train.orbax_setup import restore_error
 
 # The tasks a run can be (its checkpoint meta "task").
 TASKS = ("cddpm", "spark", "sadm")

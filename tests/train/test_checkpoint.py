@@ -7,6 +7,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sadm_jax.train import checkpoint as ckpt_lib
+from sadm_jax.train import orbax_setup
 
 
 def test_replicated_state_saves_without_eager_slices_and_restores_exactly(tmp_path):
@@ -58,15 +59,15 @@ def test_one_writer_per_array_registers_without_orbax_override_warning(monkeypat
   dropped, other absl warnings are not, and the filter is removed afterwards."""
   import logging
   from absl import logging as absl_logging
-  monkeypatch.delattr(ckpt_lib._one_writer_per_array, "done", raising=False)
+  monkeypatch.delattr(orbax_setup.one_writer_per_array, "done", raising=False)
   with caplog.at_level(logging.WARNING, logger="absl"):
-    ckpt_lib._one_writer_per_array()
+    orbax_setup.one_writer_per_array()
     absl_logging.warning("Type handler registry, kept: %s", "not an override")
-  assert ckpt_lib._one_writer_per_array.done
+  assert orbax_setup.one_writer_per_array.done
   texts = [r.getMessage() for r in caplog.records]
   assert not any("overriding" in t for t in texts), texts
   assert "Type handler registry, kept: not an override" in texts
-  assert ckpt_lib._drop_override_warning not in logging.getLogger("absl").filters
+  assert orbax_setup._drop_override_warning not in logging.getLogger("absl").filters
   handler = ocp.type_handlers.get_type_handler(jax.Array)
   assert isinstance(handler, ocp.type_handlers.ArrayHandler)
 
@@ -74,10 +75,10 @@ def test_one_writer_per_array_registers_without_orbax_override_warning(monkeypat
 def test_restore_error_is_the_first_line_without_tensorstore_details():
   e = ValueError("Encountered error while reading array index: (slice(0, 3, 1),). See full "
                  "TensorStore details: <bound method spec of TensorStore({...})>\nmore")
-  assert ckpt_lib.restore_error(e, 300) == (
+  assert orbax_setup.restore_error(e, 300) == (
       "Encountered error while reading array index: (slice(0, 3, 1),).")
-  assert ckpt_lib.restore_error(e, 20) == "Encountered error wh"
-  assert ckpt_lib.restore_error(KeyError(), 300) == "KeyError"
+  assert orbax_setup.restore_error(e, 20) == "Encountered error wh"
+  assert orbax_setup.restore_error(KeyError(), 300) == "KeyError"
 
 
 def _saved_step_with_loader(workdir):
