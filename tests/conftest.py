@@ -184,6 +184,17 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def python_sigint():
+  """Python's own Ctrl-C handler for the test: a process started in the background by a
+  non-interactive shell (`nohup .ci/run &`) inherits SIGINT ignored, and Python then installs
+  none, so a SIGINT sent to this process would do nothing."""
+  import signal
+  old = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, old)
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir() -> str:
   return _tiny_data()

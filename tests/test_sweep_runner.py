@@ -461,7 +461,8 @@ def test_a_subprocess_member_is_told_to_stop_with_the_sweep(tmp_path):
   assert (mdir / "log.txt").read_text().endswith("\nparent True\n")
 
 
-def test_after_sigterm_the_sweep_waits_for_its_member_to_save(tmp_path, monkeypatch):
+def test_after_sigterm_the_sweep_waits_for_its_member_to_save(tmp_path, monkeypatch,
+                                                              python_sigint):
   """A training member given SIGTERM finishes its step, validation included, and saves it: that
   may take longer than the grace a Ctrl-C'd member gets (`INTERRUPT_GRACE_S`, 60 s), and the
   sweep killed it after that grace, mid-save (Slurm's `--signal=TERM@120` left it 60 s). After

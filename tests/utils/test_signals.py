@@ -24,7 +24,7 @@ def test_sigterm_in_training_is_a_request_repeats_included_and_the_handler_comes
   assert signal.getsignal(signal.SIGTERM) is old
 
 
-def test_ctrl_c_in_training_still_stops_at_once():
+def test_ctrl_c_in_training_still_stops_at_once(python_sigint):
   with signals.deferred_termination():
     with pytest.raises(KeyboardInterrupt) as e:
       os.kill(os.getpid(), signal.SIGINT)
