@@ -218,12 +218,19 @@ def _raise_interrupt_of(failed: int | None, line: str | None, what: str) -> None
   during `what` (its note `line`); nothing when it failed otherwise, or none did."""
   if failed is None or not line.startswith(_INTERRUPTED):
     return
+  raise_interrupt(line[len(_INTERRUPTED):], [failed], what)
+
+
+def raise_interrupt(name: str, processes: list[int], what: str) -> None:
+  """Stops this process as the interrupt `name` ('SIGTERM' or 'SIGINT') that `processes` got
+  during `what`: process 0 says so in one line, then `signals.Terminated` or KeyboardInterrupt
+  (every process exits 143 or 130, resumable)."""
   import jax
 
   from sadm_jax.utils import signals
-  name = line[len(_INTERRUPTED):]
   if jax.process_index() == 0:
-    print(f"{name} (process {failed}) during {what}; stopping", flush=True)
+    print(f"{name} (process {', '.join(map(str, processes))}) during {what}; stopping",
+          flush=True)
   raise signals.Terminated if name == "SIGTERM" else KeyboardInterrupt
 
 

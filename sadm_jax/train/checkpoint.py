@@ -183,9 +183,7 @@ class Checkpointer:
       raise error from None
     first = next((p for p, k in enumerate(kinds) if k == "interrupted"), None)
     if first is not None:  # every process stops as the interrupted one does; nothing moved aside
-      if jax.process_index() == 0:
-        print(f"{every[first][1]} (process {first}) during {what}; stopping", flush=True)
-      raise signals.Terminated if every[first][1] == "SIGTERM" else KeyboardInterrupt
+      distributed.raise_interrupt(every[first][1], [first], what)
     first = next((p for p, k in enumerate(kinds) if k == "refused"), None)
     if first is not None:
       raise RunError(f"process {first} of {len(every)} stopped at its checkpoint: "

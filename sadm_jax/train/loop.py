@@ -303,10 +303,7 @@ def _train(config, workdir, task, mesh, setup: signals.StopRequest | None = None
     val_batches = list(task.val_batches(local_bs, pid, nproc))
     stopper = StopAgreement(task.name)
     if setup is not None and (asked := stopper.stop_at(start, setup.requested)):
-      if pid == 0:
-        print(f"SIGTERM (process {', '.join(map(str, asked))}) during the training's set-up; "
-              "stopping", flush=True)
-      raise signals.Terminated
+      distributed.raise_interrupt("SIGTERM", asked, "the training's set-up")
     logger = MetricLogger(workdir, num_steps, start_step=start,
                           tensorboard=config.train.tensorboard)
     pending: list[tuple[int, dict]] = []

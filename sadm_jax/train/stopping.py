@@ -32,16 +32,14 @@ class StopAgreement:
       from jax._src import distributed as jax_distributed  # the coordination service's client
       self._client = jax_distributed.global_state.client
       self._prefix = f"sadm_jax/stop/{name}/{next(_trainings)}"
-    self._posted = False
 
   def stop_at(self, step: int, requested: bool) -> list[int]:
     """The processes that asked to stop if every process stops after `step`, else []. With
     several processes a collective: every process calls it once at every step, in order."""
     if self._client is None:
       return [jax.process_index()] if requested else []
-    if requested and not self._posted:
+    if requested:  # (posted once: every process stops at the step it is posted for)
       self._client.key_value_set(f"{self._prefix}/{step}/{jax.process_index()}", "stop")
-      self._posted = True
     self._client.wait_at_barrier(f"{self._prefix}/step", BARRIER_TIMEOUT_MS)
     asked = sorted(int(key.rsplit("/", 1)[1])
                    for key, _ in self._client.key_value_dir_get(f"{self._prefix}/{step}/"))
