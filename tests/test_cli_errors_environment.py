@@ -125,6 +125,15 @@ def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
       "same command again to resume"]
 
 
+# A child's minute of work, as Python code: short sleeps, as real work returns to Python between
+# its calls. With one 60-s sleep a SIGTERM waited out the minute in about one run in five under
+# load (a faulthandler dump 20 s after the signal: the main thread still asleep; the handler ran
+# as soon as another signal woke it). A process-directed signal may be taken by any thread (XLA
+# runs a dozen); Python then only flags it, and the main thread runs the handler when it next
+# runs Python code, which a sleep's single system call does not.
+_A_MINUTE = "for _ in range(600): time.sleep(0.1)"
+
+
 def _sleeping_stage(workdir) -> str:
   """Python code running `sadm_jax.main` as the user does, its config's checks skipped and its
   stage replaced by one that prints 'started', sleeps a minute and prints 'unwound' however it
@@ -136,7 +145,7 @@ def _sleeping_stage(workdir) -> str:
           "def stage(config, workdir):\n"
           "  try:\n"
           "    print('started', flush=True)\n"  # (inside: the signal may come at once)
-          "    time.sleep(60)\n"
+          f"    {_A_MINUTE}\n"
           "  finally:\n"
           "    print('unwound', flush=True)\n"
           "m.run_stage = stage\n"
@@ -187,7 +196,7 @@ def test_sigterm_in_the_stages_imports_is_one_line_exit_143(tmp_path):
           "  def find_spec(self, name, path=None, target=None):\n"
           "    if name == 'sadm_jax.train.loop':\n"
           "      print('importing', flush=True)\n"
-          "      time.sleep(60)\n"
+          f"      {_A_MINUTE}\n"
           "sys.meta_path.insert(0, Slow())\n")
   proc = subprocess.Popen([sys.executable, "-c", slow + _sleeping_stage(tmp_path)], cwd=REPO,
                           env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
