@@ -179,8 +179,29 @@ def allgather_at(what: str, obj) -> list:
 
 def _first_failure(what: str, error: str | None) -> tuple[int, int | None, str | None]:
   """(process count, index of the first process whose `error` is not None or None, its error)
-  over every process (a collective: every process calls it, at the same step `what`)."""
-  every = allgather_at(what, error)
+  over every process (a collective: every process calls it, at the same step `what`).
+
+  A SIGTERM held for it (`signals.held`: one this process got in `main`'s start-up, or while it
+  waits here: a process done early waits for the slowest) counts as its error: raised as it came,
+  it stopped this process alone, and the others waited for it in their next collective until
+  JAX's timeout crashed them. One that came during the wait is told in a second, short round;
+  one during that round (milliseconds) is raised on leaving."""
+  import jax
+
+  from sadm_jax.utils import signals
+  several = jax.process_count() > 1
+  with signals.held(several) as hold:
+    note = _interrupt_note(signals.Terminated())
+    seen = hold.requested
+    mine = note if error is None and seen else error
+    every = allgather_at(what, mine)
+    if several:  # (one process waits for no one)
+      late = hold.requested and not seen
+      seen = seen or late
+      flags = allgather_at(what, late and mine is None)
+      every = [note if e is None and f else e for e, f in zip(every, flags)]
+    if seen:
+      hold.taken = True  # told the others, or this process stops with its own error anyway
   failed = next((k for k, e in enumerate(every) if e is not None), None)
   return len(every), failed, None if failed is None else every[failed]
 

@@ -6,6 +6,7 @@ import errno
 import importlib
 import os
 import sys
+from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -55,8 +56,8 @@ def parse_flags(argv):
     _fail(str(e))
 
 
-def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: bool = True
-                ) -> int:
+def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: bool = True,
+                start: Callable[[], None] | None = None, several: bool | None = None) -> int:
   """Validates `config` and runs its stage; a user error (bad config value, bad data, a workdir
   that is not this run's) is printed once as one `error: ...` line and gives exit code 2.
 
@@ -67,9 +68,13 @@ def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: b
   tune_gc: once the config is valid, import the stage's module (JAX, Flax, ...) and then set the
   garbage collector for tracing (`utils.gc_tuning`: those import-time objects frozen out of its
   passes, a higher generation-0 threshold), as `python -m sadm_jax.main` does.
+
+  start: what comes first (`main`: `jax.distributed`, the backend); several: whether several
+  processes run (else `jax.process_count() > 1`). With several, a SIGTERM from `start` up to the
+  start-up checks' agreement waits for it, which then stops every process (`signals.held`).
   """
   try:
-    return _run_checked(config, workdir, tune_gc)
+    return _run_checked(config, workdir, tune_gc, start, several)
   except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM (`main`): checkpoints, cache entries and
     if not report_interrupt:  # results are written whole
       raise
@@ -78,21 +83,30 @@ def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: b
     return signals.TERMINATED if isinstance(e, signals.Terminated) else INTERRUPTED
 
 
-def _run_checked(config, workdir: str, tune_gc: bool) -> int:
+def _run_checked(config, workdir: str, tune_gc: bool, start, several: bool | None) -> int:
   from sadm_jax import distributed
   problem, interrupt = None, None
-  try:  # the imports take a second or more: a SIGTERM may come in them, on one host alone
-    from sadm_jax import validate
-    from sadm_jax.train import loop  # noqa: F401  (NonFiniteLossError below)
-    validate.validate(config, workdir, STAGES)
-  except ValueError as e:
-    problem = str(e)
-  except KeyboardInterrupt as e:  # every process stops with it (`agree`), not only this one
-    interrupt = e
-  try:
-    distributed.agree(problem, interrupt)  # several processes: all stop when any failed its checks
-  except ValueError as e:
-    return _user_error(config, e)
+  if several is None:
+    import jax
+    several = jax.process_count() > 1
+  # Several processes: a SIGTERM on one host (a TPU VM's maintenance, a `kill`) before or in the
+  # agreement below is told to every process there; raised at once, it stopped that process
+  # alone, and the others waited in the agreement until JAX's timeout crashed them.
+  with signals.held(several):
+    if start is not None:
+      start()
+    try:  # the imports take a second or more: a SIGTERM may come in them
+      from sadm_jax import validate
+      from sadm_jax.train import loop  # noqa: F401  (NonFiniteLossError below)
+      validate.validate(config, workdir, STAGES)
+    except ValueError as e:
+      problem = str(e)
+    except KeyboardInterrupt as e:  # Ctrl-C (and SIGTERM with one process): every process
+      interrupt = e  # stops with it (`agree`), not only this one
+    try:
+      distributed.agree(problem, interrupt)  # several processes: all stop when any failed its
+    except ValueError as e:  # checks or got a SIGTERM
+      return _user_error(config, e)
   from sadm_jax.train.loop import NonFiniteLossError
   try:
     if tune_gc and config.stage in STAGES:
@@ -155,6 +169,18 @@ def main(argv):
   except OSError as e:
     _fail(f"{compile_log.ENV}={os.environ.get(compile_log.ENV)}: cannot write the compile log "
           f"({e.strerror})")
+  with signals.terminate_as_interrupt():  # a scheduler's stop (Slurm's preemption, time limit)
+    code = run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True, several=several,
+                       start=lambda: _start(planned, given))  # unwinds like Ctrl-C
+  if code:
+    exit_now(code)
+  sys.exit(code)
+
+
+def _start(planned, given) -> None:
+  """`main`'s steps from `jax.distributed` to the stage's checks: the backend, its log line, the
+  GPUs asked for, the --config.k=v no stage reads, the watch on a sweep's pid."""
+  from sadm_jax import distributed
   try:
     distributed.initialize(planned)  # before anything touches a JAX backend
   except ValueError as e:
@@ -179,11 +205,6 @@ def main(argv):
     from sadm_jax import ignored  # a --config.k=v this stage and its modes never read
     ignored.warn(FLAGS.config, given)
   signals.stop_with_parent()  # a sweep's member: stops (SIGTERM) once its sweep is gone
-  with signals.terminate_as_interrupt():  # a scheduler's stop (Slurm's preemption, time limit)
-    code = run_checked(FLAGS.config, FLAGS.workdir, tune_gc=True)  # unwinds like Ctrl-C
-  if code:
-    exit_now(code)
-  sys.exit(code)
 
 
 def exit_now(code: int) -> None:

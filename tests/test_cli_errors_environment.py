@@ -240,6 +240,32 @@ def test_an_interrupt_in_the_checks_of_one_process_stops_the_others(tmp_path, mo
   assert err.startswith("error: stage cddpm interrupted (SIGTERM)")
 
 
+def test_a_sigterm_before_the_checks_of_several_processes_waits_for_their_agreement(
+    tmp_path, monkeypatch, capsys):
+  """Several processes: a SIGTERM that reached one of them between `jax.distributed`'s start
+  (`main`'s `start`) and the start-up checks killed it there (no handler yet) or, in the checks'
+  agreement, stopped it alone: the others waited for it until JAX's timeout crashed them. It is
+  now held and told to the others in the agreement (fake 2 processes: the all-gather answers for
+  process 1)."""
+  import signal
+  from sadm_jax import distributed
+  from sadm_jax import main as main_lib
+  from sadm_jax.utils import signals
+  from configs import cddpm
+  sent = []
+  monkeypatch.setattr(validate, "validate", lambda *a: None)
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: sent.append(mine) or [
+      mine, [mine[0], None]])
+  monkeypatch.setattr(main_lib, "run_stage", lambda *a: pytest.fail("started"))
+  with signals.terminate_as_interrupt():
+    assert main_lib.run_checked(cddpm.get_config("tiny"), str(tmp_path), several=True,
+                                start=lambda: os.kill(os.getpid(), signal.SIGTERM)) == 143
+  assert sent == [["the start-up checks", "\0interrupted: SIGTERM"]]
+  out, err = capsys.readouterr()
+  assert out == "SIGTERM (process 0) during the start-up checks; stopping\n"
+  assert err.startswith("error: stage cddpm interrupted (SIGTERM)")
+
+
 def test_a_sweeps_member_stops_once_its_sweep_is_killed_outright(tmp_path):
   """A sweep killed with SIGKILL (or by the OOM killer) cannot stop its running member, which
   trained on, unseen and orphaned, holding its workdir's lock (and a GPU). A member (the sweep

@@ -1,4 +1,4 @@
-"""SIGTERM handled like Ctrl-C (a scheduler's stop unwinds as an interrupt, in training after the step's checkpoint), and children that stop with their parent."""
+"""SIGTERM handled like Ctrl-C (a scheduler's stop unwinds as an interrupt, in training after the step's checkpoint, at an agreement of several processes once all know), and children that stop with their parent."""
 
 from __future__ import annotations
 
@@ -89,8 +89,48 @@ def deferred_termination() -> Iterator[StopRequest]:
 
   def handler(signum, frame):
     stop.requested = True  # (nothing printed here: a print could re-enter the main thread's)
+  handler.defers = True  # (`held` leaves it in place)
   with _sigterm_handler(handler):
     yield stop
+
+
+class Hold(StopRequest):
+  """What `held` yields: `requested` turns True at a SIGTERM; the caller that reported it to the
+  other processes (or stops anyway) sets `taken`."""
+
+  def __init__(self) -> None:
+    super().__init__()
+    self.taken = False
+
+
+@contextlib.contextmanager
+def held(active: bool = True, pending: bool = False) -> Iterator[Hold]:
+  """Inside (when `active`, in the main thread): a SIGTERM that would raise `Terminated` at once
+  only sets the yielded hold's `requested`, for a process that must not leave half-way through
+  what every process does together (a collective: the others would wait in it for this one until
+  JAX's timeout) and tells the others itself (`distributed.agree`, `distributed.together`).
+  Nested, it yields the enclosing hold; under training's `deferred_termination` (which stops every
+  process at a step of its own) nothing changes. On leaving, a request no one took is raised as
+  `Terminated`, as it would have been at the signal (not when an exception leaves the block
+  anyway). `pending`: a request noted before (by another hold, handed on)."""
+  hold = Hold()
+  hold.requested = pending
+  current = signal.getsignal(signal.SIGTERM)
+  if getattr(current, "hold", None) is not None:
+    yield current.hold
+    return
+  if (active and not getattr(current, "defers", False)
+      and threading.current_thread() is threading.main_thread()):
+    def note(signum, frame):
+      hold.requested = True
+    note.defers, note.hold = True, hold
+    with _sigterm_handler(note):
+      yield hold
+  else:
+    yield hold
+  if hold.requested and not hold.taken:
+    hold.taken = True
+    raise Terminated
 
 
 def when_orphaned(parent: int, action: Callable[[], None]) -> threading.Thread:

@@ -9,6 +9,8 @@ step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fai
 (`_refused_start`); `termstart:P`: a SIGTERM reaches process P alone as it builds the task
 (`_terminated_start`; `termsetup:P`: as it loads the validation batches, `termagree:P`: in the
 start's agreement, `_terminated_setup`);
+`termtogether:P`: a SIGTERM reaches P alone in a `distributed.together` block's agreement, and
+`termchecks:P` in `main.run_checked`'s (`_terminated_in_agreement`);
 `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its checkpoint
 (`_unreadable_resume`; `termrestore:S:P`: a SIGTERM reaches P alone as it reads it). The process
 writes DIR/result_<I>.json.
@@ -145,6 +147,45 @@ def _terminated_setup(config, workdir: str, pid: int, in_agreement: bool = False
   return "trained"
 
 
+def _terminated_in_agreement(config, workdir: str, pid: int, checks: bool) -> str:
+  """Under `python -m sadm_jax.main`'s SIGTERM handler, a SIGTERM reaches process `pid` alone
+  while it waits in the agreement of a `distributed.together` block outside training (an
+  evaluation's phase; `checks`: in `main.run_checked`'s start-up checks, its stage a no-op);
+  returns how this process stopped, '<type>: <message>'."""
+  import jax
+
+  from sadm_jax import distributed
+  from sadm_jax import main as main_lib
+  from sadm_jax.utils import signals
+  gather, validate_at, stage_at = distributed.multihost_allgather, None, main_lib.run_stage
+
+  def gather_then_term(x, calls=[]):
+    out = gather(x)
+    calls.append(1)
+    if jax.process_index() == pid and len(calls) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return out
+  distributed.multihost_allgather = gather_then_term
+  try:
+    with signals.terminate_as_interrupt():
+      if checks:
+        from sadm_jax import validate
+        validate_at, validate.validate = validate.validate, lambda *a, **k: None
+        main_lib.run_stage = lambda *a: None
+        main_lib.run_checked(config, workdir, report_interrupt=False, several=True)
+      else:
+        with distributed.together("a block"):
+          pass
+  except (ValueError, KeyboardInterrupt) as e:
+    return f"{type(e).__name__}: {e}"
+  finally:
+    distributed.multihost_allgather, main_lib.run_stage = gather, stage_at
+    if validate_at is not None:
+      from sadm_jax import validate
+      validate.validate = validate_at
+  return "went on"
+
+
 def _unreadable_resume(config, workdir: str, pid: int, terminated: bool = False) -> str:
   """Resumes the toy task in `workdir` where process `pid` alone cannot read the checkpoint (a file
   its host's mount cannot read; with `terminated`, a SIGTERM reaches it alone as it reads);
@@ -214,6 +255,11 @@ def main() -> None:
       # in the set-up (`termagree:P`: in the start's agreement)
       result["runs"].append({"kind": kind, "error": _terminated_setup(
           config, workdir, int(steps), kind == "termagree")})
+      continue
+    if kind in ("termtogether", "termchecks"):  # `termtogether:P`: a SIGTERM reaches process P
+      # alone in a together block's agreement (`termchecks:P`: in the start-up checks')
+      result["runs"].append({"kind": kind, "error": _terminated_in_agreement(
+          config, workdir, int(steps), kind == "termchecks")})
       continue
     if kind == "termstart":  # `termstart:P`: a SIGTERM reaches process P alone in the start
       result["runs"].append({"kind": kind, "error": _terminated_start(config, workdir,

@@ -146,12 +146,13 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
   0 waited in Orbax's restore barrier, process 1's moving the step aside mismatched it, process 0
   took that for damage and moved the healthy step aside, then waited for process 1 (gone, with a
   traceback) until killed. A SIGTERM that reaches process 1 alone in the start (its task, its
-  agreement), the set-up, or as it reads the step, stops both.
+  agreement), the set-up, or as it reads the step, stops both; so does one in the agreement of a
+  `together` block or of the start-up checks outside training.
   """
   out = tmp_path / "refused"
   out.mkdir()
-  _launch(str(out), "termstart:1,termsetup:1,termagree:1,refuse:1,dp:2,termrestore:3:1,"
-          "unreadable:3:1", timeout=120)
+  _launch(str(out), "termstart:1,termsetup:1,termagree:1,termtogether:1,termchecks:1,refuse:1,"
+          "dp:2,termrestore:3:1,unreadable:3:1", timeout=120)
   results = [json.load(open(out / f"result_{i}.json"))["runs"] for i in range(2)]
   # A SIGTERM that reached process 1 alone during the start, or the set-up after it, stops both
   # as a SIGTERM (exit 143); before, process 0 waited for process 1 in a collective, for ever
@@ -159,6 +160,11 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
   assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]
   assert not os.listdir(out / "termsetup" / "checkpoints")
   assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]  # termagree
+  # Outside training (an evaluation's `together` block, the start-up checks of `run_checked`):
+  # a SIGTERM to process 1 alone as it waits for process 0 in the agreement stops both; before,
+  # process 1 left the collective at once, and process 0 waited there for it until JAX's timeout
+  assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]  # together
+  assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]  # checks
   line = (f"sadm.cddpm_workdir={out / 'refuse' / 'no_run'}: not a trained cddpm run (no best "
           f"checkpoint in {out / 'refuse' / 'no_run' / 'best'})")
   assert [r[0]["error"] for r in results] == [

@@ -75,3 +75,39 @@ def test_a_sigterm_in_a_garbage_collector_callback_is_not_lost():
   finally:
     gc.callbacks.remove(callback)
   assert sent == [1]
+
+
+def test_a_held_sigterm_waits_for_the_agreement_and_is_raised_unless_taken():
+  """`held` (what every process does together): inside, a SIGTERM that would raise at once is
+  noted; leaving, it is raised unless the caller told the other processes (`taken`); an error
+  leaving the block stays that error; nested holds share one; an inactive hold (one process) and
+  training's deferral leave the handler as it is."""
+  with signals.terminate_as_interrupt():
+    raising = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(signals.Terminated):
+      with signals.held() as hold:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert hold.requested and not hold.taken
+        with signals.held() as inner:
+          assert inner is hold
+        assert signal.getsignal(signal.SIGTERM) is not raising
+    assert signal.getsignal(signal.SIGTERM) is raising
+    with signals.held() as hold:  # told to the others: not raised here as well
+      os.kill(os.getpid(), signal.SIGTERM)
+      hold.taken = True
+    with pytest.raises(signals.Terminated):  # a request handed on from an earlier hold
+      with signals.held(pending=True) as hold:
+        assert hold.requested
+    with pytest.raises(ValueError):
+      with signals.held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise ValueError("its own error")
+    with signals.held(active=False) as hold:
+      with pytest.raises(signals.Terminated):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert not hold.requested
+    with signals.deferred_termination() as term:
+      with signals.held() as hold:
+        os.kill(os.getpid(), signal.SIGTERM)
+      assert term.requested and not hold.requested
+    assert signal.getsignal(signal.SIGTERM) is raising
