@@ -304,13 +304,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   records, waiting = [], None
   threads = max(1, min(int(config.data.num_workers), available_cores()))  # scans prepared at once
-  for group, prepared in execute.prefetch(groups, load, threads):
-    started = dispatch(group, prepared)  # the devices work on this batch while ...
+  # (together: a process that stops in its share, a SIGTERM or Ctrl-C there, stops the others,
+  # which would wait for its records below until JAX's timeout crashed them)
+  with distributed.together("predict's scans"):
+    for group, prepared in execute.prefetch(groups, load, threads):
+      started = dispatch(group, prepared)  # the devices work on this batch while ...
+      if waiting is not None:
+        records += finish_batch(*waiting)  # ... the host finishes the previous one
+      waiting = started
     if waiting is not None:
-      records += finish_batch(*waiting)  # ... the host finishes the previous one
-    waiting = started
-  if waiting is not None:
-    records += finish_batch(*waiting)
+      records += finish_batch(*waiting)
   records = _gather(records)
   # the most devices a process's batches ran on (a process without scans: none)
   devices_used = max(distributed.allgather_json(mesh.size if mesh is not None and groups else 0))

@@ -146,11 +146,25 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
 
   def allgather(mine):  # process 1: started, listed the same scans, then its records
     calls.append(mine)
-    return {1: ["predict's start", None], 2: [["a", "b"], {"method": "cddpm"}], 3: [theirs],
-            4: 1}.get(len(calls))  # 4: the devices its batches ran on
+    return {1: ["predict's start", None], 2: [["a", "b"], {"method": "cddpm"}],
+            3: ["predict's scans", None], 4: [theirs], 5: 1}.get(len(calls))  # 5: the devices
+    # its batches ran on
+  monkeypatch.setattr(distributed, "allgather_json", _other_process(allgather))
+  _as_process_0_predicting(monkeypatch)
+  c = scan_config(str(tmp_path / "model"), {"image": str(folder)}, tmp_path / "out")
+  with pytest.raises(DataError, match=r"1 of 2 scan\(s\) failed: b \(written by process 1 but "
+                                      r"not found by process 0: is .*out a folder every host"):
+    predict.run(c, str(tmp_path))
+  with open(tmp_path / "out" / "predict_summary.json") as f:
+    assert [(r["scan"], r["status"]) for r in json.load(f)["scans"]] == [
+        ("a", "ok"), ("b", "failed")]
+
+
+def _as_process_0_predicting(monkeypatch):
+  """This process as process 0 of 2 with a stand-in model that 'predicts' its scans: an empty
+  `a_anomaly_map.nii.gz` per scan."""
   monkeypatch.setattr(predict.jax, "process_count", lambda: 2)
   monkeypatch.setattr(predict.jax, "process_index", lambda: 0)
-  monkeypatch.setattr(distributed, "allgather_json", _other_process(allgather))
   monkeypatch.setattr(predict, "load_predictor", lambda *a: types.SimpleNamespace(
       source="m", method="cddpm", tau=None, tau_source="", orientation="RAS",
       identity=lambda: {"method": "cddpm"},
@@ -165,13 +179,29 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
     return {"anomaly_map": path, "volume_score": 1.0, "input_orientation": "RAS",
             "model_orientation": "RAS"}
   monkeypatch.setattr(predict, "finish", fake_finish)
+
+
+def test_a_process_stopped_in_its_share_stops_the_others(scan, tmp_path, monkeypatch, capsys):
+  """Process 1 got a SIGTERM (or Ctrl-C) while it predicted its share: it left, and process 0,
+  done with its own share, waited for its records until JAX's timeout crashed it (a traceback,
+  exit 1). The processes now agree at the end of their shares: process 0 stops as after that
+  SIGTERM, one line, no summary."""
+  from sadm_jax.utils import signals
+  folder = tmp_path / "scans"
+  os.makedirs(folder)
+  for stem in ("a", "b"):
+    with open(scan["image"], "rb") as f:
+      (folder / f"{stem}.nii.gz").write_bytes(f.read())
+  theirs = iter([["predict's start", None], [["a", "b"], {"method": "cddpm"}],
+                 ["predict's scans", "\0interrupted: SIGTERM"]])
+  monkeypatch.setattr(distributed, "allgather_json", _other_process(lambda mine: next(theirs)))
+  _as_process_0_predicting(monkeypatch)
   c = scan_config(str(tmp_path / "model"), {"image": str(folder)}, tmp_path / "out")
-  with pytest.raises(DataError, match=r"1 of 2 scan\(s\) failed: b \(written by process 1 but "
-                                      r"not found by process 0: is .*out a folder every host"):
+  with pytest.raises(signals.Terminated):
     predict.run(c, str(tmp_path))
-  with open(tmp_path / "out" / "predict_summary.json") as f:
-    assert [(r["scan"], r["status"]) for r in json.load(f)["scans"]] == [
-        ("a", "ok"), ("b", "failed")]
+  assert capsys.readouterr().out.endswith("SIGTERM (process 1) during predict's scans; stopping\n")
+  assert os.path.isfile(tmp_path / "out" / "a" / "a_anomaly_map.nii.gz")  # its own share: done
+  assert not os.path.exists(tmp_path / "out" / "predict_summary.json")
 
 
 def _predict_in_two_processes(tmp_path, input_of, tau_of=lambda pid: 0.3) -> list:
