@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
+import time
 from typing import Any, Iterator, Mapping
 
 import ml_collections
@@ -15,6 +17,9 @@ import ml_collections
 # SADM_DISTRIBUTED=off: never initialise (one process, whatever the environment says).
 MODE_VAR = "SADM_DISTRIBUTED"
 GPUS_VAR = "SADM_NUM_GPUS"  # launch/local_gpus.sh's NUM_GPUS: the GPUs this process must see
+# A SIGTERM held while the processes connect (`initialize`, `signals.held`): how long this one
+# still waits for the others, to tell them at the start-up checks, before it stops alone
+JOIN_GRACE_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +145,38 @@ def initialize(p: Plan) -> Plan:
   # installs its own handler a SIGTERM was swallowed: the run went on until the scheduler's
   # SIGKILL. Training agrees on its stop step itself (`train/stopping.py`).
   jax.config.update("jax_enable_preemption_service", False)
-  jax.distributed.initialize(**p.kwargs)
+  _connect(p.kwargs)
   return p
+
+
+def _connect(kwargs: dict) -> None:
+  """`jax.distributed.initialize(**kwargs)` in a thread while the main thread waits in Python,
+  where signal handlers run. It waits for every process to connect, in C++, up to JAX's timeout
+  (5 minutes); a SIGTERM then ran no handler until it was over (a process whose peers never came
+  could not be stopped). One held for the start-up checks (`signals.held`) stops this process
+  (`signals.Terminated`) if the others are not all there `JOIN_GRACE_S` later: it cannot tell
+  them before."""
+  import jax
+
+  from sadm_jax.utils import signals
+  done, failed = threading.Event(), []
+
+  def connect() -> None:
+    try:
+      jax.distributed.initialize(**kwargs)
+    except BaseException as e:  # noqa: BLE001  (raised in the main thread)
+      failed.append(e)
+    finally:
+      done.set()
+  threading.Thread(target=connect, daemon=True, name="jax-distributed-connect").start()
+  hold, since = signals.current_hold(), None
+  while not done.wait(0.1):
+    if hold is not None and hold.requested:
+      since = time.monotonic() if since is None else since
+      if time.monotonic() - since > JOIN_GRACE_S:
+        raise signals.Terminated
+  if failed:
+    raise failed[0]
 
 
 def multihost_allgather(x):

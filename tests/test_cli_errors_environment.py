@@ -134,13 +134,14 @@ def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
 _A_MINUTE = "for _ in range(600): time.sleep(0.1)"
 
 
-def _sleeping_stage(workdir) -> str:
+def _sleeping_stage(workdir, setup: str = "", args: str = "") -> str:
   """Python code running `sadm_jax.main` as the user does, its config's checks skipped and its
   stage replaced by one that prints 'started', sleeps a minute and prints 'unwound' however it
-  ends."""
+  ends; `setup`: code run before, `args`: more arguments, each quoted and followed by ', '."""
   return ("import sys, time\n"
           "from absl import app\n"
           "from sadm_jax import main as m, validate\n"
+          f"{setup}"
           "validate.validate = lambda *a, **k: None\n"
           "def stage(config, workdir):\n"
           "  try:\n"
@@ -150,7 +151,7 @@ def _sleeping_stage(workdir) -> str:
           "    print('unwound', flush=True)\n"
           "m.run_stage = stage\n"
           f"sys.argv = ['sadm_jax.main', '--config=configs/cddpm.py:tiny', '--workdir={workdir}',"
-          f" '--config.data.data_dir={workdir}']\n"
+          f" {args}'--config.data.data_dir={workdir}']\n"
           "app.run(m.main, flags_parser=m.parse_flags)\n")
 
 
@@ -264,6 +265,39 @@ def test_a_sigterm_before_the_checks_of_several_processes_waits_for_their_agreem
   out, err = capsys.readouterr()
   assert out == "SIGTERM (process 0) during the start-up checks; stopping\n"
   assert err.startswith("error: stage cddpm interrupted (SIGTERM)")
+
+
+def test_a_sigterm_while_the_processes_connect_stops_a_process_whose_peers_never_come(tmp_path):
+  """Process 1 of 2 waits in `jax.distributed.initialize` for a process 0 that never comes (it
+  failed to start, its node is gone) and gets a SIGTERM (`scancel`, a `kill`): held for the
+  start-up checks, the signal ran no handler while JAX waited in C++, and the process went on
+  waiting until JAX's 5-minute timeout. It now stops with the one line, exit 143, once the others
+  had `distributed.JOIN_GRACE_S` (here 1 s) more to come."""
+  import signal
+  import time
+  from tests import loopback
+  child = _sleeping_stage(
+      tmp_path, "from sadm_jax import distributed\ndistributed.JOIN_GRACE_S = 1\n",
+      "'--config.distributed.num_processes=2', '--config.distributed.process_id=1', "
+      f"'--config.distributed.coordinator_address=127.0.0.1:{loopback.free_port()}', ")
+  proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, env=ENV, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    while "initialising jax.distributed" not in (got := proc.stderr.readline()) and got:
+      pass
+    assert got, proc.stdout.read()
+    time.sleep(0.5)  # (in JAX's wait for the coordinator)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+  finally:
+    proc.kill()
+    proc.wait()
+  assert proc.returncode == 143 and time.time() - t0 < 20, err[-2000:]
+  assert out == "" and "Traceback" not in err
+  assert err.strip().splitlines()[-1] == (
+      f"error: stage cddpm interrupted (SIGTERM); {tmp_path} keeps only complete files: run the "
+      "same command again to resume")
 
 
 def test_a_sweeps_member_stops_once_its_sweep_is_killed_outright(tmp_path):

@@ -116,8 +116,8 @@ def held(active: bool = True, pending: bool = False) -> Iterator[Hold]:
   hold = Hold()
   hold.requested = pending
   current = signal.getsignal(signal.SIGTERM)
-  if getattr(current, "hold", None) is not None:
-    yield current.hold
+  if current_hold() is not None:
+    yield current_hold()
     return
   if (active and not getattr(current, "defers", False)
       and threading.current_thread() is threading.main_thread()):
@@ -131,6 +131,11 @@ def held(active: bool = True, pending: bool = False) -> Iterator[Hold]:
   if hold.requested and not hold.taken:
     hold.taken = True
     raise Terminated
+
+
+def current_hold() -> Hold | None:
+  """The hold of the `held` block this process is in (None outside one)."""
+  return getattr(signal.getsignal(signal.SIGTERM), "hold", None)
 
 
 def when_orphaned(parent: int, action: Callable[[], None]) -> threading.Thread:
