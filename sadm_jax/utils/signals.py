@@ -104,7 +104,7 @@ class Hold(StopRequest):
 
 
 @contextlib.contextmanager
-def held(active: bool = True, pending: bool = False) -> Iterator[Hold]:
+def held(active: bool = True) -> Iterator[Hold]:
   """Inside (when `active`, in the main thread): a SIGTERM that would raise `Terminated` at once
   only sets the yielded hold's `requested`, for a process that must not leave half-way through
   what every process does together (a collective: the others would wait in it for this one until
@@ -112,21 +112,21 @@ def held(active: bool = True, pending: bool = False) -> Iterator[Hold]:
   Nested, it yields the enclosing hold; under training's `deferred_termination` (which stops every
   process at a step of its own) nothing changes. On leaving, a request no one took is raised as
   `Terminated`, as it would have been at the signal (not when an exception leaves the block
-  anyway). `pending`: a request noted before (by another hold, handed on)."""
-  hold = Hold()
-  hold.requested = pending
-  current = signal.getsignal(signal.SIGTERM)
-  if current_hold() is not None:
-    yield current_hold()
+  anyway)."""
+  outer = current_hold()
+  if outer is not None:
+    yield outer
     return
-  if (active and not getattr(current, "defers", False)
-      and threading.current_thread() is threading.main_thread()):
-    def note(signum, frame):
-      hold.requested = True
-    note.defers, note.hold = True, hold
-    with _sigterm_handler(note):
-      yield hold
-  else:
+  if (not active or getattr(signal.getsignal(signal.SIGTERM), "defers", False)
+      or threading.current_thread() is not threading.main_thread()):
+    yield Hold()
+    return
+  hold = Hold()
+
+  def note(signum, frame):
+    hold.requested = True
+  note.defers, note.hold = True, hold
+  with _sigterm_handler(note):
     yield hold
   if hold.requested and not hold.taken:
     hold.taken = True
