@@ -84,7 +84,7 @@ def run_checked(config, workdir: str, tune_gc: bool = False, report_interrupt: b
 
 
 def _run_checked(config, workdir: str, tune_gc: bool, start, several: bool | None) -> int:
-  from sadm_jax import distributed
+  from sadm_jax import agreements
   problem, interrupt = None, None
   if several is None:
     import jax
@@ -104,7 +104,7 @@ def _run_checked(config, workdir: str, tune_gc: bool, start, several: bool | Non
     except KeyboardInterrupt as e:  # Ctrl-C (and SIGTERM with one process): every process
       interrupt = e  # stops with it (`agree`), not only this one
     try:
-      distributed.agree(problem, interrupt)  # several processes: all stop when any failed its
+      agreements.agree(problem, interrupt)  # several processes: all stop when any failed its
     except ValueError as e:  # checks or got a SIGTERM
       return _user_error(config, e)
   from sadm_jax.train.loop import NonFiniteLossError
@@ -152,7 +152,7 @@ def main(argv):
     if not several:
       _fail(str(e))
     # Several processes: this one goes on to join the others; `run_checked` repeats the checks
-    # and then stops every process together (`distributed.agree`).
+    # and then stops every process together (`agreements.agree`).
   else:
     from ml_collections import config_flags
     given = config_flags.get_override_values(FLAGS["config"])

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sadm_jax import config as config_lib, distributed
+from sadm_jax import agreements, config as config_lib
 from sadm_jax.anomaly import draem
 from sadm_jax.data import cache as cache_lib
 from sadm_jax.data.resample import affine_spacing
@@ -158,12 +158,12 @@ class Evaluation:
     # the volumes' cache entries: their files' identity (a replaced file too) and preprocessing
     key = fingerprint({"rows": [cache_lib.entry_key(r, pre) for r in rows],
                        "preprocess": pre.key()})
-    with distributed.together(f"the intensity median of fold {fold}"):
+    with agreements.together(f"the intensity median of fold {fold}"):
       if jax.process_index() == 0 and _read_json(path).get("fingerprint") != key:
         values = [np.asarray(v.image)[np.asarray(v.mask) > 0] for v in map(self.cache.load, rows)]
         io.write_json(path, {"median": float(np.median(np.concatenate(values))),
                              "fingerprint": key, "volumes": len(rows)})
-    with distributed.together(f"reading the intensity median of fold {fold}"):
+    with agreements.together(f"reading the intensity median of fold {fold}"):
       saved = _read_json(path)
       if saved.get("fingerprint") != key:
         raise not_shared(path, "not the median process 0 wrote" if saved else
@@ -213,16 +213,17 @@ class Evaluation:
     extras: (set name, run id) -> τ / FPR thresholds of a test pass. Returns (the results this
     process computed, as 'run/set/split/volume', and the number already stored).
     """
-    with distributed.together(f"the {tag} scan"):  # nobody writes before everyone has scanned:
+    with agreements.together(f"the {tag} scan"):  # nobody writes before everyone has scanned:
       items, cached = self.scan(passes, extras)  # the same items everywhere
     mine = items[jax.process_index()::jax.process_count()]
     done: list[str] = []
     start, b = time.time(), self.mesh.size
     batches = [mine[i:i + b] for i in range(0, len(mine), b)]
     # A volume that fails on one process (NaN scores, a damaged file) stops all of them at once.
-    with distributed.together(f"the {tag} passes"):
+    with agreements.together(f"the {tag} passes"):
       pending = None
       for batch, cases in prefetch(batches, lambda it: self.case(it.pass_, it.row)):
+        agreements.check_others()  # another process stopped: this one too, now
         outs = self._dispatch(batch, cases)  # asynchronous: the device works while ...
         if pending is not None:
           done += self._finish(*pending, extras)  # ... the host finishes the previous batch

@@ -13,7 +13,7 @@ import ml_collections
 import nibabel as nib
 import numpy as np
 
-from sadm_jax import config as config_lib, distributed
+from sadm_jax import agreements, config as config_lib, distributed
 from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import preprocess_volume
@@ -178,7 +178,7 @@ def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
   checkpoint on its host) stops them all instead of leaving them waiting for its records
   forever, no scan is predicted twice or never, and the summary's model and τ are every
   scan's."""
-  with distributed.together("predict's start"):
+  with agreements.together("predict's start"):
     devices = int(config.mesh.num_devices) or jax.local_device_count()
     if devices > jax.local_device_count():
       raise ValueError(f"--config.mesh.num_devices={devices}: this process sees "
@@ -306,8 +306,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   threads = max(1, min(int(config.data.num_workers), available_cores()))  # scans prepared at once
   # (together: a process that stops in its share, a SIGTERM or Ctrl-C there, stops the others,
   # which would wait for its records below until JAX's timeout crashed them)
-  with distributed.together("predict's scans"):
+  with agreements.together("predict's scans"):
     for group, prepared in execute.prefetch(groups, load, threads):
+      agreements.check_others()  # another process stopped: this one too, now
       started = dispatch(group, prepared)  # the devices work on this batch while ...
       if waiting is not None:
         records += finish_batch(*waiting)  # ... the host finishes the previous one

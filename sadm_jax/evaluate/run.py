@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sadm_jax import config as config_lib, distributed
+from sadm_jax import agreements, config as config_lib
 from sadm_jax.data import cache as cache_lib, layout, pipeline, prepare
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import hosts, metrics, records, report, thresholds, weak_rows
@@ -102,10 +102,10 @@ def _agree(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
   """The thresholds process 0 selects from the val `passes`, written to the store and read back
   by every process."""
   path = evaluation.store.shared("thresholds.json")
-  with distributed.together("the threshold selection"):
+  with agreements.together("the threshold selection"):
     if jax.process_index() == 0:
       io.write_json(path, select_thresholds(evaluation, passes))
-  with distributed.together("reading the thresholds"):  # a host without the shared store fails
+  with agreements.together("reading the thresholds"):  # a host without the shared store fails
     return evaluation.store.read_shared(os.path.basename(path))
 
 
@@ -153,10 +153,10 @@ def report_rows(evaluation: Evaluation, vals: Sequence[Pass], tests: Sequence[Pa
 def _counts(evaluation: Evaluation, done: list[str]) -> int:
   """Writes this process's computed results; process 0 returns the total over processes."""
   p, n = jax.process_index(), jax.process_count()
-  with distributed.together("the count of results"):
+  with agreements.together("the count of results"):
     io.write_json(evaluation.store.shared(f"process_{p}-of-{n}.json"), {"computed": done})
   total = 0
-  with distributed.together("reading the counts"):  # a host without the shared store fails
+  with agreements.together("reading the counts"):  # a host without the shared store fails
     for i in range(n):
       total += len(evaluation.store.read_shared(f"process_{i}-of-{n}.json",
                                                 f"process {i}")["computed"])
@@ -272,26 +272,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Every process evaluates its share of the volumes on its local devices; process 0 selects the
   thresholds (shared through the store) and writes the report. An error on any process stops
-  every process at the end of that step (`distributed.together`). Returns the summary.
+  every process at the end of that step (`agreements.together`). Returns the summary.
   """
   given, config = config, config_lib.resolve(config)
   t0 = time.time()
   # A failure on one process only (a volume, split or checkpoint its host cannot read) stops them
   # all (each process opens the runs for itself: `train.checkpoint.Checkpointer(create=False)`).
-  with distributed.together("the evaluation's start"):
+  with agreements.together("the evaluation's start"):
     evaluation, sets, vals, tests, unique, weak, rest = _start(config, workdir)
     plan = hosts.volume_plan(vals + tests, evaluation.cache, evaluation.splits, weak)
   hosts.check_same_plan(plan, str(config.data.data_dir))  # before reading others' entries
   hosts.check_same_settings(evaluation)
   # Before any τ (and before the other volumes are preprocessed): every process's share of the
   # training rows' cache entries is written, so each reads the same entries.
-  with distributed.together("checking the weak runs' training rows"):
+  with agreements.together("checking the weak runs' training rows"):
     hosts.cache_seen(config, evaluation.cache, [r for t in weak for r in t.volumes])
     table = lambda rows: pipeline.SliceTable.from_rows(evaluation.cache, rows)
     verified = weak_rows.verify(weak, table, evaluation.models.sadm_data)
-  with distributed.together("preprocessing the evaluation's volumes"):
+  with agreements.together("preprocessing the evaluation's volumes"):
     _cache_share(config, rest, config_lib.cache_dir(config), evaluation.cache.cfg)
-  with distributed.together("checking the preprocessing cache"):  # every share written
+  with agreements.together("checking the preprocessing cache"):  # every share written
     hosts.cache_seen(config, evaluation.cache, rest)
   for fold in sorted({r.data_fold for r in evaluation.runs if r.method == "threshold"}):
     evaluation.intensity_median(fold)  # before the passes: process 0 computes, the others wait
@@ -308,7 +308,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"rows": 0, "volumes_computed": computed, "volumes_cached": cached + cached_test,
              "processes": jax.process_count(), "devices_per_process": evaluation.mesh.size,
              "report": os.path.join(workdir, "report", "report.md")}
-  with distributed.together("the report"):
+  with agreements.together("the report"):
     if jax.process_index() == 0:
       summary["rows"] = _write_report(evaluation, workdir, sets, vals, tests, chosen, extras, unique,
                                       given, verified)

@@ -173,7 +173,7 @@ class Checkpointer:
     refused the step, else a RunError naming the first process that refused it, or that could not
     read it while others could (a host's own mount, not the step: nothing is moved aside). A
     SIGTERM or Ctrl-C on any process is raised on every process, nothing moved aside."""
-    from sadm_jax import distributed
+    from sadm_jax import agreements, distributed
     what = f"restoring checkpoint step {step}"
     every = distributed.allgather_at(what, [kind, reason])
     kinds = [k for k, _ in every]
@@ -183,7 +183,7 @@ class Checkpointer:
       raise error from None
     first = next((p for p, k in enumerate(kinds) if k == "interrupted"), None)
     if first is not None:  # every process stops as the interrupted one does; nothing moved aside
-      distributed.raise_interrupt(every[first][1], [first], what)
+      agreements.raise_interrupt(every[first][1], [first], what)
     first = next((p for p, k in enumerate(kinds) if k == "refused"), None)
     if first is not None:
       raise RunError(f"process {first} of {len(every)} stopped at its checkpoint: "

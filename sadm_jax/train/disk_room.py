@@ -41,14 +41,14 @@ _FULL = (("No space left on device", errno.ENOSPC), ("Disk quota exceeded", errn
 def disk_full_as_oserror(directory: str) -> Iterator[None]:
   """TensorStore's full-disk or quota error (a ValueError, one long line of paths) as the
   OSError every other refused write gives: one line naming `directory`. Another process's
-  refusal (`distributed.OtherProcessFailed`, its line quoting that process's error) stays as it
+  refusal (`agreements.OtherProcessFailed`, its line quoting that process's error) stays as it
   is: it names the process and its numbers, and nothing failed here."""
-  from sadm_jax import distributed
+  from sadm_jax import agreements
   try:
     yield
   except ValueError as e:
     found = next(((words, code) for words, code in _FULL if words in str(e)), None)
-    if isinstance(e, distributed.OtherProcessFailed) or found is None:
+    if isinstance(e, agreements.OtherProcessFailed) or found is None:
       raise
     raise OSError(found[1], f"{found[0]} (a checkpoint save failed)", directory) from None
 
@@ -56,6 +56,6 @@ def disk_full_as_oserror(directory: str) -> Iterator[None]:
 def check_before_save(directory: str, state: Any, what: str) -> None:
   """`check_room` for a save of `state` into `directory`, on every process together (one that
   found too little room stops all: the others would wait in Orbax's save for it)."""
-  from sadm_jax import distributed
-  with distributed.together(f"the free-space check for {what}"):
+  from sadm_jax import agreements
+  with agreements.together(f"the free-space check for {what}"):
     check_room(directory, int(state_bytes(state) * ROOM_MARGIN[0]) + ROOM_MARGIN[1], what)

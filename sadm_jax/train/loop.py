@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sadm_jax import distributed
+from sadm_jax import agreements
 from sadm_jax.train import sharding as shard_lib, workdir as workdir_lib
 from sadm_jax.train.checkpoint import Checkpointer, RunError, software_versions
 from sadm_jax.train.logger import MetricLogger
@@ -247,7 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable
   callable `task` is built only then, so a refused start loads no data and opens no other run.
   With several processes, a start refused on one of them (the lock, a run to open that its host
   cannot read: stage II's frozen cDDPM, the SparK encoder) stops every process with one line
-  (`distributed.together`), before any collective of the training waits for it.
+  (`agreements.together`), before any collective of the training waits for it.
   Returns {'step', 'train_loss', 'val_loss', 'best_val_loss'}.
   """
   # Several processes: a SIGTERM in the start and set-up (the task's data, the start's agreement,
@@ -256,7 +256,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | Callable
   # others waiting in it or crashed them. One process stops at once.
   with (signals.deferred_termination() if jax.process_count() > 1 else contextlib.nullcontext()
         ) as setup, contextlib.ExitStack() as claimed:
-    with distributed.together("the training's start"):
+    with agreements.together("the training's start"):
       claimed.enter_context(workdir_lib.claim(config, workdir))
       task = task() if callable(task) else task
     return _train(config, workdir, task, mesh, setup)
@@ -303,7 +303,7 @@ def _train(config, workdir, task, mesh, setup: signals.StopRequest | None = None
     val_batches = list(task.val_batches(local_bs, pid, nproc))
     stopper = StopAgreement(task.name)
     if setup is not None and (asked := stopper.stop_at(start, setup.requested)):
-      distributed.raise_interrupt("SIGTERM", asked, "the training's set-up")
+      agreements.raise_interrupt("SIGTERM", asked, "the training's set-up")
     logger = MetricLogger(workdir, num_steps, start_step=start,
                           tensorboard=config.train.tensorboard)
     pending: list[tuple[int, dict]] = []

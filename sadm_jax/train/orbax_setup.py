@@ -77,7 +77,7 @@ def this_process_only() -> ocp.options.MultiprocessingOptions:
   first device), so no barrier is needed; with Orbax's default (all processes) its manager waits
   for every process when it is created and after each restore, and a restore that failed on one
   host (a file only its mount cannot read) left the others in that barrier: a collective mismatch
-  with the stage's own agreement (`distributed.together`), which aborted every process (SIGABRT
+  with the stage's own agreement (`agreements.together`), which aborted every process (SIGABRT
   on CPU) or hung until a timeout, instead of one line on each. Orbax skips a barrier over this
   process alone (`multihost.should_skip_process_sync`).
   """

@@ -29,8 +29,8 @@ class StopAgreement:
     self.processes = jax.process_count()
     self._client = None
     if self.processes > 1:
-      from jax._src import distributed as jax_distributed  # the coordination service's client
-      self._client = jax_distributed.global_state.client
+      from sadm_jax import distributed
+      self._client = distributed.coordination_client()
       self._prefix = f"sadm_jax/stop/{name}/{next(_trainings)}"
 
   def stop_at(self, step: int, requested: bool) -> list[int]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Iterator
@@ -41,34 +41,33 @@ def _sigterm_handler(handler) -> Iterator[bool]:
     signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
-REDELIVER_S = 0.05  # a SIGTERM that came in a garbage-collector callback or a finaliser: again
-
-
-def _swallowing(frame) -> bool:
-  """Whether an exception raised in `frame` would be printed and dropped ("Exception ignored
-  in ...") rather than propagate: `frame` runs inside a garbage-collector callback (JAX registers
-  one) or a finaliser (`__del__`)."""
-  callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-  while frame is not None:
-    if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
-      return True
-    frame = frame.f_back
-  return False
+REDELIVER_S = 0.05  # a SIGTERM raised where Python drops exceptions: sent again this much later
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
   """Inside: SIGTERM raises `Terminated` in this process's main thread; the handler before is
-  restored after (called from another thread, it changes nothing). One that comes while a
-  garbage-collector callback or a finaliser runs, where Python would print the exception and drop
-  it (the run went on as if never signalled), is sent again a moment later."""
+  restored after (called from another thread, it changes nothing). One raised where Python prints
+  the exception and drops it ("Exception ignored in ...": a garbage-collector callback, which JAX
+  registers, a finaliser, a weakref callback; the run went on as if never signalled) is sent again
+  a moment later (`sys.unraisablehook`)."""
   def handler(signum, frame):
-    if _swallowing(frame):
-      threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signal.SIGTERM)).start()
-      return
     raise Terminated
-  with _sigterm_handler(handler):
-    yield
+  previous = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    if isinstance(unraisable.exc_value, Terminated):
+      threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    else:
+      previous(unraisable)
+  with _sigterm_handler(handler) as installed:
+    if installed:
+      sys.unraisablehook = hook
+    try:
+      yield
+    finally:
+      if installed:
+        sys.unraisablehook = previous
 
 
 class StopRequest:
@@ -108,7 +107,7 @@ def held(active: bool = True) -> Iterator[Hold]:
   """Inside (when `active`, in the main thread): a SIGTERM that would raise `Terminated` at once
   only sets the yielded hold's `requested`, for a process that must not leave half-way through
   what every process does together (a collective: the others would wait in it for this one until
-  JAX's timeout) and tells the others itself (`distributed.agree`, `distributed.together`).
+  JAX's timeout) and tells the others itself (`agreements.agree`, `agreements.together`).
   Nested, it yields the enclosing hold; under training's `deferred_termination` (which stops every
   process at a step of its own) nothing changes. On leaving, a request no one took is raised as
   `Terminated`, as it would have been at the signal (not when an exception leaves the block

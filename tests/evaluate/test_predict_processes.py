@@ -9,7 +9,7 @@ import types
 import pytest
 
 from configs import predict as predict_config
-from sadm_jax import config as config_lib, distributed
+from sadm_jax import agreements, config as config_lib, distributed
 from sadm_jax.data.errors import DataError
 from sadm_jax.evaluate import predict
 from tests import loopback
@@ -63,7 +63,7 @@ _MODEL = types.SimpleNamespace(identity=lambda: {"method": "cddpm", "threshold":
 
 def _other_process(answer):
   """`allgather_json` of 2 processes, process 1 answering `answer(mine)`; the short rounds that
-  tell a SIGTERM a process got while it waited (`distributed._first_failure`: a bool) get "none"
+  tell a SIGTERM a process got while it waited (`agreements._first_failure`: a bool) get "none"
   from process 1 without a call of `answer`."""
   def allgather(mine):
     told = isinstance(mine, list) and len(mine) == 2 and isinstance(mine[1], bool)
@@ -127,7 +127,7 @@ def test_a_process_that_cannot_start_tells_the_others_first(tmp_path, monkeypatc
   c = scan_config(str(tmp_path / "model"), {"image": str(tmp_path / "missing_folder")}, tmp_path)
   with pytest.raises(ValueError) as e:
     predict.run(c, str(tmp_path))
-  assert sent == [["predict's start", distributed._error_line(e.value)]]
+  assert sent == [["predict's start", agreements._error_line(e.value)]]
 
 
 def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, monkeypatch):
@@ -242,7 +242,7 @@ def test_two_processes_stop_together_when_one_cannot_start(scan, tmp_path):
 def test_a_path_one_host_lacks_stops_every_process_at_start_up(scan, tmp_path):
   """2 processes on loopback: process 1's `predict.input` does not exist there, which the CLI's
   up-front checks refuse before JAX starts. Both exit 2 within seconds, process 0 naming process
-  1's reason (`distributed.agree`); before, process 1 exited alone and process 0 waited in
+  1's reason (`agreements.agree`); before, process 1 exited alone and process 0 waited in
   jax.distributed's start-up until its timeout aborted it (300 s, a C++ check failure)."""
   (code0, _, err0), (code1, _, err1) = _predict_in_two_processes(
       tmp_path, lambda pid: tmp_path / "absent.nii.gz" if pid else scan["image"])
@@ -274,7 +274,7 @@ def test_two_processes_stop_together_when_one_cannot_restore_the_model(tiny_cddp
   file (a damaged file only its host sees): both exit 2 within seconds, process 1 naming its
   checkpoint, process 0 naming process 1's reason. Before, process 0 restored the model and then
   waited in Orbax's cross-process restore barrier, a collective that process 1's agreement
-  (`distributed.together`) mismatched: on CPU gloo aborted both (SIGABRT, tracebacks, no line)."""
+  (`agreements.together`) mismatched: on CPU gloo aborted both (SIGABRT, tracebacks, no line)."""
   import shutil
   damaged = tmp_path / "damaged"
   shutil.copytree(tiny_cddpm_dir, damaged)

@@ -9,7 +9,9 @@ step S's batch (kind `stop` trains like `dp`); `refuse:P`: building the task fai
 (`_refused_start`); `termstart:P`: a SIGTERM reaches process P alone as it builds the task
 (`_terminated_start`; `termsetup:P`: as it loads the validation batches, `termagree:P`: in the
 start's agreement, `_terminated_setup`);
-`termtogether:P`: a SIGTERM reaches P alone in a `distributed.together` block's agreement, and
+`termshare:P`: a SIGTERM reaches P alone in its share of a long `together` block (`failshare:P`:
+it fails there; `_stopped_in_share`);
+`termtogether:P`: a SIGTERM reaches P alone in an `agreements.together` block's agreement, and
 `termchecks:P` in `main.run_checked`'s (`_terminated_in_agreement`);
 `unreadable:S:P`: resuming DIR/dp for S steps, process P cannot read its checkpoint
 (`_unreadable_resume`; `termrestore:S:P`: a SIGTERM reaches P alone as it reads it). The process
@@ -149,12 +151,12 @@ def _terminated_setup(config, workdir: str, pid: int, in_agreement: bool = False
 
 def _terminated_in_agreement(config, workdir: str, pid: int, checks: bool) -> str:
   """Under `python -m sadm_jax.main`'s SIGTERM handler, a SIGTERM reaches process `pid` alone
-  while it waits in the agreement of a `distributed.together` block outside training (an
+  while it waits in the agreement of a `agreements.together` block outside training (an
   evaluation's phase; `checks`: in `main.run_checked`'s start-up checks, its stage a no-op);
   returns how this process stopped, '<type>: <message>'."""
   import jax
 
-  from sadm_jax import distributed
+  from sadm_jax import agreements, distributed
   from sadm_jax import main as main_lib
   from sadm_jax.utils import signals
   gather, validate_at, stage_at = distributed.multihost_allgather, None, main_lib.run_stage
@@ -174,7 +176,7 @@ def _terminated_in_agreement(config, workdir: str, pid: int, checks: bool) -> st
         main_lib.run_stage = lambda *a: None
         main_lib.run_checked(config, workdir, report_interrupt=False, several=True)
       else:
-        with distributed.together("a block"):
+        with agreements.together("a block"):
           pass
   except (ValueError, KeyboardInterrupt) as e:
     return f"{type(e).__name__}: {e}"
@@ -184,6 +186,33 @@ def _terminated_in_agreement(config, workdir: str, pid: int, checks: bool) -> st
       from sadm_jax import validate
       validate.validate = validate_at
   return "went on"
+
+
+def _stopped_in_share(pid: int, interrupted: bool) -> tuple[str, int]:
+  """Under `python -m sadm_jax.main`'s SIGTERM handler, every process works through 300 batches
+  of 0.1 s in a `together` block, looking at its board between batches (`check_others`), as an
+  evaluation's passes do; process `pid` gets a SIGTERM (`interrupted`, else a ValueError) at its
+  third batch. Returns how this process stopped, '<type>: <message>', and its batches done."""
+  import time
+
+  import jax
+
+  from sadm_jax import agreements
+  from sadm_jax.utils import signals
+  done = 0
+  try:
+    with signals.terminate_as_interrupt(), agreements.together("the shares"):
+      for batch in range(300):
+        agreements.check_others()
+        if jax.process_index() == pid and batch == 2:
+          if not interrupted:
+            raise ValueError("volume 3: NaN scores")
+          os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        done += 1
+  except (ValueError, KeyboardInterrupt) as e:
+    return f"{type(e).__name__}: {e}", done
+  return "went on", done
 
 
 def _unreadable_resume(config, workdir: str, pid: int, terminated: bool = False) -> str:
@@ -260,6 +289,11 @@ def main() -> None:
       # alone in a together block's agreement (`termchecks:P`: in the start-up checks')
       result["runs"].append({"kind": kind, "error": _terminated_in_agreement(
           config, workdir, int(steps), kind == "termchecks")})
+      continue
+    if kind in ("termshare", "failshare"):  # `termshare:P`: a SIGTERM reaches process P alone
+      # in its share of a long together block (`failshare:P`: it fails there)
+      error, done = _stopped_in_share(int(steps), kind == "termshare")
+      result["runs"].append({"kind": kind, "error": error, "batches": done})
       continue
     if kind == "termstart":  # `termstart:P`: a SIGTERM reaches process P alone in the start
       result["runs"].append({"kind": kind, "error": _terminated_start(config, workdir,

@@ -79,14 +79,14 @@ def test_a_full_disk_on_another_process_is_named_as_such(tmp_path, monkeypatch):
   ('a checkpoint save failed') that hid which process and which numbers."""
   import os
   import pytest
-  from sadm_jax import distributed
+  from sadm_jax import agreements, distributed
   state, it = _saved_step_with_loader(str(tmp_path / "setup"))
   theirs = ("OSError: [Errno 28] No space left on device for checkpoint step 2: 6.5 MiB needed, "
             "3.0 MiB free: '/w/checkpoints'")
   monkeypatch.setattr(distributed, "allgather_json", lambda mine: [  # process 1 (faked)
       mine, [mine[0], theirs] if mine[0].startswith("the free-space check") else mine])
   with ckpt_lib.Checkpointer(str(tmp_path), async_save=False) as ck:
-    with pytest.raises(distributed.OtherProcessFailed, match=(
+    with pytest.raises(agreements.OtherProcessFailed, match=(
         rf"^process 1 of 2 failed \({re.escape(theirs)}\) during the free-space check for "
         r"checkpoint step 2; every process stopped$")):
       ck.save(2, state, it, {"step": 2})

@@ -151,8 +151,8 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
   """
   out = tmp_path / "refused"
   out.mkdir()
-  _launch(str(out), "termstart:1,termsetup:1,termagree:1,termtogether:1,termchecks:1,refuse:1,"
-          "dp:2,termrestore:3:1,unreadable:3:1", timeout=120)
+  _launch(str(out), "termstart:1,termsetup:1,termagree:1,termtogether:1,termchecks:1,"
+          "termshare:1,failshare:1,refuse:1,dp:2,termrestore:3:1,unreadable:3:1", timeout=120)
   results = [json.load(open(out / f"result_{i}.json"))["runs"] for i in range(2)]
   # A SIGTERM that reached process 1 alone during the start, or the set-up after it, stops both
   # as a SIGTERM (exit 143); before, process 0 waited for process 1 in a collective, for ever
@@ -165,6 +165,17 @@ def test_a_start_or_resume_refused_on_one_process_stops_both(tmp_path):
   # process 1 left the collective at once, and process 0 waited there for it until JAX's timeout
   assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]  # together
   assert [r.pop(0)["error"] for r in results] == ["Terminated: ", "Terminated: "]  # checks
+  # A SIGTERM to process 1 (or an error there) in its share of a long block (an evaluation's
+  # passes, 300 batches of 0.1 s): process 0 stops within a batch or two of it, not after its
+  # own 300 (30 s; with real shares, minutes past the scheduler's grace)
+  share = [r.pop(0) for r in results]
+  assert [r["error"] for r in share] == ["Terminated: ", "Terminated: "]
+  assert share[1]["batches"] == 2 and share[0]["batches"] < 20, share
+  share = [r.pop(0) for r in results]
+  assert [r["error"] for r in share] == [
+      "OtherProcessFailed: process 1 of 2 failed (volume 3: NaN scores) during the shares; every "
+      "process stopped", "ValueError: volume 3: NaN scores"]
+  assert share[1]["batches"] == 2 and share[0]["batches"] < 20, share
   line = (f"sadm.cddpm_workdir={out / 'refuse' / 'no_run'}: not a trained cddpm run (no best "
           f"checkpoint in {out / 'refuse' / 'no_run' / 'best'})")
   assert [r[0]["error"] for r in results] == [

@@ -173,7 +173,7 @@ def test_a_start_refused_on_another_process_stops_this_one_before_training(tmp_p
   this process stops at the start with one line naming it, before any collective of the
   training (the resume's restore, Orbax's barriers) would wait for process 1 (fake 2 processes:
   the agreement's all-gather answers for process 1), and releases the workdir's lock."""
-  from sadm_jax import distributed
+  from sadm_jax import agreements, distributed
   config = _config(8)
   sent = []
   monkeypatch.setattr(distributed, "allgather_json", lambda mine: sent.append(mine) or [
@@ -181,7 +181,7 @@ def test_a_start_refused_on_another_process_stops_this_one_before_training(tmp_p
                                      "cannot be restored: OUT_OF_RANGE"]])
   monkeypatch.setattr(loop, "_train", lambda *a: pytest.fail("trained"))
   built = []
-  with pytest.raises(distributed.OtherProcessFailed, match=(
+  with pytest.raises(agreements.OtherProcessFailed, match=(
       r"^process 1 of 2 failed \(sadm.cddpm_workdir=/c: its best checkpoint \(step 2\) cannot "
       r"be restored: OUT_OF_RANGE\) during the training's start; every process stopped$")):
     loop.train(config, str(tmp_path), lambda: built.append(1) or toy_task(config))

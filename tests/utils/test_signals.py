@@ -52,28 +52,51 @@ def test_only_a_sweeps_member_stops_with_its_parent():
   assert not signals.stop_with_parent({signals.PARENT_VAR: "not a pid"})
 
 
-def test_a_sigterm_in_a_garbage_collector_callback_is_not_lost():
+@pytest.mark.parametrize("where", ["gc_callback", "finaliser", "weakref_callback"])
+def test_a_sigterm_where_python_drops_exceptions_is_not_lost(where):
   """A SIGTERM whose handler ran inside a garbage-collector callback (JAX registers one; a
   collection can start at any allocation) raised `Terminated` there, where Python prints the
   exception ("Exception ignored in: <function _xla_gc_callback ...>") and drops it: a 2-process
-  run signalled then trained to its end, and a scheduler would have killed it. It is sent again
-  a moment later, outside the callback."""
+  run signalled then trained to its end, and a scheduler would have killed it. So in a finaliser
+  and a weakref callback (the suite once caught one in `WeakKeyDictionary`'s, which the frame
+  check of the first fix missed). It is sent again a moment later, outside."""
   import gc
   import time
+  import weakref
+  sent = []
+
+  def send(*args):
+    if not sent:
+      sent.append(1)
+      os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside
+
+  class Finalised:
+    def __del__(self):
+      send()
 
   def callback(phase, info):
-    if phase == "start" and not sent:
-      sent.append(1)
-      os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in the callback
-  sent = []
-  gc.callbacks.append(callback)
+    if phase == "start":
+      send()
+  if where == "gc_callback":
+    gc.callbacks.append(callback)
   try:
     with signals.terminate_as_interrupt():
       with pytest.raises(signals.Terminated):
-        gc.collect()
+        if where == "gc_callback":
+          gc.collect()
+        elif where == "finaliser":
+          Finalised()
+        else:
+          class Referent:
+            pass
+          r = Referent()
+          ref = weakref.ref(r, send)  # (kept alive: its callback runs when r dies)
+          del r
         time.sleep(2)
+    assert where != "weakref_callback" or ref() is None
   finally:
-    gc.callbacks.remove(callback)
+    if callback in gc.callbacks:
+      gc.callbacks.remove(callback)
   assert sent == [1]
 
 
