@@ -126,7 +126,7 @@ def test_interrupt_is_one_line_exit_130(monkeypatch, capsys, tmp_path):
 
 
 # A child's minute of work, as Python code: short sleeps, as real work returns to Python between
-# its calls. With one 60-s sleep a SIGTERM waited out the minute in about one run in five under
+# its calls. With one 60-s sleep a SIGTERM waited out the minute in 8 of 30 runs under
 # load (a faulthandler dump 20 s after the signal: the main thread still asleep; the handler ran
 # as soon as another signal woke it). A process-directed signal may be taken by any thread (XLA
 # runs a dozen); Python then only flags it, and the main thread runs the handler when it next
