@@ -1,4 +1,4 @@
-"""Benchmark: the per-step cost of training's SIGTERM agreement (`train.stopping.StopAgreement`) with several processes.
+"""Benchmark: the per-step cost of training's SIGTERM agreement (`train.stopping.StopAgreement`) and the per-batch cost of reading a `together` block's board (`agreements.check_others`) with several processes.
 
     python -m benchmarks.stop_agreement [--processes=2] [--steps=1000] [--rounds=3] [--out=JSON]
 
@@ -7,7 +7,9 @@ Starts the processes on loopback (one CPU device each, `jax.distributed` through
 `StopAgreement.stop_at(step, False)` — what the training loop adds to every step of a
 multi-process run (one barrier and one key-value read through JAX's coordination service) —
 `--rounds` times; then one call where process 1 asks to stop, which every process must see at
-that same step. Prints a table and writes JSON (process 0's view, plus every process's medians).
+that same step. Then, inside an `agreements.together` block, `--steps` calls of
+`agreements.check_others()` — what an evaluation's or predict's batch adds with several processes
+(one key-value read) — `--rounds` times. Prints a table and writes JSON (every process's medians).
 Loopback is a lower bound: a cluster's network adds its round-trip time to each call.
 """
 
@@ -54,8 +56,17 @@ def worker(args) -> None:
     rounds.append((time.perf_counter() - t0) / args.steps)
   step += 1
   asked = stop.stop_at(step, int(pid) == 1)  # process 1 asks: every process must see it here
+  from sadm_jax import agreements
+  board = []
+  with agreements.together("the benchmark's batches"):
+    for _ in range(args.rounds):
+      t0 = time.perf_counter()
+      for _ in range(args.steps):
+        agreements.check_others()
+      board.append((time.perf_counter() - t0) / args.steps)
   with open(out, "w") as f:
-    json.dump({"process": int(pid), "per_step_s": rounds, "asked_at_last_step": asked}, f)
+    json.dump({"process": int(pid), "per_step_s": rounds, "asked_at_last_step": asked,
+               "board_read_s": board}, f)
 
 
 def main(argv=None) -> None:
@@ -88,15 +99,18 @@ def main(argv=None) -> None:
     log.close()
   results = [json.load(open(f)) for f in files]
   medians = [statistics.median(r["per_step_s"]) for r in results]
-  print(f"{'process':>8} {'ms per step (median of rounds)':>32} {'rounds (ms)':>30}")
-  for r, m in zip(results, medians):
+  boards = [statistics.median(r["board_read_s"]) for r in results]
+  print(f"{'process':>8} {'ms per step (median of rounds)':>32} {'rounds (ms)':>30} "
+        f"{'board read, ms per batch':>26}")
+  for r, m, b in zip(results, medians, boards):
     print(f"{r['process']:>8} {m * 1e3:>32.3f} "
-          f"{', '.join(f'{v * 1e3:.3f}' for v in r['per_step_s']):>30}")
+          f"{', '.join(f'{v * 1e3:.3f}' for v in r['per_step_s']):>30} {b * 1e3:>26.3f}")
   seen = [r["asked_at_last_step"] for r in results]
   print(f"a stop asked by process 1 seen at the same step by every process: "
         f"{all(s == [1] for s in seen)} ({seen})")
   out = {"machine": machine.machine_info(), "processes": args.processes, "steps": args.steps,
          "rounds": args.rounds, "per_step_ms_median": [m * 1e3 for m in medians],
+         "board_read_ms_median": [b * 1e3 for b in boards],
          "results": results, "stop_seen_by_all": all(s == [1] for s in seen)}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
