@@ -124,7 +124,7 @@ def held(active: bool = True) -> Iterator[Hold]:
 
   def note(signum, frame):
     hold.requested = True
-  note.defers, note.hold = True, hold
+  note.hold = hold  # (`current_hold`: a nested `held` joins this one)
   with _sigterm_handler(note):
     yield hold
   if hold.requested and not hold.taken:

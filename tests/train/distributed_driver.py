@@ -113,6 +113,22 @@ def _terminated_start(config, workdir: str, pid: int) -> str:
   return "trained"
 
 
+def _sigterm_after_first_gather(gather, pid: int):
+  """`gather` (`distributed.multihost_allgather`) that sends process `pid` a SIGTERM as its first
+  call returns: inside an all-gather of JSON (`distributed.allgather_json`), between its two
+  collectives, while the others are in it too."""
+  import jax
+  calls = []
+
+  def gather_then_term(x):
+    out = gather(x)
+    calls.append(1)
+    if jax.process_index() == pid and len(calls) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return out
+  return gather_then_term
+
+
 def _terminated_setup(config, workdir: str, pid: int, in_agreement: bool = False) -> str:
   """Trains the toy task in `workdir` (under `python -m sadm_jax.main`'s SIGTERM handler) while
   a SIGTERM reaches process `pid` alone as it loads the validation batches, after Orbax's
@@ -131,14 +147,9 @@ def _terminated_setup(config, workdir: str, pid: int, in_agreement: bool = False
       os.kill(os.getpid(), signal.SIGTERM)
     return val_batches(*args)
 
-  def gather_then_term(x, calls=[]):
-    out = gather(x)
-    calls.append(1)
-    if jax.process_index() == pid and in_agreement and len(calls) == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return out
   task.val_batches = term_then_val
-  distributed.multihost_allgather = gather_then_term
+  if in_agreement:
+    distributed.multihost_allgather = _sigterm_after_first_gather(gather, pid)
   try:
     with signals.terminate_as_interrupt():
       loop.train(config, workdir, task)
@@ -154,25 +165,17 @@ def _terminated_in_agreement(config, workdir: str, pid: int, checks: bool) -> st
   while it waits in the agreement of a `agreements.together` block outside training (an
   evaluation's phase; `checks`: in `main.run_checked`'s start-up checks, its stage a no-op);
   returns how this process stopped, '<type>: <message>'."""
-  import jax
-
   from sadm_jax import agreements, distributed
   from sadm_jax import main as main_lib
+  from sadm_jax import validate
   from sadm_jax.utils import signals
-  gather, validate_at, stage_at = distributed.multihost_allgather, None, main_lib.run_stage
-
-  def gather_then_term(x, calls=[]):
-    out = gather(x)
-    calls.append(1)
-    if jax.process_index() == pid and len(calls) == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return out
-  distributed.multihost_allgather = gather_then_term
+  gather, validate_at, stage_at = (distributed.multihost_allgather, validate.validate,
+                                   main_lib.run_stage)
+  distributed.multihost_allgather = _sigterm_after_first_gather(gather, pid)
   try:
     with signals.terminate_as_interrupt():
       if checks:
-        from sadm_jax import validate
-        validate_at, validate.validate = validate.validate, lambda *a, **k: None
+        validate.validate = lambda *a, **k: None
         main_lib.run_stage = lambda *a: None
         main_lib.run_checked(config, workdir, report_interrupt=False, several=True)
       else:
@@ -181,10 +184,8 @@ def _terminated_in_agreement(config, workdir: str, pid: int, checks: bool) -> st
   except (ValueError, KeyboardInterrupt) as e:
     return f"{type(e).__name__}: {e}"
   finally:
-    distributed.multihost_allgather, main_lib.run_stage = gather, stage_at
-    if validate_at is not None:
-      from sadm_jax import validate
-      validate.validate = validate_at
+    distributed.multihost_allgather, validate.validate, main_lib.run_stage = (
+        gather, validate_at, stage_at)
   return "went on"
 
 
