@@ -16,6 +16,9 @@ import ml_collections
 # SADM_DISTRIBUTED=off: never initialise (one process, whatever the environment says).
 MODE_VAR = "SADM_DISTRIBUTED"
 GPUS_VAR = "SADM_NUM_GPUS"  # launch/local_gpus.sh's NUM_GPUS: the GPUs this process must see
+# who set GPUS_VAR: unset for launch/local_gpus.sh, "slurm" for launch/slurm.sbatch (the GPUs Slurm
+# gave the task), for the advice of the line `gpu_shortfall` gives
+GPUS_FROM_VAR = "SADM_GPUS_FROM"
 # A SIGTERM held while the processes connect (`initialize`, `signals.held`): how long this one
 # still waits for the others, to tell them at the start-up checks, before it stops alone
 JOIN_GRACE_S = 10.0
@@ -250,9 +253,11 @@ def log_topology(config: ml_collections.ConfigDict) -> str:
 
 
 def gpu_shortfall(environ: Mapping[str, str] | None = None) -> str | None:
-  """One line naming NUM_GPUS and both numbers when JAX sees fewer local GPUs than
-  launch/local_gpus.sh was asked for (`GPUS_VAR`; CUDA skips a GPU index the machine lacks, and
-  JAX falls back to the CPU without a GPU backend: the run went on, on fewer devices); else None."""
+  """One line naming the GPUs asked for and seen when JAX sees fewer local GPUs than this process
+  was given (`GPUS_VAR`): launch/local_gpus.sh's NUM_GPUS (CUDA skips a GPU index the machine
+  lacks) or, from launch/slurm.sbatch, the GPUs Slurm gave the task (most often a jaxlib without
+  CUDA: JAX falls back to the CPU with a warning, and a cluster job would run on its CPUs); else
+  None."""
   environ = os.environ if environ is None else environ
   wanted = _int(environ, GPUS_VAR, 0)
   if not wanted:
@@ -263,6 +268,10 @@ def gpu_shortfall(environ: Mapping[str, str] | None = None) -> str | None:
   if seen >= wanted:
     return None
   on = "" if seen else f", it runs on {local[0].platform}"
-  return (f"NUM_GPUS={wanted} but JAX sees {seen} local GPU(s) (CUDA_VISIBLE_DEVICES="
-          f"{environ.get('CUDA_VISIBLE_DEVICES', '')}{on}): set NUM_GPUS (and "
+  visible = f"CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES', '')}{on}"
+  if environ.get(GPUS_FROM_VAR) == "slurm":
+    return (f"Slurm gave this task {wanted} GPU(s) but JAX sees {seen} ({visible}): install JAX "
+            f"with CUDA in the job's environment (pip install \"jax[cuda12]=={jax.__version__}\", "
+            "README.md), or submit without GPUs")
+  return (f"NUM_GPUS={wanted} but JAX sees {seen} local GPU(s) ({visible}): set NUM_GPUS (and "
           "CUDA_VISIBLE_DEVICES) to GPUs this machine has (nvidia-smi -L lists them)")

@@ -74,7 +74,9 @@ def _fake_bin(tmp_path):
       "fakepython": "#!/bin/bash\necho \"JAX_COORDINATOR_ADDRESS=$JAX_COORDINATOR_ADDRESS "
                     "JAX_NUM_PROCESSES=$JAX_NUM_PROCESSES JAX_PROCESS_ID=$JAX_PROCESS_ID "
                     "JAX_LOCAL_DEVICE_IDS=${JAX_LOCAL_DEVICE_IDS:-unset}\"\n"
-                    "printf '[%s]' \"$@\"; echo\n",
+                    "printf '[%s]' \"$@\"; echo\n"
+                    "echo \"SADM_NUM_GPUS=${SADM_NUM_GPUS:-unset} "
+                    "SADM_GPUS_FROM=${SADM_GPUS_FROM:-unset}\"\n",
   }
   for name, text in scripts.items():
     (bin_dir / name).write_text(text)
@@ -101,6 +103,28 @@ def test_slurm_sets_jax_coordinator_per_task(tmp_path, tasks, visible, local_id,
   assert lines[1] == (f"JAX_COORDINATOR_ADDRESS=gpu07:24321 JAX_NUM_PROCESSES={tasks} "
                       f"JAX_PROCESS_ID=9 JAX_LOCAL_DEVICE_IDS={local_ids}")
   assert lines[2] == "[-m][sadm_jax.main][--config=configs/cddpm.py][--workdir=runs/a b][--config.seed=7]"
+
+
+@pytest.mark.parametrize("tasks,visible,gpus_on_node,expected", [
+    ("16", None, "8", "SADM_NUM_GPUS=1 SADM_GPUS_FROM=slurm"),  # one GPU per task (device id)
+    ("2", None, "8", "SADM_NUM_GPUS=8 SADM_GPUS_FROM=slurm"),  # one task per node: all 8
+    ("2", "0,1,2,3", "4", "SADM_NUM_GPUS=4 SADM_GPUS_FROM=slurm"),
+    ("16", "6,7", "8", "SADM_NUM_GPUS=2 SADM_GPUS_FROM=slurm"),  # --gpus-per-task=2
+    ("16", None, None, "SADM_NUM_GPUS=unset SADM_GPUS_FROM=unset"),  # a CPU job: no check
+    ("16", None, "0", "SADM_NUM_GPUS=unset SADM_GPUS_FROM=unset")])
+def test_slurm_passes_the_gpus_it_gave_each_task(tmp_path, tasks, visible, gpus_on_node,
+                                                 expected):
+  """sadm_jax.main stops with one line when JAX sees fewer GPUs than Slurm gave the task (a
+  jaxlib without CUDA ran a GPU job on the nodes' CPUs with a warning only)."""
+  bin_dir = _fake_bin(tmp_path)
+  env = {**VALUES, "SLURM_NTASKS": tasks, "SLURM_SUBMIT_DIR": REPO, "FAKE_LOCALID": "3",
+         **({"CUDA_VISIBLE_DEVICES": visible} if visible else {}),
+         **({"SLURM_GPUS_ON_NODE": gpus_on_node} if gpus_on_node else {}),
+         "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "fakepython")}
+  res = subprocess.run(["bash", os.path.join(REPO, "launch/slurm.sbatch"), *ARGS], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.splitlines()[3] == expected
 
 
 def test_slurm_refuses_a_directory_that_is_not_the_repository(tmp_path):
@@ -146,3 +170,8 @@ def test_the_gpus_jax_sees_are_counted_against_num_gpus(monkeypatch):
   monkeypatch.setattr(jax, "local_devices", lambda: [cpu] * 8)  # e.g. one CPU device per core
   assert "JAX sees 0 local GPU(s) (CUDA_VISIBLE_DEVICES=0,1,2,3, it runs on cpu)" in (
       distributed.gpu_shortfall(env))
+  # from launch/slurm.sbatch: the advice is about the job's JAX, not about NUM_GPUS
+  assert distributed.gpu_shortfall({**env, "SADM_GPUS_FROM": "slurm"}) == (
+      "Slurm gave this task 4 GPU(s) but JAX sees 0 (CUDA_VISIBLE_DEVICES=0,1,2,3, it runs on "
+      f"cpu): install JAX with CUDA in the job's environment (pip install \"jax[cuda12]=="
+      f"{jax.__version__}\", README.md), or submit without GPUs")
