@@ -30,7 +30,9 @@ done
 REMOTE_DIR="${REMOTE_DIR:-sadm_jax}"
 
 remote="cd $(printf '%q' "$REMOTE_DIR") && { [ ! -f .venv/bin/activate ] || . .venv/bin/activate; }"
-remote+=" && SADM_DISTRIBUTED=auto exec $(printf '%q ' "${PYTHON:-python}" -m sadm_jax.main "$@")"
+# JAX_PLATFORMS=tpu: a worker without libtpu (jax[tpu] not installed) stops with one line, where
+# JAX would fall back to its CPU with a warning and the job would run there
+remote+=" && SADM_DISTRIBUTED=auto JAX_PLATFORMS=tpu exec $(printf '%q ' "${PYTHON:-python}" -m sadm_jax.main "$@")"
 cmd=(gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$remote")
 if [[ -n "${PROJECT:-}" ]]; then cmd+=(--project="$PROJECT"); fi
 

@@ -58,7 +58,9 @@ def test_tpu_vm_runs_the_same_command_on_all_workers():
   assert res.returncode == 0, res.stderr
   out = res.stdout
   assert out.startswith("gcloud compute tpus tpu-vm ssh pod --zone=z --worker=all --command=")
-  assert "--project=p" in out and r"SADM_DISTRIBUTED=auto\ exec\ python\ -m\ sadm_jax.main" in out
+  assert "--project=p" in out
+  # JAX_PLATFORMS=tpu: without libtpu JAX stops (one line from sadm_jax.main), not runs on the CPU
+  assert r"SADM_DISTRIBUTED=auto\ JAX_PLATFORMS=tpu\ exec\ python\ -m\ sadm_jax.main" in out
   assert r"--workdir=runs/a\\\ b" in out  # quoted twice: for the local and the remote shell
 
 
