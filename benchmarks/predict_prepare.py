@@ -1,13 +1,15 @@
-"""Benchmark: predict's per-scan preparation (read, reorient, preprocess) one scan at a time vs in threads.
+"""Benchmark: predict's per-scan preparation (read, reorient, preprocess) one scan at a time, in threads, and in worker processes.
 
     python -m benchmarks.predict_prepare --checkpoint_dir=runs/demo \
         --scans=a.nii.gz,b.nii.gz,... [--masks=a_mask.nii.gz,...] [--threads=2] [--repeats=3]
 
 `predict.prepare` on every scan in this process: one after the other; through predict's own
 pipeline (`execute.prefetch` with `--threads` threads, `data.num_workers`) with one scan per batch,
-as on one device; and with all scans in one batch, as on as many devices. Alternating, after one
-untimed call; medians. No inference runs, so this is the preparation a host with fast devices
-(a GPU) waits for. Prints a table and writes JSON.
+as on one device; with all scans in one batch, as on as many devices; and as the stage runs it,
+the reading and preprocessing in `--threads` worker processes (`predict.preparer`; the pool
+started and warmed by one call first, its start-up timed apart). Alternating, after one untimed
+call; medians. No inference runs, so this is the preparation a host with fast devices (a GPU)
+waits for. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -49,23 +51,31 @@ def main(argv=None) -> dict:
   prepare = lambda item: predict.prepare(pred, *item)  # noqa: E731
   prepare(items[0])  # warm-up: imports, first reads
   n = args.threads
-  ways = {"sequential": lambda: [prepare(item) for item in items],
-          f"{n} threads, 1 scan per batch": lambda: list(
-              execute.prefetch([[item] for item in items], prepare, n)),
-          f"{n} threads, 1 batch": lambda: list(execute.prefetch([items], prepare, n))}
-  times: dict[str, list[float]] = {k: [] for k in ways}
-  for r in range(max(1, args.repeats)):
-    for name in list(ways)[r % len(ways):] + list(ways)[:r % len(ways)]:  # order rotated
-      t0 = time.perf_counter()
-      ways[name]()
-      times[name].append(time.perf_counter() - t0)
+  with predict.preparer(pred, n) as in_pool:
+    t0 = time.perf_counter()
+    in_pool(*items[0])  # the pool's start-up: n processes spawned, imports, a first scan
+    pool_start_s = time.perf_counter() - t0
+    ways = {"sequential": lambda: [prepare(item) for item in items],
+            f"{n} threads, 1 scan per batch": lambda: list(
+                execute.prefetch([[item] for item in items], prepare, n)),
+            f"{n} threads, 1 batch": lambda: list(execute.prefetch([items], prepare, n)),
+            f"{n} processes, 1 scan per batch": lambda: list(
+                execute.prefetch([[item] for item in items], lambda it: in_pool(*it), n))}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for r in range(max(1, args.repeats)):
+      for name in list(ways)[r % len(ways):] + list(ways)[:r % len(ways)]:  # order rotated
+        t0 = time.perf_counter()
+        ways[name]()
+        times[name].append(time.perf_counter() - t0)
   table = {k: {"median_s": statistics.median(v), "scans_per_s": len(items) / statistics.median(v)}
            for k, v in times.items()}
   print(f"{'how':30s} {'median s':>9s} {'scans/s':>8s}   ({len(items)} scans)")
   for k, t in table.items():
     print(f"{k:30s} {t['median_s']:9.2f} {t['scans_per_s']:8.2f}")
+  print(f"(the process pool's start-up with its first scan: {pool_start_s:.2f} s)")
   entry = {"checkpoint_dir": os.path.abspath(args.checkpoint_dir), "scans": scans,
            "threads": args.threads, "table": table, "runs": times,
+           "pool_start_with_first_scan_s": pool_start_s,
            "load_average": list(os.getloadavg()), "host": machine.host_info(),
            "cpu_model": machine.cpu_model()}
   write_json(args.out, entry)

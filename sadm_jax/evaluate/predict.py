@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any
+import threading
+from concurrent import futures
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -16,13 +18,12 @@ import numpy as np
 from sadm_jax import agreements, config as config_lib, distributed
 from sadm_jax.data import nifti, orientation
 from sadm_jax.data.errors import DataError
-from sadm_jax.data.preprocess import preprocess_volume
 from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import execute, hosts, inference, metrics, scoring, thresholds
+from sadm_jax.evaluate import (execute, hosts, inference, metrics, preparation, scoring,
+                               thresholds)
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
-from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, list_scans, load_scan, scan_stem,
-                                     to_input_grid)
-from sadm_jax.utils import io
+from sadm_jax.evaluate.scans import OUTPUT_SUFFIXES, list_scans, scan_stem, to_input_grid
+from sadm_jax.utils import io, workers as workers_lib
 from sadm_jax.utils.xla_flags import available_cores
 
 
@@ -50,19 +51,48 @@ class Prepared:
     return self.work.image, self.brain, self.index
 
 
-def prepare(pred: Predictor, image_path: str, mask_path: str | None) -> Prepared:
+def prepare(pred: Predictor, image_path: str, mask_path: str | None,
+            read: preparation.Read | None = None) -> Prepared:
   """Reads, checks, reorients (an exact flip/permutation to `pred.orientation`, so the models
-  see the scan as they saw their training data) and preprocesses one scan; DataError naming the
-  file when it cannot be used."""
-  img, mask = load_scan(image_path, mask_path)
-  reo = orientation.reorientation(img.affine, img.data.shape, pred.orientation)
-  image_t, brain_t = reo.apply(img.data), reo.apply(mask) > 0  # [H', W', D'] training order
-  cfg = config_lib.preprocess_config(pred.settings_config)
-  work = preprocess_volume(image_t, brain_t.astype(np.uint8), None, reo.affine, cfg,
-                           source=image_path)
+  see the scan as they saw their training data) and preprocesses one scan
+  (`preparation.read_and_preprocess`, unless `read` is its result, from a worker process), then
+  erodes its brain mask as the evaluation did; DataError naming the file when it cannot be used."""
+  r = read or preparation.read_and_preprocess(
+      image_path, mask_path, pred.orientation, config_lib.preprocess_config(pred.settings_config))
   name = os.path.basename(image_path)
-  return Prepared(image_path, mask_path, img.data.shape, img.affine, reo, image_t.shape, brain_t,
-                  work, pred.brain(work.mask, name), inference.volume_index(name))
+  return Prepared(image_path, mask_path, r.input_shape, r.input_affine, r.reo, r.shape_t,
+                  r.brain_t, r.work, pred.brain(r.work.mask, name), inference.volume_index(name))
+
+
+@contextlib.contextmanager
+def preparer(pred: Predictor, workers: int) -> Iterator[Callable[[str, str | None], Prepared]]:
+  """`prepare(image_path, mask_path)` for predict's prefetch threads (thread-safe). With
+  workers > 1 each call's reading and preprocessing run in a pool of that many spawned processes
+  (the erosion, milliseconds, here): in threads alone NumPy and SciPy, holding the GIL for part of
+  that work, prepared scans 1.34× faster on two threads than on one (BENCHMARKS.md, "Predict
+  over devices"), too few for a host that feeds several GPUs. A worker that dies (the kernel's
+  OOM killer) fails the scans it held, named, and a new pool takes the others."""
+  if workers <= 1:
+    yield lambda image, mask: prepare(pred, image, mask)
+    return
+  cfg = config_lib.preprocess_config(pred.settings_config)
+  lock = threading.Lock()
+  with contextlib.ExitStack() as stack:
+    pools = [stack.enter_context(workers_lib.process_pool(workers))]
+
+    def prepare_in_pool(image: str, mask: str | None) -> Prepared:
+      pool = pools[-1]
+      try:
+        read = pool.submit(preparation.read_and_preprocess, image, mask, pred.orientation,
+                           cfg).result()
+      except futures.process.BrokenProcessPool:
+        with lock:  # one new pool for every thread that saw this one break
+          if pools[-1] is pool:
+            pools.append(stack.enter_context(workers_lib.process_pool(workers)))
+        raise DataError(f"{image}: the worker process preparing it died (out of memory?)")
+      return prepare(pred, image, mask, read)
+
+    yield prepare_in_pool
 
 
 def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict:
@@ -229,10 +259,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Scans are split over processes by index (process p predicts scans p, p + P, ...), once every
   process has started and listed the same scans (otherwise all stop: `_start`); a process runs
   its scans in batches, one scan per local device (`mesh.num_devices`, 0 = all), as evaluation
-  does: the next batches' scans are read and preprocessed ahead (in `data.num_workers` threads,
-  at most one per core, working across batches, so that batches of one scan keep them busy too;
-  one background thread when 1), and the host writes one batch's outputs while the devices
-  compute the next. A scan that fails is reported by name and
+  does: the next batches' scans are read and preprocessed ahead (in `data.num_workers` worker
+  processes, `preparer`, fed by as many threads, at most one per core, working across batches, so
+  that batches of one scan keep them busy too; one background thread when 1 or for one scan),
+  and the host writes one batch's outputs while the devices compute the next. A scan that fails is reported by name and
   the others go on (a device error fails its batch's scans). Process 0 writes
   `predict_summary.json` (every scan's status; `devices`: the most devices a process's batches
   ran on, 0 for the threshold baseline) into the output folder and prints the table. Returns
@@ -253,9 +283,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   groups = _batches(list(range(pid, len(scans), nproc)), devices)
   mesh = scoring.local_mesh(len(groups[0])) if groups and pred.method != "threshold" else None
 
-  def load(i: int):  # in a prefetch thread: the scan prepared, or its error
+  def load(i: int):  # in a prefetch thread: the scan prepared (`preparer`, below), or its error
     try:
-      return prepare(pred, scans[i].image, scans[i].mask)
+      return prepare_one(scans[i].image, scans[i].mask)
     except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
       return e
 
@@ -304,9 +334,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   records, waiting = [], None
   threads = max(1, min(int(config.data.num_workers), available_cores()))  # scans prepared at once
+  mine = sum(len(g) for g in groups)  # (in as many worker processes: one scan needs none)
   # (together: a process that stops in its share, a SIGTERM or Ctrl-C there, stops the others,
   # which would wait for its records below until JAX's timeout crashed them)
-  with agreements.together("predict's scans"):
+  with agreements.together("predict's scans"), \
+      preparer(pred, threads if mine > 1 else 1) as prepare_one:
     for group, prepared in execute.prefetch(groups, load, threads):
       agreements.check_others()  # another process stopped: this one too, now
       started = dispatch(group, prepared)  # the devices work on this batch while ...

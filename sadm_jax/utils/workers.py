@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -25,25 +26,37 @@ def _start_worker(initializer: Callable | None, initargs: tuple, parent: int) ->
     initializer(*initargs)
 
 
-def map_in_processes(fn: Callable[[Any], Any], items: Iterable, num_workers: int,
-                     initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
-  """Yields fn(item) for each of `items`, in order, computed by `num_workers` spawned processes,
-  at most one per item and one per core this process may use (`data.num_workers=64` on a 2-core
-  machine would hold 64 volumes in memory for no speed).
+@contextlib.contextmanager
+def process_pool(num_workers: int, initializer: Callable | None = None, initargs: tuple = ()
+                 ) -> Iterator[futures.ProcessPoolExecutor]:
+  """A pool of `num_workers` spawned processes (each ignores SIGINT and ends with its parent).
 
-  Spawned, not forked: safe with the threads JAX and grain start in the parent. `fn`,
-  `initializer` and their arguments must be picklable (module-level). On Ctrl-C or any error in
-  the parent, queued items are cancelled and the running ones finish (a file a worker writes is
-  whole) before the exception propagates.
+  Spawned, not forked: safe with the threads JAX and grain start in the parent. What is submitted
+  (functions, `initializer` and their arguments) must be picklable (module-level), and should
+  live in modules that do not import JAX (each worker imports them). Leaving the block waits for
+  the running work; on an exception (Ctrl-C, any error) queued work is cancelled first, so a
+  file a worker writes is whole.
   """
-  items = list(items)
-  num_workers = max(1, min(num_workers, len(items), available_cores()))
   ctx = multiprocessing.get_context("spawn")
   pool = futures.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_start_worker,
                                      initargs=(initializer, initargs, os.getpid()))
   try:
-    yield from pool.map(fn, items)
+    yield pool
   except BaseException:
     pool.shutdown(wait=True, cancel_futures=True)
     raise
   pool.shutdown()
+
+
+def map_in_processes(fn: Callable[[Any], Any], items: Iterable, num_workers: int,
+                     initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
+  """Yields fn(item) for each of `items`, in order, computed by `num_workers` spawned processes
+  (`process_pool`), at most one per item and one per core this process may use
+  (`data.num_workers=64` on a 2-core machine would hold 64 volumes in memory for no speed).
+  On Ctrl-C or any error in the parent, queued items are cancelled and the running ones finish
+  before the exception propagates.
+  """
+  items = list(items)
+  num_workers = max(1, min(num_workers, len(items), available_cores()))
+  with process_pool(num_workers, initializer, initargs) as pool:
+    yield from pool.map(fn, items)

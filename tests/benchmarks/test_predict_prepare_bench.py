@@ -1,5 +1,6 @@
 """benchmarks/predict_prepare.py: each scan prepared once per timing, sequentially and by predict's pipeline, JSON written."""
 
+import contextlib
 import json
 
 import pytest
@@ -12,12 +13,22 @@ def test_every_scan_is_prepared_in_every_way(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(predictor, "load_predictor", lambda *a: "pred")
   monkeypatch.setattr(predict, "prepare", lambda pred, image, mask: calls.append((pred, image, mask)))
+
+  @contextlib.contextmanager
+  def preparer(pred, workers):  # predict's worker processes, recorded instead
+    yield lambda image, mask: calls.append((f"{pred} in {workers} processes", image, mask))
+
+  monkeypatch.setattr(predict, "preparer", preparer)
   out = tmp_path / "r.json"
   entry = predict_prepare.main([f"--checkpoint_dir={tmp_path}", "--scans=a,b,c", "--masks=x,y,z",
                                 "--threads=2", "--repeats=2", f"--out={out}"])
-  assert len(calls) == 1 + 2 * 3 * 3 and set(calls) == {("pred", "a", "x"), ("pred", "b", "y"),
-                                                        ("pred", "c", "z")}
-  assert set(entry["table"]) == {"sequential", "2 threads, 1 scan per batch", "2 threads, 1 batch"}
+  in_thread = [c for c in calls if c[0] == "pred"]
+  in_pool = [c for c in calls if c[0] == "pred in 2 processes"]
+  assert len(in_thread) == 1 + 2 * 3 * 3 and len(in_pool) == 1 + 2 * 3
+  assert {c[1:] for c in in_thread} == {c[1:] for c in in_pool} == {("a", "x"), ("b", "y"),
+                                                                    ("c", "z")}
+  assert set(entry["table"]) == {"sequential", "2 threads, 1 scan per batch", "2 threads, 1 batch",
+                                 "2 processes, 1 scan per batch"}
   assert json.loads(out.read_text())["threads"] == 2
   with pytest.raises(SystemExit, match="2 masks for 3 scans"):
     predict_prepare.main([f"--checkpoint_dir={tmp_path}", "--scans=a,b,c", "--masks=x,y"])
