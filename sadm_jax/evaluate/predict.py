@@ -60,6 +60,11 @@ def prepare(pred: Predictor, image_path: str, mask_path: str | None) -> Prepared
   cfg = config_lib.preprocess_config(pred.settings_config)
   work = preprocess_volume(image_t, brain_t.astype(np.uint8), None, reo.affine, cfg,
                            source=image_path)
+  if not work.mask.any():  # the map would be 0 everywhere and its volume score NaN, as if "ok"
+    raise DataError(f"{image_path}: its brain ({mask_path or 'image > 0'}, "
+                    f"{int(brain_t.sum())} voxel(s)) leaves no voxel on the models' working grid "
+                    f"(cropped to {cfg.crop_size}, downsampled ×{cfg.downsample}): a single-slice "
+                    "or 2-D scan, or a brain of a few voxels, cannot be predicted")
   name = os.path.basename(image_path)
   return Prepared(image_path, mask_path, img.data.shape, img.affine, reo, image_t.shape, brain_t,
                   work, pred.brain(work.mask, name), inference.volume_index(name))

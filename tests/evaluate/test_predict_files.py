@@ -386,3 +386,18 @@ def test_a_killed_run_leaves_no_summary_of_the_earlier_run(tmp_path, monkeypatch
   with pytest.raises(_Killed):
     predict.run(c, out)
   assert not os.path.exists(summary)
+
+
+def test_a_scan_whose_brain_leaves_no_working_voxel_fails_instead_of_a_nan_score(tmp_path):
+  """A single-slice (2-D) scan, or one whose brain is a few voxels, has no brain voxel on the
+  ×2-downsampled working grid: it was "ok" with an all-zero map and a volume score of NaN (written
+  into its record as the invalid JSON `NaN`)."""
+  image = str(tmp_path / "slice.nii.gz")
+  data = np.random.default_rng(0).uniform(100, 300, (24, 26, 1)).astype(np.float32)
+  nib.save(nib.Nifti1Image(data, np.eye(4)), image)
+  with pytest.raises(DataError, match=rf"^{image}: its brain \(image > 0, 624 voxel\(s\)\) leaves "
+                                      r"no voxel on the models' working grid \(cropped to "
+                                      r"\(32, 32, 16\), downsampled ×2\): a single-slice"):
+    predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")
+
