@@ -103,6 +103,13 @@ def load_scan(image_path: str, mask_path: str | None = None
                     f"affine ({_grid(img.affine)}; {image_path}): not the same grid")
   if not np.any(mask.data > 0):
     raise DataError(f"{mask_path}: brain mask is empty")
+  values = mask.data[np.isfinite(mask.data)]
+  fractional = values[values != np.round(values)]
+  if fractional.size:  # a probability map or an interpolated mask: > 0 would take all it touches
+    raise DataError(f"{mask_path}: brain mask has {fractional.size} voxel(s) with fractional "
+                    f"values ({float(fractional.min()):g} to {float(fractional.max()):g}; a "
+                    "probability map or an interpolated mask?): the brain is every voxel > 0, so "
+                    "binarise it first (e.g. > 0.5) and retry")
   return img, (mask.data > 0).astype(np.uint8)
 
 

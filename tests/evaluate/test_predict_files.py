@@ -401,3 +401,21 @@ def test_a_scan_whose_brain_leaves_no_working_voxel_fails_instead_of_a_nan_score
     predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path / "out"))
   assert not os.path.exists(tmp_path / "out")
 
+
+def test_a_probabilistic_brain_mask_is_refused_not_taken_as_every_voxel_above_0(tmp_path):
+  """A brain probability map (0.01 outside the brain, 0.9 inside) or a mask resampled with
+  linear interpolation was used as `mask > 0`: the whole field of view (or a grown brain) was
+  scored, without a word. Whole-number labels ({0, 255}, tissue classes) are still brains."""
+  image = _scan(tmp_path)
+  inside = np.zeros((24, 26, 20), bool)
+  inside[4:20, 4:22, 4:16] = True
+  path = str(tmp_path / "sub-01_mask.nii.gz")
+  nib.save(nib.Nifti1Image(np.where(inside, 0.9, 0.01).astype(np.float32), np.eye(4)), path)
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(image, path)
+  assert str(e.value) == (f"{path}: brain mask has 12480 voxel(s) with fractional values (0.01 to "
+                          "0.9; a probability map or an interpolated mask?): the brain is every "
+                          "voxel > 0, so binarise it first (e.g. > 0.5) and retry")
+  for labels in (inside * np.uint8(255), inside * np.int16(3)):
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
+    np.testing.assert_array_equal(scans_lib.load_scan(image, path)[1], inside)
