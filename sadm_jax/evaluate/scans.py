@@ -75,6 +75,27 @@ def _turn_degrees(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.degrees(np.arccos(cos)).max())
 
 
+NEGATIVE_SHARE = 0.01  # more voxels than this share of the brain far below 0: not image > 0
+NEGATIVE_DEPTH = 0.1  # far: below -NEGATIVE_DEPTH x the brain's 99th percentile (interpolation's
+# undershoot beside a skull-stripped brain's edge stays within a few per cent of it)
+
+
+def _positive_brain(image: np.ndarray, path: str) -> np.ndarray:
+  """`image > 0` as the brain of a scan given without a mask [H, W, D] uint8; DataError naming
+  `path` when that cannot be its brain: nothing above 0, or many voxels far below 0 (an
+  intensity-normalised scan, e.g. z-scores, whose brain is half negative)."""
+  brain = image > 0
+  if not brain.any():
+    raise DataError(f"{path}: no voxel is above 0, so its brain (image > 0, as no mask was given) "
+                    "is empty; give its brain mask (predict.mask)")
+  deep = image < -NEGATIVE_DEPTH * np.percentile(image[brain], 99)
+  if np.count_nonzero(deep) > NEGATIVE_SHARE * np.count_nonzero(brain):
+    raise DataError(f"{path}: {np.count_nonzero(deep)} voxels are far below 0 (down to "
+                    f"{float(image[deep].min()):.4g}; an intensity-normalised scan, e.g. z-scores?), "
+                    "so image > 0 is not its brain; give its brain mask (predict.mask)")
+  return brain.astype(np.uint8)
+
+
 def load_scan(image_path: str, mask_path: str | None = None
               ) -> tuple[nifti.Volume, np.ndarray]:
   """(image volume, brain mask [H, W, D] uint8) with every check that names the offending file.
@@ -92,7 +113,7 @@ def load_scan(image_path: str, mask_path: str | None = None
                     f"than {MAX_SPACING_MM} mm; the models work on 1 mm scans (2 mm after the ×2 "
                     "downsampling) and cannot resample such a scan reliably")
   if not mask_path:
-    return img, (img.data > 0).astype(np.uint8)
+    return img, _positive_brain(img.data, image_path)
   mask = nifti.load_volume(mask_path)
   _check_header(mask_path)
   if mask.data.shape != img.data.shape:

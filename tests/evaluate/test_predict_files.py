@@ -85,7 +85,7 @@ def test_a_failed_write_leaves_none_of_the_scans_outputs(tmp_path, monkeypatch):
   # A failure before anything was written keeps the earlier complete outputs.
   predict.predict(pred, image, None, out)
   nib.save(nib.Nifti1Image(np.zeros((24, 26, 20), np.float32), np.eye(4)), image)
-  with pytest.raises(DataError, match="brain mask is empty"):
+  with pytest.raises(DataError, match="no voxel is above 0"):
     predict.predict(pred, image, None, out)
   assert len(os.listdir(out)) == 3
 
@@ -419,3 +419,28 @@ def test_a_probabilistic_brain_mask_is_refused_not_taken_as_every_voxel_above_0(
   for labels in (inside * np.uint8(255), inside * np.int16(3)):
     nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
     np.testing.assert_array_equal(scans_lib.load_scan(image, path)[1], inside)
+
+
+def test_a_scan_without_a_mask_whose_brain_is_not_image_above_0_is_refused(tmp_path):
+  """Without a mask the brain is image > 0: an intensity-normalised (z-scored) scan was "ok" with
+  the map of half its brain, without a word, and a scan with nothing above 0 was refused as
+  'brain mask is empty', naming a mask nobody gave. Interpolation's small undershoot beside a
+  skull-stripped brain's edge still predicts."""
+  rng = np.random.default_rng(0)
+  z, y, x = np.mgrid[:24, :26, :20]
+  inside = ((z - 12) / 10) ** 2 + ((y - 13) / 11) ** 2 + ((x - 10) / 8) ** 2 < 1
+  brain = np.where(inside, rng.uniform(100, 300, inside.shape), 0).astype(np.float32)
+  paths = {}
+  for name, data in (("zscored", np.where(inside, (brain - 200) / 58, 0)), ("negative", -brain),
+                     ("undershoot", brain - 8 * (np.abs(z - 12) == 11))):
+    paths[name] = str(tmp_path / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), paths[name])
+  with pytest.raises(DataError, match=rf"^{paths['zscored']}: \d+ voxels are far below 0 \(down to "
+                                      r"-1.7\d+; an intensity-normalised scan, e.g. z-scores\?\), "
+                                      r"so image > 0 is not its brain; give its brain mask"):
+    scans_lib.load_scan(paths["zscored"])
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(paths["negative"])
+  assert str(e.value) == (f"{paths['negative']}: no voxel is above 0, so its brain (image > 0, as "
+                          "no mask was given) is empty; give its brain mask (predict.mask)")
+  np.testing.assert_array_equal(scans_lib.load_scan(paths["undershoot"])[1], inside)
