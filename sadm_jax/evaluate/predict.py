@@ -20,8 +20,8 @@ from sadm_jax.data.preprocess import preprocess_volume
 from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import execute, hosts, inference, metrics, scoring, thresholds
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
-from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, list_scans, load_scan, scan_stem,
-                                     to_input_grid)
+from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, covered, list_scans, load_scan,
+                                     scan_stem, to_input_grid)
 from sadm_jax.utils import io
 from sadm_jax.utils.xla_flags import available_cores
 
@@ -85,6 +85,9 @@ def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict
 
   a_in = back(a, 1)
   stem = scan_stem(image_path)
+  # brain voxels the crop box leaves out (e.g. a 256-slice scan's top and bottom): their map is 0
+  outside = int(np.count_nonzero(prep.brain_t & ~covered(work.affine, reo.affine, prep.shape_t,
+                                                          a.shape)))
   out = {"input": os.path.abspath(image_path), "mask": os.path.abspath(mask_path) if mask_path else
          "image > 0", "model": pred.source, "method": pred.method, "combination": pred.combination,
          "threshold": pred.tau, "threshold_source": pred.tau_source,
@@ -94,6 +97,8 @@ def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict
          "input_grid": list(prep.input_shape),
          "input_spacing_mm": list(affine_spacing(prep.input_affine)),
          "resampled_to_1mm": bool(work.resampled_to_1mm),
+         "brain_voxels_input_grid": int(np.count_nonzero(prep.brain_t)),
+         "brain_voxels_outside_crop": outside,
          "anomaly_map": os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[0]}.nii.gz")}
   mask_out = os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[1]}.nii.gz")
   p_in = None
@@ -225,7 +230,10 @@ def _ok_message(out: dict) -> str:
              if "anomaly_mask" in out else "map only (no threshold)")
   turned = ("" if out["input_orientation"] == out["model_orientation"] else
             f", reoriented {out['input_orientation']}→{out['model_orientation']}")
-  return f"volume score {out['volume_score']:.4g}, {flagged}{turned}"
+  cut = out.get("brain_voxels_outside_crop", 0)
+  cut = (f", {100 * cut / out['brain_voxels_input_grid']:.3g}% of the brain outside the crop box "
+         "(not scored)" if cut else "")
+  return f"volume score {out['volume_score']:.4g}, {flagged}{turned}{cut}"
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -91,8 +91,8 @@ def _positive_brain(image: np.ndarray, path: str) -> np.ndarray:
   deep = image < -NEGATIVE_DEPTH * np.percentile(image[brain], 99)
   if np.count_nonzero(deep) > NEGATIVE_SHARE * np.count_nonzero(brain):
     raise DataError(f"{path}: {np.count_nonzero(deep)} voxels are far below 0 (down to "
-                    f"{float(image[deep].min()):.4g}; an intensity-normalised scan, e.g. z-scores?), "
-                    "so image > 0 is not its brain; give its brain mask (predict.mask)")
+                    f"{float(image[deep].min()):.4g}; an intensity-normalised scan, e.g. "
+                    "z-scores?), so image > 0 is not its brain; give its brain mask (predict.mask)")
   return brain.astype(np.uint8)
 
 
@@ -152,13 +152,23 @@ def to_input_grid(volume: np.ndarray, work_affine: np.ndarray, input_affine: np.
   out = ndimage.affine_transform(np.asarray(volume, np.float32 if order else volume.dtype),
                                  m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order,
                                  mode="nearest", prefilter=False)
-  axes = [np.arange(n, dtype=np.float64).reshape([-1 if a == b else 1 for b in range(3)])
-          for a, n in enumerate(shape)]
-  for i, n in enumerate(np.shape(volume)):  # working index along axis i of every input voxel
+  out *= covered(work_affine, input_affine, input_shape, np.shape(volume))
+  return out
+
+
+def covered(work_affine: np.ndarray, input_affine: np.ndarray, input_shape, work_shape
+            ) -> np.ndarray:
+  """bool, broadcastable to `input_shape`: the input voxels a working grid of `work_shape`
+  covers (working index in [−½, n − ½) along every axis; `to_input_grid` gives the others 0)."""
+  m = np.linalg.solve(np.asarray(work_affine, np.float64), np.asarray(input_affine, np.float64))
+  axes = [np.arange(int(n), dtype=np.float64).reshape([-1 if a == b else 1 for b in range(3)])
+          for a, n in enumerate(input_shape)]
+  inside = np.ones((1, 1, 1), bool)
+  for i, n in enumerate(work_shape):  # working index along axis i of every input voxel
     # (only the axes it depends on: [H, 1, 1] for the axis-aligned grids predict passes)
     x = m[i, 3] + sum(m[i, j] * axes[j] for j in range(3) if abs(m[i, j]) > 1e-9)
-    out *= (x >= -0.5) & (x < n - 0.5)
-  return out
+    inside = inside & (x >= -0.5) & (x < n - 0.5)
+  return inside
 
 
 # ----------------------------------------------------------------------------- listing

@@ -444,3 +444,21 @@ def test_a_scan_without_a_mask_whose_brain_is_not_image_above_0_is_refused(tmp_p
   assert str(e.value) == (f"{paths['negative']}: no voxel is above 0, so its brain (image > 0, as "
                           "no mask was given) is empty; give its brain mask (predict.mask)")
   np.testing.assert_array_equal(scans_lib.load_scan(paths["undershoot"])[1], inside)
+
+
+def test_brain_outside_the_crop_box_is_counted_and_named_in_the_scans_status(tmp_path):
+  """The crop box keeps 100 slices at 1 mm (here 16): a 256-slice scan's top and bottom of the
+  brain got map 0, reported as 'ok' like a whole brain; the record counts those voxels and the
+  table's message gives their share."""
+  image = _scan(tmp_path)  # 20 slices, all brain (image > 0)
+  out = predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path / "out"))
+  assert (out["brain_voxels_input_grid"], out["brain_voxels_outside_crop"]) == (24 * 26 * 20,
+                                                                               24 * 26 * 4)
+  a = np.asarray(nib.load(out["anomaly_map"]).dataobj)
+  assert np.all(a[:, :, [0, 1, 18, 19]] == 0) and np.all(a[:, :, 2:18] > 0)
+  assert predict._ok_message(out).endswith(", 20% of the brain outside the crop box (not scored)")
+  small = str(tmp_path / "small.nii.gz")
+  nib.save(nib.Nifti1Image(nib.load(image).get_fdata()[..., 2:18].astype(np.float32), np.eye(4)),
+           small)
+  out = predict.predict(_threshold_predictor(0.5), small, None, str(tmp_path / "out"))
+  assert out["brain_voxels_outside_crop"] == 0 and "crop box" not in predict._ok_message(out)
