@@ -322,6 +322,8 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   seen: dict[str, Scan] = {}
   for s in scans:  # names differing only in case share their files on macOS / Windows
     first = seen.setdefault(s.name.casefold(), s)
+    if first is not s and os.path.realpath(first.image) == os.path.realpath(s.image):
+      raise ValueError(f"predict.input lists {s.image} twice; list each scan once")
     if first is not s:
       same = repr(s.name) if first.name == s.name else f"{first.name!r} and {s.name!r}"
       raise ValueError(f"predict.input: two scans named {same} ({first.image}, {s.image}); "

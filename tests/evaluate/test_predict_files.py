@@ -462,3 +462,13 @@ def test_brain_outside_the_crop_box_is_counted_and_named_in_the_scans_status(tmp
            small)
   out = predict.predict(_threshold_predictor(0.5), small, None, str(tmp_path / "out"))
   assert out["brain_voxels_outside_crop"] == 0 and "crop box" not in predict._ok_message(out)
+
+
+def test_a_scan_listed_twice_is_named_as_such_not_asked_to_be_renamed(tmp_path):
+  """The same file twice in a CSV (or as `./x` and `x`) was 'two scans named ...; rename one'."""
+  path = tmp_path / "scans.csv"
+  path.write_text("image\nok.nii.gz\n./ok.nii.gz\n")
+  with pytest.raises(ValueError) as e:
+    scans_lib.list_scans(str(path))
+  assert str(e.value) == (f"predict.input lists {tmp_path}/./ok.nii.gz twice; list each "
+                          "scan once")
