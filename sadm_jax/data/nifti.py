@@ -40,16 +40,23 @@ def load_volume(path: str, dtype=np.float32) -> Volume:
     raise DataError(f"{path}: is a directory, not a NIfTI file")
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found")
+  img = None
   try:
     img = nib.load(path)
     data = np.asanyarray(img.dataobj)
   except Exception as e:  # nibabel raises many types for truncated/corrupt files
     hint = ""
+    if isinstance(e, MemoryError) and img is not None:  # (its message is empty)
+      hint = f"; its header's data shape {img.shape} does not fit in memory (a damaged header?)"
     try:
-      if not path.lower().endswith(".gz"):
-        with open(path, "rb") as f:
-          if f.read(2) == b"\x1f\x8b":  # gzip's magic: nibabel goes by the name
-            hint = "; the file is gzip-compressed: name it .nii.gz"
+      with open(path, "rb") as f:
+        head = f.read(348)
+      gzipped = head[:2] == b"\x1f\x8b"  # gzip's magic: nibabel goes by the name
+      if gzipped and not path.lower().endswith(".gz"):
+        hint = "; the file is gzip-compressed: name it .nii.gz"
+      elif path.lower().endswith(".gz") and (head[344:348] == b"n+1\0"  # NIfTI-1's magic
+                                             or head[4:8] == b"n+2\0"):  # NIfTI-2's
+        hint = "; the file is not gzip-compressed: name it .nii"
     except OSError:  # unreadable: nibabel's own message says so
       pass
     raise DataError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e}){hint}") from None
@@ -62,7 +69,15 @@ def load_volume(path: str, dtype=np.float32) -> Volume:
     data = data[..., 0]
   if data.ndim != 3:
     raise DataError(f"{path}: expected a 3-D volume, got shape {shape} ({len(shape)}-D)")
-  return Volume(np.asarray(data, dtype=dtype), np.asarray(img.affine, dtype=np.float64), path)
+  with np.errstate(over="ignore"):
+    out = np.asarray(data, dtype=dtype)
+  if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+    finite = np.isfinite(data)
+    if np.any(finite & ~np.isfinite(out)):  # finite in the file, beyond float32 here
+      raise DataError(f"{path}: values up to {float(np.abs(data[finite]).max()):.4g} exceed "
+                      f"{out.dtype}'s range (±{float(np.finfo(out.dtype).max):.4g}); rescale the "
+                      "scan (e.g. to 0-1000) and retry")
+  return Volume(out, np.asarray(img.affine, dtype=np.float64), path)
 
 
 def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,

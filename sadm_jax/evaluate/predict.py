@@ -3,96 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
-import threading
-from concurrent import futures
-from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
 import nibabel as nib
 import numpy as np
 
-from sadm_jax import agreements, config as config_lib, distributed
-from sadm_jax.data import nifti, orientation
+from sadm_jax import agreements, distributed
+from sadm_jax.data import nifti
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import (execute, hosts, inference, metrics, preparation, scoring,
-                               thresholds)
+from sadm_jax.evaluate import execute, hosts, metrics, scoring, thresholds
+from sadm_jax.evaluate.preparation import Prepared, prepare, preparer
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
-from sadm_jax.evaluate.scans import OUTPUT_SUFFIXES, list_scans, scan_stem, to_input_grid
-from sadm_jax.utils import io, workers as workers_lib
+from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, covered, list_scans, scan_stem,
+                                     to_input_grid)
+from sadm_jax.utils import io
 from sadm_jax.utils.xla_flags import available_cores
 
 
 # ----------------------------------------------------------------------------- one scan
-
-
-@dataclasses.dataclass
-class Prepared:
-  """One scan read, reoriented to the training data's axis order and preprocessed; of the scan
-  itself only what `finish` needs to carry the maps back (a batch of them waits in memory)."""
-  image_path: str
-  mask_path: str | None
-  input_shape: tuple  # the scan's grid [H, W, D] as stored
-  input_affine: np.ndarray  # [4, 4], likewise
-  reo: orientation.Reorientation  # its voxel order -> the training data's
-  shape_t: tuple  # [H', W', D']: the scan's grid in the training data's order
-  brain_t: np.ndarray  # bool [H', W', D']: its brain mask in that order
-  work: Any  # `preprocess_volume`'s result: image, mask and affine on the working grid
-  brain: np.ndarray  # bool [H, W, D] working grid: the mask eroded as evaluated (`Predictor.brain`)
-  index: int  # noise index (`inference.volume_index` of the file name)
-
-  @property
-  def volume(self) -> tuple[np.ndarray, np.ndarray, int]:
-    """(image, brain M, noise index) on the working grid, as `Predictor.infer` takes them."""
-    return self.work.image, self.brain, self.index
-
-
-def prepare(pred: Predictor, image_path: str, mask_path: str | None,
-            read: preparation.Read | None = None) -> Prepared:
-  """Reads, checks, reorients (an exact flip/permutation to `pred.orientation`, so the models
-  see the scan as they saw their training data) and preprocesses one scan
-  (`preparation.read_and_preprocess`, unless `read` is its result, from a worker process), then
-  erodes its brain mask as the evaluation did; DataError naming the file when it cannot be used."""
-  r = read or preparation.read_and_preprocess(
-      image_path, mask_path, pred.orientation, config_lib.preprocess_config(pred.settings_config))
-  name = os.path.basename(image_path)
-  return Prepared(image_path, mask_path, r.input_shape, r.input_affine, r.reo, r.shape_t,
-                  r.brain_t, r.work, pred.brain(r.work.mask, name), inference.volume_index(name))
-
-
-@contextlib.contextmanager
-def preparer(pred: Predictor, workers: int) -> Iterator[Callable[[str, str | None], Prepared]]:
-  """`prepare(image_path, mask_path)` for predict's prefetch threads (thread-safe). With
-  workers > 1 each call's reading and preprocessing run in a pool of that many spawned processes
-  (the erosion, milliseconds, here): in threads alone NumPy and SciPy, holding the GIL for part of
-  that work, prepared scans 1.34× faster on two threads than on one (BENCHMARKS.md, "Predict
-  over devices"), too few for a host that feeds several GPUs. A worker that dies (the kernel's
-  OOM killer) fails the scans it held, named, and a new pool takes the others."""
-  if workers <= 1:
-    yield lambda image, mask: prepare(pred, image, mask)
-    return
-  cfg = config_lib.preprocess_config(pred.settings_config)
-  lock = threading.Lock()
-  with contextlib.ExitStack() as stack:
-    pools = [stack.enter_context(workers_lib.process_pool(workers))]
-
-    def prepare_in_pool(image: str, mask: str | None) -> Prepared:
-      pool = pools[-1]
-      try:
-        read = pool.submit(preparation.read_and_preprocess, image, mask, pred.orientation,
-                           cfg).result()
-      except futures.process.BrokenProcessPool:
-        with lock:  # one new pool for every thread that saw this one break
-          if pools[-1] is pool:
-            pools.append(stack.enter_context(workers_lib.process_pool(workers)))
-        raise DataError(f"{image}: the worker process preparing it died (out of memory?)")
-      return prepare(pred, image, mask, read)
-
-    yield prepare_in_pool
 
 
 def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict:
@@ -110,6 +42,9 @@ def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict
 
   a_in = back(a, 1)
   stem = scan_stem(image_path)
+  # brain voxels the crop box leaves out (e.g. a 256-slice scan's top and bottom): their map is 0
+  outside = int(np.count_nonzero(prep.brain_t & ~covered(work.affine, reo.affine, prep.shape_t,
+                                                          a.shape)))
   out = {"input": os.path.abspath(image_path), "mask": os.path.abspath(mask_path) if mask_path else
          "image > 0", "model": pred.source, "method": pred.method, "combination": pred.combination,
          "threshold": pred.tau, "threshold_source": pred.tau_source,
@@ -119,6 +54,8 @@ def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict
          "input_grid": list(prep.input_shape),
          "input_spacing_mm": list(affine_spacing(prep.input_affine)),
          "resampled_to_1mm": bool(work.resampled_to_1mm),
+         "brain_voxels_input_grid": int(np.count_nonzero(prep.brain_t)),
+         "brain_voxels_outside_crop": outside,
          "anomaly_map": os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[0]}.nii.gz")}
   mask_out = os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[1]}.nii.gz")
   p_in = None
@@ -250,7 +187,10 @@ def _ok_message(out: dict) -> str:
              if "anomaly_mask" in out else "map only (no threshold)")
   turned = ("" if out["input_orientation"] == out["model_orientation"] else
             f", reoriented {out['input_orientation']}→{out['model_orientation']}")
-  return f"volume score {out['volume_score']:.4g}, {flagged}{turned}"
+  cut = out.get("brain_voxels_outside_crop", 0)
+  cut = (f", {100 * cut / out['brain_voxels_input_grid']:.3g}% of the brain outside the crop box "
+         "(not scored)" if cut else "")
+  return f"volume score {out['volume_score']:.4g}, {flagged}{turned}{cut}"
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -1,15 +1,25 @@
-"""Predict's costly host work per scan, free of JAX so that spawned workers run it: read, check, reorient, preprocess."""
+"""Predict's per-scan preparation (read, check, reorient, preprocess, erode), its costly part in spawned worker processes; this module imports no JAX (the workers import it)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any
+import os
+import threading
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
+from sadm_jax import config as config_lib
 from sadm_jax.data import orientation
+from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
 from sadm_jax.evaluate.scans import load_scan
+from sadm_jax.utils import workers as workers_lib
+
+if TYPE_CHECKING:
+  from sadm_jax.evaluate.predictor import Predictor
 
 
 @dataclasses.dataclass
@@ -35,4 +45,74 @@ def read_and_preprocess(image_path: str, mask_path: str | None, model_orientatio
   image_t, brain_t = reo.apply(img.data), reo.apply(mask) > 0  # [H', W', D'] training order
   work = preprocess_volume(image_t, brain_t.astype(np.uint8), None, reo.affine, cfg,
                            source=image_path)
+  if not work.mask.any():  # the map would be 0 everywhere and its volume score NaN, as if "ok"
+    raise DataError(f"{image_path}: its brain ({mask_path or 'image > 0'}, "
+                    f"{int(brain_t.sum())} voxel(s)) leaves no voxel on the models' working grid "
+                    f"(cropped to {cfg.crop_size}, downsampled ×{cfg.downsample}): a single-slice "
+                    "or 2-D scan, or a brain of a few voxels, cannot be predicted")
   return Read(img.data.shape, img.affine, reo, image_t.shape, brain_t, work)
+
+
+@dataclasses.dataclass
+class Prepared:
+  """One scan read, reoriented to the training data's axis order and preprocessed; of the scan
+  itself only what `finish` needs to carry the maps back (a batch of them waits in memory)."""
+  image_path: str
+  mask_path: str | None
+  input_shape: tuple  # the scan's grid [H, W, D] as stored
+  input_affine: np.ndarray  # [4, 4], likewise
+  reo: orientation.Reorientation  # its voxel order -> the training data's
+  shape_t: tuple  # [H', W', D']: the scan's grid in the training data's order
+  brain_t: np.ndarray  # bool [H', W', D']: its brain mask in that order
+  work: Any  # `preprocess_volume`'s result: image, mask and affine on the working grid
+  brain: np.ndarray  # bool [H, W, D] working grid: the mask eroded as evaluated (`Predictor.brain`)
+  index: int  # noise index (`inference.volume_index` of the file name)
+
+  @property
+  def volume(self) -> tuple[np.ndarray, np.ndarray, int]:
+    """(image, brain M, noise index) on the working grid, as `Predictor.infer` takes them."""
+    return self.work.image, self.brain, self.index
+
+
+def prepare(pred: Predictor, image_path: str, mask_path: str | None,
+            read: Read | None = None) -> Prepared:
+  """Reads, checks, reorients (an exact flip/permutation to `pred.orientation`, so the models
+  see the scan as they saw their training data) and preprocesses one scan
+  (`read_and_preprocess`, unless `read` is its result, from a worker process), then
+  erodes its brain mask as the evaluation did; DataError naming the file when it cannot be used."""
+  r = read or read_and_preprocess(
+      image_path, mask_path, pred.orientation, config_lib.preprocess_config(pred.settings_config))
+  from sadm_jax.evaluate import inference  # (JAX: in the caller, never in a worker)
+  name = os.path.basename(image_path)
+  return Prepared(image_path, mask_path, r.input_shape, r.input_affine, r.reo, r.shape_t,
+                  r.brain_t, r.work, pred.brain(r.work.mask, name), inference.volume_index(name))
+
+
+@contextlib.contextmanager
+def preparer(pred: Predictor, workers: int) -> Iterator[Callable[[str, str | None], Prepared]]:
+  """`prepare(image_path, mask_path)` for predict's prefetch threads (thread-safe). With
+  workers > 1 each call's reading and preprocessing run in a pool of that many spawned processes
+  (the erosion, milliseconds, here): in threads alone NumPy and SciPy, holding the GIL for part of
+  that work, prepared scans 1.34× faster on two threads than on one (BENCHMARKS.md, "Predict
+  over devices"), too few for a host that feeds several GPUs. A worker that dies (the kernel's
+  OOM killer) fails the scans it held, named, and a new pool takes the others."""
+  if workers <= 1:
+    yield lambda image, mask: prepare(pred, image, mask)
+    return
+  cfg = config_lib.preprocess_config(pred.settings_config)
+  lock = threading.Lock()
+  with contextlib.ExitStack() as stack:
+    pools = [stack.enter_context(workers_lib.process_pool(workers))]
+
+    def prepare_in_pool(image: str, mask: str | None) -> Prepared:
+      pool = pools[-1]
+      try:
+        read = pool.submit(read_and_preprocess, image, mask, pred.orientation, cfg).result()
+      except BrokenProcessPool:
+        with lock:  # one new pool for every thread that saw this one break
+          if pools[-1] is pool:
+            pools.append(stack.enter_context(workers_lib.process_pool(workers)))
+        raise DataError(f"{image}: the worker process preparing it died (out of memory?)")
+      return prepare(pred, image, mask, read)
+
+    yield prepare_in_pool

@@ -75,6 +75,27 @@ def _turn_degrees(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.degrees(np.arccos(cos)).max())
 
 
+NEGATIVE_SHARE = 0.01  # more voxels than this share of the brain far below 0: not image > 0
+NEGATIVE_DEPTH = 0.1  # far: below -NEGATIVE_DEPTH x the brain's 99th percentile (interpolation's
+# undershoot beside a skull-stripped brain's edge stays within a few per cent of it)
+
+
+def _positive_brain(image: np.ndarray, path: str) -> np.ndarray:
+  """`image > 0` as the brain of a scan given without a mask [H, W, D] uint8; DataError naming
+  `path` when that cannot be its brain: nothing above 0, or many voxels far below 0 (an
+  intensity-normalised scan, e.g. z-scores, whose brain is half negative)."""
+  brain = image > 0
+  if not brain.any():
+    raise DataError(f"{path}: no voxel is above 0, so its brain (image > 0, as no mask was given) "
+                    "is empty; give its brain mask (predict.mask)")
+  deep = image < -NEGATIVE_DEPTH * np.percentile(image[brain], 99)
+  if np.count_nonzero(deep) > NEGATIVE_SHARE * np.count_nonzero(brain):
+    raise DataError(f"{path}: {np.count_nonzero(deep)} voxels are far below 0 (down to "
+                    f"{float(image[deep].min()):.4g}; an intensity-normalised scan, e.g. "
+                    "z-scores?), so image > 0 is not its brain; give its brain mask (predict.mask)")
+  return brain.astype(np.uint8)
+
+
 def load_scan(image_path: str, mask_path: str | None = None
               ) -> tuple[nifti.Volume, np.ndarray]:
   """(image volume, brain mask [H, W, D] uint8) with every check that names the offending file.
@@ -92,7 +113,7 @@ def load_scan(image_path: str, mask_path: str | None = None
                     f"than {MAX_SPACING_MM} mm; the models work on 1 mm scans (2 mm after the ×2 "
                     "downsampling) and cannot resample such a scan reliably")
   if not mask_path:
-    return img, (img.data > 0).astype(np.uint8)
+    return img, _positive_brain(img.data, image_path)
   mask = nifti.load_volume(mask_path)
   _check_header(mask_path)
   if mask.data.shape != img.data.shape:
@@ -103,6 +124,13 @@ def load_scan(image_path: str, mask_path: str | None = None
                     f"affine ({_grid(img.affine)}; {image_path}): not the same grid")
   if not np.any(mask.data > 0):
     raise DataError(f"{mask_path}: brain mask is empty")
+  values = mask.data[np.isfinite(mask.data)]
+  fractional = values[values != np.round(values)]
+  if fractional.size:  # a probability map or an interpolated mask: > 0 would take all it touches
+    raise DataError(f"{mask_path}: brain mask has {fractional.size} voxel(s) with fractional "
+                    f"values ({float(fractional.min()):g} to {float(fractional.max()):g}; a "
+                    "probability map or an interpolated mask?): the brain is every voxel > 0, so "
+                    "binarise it first (e.g. > 0.5) and retry")
   return img, (mask.data > 0).astype(np.uint8)
 
 
@@ -124,13 +152,23 @@ def to_input_grid(volume: np.ndarray, work_affine: np.ndarray, input_affine: np.
   out = ndimage.affine_transform(np.asarray(volume, np.float32 if order else volume.dtype),
                                  m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order,
                                  mode="nearest", prefilter=False)
-  axes = [np.arange(n, dtype=np.float64).reshape([-1 if a == b else 1 for b in range(3)])
-          for a, n in enumerate(shape)]
-  for i, n in enumerate(np.shape(volume)):  # working index along axis i of every input voxel
+  out *= covered(work_affine, input_affine, input_shape, np.shape(volume))
+  return out
+
+
+def covered(work_affine: np.ndarray, input_affine: np.ndarray, input_shape, work_shape
+            ) -> np.ndarray:
+  """bool, broadcastable to `input_shape`: the input voxels a working grid of `work_shape`
+  covers (working index in [−½, n − ½) along every axis; `to_input_grid` gives the others 0)."""
+  m = np.linalg.solve(np.asarray(work_affine, np.float64), np.asarray(input_affine, np.float64))
+  axes = [np.arange(int(n), dtype=np.float64).reshape([-1 if a == b else 1 for b in range(3)])
+          for a, n in enumerate(input_shape)]
+  inside = np.ones((1, 1, 1), bool)
+  for i, n in enumerate(work_shape):  # working index along axis i of every input voxel
     # (only the axes it depends on: [H, 1, 1] for the axis-aligned grids predict passes)
     x = m[i, 3] + sum(m[i, j] * axes[j] for j in range(3) if abs(m[i, j]) > 1e-9)
-    out *= (x >= -0.5) & (x < n - 0.5)
-  return out
+    inside = inside & (x >= -0.5) & (x < n - 0.5)
+  return inside
 
 
 # ----------------------------------------------------------------------------- listing
@@ -284,6 +322,8 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   seen: dict[str, Scan] = {}
   for s in scans:  # names differing only in case share their files on macOS / Windows
     first = seen.setdefault(s.name.casefold(), s)
+    if first is not s and os.path.realpath(first.image) == os.path.realpath(s.image):
+      raise ValueError(f"predict.input lists {s.image} twice; list each scan once")
     if first is not s:
       same = repr(s.name) if first.name == s.name else f"{first.name!r} and {s.name!r}"
       raise ValueError(f"predict.input: two scans named {same} ({first.image}, {s.image}); "

@@ -142,3 +142,35 @@ def test_a_directory_and_a_gzip_file_named_nii_are_named_for_what_they_are(tmp_p
   with pytest.raises(DataError, match=r"cannot read as NIfTI .*; the file is gzip-compressed: "
                                       r"name it \.nii\.gz$"):
     nifti.load_volume(str(tmp_path / "scan.nii"))
+
+
+def test_values_beyond_float32_a_plain_file_named_gz_and_a_huge_header_are_named(tmp_path):
+  """float64 values (or int16 × scl_slope) beyond float32 became ±Inf when read and were refused
+  as 'image contains NaN or infinite values', which the file does not hold; an uncompressed NIfTI
+  named .nii.gz was 'not a gzip file' with no hint; a header claiming 32000³ voxels was
+  'MemoryError: ' and nothing more."""
+  big = str(tmp_path / "big.nii.gz")
+  nib.save(nib.Nifti1Image(np.full((4, 4, 4), 3e39), np.eye(4)), big)
+  img = nib.Nifti1Image(np.full((4, 4, 4), 30000, np.int16), np.eye(4))
+  img.header.set_slope_inter(1e35, 0.0)
+  scaled = str(tmp_path / "scaled.nii.gz")
+  nib.save(img, scaled)
+  for path in (big, scaled):
+    with pytest.raises(DataError, match=rf"^{path}: values up to 3e\+39 exceed float32's range "
+                                        r"\(±3.403e\+38\); rescale the scan"):
+      nifti.load_volume(path)
+  plain = tmp_path / "plain.nii"
+  nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(plain))
+  os.rename(plain, tmp_path / "plain.nii.gz")
+  with pytest.raises(DataError, match=r"cannot read as NIfTI .*; the file is not "
+                                      r"gzip-compressed: name it \.nii$"):
+    nifti.load_volume(str(tmp_path / "plain.nii.gz"))
+  huge = tmp_path / "huge.nii"
+  nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(huge))
+  header = nib.load(str(huge)).header.copy()
+  header.set_data_shape((32000, 32000, 32000))
+  with open(huge, "r+b") as f:
+    f.write(header.binaryblock)
+  with pytest.raises(DataError, match=r"cannot read as NIfTI \(MemoryError: \); its header's data "
+                                      r"shape \(32000, 32000, 32000\) does not fit in memory"):
+    nifti.load_volume(str(huge))

@@ -85,7 +85,7 @@ def test_a_failed_write_leaves_none_of_the_scans_outputs(tmp_path, monkeypatch):
   # A failure before anything was written keeps the earlier complete outputs.
   predict.predict(pred, image, None, out)
   nib.save(nib.Nifti1Image(np.zeros((24, 26, 20), np.float32), np.eye(4)), image)
-  with pytest.raises(DataError, match="brain mask is empty"):
+  with pytest.raises(DataError, match="no voxel is above 0"):
     predict.predict(pred, image, None, out)
   assert len(os.listdir(out)) == 3
 
@@ -386,3 +386,89 @@ def test_a_killed_run_leaves_no_summary_of_the_earlier_run(tmp_path, monkeypatch
   with pytest.raises(_Killed):
     predict.run(c, out)
   assert not os.path.exists(summary)
+
+
+def test_a_scan_whose_brain_leaves_no_working_voxel_fails_instead_of_a_nan_score(tmp_path):
+  """A single-slice (2-D) scan, or one whose brain is a few voxels, has no brain voxel on the
+  ×2-downsampled working grid: it was "ok" with an all-zero map and a volume score of NaN (written
+  into its record as the invalid JSON `NaN`)."""
+  image = str(tmp_path / "slice.nii.gz")
+  data = np.random.default_rng(0).uniform(100, 300, (24, 26, 1)).astype(np.float32)
+  nib.save(nib.Nifti1Image(data, np.eye(4)), image)
+  with pytest.raises(DataError, match=rf"^{image}: its brain \(image > 0, 624 voxel\(s\)\) leaves "
+                                      r"no voxel on the models' working grid \(cropped to "
+                                      r"\(32, 32, 16\), downsampled ×2\): a single-slice"):
+    predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_probabilistic_brain_mask_is_refused_not_taken_as_every_voxel_above_0(tmp_path):
+  """A brain probability map (0.01 outside the brain, 0.9 inside) or a mask resampled with
+  linear interpolation was used as `mask > 0`: the whole field of view (or a grown brain) was
+  scored, without a word. Whole-number labels ({0, 255}, tissue classes) are still brains."""
+  image = _scan(tmp_path)
+  inside = np.zeros((24, 26, 20), bool)
+  inside[4:20, 4:22, 4:16] = True
+  path = str(tmp_path / "sub-01_mask.nii.gz")
+  nib.save(nib.Nifti1Image(np.where(inside, 0.9, 0.01).astype(np.float32), np.eye(4)), path)
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(image, path)
+  assert str(e.value) == (f"{path}: brain mask has 12480 voxel(s) with fractional values (0.01 to "
+                          "0.9; a probability map or an interpolated mask?): the brain is every "
+                          "voxel > 0, so binarise it first (e.g. > 0.5) and retry")
+  for labels in (inside * np.uint8(255), inside * np.int16(3)):
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
+    np.testing.assert_array_equal(scans_lib.load_scan(image, path)[1], inside)
+
+
+def test_a_scan_without_a_mask_whose_brain_is_not_image_above_0_is_refused(tmp_path):
+  """Without a mask the brain is image > 0: an intensity-normalised (z-scored) scan was "ok" with
+  the map of half its brain, without a word, and a scan with nothing above 0 was refused as
+  'brain mask is empty', naming a mask nobody gave. Interpolation's small undershoot beside a
+  skull-stripped brain's edge still predicts."""
+  rng = np.random.default_rng(0)
+  z, y, x = np.mgrid[:24, :26, :20]
+  inside = ((z - 12) / 10) ** 2 + ((y - 13) / 11) ** 2 + ((x - 10) / 8) ** 2 < 1
+  brain = np.where(inside, rng.uniform(100, 300, inside.shape), 0).astype(np.float32)
+  paths = {}
+  for name, data in (("zscored", np.where(inside, (brain - 200) / 58, 0)), ("negative", -brain),
+                     ("undershoot", brain - 8 * (np.abs(z - 12) == 11))):
+    paths[name] = str(tmp_path / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), paths[name])
+  with pytest.raises(DataError, match=rf"^{paths['zscored']}: \d+ voxels are far below 0 \(down to "
+                                      r"-1.7\d+; an intensity-normalised scan, e.g. z-scores\?\), "
+                                      r"so image > 0 is not its brain; give its brain mask"):
+    scans_lib.load_scan(paths["zscored"])
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(paths["negative"])
+  assert str(e.value) == (f"{paths['negative']}: no voxel is above 0, so its brain (image > 0, as "
+                          "no mask was given) is empty; give its brain mask (predict.mask)")
+  np.testing.assert_array_equal(scans_lib.load_scan(paths["undershoot"])[1], inside)
+
+
+def test_brain_outside_the_crop_box_is_counted_and_named_in_the_scans_status(tmp_path):
+  """The crop box keeps 100 slices at 1 mm (here 16): a 256-slice scan's top and bottom of the
+  brain got map 0, reported as 'ok' like a whole brain; the record counts those voxels and the
+  table's message gives their share."""
+  image = _scan(tmp_path)  # 20 slices, all brain (image > 0)
+  out = predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path / "out"))
+  assert (out["brain_voxels_input_grid"], out["brain_voxels_outside_crop"]) == (24 * 26 * 20,
+                                                                               24 * 26 * 4)
+  a = np.asarray(nib.load(out["anomaly_map"]).dataobj)
+  assert np.all(a[:, :, [0, 1, 18, 19]] == 0) and np.all(a[:, :, 2:18] > 0)
+  assert predict._ok_message(out).endswith(", 20% of the brain outside the crop box (not scored)")
+  small = str(tmp_path / "small.nii.gz")
+  nib.save(nib.Nifti1Image(nib.load(image).get_fdata()[..., 2:18].astype(np.float32), np.eye(4)),
+           small)
+  out = predict.predict(_threshold_predictor(0.5), small, None, str(tmp_path / "out"))
+  assert out["brain_voxels_outside_crop"] == 0 and "crop box" not in predict._ok_message(out)
+
+
+def test_a_scan_listed_twice_is_named_as_such_not_asked_to_be_renamed(tmp_path):
+  """The same file twice in a CSV (or as `./x` and `x`) was 'two scans named ...; rename one'."""
+  path = tmp_path / "scans.csv"
+  path.write_text("image\nok.nii.gz\n./ok.nii.gz\n")
+  with pytest.raises(ValueError) as e:
+    scans_lib.list_scans(str(path))
+  assert str(e.value) == (f"predict.input lists {tmp_path}/./ok.nii.gz twice; list each "
+                          "scan once")
