@@ -188,15 +188,48 @@ def coordination_client():
   return jax_distributed.global_state.client
 
 
+# What JAX's CPU collectives (gloo) say when a process of the job is gone without a word (SIGKILL,
+# the OOM killer, a crash, a lost host): its connection closed, or it never came to a first
+# collective (JAX's 30 s gloo set-up). GPU collectives (NCCL) say nothing: they wait.
+_GONE_MARKS = ("Connection closed by peer", "Connection reset by peer",
+               "Gloo context initialization failed")
+
+
+class ProcessGone(ValueError):
+  """A collective of the package's agreements failed because another process is gone (killed,
+  out of memory, crashed, its host lost): one line and exit code 2 from the command line, which
+  ends the process at once (`main.exit_now`). Raised as JAX's runtime error, the run printed a
+  traceback and then waited in `jax.distributed`'s shutdown barrier for the dead process until
+  the coordination service's heartbeat timeout (100 s) aborted it with a C++ trace."""
+
+  def __init__(self, detail: str, what: str | None = None) -> None:
+    import jax
+    self.detail = detail
+    super().__init__(f"another of the {jax.process_count()} processes is gone (killed? out of "
+                     f"memory? a lost host?) during {what or 'a collective'}; this process "
+                     f"stopped too: run the same command again to resume (JAX: {detail})")
+
+  def during(self, what: str) -> "ProcessGone":
+    return ProcessGone(self.detail, what)
+
+
 def multihost_allgather(x):
-  """`jax.experimental.multihost_utils.process_allgather` (a collective)."""
+  """`jax.experimental.multihost_utils.process_allgather` (a collective); `ProcessGone` when
+  another process is gone (`_GONE_MARKS`)."""
+  import jax
   from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(x)
+  try:
+    return multihost_utils.process_allgather(x)
+  except (jax.errors.JaxRuntimeError, ValueError) as e:  # (a failed AllGather: ValueError)
+    text = " ".join(str(e).split())
+    if not any(mark in text for mark in _GONE_MARKS):
+      raise
+    raise ProcessGone(text[:300]) from None
 
 
 def allgather_json(obj) -> list:
   """Every process's `obj` (JSON-serialisable), in process order, on every process (a collective:
-  every process must call it)."""
+  every process must call it; `ProcessGone` when another process is gone)."""
   import jax
   if jax.process_count() == 1:
     return [obj]
@@ -214,8 +247,12 @@ def allgather_json(obj) -> list:
 
 def allgather_at(what: str, obj) -> list:
   """`allgather_json(obj)` at the step `what` of the program: RuntimeError when another process
-  is at another step (a collective entered out of order: a bug)."""
-  every = allgather_json([what, obj])
+  is at another step (a collective entered out of order: a bug), `ProcessGone` naming `what`
+  when another process is gone."""
+  try:
+    every = allgather_json([what, obj])
+  except ProcessGone as e:
+    raise e.during(what) from None
   if any(w != what for w, _ in every):
     raise RuntimeError(f"processes out of step: {[w for w, _ in every]} (this process: {what})")
   return [o for _, o in every]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import types
 
 import pytest
@@ -208,12 +209,7 @@ def _predict_in_two_processes(tmp_path, input_of, tau_of=lambda pid: 0.3) -> lis
   """`predict` of a hand-written evaluation (the threshold baseline: no model) in 2 processes on
   loopback, process p reading `input_of(p)` with τ `tau_of(p)`; [(exit code, stdout, stderr)]
   per process."""
-  os.makedirs(tmp_path / "model" / "eval")
-  settings = config_lib.resolve(predict_config.get_config())
-  (tmp_path / "model" / "eval" / "config.json").write_text(json.dumps(settings.to_dict()))
-  (tmp_path / "model" / "eval" / "models.json").write_text(json.dumps({"runs": [
-      {"id": "threshold", "method": "threshold", "combination": "residual", "sadm_workdir": "",
-       "cddpm_workdir": "", "intensity_median": 0.5, "train_anomalies": "draem", "tau": {}}]}))
+  _write_threshold_model(tmp_path)
   return loopback.run_main(
       lambda pid: ["--config=configs/predict.py", f"--workdir={tmp_path}",
                    f"--config.predict.checkpoint_dir={tmp_path / 'model'}",
@@ -221,6 +217,57 @@ def _predict_in_two_processes(tmp_path, input_of, tau_of=lambda pid: 0.3) -> lis
                    f"--config.predict.output={tmp_path / 'out'}",
                    f"--config.predict.threshold={tau_of(pid)}"],
       2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 25, ok_codes=(0, 2))
+
+
+def test_a_process_killed_in_its_share_stops_the_other_with_one_line(scan, tmp_path):
+  """2 processes on loopback (the threshold baseline of a hand-written evaluation: no model), 2
+  scans; process 1 dies without a word (SIGKILL, as the kernel's OOM killer) as it starts its
+  share. Process 0 predicts its own scan, finds process 1 gone in the agreement at the end of
+  the share and exits 2 within seconds with one line saying so (no summary: the rerun predicts
+  every scan again). Before, JAX's error of the collective was printed as is ("error: UNKNOWN:
+  Gloo AllGather failed: ... Connection closed by peer"), or, raised as a RuntimeError, as a
+  traceback and then a C++ abort once the coordination service's heartbeat timed out (100 s)."""
+  import time
+  folder = tmp_path / "scans"
+  os.makedirs(folder)
+  for stem in ("a", "b"):
+    with open(scan["image"], "rb") as f:
+      (folder / f"{stem}.nii.gz").write_bytes(f.read())
+  _write_threshold_model(tmp_path)
+  port = loopback.free_port()
+  start = time.time()
+  results = loopback.run_processes(
+      lambda pid: ["tests.evaluate.killed_main", "--config=configs/predict.py",
+                   f"--workdir={tmp_path}", f"--config.predict.checkpoint_dir={tmp_path / 'model'}",
+                   f"--config.predict.input={folder}", f"--config.predict.output={tmp_path / 'out'}",
+                   "--config.predict.threshold=0.3",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"],
+      2, str(tmp_path), {**os.environ, "JAX_PLATFORMS": "cpu"}, 60, ok_codes=(0, 2, -9))
+  took = time.time() - start
+  (code0, _, err0), (code1, _, err1) = results
+  assert (code0, code1) == (2, -9), (err0[-2000:], err1[-2000:])
+  lines = err0.strip().splitlines()
+  assert lines[-1].startswith(
+      "error: another of the 2 processes is gone (killed? out of memory? a lost host?) during "
+      "predict's scans; this process stopped too: run the same command again to resume (JAX: "
+      ), err0[-2000:]
+  assert not [ln for ln in lines if ln.startswith(("Traceback", "*** Check failure"))
+              or re.match(r"F\d{4} ", ln)], err0[-3000:]  # no traceback, no C++ abort
+  assert took < 50, took  # (the run itself: ≈ 20 s on 2 cores)
+  assert os.path.isfile(tmp_path / "out" / "a" / "a_anomaly_map.nii.gz")  # process 0's share
+  assert not os.path.exists(tmp_path / "out" / "b")
+  assert not os.path.exists(tmp_path / "out" / "predict_summary.json")
+
+
+def _write_threshold_model(tmp_path) -> None:
+  """A hand-written evaluation in `tmp_path`/model whose only run is the threshold baseline."""
+  os.makedirs(tmp_path / "model" / "eval")
+  settings = config_lib.resolve(predict_config.get_config())
+  (tmp_path / "model" / "eval" / "config.json").write_text(json.dumps(settings.to_dict()))
+  (tmp_path / "model" / "eval" / "models.json").write_text(json.dumps({"runs": [
+      {"id": "threshold", "method": "threshold", "combination": "residual", "sadm_workdir": "",
+       "cddpm_workdir": "", "intensity_median": 0.5, "train_anomalies": "draem", "tau": {}}]}))
 
 
 def test_two_processes_stop_together_when_one_cannot_start(scan, tmp_path):
