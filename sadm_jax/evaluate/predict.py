@@ -15,7 +15,7 @@ from sadm_jax import agreements, distributed
 from sadm_jax.data import nifti
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import execute, hosts, metrics, scoring, thresholds
+from sadm_jax.evaluate import execute, hosts, metrics, preparation, scoring, thresholds
 from sadm_jax.evaluate.preparation import Prepared, prepare, preparer
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
 from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, covered, list_scans, scan_stem,
@@ -199,9 +199,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Scans are split over processes by index (process p predicts scans p, p + P, ...), once every
   process has started and listed the same scans (otherwise all stop: `_start`); a process runs
   its scans in batches, one scan per local device (`mesh.num_devices`, 0 = all), as evaluation
-  does: the next batches' scans are read and preprocessed ahead (in `data.num_workers` worker
-  processes, `preparer`, fed by as many threads, at most one per core, working across batches, so
-  that batches of one scan keep them busy too; one background thread when 1 or for one scan),
+  does: the next batches' scans are read and preprocessed ahead (in `data.num_workers` threads,
+  at most one per core, working across batches, so that batches of one scan keep them busy too;
+  one background thread when 1; from `preparation.PROCESSES_FROM` threads on, each feeds a
+  worker process, `preparer`),
   and the host writes one batch's outputs while the devices compute the next. A scan that fails is reported by name and
   the others go on (a device error fails its batch's scans). Process 0 writes
   `predict_summary.json` (every scan's status; `devices`: the most devices a process's batches
@@ -274,11 +275,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   records, waiting = [], None
   threads = max(1, min(int(config.data.num_workers), available_cores()))  # scans prepared at once
-  mine = sum(len(g) for g in groups)  # (in as many worker processes: one scan needs none)
+  mine = sum(len(g) for g in groups)  # (in as many worker processes from PROCESSES_FROM on)
+  workers = threads if mine > 1 and threads >= preparation.PROCESSES_FROM else 1
   # (together: a process that stops in its share, a SIGTERM or Ctrl-C there, stops the others,
   # which would wait for its records below until JAX's timeout crashed them)
   with agreements.together("predict's scans"), \
-      preparer(pred, threads if mine > 1 else 1) as prepare_one:
+      preparer(pred, workers) as prepare_one:
     for group, prepared in execute.prefetch(groups, load, threads):
       agreements.check_others()  # another process stopped: this one too, now
       started = dispatch(group, prepared)  # the devices work on this batch while ...

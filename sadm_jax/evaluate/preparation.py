@@ -21,6 +21,14 @@ from sadm_jax.utils import workers as workers_lib
 if TYPE_CHECKING:
   from sadm_jax.evaluate.predictor import Predictor
 
+# Predict prepares scans in worker processes from this many at once (`data.num_workers`, at most
+# one per core), in threads below it. On 2 cores the two ways prepared the demo's scans alike
+# (3.33 s against 3.35-3.61 s for six) and the processes' start-up made the whole stage 5-7 %
+# slower; the preparation holds the GIL for ~10-17 % of its time, which caps threads at a few
+# cores, and a busy main thread stalls them (BENCHMARKS.md, "Predict's scan preparation in worker
+# processes").
+PROCESSES_FROM = 4
+
 
 @dataclasses.dataclass
 class Read:
@@ -54,17 +62,11 @@ def read_and_preprocess(image_path: str, mask_path: str | None, model_orientatio
 
 
 @dataclasses.dataclass
-class Prepared:
-  """One scan read, reoriented to the training data's axis order and preprocessed; of the scan
-  itself only what `finish` needs to carry the maps back (a batch of them waits in memory)."""
+class Prepared(Read):
+  """One scan `Read`, its brain eroded as evaluated; of the scan itself only what `finish` needs
+  to carry the maps back (a batch of them waits in memory)."""
   image_path: str
   mask_path: str | None
-  input_shape: tuple  # the scan's grid [H, W, D] as stored
-  input_affine: np.ndarray  # [4, 4], likewise
-  reo: orientation.Reorientation  # its voxel order -> the training data's
-  shape_t: tuple  # [H', W', D']: the scan's grid in the training data's order
-  brain_t: np.ndarray  # bool [H', W', D']: its brain mask in that order
-  work: Any  # `preprocess_volume`'s result: image, mask and affine on the working grid
   brain: np.ndarray  # bool [H, W, D] working grid: the mask eroded as evaluated (`Predictor.brain`)
   index: int  # noise index (`inference.volume_index` of the file name)
 
@@ -84,18 +86,18 @@ def prepare(pred: Predictor, image_path: str, mask_path: str | None,
       image_path, mask_path, pred.orientation, config_lib.preprocess_config(pred.settings_config))
   from sadm_jax.evaluate import inference  # (JAX: in the caller, never in a worker)
   name = os.path.basename(image_path)
-  return Prepared(image_path, mask_path, r.input_shape, r.input_affine, r.reo, r.shape_t,
-                  r.brain_t, r.work, pred.brain(r.work.mask, name), inference.volume_index(name))
+  return Prepared(**{f.name: getattr(r, f.name) for f in dataclasses.fields(Read)},
+                  image_path=image_path, mask_path=mask_path, brain=pred.brain(r.work.mask, name),
+                  index=inference.volume_index(name))
 
 
 @contextlib.contextmanager
 def preparer(pred: Predictor, workers: int) -> Iterator[Callable[[str, str | None], Prepared]]:
   """`prepare(image_path, mask_path)` for predict's prefetch threads (thread-safe). With
   workers > 1 each call's reading and preprocessing run in a pool of that many spawned processes
-  (the erosion, milliseconds, here): in threads alone NumPy and SciPy, holding the GIL for part of
-  that work, prepared scans 1.34× faster on two threads than on one (BENCHMARKS.md, "Predict
-  over devices"), too few for a host that feeds several GPUs. A worker that dies (the kernel's
-  OOM killer) fails the scans it held, named, and a new pool takes the others."""
+  (the erosion, milliseconds, here), out of the GIL's way: a host that feeds several GPUs needs
+  more cores than threads can use (`PROCESSES_FROM`). A worker that dies (the kernel's OOM
+  killer) fails the scans it held, named, and a new pool takes the others."""
   if workers <= 1:
     yield lambda image, mask: prepare(pred, image, mask)
     return

@@ -9,7 +9,7 @@ import pytest
 
 from sadm_jax import config as config_lib
 from sadm_jax import main as main_lib
-from sadm_jax.evaluate import predict, predictor
+from sadm_jax.evaluate import predict, predictor, preparation
 from tests.evaluate.conftest import scan_config
 
 
@@ -38,15 +38,23 @@ def _copies(scan, folder, n):
 
 
 def test_scans_on_several_devices_get_the_maps_of_one_scan_at_a_time(tiny_sadm_dir, scan,
-                                                                       tmp_path):
+                                                                       tmp_path, monkeypatch):
   """Three scans on this process's 8 devices run as one batch on 3 of them (the evaluation's
   per-volume program); each map equals the one `predict.predict` computes for that scan alone on
-  one device, so no scan got another's image, mask or noise."""
+  one device, so no scan got another's image, mask or noise. The stage prepares them in 2 worker
+  processes here (as from `preparation.PROCESSES_FROM` cores on), `predict.predict` in this one."""
+  monkeypatch.setattr(preparation, "PROCESSES_FROM", 2)
+  monkeypatch.setattr(predict, "available_cores", lambda: 2)
+  pools = []
+  real = predict.preparer
+  monkeypatch.setattr(predict, "preparer", lambda pred, workers: pools.append(workers) or
+                      real(pred, workers))
   paths = _copies(scan, tmp_path / "scans", 3)
   c = scan_config(tiny_sadm_dir, {"image": str(tmp_path / "scans")}, tmp_path / "out",
                   threshold=0.5)
   summary = main_lib.run_stage(c, str(tmp_path))
   assert summary["num_ok"] == 3 and summary["devices"] == 3 < jax.local_device_count()
+  assert pools == [2]
   pred = predictor.load_predictor(tiny_sadm_dir, config_lib.resolve(c))
   maps = []
   for (image, mask), rec in zip(paths, summary["scans"]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -171,7 +172,11 @@ def _as_process_0_predicting(monkeypatch):
       identity=lambda: {"method": "cddpm"},
       orientation_source="", dispatch=lambda volumes, mesh: [None] * len(volumes),
       collect=lambda pending: pending))
-  monkeypatch.setattr(predict, "prepare", lambda *a: types.SimpleNamespace(volume=None))
+
+  @contextlib.contextmanager
+  def preparer(pred, workers):  # every scan 'prepared'
+    yield lambda image, mask: types.SimpleNamespace(volume=None)
+  monkeypatch.setattr(predict, "preparer", preparer)
 
   def fake_finish(pred, prep, a, out_dir):
     os.makedirs(out_dir)
