@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator
 
 from sadm_jax.utils import signals
@@ -48,15 +49,27 @@ def process_pool(num_workers: int, initializer: Callable | None = None, initargs
   pool.shutdown()
 
 
+class WorkerDied(ValueError):
+  """A worker process ended without a result (the kernel's OOM killer, a crash): one error line
+  from the command line, not the pool's traceback."""
+
+
 def map_in_processes(fn: Callable[[Any], Any], items: Iterable, num_workers: int,
                      initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
   """Yields fn(item) for each of `items`, in order, computed by `num_workers` spawned processes
   (`process_pool`), at most one per item and one per core this process may use
   (`data.num_workers=64` on a 2-core machine would hold 64 volumes in memory for no speed).
   On Ctrl-C or any error in the parent, queued items are cancelled and the running ones finish
-  before the exception propagates.
+  before the exception propagates; a worker that dies raises `WorkerDied` (what was yielded
+  before stays done).
   """
   items = list(items)
   num_workers = max(1, min(num_workers, len(items), available_cores()))
   with process_pool(num_workers, initializer, initargs) as pool:
-    yield from pool.map(fn, items)
+    try:
+      yield from pool.map(fn, items)
+    except BrokenProcessPool:
+      raise WorkerDied(
+          f"one of {num_workers} worker processes died (the kernel's OOM killer? each holds its "
+          "item in memory): what was finished is kept; run the same command again, with fewer "
+          "workers if memory is short (data.num_workers)") from None

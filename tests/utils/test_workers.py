@@ -155,3 +155,18 @@ def test_workers_end_when_their_parent_is_killed_before_they_start(tmp_path):
     proc.kill()
     proc.wait()
   _assert_all_end(children)
+
+
+def _die_on_three(x: int) -> int:
+  if x == 3:
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+  return x
+
+
+def test_a_worker_that_dies_is_one_error_line_not_the_pools_traceback():
+  """`workers.WorkerDied` is a ValueError: `python -m sadm_jax.main` prints it as one line, exit 2
+  (a preprocessing or cohort worker killed for memory gave BrokenProcessPool's traceback)."""
+  with pytest.raises(workers.WorkerDied, match=r"one of 2 worker processes died \(the kernel's "
+                                               r"OOM killer\?.*data.num_workers"):
+    list(workers.map_in_processes(_die_on_three, range(8), 2))
+  assert issubclass(workers.WorkerDied, ValueError)
