@@ -71,7 +71,10 @@ def load_volume(path: str, dtype=np.float32) -> Volume:
     raise DataError(f"{path}: expected a 3-D volume, got shape {shape} ({len(shape)}-D)")
   with np.errstate(over="ignore"):
     out = np.asarray(data, dtype=dtype)
-  if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+  # only a narrowing cast (float64 data, scaled integers) can make finite values infinite: a
+  # float32, int16 or uint8 file needs no extra pass over its voxels here
+  if (not np.can_cast(data.dtype, out.dtype, "safe") and np.issubdtype(out.dtype, np.floating)
+      and not np.isfinite(out).all()):
     finite = np.isfinite(data)
     if np.any(finite & ~np.isfinite(out)):  # finite in the file, beyond float32 here
       raise DataError(f"{path}: values up to {float(np.abs(data[finite]).max()):.4g} exceed "

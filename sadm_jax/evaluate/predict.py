@@ -202,9 +202,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   does: the next batches' scans are read and preprocessed ahead (in `data.num_workers` threads,
   at most one per core, working across batches, so that batches of one scan keep them busy too;
   one background thread when 1; from `preparation.PROCESSES_FROM` threads on, each feeds a
-  worker process, `preparer`),
-  and the host writes one batch's outputs while the devices compute the next. A scan that fails is reported by name and
-  the others go on (a device error fails its batch's scans). Process 0 writes
+  worker process, `preparer`), and the host writes one batch's outputs while the devices compute
+  the next. A scan that fails is reported by name and the others go on (a device error fails its batch's scans). Process 0 writes
   `predict_summary.json` (every scan's status; `devices`: the most devices a process's batches
   ran on, 0 for the threshold baseline) into the output folder and prints the table. Returns
   the summary; raises PredictFailed (a DataError: exit code 2 from the command line) when any
