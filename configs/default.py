@@ -151,8 +151,10 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- predict on a new scan ----
   pr = c.predict = ml_collections.ConfigDict()
   pr.checkpoint_dir = ""
-  pr.input = ""  # a scan, 'a.nii.gz,b.nii.gz', a folder of .nii/.nii.gz, or a CSV (image[,mask])
+  pr.input = ""  # a scan, 'a.nii.gz,b.nii.gz', a folder of .nii/.nii.gz, a glob pattern
+  # ('data/*/anat/*_T1w.nii.gz', '**' = any depth) or a CSV (image[,mask])
   pr.mask = ""  # a mask, 'a_mask.nii.gz,...' (one per scan), or a folder; '' = brain is image > 0
+  # (folder or pattern input: the masks next to the scans, image > 0 for a scan without one)
   pr.mask_suffix = "_mask"  # folder rule: mask of <base>[_<mod>].nii.gz is <base>_mask.nii.gz
   pr.output = ""  # '' = the workdir; list/folder/CSV input: one folder <output>/<scan name>/ each
   pr.threshold = config_dict.placeholder(float)  # None = the one stored by evaluation

@@ -7,8 +7,10 @@
 W is an evaluation workdir (models, settings and the validation-selected τ are taken from it), a
 SADM workdir or a cDDPM workdir (then pass the threshold). `predict.input` may also be a comma-
 separated list, a folder (every .nii/.nii.gz except `*_mask.nii[.gz]`; the mask of
-`<base>[_<modality>].nii.gz` is `<base>_mask.nii.gz` in the folder or in `predict.mask`) or a CSV
-with columns image[,mask]; then each scan's outputs go to `<output>/<scan name>/`. Every run writes
+`<base>[_<modality>].nii.gz` is `<base>_mask.nii.gz` in the folder or in `predict.mask`), a quoted
+glob pattern ('bids/*/anat/*_T1w.nii.gz'; masks found next to each scan, as in a folder) or a CSV
+with columns image[,mask]; then each scan's outputs go to `<output>/<scan name>/` (scans of the same
+file name in different folders are named by those folders: `p1/T1.nii.gz` -> `p1_T1`). Every run writes
 `<output>/predict_summary.json`; the exit code is 2 when any scan failed. Scans are reoriented to
 the training data's orientation (recorded by the run; 'RAS' when not) before preprocessing. The
 scans must be skull-stripped and registered like the training data; without a mask the brain is

@@ -18,8 +18,8 @@ from sadm_jax.data.resample import affine_spacing
 from sadm_jax.evaluate import execute, hosts, metrics, preparation, scoring, thresholds
 from sadm_jax.evaluate.preparation import Prepared, prepare, preparer
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
-from sadm_jax.evaluate.scans import (OUTPUT_SUFFIXES, covered, list_scans, scan_stem,
-                                     to_input_grid)
+from sadm_jax.evaluate.listing import OUTPUT_SUFFIXES, list_scans, scan_stem
+from sadm_jax.evaluate.scans import covered, to_input_grid
 from sadm_jax.utils import io
 from sadm_jax.utils.xla_flags import available_cores
 
@@ -27,11 +27,13 @@ from sadm_jax.utils.xla_flags import available_cores
 # ----------------------------------------------------------------------------- one scan
 
 
-def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict:
+def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str,
+           name: str | None = None) -> dict:
   """Thresholds one scan's map `a` [H, W, D] (working grid), carries map and mask back to the
-  scan's own voxel order, shape and affine, and writes `<stem>_anomaly_map.nii.gz` (float32),
-  `<stem>_anomaly_mask.nii.gz` (uint8, only with a threshold) and `<stem>_prediction.json` into
-  `out_dir`; returns the JSON's content."""
+  scan's own voxel order, shape and affine, and writes `<name>_anomaly_map.nii.gz` (float32),
+  `<name>_anomaly_mask.nii.gz` (uint8, only with a threshold) and `<name>_prediction.json` into
+  `out_dir` (name: the scan's, `listing.Scan`; default its file's stem); returns the JSON's
+  content."""
   image_path, mask_path, reo, work = prep.image_path, prep.mask_path, prep.reo, prep.work
   thresholds.check_finite(a, os.path.basename(image_path))  # NaN/Inf weights: no map written
 
@@ -41,7 +43,7 @@ def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict
                     * prep.brain_t)
 
   a_in = back(a, 1)
-  stem = scan_stem(image_path)
+  stem = name or scan_stem(image_path)
   # brain voxels the crop box leaves out (e.g. a 256-slice scan's top and bottom): their map is 0
   outside = int(np.count_nonzero(prep.brain_t & ~covered(work.affine, reo.affine, prep.shape_t,
                                                           a.shape)))
@@ -56,6 +58,7 @@ def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str) -> dict
          "resampled_to_1mm": bool(work.resampled_to_1mm),
          "brain_voxels_input_grid": int(np.count_nonzero(prep.brain_t)),
          "brain_voxels_outside_crop": outside,
+         "nonfinite_voxels_outside_brain": prep.nonfinite_outside_brain,
          "anomaly_map": os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[0]}.nii.gz")}
   mask_out = os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[1]}.nii.gz")
   p_in = None
@@ -190,7 +193,9 @@ def _ok_message(out: dict) -> str:
   cut = out.get("brain_voxels_outside_crop", 0)
   cut = (f", {100 * cut / out['brain_voxels_input_grid']:.3g}% of the brain outside the crop box "
          "(not scored)" if cut else "")
-  return f"volume score {out['volume_score']:.4g}, {flagged}{turned}{cut}"
+  nan = out.get("nonfinite_voxels_outside_brain", 0)
+  nan = f", {nan} NaN/Inf voxels outside the brain read as 0" if nan else ""
+  return f"volume score {out['volume_score']:.4g}, {flagged}{turned}{cut}{nan}"
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -212,7 +217,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   p = config.predict
   if not p.checkpoint_dir or not p.input:
     raise ValueError("set --config.predict.checkpoint_dir=<evaluation|SADM|cDDPM workdir> and "
-                     "--config.predict.input=<scan.nii.gz | a,b,... | folder | scans.csv>")
+                     "--config.predict.input=<scan.nii.gz | a,b,... | folder | "
+                     "'dir/*/*_T1w.nii.gz' | scans.csv>")
   out_root = os.path.abspath(p.output or workdir)
   scans, batch, pred, devices = _start(p, config)
   pid, nproc = jax.process_index(), jax.process_count()
@@ -264,7 +270,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for (i, prep), a in zip(ready, maps):
       out_dir = os.path.join(out_root, scans[i].name) if batch else out_root
       try:
-        out = finish(pred, prep, a, out_dir)
+        out = finish(pred, prep, a, out_dir, scans[i].name)
       except Exception as e:  # noqa: BLE001
         fail(recs[i], e)
       else:

@@ -15,7 +15,7 @@ from sadm_jax import config as config_lib
 from sadm_jax.data import orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
-from sadm_jax.evaluate.scans import load_scan
+from sadm_jax.evaluate.scans import clear_background, load_scan
 from sadm_jax.utils import workers as workers_lib
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class Read:
   shape_t: tuple  # [H', W', D']: the scan's grid in the training data's order
   brain_t: np.ndarray  # bool [H', W', D']: its brain mask in that order
   work: Any  # `preprocess_volume`'s result: image, mask and affine on the working grid
+  nonfinite_outside_brain: int  # NaN/Inf voxels outside the brain, read as 0 (`clear_background`)
 
 
 def read_and_preprocess(image_path: str, mask_path: str | None, model_orientation: str,
@@ -49,8 +50,9 @@ def read_and_preprocess(image_path: str, mask_path: str | None, model_orientatio
   as the training data was; DataError naming the file when it cannot be used. Module-level and
   JAX-free: a worker process (`utils.workers.process_pool`) runs it."""
   img, mask = load_scan(image_path, mask_path)
+  image, cleared = clear_background(img.data, mask, image_path, mask_path)
   reo = orientation.reorientation(img.affine, img.data.shape, model_orientation)
-  image_t, brain_t = reo.apply(img.data), reo.apply(mask) > 0  # [H', W', D'] training order
+  image_t, brain_t = reo.apply(image), reo.apply(mask) > 0  # [H', W', D'] training order
   work = preprocess_volume(image_t, brain_t.astype(np.uint8), None, reo.affine, cfg,
                            source=image_path)
   if not work.mask.any():  # the map would be 0 everywhere and its volume score NaN, as if "ok"
@@ -58,7 +60,7 @@ def read_and_preprocess(image_path: str, mask_path: str | None, model_orientatio
                     f"{int(brain_t.sum())} voxel(s)) leaves no voxel on the models' working grid "
                     f"(cropped to {cfg.crop_size}, downsampled ×{cfg.downsample}): a single-slice "
                     "or 2-D scan, or a brain of a few voxels, cannot be predicted")
-  return Read(img.data.shape, img.affine, reo, image_t.shape, brain_t, work)
+  return Read(img.data.shape, img.affine, reo, image_t.shape, brain_t, work, cleared)
 
 
 @dataclasses.dataclass

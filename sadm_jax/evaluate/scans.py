@@ -1,11 +1,6 @@
-"""Prediction inputs: listing scans (file, list, folder, CSV), reading them, mapping maps back to their grid."""
+"""Prediction inputs: reading and checking one scan and its mask, mapping maps back to its grid (listing them: `listing`)."""
 
 from __future__ import annotations
-
-import csv
-import dataclasses
-import os
-import re
 
 import nibabel as nib
 import numpy as np
@@ -16,10 +11,11 @@ from sadm_jax.data.errors import DataError
 from sadm_jax.data.resample import affine_spacing
 
 MAX_SPACING_MM = 3.0  # coarser scans cannot reach the 2 mm working grid without inventing detail
+MIN_SPACING_MM = 0.05  # finer: not a brain MRI's voxels (ex-vivo scans reach 0.1 mm), or wrong units
+UNIT_TO_MM = {"meter": 1000.0, "micron": 0.001}  # NIfTI spatial units other than mm
 SPACING_ATOL_MM = 1e-3  # a float32 header's 3 mm (oblique: a column norm of 3.0000001) is 3 mm
 AFFINE_ATOL = 1e-3
 SKEW_DEGREES = 0.01  # axes this close to perpendicular (or to each other) are, for the messages
-OUTPUT_SUFFIXES = ("_anomaly_map", "_anomaly_mask")  # predict's outputs: <stem><suffix>.nii.gz
 
 
 # ----------------------------------------------------------------------------- reading
@@ -96,17 +92,52 @@ def _positive_brain(image: np.ndarray, path: str) -> np.ndarray:
   return brain.astype(np.uint8)
 
 
+def clear_background(image: np.ndarray, brain: np.ndarray, image_path: str,
+                     mask_path: str | None) -> tuple[np.ndarray, int]:
+  """(image [H, W, D] with its NaN/Inf voxels outside the brain set to 0, how many were): SPM
+  and other tools write NaN where a resampled scan has no data, outside the brain; DataError
+  naming `image_path` when any is inside its brain (mask `mask_path`, else `image > 0`)."""
+  bad = ~np.isfinite(image)
+  if not bad.any():
+    return image, 0
+  inside = int(np.count_nonzero(bad & (brain > 0)))
+  if inside:
+    raise DataError(f"{image_path}: {inside} voxel(s) inside its brain ({mask_path or 'image > 0'})"
+                    " are NaN or infinite; the map cannot be computed there: fill or mask them "
+                    "and retry")
+  return np.where(bad, np.float32(0), image).astype(image.dtype, copy=False), int(bad.sum())
+
+
+def _in_mm(vol: nifti.Volume) -> nifti.Volume:
+  """`vol` with its affine in mm: a header whose spatial units are metres or microns (NIfTI's
+  xyzt_units) is scaled, unless its numbers are already a brain MRI's in mm (a wrong label, which
+  other tools ignore too)."""
+  factor = UNIT_TO_MM.get(nib.load(vol.path).header.get_xyzt_units()[0])
+  spacing = affine_spacing(vol.affine)
+  if factor is None or MIN_SPACING_MM <= min(spacing) <= max(spacing) <= (MAX_SPACING_MM
+                                                                      + SPACING_ATOL_MM):
+    return vol
+  affine = np.array(vol.affine, np.float64)
+  affine[:3, :] *= factor
+  return nifti.Volume(vol.data, affine, vol.path)
+
+
 def load_scan(image_path: str, mask_path: str | None = None
               ) -> tuple[nifti.Volume, np.ndarray]:
   """(image volume, brain mask [H, W, D] uint8) with every check that names the offending file.
 
   Both in the file's own voxel order; a file whose orientation cannot be determined is refused.
   """
-  img = nifti.load_volume(image_path)
+  img = _in_mm(nifti.load_volume(image_path))
   _check_header(image_path)
   spacing = affine_spacing(img.affine)
   if not all(np.isfinite(spacing)) or min(spacing) <= 0:
     raise DataError(f"{image_path}: invalid voxel spacing {spacing}")
+  if min(spacing) < MIN_SPACING_MM:
+    units = nib.load(image_path).header.get_xyzt_units()[0]
+    raise DataError(f"{image_path}: voxel spacing {tuple(float(f'{s:.3g}') for s in spacing)} mm "
+                    f"is finer than {MIN_SPACING_MM} mm: not a brain MRI's voxels, or the header's "
+                    f"spatial units ({units}) or affine are wrong")
   if max(spacing) > MAX_SPACING_MM + SPACING_ATOL_MM:
     shown = tuple(round(s, 3) for s in spacing)
     raise DataError(f"{image_path}: voxel spacing {shown} mm is coarser "
@@ -114,7 +145,7 @@ def load_scan(image_path: str, mask_path: str | None = None
                     "downsampling) and cannot resample such a scan reliably")
   if not mask_path:
     return img, _positive_brain(img.data, image_path)
-  mask = nifti.load_volume(mask_path)
+  mask = _in_mm(nifti.load_volume(mask_path))
   _check_header(mask_path)
   if mask.data.shape != img.data.shape:
     raise DataError(f"{mask_path}: mask shape {mask.data.shape} differs from the image grid "
@@ -169,163 +200,3 @@ def covered(work_affine: np.ndarray, input_affine: np.ndarray, input_shape, work
     x = m[i, 3] + sum(m[i, j] * axes[j] for j in range(3) if abs(m[i, j]) > 1e-9)
     inside = inside & (x >= -0.5) & (x < n - 0.5)
   return inside
-
-
-# ----------------------------------------------------------------------------- listing
-
-
-def scan_stem(path: str) -> str:
-  """The file name without .nii/.nii.gz (any case): names the scan and its outputs."""
-  return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path), flags=re.IGNORECASE)
-
-
-@dataclasses.dataclass(frozen=True)
-class Scan:
-  """One scan to predict: name (its file stem, names the outputs), image path, mask path or None."""
-  name: str
-  image: str
-  mask: str | None
-
-
-def _is_nifti(path: str) -> bool:
-  return bool(re.search(r"\.nii(\.gz)?$", path, flags=re.IGNORECASE))
-
-
-def _mask_bases(stem: str) -> list[str]:
-  """The names a scan's mask may start with: its stem, then `<base>` for a stem
-  `<base>_<modality>` (`sub-01_T1w`), not for one ending in a number (`patient_001`: a stray
-  `patient_mask` is not every patient's mask)."""
-  head, _, tail = stem.rpartition("_")
-  return [stem] + ([head] if head and not tail.isdigit() else [])
-
-
-def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
-  """The brain mask of scan `stem` in `folder`, None when there is none.
-
-  `<stem><suffix>.nii[.gz]`, else (for a stem `<base>_<modality>`, e.g. `sub-01_T1w`)
-  `<base><suffix>.nii[.gz]`; the extension in any case (`.NII.GZ`), the exact one first.
-  """
-  for base in _mask_bases(stem):
-    for ext in (".nii.gz", ".nii"):
-      path = os.path.join(folder, base + suffix + ext)
-      if os.path.isfile(path):
-        return path
-    others = sorted(n for n in os.listdir(folder) if _is_nifti(n) and scan_stem(n) == base + suffix)
-    if others:  # the extension in another case, e.g. `.NII.GZ`
-      return os.path.join(folder, others[0])
-  return None
-
-
-def _given_mask(stem: str, folder: str, suffix: str) -> str:
-  """The mask of scan `stem` in the mask folder the user gave (`predict.mask`); when it has none,
-  the path it was expected at, so that the scan fails naming it instead of silently taking
-  `image > 0` as its brain: `<base><suffix>.nii.gz` for a stem `<base>_<modality>` (`sub-01_T1w`
-  -> `sub-01_mask`), `<stem><suffix>.nii.gz` for one that ends in a number (`patient_001`)."""
-  return find_mask(stem, folder, suffix) or os.path.join(folder, _mask_bases(stem)[-1] + suffix
-                                                         + ".nii.gz")
-
-
-def _split(text: str) -> list[str]:
-  return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def _read_csv(path: str) -> list[tuple[str, str | None]]:
-  """(image, mask or None) rows of a CSV with columns image[,mask]; paths relative to the CSV."""
-  if not os.path.isfile(path):
-    raise ValueError(f"predict.input={path}: CSV file not found")
-  try:
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte order mark
-      reader = csv.DictReader(f)
-      fields = [c.strip() for c in reader.fieldnames or []]
-      if "image" not in fields:
-        sep = next((c for c in ";\t" if len(fields) == 1 and c in fields[0]), "")
-        hint = f"; the file is separated by {sep!r}, expected ','" if sep else ""
-        raise ValueError(f"predict.input={path}: the CSV needs a header with columns "
-                         f"image[,mask]; got {fields}{hint}")
-      twice = sorted({c for c in fields if c and fields.count(c) > 1})
-      if twice:  # csv.DictReader keeps the last one's values
-        raise ValueError(f"predict.input={path}: column(s) {twice} appear twice in the header; "
-                         "give one scan per row (columns image[,mask])")
-      others = [c for c in fields if c and c not in ("image", "mask")]
-      if others and "mask" not in fields:  # the masks under another name: image > 0, silently
-        raise ValueError(f"predict.input={path}: column(s) {others} are not read (columns "
-                         "image[,mask]); name the brain masks' column 'mask', or remove the "
-                         "other columns to use image > 0 as the brain")
-      rows = []
-      for r in reader:
-        if None in r:  # more fields than the header: csv.DictReader keeps them under None
-          raise ValueError(f"predict.input={path}: line {reader.line_num} has "
-                           f"{len(fields) + len(r[None])} fields, the header {len(fields)}; "
-                           "quote a path that holds a comma")
-        rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
-  except UnicodeDecodeError as e:
-    raise ValueError(f"predict.input={path}: not UTF-8 text (byte {e.start}: {e.reason}); save "
-                     "it as UTF-8 (e.g. Excel's \"CSV UTF-8\")") from None
-  here = os.path.dirname(os.path.abspath(path))
-  resolve = lambda p: os.path.join(here, p) if p and not os.path.isabs(p) else p  # noqa: E731
-  return [(resolve(r["image"]), resolve(r.get("mask", "")) or None) for r in rows if r["image"]]
-
-
-def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
-               ) -> tuple[list[Scan], bool]:
-  """(scans, batch) named by `predict.input` / `predict.mask`; batch = one output folder per scan.
-
-  input_spec: one NIfTI file (batch False: today's flat layout); a comma-separated list of files;
-    a folder (every .nii/.nii.gz in it except masks, `*<mask_suffix>.nii[.gz]`, predict's own
-    outputs, `*_anomaly_map` / `*_anomaly_mask`, and hidden files, `.*`); or a .csv with
-    columns image[,mask] (paths relative to the CSV).
-  mask_spec: '' (folder input: masks found by `find_mask` next to the scans, the brain is
-    `image > 0` for a scan without one; otherwise the brain is `image > 0`); a folder (masks found
-    there by `find_mask`: a scan without one fails, naming the mask expected; with an empty
-    `mask_suffix` the masks are named like the scans); a file (one scan) or a comma-separated
-    list as long as the input list.
-  Raises ValueError (one line) for an unusable specification; missing or unreadable scan files are
-  not checked here: they fail on their own when predicted.
-  """
-  spec = str(input_spec).strip()
-  mask_spec = str(mask_spec or "").strip()
-  mask_dir = mask_spec if mask_spec and os.path.isdir(mask_spec) else ""
-  if spec.lower().endswith(".csv"):
-    if mask_spec:
-      raise ValueError("predict.mask is not used with a CSV input: give masks in its mask column")
-    pairs, batch = _read_csv(spec), True
-    if not pairs:
-      raise ValueError(f"predict.input={spec}: the CSV lists no scans")
-  elif os.path.isdir(spec):
-    if mask_spec and not mask_dir:
-      raise ValueError(f"predict.mask={mask_spec}: with a folder input it must be a folder")
-    if not mask_suffix and not mask_dir:  # every name ends with '': all would be masks
-      raise ValueError(f"predict.mask_suffix is empty: the masks next to the scans in {spec} "
-                       "cannot be told from the scans; give a suffix (default '_mask') or "
-                       "predict.mask=<folder of masks named like the scans>")
-    skip = ((mask_suffix,) if mask_suffix else ()) + OUTPUT_SUFFIXES
-    names = sorted(n for n in os.listdir(spec) if _is_nifti(n) and not n.startswith(".")
-                   and not scan_stem(n).endswith(skip))
-    if not names:
-      raise ValueError(f"predict.input={spec}: no .nii/.nii.gz scans in this folder")
-    pairs = [(os.path.join(spec, n), _given_mask(scan_stem(n), mask_dir, mask_suffix)
-              if mask_dir else find_mask(scan_stem(n), spec, mask_suffix)) for n in names]
-    batch = True
-  else:
-    images, batch = _split(spec), "," in spec
-    if mask_dir:
-      masks = [_given_mask(scan_stem(i), mask_dir, mask_suffix) for i in images]
-    elif mask_spec:
-      masks = _split(mask_spec)
-      if len(masks) != len(images):
-        raise ValueError(f"predict.mask lists {len(masks)} masks for {len(images)} scans; give "
-                         "one mask per scan (same order) or a folder of masks")
-    else:
-      masks = [None] * len(images)
-    pairs = list(zip(images, masks))
-  scans = [Scan(scan_stem(i), i, m) for i, m in pairs]
-  seen: dict[str, Scan] = {}
-  for s in scans:  # names differing only in case share their files on macOS / Windows
-    first = seen.setdefault(s.name.casefold(), s)
-    if first is not s and os.path.realpath(first.image) == os.path.realpath(s.image):
-      raise ValueError(f"predict.input lists {s.image} twice; list each scan once")
-    if first is not s:
-      same = repr(s.name) if first.name == s.name else f"{first.name!r} and {s.name!r}"
-      raise ValueError(f"predict.input: two scans named {same} ({first.image}, {s.image}); "
-                       "outputs are named by scan (case-insensitively), rename one")
-  return scans, batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import types
 
 import nibabel as nib
@@ -15,7 +16,7 @@ from sadm_jax import config as config_lib
 from sadm_jax import main as main_lib
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
-from sadm_jax.evaluate import predict, predictor
+from sadm_jax.evaluate import listing, predict, predictor
 from sadm_jax.evaluate import scans as scans_lib
 from sadm_jax.train.checkpoint import RunError
 from tests.data import fake_data
@@ -270,30 +271,44 @@ def test_scans_without_an_orientation_are_refused_in_one_line(scan, tmp_path):
 
 
 def test_csv_input_predicts_each_scan_and_reports_the_bad_one(tiny_cddpm_dir, scan, tmp_path):
-  """A CSV of (image, mask): good scans are written per scan; a scan without orientation fails."""
+  """A CSV of (image, mask): good scans are written per scan; a scan without orientation fails.
+  Two scans with the same file name in different folders (`p1/sub-01_T1w.nii.gz`,
+  `p2/sub-01_T1w.nii.gz`, as in per-subject folders) are named by their folders, and each gets
+  its own outputs (they were refused: 'two scans named ...; rename one')."""
   data = nib.load(scan["image"]).get_fdata().astype(np.float32)
   bad = nib.Nifti1Image(data, np.eye(4))
   bad.set_qform(None, code=0)
   bad.set_sform(None, code=0)
   nib.save(bad, str(tmp_path / "unoriented.nii.gz"))
-  listing = tmp_path / "scans.csv"
-  listing.write_text(f"image,mask\n{scan['image']},{scan['mask']}\nunoriented.nii.gz,\n")
-  c = scan_config(tiny_cddpm_dir, {"image": str(listing)}, tmp_path / "out", threshold=0.5)
-  with pytest.raises(DataError, match=r"^predict: 1 of 2 scan\(s\) failed: unoriented \(.*"
+  for folder in ("p1", "p2"):
+    (tmp_path / folder).mkdir()
+    for key in ("image", "mask"):
+      shutil.copy(scan[key], tmp_path / folder)
+  csv_path = tmp_path / "scans.csv"
+  csv_path.write_text("image,mask\np1/sub-01_T1w.nii.gz,p1/sub-01_mask.nii.gz\n"
+                      "unoriented.nii.gz,\np2/sub-01_T1w.nii.gz,p2/sub-01_mask.nii.gz\n")
+  c = scan_config(tiny_cddpm_dir, {"image": str(csv_path)}, tmp_path / "out", threshold=0.5)
+  with pytest.raises(DataError, match=r"^predict: 1 of 3 scan\(s\) failed: unoriented \(.*"
                                       r"unoriented.nii.gz: orientation unknown") as e:
     main_lib.run_stage(c, str(tmp_path))
   summary = e.value.summary
   with open(tmp_path / "out" / "predict_summary.json") as f:
     assert json.load(f)["scans"] == json.loads(json.dumps(summary["scans"]))
-  good, failed = summary["scans"]
-  assert (good["scan"], good["status"], failed["scan"], failed["status"]) == (
-      "sub-01_T1w", "ok", "unoriented", "failed")
-  assert good["mask"] == scan["mask"] and failed["output_dir"] == ""
-  out_dir = tmp_path / "out" / "sub-01_T1w"
-  assert good["output_dir"] == str(out_dir)
-  for name in ("anomaly_map", "anomaly_mask"):
-    img = nib.load(str(out_dir / f"sub-01_T1w_{name}.nii.gz"))
-    assert img.shape == nib.load(scan["image"]).shape
+  good, failed, other = summary["scans"]
+  assert [(r["scan"], r["status"]) for r in (good, failed, other)] == [
+      ("p1_sub-01_T1w", "ok"), ("unoriented", "failed"), ("p2_sub-01_T1w", "ok")]
+  assert good["mask"] == str(tmp_path / "p1" / "sub-01_mask.nii.gz")
+  assert failed["output_dir"] == ""
+  maps = []
+  for rec, name in ((good, "p1_sub-01_T1w"), (other, "p2_sub-01_T1w")):
+    out_dir = tmp_path / "out" / name
+    assert rec["output_dir"] == str(out_dir)
+    assert sorted(os.listdir(out_dir)) == [f"{name}_{k}" for k in (
+        "anomaly_map.nii.gz", "anomaly_mask.nii.gz", "prediction.json")]
+    for k in ("anomaly_map", "anomaly_mask"):
+      assert nib.load(str(out_dir / f"{name}_{k}.nii.gz")).shape == nib.load(scan["image"]).shape
+    maps.append(np.asarray(nib.load(str(out_dir / f"{name}_anomaly_map.nii.gz")).dataobj))
+  np.testing.assert_array_equal(*maps)  # the same file: the same map, written twice
   assert not os.path.exists(tmp_path / "out" / "unoriented")
 
 
@@ -302,18 +317,18 @@ def test_list_scans_rules(tmp_path):
   for name in ("b_T1w.nii.gz", "b_mask.nii.gz", "a.nii", "a_mask.nii.gz", "c_T1w.nii.gz",
                "notes.txt"):
     (tmp_path / name).write_bytes(b"")
-  scans, batch = scans_lib.list_scans(str(tmp_path))
+  scans, batch = listing.list_scans(str(tmp_path))
   assert batch and [(s.name, s.mask and os.path.basename(s.mask)) for s in scans] == [
       ("a", "a_mask.nii.gz"), ("b_T1w", "b_mask.nii.gz"), ("c_T1w", None)]
-  scans, batch = scans_lib.list_scans("x/s.nii.gz")
-  assert not batch and scans == [scans_lib.Scan("s", "x/s.nii.gz", None)]
-  scans, batch = scans_lib.list_scans("p.nii.gz, q.nii", "pm.nii.gz,qm.nii.gz")
+  scans, batch = listing.list_scans("x/s.nii.gz")
+  assert not batch and scans == [listing.Scan("s", "x/s.nii.gz", None)]
+  scans, batch = listing.list_scans("p.nii.gz, q.nii", "pm.nii.gz,qm.nii.gz")
   assert batch and [(s.name, s.mask) for s in scans] == [("p", "pm.nii.gz"), ("q", "qm.nii.gz")]
   with pytest.raises(ValueError, match="lists 1 masks for 2 scans"):
-    scans_lib.list_scans("p.nii.gz,q.nii", "pm.nii.gz")
+    listing.list_scans("p.nii.gz,q.nii", "pm.nii.gz")
   with pytest.raises(ValueError, match="two scans named 'p'"):
-    scans_lib.list_scans("x/p.nii.gz,y/p.nii.gz")
+    listing.list_scans("x/p.nii.gz,x/P.nii.gz")
   (tmp_path / "bad.csv").write_text("img,msk\nx,y\n")
   with pytest.raises(ValueError, match="columns image"):
-    scans_lib.list_scans(str(tmp_path / "bad.csv"))
+    listing.list_scans(str(tmp_path / "bad.csv"))
 

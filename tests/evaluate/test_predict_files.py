@@ -16,7 +16,7 @@ from configs import predict as predict_config
 from sadm_jax import config as config_lib
 from sadm_jax.data import nifti
 from sadm_jax.data.errors import DataError
-from sadm_jax.evaluate import predict, predictor
+from sadm_jax.evaluate import listing, predict, predictor
 from sadm_jax.evaluate import scans as scans_lib
 from tests.helpers import REPO
 
@@ -28,12 +28,12 @@ def test_upper_case_extensions_are_scans_and_names_collide_regardless_of_case(tm
   `A_mask.NII.GZ` is A's mask (it was neither listed as a scan nor found: A silently had none)."""
   for name in ("A.NII.GZ", "A_mask.NII.GZ", "b.Nii", "notes.txt"):
     (tmp_path / name).write_bytes(b"")
-  scans, batch = scans_lib.list_scans(str(tmp_path))
+  scans, batch = listing.list_scans(str(tmp_path))
   assert [(s.name, os.path.basename(s.image), s.mask and os.path.basename(s.mask))
           for s in scans] == [("A", "A.NII.GZ", "A_mask.NII.GZ"), ("b", "b.Nii", None)]
-  assert scans_lib.scan_stem("x/sub.01.T1w.NII.GZ") == "sub.01.T1w"
+  assert listing.scan_stem("x/sub.01.T1w.NII.GZ") == "sub.01.T1w"
   with pytest.raises(ValueError, match="two scans named 'sub-01' .* 'SUB-01'"):
-    scans_lib.list_scans("x/sub-01.nii.gz,y/SUB-01.nii")
+    listing.list_scans("x/sub-01.nii.gz,x/SUB-01.nii")
 
 
 def _threshold_predictor(tau, crop=(32, 32, 16)):
@@ -178,7 +178,7 @@ def test_a_folder_holding_earlier_outputs_does_not_predict_them_as_scans(tmp_pat
   (by the <base>_mask rule) as its brain mask."""
   image = _scan(tmp_path)
   predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path))
-  scans, _ = scans_lib.list_scans(str(tmp_path))
+  scans, _ = listing.list_scans(str(tmp_path))
   assert [(s.name, s.mask) for s in scans] == [("sub-01", None)]
 
 
@@ -204,7 +204,7 @@ def test_hidden_files_in_a_folder_are_not_scans(tmp_path):
   scans (they were listed, failed as unreadable and made the batch exit 2)."""
   for name in ("sub-01.nii.gz", "._sub-01.nii.gz", ".sub-02_anomaly_map.nii.gz.x1.tmp.nii.gz"):
     (tmp_path / name).write_bytes(b"")
-  scans, _ = scans_lib.list_scans(str(tmp_path))
+  scans, _ = listing.list_scans(str(tmp_path))
   assert [s.name for s in scans] == ["sub-01"]
 
 
@@ -240,7 +240,7 @@ def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path):
   """Excel's 'CSV UTF-8' starts the file with a byte order mark: the header was read as
   ['\\ufeffimage', 'mask'] and refused as having no image column."""
   (tmp_path / "scans.csv").write_bytes("image,mask\r\na.nii.gz,a_mask.nii.gz\r\n".encode("utf-8-sig"))
-  scans, batch = scans_lib.list_scans(str(tmp_path / "scans.csv"))
+  scans, batch = listing.list_scans(str(tmp_path / "scans.csv"))
   assert batch and [(s.name, s.image, s.mask) for s in scans] == [
       ("a", str(tmp_path / "a.nii.gz"), str(tmp_path / "a_mask.nii.gz"))]
 
@@ -252,7 +252,7 @@ def test_a_csv_that_is_not_utf8_is_one_line_naming_it(tmp_path):
   path.write_bytes("image,mask\nscän.nii.gz,\n".encode("latin-1"))
   with pytest.raises(ValueError, match=rf"^predict.input={path}: not UTF-8 text \(byte 13: "
                                        r"invalid continuation byte\); save it as UTF-8"):
-    scans_lib.list_scans(str(path))
+    listing.list_scans(str(path))
 
 
 @pytest.mark.parametrize("key,value", [("run", "cddpm"), ("threshold_set", "Brats21")])
@@ -278,18 +278,18 @@ def test_a_scan_missing_from_the_given_mask_folder_fails_naming_the_mask(tmp_pat
     (scans / name).write_bytes(b"")
   (masks / "sub-01_mask.nii.gz").write_bytes(b"")
   for spec in (str(scans), f"{scans / 'sub-01_T1w.nii.gz'},{scans / 'sub-02_T1w.nii.gz'}"):
-    found, _ = scans_lib.list_scans(spec, str(masks))
+    found, _ = listing.list_scans(spec, str(masks))
     assert [s.mask for s in found] == [str(masks / "sub-01_mask.nii.gz"),
                                        str(masks / "sub-02_mask.nii.gz")]
   nifti.save_volume(found[1].image, np.ones((4, 4, 4), np.float32), np.eye(4))
   with pytest.raises(DataError, match=rf"^{masks / 'sub-02_mask.nii.gz'}: file not found$"):
     scans_lib.load_scan(found[1].image, found[1].mask)
-  assert scans_lib.list_scans(str(scans))[0][0].mask is None  # no mask folder given: image > 0
+  assert listing.list_scans(str(scans))[0][0].mask is None  # no mask folder given: image > 0
   (scans / "patient_001.nii.gz").write_bytes(b"")  # a number, not a modality, after the last _
-  found, _ = scans_lib.list_scans(str(scans / "patient_001.nii.gz"), str(masks))
+  found, _ = listing.list_scans(str(scans / "patient_001.nii.gz"), str(masks))
   assert found[0].mask == str(masks / "patient_001_mask.nii.gz")
   (masks / "patient_mask.nii.gz").write_bytes(b"")  # not patient_001's (nor patient_002's) mask
-  assert scans_lib.find_mask("patient_001", str(masks)) is None
+  assert listing.find_mask("patient_001", str(masks)) is None
 
 
 def test_a_csv_separated_by_semicolons_says_so(tmp_path):
@@ -298,7 +298,7 @@ def test_a_csv_separated_by_semicolons_says_so(tmp_path):
   path.write_text("image;mask\na.nii.gz;\n")
   with pytest.raises(ValueError, match=r"got \['image;mask'\]; the file is separated by ';', "
                                        r"expected ','$"):
-    scans_lib.list_scans(str(path))
+    listing.list_scans(str(path))
 
 
 def test_a_csv_whose_rows_or_columns_would_be_misread_is_refused_naming_it(tmp_path):
@@ -308,18 +308,18 @@ def test_a_csv_whose_rows_or_columns_would_be_misread_is_refused_naming_it(tmp_p
   path = tmp_path / "scans.csv"
   path.write_text("image,mask\na.nii.gz,a_mask.nii.gz\nb,1.nii.gz,b_mask.nii.gz\n")
   with pytest.raises(ValueError) as e:
-    scans_lib.list_scans(str(path))
+    listing.list_scans(str(path))
   assert str(e.value) == (f"predict.input={path}: line 3 has 3 fields, the header 2; quote a path "
                           "that holds a comma")
   path.write_text("image,brain_mask\na.nii.gz,a_mask.nii.gz\n")
   with pytest.raises(ValueError, match=r"column\(s\) \['brain_mask'\] are not read \(columns "
                                        r"image\[,mask\]\); name the brain masks' column 'mask'"):
-    scans_lib.list_scans(str(path))
+    listing.list_scans(str(path))
   path.write_text("image,image\na.nii.gz,b.nii.gz\n")
   with pytest.raises(ValueError, match=r"column\(s\) \['image'\] appear twice in the header"):
-    scans_lib.list_scans(str(path))
+    listing.list_scans(str(path))
   path.write_text("image,mask,subject\n\"b,1.nii.gz\",,s1\n")  # other columns beside a mask one
-  assert [(s.image, s.mask) for s in scans_lib.list_scans(str(path))[0]] == [
+  assert [(s.image, s.mask) for s in listing.list_scans(str(path))[0]] == [
       (str(tmp_path / "b,1.nii.gz"), None)]
 
 
@@ -331,11 +331,11 @@ def test_an_empty_mask_suffix_needs_a_mask_folder(tmp_path):
   masks.mkdir()
   for folder in (scans, masks):
     (folder / "case_001.nii.gz").write_bytes(b"")
-  found, _ = scans_lib.list_scans(str(scans), str(masks), "")
+  found, _ = listing.list_scans(str(scans), str(masks), "")
   assert [(s.name, s.mask) for s in found] == [("case_001", str(masks / "case_001.nii.gz"))]
   with pytest.raises(ValueError, match=r"^predict.mask_suffix is empty: the masks next to the "
                                        r"scans in .*images cannot be told from the scans"):
-    scans_lib.list_scans(str(scans), "", "")
+    listing.list_scans(str(scans), "", "")
 
 
 def test_the_threshold_baseline_scores_the_eroded_brain_as_evaluation_does(tmp_path):
@@ -368,7 +368,7 @@ def test_a_killed_run_leaves_no_summary_of_the_earlier_run(tmp_path, monkeypatch
   τ, beside maps of the new run; now it is removed when the run starts (its own is written last)."""
   image, out = _scan(tmp_path), str(tmp_path / "out")
   summary = os.path.join(out, "predict_summary.json")
-  scans, _ = scans_lib.list_scans(image)
+  scans, _ = listing.list_scans(image)
   c = predict_config.get_config("tiny")
   c.predict.checkpoint_dir, c.predict.input, c.predict.output = str(tmp_path), image, out
   monkeypatch.setattr(predict, "_start", lambda p, config: (scans, False, pred, 1))
@@ -469,6 +469,6 @@ def test_a_scan_listed_twice_is_named_as_such_not_asked_to_be_renamed(tmp_path):
   path = tmp_path / "scans.csv"
   path.write_text("image\nok.nii.gz\n./ok.nii.gz\n")
   with pytest.raises(ValueError) as e:
-    scans_lib.list_scans(str(path))
+    listing.list_scans(str(path))
   assert str(e.value) == (f"predict.input lists {tmp_path}/./ok.nii.gz twice; list each "
                           "scan once")

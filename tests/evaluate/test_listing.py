@@ -1,0 +1,139 @@
+"""Predict's input listing: glob patterns, scans of the same file name in different folders, and
+a folder whose scans are in its subfolders (no models, empty files: nothing is read)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sadm_jax.evaluate import listing
+
+
+def _touch(root, *names):
+  for name in names:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def _listed(scans):
+  return [(s.name, s.image, s.mask) for s in scans]
+
+
+def test_same_file_names_in_different_folders_are_named_by_their_folders(tmp_path):
+  """Per-subject folders (`patient1/T1.nii.gz`; WMH's `<site>/<id>/pre/T1.nii.gz`) were refused
+  as 'two scans named 'T1' ...; rename one': the folders below the one they share now tell them
+  apart, and a scan whose name was unique keeps its plain stem."""
+  _touch(tmp_path, "patient1/T1.nii.gz", "patient2/T1.nii.gz", "other/FLAIR.nii.gz")
+  (tmp_path / "scans.csv").write_text(
+      "image\npatient1/T1.nii.gz\npatient2/T1.nii.gz\nother/FLAIR.nii.gz\n")
+  scans, batch = listing.list_scans(str(tmp_path / "scans.csv"))
+  assert batch and [s.name for s in scans] == ["patient1_T1", "patient2_T1", "FLAIR"]
+  assert listing.unique_names(["wmh/Utrecht/0/pre/T1.nii.gz", "wmh/Singapore/50/pre/T1.nii.gz",
+                               "wmh/Utrecht/2/pre/t1.nii"]) == [
+      "Utrecht_0_pre_T1", "Singapore_50_pre_T1", "Utrecht_2_pre_t1"]
+  assert listing.unique_names(["a/x.nii.gz", "a/b/x.nii.gz"]) == ["x", "b_x"]
+
+
+def test_names_that_still_collide_and_a_file_listed_twice_are_refused(tmp_path):
+  """Two names for one file are still one file listed twice; a folder-derived name equal to
+  another scan's, or two names differing in case in one folder, would write the same files."""
+  _touch(tmp_path, "p1/T1.nii.gz", "p2/T1.nii.gz", "p1_T1.nii.gz")
+  with pytest.raises(ValueError, match=r"^predict.input lists .*p1/\./T1.nii.gz twice; list "
+                                       r"each scan once$"):
+    listing.list_scans(f"{tmp_path}/p1/T1.nii.gz,{tmp_path}/p1/./T1.nii.gz")
+  with pytest.raises(ValueError, match=r"^predict.input: two scans named 'p1_T1' \(.*/p1/T1.nii.gz"
+                                       r", .*/p1_T1.nii.gz\); outputs are named by scan"):
+    listing.list_scans(f"{tmp_path}/p1/T1.nii.gz,{tmp_path}/p2/T1.nii.gz,{tmp_path}/p1_T1.nii.gz")
+
+
+def test_a_mask_folder_cannot_serve_scans_of_the_same_file_name(tmp_path):
+  """`predict.mask=<folder>` finds masks by the scan's file name: both `p1/T1` and `p2/T1` would
+  have taken `masks/T1_mask.nii.gz`, one of them another subject's brain."""
+  _touch(tmp_path, "p1/T1.nii.gz", "p2/T1.nii.gz", "masks/T1_mask.nii.gz")
+  with pytest.raises(ValueError) as e:
+    listing.list_scans(f"{tmp_path}/p1/T1.nii.gz,{tmp_path}/p2/T1.nii.gz", str(tmp_path / "masks"))
+  assert str(e.value) == (
+      f"predict.mask={tmp_path / 'masks'}: scans in different folders share the file name 'T1' "
+      f"({tmp_path}/p1/T1.nii.gz, {tmp_path}/p2/T1.nii.gz), so one folder cannot hold a mask for "
+      "each by name; put each mask next to its scan (predict.mask empty) or list the pairs in a "
+      "CSV (columns image,mask)")
+
+
+def test_a_glob_pattern_lists_the_scans_it_matches_with_the_masks_next_to_them(tmp_path):
+  """A BIDS tree: `*/anat/*_T1w.nii.gz` lists each subject's T1w, sorted, with the mask next to it
+  (`<base>_mask`, as in a folder); masks, predict's outputs, hidden files and other modalities are
+  not scans. `**` matches any depth; a file two patterns match is listed once; a pattern (like a
+  list) gets one output folder per scan even when it matches one file."""
+  _touch(tmp_path, "sub-02/anat/sub-02_T1w.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz",
+         "sub-01/anat/sub-01_mask.nii.gz", "sub-01/anat/sub-01_FLAIR.nii.gz",
+         "sub-01/anat/._sub-01_T1w.nii.gz", "sub-02/anat/sub-02_T1w_anomaly_map.nii.gz",
+         "sub-03/ses-1/anat/sub-03_ses-1_T1w.nii.gz")
+  root = str(tmp_path)
+  scans, batch = listing.list_scans(f"{root}/*/anat/*_T1w.nii.gz")
+  assert batch and _listed(scans) == [
+      ("sub-01_T1w", f"{root}/sub-01/anat/sub-01_T1w.nii.gz",
+       f"{root}/sub-01/anat/sub-01_mask.nii.gz"),
+      ("sub-02_T1w", f"{root}/sub-02/anat/sub-02_T1w.nii.gz", None)]
+  scans, _ = listing.list_scans(f" {root}/**/*_T1w.nii.gz , {root}/sub-01/anat/*.nii.gz")
+  assert [s.name for s in scans] == ["sub-01_T1w", "sub-02_T1w", "sub-03_ses-1_T1w",
+                                     "sub-01_FLAIR"]
+  scans, batch = listing.list_scans(f"{root}/sub-02/*/*_T1w.nii.gz")
+  assert batch and [s.name for s in scans] == ["sub-02_T1w"]
+  _touch(tmp_path, "masks/sub-02_mask.nii.gz")  # a mask folder: masks found there by name
+  scans, _ = listing.list_scans(f"{root}/sub-0[12]/anat/*_T1w.nii.gz", f"{root}/masks")
+  assert [s.mask for s in scans] == [f"{root}/masks/sub-01_mask.nii.gz",
+                                     f"{root}/masks/sub-02_mask.nii.gz"]
+
+
+def test_pattern_mistakes_are_one_line_each(tmp_path):
+  """A pattern matching nothing names itself and the folder it was taken relative to; one
+  matching only masks says so; masks given as a list, or no mask suffix without a mask folder,
+  cannot go with a pattern's unknown number of scans."""
+  _touch(tmp_path, "s1/a_mask.nii.gz")
+  root = str(tmp_path)
+  with pytest.raises(ValueError) as e:
+    listing.list_scans(f"{root}/*/*.nii")
+  assert str(e.value) == (f"predict.input: the pattern '{root}/*/*.nii' matches no file (relative "
+                          f"to {os.getcwd()}; quote the pattern so that the shell passes it on "
+                          "as is)")
+  with pytest.raises(ValueError, match=r"matches 1 file\(s\), none a scan \(masks, predict's "
+                                       r"outputs, hidden or not NIfTI: a_mask.nii.gz, ...\)"):
+    listing.list_scans(f"{root}/*/*.nii.gz")
+  with pytest.raises(ValueError, match=r"^predict.mask=m.nii.gz: with a folder or pattern input "
+                                       r"it must be a folder"):
+    listing.list_scans(f"{root}/*/*.nii.gz", "m.nii.gz")
+  with pytest.raises(ValueError, match=r"^predict.mask_suffix is empty: the masks next to the "
+                                       r"scans matched by .* cannot be told from the scans"):
+    listing.list_scans(f"{root}/*/*.nii.gz", "", "")
+
+
+def test_a_file_whose_name_looks_like_a_pattern_is_that_file(tmp_path):
+  """`scan[1].nii.gz` exists: it is one scan (flat layout), not a pattern for `scan1.nii.gz`."""
+  _touch(tmp_path, "scan[1].nii.gz", "scan1.nii.gz")
+  scans, batch = listing.list_scans(str(tmp_path / "scan[1].nii.gz"))
+  assert not batch and _listed(scans) == [("scan[1]", str(tmp_path / "scan[1].nii.gz"), None)]
+
+
+def test_a_folder_with_its_scans_in_subfolders_suggests_a_pattern_that_lists_them(tmp_path):
+  """BraTS-style per-subject folders given as the input folder were 'no .nii/.nii.gz scans in this
+  folder'; the error now shows a scan found below and a pattern, which lists exactly the scans of
+  that kind; a DICOM tree is told to be converted first."""
+  _touch(tmp_path, "BraTS_001/BraTS_001_t1.nii.gz", "BraTS_001/BraTS_001_flair.nii.gz",
+         "BraTS_002/BraTS_002_t1.nii.gz", "BraTS_002/BraTS_002_flair.nii.gz")
+  root = str(tmp_path)
+  with pytest.raises(ValueError) as e:
+    listing.list_scans(root)
+  pattern = f"{root}/*/*_flair.nii.gz"
+  assert str(e.value) == (
+      f"predict.input={root}: no .nii/.nii.gz scans in this folder itself, but in its subfolders "
+      f"(e.g. {root}/BraTS_001/BraTS_001_flair.nii.gz): give a glob pattern, e.g. "
+      f"--config.predict.input='{pattern}' (quoted; '**' matches any depth), or a CSV listing them")
+  assert [s.name for s in listing.list_scans(pattern)[0]] == ["BraTS_001_flair",
+                                                               "BraTS_002_flair"]
+  dicom = tmp_path / "dicom"
+  _touch(dicom, "series1/IM0001.dcm")
+  with pytest.raises(ValueError, match=r"no .nii/.nii.gz scans in this folder or its subfolders; "
+                                       r"it holds DICOM files \(.dcm\): convert them to NIfTI"):
+    listing.list_scans(str(dicom))

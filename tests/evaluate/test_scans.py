@@ -1,0 +1,98 @@
+"""Predict's reading of one scan: NaN/Inf voxels outside and inside the brain."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sadm_jax.data.errors import DataError
+from sadm_jax.evaluate import predict
+from sadm_jax.evaluate import scans as scans_lib
+from tests.evaluate.test_predict_files import _threshold_predictor
+
+
+def _brain(shape=(24, 26, 20)):
+  z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+  return ((z - 12) / 10) ** 2 + ((y - 13) / 11) ** 2 + ((x - 10) / 8) ** 2 < 1
+
+
+def test_nan_outside_the_brain_is_background_and_counted(tmp_path):
+  """SPM and other tools write NaN where a resampled scan has no data: such a scan was refused
+  whole ('image contains NaN or infinite values') though its brain was intact. NaN/Inf outside
+  the brain (the mask's, or image > 0) now read as 0, are counted in the record and named in the
+  status; the map equals that of the same scan with 0 there."""
+  inside = _brain()
+  rng = np.random.default_rng(0)
+  clean = np.where(inside, rng.uniform(100, 300, inside.shape), 0).astype(np.float32)
+  holes = clean.copy()
+  holes[:3] = np.nan  # the slab the resampling had no data for (outside the brain)
+  holes[-1, 0, 0] = -np.inf
+  mask = str(tmp_path / "brain_mask.nii.gz")
+  nib.save(nib.Nifti1Image(inside.astype(np.uint8), np.eye(4)), mask)
+  maps = {}
+  for name, data, brain in (("clean", clean, None), ("holes", holes, None),
+                            ("holes_masked", holes, mask)):
+    path = str(tmp_path / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    out = predict.predict(_threshold_predictor(0.5), path, brain, str(tmp_path / name))
+    maps[name] = np.asarray(nib.load(out["anomaly_map"]).dataobj)
+    expected = 0 if name == "clean" else 3 * 26 * 20 + 1
+    assert out["nonfinite_voxels_outside_brain"] == expected
+    message = predict._ok_message(out)
+    assert message.endswith(f", {expected} NaN/Inf voxels outside the brain read as 0") == (
+        expected > 0), message
+  np.testing.assert_array_equal(maps["holes"], maps["clean"])
+  np.testing.assert_array_equal(maps["holes_masked"], maps["clean"])
+
+
+def test_nan_inside_the_brain_is_refused_naming_how_many(tmp_path):
+  """NaN or Inf in the brain cannot be read as anything: the scan is refused, one line."""
+  inside = _brain()
+  data = np.where(inside, 200.0, 0).astype(np.float32)
+  data[12, 13, 8:10] = [np.nan, np.inf]  # inside the brain (image > 0 takes +Inf as brain)
+  path = str(tmp_path / "bad.nii.gz")
+  nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+  mask = str(tmp_path / "bad_mask.nii.gz")
+  nib.save(nib.Nifti1Image(inside.astype(np.uint8), np.eye(4)), mask)
+  for brain, count, named in ((None, 1, "image > 0"), (mask, 2, mask)):
+    img, m = scans_lib.load_scan(path, brain)
+    with pytest.raises(DataError) as e:
+      scans_lib.clear_background(img.data, m, path, brain)
+    assert str(e.value) == (f"{path}: {count} voxel(s) inside its brain ({named}) are NaN or "
+                            "infinite; the map cannot be computed there: fill or mask them and "
+                            "retry")
+
+
+def test_a_scan_in_metres_is_read_in_mm_and_absurd_spacings_are_named(tmp_path):
+  """NIfTI's spatial units were ignored: a scan stored in metres (spacing 0.001) was resampled
+  to '1 mm' as a speck and failed with 'intensities ... are constant'. Metres and microns are now
+  converted (the map equals the mm scan's; the record's spacing is in mm), a wrong units label on
+  a mm-valued affine is read as mm, as other tools do, and a spacing finer than 0.05 mm is refused
+  naming the units."""
+  inside = _brain()
+  data = np.where(inside, np.random.default_rng(1).uniform(100, 300, inside.shape), 0)
+  maps = {}
+  for name, scale, units in (("mm", 1.0, "mm"), ("metres", 0.001, "meter"),
+                             ("mislabelled", 1.0, "micron")):
+    affine = np.diag([scale, scale, scale, 1.0])
+    affine[:3, 3] = np.array([-12.0, -13.0, -10.0]) * scale
+    img = nib.Nifti1Image(data.astype(np.float32), affine)
+    img.header.set_xyzt_units(units)
+    path = str(tmp_path / f"{name}.nii.gz")
+    nib.save(img, path)
+    out = predict.predict(_threshold_predictor(0.5), path, None, str(tmp_path / name))
+    assert out["input_spacing_mm"] == pytest.approx([1.0, 1.0, 1.0], rel=1e-6)
+    maps[name] = np.asarray(nib.load(out["anomaly_map"]).dataobj)
+    assert nib.load(out["anomaly_map"]).header.get_xyzt_units()[0] == units  # the scan's header
+  np.testing.assert_array_equal(maps["metres"], maps["mm"])
+  np.testing.assert_array_equal(maps["mislabelled"], maps["mm"])
+  tiny = nib.Nifti1Image(data.astype(np.float32), np.diag([0.01, 0.01, 0.01, 1.0]))
+  tiny.header.set_xyzt_units("mm")
+  path = str(tmp_path / "tiny.nii.gz")
+  nib.save(tiny, path)
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(path)
+  assert str(e.value) == (f"{path}: voxel spacing (0.01, 0.01, 0.01) mm is finer than 0.05 mm: "
+                          "not a brain MRI's voxels, or the header's spatial units (mm) or "
+                          "affine are wrong")
