@@ -167,6 +167,7 @@ def get_config() -> ml_collections.ConfigDict:
   dist.coordinator_address = ""  # 'host:port' of process 0; '' = from JAX_*/SLURM/TPU environment
   dist.num_processes = 0  # 0 = auto; 1 = force a single process
   dist.process_id = -1  # -1 = auto
+  dist.connect_timeout = 300  # seconds every process waits for all to connect (JAX's default)
 
   # ---- embedded demo cohort ----
   m = c.demo = ml_collections.ConfigDict()

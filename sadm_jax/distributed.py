@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -22,6 +23,10 @@ GPUS_FROM_VAR = "SADM_GPUS_FROM"
 # A SIGTERM held while the processes connect (`initialize`, `signals.held`): how long this one
 # still waits for the others, to tell them at the start-up checks, before it stops alone
 JOIN_GRACE_S = 10.0
+# JAX aborts the process (a C++ check failure and its stack) when the processes have not all
+# connected by its `initialization_timeout`: it is given this much more than
+# `distributed.connect_timeout`, at which this process stops with one line first
+ABORT_MARGIN_S = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Plan:
   """How to call `jax.distributed.initialize`; `source` is None for a single-process run."""
   source: str | None  # 'config' | 'env' | 'slurm' | 'tpu' | 'auto' | None
   kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  connect_timeout: float = 300.0  # `distributed.connect_timeout` (s)
 
 
 def _int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -90,6 +96,9 @@ def check_settings(d: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.distributed.process_id={d.process_id} must be in [0, "
                      f"{d.num_processes - 1 if d.num_processes > 0 else 'num_processes - 1'}] "
                      "(-1 = not set)")
+  if not d.get("connect_timeout", 300) > 0:
+    raise ValueError(f"--config.distributed.connect_timeout={d.connect_timeout} must be > 0 "
+                     "(seconds)")
 
 
 def plan(config: ml_collections.ConfigDict | None = None,
@@ -104,6 +113,12 @@ def plan(config: ml_collections.ConfigDict | None = None,
   d = config.distributed if config is not None and "distributed" in config else None
   if d is not None:
     check_settings(d)
+    return dataclasses.replace(_plan(d, environ),
+                               connect_timeout=float(d.get("connect_timeout", 300)))
+  return _plan(None, environ)
+
+
+def _plan(d: ml_collections.ConfigDict | None, environ: Mapping[str, str]) -> Plan:
   if d is not None and (d.coordinator_address or d.num_processes > 0 or d.process_id >= 0):
     if d.num_processes == 1:
       return Plan(None)
@@ -147,38 +162,59 @@ def initialize(p: Plan) -> Plan:
   # installs its own handler a SIGTERM was swallowed: the run went on until the scheduler's
   # SIGKILL. Training agrees on its stop step itself (`train/stopping.py`).
   jax.config.update("jax_enable_preemption_service", False)
-  _connect(p.kwargs)
+  _connect(p.kwargs, p.connect_timeout)
   return p
 
 
-def _connect(kwargs: dict) -> None:
+def _not_connected(kwargs: dict, timeout: float) -> str:
+  """The line for processes that did not all connect within `timeout` seconds."""
+  n = kwargs.get("num_processes") or os.environ.get("SLURM_NTASKS") or "all"
+  me = kwargs.get("process_id", os.environ.get("SLURM_PROCID"))
+  where = kwargs.get("coordinator_address") or "the coordinator JAX detected"
+  return (f"the processes did not all connect within {timeout:g} s"
+          f"{f' (this is process {me} of {n})' if me is not None else ''} to {where}: did every "
+          "process start (a task that failed, a node that is gone, a wrong "
+          "distributed.num_processes or coordinator address, a firewall)? See the others' logs; "
+          "raise --config.distributed.connect_timeout if they start slowly")
+
+
+def _connect(kwargs: dict, timeout: float = 300.0) -> None:
   """`jax.distributed.initialize(**kwargs)` in a thread while the main thread waits in Python,
   where signal handlers run. It waits for every process to connect, in C++, up to JAX's timeout
   (5 minutes); a SIGTERM then ran no handler until it was over (a process whose peers never came
   could not be stopped). One held for the start-up checks (`signals.held`) stops this process
   (`signals.Terminated`) if the others are not all there `JOIN_GRACE_S` later: it cannot tell
-  them before."""
+  them before. Processes that have not all connected within `timeout` seconds stop with one
+  line (ValueError) before JAX's own deadline (`ABORT_MARGIN_S` later) aborts them in C++."""
   import jax
 
   from sadm_jax.utils import signals
   done, failed = threading.Event(), []
+  jax_kwargs = {**kwargs, "initialization_timeout": int(math.ceil(timeout)) + ABORT_MARGIN_S}
 
   def connect() -> None:
     try:
-      jax.distributed.initialize(**kwargs)
+      jax.distributed.initialize(**jax_kwargs)
     except BaseException as e:  # noqa: BLE001  (raised in the main thread)
       failed.append(e)
     finally:
       done.set()
   threading.Thread(target=connect, daemon=True, name="jax-distributed-connect").start()
-  hold, since = signals.current_hold(), None
+  hold, since, start = signals.current_hold(), None, time.monotonic()
   while not done.wait(0.1):
+    if time.monotonic() - start > timeout:
+      raise NotConnected(_not_connected(kwargs, timeout))
     if hold is not None and hold.requested:
       since = time.monotonic() if since is None else since
       if time.monotonic() - since > JOIN_GRACE_S:
         raise signals.Terminated
   if failed:
     raise failed[0]
+
+
+class NotConnected(ValueError):
+  """The processes did not all connect in time: `main` prints the line and ends the process at
+  once (JAX's connecting thread cannot be stopped; the interpreter's teardown would wait on it)."""
 
 
 def coordination_client():

@@ -183,6 +183,9 @@ def _start(planned, given) -> None:
   from sadm_jax import distributed
   try:
     distributed.initialize(planned)  # before anything touches a JAX backend
+  except distributed.NotConnected as e:  # JAX's connecting thread still waits: no teardown
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    exit_now(2)
   except ValueError as e:
     _fail(str(e))
   if not FLAGS["verbosity"].present:

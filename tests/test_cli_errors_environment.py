@@ -300,6 +300,36 @@ def test_a_sigterm_while_the_processes_connect_stops_a_process_whose_peers_never
       "same command again to resume")
 
 
+def test_processes_that_never_all_connect_stop_with_one_line_at_the_connect_timeout(tmp_path):
+  """Process 1 of 2 whose process 0 never comes (a task that failed, a wrong address): it waited
+  JAX's 5 minutes and then JAX aborted it in C++ (exit -6, a check failure and its stack). It now
+  stops with one line at `distributed.connect_timeout` (here 2 s), exit 2."""
+  import time
+  from tests import loopback
+  address = f"127.0.0.1:{loopback.free_port()}"
+  child = _sleeping_stage(
+      tmp_path, "", "'--config.distributed.num_processes=2', '--config.distributed.process_id=1', "
+      f"'--config.distributed.coordinator_address={address}', "
+      "'--config.distributed.connect_timeout=2', ")
+  t0 = time.time()
+  proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=ENV, text=True,
+                        capture_output=True, timeout=120)
+  assert proc.returncode == 2 and time.time() - t0 < 60, proc.stderr[-2000:]
+  assert proc.stdout == "" and "Traceback" not in proc.stderr
+  assert "Check failure" not in proc.stderr and "DEADLINE" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: the processes did not all connect within 2 s (this is process 1 of 2) to {address}: "
+      "did every process start (a task that failed, a node that is gone, a wrong "
+      "distributed.num_processes or coordinator address, a firewall)? See the others' logs; raise "
+      "--config.distributed.connect_timeout if they start slowly")
+  with pytest.raises(ValueError, match=r"connect_timeout=0 must be > 0 \(seconds\)"):
+    from configs import cddpm
+    from sadm_jax import distributed
+    config = cddpm.get_config("tiny")
+    config.distributed.connect_timeout = 0
+    distributed.plan(config, {})
+
+
 def test_a_sweeps_member_stops_once_its_sweep_is_killed_outright(tmp_path):
   """A sweep killed with SIGKILL (or by the OOM killer) cannot stop its running member, which
   trained on, unseen and orphaned, holding its workdir's lock (and a GPU). A member (the sweep
