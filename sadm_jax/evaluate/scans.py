@@ -71,6 +71,8 @@ def _turn_degrees(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.degrees(np.arccos(cos)).max())
 
 
+UNSTRIPPED_SHARE = 0.95  # image > 0 over more of the field of view: a head, not a stripped brain
+# (an ellipsoid fills 52 % of its bounding box; an unstripped scan's noise is > 0 everywhere)
 NEGATIVE_SHARE = 0.01  # more voxels than this share of the brain far below 0: not image > 0
 NEGATIVE_DEPTH = 0.1  # far: below -NEGATIVE_DEPTH x the brain's 99th percentile (interpolation's
 # undershoot beside a skull-stripped brain's edge stays within a few per cent of it)
@@ -78,12 +80,19 @@ NEGATIVE_DEPTH = 0.1  # far: below -NEGATIVE_DEPTH x the brain's 99th percentile
 
 def _positive_brain(image: np.ndarray, path: str) -> np.ndarray:
   """`image > 0` as the brain of a scan given without a mask [H, W, D] uint8; DataError naming
-  `path` when that cannot be its brain: nothing above 0, or many voxels far below 0 (an
+  `path` when that cannot be its brain: nothing above 0, nearly every voxel above 0 (a scan not
+  skull-stripped: its background noise is > 0), or many voxels far below 0 (an
   intensity-normalised scan, e.g. z-scores, whose brain is half negative)."""
   brain = image > 0
   if not brain.any():
     raise DataError(f"{path}: no voxel is above 0, so its brain (image > 0, as no mask was given) "
                     "is empty; give its brain mask (predict.mask)")
+  share = np.count_nonzero(brain) / brain.size
+  if share > UNSTRIPPED_SHARE:
+    raise DataError(f"{path}: {100 * share:.1f}% of its voxels are above 0, so its brain (image > "
+                    "0, as no mask was given) would be nearly the whole field of view: a scan that "
+                    "is not skull-stripped? Give its brain mask (predict.mask) or skull-strip it "
+                    "(e.g. SynthStrip, HD-BET)")
   deep = image < -NEGATIVE_DEPTH * np.percentile(image[brain], 99)
   if np.count_nonzero(deep) > NEGATIVE_SHARE * np.count_nonzero(brain):
     raise DataError(f"{path}: {np.count_nonzero(deep)} voxels are far below 0 (down to "

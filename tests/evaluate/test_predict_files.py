@@ -46,8 +46,11 @@ def _threshold_predictor(tau, crop=(32, 32, 16)):
 
 
 def _scan(tmp_path) -> str:
+  """A skull-stripped scan [24, 26, 20] without a mask: its brain (image > 0) is every voxel but
+  the outermost rows and columns of each slice."""
   path = str(tmp_path / "sub-01.nii.gz")
-  data = np.random.default_rng(0).uniform(100, 300, (24, 26, 20)).astype(np.float32)
+  data = np.zeros((24, 26, 20), np.float32)
+  data[1:-1, 1:-1] = np.random.default_rng(0).uniform(100, 300, (22, 24, 20))
   nib.save(nib.Nifti1Image(data, np.eye(4)), path)
   return path
 
@@ -158,7 +161,10 @@ def test_a_sheared_sform_or_forms_turned_apart_are_named_not_shown_as_one_grid(t
       f"{path}: inconsistent header: the sform (code 1) is sheared (two voxel axes 26.6° from "
       "perpendicular), which a qform cannot store, so the qform (code 1) describes another grid; "
       "keep the form you trust (e.g. the sform: nibabel img.set_qform(None, code=0)) and retry")
+  img = nib.Nifti1Image(np.pad(np.ones((6, 6, 6), np.float32), ((1, 1), (1, 1), (0, 0))),
+                        sheared)  # (a skull-stripped brain: image > 0 is not every voxel)
   img.set_qform(None, code=0)  # the advice: the sform alone is a usable header
+  img.set_sform(sheared, code=1)
   nib.save(img, path)
   assert scans_lib.load_scan(path)[0].data.shape == (8, 8, 6)
   turned = np.eye(4)
@@ -212,7 +218,8 @@ def test_a_4d_int16_scan_with_scaling_gives_the_map_of_its_scaled_values(tmp_pat
   """[H, W, D, 1] int16 with scl_slope/scl_inter, qform code 1 and sform code 4: the same map as the
   3-D float32 file of its scaled values, written 3-D on the scan's grid with its codes and units
   and without its scaling."""
-  raw = np.random.default_rng(1).integers(50, 150, (24, 26, 20, 1)).astype(np.int16)
+  raw = np.zeros((24, 26, 20, 1), np.int16)  # a skull-stripped brain: 0 around it
+  raw[1:-1, 1:-1] = np.random.default_rng(1).integers(50, 150, (22, 24, 20, 1))
   affine = np.array([[0, 0, -1.0, 30], [-1, 0, 0, 20], [0, 1, 0, -10], [0, 0, 0, 1]])
   img = nib.Nifti1Image(raw, affine)
   img.set_qform(affine, code=1)
@@ -393,9 +400,10 @@ def test_a_scan_whose_brain_leaves_no_working_voxel_fails_instead_of_a_nan_score
   ×2-downsampled working grid: it was "ok" with an all-zero map and a volume score of NaN (written
   into its record as the invalid JSON `NaN`)."""
   image = str(tmp_path / "slice.nii.gz")
-  data = np.random.default_rng(0).uniform(100, 300, (24, 26, 1)).astype(np.float32)
+  data = np.zeros((24, 26, 1), np.float32)
+  data[1:-1, 1:-1] = np.random.default_rng(0).uniform(100, 300, (22, 24, 1))
   nib.save(nib.Nifti1Image(data, np.eye(4)), image)
-  with pytest.raises(DataError, match=rf"^{image}: its brain \(image > 0, 624 voxel\(s\)\) leaves "
+  with pytest.raises(DataError, match=rf"^{image}: its brain \(image > 0, 528 voxel\(s\)\) leaves "
                                       r"no voxel on the models' working grid \(cropped to "
                                       r"\(32, 32, 16\), downsampled ×2\): a single-slice"):
     predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path / "out"))
@@ -450,12 +458,12 @@ def test_brain_outside_the_crop_box_is_counted_and_named_in_the_scans_status(tmp
   """The crop box keeps 100 slices at 1 mm (here 16): a 256-slice scan's top and bottom of the
   brain got map 0, reported as 'ok' like a whole brain; the record counts those voxels and the
   table's message gives their share."""
-  image = _scan(tmp_path)  # 20 slices, all brain (image > 0)
+  image = _scan(tmp_path)  # 20 slices of brain (image > 0)
   out = predict.predict(_threshold_predictor(0.5), image, None, str(tmp_path / "out"))
-  assert (out["brain_voxels_input_grid"], out["brain_voxels_outside_crop"]) == (24 * 26 * 20,
-                                                                               24 * 26 * 4)
+  assert (out["brain_voxels_input_grid"], out["brain_voxels_outside_crop"]) == (22 * 24 * 20,
+                                                                               22 * 24 * 4)
   a = np.asarray(nib.load(out["anomaly_map"]).dataobj)
-  assert np.all(a[:, :, [0, 1, 18, 19]] == 0) and np.all(a[:, :, 2:18] > 0)
+  assert np.all(a[:, :, [0, 1, 18, 19]] == 0) and np.all(a[1:-1, 1:-1, 2:18] > 0)
   assert predict._ok_message(out).endswith(", 20% of the brain outside the crop box (not scored)")
   small = str(tmp_path / "small.nii.gz")
   nib.save(nib.Nifti1Image(nib.load(image).get_fdata()[..., 2:18].astype(np.float32), np.eye(4)),

@@ -96,3 +96,24 @@ def test_a_scan_in_metres_is_read_in_mm_and_absurd_spacings_are_named(tmp_path):
   assert str(e.value) == (f"{path}: voxel spacing (0.01, 0.01, 0.01) mm is finer than 0.05 mm: "
                           "not a brain MRI's voxels, or the header's spatial units (mm) or "
                           "affine are wrong")
+
+
+def test_a_scan_that_is_not_skull_stripped_needs_a_mask(tmp_path):
+  """Without a mask the brain is image > 0: a scan that is not skull-stripped (its background
+  noise is > 0 everywhere) was 'ok', its whole field of view scored as brain. It is refused,
+  asking for a mask; with one it is predicted."""
+  inside = _brain()
+  rng = np.random.default_rng(2)
+  head = np.where(inside, rng.uniform(100, 300, inside.shape),
+                  np.abs(rng.normal(0, 5, inside.shape))).astype(np.float32)  # Rician-like noise
+  path = str(tmp_path / "head.nii.gz")
+  nib.save(nib.Nifti1Image(head, np.eye(4)), path)
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(path)
+  assert str(e.value) == (f"{path}: 100.0% of its voxels are above 0, so its brain (image > 0, as "
+                          "no mask was given) would be nearly the whole field of view: a scan that "
+                          "is not skull-stripped? Give its brain mask (predict.mask) or skull-strip "
+                          "it (e.g. SynthStrip, HD-BET)")
+  mask = str(tmp_path / "head_mask.nii.gz")
+  nib.save(nib.Nifti1Image(inside.astype(np.uint8), np.eye(4)), mask)
+  np.testing.assert_array_equal(scans_lib.load_scan(path, mask)[1], inside)
