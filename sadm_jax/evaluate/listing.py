@@ -40,32 +40,46 @@ def _mask_bases(stem: str) -> list[str]:
   return [stem] + ([head] if head and not tail.isdigit() else [])
 
 
-def find_mask(stem: str, folder: str, suffix: str = "_mask") -> str | None:
+def _niftis(folder: str, index: dict | None) -> dict[str, list[str]]:
+  """{stem: the NIfTI names in `folder` with that stem, sorted}, from `index` (one listing per
+  folder for a whole input: a folder of N scans was listed N times, minutes for thousands)."""
+  if index is not None and folder in index:
+    return index[folder]
+  found: dict[str, list[str]] = collections.defaultdict(list)
+  for n in sorted(os.listdir(folder)):
+    if _is_nifti(n):
+      found[scan_stem(n)].append(n)
+  if index is not None:
+    index[folder] = found
+  return found
+
+
+def find_mask(stem: str, folder: str, suffix: str = "_mask", index: dict | None = None
+              ) -> str | None:
   """The brain mask of scan `stem` in `folder`, None when there is none.
 
   `<stem><suffix>.nii[.gz]`, else (for a stem `<base>_<modality>`, e.g. `sub-01_T1w`)
   `<base><suffix>.nii[.gz]`; the extension in any case (`.NII.GZ`), the exact one first.
+  `index`: a dict shared by the calls for one input, holding each folder's listing.
   """
   if not os.path.isdir(folder):  # a listed scan that does not exist fails when predicted
     return None
+  names = _niftis(folder, index)
   for base in _mask_bases(stem):
-    for ext in (".nii.gz", ".nii"):
-      path = os.path.join(folder, base + suffix + ext)
-      if os.path.isfile(path):
-        return path
-    others = sorted(n for n in os.listdir(folder) if _is_nifti(n) and scan_stem(n) == base + suffix)
-    if others:  # the extension in another case, e.g. `.NII.GZ`
-      return os.path.join(folder, others[0])
+    candidates = names.get(base + suffix, [])
+    for name in [base + suffix + ext for ext in (".nii.gz", ".nii")] + candidates:
+      if name in candidates and os.path.isfile(os.path.join(folder, name)):
+        return os.path.join(folder, name)
   return None
 
 
-def _given_mask(stem: str, folder: str, suffix: str) -> str:
+def _given_mask(stem: str, folder: str, suffix: str, index: dict | None = None) -> str:
   """The mask of scan `stem` in the mask folder the user gave (`predict.mask`); when it has none,
   the path it was expected at, so that the scan fails naming it instead of silently taking
   `image > 0` as its brain: `<base><suffix>.nii.gz` for a stem `<base>_<modality>` (`sub-01_T1w`
   -> `sub-01_mask`), `<stem><suffix>.nii.gz` for one that ends in a number (`patient_001`)."""
-  return find_mask(stem, folder, suffix) or os.path.join(folder, _mask_bases(stem)[-1] + suffix
-                                                         + ".nii.gz")
+  return find_mask(stem, folder, suffix, index) or os.path.join(
+      folder, _mask_bases(stem)[-1] + suffix + ".nii.gz")
 
 
 def _split(text: str) -> list[str]:
@@ -211,6 +225,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   mask_spec = str(mask_spec or "").strip()
   mask_dir = mask_spec if mask_spec and os.path.isdir(mask_spec) else ""
   skip = ((mask_suffix,) if mask_suffix else ()) + OUTPUT_SUFFIXES
+  index: dict = {}  # each folder's NIfTI names, listed once
   parts = [] if spec.lower().endswith(".csv") or os.path.isdir(spec) else _split(spec)
   patterns = any(is_pattern(p) for p in parts)
   if (os.path.isdir(spec) or patterns) and not mask_suffix and not mask_dir:
@@ -240,7 +255,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
           first.setdefault(os.path.realpath(path), path)
       images = list(first.values())
     pairs = [(i, None if mask_dir else find_mask(scan_stem(i), os.path.dirname(i) or ".",
-                                                  mask_suffix)) for i in images]
+                                                  mask_suffix, index)) for i in images]
     batch = True
   else:
     images, batch = parts, "," in spec
@@ -258,7 +273,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
                        f"{scan_stem(renamed[0])!r} ({', '.join(renamed[:2])}), so one folder "
                        "cannot hold a mask for each by name; put each mask next to its scan "
                        "(predict.mask empty) or list the pairs in a CSV (columns image,mask)")
-    pairs = [(i, _given_mask(scan_stem(i), mask_dir, mask_suffix)) for i, _ in pairs]
+    pairs = [(i, _given_mask(scan_stem(i), mask_dir, mask_suffix, index)) for i, _ in pairs]
   scans = [Scan(n, i, m) for n, (i, m) in zip(names, pairs)]
   seen: dict[str, Scan] = {}
   for s in scans:  # names differing only in case share their files on macOS / Windows

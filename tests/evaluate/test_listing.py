@@ -137,3 +137,25 @@ def test_a_folder_with_its_scans_in_subfolders_suggests_a_pattern_that_lists_the
   with pytest.raises(ValueError, match=r"no .nii/.nii.gz scans in this folder or its subfolders; "
                                        r"it holds DICOM files \(.dcm\): convert them to NIfTI"):
     listing.list_scans(str(dicom))
+
+
+def test_each_folder_is_listed_once_for_a_whole_input(tmp_path, monkeypatch):
+  """Each scan's mask lookup listed its folder again: 5,000 scans without masks took 121 s to list
+  (every process lists them), quadratic in the folder's size. Now one listing per folder."""
+  _touch(tmp_path, *[f"s{k:03d}_T1w.nii.gz" for k in range(50)], "s007_mask.NII.GZ",
+         "masks/s001_mask.nii.gz")
+  calls = []
+  real = os.listdir
+  monkeypatch.setattr(os, "listdir", lambda path=".": calls.append(path) or real(path))
+  for spec, masks, listed in ((str(tmp_path), "", 2), (f"{tmp_path}/*.nii.gz", "", 1),
+                              (f"{tmp_path}/*.nii.gz", str(tmp_path / "masks"), 1)):
+    calls.clear()
+    scans, _ = listing.list_scans(spec, masks)
+    assert len(scans) == 50 and len(calls) == listed, calls  # (a folder input: its scans, then
+    # the masks' index)
+    found = {s.name: s.mask for s in scans}
+    if masks:  # in the mask folder, or the path it was expected at (that scan fails, naming it)
+      assert (found["s001_T1w"], found["s007_T1w"]) == (f"{masks}/s001_mask.nii.gz",
+                                                        f"{masks}/s007_mask.nii.gz")
+    else:
+      assert (found["s001_T1w"], found["s007_T1w"]) == (None, f"{tmp_path}/s007_mask.NII.GZ")
