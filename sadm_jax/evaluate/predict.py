@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 
@@ -156,14 +158,15 @@ def _start(p: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
     scans, batch = list_scans(p.input, p.mask, p.mask_suffix)
     predictor = load_predictor(p.checkpoint_dir, config)
   nproc = jax.process_count()
-  every = distributed.allgather_json(
-      [[s.name for s in scans], predictor.identity() if nproc > 1 else None])
-  mine = every[jax.process_index()][0]
+  # the scan list as (count, digest): the same on every process, whatever its length (the list
+  # itself, gathered on every device, grew with the number of scans times processes)
+  listed = [len(scans), hashlib.sha256(json.dumps([s.name for s in scans]).encode()).hexdigest()]
+  every = distributed.allgather_json([listed, predictor.identity() if nproc > 1 else None])
   for k, (other, _) in enumerate(every):
-    if other != mine:
+    if other != listed:
       raise DataError(
-          f"predict.input {p.input!r} lists {len(other)} scan(s) on process {k} but "
-          f"{len(mine)} (or others) on process {jax.process_index()}: is it on a file "
+          f"predict.input {p.input!r} lists {other[0]} scan(s) on process {k} but "
+          f"{listed[0]} (or others) on process {jax.process_index()}: is it on a file "
           "system every host sees the same, and unchanged while predict starts?")
   for k, (_, theirs) in enumerate(every[1:], start=1):
     differ = hosts.first_difference(every[0][1], theirs)

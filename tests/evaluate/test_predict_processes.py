@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -85,6 +86,11 @@ def _as_process_0_of_2(monkeypatch, others: list, loaded: list):
   monkeypatch.setattr(predict, "predict", lambda *a: pytest.fail("predicted a scan"))
 
 
+def _listed(*names: str) -> list:
+  """What a process sends for its scan list at predict's start: (count, digest of the names)."""
+  return [len(names), hashlib.sha256(json.dumps(list(names)).encode()).hexdigest()]
+
+
 def test_a_process_that_cannot_start_stops_the_others(scan, tmp_path, monkeypatch):
   """Process 1 could not load the model or list the scans: process 0 stops with its reason
   instead of predicting its share and then waiting for process 1's records forever."""
@@ -101,7 +107,7 @@ def test_processes_listing_other_scans_stop(scan, tmp_path, monkeypatch):
   """A folder that differs between hosts (not shared, or changing): the split by index would
   predict some scans twice and others never, so every process stops, naming the input."""
   _as_process_0_of_2(monkeypatch, [["predict's start", None],
-                                   [["sub-01_T1w", "sub-02_T1w"], _MODEL.identity()]], [])
+                                   [_listed("sub-01_T1w", "sub-02_T1w"), _MODEL.identity()]], [])
   c = scan_config(str(tmp_path / "model"), {"image": scan["dir"]}, tmp_path / "out")
   with pytest.raises(DataError, match=r"lists 2 scan\(s\) on process 1 but 1 .*on process 0: is "
                                       r"it on a file system every host sees the same"):
@@ -112,7 +118,8 @@ def test_processes_that_loaded_other_models_stop(scan, tmp_path, monkeypatch):
   """Process 1 loaded another τ (or other weights): its maps would be binarised otherwise than
   the summary says, so every process stops at start-up, naming the setting and both values."""
   _as_process_0_of_2(monkeypatch, [["predict's start", None],
-                                   [["sub-01_T1w"], {**_MODEL.identity(), "threshold": 0.25}]], [])
+                                   [_listed("sub-01_T1w"),
+                                    {**_MODEL.identity(), "threshold": 0.25}]], [])
   c = scan_config(str(tmp_path / "model"), scan, tmp_path / "out")
   with pytest.raises(ValueError, match=r"^--config.predict.checkpoint_dir=.*: process 1 of 2 "
                                        r"loaded another threshold than process 0 \(0.25 vs 0.5\)"):
@@ -148,7 +155,7 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
 
   def allgather(mine):  # process 1: started, listed the same scans, then its records
     calls.append(mine)
-    return {1: ["predict's start", None], 2: [["a", "b"], {"method": "cddpm"}],
+    return {1: ["predict's start", None], 2: [_listed("a", "b"), {"method": "cddpm"}],
             3: ["predict's scans", None], 4: [theirs], 5: 1}.get(len(calls))  # 5: the devices
     # its batches ran on
   monkeypatch.setattr(distributed, "allgather_json", _other_process(allgather))
@@ -178,7 +185,7 @@ def _as_process_0_predicting(monkeypatch):
     yield lambda image, mask: types.SimpleNamespace(volume=None)
   monkeypatch.setattr(predict, "preparer", preparer)
 
-  def fake_finish(pred, prep, a, out_dir):
+  def fake_finish(pred, prep, a, out_dir, name=None):
     os.makedirs(out_dir)
     path = os.path.join(out_dir, "a_anomaly_map.nii.gz")
     open(path, "wb").close()
@@ -198,7 +205,7 @@ def test_a_process_stopped_in_its_share_stops_the_others(scan, tmp_path, monkeyp
   for stem in ("a", "b"):
     with open(scan["image"], "rb") as f:
       (folder / f"{stem}.nii.gz").write_bytes(f.read())
-  theirs = iter([["predict's start", None], [["a", "b"], {"method": "cddpm"}],
+  theirs = iter([["predict's start", None], [_listed("a", "b"), {"method": "cddpm"}],
                  ["predict's scans", "\0interrupted: SIGTERM"]])
   monkeypatch.setattr(distributed, "allgather_json", _other_process(lambda mine: next(theirs)))
   _as_process_0_predicting(monkeypatch)
