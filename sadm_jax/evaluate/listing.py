@@ -11,6 +11,9 @@ import re
 
 OUTPUT_SUFFIXES = ("_anomaly_map", "_anomaly_mask")  # predict's outputs: <name><suffix>.nii.gz
 WALK_LIMIT = 20_000  # entries a folder's subfolders are searched through for the error's example
+# The most bytes a scan's name may have: its map `<name>_anomaly_map.nii.gz` is written through two
+# temporary names of 21 bytes more each (`.<file>.<8 random>.tmp.nii.gz`), within 255 bytes
+NAME_BYTES = 255 - len("_anomaly_map.nii.gz") - 2 * len("..12345678.tmp.nii.gz")
 
 
 def scan_stem(path: str) -> str:
@@ -86,6 +89,15 @@ def _split(text: str) -> list[str]:
   return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
+def _inputs(spec: str) -> list[str]:
+  """`predict.input`'s files and patterns: split at commas, unless the whole is an existing file
+  or a pattern that matches files (a path with a comma in it: `Smith, J/T1.nii.gz`)."""
+  if "," in spec and (os.path.isfile(spec) or (
+      is_pattern(spec) and any(not os.path.isdir(p) for p in glob.iglob(spec, recursive=True)))):
+    return [spec]
+  return _split(spec)
+
+
 def _read_csv(path: str) -> list[tuple[str, str | None]]:
   """(image, mask or None) rows of a CSV with columns image[,mask]; paths relative to the CSV."""
   if not os.path.isfile(path):
@@ -135,8 +147,9 @@ def _is_scan_file(name: str, skip: tuple) -> bool:
 
 
 def _matches(pattern: str, skip: tuple) -> list[str]:
-  """The scans a glob pattern matches, sorted; ValueError when it matches none."""
-  files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  """The scans a glob pattern matches, sorted; ValueError when it matches none. A broken symlink
+  (a git-annex file not fetched) is listed, as in a folder: it fails when predicted, named."""
+  files = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
   scans = [p for p in files if _is_scan_file(os.path.basename(p), skip)]
   if not scans:
     what = (f"{len(files)} file(s), none a scan (masks, predict's outputs, hidden or not "
@@ -146,14 +159,14 @@ def _matches(pattern: str, skip: tuple) -> list[str]:
   return scans
 
 
-def _example_below(folder: str) -> tuple[str | None, bool]:
+def _example_below(folder: str, skip: tuple) -> tuple[str | None, bool]:
   """(a scan in a subfolder of `folder` or None, whether DICOM files were seen), searching at most
-  `WALK_LIMIT` entries."""
+  `WALK_LIMIT` entries (symlinked subfolders included: a loop ends there too)."""
   seen, dicom = 0, False
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, files in os.walk(folder, followlinks=True):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     for name in sorted(files):
-      if root != folder and _is_scan_file(name, OUTPUT_SUFFIXES):
+      if root != folder and _is_scan_file(name, skip):
         return os.path.join(root, name), dicom
       dicom = dicom or name.lower().endswith(".dcm")
     seen += len(files) + len(dirs)
@@ -162,10 +175,11 @@ def _example_below(folder: str) -> tuple[str | None, bool]:
   return None, dicom
 
 
-def _empty_folder_error(folder: str) -> ValueError:
+def _empty_folder_error(folder: str, skip: tuple) -> ValueError:
   """No scan directly in `folder`: one line saying where the scans are, with a pattern that lists
-  them (subfolders -> `*`; `<base>_<modality>` -> `*_<modality>`), or that DICOM is not read."""
-  example, dicom = _example_below(folder)
+  them (subfolders -> `*`; `<base>_<modality>` -> `*_<modality>`), or that DICOM is not read.
+  `skip`: the name endings that are not scans (masks, predict's outputs)."""
+  example, dicom = _example_below(folder, skip)
   if example is None:
     hint = ("; it holds DICOM files (.dcm): convert them to NIfTI first (e.g. dcm2niix)"
             if dicom else "")
@@ -203,11 +217,26 @@ def unique_names(images: list[str]) -> list[str]:
   return names
 
 
+def _check_lengths(scans: list[Scan]) -> None:
+  """ValueError (one line) for the first scan whose name leaves no room for its outputs' file
+  names (`NAME_BYTES`): they failed only after the scan was computed ('File name too long')."""
+  for s in scans:
+    size = len(s.name.encode("utf-8", "surrogateescape"))
+    if size > NAME_BYTES:
+      how = ("" if s.name == scan_stem(s.image) else
+             ", with the folders that tell it from another scan of its file name")
+      raise ValueError(f"predict.input: the scan {s.image} would be named '{s.name[:40]}...' "
+                       f"({size} bytes{how}; at most {NAME_BYTES}): its outputs' file names would "
+                       "exceed the file system's 255-byte limit; shorten its file name or folders "
+                       "(or list links with shorter paths)")
+
+
 def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
                ) -> tuple[list[Scan], bool]:
   """(scans, batch) named by `predict.input` / `predict.mask`; batch = one output folder per scan.
 
-  input_spec: one NIfTI file (batch False: today's flat layout); a comma-separated list of files;
+  input_spec: one NIfTI file (batch False: today's flat layout; a path holding a comma, when it
+    exists, is that file: `_inputs`); a comma-separated list of files;
     a folder (every .nii/.nii.gz in it except masks, `*<mask_suffix>.nii[.gz]`, predict's own
     outputs, `*_anomaly_map` / `*_anomaly_mask`, and hidden files, `.*`); glob patterns (`*`, `?`,
     `[...]`, `**` for any depth; alone or in the list: the files they match except as in a
@@ -218,7 +247,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
     found there by `find_mask`: a scan without one fails, naming the mask expected; with an empty
     `mask_suffix` the masks are named like the scans); a file (one scan) or a comma-separated
     list as long as the input list (without patterns).
-  Scans are named by `unique_names`. Raises ValueError (one line) for an unusable specification;
+  Scans are named by `unique_names` (at most `NAME_BYTES`). Raises ValueError (one line) for an unusable specification;
   missing or unreadable scan files are not checked here: they fail on their own when predicted.
   """
   spec = str(input_spec).strip()
@@ -226,7 +255,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   mask_dir = mask_spec if mask_spec and os.path.isdir(mask_spec) else ""
   skip = ((mask_suffix,) if mask_suffix else ()) + OUTPUT_SUFFIXES
   index: dict = {}  # each folder's NIfTI names, listed once
-  parts = [] if spec.lower().endswith(".csv") or os.path.isdir(spec) else _split(spec)
+  parts = [] if spec.lower().endswith(".csv") or os.path.isdir(spec) else _inputs(spec)
   patterns = any(is_pattern(p) for p in parts)
   if (os.path.isdir(spec) or patterns) and not mask_suffix and not mask_dir:
     where = f"in {spec}" if os.path.isdir(spec) else f"matched by {spec!r}"
@@ -247,7 +276,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
       images = [os.path.join(spec, n) for n in sorted(os.listdir(spec))
                 if _is_scan_file(n, skip) and not os.path.isdir(os.path.join(spec, n))]
       if not images:
-        raise _empty_folder_error(spec)
+        raise _empty_folder_error(spec, skip)
     else:
       first: dict[str, str] = {}  # a file two patterns match is one scan
       for p in parts:
@@ -258,7 +287,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
                                                   mask_suffix, index)) for i in images]
     batch = True
   else:
-    images, batch = parts, "," in spec
+    images, batch = parts, "," in spec and parts != [spec]  # a list, even of one
     if mask_spec and not mask_dir:
       masks = _split(mask_spec)
       if len(masks) != len(images):
@@ -275,6 +304,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
                        "(predict.mask empty) or list the pairs in a CSV (columns image,mask)")
     pairs = [(i, _given_mask(scan_stem(i), mask_dir, mask_suffix, index)) for i, _ in pairs]
   scans = [Scan(n, i, m) for n, (i, m) in zip(names, pairs)]
+  _check_lengths(scans)
   seen: dict[str, Scan] = {}
   for s in scans:  # names differing only in case share their files on macOS / Windows
     first_scan = seen.setdefault(s.name.casefold(), s)

@@ -159,3 +159,67 @@ def test_each_folder_is_listed_once_for_a_whole_input(tmp_path, monkeypatch):
                                                         f"{masks}/s007_mask.nii.gz")
     else:
       assert (found["s001_T1w"], found["s007_T1w"]) == (None, f"{tmp_path}/s007_mask.NII.GZ")
+
+
+def test_a_pattern_lists_a_scan_whose_symlink_is_broken(tmp_path):
+  """A DataLad / git-annex tree whose content is not fetched: its scans are broken symlinks. A
+  pattern dropped them without a word (a folder listed them): the others were predicted as if
+  those subjects did not exist, and a pattern matching only such files 'matched no file'. They
+  are listed now and fail when predicted, each named ('file not found'), as in a folder."""
+  _touch(tmp_path, "sub-02/anat/sub-02_T1w.nii.gz")
+  (tmp_path / "sub-01" / "anat").mkdir(parents=True)
+  (tmp_path / "sub-01/anat/sub-01_T1w.nii.gz").symlink_to(
+      "../../.git/annex/objects/Xk/MD5E-s1--0a.nii.gz")
+  (tmp_path / "sub-03.nii.gz").mkdir()  # a folder named like a scan is still not one
+  scans, _ = listing.list_scans(f"{tmp_path}/*/anat/*_T1w.nii.gz")
+  assert [s.name for s in scans] == ["sub-01_T1w", "sub-02_T1w"]
+  with pytest.raises(ValueError, match=r"the pattern '.*/\*.nii.gz' matches no file"):
+    listing.list_scans(f"{tmp_path}/*.nii.gz")
+
+
+def test_a_folder_of_linked_subject_folders_suggests_a_pattern_listing_scans_not_masks(tmp_path):
+  """Per-subject folders that are symlinks (a study folder linking subjects from a store) were
+  'no .nii/.nii.gz scans in this folder or its subfolders'; and the example scan could be a mask
+  (`brain_mask.nii.gz` sorts before `t1.nii.gz`), suggesting a pattern that lists no scan."""
+  _touch(tmp_path, "store/s1/t1.nii.gz", "store/s1/brain_mask.nii.gz", "store/s2/t1.nii.gz")
+  study = tmp_path / "study"
+  study.mkdir()
+  for s in ("s1", "s2"):
+    (study / s).symlink_to(tmp_path / "store" / s)
+  with pytest.raises(ValueError) as e:
+    listing.list_scans(str(study))
+  assert str(e.value).startswith(
+      f"predict.input={study}: no .nii/.nii.gz scans in this folder itself, but in its subfolders "
+      f"(e.g. {study}/s1/t1.nii.gz): give a glob pattern, e.g. "
+      f"--config.predict.input='{study}/*/t1.nii.gz'")
+  assert [s.name for s in listing.list_scans(f"{study}/*/t1.nii.gz")[0]] == ["s1_t1", "s2_t1"]
+
+
+def test_a_name_too_long_for_the_outputs_is_refused_when_listed(tmp_path):
+  """A scan's outputs are `<name>_anomaly_map.nii.gz`, written through two temporary names of 21
+  bytes more each: a name of more than 194 bytes (a long file name, or folders prefixed to it)
+  failed only after the scan was computed, with '[Errno 36] File name too long' and a 300-byte
+  path. It is refused when listed, naming the scan; 194 bytes (UTF-8) are fine."""
+  fits, long = "é" * 97, "x" * 190  # 194 bytes; a_<long>_T1: 195
+  _touch(tmp_path, f"{fits}.nii.gz", f"a/{long}/T1.nii.gz", f"b/{long}/T1.nii.gz")
+  assert [s.name for s in listing.list_scans(str(tmp_path / f"{fits}.nii.gz"))[0]] == [fits]
+  with pytest.raises(ValueError) as e:
+    listing.list_scans(f"{tmp_path}/*/{long}/T1.nii.gz")
+  assert str(e.value) == (
+      f"predict.input: the scan {tmp_path}/a/{long}/T1.nii.gz would be named "
+      f"'{('a_' + long)[:40]}...' "
+      "(195 bytes, with the folders that tell it from another scan of its file name; at most "
+      "194): its outputs' file names would exceed the file system's 255-byte limit; shorten its "
+      "file name or folders (or list links with shorter paths)")
+
+
+def test_one_file_whose_path_holds_a_comma_is_one_scan(tmp_path):
+  """`predict.input` is split at commas into a list: a single scan in a folder named `Smith, J`
+  became two files that do not exist (both failed after the models loaded). An existing file (or
+  a pattern that matches files as a whole) is that one input."""
+  _touch(tmp_path, "Smith, J/T1.nii.gz", "Smith, J/FLAIR.nii.gz")
+  path = str(tmp_path / "Smith, J" / "T1.nii.gz")
+  scans, batch = listing.list_scans(path)
+  assert not batch and _listed(scans) == [("T1", path, None)]
+  scans, batch = listing.list_scans(f"{tmp_path}/Smith, J/*.nii.gz")
+  assert batch and [s.name for s in scans] == ["FLAIR", "T1"]
