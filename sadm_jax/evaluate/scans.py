@@ -12,7 +12,8 @@ from sadm_jax.data.resample import affine_spacing
 
 MAX_SPACING_MM = 3.0  # coarser scans cannot reach the 2 mm working grid without inventing detail
 MIN_SPACING_MM = 0.05  # finer: not a brain MRI's voxels (ex-vivo scans reach 0.1 mm), or wrong units
-UNIT_TO_MM = {"meter": 1000.0, "micron": 0.001}  # NIfTI spatial units other than mm
+UNIT_TO_MM = {1: 1000.0, 3: 0.001}  # NIfTI spatial unit codes other than mm: metre, micron
+UNIT_NAMES = {0: "unknown", 1: "meter", 2: "mm", 3: "micron"}
 SPACING_ATOL_MM = 1e-3  # a float32 header's 3 mm (oblique: a column norm of 3.0000001) is 3 mm
 AFFINE_ATOL = 1e-3
 SKEW_DEGREES = 0.01  # axes this close to perpendicular (or to each other) are, for the messages
@@ -93,7 +94,8 @@ def _positive_brain(image: np.ndarray, path: str) -> np.ndarray:
                     "0, as no mask was given) would be nearly the whole field of view: a scan that "
                     "is not skull-stripped? Give its brain mask (predict.mask) or skull-strip it "
                     "(e.g. SynthStrip, HD-BET)")
-  deep = image < -NEGATIVE_DEPTH * np.percentile(image[brain], 99)
+  deep = np.isfinite(image) & (image < -NEGATIVE_DEPTH * np.percentile(image[brain], 99))
+  # (-Inf: background, as NaN, read as 0 by `clear_background` when outside the brain)
   if np.count_nonzero(deep) > NEGATIVE_SHARE * np.count_nonzero(brain):
     raise DataError(f"{path}: {np.count_nonzero(deep)} voxels are far below 0 (down to "
                     f"{float(image[deep].min()):.4g}; an intensity-normalised scan, e.g. "
@@ -101,15 +103,24 @@ def _positive_brain(image: np.ndarray, path: str) -> np.ndarray:
   return brain.astype(np.uint8)
 
 
+def _holes(brain: np.ndarray) -> np.ndarray:
+  """bool: the voxels outside `brain` it encloses (their 6-connected component touches no face of
+  the volume; `ndimage.binary_fill_holes`'s answer, in one labelling pass, not its dilations)."""
+  labels, _ = ndimage.label(brain == 0)
+  faces = np.concatenate([np.moveaxis(labels, axis, 0)[[0, -1]].ravel() for axis in range(3)])
+  return (labels > 0) & ~np.isin(labels, faces)
+
+
 def clear_background(image: np.ndarray, brain: np.ndarray, image_path: str,
                      mask_path: str | None) -> tuple[np.ndarray, int]:
   """(image [H, W, D] with its NaN/Inf voxels outside the brain set to 0, how many were): SPM
   and other tools write NaN where a resampled scan has no data, outside the brain; DataError
-  naming `image_path` when any is inside its brain (mask `mask_path`, else `image > 0`)."""
+  naming `image_path` when any is inside its brain (mask `mask_path`, else `image > 0` with the
+  holes it encloses: NaN is never > 0, a corrupted block in the brain would be a hole read as 0)."""
   bad = ~np.isfinite(image)
   if not bad.any():
     return image, 0
-  inside = int(np.count_nonzero(bad & (brain > 0)))
+  inside = int(np.count_nonzero(bad & ((brain > 0) | (False if mask_path else _holes(brain)))))
   if inside:
     raise DataError(f"{image_path}: {inside} voxel(s) inside its brain ({mask_path or 'image > 0'})"
                     " are NaN or infinite; the map cannot be computed there: fill or mask them "
@@ -117,11 +128,17 @@ def clear_background(image: np.ndarray, brain: np.ndarray, image_path: str,
   return np.where(bad, np.float32(0), image).astype(image.dtype, copy=False), int(bad.sum())
 
 
+def _spatial_unit(path: str) -> int:
+  """The NIfTI spatial unit code of the file's header (xyzt_units' bits 0-2; nibabel's own reader
+  raises KeyError for the undefined codes 4-7 an old converter may leave: mm then, as unknown)."""
+  return int(nib.load(path).header["xyzt_units"]) & 7
+
+
 def _in_mm(vol: nifti.Volume) -> nifti.Volume:
   """`vol` with its affine in mm: a header whose spatial units are metres or microns (NIfTI's
   xyzt_units) is scaled, unless its numbers are already a brain MRI's in mm (a wrong label, which
   other tools ignore too)."""
-  factor = UNIT_TO_MM.get(nib.load(vol.path).header.get_xyzt_units()[0])
+  factor = UNIT_TO_MM.get(_spatial_unit(vol.path))
   spacing = affine_spacing(vol.affine)
   if factor is None or MIN_SPACING_MM <= min(spacing) <= max(spacing) <= (MAX_SPACING_MM
                                                                       + SPACING_ATOL_MM):
@@ -143,7 +160,8 @@ def load_scan(image_path: str, mask_path: str | None = None
   if not all(np.isfinite(spacing)) or min(spacing) <= 0:
     raise DataError(f"{image_path}: invalid voxel spacing {spacing}")
   if min(spacing) < MIN_SPACING_MM:
-    units = nib.load(image_path).header.get_xyzt_units()[0]
+    code = _spatial_unit(image_path)
+    units = UNIT_NAMES.get(code, f"code {code}")
     raise DataError(f"{image_path}: voxel spacing {tuple(float(f'{s:.3g}') for s in spacing)} mm "
                     f"is finer than {MIN_SPACING_MM} mm: not a brain MRI's voxels, or the header's "
                     f"spatial units ({units}) or affine are wrong")

@@ -50,12 +50,12 @@ def test_nan_inside_the_brain_is_refused_naming_how_many(tmp_path):
   """NaN or Inf in the brain cannot be read as anything: the scan is refused, one line."""
   inside = _brain()
   data = np.where(inside, 200.0, 0).astype(np.float32)
-  data[12, 13, 8:10] = [np.nan, np.inf]  # inside the brain (image > 0 takes +Inf as brain)
+  data[12, 13, 8:10] = [np.nan, np.inf]  # inside the brain (without a mask: the NaN as a hole
   path = str(tmp_path / "bad.nii.gz")
   nib.save(nib.Nifti1Image(data, np.eye(4)), path)
   mask = str(tmp_path / "bad_mask.nii.gz")
   nib.save(nib.Nifti1Image(inside.astype(np.uint8), np.eye(4)), mask)
-  for brain, count, named in ((None, 1, "image > 0"), (mask, 2, mask)):
+  for brain, count, named in ((None, 2, "image > 0"), (mask, 2, mask)):  # image > 0 encloses)
     img, m = scans_lib.load_scan(path, brain)
     with pytest.raises(DataError) as e:
       scans_lib.clear_background(img.data, m, path, brain)
@@ -117,3 +117,50 @@ def test_a_scan_that_is_not_skull_stripped_needs_a_mask(tmp_path):
   mask = str(tmp_path / "head_mask.nii.gz")
   nib.save(nib.Nifti1Image(inside.astype(np.uint8), np.eye(4)), mask)
   np.testing.assert_array_equal(scans_lib.load_scan(path, mask)[1], inside)
+
+
+def test_a_header_with_an_undefined_units_code_is_read_as_mm(tmp_path):
+  """NIfTI's xyzt_units byte holds codes 0-3 for space (unknown, m, mm, µm): an old converter's
+  undefined one (5, or garbage: 255) stopped reading the units with 'KeyError: np.uint8(5)' (a
+  bug's traceback in the log) where the scan had been read as mm before; it is mm, as for
+  'unknown', and so is a time-only code."""
+  inside = _brain()
+  data = np.where(inside, 200.0, 0).astype(np.float32)
+  for code in (0, 5, 8, 255):
+    img = nib.Nifti1Image(data, np.diag([0.9, 0.9, 0.9, 1.0]))
+    img.header["xyzt_units"] = code
+    path = str(tmp_path / f"units{code}.nii.gz")
+    nib.save(img, path)
+    vol, brain = scans_lib.load_scan(path)
+    np.testing.assert_allclose(np.diag(vol.affine), [0.9, 0.9, 0.9, 1.0])
+  tiny = nib.Nifti1Image(data, np.diag([0.01, 0.01, 0.01, 1.0]))
+  tiny.header["xyzt_units"] = 6
+  nib.save(tiny, path)
+  with pytest.raises(DataError, match=r"the header's spatial units \(code 6\) or affine"):
+    scans_lib.load_scan(path)
+
+
+def test_nan_enclosed_by_a_brain_without_mask_is_inside_it(tmp_path):
+  """Without a mask the brain is image > 0, which NaN never is: NaN voxels in the middle of the
+  brain (a corrupted block) were 'outside the brain', read as 0 and the scan 'ok' with a hole,
+  though NaN inside the brain refuses a scan. NaN enclosed by image > 0 is inside it; NaN or -Inf
+  around it (SPM's background) is still background, and -Inf there is not 'far below 0' (an
+  intensity-normalised scan)."""
+  inside = _brain()
+  data = np.where(inside, 200.0, 0).astype(np.float32)
+  holed = data.copy()
+  holed[11:13, 12:14, 9:11] = np.nan  # 8 voxels in the brain's centre
+  path = str(tmp_path / "holed.nii.gz")
+  nib.save(nib.Nifti1Image(holed, np.eye(4)), path)
+  img, brain = scans_lib.load_scan(path)
+  with pytest.raises(DataError) as e:
+    scans_lib.clear_background(img.data, brain, path, None)
+  assert str(e.value) == (f"{path}: 8 voxel(s) inside its brain (image > 0) are NaN or infinite; "
+                          "the map cannot be computed there: fill or mask them and retry")
+  spm = np.where(inside, data, np.float32(np.nan))
+  spm[:4][~inside[:4]] = -np.inf  # more than 1 % of the brain's count
+  path = str(tmp_path / "spm.nii.gz")
+  nib.save(nib.Nifti1Image(spm, np.eye(4)), path)
+  img, brain = scans_lib.load_scan(path)
+  cleared, count = scans_lib.clear_background(img.data, brain, path, None)
+  assert count == (~inside).sum() and np.array_equal(cleared, data)
