@@ -171,6 +171,9 @@ def _not_connected(kwargs: dict, timeout: float) -> str:
   n = kwargs.get("num_processes") or os.environ.get("SLURM_NTASKS") or "all"
   me = kwargs.get("process_id", os.environ.get("SLURM_PROCID"))
   where = kwargs.get("coordinator_address") or "the coordinator JAX detected"
+  nodes = os.environ.get("SLURM_STEP_NODELIST")
+  if not kwargs.get("coordinator_address") and nodes:  # JAX's Slurm detection: the first node
+    where += f" on the first node of the Slurm step (SLURM_STEP_NODELIST={nodes})"
   return (f"the processes did not all connect within {timeout:g} s"
           f"{f' (this is process {me} of {n})' if me is not None else ''} to {where}: did every "
           "process start (a task that failed, a node that is gone, a wrong "
