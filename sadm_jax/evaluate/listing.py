@@ -152,8 +152,12 @@ def _matches(pattern: str, skip: tuple) -> list[str]:
   files = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
   scans = [p for p in files if _is_scan_file(os.path.basename(p), skip)]
   if not scans:
+    folders = [] if files else [p for p in glob.glob(pattern, recursive=True) if os.path.isdir(p)]
     what = (f"{len(files)} file(s), none a scan (masks, predict's outputs, hidden or not "
-            f"NIfTI: {os.path.basename(files[0])}, ...)" if files else "no file")
+            f"NIfTI: {os.path.basename(files[0])}, ...)" if files else
+            f"{len(folders)} folder(s) and no file ("
+            f"{os.path.join(pattern.rstrip('/'), '*.nii.gz')!r} would list the scans in them)"
+            if folders else "no file")
     raise ValueError(f"predict.input: the pattern {pattern!r} matches {what} (relative to "
                      f"{os.getcwd()}; quote the pattern so that the shell passes it on as is)")
   return scans
@@ -247,8 +251,9 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
     found there by `find_mask`: a scan without one fails, naming the mask expected; with an empty
     `mask_suffix` the masks are named like the scans); a file (one scan) or a comma-separated
     list as long as the input list (without patterns).
-  Scans are named by `unique_names` (at most `NAME_BYTES`). Raises ValueError (one line) for an unusable specification;
-  missing or unreadable scan files are not checked here: they fail on their own when predicted.
+  Scans are named by `unique_names` (at most `NAME_BYTES`). Raises ValueError (one line) for an
+  unusable specification; missing or unreadable scan files are not checked here: they fail on
+  their own when predicted.
   """
   spec = str(input_spec).strip()
   mask_spec = str(mask_spec or "").strip()
@@ -294,6 +299,11 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
         raise ValueError(f"predict.mask lists {len(masks)} masks for {len(images)} scans; give "
                          "one mask per scan (same order) or a folder of masks")
     pairs = list(zip(images, masks if mask_spec and not mask_dir else [None] * len(images)))
+  listed: dict[tuple, int] = {}
+  for k, (i, _) in enumerate(pairs):  # one file under two paths of one file name (a symlinked
+    # folder): refused here, not as two scans of the same name to rename (`unique_names`)
+    if listed.setdefault((os.path.realpath(i), scan_stem(i).casefold()), k) != k:
+      raise ValueError(f"predict.input lists {i} twice; list each scan once")
   names = unique_names([i for i, _ in pairs])
   if mask_dir:
     renamed = [i for (i, _), n in zip(pairs, names) if n != scan_stem(i)]

@@ -173,7 +173,8 @@ def test_a_pattern_lists_a_scan_whose_symlink_is_broken(tmp_path):
   (tmp_path / "sub-03.nii.gz").mkdir()  # a folder named like a scan is still not one
   scans, _ = listing.list_scans(f"{tmp_path}/*/anat/*_T1w.nii.gz")
   assert [s.name for s in scans] == ["sub-01_T1w", "sub-02_T1w"]
-  with pytest.raises(ValueError, match=r"the pattern '.*/\*.nii.gz' matches no file"):
+  with pytest.raises(ValueError, match=r"the pattern '.*/\*.nii.gz' matches 1 folder\(s\) and "
+                                       r"no file"):
     listing.list_scans(f"{tmp_path}/*.nii.gz")
 
 
@@ -223,3 +224,17 @@ def test_one_file_whose_path_holds_a_comma_is_one_scan(tmp_path):
   assert not batch and _listed(scans) == [("T1", path, None)]
   scans, batch = listing.list_scans(f"{tmp_path}/Smith, J/*.nii.gz")
   assert batch and [s.name for s in scans] == ["FLAIR", "T1"]
+
+
+def test_a_file_listed_again_through_a_symlink_is_named_as_listed_twice(tmp_path):
+  """`p1/T1`, `p2/T1` and `p1link/T1` (a link to p1): the third was reported as 'two scans named
+  'T1' (p1/T1, p2/T1) ...; rename one', a collision that renaming cannot fix; it is p1/T1 listed
+  twice. A pattern matching only folders says so, not 'matches no file'."""
+  _touch(tmp_path, "p1/T1.nii.gz", "p2/T1.nii.gz")
+  (tmp_path / "p1link").symlink_to(tmp_path / "p1")
+  with pytest.raises(ValueError, match=r"^predict.input lists .*/p1link/T1.nii.gz twice; list "
+                                       r"each scan once$"):
+    listing.list_scans(",".join(f"{tmp_path}/{p}/T1.nii.gz" for p in ("p1", "p2", "p1link")))
+  with pytest.raises(ValueError, match=r"the pattern '.*/p\*' matches 3 folder\(s\) and no file "
+                                       r"\('.*/p\*/\*.nii.gz' would list the scans in them\)"):
+    listing.list_scans(f"{tmp_path}/p*")
