@@ -11,7 +11,6 @@ from typing import Sequence
 
 import jax
 import ml_collections
-import numpy as np
 
 from sadm_jax import agreements, config as config_lib
 from sadm_jax.data import cache as cache_lib, layout, pipeline, prepare
@@ -47,18 +46,20 @@ def _stored(evaluation: Evaluation, p: Pass, extras: dict) -> dict[str, list[dic
 
 
 def _pooled_tau(evaluation: Evaluation, run, p: Pass, names: Sequence[str]) -> tuple[float, float]:
-  """(pooled Dice at τ, τ) of `run`'s stored val maps of the volumes `names` of pass `p`."""
-  maps, gts, masks = evaluation.store.pooled(run, p.set_name, p.split, names)
+  """(pooled Dice at τ, τ) of `run`'s stored val maps of the volumes `names` of pass `p`, read
+  one at a time (only the pooled voxels are held: `thresholds.pooled_ranking`)."""
   inside = not evaluation.faithful  # the voxels τ is tuned on (the whole grid when faithful)
-  if not any(np.any((np.asarray(g) > 0) & (np.asarray(m) > 0) if inside else np.asarray(g) > 0)
-             for g, m in zip(gts, masks)):  # every τ has Dice 0: the test Dice would be garbage
+  ranked = thresholds.pooled_ranking(
+      evaluation.store.volumes(run, p.set_name, p.split, names), within_brain=inside,
+      names=names)
+  if not ranked.n_pos:  # every τ has Dice 0: the test Dice would be garbage
     raise ValueError(f"{p.set_name}_{p.split}: no lesion voxel in the segmentations of its "
                      f"{len(names)} volume(s){' inside the brain masks' if inside else ''} "
                      f"({run.id}): τ cannot be chosen; check the seg_path column of its CSV, or "
                      "leave the set out of evaluate.test_sets")
-  dice_val, tau = thresholds.select_threshold(
-      maps, gts, masks, method=str(evaluation.config.evaluate.threshold_method),
-      within_brain=not evaluation.faithful, reference_arithmetic=evaluation.faithful)
+  dice_val, tau = thresholds.threshold_of(
+      ranked, method=str(evaluation.config.evaluate.threshold_method),
+      reference_arithmetic=evaluation.faithful)
   return float(dice_val), float(tau)
 
 
@@ -83,9 +84,10 @@ def select_thresholds(evaluation: Evaluation, passes: Sequence[Pass]) -> dict:
     for r in evaluation.runs:
       names = [x["name"] for x in recs[r.id]]
       if p.kind == "healthy_val":
-        maps, _, masks = evaluation.store.pooled(r, p.set_name, p.split, names)
-        t = thresholds.healthy_fpr_thresholds(maps, None if evaluation.faithful else masks,
-                                              [f for f, _ in FPRS])
+        t = thresholds.pooled_fpr_thresholds(  # the maps read one at a time
+            ((a, None if evaluation.faithful else m)
+             for a, _, m in evaluation.store.volumes(r, p.set_name, p.split, names)),
+            [f for f, _ in FPRS])
         out[r.id]["fpr_thresholds"] = {name: float(t[f]) for f, name in FPRS}
         continue
       dice_val, tau = _pooled_tau(evaluation, r, p, names)

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import zipfile
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -103,15 +103,26 @@ class Store:
         np.savez(tmp, **arrays, fingerprint=np.asarray(rec["fingerprint"]))
     io.write_json(path, rec)
 
-  def pooled(self, run, set_name: str, split: str, names: Sequence[str]
-             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """(maps, labels, masks) [D, H, W] of a val pass, read back from its .npz files."""
-    maps, gts, masks = [], [], []
+  def volumes(self, run, set_name: str, split: str, names: Sequence[str]
+              ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(map, labels, mask) [D, H, W] of each volume of `names` of a val pass, read back from its
+    .npz file one at a time (a threshold search pools their voxels without holding every whole
+    map at once)."""
     for name in names:
       with np.load(self.paths(run, set_name, split, name)[1]) as z:
-        maps.append(z["anomaly"])
-        gts.append(z["gt"])
-        masks.append(z["mask"])
+        arrays = z["anomaly"], z["gt"], z["mask"]
+      yield arrays
+      del arrays  # (not held while the next one is read)
+
+  def pooled(self, run, set_name: str, split: str, names: Sequence[str]
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(maps, labels, masks) [D, H, W] of a val pass, read back from its .npz files (all held at
+    once: `volumes` reads one at a time)."""
+    maps, gts, masks = [], [], []
+    for a, g, m in self.volumes(run, set_name, split, names):
+      maps.append(a)
+      gts.append(g)
+      masks.append(m)
     return maps, gts, masks
 
   def shared(self, name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -249,10 +249,27 @@ def healthy_fpr_thresholds(scores_healthy, brain_mask=None,
   masks = _as_list(brain_mask)
   if masks and len(masks) != len(scores):
     raise ValueError(f"{len(scores)} score volumes but {len(masks)} masks")
-  finite = [_float_array(s, f"#{i}") for i, s in enumerate(scores)]
-  pooled = [(s[np.asarray(m) > 0] if masks else s.ravel())
-            for s, m in zip(finite, masks or [None] * len(scores))]
-  values = np.sort(np.concatenate(pooled)) if pooled else np.zeros(0)
+  return pooled_fpr_thresholds(zip(scores, masks or [None] * len(scores)), fprs)
+
+
+def _sorted_concatenation(parts: list[np.ndarray]) -> np.ndarray:
+  """`np.sort(np.concatenate(parts))`, emptying `parts` and sorting in place: the pooled voxels
+  are held twice at most (the parts and their concatenation), not three times."""
+  out = np.concatenate(parts)
+  parts.clear()
+  out.sort()
+  return out
+
+
+def pooled_fpr_thresholds(volumes: Iterable, fprs: Sequence[float] = (0.01, 0.05, 0.1)
+                          ) -> dict[float, float]:
+  """`healthy_fpr_thresholds` of (scores, brain mask or None) pairs, taken one at a time (e.g.
+  read one by one from the result store: only the pooled voxels are held, not every map)."""
+  pooled = []
+  for i, (s, m) in enumerate(volumes):
+    s = _float_array(s, f"#{i}")
+    pooled.append(s[np.asarray(m) > 0] if m is not None else s.ravel())
+  values = _sorted_concatenation(pooled) if pooled else np.zeros(0)
   n = values.size
   if n == 0:
     raise ValueError("no healthy voxels to derive thresholds from")
@@ -275,15 +292,33 @@ def _pooled_ranking(score_list, label_list, mask_list, within_brain: bool,
     raise ValueError("within_brain=True needs mask_list (or pass within_brain=False for the whole grid)")
   if masks and len(masks) != len(scores):
     raise ValueError(f"{len(scores)} score volumes but {len(masks)} masks")
+  return pooled_ranking(zip(scores, labels, masks or [None] * len(scores)), within_brain, names)
+
+
+def pooled_ranking(volumes: Iterable, within_brain: bool = True,
+                   names: Sequence[str] | None = None) -> RankedScores:
+  """The voxels of (scores, labels, brain mask or None) triples pooled and ranked, the triples
+  taken one at a time (e.g. read one by one from the result store: only the pooled voxels are
+  held, not every map, label and mask volume); inside the masks when `within_brain`."""
   pos, neg = [], []
-  for i, (s, g) in enumerate(zip(scores, labels)):
+  for i, (s, g, m) in enumerate(volumes):
     s, g = _float_array(s, names[i] if names else f"#{i}"), np.asarray(g) > 0
     if within_brain:
-      m = np.asarray(masks[i]) > 0
+      m = np.asarray(m) > 0
       s, g = s[m], g[m]
     pos.append(s[g].ravel())
     neg.append(s[~g].ravel())
-  return RankedScores(np.sort(np.concatenate(pos)), np.sort(np.concatenate(neg)))
+  return RankedScores(_sorted_concatenation(pos), _sorted_concatenation(neg))
+
+
+def threshold_of(ranked: RankedScores, method: str = "exact",
+                 reference_arithmetic: bool = False) -> tuple[float, float]:
+  """(pooled Dice at τ, τ) of ranked pooled voxels (`pooled_ranking`): `select_threshold`."""
+  if method == "exact":
+    return exact_best_threshold_ranked(ranked)
+  if method == "bisection":
+    return bisection_search_ranked(ranked, reference_arithmetic=reference_arithmetic)
+  raise ValueError(f"method must be 'exact' or 'bisection', got {method!r}")
 
 
 def select_threshold(score_list, label_list, mask_list=None, method: str = "exact",
@@ -308,8 +343,4 @@ def select_threshold(score_list, label_list, mask_list=None, method: str = "exac
     (pooled Dice at τ, τ).
   """
   ranked = _pooled_ranking(score_list, label_list, mask_list, within_brain, names)
-  if method == "exact":
-    return exact_best_threshold_ranked(ranked)
-  if method == "bisection":
-    return bisection_search_ranked(ranked, reference_arithmetic=reference_arithmetic)
-  raise ValueError(f"method must be 'exact' or 'bisection', got {method!r}")
+  return threshold_of(ranked, method, reference_arithmetic)

@@ -122,3 +122,75 @@ def test_an_evaluation_start_removes_what_killed_writes_left_hours_ago(tmp_path)
   os.utime(old, (t, t))
   Store(str(tmp_path))
   assert not old.exists() and young.exists()  # a young one may be another host's, writing
+
+
+def _counting_loads(monkeypatch, store_module):
+  """Wraps the store's `np.load` so that each val map read is watched: returns a list whose one
+  number becomes the most maps alive at once (held by the caller) when a map is read."""
+  import weakref
+  alive, most = [], [0]
+  real = store_module.np.load
+
+  class Watched:
+    def __init__(self, z):
+      self.z = z
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.z.close()
+
+    @property
+    def files(self):
+      return self.z.files
+
+    def __getitem__(self, key):
+      a = self.z[key]
+      if key == "anomaly":
+        alive[:] = [r for r in alive if r() is not None]
+        most[0] = max(most[0], len(alive))
+        alive.append(weakref.ref(a))
+      return a
+
+  monkeypatch.setattr(store_module.np, "load", lambda path, *a, **k: Watched(real(path, *a, **k)))
+  return most
+
+
+@pytest.mark.parametrize("kind", ["val", "healthy_val"])
+def test_tau_and_fpr_thresholds_read_one_val_map_at_a_time(tmp_path, monkeypatch, kind):
+  """τ (and the healthy FPR thresholds) pool every val volume's voxels; the whole maps, labels
+  and masks were all held at once too (2.6 times the maps' size at the peak: 24 GB for 5,000
+  volumes of 96×96×50). They are read one at a time now, with the same thresholds."""
+  import types
+
+  import ml_collections
+
+  from sadm_jax.evaluate import passes as passes_lib, run as run_lib, store as store_lib
+  from sadm_jax.evaluate import thresholds
+
+  store = Store(str(tmp_path))
+  run = types.SimpleNamespace(method="cddpm", train_anomalies="none", fold="fold0", id="c")
+  rng = np.random.default_rng(0)
+  names = [f"v{i}" for i in range(8)]
+  maps, gts, masks = [], [], []
+  for n in names:
+    maps.append(rng.random((2, 6, 6), dtype=np.float32))
+    gts.append(rng.random((2, 6, 6)) > 0.7)
+    masks.append(rng.random((2, 6, 6)) > 0.2)
+    store.write(run, "Brats21", "val", {"name": n, "fingerprint": "fp"},
+                {"anomaly": maps[-1], "gt": gts[-1], "mask": masks[-1]})
+  ev = types.SimpleNamespace(
+      runs=[run], store=store, faithful=False, fingerprint=lambda *a: "fp",
+      config=ml_collections.ConfigDict({"evaluate": {"threshold_method": "exact"}}))
+  p = passes_lib.Pass("Brats21", "val", kind,
+                      {"c": [types.SimpleNamespace(name=n) for n in names]}, {"c": "all"})
+  most = _counting_loads(monkeypatch, store_lib)
+  got = run_lib.select_thresholds(ev, [p])["c"]
+  assert most[0] <= 2, f"{most[0]} val maps held at once"
+  if kind == "val":
+    dice, tau = thresholds.select_threshold(maps, gts, masks)
+    assert got["tau"] == {"Brats21": tau} and got["val_dice"] == {"Brats21": dice}
+  else:
+    want = thresholds.healthy_fpr_thresholds(maps, masks, [f for f, _ in run_lib.FPRS])
+    assert got["fpr_thresholds"] == {name: want[f] for f, name in run_lib.FPRS}
