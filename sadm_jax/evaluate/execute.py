@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sadm_jax import agreements, config as config_lib
+from sadm_jax import agreements, config as config_lib, distributed
 from sadm_jax.anomaly import draem
 from sadm_jax.data import cache as cache_lib
 from sadm_jax.data.resample import affine_spacing
@@ -173,23 +173,45 @@ class Evaluation:
 
   # -- passes ------------------------------------------------------------------------------------
 
-  def scan(self, passes: Sequence[Pass], extras: dict) -> tuple[list[Item], int]:
-    """(volumes with a missing result, number of results already stored) over `passes`."""
+  def scan(self, passes: Sequence[Pass], extras: dict, tag: str = "") -> tuple[list[Item], int]:
+    """(volumes with a missing result, number of results already stored) over `passes`, the same
+    on every process (a collective with several): each process looks up the stored results of
+    its share of the volumes (p, p + P, ...), and the shares' answers are gathered once every
+    process is through (looked up by every process, the store's reads grew with volumes ×
+    processes, each process as long as one alone). tag: the step's name ('val', 'test')."""
+    volumes = [(p, pos, row, runs) for p in passes for pos, row, runs in self._volumes(p)]
     items, cached = [], 0
-    for p in passes:
-      for pos, row, runs in self._volumes(p):
-        todo = []
-        for r in runs:
-          fp = self.fingerprint(r, p.kind, extras.get((p.set_name, r.id)), row)
-          name = p.volume_name(row)
-          if self.store.read(r, p.set_name, p.split, name, fp, p.keep_map) is None or \
-              not all(map(os.path.isfile, self._outputs(p, r, name, pos).values())):
-            todo.append(r)
-          else:
-            cached += 1
-        if todo:
-          items.append(Item(p, row, pos, tuple(todo)))
+    for (p, pos, row, runs), missing in zip(volumes, self._looked_up(volumes, extras, tag)):
+      todo = tuple(r for k, r in enumerate(runs) if missing >> k & 1)
+      cached += len(runs) - len(todo)
+      if todo:
+        items.append(Item(p, row, pos, todo))
     return items, cached
+
+  def _looked_up(self, volumes: Sequence[tuple], extras: dict, tag: str) -> list[int]:
+    """`_missing` of each of `volumes` ((pass, position, row, runs) each), in order: this
+    process's share (p, p + P, ...) looked up, the others' gathered from them."""
+    pid, count = jax.process_index(), jax.process_count()
+    with agreements.together(f"the {tag} scan"):  # nobody writes before everyone has scanned
+      mine = [self._missing(*v, extras) for v in volumes[pid::count]]
+    if count == 1:
+      return mine
+    every = distributed.allgather_at(f"the {tag} scan's results", mine)
+    if [len(e) for e in every] != [len(volumes[k::count]) for k in range(count)]:
+      raise RuntimeError(f"the {tag} scan: the processes answered for {[len(e) for e in every]} "
+                         f"volumes, not their shares of {len(volumes)}")
+    return [every[i % count][i // count] for i in range(len(volumes))]
+
+  def _missing(self, p: Pass, pos: int, row: Row, runs: Sequence[EvalRun], extras: dict) -> int:
+    """Which of `runs` have no complete stored result for volume `row` of pass `p`: bit k for
+    runs[k] (a record of the expected fingerprint, its val map, its report files)."""
+    name, out = p.volume_name(row), 0
+    for k, r in enumerate(runs):
+      fp = self.fingerprint(r, p.kind, extras.get((p.set_name, r.id)), row)
+      if self.store.read(r, p.set_name, p.split, name, fp, p.keep_map) is None or \
+          not all(map(os.path.isfile, self._outputs(p, r, name, pos).values())):
+        out |= 1 << k
+    return out
 
   def _volumes(self, p: Pass) -> Iterator[tuple[int, Row, list[EvalRun]]]:
     """(position, row, the runs that evaluate it) of each volume of `p`, once each."""
@@ -213,8 +235,7 @@ class Evaluation:
     extras: (set name, run id) -> τ / FPR thresholds of a test pass. Returns (the results this
     process computed, as 'run/set/split/volume', and the number already stored).
     """
-    with agreements.together(f"the {tag} scan"):  # nobody writes before everyone has scanned:
-      items, cached = self.scan(passes, extras)  # the same items everywhere
+    items, cached = self.scan(passes, extras, tag)  # the same items everywhere
     mine = items[jax.process_index()::jax.process_count()]
     done: list[str] = []
     start, b = time.time(), self.mesh.size

@@ -14,10 +14,15 @@ from tests.evaluate.conftest import copy_data, threshold_only
 
 
 def _as_process(monkeypatch, index: int, count: int = 2) -> None:
-  """This process as process `index` of `count`, every other process succeeding at each step."""
+  """This process as process `index` of `count`, every other process succeeding at each step
+  (and, looking up its share of the stored results before a pass, finding what this one finds
+  in its workdir)."""
+  from sadm_jax.evaluate import execute
   monkeypatch.setattr(jax, "process_count", lambda: count)
   monkeypatch.setattr(jax, "process_index", lambda: index)
   monkeypatch.setattr(distributed, "allgather_json", lambda mine: [mine] * count)
+  monkeypatch.setattr(execute.Evaluation, "_looked_up", lambda self, volumes, extras, tag: [
+      self._missing(*v, extras) for v in volumes])
 
 
 def _process_1_differs(key: str, edit):

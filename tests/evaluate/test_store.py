@@ -194,3 +194,63 @@ def test_tau_and_fpr_thresholds_read_one_val_map_at_a_time(tmp_path, monkeypatch
   else:
     want = thresholds.healthy_fpr_thresholds(maps, masks, [f for f, _ in run_lib.FPRS])
     assert got["fpr_thresholds"] == {name: want[f] for f, name in run_lib.FPRS}
+
+
+def test_each_process_reads_its_share_of_the_stored_results(tmp_path, monkeypatch):
+  """Before a pass, every process looked up every volume's stored results (each record, and each
+  val map's fingerprint): the store's reads grew with volumes × processes (every host over the
+  shared file system, each as long as one process alone). Each reads its share now, and the
+  shares' answers are gathered in one collective: the same volumes to compute everywhere."""
+  import types
+
+  import jax
+  import ml_collections
+
+  from sadm_jax import distributed
+  from sadm_jax.data.splits import Row
+  from sadm_jax.evaluate import execute, passes as passes_lib, planning
+
+  monkeypatch.setattr(execute.cache_lib, "entry_key", lambda row, cfg: row.img)
+  runs = [planning.EvalRun("cddpm", "none", "fold0", 0, cddpm_key="k"),
+          planning.EvalRun("sadm", "draem", "fold0", 0, cddpm_key="k", sadm_workdir="/s")]
+  ev = execute.Evaluation.__new__(execute.Evaluation)
+  ev.config = ml_collections.ConfigDict({"evaluate": {"write_nifti": False, "write_png": False}})
+  ev.workdir, ev.runs, ev.store = str(tmp_path), runs, Store(str(tmp_path))
+  ev.run_settings = {r.id: {"run": r.id} for r in runs}
+  ev.medians, ev._volume_keys, ev.cache = {}, {}, types.SimpleNamespace(cfg=None)
+  rows = [Row(f"v{i}", "Brats21_val", "Brats21", "val", i, 1, 0.0, f"/d/{i}.nii.gz",
+              f"/d/{i}_m.nii.gz", f"/d/{i}_s.nii.gz", "/d/Brats21_val.csv") for i in range(10)]
+  p = passes_lib.Pass("Brats21", "val", "val", {r.id: rows for r in runs})
+  arrays = {"anomaly": np.zeros((1, 2, 2), np.float32), "gt": np.zeros((1, 2, 2), bool),
+            "mask": np.ones((1, 2, 2), bool)}
+  for i, row in enumerate(rows):  # some results stored (val: with their maps)
+    for r in runs[:1 + i % 2] if i % 3 else ():
+      ev.store.write(r, "Brats21", "val", {"name": row.name,
+                                           "fingerprint": ev.fingerprint(r, "val", None, row)},
+                     arrays)
+  want = ev.scan([p], {}, "val")  # one process
+  assert want[1] == 9 and len(want[0]) == 7
+
+  reads = []
+  real = Store.read
+  monkeypatch.setattr(Store, "read", lambda self, *a, **k: reads.append(a) or real(self, *a, **k))
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+
+  def gather(mine):  # processes 0 and 2 answer for their own shares
+    what, obj = mine
+    if what != "the val scan's results":
+      return [mine] * 3
+    seen = len(reads)
+    shares = [[ev._missing(*v, {}) for v in volumes[k::3]] for k in (0, 2)]
+    del reads[seen:]  # (their reads)
+    return [[what, shares[0]], mine, [what, shares[1]]]
+  volumes = [(p, pos, row, rs) for pos, row, rs in ev._volumes(p)]
+  monkeypatch.setattr(distributed, "allgather_json", gather)
+  reads.clear()
+  items, cached = ev.scan([p], {}, "val")
+  mine = [a for a in reads if a[3] in {row.name for row in rows[1::3]}]
+  assert len(reads) == len(mine) == 2 * len(rows[1::3])  # its share only: 3 volumes × 2 runs
+  assert cached == want[1]
+  assert [(it.row.name, [r.id for r in it.runs]) for it in items] == [
+      (it.row.name, [r.id for r in it.runs]) for it in want[0]]
