@@ -301,10 +301,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # the most devices a process's batches ran on (a process without scans: none)
   devices_used = max(distributed.allgather_json(mesh.size if mesh is not None and groups else 0))
   if nproc > 1:  # the summary is process 0's: the others' outputs must be where it says they are
-    unseen = distributed.allgather_json(
+    unseen = set(distributed.allgather_json(  # (a set: not searched once per scan)
         [r["index"] for r in records
          if r["status"] == "ok" and not os.path.isfile(r["prediction"]["anomaly_map"])]
-        if pid == 0 else None)[0]
+        if pid == 0 else None)[0])
     for r in (r for r in records if r["index"] in unseen):
       r.update(status="failed", output_dir="", message=(
           f"written by process {r['process']} but not found by process 0: is "

@@ -169,6 +169,43 @@ def test_outputs_another_host_cannot_see_fail_in_the_summary(scan, tmp_path, mon
         ("a", "ok"), ("b", "failed")]
 
 
+def test_outputs_process_0_cannot_see_are_found_without_a_search_per_scan(scan, tmp_path,
+                                                                          monkeypatch):
+  """Process 0 marks failed the scans whose outputs it cannot see: each scan's record was looked
+  up in the list of unseen scans, a search through it (scans × unseen scans: quadratic with a
+  folder not shared). The unseen scans are a set now."""
+  folder = tmp_path / "scans"
+  os.makedirs(folder)
+  names = [f"s{i}" for i in range(6)]
+  for stem in names:
+    with open(scan["image"], "rb") as f:
+      (folder / f"{stem}.nii.gz").write_bytes(f.read())
+  theirs = [{"index": i, "scan": names[i], "image": str(folder / f"{names[i]}.nii.gz"),
+             "mask": "image > 0", "process": 1, "status": "ok", "message": "volume score 1",
+             "output_dir": "x", "prediction": {"anomaly_map": str(tmp_path / "elsewhere" / n)}}
+            for i, n in enumerate(names) if i % 2]
+  searched = []
+
+  class Unseen(list):  # process 0's list of unseen scans, as gathered
+    def __contains__(self, x):
+      searched.append(x)
+      return super().__contains__(x)
+  calls = []
+
+  def allgather(mine):
+    calls.append(mine)
+    return {1: ["predict's start", None], 2: [_listed(*names), {"method": "cddpm"}],
+            3: ["predict's scans", None], 4: theirs, 5: 1}.get(len(calls))
+  gather = _other_process(allgather)
+  monkeypatch.setattr(distributed, "allgather_json", lambda mine: [Unseen(mine), None] if len(
+      calls) == 5 else gather(mine))
+  _as_process_0_predicting(monkeypatch)
+  c = scan_config(str(tmp_path / "model"), {"image": str(folder)}, tmp_path / "out")
+  with pytest.raises(DataError, match=r"3 of 6 scan\(s\) failed: s1, s3, s5; "):
+    predict.run(c, str(tmp_path))
+  assert searched == []
+
+
 def _as_process_0_predicting(monkeypatch):
   """This process as process 0 of 2 with a stand-in model that 'predicts' its scans: an empty
   `a_anomaly_map.nii.gz` per scan."""
