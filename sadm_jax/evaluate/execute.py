@@ -161,8 +161,10 @@ class Evaluation:
     with agreements.together(f"the intensity median of fold {fold}"):
       if jax.process_index() == 0 and _read_json(path).get("fingerprint") != key:
         values = [np.asarray(v.image)[np.asarray(v.mask) > 0] for v in map(self.cache.load, rows)]
-        io.write_json(path, {"median": float(np.median(np.concatenate(values))),
-                             "fingerprint": key, "volumes": len(rows)})
+        pooled = np.concatenate(values)
+        values.clear()  # the pooled voxels held twice at most: the concatenation is np.median's
+        median = float(np.median(pooled, overwrite_input=True))  # work array, not copied again
+        io.write_json(path, {"median": median, "fingerprint": key, "volumes": len(rows)})
     with agreements.together(f"reading the intensity median of fold {fold}"):
       saved = _read_json(path)
       if saved.get("fingerprint") != key:

@@ -254,3 +254,35 @@ def test_each_process_reads_its_share_of_the_stored_results(tmp_path, monkeypatc
   assert cached == want[1]
   assert [(it.row.name, [r.id for r in it.runs]) for it in items] == [
       (it.row.name, [r.id for r in it.runs]) for it in want[0]]
+
+
+def test_the_intensity_median_holds_the_training_brains_twice_at_most(tmp_path, monkeypatch):
+  """The threshold baseline's median pooled every training volume's brain voxels, concatenated
+  them, and np.median copied that again: three times the pooled voxels at the peak (10 GB for
+  5,000 volumes of 96×96×50). The concatenation is the median's work array now."""
+  import tracemalloc
+  import types
+
+  from configs import evaluate as evaluate_config
+  from sadm_jax import config as config_lib
+  from sadm_jax.evaluate import execute
+
+  rng = np.random.default_rng(0)
+  volumes = {f"/d/{i}.nii.gz": types.SimpleNamespace(
+      image=rng.random((4, 30, 30), dtype=np.float32), mask=np.ones((4, 30, 30), np.uint8))
+      for i in range(16)}
+  rows = [types.SimpleNamespace(img=k, mask="m", seg=None) for k in volumes]
+  monkeypatch.setattr(execute.cache_lib, "entry_key", lambda row, cfg: row.img)
+  ev = execute.Evaluation.__new__(execute.Evaluation)
+  ev.config = config_lib.resolve(evaluate_config.get_config("tiny"))
+  ev.splits, ev.store, ev.medians = {"IXI_train_fold0": rows}, Store(str(tmp_path)), {}
+  ev.cache = types.SimpleNamespace(load=lambda row: volumes[row.img])
+  pooled = sum(v.image.nbytes for v in volumes.values())
+  tracemalloc.start()
+  try:
+    median = ev.intensity_median(0)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert median == float(np.median(np.concatenate([v.image.ravel() for v in volumes.values()])))
+  assert peak < 2.5 * pooled, peak / pooled
