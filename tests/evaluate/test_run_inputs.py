@@ -12,7 +12,7 @@ def _evaluation(gts, faithful=False):
   rng = np.random.default_rng(0)
   maps = [rng.random((4, 6, 6)).astype(np.float32) for _ in gts]
   masks = [np.pad(np.ones((4, 4, 4), np.uint8), ((0, 0), (1, 1), (1, 1))) for _ in gts]
-  store = SimpleNamespace(pooled=lambda run, s, split, names: (maps, gts, masks))
+  store = SimpleNamespace(volumes=lambda run, s, split, names: iter(zip(maps, gts, masks)))
   config = SimpleNamespace(evaluate=SimpleNamespace(threshold_method="exact"))
   return SimpleNamespace(store=store, faithful=faithful, config=config)
 
