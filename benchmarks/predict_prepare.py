@@ -4,7 +4,7 @@
         --scans=a.nii.gz,b.nii.gz,... [--masks=a_mask.nii.gz,...] [--threads=2] [--repeats=3]
 
 `predict.prepare` on every scan in this process: one after the other; through predict's own
-pipeline (`execute.prefetch` with `--threads` threads, `data.num_workers`) with one scan per batch,
+pipeline (`prefetch.prefetch` with `--threads` threads, `data.num_workers`) with one scan per batch,
 as on one device; with all scans in one batch, as on as many devices; and as the stage runs it,
 the reading and preprocessing in `--threads` worker processes (`predict.preparer`; the pool
 started and warmed by one call first, its start-up timed apart). Alternating, after one untimed
@@ -38,7 +38,8 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   from configs import predict as predict_config
   from sadm_jax import config as config_lib
-  from sadm_jax.evaluate import execute, predict, predictor
+  from sadm_jax.evaluate import predict, predictor
+  from sadm_jax.evaluate import prefetch as prefetch_lib
   from sadm_jax.utils.io import write_json
   scans = [s for s in args.scans.split(",") if s]
   masks = [m for m in args.masks.split(",") if m] or [None] * len(scans)
@@ -57,10 +58,10 @@ def main(argv=None) -> dict:
     pool_start_s = time.perf_counter() - t0
     ways = {"sequential": lambda: [prepare(item) for item in items],
             f"{n} threads, 1 scan per batch": lambda: list(
-                execute.prefetch([[item] for item in items], prepare, n)),
-            f"{n} threads, 1 batch": lambda: list(execute.prefetch([items], prepare, n)),
+                prefetch_lib.prefetch([[item] for item in items], prepare, n)),
+            f"{n} threads, 1 batch": lambda: list(prefetch_lib.prefetch([items], prepare, n)),
             f"{n} processes, 1 scan per batch": lambda: list(
-                execute.prefetch([[item] for item in items], lambda it: in_pool(*it), n))}
+                prefetch_lib.prefetch([[item] for item in items], lambda it: in_pool(*it), n))}
     times: dict[str, list[float]] = {k: [] for k in ways}
     for r in range(max(1, args.repeats)):
       for name in list(ways)[r % len(ways):] + list(ways)[:r % len(ways)]:  # order rotated

@@ -17,9 +17,10 @@ from sadm_jax import agreements, distributed
 from sadm_jax.data import nifti
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import execute, hosts, metrics, preparation, scoring, thresholds
+from sadm_jax.evaluate import hosts, metrics, preparation, scoring, thresholds
 from sadm_jax.evaluate.preparation import Prepared, prepare, preparer
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
+from sadm_jax.evaluate.prefetch import prefetch
 from sadm_jax.evaluate.listing import OUTPUT_SUFFIXES, list_scans, scan_stem
 from sadm_jax.evaluate.scans import covered, to_input_grid
 from sadm_jax.utils import io
@@ -289,7 +290,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # which would wait for its records below until JAX's timeout crashed them)
   with agreements.together("predict's scans"), \
       preparer(pred, workers) as prepare_one:
-    for group, prepared in execute.prefetch(groups, load, threads):
+    for group, prepared in prefetch(groups, load, threads):
       agreements.check_others()  # another process stopped: this one too, now
       started = dispatch(group, prepared)  # the devices work on this batch while ...
       if waiting is not None:

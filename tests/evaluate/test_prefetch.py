@@ -1,18 +1,18 @@
-"""execute.prefetch: batches in order, loaded ahead by a thread (or items by several, across batches), errors raised in the caller, nothing started after the caller stops."""
+"""prefetch_lib.prefetch: batches in order, loaded ahead by a thread (or items by several, across batches), errors raised in the caller, nothing started after the caller stops."""
 
 import threading
 import time
 
 import pytest
 
-from sadm_jax.evaluate import execute
+from sadm_jax.evaluate import prefetch as prefetch_lib
 
 BATCHES = [[1, 2], [3], [4, 5, 6]]
 
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_batches_come_in_order_with_their_items_loaded(threads):
-  got = list(execute.prefetch(BATCHES, lambda x: 10 * x, threads))
+  got = list(prefetch_lib.prefetch(BATCHES, lambda x: 10 * x, threads))
   assert got == [(b, [10 * x for x in b]) for b in BATCHES]
 
 
@@ -24,7 +24,7 @@ def test_an_error_in_load_is_raised_in_the_caller(threads):
     return x
   seen = []
   with pytest.raises(ValueError, match="bad item 3"):
-    for batch, _ in execute.prefetch(BATCHES, load, threads):
+    for batch, _ in prefetch_lib.prefetch(BATCHES, load, threads):
       seen.append(batch)
   assert seen == [[1, 2]]
 
@@ -47,7 +47,7 @@ def _concurrency_probe():
 
 def test_a_batch_is_loaded_by_several_threads_at_once():
   load, most = _concurrency_probe()
-  assert list(execute.prefetch([[1, 2, 3, 4]], load, 4)) == [([1, 2, 3, 4], [1, 2, 3, 4])]
+  assert list(prefetch_lib.prefetch([[1, 2, 3, 4]], load, 4)) == [([1, 2, 3, 4], [1, 2, 3, 4])]
   assert max(most) == 4
 
 
@@ -55,7 +55,7 @@ def test_batches_of_one_item_are_loaded_by_several_threads_at_once():
   # one scan per batch (predict on one device): the threads take the next batches' items
   load, most = _concurrency_probe()
   batches = [[1], [2], [3], [4]]
-  assert list(execute.prefetch(batches, load, 2)) == [(b, b) for b in batches]
+  assert list(prefetch_lib.prefetch(batches, load, 2)) == [(b, b) for b in batches]
   assert max(most) == 2
 
 
@@ -67,10 +67,10 @@ def test_at_most_prefetch_batches_plus_two_are_started_ahead_of_the_caller():
     with lock:
       started.append(x)
     return x
-  gen = execute.prefetch([[k] for k in range(40)], load, 3)
+  gen = prefetch_lib.prefetch([[k] for k in range(40)], load, 3)
   assert next(gen) == ([0], [0])
   time.sleep(0.3)  # the caller holds batch 0: the loader runs ahead as far as it may
-  assert sorted(started) == list(range(execute.PREFETCH_BATCHES + 2))
+  assert sorted(started) == list(range(prefetch_lib.PREFETCH_BATCHES + 2))
   gen.close()
 
 
@@ -83,9 +83,9 @@ def test_nothing_starts_after_the_caller_stops(threads):
     time.sleep(0.05)
     return x
   batches = [[2 * k, 2 * k + 1] for k in range(50)]
-  gen = execute.prefetch(batches, load, threads)
+  gen = prefetch_lib.prefetch(batches, load, threads)
   next(gen)
   gen.close()  # the caller stops: the thread finishes what it is loading, then nothing more
   count = len(started)
   time.sleep(0.3)
-  assert len(started) == count < 2 * (execute.PREFETCH_BATCHES + 3)
+  assert len(started) == count < 2 * (prefetch_lib.PREFETCH_BATCHES + 3)
