@@ -43,7 +43,7 @@ def not_shared(path: str, what: str) -> NotShared:
 
 
 def _readable_map(npz: str, fp: str) -> bool:
-  """Whether a val map file opens, holds the arrays `Store.pooled` reads and was written with
+  """Whether a val map file opens, holds the arrays `Store.volumes` reads and was written with
   the record of fingerprint `fp` (not by a run of other settings killed before its record)."""
   try:
     with np.load(npz) as z:
@@ -113,17 +113,6 @@ class Store:
         arrays = z["anomaly"], z["gt"], z["mask"]
       yield arrays
       del arrays  # (not held while the next one is read)
-
-  def pooled(self, run, set_name: str, split: str, names: Sequence[str]
-             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """(maps, labels, masks) [D, H, W] of a val pass, read back from its .npz files (all held at
-    once: `volumes` reads one at a time)."""
-    maps, gts, masks = [], [], []
-    for a, g, m in self.volumes(run, set_name, split, names):
-      maps.append(a)
-      gts.append(g)
-      masks.append(m)
-    return maps, gts, masks
 
   def shared(self, name: str) -> str:
     """Path of a file every process reads after process 0 wrote it (thresholds, counters)."""

@@ -21,8 +21,8 @@ def test_a_damaged_val_map_is_computed_again(tmp_path):
   assert store.read(run, "Brats21", "val", "v0", "fp", with_map=True) is None
   assert store.read(run, "Brats21", "val", "v0", "fp")["name"] == "v0"  # test passes keep no map
   store.write(run, "Brats21", "val", {"name": "v0", "fingerprint": "fp"}, maps)
-  pooled, _, _ = store.pooled(run, "Brats21", "val", ["v0"])
-  np.testing.assert_array_equal(pooled[0], maps["anomaly"])
+  (anomaly, _, _), = store.volumes(run, "Brats21", "val", ["v0"])
+  np.testing.assert_array_equal(anomaly, maps["anomaly"])
 
 
 def test_two_volumes_with_one_result_file_are_refused(tiny_data_dir, tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_a_map_left_by_an_interrupted_write_of_other_settings_is_not_reused(tmp_
   assert store.read(run, "Brats21", "val", "v0", "A", with_map=True) is None
   store.write(run, "Brats21", "val", {"name": "v0", "fingerprint": "A"}, arrays(1.0))
   assert store.read(run, "Brats21", "val", "v0", "A", with_map=True)["name"] == "v0"
-  assert store.pooled(run, "Brats21", "val", ["v0"])[0][0].max() == 1.0
+  assert next(store.volumes(run, "Brats21", "val", ["v0"]))[0].max() == 1.0
 
 
 def test_draem_volume_is_drawn_for_its_row_not_for_whoever_filled_the_cache(tiny_data_dir,
