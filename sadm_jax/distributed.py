@@ -27,6 +27,8 @@ JOIN_GRACE_S = 10.0
 # connected by its `initialization_timeout`: it is given this much more than
 # `distributed.connect_timeout`, at which this process stops with one line first
 ABORT_MARGIN_S = 60
+# `distributed.connect_timeout` when a config does not say (a Plan built without one): JAX's own
+CONNECT_TIMEOUT_S = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Plan:
   """How to call `jax.distributed.initialize`; `source` is None for a single-process run."""
   source: str | None  # 'config' | 'env' | 'slurm' | 'tpu' | 'auto' | None
   kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  connect_timeout: float = 300.0  # `distributed.connect_timeout` (s)
+  connect_timeout: float = CONNECT_TIMEOUT_S  # `distributed.connect_timeout` (s)
 
 
 def _int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -96,7 +98,7 @@ def check_settings(d: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.distributed.process_id={d.process_id} must be in [0, "
                      f"{d.num_processes - 1 if d.num_processes > 0 else 'num_processes - 1'}] "
                      "(-1 = not set)")
-  if not d.get("connect_timeout", 300) > 0:
+  if not d.get("connect_timeout", CONNECT_TIMEOUT_S) > 0:
     raise ValueError(f"--config.distributed.connect_timeout={d.connect_timeout} must be > 0 "
                      "(seconds)")
 
@@ -114,7 +116,7 @@ def plan(config: ml_collections.ConfigDict | None = None,
   if d is not None:
     check_settings(d)
     return dataclasses.replace(_plan(d, environ),
-                               connect_timeout=float(d.get("connect_timeout", 300)))
+                               connect_timeout=float(d.get("connect_timeout", CONNECT_TIMEOUT_S)))
   return _plan(None, environ)
 
 
@@ -181,7 +183,7 @@ def _not_connected(kwargs: dict, timeout: float) -> str:
           "raise --config.distributed.connect_timeout if they start slowly")
 
 
-def _connect(kwargs: dict, timeout: float = 300.0) -> None:
+def _connect(kwargs: dict, timeout: float = CONNECT_TIMEOUT_S) -> None:
   """`jax.distributed.initialize(**kwargs)` in a thread while the main thread waits in Python,
   where signal handlers run. It waits for every process to connect, in C++, up to JAX's timeout
   (5 minutes); a SIGTERM then ran no handler until it was over (a process whose peers never came
