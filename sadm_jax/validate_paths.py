@@ -10,6 +10,7 @@ import ml_collections
 
 from sadm_jax import config as config_lib
 from sadm_jax.config import ConfigError
+from sadm_jax.evaluate import listing
 from sadm_jax.utils import io
 
 # Stages that read DATA_DIR (`demo` generates its own; describe/aot/predict read none).
@@ -85,8 +86,13 @@ def check_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -
             "workdir (a directory)")
     if p.checkpoint_dir and not os.path.isdir(p.checkpoint_dir):
       _fail(f"--config.predict.checkpoint_dir={p.checkpoint_dir}: no such directory")
-    for key in ("input", "mask"):  # a path (file, folder, CSV) or a comma-separated list
-      for part in [q.strip() for q in str(p[key]).split(",") if q.strip()]:
+    # a path (file, folder, CSV) or a comma-separated list, split as predict splits it (a path
+    # holding a comma is one); glob patterns are listed, and refused in one line when they match
+    # no scan, at predict's start (before any model is loaded)
+    parts = {"input": [q for q in listing.input_parts(str(p.input)) if not listing.is_pattern(q)],
+             "mask": [q.strip() for q in str(p.mask).split(",") if q.strip()]}
+    for key, given in parts.items():
+      for part in given:
         if not os.path.exists(part):
           _fail(f"--config.predict.{key}={p[key]}: no such file or folder: {part}")
 

@@ -89,7 +89,7 @@ def _split(text: str) -> list[str]:
   return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-def _inputs(spec: str) -> list[str]:
+def input_parts(spec: str) -> list[str]:
   """`predict.input`'s files and patterns: split at commas, unless the whole is an existing file
   or a pattern that matches files (a path with a comma in it: `Smith, J/T1.nii.gz`)."""
   if "," in spec and (os.path.isfile(spec) or (
@@ -240,7 +240,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   """(scans, batch) named by `predict.input` / `predict.mask`; batch = one output folder per scan.
 
   input_spec: one NIfTI file (batch False: today's flat layout; a path holding a comma, when it
-    exists, is that file: `_inputs`); a comma-separated list of files;
+    exists, is that file: `input_parts`); a comma-separated list of files;
     a folder (every .nii/.nii.gz in it except masks, `*<mask_suffix>.nii[.gz]`, predict's own
     outputs, `*_anomaly_map` / `*_anomaly_mask`, and hidden files, `.*`); glob patterns (`*`, `?`,
     `[...]`, `**` for any depth; alone or in the list: the files they match except as in a
@@ -260,7 +260,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   mask_dir = mask_spec if mask_spec and os.path.isdir(mask_spec) else ""
   skip = ((mask_suffix,) if mask_suffix else ()) + OUTPUT_SUFFIXES
   index: dict = {}  # each folder's NIfTI names, listed once
-  parts = [] if spec.lower().endswith(".csv") or os.path.isdir(spec) else _inputs(spec)
+  parts = [] if spec.lower().endswith(".csv") or os.path.isdir(spec) else input_parts(spec)
   patterns = any(is_pattern(p) for p in parts)
   if (os.path.isdir(spec) or patterns) and not mask_suffix and not mask_dir:
     where = f"in {spec}" if os.path.isdir(spec) else f"matched by {spec!r}"

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from sadm_jax.evaluate import listing
+from tests.cli_common import one_error, run_main
 
 
 def _touch(root, *names):
@@ -238,3 +239,32 @@ def test_a_file_listed_again_through_a_symlink_is_named_as_listed_twice(tmp_path
   with pytest.raises(ValueError, match=r"the pattern '.*/p\*' matches 3 folder\(s\) and no file "
                                        r"\('.*/p\*/\*.nii.gz' would list the scans in them\)"):
     listing.list_scans(f"{tmp_path}/p*")
+
+
+def test_patterns_and_listing_mistakes_through_the_command_line(tmp_path):
+  """The CLI as users run it. Its up-front path check refused every glob pattern ('no such file
+  or folder: data/*/...') and split a path holding a comma into two missing files, so neither
+  reached predict; they now pass it (and fail here only at the model: this folder is not a run).
+  A pattern matching nothing and a folder whose scans are in subfolders end in their one line,
+  exit 2, before any model is loaded, nothing written."""
+  _touch(tmp_path, "scans/p1/T1.nii.gz", "scans/Smith, J/T1.nii.gz")
+  args = (f"--workdir={tmp_path / 'w'}", f"--config.predict.checkpoint_dir={tmp_path}",
+          f"--config.predict.output={tmp_path / 'out'}")
+  not_a_run = (f"error: {tmp_path}: neither an evaluation workdir (eval/models.json) nor a "
+               "training workdir with a best checkpoint (best/)")
+  for given in (f"{tmp_path}/scans/*/T1.nii.gz", f"{tmp_path}/scans/Smith, J/T1.nii.gz",
+                f"{tmp_path}/scans/p1/T1.nii.gz,{tmp_path}/**/Smith*/T1.nii.gz"):
+    res = run_main(*args, f"--config.predict.input={given}", config="configs/predict.py:tiny")
+    assert one_error(res) == not_a_run, given
+  res = run_main(*args, f"--config.predict.input={tmp_path}/*/*.nii",
+                 config="configs/predict.py:tiny")
+  assert one_error(res).startswith(f"error: predict.input: the pattern '{tmp_path}/*/*.nii' "
+                                   "matches no file (relative to ")
+  res = run_main(*args, f"--config.predict.input={tmp_path / 'scans'}",
+                 config="configs/predict.py:tiny")
+  assert one_error(res) == (
+      f"error: predict.input={tmp_path / 'scans'}: no .nii/.nii.gz scans in this folder itself, "
+      f"but in its subfolders (e.g. {tmp_path}/scans/Smith, J/T1.nii.gz): give a glob pattern, "
+      f"e.g. --config.predict.input='{tmp_path}/scans/*/T1.nii.gz' (quoted; '**' matches any "
+      "depth), or a CSV listing them")
+  assert not os.path.exists(tmp_path / "out" / "predict_summary.json")
