@@ -176,11 +176,15 @@ def _not_connected(kwargs: dict, timeout: float) -> str:
   nodes = os.environ.get("SLURM_STEP_NODELIST")
   if not kwargs.get("coordinator_address") and nodes:  # JAX's Slurm detection: the first node
     where += f" on the first node of the Slurm step (SLURM_STEP_NODELIST={nodes})"
+  # Set by the user (config or launch script) or detected by JAX (Slurm, TPU pods): only the
+  # former can be a wrong setting to name.
+  wrong = ("a wrong distributed.num_processes or coordinator address, "
+           if kwargs.get("coordinator_address") or kwargs.get("num_processes") else
+           "a coordinator host name the other nodes cannot resolve, ")
   return (f"the processes did not all connect within {timeout:g} s"
           f"{f' (this is process {me} of {n})' if me is not None else ''} to {where}: did every "
-          "process start (a task that failed, a node that is gone, a wrong "
-          "distributed.num_processes or coordinator address, a firewall)? See the others' logs; "
-          "raise --config.distributed.connect_timeout if they start slowly")
+          f"process start (a task that failed, a node that is gone, {wrong}a firewall)? See the "
+          "others' logs; raise --config.distributed.connect_timeout if they start slowly")
 
 
 def _connect(kwargs: dict, timeout: float = CONNECT_TIMEOUT_S) -> None:
