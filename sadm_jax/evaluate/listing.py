@@ -146,10 +146,25 @@ def _is_scan_file(name: str, skip: tuple) -> bool:
   return _is_nifti(name) and not name.startswith(".") and not scan_stem(name).endswith(skip)
 
 
+def _literal_folders(pattern: str) -> str:
+  """`pattern` with each folder that exists under its literal name escaped (`data[1]/*.nii.gz`
+  -> `data[[]1]/*.nii.gz` when a folder `data[1]` exists): the shell's reading when the
+  pattern's own matches nothing."""
+  parts = pattern.split(os.sep)
+  for i in range(len(parts) - 1):
+    if glob.has_magic(parts[i]) and os.path.isdir(os.sep.join(parts[:i + 1])):
+      parts[i] = glob.escape(parts[i])
+  return os.sep.join(parts)
+
+
 def _matches(pattern: str, skip: tuple) -> list[str]:
   """The scans a glob pattern matches, sorted; ValueError when it matches none. A broken symlink
-  (a git-annex file not fetched) is listed, as in a folder: it fails when predicted, named."""
+  (a git-annex file not fetched) is listed, as in a folder: it fails when predicted, named.
+  A folder whose name holds `[`, `*` or `?` is read literally when the pattern matches nothing."""
   files = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+  if not files and _literal_folders(pattern) != pattern:
+    files = sorted(p for p in glob.glob(_literal_folders(pattern), recursive=True)
+                   if not os.path.isdir(p))
   scans = [p for p in files if _is_scan_file(os.path.basename(p), skip)]
   if not scans:
     folders = [] if files else [p for p in glob.glob(pattern, recursive=True) if os.path.isdir(p)]

@@ -117,6 +117,22 @@ def test_a_file_whose_name_looks_like_a_pattern_is_that_file(tmp_path):
   assert not batch and _listed(scans) == [("scan[1]", str(tmp_path / "scan[1].nii.gz"), None)]
 
 
+def test_a_folder_whose_name_looks_like_a_pattern_is_read_literally_when_nothing_matches(
+    tmp_path):
+  """`data[1]/*.nii.gz` with a folder named `data[1]` matched no file (glob reads `[1]` as a
+  character class, for a folder `data1`); as the shell does, the pattern's own matches come first
+  and the folder's literal name is the fallback."""
+  _touch(tmp_path, "data[1]/a.nii.gz", "data[1]/a_mask.nii.gz", "x?y/b.nii.gz")
+  scans, batch = listing.list_scans(str(tmp_path / "data[1]" / "*.nii.gz"))
+  assert batch and _listed(scans) == [("a", str(tmp_path / "data[1]" / "a.nii.gz"),
+                                       str(tmp_path / "data[1]" / "a_mask.nii.gz"))]
+  scans, _ = listing.list_scans(str(tmp_path / "x?y" / "*.nii.gz"))  # matches itself: x?y
+  assert [s.name for s in scans] == ["b"]
+  _touch(tmp_path, "data1/c.nii.gz")  # the pattern's own match wins, as in a shell
+  scans, _ = listing.list_scans(str(tmp_path / "data[1]" / "*.nii.gz"))
+  assert [s.name for s in scans] == ["c"]
+
+
 def test_a_folder_with_its_scans_in_subfolders_suggests_a_pattern_that_lists_them(tmp_path):
   """BraTS-style per-subject folders given as the input folder were 'no .nii/.nii.gz scans in this
   folder'; the error now shows a scan found below and a pattern, which lists exactly the scans of
