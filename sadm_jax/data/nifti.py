@@ -39,6 +39,11 @@ def load_volume(path: str, dtype=np.float32) -> Volume:
   if os.path.isdir(path):
     raise DataError(f"{path}: is a directory, not a NIfTI file")
   if not os.path.isfile(path):
+    if os.path.islink(path) and not os.path.exists(path):
+      raise DataError(f"{path}: a broken symbolic link (to {os.readlink(path)}; a git-annex or "
+                      "DataLad file whose content is not fetched?)")
+    if os.path.exists(path):  # a FIFO, socket or device: reading it could block for ever
+      raise DataError(f"{path}: not a regular file (a pipe, socket or device)")
     raise DataError(f"{path}: file not found")
   img = None
   try:

@@ -181,7 +181,9 @@ def load_scan(image_path: str, mask_path: str | None = None
     raise DataError(f"{mask_path}: mask affine ({_grid(mask.affine)}) differs from the image "
                     f"affine ({_grid(img.affine)}; {image_path}): not the same grid")
   if not np.any(mask.data > 0):
-    raise DataError(f"{mask_path}: brain mask is empty")
+    nan = int(np.count_nonzero(np.isnan(mask.data)))
+    raise DataError(f"{mask_path}: brain mask is empty (no voxel > 0" +
+                    (f"; {nan} of {mask.data.size} voxels are NaN" if nan else "") + ")")
   values = mask.data[np.isfinite(mask.data)]
   fractional = values[values != np.round(values)]
   if fractional.size:  # a probability map or an interpolated mask: > 0 would take all it touches

@@ -182,7 +182,7 @@ def test_a_pattern_lists_a_scan_whose_symlink_is_broken(tmp_path):
   """A DataLad / git-annex tree whose content is not fetched: its scans are broken symlinks. A
   pattern dropped them without a word (a folder listed them): the others were predicted as if
   those subjects did not exist, and a pattern matching only such files 'matched no file'. They
-  are listed now and fail when predicted, each named ('file not found'), as in a folder."""
+  are listed now and fail when predicted, each named ('a broken symbolic link'), as in a folder."""
   _touch(tmp_path, "sub-02/anat/sub-02_T1w.nii.gz")
   (tmp_path / "sub-01" / "anat").mkdir(parents=True)
   (tmp_path / "sub-01/anat/sub-01_T1w.nii.gz").symlink_to(

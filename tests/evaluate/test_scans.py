@@ -64,6 +64,29 @@ def test_nan_inside_the_brain_is_refused_naming_how_many(tmp_path):
                             "retry")
 
 
+def test_a_nan_mask_and_unreadable_kinds_of_path_are_named_for_what_they_are(tmp_path):
+  """A mask of NaN was 'brain mask is empty' (it holds no voxel > 0, but the user sees values);
+  a named pipe or a broken symlink (a DataLad file not fetched) given as a scan was 'file not
+  found' though `ls` lists it."""
+  import os
+  data = np.where(_brain(), 200.0, 0).astype(np.float32)
+  path, mask = str(tmp_path / "s.nii.gz"), str(tmp_path / "s_mask.nii.gz")
+  nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+  nib.save(nib.Nifti1Image(np.full(data.shape, np.nan, np.float32), np.eye(4)), mask)
+  with pytest.raises(DataError, match=rf"^{mask}: brain mask is empty \(no voxel > 0; "
+                                      rf"{data.size} of {data.size} voxels are NaN\)$"):
+    scans_lib.load_scan(path, mask)
+  fifo, link = str(tmp_path / "f.nii.gz"), str(tmp_path / "l.nii.gz")
+  os.mkfifo(fifo)
+  os.symlink(".git/annex/objects/x.nii.gz", link)
+  with pytest.raises(DataError, match=rf"^{fifo}: not a regular file \(a pipe, socket or "
+                                      r"device\)$"):
+    scans_lib.load_scan(fifo)
+  with pytest.raises(DataError, match=rf"^{link}: a broken symbolic link \(to "
+                                      r"\.git/annex/objects/x\.nii\.gz; a git-annex"):
+    scans_lib.load_scan(link)
+
+
 def test_a_scan_in_metres_is_read_in_mm_and_absurd_spacings_are_named(tmp_path):
   """NIfTI's spatial units were ignored: a scan stored in metres (spacing 0.001) was resampled
   to '1 mm' as a speck and failed with 'intensities ... are constant'. Metres and microns are now
