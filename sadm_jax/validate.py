@@ -35,6 +35,8 @@ EVALUATE_METHODS = ("threshold", "cddpm", "sadm")
 EVALUATE_TEST_SETS = ("Brats21", "ATLAS_v2", "MSLUB", "WMH", "DRAEM")
 FSDP_RULE_KINDS = ("fsdp", "replicate")
 MODEL_NAMES = ("encoder", "unet", "spark", "segnet")  # model.names (describe.model_specs)
+# model.names of the training tasks stage aot can compile (`train.aot.TASKS`, which imports JAX)
+AOT_MODEL_NAMES = (("encoder", "unet"), ("spark",), ("encoder", "unet", "segnet"))
 # SparK's ResNet-50 encoder sees slices whose sides are multiples of its stride (models.resnet).
 SPARK_GRID_MULTIPLE = 32
 SEGNET_DEPTH = 4  # models.segnet.SegUnet's levels (not a config setting)
@@ -63,6 +65,10 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
     _fail(f"--config.model.names={names!r} must name 1 or more of "
           f"{', '.join(map(repr, MODEL_NAMES))}, as a tuple: "
           "--config.model.names=\"('encoder', 'unet')\"")
+  if config.stage == "aot" and names not in AOT_MODEL_NAMES:
+    _fail(f"--config.model.names={names!r}: stage aot compiles a training task's step, one of "
+          f"{'; '.join(map(repr, AOT_MODEL_NAMES))} (the stage configs set it: give "
+          "--config=configs/cddpm.py, spark_pretrain.py or sadm_*.py with --config.stage=aot)")
   unknown = [m for m in config.evaluate.methods if m not in EVALUATE_METHODS]
   if config.stage in ("evaluate", "demo") and unknown:
     _fail(f"--config.evaluate.methods has unknown method(s) {unknown}; expected a subset of "

@@ -349,6 +349,22 @@ def test_describe_refuses_model_names_it_cannot_describe(names):
   assert tuple(describe.model_specs(c)) == validate.MODEL_NAMES
 
 
+def test_aot_refuses_model_names_without_a_training_task_before_jax_starts():
+  """Was: 'no AOT task for model.names=...' from `train.aot` once JAX had started (carried item);
+  now the up-front check, whose list is the one `train.aot` compiles."""
+  from configs import cddpm
+  c = cddpm.get_config("tiny")
+  c.stage, c.model.names = "aot", ("encoder",)
+  with pytest.raises(validate.ConfigError, match=r"^--config.model.names=\('encoder',\): stage "
+                                                 r"aot compiles a training task's step, one of"):
+    validate.check_values(c, config_lib.STAGES)
+  from sadm_jax.train import aot
+  assert set(validate.AOT_MODEL_NAMES) == set(aot.TASKS)
+  for names in validate.AOT_MODEL_NAMES:
+    c.model.names = names
+    validate.check_values(c, config_lib.STAGES)
+
+
 @pytest.mark.parametrize("stage,marker,other", [
     ("reproduce", "report/metrics.json", "evaluation (a demo's or an evaluate run's)"),
     ("demo", "claims.json", "reproduction")])
