@@ -57,9 +57,10 @@ def _pool_workers(since: float) -> list[psutil.Process]:
 
 def test_a_worker_that_dies_fails_the_scan_it_held_and_a_new_pool_prepares_the_next(
     scan, tmp_path):
-  """As when the kernel's OOM killer ends a worker: a scan the worker cannot finish reading (a
-  FIFO nothing writes) is failed, named, once its workers are killed; the next scan is prepared
-  by a new pool, as in the caller's thread."""
+  """As when the kernel's OOM killer ends a worker: the scan a worker holds is failed, named, once
+  its workers are killed (here as soon as they exist, while they start: before any can answer for
+  it — the FIFO would be refused at once, 'not a regular file'); the next scan is prepared by a
+  new pool, as in the caller's thread."""
   pred = _predictor()
   paths = _copies(scan, tmp_path / "scans", 1)
   stuck = tmp_path / "sub-05_T1w.nii.gz"
