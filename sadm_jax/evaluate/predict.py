@@ -10,19 +10,15 @@ import os
 
 import jax
 import ml_collections
-import nibabel as nib
 import numpy as np
 
 from sadm_jax import agreements, distributed
-from sadm_jax.data import nifti
 from sadm_jax.data.errors import DataError
-from sadm_jax.data.resample import affine_spacing
-from sadm_jax.evaluate import hosts, metrics, preparation, scoring, thresholds
+from sadm_jax.evaluate import hosts, outputs, preparation, scoring
 from sadm_jax.evaluate.preparation import Prepared, prepare, preparer
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
 from sadm_jax.evaluate.prefetch import prefetch
-from sadm_jax.evaluate.listing import OUTPUT_SUFFIXES, list_scans, scan_stem
-from sadm_jax.evaluate.scans import covered, to_input_grid
+from sadm_jax.evaluate.listing import list_scans
 from sadm_jax.utils import io
 from sadm_jax.utils.xla_flags import available_cores
 
@@ -32,49 +28,12 @@ from sadm_jax.utils.xla_flags import available_cores
 
 def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str,
            name: str | None = None) -> dict:
-  """Thresholds one scan's map `a` [H, W, D] (working grid), carries map and mask back to the
-  scan's own voxel order, shape and affine, and writes `<name>_anomaly_map.nii.gz` (float32),
-  `<name>_anomaly_mask.nii.gz` (uint8, only with a threshold) and `<name>_prediction.json` into
-  `out_dir` (name: the scan's, `listing.Scan`; default its file's stem); returns the JSON's
-  content."""
-  image_path, mask_path, reo, work = prep.image_path, prep.mask_path, prep.reo, prep.work
-  thresholds.check_finite(a, os.path.basename(image_path))  # NaN/Inf weights: no map written
-
-  def back(volume: np.ndarray, order: int) -> np.ndarray:
-    """Working grid → the scan's own voxel order [H, W, D], zero outside the brain."""
-    return reo.undo(to_input_grid(volume, work.affine, reo.affine, prep.shape_t, order)
-                    * prep.brain_t)
-
-  a_in = back(a, 1)
-  stem = name or scan_stem(image_path)
-  # brain voxels the crop box leaves out (e.g. a 256-slice scan's top and bottom): their map is 0
-  outside = int(np.count_nonzero(prep.brain_t & ~covered(work.affine, reo.affine, prep.shape_t,
-                                                          a.shape)))
-  out = {"input": os.path.abspath(image_path), "mask": os.path.abspath(mask_path) if mask_path else
-         "image > 0", "model": pred.source, "method": pred.method, "combination": pred.combination,
-         "threshold": pred.tau, "threshold_source": pred.tau_source,
-         "input_orientation": reo.source, "model_orientation": pred.orientation,
-         "model_orientation_source": pred.orientation_source,
-         "volume_score": metrics.volume_score(a, work.mask), "working_grid": list(a.shape),
-         "input_grid": list(prep.input_shape),
-         "input_spacing_mm": list(affine_spacing(prep.input_affine)),
-         "resampled_to_1mm": bool(work.resampled_to_1mm),
-         "brain_voxels_input_grid": int(np.count_nonzero(prep.brain_t)),
-         "brain_voxels_outside_crop": outside,
-         "nonfinite_voxels_outside_brain": prep.nonfinite_outside_brain,
-         "anomaly_map": os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[0]}.nii.gz")}
-  mask_out = os.path.join(out_dir, f"{stem}{OUTPUT_SUFFIXES[1]}.nii.gz")
-  p_in = None
-  if pred.tau is not None:
-    p_work = ((a > np.float32(pred.tau)) & (work.mask > 0)).astype(np.uint8)
-    p_in = back(p_work, 0)
-    out.update(anomaly_mask=mask_out, flagged_voxels_input_grid=int(p_in.sum()),
-               flagged_voxels_working_grid=int(p_work.sum()))
-  else:
+  """`outputs.finish` in this process, with `pred`'s labels: one scan's map `a` [H, W, D]
+  (working grid) thresholded, carried back to the scan's own grid and written into `out_dir`;
+  returns its prediction record."""
+  if pred.tau is None:
     logging.warning("no threshold (evaluation τ or predict.threshold): writing the map only")
-  _write_outputs(out, a_in, p_in, mask_out, os.path.join(out_dir, f"{stem}_prediction.json"),
-                 nib.load(image_path))  # the scan's own header and affine: the maps sit on its grid
-  return out
+  return outputs.finish(pred.labels, prep, a, out_dir, name)
 
 
 def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: str) -> dict:
@@ -82,32 +41,6 @@ def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: st
   over the process's devices instead: `run`); returns the prediction record."""
   prep = prepare(pred, image_path, mask_path)
   return finish(pred, prep, pred.infer([prep.volume], scoring.local_mesh(1))[0], out_dir)
-
-
-def _write_outputs(out: dict, a_in: np.ndarray, p_in: np.ndarray | None, mask_out: str,
-                   record: str, ref: nib.Nifti1Image) -> None:
-  """Writes one scan's map, mask (without τ: removes an earlier run's) and record, each whole; a
-  failure after the first write removes all three (no mix of this run's and an earlier run's).
-  The earlier run's record and mask are removed once the new map is written, before it replaces
-  theirs: a run killed between the writes (no clean-up then) leaves this run's map (and mask)
-  without a record, never beside the earlier run's record."""
-  started = False
-  try:
-    with io.atomic_path(out["anomaly_map"], suffix=".nii.gz") as tmp:
-      nifti.save_volume(tmp, a_in, ref.affine, header=ref.header, dtype=np.float32)
-      for path in (record, mask_out):  # an earlier run's: not this map's
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(path)
-    started = True
-    if p_in is not None:
-      nifti.save_volume(mask_out, p_in, ref.affine, header=ref.header, dtype=np.uint8)
-    io.write_json(record, out)
-  except BaseException:
-    if started:
-      for path in (out["anomaly_map"], mask_out, record):
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(path)
-    raise
 
 
 # ----------------------------------------------------------------------------- many scans
@@ -235,7 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def load(i: int):  # in a prefetch thread: the scan prepared (`preparer`, below), or its error
     try:
-      return prepare_one(scans[i].image, scans[i].mask)
+      return per_scan(scans[i].image, scans[i].mask)
     except Exception as e:  # noqa: BLE001  (one bad scan must not stop the others)
       return e
 
@@ -271,10 +204,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for k, (i, _) in enumerate(ready):
         fail(recs[i], pending, traceback=k == 0)  # the traceback once
       ready, maps = [], []
+    writing = []  # each scan's outputs, written at once (in the worker processes, if any)
     for (i, prep), a in zip(ready, maps):
       out_dir = os.path.join(out_root, scans[i].name) if batch else out_root
+      writing.append((i, out_dir, per_scan.finish(prep, a, out_dir, scans[i].name)))
+    for i, out_dir, written in writing:
       try:
-        out = finish(pred, prep, a, out_dir, scans[i].name)
+        out = written()
       except Exception as e:  # noqa: BLE001
         fail(recs[i], e)
       else:
@@ -282,6 +218,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("predict: %s -> %s", scans[i].name, out["anomaly_map"])
     return list(recs.values())
 
+  if pred.tau is None:
+    logging.warning("no threshold (evaluation τ or predict.threshold): writing the maps only")
   records, waiting = [], None
   threads = max(1, min(int(config.data.num_workers), available_cores()))  # scans prepared at once
   mine = sum(len(g) for g in groups)  # (in as many worker processes from PROCESSES_FROM on)
@@ -289,7 +227,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # (together: a process that stops in its share, a SIGTERM or Ctrl-C there, stops the others,
   # which would wait for its records below until JAX's timeout crashed them)
   with agreements.together("predict's scans"), \
-      preparer(pred, workers) as prepare_one:
+      preparer(pred, workers) as per_scan:
     for group, prepared in prefetch(groups, load, threads):
       agreements.check_others()  # another process stopped: this one too, now
       started = dispatch(group, prepared)  # the devices work on this batch while ...

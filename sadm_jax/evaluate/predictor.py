@@ -15,7 +15,7 @@ import numpy as np
 
 from sadm_jax import config as config_lib
 from sadm_jax.data import orientation
-from sadm_jax.evaluate import inference, planning, scoring
+from sadm_jax.evaluate import inference, outputs, planning, scoring
 from sadm_jax.train.checkpoint import RunError
 from sadm_jax.train.runs import (find_recorded, open_run, reference_candidates,
                                  variables_fingerprint)
@@ -58,6 +58,12 @@ class Predictor:
           self.cddpm, [self.segnet] if self.segnet is not None else [], spec, settings, mesh,
           scoring.device_median())
     return self._programs[key]
+
+  @property
+  def labels(self) -> outputs.Labels:
+    """What each prediction record says of this model (`outputs.finish`, maybe in a worker)."""
+    return outputs.Labels(self.source, self.method, self.combination, self.tau, self.tau_source,
+                          self.orientation, self.orientation_source)
 
   def identity(self) -> dict:
     """What this predictor's outputs depend on (method, τ, orientation, the weights'

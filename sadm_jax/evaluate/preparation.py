@@ -15,6 +15,7 @@ from sadm_jax import config as config_lib
 from sadm_jax.data import orientation
 from sadm_jax.data.errors import DataError
 from sadm_jax.data.preprocess import PreprocessConfig, preprocess_volume
+from sadm_jax.evaluate import outputs
 from sadm_jax.evaluate.scans import clear_background, load_scan
 from sadm_jax.utils import workers as workers_lib
 
@@ -93,30 +94,79 @@ def prepare(pred: Predictor, image_path: str, mask_path: str | None,
                   index=inference.volume_index(name))
 
 
-@contextlib.contextmanager
-def preparer(pred: Predictor, workers: int) -> Iterator[Callable[[str, str | None], Prepared]]:
-  """`prepare(image_path, mask_path)` for predict's prefetch threads (thread-safe). With
-  workers > 1 each call's reading and preprocessing run in a pool of that many spawned processes
-  (the erosion, milliseconds, here), out of the GIL's way: a host that feeds several GPUs needs
-  more cores than threads can use (`PROCESSES_FROM`). A worker that dies (the kernel's OOM
-  killer) fails the scans it held, named, and a new pool takes the others."""
-  if workers <= 1:
-    yield lambda image, mask: prepare(pred, image, mask)
-    return
-  cfg = config_lib.preprocess_config(pred.settings_config)
-  lock = threading.Lock()
-  with contextlib.ExitStack() as stack:
-    pools = [stack.enter_context(workers_lib.process_pool(workers))]
+class _Here:
+  """`preparer`'s helper without worker processes: everything in the caller's thread."""
 
-    def prepare_in_pool(image: str, mask: str | None) -> Prepared:
-      pool = pools[-1]
+  def __init__(self, pred: Predictor):
+    self.pred = pred
+
+  def __call__(self, image: str, mask: str | None) -> Prepared:
+    return prepare(self.pred, image, mask)
+
+  def finish(self, prep: Prepared, a: np.ndarray, out_dir: str, name: str | None
+             ) -> Callable[[], dict]:
+    """A call that writes the scan's outputs (`outputs.finish`) and returns its record."""
+    return lambda: outputs.finish(self.pred.labels, prep, a, out_dir, name)
+
+
+class _InPool(_Here):
+  """`preparer`'s helper with a pool of worker processes (renewed when one dies)."""
+
+  def __init__(self, pred: Predictor, workers: int, stack: contextlib.ExitStack):
+    super().__init__(pred)
+    self.cfg, self.workers, self.stack = (config_lib.preprocess_config(pred.settings_config),
+                                          workers, stack)
+    self.lock = threading.Lock()
+    self.pools = [stack.enter_context(workers_lib.process_pool(workers))]
+
+  def _died(self, pool, path: str, doing: str) -> DataError:
+    with self.lock:  # one new pool for every thread that saw this one break
+      if self.pools[-1] is pool:
+        self.pools.append(self.stack.enter_context(workers_lib.process_pool(self.workers)))
+    return DataError(f"{path}: the worker process {doing} it died (out of memory?)")
+
+  def __call__(self, image: str, mask: str | None) -> Prepared:
+    pool = self.pools[-1]
+    try:
+      read = pool.submit(read_and_preprocess, image, mask, self.pred.orientation,
+                         self.cfg).result()
+    except BrokenProcessPool:
+      raise self._died(pool, image, "preparing") from None
+    return prepare(self.pred, image, mask, read)
+
+  def finish(self, prep: Prepared, a: np.ndarray, out_dir: str, name: str | None
+             ) -> Callable[[], dict]:
+    """Starts writing the scan's outputs in a worker (`outputs.finish`); the call returned waits
+    for its record."""
+    pool, light = self.pools[-1], dataclasses.replace(prep, brain=None)  # (not needed there)
+    try:
+      job = pool.submit(outputs.finish, self.pred.labels, light, a, out_dir, name)
+    except BrokenProcessPool:
+      job = None
+
+    def wait() -> dict:
       try:
-        read = pool.submit(read_and_preprocess, image, mask, pred.orientation, cfg).result()
+        if job is None:
+          raise BrokenProcessPool
+        return job.result()
       except BrokenProcessPool:
-        with lock:  # one new pool for every thread that saw this one break
-          if pools[-1] is pool:
-            pools.append(stack.enter_context(workers_lib.process_pool(workers)))
-        raise DataError(f"{image}: the worker process preparing it died (out of memory?)")
-      return prepare(pred, image, mask, read)
+        raise self._died(pool, prep.image_path, "writing the outputs of") from None
+    return wait
 
-    yield prepare_in_pool
+
+@contextlib.contextmanager
+def preparer(pred: Predictor, workers: int) -> Iterator[_Here]:
+  """`prepare(image_path, mask_path)` for predict's prefetch threads (thread-safe), and
+  `.finish(prep, a, out_dir, name)`, which starts writing a scan's outputs and returns a call
+  that waits for its record. With workers > 1 each scan's reading and preprocessing, and the
+  writing of its outputs (carrying the map back to the scan's grid, compressing it), run in a pool
+  of that many spawned processes (the erosion, milliseconds, here), out of the GIL's way: a host
+  that feeds several GPUs needs more cores than threads can use (`PROCESSES_FROM`), and one thread
+  writing a batch's outputs (1.4 s per 160×200×164 scan) could not keep up with 8 GPUs. A worker
+  that dies (the kernel's OOM killer) fails the scans it held, named, and a new pool takes the
+  others."""
+  if workers <= 1:
+    yield _Here(pred)
+    return
+  with contextlib.ExitStack() as stack:
+    yield _InPool(pred, workers, stack)

@@ -217,18 +217,24 @@ def _as_process_0_predicting(monkeypatch):
       orientation_source="", dispatch=lambda volumes, mesh: [None] * len(volumes),
       collect=lambda pending: pending))
 
-  @contextlib.contextmanager
-  def preparer(pred, workers):  # every scan 'prepared'
-    yield lambda image, mask: types.SimpleNamespace(volume=None)
-  monkeypatch.setattr(predict, "preparer", preparer)
-
-  def fake_finish(pred, prep, a, out_dir, name=None):
+  def fake_finish(out_dir):
     os.makedirs(out_dir)
     path = os.path.join(out_dir, "a_anomaly_map.nii.gz")
     open(path, "wb").close()
     return {"anomaly_map": path, "volume_score": 1.0, "input_orientation": "RAS",
             "model_orientation": "RAS"}
-  monkeypatch.setattr(predict, "finish", fake_finish)
+
+  class PerScan:  # every scan 'prepared', its outputs 'written'
+    def __call__(self, image, mask):
+      return types.SimpleNamespace(volume=None)
+
+    def finish(self, prep, a, out_dir, name):
+      return lambda: fake_finish(out_dir)
+
+  @contextlib.contextmanager
+  def preparer(pred, workers):
+    yield PerScan()
+  monkeypatch.setattr(predict, "preparer", preparer)
 
 
 def test_a_process_stopped_in_its_share_stops_the_others(scan, tmp_path, monkeypatch, capsys):
