@@ -107,12 +107,18 @@ def _flag_values():
   return fv
 
 
+_HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
   from absl import flags, logging
   fv = _flag_values()
   argv = list(argv if argv is not None else sys.argv)
   cut = argv.index("--") if "--" in argv else len(argv)
   ours, extra = argv[:cut], argv[cut + 1:]
+  if any(a.split("=")[0] in _HELP for a in ours[1:]):  # absl.app's help flags, which fv lacks
+    print(f"{__doc__.strip()}\n\nflags:\n{fv.get_help()}")
+    return 0
   try:
     rest = fv(ours)
   except flags.Error as e:

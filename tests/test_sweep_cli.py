@@ -117,3 +117,14 @@ def test_the_new_refusals_are_one_line_and_exit_2_from_the_command_line(tmp_path
   assert one_error(res).startswith("error: --config.diffusion.ensemble_timesteps=None: "
                                    "diffusion.ensemble_timesteps is a tuple")
   assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "-?", "--helpfull", "--helpshort"])
+def test_help_before_the_double_dash_prints_the_usage_and_exits_0(tmp_path, capsys, flag):
+  """Was: "error: Unknown command line flag 'help'" and exit 2 for `python -m sadm_jax.sweep
+  --help`, the first thing a user types."""
+  assert sweep_cli.cli(["x", flag, f"--workdir={tmp_path / 'w'}"]) == 0
+  out, err = capsys.readouterr()
+  assert err == "" and out.startswith(sweep_cli.__doc__.splitlines()[0])
+  assert "--sweep: Sweep file" in out and "--report" in out
+  assert not (tmp_path / "w").exists()
