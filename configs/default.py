@@ -85,7 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- training (generic loop) ----
   t = c.train = ml_collections.ConfigDict()
   t.batch_size = 32  # global
-  t.num_epochs = 1200  # epochs of one slice per training volume (reference); 12 steps each on IXI
+  t.num_epochs = 1200  # epochs of one slice per training volume (reference); ⌊volumes / batch⌋
+  # steps each: 12 on the reference's IXI rows, 11 after split cleaning (docs/method.md §1)
   t.num_steps = 0  # > 0 overrides num_epochs
   t.log_every = 50
   t.eval_every = 240
@@ -156,7 +157,8 @@ def get_config() -> ml_collections.ConfigDict:
   pr.mask = ""  # a mask, 'a_mask.nii.gz,...' (one per scan), or a folder; '' = brain is image > 0
   # (folder or pattern input: the masks next to the scans, image > 0 for a scan without one)
   pr.mask_suffix = "_mask"  # folder rule: mask of <base>[_<mod>].nii.gz is <base>_mask.nii.gz
-  pr.output = ""  # '' = the workdir; list/folder/CSV input: one folder <output>/<scan name>/ each
+  pr.output = ""  # '' = the workdir; list/folder/pattern/CSV input: one folder <output>/<scan name>/
+  # each
   pr.threshold = config_dict.placeholder(float)  # None = the one stored by evaluation
   pr.run = ""  # evaluation run id, e.g. 'sadm/draem/fold0'; '' = the first SADM run, else the
   # first input-only UNet, cDDPM, threshold run

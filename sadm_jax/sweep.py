@@ -16,7 +16,8 @@ atomically after success, makes a re-run skip the member; a member whose depende
 started. --mode=slurm renders one script per member from launch/slurm.sbatch plus
 W/slurm/submit.sh (afterok dependencies) and submits nothing. --report gathers the reporting
 members' (of --members) report/metrics.json rows into W/sweep_report.{csv,md}, tabulated by the
-evaluation package.
+evaluation package. Exit code: 0 when every member ran (or was skipped as done), 1 when a member
+failed, 2 for a mistake in the command line or the sweep file, 130 after Ctrl-C, 143 after SIGTERM.
 """
 
 from __future__ import annotations
