@@ -73,7 +73,7 @@ def test_stage_configs_give_the_paper_numbers(name):
 
 
 def test_networks_built_from_the_paper_configs_have_the_reference_parameter_counts():
-  """METHOD §6: E 24,550,848, UNet 44,068,481, cDDPM 68,619,329, S 16,736,705 (SADM total
+  """METHOD §3: E 24,550,848, UNet 44,068,481, cDDPM 68,619,329, S 16,736,705 (SADM total
   85,356,034), SparK 37,964,305 — built by the factory from the shipped configs (shapes only)."""
   x = jnp.zeros((2, 96, 96, 1))
   t = jnp.zeros((2,), jnp.int32)
@@ -97,7 +97,7 @@ def test_networks_built_from_the_paper_configs_have_the_reference_parameter_coun
     ("cddpm", 387, 14_400), ("spark", 387, 14_400), ("sadm_draem", 387, 7_200),
     ("sadm_brats", 90, 1_800), ("sadm_atlas", 169, 3_600)])
 def test_training_length_is_the_reference_step_count(name, volumes, steps):
-  """METHOD §6: 1200 epochs × 12 steps (IXI, drop_last: the partial batch is dropped), SADM 600
+  """METHOD §1: 1200 epochs × 12 steps (IXI, drop_last: the partial batch is dropped), SADM 600
   epochs: DRAEM 12, BraTS 3 (90 = 32 + 32 + 26), ATLAS 6 steps per epoch (drop_last=False: the
   partial batch is a step). Every step here is a full batch of the endless shuffled stream."""
   from sadm_jax.train import loop, sadm

@@ -166,9 +166,9 @@ _MODALITY_TOKEN = re.compile(r"(?<=[_\-.])(t1|t2|flair|T1|T2|FLAIR)(?=[_\-.])")
 def with_modality(path: str, modality: str) -> str:
   """Replaces the modality token in the FILE NAME only (METHOD Q19), e.g. `x_t1.nii.gz` → `x_t2.nii.gz`.
 
-  Directory components (which may contain 't1' for other reasons) are never touched. The
-  directory named after the modality (`.../t1/`) is switched too when it is exactly the
-  modality name, since the authors' layout stores each modality in its own folder.
+  Other directory components (which may contain 't1' for other reasons) are never touched; the
+  file's own directory is switched too when its name is exactly a modality (`.../t1/`), since the
+  authors' layout stores each modality in its own folder.
   """
   directory, name = os.path.split(path)
   stem_match = list(_MODALITY_TOKEN.finditer(name))

@@ -1,4 +1,4 @@
-"""cDDPM training task (METHOD §3.4): pred-x0 L1 loss on healthy IXI slices with on-device noise."""
+"""cDDPM training task (METHOD §3.4–3.5): pred-x0 L1 loss on healthy IXI slices with on-device noise."""
 
 from __future__ import annotations
 

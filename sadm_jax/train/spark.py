@@ -1,4 +1,4 @@
-"""SparK masked-image pretraining task for the conditioning encoder's ResNet-50 backbone (METHOD §3.2)."""
+"""SparK masked-image pretraining task for the conditioning encoder's ResNet-50 backbone (METHOD §3.1)."""
 
 from __future__ import annotations
 
