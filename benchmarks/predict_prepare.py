@@ -1,4 +1,4 @@
-"""Benchmark: predict's per-scan preparation (read, reorient, preprocess) one scan at a time, in threads, and in worker processes.
+"""Benchmark: predict's per-scan preparation (read, reorient, preprocess) and output writing, one scan at a time, in threads, and in worker processes.
 
     python -m benchmarks.predict_prepare --checkpoint_dir=runs/demo \
         --scans=a.nii.gz,b.nii.gz,... [--masks=a_mask.nii.gz,...] [--threads=2] [--repeats=3]
@@ -9,15 +9,21 @@ as on one device; with all scans in one batch, as on as many devices; and as the
 the reading and preprocessing in `--threads` worker processes (`predict.preparer`; the pool
 started and warmed by one call first, its start-up timed apart). Alternating, after one untimed
 call; medians. No inference runs, so this is the preparation a host with fast devices (a GPU)
-waits for. Prints a table and writes JSON.
+waits for. Then the writing of every scan's outputs (`preparer(...).finish`: the map carried
+back to the scan's grid, thresholded at the predictor's τ, written) from a stand-in map, one
+after the other and all at once in the worker processes. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import tempfile
 import time
+
+import numpy as np
 
 from benchmarks import machine
 
@@ -62,12 +68,28 @@ def main(argv=None) -> dict:
             f"{n} threads, 1 batch": lambda: list(prefetch_lib.prefetch([items], prepare, n)),
             f"{n} processes, 1 scan per batch": lambda: list(
                 prefetch_lib.prefetch([[item] for item in items], lambda it: in_pool(*it), n))}
+    # Writing the outputs (`outputs.finish` through predict's helper) of every scan from a
+    # stand-in map, one after the other here, and all at once in the pool, as predict does with
+    # a batch of as many scans (a GPU host's batch: one scan per device).
+    with predict.preparer(pred, 1) as here:
+      prepared = [here(*item) for item in items]
+    maps = [np.random.default_rng(k).uniform(0, 1, p.work.image.shape).astype(np.float32)
+            for k, p in enumerate(prepared)]
+    out = tempfile.mkdtemp(prefix="predict_prepare_")
+
+    def write(per_scan) -> None:
+      for wait in [per_scan.finish(p, a, os.path.join(out, str(k)), "scan")
+                   for k, (p, a) in enumerate(zip(prepared, maps))]:
+        wait()
+    ways.update({"writing outputs, sequential": lambda: write(here),
+                 f"writing outputs, {n} processes": lambda: write(in_pool)})
     times: dict[str, list[float]] = {k: [] for k in ways}
     for r in range(max(1, args.repeats)):
       for name in list(ways)[r % len(ways):] + list(ways)[:r % len(ways)]:  # order rotated
         t0 = time.perf_counter()
         ways[name]()
         times[name].append(time.perf_counter() - t0)
+    shutil.rmtree(out, ignore_errors=True)
   table = {k: {"median_s": statistics.median(v), "scans_per_s": len(items) / statistics.median(v)}
            for k, v in times.items()}
   print(f"{'how':30s} {'median s':>9s} {'scans/s':>8s}   ({len(items)} scans)")
