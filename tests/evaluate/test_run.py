@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import types
 
 import nibabel as nib
 import numpy as np
@@ -205,6 +206,49 @@ def test_second_run_recomputes_nothing_and_changed_settings_recompute(evaluation
   assert {r["method"] for r in _csv(copy)} == {"threshold"}
   c.seed = 1  # the noise seed is part of every result's fingerprint
   assert main_lib.run_stage(c, copy)["volumes_computed"] == 18
+
+
+def test_the_host_work_in_threads_stores_what_one_thread_stores(eval_data_dir, tmp_path,
+                                                               monkeypatch):
+  """Behind accelerators a batch's host work (maps, metrics, records, report files) runs in one
+  thread per volume (`execute.host_threads`): one thread finished 8 GPUs' batch one volume
+  after the other. The threshold baseline (host work only) in 3 threads stores the same records,
+  report files and report as in one."""
+  from sadm_jax.evaluate import execute
+  used = []
+  monkeypatch.setattr(execute, "futures",
+                      types.SimpleNamespace(ThreadPoolExecutor=_recording(used)))
+  out = {}
+  for threads in (1, 3):
+    monkeypatch.setattr(execute, "host_threads", lambda platform, n=threads: n)
+    c = evaluate_tiny_config(eval_data_dir, "")
+    c.evaluate.methods = ("threshold",)
+    workdir = str(tmp_path / f"threads{threads}")
+    res = main_lib.run_stage(c, workdir)
+    assert res["volumes_computed"] == 18
+    files = sorted(glob.glob(os.path.join(workdir, "eval", "threshold", "**", "*.json"),
+                             recursive=True))
+    records = {os.path.relpath(f, workdir): json.load(open(f)) for f in files}
+    volumes = sorted(glob.glob(os.path.join(workdir, "report", "volumes", "**", "*.nii.gz"),
+                               recursive=True))
+    maps = {os.path.relpath(f, workdir): np.asarray(nib.load(f).dataobj) for f in volumes}
+    out[threads] = records, maps, _csv(workdir)
+  assert used and max(used) == 3  # batches of 8 volumes on the tests' 8 devices, 3 at once
+  assert out[1][0] == out[3][0] and len(out[1][0]) == 18 + 1  # + the intensity median
+  assert out[1][1].keys() == out[3][1].keys() and out[1][1]
+  for k, v in out[1][1].items():
+    np.testing.assert_array_equal(v, out[3][1][k])
+  assert out[1][2] == out[3][2]
+
+
+def _recording(used: list):
+  """`ThreadPoolExecutor` that records its number of threads."""
+  from concurrent.futures import ThreadPoolExecutor
+
+  def make(n, *args, **kwargs):
+    used.append(n)
+    return ThreadPoolExecutor(n, *args, **kwargs)
+  return make
 
 
 def test_a_data_dir_without_any_requested_set_is_refused(tiny_data_dir, tmp_path, capsys):
