@@ -5,14 +5,16 @@
 What `Evaluation._finish` does for each volume of a computed batch, from stand-in maps (an
 ellipsoid brain with a lesion, uniform noise): `scoring.filter_small`, `records.base` (the
 reconstruction errors) and `records.test_record` (every metric at τ and at two FPR thresholds),
-`report.write_volume_outputs` (anomaly, prediction and reconstruction NIfTIs) and `Store.write`.
-Behind accelerators this is what a batch waits for (`execute.host_threads`: one thread per
-volume there). Alternating, after one untimed round; medians. Prints a table and writes JSON.
+`report.write_volume_outputs` (anomaly, prediction and reconstruction NIfTIs) and `Store.write`;
+and the DRAEM test set's loading (`draem.synth_volume`), here, in threads and in worker
+processes. Behind accelerators this is what a batch waits for (`execute.host_threads`: one
+thread per volume there, the DRAEM anomalies in as many processes). Alternating, after one untimed round; medians. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -71,8 +73,18 @@ class _Run:
   method, train_anomalies, fold = "benchmark", "none", "fold0"
 
 
+def _synth(args: tuple):
+  from sadm_jax.anomaly import draem
+  return draem.synth_volume(*args)
+
+
 def main(argv=None) -> dict:
-  args = parse_args(argv)
+  with contextlib.ExitStack() as stack:
+    return _main(parse_args(argv), stack)
+
+
+def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
+  from sadm_jax.utils import workers
   from sadm_jax.evaluate.store import Store
   from sadm_jax.utils.io import write_json
   grid = tuple(int(g) for g in args.grid.split(","))
@@ -85,8 +97,22 @@ def main(argv=None) -> dict:
   def threads() -> list:
     with futures.ThreadPoolExecutor(args.threads) as pool:
       return list(pool.map(one, volumes))
+  # The DRAEM test set's loading: its anomalies drawn per slice (`draem.synth_volume`), as
+  # `Evaluation.case` does, here, in threads and in worker processes.
+  from sadm_jax.anomaly import draem
+  cfg = draem.DraemConfig(restrict_to_brain=True)
+  synth = [(v["image"], v["mask"], (0, k), cfg) for k, v in enumerate(volumes)]
+  pool = stack.enter_context(workers.process_pool(args.threads))
+  list(pool.map(_synth, synth))  # the workers started
+
+  def draem_threads() -> list:
+    with futures.ThreadPoolExecutor(args.threads) as t:
+      return list(t.map(_synth, synth))
   ways = {"one after the other": lambda: [one(v) for v in volumes],
-          f"{args.threads} threads": threads}
+          f"{args.threads} threads": threads,
+          "DRAEM loading, one after the other": lambda: [_synth(x) for x in synth],
+          f"DRAEM loading, {args.threads} threads": draem_threads,
+          f"DRAEM loading, {args.threads} processes": lambda: list(pool.map(_synth, synth))}
   for way in ways.values():  # untimed: imports, first writes
     way()
   times: dict[str, list[float]] = {k: [] for k in ways}
@@ -99,9 +125,9 @@ def main(argv=None) -> dict:
   table = {k: {"median_s": statistics.median(v),
                "ms_per_volume": 1000 * statistics.median(v) / len(volumes)}
            for k, v in times.items()}
-  print(f"{'how':22s} {'median s':>9s} {'ms/volume':>10s}   ({len(volumes)} volumes of {grid})")
+  print(f"{'how':36s} {'median s':>9s} {'ms/volume':>10s}   ({len(volumes)} volumes of {grid})")
   for k, t in table.items():
-    print(f"{k:22s} {t['median_s']:9.3f} {t['ms_per_volume']:10.1f}")
+    print(f"{k:36s} {t['median_s']:9.3f} {t['ms_per_volume']:10.1f}")
   entry = {"grid": list(grid), "volumes": len(volumes), "threads": args.threads, "table": table,
            "runs": times, "load_average": list(os.getloadavg()), "host": machine.host_info(),
            "cpu_model": machine.cpu_model()}

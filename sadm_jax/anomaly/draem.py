@@ -324,3 +324,17 @@ def synth_anomaly(x: np.ndarray, rng: np.random.Generator, cfg: DraemConfig = Dr
       break
   beta = rng.uniform(*cfg.beta_range)
   return blend(x, p, m, beta), m
+
+
+def synth_volume(image: np.ndarray, mask: np.ndarray, seed: tuple[int, ...], cfg: DraemConfig
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Deterministic DRAEM anomalies per axial slice of a volume [D, H, W] (the evaluation's DRAEM
+  test set), each drawn in that slice's brain `mask` (bool [D, H, W]) by one generator seeded
+  with `seed`, slice after slice -> (image with anomalies float32, labels bool). Module-level and
+  JAX-free: a worker process may run it."""
+  rng = np.random.default_rng(list(seed))
+  out, labels = np.array(image, np.float32), np.zeros(mask.shape, bool)
+  for k in range(image.shape[0]):
+    x_ano, y = synth_anomaly(out[k], rng, cfg, brain_mask=mask[k])
+    out[k], labels[k] = x_ano, y > 0
+  return out, labels

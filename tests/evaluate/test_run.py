@@ -212,12 +212,18 @@ def test_the_host_work_in_threads_stores_what_one_thread_stores(eval_data_dir, t
                                                                monkeypatch):
   """Behind accelerators a batch's host work (maps, metrics, records, report files) runs in one
   thread per volume (`execute.host_threads`): one thread finished 8 GPUs' batch one volume
-  after the other. The threshold baseline (host work only) in 3 threads stores the same records,
-  report files and report as in one."""
+  after the other. The threshold baseline (host work only) in 3 threads, the DRAEM set's anomalies
+  drawn in 3 worker processes, stores the same records, report files and report as in one."""
   from sadm_jax.evaluate import execute
   used = []
   monkeypatch.setattr(execute, "futures",
                       types.SimpleNamespace(ThreadPoolExecutor=_recording(used)))
+  pools, process_pool = [], execute.workers_lib.process_pool
+
+  def recorded_pool(n):  # the DRAEM set's anomalies drawn in worker processes
+    pools.append(n)
+    return process_pool(n)
+  monkeypatch.setattr(execute.workers_lib, "process_pool", recorded_pool)
   out = {}
   for threads in (1, 3):
     monkeypatch.setattr(execute, "host_threads", lambda platform, n=threads: n)
@@ -234,6 +240,7 @@ def test_the_host_work_in_threads_stores_what_one_thread_stores(eval_data_dir, t
     maps = {os.path.relpath(f, workdir): np.asarray(nib.load(f).dataobj) for f in volumes}
     out[threads] = records, maps, _csv(workdir)
   assert used and max(used) == 3  # batches of 8 volumes on the tests' 8 devices, 3 at once
+  assert pools == [3, 3]  # the val and the test passes (DRAEM's anomalies in 3 processes)
   assert out[1][0] == out[3][0] and len(out[1][0]) == 18 + 1  # + the intensity median
   assert out[1][1].keys() == out[3][1].keys() and out[1][1]
   for k, v in out[1][1].items():

@@ -286,3 +286,35 @@ def test_the_intensity_median_holds_the_training_brains_twice_at_most(tmp_path, 
     tracemalloc.stop()
   assert median == float(np.median(np.concatenate([v.image.ravel() for v in volumes.values()])))
   assert peak < 2.5 * pooled, peak / pooled
+
+
+def test_a_dead_draem_worker_is_one_line_naming_the_volume(tiny_data_dir, tmp_path):
+  """Behind accelerators the DRAEM set's anomalies are drawn in worker processes: one killed
+  (the OOM killer) fails the evaluation with one line naming the volume, not the pool's
+  traceback."""
+  from concurrent.futures import Future
+  from concurrent.futures.process import BrokenProcessPool
+
+  from configs import evaluate as evaluate_config
+  from sadm_jax import config as config_lib
+  from sadm_jax.data import cache as cache_lib, layout, splits
+  from sadm_jax.evaluate import execute, passes as passes_lib, planning
+  from sadm_jax.utils.workers import WorkerDied
+
+  row = splits.read_split(layout.resolve_data_root(tiny_data_dir), "IXI_val_fold0")[0]
+  config = config_lib.resolve(evaluate_config.get_config("tiny"))
+  pre = config_lib.preprocess_config(config)
+  cache_lib.ensure_cached([row], str(tmp_path), pre)
+  ev = execute.Evaluation.__new__(execute.Evaluation)
+  ev.config, ev.cache = config, cache_lib.VolumeCache(str(tmp_path), pre)
+  draem_pass = passes_lib.Pass(planning.DRAEM_SET, "val", "val", {})
+
+  class DeadPool:
+    def submit(self, fn, *args):
+      f = Future()
+      f.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+      return f
+  ev._draem_pool = DeadPool()
+  with pytest.raises(WorkerDied, match=rf"^DRAEM/{row.name}: the worker process drawing "
+                                       r"its anomalies died"):
+    ev.case(draem_pass, row)
