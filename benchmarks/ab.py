@@ -135,6 +135,18 @@ def variant_worker(variant: str, switch: Callable[[str], None], setting: tuple[o
   return out
 
 
+def time_rotated(ways: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+  """Seconds of each of `ways` (name -> call) per round, `repeats` rounds in this process, every
+  way once per round in an order rotated round by round (a shared machine's load hits all alike)."""
+  times: dict[str, list[float]] = {k: [] for k in ways}
+  for r in range(max(1, repeats)):
+    for name in list(ways)[r % len(ways):] + list(ways)[:r % len(ways)]:
+      t0 = time.perf_counter()
+      ways[name]()
+      times[name].append(time.perf_counter() - t0)
+  return times
+
+
 def time_calls(fn, args: Sequence, calls: int) -> list[float]:
   """Seconds of each of `calls` calls of `fn(*args)` to completion, after one untimed call."""
   import jax

@@ -19,12 +19,11 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from concurrent import futures
 
 import numpy as np
 
-from benchmarks import machine
+from benchmarks import ab, machine
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -115,12 +114,7 @@ def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
           f"DRAEM loading, {args.threads} processes": lambda: list(pool.map(_synth, synth))}
   for way in ways.values():  # untimed: imports, first writes
     way()
-  times: dict[str, list[float]] = {k: [] for k in ways}
-  for r in range(max(1, args.repeats)):
-    for name in list(ways)[r % len(ways):] + list(ways)[:r % len(ways)]:  # order rotated
-      t0 = time.perf_counter()
-      ways[name]()
-      times[name].append(time.perf_counter() - t0)
+  times = ab.time_rotated(ways, args.repeats)
   shutil.rmtree(root, ignore_errors=True)
   table = {k: {"median_s": statistics.median(v),
                "ms_per_volume": 1000 * statistics.median(v) / len(volumes)}
@@ -129,8 +123,7 @@ def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
   for k, t in table.items():
     print(f"{k:36s} {t['median_s']:9.3f} {t['ms_per_volume']:10.1f}")
   entry = {"grid": list(grid), "volumes": len(volumes), "threads": args.threads, "table": table,
-           "runs": times, "load_average": list(os.getloadavg()), "host": machine.host_info(),
-           "cpu_model": machine.cpu_model()}
+           "runs": times, **machine.cpu_entry()}
   write_json(args.out, entry)
   print("wrote", args.out)
   return entry

@@ -35,6 +35,11 @@ def cpu_model() -> str:
   return f"{name} (model {number})"
 
 
+def cpu_entry() -> dict:
+  """The load average, host and CPU model, for a CPU benchmark's JSON entry (stdlib only)."""
+  return {"load_average": list(os.getloadavg()), "host": host_info(), "cpu_model": cpu_model()}
+
+
 def machine_info() -> dict:
   """Backend, devices, versions, CPU count and XLA_FLAGS of this process, for a benchmark's JSON."""
   import jax

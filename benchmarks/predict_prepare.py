@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from benchmarks import machine
+from benchmarks import ab, machine
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,12 +83,7 @@ def main(argv=None) -> dict:
         wait()
     ways.update({"writing outputs, sequential": lambda: write(here),
                  f"writing outputs, {n} processes": lambda: write(in_pool)})
-    times: dict[str, list[float]] = {k: [] for k in ways}
-    for r in range(max(1, args.repeats)):
-      for name in list(ways)[r % len(ways):] + list(ways)[:r % len(ways)]:  # order rotated
-        t0 = time.perf_counter()
-        ways[name]()
-        times[name].append(time.perf_counter() - t0)
+    times = ab.time_rotated(ways, args.repeats)
     shutil.rmtree(out, ignore_errors=True)
   table = {k: {"median_s": statistics.median(v), "scans_per_s": len(items) / statistics.median(v)}
            for k, v in times.items()}
@@ -98,9 +93,7 @@ def main(argv=None) -> dict:
   print(f"(the process pool's start-up with its first scan: {pool_start_s:.2f} s)")
   entry = {"checkpoint_dir": os.path.abspath(args.checkpoint_dir), "scans": scans,
            "threads": args.threads, "table": table, "runs": times,
-           "pool_start_with_first_scan_s": pool_start_s,
-           "load_average": list(os.getloadavg()), "host": machine.host_info(),
-           "cpu_model": machine.cpu_model()}
+           "pool_start_with_first_scan_s": pool_start_s, **machine.cpu_entry()}
   write_json(args.out, entry)
   print("wrote", args.out)
   return entry
