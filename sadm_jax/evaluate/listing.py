@@ -151,10 +151,11 @@ def _literal_folders(pattern: str) -> str:
   -> `data[[]1]/*.nii.gz` when a folder `data[1]` exists): the shell's reading when the
   pattern's own matches nothing."""
   parts = pattern.split(os.sep)
+  out = list(parts)  # (each folder looked up under the literal names before it, not escaped)
   for i in range(len(parts) - 1):
     if glob.has_magic(parts[i]) and os.path.isdir(os.sep.join(parts[:i + 1])):
-      parts[i] = glob.escape(parts[i])
-  return os.sep.join(parts)
+      out[i] = glob.escape(parts[i])
+  return os.sep.join(out)
 
 
 def _matches(pattern: str, skip: tuple) -> list[str]:

@@ -133,6 +133,14 @@ def test_a_folder_whose_name_looks_like_a_pattern_is_read_literally_when_nothing
   assert [s.name for s in scans] == ["c"]
 
 
+def test_nested_folders_whose_names_look_like_patterns_are_read_literally(tmp_path):
+  """`a[1]/b[2]/*.nii.gz` through two such folders: the second was looked up under the first's
+  escaped name (`a[[]1]/b[2]`, no such folder), left a character class, and matched no file."""
+  _touch(tmp_path, "a[1]/b[2]/s.nii.gz")
+  scans, _ = listing.list_scans(str(tmp_path / "a[1]" / "b[2]" / "*.nii.gz"))
+  assert _listed(scans) == [("s", str(tmp_path / "a[1]" / "b[2]" / "s.nii.gz"), None)]
+
+
 def test_a_folder_with_its_scans_in_subfolders_suggests_a_pattern_that_lists_them(tmp_path):
   """BraTS-style per-subject folders given as the input folder were 'no .nii/.nii.gz scans in this
   folder'; the error now shows a scan found below and a pattern, which lists exactly the scans of
