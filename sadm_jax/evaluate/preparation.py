@@ -119,17 +119,31 @@ class _InPool(_Here):
     self.lock = threading.Lock()
     self.pools = [stack.enter_context(workers_lib.process_pool(workers))]
 
-  def _died(self, pool, path: str, doing: str) -> DataError:
+  def _renew(self, pool) -> None:
     with self.lock:  # one new pool for every thread that saw this one break
       if self.pools[-1] is pool:
         self.pools.append(self.stack.enter_context(workers_lib.process_pool(self.workers)))
+
+  def _died(self, pool, path: str, doing: str) -> DataError:
+    self._renew(pool)
     return DataError(f"{path}: the worker process {doing} it died (out of memory?)")
+
+  def _submit(self, fn: Callable, *args):
+    """(pool, future) of `fn(*args)` in the current pool; one that broke before (another scan's
+    worker died, no thread has renewed it yet) refuses it at once: a new one takes it."""
+    pool = self.pools[-1]
+    try:
+      return pool, pool.submit(fn, *args)
+    except BrokenProcessPool:
+      self._renew(pool)
+      pool = self.pools[-1]
+      return pool, pool.submit(fn, *args)
 
   def __call__(self, image: str, mask: str | None) -> Prepared:
     pool = self.pools[-1]
     try:
-      read = pool.submit(read_and_preprocess, image, mask, self.pred.orientation,
-                         self.cfg).result()
+      pool, job = self._submit(read_and_preprocess, image, mask, self.pred.orientation, self.cfg)
+      read = job.result()
     except BrokenProcessPool:
       raise self._died(pool, image, "preparing") from None
     return prepare(self.pred, image, mask, read)
@@ -140,7 +154,7 @@ class _InPool(_Here):
     for its record."""
     pool, light = self.pools[-1], dataclasses.replace(prep, brain=None)  # (not needed there)
     try:
-      job = pool.submit(outputs.finish, self.pred.labels, light, a, out_dir, name)
+      pool, job = self._submit(outputs.finish, self.pred.labels, light, a, out_dir, name)
     except BrokenProcessPool:
       job = None
 

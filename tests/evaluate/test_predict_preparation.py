@@ -117,3 +117,26 @@ def test_a_worker_that_dies_fails_the_scan_it_held_and_a_new_pool_prepares_the_n
     assert not os.path.exists(tmp_path / "out" / "sub-01_T1w_prediction.json")
     prepare_one.finish(prep, a, str(tmp_path / "out"), "sub-01_T1w")()  # a third pool
     assert os.path.exists(tmp_path / "out" / "sub-01_T1w_prediction.json")
+
+
+def test_a_scan_given_to_a_pool_that_broke_before_goes_to_a_new_one(scan, tmp_path):
+  """A pool whose worker died (another scan's) refuses new work at once: a scan handed to it
+  before any thread had renewed it failed, 'the worker process preparing it died', though no
+  worker ever held it; it goes to a new pool now, prepared and written as any other."""
+  pred = _predictor()
+  (image, mask), = _copies(scan, tmp_path / "scans", 1)
+  with predict.preparer(pred, 2) as in_pool:
+    for job in ("prepare", "finish"):
+      broken, t0 = in_pool.pools[-1], time.time()
+      broken.submit(os.getpid).result(timeout=60)  # its workers started
+      for p in list(broken._processes.values()):
+        os.kill(p.pid, signal.SIGKILL)
+      while not broken._broken and time.time() < t0 + 60:  # noticed by the pool, by no thread
+        time.sleep(0.05)
+      if job == "prepare":
+        prep = in_pool(image, mask)
+        _same(prep, predict.prepare(pred, image, mask))
+      else:
+        a = np.zeros(prep.work.image.shape, np.float32)
+        assert in_pool.finish(prep, a, str(tmp_path / "out"), "s")()["volume_score"] == 0
+      assert in_pool.pools[-1] is not broken
