@@ -177,8 +177,8 @@ def preparer(pred: Predictor, workers: int) -> Iterator[_Here]:
   of that many spawned processes (the erosion, milliseconds, here), out of the GIL's way: a host
   that feeds several GPUs needs more cores than threads can use (`PROCESSES_FROM`), and one thread
   writing a batch's outputs (1.4 s per 160×200×164 scan) could not keep up with 8 GPUs. A worker
-  that dies (the kernel's OOM killer) fails the scans it held, named, and a new pool takes the
-  others."""
+  that dies (the kernel's OOM killer) fails the scans its pool held (Python's pool fails them
+  all), each named, and a new pool takes the others; a SIGTERM lets a worker finish its scan."""
   if workers <= 1:
     yield _Here(pred)
     return

@@ -14,11 +14,44 @@ from sadm_jax.utils import signals
 from sadm_jax.utils.xla_flags import available_cores
 
 
+_job = {"running": False, "stop": False}  # this worker's state (`_on_sigterm`, `_whole`)
+
+
+def _on_sigterm(signum: int, frame) -> None:
+  """A worker's SIGTERM (Slurm's time limit and `scancel` signal the whole step; the pool ends
+  a broken pool's workers so): idle, it ends now; within an item, once that item is done, so
+  that the files it writes are whole (its temporary files and half-written outputs were left
+  behind when it died at once)."""
+  if not _job["running"]:
+    os._exit(128 + signum)
+  _job["stop"] = True
+
+
+def _whole(fn: Callable, *args, **kwargs):
+  """Runs one submitted item in a worker (`_Pool.submit`): a SIGTERM waits for its end."""
+  _job["running"] = True
+  try:
+    return fn(*args, **kwargs)
+  finally:
+    _job["running"] = False
+    if _job["stop"]:
+      os._exit(128 + signal.SIGTERM)
+
+
+class _Pool(futures.ProcessPoolExecutor):
+  """A process pool whose items each run whole in their worker, a SIGTERM notwithstanding."""
+
+  def submit(self, fn, /, *args, **kwargs):
+    return super().submit(_whole, fn, *args, **kwargs)
+
+
 def _start_worker(initializer: Callable | None, initargs: tuple, parent: int) -> None:
   """A worker ignores SIGINT: Ctrl-C reaches the whole process group, and the parent alone turns
-  it into one error line (a worker would print its own KeyboardInterrupt traceback). It ends
-  by itself when its parent (pid `parent`, named by the parent itself) dies."""
+  it into one error line (a worker would print its own KeyboardInterrupt traceback). A SIGTERM
+  ends it once the item in hand is done (`_on_sigterm`). It ends by itself when its parent (pid
+  `parent`, named by the parent itself) dies."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, _on_sigterm)
   # A parent killed outright (SIGKILL, the OOM killer) cannot stop its pool: its workers waited
   # for work for ever, each holding its memory; the item in hand has no reader either. Not
   # `os.getppid()` read here: a parent killed while this worker started is init's pid by then.
@@ -30,7 +63,8 @@ def _start_worker(initializer: Callable | None, initargs: tuple, parent: int) ->
 @contextlib.contextmanager
 def process_pool(num_workers: int, initializer: Callable | None = None, initargs: tuple = ()
                  ) -> Iterator[futures.ProcessPoolExecutor]:
-  """A pool of `num_workers` spawned processes (each ignores SIGINT and ends with its parent).
+  """A pool of `num_workers` spawned processes (each ignores SIGINT, finishes its item on SIGTERM
+  and ends with its parent).
 
   Spawned, not forked: safe with the threads JAX and grain start in the parent. What is submitted
   (functions, `initializer` and their arguments) must be picklable (module-level), and should
@@ -39,8 +73,8 @@ def process_pool(num_workers: int, initializer: Callable | None = None, initargs
   file a worker writes is whole.
   """
   ctx = multiprocessing.get_context("spawn")
-  pool = futures.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_start_worker,
-                                     initargs=(initializer, initargs, os.getpid()))
+  pool = _Pool(num_workers, mp_context=ctx, initializer=_start_worker,
+               initargs=(initializer, initargs, os.getpid()))
   try:
     yield pool
   except BaseException:

@@ -1,4 +1,4 @@
-"""Predict's scan preparation and output writing in worker processes: what the caller's thread prepares and writes, and a worker that dies fails only the scan it held."""
+"""Predict's scan preparation and output writing in worker processes: what the caller's thread prepares and writes, and a worker that dies fails the scans its pool held, not later ones."""
 
 from __future__ import annotations
 

@@ -41,11 +41,11 @@ def test_an_error_in_the_parent_cancels_queued_items_and_lets_running_ones_finis
 def test_no_more_processes_than_items_or_cores(monkeypatch):
   """`data.num_workers=64` on a 2-core machine starts 2 processes, and 3 items start 3 at most."""
   started = []
-  real = workers.futures.ProcessPoolExecutor
+  real = workers._Pool
   def recording(n, **kwargs):
     started.append(n)
     return real(n, **kwargs)
-  monkeypatch.setattr(workers.futures, "ProcessPoolExecutor", recording)
+  monkeypatch.setattr(workers, "_Pool", recording)
   monkeypatch.setattr(workers, "available_cores", lambda: 2)
   assert [v for v, _ in workers.map_in_processes(_square_and_sigint, range(5), 64)] == [
       0, 1, 4, 9, 16]
@@ -65,7 +65,7 @@ def _running(pid: int) -> bool:
   try:
     with open(f"/proc/{pid}/stat") as f:
       return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except FileNotFoundError:
+  except (FileNotFoundError, ProcessLookupError):  # (ESRCH: read while the process ends)
     return False
 
 
@@ -170,3 +170,37 @@ def test_a_worker_that_dies_is_one_error_line_not_the_pools_traceback():
                                                r"OOM killer\?.*data.num_workers"):
     list(workers.map_in_processes(_die_on_three, range(8), 2))
   assert issubclass(workers.WorkerDied, ValueError)
+
+
+def _write_slowly(path: str) -> int:
+  open(path + ".started", "w").close()
+  time.sleep(1.0)
+  with open(path, "w") as f:
+    f.write("whole")
+  return os.getpid()
+
+
+def test_a_sigterm_lets_the_item_in_hand_finish_and_ends_an_idle_worker_at_once(tmp_path):
+  """Slurm's time limit and `scancel` send SIGTERM to every process of the step: a pool worker
+  died at once, leaving the outputs it was writing half done (temporary files, a map without its
+  record). It now finishes the item in hand, then ends; an idle worker ends at once."""
+  from concurrent.futures.process import BrokenProcessPool
+  path = str(tmp_path / "out.txt")
+  with workers.process_pool(1) as pool:
+    pid = pool.submit(os.getpid).result()
+    job = pool.submit(_write_slowly, path)
+    deadline = time.time() + 30
+    while not os.path.exists(path + ".started") and time.time() < deadline:
+      time.sleep(0.02)
+    os.kill(pid, signal.SIGTERM)  # within the item
+    with pytest.raises(BrokenProcessPool):  # the worker ended after it, without a reply
+      job.result(timeout=60)
+  assert open(path).read() == "whole"
+  assert not _running(pid)
+  with workers.process_pool(1) as pool:
+    pid = pool.submit(os.getpid).result()
+    os.kill(pid, signal.SIGTERM)  # idle
+    deadline = time.time() + 10
+    while _running(pid) and time.time() < deadline:
+      time.sleep(0.05)
+    assert not _running(pid)
