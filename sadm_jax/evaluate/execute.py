@@ -305,9 +305,10 @@ class Evaluation:
     p = item.pass_
     for r in item.runs:
       extra = extras.get((p.set_name, r.id))
-      if r.method == "threshold":
+      if r.method == "threshold":  # (its median is known before the passes, `run.run`: only
+        # read here, in a host thread; computing it is a step of every process together)
         a = scoring.anomaly_for("threshold", "", case.image, case.brain, None, {},  # the models' M
-                                self.intensity_median(r.data_fold))
+                                self.medians[r.data_fold])
         recon = None
       else:
         a = maps[r.cddpm_key][r.id]
