@@ -9,7 +9,8 @@ from configs import default
 
 
 def apply_tiny(c):
-  """Shrinks data, models and schedule so a run takes seconds on a laptop CPU (used by the tests)."""
+  """Shrinks data, models and schedule so a run takes a minute or two on a laptop CPU, mostly
+  compiling (used by the tests)."""
   c.data.preprocess.crop_size = (128, 128, 16)  # -> 64×64×8 working grid (SparK needs 2×2 patches)
   c.data.num_workers = 0
   c.data.val_slices_per_volume = 2
