@@ -152,7 +152,9 @@ class _InPool(_Here):
              ) -> Callable[[], dict]:
     """Starts writing the scan's outputs in a worker (`outputs.finish`); the call returned waits
     for its record."""
-    pool, light = self.pools[-1], dataclasses.replace(prep, brain=None)  # (not needed there)
+    light = dataclasses.replace(prep, brain=None,  # (not read there: not sent)
+                                work=dataclasses.replace(prep.work, image=None))
+    pool = self.pools[-1]
     try:
       pool, job = self._submit(outputs.finish, self.pred.labels, light, a, out_dir, name)
     except BrokenProcessPool:
