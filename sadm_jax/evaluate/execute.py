@@ -84,10 +84,10 @@ class Evaluation:
     # or more SegUnets compiles otherwise on CPU, `VolumeProgram.compiler_options`).
     self.run_settings = {r.id: {**common, **dataclasses.asdict(r), **models.fingerprint(r),
                                 **self._program_options(r)} for r in self.runs}
-    # The host's per-volume work (metrics, records, NIfTI/PNG files: ≈ 145 ms per 96×96×50 test
-    # volume, GIL mostly released) in threads behind accelerators, which compute a batch faster
-    # than one thread finishes it (a SADM volume: ≈ 0.1 s on an H100); on a CPU backend the
-    # devices' own threads use the cores.
+    # The host's per-volume work (metrics, records, NIfTI/PNG files: ≈ 73 ms per 96×96×50 test
+    # volume, GIL mostly released; `benchmarks/evaluation_host.py`) in threads behind
+    # accelerators, which compute a batch faster than one thread finishes it (a SADM volume:
+    # ≈ 0.1 s on an H100); on a CPU backend the devices' own threads use the cores.
     self.host_threads = host_threads(device.platform)
     self.medians: dict[int, float] = {}
     self._volume_keys: dict[tuple, str] = {}  # (img, mask, seg) -> cache entry key
