@@ -14,7 +14,6 @@ thread per volume there, the DRAEM anomalies in as many processes). Alternating,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import statistics
@@ -78,13 +77,10 @@ def _synth(args: tuple):
 
 
 def main(argv=None) -> dict:
-  with contextlib.ExitStack() as stack:
-    return _main(parse_args(argv), stack)
-
-
-def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
-  from sadm_jax.utils import workers
+  args = parse_args(argv)
+  from sadm_jax.anomaly import draem
   from sadm_jax.evaluate.store import Store
+  from sadm_jax.utils import workers
   from sadm_jax.utils.io import write_json
   grid = tuple(int(g) for g in args.grid.split(","))
   volumes = stand_in_volumes(grid, args.volumes)
@@ -92,29 +88,24 @@ def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
   store = Store(root)
   out_dir = os.path.join(root, "report")
   one = lambda v: finish_volume(v, out_dir, store)  # noqa: E731
-
-  def threads() -> list:
-    with futures.ThreadPoolExecutor(args.threads) as pool:
-      return list(pool.map(one, volumes))
   # The DRAEM test set's loading: its anomalies drawn per slice (`draem.synth_volume`), as
   # `Evaluation.case` does, here, in threads and in worker processes.
-  from sadm_jax.anomaly import draem
   cfg = draem.DraemConfig(restrict_to_brain=True)
   synth = [(v["image"], v["mask"], (0, k), cfg) for k, v in enumerate(volumes)]
-  pool = stack.enter_context(workers.process_pool(args.threads))
-  list(pool.map(_synth, synth))  # the workers started
 
-  def draem_threads() -> list:
+  def in_threads(fn, items) -> list:
     with futures.ThreadPoolExecutor(args.threads) as t:
-      return list(t.map(_synth, synth))
-  ways = {"one after the other": lambda: [one(v) for v in volumes],
-          f"{args.threads} threads": threads,
-          "DRAEM loading, one after the other": lambda: [_synth(x) for x in synth],
-          f"DRAEM loading, {args.threads} threads": draem_threads,
-          f"DRAEM loading, {args.threads} processes": lambda: list(pool.map(_synth, synth))}
-  for way in ways.values():  # untimed: imports, first writes
-    way()
-  times = ab.time_rotated(ways, args.repeats)
+      return list(t.map(fn, items))
+  with workers.process_pool(args.threads) as pool:
+    list(pool.map(_synth, synth))  # the workers started
+    ways = {"one after the other": lambda: [one(v) for v in volumes],
+            f"{args.threads} threads": lambda: in_threads(one, volumes),
+            "DRAEM loading, one after the other": lambda: [_synth(x) for x in synth],
+            f"DRAEM loading, {args.threads} threads": lambda: in_threads(_synth, synth),
+            f"DRAEM loading, {args.threads} processes": lambda: list(pool.map(_synth, synth))}
+    for way in ways.values():  # untimed: imports, first writes
+      way()
+    times = ab.time_rotated(ways, args.repeats)
   shutil.rmtree(root, ignore_errors=True)
   table = {k: {"median_s": statistics.median(v),
                "ms_per_volume": 1000 * statistics.median(v) / len(volumes)}
