@@ -90,7 +90,7 @@ def check_paths(config: ml_collections.ConfigDict, workdir: str | None = None) -
     # holding a comma is one); glob patterns are listed, and refused in one line when they match
     # no scan, at predict's start (before any model is loaded)
     parts = {"input": [q for q in listing.input_parts(str(p.input)) if not listing.is_pattern(q)],
-             "mask": [q.strip() for q in str(p.mask).split(",") if q.strip()]}
+             "mask": listing.split_list(str(p.mask))}
     for key, given in parts.items():
       for part in given:
         if not os.path.exists(part):

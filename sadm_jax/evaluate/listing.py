@@ -85,7 +85,8 @@ def _given_mask(stem: str, folder: str, suffix: str, index: dict | None = None) 
       folder, _mask_bases(stem)[-1] + suffix + ".nii.gz")
 
 
-def _split(text: str) -> list[str]:
+def split_list(text: str) -> list[str]:
+  """The non-empty items of a comma-separated list (`predict.mask`'s files; `input_parts`)."""
   return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
@@ -95,7 +96,7 @@ def input_parts(spec: str) -> list[str]:
   if "," in spec and (os.path.isfile(spec) or (
       is_pattern(spec) and any(not os.path.isdir(p) for p in glob.iglob(spec, recursive=True)))):
     return [spec]
-  return _split(spec)
+  return split_list(spec)
 
 
 def _read_csv(path: str) -> list[tuple[str, str | None]]:
@@ -162,13 +163,14 @@ def _matches(pattern: str, skip: tuple) -> list[str]:
   """The scans a glob pattern matches, sorted; ValueError when it matches none. A broken symlink
   (a git-annex file not fetched) is listed, as in a folder: it fails when predicted, named.
   A folder whose name holds `[`, `*` or `?` is read literally when the pattern matches nothing."""
-  files = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
-  if not files and _literal_folders(pattern) != pattern:
-    files = sorted(p for p in glob.glob(_literal_folders(pattern), recursive=True)
-                   if not os.path.isdir(p))
+  matched = glob.glob(pattern, recursive=True)
+  files = sorted(p for p in matched if not os.path.isdir(p))
+  literal = _literal_folders(pattern) if not files else pattern
+  if literal != pattern:
+    files = sorted(p for p in glob.glob(literal, recursive=True) if not os.path.isdir(p))
   scans = [p for p in files if _is_scan_file(os.path.basename(p), skip)]
   if not scans:
-    folders = [] if files else [p for p in glob.glob(pattern, recursive=True) if os.path.isdir(p)]
+    folders = [] if files else [p for p in matched if os.path.isdir(p)]
     what = (f"{len(files)} file(s), none a scan (masks, predict's outputs, hidden or not "
             f"NIfTI: {os.path.basename(files[0])}, ...)" if files else
             f"{len(folders)} folder(s) and no file ("
@@ -310,7 +312,7 @@ def list_scans(input_spec: str, mask_spec: str = "", mask_suffix: str = "_mask"
   else:
     images, batch = parts, "," in spec and parts != [spec]  # a list, even of one
     if mask_spec and not mask_dir:
-      masks = _split(mask_spec)
+      masks = split_list(mask_spec)
       if len(masks) != len(images):
         raise ValueError(f"predict.mask lists {len(masks)} masks for {len(images)} scans; give "
                          "one mask per scan (same order) or a folder of masks")
