@@ -10,12 +10,11 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 
 from sadm_jax import agreements, distributed
 from sadm_jax.data.errors import DataError
 from sadm_jax.evaluate import hosts, outputs, preparation, scoring
-from sadm_jax.evaluate.preparation import Prepared, prepare, preparer
+from sadm_jax.evaluate.preparation import prepare, preparer
 from sadm_jax.evaluate.predictor import Predictor, load_predictor
 from sadm_jax.evaluate.prefetch import prefetch
 from sadm_jax.evaluate.listing import list_scans
@@ -26,21 +25,18 @@ from sadm_jax.utils.xla_flags import available_cores
 # ----------------------------------------------------------------------------- one scan
 
 
-def finish(pred: Predictor, prep: Prepared, a: np.ndarray, out_dir: str,
-           name: str | None = None) -> dict:
-  """`outputs.finish` in this process, with `pred`'s labels: one scan's map `a` [H, W, D]
-  (working grid) thresholded, carried back to the scan's own grid and written into `out_dir`;
-  returns its prediction record."""
+def _warn_without_threshold(pred: Predictor) -> None:
   if pred.tau is None:
-    logging.warning("no threshold (evaluation τ or predict.threshold): writing the map only")
-  return outputs.finish(pred.labels, prep, a, out_dir, name)
+    logging.warning("no threshold (evaluation τ or predict.threshold): writing the maps only")
 
 
 def predict(pred: Predictor, image_path: str, mask_path: str | None, out_dir: str) -> dict:
-  """One scan on one device: `prepare`, `Predictor.infer`, `finish` (the stage batches scans
-  over the process's devices instead: `run`); returns the prediction record."""
+  """One scan on one device: `prepare`, `Predictor.infer`, `outputs.finish` in this process (the
+  stage batches scans over the process's devices instead: `run`); returns the prediction record."""
   prep = prepare(pred, image_path, mask_path)
-  return finish(pred, prep, pred.infer([prep.volume], scoring.local_mesh(1))[0], out_dir)
+  _warn_without_threshold(pred)
+  return outputs.finish(pred.labels, prep, pred.infer([prep.volume], scoring.local_mesh(1))[0],
+                        out_dir)
 
 
 # ----------------------------------------------------------------------------- many scans
@@ -218,8 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("predict: %s -> %s", scans[i].name, out["anomaly_map"])
     return list(recs.values())
 
-  if pred.tau is None:
-    logging.warning("no threshold (evaluation τ or predict.threshold): writing the maps only")
+  _warn_without_threshold(pred)
   records, waiting = [], None
   threads = max(1, min(int(config.data.num_workers), available_cores()))  # scans prepared at once
   mine = sum(len(g) for g in groups)  # (in as many worker processes from PROCESSES_FROM on)

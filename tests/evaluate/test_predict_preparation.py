@@ -14,7 +14,7 @@ import pytest
 from configs import predict as predict_config
 from sadm_jax import config as config_lib
 from sadm_jax.data.errors import DataError
-from sadm_jax.evaluate import predict, predictor
+from sadm_jax.evaluate import predict, predictor, preparation
 from tests.evaluate.test_predict_devices import _copies
 
 
@@ -25,7 +25,7 @@ def _predictor() -> predictor.Predictor:
                              source="test")
 
 
-def _same(a: predict.Prepared, b: predict.Prepared) -> None:
+def _same(a: preparation.Prepared, b: preparation.Prepared) -> None:
   for field in ("image_path", "mask_path", "input_shape", "shape_t", "index"):
     assert getattr(a, field) == getattr(b, field), field
   assert (a.reo.source, a.reo.target, a.reo.input_shape) == (b.reo.source, b.reo.target,
