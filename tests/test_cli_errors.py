@@ -120,6 +120,8 @@ def test_a_bad_value_is_refused_before_jax_is_imported(cli_data_dir, tmp_path):
      "file, not a directory"),
     ("configs/reproduce.py:tiny", ["--config.demo.root=/proc/version"],
      "error: --config.demo.root=/proc/version is a file, not a directory"),
+    ("configs/cddpm.py:tiny", ["--config.stage=aot", "--config.model.names=('encoder',)"],
+     "error: --config.model.names=('encoder',): stage aot compiles a training task's step"),
     ("configs/spark_pretrain.py:tiny", ["--config.data.preprocess.crop_size=(120,120,16)"],
      "error: --config.data.preprocess: stage spark needs slices whose sides are multiples of 32 "
      "(its ResNet-50's stride), got 60x60 (crop_size 120x120 / downsample 2)"),
