@@ -29,6 +29,8 @@ JOIN_GRACE_S = 10.0
 ABORT_MARGIN_S = 60
 # `distributed.connect_timeout` when a config does not say (a Plan built without one): JAX's own
 CONNECT_TIMEOUT_S = 300.0
+# The longest a process ending with the others waits for them in JAX's shutdown barrier (`leave`).
+LEAVE_TIMEOUT_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +221,8 @@ def _connect(kwargs: dict, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise signals.Terminated
   if failed:
     raise failed[0]
+  global _connected
+  _connected = True
 
 
 class NotConnected(ValueError):
@@ -240,6 +244,36 @@ _GONE_MARKS = ("Connection closed by peer", "Connection reset by peer",
                "Gloo context initialization failed")
 
 
+_connected = False  # this process joined a job of several processes (`_connect`)
+_peer_gone = False  # a `ProcessGone` was raised in this process
+
+
+def leave(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+  """Ends this process's part in a job of several processes (`jax.distributed`'s shutdown barrier,
+  bounded by `timeout_s`) before a failed or interrupted stage ends it without the interpreter's
+  teardown (`main.exit_now`). Process 0 hosts the coordination service: when it ended first,
+  every process still on its way out (printing its line, waiting for a checkpoint write) found
+  the service gone and JAX aborted it with a C++ check-failure trace (SIGABRT) instead of its own
+  line and exit code. In the barrier every process waits for the others, then leaves the service
+  before process 0 stops it. Nothing with one process, unless all connected (`_connect`), or
+  after another process was found gone (`ProcessGone`: it would never come); a process the
+  others do not join (one that failed alone while they wait in a collective) ends after
+  `timeout_s` as before."""
+  if not _connected or _peer_gone:
+    return
+  done = threading.Thread(target=_shutdown_quietly, daemon=True)
+  done.start()
+  done.join(timeout_s)
+
+
+def _shutdown_quietly() -> None:
+  import jax
+  try:
+    jax.distributed.shutdown()
+  except Exception:  # noqa: BLE001  (the barrier failed: the process ends anyway)
+    logging.debug("jax.distributed.shutdown failed", exc_info=True)
+
+
 class ProcessGone(ValueError):
   """A collective of the package's agreements failed because another process is gone (killed,
   out of memory, crashed, its host lost): one line and exit code 2 from the command line, which
@@ -249,6 +283,8 @@ class ProcessGone(ValueError):
 
   def __init__(self, detail: str, what: str | None = None) -> None:
     import jax
+    global _peer_gone
+    _peer_gone = True  # no shutdown barrier for this process (`leave`): one would wait for it
     self.detail = detail
     super().__init__(f"another of the {jax.process_count()} processes is gone (killed? out of "
                      f"memory? a lost host?) during {what or 'a collective'}; this process "

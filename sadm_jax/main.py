@@ -216,10 +216,13 @@ def exit_now(code: int) -> None:
   threads (the next evaluation batch, the next train step); tearing the runtime down under it
   ended the process in a segfault (exit -11 instead of 130 after Ctrl-C in an evaluation). What
   the stage wrote is complete by then: files are renamed into place, checkpoint saves were
-  waited for while the error unwound."""
+  waited for while the error unwound. With several processes it first leaves the job with the
+  others (`distributed.leave`)."""
+  from sadm_jax import distributed
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
+  distributed.leave()
   os._exit(code)
 
 

@@ -1,0 +1,48 @@
+"""How the processes of one job end together after an agreed stop (`main.exit_now`,
+`distributed.leave`)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from sadm_jax import distributed
+from tests import loopback
+
+
+def test_process_0_waits_for_a_process_slow_to_exit(tmp_path):
+  """2 processes on loopback agree that process 1 failed its start-up check; process 1 takes 1.5 s
+  more to reach its exit (printing, a checkpoint write). Process 0 hosts JAX's coordination
+  service: it ended at once, and process 1, still on its way out, found the service gone and was
+  aborted by JAX with a C++ check-failure trace (SIGABRT) before printing its line. Now every
+  process leaves through the shutdown barrier: both exit 2, each with its one line last."""
+  port = loopback.free_port()
+  results = loopback.run_processes(
+      lambda pid: ["tests.distributed_exit_job", str(pid), "2", str(port), "--slow", "1.5"],
+      2, str(tmp_path), dict(os.environ), timeout=120, ok_codes=(2,))
+  (code0, _, err0), (code1, _, err1) = results
+  assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
+  assert err0.strip().splitlines()[-1] == (
+      "error: process 1 of 2 stopped at its start-up checks (process 1's own check failed); "
+      "every process stopped"), err0[-2000:]
+  assert err1.strip().splitlines()[-1] == "error: process 1's own check failed", err1[-2000:]
+  for err in (err0, err1):
+    assert not [ln for ln in err.splitlines() if "Check failure" in ln
+                or re.match(r"F\d{4} ", ln)], err[-3000:]
+
+
+def test_leave_does_nothing_alone_or_once_a_process_is_gone(monkeypatch):
+  """One process (no job joined): nothing to leave. After a `ProcessGone` the barrier would wait
+  for a process that never comes: `leave` returns without it."""
+  calls = []
+  monkeypatch.setattr(distributed, "_shutdown_quietly", lambda: calls.append(1))
+  distributed.leave(timeout_s=0.1)
+  assert not calls
+  monkeypatch.setattr(distributed, "_connected", True)
+  monkeypatch.setattr(distributed, "_peer_gone", False)
+  distributed.leave(timeout_s=5)
+  assert calls == [1]
+  distributed.ProcessGone("Connection closed by peer", "a collective")
+  assert distributed._peer_gone
+  distributed.leave(timeout_s=5)
+  assert calls == [1]
