@@ -217,11 +217,13 @@ def exit_now(code: int) -> None:
   ended the process in a segfault (exit -11 instead of 130 after Ctrl-C in an evaluation). What
   the stage wrote is complete by then: files are renamed into place, checkpoint saves were
   waited for while the error unwound. With several processes it first leaves the job with the
-  others (`distributed.leave`)."""
+  others (`distributed.leave`, up to 30 s); a Ctrl-C or SIGTERM meanwhile ends it at once, with
+  the same code (Python's Ctrl-C raised a KeyboardInterrupt there: a traceback)."""
   from sadm_jax import distributed
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
+  signals.on_stop(lambda: os._exit(code))
   distributed.leave()
   os._exit(code)
 

@@ -46,3 +46,37 @@ def test_leave_does_nothing_alone_or_once_a_process_is_gone(monkeypatch):
   assert distributed._peer_gone
   distributed.leave(timeout_s=5)
   assert calls == [1]
+
+
+def test_a_ctrl_c_while_waiting_for_the_others_ends_the_process_at_once(tmp_path):
+  """Process 0 waits in the shutdown barrier for process 1 (here 20 s slower to exit) and gets a
+  Ctrl-C: Python raised KeyboardInterrupt there and printed a traceback after the process's line;
+  it now ends at once with its line last and its exit code (2)."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  from tests.helpers import REPO
+  port = loopback.free_port()
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  procs = [subprocess.Popen([sys.executable, "-m", "tests.distributed_exit_job", str(pid), "2",
+                             str(port), "--slow", "20"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0)
+           for pid in range(2)]
+  try:
+    while "error: process 1 of 2" not in (line := procs[0].stderr.readline()) and line:
+      pass
+    assert line, procs[0].stderr.read()
+    time.sleep(0.5)  # (in the barrier)
+    t0 = time.time()
+    procs[0].send_signal(signal.SIGINT)
+    err0 = line + procs[0].communicate(timeout=30)[1]
+    took = time.time() - t0
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+      p.wait()
+  assert procs[0].returncode == 2 and took < 10, (took, err0[-2000:])
+  assert "Traceback" not in err0 and "KeyboardInterrupt" not in err0, err0[-2000:]
+  assert err0.strip().splitlines()[-1].startswith("error: process 1 of 2 stopped"), err0[-2000:]

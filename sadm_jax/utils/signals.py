@@ -41,6 +41,17 @@ def _sigterm_handler(handler) -> Iterator[bool]:
     signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
+def on_stop(action: Callable[[], None]) -> bool:
+  """From now on Ctrl-C and SIGTERM run `action` (for a process that is already ending, e.g. one
+  waiting for the others to leave a job: `main.exit_now`) instead of raising in the main thread;
+  False, changing nothing, when called from another thread."""
+  if threading.current_thread() is not threading.main_thread():
+    return False
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda signum, frame: action())
+  return True
+
+
 REDELIVER_S = 0.05  # a SIGTERM raised where Python drops exceptions: sent again this much later
 
 
