@@ -160,6 +160,9 @@ def main(argv):
   # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
   # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
   # SADM_COMPILE_LOG=<file>: log every compilation's time (benchmarks/compile_profile.py).
+  bad_flags = xla_flags.flags_problem()  # XLA would abort in C++ on it when the backend starts
+  if bad_flags:
+    _fail(bad_flags)
   xla_flags.apply(stage=str(FLAGS.config.stage))
   bad_cache = compilation_cache.problem(compilation_cache.apply())
   if bad_cache:

@@ -419,3 +419,15 @@ def test_url_workdir_is_refused_not_made_a_local_directory(tmp_path):
                        text=True, timeout=300)
   assert one_error(res).startswith("error: --workdir=gs://bucket/runs/c is a URL; ")
   assert os.listdir(tmp_path) == []
+
+
+def test_an_xla_flag_xla_cannot_read_is_one_line_before_anything(cli_data_dir, tmp_path):
+  """A misspelt flag in XLA_FLAGS: XLA aborted the process in C++ when the backend started (a
+  check failure and its stack trace, exit -6)."""
+  work = tmp_path / "w"
+  res = run_main(f"--workdir={work}", f"--config.data.data_dir={cli_data_dir}",
+                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_dump_too=/tmp"})
+  assert one_error(res) == (
+      "error: XLA_FLAGS=--xla_force_host_platform_device_count=2 --xla_dump_too=/tmp: XLA does "
+      "not know --xla_dump_too=/tmp (a misspelt or removed flag?)")
+  assert not work.exists()

@@ -53,6 +53,9 @@ call `apply()` before anything creates a JAX array or compiles.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import warnings
 
 from sadm_jax.utils import host_heap
@@ -190,3 +193,54 @@ def apply(environ: dict | None = None, stage: str | None = None) -> list[str]:
   if added:
     env["XLA_FLAGS"] = after
   return added
+
+
+# A child process that makes XLA read XLA_FLAGS as the backend will (`flags_problem`).
+_READ_FLAGS = "from jax._src.lib import _jax; _jax.CompileOptions()"
+
+
+def flags_problem(environ: dict | None = None) -> str | None:
+  """One line naming what in `XLA_FLAGS` this jaxlib cannot read — an unknown flag, a value it
+  cannot interpret, a word without `--` (XLA takes it for a file of flags) — or None. XLA reads
+  the variable when the backend starts and aborts the process in C++ on such a word (after
+  listing every flag it knows for a bad value: hundreds of lines). Read in a child process
+  (≈ 0.6 s), unless every flag is one the package sets with the package's value or a device count
+  (`DEVICE_COUNT_FLAG`) of digits."""
+  env = os.environ if environ is None else environ
+  text = env.get("XLA_FLAGS", "").strip()
+  if not text or not _needs_reading(text):
+    return None
+  try:
+    proc = subprocess.run([sys.executable, "-c", _READ_FLAGS], env=dict(env), text=True,
+                          capture_output=True, timeout=300)
+  except (OSError, subprocess.TimeoutExpired):
+    return None  # (not a verdict on the flags: the backend will tell)
+  if proc.returncode == 0:
+    return None
+  return f"XLA_FLAGS={text}: {_reason(proc.stderr)}"
+
+
+def _needs_reading(text: str) -> bool:
+  """Whether `text` (XLA_FLAGS) holds a word the package does not itself know XLA reads."""
+  if any(not w.startswith("--") for w in text.split()):
+    return True
+  own = {f[2:] for stage in (None, *INFERENCE_STAGES) for f in cpu_default_flags(stage)}
+  return any(not (name == DEVICE_COUNT_FLAG and value.isdigit()) and f"{name}={value}" not in own
+             for name, value in _parse_flags(text).items())
+
+
+def _reason(stderr: str) -> str:
+  """What XLA's flag parser said before it aborted, in a few words."""
+  unknown = re.search(r"Unknown flags? in XLA_FLAGS: (.+)", stderr)
+  if unknown:
+    return f"XLA does not know {unknown.group(1).strip()} (a misspelt or removed flag?)"
+  value = re.search(r"Couldn't interpret value (.*) for flag (\S+?)\.?$", stderr, re.M)
+  if value:
+    return f"XLA cannot read the value {value.group(1)!r} of --{value.group(2)}"
+  file = re.search(r'Could not open file "(.*)" to read flags', stderr)
+  if file:
+    return (f"{file.group(1)!r} does not start with -- (XLA reads such a word as a file of flags, "
+            "and there is none)")
+  fatal = [ln.split("] ", 1)[-1] for ln in stderr.splitlines() if re.match(r"F\d{4} ", ln)]
+  lines = [ln for ln in stderr.splitlines() if ln.strip()]
+  return (fatal or lines or ["XLA could not read it"])[-1].strip()[:300]
