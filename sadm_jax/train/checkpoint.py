@@ -16,7 +16,8 @@ import orbax.checkpoint as ocp
 
 from sadm_jax.train import disk_room
 from sadm_jax.train.orbax_setup import (abstract_targets, close_manager, one_writer_per_array,
-                                        restore_error, this_process_only)
+                                        quiet_after_failed_restore, restore_error,
+                                        this_process_only)
 from sadm_jax.utils import signals
 
 
@@ -135,6 +136,7 @@ class Checkpointer:
         except KeyboardInterrupt as e:  # a SIGTERM or Ctrl-C that may have reached this host
           error, kind = e, "interrupted"  # alone: the others must stop too, not wait for it
         except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
+          quiet_after_failed_restore()  # TensorStore's late callbacks: hundreds of tracebacks
           if LOADER_MISMATCH in str(e):  # a whole step whose data loader state is for other data
             error, kind = RunError(
                 f"{self.dir}: step {step} was saved while training on other data "

@@ -83,3 +83,38 @@ def this_process_only() -> ocp.options.MultiprocessingOptions:
   """
   me = jax.process_index()
   return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
+def quiet_after_failed_restore() -> None:
+  """Drops the echoes of a restore that failed, for the rest of the process (installed once).
+
+  When one array of a step cannot be read (a truncated file), Orbax's restore fails and closes
+  its event loop while TensorStore still completes the other reads: each completion's callback
+  then raised RuntimeError('Event loop is closed') in a TensorStore thread, which Python printed
+  as an unraisable exception — 559 tracebacks (≈ 39,000 lines on stderr) for the tiny cDDPM's
+  step — and asyncio logged the failed read's task once more ('Task exception was never
+  retrieved'). The failure itself is reported in one line (`checkpoint.Checkpointer.restore_usable`);
+  any other unraisable exception or asyncio message passes as before.
+  """
+  if getattr(quiet_after_failed_restore, "done", False):
+    return
+  import sys
+  previous = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    if not _closed_loop_echo(unraisable.exc_value):
+      previous(unraisable)
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_drop_orbax_task_echo)
+  quiet_after_failed_restore.done = True
+
+
+def _closed_loop_echo(e: BaseException | None) -> bool:
+  """Whether `e` is asyncio's refusal of a callback on a closed loop (`quiet_after_failed_restore`)."""
+  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
+def _drop_orbax_task_echo(record: logging.LogRecord) -> bool:
+  """A logging filter: False for asyncio's 'Task exception was never retrieved' of an Orbax task."""
+  text = record.getMessage()
+  return not (text.startswith("Task exception was never retrieved") and "orbax" in text)
