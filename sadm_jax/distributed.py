@@ -256,9 +256,10 @@ def leave(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
   the service gone and JAX aborted it with a C++ check-failure trace (SIGABRT) instead of its own
   line and exit code. In the barrier every process waits for the others, then leaves the service
   before process 0 stops it. Nothing with one process, unless all connected (`_connect`), or
-  after another process was found gone (`ProcessGone`: it would never come); a process the
-  others do not join (one that failed alone while they wait in a collective) ends after
-  `timeout_s` as before."""
+  after another process was found gone (`ProcessGone`: it would never come). Costs: a process
+  the others do not join (one that failed alone while they wait in a collective, or whose peer
+  was killed meanwhile) waits the whole `timeout_s` (it ended at once before), and the others
+  are aborted by JAX as before if process 0 is killed during the wait."""
   if not _connected or _peer_gone:
     return
   done = threading.Thread(target=_shutdown_quietly, daemon=True)
