@@ -86,6 +86,9 @@ def _positive_brain(image: np.ndarray, path: str) -> np.ndarray:
   intensity-normalised scan, e.g. z-scores, whose brain is half negative)."""
   brain = image > 0
   if not brain.any():
+    if np.isnan(image).all():  # (nothing compares > 0 either)
+      raise DataError(f"{path}: every voxel is NaN: no image to predict on (a damaged or "
+                      "unfinished export?)")
     raise DataError(f"{path}: no voxel is above 0, so its brain (image > 0, as no mask was given) "
                     "is empty; give its brain mask (predict.mask)")
   share = np.count_nonzero(brain) / brain.size

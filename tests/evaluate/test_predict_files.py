@@ -452,6 +452,13 @@ def test_a_scan_without_a_mask_whose_brain_is_not_image_above_0_is_refused(tmp_p
   assert str(e.value) == (f"{paths['negative']}: no voxel is above 0, so its brain (image > 0, as "
                           "no mask was given) is empty; give its brain mask (predict.mask)")
   np.testing.assert_array_equal(scans_lib.load_scan(paths["undershoot"])[1], inside)
+  # A scan of NaN only: it was 'no voxel is above 0 … give its brain mask', as if a mask could help.
+  nib.save(nib.Nifti1Image(np.full((24, 26, 20), np.nan, np.float32), np.eye(4)),
+           str(tmp_path / "nan.nii.gz"))
+  with pytest.raises(DataError) as e:
+    scans_lib.load_scan(str(tmp_path / "nan.nii.gz"))
+  assert str(e.value) == (f"{tmp_path / 'nan.nii.gz'}: every voxel is NaN: no image to predict "
+                          "on (a damaged or unfinished export?)")
 
 
 def test_brain_outside_the_crop_box_is_counted_and_named_in_the_scans_status(tmp_path):
