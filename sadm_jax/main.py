@@ -157,12 +157,12 @@ def main(argv):
     from ml_collections import config_flags
     given = config_flags.get_override_values(FLAGS["config"])
   from sadm_jax.utils import compilation_cache, compile_log, xla_flags
-  # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
-  # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
-  # SADM_COMPILE_LOG=<file>: log every compilation's time (benchmarks/compile_profile.py).
   bad_flags = xla_flags.flags_problem()  # XLA would abort in C++ on it when the backend starts
   if bad_flags:
     _fail(bad_flags)
+  # XLA:CPU defaults the user has not set (read when the backend starts); evaluate: one CPU
+  # device per core. The persistent compilation cache (SADM_COMPILATION_CACHE=0 turns it off).
+  # SADM_COMPILE_LOG=<file>: log every compilation's time (benchmarks/compile_profile.py).
   xla_flags.apply(stage=str(FLAGS.config.stage))
   bad_cache = compilation_cache.problem(compilation_cache.apply())
   if bad_cache:

@@ -205,19 +205,19 @@ def flags_problem(environ: dict | None = None) -> str | None:
   the variable when the backend starts and aborts the process in C++ on such a word (after
   listing every flag it knows for a bad value: hundreds of lines). Read in a child process
   (≈ 0.6 s), unless every flag is one the package sets with the package's value or a device count
-  (`DEVICE_COUNT_FLAG`) of digits."""
+  (`DEVICE_COUNT_FLAG`) of digits. Only XLA's own refusal counts: a child that fails otherwise (a
+  jaxlib without the internal class it builds) says nothing about the flags, and the run goes on."""
   env = os.environ if environ is None else environ
   text = env.get("XLA_FLAGS", "").strip()
   if not text or not _needs_reading(text):
     return None
   try:
     proc = subprocess.run([sys.executable, "-c", _READ_FLAGS], env=dict(env), text=True,
-                          capture_output=True, timeout=300)
+                          capture_output=True, timeout=120)
   except (OSError, subprocess.TimeoutExpired):
     return None  # (not a verdict on the flags: the backend will tell)
-  if proc.returncode == 0:
-    return None
-  return f"XLA_FLAGS={text}: {_reason(proc.stderr)}"
+  reason = _reason(proc.stderr) if proc.returncode else None
+  return f"XLA_FLAGS={text}: {reason}" if reason else None
 
 
 def _needs_reading(text: str) -> bool:
@@ -229,8 +229,8 @@ def _needs_reading(text: str) -> bool:
              for name, value in _parse_flags(text).items())
 
 
-def _reason(stderr: str) -> str:
-  """What XLA's flag parser said before it aborted, in a few words."""
+def _reason(stderr: str) -> str | None:
+  """What XLA's flag parser said before it aborted, in a few words; None when it did not speak."""
   unknown = re.search(r"Unknown flags? in XLA_FLAGS: (.+)", stderr)
   if unknown:
     return f"XLA does not know {unknown.group(1).strip()} (a misspelt or removed flag?)"
@@ -241,6 +241,6 @@ def _reason(stderr: str) -> str:
   if file:
     return (f"{file.group(1)!r} does not start with -- (XLA reads such a word as a file of flags, "
             "and there is none)")
-  fatal = [ln.split("] ", 1)[-1] for ln in stderr.splitlines() if re.match(r"F\d{4} ", ln)]
-  lines = [ln for ln in stderr.splitlines() if ln.strip()]
-  return (fatal or lines or ["XLA could not read it"])[-1].strip()[:300]
+  fatal = [ln.split("] ", 1)[-1] for ln in stderr.splitlines()
+           if re.match(r"F\d{4} .*parse_flags_from_env", ln)]
+  return fatal[-1].strip()[:300] if fatal else None

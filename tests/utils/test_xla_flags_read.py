@@ -37,3 +37,11 @@ def test_the_packages_own_flags_are_not_read_in_a_child(monkeypatch):
   assert _problem(flags) is None and _problem("") is None
   monkeypatch.undo()
   assert _problem(flags.replace("-reduce", "-reduc")) is not None  # a value of the user's: read
+
+
+def test_a_child_that_fails_for_another_reason_is_no_verdict(monkeypatch):
+  """A jaxlib whose internals moved (the child's import fails) must not stop every run whose
+  XLA_FLAGS names a flag of the user's."""
+  monkeypatch.setattr(xla_flags, "_READ_FLAGS", "raise ImportError('no _jax here')")
+  assert _problem("--xla_dump_to=/tmp/d") is None
+  assert _problem("--xla_no_such_flag=1") is None
