@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,13 @@ def free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def crash_lines(stderr: str) -> list[str]:
+  """The lines of a process's stderr that show it crashed instead of ending with its own line: a
+  Python traceback, or JAX's C++ abort (a check failure, an `F<mmdd>` fatal log line)."""
+  return [ln for ln in stderr.splitlines() if ln.startswith("Traceback") or "Check failure" in ln
+          or re.match(r"F\d{4} ", ln)]
 
 
 def run_processes(argv: Callable[[int], Sequence[str]], n: int, log_dir: str, env: dict,
